@@ -1,0 +1,1 @@
+//! The image client: pull, index, publish, mount, overlay and run images.

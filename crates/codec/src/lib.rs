@@ -1,0 +1,1 @@
+//! Random access into compressed layer streams: gzip (zran checkpoints), zstd (frames) and raw tar.

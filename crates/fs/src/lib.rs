@@ -1,0 +1,1 @@
+//! The FUSE filesystem over a .clip index and a content store.
