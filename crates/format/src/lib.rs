@@ -1,1 +1,38 @@
-//! The .clip file format: header, section table, node/dirent/span tables; written deterministically, read by mmap.
+//! The `.clip` file format: one versioned, little-endian, checksummed container for both archive kinds.
+//!
+//! - [`write_index`] / [`write_archive`] turn an [`IndexContents`] (inodes as [`NodeSpec`], the span table,
+//!   [`ImageMeta`]) into bytes, deterministically.
+//! - [`Archive::open`] maps a file and checks header, section table and checksums only; [`Archive::node`],
+//!   [`Archive::lookup`] (binary search, O(log n)) and [`Archive::children`] (O(children)) decode records
+//!   on access.
+//!
+//! The byte layout is documented in [`layout`]. This crate does no network I/O and has no async.
+//!
+//! ```
+//! use clip_format::*;
+//! let root = NodeSpec { mode: mode::S_IFDIR | 0o755, uid: 0, gid: 0, mtime: Timestamp::default(),
+//!     xattrs: vec![], content: Content::Dir(vec![(b"hello".to_vec(), Ino(2))]) };
+//! let file = NodeSpec { mode: mode::S_IFREG | 0o644, uid: 0, gid: 0, mtime: Timestamp::default(),
+//!     xattrs: vec![], content: Content::File(DataRef { layer: 0, offset: 512, size: 5 }) };
+//! let contents = IndexContents { kind: ArchiveKind::IndexOnly, meta: ImageMeta::default(),
+//!     nodes: vec![root, file], spans: vec![] };
+//! let mut bytes = Vec::new();
+//! write_index(&contents, &mut bytes).unwrap();
+//! let archive = Archive::from_bytes(bytes).unwrap();
+//! let ino = archive.resolve(b"/hello").unwrap().unwrap();
+//! assert_eq!(archive.node(ino).unwrap().size, 5);
+//! ```
+
+mod error;
+pub mod layout;
+mod meta;
+mod node;
+mod reader;
+mod writer;
+
+pub use error::FormatError;
+pub use layout::{ArchiveKind, SectionEntry};
+pub use meta::{Compression, ImageConfig, ImageMeta, LayerMeta, Platform};
+pub use node::{mode, Content, DataRef, Ino, NodeKind, NodeSpec, Timestamp, Xattr};
+pub use reader::{Archive, NodeView, RangeReader, SpanView, XattrRef};
+pub use writer::{write_archive, write_index, DataSource, IndexContents, SpanSpec};

@@ -1,0 +1,100 @@
+//! Image metadata: the `META` section, stored as JSON (language-neutral, small, sorted keys for deterministic
+//! bytes). Holds where the image came from, its runtime config and the layer table.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Everything about the image that is not the file tree.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageMeta {
+    /// The image reference the index was built from, as normalized by the source (e.g.
+    /// `127.0.0.1:5000/debian:bookworm`, `oci:/images/app:v1`); for data-carrying archives, the root dir.
+    pub source: String,
+    /// `sha256:…` of the image manifest, when built from an image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest_digest: Option<String>,
+    /// The platform the manifest was resolved for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<Platform>,
+    /// The image's runtime config.
+    #[serde(default)]
+    pub config: ImageConfig,
+    /// Uncompressed bytes per span the index was built with.
+    pub span_size: u64,
+    /// Layers in order, bottom first. A data-carrying archive has exactly one: its own data section.
+    pub layers: Vec<LayerMeta>,
+}
+
+/// An OCI platform.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Platform {
+    pub os: String,
+    pub architecture: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
+}
+
+/// The parts of the OCI image config a runtime needs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageConfig {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub entrypoint: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cmd: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exposed_ports: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<String>,
+}
+
+/// How a layer's bytes are stored, which decides how a span is decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Compression {
+    /// Plain tar (or plain data): offsets map straight to byte ranges.
+    None,
+    /// gzip: spans resume from zran checkpoints (bit offset + 32 KiB window).
+    Gzip,
+    /// zstd: spans start at frame boundaries.
+    Zstd,
+}
+
+impl std::fmt::Display for Compression {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Zstd => "zstd",
+        })
+    }
+}
+
+/// One layer: the blob it is in, and its slice of the span table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerMeta {
+    pub media_type: String,
+    /// `sha256:…` of the compressed blob.
+    pub digest: String,
+    /// Compressed size in bytes.
+    pub size: u64,
+    /// `sha256:…` of the uncompressed tar (empty for data-carrying archives).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub diff_id: String,
+    pub uncompressed_size: u64,
+    pub compression: Compression,
+    /// Index of this layer's first record in the span table.
+    pub first_span: u32,
+    /// Number of span records of this layer.
+    pub span_count: u32,
+}

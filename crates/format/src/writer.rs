@@ -1,0 +1,289 @@
+//! Writing a `.clip` file: encodes the node tree, span table and metadata into sections, deterministically
+//! (the same [`IndexContents`] always gives the same bytes).
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+
+use crate::layout::*;
+use crate::{Content, FormatError, ImageMeta, Ino, NodeKind, NodeSpec};
+
+/// A resume point in a layer and the digest of the span that starts there, as the indexer records them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpanSpec {
+    /// Uncompressed offset where the span starts.
+    pub out_offset: u64,
+    /// Compressed offset of the first byte the decoder needs.
+    pub in_offset: u64,
+    /// gzip: unused bits of the byte before `in_offset` (0..=7); otherwise 0.
+    pub bits: u8,
+    /// sha256 of the span's uncompressed bytes.
+    pub digest: [u8; 32],
+    /// gzip: up to 32 KiB of uncompressed output before `out_offset` (empty at a stream start); else empty.
+    pub window: Vec<u8>,
+}
+
+/// Everything a `.clip` file holds apart from v1 file data.
+#[derive(Debug, Clone)]
+pub struct IndexContents {
+    pub kind: ArchiveKind,
+    pub meta: ImageMeta,
+    /// Inodes; element `i` is `Ino::from_index(i)`, element 0 the root directory.
+    pub nodes: Vec<NodeSpec>,
+    /// All layers' spans, each layer's slice as its [`crate::LayerMeta`] says.
+    pub spans: Vec<SpanSpec>,
+}
+
+/// zstd level for metadata sections and windows: small output, still fast for a 100k-file tree.
+const ZSTD_LEVEL: i32 = 9;
+
+/// Writes an index-only archive (or a data-carrying archive without data yet) to `out`; returns bytes written.
+pub fn write_index<W: Write>(contents: &IndexContents, out: W) -> Result<u64, FormatError> {
+    write_archive(contents, None, out)
+}
+
+/// The data section of a data-carrying archive: `len` bytes read from `reader`.
+pub struct DataSource<'a> {
+    pub reader: &'a mut dyn Read,
+    pub len: u64,
+}
+
+/// Writes a `.clip` file; with `data`, its bytes become the `DATA` section (streamed, never held in memory).
+pub fn write_archive<W: Write>(
+    contents: &IndexContents,
+    data: Option<DataSource<'_>>,
+    mut out: W,
+) -> Result<u64, FormatError> {
+    let tables = encode_tables(contents)?;
+    let meta = serde_json::to_vec(&contents.meta).map_err(FormatError::Meta)?;
+    let (spans, windows) = encode_spans(&contents.spans)?;
+
+    let mut bodies: Vec<([u8; 4], u32, Vec<u8>, u64)> = Vec::new();
+    for (id, raw) in [
+        (SEC_META, meta),
+        (SEC_NODE, tables.nodes),
+        (SEC_DENT, tables.dents),
+        (SEC_STRS, tables.strs),
+        (SEC_XATR, tables.xattrs),
+        (SEC_SPAN, spans),
+    ] {
+        let raw_len = raw.len() as u64;
+        let stored = zstd::bulk::compress(&raw, ZSTD_LEVEL).map_err(FormatError::Write)?;
+        bodies.push((id, FLAG_ZSTD, stored, raw_len));
+    }
+    let wind_len = windows.len() as u64;
+    bodies.push((SEC_WIND, FLAG_LAZY, windows, wind_len));
+
+    let count = bodies.len() + usize::from(data.is_some());
+    let mut offset = (HEADER_LEN + count * SECTION_ENTRY_LEN) as u64;
+    let mut table = Vec::with_capacity(count * SECTION_ENTRY_LEN);
+    for (id, flags, stored, raw_len) in &bodies {
+        SectionEntry {
+            id: *id,
+            flags: *flags,
+            offset,
+            stored_len: stored.len() as u64,
+            raw_len: *raw_len,
+            crc: crc32c::crc32c(stored),
+        }
+        .encode(&mut table);
+        offset += stored.len() as u64;
+    }
+    if let Some(d) = &data {
+        // The data section is verified span by span (digests in SPAN), not as a whole.
+        SectionEntry { id: SEC_DATA, flags: FLAG_LAZY, offset, stored_len: d.len, raw_len: d.len, crc: 0 }
+            .encode(&mut table);
+    }
+    let header = Header {
+        version: FORMAT_VERSION,
+        kind_code: contents.kind.code(),
+        sections: count as u32,
+        table_offset: HEADER_LEN as u64,
+        table_crc: crc32c::crc32c(&table),
+    };
+    let w = |out: &mut W, b: &[u8]| out.write_all(b).map_err(FormatError::Write);
+    w(&mut out, &header.encode())?;
+    w(&mut out, &table)?;
+    let mut total = (HEADER_LEN + table.len()) as u64;
+    for (_, _, stored, _) in &bodies {
+        w(&mut out, stored)?;
+        total += stored.len() as u64;
+    }
+    if let Some(d) = data {
+        let copied = std::io::copy(&mut d.reader.take(d.len), &mut out).map_err(FormatError::Write)?;
+        if copied != d.len {
+            return Err(FormatError::Write(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("data section: expected {} bytes, source gave {copied}", d.len),
+            )));
+        }
+        total += copied;
+    }
+    out.flush().map_err(FormatError::Write)?;
+    Ok(total)
+}
+
+struct Tables {
+    nodes: Vec<u8>,
+    dents: Vec<u8>,
+    strs: Vec<u8>,
+    xattrs: Vec<u8>,
+}
+
+/// Interns byte strings into the `STRS` blob, each distinct string once.
+#[derive(Default)]
+struct Strings {
+    blob: Vec<u8>,
+    seen: HashMap<Vec<u8>, u32>,
+}
+
+impl Strings {
+    fn add(&mut self, s: &[u8]) -> Result<(u32, u32), FormatError> {
+        let len = u32::try_from(s.len()).map_err(|_| FormatError::Invalid("string over 4 GiB".into()))?;
+        if let Some(&off) = self.seen.get(s) {
+            return Ok((off, len));
+        }
+        let off = u32::try_from(self.blob.len()).map_err(|_| FormatError::Invalid("string table over 4 GiB".into()))?;
+        self.blob.extend_from_slice(s);
+        self.seen.insert(s.to_vec(), off);
+        Ok((off, len))
+    }
+}
+
+fn encode_tables(c: &IndexContents) -> Result<Tables, FormatError> {
+    let n = c.nodes.len();
+    if n == 0 || !matches!(c.nodes[0].content, Content::Dir(_)) {
+        return Err(FormatError::Invalid("node 0 (the root) must be a directory".into()));
+    }
+    if n > u32::MAX as usize - 1 {
+        return Err(FormatError::Invalid("too many nodes".into()));
+    }
+    // Links and parents, from the directory entries.
+    let mut links = vec![0u32; n];
+    let mut parent = vec![0u32; n];
+    parent[0] = Ino::ROOT.0;
+    for (i, node) in c.nodes.iter().enumerate() {
+        let Content::Dir(children) = &node.content else { continue };
+        for (name, ino) in children {
+            let k = ino.index();
+            if ino.0 == 0 || k >= n || k == 0 {
+                return Err(FormatError::Invalid(format!("entry {:?} names bad inode {ino}", lossy(name))));
+            }
+            if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0) {
+                return Err(FormatError::Invalid(format!("bad entry name {:?}", lossy(name))));
+            }
+            if matches!(c.nodes[k].content, Content::Dir(_)) {
+                links[i] += 1; // the child's ".."
+                if parent[k] != 0 {
+                    return Err(FormatError::Invalid(format!("directory inode {ino} has two parents")));
+                }
+            } else {
+                links[k] += 1; // one more name of a (possibly hard-linked) non-directory
+            }
+            if parent[k] == 0 {
+                parent[k] = Ino::from_index(i).0;
+            }
+        }
+    }
+    if let Some(orphan) = (1..n).find(|&k| parent[k] == 0) {
+        return Err(FormatError::Invalid(format!("inode {} is in no directory", Ino::from_index(orphan))));
+    }
+
+    let mut strs = Strings::default();
+    let mut nodes = Vec::with_capacity(n * NODE_LEN);
+    let mut dents = Vec::new();
+    let mut xattrs = Vec::new();
+    let mut dent_count: u32 = 0;
+    let mut xattr_count: u32 = 0;
+    for (i, node) in c.nodes.iter().enumerate() {
+        let kind = NodeKind::from_mode(node.mode)
+            .ok_or_else(|| FormatError::Invalid(format!("inode {}: mode {:o} has no file type", i + 1, node.mode)))?;
+        let (layer, size, data, extra) = match (&node.content, kind) {
+            (Content::File(r), NodeKind::File) => (r.layer, r.size, r.offset, 0),
+            (Content::Dir(children), NodeKind::Dir) => {
+                let mut sorted: Vec<&(Vec<u8>, Ino)> = children.iter().collect();
+                sorted.sort_by(|a, b| a.0.cmp(&b.0));
+                if let Some(w) = sorted.windows(2).find(|w| w[0].0 == w[1].0) {
+                    return Err(FormatError::Invalid(format!("duplicate entry {:?}", lossy(&w[0].0))));
+                }
+                let first = dent_count;
+                for (name, ino) in sorted {
+                    let (off, len) = strs.add(name)?;
+                    dents.extend_from_slice(&off.to_le_bytes());
+                    dents.extend_from_slice(&len.to_le_bytes());
+                    dents.extend_from_slice(&ino.0.to_le_bytes());
+                    dent_count += 1;
+                }
+                (0, 0, u64::from(first), children.len() as u32)
+            }
+            (Content::Symlink(target), NodeKind::Symlink) => {
+                let (off, len) = strs.add(target)?;
+                (0, u64::from(len), u64::from(off), len)
+            }
+            (Content::Device { major, minor }, NodeKind::CharDevice | NodeKind::BlockDevice) => {
+                (0, 0, (u64::from(*major) << 32) | u64::from(*minor), 0)
+            }
+            (Content::Special, NodeKind::Fifo | NodeKind::Socket) => (0, 0, 0, 0),
+            (_, kind) => {
+                return Err(FormatError::Invalid(format!("inode {}: content does not match kind {kind:?}", i + 1)))
+            }
+        };
+        let mut sorted_x: Vec<_> = node.xattrs.iter().collect();
+        sorted_x.sort();
+        let x_first = xattr_count;
+        for x in &sorted_x {
+            let (no, nl) = strs.add(&x.name)?;
+            let (vo, vl) = strs.add(&x.value)?;
+            for v in [no, nl, vo, vl] {
+                xattrs.extend_from_slice(&v.to_le_bytes());
+            }
+            xattr_count += 1;
+        }
+        let nlink = match kind {
+            NodeKind::Dir => links[i] + 2,
+            _ => links[i].max(1),
+        };
+        nodes.extend_from_slice(&node.mode.to_le_bytes());
+        nodes.extend_from_slice(&node.uid.to_le_bytes());
+        nodes.extend_from_slice(&node.gid.to_le_bytes());
+        nodes.extend_from_slice(&nlink.to_le_bytes());
+        nodes.extend_from_slice(&node.mtime.sec.to_le_bytes());
+        nodes.extend_from_slice(&node.mtime.nsec.to_le_bytes());
+        nodes.extend_from_slice(&layer.to_le_bytes());
+        nodes.extend_from_slice(&size.to_le_bytes());
+        nodes.extend_from_slice(&data.to_le_bytes());
+        nodes.extend_from_slice(&extra.to_le_bytes());
+        nodes.extend_from_slice(&x_first.to_le_bytes());
+        nodes.extend_from_slice(&(sorted_x.len() as u32).to_le_bytes());
+        nodes.extend_from_slice(&parent[i].to_le_bytes());
+    }
+    Ok(Tables { nodes, dents, strs: strs.blob, xattrs })
+}
+
+fn encode_spans(spans: &[SpanSpec]) -> Result<(Vec<u8>, Vec<u8>), FormatError> {
+    let mut table = Vec::with_capacity(spans.len() * SPAN_LEN);
+    let mut windows = Vec::new();
+    for s in spans {
+        if s.window.len() > 32 * 1024 || s.bits > 7 {
+            return Err(FormatError::Invalid(format!("span at {}: window or bits out of range", s.out_offset)));
+        }
+        let (woff, wlen) = if s.window.is_empty() {
+            (0u64, 0u32)
+        } else {
+            let z = zstd::bulk::compress(&s.window, ZSTD_LEVEL).map_err(FormatError::Write)?;
+            let off = windows.len() as u64;
+            windows.extend_from_slice(&z);
+            (off, z.len() as u32)
+        };
+        table.extend_from_slice(&s.out_offset.to_le_bytes());
+        table.extend_from_slice(&s.in_offset.to_le_bytes());
+        table.extend_from_slice(&woff.to_le_bytes());
+        table.extend_from_slice(&wlen.to_le_bytes());
+        table.extend_from_slice(&[s.bits, 0, 0, 0]);
+        table.extend_from_slice(&s.digest);
+    }
+    Ok((table, windows))
+}
+
+pub(crate) fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}

@@ -1,0 +1,197 @@
+//! Round trips through the writer and reader, and corrupt input that must give errors, never panics.
+
+use clip_format::*;
+
+fn node(mode: u32, content: Content) -> NodeSpec {
+    NodeSpec {
+        mode,
+        uid: 0,
+        gid: 0,
+        mtime: Timestamp { sec: 1_700_000_000, nsec: 123_456_789 },
+        xattrs: vec![],
+        content,
+    }
+}
+
+fn sample() -> IndexContents {
+    let dir = |children: Vec<(&str, u32)>| {
+        Content::Dir(children.into_iter().map(|(n, i)| (n.as_bytes().to_vec(), Ino(i))).collect())
+    };
+    let mut nodes = vec![
+        node(mode::S_IFDIR | 0o755, dir(vec![("usr", 2), ("link", 3), ("a", 4), ("b", 4), ("dev", 5)])),
+        node(mode::S_IFDIR | 0o755, dir(vec![("c", 4), ("fifo", 6), ("zé", 7)])),
+        node(mode::S_IFLNK | 0o777, Content::Symlink(b"../target".to_vec())),
+        node(mode::S_IFREG | 0o4755, Content::File(DataRef { layer: 1, offset: 1024, size: 77 })),
+        node(mode::S_IFCHR | 0o600, Content::Device { major: 4, minor: 64 }),
+        node(mode::S_IFIFO | 0o644, Content::Special),
+        node(mode::S_IFDIR | 0o1777, dir(vec![])),
+    ];
+    nodes[3].uid = 3_000_000;
+    nodes[3].gid = 4_000_000;
+    nodes[3].xattrs = vec![
+        Xattr { name: b"user.b".to_vec(), value: b"2".to_vec() },
+        Xattr { name: b"security.capability".to_vec(), value: vec![1, 0, 0, 2, 0, 32, 0, 0] },
+    ];
+    let span = |out_offset, in_offset, bits, window: Vec<u8>| SpanSpec {
+        out_offset,
+        in_offset,
+        bits,
+        digest: [out_offset as u8; 32],
+        window,
+    };
+    let meta = ImageMeta {
+        source: "127.0.0.1:5000/t:1".into(),
+        span_size: 4 << 20,
+        layers: vec![
+            LayerMeta {
+                media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+                digest: "sha256:aa".into(),
+                size: 100,
+                diff_id: "sha256:bb".into(),
+                uncompressed_size: 10 << 20,
+                compression: Compression::Gzip,
+                first_span: 0,
+                span_count: 3,
+            },
+            LayerMeta {
+                media_type: "application/vnd.oci.image.layer.v1.tar".into(),
+                digest: "sha256:cc".into(),
+                size: 4096,
+                diff_id: "sha256:cc".into(),
+                uncompressed_size: 4096,
+                compression: Compression::None,
+                first_span: 3,
+                span_count: 1,
+            },
+        ],
+        ..Default::default()
+    };
+    IndexContents {
+        kind: ArchiveKind::IndexOnly,
+        meta,
+        nodes,
+        spans: vec![
+            span(0, 10, 0, vec![]),
+            span(4 << 20, 5000, 3, vec![7u8; 32 * 1024]),
+            span(8 << 20, 9000, 0, b"window".to_vec()),
+            span(0, 0, 0, vec![]),
+        ],
+    }
+}
+
+fn write(c: &IndexContents) -> Vec<u8> {
+    let mut out = Vec::new();
+    write_index(c, &mut out).unwrap();
+    out
+}
+
+#[test]
+fn round_trip_every_node_kind() {
+    let c = sample();
+    let a = Archive::from_bytes(write(&c)).unwrap();
+    assert_eq!(a.kind(), ArchiveKind::IndexOnly);
+    assert_eq!(a.meta(), &c.meta);
+    assert_eq!(a.node_count(), 7);
+
+    let root = a.node(Ino::ROOT).unwrap();
+    let names: Vec<Vec<u8>> = a.children(&root).map(|r| r.unwrap().0.to_vec()).collect();
+    assert_eq!(names, [&b"a"[..], b"b", b"dev", b"link", b"usr"].map(|n| n.to_vec()));
+    assert_eq!(root.nlink, 3, "root: 2 + one subdirectory");
+
+    let f = a.node(a.resolve(b"/usr/c").unwrap().unwrap()).unwrap();
+    assert_eq!(f.ino, Ino(4));
+    assert_eq!(f.nlink, 3, "hard link group of three names");
+    assert_eq!(f.mode, mode::S_IFREG | 0o4755);
+    assert_eq!((f.uid, f.gid), (3_000_000, 4_000_000));
+    assert_eq!(f.mtime, Timestamp { sec: 1_700_000_000, nsec: 123_456_789 });
+    assert_eq!(f.data_ref(), Some(DataRef { layer: 1, offset: 1024, size: 77 }));
+    let x = a.xattrs(&f).unwrap();
+    assert_eq!(x[0].0, b"security.capability");
+    assert_eq!(x[1], (&b"user.b"[..], &b"2"[..]));
+    assert_eq!(a.resolve(b"a").unwrap(), a.resolve(b"usr/../b").unwrap());
+
+    let l = a.node(a.resolve(b"link").unwrap().unwrap()).unwrap();
+    assert_eq!(a.symlink_target(&l).unwrap(), b"../target");
+    assert_eq!(l.size, 9);
+    let d = a.node(a.resolve(b"dev").unwrap().unwrap()).unwrap();
+    assert_eq!((d.kind(), d.rdev()), (NodeKind::CharDevice, (4, 64)));
+    assert_eq!(a.node(a.resolve(b"usr/fifo").unwrap().unwrap()).unwrap().kind(), NodeKind::Fifo);
+    let z = a.node(a.resolve("usr/zé".as_bytes()).unwrap().unwrap()).unwrap();
+    assert_eq!((z.mode, z.parent, z.nlink), (mode::S_IFDIR | 0o1777, Ino(2), 2));
+    assert_eq!(a.resolve(b"usr/missing").unwrap(), None);
+    assert_eq!(a.resolve(b"link/x").unwrap(), None);
+
+    assert_eq!(a.span_count(), 4);
+    assert_eq!(a.layer_spans(1).unwrap(), 3..4);
+    assert_eq!(a.find_span(0, 0).unwrap(), 0);
+    assert_eq!(a.find_span(0, (4 << 20) + 5).unwrap(), 1);
+    assert_eq!(a.find_span(0, 100 << 20).unwrap(), 2);
+    assert_eq!(a.span_range(0, 2).unwrap(), (8 << 20)..(10 << 20));
+    let s = a.span(1).unwrap();
+    assert_eq!((s.in_offset, s.bits, s.digest), (5000, 3, [0u8; 32]));
+    assert_eq!(a.window(1).unwrap(), vec![7u8; 32 * 1024]);
+    assert_eq!(a.window(2).unwrap(), b"window");
+    assert!(a.window(0).unwrap().is_empty());
+}
+
+#[test]
+fn output_is_deterministic_and_open_from_file_matches() {
+    let c = sample();
+    let (one, two) = (write(&c), write(&c));
+    assert_eq!(one, two);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x.clip");
+    std::fs::write(&path, &one).unwrap();
+    let a = Archive::open(&path).unwrap();
+    assert_eq!(a.node_count(), 7);
+    assert!(a.mounted_size() < one.len() as u64);
+}
+
+#[test]
+fn remote_load_reads_only_eager_sections() {
+    struct Counting<'a>(&'a [u8], u64);
+    impl RangeReader for Counting<'_> {
+        fn read_range(&mut self, offset: u64, len: u64) -> Result<Vec<u8>, FormatError> {
+            self.1 += len;
+            Ok(self.0[offset as usize..(offset + len) as usize].to_vec())
+        }
+    }
+    let bytes = write(&sample());
+    let mut r = Counting(&bytes, 0);
+    let a = Archive::load_remote(&mut r).unwrap();
+    assert_eq!(a.node_count(), 7);
+    assert_eq!(r.1, a.mounted_size());
+    let wind = a.section(layout::SEC_WIND).unwrap();
+    assert!(wind.stored_len > 0 && r.1 + wind.stored_len == bytes.len() as u64);
+}
+
+#[test]
+fn invalid_trees_are_refused() {
+    let mut c = sample();
+    c.nodes[1].content = Content::Dir(vec![(b"x/y".to_vec(), Ino(6))]);
+    assert!(matches!(write_index(&c, Vec::new()), Err(FormatError::Invalid(_))));
+    let mut c = sample();
+    c.nodes[0].content = Content::Dir(vec![(b"usr".to_vec(), Ino(99))]);
+    assert!(matches!(write_index(&c, Vec::new()), Err(FormatError::Invalid(_))));
+    let mut c = sample();
+    c.nodes[2].mode = 0o777;
+    assert!(matches!(write_index(&c, Vec::new()), Err(FormatError::Invalid(_))));
+}
+
+#[test]
+fn truncated_or_flipped_files_give_errors_not_panics() {
+    let bytes = write(&sample());
+    for len in 0..bytes.len() {
+        assert!(Archive::from_bytes(bytes[..len].to_vec()).is_err(), "truncated to {len} accepted");
+    }
+    let wind = Archive::from_bytes(bytes.clone()).unwrap().section(layout::SEC_WIND).unwrap().offset as usize;
+    for i in 0..wind {
+        let mut b = bytes.clone();
+        b[i] ^= 0x40;
+        assert!(Archive::from_bytes(b).is_err(), "flip at byte {i} accepted");
+    }
+    let mut b = bytes.clone();
+    b[8] = 9;
+    assert!(matches!(Archive::from_bytes(b), Err(FormatError::Checksum { .. })));
+    assert!(matches!(Archive::from_bytes(b"not a clip file at all, really!!".to_vec()), Err(FormatError::BadMagic)));
+}
