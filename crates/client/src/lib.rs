@@ -1,1 +1,12 @@
-//! The image client: pull, index, publish, mount, overlay and run images.
+//! The image client: what a worker node runs on top of the lower layers.
+//!
+//! - [`open_archive`]: a `.clip` file of either kind plus the [`clip_store::ContentStore`] serving its bytes.
+//! - [`extract`]: materialize the root filesystem into a directory (the result equals `umoci unpack`'s).
+
+mod error;
+mod extract;
+mod open;
+
+pub use error::ClientError;
+pub use extract::{extract, ExtractProgress, ExtractStats};
+pub use open::{open_archive, OpenOptions, Opened};

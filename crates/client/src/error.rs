@@ -1,0 +1,47 @@
+//! The client crate's error type.
+
+use std::path::PathBuf;
+
+/// Why a client operation failed; each variant names the file or path concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{path}: {source}")]
+    Format {
+        path: PathBuf,
+        #[source]
+        source: clip_format::FormatError,
+    },
+    #[error("index {path} was built from {image:?}, which is not a reference clip can read: {source}")]
+    BadSource {
+        path: PathBuf,
+        image: String,
+        #[source]
+        source: clip_source::SourceError,
+    },
+    #[error(transparent)]
+    Source(#[from] clip_source::SourceError),
+    #[error(transparent)]
+    Store(#[from] clip_store::StoreError),
+    #[error("the image behind {path} changed: index has manifest {indexed}, source now serves {found}")]
+    ManifestChanged { path: PathBuf, indexed: String, found: String },
+    #[error("{path}: {what}: {source}")]
+    Io {
+        path: PathBuf,
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}: target directory is not empty; extract into a new or empty directory")]
+    TargetNotEmpty(PathBuf),
+    #[error("refusing entry {name:?} in {dir}: not a single path component (the .clip file is corrupt or hostile)")]
+    UnsafeName { dir: PathBuf, name: String },
+    #[error("directory inode {0} appears twice in the tree (the .clip file is corrupt or hostile)")]
+    DirectoryCycle(u32),
+}
+
+impl ClientError {
+    pub(crate) fn io(path: impl Into<PathBuf>, what: &'static str) -> impl FnOnce(std::io::Error) -> ClientError {
+        let path = path.into();
+        move |source| ClientError::Io { path, what, source }
+    }
+}

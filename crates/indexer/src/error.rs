@@ -1,0 +1,51 @@
+//! The indexer's error type.
+
+use clip_source::{Digest, SourceError};
+
+/// Why an image could not be indexed. Every variant names the layer (index and digest) it concerns.
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("layer {layer} ({digest}): {source}")]
+    Read {
+        layer: usize,
+        digest: Digest,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("layer {layer} ({digest}): {source}")]
+    Codec {
+        layer: usize,
+        digest: Digest,
+        #[source]
+        source: clip_codec::CodecError,
+    },
+    #[error("layer {layer} ({digest}): malformed or hostile tar: {source}")]
+    Tar {
+        layer: usize,
+        digest: Digest,
+        #[source]
+        source: crate::tar::TarError,
+    },
+    #[error("layer {layer}: {source}")]
+    Merge {
+        layer: usize,
+        #[source]
+        source: crate::merge::MergeError,
+    },
+    #[error("layer {layer}: blob digest mismatch: manifest says {expected}, the bytes hash to {actual} (the registry or layout is corrupt)")]
+    BlobDigest { layer: usize, expected: Digest, actual: Digest },
+    #[error("layer {layer} ({digest}): size mismatch: manifest says {expected} bytes, got {actual}")]
+    BlobSize { layer: usize, digest: Digest, expected: u64, actual: u64 },
+    #[error("layer {layer} ({digest}): diff_id mismatch: config says {expected}, the uncompressed tar hashes to {actual}")]
+    DiffId { layer: usize, digest: Digest, expected: Digest, actual: Digest },
+    #[error("image config lists {diff_ids} diff_ids for {layers} layers")]
+    DiffIdCount { diff_ids: usize, layers: usize },
+    #[error("layer {layer} ({digest}): decompresses to over {ratio}x its compressed size (a decompression bomb?); raise --max-ratio if the image is trusted")]
+    Ratio { layer: usize, digest: Digest, ratio: u64 },
+    #[error("span size must be between 64 KiB and 1 GiB, got {0} bytes")]
+    SpanSize(u64),
+    #[error("indexing task failed: {0}")]
+    Task(String),
+}

@@ -1,0 +1,295 @@
+//! The indexing pipeline: every layer is streamed once (layers in parallel), through
+//! blob digest → decompressor with checkpoints → diff_id digest → tar parser; then the layers are merged in
+//! order into one tree and turned into [`IndexContents`].
+
+use std::cell::{Cell, RefCell};
+use std::io::Read;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use clip_codec::{Compression as Codec, IndexingReader, LayerSummary};
+use clip_format::{ArchiveKind, Compression, ImageConfig, ImageMeta, IndexContents, LayerMeta, Platform, SpanSpec};
+use clip_source::{BlobSource, Descriptor, Digest, LayerCompression, ResolvedImage};
+use futures::{StreamExt, TryStreamExt};
+use sha2::{Digest as _, Sha256};
+use tracing::{debug, info};
+
+use crate::merge::Merger;
+use crate::tar::{TarEntry, TarError, TarReader};
+use crate::IndexError;
+
+/// Reports progress of an indexing run (e.g. to progress bars). All methods have empty defaults.
+pub trait Progress: Send + Sync {
+    /// Layer `layer` (of `total`) starts streaming.
+    fn layer_started(&self, _layer: usize, _desc: &Descriptor) {}
+    /// So far `compressed` bytes read and `files` tar entries parsed in `layer`.
+    fn layer_progress(&self, _layer: usize, _compressed: u64, _files: u64) {}
+    /// Layer `layer` is fully read and verified.
+    fn layer_done(&self, _layer: usize) {}
+}
+
+/// How to index.
+#[derive(Clone)]
+pub struct IndexOptions {
+    /// Uncompressed bytes per span (a checkpoint every this many bytes). Default 4 MiB.
+    pub span_size: u64,
+    /// Refuse a layer that inflates to more than this many times its compressed size (plus 64 MiB of slack).
+    /// 0 disables the check. Default 1000.
+    pub max_ratio: u64,
+    /// Layers read at once. Default 4.
+    pub parallel_layers: usize,
+    pub progress: Option<Arc<dyn Progress>>,
+}
+
+impl Default for IndexOptions {
+    fn default() -> Self {
+        IndexOptions { span_size: 4 << 20, max_ratio: 1000, parallel_layers: 4, progress: None }
+    }
+}
+
+/// One layer after streaming: its tar entries and the span table.
+struct LayerResult {
+    entries: Vec<TarEntry>,
+    summary: LayerSummary,
+    diff_id: Digest,
+}
+
+/// Indexes `image`, reading its layers from `source`.
+pub async fn index_image(
+    image: &ResolvedImage,
+    source: Arc<dyn BlobSource>,
+    opts: &IndexOptions,
+) -> Result<IndexContents, IndexError> {
+    if !(64 << 10..=1 << 30).contains(&opts.span_size) {
+        return Err(IndexError::SpanSize(opts.span_size));
+    }
+    let diff_ids = &image.config.diff_ids;
+    if diff_ids.len() != image.layers.len() {
+        return Err(IndexError::DiffIdCount { diff_ids: diff_ids.len(), layers: image.layers.len() });
+    }
+    // Refuse unknown media types before downloading anything.
+    let compressions: Vec<LayerCompression> =
+        image.layers.iter().map(|l| l.compression()).collect::<Result<_, _>>()?;
+
+    let tasks = image.layers.iter().cloned().zip(compressions).enumerate().map(|(i, (desc, comp))| {
+        let source = source.clone();
+        let opts = opts.clone();
+        let expected_diff = diff_ids[i].clone();
+        async move {
+            let result = index_layer(i, desc.clone(), comp, source, opts).await?;
+            if result.diff_id != expected_diff {
+                return Err(IndexError::DiffId { layer: i, digest: desc.digest, expected: expected_diff, actual: result.diff_id });
+            }
+            Ok::<_, IndexError>(result)
+        }
+    });
+    let results: Vec<LayerResult> = futures::stream::iter(tasks)
+        .buffered(opts.parallel_layers.max(1))
+        .try_collect()
+        .await?;
+
+    let mut merger = Merger::new();
+    let mut layers = Vec::with_capacity(results.len());
+    let mut spans = Vec::new();
+    for (i, (r, desc)) in results.into_iter().zip(&image.layers).enumerate() {
+        merger.apply_layer(i as u32, r.entries).map_err(|source| IndexError::Merge { layer: i, source })?;
+        layers.push(LayerMeta {
+            media_type: desc.media_type.clone(),
+            digest: desc.digest.to_string(),
+            size: desc.size,
+            diff_id: r.diff_id.to_string(),
+            uncompressed_size: r.summary.uncompressed_size,
+            compression: match desc.compression()? {
+                LayerCompression::Gzip => Compression::Gzip,
+                LayerCompression::Zstd => Compression::Zstd,
+                LayerCompression::None => Compression::None,
+            },
+            first_span: spans.len() as u32,
+            span_count: r.summary.spans.len() as u32,
+        });
+        spans.extend(r.summary.spans.into_iter().map(|s| SpanSpec {
+            out_offset: s.checkpoint.out_offset,
+            in_offset: s.checkpoint.in_offset,
+            bits: s.checkpoint.bits,
+            digest: s.digest,
+            window: s.checkpoint.window,
+        }));
+    }
+    let nodes = merger.finish();
+    info!(image = %image.reference, layers = layers.len(), nodes = nodes.len(), spans = spans.len(), "indexed");
+    let meta = ImageMeta {
+        source: image.reference.to_string(),
+        manifest_digest: Some(image.manifest_digest.to_string()),
+        platform: Some(Platform {
+            os: image.platform.os.clone(),
+            architecture: image.platform.architecture.clone(),
+            variant: image.platform.variant.clone(),
+        }),
+        config: image_config(image),
+        span_size: opts.span_size,
+        layers,
+    };
+    Ok(IndexContents { kind: ArchiveKind::IndexOnly, meta, nodes, spans })
+}
+
+fn image_config(image: &ResolvedImage) -> ImageConfig {
+    let c = &image.config;
+    ImageConfig {
+        env: c.env.clone(),
+        entrypoint: c.entrypoint.clone(),
+        cmd: c.cmd.clone(),
+        working_dir: c.working_dir.clone(),
+        user: c.user.clone(),
+        labels: c.labels.clone(),
+        exposed_ports: c.exposed_ports.clone(),
+        volumes: c.volumes.clone(),
+        stop_signal: c.stop_signal.clone(),
+    }
+}
+
+/// Streams one layer on a blocking thread (decompression and parsing are CPU work).
+async fn index_layer(
+    layer: usize,
+    desc: Descriptor,
+    comp: LayerCompression,
+    source: Arc<dyn BlobSource>,
+    opts: IndexOptions,
+) -> Result<LayerResult, IndexError> {
+    if let Some(p) = &opts.progress {
+        p.layer_started(layer, &desc);
+    }
+    debug!(layer, digest = %desc.digest, size = desc.size, "streaming layer");
+    let stream = source.open_blob(&desc).await?;
+    let reader = tokio_util::io::StreamReader::new(stream.map_err(std::io::Error::other));
+    let sync = tokio_util::io::SyncIoBridge::new(reader);
+    let d = desc.clone();
+    let result = tokio::task::spawn_blocking(move || read_layer(layer, &d, comp, sync, &opts))
+        .await
+        .map_err(|e| IndexError::Task(e.to_string()))??;
+    Ok(result)
+}
+
+/// Running digest and byte count of a stream, shared with whoever wraps the reader.
+#[derive(Default)]
+struct Tally {
+    hash: Sha256,
+    count: u64,
+}
+
+/// Counts and hashes the bytes that pass through it into a shared [`Tally`].
+struct Hashing<R> {
+    inner: R,
+    tally: Rc<RefCell<Tally>>,
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let mut t = self.tally.borrow_mut();
+        t.hash.update(&buf[..n]);
+        t.count += n as u64;
+        Ok(n)
+    }
+}
+
+/// Stops a decompression bomb: fails the read once output exceeds `max_ratio` × input + 64 MiB.
+struct Guard<R: Read> {
+    inner: IndexingReader<R>,
+    max_ratio: u64,
+    tripped: Rc<Cell<bool>>,
+}
+
+impl<R: Read> Read for Guard<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if self.max_ratio > 0 {
+            let limit = self.inner.compressed_pos().saturating_mul(self.max_ratio).saturating_add(64 << 20);
+            if self.inner.uncompressed_pos() > limit {
+                self.tripped.set(true);
+                return Err(std::io::Error::other("decompression ratio limit exceeded"));
+            }
+        }
+        Ok(n)
+    }
+}
+
+fn read_layer(
+    layer: usize,
+    desc: &Descriptor,
+    comp: LayerCompression,
+    blob: impl Read,
+    opts: &IndexOptions,
+) -> Result<LayerResult, IndexError> {
+    let digest = || desc.digest.clone();
+    let blob_tally = Rc::new(RefCell::new(Tally::default()));
+    let tar_tally = Rc::new(RefCell::new(Tally::default()));
+    let tripped = Rc::new(Cell::new(false));
+    let codec = match comp {
+        LayerCompression::Gzip => Codec::Gzip,
+        LayerCompression::Zstd => Codec::Zstd,
+        LayerCompression::None => Codec::None,
+    };
+    let inflating = IndexingReader::new(Hashing { inner: blob, tally: blob_tally.clone() }, codec, opts.span_size);
+    let guarded = Guard { inner: inflating, max_ratio: opts.max_ratio, tripped: tripped.clone() };
+    let mut tar = TarReader::new(Hashing { inner: guarded, tally: tar_tally.clone() });
+    let mut entries = Vec::new();
+    let mut last_report = 0u64;
+    loop {
+        let entry = match tar.next_entry() {
+            Ok(Some(entry)) => entry,
+            Ok(None) => break,
+            Err(source) => return Err(tar_error(layer, desc, source, tripped.get(), opts.max_ratio)),
+        };
+        entries.push(entry);
+        if let Some(p) = &opts.progress {
+            let pos = tar.position();
+            if pos - last_report > 1 << 20 {
+                last_report = pos;
+                p.layer_progress(layer, blob_tally.borrow().count, entries.len() as u64);
+            }
+        }
+    }
+    // Whatever follows the end-of-archive blocks still counts for the digests.
+    let mut rest = tar.into_inner();
+    if let Err(e) = std::io::copy(&mut rest, &mut std::io::sink()) {
+        let offset = tar_tally.borrow().count;
+        return Err(tar_error(layer, desc, TarError::Io { offset, source: e }, tripped.get(), opts.max_ratio));
+    }
+    let summary = rest.inner.inner.finish().map_err(|source| IndexError::Codec { layer, digest: digest(), source })?;
+    let diff_id = Digest::from_sha256(std::mem::take(&mut tar_tally.borrow_mut().hash).finalize().into());
+    let Tally { hash, count } = std::mem::take(&mut *blob_tally.borrow_mut());
+    let actual = Digest::from_sha256(hash.finalize().into());
+    if actual != desc.digest {
+        return Err(IndexError::BlobDigest { layer, expected: digest(), actual });
+    }
+    if count != desc.size {
+        return Err(IndexError::BlobSize { layer, digest: digest(), expected: desc.size, actual: count });
+    }
+    debug!(layer, spans = summary.spans.len(), files = entries.len(), "layer indexed");
+    if let Some(p) = &opts.progress {
+        p.layer_done(layer);
+    }
+    Ok(LayerResult { entries, summary, diff_id })
+}
+
+/// Sorts a failure seen through the tar parser: a tripped ratio guard, a decoder error, a read error
+/// from the source, or a tar format problem.
+fn tar_error(layer: usize, desc: &Descriptor, err: TarError, tripped: bool, ratio: u64) -> IndexError {
+    let digest = desc.digest.clone();
+    if tripped {
+        return IndexError::Ratio { layer, digest, ratio };
+    }
+    match err {
+        TarError::Io { source, .. } => {
+            if !source.get_ref().is_some_and(|e| e.is::<clip_codec::CodecError>()) {
+                return IndexError::Read { layer, digest, source };
+            }
+            match source.into_inner().map(|e| e.downcast::<clip_codec::CodecError>()) {
+                Some(Ok(codec)) => IndexError::Codec { layer, digest, source: *codec },
+                _ => IndexError::Read { layer, digest, source: std::io::Error::other("decoder failed") },
+            }
+        }
+        other => IndexError::Tar { layer, digest, source: other },
+    }
+}
+

@@ -1,0 +1,35 @@
+//! The content store's error type.
+
+/// Why file bytes could not be served. A reader sees these as EIO; the message goes to the log.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Format(#[from] clip_format::FormatError),
+    #[error("layer {layer}: {source}")]
+    Source {
+        layer: u32,
+        #[source]
+        source: clip_source::SourceError,
+    },
+    #[error("layer {layer} span {span}: {source}")]
+    Decode {
+        layer: u32,
+        span: usize,
+        #[source]
+        source: clip_codec::CodecError,
+    },
+    #[error(
+        "layer {layer} span {span}: bytes fail verification (expected sha256 {expected}, got {actual}); not served"
+    )]
+    Verify { layer: u32, span: usize, expected: String, actual: String },
+    #[error("layer {layer} ({media_type}) cannot be read: {why}")]
+    Layer { layer: u32, media_type: String, why: String },
+    #[error("read of {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("a span fetch was cancelled: {0}")]
+    Task(String),
+}

@@ -1,0 +1,110 @@
+//! Command-line arguments (clap derive). Only parsing lives here; `commands/` does the work.
+
+use std::path::PathBuf;
+
+use clap::{Args as ClapArgs, Parser, Subcommand};
+
+/// clip makes container images lazy: it indexes an unmodified OCI image into a small .clip file and mounts
+/// it with FUSE, fetching file contents on demand from the registry.
+#[derive(Debug, Parser)]
+#[command(name = "clip", version, about, long_about = None, propagate_version = true)]
+pub struct Args {
+    /// More log output (-v info, -vv debug, -vvv trace). CLIP_LOG=<filter> overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only errors.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Index an OCI image (registry or OCI layout) into an index-only .clip file.
+    ///
+    /// Every layer is streamed once; the index records the merged file tree, where each file's bytes sit
+    /// in the layer blobs, and resume points (checkpoints) so any span can be fetched on its own later.
+    #[command(
+        after_help = "Examples:\n  clip index 127.0.0.1:5000/app:latest -o app.clip\n  clip index docker.io/library/alpine:3.20 --platform linux/arm64 -o alpine.clip\n  clip index oci:./layout:v1 -o app.clip"
+    )]
+    Index(IndexArgs),
+    /// Show what a .clip file holds: kind, source, layers, spans, sizes.
+    Inspect(InspectArgs),
+    /// List a directory of the image (or one entry) without mounting.
+    Ls(LsArgs),
+    /// Print a file of the image, fetching only the spans it needs.
+    Cat(CatArgs),
+    /// Write the image's root filesystem into DIR (run as root to keep owners, devices and xattrs).
+    Extract(ExtractArgs),
+}
+
+/// Where the image comes from and how to reach it.
+#[derive(Debug, ClapArgs)]
+pub struct SourceArgs {
+    /// Use plain HTTP for the registry (localhost and 127.0.0.0/8 use it by default, like Docker).
+    #[arg(long)]
+    pub plain_http: bool,
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct IndexArgs {
+    /// REGISTRY/REPO[:TAG|@DIGEST] (Docker Hub defaults apply) or oci:DIR[:TAG].
+    pub image: String,
+    /// Output .clip file.
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Platform to pick from a multi-platform image, OS/ARCH[/VARIANT]. Default: this machine's.
+    #[arg(long)]
+    pub platform: Option<String>,
+    /// Uncompressed MiB between checkpoints: smaller spans fetch less per read, larger ones make a smaller
+    /// index.
+    #[arg(long, default_value_t = 4)]
+    pub span_mib: u64,
+    /// Refuse layers that inflate to more than this many times their compressed size (0: no limit).
+    #[arg(long, default_value_t = 1000)]
+    pub max_ratio: u64,
+    #[command(flatten)]
+    pub source: SourceArgs,
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct InspectArgs {
+    /// A .clip file.
+    pub file: PathBuf,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct LsArgs {
+    /// A .clip file.
+    pub file: PathBuf,
+    /// Path inside the image.
+    #[arg(default_value = "/")]
+    pub path: String,
+    /// Long listing: mode, links, owner, size, mtime.
+    #[arg(short, long)]
+    pub long: bool,
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct CatArgs {
+    /// A .clip file.
+    pub file: PathBuf,
+    /// Path of a regular file inside the image.
+    pub path: String,
+    #[command(flatten)]
+    pub source: SourceArgs,
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct ExtractArgs {
+    /// A .clip file.
+    pub file: PathBuf,
+    /// Target directory; must be empty or not exist yet.
+    pub dir: PathBuf,
+    #[command(flatten)]
+    pub source: SourceArgs,
+}

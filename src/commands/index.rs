@@ -1,0 +1,57 @@
+//! `clip index`: resolve the image, stream its layers once, write the .clip file atomically.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use clip_indexer::{index_image, IndexOptions};
+use clip_source::{ImageRef, Platform, SourceOptions};
+
+use crate::args::IndexArgs;
+use crate::commands::progress;
+
+pub async fn run(a: IndexArgs, quiet: bool) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let reference: ImageRef = a.image.parse().with_context(|| format!("parsing image reference {:?}", a.image))?;
+    let mut opts = SourceOptions { plain_http: a.source.plain_http, ..Default::default() };
+    if let Some(p) = &a.platform {
+        opts.platform = p.parse::<Platform>().with_context(|| format!("parsing --platform {p:?}"))?;
+    }
+    let (image, source) =
+        clip_source::open(&reference, &opts).await.with_context(|| format!("resolving {reference}"))?;
+    let mut index_opts =
+        IndexOptions { span_size: a.span_mib.saturating_mul(1 << 20), max_ratio: a.max_ratio, ..Default::default() };
+    if progress::enabled(quiet) {
+        index_opts.progress = Some(Arc::new(progress::LayerBars::default()));
+    }
+    let contents =
+        index_image(&image, source.clone(), &index_opts).await.with_context(|| format!("indexing {reference}"))?;
+
+    let out = &a.output;
+    let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let mut tmp =
+        tempfile::NamedTempFile::new_in(dir).with_context(|| format!("creating a file in {}", dir.display()))?;
+    let size = clip_format::write_index(&contents, std::io::BufWriter::new(tmp.as_file_mut()))
+        .with_context(|| format!("writing {}", out.display()))?;
+    tmp.as_file_mut().flush()?;
+    tmp.as_file().sync_all().with_context(|| format!("syncing {}", out.display()))?;
+    tmp.persist(out).with_context(|| format!("renaming into {}", out.display()))?;
+
+    let image_size: u64 = image.layers.iter().map(|l| l.size).sum();
+    if !quiet {
+        eprintln!(
+            "indexed {reference} ({}) in {:.1}s: {} layers, {} inodes, {} spans; index {} bytes = {:.3}% of {} compressed bytes -> {}",
+            image.manifest_digest,
+            started.elapsed().as_secs_f64(),
+            contents.meta.layers.len(),
+            contents.nodes.len(),
+            contents.spans.len(),
+            size,
+            100.0 * size as f64 / image_size.max(1) as f64,
+            image_size,
+            out.display()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,66 @@
+//! `clip inspect`: kind, source, layers, spans and sizes of a .clip file.
+
+use anyhow::Context;
+use clip_format::{layout, Archive};
+
+use crate::args::InspectArgs;
+
+pub fn run(a: InspectArgs) -> anyhow::Result<()> {
+    let archive = Archive::open(&a.file).with_context(|| format!("opening {}", a.file.display()))?;
+    let meta = archive.meta();
+    let file_size = std::fs::metadata(&a.file)?.len();
+    let image_size: u64 = meta.layers.iter().map(|l| l.size).sum();
+    let windows = archive.section(layout::SEC_WIND).map_or(0, |s| s.stored_len);
+    if a.json {
+        let sections: Vec<_> = archive
+            .sections()
+            .iter()
+            .map(|s| serde_json::json!({"id": s.name(), "offset": s.offset, "stored": s.stored_len, "raw": s.raw_len}))
+            .collect();
+        let v = serde_json::json!({
+            "kind": match archive.kind() { clip_format::ArchiveKind::IndexOnly => "index-only", _ => "data-carrying" },
+            "file_size": file_size,
+            "mounted_size": archive.mounted_size(),
+            "windows_size": windows,
+            "image_size": image_size,
+            "nodes": archive.node_count(),
+            "spans": archive.span_count(),
+            "sections": sections,
+            "meta": meta,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("kind:      {}", archive.kind());
+    println!("source:    {}", meta.source);
+    if let Some(d) = &meta.manifest_digest {
+        println!("manifest:  {d}");
+    }
+    if let Some(p) = &meta.platform {
+        println!(
+            "platform:  {}/{}{}",
+            p.os,
+            p.architecture,
+            p.variant.as_ref().map(|v| format!("/{v}")).unwrap_or_default()
+        );
+    }
+    println!("inodes:    {}", archive.node_count());
+    println!("spans:     {} (every {} MiB)", archive.span_count(), meta.span_size >> 20);
+    println!(
+        "size:      {file_size} bytes ({} loaded at mount, {windows} of checkpoint windows) = {:.3}% of the {image_size}-byte image",
+        archive.mounted_size(),
+        100.0 * file_size as f64 / image_size.max(1) as f64
+    );
+    println!("layers:");
+    for (i, l) in meta.layers.iter().enumerate() {
+        println!(
+            "  {i:>2} {} {:<5} {:>12} -> {:>12} bytes, {} spans",
+            l.digest, l.compression, l.size, l.uncompressed_size, l.span_count
+        );
+    }
+    let c = &meta.config;
+    if !c.entrypoint.is_empty() || !c.cmd.is_empty() {
+        println!("command:   {:?} {:?}", c.entrypoint, c.cmd);
+    }
+    Ok(())
+}

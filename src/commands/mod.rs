@@ -1,0 +1,23 @@
+//! One module per subcommand; each turns its arguments into library calls and prints the result.
+
+mod cat;
+mod extract;
+mod index;
+mod inspect;
+mod ls;
+mod progress;
+
+use std::process::ExitCode;
+
+use crate::args::{Args, Command};
+
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    match args.command {
+        Command::Index(a) => index::run(a, args.quiet).await,
+        Command::Inspect(a) => inspect::run(a),
+        Command::Ls(a) => ls::run(a),
+        Command::Cat(a) => cat::run(a).await,
+        Command::Extract(a) => extract::run(a, args.quiet).await,
+    }?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,59 @@
+//! Progress bars on a terminal (quiet when stderr is not one): one bar per layer while indexing.
+
+use std::io::IsTerminal;
+use std::sync::Mutex;
+
+use clip_indexer::Progress;
+use clip_source::Descriptor;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+
+/// Whether progress should be drawn.
+pub fn enabled(quiet: bool) -> bool {
+    !quiet && std::io::stderr().is_terminal()
+}
+
+/// A bar per layer: compressed bytes read and files seen.
+#[derive(Default)]
+pub struct LayerBars {
+    multi: MultiProgress,
+    bars: Mutex<Vec<Option<ProgressBar>>>,
+}
+
+impl LayerBars {
+    fn with_bar(&self, layer: usize, f: impl FnOnce(&ProgressBar)) {
+        let bars = self.bars.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(Some(bar)) = bars.get(layer) {
+            f(bar);
+        }
+    }
+}
+
+impl Progress for LayerBars {
+    fn layer_started(&self, layer: usize, desc: &Descriptor) {
+        let bar = self.multi.add(ProgressBar::new(desc.size));
+        bar.set_style(
+            ProgressStyle::with_template("layer {prefix:>2} {bar:30} {bytes:>10}/{total_bytes:<10} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar.set_prefix(layer.to_string());
+        let mut bars = self.bars.lock().unwrap_or_else(|e| e.into_inner());
+        if bars.len() <= layer {
+            bars.resize(layer + 1, None);
+        }
+        bars[layer] = Some(bar);
+    }
+
+    fn layer_progress(&self, layer: usize, compressed: u64, files: u64) {
+        self.with_bar(layer, |b| {
+            b.set_position(compressed);
+            b.set_message(format!("{files} files"));
+        });
+    }
+
+    fn layer_done(&self, layer: usize) {
+        self.with_bar(layer, |b| {
+            b.set_position(b.length().unwrap_or(0));
+            b.finish();
+        });
+    }
+}
