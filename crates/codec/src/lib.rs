@@ -1,1 +1,226 @@
 //! Random access into compressed layer streams: gzip (zran checkpoints), zstd (frames) and raw tar.
+//!
+//! An OCI layer blob is compressed as one stream, which normally can only be read from the start. This crate
+//! makes it seekable in two halves:
+//!
+//! 1. **Indexing** — [`IndexingReader`] wraps the compressed stream while an indexer reads it once from
+//!    start to end. Its [`Read`](std::io::Read) yields the uncompressed bytes; meanwhile it records a
+//!    [`Checkpoint`] about every `span_size` uncompressed bytes and the SHA-256 of each [`Span`]'s bytes.
+//!    [`IndexingReader::finish`] returns them as a [`LayerSummary`].
+//! 2. **Decoding** — later, [`span_fetch_range`] says which compressed bytes a span needs (for an HTTP Range
+//!    request) and [`decode_span`] turns them back into exactly that span's bytes, starting from its
+//!    checkpoint.
+//!
+//! Per [`Compression`]:
+//! - **gzip**: zran-style (zlib's `examples/zran.c`): checkpoints sit at deflate block boundaries and carry
+//!   the compressed offset, a bit offset and the (up to) 32 KiB window of output that precedes them in the
+//!   same gzip member. Concatenated gzip members work, also when a span crosses a member boundary.
+//! - **zstd**: checkpoints sit at frame boundaries (frames are coalesced until a span has `span_size`
+//!   bytes); a single-frame layer is one span. Skippable frames are allowed.
+//! - **none** (raw tar): checkpoints at exact multiples of `span_size`; compressed and uncompressed offsets
+//!   are equal.
+//!
+//! This crate does no I/O beyond the `Read` it is given, keeps bounded memory (a 64 KiB input buffer, one
+//! decompressor and the recorded checkpoints; drain those with [`IndexingReader::take_spans`] for huge
+//! layers) and never panics on hostile input. Span digests use SHA-256 ([`sha256`] is provided so callers
+//! verify with the same function).
+//!
+//! ```
+//! use std::io::Read;
+//! use clip_codec::{decode_span, span_fetch_range, Compression, IndexingReader, SpanRef};
+//!
+//! let layer = vec![7u8; 10_000]; // an uncompressed "tar"
+//! let mut reader = IndexingReader::new(&layer[..], Compression::None, 4096);
+//! let mut out = Vec::new();
+//! reader.read_to_end(&mut out).unwrap();
+//! let summary = reader.finish().unwrap();
+//! assert_eq!(summary.spans.len(), 3);
+//!
+//! let refs: Vec<SpanRef> = summary.spans.iter().map(|s| s.as_ref()).collect();
+//! let range = span_fetch_range(Compression::None, &refs, 1, summary.compressed_size);
+//! let fetched = &layer[range.start as usize..range.end as usize];
+//! let span = &summary.spans[1];
+//! let bytes = decode_span(Compression::None, &span.checkpoint.as_ref(), range.start, fetched, span.len).unwrap();
+//! assert_eq!(bytes, &layer[4096..8192]);
+//! assert_eq!(clip_codec::sha256(&bytes), span.digest);
+//! ```
+
+mod decode;
+mod error;
+mod gzip;
+mod gzip_header;
+mod input;
+mod reader;
+mod spans;
+mod zlib;
+mod zstd_frames;
+
+pub use decode::{decode_span, decode_span_into, fetch_range, span_fetch_range};
+pub use error::CodecError;
+pub use reader::IndexingReader;
+
+use sha2::Digest as _;
+
+/// How a layer blob is compressed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Compression {
+    /// gzip, possibly several members back to back.
+    Gzip,
+    /// zstd, one or more frames (skippable frames allowed).
+    Zstd,
+    /// Uncompressed tar.
+    None,
+}
+
+impl Compression {
+    /// The compression named by an OCI or Docker layer media type, e.g.
+    /// `application/vnd.oci.image.layer.v1.tar+gzip` or `application/vnd.docker.image.rootfs.diff.tar.gzip`.
+    /// `None` for media types that are not (known) layer tars.
+    pub fn from_media_type(media_type: &str) -> Option<Self> {
+        // "Non-distributable" layer types carry the same suffixes.
+        let base = media_type.trim();
+        if base.ends_with("+gzip") || base.ends_with(".tar.gzip") {
+            Some(Self::Gzip)
+        } else if base.ends_with("+zstd") || base.ends_with(".tar.zstd") {
+            Some(Self::Zstd)
+        } else if base.ends_with(".tar") {
+            Some(Self::None)
+        } else {
+            None
+        }
+    }
+
+    /// Guess from the first bytes of a blob: gzip and zstd (incl. skippable frames) by magic number,
+    /// anything else is taken as uncompressed.
+    pub fn sniff(prefix: &[u8]) -> Self {
+        match prefix {
+            [0x1f, 0x8b, ..] => Self::Gzip,
+            [0x28, 0xb5, 0x2f, 0xfd, ..] => Self::Zstd,
+            [b0, 0x2a, 0x4d, 0x18, ..] if b0 & 0xf0 == 0x50 => Self::Zstd,
+            _ => Self::None,
+        }
+    }
+}
+
+/// A place to resume decompression: everything [`decode_span`] needs besides the compressed bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// Offset in the uncompressed stream.
+    pub out_offset: u64,
+    /// Offset in the compressed blob. gzip: the byte holding the first bit of the next deflate block.
+    pub in_offset: u64,
+    /// gzip only: how many high bits of the byte at `in_offset - 1` belong to the next block (0..=7).
+    pub bits: u8,
+    /// gzip only: the uncompressed bytes right before `out_offset` within the same gzip member (at most
+    /// 32 KiB; empty at a member's start). Empty for zstd and none.
+    pub window: Vec<u8>,
+}
+
+impl Checkpoint {
+    /// A borrowed view, the form [`decode_span`] takes.
+    pub fn as_ref(&self) -> CheckpointRef<'_> {
+        CheckpointRef { out_offset: self.out_offset, in_offset: self.in_offset, bits: self.bits, window: &self.window }
+    }
+}
+
+/// A borrowed [`Checkpoint`], so a store can build one straight from memory-mapped index data without
+/// copying the window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CheckpointRef<'a> {
+    /// See [`Checkpoint::out_offset`].
+    pub out_offset: u64,
+    /// See [`Checkpoint::in_offset`].
+    pub in_offset: u64,
+    /// See [`Checkpoint::bits`].
+    pub bits: u8,
+    /// See [`Checkpoint::window`].
+    pub window: &'a [u8],
+}
+
+/// A run of uncompressed bytes that can be decoded on its own from its checkpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Span {
+    /// Where the span starts.
+    pub checkpoint: Checkpoint,
+    /// Uncompressed length.
+    pub len: u64,
+    /// SHA-256 of the span's uncompressed bytes.
+    pub digest: [u8; 32],
+}
+
+impl Span {
+    /// The window-less view [`span_fetch_range`] takes.
+    pub fn as_ref(&self) -> SpanRef {
+        SpanRef {
+            out_offset: self.checkpoint.out_offset,
+            in_offset: self.checkpoint.in_offset,
+            bits: self.checkpoint.bits,
+            len: self.len,
+        }
+    }
+}
+
+/// The position of a span without its window or digest: all [`span_fetch_range`] needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpanRef {
+    /// See [`Checkpoint::out_offset`].
+    pub out_offset: u64,
+    /// See [`Checkpoint::in_offset`].
+    pub in_offset: u64,
+    /// See [`Checkpoint::bits`].
+    pub bits: u8,
+    /// Uncompressed length of the span.
+    pub len: u64,
+}
+
+/// What indexing one layer produced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LayerSummary {
+    /// Spans in order; they tile the uncompressed stream without gaps. Spans already drained with
+    /// [`IndexingReader::take_spans`] are not repeated here.
+    pub spans: Vec<Span>,
+    /// Size of the compressed blob.
+    pub compressed_size: u64,
+    /// Size of the uncompressed stream.
+    pub uncompressed_size: u64,
+}
+
+/// SHA-256 of `data`, the digest recorded in [`Span::digest`].
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    sha2::Sha256::digest(data).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn media_types() {
+        let cases = [
+            ("application/vnd.oci.image.layer.v1.tar+gzip", Some(Compression::Gzip)),
+            ("application/vnd.oci.image.layer.v1.tar+zstd", Some(Compression::Zstd)),
+            ("application/vnd.oci.image.layer.v1.tar", Some(Compression::None)),
+            ("application/vnd.docker.image.rootfs.diff.tar", Some(Compression::None)),
+            ("application/vnd.docker.image.rootfs.diff.tar.gzip", Some(Compression::Gzip)),
+            ("application/vnd.oci.image.config.v1+json", None),
+        ];
+        for (media_type, want) in cases {
+            assert_eq!(Compression::from_media_type(media_type), want, "{media_type}");
+        }
+    }
+
+    #[test]
+    fn reader_can_move_to_another_thread() {
+        fn assert_send<T: Send>() {}
+        assert_send::<IndexingReader<std::fs::File>>();
+    }
+
+    #[test]
+    fn sniffing() {
+        assert_eq!(Compression::sniff(&[0x1f, 0x8b, 8]), Compression::Gzip);
+        assert_eq!(Compression::sniff(&[0x28, 0xb5, 0x2f, 0xfd]), Compression::Zstd);
+        assert_eq!(Compression::sniff(&[0x5a, 0x2a, 0x4d, 0x18]), Compression::Zstd);
+        assert_eq!(Compression::sniff(b"etc/passwd"), Compression::None);
+        assert_eq!(Compression::sniff(&[]), Compression::None);
+    }
+}

@@ -1,0 +1,143 @@
+//! Random access: which compressed bytes a span needs ([`span_fetch_range`]) and how to turn them back into
+//! the span's uncompressed bytes ([`decode_span`]).
+
+use std::ops::Range;
+
+use crate::error::CodecError;
+use crate::{gzip, zstd_frames, CheckpointRef, Compression, SpanRef};
+
+/// Extra compressed bytes fetched past a gzip span's end. Inflating a span never needs bytes past the next
+/// checkpoint's byte, but a few spare bytes cost nothing and guard against off-by-one surprises.
+const GZIP_FETCH_MARGIN: u64 = 8;
+
+/// The compressed byte range to fetch to decode span `i` of `spans` (all spans of one layer, in order).
+///
+/// gzip: from `in_offset` (one byte earlier when `bits > 0`, that byte holds the first bits) to just past
+/// the next span's `in_offset`, plus a small margin, clipped to `compressed_size`. zstd and none: from
+/// `in_offset` to the next span's `in_offset`. The last span runs to `compressed_size`.
+///
+/// # Panics
+/// If `i >= spans.len()` (a caller bug, like slice indexing).
+pub fn span_fetch_range(compression: Compression, spans: &[SpanRef], i: usize, compressed_size: u64) -> Range<u64> {
+    fetch_range(compression, &spans[i], spans.get(i + 1), compressed_size)
+}
+
+/// [`span_fetch_range`] for callers that hold a span and its successor (`None` for the last span) rather
+/// than a slice of all spans.
+pub fn fetch_range(
+    compression: Compression,
+    span: &SpanRef,
+    next: Option<&SpanRef>,
+    compressed_size: u64,
+) -> Range<u64> {
+    let start = match compression {
+        Compression::Gzip if span.bits > 0 => span.in_offset.saturating_sub(1),
+        _ => span.in_offset,
+    };
+    let end = match (compression, next) {
+        (_, None) => compressed_size,
+        (Compression::Gzip, Some(next)) => next.in_offset.saturating_add(1 + GZIP_FETCH_MARGIN).min(compressed_size),
+        (Compression::Zstd | Compression::None, Some(next)) => next.in_offset.min(compressed_size),
+    };
+    start.min(end)..end
+}
+
+/// Decode exactly `len` uncompressed bytes starting at `checkpoint`.
+///
+/// `compressed` holds the blob's bytes from offset `fetch_start` on: normally exactly the range
+/// [`span_fetch_range`] returned, though any range that covers it works. The result is not checked against
+/// the span's digest; callers compare [`crate::sha256`] of it with [`crate::Span::digest`].
+pub fn decode_span(
+    compression: Compression,
+    checkpoint: &CheckpointRef<'_>,
+    fetch_start: u64,
+    compressed: &[u8],
+    len: u64,
+) -> Result<Vec<u8>, CodecError> {
+    let too_large = || CodecError::SpanTooLarge { len };
+    let size = usize::try_from(len).map_err(|_| too_large())?;
+    let mut out = Vec::new();
+    out.try_reserve_exact(size).map_err(|_| too_large())?;
+    out.resize(size, 0);
+    decode_span_into(compression, checkpoint, fetch_start, compressed, &mut out)?;
+    Ok(out)
+}
+
+/// [`decode_span`] into a caller-provided buffer: fills all of `out` (whose length is the span length).
+pub fn decode_span_into(
+    compression: Compression,
+    checkpoint: &CheckpointRef<'_>,
+    fetch_start: u64,
+    compressed: &[u8],
+    out: &mut [u8],
+) -> Result<(), CodecError> {
+    if out.is_empty() {
+        return Ok(());
+    }
+    match compression {
+        Compression::Gzip => gzip::decode(checkpoint, fetch_start, compressed, out),
+        Compression::Zstd => zstd_frames::decode(checkpoint, fetch_start, compressed, out),
+        Compression::None => {
+            let start = checkpoint
+                .in_offset
+                .checked_sub(fetch_start)
+                .and_then(|rel| usize::try_from(rel).ok())
+                .filter(|&rel| rel <= compressed.len())
+                .ok_or(CodecError::CheckpointRange {
+                    in_offset: checkpoint.in_offset,
+                    bits: checkpoint.bits,
+                    fetch_start,
+                    fetched: compressed.len() as u64,
+                })?;
+            let available = &compressed[start..];
+            if available.len() < out.len() {
+                return Err(CodecError::Truncated { expected: out.len() as u64, got: available.len() as u64 });
+            }
+            out.copy_from_slice(&available[..out.len()]);
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn span(in_offset: u64, bits: u8) -> SpanRef {
+        SpanRef { out_offset: 0, in_offset, bits, len: 0 }
+    }
+
+    #[test]
+    fn gzip_range_includes_the_primed_byte_and_a_margin() {
+        let spans = [span(10, 0), span(100, 3), span(200, 0)];
+        assert_eq!(span_fetch_range(Compression::Gzip, &spans, 0, 300), 10..109);
+        assert_eq!(span_fetch_range(Compression::Gzip, &spans, 1, 300), 99..209);
+        assert_eq!(span_fetch_range(Compression::Gzip, &spans, 2, 300), 200..300);
+        // Clipped to the blob.
+        assert_eq!(span_fetch_range(Compression::Gzip, &spans, 1, 203), 99..203);
+    }
+
+    #[test]
+    fn zstd_and_raw_ranges_end_at_the_next_checkpoint() {
+        let spans = [span(0, 0), span(100, 0)];
+        for compression in [Compression::Zstd, Compression::None] {
+            assert_eq!(span_fetch_range(compression, &spans, 0, 150), 0..100);
+            assert_eq!(span_fetch_range(compression, &spans, 1, 150), 100..150);
+        }
+    }
+
+    #[test]
+    fn raw_decode_checks_the_range() {
+        let data = b"0123456789";
+        let cp = CheckpointRef { out_offset: 4, in_offset: 4, bits: 0, window: &[] };
+        assert_eq!(decode_span(Compression::None, &cp, 2, &data[2..], 3).unwrap(), b"456");
+        assert!(matches!(
+            decode_span(Compression::None, &cp, 5, &data[5..], 3),
+            Err(CodecError::CheckpointRange { .. })
+        ));
+        assert!(matches!(
+            decode_span(Compression::None, &cp, 0, &data[..6], 3),
+            Err(CodecError::Truncated { expected: 3, got: 2 })
+        ));
+    }
+}

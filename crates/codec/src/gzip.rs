@@ -1,0 +1,232 @@
+//! gzip, zran style: indexing ([`GzipIndexer`]) takes checkpoints at deflate block boundaries and checks
+//! every member's trailer; [`decode`] resumes raw inflate at a checkpoint (prime the leftover bits, preset
+//! the window) and follows the stream across member boundaries.
+
+use std::io::Read;
+
+use crate::error::CodecError;
+use crate::gzip_header::{HeaderParser, Trailer, TRAILER_LEN};
+use crate::input::Input;
+use crate::reader::Fault;
+use crate::spans::SpanRecorder;
+use crate::zlib::{crc32, Flush, RawInflater};
+use crate::CheckpointRef;
+
+enum State {
+    Header(HeaderParser),
+    Deflate,
+    Trailer(Trailer),
+    End,
+}
+
+/// Streaming gzip decoder that records checkpoints.
+pub(crate) struct GzipIndexer {
+    inflater: RawInflater,
+    state: State,
+    /// Compressed offset of the current member's header.
+    member_start: u64,
+    member_crc: u32,
+    member_len: u64,
+    members: u64,
+}
+
+impl GzipIndexer {
+    pub fn new() -> Result<Self, CodecError> {
+        Ok(Self {
+            inflater: RawInflater::new().map_err(|code| CodecError::ZlibInit { code })?,
+            state: State::Header(HeaderParser::new(0)),
+            member_start: 0,
+            member_crc: 0,
+            member_len: 0,
+            members: 0,
+        })
+    }
+
+    /// Decode into `out` (non-empty); `Ok(0)` only at the verified end of the last member.
+    pub fn step<R: Read>(
+        &mut self,
+        input: &mut Input<R>,
+        out: &mut [u8],
+        spans: &mut SpanRecorder,
+    ) -> Result<usize, Fault> {
+        loop {
+            match &mut self.state {
+                State::End => return Ok(0),
+                State::Header(parser) => {
+                    if !input.fill()? {
+                        if parser.is_fresh() && self.members > 0 {
+                            tracing::debug!(members = self.members, "end of gzip stream");
+                            self.state = State::End;
+                            continue;
+                        }
+                        return Err(CodecError::UnexpectedEof { offset: input.pos() }.into());
+                    }
+                    let (used, done) = parser.feed(input.data())?;
+                    input.consume(used);
+                    if done {
+                        self.member_start = parser.start();
+                        self.begin_member(input.pos(), spans)?;
+                    }
+                }
+                State::Deflate => {
+                    if !input.fill()? {
+                        return Err(CodecError::UnexpectedEof { offset: input.pos() }.into());
+                    }
+                    let step = self.inflater.inflate(input.data(), out, Flush::Block);
+                    input.consume(step.consumed);
+                    let produced = &out[..step.produced];
+                    self.member_crc = crc32(self.member_crc, produced);
+                    self.member_len += produced.len() as u64;
+                    spans.record(produced);
+                    match step.status {
+                        Ok(true) => self.state = State::Trailer(Trailer::default()),
+                        Ok(false) if step.consumed == 0 && step.produced == 0 => {
+                            // Input and output were both available: zlib cannot move, the data is bad.
+                            return Err(inflate_error(input.pos(), libz_rs_sys::Z_BUF_ERROR).into());
+                        }
+                        Ok(false) => self.maybe_checkpoint(input.pos(), spans),
+                        Err(code) => return Err(inflate_error(input.pos(), code).into()),
+                    }
+                    if step.produced > 0 {
+                        return Ok(step.produced);
+                    }
+                }
+                State::Trailer(trailer) => {
+                    if !input.fill()? {
+                        return Err(CodecError::UnexpectedEof { offset: input.pos() }.into());
+                    }
+                    let used = trailer.feed(input.data());
+                    input.consume(used);
+                    if let Some((crc, isize)) = trailer.value() {
+                        // ISIZE is the length modulo 2^32.
+                        if crc != self.member_crc || isize != self.member_len as u32 {
+                            return Err(CodecError::Crc { member_offset: self.member_start }.into());
+                        }
+                        self.members += 1;
+                        self.state = State::Header(HeaderParser::new(input.pos()));
+                    }
+                }
+            }
+        }
+    }
+
+    fn begin_member(&mut self, data_start: u64, spans: &mut SpanRecorder) -> Result<(), CodecError> {
+        self.inflater.reset().map_err(|code| inflate_error(data_start, code))?;
+        if self.members == 0 {
+            spans.start(data_start);
+        }
+        self.member_crc = 0;
+        self.member_len = 0;
+        self.state = State::Deflate;
+        Ok(())
+    }
+
+    /// After an `inflate(Z_BLOCK)`: take a checkpoint if we stopped before a (non-final) block and the span
+    /// is long enough.
+    fn maybe_checkpoint(&mut self, consumed: u64, spans: &mut SpanRecorder) {
+        let Some(unused) = self.inflater.block_boundary() else {
+            return;
+        };
+        if !spans.due() {
+            return;
+        }
+        // zlib keeps < 8 unused bits here; should more be held, whole bytes step the offset back.
+        let in_offset = consumed - u64::from(unused / 8);
+        let bits = (unused % 8) as u8;
+        spans.cut(in_offset, bits, self.inflater.dictionary());
+    }
+}
+
+fn inflate_error(offset: u64, code: i32) -> CodecError {
+    CodecError::Inflate { offset, code }
+}
+
+enum DecodeState {
+    Deflate,
+    Trailer(usize),
+    Header(HeaderParser),
+}
+
+/// Fill `out` with the uncompressed bytes that start at `checkpoint`. `data` holds the compressed bytes
+/// from offset `fetch_start` on.
+pub(crate) fn decode(
+    checkpoint: &CheckpointRef<'_>,
+    fetch_start: u64,
+    data: &[u8],
+    out: &mut [u8],
+) -> Result<(), CodecError> {
+    let range_error = || CodecError::CheckpointRange {
+        in_offset: checkpoint.in_offset,
+        bits: checkpoint.bits,
+        fetch_start,
+        fetched: data.len() as u64,
+    };
+    let mut pos = checkpoint
+        .in_offset
+        .checked_sub(fetch_start)
+        .and_then(|rel| usize::try_from(rel).ok())
+        .filter(|&rel| rel <= data.len())
+        .ok_or_else(range_error)?;
+    let mut inflater = RawInflater::new().map_err(|code| CodecError::ZlibInit { code })?;
+    let error_at = |pos: usize, code: i32| inflate_error(fetch_start + pos as u64, code);
+    if checkpoint.bits > 0 {
+        if checkpoint.bits > 7 || pos == 0 {
+            return Err(range_error());
+        }
+        let value = data[pos - 1] >> (8 - checkpoint.bits);
+        inflater.prime(checkpoint.bits, u32::from(value)).map_err(|code| error_at(pos, code))?;
+    }
+    if !checkpoint.window.is_empty() {
+        inflater.set_dictionary(checkpoint.window).map_err(|code| error_at(pos, code))?;
+    }
+
+    let mut produced = 0;
+    let mut state = DecodeState::Deflate;
+    let expected = out.len() as u64;
+    let truncated = |got: usize| CodecError::Truncated { expected, got: got as u64 };
+    while produced < out.len() {
+        let rest = &data[pos..];
+        match &mut state {
+            DecodeState::Deflate => {
+                let step = inflater.inflate(rest, &mut out[produced..], Flush::None);
+                pos += step.consumed;
+                produced += step.produced;
+                match step.status {
+                    Ok(true) => state = DecodeState::Trailer(0),
+                    Ok(false) if step.consumed == 0 && step.produced == 0 => {
+                        return Err(if pos == data.len() {
+                            truncated(produced)
+                        } else {
+                            error_at(pos, libz_rs_sys::Z_BUF_ERROR)
+                        });
+                    }
+                    Ok(false) => {}
+                    Err(code) => return Err(error_at(pos, code)),
+                }
+            }
+            DecodeState::Trailer(seen) => {
+                if rest.is_empty() {
+                    return Err(truncated(produced));
+                }
+                let take = (TRAILER_LEN - *seen).min(rest.len());
+                pos += take;
+                *seen += take;
+                if *seen == TRAILER_LEN {
+                    state = DecodeState::Header(HeaderParser::new(fetch_start + pos as u64));
+                }
+            }
+            DecodeState::Header(parser) => {
+                if rest.is_empty() {
+                    return Err(truncated(produced));
+                }
+                let (used, done) = parser.feed(rest)?;
+                pos += used;
+                if done {
+                    inflater.reset().map_err(|code| error_at(pos, code))?;
+                    state = DecodeState::Deflate;
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,125 @@
+//! [`SpanRecorder`]: turns the uncompressed output and the checkpoints a decoder offers into [`Span`]s with
+//! digests.
+
+use sha2::{Digest as _, Sha256};
+
+use crate::{Checkpoint, Span};
+
+/// Hashes output as it is produced and closes a span at each checkpoint.
+pub(crate) struct SpanRecorder {
+    span_size: u64,
+    done: Vec<Span>,
+    /// Start of the open span; `None` until the decoder knows where the first one starts.
+    current: Option<Checkpoint>,
+    hasher: Sha256,
+    out_pos: u64,
+}
+
+impl SpanRecorder {
+    /// `span_size` 0 is treated as 1.
+    pub fn new(span_size: u64) -> Self {
+        Self { span_size: span_size.max(1), done: Vec::new(), current: None, hasher: Sha256::new(), out_pos: 0 }
+    }
+
+    /// Open the first span (at uncompressed offset 0).
+    pub fn start(&mut self, in_offset: u64) {
+        debug_assert!(self.current.is_none() && self.out_pos == 0);
+        self.current = Some(Checkpoint { out_offset: 0, in_offset, bits: 0, window: Vec::new() });
+    }
+
+    /// Account for uncompressed output.
+    pub fn record(&mut self, data: &[u8]) {
+        if !data.is_empty() {
+            self.hasher.update(data);
+            self.out_pos += data.len() as u64;
+        }
+    }
+
+    /// Uncompressed bytes produced so far.
+    pub fn out_pos(&self) -> u64 {
+        self.out_pos
+    }
+
+    /// Bytes left before the open span reaches `span_size` (0 when a checkpoint is due).
+    pub fn room(&self) -> u64 {
+        let start = self.current.as_ref().map_or(0, |c| c.out_offset);
+        self.span_size.saturating_sub(self.out_pos - start)
+    }
+
+    /// Whether the open span has reached `span_size`, so the next possible checkpoint should be taken.
+    pub fn due(&self) -> bool {
+        self.current.is_some() && self.room() == 0
+    }
+
+    /// Close the open span here and open the next one at this checkpoint.
+    pub fn cut(&mut self, in_offset: u64, bits: u8, window: Vec<u8>) {
+        let next = Checkpoint { out_offset: self.out_pos, in_offset, bits, window };
+        tracing::trace!(out_offset = next.out_offset, in_offset, bits, window = next.window.len(), "checkpoint");
+        if let Some(prev) = self.current.replace(next) {
+            self.close(prev);
+        }
+    }
+
+    fn close(&mut self, checkpoint: Checkpoint) {
+        let digest = std::mem::take(&mut self.hasher).finalize().into();
+        self.done.push(Span { len: self.out_pos - checkpoint.out_offset, checkpoint, digest });
+    }
+
+    /// Spans closed so far (removed from the recorder).
+    pub fn take_done(&mut self) -> Vec<Span> {
+        std::mem::take(&mut self.done)
+    }
+
+    /// Close the last span and return every span not taken yet. A trailing empty span is dropped unless
+    /// it is the layer's only one.
+    pub fn finish(mut self) -> Vec<Span> {
+        if let Some(last) = self.current.take() {
+            let empty = self.out_pos == last.out_offset;
+            if !empty || (self.done.is_empty() && last.out_offset == 0) {
+                self.close(last);
+            }
+        }
+        self.done
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spans_tile_output_and_hash_their_bytes() {
+        let mut rec = SpanRecorder::new(4);
+        rec.start(10);
+        rec.record(b"abc");
+        assert!(!rec.due());
+        assert_eq!(rec.room(), 1);
+        rec.record(b"de");
+        assert!(rec.due());
+        rec.cut(20, 3, b"abcde".to_vec());
+        rec.record(b"fg");
+        let spans = rec.finish();
+        assert_eq!(spans.len(), 2);
+        assert_eq!((spans[0].checkpoint.out_offset, spans[0].len), (0, 5));
+        assert_eq!(spans[0].digest, crate::sha256(b"abcde"));
+        assert_eq!(spans[1].checkpoint.in_offset, 20);
+        assert_eq!((spans[1].checkpoint.out_offset, spans[1].len), (5, 2));
+        assert_eq!(spans[1].digest, crate::sha256(b"fg"));
+    }
+
+    #[test]
+    fn trailing_empty_span_is_dropped_but_an_empty_layer_has_one() {
+        let mut rec = SpanRecorder::new(2);
+        rec.start(0);
+        rec.record(b"xy");
+        rec.cut(2, 0, Vec::new());
+        assert_eq!(rec.finish().len(), 1);
+
+        let mut empty = SpanRecorder::new(2);
+        empty.start(0);
+        let spans = empty.finish();
+        assert_eq!(spans.len(), 1);
+        assert_eq!(spans[0].len, 0);
+        assert_eq!(spans[0].digest, crate::sha256(b""));
+    }
+}

@@ -1,0 +1,160 @@
+//! gzip round trips: index a generated layer, then decode every span from its checkpoint and fetch range.
+
+mod common;
+
+use std::io::Write;
+
+use clip_codec::{Compression, LayerSummary};
+use common::{check_spans, gnu_gzip, gzip, index, index_with, layer_data};
+
+const KIB: u64 = 1024;
+const MIB: usize = 1024 * 1024;
+
+fn assert_spans_reach_span_size(summary: &LayerSummary, span_size: u64) {
+    let (last, rest) = summary.spans.split_last().unwrap();
+    assert!(last.len > 0);
+    for span in rest {
+        assert!(span.len >= span_size, "span at {} has only {} bytes", span.checkpoint.out_offset, span.len);
+    }
+}
+
+#[test]
+fn single_member_many_small_spans() {
+    let original = layer_data(24 * MIB, 1);
+    let compressed = gnu_gzip(&original, 6);
+    let (out, summary) = index(&compressed, Compression::Gzip, 64 * KIB).unwrap();
+    assert!(out == original, "indexing output differs from the original");
+    assert!(summary.spans.len() > 80, "only {} spans", summary.spans.len());
+    assert_spans_reach_span_size(&summary, 64 * KIB);
+
+    let first = &summary.spans[0].checkpoint;
+    // gzip -n writes the minimal 10-byte header.
+    assert_eq!((first.out_offset, first.in_offset, first.bits), (0, 10, 0));
+    assert!(first.window.is_empty());
+    // One member: every later window is the full 32 KiB.
+    assert!(summary.spans[1..].iter().all(|s| s.checkpoint.window.len() == 32 * 1024));
+    // Huffman blocks end mid-byte, so the inflatePrime path is exercised.
+    let primed = summary.spans.iter().filter(|s| s.checkpoint.bits != 0).count();
+    assert!(primed > 10, "only {primed} checkpoints with bits != 0");
+    check_spans(Compression::Gzip, &summary, &compressed, &original);
+}
+
+#[test]
+fn miniz_oxide_output() {
+    let original = layer_data(4 * MIB, 8);
+    let compressed = gzip(&original, 6);
+    let (out, summary) = index(&compressed, Compression::Gzip, 64 * KIB).unwrap();
+    assert!(out == original);
+    assert!(summary.spans.len() > 10, "only {} spans", summary.spans.len());
+    assert!(summary.spans.iter().any(|s| s.checkpoint.bits != 0));
+    assert_spans_reach_span_size(&summary, 64 * KIB);
+    check_spans(Compression::Gzip, &summary, &compressed, &original);
+}
+
+#[test]
+fn read_and_input_chunking_do_not_change_the_index() {
+    let original = layer_data(6 * MIB, 2);
+    let compressed = gnu_gzip(&original, 1);
+    let (_, reference) = index(&compressed, Compression::Gzip, 256 * KIB).unwrap();
+    // Small reads go through the staging buffer; odd inner chunks split headers and blocks anywhere.
+    for (read_size, inner_chunk) in [(1000, 7777), (4096, 65_536), (1 << 20, 333), (31, 1)] {
+        let (out, summary) = index_with(&compressed, Compression::Gzip, 256 * KIB, read_size, inner_chunk).unwrap();
+        assert!(out == original, "read {read_size}/{inner_chunk}: output differs");
+        assert_eq!(summary, reference, "read {read_size}/{inner_chunk}: different index");
+    }
+    check_spans(Compression::Gzip, &reference, &compressed, &original);
+}
+
+#[test]
+fn best_compression_and_large_spans() {
+    let original = layer_data(8 * MIB, 3);
+    let compressed = gnu_gzip(&original, 9);
+    let (_, summary) = index(&compressed, Compression::Gzip, 4 * MIB as u64).unwrap();
+    assert!(summary.spans.len() >= 2);
+    assert_spans_reach_span_size(&summary, 4 * MIB as u64);
+    check_spans(Compression::Gzip, &summary, &compressed, &original);
+}
+
+#[test]
+fn concatenated_members_with_spans_across_boundaries() {
+    let original = layer_data(20 * MIB, 4);
+    // Irregular member sizes, including an empty and a one-byte member.
+    let cuts = [0, 1_000_000, 1_000_000, 1_000_001, 3_333_333, 3_400_000, 9_000_000, 20 * MIB];
+    let mut compressed = Vec::new();
+    let mut member_starts = Vec::new();
+    let mut member_out_starts = Vec::new();
+    for pair in cuts.windows(2) {
+        member_starts.push(compressed.len() as u64);
+        member_out_starts.push(pair[0] as u64);
+        compressed.extend_from_slice(&gnu_gzip(&original[pair[0]..pair[1]], 6));
+    }
+    let (out, summary) = index(&compressed, Compression::Gzip, 64 * KIB).unwrap();
+    assert!(out == original);
+    assert_spans_reach_span_size(&summary, 64 * KIB);
+    check_spans(Compression::Gzip, &summary, &compressed, &original);
+
+    // Windows never reach back into the previous member.
+    for span in &summary.spans {
+        let cp = &span.checkpoint;
+        let member_out = member_out_starts.iter().rev().find(|&&m| m <= cp.out_offset).unwrap();
+        assert!(cp.window.len() as u64 <= cp.out_offset - member_out);
+    }
+    // Some span's compressed range contains the start of a later member, so decoding crossed a trailer
+    // and a header.
+    let crossing = summary
+        .spans
+        .windows(2)
+        .filter(|w| member_starts.iter().any(|&m| w[0].checkpoint.in_offset < m && m < w[1].checkpoint.in_offset));
+    assert!(crossing.count() >= 3);
+}
+
+/// A gzip member with every optional header field, built by hand around raw deflate data.
+fn member_with_header_fields(data: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut out = vec![0x1f, 0x8b, 8, 0x02 | 0x04 | 0x08 | 0x10, 0x78, 0x56, 0x34, 0x12, 0, 3];
+    let extra = b"Ap\x04\x00clip";
+    out.extend_from_slice(&(extra.len() as u16).to_le_bytes());
+    out.extend_from_slice(extra);
+    out.extend_from_slice(name);
+    out.push(0);
+    out.extend_from_slice(b"generated by the clip-codec tests\0");
+    let mut crc = flate2::Crc::new();
+    crc.update(&out);
+    out.extend_from_slice(&(crc.sum() as u16).to_le_bytes());
+    let mut deflate = flate2::write::DeflateEncoder::new(out, flate2::Compression::new(6));
+    deflate.write_all(data).unwrap();
+    let mut out = deflate.finish().unwrap();
+    let mut crc = flate2::Crc::new();
+    crc.update(data);
+    out.extend_from_slice(&crc.sum().to_le_bytes());
+    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    out
+}
+
+#[test]
+fn optional_header_fields() {
+    let original = layer_data(3 * MIB, 5);
+    let mut compressed = member_with_header_fields(&original[..MIB], b"layer.tar");
+    compressed.extend_from_slice(&member_with_header_fields(&original[MIB..], "ünïcode-name".as_bytes()));
+    let (out, summary) = index(&compressed, Compression::Gzip, 64 * KIB).unwrap();
+    assert!(out == original);
+    assert!(summary.spans[0].checkpoint.in_offset > 10, "header fields were not skipped");
+    check_spans(Compression::Gzip, &summary, &compressed, &original);
+}
+
+#[test]
+fn tiny_spans_and_tiny_layers() {
+    let original = layer_data(2 * MIB, 6);
+    let compressed = gzip(&original, 6);
+    // span_size 1 = a checkpoint at every block boundary.
+    let (_, summary) = index(&compressed, Compression::Gzip, 1).unwrap();
+    assert!(summary.spans.len() > 3, "{} spans", summary.spans.len());
+    check_spans(Compression::Gzip, &summary, &compressed, &original);
+
+    for data in [&b""[..], b"x", b"hello world"] {
+        let compressed = gzip(data, 6);
+        let (out, summary) = index(&compressed, Compression::Gzip, 64 * KIB).unwrap();
+        assert_eq!(out, data);
+        assert_eq!(summary.spans.len(), 1);
+        check_spans(Compression::Gzip, &summary, &compressed, data);
+    }
+}
