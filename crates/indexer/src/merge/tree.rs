@@ -1,0 +1,183 @@
+//! The in-memory file tree the layers are applied to: an arena of inodes, each directory a `BTreeMap` from
+//! name to child (O(log n) lookups, sorted for deterministic output). Hard links are several directory
+//! entries naming one inode; an inode is freed when its last name goes. Nothing here recurses.
+
+use std::collections::BTreeMap;
+
+use clip_format::{mode, DataRef, Timestamp, Xattr};
+
+/// Index of an inode in the arena.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) struct NodeId(pub u32);
+
+impl NodeId {
+    pub const ROOT: NodeId = NodeId(0);
+
+    fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+/// Attributes of an inode.
+#[derive(Debug, Clone)]
+pub(super) struct Meta {
+    /// Full `st_mode` (type bits and permissions).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: Timestamp,
+    pub xattrs: Vec<Xattr>,
+}
+
+impl Meta {
+    /// A directory that `umoci` creates with `MkdirAll` (0o777 under the usual 022 umask), owned by root,
+    /// mtime 0.
+    pub fn implicit_dir() -> Meta {
+        Meta { mode: mode::S_IFDIR | 0o755, uid: 0, gid: 0, mtime: Timestamp::default(), xattrs: Vec::new() }
+    }
+}
+
+#[derive(Debug)]
+pub(super) enum Body {
+    Dir(BTreeMap<Vec<u8>, Child>),
+    File(DataRef),
+    Symlink(Vec<u8>),
+    Device { major: u32, minor: u32 },
+    Special,
+}
+
+/// A directory entry: the inode it names and the layer generation that last extracted (or passed through)
+/// this path — `umoci`'s "upper paths", which opaque whiteouts and whiteouts must keep.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Child {
+    pub node: NodeId,
+    pub upper: u32,
+}
+
+#[derive(Debug)]
+pub(super) struct Node {
+    pub meta: Meta,
+    pub body: Body,
+    /// Number of directory entries naming this inode.
+    links: u32,
+}
+
+/// The arena.
+pub(super) struct Tree {
+    nodes: Vec<Option<Node>>,
+    free: Vec<NodeId>,
+    live: usize,
+}
+
+/// The arena has no more inode numbers to give.
+#[derive(Debug)]
+pub(super) struct Full;
+
+impl Tree {
+    /// A tree holding only the root directory, `umoci`'s defaults: 0o755, root-owned, mtime 0.
+    pub fn new() -> Tree {
+        let root = Node { meta: Meta::implicit_dir(), body: Body::Dir(BTreeMap::new()), links: 1 };
+        Tree { nodes: vec![Some(root)], free: Vec::new(), live: 1 }
+    }
+
+    /// Live inodes.
+    pub fn live(&self) -> usize {
+        self.live
+    }
+
+    /// Upper bound of node ids handed out so far.
+    pub fn capacity(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn node(&self, id: NodeId) -> &Node {
+        self.nodes[id.index()].as_ref().expect("merge tree: a directory entry names a freed inode")
+    }
+
+    pub fn node_mut(&mut self, id: NodeId) -> &mut Node {
+        self.nodes[id.index()].as_mut().expect("merge tree: a directory entry names a freed inode")
+    }
+
+    pub fn take(&mut self, id: NodeId) -> Option<Node> {
+        self.nodes.get_mut(id.index()).and_then(Option::take)
+    }
+
+    pub fn is_dir(&self, id: NodeId) -> bool {
+        matches!(self.node(id).body, Body::Dir(_))
+    }
+
+    pub fn children(&self, dir: NodeId) -> Option<&BTreeMap<Vec<u8>, Child>> {
+        match &self.node(dir).body {
+            Body::Dir(children) => Some(children),
+            _ => None,
+        }
+    }
+
+    fn children_mut(&mut self, dir: NodeId) -> Option<&mut BTreeMap<Vec<u8>, Child>> {
+        match &mut self.node_mut(dir).body {
+            Body::Dir(children) => Some(children),
+            _ => None,
+        }
+    }
+
+    /// The entry `name` of `dir`, if `dir` is a directory that has one.
+    pub fn lookup(&self, dir: NodeId, name: &[u8]) -> Option<Child> {
+        self.children(dir)?.get(name).copied()
+    }
+
+    /// A new inode with no names yet.
+    pub fn alloc(&mut self, meta: Meta, body: Body) -> Result<NodeId, Full> {
+        let node = Some(Node { meta, body, links: 0 });
+        self.live += 1;
+        if let Some(id) = self.free.pop() {
+            self.nodes[id.index()] = node;
+            return Ok(id);
+        }
+        // Inode numbers are `index + 1` in a u32.
+        let id = u32::try_from(self.nodes.len()).ok().filter(|&i| i < u32::MAX).ok_or(Full)?;
+        self.nodes.push(node);
+        Ok(NodeId(id))
+    }
+
+    /// Add the entry `name` → `node` to directory `dir` (which must not have one by that name).
+    pub fn link(&mut self, dir: NodeId, name: Vec<u8>, node: NodeId, upper: u32) {
+        self.node_mut(node).links += 1;
+        if let Some(children) = self.children_mut(dir) {
+            let old = children.insert(name, Child { node, upper });
+            debug_assert!(old.is_none(), "link over an existing entry");
+        }
+    }
+
+    /// Mark the entry `name` of `dir` as extracted by generation `upper`; `false` if it already was (or
+    /// does not exist).
+    pub fn mark(&mut self, dir: NodeId, name: &[u8], upper: u32) -> bool {
+        match self.children_mut(dir).and_then(|c| c.get_mut(name)) {
+            Some(child) if child.upper != upper => {
+                child.upper = upper;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Remove the entry `name` of `dir` and everything below it (`rm -rf`): inodes that lose their last
+    /// name are freed; hard-linked inodes with names elsewhere stay.
+    pub fn unlink(&mut self, dir: NodeId, name: &[u8]) {
+        let Some(child) = self.children_mut(dir).and_then(|c| c.remove(name)) else { return };
+        let mut stack = vec![child.node];
+        while let Some(id) = stack.pop() {
+            let node = self.node_mut(id);
+            node.links -= 1;
+            if node.links > 0 {
+                continue;
+            }
+            if let Some(node) = self.take(id) {
+                self.free.push(id);
+                self.live -= 1;
+                if let Body::Dir(children) = node.body {
+                    stack.extend(children.into_values().map(|c| c.node));
+                }
+            }
+        }
+    }
+}
