@@ -1,1 +1,97 @@
-//! Image sources: an OCI registry client and an OCI image layout reader behind one BlobSource trait.
+//! Image sources: an OCI registry client and an OCI image layout reader behind one
+//! [`BlobSource`] trait (layer 2 of clip's design).
+//!
+//! The rest of clip uses this crate for two things:
+//! 1. resolve an [`ImageRef`] to one platform's manifest, layer list and parsed config — a
+//!    [`ResolvedImage`] — with [`open`];
+//! 2. read blobs, whole as a stream or by byte range, through the [`BlobSource`] that [`open`]
+//!    (or [`connect`], when the manifest is already known) returns.
+//!
+//! Sources: [`RegistrySource`] (any OCI distribution registry: anonymous, basic and bearer-token
+//! auth with credentials from Docker's config.json and credential helpers; Docker v2 schema 2 and
+//! OCI manifests, manifest lists and image indexes), [`LayoutSource`] (a local OCI image layout
+//! as written by skopeo or umoci) and [`MemorySource`] (blobs in memory, for unit tests).
+//!
+//! What this crate does not do: verify layer digests (the indexer and the content store hash
+//! what they read; manifests and configs are verified here), decompress, cache, or retry.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), clip_source::SourceError> {
+//! use clip_source::{open, ImageRef, SourceOptions};
+//! let reference: ImageRef = "127.0.0.1:5000/app:v1".parse()?;
+//! let (image, blobs) = open(&reference, &SourceOptions::default()).await?;
+//! let first = &image.layers[0];
+//! let header = blobs.read_range(first, 0..512).await?;
+//! assert_eq!(header.len(), 512.min(first.size as usize));
+//! # Ok(()) }
+//! ```
+
+mod config;
+mod digest;
+mod error;
+mod layout;
+mod memory;
+mod platform;
+mod reference;
+mod registry;
+mod resolve;
+mod source;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub use config::ImageConfig;
+pub use digest::{media_types, Descriptor, Digest, LayerCompression};
+pub use error::SourceError;
+pub use layout::LayoutSource;
+pub use memory::MemorySource;
+pub use platform::Platform;
+pub use reference::{ImageRef, DOCKER_HUB};
+pub use registry::RegistrySource;
+pub use resolve::ResolvedImage;
+pub use source::{BlobSource, BlobStream, SourceStats};
+
+/// How to reach and resolve an image.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SourceOptions {
+    /// The platform to pick from manifest lists / image indexes. Default: [`Platform::host`].
+    pub platform: Platform,
+    /// Use plain HTTP for every registry. Registries on localhost, 127.0.0.0/8 and `[::1]` use
+    /// plain HTTP regardless, like Docker.
+    pub plain_http: bool,
+    /// The Docker config file (or a directory holding `config.json`) to take credentials from.
+    /// Default: `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`, else anonymous.
+    pub docker_config: Option<PathBuf>,
+}
+
+/// Resolves `reference` to one image for `opts.platform` and returns it with the source to read
+/// its blobs from. Reads manifests and the config blob (counted in the source's
+/// [`SourceStats`]), no layer bytes.
+pub async fn open(
+    reference: &ImageRef,
+    opts: &SourceOptions,
+) -> Result<(ResolvedImage, Arc<dyn BlobSource>), SourceError> {
+    match reference {
+        ImageRef::Registry { registry, repository, .. } => {
+            let source = RegistrySource::connect(registry, repository, opts).await?;
+            let image = source.resolve(reference, &opts.platform).await?;
+            Ok((image, Arc::new(source)))
+        }
+        ImageRef::Layout { dir, .. } => {
+            let source = LayoutSource::new(dir);
+            let image = source.resolve(reference, &opts.platform).await?;
+            Ok((image, Arc::new(source)))
+        }
+    }
+}
+
+/// A blob source for `reference` without resolving any manifest: for readers that already know
+/// their descriptors (a mount of an existing index). Registry sources authenticate here.
+pub async fn connect(reference: &ImageRef, opts: &SourceOptions) -> Result<Arc<dyn BlobSource>, SourceError> {
+    Ok(match reference {
+        ImageRef::Registry { registry, repository, .. } => {
+            Arc::new(RegistrySource::connect(registry, repository, opts).await?)
+        }
+        ImageRef::Layout { dir, .. } => Arc::new(LayoutSource::new(dir)),
+    })
+}
