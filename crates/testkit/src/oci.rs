@@ -52,6 +52,18 @@ impl Digest {
         Digest(format!("sha256:{}", hex::encode(Sha256::digest(bytes))))
     }
 
+    /// A digest from a `sha256:<hex>` string, not checked (for tests that handle malformed digests too).
+    pub fn from_str_unchecked(s: &str) -> Self {
+        Digest(s.to_owned())
+    }
+
+    /// A digest from a `sha256:<64 lower-case hex digits>` string, or `None` when it is not one.
+    pub fn parse(s: &str) -> Option<Self> {
+        let hex = s.strip_prefix("sha256:")?;
+        let valid = hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        valid.then(|| Digest(s.to_owned()))
+    }
+
     /// The digest as `sha256:<hex>`.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -100,6 +112,7 @@ pub struct Layer {
     tar: Vec<u8>,
     blob: Vec<u8>,
     compression: Compression,
+    media_type: String,
     digest: Digest,
     diff_id: Digest,
 }
@@ -128,7 +141,7 @@ impl Layer {
     pub(crate) fn from_blob_unchecked(tar: Vec<u8>, blob: Vec<u8>, compression: Compression) -> Self {
         let digest = Digest::sha256(&blob);
         let diff_id = Digest::sha256(&tar);
-        Layer { tar, blob, compression, digest, diff_id }
+        Layer { tar, blob, compression, media_type: compression.media_type().to_owned(), digest, diff_id }
     }
 
     /// The uncompressed tar.
@@ -146,6 +159,18 @@ impl Layer {
         self.compression
     }
 
+    /// The same layer declared with another media type in the manifest (e.g. an unknown one, or a Docker
+    /// `application/vnd.docker.image.rootfs.diff.tar.gzip`); the blob is unchanged.
+    pub fn with_media_type(mut self, media_type: &str) -> Self {
+        self.media_type = media_type.to_owned();
+        self
+    }
+
+    /// The media type the manifest declares (by default the one of its compression).
+    pub fn media_type(&self) -> &str {
+        &self.media_type
+    }
+
     /// Digest of the blob (what the manifest names).
     pub fn digest(&self) -> Digest {
         self.digest.clone()
@@ -158,11 +183,7 @@ impl Layer {
 
     /// The manifest descriptor of the blob.
     pub fn descriptor(&self) -> Descriptor {
-        Descriptor {
-            media_type: self.compression.media_type().to_owned(),
-            digest: self.digest.clone(),
-            size: self.blob.len() as u64,
-        }
+        Descriptor { media_type: self.media_type.clone(), digest: self.digest.clone(), size: self.blob.len() as u64 }
     }
 }
 
@@ -297,6 +318,14 @@ impl Image {
     /// An image with the default config.
     pub fn new(layers: Vec<Layer>) -> Self {
         Image { config: ImageConfig::default(), layers }
+    }
+
+    /// The same image declaring another platform in its config (and so in an image index).
+    pub fn with_platform(mut self, os: &str, architecture: &str, variant: Option<&str>) -> Self {
+        self.config.os = os.to_owned();
+        self.config.architecture = architecture.to_owned();
+        self.config.variant = variant.map(str::to_owned);
+        self
     }
 
     /// An image from uncompressed tars, all compressed the same way.
@@ -531,4 +560,52 @@ fn to_vec(v: &Value) -> Vec<u8> {
 
 fn write(path: &Path, bytes: &[u8]) {
     std::fs::write(path, bytes).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digest_parse_and_hex() {
+        let d = Digest::sha256(b"");
+        assert_eq!(d.hex(), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+        assert_eq!(Digest::parse(d.as_str()), Some(d.clone()));
+        assert_eq!(Digest::parse("sha256:abc"), None);
+        assert_eq!(Digest::parse(&d.as_str().to_uppercase()), None);
+        assert_eq!(Digest::from_str_unchecked("sha256:abc").hex(), "abc");
+    }
+
+    fn read_index(layout: &OciLayoutBuilder) -> Value {
+        let bytes = std::fs::read(layout.path().join("index.json")).expect("index.json");
+        serde_json::from_slice(&bytes).expect("index JSON")
+    }
+
+    #[test]
+    fn layout_files_and_config() {
+        let tar = crate::LayerBuilder::new().file("a", "b").finish();
+        let layer = Layer::new(tar.clone(), Compression::Gzip);
+        let mut image = Image::new(vec![layer.clone()]).with_platform("linux", "arm64", Some("v8"));
+        image.config.cmd = Some(vec!["sh".into()]);
+        let mut layout = OciLayoutBuilder::new();
+        let built = layout.add_image("t", &image);
+        let config: Value = serde_json::from_slice(&built.config_json).expect("config JSON");
+        assert_eq!(config["rootfs"]["diff_ids"][0], Digest::sha256(&tar).as_str());
+        assert_eq!((config["architecture"].as_str(), config["variant"].as_str()), (Some("arm64"), Some("v8")));
+        assert_eq!(config["config"]["Cmd"][0], "sh");
+        let stored = std::fs::read(layout.blob_path(&built.layers[0].digest)).expect("layer blob");
+        assert_eq!(stored, layer.blob());
+        let index = read_index(&layout);
+        assert_eq!(index["manifests"][0]["annotations"][ANNOTATION_REF_NAME], "t");
+        assert_eq!(index["manifests"][0]["digest"], built.manifest.digest.as_str());
+        assert!(layout.path().join("oci-layout").is_file());
+
+        // Re-tagging replaces the entry; an odd media type is kept as declared.
+        let odd = Image::new(vec![layer.with_media_type("application/x-odd")]);
+        let built2 = layout.add_image("t", &odd);
+        assert_eq!(built2.layers[0].media_type, "application/x-odd");
+        let index = read_index(&layout);
+        assert_eq!(index["manifests"].as_array().map(Vec::len), Some(1));
+        assert_eq!(index["manifests"][0]["digest"], built2.manifest.digest.as_str());
+    }
 }
