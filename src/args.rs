@@ -61,8 +61,9 @@ pub struct IndexArgs {
     /// index.
     #[arg(long, default_value_t = 4)]
     pub span_mib: u64,
-    /// Refuse layers that inflate to more than this many times their compressed size (0: no limit).
-    #[arg(long, default_value_t = 1000)]
+    /// Refuse layers that inflate to more than this many times their compressed size, beyond the first
+    /// 64 MiB (a decompression bomb guard; 0: no limit).
+    #[arg(long, default_value_t = 200)]
     pub max_ratio: u64,
     #[command(flatten)]
     pub source: SourceArgs,

@@ -34,7 +34,7 @@ pub struct IndexOptions {
     /// Uncompressed bytes per span (a checkpoint every this many bytes). Default 4 MiB.
     pub span_size: u64,
     /// Refuse a layer that inflates to more than this many times its compressed size (plus 64 MiB of slack).
-    /// 0 disables the check. Default 1000.
+    /// 0 disables the check. Default 200.
     pub max_ratio: u64,
     /// Layers read at once. Default 4.
     pub parallel_layers: usize,
@@ -43,7 +43,7 @@ pub struct IndexOptions {
 
 impl Default for IndexOptions {
     fn default() -> Self {
-        IndexOptions { span_size: 4 << 20, max_ratio: 1000, parallel_layers: 4, progress: None }
+        IndexOptions { span_size: 4 << 20, max_ratio: 200, parallel_layers: 4, progress: None }
     }
 }
 
