@@ -16,10 +16,10 @@ pub enum ClientError {
         path: PathBuf,
         image: String,
         #[source]
-        source: clip_source::SourceError,
+        source: Box<clip_source::SourceError>,
     },
     #[error(transparent)]
-    Source(#[from] clip_source::SourceError),
+    Source(Box<clip_source::SourceError>),
     #[error(transparent)]
     Store(#[from] clip_store::StoreError),
     #[error("the image behind {path} changed: index has manifest {indexed}, source now serves {found}")]
@@ -35,8 +35,22 @@ pub enum ClientError {
     TargetNotEmpty(PathBuf),
     #[error("refusing entry {name:?} in {dir}: not a single path component (the .clip file is corrupt or hostile)")]
     UnsafeName { dir: PathBuf, name: String },
+    #[error("mounting at {path}: {source}")]
+    Mount {
+        path: PathBuf,
+        #[source]
+        source: clip_fs::FsError,
+    },
+    #[error("background task failed: {0}")]
+    Task(String),
     #[error("directory inode {0} appears twice in the tree (the .clip file is corrupt or hostile)")]
     DirectoryCycle(u32),
+}
+
+impl From<clip_source::SourceError> for ClientError {
+    fn from(e: clip_source::SourceError) -> Self {
+        ClientError::Source(Box::new(e))
+    }
 }
 
 impl ClientError {

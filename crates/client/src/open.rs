@@ -50,7 +50,11 @@ async fn open_image_source(
     opts: &SourceOptions,
 ) -> Result<Arc<dyn BlobSource>, ClientError> {
     let meta = archive.meta();
-    let bad = |source| ClientError::BadSource { path: path.to_path_buf(), image: meta.source.clone(), source };
+    let bad = |source| ClientError::BadSource {
+        path: path.to_path_buf(),
+        image: meta.source.clone(),
+        source: Box::new(source),
+    };
     let mut reference: ImageRef = meta.source.parse().map_err(bad)?;
     if let (ImageRef::Registry { digest, .. }, Some(pinned)) = (&mut reference, &meta.manifest_digest) {
         *digest = Some(pinned.clone());

@@ -141,6 +141,11 @@ impl MountHandle {
         &self.mountpoint
     }
 
+    /// Whether the filesystem is still mounted (it may have been unmounted from outside).
+    pub fn is_mounted(&self) -> bool {
+        is_mounted(&self.mountpoint)
+    }
+
     /// The mounted filesystem's counters.
     pub fn stats(&self) -> Arc<FsStats> {
         Arc::clone(&self.stats)

@@ -38,7 +38,9 @@ pub enum IndexError {
     BlobDigest { layer: usize, expected: Digest, actual: Digest },
     #[error("layer {layer} ({digest}): size mismatch: manifest says {expected} bytes, got {actual}")]
     BlobSize { layer: usize, digest: Digest, expected: u64, actual: u64 },
-    #[error("layer {layer} ({digest}): diff_id mismatch: config says {expected}, the uncompressed tar hashes to {actual}")]
+    #[error(
+        "layer {layer} ({digest}): diff_id mismatch: config says {expected}, the uncompressed tar hashes to {actual}"
+    )]
     DiffId { layer: usize, digest: Digest, expected: Digest, actual: Digest },
     #[error("image config lists {diff_ids} diff_ids for {layers} layers")]
     DiffIdCount { diff_ids: usize, layers: usize },

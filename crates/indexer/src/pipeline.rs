@@ -68,8 +68,7 @@ pub async fn index_image(
         return Err(IndexError::DiffIdCount { diff_ids: diff_ids.len(), layers: image.layers.len() });
     }
     // Refuse unknown media types before downloading anything.
-    let compressions: Vec<LayerCompression> =
-        image.layers.iter().map(|l| l.compression()).collect::<Result<_, _>>()?;
+    let compressions: Vec<LayerCompression> = image.layers.iter().map(|l| l.compression()).collect::<Result<_, _>>()?;
 
     let tasks = image.layers.iter().cloned().zip(compressions).enumerate().map(|(i, (desc, comp))| {
         let source = source.clone();
@@ -78,15 +77,18 @@ pub async fn index_image(
         async move {
             let result = index_layer(i, desc.clone(), comp, source, opts).await?;
             if result.diff_id != expected_diff {
-                return Err(IndexError::DiffId { layer: i, digest: desc.digest, expected: expected_diff, actual: result.diff_id });
+                return Err(IndexError::DiffId {
+                    layer: i,
+                    digest: desc.digest,
+                    expected: expected_diff,
+                    actual: result.diff_id,
+                });
             }
             Ok::<_, IndexError>(result)
         }
     });
-    let results: Vec<LayerResult> = futures::stream::iter(tasks)
-        .buffered(opts.parallel_layers.max(1))
-        .try_collect()
-        .await?;
+    let results: Vec<LayerResult> =
+        futures::stream::iter(tasks).buffered(opts.parallel_layers.max(1)).try_collect().await?;
 
     let mut merger = Merger::new();
     let mut layers = Vec::with_capacity(results.len());
@@ -292,4 +294,3 @@ fn tar_error(layer: usize, desc: &Descriptor, err: TarError, tripped: bool, rati
         other => IndexError::Tar { layer, digest, source: other },
     }
 }
-

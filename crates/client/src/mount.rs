@@ -1,0 +1,85 @@
+//! Mounting an archive in the foreground: open it with its store, mount, serve metrics, wait until it is
+//! unmounted from outside or the process gets SIGINT/SIGTERM, then unmount and report what was fetched.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clip_fs::{ClipFs, MountOptions};
+use clip_store::StoreStats;
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{info, warn};
+
+use crate::metrics::{self, Snapshot};
+use crate::{open_archive, ClientError, OpenOptions};
+
+/// How to mount.
+#[derive(Debug, Clone, Default)]
+pub struct MountConfig {
+    pub open: OpenOptions,
+    pub fs: MountOptions,
+    /// Serve Prometheus metrics on this address.
+    pub metrics: Option<SocketAddr>,
+    /// Fill the cache with every span in the background, at low priority.
+    pub prefetch: bool,
+}
+
+/// What a mount did, reported when it ends.
+#[derive(Debug, Clone)]
+pub struct MountSummary {
+    pub store: StoreStats,
+    pub reads: u64,
+    pub read_bytes: u64,
+}
+
+/// Mounts `archive` at `mountpoint`; calls `ready` once the mount is live, then blocks until it is unmounted.
+pub async fn mount_foreground(
+    archive: &Path,
+    mountpoint: &Path,
+    config: &MountConfig,
+    ready: impl FnOnce(&Path),
+) -> Result<MountSummary, ClientError> {
+    let opened = open_archive(archive, &config.open).await?;
+    let store = opened.store.clone();
+    let fs = ClipFs::new(store.clone(), tokio::runtime::Handle::current());
+    let fs_stats = fs.stats();
+    let mountpoint_buf: PathBuf = mountpoint.to_path_buf();
+    let fs_opts = config.fs.clone();
+    let mut handle = tokio::task::spawn_blocking(move || clip_fs::mount(fs, &mountpoint_buf, &fs_opts))
+        .await
+        .map_err(|e| ClientError::Task(e.to_string()))?
+        .map_err(|source| ClientError::Mount { path: mountpoint.to_path_buf(), source })?;
+    if let Some(addr) = config.metrics {
+        let (fs_stats, store) = (fs_stats.clone(), store.clone());
+        metrics::serve(addr, Arc::new(move || Snapshot { fs: fs_stats.snapshot(), store: store.stats() })).await?;
+        info!(%addr, "serving metrics");
+    }
+    info!(archive = %archive.display(), mountpoint = %mountpoint.display(), "mounted");
+    ready(mountpoint);
+
+    let mut term =
+        signal(SignalKind::terminate()).map_err(ClientError::io(mountpoint, "installing signal handlers"))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(ClientError::io(mountpoint, "installing signal handlers"))?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                if !handle.is_mounted() {
+                    info!(mountpoint = %mountpoint.display(), "unmounted from outside");
+                    break;
+                }
+            }
+        }
+    }
+    if handle.is_mounted() {
+        // A busy mount (open files) is detached lazily when the handle drops.
+        if let Err(error) = handle.unmount() {
+            warn!(%error, "unmount failed; detaching lazily");
+        }
+    }
+    let fs = fs_stats.snapshot();
+    drop(handle);
+    Ok(MountSummary { store: store.stats(), reads: fs.op(clip_fs::Op::Read).count, read_bytes: fs.read_bytes })
+}
