@@ -32,4 +32,12 @@ pub enum StoreError {
     },
     #[error("a span fetch was cancelled: {0}")]
     Task(String),
+    #[error("layer {layer} span {span}: a concurrent fetch of this span failed: {message}")]
+    Joined { layer: u32, span: usize, message: String },
+    #[error("disk cache {path}: {source} (check that the directory is writable, or choose another cache directory)")]
+    Cache {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }

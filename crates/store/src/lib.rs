@@ -2,15 +2,43 @@
 //!
 //! - [`LayerBlobs`]: where a layer's compressed bytes come from ([`SourceBlobs`] for index-only archives:
 //!   the image's registry or OCI layout; [`LocalData`] for a data-carrying archive on local disk).
-//! - [`ContentStore`]: `read(file, offset, len)` → the spans it covers, each fetched with one range read,
-//!   decoded from its checkpoint and verified against its digest before any byte is returned.
+//! - [`ContentStore`]: `read(file, offset, len)` → the spans it covers, each looked up in memory, then in
+//!   the [`DiskCache`], then fetched with one range read, decoded from its checkpoint and verified against
+//!   its digest before any byte is served or cached. Concurrent readers of one span share one fetch.
+//!   Sequential reads load the next spans ahead; [`ContentStore::prefetch_all`] fills the disk cache in the
+//!   background; [`ContentStore::cached_file`] hands out whole cached files for FUSE passthrough.
+//! - [`DiskCache`]: spans on disk named by their sha256, shared by all processes on the machine, bounded
+//!   with LRU eviction, written atomically and verified when read.
+//!
+//! ```no_run
+//! # async fn demo(archive: std::sync::Arc<clip_format::Archive>,
+//! #     blobs: std::sync::Arc<dyn clip_store::LayerBlobs>, file: clip_format::DataRef) -> Result<(), clip_store::StoreError> {
+//! use clip_store::{default_cache_dir, ContentStore, StoreConfig};
+//! let config = StoreConfig { cache_dir: Some(default_cache_dir()), ..StoreConfig::default() };
+//! let store = ContentStore::new(archive, blobs, config);
+//! let head = store.read(file, 0, 4096).await?;
+//! println!("{} bytes, {} spans fetched", head.len(), store.stats().spans_fetched);
+//! # Ok(()) }
+//! ```
 //!
 //! This crate knows no FUSE and no CLI.
 
 mod blobs;
+mod cache;
 mod error;
+mod materialize;
+mod schedule;
+mod stats;
 mod store;
 
 pub use blobs::{LayerBlobs, LocalData, SourceBlobs};
+pub use cache::{default_cache_dir, CacheStats, DiskCache, Evicted};
 pub use error::StoreError;
-pub use store::{ContentStore, SpanBytes, StoreConfig, StoreStats};
+pub use schedule::PrefetchSummary;
+pub use stats::{LatencyHistogram, StoreStats, FETCH_LATENCY_BOUNDS_MS};
+pub use store::{ContentStore, SpanBytes, StoreConfig};
+
+/// Locks `m`, carrying on after a panic elsewhere poisoned it (the guarded state stays consistent).
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

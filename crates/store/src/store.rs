@@ -1,18 +1,25 @@
-//! [`ContentStore`]: turns a read of (file, offset, len) into verified span bytes. Each span is fetched by
-//! one range read of its compressed bytes, decoded from its checkpoint, checked against the digest recorded
-//! at index time and kept in a small in-memory LRU. Concurrent readers of one span share one fetch.
+//! [`ContentStore`]: turns a read of (file, offset, len) into verified span bytes. A span is looked up in
+//! a small in-memory LRU, then in the [`DiskCache`], and only then fetched: one range read of its
+//! compressed bytes, decoded from its checkpoint and checked against the digest recorded at index time
+//! before it is written to the disk cache or served. Concurrent requests for one span share one lookup.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{HashMap, HashSet};
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use clip_codec::{CheckpointRef, Compression as Codec, SpanRef};
-use clip_format::{Archive, Compression, DataRef};
+use clip_format::{Archive, Compression, DataRef, FormatError, SpanView};
 use sha2::{Digest as _, Sha256};
-use tokio::sync::OnceCell;
-use tracing::debug;
+use tokio::runtime::Handle;
+use tokio::sync::{Notify, OnceCell, Semaphore};
+use tracing::{debug, warn};
 
-use crate::{LayerBlobs, StoreError};
+use crate::schedule::Stream;
+use crate::stats::{Counters, InFlight};
+use crate::{lock, DiskCache, LayerBlobs, StoreError, StoreStats};
 
 /// Decoded, verified bytes of one span.
 pub type SpanBytes = Arc<[u8]>;
@@ -22,33 +29,42 @@ pub type SpanBytes = Arc<[u8]>;
 pub struct StoreConfig {
     /// Bytes of decoded spans kept in memory (least recently used dropped first). Default 32 MiB.
     pub memory_bytes: u64,
+    /// The disk cache directory ([`crate::default_cache_dir`] is the usual choice); `None` (the default)
+    /// keeps spans in memory only.
+    pub cache_dir: Option<PathBuf>,
+    /// Bound of the disk cache in bytes. Default 10 GiB.
+    pub cache_size: u64,
+    /// Spans loaded ahead of a sequential reader (0 turns readahead off). Default 2.
+    pub readahead_spans: usize,
+    /// Spans prefetch loads at once (at least 1). Default 1.
+    pub prefetch_concurrency: usize,
+    /// Largest file [`ContentStore::cached_file`] assembles while the caller waits; larger ones are
+    /// assembled in the background. Default 64 MiB.
+    pub passthrough_inline_max: u64,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig { memory_bytes: 32 << 20 }
+        StoreConfig {
+            memory_bytes: 32 << 20,
+            cache_dir: None,
+            cache_size: 10 << 30,
+            readahead_spans: 2,
+            prefetch_concurrency: 1,
+            passthrough_inline_max: 64 << 20,
+        }
     }
 }
 
-/// Counters of a store, for summaries, metrics and tests.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct StoreStats {
-    /// Spans fetched from the blob source.
-    pub spans_fetched: u64,
-    /// Compressed bytes fetched from the blob source.
-    pub bytes_fetched: u64,
-    /// Span lookups answered from memory.
-    pub memory_hits: u64,
-    /// Spans that failed verification.
-    pub verify_failures: u64,
-}
-
-#[derive(Default)]
-struct Counters {
-    spans_fetched: AtomicU64,
-    bytes_fetched: AtomicU64,
-    memory_hits: AtomicU64,
-    verify_failures: AtomicU64,
+/// Who wants a span: decides whether it is kept in memory and whether prefetch must wait for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Priority {
+    /// A reader is waiting.
+    Foreground,
+    /// A sequential reader will want it soon.
+    Readahead,
+    /// Filling the disk cache; yields to the others.
+    Prefetch,
 }
 
 /// A bounded LRU of decoded spans by span index.
@@ -69,6 +85,10 @@ impl Lru {
         })
     }
 
+    fn contains(&self, k: usize) -> bool {
+        self.map.contains_key(&k)
+    }
+
     fn put(&mut self, k: usize, v: SpanBytes, limit: u64) {
         self.tick += 1;
         self.bytes += v.len() as u64;
@@ -86,62 +106,124 @@ impl Lru {
     }
 }
 
+/// One span lookup shared by everyone asking for it meanwhile; an error is shared as its message.
+type Flight = Arc<OnceCell<Result<SpanBytes, String>>>;
+
 /// Serves file bytes of one archive.
 pub struct ContentStore {
-    archive: Arc<Archive>,
+    pub(crate) inner: Arc<Inner>,
+}
+
+/// The state of a store, shared with its background tasks.
+pub(crate) struct Inner {
+    pub archive: Arc<Archive>,
     blobs: Arc<dyn LayerBlobs>,
-    config: StoreConfig,
+    pub config: StoreConfig,
+    pub disk: Option<Arc<DiskCache>>,
+    /// The runtime the store was made on, for background work started from non-runtime threads.
+    pub runtime: Option<Handle>,
     memory: Mutex<Lru>,
-    inflight: Mutex<HashMap<usize, Arc<OnceCell<SpanBytes>>>>,
-    counters: Counters,
+    inflight: Mutex<HashMap<usize, Flight>>,
+    pub counters: Counters,
+    /// Readahead state per file.
+    pub streams: Mutex<HashMap<DataRef, Stream>>,
+    /// Foreground and readahead lookups that missed memory, running now; prefetch waits for zero.
+    foreground: AtomicUsize,
+    idle: Notify,
+    pub prefetch_permits: Arc<Semaphore>,
+    /// Keys of files being materialized in the background.
+    pub materializing: Mutex<HashSet<[u8; 32]>>,
 }
 
 impl ContentStore {
+    /// A store over `archive`'s layers read from `blobs`. Opens the disk cache at `config.cache_dir`; if
+    /// that fails, logs why and runs without one (use [`ContentStore::with_disk_cache`] to decide).
     pub fn new(archive: Arc<Archive>, blobs: Arc<dyn LayerBlobs>, config: StoreConfig) -> ContentStore {
+        let disk = config.cache_dir.as_ref().and_then(|dir| match DiskCache::open(dir, config.cache_size) {
+            Ok(cache) => Some(cache),
+            Err(e) => {
+                warn!(error = %e, "running without a disk cache");
+                None
+            }
+        });
+        Self::with_disk_cache(archive, blobs, config, disk)
+    }
+
+    /// A store using `disk` as its disk cache (`config.cache_dir` and `cache_size` are ignored), e.g. one
+    /// cache opened once and shared by the stores of several archives.
+    pub fn with_disk_cache(
+        archive: Arc<Archive>,
+        blobs: Arc<dyn LayerBlobs>,
+        config: StoreConfig,
+        disk: Option<Arc<DiskCache>>,
+    ) -> ContentStore {
+        let layers = archive.meta().layers.len();
+        let permits = config.prefetch_concurrency.max(1);
         ContentStore {
-            archive,
-            blobs,
-            config,
-            memory: Mutex::default(),
-            inflight: Mutex::default(),
-            counters: Counters::default(),
+            inner: Arc::new(Inner {
+                archive,
+                blobs,
+                config,
+                disk,
+                runtime: Handle::try_current().ok(),
+                memory: Mutex::default(),
+                inflight: Mutex::default(),
+                counters: Counters::new(layers),
+                streams: Mutex::default(),
+                foreground: AtomicUsize::new(0),
+                idle: Notify::new(),
+                prefetch_permits: Arc::new(Semaphore::new(permits)),
+                materializing: Mutex::default(),
+            }),
         }
     }
 
     /// The archive this store serves.
     pub fn archive(&self) -> &Arc<Archive> {
-        &self.archive
+        &self.inner.archive
+    }
+
+    /// The disk cache, if the store has one.
+    pub fn disk_cache(&self) -> Option<&Arc<DiskCache>> {
+        self.inner.disk.as_ref()
     }
 
     /// Counters so far.
     pub fn stats(&self) -> StoreStats {
-        let c = &self.counters;
-        StoreStats {
-            spans_fetched: c.spans_fetched.load(Ordering::Relaxed),
-            bytes_fetched: c.bytes_fetched.load(Ordering::Relaxed),
-            memory_hits: c.memory_hits.load(Ordering::Relaxed),
-            verify_failures: c.verify_failures.load(Ordering::Relaxed),
+        let mut stats = self.inner.counters.snapshot();
+        if let Some(disk) = &self.inner.disk {
+            let d = disk.stats();
+            stats.disk_verify_failures = d.verify_failures;
+            stats.evictions = d.evictions;
+            stats.bytes_evicted = d.bytes_evicted;
+            stats.disk_cache_bytes = d.bytes;
+            stats.disk_write_failures = d.write_failures;
         }
+        stats
     }
 
-    /// Up to `len` bytes of the file at `data` starting at `offset` (fewer at the end of the file).
+    /// Up to `len` bytes of the file at `data` starting at `offset` (fewer at the end of the file). A read
+    /// that continues the previous read of the same file starts loading the spans after it.
     pub async fn read(&self, data: DataRef, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
         let end = data.size.min(offset.saturating_add(len));
         if offset >= end {
             return Ok(Vec::new());
         }
+        let overflow =
+            || FormatError::Corrupt(format!("file at offset {} of layer {} overflows", data.offset, data.layer));
+        let pos = data.offset.checked_add(offset).ok_or_else(overflow)?;
+        let stop = data.offset.checked_add(end).ok_or_else(overflow)?;
+        self.inner.readahead(data, offset, end);
         let mut out = Vec::with_capacity((end - offset) as usize);
-        let (mut pos, stop) = (data.offset + offset, data.offset + end);
+        let mut pos = pos;
         while pos < stop {
-            let index = self.archive.find_span(data.layer, pos)?;
-            let range = self.archive.span_range(data.layer, index)?;
-            let bytes = self.span(data.layer, index).await?;
-            let from = (pos - range.start) as usize;
-            let to = (stop.min(range.end) - range.start) as usize;
-            if from >= to || to > bytes.len() {
-                return Err(
-                    clip_format::FormatError::Corrupt(format!("span {index} does not cover offset {pos}")).into()
-                );
+            let index = self.inner.archive.find_span(data.layer, pos)?;
+            let range = self.inner.archive.span_range(data.layer, index)?;
+            let bytes = self.inner.span(data.layer, index, Priority::Foreground).await?;
+            let from = pos.saturating_sub(range.start) as usize;
+            let to = (stop.min(range.end).saturating_sub(range.start)) as usize;
+            if range.start > pos || from >= to || to > bytes.len() {
+                return Err(FormatError::Corrupt(format!("span {index} does not cover offset {pos}")).into());
             }
             out.extend_from_slice(&bytes[from..to]);
             pos = range.start + to as u64;
@@ -151,56 +233,140 @@ impl ContentStore {
 
     /// The verified bytes of span `index` (an index of the whole span table) of layer `layer`.
     pub async fn span(&self, layer: u32, index: usize) -> Result<SpanBytes, StoreError> {
-        if let Some(b) = self.memory.lock().unwrap_or_else(|e| e.into_inner()).get(index) {
-            self.counters.memory_hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(b);
+        self.inner.span(layer, index, Priority::Foreground).await
+    }
+}
+
+/// Counts a lookup as foreground until dropped; wakes prefetch when the last one ends.
+struct Foreground<'a>(&'a Inner);
+
+impl<'a> Foreground<'a> {
+    fn enter(inner: &'a Inner) -> Foreground<'a> {
+        inner.foreground.fetch_add(1, Ordering::AcqRel);
+        Foreground(inner)
+    }
+}
+
+impl Drop for Foreground<'_> {
+    fn drop(&mut self) {
+        if self.0.foreground.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
         }
-        let cell = {
-            let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
-            inflight.entry(index).or_default().clone()
+    }
+}
+
+impl Inner {
+    /// Whether span `index` is in memory.
+    pub fn in_memory(&self, index: usize) -> bool {
+        lock(&self.memory).contains(index)
+    }
+
+    /// Waits until no foreground or readahead lookup is running.
+    pub async fn foreground_idle(&self) {
+        loop {
+            let idle = self.idle.notified();
+            if self.foreground.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            idle.await;
+        }
+    }
+
+    /// Span `index` of `layer`: from memory, else through the single flight for that span.
+    pub async fn span(&self, layer: u32, index: usize, priority: Priority) -> Result<SpanBytes, StoreError> {
+        if !self.archive.layer_spans(layer)?.contains(&index) {
+            return Err(StoreError::Layer {
+                layer,
+                media_type: String::new(),
+                why: format!("span {index} is not one of its spans"),
+            });
+        }
+        let keep = priority != Priority::Prefetch;
+        if keep {
+            if let Some(bytes) = lock(&self.memory).get(index) {
+                Counters::bump(&self.counters.memory_hits);
+                return Ok(bytes);
+            }
+        }
+        let _foreground = keep.then(|| Foreground::enter(self));
+        let flight = lock(&self.inflight).entry(index).or_default().clone();
+        let mut own_error = None;
+        let shared = flight
+            .get_or_init(|| async {
+                self.load(layer, index).await.map_err(|e| {
+                    let message = e.to_string();
+                    own_error = Some(e);
+                    message
+                })
+            })
+            .await;
+        let result = match shared {
+            Ok(bytes) => Ok(bytes.clone()),
+            Err(message) => Err(own_error.take().unwrap_or_else(|| StoreError::Joined {
+                layer,
+                span: index,
+                message: message.clone(),
+            })),
         };
-        let result = cell.get_or_try_init(|| self.fetch(layer, index)).await.cloned();
-        if let Ok(bytes) = &result {
-            self.memory.lock().unwrap_or_else(|e| e.into_inner()).put(index, bytes.clone(), self.config.memory_bytes);
+        if let (Ok(bytes), true) = (&result, keep) {
+            lock(&self.memory).put(index, bytes.clone(), self.config.memory_bytes);
         }
-        // The first finisher retires the cell; later arrivals find the bytes in memory (or retry on error).
-        let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
-        if inflight.get(&index).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+        // The first finisher retires the flight; later arrivals find the bytes in memory or on disk, or
+        // try again after an error.
+        let mut inflight = lock(&self.inflight);
+        if inflight.get(&index).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
             inflight.remove(&index);
         }
         result
     }
 
-    /// Fetches, decodes and verifies one span.
-    async fn fetch(&self, layer: u32, index: usize) -> Result<SpanBytes, StoreError> {
+    /// The disk cache, else a fetch.
+    async fn load(&self, layer: u32, index: usize) -> Result<SpanBytes, StoreError> {
+        let span = self.archive.span(index)?;
+        let out = self.archive.span_range(layer, index)?;
+        if let Some(disk) = &self.disk {
+            let (disk, digest, len) = (Arc::clone(disk), span.digest, out.end - out.start);
+            let hit = tokio::task::spawn_blocking(move || disk.get(&digest, len))
+                .await
+                .map_err(|e| StoreError::Task(e.to_string()))?;
+            if let Some(bytes) = hit {
+                Counters::bump(&self.counters.disk_hits);
+                return Ok(bytes.into());
+            }
+        }
+        self.fetch(layer, index, span, out).await.inspect_err(|_| Counters::bump(&self.counters.fetch_errors))
+    }
+
+    /// Fetches, decodes and verifies one span, and writes it to the disk cache.
+    async fn fetch(&self, layer: u32, index: usize, span: SpanView, out: Range<u64>) -> Result<SpanBytes, StoreError> {
         let a = &self.archive;
         let meta = a.meta().layers.get(layer as usize).ok_or_else(|| StoreError::Layer {
             layer,
             media_type: String::new(),
             why: "no such layer in the index".into(),
         })?;
-        let span = a.span(index)?;
-        let out = a.span_range(layer, index)?;
         let last = a.layer_spans(layer)?.end - 1;
-        let span_ref = |s: clip_format::SpanView, len: u64| SpanRef {
-            out_offset: s.out_offset,
-            in_offset: s.in_offset,
-            bits: s.bits,
-            len,
-        };
+        let span_ref =
+            |s: SpanView, len: u64| SpanRef { out_offset: s.out_offset, in_offset: s.in_offset, bits: s.bits, len };
         let next = if index < last { Some(span_ref(a.span(index + 1)?, 0)) } else { None };
         let codec = match meta.compression {
             Compression::Gzip => Codec::Gzip,
             Compression::Zstd => Codec::Zstd,
             Compression::None => Codec::None,
         };
-        let this = span_ref(span, out.end - out.start);
-        let range = clip_codec::fetch_range(codec, &this, next.as_ref(), meta.size);
+        let len = out.end - out.start;
+        let range = clip_codec::fetch_range(codec, &span_ref(span, len), next.as_ref(), meta.size);
         debug!(layer, span = index, start = range.start, len = range.end - range.start, "fetch span");
-        let compressed = self.blobs.read(layer, range.clone()).await?;
-        self.counters.spans_fetched.fetch_add(1, Ordering::Relaxed);
-        self.counters.bytes_fetched.fetch_add(compressed.len() as u64, Ordering::Relaxed);
+        let compressed = {
+            let _inflight = InFlight::start(&self.counters.inflight_fetches);
+            let started = Instant::now();
+            let compressed = self.blobs.read(layer, range.clone()).await?;
+            self.counters.latency(started.elapsed());
+            compressed
+        };
+        self.counters.fetched(layer, compressed.len() as u64);
         let window = a.window(index)?;
+        let disk = self.disk.clone();
         let decoded = tokio::task::spawn_blocking(move || {
             let cp = CheckpointRef {
                 out_offset: span.out_offset,
@@ -208,23 +374,23 @@ impl ContentStore {
                 bits: span.bits,
                 window: &window,
             };
-            let bytes = clip_codec::decode_span(codec, &cp, range.start, &compressed, out.end - out.start)?;
+            let bytes = clip_codec::decode_span(codec, &cp, range.start, &compressed, len)?;
             let digest: [u8; 32] = Sha256::digest(&bytes).into();
-            Ok::<_, clip_codec::CodecError>((bytes, digest))
+            if digest != span.digest {
+                return Ok(Err(digest));
+            }
+            // Only verified bytes reach the disk cache.
+            if let Some(disk) = disk {
+                disk.put(&digest, &bytes);
+            }
+            Ok::<_, clip_codec::CodecError>(Ok(SpanBytes::from(bytes)))
         })
         .await
         .map_err(|e| StoreError::Task(e.to_string()))?
         .map_err(|source| StoreError::Decode { layer, span: index, source })?;
-        let (bytes, digest) = decoded;
-        if digest != span.digest {
-            self.counters.verify_failures.fetch_add(1, Ordering::Relaxed);
-            return Err(StoreError::Verify {
-                layer,
-                span: index,
-                expected: hex::encode(span.digest),
-                actual: hex::encode(digest),
-            });
-        }
-        Ok(bytes.into())
+        decoded.map_err(|actual| {
+            Counters::bump(&self.counters.verify_failures);
+            StoreError::Verify { layer, span: index, expected: hex::encode(span.digest), actual: hex::encode(actual) }
+        })
     }
 }

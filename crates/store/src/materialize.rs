@@ -1,0 +1,237 @@
+//! Whole files for FUSE passthrough: [`ContentStore::cached_file`] hands out a local file holding exactly
+//! a regular file's bytes, assembled from verified spans in the disk cache (the `files/` area, see
+//! [`crate::cache`]). The copy is streamed in small chunks, so memory stays bounded whatever the file size.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::Path;
+use std::sync::Arc;
+
+use clip_format::{Archive, DataRef};
+use sha2::{Digest as _, Sha256};
+use tracing::debug;
+
+use crate::cache::{parse_digest, touch, DiskCache, FILES_DIR};
+use crate::{lock, ContentStore, StoreError};
+
+const CHUNK: usize = 64 * 1024;
+
+/// The slice `[from, to)` of a span of `span_len` bytes whose digest is `digest`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct FilePart {
+    pub digest: [u8; 32],
+    pub span_len: u64,
+    pub from: u64,
+    pub to: u64,
+}
+
+/// The span slices that make up the file at `data`, in order.
+pub(crate) fn file_parts(archive: &Archive, data: DataRef) -> Result<Vec<FilePart>, StoreError> {
+    let end = data
+        .offset
+        .checked_add(data.size)
+        .ok_or_else(|| clip_format::FormatError::Corrupt(format!("file at offset {} overflows", data.offset)))?;
+    let mut parts = Vec::new();
+    let mut pos = data.offset;
+    while pos < end {
+        let index = archive.find_span(data.layer, pos)?;
+        let range = archive.span_range(data.layer, index)?;
+        if range.end <= pos || range.start > pos {
+            return Err(clip_format::FormatError::Corrupt(format!("span {index} does not cover offset {pos}")).into());
+        }
+        let to = end.min(range.end);
+        parts.push(FilePart {
+            digest: archive.span(index)?.digest,
+            span_len: range.end - range.start,
+            from: pos - range.start,
+            to: to - range.start,
+        });
+        pos = to;
+    }
+    Ok(parts)
+}
+
+/// What names a materialized file: its size and the span slices it is made of (so it is the same for
+/// identical files of different layers or images, and different whenever the bytes could differ).
+pub(crate) fn file_key(parts: &[FilePart], size: u64) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"clip-file-v1\0");
+    h.update(size.to_le_bytes());
+    for p in parts {
+        h.update(p.digest);
+        h.update(p.from.to_le_bytes());
+        h.update(p.to.to_le_bytes());
+    }
+    h.finalize().into()
+}
+
+impl DiskCache {
+    /// The materialized file `key` of `size` bytes, if present and valid (verified once per process).
+    pub(crate) fn find_file(&self, key: &[u8; 32], size: u64) -> Option<File> {
+        let known = lock(&self.verified_files).get(key).cloned();
+        if let Some(path) = known {
+            match File::open(&path) {
+                Ok(f) => {
+                    touch(&f);
+                    return Some(f);
+                }
+                Err(_) => {
+                    lock(&self.verified_files).remove(key);
+                }
+            }
+        }
+        let key_hex = hex::encode(key);
+        let shard = self.dir().join(FILES_DIR).join(&key_hex[..2]);
+        for entry in fs::read_dir(shard).ok()?.flatten() {
+            let name = entry.file_name();
+            let Some(content) = name.to_str().and_then(|n| n.strip_prefix(key_hex.as_str())?.strip_prefix('.')) else {
+                continue;
+            };
+            let Some(expected) = parse_digest(content) else { continue };
+            let path = entry.path();
+            match hash_file(&path) {
+                Ok((len, actual)) if len == size && actual == expected => {
+                    let file = File::open(&path).ok()?;
+                    touch(&file);
+                    lock(&self.verified_files).insert(*key, path);
+                    return Some(file);
+                }
+                Ok((len, _)) => self.reject(&path, None, len, "materialized file does not match its name"),
+                Err(e) => debug!(path = %path.display(), error = %e, "materialized file unreadable"),
+            }
+        }
+        None
+    }
+
+    /// Assembles file `key` from the cached spans `parts`; `None` when a span is missing or invalid (an
+    /// invalid span file is deleted) or the file cannot be written.
+    pub(crate) fn build_file(self: &Arc<Self>, key: &[u8; 32], parts: &[FilePart], size: u64) -> Option<File> {
+        if size > self.limit() {
+            return None;
+        }
+        let key_hex = hex::encode(key);
+        let shard = self.dir().join(FILES_DIR).join(&key_hex[..2]);
+        let mut tmp = self
+            .temp_file(&shard)
+            .inspect_err(|e| debug!(dir = %shard.display(), error = %e, "cannot materialize a file"))
+            .ok()?;
+        let mut content = Sha256::new();
+        let mut written = 0u64;
+        let mut buf = vec![0u8; CHUNK];
+        for part in parts {
+            let out = &mut |bytes: &[u8]| -> io::Result<()> {
+                content.update(bytes);
+                written += bytes.len() as u64;
+                tmp.file.write_all(bytes)
+            };
+            if !self.copy_part(part, &mut buf, out)? {
+                return None;
+            }
+        }
+        if written != size {
+            debug!(written, size, "materialized file has the wrong size; not used");
+            return None;
+        }
+        let path = shard.join(format!("{key_hex}.{}", hex::encode(content.finalize())));
+        tmp.publish(&path).inspect_err(|e| debug!(path = %path.display(), error = %e, "cannot publish")).ok()?;
+        lock(&self.verified_files).insert(*key, path.clone());
+        self.added(size);
+        debug!(path = %path.display(), size, "materialized file for passthrough");
+        File::open(&path).ok()
+    }
+
+    /// Streams `part` of its span file into `out`, verifying the span first if this process has not yet.
+    /// `Some(false)` when the span is missing or fails verification, `None` when writing fails.
+    fn copy_part(&self, part: &FilePart, buf: &mut [u8], out: &mut dyn FnMut(&[u8]) -> io::Result<()>) -> Option<bool> {
+        let path = self.span_path(&part.digest);
+        let Ok(mut span) = File::open(&path) else { return Some(false) };
+        let len = span.metadata().ok()?.len();
+        if len != part.span_len {
+            self.reject(&path, Some(&part.digest), len, "wrong length");
+            return Some(false);
+        }
+        let mut hasher = (!self.is_verified(&part.digest)).then(Sha256::new);
+        // A verified span needs only the slice; an unverified one is read whole to check its digest.
+        let (mut pos, stop) = if hasher.is_some() { (0, len) } else { (part.from, part.to) };
+        if span.seek(SeekFrom::Start(pos)).is_err() {
+            return Some(false);
+        }
+        while pos < stop {
+            let n = buf.len().min((stop - pos) as usize);
+            if span.read_exact(&mut buf[..n]).is_err() {
+                return Some(false);
+            }
+            if let Some(h) = &mut hasher {
+                h.update(&buf[..n]);
+            }
+            let (lo, hi) = (pos.max(part.from), (pos + n as u64).min(part.to));
+            if lo < hi {
+                out(&buf[(lo - pos) as usize..(hi - pos) as usize]).ok()?;
+            }
+            pos += n as u64;
+        }
+        if let Some(h) = hasher {
+            if <[u8; 32]>::from(h.finalize()) != part.digest {
+                self.reject(&path, Some(&part.digest), len, "bytes do not match the name");
+                return Some(false);
+            }
+            self.mark_verified(&part.digest);
+        }
+        Some(true)
+    }
+}
+
+/// Length and sha256 of a file, streamed.
+fn hash_file(path: &Path) -> io::Result<(u64, [u8; 32])> {
+    let mut file = File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; CHUNK];
+    let mut len = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            return Ok((len, h.finalize().into()));
+        }
+        h.update(&buf[..n]);
+        len += n as u64;
+    }
+}
+
+impl ContentStore {
+    /// A local file holding exactly the `data.size` bytes of the regular file at `data`, when they are all
+    /// in the disk cache: for FUSE passthrough. Assembles it from the cached spans the first time (bytes
+    /// verified on the way); a file larger than [`crate::StoreConfig::passthrough_inline_max`] is assembled
+    /// in the background instead and `None` returned until it is ready. `None` also when there is no disk
+    /// cache or any span is missing: read through the store then.
+    ///
+    /// Blocking (file system work, up to a copy of `passthrough_inline_max` bytes): call it from a thread
+    /// that may block, such as a FUSE request thread, not from an async task.
+    pub fn cached_file(&self, data: DataRef) -> Option<File> {
+        let inner = &self.inner;
+        let disk = inner.disk.as_ref()?;
+        let parts = file_parts(&inner.archive, data)
+            .inspect_err(|e| debug!(layer = data.layer, offset = data.offset, error = %e, "no local file"))
+            .ok()?;
+        let key = file_key(&parts, data.size);
+        if let Some(file) = disk.find_file(&key, data.size) {
+            return Some(file);
+        }
+        if !parts.iter().all(|p| disk.contains(&p.digest)) {
+            return None;
+        }
+        let runtime = inner.runtime.clone().or_else(|| tokio::runtime::Handle::try_current().ok());
+        match runtime {
+            Some(rt) if data.size > inner.config.passthrough_inline_max => {
+                if lock(&inner.materializing).insert(key) {
+                    let (inner, disk) = (Arc::clone(inner), Arc::clone(disk));
+                    rt.spawn_blocking(move || {
+                        disk.build_file(&key, &parts, data.size);
+                        lock(&inner.materializing).remove(&key);
+                    });
+                }
+                None
+            }
+            _ => disk.build_file(&key, &parts, data.size),
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! Loading spans before anyone reads them: readahead for sequential readers and prefetch of whole layers
+//! (or a given list of spans). Both go through the store's single flight, so a reader who wants a span that
+//! is being loaded waits for that load instead of starting another. Prefetch runs at low priority: at most
+//! [`crate::StoreConfig::prefetch_concurrency`] loads at once, each started only when no foreground read
+//! is waiting on a span.
+
+use std::sync::Arc;
+
+use clip_format::DataRef;
+use tokio::runtime::Handle;
+use tokio::task::{JoinError, JoinHandle, JoinSet};
+use tracing::debug;
+
+use crate::stats::Counters;
+use crate::store::{Inner, Priority};
+use crate::{lock, ContentStore, StoreError};
+
+/// Files whose readahead state is kept; more are forgotten (and start over as non-sequential).
+const MAX_STREAMS: usize = 1024;
+/// How far a read may start from where the previous read of the file ended and still count as
+/// sequential (the kernel may deliver the reads of one sequential reader slightly out of order: a couple
+/// of its 128 KiB requests).
+const SEQUENTIAL_SLACK: u64 = 256 << 10;
+
+/// Readahead state of one file.
+pub(crate) struct Stream {
+    /// Where the furthest read so far ended (offset in the file).
+    end: u64,
+    /// The highest span index readahead has already requested.
+    ahead: usize,
+}
+
+/// What a prefetch did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PrefetchSummary {
+    /// Spans loaded into the disk cache (fetched, or found there by the time they were loaded).
+    pub loaded: u64,
+    /// Spans already cached when their turn came.
+    pub already_cached: u64,
+    /// Spans that could not be loaded (logged; a later read tries again).
+    pub failed: u64,
+    /// Spans not attempted because the store has no disk cache to fill.
+    pub skipped: u64,
+}
+
+impl PrefetchSummary {
+    fn tally(&mut self, done: Result<Result<(), (u32, usize, StoreError)>, JoinError>, counters: &Counters) {
+        match done {
+            Ok(Ok(())) => {
+                self.loaded += 1;
+                Counters::bump(&counters.prefetched_spans);
+            }
+            Ok(Err((layer, span, error))) => {
+                self.failed += 1;
+                debug!(layer, span, %error, "prefetch of a span failed");
+            }
+            Err(error) => {
+                self.failed += 1;
+                debug!(%error, "prefetch task failed");
+            }
+        }
+    }
+}
+
+impl ContentStore {
+    /// Loads every span of every layer, in order, into the disk cache in the background, yielding to
+    /// foreground reads. Does nothing without a disk cache.
+    ///
+    /// # Panics
+    /// When called outside a tokio runtime on a store that was also made outside one (like `tokio::spawn`).
+    pub fn prefetch_all(&self) -> JoinHandle<PrefetchSummary> {
+        let archive = &self.inner.archive;
+        let spans = (0..archive.meta().layers.len() as u32)
+            .flat_map(|layer| archive.layer_spans(layer).into_iter().flatten().map(move |i| (layer, i)))
+            .collect();
+        self.prefetch_spans(spans)
+    }
+
+    /// Loads the listed spans `(layer, span index)` into the disk cache in the background, in the given
+    /// order, like [`ContentStore::prefetch_all`] (e.g. the spans a recorded startup profile read).
+    ///
+    /// # Panics
+    /// As [`ContentStore::prefetch_all`].
+    pub fn prefetch_spans(&self, spans: Vec<(u32, usize)>) -> JoinHandle<PrefetchSummary> {
+        let inner = Arc::clone(&self.inner);
+        let task = inner.clone().prefetch(spans);
+        match Handle::try_current().ok().or_else(|| inner.runtime.clone()) {
+            Some(rt) => rt.spawn(task),
+            None => tokio::spawn(task),
+        }
+    }
+}
+
+impl Inner {
+    /// Records a read of `[offset, end)` of the file at `data`; when it continues the previous read,
+    /// starts loading the next [`crate::StoreConfig::readahead_spans`] spans of the file in the background.
+    pub(crate) fn readahead(self: &Arc<Self>, data: DataRef, offset: u64, end: u64) {
+        let count = self.config.readahead_spans;
+        if count == 0 || end == 0 {
+            return;
+        }
+        let key = data;
+        let (first, last) = {
+            let mut streams = lock(&self.streams);
+            let sequential = streams.get(&key).is_some_and(|s| offset.abs_diff(s.end) <= SEQUENTIAL_SLACK);
+            if !sequential {
+                if streams.len() >= MAX_STREAMS {
+                    streams.clear();
+                }
+                streams.insert(key, Stream { end, ahead: 0 });
+                return;
+            }
+            let Some(stream) = streams.get_mut(&key) else { return };
+            stream.end = stream.end.max(end);
+            let a = &self.archive;
+            let last_byte = data.offset.checked_add(end - 1);
+            let file_last = data.offset.checked_add(data.size.saturating_sub(1));
+            let (Some(last_byte), Some(file_last)) = (last_byte, file_last) else { return };
+            let (Ok(current), Ok(file_end)) = (a.find_span(data.layer, last_byte), a.find_span(data.layer, file_last))
+            else {
+                return;
+            };
+            let first = (current + 1).max(stream.ahead + 1);
+            let last = current.saturating_add(count).min(file_end);
+            if first > last {
+                return;
+            }
+            stream.ahead = last;
+            (first, last)
+        };
+        let Ok(rt) = Handle::try_current() else { return };
+        for index in first..=last {
+            if self.in_memory(index) {
+                continue;
+            }
+            Counters::bump(&self.counters.readahead_spans);
+            let me = Arc::clone(self);
+            let layer = data.layer;
+            rt.spawn(async move {
+                if let Err(error) = me.span(layer, index, Priority::Readahead).await {
+                    debug!(layer, span = index, %error, "readahead of a span failed");
+                }
+            });
+        }
+    }
+
+    /// Loads `spans` into the disk cache, one [`Self::prefetch_permits`] permit each, each after the
+    /// foreground is idle.
+    async fn prefetch(self: Arc<Self>, spans: Vec<(u32, usize)>) -> PrefetchSummary {
+        let mut summary = PrefetchSummary::default();
+        let Some(disk) = self.disk.clone() else {
+            debug!(spans = spans.len(), "no disk cache; prefetch skipped");
+            summary.skipped = spans.len() as u64;
+            return summary;
+        };
+        let mut tasks = JoinSet::new();
+        for (layer, index) in spans {
+            let Ok(permit) = Arc::clone(&self.prefetch_permits).acquire_owned().await else { break };
+            self.foreground_idle().await;
+            let cached = match self.archive.span(index) {
+                Ok(span) => self.in_memory(index) || disk.contains(&span.digest),
+                Err(_) => false, // the load reports the error
+            };
+            if cached {
+                summary.already_cached += 1;
+                continue;
+            }
+            let me = Arc::clone(&self);
+            tasks.spawn(async move {
+                let done = me.span(layer, index, Priority::Prefetch).await;
+                drop(permit);
+                done.map(drop).map_err(|e| (layer, index, e))
+            });
+            while let Some(done) = tasks.try_join_next() {
+                summary.tally(done, &self.counters);
+            }
+        }
+        while let Some(done) = tasks.join_next().await {
+            summary.tally(done, &self.counters);
+        }
+        debug!(?summary, "prefetch done");
+        summary
+    }
+}

@@ -1,0 +1,210 @@
+//! Counters of a [`crate::ContentStore`]: cheap atomics on the read path, copied into a [`StoreStats`]
+//! snapshot for summaries, Prometheus metrics and tests.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Upper bounds (inclusive, in milliseconds) of the fetch latency buckets; a last, unbounded bucket follows.
+pub const FETCH_LATENCY_BOUNDS_MS: [u64; 7] = [1, 5, 25, 100, 500, 2_500, 10_000];
+
+/// A histogram of blob fetch latencies with fixed buckets ([`FETCH_LATENCY_BOUNDS_MS`]), in the shape a
+/// Prometheus histogram needs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LatencyHistogram {
+    /// Fetches per bucket (not cumulative): `counts[i]` took at most `FETCH_LATENCY_BOUNDS_MS[i]` ms and
+    /// more than the bound before it; the last element counts the slower ones.
+    pub counts: [u64; FETCH_LATENCY_BOUNDS_MS.len() + 1],
+    /// Sum of all latencies, in microseconds.
+    pub sum_micros: u64,
+    /// Number of fetches timed.
+    pub count: u64,
+}
+
+impl LatencyHistogram {
+    /// `(upper bound in ms, fetches at most that slow)`, cumulative as Prometheus expects; `None` is `+Inf`.
+    pub fn cumulative(&self) -> Vec<(Option<u64>, u64)> {
+        let mut acc = 0;
+        self.counts
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                acc += n;
+                (FETCH_LATENCY_BOUNDS_MS.get(i).copied(), acc)
+            })
+            .collect()
+    }
+}
+
+/// Counters of a store so far.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Spans fetched from the blob source (misses of both caches).
+    pub spans_fetched: u64,
+    /// Compressed bytes fetched from the blob source.
+    pub bytes_fetched: u64,
+    /// Compressed bytes fetched, per layer (index = layer).
+    pub layer_bytes_fetched: Vec<u64>,
+    /// Span lookups answered from memory.
+    pub memory_hits: u64,
+    /// Span lookups answered from the disk cache.
+    pub disk_hits: u64,
+    /// Fetched spans that failed verification (never served).
+    pub verify_failures: u64,
+    /// Disk cache files that failed verification (deleted and fetched again).
+    pub disk_verify_failures: u64,
+    /// Fetches that failed (source errors, undecodable or unverifiable bytes).
+    pub fetch_errors: u64,
+    /// Fetches from the blob source running now.
+    pub inflight_fetches: u64,
+    /// Spans requested by readahead of sequential reads.
+    pub readahead_spans: u64,
+    /// Spans loaded by prefetch.
+    pub prefetched_spans: u64,
+    /// Files removed from the disk cache to keep it under its bound.
+    pub evictions: u64,
+    /// Bytes those files held.
+    pub bytes_evicted: u64,
+    /// Bytes in the disk cache as this process last knew it (other processes sharing it may have added some).
+    pub disk_cache_bytes: u64,
+    /// Writes to the disk cache that failed (the bytes were still served).
+    pub disk_write_failures: u64,
+    /// Latency of range reads from the blob source.
+    pub fetch_latency: LatencyHistogram,
+}
+
+/// The live counters behind [`StoreStats`].
+pub(crate) struct Counters {
+    pub spans_fetched: AtomicU64,
+    pub bytes_fetched: AtomicU64,
+    pub layer_bytes_fetched: Vec<AtomicU64>,
+    pub memory_hits: AtomicU64,
+    pub disk_hits: AtomicU64,
+    pub verify_failures: AtomicU64,
+    pub fetch_errors: AtomicU64,
+    pub inflight_fetches: AtomicU64,
+    pub readahead_spans: AtomicU64,
+    pub prefetched_spans: AtomicU64,
+    latency: [AtomicU64; FETCH_LATENCY_BOUNDS_MS.len() + 1],
+    latency_sum_micros: AtomicU64,
+    latency_count: AtomicU64,
+}
+
+impl Counters {
+    pub fn new(layers: usize) -> Counters {
+        Counters {
+            spans_fetched: AtomicU64::new(0),
+            bytes_fetched: AtomicU64::new(0),
+            layer_bytes_fetched: (0..layers).map(|_| AtomicU64::new(0)).collect(),
+            memory_hits: AtomicU64::new(0),
+            disk_hits: AtomicU64::new(0),
+            verify_failures: AtomicU64::new(0),
+            fetch_errors: AtomicU64::new(0),
+            inflight_fetches: AtomicU64::new(0),
+            readahead_spans: AtomicU64::new(0),
+            prefetched_spans: AtomicU64::new(0),
+            latency: Default::default(),
+            latency_sum_micros: AtomicU64::new(0),
+            latency_count: AtomicU64::new(0),
+        }
+    }
+
+    pub fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records a successful range read of `bytes` compressed bytes of `layer`.
+    pub fn fetched(&self, layer: u32, bytes: u64) {
+        Self::bump(&self.spans_fetched);
+        self.bytes_fetched.fetch_add(bytes, Ordering::Relaxed);
+        if let Some(c) = self.layer_bytes_fetched.get(layer as usize) {
+            c.fetch_add(bytes, Ordering::Relaxed);
+        }
+    }
+
+    pub fn latency(&self, took: Duration) {
+        let ms = took.as_millis();
+        let bucket =
+            FETCH_LATENCY_BOUNDS_MS.iter().position(|&b| ms <= u128::from(b)).unwrap_or(FETCH_LATENCY_BOUNDS_MS.len());
+        Self::bump(&self.latency[bucket]);
+        self.latency_sum_micros.fetch_add(u64::try_from(took.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
+        Self::bump(&self.latency_count);
+    }
+
+    /// A snapshot; the disk cache fields are filled in by the store.
+    pub fn snapshot(&self) -> StoreStats {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let mut counts = [0; FETCH_LATENCY_BOUNDS_MS.len() + 1];
+        for (out, c) in counts.iter_mut().zip(&self.latency) {
+            *out = load(c);
+        }
+        StoreStats {
+            spans_fetched: load(&self.spans_fetched),
+            bytes_fetched: load(&self.bytes_fetched),
+            layer_bytes_fetched: self.layer_bytes_fetched.iter().map(load).collect(),
+            memory_hits: load(&self.memory_hits),
+            disk_hits: load(&self.disk_hits),
+            verify_failures: load(&self.verify_failures),
+            fetch_errors: load(&self.fetch_errors),
+            inflight_fetches: load(&self.inflight_fetches),
+            readahead_spans: load(&self.readahead_spans),
+            prefetched_spans: load(&self.prefetched_spans),
+            fetch_latency: LatencyHistogram {
+                counts,
+                sum_micros: load(&self.latency_sum_micros),
+                count: load(&self.latency_count),
+            },
+            ..StoreStats::default()
+        }
+    }
+}
+
+/// Counts a fetch as in flight until dropped (also when the fetching future is cancelled).
+pub(crate) struct InFlight<'a>(&'a AtomicU64);
+
+impl<'a> InFlight<'a> {
+    pub fn start(gauge: &'a AtomicU64) -> InFlight<'a> {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        InFlight(gauge)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_buckets() {
+        let c = Counters::new(1);
+        c.latency(Duration::from_micros(300));
+        c.latency(Duration::from_millis(5));
+        c.latency(Duration::from_millis(6));
+        c.latency(Duration::from_secs(60));
+        let h = c.snapshot().fetch_latency;
+        assert_eq!(h.count, 4);
+        assert_eq!(h.counts[0], 1);
+        assert_eq!(h.counts[1], 1);
+        assert_eq!(h.counts[2], 1);
+        assert_eq!(h.counts[FETCH_LATENCY_BOUNDS_MS.len()], 1);
+        let cum = h.cumulative();
+        assert_eq!(cum.last(), Some(&(None, 4)));
+        assert_eq!(cum[1], (Some(5), 2));
+        assert_eq!(h.sum_micros, 300 + 5_000 + 6_000 + 60_000_000);
+    }
+
+    #[test]
+    fn per_layer_bytes() {
+        let c = Counters::new(2);
+        c.fetched(1, 10);
+        c.fetched(0, 3);
+        c.fetched(7, 5); // unknown layer: counted in the total only
+        let s = c.snapshot();
+        assert_eq!(s.layer_bytes_fetched, vec![3, 10]);
+        assert_eq!((s.spans_fetched, s.bytes_fetched), (3, 18));
+    }
+}

@@ -1,0 +1,162 @@
+//! Readahead of sequential reads and background prefetch.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use clip_format::DataRef;
+use clip_store::{PrefetchSummary, StoreConfig};
+use common::{cached, eventually, files_in, raw_fixture, text, Fixture, Layer, KIB};
+
+const SPAN: u64 = 64 * KIB;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequential_reads_load_the_next_spans_ahead() {
+    let file = DataRef { layer: 0, offset: 0, size: 10 * SPAN };
+    let fx = raw_fixture(10, &[file]);
+    let store = fx.store(StoreConfig::default());
+    let expected = fx.expected(file);
+    store.read(file, 0, 16 * KIB).await.unwrap();
+    assert_eq!(fx.blobs.count(), 1, "a first read is not sequential yet");
+    store.read(file, 16 * KIB, 16 * KIB).await.unwrap();
+    let want = vec![(0, 0..SPAN), (0, SPAN..2 * SPAN), (0, 2 * SPAN..3 * SPAN)];
+    eventually("readahead of spans 1 and 2", || fx.blobs.ranges() == want).await;
+    assert_eq!(store.stats().readahead_spans, 2);
+
+    // Reading on needs nothing more until it passes the spans already requested; each further read
+    // keeps two spans ahead, and no span is requested twice.
+    let mut pos = 32 * KIB;
+    while pos < file.size {
+        let got = store.read(file, pos, 32 * KIB).await.unwrap();
+        assert_eq!(got, &expected[pos as usize..][..32 * KIB as usize]);
+        pos += 32 * KIB;
+    }
+    eventually("all spans", || fx.blobs.count() == 10).await;
+    assert_eq!(fx.blobs.ranges(), (0..10).map(|i| (0, i * SPAN..(i + 1) * SPAN)).collect::<Vec<_>>());
+    assert_eq!(store.stats().readahead_spans, 9);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readahead_stays_inside_the_file_and_needs_sequential_reads() {
+    let small = DataRef { layer: 0, offset: 0, size: SPAN + 100 };
+    let big = DataRef { layer: 0, offset: 0, size: 40 * SPAN };
+    let fx = raw_fixture(40, &[small, big]);
+    let store = fx.store(StoreConfig::default());
+    store.read(small, 0, 4 * KIB).await.unwrap();
+    store.read(small, 4 * KIB, 4 * KIB).await.unwrap();
+    eventually("readahead of span 1", || fx.blobs.count() == 2).await;
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert_eq!(fx.blobs.ranges(), vec![(0, 0..SPAN), (0, SPAN..2 * SPAN)], "read ahead past the end of the file");
+
+    // Random reads of another file: no readahead.
+    for i in [30, 5, 20, 10] {
+        store.read(big, i * SPAN, 4 * KIB).await.unwrap();
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert_eq!(store.stats().readahead_spans, 1);
+    assert_eq!(fx.blobs.count(), 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_waits_for_readahead_rather_than_fetching_again() {
+    let file = DataRef { layer: 0, offset: 0, size: 4 * SPAN };
+    let fx = raw_fixture(4, &[file]);
+    let store = fx.store(StoreConfig { readahead_spans: 1, ..StoreConfig::default() });
+    store.read(file, 0, 4 * KIB).await.unwrap();
+    fx.blobs.set_delay(200);
+    store.read(file, 4 * KIB, 4 * KIB).await.unwrap(); // memory hit; starts readahead of span 1
+    eventually("readahead request started", || fx.blobs.count() == 2).await;
+    let got = store.read(file, SPAN, 4 * KIB).await.unwrap();
+    assert_eq!(got, &fx.expected(file)[SPAN as usize..][..4 * KIB as usize]);
+    let span1 = fx.blobs.ranges().iter().filter(|(_, r)| *r == (SPAN..2 * SPAN)).count();
+    assert_eq!(span1, 1);
+}
+
+fn two_layer_fixture() -> Fixture {
+    let raw = Layer::raw(text(300_000, 3), SPAN);
+    let gz = Layer::gzip(text(500_000, 4), 32 * KIB);
+    let files = [DataRef { layer: 0, offset: 0, size: 300_000 }, DataRef { layer: 1, offset: 0, size: 500_000 }];
+    Fixture::new(vec![raw, gz], &files)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetch_all_fills_the_disk_cache() {
+    let fx = two_layer_fixture();
+    let total = fx.all_spans().len() as u64;
+    let dir = tempfile::tempdir().unwrap();
+    let store = fx.store(cached(dir.path()));
+    let summary = store.prefetch_all().await.unwrap();
+    assert_eq!(summary, PrefetchSummary { loaded: total, ..PrefetchSummary::default() });
+    assert_eq!(fx.blobs.count() as u64, total);
+    assert_eq!(files_in(dir.path(), "spans").len() as u64, total);
+    assert_eq!(store.stats().prefetched_spans, total);
+    assert_eq!(store.stats().memory_hits, 0);
+
+    // Everything is now local: a new store reads every file without a request, and a second prefetch
+    // finds nothing to do.
+    let warm = fx.store(cached(dir.path()));
+    for ino in 2..=3 {
+        let data = fx.archive.node(clip_format::Ino(ino)).unwrap().data_ref().unwrap();
+        assert_eq!(warm.read(data, 0, data.size).await.unwrap(), fx.expected(data));
+    }
+    assert_eq!(fx.blobs.count() as u64, total);
+    let again = warm.prefetch_all().await.unwrap();
+    assert_eq!(again, PrefetchSummary { already_cached: total, ..PrefetchSummary::default() });
+    assert_eq!(fx.blobs.count() as u64, total);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetch_is_bounded_and_yields_to_foreground_reads() {
+    let file = DataRef { layer: 0, offset: 0, size: 12 * SPAN };
+    let fx = raw_fixture(12, &[file]);
+    fx.blobs.set_delay(50);
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(fx.store(StoreConfig { readahead_spans: 0, ..cached(dir.path()) }));
+
+    // A foreground read is in flight when prefetch starts: prefetch waits for it.
+    let reader = {
+        let store = store.clone();
+        tokio::spawn(async move { store.read(file, 11 * SPAN, 100).await })
+    };
+    eventually("foreground request started", || fx.blobs.active() == 1).await;
+    let prefetch = store.prefetch_all();
+    let got = reader.await.unwrap().unwrap();
+    assert_eq!(got, &fx.expected(file)[(11 * SPAN) as usize..][..100]);
+    let summary = prefetch.await.unwrap();
+    assert_eq!(summary.loaded + summary.already_cached, 12);
+    assert_eq!(summary.already_cached, 1);
+    assert_eq!(fx.blobs.max_active.load(Ordering::SeqCst), 1, "prefetch overlapped a fetch");
+    assert_eq!(fx.blobs.requests()[0].range, 11 * SPAN..12 * SPAN);
+
+    // With two permits, at most two prefetch fetches run at once.
+    let dir = tempfile::tempdir().unwrap();
+    let fx = raw_fixture(12, &[file]);
+    fx.blobs.set_delay(30);
+    let store = fx.store(StoreConfig { prefetch_concurrency: 2, ..cached(dir.path()) });
+    let summary = store.prefetch_all().await.unwrap();
+    assert_eq!(summary.loaded, 12);
+    assert_eq!(fx.blobs.max_active.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetch_of_listed_spans_and_its_failures() {
+    let file = DataRef { layer: 0, offset: 0, size: 6 * SPAN };
+    let fx = raw_fixture(6, &[file]);
+    let dir = tempfile::tempdir().unwrap();
+    let store = fx.store(cached(dir.path()));
+    let summary = store.prefetch_spans(vec![(0, 4), (0, 1)]).await.unwrap();
+    assert_eq!(summary.loaded, 2);
+    assert_eq!(fx.blobs.ranges(), vec![(0, SPAN..2 * SPAN), (0, 4 * SPAN..5 * SPAN)]);
+
+    fx.blobs.fail.store(true, Ordering::SeqCst);
+    let summary = store.prefetch_spans(vec![(0, 2), (0, 99), (7, 0)]).await.unwrap();
+    assert_eq!(summary.failed, 3);
+    fx.blobs.fail.store(false, Ordering::SeqCst);
+    assert_eq!(store.prefetch_spans(vec![(0, 2)]).await.unwrap().loaded, 1);
+
+    // Without a disk cache there is nothing to fill.
+    let memory_only = fx.store(StoreConfig::default());
+    let summary = memory_only.prefetch_all().await.unwrap();
+    assert_eq!(summary, PrefetchSummary { skipped: 6, ..PrefetchSummary::default() });
+}
