@@ -37,6 +37,15 @@ pub enum Command {
     Cat(CatArgs),
     /// Write the image's root filesystem into DIR (run as root to keep owners, devices and xattrs).
     Extract(ExtractArgs),
+    /// Mount a .clip file read-only with FUSE; file contents are fetched on first read, verified and cached.
+    ///
+    /// Runs in the foreground until the mountpoint is unmounted (`umount DIR`, `fusermount3 -u DIR`) or
+    /// clip gets SIGINT/SIGTERM, then prints what it fetched. "mounted" is logged (and the mountpoint is
+    /// listed in /proc/mounts) once the filesystem is ready.
+    #[command(
+        after_help = "Examples:\n  clip mount app.clip /mnt/app &\n  clip mount app.clip /mnt/app --cache-size 20G --metrics 127.0.0.1:9100 --prefetch"
+    )]
+    Mount(MountArgs),
 }
 
 /// Where the image comes from and how to reach it.
@@ -108,4 +117,60 @@ pub struct ExtractArgs {
     pub dir: PathBuf,
     #[command(flatten)]
     pub source: SourceArgs,
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct MountArgs {
+    /// A .clip file (index-only or data-carrying).
+    pub file: PathBuf,
+    /// An existing empty directory to mount on.
+    pub mountpoint: PathBuf,
+    /// Span cache directory, shared by every mount on the machine and kept across runs.
+    /// Default: /var/cache/clip as root, else ~/.cache/clip.
+    #[arg(long, env = "CLIP_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Do not use a disk cache (spans live only in memory while in use).
+    #[arg(long, conflicts_with = "cache_dir")]
+    pub no_cache: bool,
+    /// Bound of the disk cache (bytes, or with K/M/G/T suffix); least recently used spans are evicted.
+    #[arg(long, default_value = "10G", value_parser = parse_size, env = "CLIP_CACHE_SIZE")]
+    pub cache_size: u64,
+    /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9100.
+    #[arg(long)]
+    pub metrics: Option<std::net::SocketAddr>,
+    /// Fetch every span in the background (at low priority) so the whole image ends up cached.
+    #[arg(long)]
+    pub prefetch: bool,
+    #[command(flatten)]
+    pub source: SourceArgs,
+}
+
+/// Parses `123`, `64K`, `512M`, `10G`, `1T` (powers of 1024; an optional trailing `B` or `iB`).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let t = t.strip_suffix("iB").or_else(|| t.strip_suffix('B')).unwrap_or(t);
+    let (num, shift) = match t.chars().last().map(|c| c.to_ascii_uppercase()) {
+        Some('K') => (&t[..t.len() - 1], 10),
+        Some('M') => (&t[..t.len() - 1], 20),
+        Some('G') => (&t[..t.len() - 1], 30),
+        Some('T') => (&t[..t.len() - 1], 40),
+        _ => (t, 0),
+    };
+    let n: u64 = num.trim().parse().map_err(|_| format!("{s:?} is not a size (examples: 512M, 10G)"))?;
+    n.checked_mul(1u64 << shift).ok_or_else(|| format!("{s:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_parse_with_suffixes() {
+        assert_eq!(parse_size("123"), Ok(123));
+        assert_eq!(parse_size("64K"), Ok(64 << 10));
+        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("10g"), Ok(10 << 30));
+        assert!(parse_size("ten").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
 }

@@ -5,6 +5,7 @@ mod extract;
 mod index;
 mod inspect;
 mod ls;
+mod mount;
 mod progress;
 
 use std::process::ExitCode;
@@ -18,6 +19,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Ls(a) => ls::run(a),
         Command::Cat(a) => cat::run(a).await,
         Command::Extract(a) => extract::run(a, args.quiet).await,
+        Command::Mount(a) => mount::run(a, args.quiet).await,
     }?;
     Ok(ExitCode::SUCCESS)
 }

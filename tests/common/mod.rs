@@ -38,3 +38,95 @@ pub fn clip_fails(args: &[&str], needle: &str) -> String {
 pub fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 temp path")
 }
+
+/// A `clip mount` child process; unmounts (SIGTERM, then a lazy umount) and reaps it on drop.
+pub struct MountProc {
+    pub child: Option<std::process::Child>,
+    pub dir: std::path::PathBuf,
+}
+
+impl MountProc {
+    /// Starts `clip mount INDEX DIR EXTRA...` and waits until DIR is a mount point (at most 20 s).
+    pub fn start(index: &Path, dir: &Path, extra: &[&str]) -> MountProc {
+        std::fs::create_dir_all(dir).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_clip"));
+        cmd.arg("mount").arg(index).arg(dir).args(extra).env("CLIP_LOG", "info");
+        cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
+        let child = cmd.spawn().expect("spawning clip mount");
+        let mut m = MountProc { child: Some(child), dir: dir.to_path_buf() };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !is_mountpoint(dir) {
+            if let Some(status) = m.child.as_mut().unwrap().try_wait().unwrap() {
+                let mut err = String::new();
+                use std::io::Read;
+                m.child.as_mut().unwrap().stderr.take().unwrap().read_to_string(&mut err).unwrap();
+                panic!("clip mount exited with {status} before mounting:\n{err}");
+            }
+            assert!(std::time::Instant::now() < deadline, "clip mount did not mount {} within 20 s", dir.display());
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        m
+    }
+
+    /// Sends SIGTERM and waits for a clean exit; returns the process's stderr.
+    pub fn stop(mut self) -> String {
+        let mut child = self.child.take().unwrap();
+        nix_kill(child.id(), libc_sigterm());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "clip mount exited with {}:\n{stderr}", out.status);
+        assert!(!is_mountpoint(&self.dir), "still mounted after clip mount exited");
+        stderr
+    }
+
+    /// `kill -9` the mount process (then detach the dead mount).
+    pub fn kill9(mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+    }
+}
+
+impl Drop for MountProc {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            nix_kill(child.id(), libc_sigterm());
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while child.try_wait().ok().flatten().is_none() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if is_mountpoint(&self.dir) {
+            let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+        }
+    }
+}
+
+fn libc_sigterm() -> &'static str {
+    "TERM"
+}
+
+fn nix_kill(pid: u32, sig: &str) {
+    let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
+}
+
+/// Whether `dir` is a mount point, per /proc/self/mountinfo.
+pub fn is_mountpoint(dir: &Path) -> bool {
+    let Ok(canon) = dir.canonicalize() else { return false };
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    info.lines().any(|l| l.split(' ').nth(4) == Some(canon.to_str().unwrap_or("")))
+}
+
+/// Reads `http://ADDR/metrics` and returns the value of the first sample line starting with `prefix`.
+pub fn metric(addr: &str, prefix: &str) -> f64 {
+    let resp = clip_testkit::http_get(addr, "/metrics", &[]).expect("scraping metrics");
+    let body = String::from_utf8_lossy(&resp.body).into_owned();
+    body.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no metric {prefix} in:\n{body}"))
+}

@@ -50,6 +50,7 @@ pub fn render(s: &Snapshot) -> String {
     metric("clip_fuse_erofs_total", "counter", "Write attempts refused with EROFS.", &one(s.fs.erofs));
     let st = &s.store;
     metric("clip_cache_memory_hits_total", "counter", "Span lookups served from memory.", &one(st.memory_hits));
+    metric("clip_cache_disk_hits_total", "counter", "Span lookups served from the disk cache.", &one(st.disk_hits));
     metric(
         "clip_spans_fetched_total",
         "counter",
@@ -62,12 +63,40 @@ pub fn render(s: &Snapshot) -> String {
         "Compressed bytes fetched from the blob source.",
         &one(st.bytes_fetched),
     );
+    let per_layer: Vec<_> =
+        st.layer_bytes_fetched.iter().enumerate().map(|(i, b)| (format!("{{layer=\"{i}\"}}"), *b as f64)).collect();
+    metric("clip_layer_fetched_bytes_total", "counter", "Compressed bytes fetched, per layer.", &per_layer);
+    metric("clip_fetch_errors_total", "counter", "Span fetches that failed.", &one(st.fetch_errors));
     metric(
         "clip_verify_failures_total",
         "counter",
-        "Spans whose bytes failed their digest (never served).",
+        "Fetched spans whose bytes failed their digest (never served).",
         &one(st.verify_failures),
     );
+    metric(
+        "clip_cache_verify_failures_total",
+        "counter",
+        "Disk cache files that failed their digest (refetched).",
+        &one(st.disk_verify_failures),
+    );
+    metric("clip_inflight_fetches", "gauge", "Span fetches running now.", &one(st.inflight_fetches));
+    metric("clip_readahead_spans_total", "counter", "Spans requested by readahead.", &one(st.readahead_spans));
+    metric("clip_prefetched_spans_total", "counter", "Spans loaded by prefetch.", &one(st.prefetched_spans));
+    metric("clip_cache_evictions_total", "counter", "Disk cache files evicted.", &one(st.evictions));
+    metric("clip_cache_evicted_bytes_total", "counter", "Bytes evicted from the disk cache.", &one(st.bytes_evicted));
+    metric("clip_cache_bytes", "gauge", "Bytes in the disk cache.", &one(st.disk_cache_bytes));
+    let mut buckets: Vec<(String, f64)> = st
+        .fetch_latency
+        .cumulative()
+        .into_iter()
+        .map(|(le, n)| {
+            let le = le.map_or("+Inf".to_string(), |ms| format!("{}", ms as f64 / 1000.0));
+            (format!("_bucket{{le=\"{le}\"}}"), n as f64)
+        })
+        .collect();
+    buckets.push(("_sum".into(), st.fetch_latency.sum_micros as f64 / 1e6));
+    buckets.push(("_count".into(), st.fetch_latency.count as f64));
+    metric("clip_fetch_seconds", "histogram", "Latency of span fetches from the blob source.", &buckets);
     out
 }
 

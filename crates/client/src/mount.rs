@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use clip_fs::{ClipFs, MountOptions};
-use clip_store::StoreStats;
+use clip_format::DataRef;
+use clip_fs::{ClipFs, MountOptions, PassthroughSource};
+use clip_store::{ContentStore, StoreStats};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{info, warn};
 
@@ -33,6 +34,15 @@ pub struct MountSummary {
     pub read_bytes: u64,
 }
 
+/// Hands fully cached files to the kernel for FUSE passthrough.
+struct StorePassthrough(Arc<ContentStore>);
+
+impl PassthroughSource for StorePassthrough {
+    fn local_file(&self, data: DataRef) -> Option<std::fs::File> {
+        self.0.cached_file(data)
+    }
+}
+
 /// Mounts `archive` at `mountpoint`; calls `ready` once the mount is live, then blocks until it is unmounted.
 pub async fn mount_foreground(
     archive: &Path,
@@ -42,7 +52,8 @@ pub async fn mount_foreground(
 ) -> Result<MountSummary, ClientError> {
     let opened = open_archive(archive, &config.open).await?;
     let store = opened.store.clone();
-    let fs = ClipFs::new(store.clone(), tokio::runtime::Handle::current());
+    let fs = ClipFs::new(store.clone(), tokio::runtime::Handle::current())
+        .with_passthrough(Arc::new(StorePassthrough(store.clone())));
     let fs_stats = fs.stats();
     let mountpoint_buf: PathBuf = mountpoint.to_path_buf();
     let fs_opts = config.fs.clone();
@@ -55,6 +66,7 @@ pub async fn mount_foreground(
         metrics::serve(addr, Arc::new(move || Snapshot { fs: fs_stats.snapshot(), store: store.stats() })).await?;
         info!(%addr, "serving metrics");
     }
+    let prefetch = config.prefetch.then(|| store.prefetch_all());
     info!(archive = %archive.display(), mountpoint = %mountpoint.display(), "mounted");
     ready(mountpoint);
 
@@ -78,6 +90,9 @@ pub async fn mount_foreground(
         if let Err(error) = handle.unmount() {
             warn!(%error, "unmount failed; detaching lazily");
         }
+    }
+    if let Some(task) = prefetch {
+        task.abort();
     }
     let fs = fs_stats.snapshot();
     drop(handle);

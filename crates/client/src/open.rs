@@ -39,7 +39,12 @@ pub async fn open_archive(path: &Path, opts: &OpenOptions) -> Result<Opened, Cli
             (Arc::new(SourceBlobs::new(&archive, source.clone())?), Some(source))
         }
     };
-    let store = Arc::new(ContentStore::new(archive.clone(), blobs, opts.store.clone()));
+    let mut store_config = opts.store.clone();
+    if archive.kind() == ArchiveKind::DataCarrying {
+        // The data is already on local disk: a cache would only copy it.
+        store_config.cache_dir = None;
+    }
+    let store = Arc::new(ContentStore::new(archive.clone(), blobs, store_config));
     Ok(Opened { archive, store, source })
 }
 

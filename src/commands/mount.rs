@@ -1,0 +1,36 @@
+//! `clip mount`: mount a .clip file in the foreground and report what was fetched when it ends.
+
+use anyhow::Context;
+use clip_client::{mount_foreground, MountConfig};
+
+use crate::args::MountArgs;
+
+pub async fn run(a: MountArgs, quiet: bool) -> anyhow::Result<()> {
+    let mut config = MountConfig { metrics: a.metrics, prefetch: a.prefetch, ..Default::default() };
+    config.open.source.plain_http = a.source.plain_http;
+    config.open.store.cache_dir =
+        if a.no_cache { None } else { Some(a.cache_dir.clone().unwrap_or_else(clip_store::default_cache_dir)) };
+    config.open.store.cache_size = a.cache_size;
+    let summary = mount_foreground(&a.file, &a.mountpoint, &config, |mp| {
+        if !quiet {
+            eprintln!("mounted {} at {}", a.file.display(), mp.display());
+        }
+    })
+    .await
+    .with_context(|| format!("mounting {} at {}", a.file.display(), a.mountpoint.display()))?;
+    if !quiet {
+        let s = summary.store;
+        eprintln!(
+            "unmounted {}: {} reads ({} bytes); fetched {} spans ({} compressed bytes); cache hits: {} memory, {} disk ({:.0}% hit rate)",
+            a.mountpoint.display(),
+            summary.reads,
+            summary.read_bytes,
+            s.spans_fetched,
+            s.bytes_fetched,
+            s.memory_hits,
+            s.disk_hits,
+            100.0 * (s.memory_hits + s.disk_hits) as f64 / (s.memory_hits + s.disk_hits + s.spans_fetched).max(1) as f64,
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,222 @@
+//! End to end: `clip mount` of images in a real registry, read through a real FUSE mount, compared with
+//! `umoci unpack`; the disk cache across mounts and crashes; concurrency; passthrough; metrics.
+
+mod common;
+
+use std::path::Path;
+
+use clip_testkit::*;
+use common::{clip_ok, metric, s, MountProc};
+use rstest::rstest;
+
+/// A registry holding `image` as `repo:tag`, and its index built by `clip index`.
+struct Indexed {
+    registry: Registry,
+    layout: OciLayoutBuilder,
+    dir: tempfile::TempDir,
+}
+
+impl Indexed {
+    fn new(image: &Image) -> Indexed {
+        let registry = Registry::start();
+        let mut layout = OciLayoutBuilder::new();
+        layout.add_image("t", image);
+        registry.push(layout.path(), "t", "img:t");
+        let dir = tempfile::tempdir().unwrap();
+        clip_ok(&["index", &registry.image_ref("img:t"), "-o", s(&dir.path().join("img.clip"))]);
+        Indexed { registry, layout, dir }
+    }
+
+    fn index(&self) -> std::path::PathBuf {
+        self.dir.path().join("img.clip")
+    }
+
+    fn cache(&self) -> std::path::PathBuf {
+        self.dir.path().join("cache")
+    }
+
+    fn mount(&self, name: &str, extra: &[&str]) -> MountProc {
+        let cache = self.cache();
+        let mut args = vec!["--cache-dir", s(&cache)];
+        args.extend_from_slice(extra);
+        MountProc::start(&self.index(), &self.dir.path().join(name), &args)
+    }
+}
+
+fn free_metrics_addr() -> String {
+    format!("127.0.0.1:{}", find_free_port())
+}
+
+#[rstest]
+#[case::gzip(Compression::Gzip)]
+#[case::zstd(Compression::Zstd)]
+#[case::uncompressed(Compression::None)]
+fn mounted_conformance_image_equals_umoci(#[case] compression: Compression) {
+    let img = Indexed::new(&conformance_image(compression));
+    let m = img.mount("mnt", &[]);
+    assert_matches_umoci(img.layout.path(), "t", &m.dir, CompareOpts::conformance());
+    let log = m.stop();
+    assert!(log.contains("mounted"), "{log}");
+    assert!(log.contains("unmounted"), "{log}");
+    drop(img.registry);
+}
+
+#[test]
+fn second_mount_reads_everything_from_the_cache() {
+    let img = Indexed::new(&conformance_image(Compression::Gzip));
+    let addr = free_metrics_addr();
+    let first = img.mount("one", &["--metrics", &addr]);
+    let tree = snapshot(&first.dir);
+    assert!(metric(&addr, "clip_fetched_bytes_total") > 0.0);
+    first.stop();
+
+    let addr = free_metrics_addr();
+    let second = img.mount("two", &["--metrics", &addr]);
+    assert_trees_equal(&tree, &snapshot(&second.dir), CompareOpts::default());
+    assert_eq!(metric(&addr, "clip_fetched_bytes_total"), 0.0, "second mount fetched from the registry");
+    second.stop();
+}
+
+/// Reads `path` under the mount in 64 threads at once and checks every byte.
+fn read_concurrently(path: &Path, expected: &[u8], threads: usize) {
+    std::thread::scope(|scope| {
+        for t in 0..threads {
+            scope.spawn(move || {
+                let got = std::fs::read(path).unwrap_or_else(|e| panic!("thread {t}: reading {}: {e}", path.display()));
+                assert!(got == expected, "thread {t}: wrong bytes from {}", path.display());
+            });
+        }
+    });
+}
+
+#[test]
+fn concurrent_cold_readers_share_one_fetch_per_span() {
+    let layer = big_gzip_layer(24);
+    let tar = layer.tar().to_vec();
+    let img = Indexed::new(&Image::new(vec![layer]));
+    let addr = free_metrics_addr();
+    let m = img.mount("mnt", &["--metrics", &addr]);
+    // The 8 MiB file crosses several spans.
+    let (path, off, size) = tar_file(&tar, |p| p.ends_with("/f00007"));
+    let expected = &tar[off as usize..(off + size) as usize];
+    read_concurrently(&m.dir.join(&path), expected, 64);
+
+    let archive = clip_format::Archive::open(&img.index()).unwrap();
+    let node = archive.node(archive.resolve(path.as_bytes()).unwrap().unwrap()).unwrap();
+    let d = node.data_ref().unwrap();
+    let first = archive.find_span(d.layer, d.offset).unwrap();
+    let last = archive.find_span(d.layer, d.offset + d.size - 1).unwrap();
+    let spans = (last - first + 1) as f64;
+    assert!(spans >= 2.0);
+    let fetched = metric(&addr, "clip_spans_fetched_total");
+    // Readahead may fetch up to two spans past the file; never a span twice.
+    assert!(fetched >= spans && fetched <= spans + 2.0, "{fetched} span fetches for a file over {spans} spans");
+    m.stop();
+}
+
+#[test]
+fn kill_9_during_fetches_then_remount_serves_correct_bytes() {
+    let layer = big_gzip_layer(24);
+    let tar = layer.tar().to_vec();
+    let img = Indexed::new(&Image::new(vec![layer]));
+    let m = img.mount("mnt", &[]);
+    let dir = m.dir.clone();
+    // Start reading everything in the background, then kill the mount in the middle of it.
+    let reader = std::thread::spawn(move || {
+        let _ = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("cat {}/big/*/* > /dev/null 2>&1", dir.display()))
+            .status();
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    m.kill9();
+    reader.join().unwrap();
+
+    let again = img.mount("mnt2", &[]);
+    for (path, off, size) in tar_files(&tar) {
+        let got = std::fs::read(again.dir.join(&path)).unwrap();
+        assert!(got == tar[off as usize..(off + size) as usize], "{path}: wrong bytes after a crash");
+    }
+    again.stop();
+}
+
+#[test]
+fn cache_size_bound_is_respected() {
+    let layer = big_gzip_layer(24);
+    let img = Indexed::new(&Image::new(vec![layer]));
+    let m = img.mount("mnt", &["--cache-size", "6M"]);
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("cat {}/big/*/* > /dev/null", m.dir.display()))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    m.stop();
+    let used = dir_size(&img.cache());
+    // One span (4 MiB) may be in flight past the bound while eviction catches up.
+    assert!(used <= (6 << 20) + (4 << 20) + (1 << 20), "cache holds {used} bytes for a 6 MiB bound");
+    assert!(used > 0, "nothing was cached");
+}
+
+fn dir_size(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let md = e.metadata().unwrap();
+            if md.is_dir() {
+                stack.push(e.path());
+            } else {
+                total += md.len();
+            }
+        }
+    }
+    total
+}
+
+#[test]
+fn fully_cached_file_is_served_by_passthrough() {
+    let layer = big_gzip_layer(8);
+    let tar = layer.tar().to_vec();
+    let img = Indexed::new(&Image::new(vec![layer]));
+    let addr = free_metrics_addr();
+    let m = img.mount("mnt", &["--metrics", &addr]);
+    let (path, off, size) = tar_file(&tar, |p| p.ends_with("/f00000"));
+    let expected = &tar[off as usize..(off + size) as usize];
+    let file = m.dir.join(&path);
+    assert_eq!(std::fs::read(&file).unwrap(), expected); // cold: through FUSE reads, fills the cache
+                                                         // Drop the kernel's page cache for the file so the next read must ask someone.
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", "1");
+    let reads_before = metric(&addr, "clip_fuse_requests_total{op=\"read\"}");
+    assert_eq!(std::fs::read(&file).unwrap(), expected);
+    let reads_after = metric(&addr, "clip_fuse_requests_total{op=\"read\"}");
+    assert!(metric(&addr, "clip_fuse_passthrough_opens_total") >= 1.0, "no passthrough open");
+    assert_eq!(reads_before, reads_after, "a passthrough file's reads reached the daemon");
+    m.stop();
+}
+
+#[test]
+fn writes_are_refused_and_sigterm_unmounts() {
+    let img = Indexed::new(&conformance_image(Compression::Gzip));
+    let m = img.mount("mnt", &[]);
+    let err = std::fs::write(m.dir.join("newfile"), b"x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(30), "EROFS expected, got {err}");
+    let log = m.stop();
+    assert!(log.contains("fetched"), "no summary on exit: {log}");
+}
+
+fn tar_files(tar: &[u8]) -> Vec<(String, u64, u64)> {
+    let mut archive = tar::Archive::new(tar);
+    archive
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.header().entry_type().is_file())
+        .map(|e| (e.path().unwrap().display().to_string(), e.raw_file_position(), e.size()))
+        .collect()
+}
+
+fn tar_file(tar: &[u8], pick: impl Fn(&str) -> bool) -> (String, u64, u64) {
+    tar_files(tar).into_iter().find(|(p, _, _)| pick(p)).expect("file in tar")
+}
