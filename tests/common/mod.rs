@@ -70,7 +70,7 @@ impl MountProc {
 
     /// Sends SIGTERM and waits for a clean exit; returns the process's stderr.
     pub fn stop(mut self) -> String {
-        let mut child = self.child.take().unwrap();
+        let child = self.child.take().unwrap();
         nix_kill(child.id(), libc_sigterm());
         let out = child.wait_with_output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
