@@ -17,7 +17,7 @@ pub enum FormatError {
     BadMagic,
     #[error("unsupported .clip format version {found} (this clip reads version {supported}); rebuild the index with this clip")]
     UnsupportedVersion { found: u16, supported: u16 },
-    #[error("unknown archive kind {0} in header (expected 1 = data-carrying or 2 = index-only)")]
+    #[error("unknown archive kind {0} in header (expected 1 = data-carrying or 2 = index-only); was it written by a newer clip?")]
     UnknownKind(u16),
     #[error(".clip file is truncated: {what} needs bytes up to {needed}, file has {len}")]
     Truncated { what: String, needed: u64, len: u64 },

@@ -24,6 +24,10 @@ pub struct ImageMeta {
     pub span_size: u64,
     /// Layers in order, bottom first. A data-carrying archive has exactly one: its own data section.
     pub layers: Vec<LayerMeta>,
+    /// Data-carrying archives only: where the data section is when this file holds none, e.g.
+    /// `s3://bucket/key` of the full archive (a local metadata copy of an archive pushed to S3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_location: Option<String>,
 }
 
 /// An OCI platform.
@@ -97,4 +101,23 @@ pub struct LayerMeta {
     pub first_span: u32,
     /// Number of span records of this layer.
     pub span_count: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_location_is_optional_and_round_trips() {
+        // META written before the field existed still reads.
+        let old = r#"{"source":"/rootfs","span_size":4194304,"layers":[]}"#;
+        let meta: ImageMeta = serde_json::from_str(old).unwrap();
+        assert_eq!(meta.data_location, None);
+        assert!(!serde_json::to_string(&meta).unwrap().contains("data_location"));
+
+        let with = ImageMeta { data_location: Some("s3://bucket/key.clip".into()), ..meta };
+        let json = serde_json::to_string(&with).unwrap();
+        assert!(json.contains(r#""data_location":"s3://bucket/key.clip""#), "{json}");
+        assert_eq!(serde_json::from_str::<ImageMeta>(&json).unwrap(), with);
+    }
 }

@@ -130,6 +130,7 @@ pub async fn index_image(
         config: image_config(image),
         span_size: opts.span_size,
         layers,
+        data_location: None,
     };
     Ok(IndexContents { kind: ArchiveKind::IndexOnly, meta, nodes, spans })
 }
