@@ -7,6 +7,7 @@
 //! Main types:
 //! - [`Registry`] — Debian's `docker-registry` started on a free port (optionally with basic auth), killed
 //!   on drop; panics when it cannot start, so tests fail instead of skipping.
+//! - [`S3Server`] — PyPI's `moto_server` on a free port (optionally checking credentials), killed on drop.
 //! - [`LayerBuilder`] / [`Entry`] — tar layers with control over every header: all entry types, whiteouts,
 //!   opaque markers, modes, big uid/gid (PAX or GNU base-256), nanosecond mtimes, xattrs, long names (PAX,
 //!   GNU `L`/`K`, ustar prefix). [`compress`], [`gzip_multi_member`], [`zstd_multi_frame`].
@@ -45,6 +46,7 @@ mod fixtures;
 mod layer;
 mod oci;
 mod registry;
+mod s3;
 mod tree;
 mod umoci;
 
@@ -63,5 +65,6 @@ pub use oci::{
     MEDIA_TYPE_LAYER_ZSTD, MEDIA_TYPE_MANIFEST,
 };
 pub use registry::{find_free_port, http_get, HttpResponse, Registry, REGISTRY_BINARY};
+pub use s3::{S3Server, MOTO_BINARY};
 pub use tree::{show_path, snapshot, try_snapshot, FileKind, Node, Tree};
 pub use umoci::{umoci_unpack, Unpacked};
