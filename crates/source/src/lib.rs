@@ -12,8 +12,12 @@
 //! OCI manifests, manifest lists and image indexes), [`LayoutSource`] (a local OCI image layout
 //! as written by skopeo or umoci) and [`MemorySource`] (blobs in memory, for unit tests).
 //!
+//! Registry requests are retried under a [`RetryPolicy`] (backoff with jitter, `Retry-After`,
+//! re-authentication on 401); see the `retry` module.
+//!
 //! What this crate does not do: verify layer digests (the indexer and the content store hash
-//! what they read; manifests and configs are verified here), decompress, cache, or retry.
+//! what they read; manifests and configs are verified here), decompress, cache, or bound the time
+//! of a read (callers put a deadline around it).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), clip_source::SourceError> {
@@ -35,6 +39,7 @@ mod platform;
 mod reference;
 mod registry;
 mod resolve;
+mod retry;
 mod source;
 
 use std::path::PathBuf;
@@ -49,6 +54,7 @@ pub use platform::Platform;
 pub use reference::{ImageRef, DOCKER_HUB};
 pub use registry::RegistrySource;
 pub use resolve::ResolvedImage;
+pub use retry::RetryPolicy;
 pub use source::{BlobSource, BlobStream, SourceStats};
 
 /// How to reach and resolve an image.
@@ -62,6 +68,8 @@ pub struct SourceOptions {
     /// The Docker config file (or a directory holding `config.json`) to take credentials from.
     /// Default: `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`, else anonymous.
     pub docker_config: Option<PathBuf>,
+    /// How failed registry requests are retried.
+    pub retry: RetryPolicy,
 }
 
 /// Resolves `reference` to one image for `opts.platform` and returns it with the source to read

@@ -7,9 +7,9 @@ use super::RegistrySource;
 use crate::digest::Digest;
 use crate::error::SourceError;
 use crate::reference::ImageRef;
-use crate::source::BlobSource;
 
 /// What a failed registry call was after.
+#[derive(Clone)]
 pub(super) enum Target<'a> {
     /// The token exchange / first contact.
     Auth,
@@ -19,8 +19,6 @@ pub(super) enum Target<'a> {
     Manifest(&'a ImageRef, Digest),
     /// A manifest reached through an image index.
     ChildManifest(Digest),
-    /// A blob.
-    Blob(Digest),
 }
 
 /// `error: cause: cause…`, so that "connection refused" deep in the chain is visible.
@@ -67,7 +65,6 @@ impl RegistrySource {
                 registry: registry.clone(),
                 digest: digest.to_string(),
             },
-            Target::Blob(digest) => SourceError::BlobNotFound { digest: digest.to_string(), location: self.describe() },
             Target::Auth => SourceError::Registry {
                 registry: registry.clone(),
                 what: "the /v2/ endpoint".into(),
@@ -78,7 +75,6 @@ impl RegistrySource {
             Target::Auth => "authentication".to_owned(),
             Target::Tag(_, tag) => format!("manifest {tag}"),
             Target::Manifest(_, d) | Target::ChildManifest(d) => format!("manifest {d}"),
-            Target::Blob(d) => format!("blob {d}"),
         };
         match &e {
             E::RegistryError { envelope, .. } => {
@@ -106,14 +102,7 @@ impl RegistrySource {
             E::RequestError(r) if r.is_connect() || r.is_timeout() => {
                 SourceError::Connect { registry, detail: error_chain(&e) }
             }
-            E::DigestError(_) => match target {
-                Target::Blob(digest) => SourceError::Transfer {
-                    digest: digest.to_string(),
-                    location: self.describe(),
-                    detail: error_chain(&e),
-                },
-                _ => SourceError::Registry { registry, what, detail: error_chain(&e) },
-            },
+            E::DigestError(_) => SourceError::Registry { registry, what, detail: error_chain(&e) },
             _ => SourceError::Registry { registry, what, detail: shorten(&error_chain(&e)) },
         }
     }

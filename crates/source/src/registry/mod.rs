@@ -3,41 +3,63 @@
 //! Connecting resolves credentials (see `credentials`), picks HTTP or HTTPS (plain HTTP for
 //! localhost, 127.0.0.0/8 and ::1 like Docker, or everywhere with `plain_http`) and performs the
 //! token exchange once, so that auth and connection problems surface at `open` with a clear
-//! message. Blob reads are streamed GETs and Range GETs; tokens are refreshed by the client.
+//! message. Blob reads are streamed GETs and Range GETs made with reqwest (see `blobs`), retried
+//! under the source's [`crate::RetryPolicy`]; manifest fetches go through `oci-client` under the same
+//! policy. A 401 in the middle of a run re-authenticates once (expired token) and retries.
 
+mod blobs;
 mod credentials;
 mod errors;
 
+use std::future::Future;
 use std::ops::Range;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt, TryStreamExt};
-use oci_client::client::{BlobResponse, ClientConfig, ClientProtocol, SizedStream};
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference, RegistryOperation};
-use tracing::{debug, warn};
+use oci_client::{Client, Reference};
+use tracing::debug;
 
 use crate::digest::{media_types, Descriptor, Digest};
 use crate::error::SourceError;
 use crate::platform::Platform;
 use crate::reference::{is_local_registry, ImageRef};
 use crate::resolve::{verify, ManifestFetch, ResolvedImage, Resolver, MAX_MANIFEST_BYTES};
+use crate::retry::{verdict_for_status, RetryPolicy, Verdict};
 use crate::source::{check_range, BlobSource, BlobStream, CheckedStream, Counter, SourceStats};
 use crate::SourceOptions;
+use blobs::AuthState;
 use errors::{error_chain, Target};
+
+/// How long to wait for a TCP (and TLS) connection to the registry.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection may stay silent while we wait for an answer or body bytes.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Blobs and manifests of one registry repository.
 pub struct RegistrySource {
+    /// For manifests and token exchanges.
     client: Client,
+    /// For blob reads.
+    http: reqwest::Client,
+    /// `http` or `https`.
+    scheme: &'static str,
     auth: RegistryAuth,
+    /// The credentials blob reads carry (a bearer token from the exchange, or basic auth).
+    auth_state: AuthState,
     /// `registry/repository`; used for blob URLs and the token scope.
     repo_ref: Reference,
     registry: String,
     repository: String,
     counter: Counter,
+    retry: RetryPolicy,
+    /// Attempts that failed and were retried.
+    retries: AtomicU64,
     /// Set once we have warned that this registry ignores Range headers.
     range_ignored: AtomicBool,
 }
@@ -79,30 +101,85 @@ impl RegistrySource {
         let client_config = ClientConfig {
             protocol,
             platform_resolver: None,
-            connect_timeout: Some(Duration::from_secs(30)),
-            read_timeout: Some(Duration::from_secs(120)),
+            connect_timeout: Some(CONNECT_TIMEOUT),
+            read_timeout: Some(IDLE_TIMEOUT),
             ..ClientConfig::default()
         };
-        let client = Client::try_from(client_config).map_err(|e| SourceError::Registry {
+        let setup = |detail: String| SourceError::Registry {
             registry: registry.to_owned(),
             what: "client setup".into(),
-            detail: error_chain(&e),
-        })?;
+            detail,
+        };
+        let client = Client::try_from(client_config).map_err(|e| setup(error_chain(&e)))?;
+        // reqwest follows up to 10 redirects (blob GETs are often sent on to a CDN or object store)
+        // and drops the Authorization header when one leads to another host.
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .read_timeout(IDLE_TIMEOUT)
+            .user_agent(concat!("clip/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| setup(error_chain(&e)))?;
         let source = RegistrySource {
             client,
+            http,
+            scheme: if plain { "http" } else { "https" },
             auth,
+            auth_state: AuthState::default(),
             repo_ref,
             registry: registry.to_owned(),
             repository: repository.to_owned(),
             counter: Counter::default(),
+            retry: opts.retry,
+            retries: AtomicU64::new(0),
             range_ignored: AtomicBool::new(false),
         };
-        source
-            .client
-            .auth(&source.repo_ref, &source.auth, RegistryOperation::Pull)
-            .await
-            .map_err(|e| source.classify(e, Target::Auth))?;
+        source.authenticate().await?;
         Ok(source)
+    }
+
+    /// Runs an `oci-client` call under the retry policy: transient failures are retried with backoff;
+    /// with `may_reauthenticate`, a 401 makes us authenticate again once and retry. The last error is
+    /// classified for `target`.
+    async fn with_oci_retries<'t, T, Fut>(
+        &self,
+        mut call: impl FnMut() -> Fut,
+        target: impl Fn() -> Target<'t>,
+        may_reauthenticate: bool,
+    ) -> Result<T, SourceError>
+    where
+        Fut: Future<Output = Result<T, OciDistributionError>>,
+    {
+        let mut failed = 0u32;
+        let mut reauthenticated = !may_reauthenticate;
+        loop {
+            let generation = self.auth_state.generation();
+            let e = match call().await {
+                Ok(value) => return Ok(value),
+                Err(e) => e,
+            };
+            failed += 1;
+            match oci_verdict(&e) {
+                Verdict::Reauthenticate if !reauthenticated => {
+                    reauthenticated = true;
+                    self.reauthenticate(generation).await?;
+                }
+                Verdict::Retry(after) if self.retry.allows(failed) => {
+                    let wait = self.retry.delay(failed, after);
+                    self.retries.fetch_add(1, Ordering::Relaxed);
+                    debug!(
+                        registry = %self.registry, attempt = failed, wait_ms = wait.as_millis() as u64,
+                        error = %error_chain(&e), "registry request failed; retrying"
+                    );
+                    tokio::time::sleep(wait).await;
+                }
+                _ => return Err(self.classify(e, target())),
+            }
+        }
+    }
+
+    /// Registry requests that failed and were tried again, so far.
+    pub fn retries(&self) -> u64 {
+        self.retries.load(Ordering::Relaxed)
     }
 
     /// The registry host.
@@ -142,10 +219,12 @@ impl RegistrySource {
             }
         };
         let (bytes, _) = self
-            .client
-            .pull_manifest_raw(&top_ref, &self.auth, &media_types::MANIFESTS)
-            .await
-            .map_err(|e| self.classify(e, target))?;
+            .with_oci_retries(
+                || self.client.pull_manifest_raw(&top_ref, &self.auth, &media_types::MANIFESTS),
+                || target.clone(),
+                true,
+            )
+            .await?;
         let manifest_digest = match wanted {
             Some(d) => {
                 verify("manifest", &self.describe(), &d, &bytes)?;
@@ -177,52 +256,6 @@ impl RegistrySource {
     fn transfer_error(&self, desc: &Descriptor, detail: String) -> SourceError {
         SourceError::Transfer { digest: desc.digest.to_string(), location: self.describe(), detail }
     }
-
-    /// A raw blob response body as a stream of our errors, counting nothing yet.
-    fn body(
-        &self,
-        desc: &Descriptor,
-        sized: SizedStream,
-    ) -> futures::stream::BoxStream<'static, Result<Bytes, SourceError>> {
-        let digest = desc.digest.to_string();
-        let location = self.describe();
-        sized
-            .stream
-            .map_err(move |e| SourceError::Transfer {
-                digest: digest.clone(),
-                location: location.clone(),
-                detail: error_chain(&e),
-            })
-            .boxed()
-    }
-
-    /// Collects `len` bytes from `body` after skipping `skip` bytes, counting everything received.
-    async fn collect_range(
-        &self,
-        desc: &Descriptor,
-        mut body: futures::stream::BoxStream<'static, Result<Bytes, SourceError>>,
-        mut skip: u64,
-        len: u64,
-    ) -> Result<Bytes, SourceError> {
-        let mut out = BytesMut::with_capacity(len.min(16 << 20) as usize);
-        while (out.len() as u64) < len {
-            let Some(chunk) = body.next().await else {
-                return Err(
-                    self.transfer_error(desc, format!("response ended after {} of {len} requested bytes", out.len()))
-                );
-            };
-            let mut chunk = chunk?;
-            self.counter.add_bytes(chunk.len());
-            if skip > 0 {
-                let dropped = skip.min(chunk.len() as u64);
-                skip -= dropped;
-                chunk = chunk.slice(dropped as usize..);
-            }
-            let want = (len - out.len() as u64).min(chunk.len() as u64) as usize;
-            out.extend_from_slice(&chunk[..want]);
-        }
-        Ok(out.freeze())
-    }
 }
 
 impl ManifestFetch for RegistrySource {
@@ -230,10 +263,12 @@ impl ManifestFetch for RegistrySource {
         async move {
             let reference = self.with_digest(digest);
             let (bytes, _) = self
-                .client
-                .pull_manifest_raw(&reference, &self.auth, &media_types::MANIFESTS)
-                .await
-                .map_err(|e| self.classify(e, Target::ChildManifest(digest.clone())))?;
+                .with_oci_retries(
+                    || self.client.pull_manifest_raw(&reference, &self.auth, &media_types::MANIFESTS),
+                    || Target::ChildManifest(digest.clone()),
+                    true,
+                )
+                .await?;
             self.check_manifest_size(digest, bytes.len())?;
             verify("manifest", &self.describe(), digest, &bytes)?;
             Ok(bytes.to_vec())
@@ -245,14 +280,16 @@ impl ManifestFetch for RegistrySource {
 impl BlobSource for RegistrySource {
     fn open_blob<'a>(&'a self, desc: &'a Descriptor) -> BoxFuture<'a, Result<BlobStream, SourceError>> {
         async move {
-            self.counter.request();
-            debug!(digest = %desc.digest, size = desc.size, "GET blob");
-            let sized = self
-                .client
-                .pull_blob_stream(&self.repo_ref, desc.digest.as_str())
-                .await
-                .map_err(|e| self.classify(e, Target::Blob(desc.digest.clone())))?;
-            let body = self.body(desc, sized);
+            let response = self.get_whole(desc).await?;
+            let (digest, location) = (desc.digest.to_string(), self.describe());
+            let body = response
+                .bytes_stream()
+                .map_err(move |e| SourceError::Transfer {
+                    digest: digest.clone(),
+                    location: location.clone(),
+                    detail: error_chain(&e.without_url()),
+                })
+                .boxed();
             let checked = CheckedStream::new(body, self.counter.clone(), desc, self.describe());
             Ok(Box::pin(checked) as BlobStream)
         }
@@ -265,34 +302,7 @@ impl BlobSource for RegistrySource {
             if range.is_empty() {
                 return Ok(Bytes::new());
             }
-            let len = range.end - range.start;
-            self.counter.request();
-            debug!(digest = %desc.digest, offset = range.start, len, "GET blob range");
-            let response = self
-                .client
-                .pull_blob_stream_partial(&self.repo_ref, desc.digest.as_str(), range.start, Some(len))
-                .await
-                .map_err(|e| self.classify(e, Target::Blob(desc.digest.clone())))?;
-            match response {
-                BlobResponse::Partial(sized) => {
-                    let body = self.body(desc, sized);
-                    self.collect_range(desc, body, 0, len).await
-                }
-                BlobResponse::Full(sized) => {
-                    // The registry ignored the Range header: skip to the offset while streaming
-                    // and hang up once we have the bytes, never holding the whole blob.
-                    if !self.range_ignored.swap(true, Ordering::Relaxed) {
-                        warn!(
-                            registry = %self.registry,
-                            digest = %desc.digest,
-                            offset = range.start,
-                            "registry ignores Range requests and sends whole blobs; skipping to offsets while streaming"
-                        );
-                    }
-                    let body = self.body(desc, sized);
-                    self.collect_range(desc, body, range.start, len).await
-                }
-            }
+            self.get_range(desc, range).await
         }
         .boxed()
     }
@@ -303,5 +313,26 @@ impl BlobSource for RegistrySource {
 
     fn stats(&self) -> SourceStats {
         self.counter.stats()
+    }
+}
+
+/// What to do about a failed `oci-client` call.
+fn oci_verdict(e: &OciDistributionError) -> Verdict {
+    use OciDistributionError as E;
+    match e {
+        E::ServerError { code, .. } => verdict_for_status(*code, None),
+        E::UnauthorizedError { .. } => Verdict::Reauthenticate,
+        E::RegistryError { envelope, .. } => {
+            let codes = || envelope.errors.iter().map(|e| &e.code);
+            if codes().any(|c| matches!(c, OciErrorCode::Toomanyrequests)) {
+                Verdict::Retry(None)
+            } else if codes().any(|c| matches!(c, OciErrorCode::Unauthorized)) {
+                Verdict::Reauthenticate
+            } else {
+                Verdict::Fail
+            }
+        }
+        E::RequestError(r) if !r.is_redirect() && !r.is_builder() => Verdict::Retry(None),
+        _ => Verdict::Fail,
     }
 }
