@@ -128,11 +128,7 @@ impl Archive {
     /// Loads only the header, section table and eager sections through `reader` (a few range reads); the
     /// lazy sections (windows, data) stay remote: see [`Archive::section`].
     pub fn load_remote(reader: &mut dyn RangeReader) -> Result<Archive, FormatError> {
-        let head = reader.read_range(0, HEADER_LEN as u64)?;
-        let (header, kind) = check_header(&head, u64::MAX)?;
-        let table_len = header.sections as u64 * SECTION_ENTRY_LEN as u64;
-        let table = reader.read_range(header.table_offset, table_len)?;
-        let sections = check_table(&header, &table, u64::MAX)?;
+        let (kind, sections) = Self::load_table(reader)?;
         let mut load = |id| -> Result<Section, FormatError> {
             let e = find(&sections, id)?;
             let stored = reader.read_range(e.offset, e.stored_len)?;
@@ -145,6 +141,16 @@ impl Archive {
         let (nodes, dents, strs, xattrs, spans) =
             (load(SEC_NODE)?, load(SEC_DENT)?, load(SEC_STRS)?, load(SEC_XATR)?, load(SEC_SPAN)?);
         Self::finish(Backing::Remote, kind, sections, meta, [nodes, dents, strs, xattrs, spans])
+    }
+
+    /// Reads only the header and the section table through `reader` (two small range reads): enough to
+    /// find a remote archive's data section or to compare its sections' checksums with another copy's.
+    pub fn load_table(reader: &mut dyn RangeReader) -> Result<(ArchiveKind, Vec<SectionEntry>), FormatError> {
+        let head = reader.read_range(0, HEADER_LEN as u64)?;
+        let (header, kind) = check_header(&head, u64::MAX)?;
+        let table_len = header.sections as u64 * SECTION_ENTRY_LEN as u64;
+        let table = reader.read_range(header.table_offset, table_len)?;
+        Ok((kind, check_table(&header, &table, u64::MAX)?))
     }
 
     fn parse(backing: Backing) -> Result<Archive, FormatError> {

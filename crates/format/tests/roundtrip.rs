@@ -163,6 +163,12 @@ fn remote_load_reads_only_eager_sections() {
     assert_eq!(r.1, a.mounted_size());
     let wind = a.section(layout::SEC_WIND).unwrap();
     assert!(wind.stored_len > 0 && r.1 + wind.stored_len == bytes.len() as u64);
+
+    // The table alone: header and section table, nothing else.
+    let mut r = Counting(&bytes, 0);
+    let (kind, sections) = Archive::load_table(&mut r).unwrap();
+    assert_eq!((kind, sections.as_slice()), (a.kind(), a.sections()));
+    assert_eq!(r.1, (layout::HEADER_LEN + sections.len() * layout::SECTION_ENTRY_LEN) as u64);
 }
 
 #[test]
