@@ -30,6 +30,12 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "layer {layer} span {span}: no answer within {} s (the read deadline; is the registry reachable? \
+         raise it with --read-timeout)",
+        after.as_secs_f64()
+    )]
+    Timeout { layer: u32, span: usize, after: std::time::Duration },
     #[error("a span fetch was cancelled: {0}")]
     Task(String),
     #[error("layer {layer} span {span}: a concurrent fetch of this span failed: {message}")]

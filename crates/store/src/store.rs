@@ -2,13 +2,19 @@
 //! a small in-memory LRU, then in the [`DiskCache`], and only then fetched: one range read of its
 //! compressed bytes, decoded from its checkpoint and checked against the digest recorded at index time
 //! before it is written to the disk cache or served. Concurrent requests for one span share one lookup.
+//!
+//! Failure policy: bytes that fail verification (or do not decode) are fetched again, up to
+//! [`VERIFY_ATTEMPTS`] times in all, and never served. Every read has a deadline
+//! ([`StoreConfig::read_timeout`]) covering the whole lookup, the source's retries included; past it the
+//! read fails. A failed lookup leaves nothing behind: the next read of the span starts afresh, so reads
+//! work again as soon as the source does.
 
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use clip_codec::{CheckpointRef, Compression as Codec, SpanRef};
 use clip_format::{Archive, Compression, DataRef, FormatError, SpanView};
@@ -41,7 +47,13 @@ pub struct StoreConfig {
     /// Largest file [`ContentStore::cached_file`] assembles while the caller waits; larger ones are
     /// assembled in the background. Default 64 MiB.
     pub passthrough_inline_max: u64,
+    /// How long one read may take, fetches and their retries included, before it fails (a FUSE reader
+    /// gets `EIO`). Default 30 s.
+    pub read_timeout: Duration,
 }
+
+/// Fetches of one span, the first included, before bytes that fail verification make the read fail.
+pub const VERIFY_ATTEMPTS: u32 = 3;
 
 impl Default for StoreConfig {
     fn default() -> Self {
@@ -52,6 +64,7 @@ impl Default for StoreConfig {
             readahead_spans: 2,
             prefetch_concurrency: 1,
             passthrough_inline_max: 64 << 20,
+            read_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -203,8 +216,10 @@ impl ContentStore {
     }
 
     /// Up to `len` bytes of the file at `data` starting at `offset` (fewer at the end of the file). A read
-    /// that continues the previous read of the same file starts loading the spans after it.
+    /// that continues the previous read of the same file starts loading the spans after it. Fails with
+    /// [`StoreError::Timeout`] when it takes longer than [`StoreConfig::read_timeout`].
     pub async fn read(&self, data: DataRef, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
+        let deadline = tokio::time::Instant::now() + self.inner.config.read_timeout;
         let end = data.size.min(offset.saturating_add(len));
         if offset >= end {
             return Ok(Vec::new());
@@ -219,7 +234,13 @@ impl ContentStore {
         while pos < stop {
             let index = self.inner.archive.find_span(data.layer, pos)?;
             let range = self.inner.archive.span_range(data.layer, index)?;
-            let bytes = self.inner.span(data.layer, index, Priority::Foreground).await?;
+            let bytes = tokio::time::timeout_at(deadline, self.inner.span(data.layer, index, Priority::Foreground))
+                .await
+                .map_err(|_| StoreError::Timeout {
+                    layer: data.layer,
+                    span: index,
+                    after: self.inner.config.read_timeout,
+                })??;
             let from = pos.saturating_sub(range.start) as usize;
             let to = (stop.min(range.end).saturating_sub(range.start)) as usize;
             if range.start > pos || from >= to || to > bytes.len() {
@@ -289,11 +310,24 @@ impl Inner {
             }
         }
         let _foreground = keep.then(|| Foreground::enter(self));
-        let flight = lock(&self.inflight).entry(index).or_default().clone();
+        let flight = {
+            let mut inflight = lock(&self.inflight);
+            let flight = inflight.entry(index).or_default();
+            // A flight is retired by whoever finishes it. Should a failed one ever linger, its error must
+            // not stick to the span: start afresh.
+            if flight.get().is_some_and(|result| result.is_err()) {
+                *flight = Flight::default();
+            }
+            flight.clone()
+        };
         let mut own_error = None;
+        let timeout = self.config.read_timeout;
         let shared = flight
             .get_or_init(|| async {
-                self.load(layer, index).await.map_err(|e| {
+                let loaded = tokio::time::timeout(timeout, self.load(layer, index))
+                    .await
+                    .unwrap_or(Err(StoreError::Timeout { layer, span: index, after: timeout }));
+                loaded.map_err(|e| {
                     let message = e.to_string();
                     own_error = Some(e);
                     message
@@ -356,6 +390,29 @@ impl Inner {
         };
         let len = out.end - out.start;
         let range = clip_codec::fetch_range(codec, &span_ref(span, len), next.as_ref(), meta.size);
+        let mut attempt = 1;
+        loop {
+            match self.fetch_once(layer, index, span, codec, range.clone(), len).await {
+                Err(e @ (StoreError::Verify { .. } | StoreError::Decode { .. })) if attempt < VERIFY_ATTEMPTS => {
+                    warn!(layer, span = index, attempt, error = %e, "fetched bytes are bad; fetching again");
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    /// One fetch of a span's compressed bytes `range`, decoded and verified.
+    async fn fetch_once(
+        &self,
+        layer: u32,
+        index: usize,
+        span: SpanView,
+        codec: Codec,
+        range: Range<u64>,
+        len: u64,
+    ) -> Result<SpanBytes, StoreError> {
+        let a = &self.archive;
         debug!(layer, span = index, start = range.start, len = range.end - range.start, "fetch span");
         let compressed = {
             let _inflight = InFlight::start(&self.counters.inflight_fetches);

@@ -194,6 +194,10 @@ pub struct TestBlobs {
     pub fail: AtomicBool,
     /// Flip a byte in the middle of every answer.
     pub corrupt: AtomicBool,
+    /// Flip a byte in the middle of this many of the next answers.
+    pub corrupt_next: AtomicUsize,
+    /// Never answer while set (a blackholed registry).
+    pub hang: AtomicBool,
     /// Milliseconds each request takes.
     pub delay_ms: AtomicU64,
     active: AtomicUsize,
@@ -208,6 +212,8 @@ impl TestBlobs {
             requests: Mutex::default(),
             fail: AtomicBool::new(false),
             corrupt: AtomicBool::new(false),
+            corrupt_next: AtomicUsize::new(0),
+            hang: AtomicBool::new(false),
             delay_ms: AtomicU64::new(0),
             active: AtomicUsize::new(0),
             max_active: AtomicUsize::new(0),
@@ -257,6 +263,9 @@ impl LayerBlobs for TestBlobs {
             if delay > 0 {
                 tokio::time::sleep(Duration::from_millis(delay)).await;
             }
+            while self.hang.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
             let io = |msg: &str| StoreError::Io { path: "test blobs".into(), source: std::io::Error::other(msg) };
             if self.fail.load(Ordering::SeqCst) {
                 return Err(io("injected failure"));
@@ -264,7 +273,9 @@ impl LayerBlobs for TestBlobs {
             let blob = self.layers.get(layer as usize).ok_or_else(|| io("no such layer"))?;
             let mut out =
                 blob.get(range.start as usize..range.end as usize).ok_or_else(|| io("range out of bounds"))?.to_vec();
-            if self.corrupt.load(Ordering::SeqCst) && !out.is_empty() {
+            let corrupt_one =
+                self.corrupt_next.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
+            if (corrupt_one || self.corrupt.load(Ordering::SeqCst)) && !out.is_empty() {
                 let mid = out.len() / 2;
                 out[mid] ^= 0x40;
             }
