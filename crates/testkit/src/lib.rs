@@ -45,6 +45,7 @@ mod error;
 mod fixtures;
 mod layer;
 mod oci;
+mod proxy;
 mod registry;
 mod s3;
 mod tree;
@@ -63,6 +64,9 @@ pub use oci::{
     push, push_with_creds, BuiltImage, BuiltIndex, Descriptor, Digest, Image, ImageConfig, Layer, OciLayoutBuilder,
     Platform, ANNOTATION_REF_NAME, MEDIA_TYPE_CONFIG, MEDIA_TYPE_INDEX, MEDIA_TYPE_LAYER_GZIP, MEDIA_TYPE_LAYER_TAR,
     MEDIA_TYPE_LAYER_ZSTD, MEDIA_TYPE_MANIFEST,
+};
+pub use proxy::{
+    Fault, FaultKind, Proxy, ProxyConfig, ProxyError, ProxyStats, RequestRecord, DEFAULT_CHUNK_SIZE as PROXY_CHUNK_SIZE,
 };
 pub use registry::{find_free_port, http_get, HttpResponse, Registry, REGISTRY_BINARY};
 pub use s3::{S3Server, MOTO_BINARY};
