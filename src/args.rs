@@ -141,8 +141,21 @@ pub struct MountArgs {
     /// Fetch every span in the background (at low priority) so the whole image ends up cached.
     #[arg(long)]
     pub prefetch: bool,
+    /// Seconds one read may take, registry retries included, before the reader gets EIO (fractions
+    /// allowed, e.g. 2.5).
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_seconds, env = "CLIP_READ_TIMEOUT")]
+    pub read_timeout: std::time::Duration,
     #[command(flatten)]
     pub source: SourceArgs,
+}
+
+/// Parses a positive number of seconds, e.g. `30` or `0.5`.
+pub fn parse_seconds(s: &str) -> Result<std::time::Duration, String> {
+    let secs: f64 = s.trim().parse().map_err(|_| format!("{s:?} is not a number of seconds (examples: 30, 2.5)"))?;
+    if !(secs > 0.0 && secs <= 86_400.0) {
+        return Err(format!("{s:?} is out of range: give more than 0 and at most 86400 seconds"));
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
 }
 
 /// Parses `123`, `64K`, `512M`, `10G`, `1T` (powers of 1024; an optional trailing `B` or `iB`).
@@ -162,7 +175,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_size;
+    use super::{parse_seconds, parse_size};
 
     #[test]
     fn sizes_parse_with_suffixes() {
@@ -172,5 +185,14 @@ mod tests {
         assert_eq!(parse_size("10g"), Ok(10 << 30));
         assert!(parse_size("ten").is_err());
         assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn seconds_parse_and_must_be_positive() {
+        assert_eq!(parse_seconds("30"), Ok(std::time::Duration::from_secs(30)));
+        assert_eq!(parse_seconds("0.25"), Ok(std::time::Duration::from_millis(250)));
+        for bad in ["0", "-1", "soon", "NaN", "1e9"] {
+            assert!(parse_seconds(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -11,6 +11,7 @@ pub async fn run(a: MountArgs, quiet: bool) -> anyhow::Result<()> {
     config.open.store.cache_dir =
         if a.no_cache { None } else { Some(a.cache_dir.clone().unwrap_or_else(clip_store::default_cache_dir)) };
     config.open.store.cache_size = a.cache_size;
+    config.open.store.read_timeout = a.read_timeout;
     let summary = mount_foreground(&a.file, &a.mountpoint, &config, |mp| {
         if !quiet {
             eprintln!("mounted {} at {}", a.file.display(), mp.display());
