@@ -53,7 +53,7 @@ pub use memory::MemorySource;
 pub use platform::Platform;
 pub use reference::{ImageRef, DOCKER_HUB};
 pub use registry::RegistrySource;
-pub use resolve::ResolvedImage;
+pub use resolve::{parse_image_config, parse_manifest, IndexEntry, ParsedManifest, ResolvedImage};
 pub use retry::RetryPolicy;
 pub use source::{BlobSource, BlobStream, SourceStats};
 
