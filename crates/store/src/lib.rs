@@ -36,7 +36,7 @@ pub use cache::{default_cache_dir, CacheStats, DiskCache, Evicted};
 pub use error::StoreError;
 pub use schedule::PrefetchSummary;
 pub use stats::{LatencyHistogram, StoreStats, FETCH_LATENCY_BOUNDS_MS};
-pub use store::{ContentStore, SpanBytes, StoreConfig, VERIFY_ATTEMPTS};
+pub use store::{failure_holdoff, ContentStore, SpanBytes, StoreConfig, VERIFY_ATTEMPTS};
 
 /// Locks `m`, carrying on after a panic elsewhere poisoned it (the guarded state stays consistent).
 pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {

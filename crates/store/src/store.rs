@@ -6,8 +6,11 @@
 //! Failure policy: bytes that fail verification (or do not decode) are fetched again, up to
 //! [`VERIFY_ATTEMPTS`] times in all, and never served. Every read has a deadline
 //! ([`StoreConfig::read_timeout`]) covering the whole lookup, the source's retries included; past it the
-//! read fails. A failed lookup leaves nothing behind: the next read of the span starts afresh, so reads
-//! work again as soon as the source does.
+//! read fails. A failed lookup leaves almost nothing behind: for [`failure_holdoff`] (at most 250 ms)
+//! further lookups of the span fail at once with the same error, because the kernel answers a failed
+//! readahead by asking again for the same page straight away, and that retry must not wait out a second
+//! deadline; after that the next read of the span starts afresh, so reads work again as soon as the
+//! source does.
 
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
@@ -54,6 +57,12 @@ pub struct StoreConfig {
 
 /// Fetches of one span, the first included, before bytes that fail verification make the read fail.
 pub const VERIFY_ATTEMPTS: u32 = 3;
+
+/// How long a span whose lookup failed keeps failing at once: 250 ms, or half the read deadline if that
+/// is shorter. See the module docs.
+pub fn failure_holdoff(read_timeout: Duration) -> Duration {
+    (read_timeout / 2).min(Duration::from_millis(250))
+}
 
 impl Default for StoreConfig {
     fn default() -> Self {
@@ -137,6 +146,8 @@ pub(crate) struct Inner {
     pub runtime: Option<Handle>,
     memory: Mutex<Lru>,
     inflight: Mutex<HashMap<usize, Flight>>,
+    /// Spans whose last lookup failed: when, and the error message (see [`failure_holdoff`]).
+    failures: Mutex<HashMap<usize, (Instant, String)>>,
     pub counters: Counters,
     /// Readahead state per file.
     pub streams: Mutex<HashMap<DataRef, Stream>>,
@@ -181,6 +192,7 @@ impl ContentStore {
                 runtime: Handle::try_current().ok(),
                 memory: Mutex::default(),
                 inflight: Mutex::default(),
+                failures: Mutex::default(),
                 counters: Counters::new(layers),
                 streams: Mutex::default(),
                 foreground: AtomicUsize::new(0),
@@ -309,6 +321,9 @@ impl Inner {
                 return Ok(bytes);
             }
         }
+        if let Some(message) = self.recent_failure(index) {
+            return Err(StoreError::Joined { layer, span: index, message });
+        }
         let _foreground = keep.then(|| Foreground::enter(self));
         let flight = {
             let mut inflight = lock(&self.inflight);
@@ -346,12 +361,33 @@ impl Inner {
             lock(&self.memory).put(index, bytes.clone(), self.config.memory_bytes);
         }
         // The first finisher retires the flight; later arrivals find the bytes in memory or on disk, or
-        // try again after an error.
+        // try again after an error (and the hold-off).
         let mut inflight = lock(&self.inflight);
         if inflight.get(&index).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
             inflight.remove(&index);
+            let mut failures = lock(&self.failures);
+            match shared {
+                Ok(_) => drop(failures.remove(&index)),
+                Err(message) => {
+                    let now = Instant::now();
+                    let holdoff = failure_holdoff(self.config.read_timeout);
+                    failures.retain(|_, (at, _)| now.duration_since(*at) < holdoff);
+                    failures.insert(index, (now, message.clone()));
+                }
+            }
         }
         result
+    }
+
+    /// The error of the span's last lookup, if it failed less than [`failure_holdoff`] ago.
+    fn recent_failure(&self, index: usize) -> Option<String> {
+        let mut failures = lock(&self.failures);
+        let (at, message) = failures.get(&index)?;
+        if at.elapsed() < failure_holdoff(self.config.read_timeout) {
+            return Some(message.clone());
+        }
+        failures.remove(&index);
+        None
     }
 
     /// The disk cache, else a fetch.

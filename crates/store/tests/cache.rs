@@ -176,6 +176,7 @@ async fn a_failing_source_gives_an_error_and_a_retry_succeeds() {
     assert!(matches!(err, StoreError::Io { .. }), "{err}");
     assert_eq!(store.stats().fetch_errors, 1);
     fx.blobs.fail.store(false, Ordering::SeqCst);
+    tokio::time::sleep(clip_store::failure_holdoff(StoreConfig::default().read_timeout)).await;
     assert_eq!(store.read(file, 0, file.size).await.unwrap(), fx.expected(file));
 
     // Corrupted bytes: refused, counted, not cached; fine again once the source is.
@@ -186,6 +187,7 @@ async fn a_failing_source_gives_an_error_and_a_retry_succeeds() {
     assert_eq!(store.stats().verify_failures, u64::from(clip_store::VERIFY_ATTEMPTS), "fetched again, then given up");
     assert_eq!(files_in(dir.path(), "spans").len(), 1, "unverified bytes reached the disk cache");
     fx.blobs.corrupt.store(false, Ordering::SeqCst);
+    tokio::time::sleep(clip_store::failure_holdoff(StoreConfig::default().read_timeout)).await;
     assert_eq!(store.read(other, 0, other.size).await.unwrap(), fx.expected(other));
     assert_eq!(files_in(dir.path(), "spans").len(), 2);
 }

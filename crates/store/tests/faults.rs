@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clip_format::DataRef;
-use clip_store::{StoreConfig, StoreError, VERIFY_ATTEMPTS};
+use clip_store::{failure_holdoff, StoreConfig, StoreError, VERIFY_ATTEMPTS};
 use common::{cached, files_in, raw_fixture, text, Fixture, Layer, KIB};
 
 const SPAN: u64 = 64 * KIB;
@@ -55,6 +55,12 @@ async fn a_source_that_keeps_sending_bad_bytes_gives_an_error_then_recovers() {
     assert!(err.to_string().contains("not served"), "{err}");
     assert_eq!(fx.blobs.count(), VERIFY_ATTEMPTS as usize);
     fx.blobs.corrupt.store(false, Ordering::SeqCst);
+    // Right after a failure the span fails at once (the kernel retries a failed read straight away, and
+    // that must not cost a second deadline); then it is tried afresh.
+    let err = store.read(file, 0, 100).await.unwrap_err();
+    assert!(matches!(err, StoreError::Joined { .. }), "{err}");
+    assert_eq!(fx.blobs.count(), VERIFY_ATTEMPTS as usize, "no new fetch within the hold-off");
+    tokio::time::sleep(failure_holdoff(StoreConfig::default().read_timeout)).await;
     assert_eq!(store.read(file, 0, 100).await.unwrap(), fx.expected(file));
 }
 
@@ -87,8 +93,9 @@ async fn a_source_that_never_answers_fails_reads_within_the_deadline_then_recove
     }
     assert!(started.elapsed() < Duration::from_secs(2));
 
-    // The registry is back: the very next read works, no span remembers the failure.
+    // The registry is back: once the hold-off is over, the next read works; no span remembers the failure.
     fx.blobs.hang.store(false, Ordering::SeqCst);
+    tokio::time::sleep(failure_holdoff(deadline)).await;
     for i in 0..3 {
         assert_eq!(store.read(file, i * SPAN, 4096).await.unwrap(), &fx.expected(file)[(i * SPAN) as usize..][..4096]);
     }

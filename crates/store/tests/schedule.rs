@@ -153,6 +153,7 @@ async fn prefetch_of_listed_spans_and_its_failures() {
     let summary = store.prefetch_spans(vec![(0, 2), (0, 99), (7, 0)]).await.unwrap();
     assert_eq!(summary.failed, 3);
     fx.blobs.fail.store(false, Ordering::SeqCst);
+    tokio::time::sleep(clip_store::failure_holdoff(StoreConfig::default().read_timeout)).await;
     assert_eq!(store.prefetch_spans(vec![(0, 2)]).await.unwrap().loaded, 1);
 
     // Without a disk cache there is nothing to fill.
