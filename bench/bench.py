@@ -1,0 +1,406 @@
+#!/usr/bin/env python3
+"""clip benchmarks: clip against a full pull, through a shaped link, side by side in one run.
+
+Builds two images (Debian bookworm + python3 from mmdebstrap, and a "many files" image with 100k small
+files and one 500 MB file), serves them from a local docker-registry behind clip-proxy (a bandwidth cap
+plus added round-trip latency, counting the bytes it sends), runs each scenario several times and prints a
+Markdown table of medians (with min-max), also written to bench/results.md. Run it through ./dev/bench.
+"""
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CLIP = ROOT / "target/release/clip"
+PROXY = ROOT / "target/release/clip-proxy"
+WORK = ROOT / "bench/work"
+PROFILES = {"100mbit": (100, 20), "1gbit": (1000, 2)}
+COMMAND = ["python3", "-c", "import json, sqlite3"]
+
+
+def log(msg):
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+def run(cmd, **kw):
+    kw.setdefault("check", True)
+    return subprocess.run([str(c) for c in cmd], **kw)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url, timeout=15):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if subprocess.run(["curl", "-fs", "-o", "/dev/null", url]).returncode == 0:
+            return
+        time.sleep(0.1)
+    raise SystemExit(f"bench: {url} did not answer within {timeout}s")
+
+
+def drop_caches():
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
+class Registry:
+    def __init__(self, root):
+        self.port = free_port()
+        self.dir = root / f"registry-{self.port}"
+        self.dir.mkdir(parents=True)
+        cfg = self.dir / "config.yml"
+        cfg.write_text(
+            f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {self.dir}/data\n"
+            f"http:\n  addr: 127.0.0.1:{self.port}\nlog:\n  level: error\n"
+        )
+        self.proc = subprocess.Popen(["docker-registry", "serve", str(cfg)], stdout=subprocess.DEVNULL,
+                                     stderr=open(self.dir / "log", "w"))
+        wait_http(f"http://127.0.0.1:{self.port}/v2/")
+        self.addr = f"127.0.0.1:{self.port}"
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait()
+
+
+class Proxy:
+    """clip-proxy in front of the registry: shaped link, byte counters in a JSON stats file."""
+
+    def __init__(self, upstream, mbit, rtt_ms, root):
+        self.port = free_port()
+        self.stats_file = root / f"proxy-{self.port}.json"
+        self.proc = subprocess.Popen([str(PROXY), "--listen", f"127.0.0.1:{self.port}", "--upstream", upstream,
+                                      "--rate-mbit", str(mbit), "--rtt-ms", str(rtt_ms),
+                                      "--stats-file", str(self.stats_file)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_http(f"http://127.0.0.1:{self.port}/v2/")
+        self.addr = f"127.0.0.1:{self.port}"
+
+    def blob_bytes(self):
+        try:
+            return json.loads(self.stats_file.read_text())["blob_bytes"]
+        except (FileNotFoundError, ValueError, KeyError):
+            return 0
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait()
+
+
+class Mount:
+    """`clip mount` in the background; ready once the mountpoint shows up in /proc/self/mountinfo."""
+
+    def __init__(self, index, mnt, cache, metrics=None):
+        mnt.mkdir(parents=True, exist_ok=True)
+        cmd = [str(CLIP), "-q", "mount", str(index), str(mnt), "--cache-dir", str(cache)]
+        if metrics:
+            cmd += ["--metrics", metrics]
+        self.mnt, self.metrics = mnt, metrics
+        self.proc = subprocess.Popen(cmd)
+        deadline = time.time() + 30
+        while not is_mounted(mnt):
+            if self.proc.poll() is not None or time.time() > deadline:
+                raise SystemExit(f"bench: clip mount of {index} did not come up")
+            time.sleep(0.002)
+
+    def metric(self, name):
+        out = subprocess.run(["curl", "-fs", f"http://{self.metrics}/metrics"], capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    def peak_rss(self):
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+        return 0
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=30)
+
+
+def is_mounted(path):
+    p = str(Path(path).resolve())
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split(" ")[4] == p for line in f)
+
+
+def timed(fn):
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def chroot_cmd(root):
+    return ["chroot", str(root)] + COMMAND
+
+
+def warm(root, repeat=10):
+    """Seconds per run of the command in `root` with warm caches (one warm-up, then the mean of `repeat`)."""
+    run(chroot_cmd(root))
+    return timed(lambda: [run(chroot_cmd(root)) for _ in range(repeat)]) / repeat
+
+
+# ---------------------------------------------------------------- images
+
+
+def build_images():
+    debian = WORK / "images/debian"
+    run([ROOT / "dev/debian-image", debian])
+    many = WORK / "images/many"
+    if not (many / "index.json").exists() or '"v1"' not in (many / "index.json").read_text():
+        log("building the many-files image (100k small files + one 500 MB file)")
+        tmp = Path(tempfile.mkdtemp(dir=WORK))
+        layout = tmp / "layout"
+        run(["umoci", "init", "--layout", layout])
+        run(["umoci", "new", "--image", f"{layout}:v1"])
+        run(["umoci", "unpack", "--image", f"{layout}:v1", tmp / "bundle"], stdout=subprocess.DEVNULL)
+        root = tmp / "bundle/rootfs"
+        for d in range(100):
+            sub = root / "files" / f"d{d:03}"
+            sub.mkdir(parents=True)
+            for i in range(1000):
+                (sub / f"f{i:04}.txt").write_bytes(f"file {d}/{i}\n".encode() * (1 + (i % 7)))
+        run(["umoci", "repack", "--refresh-bundle", "--image", f"{layout}:v1", tmp / "bundle"])
+        (root / "big").mkdir()
+        with open(root / "big/file.bin", "wb") as f:
+            for _ in range(500):
+                f.write(os.urandom(1 << 20))
+        run(["umoci", "repack", "--refresh-bundle", "--image", f"{layout}:v1", tmp / "bundle"])
+        shutil.rmtree(many, ignore_errors=True)
+        many.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(layout), str(many))
+        shutil.rmtree(tmp)
+    return debian, many
+
+
+def push(layout, tag, registry, repo):
+    run(["skopeo", "copy", "-q", "--preserve-digests", "--dest-tls-verify=false", f"oci:{layout}:{tag}",
+         f"docker://{registry.addr}/{repo}"])
+
+
+def layer_digests(layout, tag):
+    index = json.loads((layout / "index.json").read_text())
+    m = next(m for m in index["manifests"] if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == tag)
+    manifest = json.loads((layout / "blobs" / m["digest"].replace(":", "/")).read_text())
+    return [(l["digest"], l["size"]) for l in manifest["layers"]]
+
+
+# ---------------------------------------------------------------- scenarios
+
+
+class Results:
+    def __init__(self):
+        self.rows = []
+
+    def add(self, pid, figure, clip, base, ratio, goal, met, unit_fmt):
+        self.rows.append((pid, figure, clip, base, ratio, goal, met, unit_fmt))
+
+
+def spread(values, fmt):
+    if len(values) == 1:
+        return fmt(values[0])
+    return f"{fmt(statistics.median(values))} ({fmt(min(values))}–{fmt(max(values))})"
+
+
+def secs(v):
+    return f"{v:.2f} s"
+
+
+def mib(v):
+    return f"{v / (1 << 20):.1f} MiB"
+
+
+def p1_index(tmp, proxy, repo, layers, runs, span_args):
+    clip_t, base_t = [], []
+    for r in range(runs):
+        out = tmp / f"p1-{r}.clip"
+        clip_t.append(timed(lambda: run([CLIP, "-q", "index", f"{proxy.addr}/{repo}", "-o", out] + span_args)))
+        pipes = " & ".join(
+            f"curl -fs http://{proxy.addr}/v2/{repo.split(':')[0]}/blobs/{d} | gzip -d > /dev/null" for d, _ in layers
+        )
+        base_t.append(timed(lambda: run(["bash", "-c", f"{pipes} & wait"])))
+    return clip_t, base_t, tmp / "p1-0.clip"
+
+
+def p3_cold_start(tmp, proxy, repo, index, runs, name):
+    clip_t, base_t, registry_bytes, read_bytes, warm_clip, warm_base = [], [], [], [], [], []
+    for r in range(runs):
+        cache, mnt = tmp / f"p3-{name}-cache-{r}", tmp / f"p3-{name}-mnt-{r}"
+        metrics = f"127.0.0.1:{free_port()}"
+        drop_caches()
+        before = proxy.blob_bytes()
+        t = time.perf_counter()
+        m = Mount(index, mnt, cache, metrics)
+        run(chroot_cmd(mnt))
+        clip_t.append(time.perf_counter() - t)
+        registry_bytes.append(proxy.blob_bytes() - before)
+        read_bytes.append(m.metric("clip_fuse_read_bytes_total"))
+        warm_clip.append(warm(mnt))
+        m.stop()
+
+        oci, bundle = tmp / f"p3-oci-{r}", tmp / f"p3-bundle-{r}"
+        drop_caches()
+        t = time.perf_counter()
+        run(["skopeo", "copy", "-q", "--src-tls-verify=false", f"docker://{proxy.addr}/{repo}", f"oci:{oci}:latest"])
+        run(["umoci", "unpack", "--image", f"{oci}:latest", bundle], stdout=subprocess.DEVNULL)
+        run(chroot_cmd(bundle / "rootfs"))
+        base_t.append(time.perf_counter() - t)
+        warm_base.append(warm(bundle / "rootfs"))
+        shutil.rmtree(oci)
+        shutil.rmtree(bundle)
+    return clip_t, base_t, registry_bytes, read_bytes, warm_clip, warm_base
+
+
+def local_scenarios(tmp, proxy, many_layout, results):
+    index = tmp / "many.clip"
+    run([CLIP, "-q", "index", f"{proxy.addr}/many:v1", "-o", index])
+    unpacked = tmp / "many-unpacked"
+    run(["umoci", "unpack", "--image", f"{many_layout}:v1", unpacked], stdout=subprocess.DEVNULL)
+    local_root = unpacked / "rootfs"
+
+    # P6: sequential read of a cached 500 MB file (passthrough once cached) vs the same file on local disk.
+    metrics = f"127.0.0.1:{free_port()}"
+    m = Mount(index, tmp / "many-mnt", tmp / "many-cache", metrics)
+    big = m.mnt / "big/file.bin"
+    run(["cat", big], stdout=subprocess.DEVNULL)  # fills the cache
+    run(["cat", big], stdout=subprocess.DEVNULL)  # the cached copy is complete: the next open passes through
+    size = big.stat().st_size
+    clip_tp, base_tp = [], []
+    for _ in range(3):
+        drop_caches()
+        clip_tp.append(size / timed(lambda: run(["cat", big], stdout=subprocess.DEVNULL)))
+        drop_caches()
+        base_tp.append(size / timed(lambda: run(["cat", local_root / "big/file.bin"], stdout=subprocess.DEVNULL)))
+    ratio = statistics.median(clip_tp) / statistics.median(base_tp)
+    results.add("P6", "sequential read, cached 500 MB file (MB/s)", spread([v / 1e6 for v in clip_tp], lambda v: f"{v:.0f}"),
+                spread([v / 1e6 for v in base_tp], lambda v: f"{v:.0f}"), ratio, "≥ 0.9", ratio >= 0.9, None)
+    m.stop()
+
+    # P7 + P8: find + stat of every path on a fresh mount (cold kernel caches) vs the unpacked rootfs.
+    clip_t, base_t, rss = [], [], []
+    for r in range(3):
+        metrics = f"127.0.0.1:{free_port()}"
+        m = Mount(index, tmp / f"many-mnt-{r}", tmp / "many-cache", metrics)
+        drop_caches()
+        clip_t.append(timed(lambda: run(["find", m.mnt, "-xdev", "-printf", "%s %m %u %T@\n"], stdout=subprocess.DEVNULL)))
+        rss.append(m.peak_rss())
+        m.stop()
+        drop_caches()
+        base_t.append(timed(lambda: run(["find", local_root, "-xdev", "-printf", "%s %m %u %T@\n"], stdout=subprocess.DEVNULL)))
+    ratio = statistics.median(clip_t) / statistics.median(base_t)
+    results.add("P7", "find + stat of every path, 100k files", spread(clip_t, secs), spread(base_t, secs), ratio, "≤ 1.5",
+                ratio <= 1.5, None)
+    peak = max(rss)
+    results.add("P8", "mount daemon peak RSS, 100k-file image", mib(peak), "—", None, "≤ 64 MiB", peak <= 64 << 20, None)
+    shutil.rmtree(unpacked)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=3, help="runs per scenario (median reported)")
+    ap.add_argument("--profiles", default="100mbit,1gbit", help="link profiles: " + ", ".join(PROFILES))
+    ap.add_argument("--span-mib", type=int, default=None, help="pass --span-mib to clip index (default: clip's)")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("bench: run as root (FUSE mounts, chroot, drop_caches)")
+    WORK.mkdir(parents=True, exist_ok=True)
+    debian, many = build_images()
+    tmp = Path(tempfile.mkdtemp(dir=WORK, prefix="run-"))
+    registry = Registry(tmp)
+    results = Results()
+    started = time.time()
+    try:
+        log("pushing images to the local registry")
+        push(debian, "bookworm", registry, "debian:bookworm")
+        push(many, "v1", registry, "many:v1")
+        layers = layer_digests(debian, "bookworm")
+        image_size = sum(s for _, s in layers)
+        for name in args.profiles.split(","):
+            mbit, rtt = PROFILES[name]
+            log(f"link {name}: {mbit} Mbit/s, {rtt} ms RTT")
+            proxy = Proxy(registry.addr, mbit, rtt, tmp)
+            try:
+                label = f"{mbit} Mbit/s, {rtt} ms"
+                span_args = ["--span-mib", str(args.span_mib)] if args.span_mib else []
+                clip_t, base_t, index = p1_index(tmp, proxy, "debian:bookworm", layers, args.runs, span_args)
+                r = statistics.median(clip_t) / statistics.median(base_t)
+                results.add("P1", f"`clip index` wall time ({label})", spread(clip_t, secs), spread(base_t, secs), r,
+                            "≤ 1.15", r <= 1.15, None)
+                if name == args.profiles.split(",")[0]:
+                    size = index.stat().st_size
+                    info = json.loads(run([CLIP, "inspect", "--json", index], capture_output=True).stdout)
+                    mounted = info["mounted_size"]
+                    results.add("P2", "index size: part a mount loads (whole file incl. checkpoint windows)",
+                                f"{mounted / 1024:.0f} KiB ({size / 1024:.0f} KiB = {100 * size / image_size:.2f} %)",
+                                mib(image_size), mounted / image_size, "≤ 0.5 %", mounted / image_size <= 0.005, "pct")
+                c, b, reg, read, wc, wb = p3_cold_start(tmp, proxy, "debian:bookworm", index, args.runs, name)
+                r = statistics.median(c) / statistics.median(b)
+                results.add("P3", f"cold start: mount + `python3 -c 'import json,sqlite3'` ({label})", spread(c, secs),
+                            spread(b, secs), r, "≤ 0.10" if mbit == 100 else "—", r <= 0.10 if mbit == 100 else None, None)
+                r = statistics.median(reg) / max(statistics.median(read), 1)
+                results.add("P4", f"registry bytes during P3 ({label})", spread(reg, mib), spread(read, mib) + " read", r,
+                            "≤ 2.0", r <= 2.0, None)
+                if name == args.profiles.split(",")[0]:
+                    r = statistics.median(wc) / statistics.median(wb)
+                    results.add("P5", "the same command, warm cache", spread(wc, secs), spread(wb, secs), r, "≤ 1.2",
+                                r <= 1.2, None)
+            finally:
+                proxy.stop()
+        proxy = Proxy(registry.addr, 100000, 0, tmp)
+        try:
+            local_scenarios(tmp, proxy, many, results)
+        finally:
+            proxy.stop()
+    finally:
+        registry.stop()
+        for line in open("/proc/self/mountinfo"):
+            mp = line.split(" ")[4]
+            if mp.startswith(str(tmp)):
+                subprocess.run(["umount", "-l", mp])
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    order = {"P1": 1, "P2": 2, "P3": 3, "P4": 4, "P5": 5, "P6": 6, "P7": 7, "P8": 8}
+    rows = sorted(results.rows, key=lambda r: order[r[0]])
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    lines = [
+        f"Machine: {os.cpu_count()} cores ({cpu}), {round(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30)} GiB, "
+        f"Linux {platform.release()}; {args.runs} runs per scenario, median (min–max); took {time.time() - started:.0f} s.",
+        "",
+        "| id | figure | clip | baseline | ratio | goal | met |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for pid, figure, clip, base, ratio, goal, met, kind in rows:
+        if ratio is None:
+            rs = "—"
+        elif kind == "pct":
+            rs = f"{ratio * 100:.2f} %"
+        else:
+            rs = f"{ratio:.2f}"
+        ok = "—" if met is None else ("yes" if met else "**no**")
+        lines.append(f"| {pid} | {figure} | {clip} | {base} | {rs} | {goal} | {ok} |")
+    table = "\n".join(lines) + "\n"
+    print(table)
+    (ROOT / "bench/results.md").write_text(
+        "# Benchmark results\n\nProduced by `./dev/bench` (bench/bench.py).\n\n" + table)
+
+
+if __name__ == "__main__":
+    main()
