@@ -8,6 +8,7 @@
 //! - [`Registry`] — Debian's `docker-registry` started on a free port (optionally with basic auth), killed
 //!   on drop; panics when it cannot start, so tests fail instead of skipping.
 //! - [`S3Server`] — PyPI's `moto_server` on a free port (optionally checking credentials), killed on drop.
+//! - [`reference_rootfs`] — a root filesystem directory on disk with every correctness-reference case.
 //! - [`LayerBuilder`] / [`Entry`] — tar layers with control over every header: all entry types, whiteouts,
 //!   opaque markers, modes, big uid/gid (PAX or GNU base-256), nanosecond mtimes, xattrs, long names (PAX,
 //!   GNU `L`/`K`, ustar prefix). [`compress`], [`gzip_multi_member`], [`zstd_multi_frame`].
@@ -47,6 +48,7 @@ mod layer;
 mod oci;
 mod proxy;
 mod registry;
+mod rootfs;
 mod s3;
 mod tree;
 mod umoci;
@@ -69,6 +71,7 @@ pub use proxy::{
     Fault, FaultKind, Proxy, ProxyConfig, ProxyError, ProxyStats, RequestRecord, DEFAULT_CHUNK_SIZE as PROXY_CHUNK_SIZE,
 };
 pub use registry::{find_free_port, http_get, HttpResponse, Registry, REGISTRY_BINARY};
+pub use rootfs::{reference_rootfs, ROOTFS_BIG_FILE, ROOTFS_HARD_LINKS};
 pub use s3::{S3Server, MOTO_BINARY};
 pub use tree::{show_path, snapshot, try_snapshot, FileKind, Node, Tree};
 pub use umoci::{umoci_unpack, Unpacked};
