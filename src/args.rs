@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args as ClapArgs, Parser, Subcommand};
+use clip_client::Location;
 
 /// clip makes container images lazy: it indexes an unmodified OCI image into a small .clip file and mounts
 /// it with FUSE, fetching file contents on demand from the registry.
@@ -46,6 +47,61 @@ pub enum Command {
         after_help = "Examples:\n  clip mount app.clip /mnt/app &\n  clip mount app.clip /mnt/app --cache-size 20G --metrics 127.0.0.1:9100 --prefetch"
     )]
     Mount(MountArgs),
+    /// Pack a root filesystem directory into a data-carrying .clip file (local, or uploaded to S3).
+    ///
+    /// Keeps owners, full modes, xattrs, devices, FIFOs, hard links, symlinks and mtimes (run as root to
+    /// read them all). File data is stored in spans with a digest each, optionally zstd-compressed.
+    #[command(
+        after_help = "Examples:\n  clip archive ./rootfs -o app.clip\n  clip archive ./rootfs -o app.clip --compress --span-mib 1\n  clip archive ./rootfs -o s3://images/app.clip --index-out app.clip\n\nS3: AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_PROFILE\nand ~/.aws/{credentials,config}; AWS_S3_FORCE_PATH_STYLE=true or --s3-path-style for path-style addressing."
+    )]
+    Archive(ArchiveArgs),
+    /// Upload a .clip file to S3 (multipart for large files).
+    #[command(after_help = "Example:\n  clip push app.clip s3://images/app.clip")]
+    Push(PushArgs),
+}
+
+/// How to reach archives in S3 (on top of the AWS_* environment and ~/.aws files).
+#[derive(Debug, ClapArgs)]
+pub struct S3Args {
+    /// Path-style S3 addressing (ENDPOINT/BUCKET/KEY), as AWS_S3_FORCE_PATH_STYLE=true.
+    #[arg(long)]
+    pub s3_path_style: bool,
+}
+
+impl S3Args {
+    pub fn options(&self) -> clip_client::S3Options {
+        clip_client::S3Options { path_style: self.s3_path_style }
+    }
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct ArchiveArgs {
+    /// The root filesystem directory to pack.
+    pub rootfs: PathBuf,
+    /// Output: a .clip file, or s3://BUCKET/KEY.
+    #[arg(short, long)]
+    pub output: Location,
+    /// Compress the data, every span an independent zstd frame.
+    #[arg(long)]
+    pub compress: bool,
+    /// Uncompressed MiB per span: the unit of fetching, verifying and caching.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub span_mib: u64,
+    /// Also write a local metadata-only copy here; mounting it reads file data from OUTPUT.
+    #[arg(long)]
+    pub index_out: Option<PathBuf>,
+    #[command(flatten)]
+    pub s3: S3Args,
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct PushArgs {
+    /// A .clip file.
+    pub file: PathBuf,
+    /// s3://BUCKET/KEY.
+    pub url: clip_client::S3Url,
+    #[command(flatten)]
+    pub s3: S3Args,
 }
 
 /// Where the image comes from and how to reach it.
@@ -80,49 +136,57 @@ pub struct IndexArgs {
 
 #[derive(Debug, ClapArgs)]
 pub struct InspectArgs {
-    /// A .clip file.
-    pub file: PathBuf,
+    /// A .clip file, or s3://BUCKET/KEY.
+    pub file: Location,
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub s3: S3Args,
 }
 
 #[derive(Debug, ClapArgs)]
 pub struct LsArgs {
-    /// A .clip file.
-    pub file: PathBuf,
+    /// A .clip file, or s3://BUCKET/KEY.
+    pub file: Location,
     /// Path inside the image.
     #[arg(default_value = "/")]
     pub path: String,
     /// Long listing: mode, links, owner, size, mtime.
     #[arg(short, long)]
     pub long: bool,
+    #[command(flatten)]
+    pub s3: S3Args,
 }
 
 #[derive(Debug, ClapArgs)]
 pub struct CatArgs {
-    /// A .clip file.
-    pub file: PathBuf,
+    /// A .clip file, or s3://BUCKET/KEY.
+    pub file: Location,
     /// Path of a regular file inside the image.
     pub path: String,
     #[command(flatten)]
     pub source: SourceArgs,
+    #[command(flatten)]
+    pub s3: S3Args,
 }
 
 #[derive(Debug, ClapArgs)]
 pub struct ExtractArgs {
-    /// A .clip file.
-    pub file: PathBuf,
+    /// A .clip file, or s3://BUCKET/KEY.
+    pub file: Location,
     /// Target directory; must be empty or not exist yet.
     pub dir: PathBuf,
     #[command(flatten)]
     pub source: SourceArgs,
+    #[command(flatten)]
+    pub s3: S3Args,
 }
 
 #[derive(Debug, ClapArgs)]
 pub struct MountArgs {
-    /// A .clip file (index-only or data-carrying).
-    pub file: PathBuf,
+    /// A .clip file (index-only or data-carrying), or s3://BUCKET/KEY.
+    pub file: Location,
     /// An existing empty directory to mount on.
     pub mountpoint: PathBuf,
     /// Span cache directory, shared by every mount on the machine and kept across runs.
@@ -147,6 +211,8 @@ pub struct MountArgs {
     pub read_timeout: std::time::Duration,
     #[command(flatten)]
     pub source: SourceArgs,
+    #[command(flatten)]
+    pub s3: S3Args,
 }
 
 /// Parses a positive number of seconds, e.g. `30` or `0.5`.

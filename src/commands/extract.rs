@@ -11,9 +11,9 @@ use crate::commands::progress;
 
 pub async fn run(a: ExtractArgs, quiet: bool) -> anyhow::Result<()> {
     let started = Instant::now();
-    let mut opts = OpenOptions::default();
+    let mut opts = OpenOptions { s3: a.s3.options(), ..OpenOptions::default() };
     opts.source.plain_http = a.source.plain_http;
-    let opened = open_archive(&a.file, &opts).await.with_context(|| format!("opening {}", a.file.display()))?;
+    let opened = open_archive(&a.file, &opts).await.with_context(|| format!("opening {}", a.file))?;
     let bar = progress::enabled(quiet).then(|| {
         let b = ProgressBar::new_spinner();
         b.set_style(
@@ -28,7 +28,7 @@ pub async fn run(a: ExtractArgs, quiet: bool) -> anyhow::Result<()> {
     };
     let stats = extract(&opened, &a.dir, Some(&report))
         .await
-        .with_context(|| format!("extracting {} into {}", a.file.display(), a.dir.display()))?;
+        .with_context(|| format!("extracting {} into {}", a.file, a.dir.display()))?;
     if let Some(b) = bar {
         b.finish_and_clear();
     }

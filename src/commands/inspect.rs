@@ -1,14 +1,17 @@
 //! `clip inspect`: kind, source, layers, spans and sizes of a .clip file.
 
 use anyhow::Context;
-use clip_format::{layout, Archive};
+use clip_client::{load_archive, OpenOptions};
+use clip_format::layout;
 
 use crate::args::InspectArgs;
 
-pub fn run(a: InspectArgs) -> anyhow::Result<()> {
-    let archive = Archive::open(&a.file).with_context(|| format!("opening {}", a.file.display()))?;
+pub async fn run(a: InspectArgs) -> anyhow::Result<()> {
+    let opts = OpenOptions { s3: a.s3.options(), ..OpenOptions::default() };
+    let loaded = load_archive(&a.file, &opts).await.with_context(|| format!("opening {}", a.file))?;
+    let archive = &loaded.archive;
     let meta = archive.meta();
-    let file_size = std::fs::metadata(&a.file)?.len();
+    let file_size = loaded.size;
     let image_size: u64 = meta.layers.iter().map(|l| l.size).sum();
     let windows = archive.section(layout::SEC_WIND).map_or(0, |s| s.stored_len);
     if a.json {
@@ -33,6 +36,9 @@ pub fn run(a: InspectArgs) -> anyhow::Result<()> {
     }
     println!("kind:      {}", archive.kind());
     println!("source:    {}", meta.source);
+    if let Some(data) = &meta.data_location {
+        println!("data:      {data} (this file holds the metadata only)");
+    }
     if let Some(d) = &meta.manifest_digest {
         println!("manifest:  {d}");
     }

@@ -3,24 +3,27 @@
 use std::io::Write;
 
 use anyhow::{bail, Context};
+use clip_client::{load_archive, OpenOptions};
 use clip_format::{Archive, NodeKind, NodeView};
 
 use crate::args::LsArgs;
 
-pub fn run(a: LsArgs) -> anyhow::Result<()> {
-    let archive = Archive::open(&a.file).with_context(|| format!("opening {}", a.file.display()))?;
+pub async fn run(a: LsArgs) -> anyhow::Result<()> {
+    let opts = OpenOptions { s3: a.s3.options(), ..OpenOptions::default() };
+    let loaded = load_archive(&a.file, &opts).await.with_context(|| format!("opening {}", a.file))?;
+    let archive = &*loaded.archive;
     let Some(ino) = archive.resolve(a.path.as_bytes())? else {
-        bail!("{}: no such file or directory in {}", a.path, a.file.display());
+        bail!("{}: no such file or directory in {}", a.path, a.file);
     };
     let node = archive.node(ino)?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     if node.kind() == NodeKind::Dir {
         for child in archive.children(&node) {
             let (name, ino) = child?;
-            print_entry(&mut out, &archive, name, &archive.node(ino)?, a.long)?;
+            print_entry(&mut out, archive, name, &archive.node(ino)?, a.long)?;
         }
     } else {
-        print_entry(&mut out, &archive, a.path.as_bytes(), &node, a.long)?;
+        print_entry(&mut out, archive, a.path.as_bytes(), &node, a.long)?;
     }
     out.flush()?;
     Ok(())

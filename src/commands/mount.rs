@@ -8,17 +8,18 @@ use crate::args::MountArgs;
 pub async fn run(a: MountArgs, quiet: bool) -> anyhow::Result<()> {
     let mut config = MountConfig { metrics: a.metrics, prefetch: a.prefetch, ..Default::default() };
     config.open.source.plain_http = a.source.plain_http;
+    config.open.s3 = a.s3.options();
     config.open.store.cache_dir =
         if a.no_cache { None } else { Some(a.cache_dir.clone().unwrap_or_else(clip_store::default_cache_dir)) };
     config.open.store.cache_size = a.cache_size;
     config.open.store.read_timeout = a.read_timeout;
     let summary = mount_foreground(&a.file, &a.mountpoint, &config, |mp| {
         if !quiet {
-            eprintln!("mounted {} at {}", a.file.display(), mp.display());
+            eprintln!("mounted {} at {}", a.file, mp.display());
         }
     })
     .await
-    .with_context(|| format!("mounting {} at {}", a.file.display(), a.mountpoint.display()))?;
+    .with_context(|| format!("mounting {} at {}", a.file, a.mountpoint.display()))?;
     if !quiet {
         let s = summary.store;
         eprintln!(

@@ -1,4 +1,5 @@
-//! Progress bars on a terminal (quiet when stderr is not one): one bar per layer while indexing.
+//! Progress bars on a terminal (quiet when stderr is not one): one bar per layer while indexing, one for
+//! archiving and uploading.
 
 use std::io::IsTerminal;
 use std::sync::Mutex;
@@ -55,5 +56,49 @@ impl Progress for LayerBars {
             b.set_position(b.length().unwrap_or(0));
             b.finish();
         });
+    }
+}
+
+/// One bar for `archive` and `push`: bytes packed, then bytes written or uploaded.
+pub struct TransferBar {
+    bar: ProgressBar,
+}
+
+impl TransferBar {
+    pub fn new() -> TransferBar {
+        let bar = ProgressBar::new_spinner();
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} {msg} {bytes} ({binary_bytes_per_sec})")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
+        bar.set_message("packing");
+        bar.enable_steady_tick(std::time::Duration::from_millis(200));
+        TransferBar { bar }
+    }
+
+    pub fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+impl clip_client::ArchiveProgress for TransferBar {
+    fn packing(&self, files: u64, bytes: u64) {
+        self.bar.set_message(format!("packing {files} files:"));
+        self.bar.set_position(bytes);
+    }
+
+    fn writing(&self, total: u64) {
+        self.bar.set_message("writing");
+        self.bar.set_length(total);
+        self.bar.set_position(0);
+        self.bar.set_style(
+            ProgressStyle::with_template("{msg} {bar:30} {bytes:>10}/{total_bytes:<10} ({binary_bytes_per_sec})")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+    }
+
+    fn uploaded(&self, sent: u64) {
+        self.bar.set_message("uploading");
+        self.bar.set_position(sent);
     }
 }

@@ -45,6 +45,24 @@ pub enum ClientError {
     Task(String),
     #[error("directory inode {0} appears twice in the tree (the .clip file is corrupt or hostile)")]
     DirectoryCycle(u32),
+    #[error(transparent)]
+    S3(#[from] clip_s3::S3Error),
+    #[error(
+        "{location} is a data-carrying archive without a data section and names no data location \
+         (use the full archive, or rebuild it with `clip archive ... --index-out`)"
+    )]
+    NoData { location: String },
+    #[error(
+        "{location} does not belong to the archive at {data} (their trees or spans differ; write the metadata \
+         copy again with `clip archive ... --index-out`, or use the full archive)"
+    )]
+    DataMismatch { location: String, data: String },
+    #[error("{path}: refusing to push a file that is not a readable .clip file")]
+    NotAnArchive {
+        path: PathBuf,
+        #[source]
+        source: clip_format::FormatError,
+    },
 }
 
 impl From<clip_source::SourceError> for ClientError {

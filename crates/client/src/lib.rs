@@ -1,16 +1,27 @@
 //! The image client: what a worker node runs on top of the lower layers.
 //!
-//! - [`open_archive`]: a `.clip` file of either kind plus the [`clip_store::ContentStore`] serving its bytes.
+//! - [`open_archive`]: a `.clip` file of either kind, local or in S3 ([`Location`]), plus the
+//!   [`clip_store::ContentStore`] serving its bytes; [`load_archive`] for its metadata alone.
+//! - [`pack`] / [`archive`]: a root filesystem directory packed into a data-carrying archive, written
+//!   locally or uploaded to S3; [`push`] uploads an existing one.
 //! - [`extract`]: materialize the root filesystem into a directory (the result equals `umoci unpack`'s).
 //! - [`mount_foreground`]: mount an archive with FUSE until it is unmounted, with Prometheus [`metrics`].
 
+mod archive;
 mod error;
 mod extract;
 pub mod metrics;
 mod mount;
 mod open;
+mod remote;
 
+pub use archive::{
+    archive, pack, push, ArchiveOptions, ArchiveProgress, ArchiveReport, DataCompression, PackConfig, PackProgress,
+    PackSummary, Packed, DATA_MEDIA_TYPE, DEFAULT_SPAN_SIZE,
+};
+pub use clip_s3::{S3Options, S3Url};
 pub use error::ClientError;
 pub use extract::{extract, ExtractProgress, ExtractStats};
 pub use mount::{mount_foreground, MountConfig, MountSummary};
-pub use open::{open_archive, OpenOptions, Opened};
+pub use open::{load_archive, open_archive, Loaded, Location, OpenOptions, Opened};
+pub use remote::S3Data;

@@ -13,7 +13,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tracing::{info, warn};
 
 use crate::metrics::{self, Snapshot};
-use crate::{open_archive, ClientError, OpenOptions};
+use crate::{open_archive, ClientError, Location, OpenOptions};
 
 /// How to mount.
 #[derive(Debug, Clone, Default)]
@@ -45,7 +45,7 @@ impl PassthroughSource for StorePassthrough {
 
 /// Mounts `archive` at `mountpoint`; calls `ready` once the mount is live, then blocks until it is unmounted.
 pub async fn mount_foreground(
-    archive: &Path,
+    archive: &Location,
     mountpoint: &Path,
     config: &MountConfig,
     ready: impl FnOnce(&Path),
@@ -67,7 +67,7 @@ pub async fn mount_foreground(
         info!(%addr, "serving metrics");
     }
     let prefetch = config.prefetch.then(|| store.prefetch_all());
-    info!(archive = %archive.display(), mountpoint = %mountpoint.display(), "mounted");
+    info!(%archive, mountpoint = %mountpoint.display(), "mounted");
     ready(mountpoint);
 
     let mut term =
