@@ -7,11 +7,24 @@ use std::process::{Command, Output};
 
 /// Runs `clip ARGS`; returns its output whatever the exit code.
 pub fn clip(args: &[&str]) -> Output {
+    clip_env(args, &[])
+}
+
+/// Runs `clip ARGS` with extra environment variables (e.g. an S3 server's `AWS_*`); returns its output.
+pub fn clip_env(args: &[&str], env: &[(String, String)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_clip"))
         .args(args)
         .env("CLIP_LOG", "warn")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .output()
         .expect("running the clip binary")
+}
+
+/// [`clip_ok`] with extra environment variables.
+pub fn clip_ok_env(args: &[&str], env: &[(String, String)]) -> Vec<u8> {
+    let out = clip_env(args, env);
+    assert!(out.status.success(), "clip {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    out.stdout
 }
 
 /// Runs `clip ARGS` and panics with its stderr unless it succeeds; returns stdout.
@@ -24,7 +37,12 @@ pub fn clip_ok(args: &[&str]) -> Vec<u8> {
 /// Runs `clip ARGS`, expects it to fail cleanly (non-zero exit, an `error:` line, no panic) with a message
 /// containing `needle`; returns stderr.
 pub fn clip_fails(args: &[&str], needle: &str) -> String {
-    let out = clip(args);
+    clip_fails_env(args, &[], needle)
+}
+
+/// [`clip_fails`] with extra environment variables.
+pub fn clip_fails_env(args: &[&str], env: &[(String, String)], needle: &str) -> String {
+    let out = clip_env(args, env);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!out.status.success(), "clip {args:?} should have failed; stderr:\n{stderr}");
     assert_eq!(out.status.code(), Some(1), "clip {args:?}: exit code {:?}; stderr:\n{stderr}", out.status.code());
@@ -48,9 +66,16 @@ pub struct MountProc {
 impl MountProc {
     /// Starts `clip mount INDEX DIR EXTRA...` and waits until DIR is a mount point (at most 20 s).
     pub fn start(index: &Path, dir: &Path, extra: &[&str]) -> MountProc {
+        Self::start_env(index.as_os_str(), dir, extra, &[])
+    }
+
+    /// [`MountProc::start`] of an archive location (a path or `s3://BUCKET/KEY`) with extra environment
+    /// variables.
+    pub fn start_env(archive: &std::ffi::OsStr, dir: &Path, extra: &[&str], env: &[(String, String)]) -> MountProc {
         std::fs::create_dir_all(dir).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_clip"));
-        cmd.arg("mount").arg(index).arg(dir).args(extra).env("CLIP_LOG", "info");
+        cmd.arg("mount").arg(archive).arg(dir).args(extra).env("CLIP_LOG", "info");
+        cmd.envs(env.iter().map(|(k, v)| (k, v)));
         cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
         let child = cmd.spawn().expect("spawning clip mount");
         let mut m = MountProc { child: Some(child), dir: dir.to_path_buf() };
