@@ -52,11 +52,19 @@ pub async fn run(a: InspectArgs) -> anyhow::Result<()> {
     }
     println!("inodes:    {}", archive.node_count());
     println!("spans:     {} (every {} MiB)", archive.span_count(), meta.span_size >> 20);
-    println!(
-        "size:      {file_size} bytes ({} loaded at mount, {windows} of checkpoint windows) = {:.3}% of the {image_size}-byte image",
-        archive.mounted_size(),
-        100.0 * file_size as f64 / image_size.max(1) as f64
-    );
+    if archive.kind() == clip_format::ArchiveKind::DataCarrying {
+        let data = archive.section(layout::SEC_DATA).map_or(0, |s| s.stored_len);
+        println!(
+            "size:      {file_size} bytes ({} loaded at mount, {data} of file data stored here)",
+            archive.mounted_size()
+        );
+    } else {
+        println!(
+            "size:      {file_size} bytes ({} loaded at mount, {windows} of checkpoint windows) = {:.3}% of the {image_size}-byte image",
+            archive.mounted_size(),
+            100.0 * file_size as f64 / image_size.max(1) as f64
+        );
+    }
     println!("layers:");
     for (i, l) in meta.layers.iter().enumerate() {
         println!(
