@@ -456,3 +456,35 @@ fn crc32c(data: &[u8]) -> u32 {
     }
     !crc
 }
+
+/// The Debian bookworm + python3 layout of `dev/debian-image` (built once per machine under target/, shared
+/// with the other Debian tests), unpacked by umoci into a real root filesystem.
+fn debian_rootfs() -> Unpacked {
+    let layout = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/clip-images/debian");
+    let status = std::process::Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("dev/debian-image"))
+        .arg(&layout)
+        .status()
+        .expect("running dev/debian-image");
+    assert!(status.success(), "dev/debian-image failed (needs mmdebstrap and Debian's mirror)");
+    umoci_unpack(&layout, "bookworm")
+}
+
+#[test]
+fn debian_rootfs_archived_to_s3_extracts_and_mounts_identical() {
+    let debian = debian_rootfs();
+    let root = debian.rootfs();
+    let tree = snapshot(&root);
+    let dir = tempfile::tempdir().unwrap();
+    let s3 = S3::start();
+    let env = s3.direct();
+    let meta = dir.path().join("meta.clip");
+    let out = clip_env(&["archive", s(&root), "-o", &url("debian.clip"), "--compress", "--index-out", s(&meta)], &env);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.contains("MB/s"), "{stderr}");
+
+    clip_ok_env(&["extract", &url("debian.clip"), s(&dir.path().join("extracted"))], &env);
+    assert_trees_equal(&tree, &snapshot(&dir.path().join("extracted")), CompareOpts::default());
+    let m = MountProc::start_env(meta.as_os_str(), &dir.path().join("mnt"), &["--no-cache"], &env);
+    assert_trees_equal(&tree, &snapshot(&m.dir), CompareOpts::default());
+    m.stop();
+}

@@ -16,11 +16,11 @@ use std::ffi::OsString;
 use std::fs::File;
 use std::io::{BufWriter, Read, Seek, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use clip_format::{
-    mode, ArchiveKind, Compression, Content, DataRef, DataSource, ImageMeta, IndexContents, Ino, LayerMeta, NodeSpec,
+    ArchiveKind, Compression, Content, DataRef, DataSource, ImageMeta, IndexContents, Ino, LayerMeta, NodeSpec,
     Timestamp, Xattr,
 };
 use tracing::{debug, warn};
@@ -119,6 +119,8 @@ fn write_atomically(
     let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let mut tmp = tempfile::Builder::new()
         .prefix(".clip-")
+        // Readable by all (less the umask), like any file the user writes: mounts often run as another user.
+        .permissions(std::fs::Permissions::from_mode(0o644))
         .tempfile_in(dir)
         .map_err(ClientError::io(dir, "creating a temporary file"))?;
     let size = {
@@ -301,18 +303,14 @@ impl Walker<'_> {
 
 fn node_spec(path: &Path, meta: &std::fs::Metadata, content: Content) -> Result<NodeSpec, ClientError> {
     let nsec = u32::try_from(meta.mtime_nsec()).ok().filter(|n| *n < 1_000_000_000).unwrap_or(0);
-    let mut spec = NodeSpec {
+    Ok(NodeSpec {
         mode: meta.mode(),
         uid: meta.uid(),
         gid: meta.gid(),
         mtime: Timestamp { sec: meta.mtime(), nsec },
         xattrs: xattrs(path)?,
         content,
-    };
-    if spec.mode & mode::S_IFMT == 0 {
-        spec.mode |= mode::S_IFREG;
-    }
-    Ok(spec)
+    })
 }
 
 /// Extended attributes of `path` itself (not of a symlink's target).
