@@ -161,6 +161,13 @@ fn local_archive_extracts_and_mounts_identical_to_the_source(#[case] flags: &[&s
     clip_ok(&["extract", s(&out), s(&fx.path("extracted"))]);
     fx.assert_equal(&fx.path("extracted"));
 
+    // A metadata copy of a local archive reads its data from there.
+    let (full, copy) = (fx.path("full.clip"), fx.path("copy.clip"));
+    fx.archive(s(&full), &[flags, &["--index-out", s(&copy)]].concat(), &[]);
+    assert_eq!(inspect(s(&copy), &[])["meta"]["data_location"], s(&full));
+    clip_ok(&["extract", s(&copy), s(&fx.path("from-copy"))]);
+    fx.assert_equal(&fx.path("from-copy"));
+
     let cache = fx.path("cache");
     let m = MountProc::start(&out, &fx.path("mnt"), &["--cache-dir", s(&cache)]);
     fx.assert_equal(&m.dir);
