@@ -4,7 +4,7 @@
 mod common;
 
 use clip_testkit::*;
-use common::{clip_fails, clip_ok, s};
+use common::{clip_fails, clip_ok, s, tar_files};
 use rstest::rstest;
 
 /// Indexes `image` and extracts it into a fresh directory; returns (tempdir, index path, rootfs path).
@@ -137,18 +137,6 @@ async fn cat_of_a_file_in_a_50_mib_gzip_layer_fetches_under_three_spans() {
     );
     // The source also counts the image config it read when connecting.
     assert!(source_stats.bytes >= stats.bytes_fetched && source_stats.bytes - stats.bytes_fetched < 64 << 10);
-}
-
-/// (path, data offset, size) of every regular file of an uncompressed tar, with the `tar` crate.
-fn tar_files(tar: &[u8]) -> Vec<(String, u64, u64)> {
-    let mut archive = tar::Archive::new(tar);
-    archive
-        .entries()
-        .unwrap()
-        .map(|e| e.unwrap())
-        .filter(|e| e.header().entry_type().is_file())
-        .map(|e| (e.path().unwrap().display().to_string(), e.raw_file_position(), e.size()))
-        .collect()
 }
 
 // ---- bad input: each is a clear error, exit code 1, no panic ----

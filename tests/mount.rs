@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 
 use clip_testkit::*;
-use common::{clip_ok, metric, s, MountProc};
+use common::{clip_ok, metric, s, tar_file, tar_files, MountProc};
 use rstest::rstest;
 
 /// A registry holding `image` as `repo:tag`, and its index built by `clip index`.
@@ -204,19 +204,4 @@ fn writes_are_refused_and_sigterm_unmounts() {
     assert_eq!(err.raw_os_error(), Some(30), "EROFS expected, got {err}");
     let log = m.stop();
     assert!(log.contains("fetched"), "no summary on exit: {log}");
-}
-
-fn tar_files(tar: &[u8]) -> Vec<(String, u64, u64)> {
-    let mut archive = tar::Archive::new(tar);
-    archive
-        .entries()
-        .unwrap()
-        .map(|e| e.unwrap())
-        .filter(|e| e.header().entry_type().is_file())
-        .map(|e| (e.path().unwrap().display().to_string(), e.raw_file_position(), e.size()))
-        .collect()
-}
-
-fn tar_file(tar: &[u8], pick: impl Fn(&str) -> bool) -> (String, u64, u64) {
-    tar_files(tar).into_iter().find(|(p, _, _)| pick(p)).expect("file in tar")
 }

@@ -155,3 +155,20 @@ pub fn metric(addr: &str, prefix: &str) -> f64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no metric {prefix} in:\n{body}"))
 }
+
+/// (path, data offset, size) of every regular file of an uncompressed tar, read with the `tar` crate (an
+/// independent parser, so tests do not check clip against itself).
+pub fn tar_files(tar: &[u8]) -> Vec<(String, u64, u64)> {
+    tar::Archive::new(tar)
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.header().entry_type().is_file())
+        .map(|e| (e.path().unwrap().display().to_string(), e.raw_file_position(), e.size()))
+        .collect()
+}
+
+/// The first regular file of `tar` whose path `pick` accepts.
+pub fn tar_file(tar: &[u8], pick: impl Fn(&str) -> bool) -> (String, u64, u64) {
+    tar_files(tar).into_iter().find(|(p, _, _)| pick(p)).expect("file in tar")
+}
