@@ -313,6 +313,29 @@ def local_scenarios(tmp, proxy, many_layout, results):
     shutil.rmtree(unpacked)
 
 
+def archive_throughput(tmp, debian_layout, results):
+    """P9: `clip archive --compress` of the unpacked Debian rootfs vs `tar -cf - | zstd` of the same tree."""
+    unpacked = tmp / "debian-unpacked"
+    run(["umoci", "unpack", "--image", f"{debian_layout}:bookworm", unpacked], stdout=subprocess.DEVNULL)
+    rootfs = unpacked / "rootfs"
+    size = int(run(["du", "-sb", rootfs], capture_output=True, text=True).stdout.split()[0])
+    clip_t, base_t = [], []
+    for r in range(3):
+        drop_caches()
+        out = tmp / f"p9-{r}.clip"
+        clip_t.append(timed(lambda: run([CLIP, "-q", "archive", rootfs, "-o", out, "--compress"])))
+        out.unlink()
+        drop_caches()
+        base_t.append(timed(lambda: run(["bash", "-c", f"tar -cf - -C {rootfs} . | zstd -q > /dev/null"])))
+    clip_mbs = [size / t / 1e6 for t in clip_t]
+    base_mbs = [size / t / 1e6 for t in base_t]
+    ratio = statistics.median(clip_mbs) / statistics.median(base_mbs)
+    results.add("P9", f"`clip archive --compress` throughput, Debian rootfs ({size / 1e6:.0f} MB) (MB/s)",
+                spread(clip_mbs, lambda v: f"{v:.0f}"), spread(base_mbs, lambda v: f"{v:.0f}") + " `tar | zstd`",
+                ratio, "—", None, None)
+    shutil.rmtree(unpacked)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=3, help="runs per scenario (median reported)")
@@ -367,6 +390,7 @@ def main():
         proxy = Proxy(registry.addr, 100000, 0, tmp)
         try:
             local_scenarios(tmp, proxy, many, results)
+            archive_throughput(tmp, debian, results)
         finally:
             proxy.stop()
     finally:
@@ -377,7 +401,7 @@ def main():
                 subprocess.run(["umount", "-l", mp])
         shutil.rmtree(tmp, ignore_errors=True)
 
-    order = {"P1": 1, "P2": 2, "P3": 3, "P4": 4, "P5": 5, "P6": 6, "P7": 7, "P8": 8}
+    order = {f"P{i}": i for i in range(1, 10)}
     rows = sorted(results.rows, key=lambda r: order[r[0]])
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     lines = [
