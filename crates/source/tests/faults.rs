@@ -215,3 +215,50 @@ async fn flipped_bits_are_delivered_as_sent_for_the_caller_to_verify() {
     assert_eq!(got[10], setup.layer[1010] ^ 1);
     assert_eq!(got[..10], setup.layer[1000..1010]);
 }
+
+#[tokio::test]
+async fn a_whole_blob_stream_that_breaks_off_resumes_where_it_stopped() {
+    use futures::StreamExt;
+    let setup = Setup::new(false);
+    let proxy = proxy(&setup);
+    let source = setup.source(&proxy).await;
+    proxy.set_faults(vec![
+        Fault::new(FaultKind::ResetMidBody { after_bytes: 400_000 }).blobs_only().times(1),
+        Fault::new(FaultKind::TruncateBody { after_bytes: 300_000 }).blobs_only().times(1),
+        Fault::new(FaultKind::IgnoreRange).blobs_only().times(1),
+    ]);
+    let mut stream = source.open_blob(&setup.desc).await.unwrap();
+    let mut got = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        got.extend_from_slice(&chunk.unwrap());
+    }
+    assert!(got == setup.layer, "wrong bytes after resuming");
+    let stats = proxy.stats();
+    let ranges: Vec<_> = stats.requests_to("/blobs/").iter().map(|r| r.range.clone()).collect();
+    assert_eq!(ranges.len(), 3, "{:?}", stats.log);
+    assert_eq!(ranges[0], None);
+    let start = |r: &Option<String>| -> u64 {
+        let r = r.as_deref().unwrap_or_else(|| panic!("no Range on a resumed request: {ranges:?}"));
+        r.strip_prefix("bytes=").and_then(|r| r.split('-').next()).unwrap().parse().unwrap()
+    };
+    // Each resume starts where the bytes received so far end (a reset may lose some in flight).
+    assert!(0 < start(&ranges[1]) && start(&ranges[1]) <= 400_000, "{ranges:?}");
+    assert_eq!(start(&ranges[2]), start(&ranges[1]) + 300_000, "{ranges:?}");
+    assert_eq!(source.retries(), 2);
+
+    // A stall (no bytes at all, every time) ends the stream with an error after the policy's attempts.
+    proxy.reset_stats();
+    proxy.set_faults(vec![
+        Fault::new(FaultKind::ResetMidBody { after_bytes: 100_000 }).blobs_only().times(1),
+        Fault::new(FaultKind::Status(503)).blobs_only(),
+    ]);
+    let mut stream = source.open_blob(&setup.desc).await.unwrap();
+    let mut last = None;
+    while let Some(chunk) = stream.next().await {
+        last = Some(chunk);
+    }
+    let err = last.unwrap().unwrap_err().to_string();
+    assert!(err.contains("503"), "{err}");
+    // The policy's 4 attempts: the one that broke off and 3 resumes.
+    assert_eq!(proxy.stats().blob_requests, 4, "{:?}", proxy.stats().log);
+}

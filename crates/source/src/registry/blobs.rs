@@ -1,18 +1,22 @@
-//! Blob reads of a [`RegistrySource`]: GETs and Range GETs made with `reqwest` directly rather than
+//! Blob reads of a [`super::RegistrySource`]: GETs and Range GETs made with `reqwest` directly rather than
 //! through `oci-client`, so that every answer's status and headers are seen. On top of them sits the
 //! retry policy ([`crate::RetryPolicy`]): transient failures are retried with backoff (honouring
 //! `Retry-After`), a Range read cut short resumes where it stopped, a 401 re-authenticates once (an
-//! expired token) and retries. Redirects are followed by reqwest, which drops the `Authorization`
-//! header when a redirect leaves the registry's host. A registry that ignores `Range` and answers 200
-//! with the whole blob is skipped through while streaming, never buffered.
+//! expired token) and retries. A whole-blob stream that breaks off resumes with a Range request from
+//! where it stopped (the retry budget starts afresh whenever bytes arrived since the last failure).
+//! Redirects are followed by reqwest, which drops the `Authorization` header when a redirect leaves
+//! the registry's host. A registry that ignores `Range` and answers 200 with the whole blob is skipped
+//! through while streaming, never buffered.
 
 use std::fmt;
 use std::ops::Range;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use futures::future::BoxFuture;
+use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
 use oci_client::secrets::RegistryAuth;
 use oci_client::RegistryOperation;
@@ -21,11 +25,10 @@ use reqwest::{RequestBuilder, Response, StatusCode};
 use tracing::{debug, warn};
 
 use super::errors::{error_chain, Target};
-use super::RegistrySource;
+use super::Registry;
 use crate::digest::Descriptor;
 use crate::error::SourceError;
 use crate::retry::{parse_retry_after, verdict_for_status, Failed, Verdict};
-use crate::source::BlobSource;
 
 /// The credentials blob requests carry. `Debug` never shows a secret.
 #[derive(Clone, Default)]
@@ -84,7 +87,7 @@ impl AuthState {
     }
 }
 
-impl RegistrySource {
+impl Registry {
     /// Authenticates for pulls (a token exchange when the registry asks for bearer tokens) and makes
     /// the result the credentials of blob requests.
     pub(super) async fn authenticate(&self) -> Result<(), SourceError> {
@@ -288,23 +291,112 @@ impl RegistrySource {
         Ok(())
     }
 
-    /// A GET of the whole blob, retried until the response head arrives (a body that breaks off later
-    /// ends the stream with an error).
-    pub(super) async fn get_whole(&self, desc: &Descriptor) -> Result<Response, SourceError> {
+    /// The whole blob as a stream that resumes with a Range request when the connection breaks.
+    pub(super) async fn get_whole(
+        self: Arc<Self>,
+        desc: &Descriptor,
+    ) -> Result<BoxStream<'static, Result<Bytes, SourceError>>, SourceError> {
         let mut tries = Tries::default();
+        debug!(digest = %desc.digest, size = desc.size, "GET blob");
+        let body = self.open_at(desc, 0, &mut tries).await?;
+        let state = Resume { registry: self, desc: desc.clone(), body: Some(body), seen: 0, tries, progress: false };
+        Ok(futures::stream::unfold(state, Resume::next).boxed())
+    }
+
+    /// GETs the blob from byte `offset` on (a Range request unless 0), retrying under the policy until an
+    /// answer comes; the body it returns skips to `offset` if the registry sent the whole blob.
+    async fn open_at(&self, desc: &Descriptor, offset: u64, tries: &mut Tries) -> Result<Body, SourceError> {
         loop {
             let (generation, auth) = self.auth_state.get();
             self.counter.request();
-            debug!(digest = %desc.digest, size = desc.size, "GET blob");
-            let failed = match self.send_get(desc, None, &auth).await {
-                Ok(response) if response.status() == StatusCode::OK => return Ok(response),
-                Ok(response) => {
-                    let detail = format!("answered {} to a GET of the whole blob", response.status());
-                    Failed::fail(self.transfer_error(desc, detail))
+            let range = (offset > 0).then_some(offset..desc.size);
+            let failed = match self.send_get(desc, range.as_ref(), &auth).await {
+                Ok(response) if response.status() == StatusCode::PARTIAL_CONTENT => {
+                    match content_range_start(&response) {
+                        Some(first) if first != offset => {
+                            let detail = format!("asked for bytes from {offset} and got a range from {first}");
+                            Failed::retry(self.transfer_error(desc, detail))
+                        }
+                        _ => return Ok(Body { stream: response.bytes_stream().boxed(), skip: 0 }),
+                    }
                 }
+                Ok(response) => return Ok(Body { stream: response.bytes_stream().boxed(), skip: offset }),
                 Err(f) => f,
             };
-            self.before_retry(desc, failed, &mut tries, generation).await?;
+            self.before_retry(desc, failed, tries, generation).await?;
+        }
+    }
+}
+
+/// A response body being streamed, and how many of its first bytes to drop.
+struct Body {
+    stream: BoxStream<'static, reqwest::Result<Bytes>>,
+    skip: u64,
+}
+
+/// The state of a resumable whole-blob stream.
+struct Resume {
+    registry: Arc<Registry>,
+    desc: Descriptor,
+    /// `None` once the stream has ended (or failed for good).
+    body: Option<Body>,
+    /// Blob bytes passed on so far.
+    seen: u64,
+    tries: Tries,
+    /// Whether bytes arrived since the last failure.
+    progress: bool,
+}
+
+impl Resume {
+    async fn next(mut self) -> Option<(Result<Bytes, SourceError>, Resume)> {
+        loop {
+            let body = self.body.as_mut()?;
+            let detail = match body.stream.next().await {
+                Some(Ok(mut chunk)) => {
+                    if body.skip > 0 {
+                        let dropped = body.skip.min(chunk.len() as u64);
+                        self.registry.counter.add_bytes(dropped as usize);
+                        body.skip -= dropped;
+                        chunk = chunk.slice(dropped as usize..);
+                        if chunk.is_empty() {
+                            continue;
+                        }
+                    }
+                    self.seen += chunk.len() as u64;
+                    self.progress = true;
+                    return Some((Ok(chunk), self));
+                }
+                Some(Err(e)) => error_chain(&e.without_url()),
+                None if self.seen < self.desc.size => {
+                    format!("the response ended after {} of {} bytes", self.seen, self.desc.size)
+                }
+                None => {
+                    self.body = None;
+                    return None;
+                }
+            };
+            // Broken off: resume from where it stopped. Progress since the last failure earns a fresh
+            // retry budget, so only a stall ends the stream.
+            if std::mem::take(&mut self.progress) {
+                self.tries = Tries::default();
+            }
+            let registry = Arc::clone(&self.registry);
+            let failed = Failed::retry(registry.transfer_error(&self.desc, detail));
+            let generation = registry.auth_state.generation();
+            let resumed = match registry.before_retry(&self.desc, failed, &mut self.tries, generation).await {
+                Ok(()) => registry.open_at(&self.desc, self.seen, &mut self.tries).await,
+                Err(e) => Err(e),
+            };
+            match resumed {
+                Ok(body) => {
+                    debug!(digest = %self.desc.digest, offset = self.seen, "blob stream resumed");
+                    self.body = Some(body);
+                }
+                Err(e) => {
+                    self.body = None;
+                    return Some((Err(e), self));
+                }
+            }
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 
-use super::RegistrySource;
+use super::Registry;
 use crate::digest::Digest;
 use crate::error::SourceError;
 use crate::reference::ImageRef;
@@ -46,7 +46,7 @@ fn shorten(text: &str) -> String {
     }
 }
 
-impl RegistrySource {
+impl Registry {
     pub(super) fn classify(&self, e: OciDistributionError, target: Target<'_>) -> SourceError {
         use OciDistributionError as E;
         let registry = self.registry.clone();

@@ -14,11 +14,12 @@ mod errors;
 use std::future::Future;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use futures::{FutureExt, StreamExt, TryStreamExt};
+use futures::FutureExt;
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::secrets::RegistryAuth;
@@ -41,8 +42,13 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a connection may stay silent while we wait for an answer or body bytes.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Blobs and manifests of one registry repository.
-pub struct RegistrySource {
+/// Blobs and manifests of one registry repository. Cheap to clone (the state is shared), so a blob
+/// stream can own what it needs to resume after a broken connection.
+#[derive(Clone)]
+pub struct RegistrySource(Arc<Registry>);
+
+/// The state of a [`RegistrySource`].
+pub(crate) struct Registry {
     /// For manifests and token exchanges.
     client: Client,
     /// For blob reads.
@@ -66,7 +72,7 @@ pub struct RegistrySource {
 
 impl std::fmt::Debug for RegistrySource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.describe())
+        f.write_str(&self.0.describe())
     }
 }
 
@@ -119,7 +125,7 @@ impl RegistrySource {
             .user_agent(concat!("clip/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| setup(error_chain(&e)))?;
-        let source = RegistrySource {
+        let source = Registry {
             client,
             http,
             scheme: if plain { "http" } else { "https" },
@@ -134,7 +140,34 @@ impl RegistrySource {
             range_ignored: AtomicBool::new(false),
         };
         source.authenticate().await?;
-        Ok(source)
+        Ok(RegistrySource(Arc::new(source)))
+    }
+
+    /// Registry requests that failed and were tried again, so far.
+    pub fn retries(&self) -> u64 {
+        self.0.retries.load(Ordering::Relaxed)
+    }
+
+    /// The registry host.
+    pub fn registry(&self) -> &str {
+        &self.0.registry
+    }
+
+    /// The repository path.
+    pub fn repository(&self) -> &str {
+        &self.0.repository
+    }
+
+    /// Resolves a registry reference in this repository to one image for `platform`.
+    pub async fn resolve(&self, reference: &ImageRef, platform: &Platform) -> Result<ResolvedImage, SourceError> {
+        self.0.resolve(reference, platform, self).await
+    }
+}
+
+impl Registry {
+    /// `registry HOST repository REPO`, for logs and errors.
+    pub(super) fn describe(&self) -> String {
+        format!("registry {} repository {}", self.registry, self.repository)
     }
 
     /// Runs an `oci-client` call under the retry policy: transient failures are retried with backoff;
@@ -177,23 +210,12 @@ impl RegistrySource {
         }
     }
 
-    /// Registry requests that failed and were tried again, so far.
-    pub fn retries(&self) -> u64 {
-        self.retries.load(Ordering::Relaxed)
-    }
-
-    /// The registry host.
-    pub fn registry(&self) -> &str {
-        &self.registry
-    }
-
-    /// The repository path.
-    pub fn repository(&self) -> &str {
-        &self.repository
-    }
-
-    /// Resolves a registry reference in this repository to one image for `platform`.
-    pub async fn resolve(&self, reference: &ImageRef, platform: &Platform) -> Result<ResolvedImage, SourceError> {
+    async fn resolve(
+        &self,
+        reference: &ImageRef,
+        platform: &Platform,
+        blobs: &RegistrySource,
+    ) -> Result<ResolvedImage, SourceError> {
         let (tag, digest) = match reference {
             ImageRef::Registry { registry, repository, tag, digest }
                 if *registry == self.registry && *repository == self.repository =>
@@ -233,7 +255,7 @@ impl RegistrySource {
             None => Digest::of(&bytes),
         };
         self.check_manifest_size(&manifest_digest, bytes.len())?;
-        let resolver = Resolver { fetch: self, blobs: self, reference, platform };
+        let resolver = Resolver { fetch: self, blobs, reference, platform };
         resolver.resolve_bytes(bytes.to_vec(), manifest_digest).await
     }
 
@@ -258,7 +280,7 @@ impl RegistrySource {
     }
 }
 
-impl ManifestFetch for RegistrySource {
+impl ManifestFetch for Registry {
     fn fetch_manifest<'a>(&'a self, digest: &'a Digest) -> BoxFuture<'a, Result<Vec<u8>, SourceError>> {
         async move {
             let reference = self.with_digest(digest);
@@ -280,17 +302,8 @@ impl ManifestFetch for RegistrySource {
 impl BlobSource for RegistrySource {
     fn open_blob<'a>(&'a self, desc: &'a Descriptor) -> BoxFuture<'a, Result<BlobStream, SourceError>> {
         async move {
-            let response = self.get_whole(desc).await?;
-            let (digest, location) = (desc.digest.to_string(), self.describe());
-            let body = response
-                .bytes_stream()
-                .map_err(move |e| SourceError::Transfer {
-                    digest: digest.clone(),
-                    location: location.clone(),
-                    detail: error_chain(&e.without_url()),
-                })
-                .boxed();
-            let checked = CheckedStream::new(body, self.counter.clone(), desc, self.describe());
+            let body = Arc::clone(&self.0).get_whole(desc).await?;
+            let checked = CheckedStream::new(body, self.0.counter.clone(), desc, self.0.describe());
             Ok(Box::pin(checked) as BlobStream)
         }
         .boxed()
@@ -302,17 +315,17 @@ impl BlobSource for RegistrySource {
             if range.is_empty() {
                 return Ok(Bytes::new());
             }
-            self.get_range(desc, range).await
+            self.0.get_range(desc, range).await
         }
         .boxed()
     }
 
     fn describe(&self) -> String {
-        format!("registry {} repository {}", self.registry, self.repository)
+        self.0.describe()
     }
 
     fn stats(&self) -> SourceStats {
-        self.counter.stats()
+        self.0.counter.stats()
     }
 }
 
