@@ -6,22 +6,28 @@
 //!   locally or uploaded to S3; [`push`] uploads an existing one.
 //! - [`extract`]: materialize the root filesystem into a directory (the result equals `umoci unpack`'s).
 //! - [`mount_foreground`]: mount an archive with FUSE until it is unmounted, with Prometheus [`metrics`].
+//! - [`Node`]: pull and run images on a worker node (index store, shared mounts, overlay, OCI runtime),
+//!   configured by [`Config`] (a TOML file under `CLIP_*` environment variables).
 
 mod archive;
+pub mod config;
 mod error;
 mod extract;
 pub mod metrics;
 mod mount;
 mod open;
 mod remote;
+mod run;
 
 pub use archive::{
     archive, pack, push, ArchiveOptions, ArchiveProgress, ArchiveReport, DataCompression, PackConfig, PackProgress,
     PackSummary, Packed, DATA_MEDIA_TYPE, DEFAULT_SPAN_SIZE,
 };
 pub use clip_s3::{S3Options, S3Url};
+pub use config::{ClipVersion, Config, ConfigError, Origin};
 pub use error::ClientError;
 pub use extract::{extract, ExtractProgress, ExtractStats};
 pub use mount::{mount_foreground, MountConfig, MountSummary};
 pub use open::{load_archive, open_archive, Loaded, Location, OpenOptions, Opened};
 pub use remote::S3Data;
+pub use run::{GcEntry, IndexOrigin, Lease, Node, Pulled, RunError, StoredIndex, User};

@@ -1,0 +1,133 @@
+//! One container: `STATE_DIR/containers/<id>/` holds `upper/` and `work/` (its writable layer on local
+//! disk), `rootfs/` (an overlay of that layer over the image's shared mount) and `config.json`; the OCI
+//! runtime runs it there with stdin/stdout/stderr inherited. Everything is undone when it ends, also on
+//! errors and signals: `runtime delete`, the overlay unmounted, the directory removed.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{debug, info, warn};
+
+use crate::run::mounts::is_mountpoint;
+use crate::run::RunError;
+
+/// A container's directory and overlay; [`Container::remove`] (or drop) undoes them.
+#[derive(Debug)]
+pub(crate) struct Container {
+    pub id: String,
+    pub dir: PathBuf,
+    runtime: String,
+    removed: bool,
+}
+
+impl Container {
+    /// Makes a fresh container directory under `containers_dir` whose rootfs is an overlay over `lower`.
+    pub fn create(containers_dir: &Path, lower: &Path, runtime: &str) -> Result<Container, RunError> {
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let id = format!("clip-{}-{:x}", std::process::id(), nanos & 0xffff_ffff_ffff);
+        let dir = containers_dir.join(&id);
+        let container = Container { id, dir, runtime: runtime.to_owned(), removed: false };
+        let (upper, work, rootfs) = (container.dir.join("upper"), container.dir.join("work"), container.rootfs());
+        for d in [&upper, &work, &rootfs] {
+            std::fs::create_dir_all(d).map_err(RunError::io(d, "creating the container directory"))?;
+        }
+        for p in [lower, &upper, &work] {
+            if p.to_str().is_none_or(|s| s.contains([',', ':', '\\'])) {
+                return Err(RunError::OverlayPath { path: p.to_path_buf() });
+            }
+        }
+        let opts = format!("lowerdir={},upperdir={},workdir={}", lower.display(), upper.display(), work.display());
+        mount(Some("overlay"), &rootfs, Some("overlay"), MsFlags::empty(), Some(opts.as_str()))
+            .map_err(|source| RunError::Overlay { path: rootfs.clone(), source })?;
+        debug!(id = %container.id, rootfs = %rootfs.display(), "overlay mounted");
+        Ok(container)
+    }
+
+    pub fn rootfs(&self) -> PathBuf {
+        self.dir.join("rootfs")
+    }
+
+    /// Writes the runtime spec into the bundle.
+    pub fn write_spec(&self, spec: &serde_json::Value) -> Result<(), RunError> {
+        let path = self.dir.join("config.json");
+        let bytes = serde_json::to_vec_pretty(spec)
+            .map_err(|e| RunError::State { path: path.clone(), message: e.to_string() })?;
+        std::fs::write(&path, bytes).map_err(RunError::io(&path, "writing the runtime spec"))
+    }
+
+    /// Runs the container in the foreground (`runtime run --bundle DIR ID`), forwarding SIGINT and SIGTERM
+    /// to the runtime, and returns its exit code (128 + signal number when it was killed by a signal).
+    pub async fn run(&self) -> Result<i32, RunError> {
+        let mut child = Command::new(&self.runtime)
+            .arg("run")
+            .arg("--bundle")
+            .arg(&self.dir)
+            .arg(&self.id)
+            .spawn()
+            .map_err(|source| RunError::Spawn { program: self.runtime.clone(), source })?;
+        let pid = Pid::from_raw(child.id() as i32);
+        let runtime_dir = self.dir.clone();
+        let mut wait = tokio::task::spawn_blocking(move || child.wait());
+        let mut int =
+            signal(SignalKind::interrupt()).map_err(RunError::io(&runtime_dir, "installing signal handlers"))?;
+        let mut term =
+            signal(SignalKind::terminate()).map_err(RunError::io(&runtime_dir, "installing signal handlers"))?;
+        let status = loop {
+            tokio::select! {
+                status = &mut wait => break status,
+                _ = int.recv() => { let _ = kill(pid, Signal::SIGINT); }
+                _ = term.recv() => { let _ = kill(pid, Signal::SIGTERM); }
+            }
+        };
+        let status = status
+            .map_err(|e| RunError::io(&runtime_dir, "waiting for the runtime")(std::io::Error::other(e.to_string())))?
+            .map_err(RunError::io(&runtime_dir, "waiting for the runtime"))?;
+        use std::os::unix::process::ExitStatusExt;
+        let code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+        info!(id = %self.id, code, "container exited");
+        Ok(code)
+    }
+
+    /// Deletes the container from the runtime, unmounts its overlay and removes its directory.
+    pub fn remove(mut self) -> Result<(), RunError> {
+        self.removed = true;
+        self.teardown()
+    }
+
+    fn teardown(&self) -> Result<(), RunError> {
+        let out = Command::new(&self.runtime).args(["delete", "-f", &self.id]).output();
+        if let Ok(out) = &out {
+            // "does not exist" is expected after a normal exit (runc run deletes what it ran).
+            if !out.status.success() && !String::from_utf8_lossy(&out.stderr).contains("not exist") {
+                debug!(id = %self.id, stderr = %String::from_utf8_lossy(&out.stderr).trim(), "runtime delete");
+            }
+        }
+        let rootfs = self.rootfs();
+        if is_mountpoint(&rootfs) {
+            if let Err(error) = umount2(&rootfs, MntFlags::empty()) {
+                warn!(rootfs = %rootfs.display(), %error, "overlay busy; detaching it lazily");
+                umount2(&rootfs, MntFlags::MNT_DETACH)
+                    .map_err(|e| RunError::io(&rootfs, "unmounting the overlay")(e.into()))?;
+            }
+        }
+        if is_mountpoint(&rootfs) {
+            return Err(RunError::io(&rootfs, "unmounting the overlay")(std::io::Error::other("still mounted")));
+        }
+        std::fs::remove_dir_all(&self.dir).map_err(RunError::io(&self.dir, "removing the container directory"))
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        if !self.removed {
+            if let Err(error) = self.teardown() {
+                warn!(id = %self.id, %error, "cleaning up the container");
+            }
+        }
+    }
+}

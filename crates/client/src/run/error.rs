@@ -1,0 +1,66 @@
+//! Errors of pulling and running images.
+
+use std::path::PathBuf;
+
+use crate::ClientError;
+
+/// Why `pull`, `run` or `gc` failed; each variant names the image, path or program concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("resolving {image}: {source}")]
+    Resolve {
+        image: String,
+        #[source]
+        source: Box<clip_source::SourceError>,
+    },
+    #[error("indexing {image}: {source}")]
+    Index {
+        image: String,
+        #[source]
+        source: Box<clip_indexer::IndexError>,
+    },
+    #[error("{path}: {what}: {source}")]
+    Io {
+        path: PathBuf,
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the mount process for {archive} exited before mounting ({status}); its log {log}:\n{tail}")]
+    MountExited { archive: PathBuf, status: String, log: PathBuf, tail: String },
+    #[error("{mountpoint} was not mounted within {secs} s (see {log})")]
+    MountTimeout { mountpoint: PathBuf, secs: u64, log: PathBuf },
+    #[error("running {program}: {source} (is it installed? apt-get install {program})")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{program} {args} failed: {status}: {stderr}")]
+    Command { program: String, args: String, status: String, stderr: String },
+    #[error("{image} has no Entrypoint or Cmd: give a command (clip run IMAGE -- CMD...)")]
+    NoCommand { image: String },
+    #[error("user {user:?} of {image}: {message}")]
+    User { image: String, user: String, message: String },
+    #[error("overlay mount at {path}: {source} (is the overlay module loaded? modprobe overlay)")]
+    Overlay {
+        path: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("{path} cannot be an overlay layer: its path holds ',' ':' or '\\\\'; use another state_dir")]
+    OverlayPath { path: PathBuf },
+    #[error("runtime state {path} is corrupt: {message}; remove it and its mount with `clip gc`")]
+    State { path: PathBuf, message: String },
+}
+
+impl RunError {
+    pub(crate) fn io(path: impl Into<PathBuf>, what: &'static str) -> impl FnOnce(std::io::Error) -> RunError {
+        let path = path.into();
+        move |source| RunError::Io { path, what, source }
+    }
+}

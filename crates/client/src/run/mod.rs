@@ -1,0 +1,171 @@
+//! Pulling and running images on a worker node ([`Node`]): find or build the image's index, mount it once
+//! per image (shared, reference-counted), and run containers from an overlay over that mount with an OCI
+//! runtime.
+//!
+//! State lives under the configured `state_dir`:
+//! - `indexes/<key>.clip`: the local index store, `<key>` = `sha256-<hex>` of the resolved manifest;
+//! - `v1/<key>.clip`: data-carrying archives of whole images (`clip_version = 1`);
+//! - `mounts/<key>[-v1]/`: one shared mount per image (`rootfs/`, `state.json`, `lock`, `mount.log`);
+//! - `containers/<id>/`: one directory per running container (`upper/`, `work/`, `rootfs/`, `config.json`).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), clip_client::RunError> {
+//! use clip_client::{Config, Node};
+//! let node = Node::new(Config::load(None)?, std::env::current_exe().unwrap());
+//! let code = node.run("127.0.0.1:5000/debian:test", &["cat".into(), "/etc/os-release".into()]).await?;
+//! # let _ = code; Ok(()) }
+//! ```
+
+mod container;
+mod error;
+mod mounts;
+mod spec;
+mod store;
+mod v1;
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use clip_format::Archive;
+use clip_source::{ImageRef, SourceOptions};
+use clip_store::StoreConfig;
+use tracing::{info, warn};
+
+pub use error::RunError;
+pub use mounts::{GcEntry, Lease};
+pub use spec::{process_args, resolve_user, runtime_spec, User};
+pub use store::{IndexOrigin, StoredIndex};
+
+use crate::config::{ClipVersion, Config};
+use crate::OpenOptions;
+use container::Container;
+use mounts::MountCommand;
+
+/// A worker node: its configuration and the `clip` binary that serves shared mounts (`clip mount`).
+#[derive(Debug, Clone)]
+pub struct Node {
+    config: Config,
+    clip_exe: PathBuf,
+}
+
+/// A pulled image: its index, the archive that is mounted, and the mounted root filesystem.
+#[derive(Debug)]
+pub struct Pulled {
+    pub index: StoredIndex,
+    /// The archive mounted: the index itself (v2) or the image's data-carrying archive (v1).
+    pub archive: PathBuf,
+    pub version: ClipVersion,
+    /// The shared, read-only mount of the image.
+    pub rootfs: PathBuf,
+    /// This process's hold on the mount (`run`); `None` for `pull`, which leaves the mount to later users
+    /// or `clip gc`.
+    pub lease: Option<Lease>,
+}
+
+impl Node {
+    pub fn new(config: Config, clip_exe: PathBuf) -> Node {
+        Node { config, clip_exe }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    fn state_dir(&self) -> &Path {
+        &self.config.state_dir.value
+    }
+
+    fn source_options(&self, image: &str) -> SourceOptions {
+        let plain_http = image
+            .parse::<ImageRef>()
+            .ok()
+            .and_then(|r| r.registry().map(|h| self.config.plain_http(h)))
+            .unwrap_or(false);
+        SourceOptions { plain_http, ..SourceOptions::default() }
+    }
+
+    fn open_options(&self, image: &str) -> OpenOptions {
+        let store = StoreConfig {
+            cache_dir: Some(self.config.cache_dir.value.clone()),
+            cache_size: self.config.cache_size.value,
+            ..StoreConfig::default()
+        };
+        OpenOptions { source: self.source_options(image), store, ..OpenOptions::default() }
+    }
+
+    /// Makes `image` ready to run: its index (from the local store, else built now), its archive for the
+    /// configured clip version, and a live shared mount. Prints nothing; the mount stays after return.
+    pub async fn pull(&self, image: &str) -> Result<Pulled, RunError> {
+        self.prepare(image, false).await
+    }
+
+    async fn prepare(&self, image: &str, hold: bool) -> Result<Pulled, RunError> {
+        let version = self.config.clip_version.value;
+        let open = self.open_options(image);
+        let index = store::find_or_build(self.state_dir(), image, &open.source).await?;
+        let (archive, key) = match version {
+            ClipVersion::V2 => (index.path.clone(), index.key.clone()),
+            ClipVersion::V1 => {
+                (v1::ensure_archive(self.state_dir(), &index, &open).await?, format!("{}-v1", index.key))
+            }
+        };
+        let mut args: Vec<OsString> = vec!["--cache-dir".into(), self.config.cache_dir.value.clone().into()];
+        args.extend(["--cache-size".into(), self.config.cache_size.value.to_string().into()]);
+        if open.source.plain_http {
+            args.push("--plain-http".into());
+        }
+        let cmd = MountCommand { exe: self.clip_exe.clone(), archive: archive.clone(), args };
+        let dir = self.state_dir().join("mounts").join(&key);
+        let (rootfs, lease) = tokio::task::spawn_blocking(move || mounts::acquire(&dir, &cmd, hold))
+            .await
+            .map_err(|e| crate::ClientError::Task(e.to_string()))??;
+        info!(%image, digest = %index.manifest_digest, index_origin = %index.origin, %version, rootfs = %rootfs.display(), "image ready");
+        Ok(Pulled { index, archive, version, rootfs, lease })
+    }
+
+    /// Runs `command` (or the image's Entrypoint + Cmd when empty) in a new container of `image` and
+    /// returns its exit code. The container's writes go to its own upper directory, removed afterwards.
+    pub async fn run(&self, image: &str, command: &[String]) -> Result<i32, RunError> {
+        let pulled = self.prepare(image, true).await?;
+        let result = self.run_pulled(image, &pulled, command).await;
+        let lease = pulled.lease;
+        let released = match lease {
+            Some(lease) => tokio::task::spawn_blocking(move || lease.release())
+                .await
+                .map_err(|e| RunError::from(crate::ClientError::Task(e.to_string())))
+                .and_then(|r| r),
+            None => Ok(()),
+        };
+        let code = result?;
+        if let Err(error) = released {
+            warn!(%error, "releasing the shared mount");
+        }
+        Ok(code)
+    }
+
+    async fn run_pulled(&self, image: &str, pulled: &Pulled, command: &[String]) -> Result<i32, RunError> {
+        let config = Archive::open(&pulled.index.path)
+            .map_err(|source| crate::ClientError::Format { path: pulled.index.path.clone(), source })?
+            .meta()
+            .config
+            .clone();
+        let args = process_args(&config, command, image)?;
+        let user = resolve_user(config.user.as_deref(), &pulled.rootfs, image)?;
+        let runtime = &self.config.runtime.value;
+        let containers = self.state_dir().join("containers");
+        let container = Container::create(&containers, &pulled.rootfs, runtime)?;
+        let spec = runtime_spec(&config, args, user, &container.rootfs(), &container.id);
+        container.write_spec(&spec)?;
+        info!(id = %container.id, %image, "starting container");
+        let code = container.run().await;
+        let removed = container.remove();
+        let code = code?;
+        removed?;
+        Ok(code)
+    }
+
+    /// Unmounts every shared mount without live users.
+    pub fn gc(&self) -> Result<Vec<GcEntry>, RunError> {
+        mounts::gc(&self.state_dir().join("mounts"))
+    }
+}
