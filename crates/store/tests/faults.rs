@@ -89,9 +89,10 @@ async fn a_source_that_never_answers_fails_reads_within_the_deadline_then_recove
         let (result, took) = r.await.unwrap();
         let err = result.unwrap_err();
         assert!(matches!(err, StoreError::Timeout { .. } | StoreError::Joined { .. }), "{err}");
-        assert!(took < deadline + Duration::from_millis(300), "a read took {took:?}");
+        // The deadline plus scheduling slack on a loaded 2-core machine (the source would hang forever).
+        assert!(took < deadline + Duration::from_secs(1), "a read took {took:?}");
     }
-    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(started.elapsed() < Duration::from_secs(5));
 
     // The registry is back: once the hold-off is over, the next read works; no span remembers the failure.
     fx.blobs.hang.store(false, Ordering::SeqCst);
