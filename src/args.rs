@@ -16,6 +16,9 @@ pub struct Args {
     /// Only errors.
     #[arg(short, long, global = true)]
     pub quiet: bool,
+    /// Node configuration file for pull/run/gc/config (TOML). Default: /etc/clip/config.toml if it exists.
+    #[arg(long, global = true, env = "CLIP_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -58,6 +61,35 @@ pub enum Command {
     /// Upload a .clip file to S3 (multipart for large files).
     #[command(after_help = "Example:\n  clip push app.clip s3://images/app.clip")]
     Push(PushArgs),
+    /// Make an image ready to run: find or build its index, mount it (shared), print the rootfs path.
+    #[command(after_help = "Example:\n  clip pull 127.0.0.1:5000/debian:bookworm")]
+    Pull(PullArgs),
+    /// Run a command in a new container of an image (overlay over the shared mount, OCI runtime runc).
+    ///
+    /// Exits with the command's exit code. The container's writes are discarded when it ends.
+    #[command(
+        after_help = "Examples:\n  clip run 127.0.0.1:5000/debian:bookworm -- cat /etc/os-release\n  CLIP_VERSION=1 clip run 127.0.0.1:5000/debian:bookworm"
+    )]
+    Run(RunArgs),
+    /// Unmount shared image mounts that no running container uses.
+    Gc,
+    /// Print the effective node configuration and where each value came from (default, file, env).
+    Config,
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct PullArgs {
+    /// REGISTRY/REPO[:TAG|@DIGEST] or oci:DIR[:TAG].
+    pub image: String,
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct RunArgs {
+    /// REGISTRY/REPO[:TAG|@DIGEST] or oci:DIR[:TAG].
+    pub image: String,
+    /// The command and its arguments (default: the image's Entrypoint + Cmd).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
 }
 
 /// How to reach archives in S3 (on top of the AWS_* environment and ~/.aws files).

@@ -1,0 +1,23 @@
+//! `clip pull`: make an image ready (index + shared mount) and print its root filesystem path.
+
+use anyhow::Context;
+
+use crate::args::PullArgs;
+use crate::commands::node;
+
+pub async fn run(a: PullArgs, config: Option<&std::path::Path>, quiet: bool) -> anyhow::Result<()> {
+    let node = node(config)?;
+    let pulled = node.pull(&a.image).await.with_context(|| format!("pulling {}", a.image))?;
+    if !quiet {
+        eprintln!(
+            "{} ({}): index {} ({}), clip v{}",
+            a.image,
+            pulled.index.manifest_digest,
+            pulled.index.path.display(),
+            pulled.index.origin,
+            pulled.version
+        );
+    }
+    println!("{}", pulled.rootfs.display());
+    Ok(())
+}

@@ -1,0 +1,231 @@
+//! End to end: `clip pull`, `clip run`, `clip gc` and `clip config` on the realistic Debian image (see
+//! tests/debian.rs) in a real registry, with real FUSE mounts, overlayfs and runc. Every test has its own
+//! state and cache directories (CLIP_STATE_DIR, CLIP_CACHE_DIR).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use clip_testkit::*;
+
+/// The Debian layout, built once per machine (cached under target/).
+fn debian_layout() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/clip-images/debian");
+    let status = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("dev/debian-image"))
+        .arg(&dir)
+        .status()
+        .expect("running dev/debian-image");
+    assert!(status.success(), "dev/debian-image failed (needs mmdebstrap and Debian's mirror)");
+    dir
+}
+
+/// A registry holding the Debian image as `debian:test`, and a node's state and cache directories.
+struct Node {
+    registry: Registry,
+    dir: tempfile::TempDir,
+}
+
+impl Node {
+    fn new() -> Node {
+        let registry = Registry::start();
+        registry.push(&debian_layout(), "bookworm", "debian:test");
+        Node { registry, dir: tempfile::tempdir().unwrap() }
+    }
+
+    fn image(&self) -> String {
+        self.registry.image_ref("debian:test")
+    }
+
+    fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("CLIP_STATE_DIR".into(), self.state().display().to_string()),
+            ("CLIP_CACHE_DIR".into(), self.dir.path().join("cache").display().to_string()),
+        ]
+    }
+
+    fn command(&self, args: &[&str], extra_env: &[(&str, &str)]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_clip"));
+        cmd.args(args).env("CLIP_LOG", "info").env_remove("CLIP_CONFIG").env_remove("CLIP_VERSION");
+        cmd.envs(self.env()).envs(extra_env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        cmd
+    }
+
+    fn clip(&self, args: &[&str], extra_env: &[(&str, &str)]) -> Output {
+        self.command(args, extra_env).stdin(Stdio::null()).output().expect("running clip")
+    }
+
+    /// `clip run IMAGE -- CMD...`.
+    fn run(&self, cmd: &[&str], extra_env: &[(&str, &str)]) -> Output {
+        let image = self.image();
+        let mut args = vec!["run", image.as_str(), "--"];
+        args.extend_from_slice(cmd);
+        self.clip(&args, extra_env)
+    }
+
+    /// Clip FUSE mounts under this node's state directory, per /proc/mounts.
+    fn clip_mounts(&self) -> Vec<String> {
+        let state = self.state().canonicalize().unwrap_or(self.state());
+        let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+        mounts
+            .lines()
+            .filter(|l| l.split(' ').nth(2).is_some_and(|t| t.starts_with("fuse")))
+            .filter_map(|l| l.split(' ').nth(1))
+            .filter(|m| m.starts_with(state.to_str().unwrap()))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.clip(&["gc"], &[]);
+        for m in self.clip_mounts() {
+            let _ = Command::new("umount").arg("-l").arg(m).status();
+        }
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[track_caller]
+fn assert_ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "clip failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn run_prints_a_file_and_propagates_exit_codes_and_cleans_up() {
+    let node = Node::new();
+    let out = node.run(&["cat", "/etc/os-release"], &[]);
+    assert_ok(&out);
+    assert!(text(&out.stdout).contains("Debian GNU/Linux 12"), "{}", text(&out.stdout));
+    assert!(text(&out.stderr).contains("cache miss"), "first run builds the index: {}", text(&out.stderr));
+
+    let out = node.run(&["sh", "-c", "exit 3"], &[]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("cache hit"), "second run finds the index: {}", text(&out.stderr));
+
+    // The image's config applies: WorkingDir /opt/app, its PATH.
+    let out = node.run(&["sh", "-c", "pwd; echo $PATH"], &[]);
+    assert_ok(&out);
+    assert!(text(&out.stdout).starts_with("/opt/app\n/usr/local/sbin:"), "{}", text(&out.stdout));
+
+    // Nothing is left: no container directories, no overlay, and the last user unmounted the image.
+    let containers = node.state().join("containers");
+    assert_eq!(std::fs::read_dir(&containers).unwrap().count(), 0, "container directories left behind");
+    assert!(node.clip_mounts().is_empty(), "mount left after the last run: {:?}", node.clip_mounts());
+    assert_eq!(std::fs::read_dir(node.state().join("indexes")).unwrap().count(), 1);
+}
+
+#[test]
+fn writes_stay_in_their_container() {
+    let node = Node::new();
+    let out = node.run(&["sh", "-c", "echo changed > /etc/motd && rm /etc/debian_version && cat /etc/motd"], &[]);
+    assert_ok(&out);
+    assert_eq!(text(&out.stdout), "changed\n");
+    let out = node.run(&["sh", "-c", "cat /etc/motd /etc/debian_version"], &[]);
+    assert_ok(&out);
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("Welcome to the clip benchmark image") && stdout.contains("12."), "{stdout}");
+}
+
+#[test]
+fn concurrent_runs_share_one_mount() {
+    let node = Node::new();
+    let image = node.image();
+    // The first run holds the mount while the second starts and ends.
+    let first = node
+        .command(&["run", &image, "--", "sh", "-c", "sleep 6; cat /etc/debian_version"], &[])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while node.clip_mounts().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "first run never mounted");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = node.run(&["cat", "/etc/debian_version"], &[]);
+    assert_ok(&out);
+    assert!(text(&out.stderr).contains("sharing the mount"), "{}", text(&out.stderr));
+    assert_eq!(node.clip_mounts().len(), 1, "one mount for the image: {:?}", node.clip_mounts());
+    let first_out = first.wait_with_output().unwrap();
+    assert_ok(&first_out);
+    assert!(text(&first_out.stdout).starts_with("12."), "{}", text(&first_out.stdout));
+    assert!(node.clip_mounts().is_empty(), "the last run out unmounts");
+}
+
+#[test]
+fn pull_prints_a_mounted_rootfs_and_gc_unmounts_it() {
+    let node = Node::new();
+    let out = node.clip(&["pull", &node.image()], &[]);
+    assert_ok(&out);
+    let rootfs = PathBuf::from(text(&out.stdout).trim());
+    assert!(rootfs.join("etc/debian_version").is_file(), "{}", rootfs.display());
+    assert!(common::is_mountpoint(&rootfs));
+    // A run shares the pulled mount; pull held no reference, so the run, the last user, unmounts.
+    let out = node.clip(&["pull", &node.image()], &[]);
+    assert_ok(&out);
+    assert_eq!(text(&out.stdout).trim(), rootfs.display().to_string());
+    assert_eq!(node.clip_mounts().len(), 1);
+    let out = node.clip(&["gc"], &[]);
+    assert_ok(&out);
+    assert!(text(&out.stderr).contains("unmounted"), "{}", text(&out.stderr));
+    assert!(!common::is_mountpoint(&rootfs), "gc unmounts a mount nobody uses");
+}
+
+#[test]
+fn config_shows_values_from_file_and_env_with_their_sources() {
+    let node = Node::new();
+    let file = node.dir.path().join("config.toml");
+    std::fs::write(
+        &file,
+        "clip_version = 1\ncache_size = \"2G\"\n[registries.\"127.0.0.1:5000\"]\nplain_http = true\n[s3]\nindex_store = \"s3://idx/prefix\"\n",
+    )
+    .unwrap();
+    let out = node.clip(&["config", "--config", common::s(&file)], &[("CLIP_VERSION", "2")]);
+    assert_ok(&out);
+    let shown = text(&out.stdout);
+    let line = |key: &str| shown.lines().find(|l| l.starts_with(&format!("{key} ="))).unwrap_or_default().to_owned();
+    assert_eq!(line("clip_version"), "clip_version = 2  # env CLIP_VERSION", "{shown}");
+    assert_eq!(line("cache_size"), format!("cache_size = {}  # file {}", 2u64 << 30, file.display()), "{shown}");
+    assert!(line("state_dir").ends_with("# env CLIP_STATE_DIR"), "{shown}");
+    assert!(line("runtime").ends_with("# default"), "{shown}");
+    assert!(line("s3.index_store").contains("s3://idx/prefix"), "{shown}");
+    assert!(
+        line("registries.\"127.0.0.1:5000\".plain_http").starts_with("registries.\"127.0.0.1:5000\".plain_http = true"),
+        "{shown}"
+    );
+
+    // A missing file given explicitly, a bad value: clear errors.
+    let out = node.clip(&["config", "--config", "/nonexistent/clip.toml"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("/nonexistent/clip.toml"), "{}", text(&out.stderr));
+    let out = node.clip(&["config"], &[("CLIP_VERSION", "3")]);
+    assert!(text(&out.stderr).contains("must be 1"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn clip_version_1_runs_the_image_from_a_data_carrying_archive() {
+    let node = Node::new();
+    let out = node.run(&["sh", "-c", "cat /etc/debian_version; python3 -c 'print(6*7)'"], &[("CLIP_VERSION", "1")]);
+    assert_ok(&out);
+    let stdout = text(&out.stdout);
+    assert!(stdout.starts_with("12.") && stdout.contains("42"), "{stdout}");
+    let archives: Vec<_> = std::fs::read_dir(node.state().join("v1")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(archives.len(), 1, "{archives:?}");
+    let archive = clip_format::Archive::open(&archives[0]).unwrap();
+    assert_eq!(archive.kind(), clip_format::ArchiveKind::DataCarrying);
+}
