@@ -229,3 +229,32 @@ fn clip_version_1_runs_the_image_from_a_data_carrying_archive() {
     let archive = clip_format::Archive::open(&archives[0]).unwrap();
     assert_eq!(archive.kind(), clip_format::ArchiveKind::DataCarrying);
 }
+
+#[test]
+fn a_signal_to_clip_run_stops_the_container_and_cleans_up() {
+    let node = Node::new();
+    let image = node.image();
+    let child = node
+        .command(&["run", &image, "--", "sleep", "300"], &[])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let containers = node.state().join("containers");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while std::fs::read_dir(&containers).map(|d| d.count()).unwrap_or(0) == 0 {
+        assert!(std::time::Instant::now() < deadline, "the container never started");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let started = std::time::Instant::now();
+    let st = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(st.success());
+    let out = child.wait_with_output().unwrap();
+    // sleep as the container's PID 1 ignores SIGINT: killed after the grace period.
+    assert!(started.elapsed() < std::time::Duration::from_secs(30), "clip run took {:?}", started.elapsed());
+    assert_eq!(out.status.code(), Some(137), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("killing it"), "{}", text(&out.stderr));
+    assert_eq!(std::fs::read_dir(&containers).unwrap().count(), 0, "container directory left behind");
+    assert!(node.clip_mounts().is_empty(), "mount left behind: {:?}", node.clip_mounts());
+}

@@ -1,7 +1,8 @@
 //! One container: `STATE_DIR/containers/<id>/` holds `upper/` and `work/` (its writable layer on local
 //! disk), `rootfs/` (an overlay of that layer over the image's shared mount) and `config.json`; the OCI
 //! runtime runs it there with stdin/stdout/stderr inherited. Everything is undone when it ends, also on
-//! errors and signals: `runtime delete`, the overlay unmounted, the directory removed.
+//! errors and signals (forwarded to the runtime; the container is killed 5 s later if still running):
+//! `runtime delete`, the overlay unmounted, the directory removed.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -15,6 +16,9 @@ use tracing::{debug, info, warn};
 
 use crate::run::mounts::is_mountpoint;
 use crate::run::RunError;
+
+/// How long a container may take to exit after SIGINT/SIGTERM before it is killed.
+const KILL_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A container's directory and overlay; [`Container::remove`] (or drop) undoes them.
 #[derive(Debug)]
@@ -77,11 +81,24 @@ impl Container {
             signal(SignalKind::interrupt()).map_err(RunError::io(&runtime_dir, "installing signal handlers"))?;
         let mut term =
             signal(SignalKind::terminate()).map_err(RunError::io(&runtime_dir, "installing signal handlers"))?;
+        // A container's PID 1 ignores signals it has no handler for: after a grace period, kill it.
+        let mut deadline: Option<tokio::time::Instant> = None;
         let status = loop {
+            let grace = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 status = &mut wait => break status,
-                _ = int.recv() => { let _ = kill(pid, Signal::SIGINT); }
-                _ = term.recv() => { let _ = kill(pid, Signal::SIGTERM); }
+                _ = int.recv() => { let _ = kill(pid, Signal::SIGINT); deadline.get_or_insert_with(|| tokio::time::Instant::now() + KILL_GRACE); }
+                _ = term.recv() => { let _ = kill(pid, Signal::SIGTERM); deadline.get_or_insert_with(|| tokio::time::Instant::now() + KILL_GRACE); }
+                _ = grace => {
+                    warn!(id = %self.id, "container still running after the signal; killing it");
+                    let _ = Command::new(&self.runtime).args(["kill", "--all", &self.id, "KILL"]).status();
+                    deadline = Some(tokio::time::Instant::now() + KILL_GRACE);
+                }
             }
         };
         let status = status
