@@ -30,7 +30,7 @@ pub enum Command {
     /// Every layer is streamed once; the index records the merged file tree, where each file's bytes sit
     /// in the layer blobs, and resume points (checkpoints) so any span can be fetched on its own later.
     #[command(
-        after_help = "Examples:\n  clip index 127.0.0.1:5000/app:latest -o app.clip\n  clip index docker.io/library/alpine:3.20 --platform linux/arm64 -o alpine.clip\n  clip index oci:./layout:v1 -o app.clip"
+        after_help = "Examples:\n  clip index 127.0.0.1:5000/app:latest -o app.clip\n  clip index docker.io/library/alpine:3.20 --platform linux/arm64 -o alpine.clip\n  clip index oci:./layout:v1 -o app.clip\n  clip index 127.0.0.1:5000/app:latest -o app.clip --push"
     )]
     Index(IndexArgs),
     /// Show what a .clip file holds: kind, source, layers, spans, sizes.
@@ -162,6 +162,10 @@ pub struct IndexArgs {
     /// 64 MiB (a decompression bomb guard; 0: no limit).
     #[arg(long, default_value_t = 200)]
     pub max_ratio: u64,
+    /// Also publish the index to the image's repository, as an OCI artifact whose subject is the image
+    /// manifest (found by `clip pull` through the referrers API or the `sha256-<hex>` referrers tag).
+    #[arg(long)]
+    pub push: bool,
     #[command(flatten)]
     pub source: SourceArgs,
 }

@@ -53,5 +53,17 @@ pub async fn run(a: IndexArgs, quiet: bool) -> anyhow::Result<()> {
             out.display()
         );
     }
+    if a.push {
+        let published = clip_client::publish_index(&a.image, out, &opts)
+            .await
+            .with_context(|| format!("publishing {} to {reference}", out.display()))?;
+        if !quiet {
+            let how = match &published.referrers_tag {
+                Some(tag) => format!("referrers tag {tag}"),
+                None => "referrers API".to_owned(),
+            };
+            eprintln!("published index {} for {} ({how})", published.artifact, published.subject);
+        }
+    }
     Ok(())
 }

@@ -8,6 +8,7 @@
 //! cache_size = "20G"
 //! state_dir = "/var/lib/clip"      # index store, mounts, containers
 //! runtime = "runc"
+//! publish_index = false            # publish indexes built here (registry artifact + S3 index store)
 //!
 //! [registries."127.0.0.1:5000"]
 //! plain_http = true
@@ -19,7 +20,7 @@
 //! ```
 //!
 //! Environment: `CLIP_VERSION`, `CLIP_CACHE_DIR`, `CLIP_CACHE_SIZE`, `CLIP_STATE_DIR`, `CLIP_RUNTIME`,
-//! `CLIP_S3_INDEX_STORE`, `CLIP_S3_CONTENT_CACHE`, `CLIP_PLAIN_HTTP_REGISTRIES` (`host:port,…`) and
+//! `CLIP_PUBLISH_INDEX`, `CLIP_S3_INDEX_STORE`, `CLIP_S3_CONTENT_CACHE`, `CLIP_PLAIN_HTTP_REGISTRIES` (`host:port,…`) and
 //! `CLIP_REGISTRY_MIRRORS` (`host=mirror,mirror;host2=mirror`).
 //!
 //! The file holds no secrets (registry credentials come from Docker's config, S3 ones from the AWS
@@ -132,8 +133,10 @@ pub struct Config {
     pub runtime: Setting<String>,
     /// Per registry host (`host[:port]`).
     pub registries: Setting<BTreeMap<String, RegistryConfig>>,
-    /// Where indexes are published and looked up (not used yet).
+    /// Where indexes are looked up after the registry (and published, with `publish_index`).
     pub s3_index_store: Setting<Option<S3Url>>,
+    /// Publish indexes built on this node to the registry and the S3 index store.
+    pub publish_index: Setting<bool>,
     /// The shared tier of decompressed spans (not used yet).
     pub s3_content_cache: Setting<Option<S3Url>>,
 }
@@ -147,6 +150,7 @@ struct FileConfig {
     cache_size: Option<SizeValue>,
     state_dir: Option<PathBuf>,
     runtime: Option<String>,
+    publish_index: Option<bool>,
     #[serde(default)]
     registries: BTreeMap<String, RegistryConfig>,
     #[serde(default)]
@@ -179,6 +183,7 @@ impl Default for Config {
             runtime: Setting::default("runc".to_owned()),
             registries: Setting::default(BTreeMap::new()),
             s3_index_store: Setting::default(None),
+            publish_index: Setting::default(false),
             s3_content_cache: Setting::default(None),
         }
     }
@@ -243,6 +248,9 @@ impl Config {
         if let Some(v) = parsed.runtime {
             self.runtime = Setting::from_file(path, v);
         }
+        if let Some(v) = parsed.publish_index {
+            self.publish_index = Setting::from_file(path, v);
+        }
         if !parsed.registries.is_empty() {
             self.registries = Setting::from_file(path, parsed.registries);
         }
@@ -277,6 +285,21 @@ impl Config {
         }
         if let Some((var, v)) = get("CLIP_RUNTIME") {
             self.runtime = Setting { value: v.clone(), origin: Origin::Env(var) };
+        }
+        if let Some((var, v)) = get("CLIP_PUBLISH_INDEX") {
+            let value = match v.trim() {
+                "1" | "true" | "yes" => true,
+                "0" | "false" | "no" => false,
+                _ => {
+                    return Err(ConfigError::Value {
+                        key: "publish_index",
+                        value: v.clone(),
+                        origin: Origin::Env(var),
+                        message: "expected true or false".into(),
+                    })
+                }
+            };
+            self.publish_index = Setting { value, origin: Origin::Env(var) };
         }
         if let Some((var, v)) = get("CLIP_S3_INDEX_STORE") {
             let url = parse_s3("s3.index_store", v, Origin::Env(var))?;
@@ -334,6 +357,7 @@ impl Config {
             rows.push((format!("registries.\"{host}\".mirrors"), format!("{mirrors:?}"), origin));
         }
         let url = |u: &Option<S3Url>| u.as_ref().map(|u| u.to_string()).unwrap_or_else(|| "(none)".into());
+        rows.push(("publish_index".into(), self.publish_index.value.to_string(), self.publish_index.origin.clone()));
         rows.push(("s3.index_store".into(), url(&self.s3_index_store.value), self.s3_index_store.origin.clone()));
         rows.push(("s3.content_cache".into(), url(&self.s3_content_cache.value), self.s3_content_cache.origin.clone()));
         rows
@@ -436,6 +460,7 @@ index_store = "s3://bkt/indexes"
             ("CLIP_PLAIN_HTTP_REGISTRIES", "a:1, b:2"),
             ("CLIP_REGISTRY_MIRRORS", "a:1=m1,m2"),
             ("CLIP_S3_CONTENT_CACHE", "s3://cache/spans"),
+            ("CLIP_PUBLISH_INDEX", "true"),
         ]);
         let c = Config::from_parts(None, &e).unwrap();
         assert_eq!(c.clip_version.value, ClipVersion::V1);
@@ -443,6 +468,8 @@ index_store = "s3://bkt/indexes"
         assert!(c.plain_http("a:1") && c.plain_http("b:2"));
         assert_eq!(c.registries.value["a:1"].mirrors, ["m1", "m2"]);
         assert_eq!(c.s3_content_cache.origin, Origin::Env("CLIP_S3_CONTENT_CACHE"));
+        assert!(c.publish_index.value && !Config::default().publish_index.value);
+        assert!(Config::from_parts(None, &env(&[("CLIP_PUBLISH_INDEX", "maybe")])).is_err());
     }
 
     #[test]

@@ -57,6 +57,16 @@ pub enum ClientError {
          copy again with `clip archive ... --index-out`, or use the full archive)"
     )]
     DataMismatch { location: String, data: String },
+    #[error("{image}: {what}: {detail}")]
+    Registry { image: String, what: &'static str, detail: String },
+    #[error("{image} is not a registry image; indexes are published to and found in registries only")]
+    NotARegistry { image: String },
+    #[error("{path} records no image manifest digest; publish an index built by `clip index` from a registry image")]
+    NotAnImageIndex { path: PathBuf },
+    #[error(
+        "{image}: index artifact {digest} is unusable: {why} (publish it again with `clip index IMAGE -o FILE --push`)"
+    )]
+    BadArtifact { image: String, digest: String, why: String },
     #[error("{path}: refusing to push a file that is not a readable .clip file")]
     NotAnArchive {
         path: PathBuf,

@@ -6,6 +6,8 @@
 //!   locally or uploaded to S3; [`push`] uploads an existing one.
 //! - [`extract`]: materialize the root filesystem into a directory (the result equals `umoci unpack`'s).
 //! - [`mount_foreground`]: mount an archive with FUSE until it is unmounted, with Prometheus [`metrics`].
+//! - [`publish_index`] / [`fetch_published_index`]: an index published next to its image in the registry
+//!   (an OCI artifact whose `subject` is the image manifest).
 //! - [`Node`]: pull and run images on a worker node (index store, shared mounts, overlay, OCI runtime),
 //!   configured by [`Config`] (a TOML file under `CLIP_*` environment variables).
 
@@ -16,6 +18,7 @@ mod extract;
 pub mod metrics;
 mod mount;
 mod open;
+mod publish;
 mod remote;
 mod run;
 
@@ -29,5 +32,6 @@ pub use error::ClientError;
 pub use extract::{extract, ExtractProgress, ExtractStats};
 pub use mount::{mount_foreground, MountConfig, MountSummary};
 pub use open::{load_archive, open_archive, Loaded, Location, OpenOptions, Opened};
+pub use publish::{fetch_published_index, publish_index, PublishedIndex, INDEX_ARTIFACT_TYPE, INDEX_LAYER_MEDIA_TYPE};
 pub use remote::S3Data;
 pub use run::{GcEntry, IndexOrigin, Lease, Node, Pulled, RunError, StoredIndex, User};

@@ -34,7 +34,7 @@ use tracing::{info, warn};
 pub use error::RunError;
 pub use mounts::{GcEntry, Lease};
 pub use spec::{process_args, resolve_user, runtime_spec, User};
-pub use store::{IndexOrigin, StoredIndex};
+pub use store::{IndexOrigin, Lookup, StoredIndex};
 
 use crate::config::{ClipVersion, Config};
 use crate::OpenOptions;
@@ -93,7 +93,7 @@ impl Node {
         OpenOptions { source: self.source_options(image), store, ..OpenOptions::default() }
     }
 
-    /// Makes `image` ready to run: its index (from the local store, else built now), its archive for the
+    /// Makes `image` ready to run: its index (local store → registry → S3 index store → built now), its archive for the
     /// configured clip version, and a live shared mount. Prints nothing; the mount stays after return.
     pub async fn pull(&self, image: &str) -> Result<Pulled, RunError> {
         self.prepare(image, false).await
@@ -102,7 +102,13 @@ impl Node {
     async fn prepare(&self, image: &str, hold: bool) -> Result<Pulled, RunError> {
         let version = self.config.clip_version.value;
         let open = self.open_options(image);
-        let index = store::find_or_build(self.state_dir(), image, &open.source).await?;
+        let lookup = Lookup {
+            source: open.source.clone(),
+            s3_index_store: self.config.s3_index_store.value.clone(),
+            s3: open.s3.clone(),
+            publish: self.config.publish_index.value,
+        };
+        let index = store::find_or_build(self.state_dir(), image, &lookup).await?;
         let (archive, key) = match version {
             ClipVersion::V2 => (index.path.clone(), index.key.clone()),
             ClipVersion::V1 => {

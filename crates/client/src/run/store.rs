@@ -1,14 +1,17 @@
-//! The local index store: `STATE_DIR/indexes/<algorithm>-<hex>.clip`, keyed by the image's resolved
-//! manifest digest. An image whose index is there is not indexed again; else it is built now and written
-//! atomically (concurrent builders of one image each rename a complete file into place).
+//! Finding an image's index, keyed by its resolved manifest digest, in this order: the local index store
+//! (`STATE_DIR/indexes/<algorithm>-<hex>.clip`) → an index published with the image in the registry (see
+//! [`crate::fetch_published_index`]) → the S3 index store (`s3://BUCKET/PREFIX/<digest>.clip`) → built now
+//! (and published when configured). Whatever is found is written to the local store atomically
+//! (concurrent pullers of one image each rename a complete file into place).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use clip_format::Archive;
 use clip_indexer::{index_image, IndexOptions};
+use clip_s3::{S3Error, S3Object, S3Options, S3Url};
 use clip_source::{ImageRef, ResolvedImage, SourceOptions};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::run::RunError;
 
@@ -17,6 +20,10 @@ use crate::run::RunError;
 pub enum IndexOrigin {
     /// Found in the local index store.
     Local,
+    /// Published with the image in its registry (an artifact referring to the image manifest).
+    Registry,
+    /// Found in the S3 index store.
+    S3,
     /// Built from the image just now.
     Built,
 }
@@ -25,6 +32,8 @@ impl std::fmt::Display for IndexOrigin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             IndexOrigin::Local => "local",
+            IndexOrigin::Registry => "registry",
+            IndexOrigin::S3 => "S3",
             IndexOrigin::Built => "built",
         })
     }
@@ -41,9 +50,21 @@ pub struct StoredIndex {
     pub origin: IndexOrigin,
 }
 
-/// Resolves `image` and returns its index from the store under `state_dir`, building it when missing (or
-/// unreadable).
-pub async fn find_or_build(state_dir: &Path, image: &str, opts: &SourceOptions) -> Result<StoredIndex, RunError> {
+/// Where to look for indexes besides the local store, and whether to publish the ones built here.
+#[derive(Debug, Clone, Default)]
+pub struct Lookup {
+    pub source: SourceOptions,
+    /// `s3://BUCKET/PREFIX`: indexes are `PREFIX/<manifest digest>.clip`.
+    pub s3_index_store: Option<S3Url>,
+    pub s3: S3Options,
+    /// Publish indexes built here to the registry and the S3 index store.
+    pub publish: bool,
+}
+
+/// Resolves `image` and returns its index: from the store under `state_dir`, the registry, the S3 index
+/// store, else built now.
+pub async fn find_or_build(state_dir: &Path, image: &str, lookup: &Lookup) -> Result<StoredIndex, RunError> {
+    let opts = &lookup.source;
     let resolve = |source| RunError::Resolve { image: image.to_owned(), source: Box::new(source) };
     let reference: ImageRef = image.parse().map_err(resolve)?;
     let (resolved, source) = clip_source::open(&reference, opts).await.map_err(resolve)?;
@@ -51,18 +72,104 @@ pub async fn find_or_build(state_dir: &Path, image: &str, opts: &SourceOptions) 
     let dir = state_dir.join("indexes");
     let path = dir.join(format!("{key}.clip"));
     let manifest_digest = resolved.manifest_digest.to_string();
+    let stored =
+        |origin| StoredIndex { manifest_digest: manifest_digest.clone(), key: key.clone(), path: path.clone(), origin };
     if path.exists() {
         match Archive::open(&path) {
             Ok(_) => {
                 info!(%image, digest = %manifest_digest, index = %path.display(), "cache hit: index in the local store");
-                return Ok(StoredIndex { manifest_digest, key, path, origin: IndexOrigin::Local });
+                return Ok(stored(IndexOrigin::Local));
             }
-            Err(error) => warn!(index = %path.display(), %error, "unreadable index in the store; building it again"),
+            Err(error) => warn!(index = %path.display(), %error, "unreadable index in the store; looking further"),
         }
     }
-    info!(%image, digest = %manifest_digest, "cache miss: building the index");
+    if matches!(reference, ImageRef::Registry { .. }) {
+        match crate::fetch_published_index(image, &manifest_digest, &path, opts).await {
+            Ok(Some(artifact)) => {
+                info!(%image, digest = %manifest_digest, %artifact, "cache miss: index from registry");
+                return Ok(stored(IndexOrigin::Registry));
+            }
+            Ok(None) => debug!(%image, "no index published in the registry"),
+            Err(error) => warn!(%image, %error, "the index published in the registry cannot be used; looking further"),
+        }
+    }
+    if let Some(store) = &lookup.s3_index_store {
+        let url = s3_key(store, &manifest_digest);
+        match fetch_s3(&url, &lookup.s3, &path, &manifest_digest).await {
+            Ok(true) => {
+                info!(%image, digest = %manifest_digest, index = %url, "cache miss: index from S3");
+                return Ok(stored(IndexOrigin::S3));
+            }
+            Ok(false) => debug!(%image, index = %url, "no index in the S3 index store"),
+            Err(error) => warn!(%image, index = %url, %error, "the S3 index store cannot be used; looking further"),
+        }
+    }
+    info!(%image, digest = %manifest_digest, "cache miss: building index");
     build(&resolved, source, &dir, &path, image).await?;
-    Ok(StoredIndex { manifest_digest, key, path, origin: IndexOrigin::Built })
+    if lookup.publish {
+        publish(image, &path, &manifest_digest, lookup).await;
+    }
+    Ok(stored(IndexOrigin::Built))
+}
+
+/// `s3://BUCKET/PREFIX/<digest>.clip`.
+pub fn s3_key(store: &S3Url, manifest_digest: &str) -> S3Url {
+    let prefix = store.key.trim_end_matches('/');
+    let key =
+        if prefix.is_empty() { format!("{manifest_digest}.clip") } else { format!("{prefix}/{manifest_digest}.clip") };
+    S3Url { bucket: store.bucket.clone(), key }
+}
+
+/// Downloads the index at `url` into `path` when it exists and is an index of `manifest_digest`.
+async fn fetch_s3(
+    url: &S3Url,
+    opts: &S3Options,
+    path: &Path,
+    manifest_digest: &str,
+) -> Result<bool, crate::ClientError> {
+    let object = S3Object::open(url, opts)?;
+    let (bytes, size) = match object.read_prefix(u64::MAX >> 1).await {
+        Ok(found) => found,
+        Err(S3Error::NotFound { .. }) => return Ok(false),
+        Err(e) => return Err(e.into()),
+    };
+    if bytes.len() as u64 != size {
+        return Err(S3Error::Transfer { url: url.to_string(), op: "GET", detail: "short read".into() }.into());
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(crate::ClientError::io(dir, "creating the index store"))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(crate::ClientError::io(dir, "creating a file"))?;
+    tmp.write_all(&bytes).map_err(crate::ClientError::io(tmp.path(), "writing the index"))?;
+    tmp.as_file().sync_all().map_err(crate::ClientError::io(tmp.path(), "syncing the index"))?;
+    let archive = Archive::open(tmp.path())
+        .map_err(|source| crate::ClientError::Format { path: url.to_string().into(), source })?;
+    if archive.meta().manifest_digest.as_deref() != Some(manifest_digest) {
+        return Err(crate::ClientError::ManifestChanged {
+            path: url.to_string().into(),
+            indexed: archive.meta().manifest_digest.clone().unwrap_or_default(),
+            found: manifest_digest.to_owned(),
+        });
+    }
+    tmp.persist(path).map_err(|e| crate::ClientError::io(path, "renaming the index into place")(e.error))?;
+    Ok(true)
+}
+
+/// Publishes a freshly built index to the registry and the S3 index store; failures are logged, not
+/// returned (the image is ready either way).
+async fn publish(image: &str, path: &Path, manifest_digest: &str, lookup: &Lookup) {
+    if image.parse::<ImageRef>().is_ok_and(|r| matches!(r, ImageRef::Registry { .. })) {
+        match crate::publish_index(image, path, &lookup.source).await {
+            Ok(p) => info!(%image, artifact = %p.artifact, "index published to the registry"),
+            Err(error) => warn!(%image, %error, "publishing the index to the registry failed"),
+        }
+    }
+    if let Some(store) = &lookup.s3_index_store {
+        let url = s3_key(store, manifest_digest);
+        match crate::push(path, &url, &lookup.s3, None).await {
+            Ok(size) => info!(%image, index = %url, size, "index published to the S3 index store"),
+            Err(error) => warn!(%image, index = %url, %error, "publishing the index to S3 failed"),
+        }
+    }
 }
 
 async fn build(

@@ -1,0 +1,207 @@
+//! End to end: index distribution. `clip index --push` publishes an index as an OCI artifact referring to
+//! the image manifest (Debian's docker-registry 2.8 has no referrers API: the referrers tag schema is used),
+//! and `clip pull` on a clean node finds it there instead of building one; the same through the S3 index
+//! store (moto), and `publish_index = true` publishing what a node builds. Small images made with
+//! clip_testkit; real registry, S3 server and FUSE mounts.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use clip_testkit::*;
+use common::{clip_ok, s};
+
+const BUCKET: &str = "clip-indexes";
+
+/// A registry with a small two-layer image `app:v1`.
+struct Fixture {
+    registry: Registry,
+    manifest_digest: String,
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let registry = Registry::start();
+        let mut lower = LayerBuilder::new();
+        lower.dir("etc").file("etc/greeting", "hello from the image\n").file("etc/gone", "x");
+        let mut upper = LayerBuilder::new();
+        upper.file("etc/upper", "second layer\n").whiteout("etc/gone");
+        let image = Image::new(vec![
+            Layer::new(lower.finish(), Compression::Gzip),
+            Layer::new(upper.finish(), Compression::Zstd),
+        ]);
+        let mut layout = OciLayoutBuilder::new();
+        let built = layout.add_image("v1", &image);
+        registry.push(layout.path(), "v1", "app:v1");
+        Fixture {
+            registry,
+            manifest_digest: built.manifest.digest.as_str().to_owned(),
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn image(&self) -> String {
+        self.registry.image_ref("app:v1")
+    }
+
+    /// A fresh node's state and cache directories under this fixture.
+    fn node_env(&self, name: &str) -> Vec<(String, String)> {
+        vec![
+            ("CLIP_STATE_DIR".into(), self.dir.path().join(name).join("state").display().to_string()),
+            ("CLIP_CACHE_DIR".into(), self.dir.path().join(name).join("cache").display().to_string()),
+        ]
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+fn clip_info(args: &[&str], env: &[(String, String)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_clip"))
+        .args(args)
+        .env("CLIP_LOG", "info")
+        .env_remove("CLIP_CONFIG")
+        .env_remove("CLIP_VERSION")
+        .env_remove("CLIP_PUBLISH_INDEX")
+        .env_remove("CLIP_S3_INDEX_STORE")
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .output()
+        .expect("running clip")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// `clip pull` on a node; returns (rootfs, stderr). Unmounts with `clip gc` afterwards (the caller reads
+/// the rootfs first through `check`).
+fn pull(image: &str, env: &[(String, String)], check: impl FnOnce(&Path)) -> String {
+    let out = clip_info(&["pull", image], env);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "clip pull failed:\n{stderr}");
+    let rootfs = PathBuf::from(text(&out.stdout).trim());
+    check(&rootfs);
+    let gc = clip_info(&["gc"], env);
+    assert!(gc.status.success(), "clip gc: {}", text(&gc.stderr));
+    stderr
+}
+
+fn check_tree(rootfs: &Path) {
+    assert_eq!(std::fs::read_to_string(rootfs.join("etc/greeting")).unwrap(), "hello from the image\n");
+    assert_eq!(std::fs::read_to_string(rootfs.join("etc/upper")).unwrap(), "second layer\n");
+    assert!(!rootfs.join("etc/gone").exists(), "the whiteout applies");
+}
+
+/// The stored index of `digest` on a node.
+fn stored_index(env: &[(String, String)], digest: &str) -> PathBuf {
+    let state = PathBuf::from(&env[0].1);
+    state.join("indexes").join(format!("{}.clip", digest.replace(':', "-")))
+}
+
+#[test]
+fn index_pushed_to_the_registry_is_found_by_pull_on_a_clean_node() {
+    let f = Fixture::new();
+    let image = f.image();
+    let index = f.path("app.clip");
+    let out = clip_info(&["index", &image, "-o", s(&index), "--push"], &[]);
+    assert!(out.status.success(), "clip index --push: {}", text(&out.stderr));
+    let hex = f.manifest_digest.trim_start_matches("sha256:");
+    assert!(text(&out.stderr).contains(&format!("referrers tag sha256-{hex}")), "{}", text(&out.stderr));
+
+    // The referrers tag lists one artifact of our type; its manifest refers to the image and holds the index.
+    let listing = |f: &Fixture| {
+        let r = f
+            .registry
+            .get(&format!("/v2/app/manifests/sha256-{hex}"), &[("Accept", "application/vnd.oci.image.index.v1+json")]);
+        assert_eq!(r.status, 200, "referrers tag: {}", text(&r.body));
+        serde_json::from_slice::<serde_json::Value>(&r.body).unwrap()
+    };
+    let tagged = listing(&f);
+    let entries = tagged["manifests"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{tagged}");
+    assert_eq!(entries[0]["artifactType"], "application/vnd.clip.index.v2");
+    let artifact = entries[0]["digest"].as_str().unwrap().to_owned();
+    let r = f
+        .registry
+        .get(&format!("/v2/app/manifests/{artifact}"), &[("Accept", "application/vnd.oci.image.manifest.v1+json")]);
+    let manifest: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(manifest["artifactType"], "application/vnd.clip.index.v2");
+    assert_eq!(manifest["config"]["mediaType"], "application/vnd.oci.empty.v1+json");
+    assert_eq!(manifest["subject"]["digest"], f.manifest_digest.as_str());
+    assert_eq!(manifest["layers"][0]["mediaType"], "application/vnd.clip.index.v2.clip");
+    let index_bytes = std::fs::read(&index).unwrap();
+    assert_eq!(manifest["layers"][0]["size"], index_bytes.len());
+
+    // Pushing again is idempotent: still one entry in the referrers tag.
+    let again = clip_info(&["index", &image, "-o", s(&index), "--push"], &[]);
+    assert!(again.status.success(), "{}", text(&again.stderr));
+    assert_eq!(listing(&f)["manifests"].as_array().unwrap().len(), 1);
+
+    // A clean node takes the published index instead of building one.
+    let env = f.node_env("node");
+    let stderr = pull(&image, &env, check_tree);
+    assert!(stderr.contains("index from registry"), "{stderr}");
+    assert!(!stderr.contains("building index"), "no index is built: {stderr}");
+    assert!(stderr.contains("(registry)"), "pull reports the index source: {stderr}");
+    assert_eq!(std::fs::read(stored_index(&env, &f.manifest_digest)).unwrap(), index_bytes);
+
+    // The next pull on that node finds it locally.
+    let stderr = pull(&image, &env, check_tree);
+    assert!(stderr.contains("cache hit") && stderr.contains("(local)"), "{stderr}");
+}
+
+#[test]
+fn index_in_the_s3_index_store_is_found_by_pull_on_a_clean_node() {
+    let f = Fixture::new();
+    let s3 = S3Server::start();
+    s3.create_bucket(BUCKET);
+    let image = f.image();
+    let index = f.path("app.clip");
+    clip_ok(&["index", &image, "-o", s(&index)]);
+    let key = format!("s3://{BUCKET}/indexes/{}.clip", f.manifest_digest);
+    common::clip_ok_env(&["push", s(&index), &key], &s3.env());
+
+    let mut env = f.node_env("node");
+    env.extend(s3.env());
+    env.push(("CLIP_S3_INDEX_STORE".into(), format!("s3://{BUCKET}/indexes")));
+    let stderr = pull(&image, &env, check_tree);
+    assert!(stderr.contains("index from S3"), "{stderr}");
+    assert!(!stderr.contains("building index"), "no index is built: {stderr}");
+    assert!(stderr.contains("(S3)"), "{stderr}");
+    assert_eq!(std::fs::read(stored_index(&env, &f.manifest_digest)).unwrap(), std::fs::read(&index).unwrap());
+}
+
+#[test]
+fn publish_index_makes_a_built_index_available_to_other_nodes() {
+    let f = Fixture::new();
+    let s3 = S3Server::start();
+    s3.create_bucket(BUCKET);
+    let image = f.image();
+    let mut env = f.node_env("first");
+    env.extend(s3.env());
+    env.push(("CLIP_S3_INDEX_STORE".into(), format!("s3://{BUCKET}/indexes")));
+    env.push(("CLIP_PUBLISH_INDEX".into(), "true".into()));
+    let stderr = pull(&image, &env, check_tree);
+    assert!(stderr.contains("building index") && stderr.contains("(built)"), "{stderr}");
+    assert!(stderr.contains("index published to the registry"), "{stderr}");
+    assert!(stderr.contains("index published to the S3 index store"), "{stderr}");
+    let built = std::fs::read(stored_index(&env, &f.manifest_digest)).unwrap();
+
+    // A second node finds it in the registry (looked up before S3).
+    let mut second = f.node_env("second");
+    second.extend(s3.env());
+    second.push(("CLIP_S3_INDEX_STORE".into(), format!("s3://{BUCKET}/indexes")));
+    let stderr = pull(&image, &second, check_tree);
+    assert!(stderr.contains("index from registry") && !stderr.contains("building index"), "{stderr}");
+    assert_eq!(std::fs::read(stored_index(&second, &f.manifest_digest)).unwrap(), built);
+
+    // And the S3 copy is the same index.
+    let key = format!("s3://{BUCKET}/indexes/{}.clip", f.manifest_digest);
+    let out = clip_info(&["inspect", &key, "--json"], &s3.env());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains(&f.manifest_digest), "{}", text(&out.stdout));
+}
