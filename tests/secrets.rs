@@ -1,5 +1,6 @@
 //! End to end, secrets: a registry password and an S3 secret key never appear in anything clip writes —
-//! logs at trace level, error messages, the metrics endpoint, `inspect` output, the index file — during
+//! logs at trace level, error messages, the metrics endpoint, `inspect` and `config` output, the index
+//! file — during
 //! a normal run, a run with faults that make clip authenticate again and follow a redirect, and runs with
 //! wrong credentials. Every byte clip prints is searched for the secrets (and for the `Authorization`
 //! header value they make).
@@ -110,6 +111,12 @@ fn registry_credentials_never_appear_in_logs_errors_metrics_or_the_index() {
     out.run_ok(&["ls", "-l", i, "/etc"], &good);
     out.run_ok(&["cat", i, "/etc/motd"], &good);
     out.add("the index file", &std::fs::read(&index).unwrap());
+    // The node configuration, with a registry mirror that carries credentials in its URL.
+    let mirror = format!("{}=https://{USER}:{PASSWORD}@mirror.example/v2", proxy.addr());
+    let with_mirror: Vec<(String, String)> =
+        good.iter().cloned().chain(env(&[("CLIP_REGISTRY_MIRRORS", &mirror)])).collect();
+    out.run_ok(&["-vv", "config"], &with_mirror);
+    assert!(out.contains("mirror.example"), "the mirror is not shown at all");
 
     // A mount that has to authenticate again (401 mid-run), retry (503) and follow a redirect to a host
     // that must not get the credentials (it answers 401: the registry behind it wants them).
@@ -179,6 +186,9 @@ fn s3_secret_keys_never_appear_in_logs_errors_or_metrics() {
     out.run_ok(&["inspect", url], &good);
     out.run_ok(&["inspect", "--json", url], &good);
     out.run_ok(&["cat", url, "/etc/motd"], &good);
+    let with_store: Vec<(String, String)> =
+        good.iter().cloned().chain(env(&[("CLIP_S3_INDEX_STORE", "s3://secrets/indexes")])).collect();
+    out.run_ok(&["-vv", "config"], &with_store);
     let addr = format!("127.0.0.1:{}", find_free_port());
     let m = MountProc::start_env(url.as_ref(), &dir.path().join("mnt"), &["--no-cache", "--metrics", &addr], &good);
     assert_eq!(std::fs::read(m.dir.join("blob")).unwrap(), pseudo_random_bytes(5, 1 << 20));
