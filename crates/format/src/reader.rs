@@ -520,6 +520,9 @@ fn find(sections: &[SectionEntry], id: [u8; 4]) -> Result<&SectionEntry, FormatE
     })
 }
 
+/// The largest metadata section clip loads (1 GiB: some ten million files).
+const MAX_EAGER_SECTION: u64 = 1 << 30;
+
 /// Checks an eager section's checksum; returns its decompressed bytes when it is stored compressed.
 fn decode_section(e: &SectionEntry, stored: &[u8]) -> Result<Option<Vec<u8>>, FormatError> {
     if crc32c::crc32c(stored) != e.crc {
@@ -528,10 +531,15 @@ fn decode_section(e: &SectionEntry, stored: &[u8]) -> Result<Option<Vec<u8>>, Fo
     if e.flags & FLAG_ZSTD == 0 {
         return Ok(None);
     }
-    if e.raw_len > 1 << 32 {
+    if e.raw_len > MAX_EAGER_SECTION {
         return Err(FormatError::corrupt(format!("section {} claims {} bytes", e.name(), e.raw_len)));
     }
-    let raw = zstd::bulk::decompress(stored, e.raw_len as usize)
+    // Stream with a limit instead of trusting `raw_len` for one up-front allocation: a lying header costs
+    // only what the data really expands to.
+    let mut raw = Vec::new();
+    let decoder = zstd::stream::read::Decoder::new(stored)
+        .map_err(|err| FormatError::corrupt(format!("section {}: {err}", e.name())))?;
+    std::io::Read::read_to_end(&mut std::io::Read::take(decoder, e.raw_len + 1), &mut raw)
         .map_err(|err| FormatError::corrupt(format!("section {}: {err}", e.name())))?;
     if raw.len() as u64 != e.raw_len {
         return Err(FormatError::corrupt(format!("section {} decompressed to the wrong size", e.name())));

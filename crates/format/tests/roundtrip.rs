@@ -201,3 +201,10 @@ fn truncated_or_flipped_files_give_errors_not_panics() {
     assert!(matches!(Archive::from_bytes(b), Err(FormatError::Checksum { .. })));
     assert!(matches!(Archive::from_bytes(b"not a clip file at all, really!!".to_vec()), Err(FormatError::BadMagic)));
 }
+
+#[test]
+fn a_section_lying_about_its_size_is_refused_without_allocating_it() {
+    // Found by the clip_reader fuzz target: a zstd section whose table entry claims ~4 GiB.
+    let bytes = include_bytes!("data/lying-section-size.clip").to_vec();
+    assert!(Archive::from_bytes(bytes).is_err());
+}
