@@ -205,3 +205,69 @@ fn publish_index_makes_a_built_index_available_to_other_nodes() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains(&f.manifest_digest), "{}", text(&out.stdout));
 }
+
+/// An image whose second layer has a media type clip's v2 path refuses; its blob is `blob`.
+fn odd_layer_image(blob: Vec<u8>, tar: Vec<u8>) -> (Registry, String) {
+    let registry = Registry::start();
+    let mut lower = LayerBuilder::new();
+    lower.dir("etc").file("etc/greeting", "hello from the image\n").file("etc/gone", "x");
+    let base = Layer::new(lower.finish(), Compression::Gzip);
+    let mut layout = OciLayoutBuilder::new();
+    let l0 = layout.write_blob(base.media_type(), base.blob());
+    let l1 = layout.write_blob("application/vnd.example.layer.v1.tar+lz4", &blob);
+    let config = ImageConfig::default().to_json(&[base, Layer::new(tar, Compression::None)]);
+    let c = layout.write_blob("application/vnd.oci.image.config.v1+json", &config);
+    let d =
+        |d: &Descriptor| serde_json::json!({"mediaType": d.media_type, "digest": d.digest.as_str(), "size": d.size});
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": d(&c),
+        "layers": [d(&l0), d(&l1)],
+    });
+    let m = layout.write_blob("application/vnd.oci.image.manifest.v1+json", &serde_json::to_vec(&manifest).unwrap());
+    layout.tag("v1", &m);
+    registry.push(layout.path(), "v1", "odd:v1");
+    let image = registry.image_ref("odd:v1");
+    (registry, image)
+}
+
+#[test]
+fn an_image_v2_refuses_falls_back_to_v1_logs_why_and_counts_it() {
+    let mut upper = LayerBuilder::new();
+    upper.file("etc/upper", "second layer\n").whiteout("etc/gone");
+    let tar = upper.finish();
+    // A gzip blob under a media type clip cannot index: v1 decodes it by its magic bytes.
+    let (_registry, image) = odd_layer_image(compress(&tar, Compression::Gzip), tar);
+    let dir = tempfile::tempdir().unwrap();
+    let env = vec![
+        ("CLIP_STATE_DIR".to_owned(), dir.path().join("state").display().to_string()),
+        ("CLIP_CACHE_DIR".to_owned(), dir.path().join("cache").display().to_string()),
+    ];
+    let stderr = pull(&image, &env, check_tree);
+    assert!(stderr.contains("falling back to v1"), "{stderr}");
+    assert!(stderr.contains("application/vnd.example.layer.v1.tar+lz4"), "the reason names the media type: {stderr}");
+    assert!(stderr.contains("fell back to clip v1 (1 fallback(s)"), "counted and printed: {stderr}");
+    assert_eq!(stderr.matches("falling back to v1").count(), 1, "warned once: {stderr}");
+}
+
+#[test]
+fn a_layer_nothing_can_decompress_fails_with_its_media_type() {
+    let mut upper = LayerBuilder::new();
+    upper.file("etc/upper", "second layer\n");
+    let tar = upper.finish();
+    let mut lz4ish = vec![0x04, 0x22, 0x4d, 0x18];
+    lz4ish.extend_from_slice(&tar);
+    let (_registry, image) = odd_layer_image(lz4ish, tar);
+    let dir = tempfile::tempdir().unwrap();
+    let env = vec![
+        ("CLIP_STATE_DIR".to_owned(), dir.path().join("state").display().to_string()),
+        ("CLIP_CACHE_DIR".to_owned(), dir.path().join("cache").display().to_string()),
+    ];
+    let out = clip_info(&["pull", &image], &env);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("falling back to v1"), "{stderr}");
+    assert!(stderr.contains("error:") && stderr.contains("application/vnd.example.layer.v1.tar+lz4"), "{stderr}");
+    assert!(stderr.contains("cannot decompress") && !stderr.contains("panicked"), "{stderr}");
+}

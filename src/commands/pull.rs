@@ -17,6 +17,9 @@ pub async fn run(a: PullArgs, config: Option<&std::path::Path>, quiet: bool) -> 
             pulled.index.origin,
             pulled.version
         );
+        if let Some(reason) = &pulled.fallback {
+            eprintln!("fell back to clip v1 ({} fallback(s) on this node): {reason}", node.fallbacks());
+        }
     }
     println!("{}", pulled.rootfs.display());
     Ok(())

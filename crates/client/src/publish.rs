@@ -101,7 +101,7 @@ impl Repo {
     }
 }
 
-fn is_local(registry: &str) -> bool {
+pub(crate) fn is_local(registry: &str) -> bool {
     let host = registry.rsplit_once(':').filter(|(h, p)| !h.ends_with(']') || !p.is_empty()).map_or(registry, |x| x.0);
     let host = host.trim_start_matches('[').trim_end_matches(']');
     host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())

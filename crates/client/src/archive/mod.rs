@@ -94,6 +94,11 @@ impl Packed {
         &self.contents
     }
 
+    /// The archive's metadata, to set what a directory cannot tell (the image's source and runtime config).
+    pub(crate) fn contents_mut(&mut self) -> &mut IndexContents {
+        &mut self.contents
+    }
+
     /// Writes the whole archive (metadata and data) to `out`, atomically (a temporary file in the same
     /// directory, renamed into place). Returns its size.
     pub fn write_archive(&mut self, out: &Path) -> Result<u64, ClientError> {

@@ -54,6 +54,8 @@ pub enum RunError {
     },
     #[error("{path} cannot be an overlay layer: its path holds ',' ':' or '\\\\'; use another state_dir")]
     OverlayPath { path: PathBuf },
+    #[error("layer {digest} ({media_type}) cannot be applied: {why}")]
+    Layer { digest: String, media_type: String, why: String },
     #[error("runtime state {path} is corrupt: {message}; remove it and its mount with `clip gc`")]
     State { path: PathBuf, message: String },
 }

@@ -18,6 +18,7 @@
 
 mod container;
 mod error;
+mod fallback;
 mod mounts;
 mod spec;
 mod store;
@@ -25,6 +26,8 @@ mod v1;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use clip_format::Archive;
 use clip_source::{ImageRef, SourceOptions};
@@ -46,6 +49,8 @@ use mounts::MountCommand;
 pub struct Node {
     config: Config,
     clip_exe: PathBuf,
+    /// Images that fell back from v2 to v1.
+    fallbacks: Arc<AtomicU64>,
 }
 
 /// A pulled image: its index, the archive that is mounted, and the mounted root filesystem.
@@ -55,6 +60,8 @@ pub struct Pulled {
     /// The archive mounted: the index itself (v2) or the image's data-carrying archive (v1).
     pub archive: PathBuf,
     pub version: ClipVersion,
+    /// Why this image fell back from v2 to v1, if it did.
+    pub fallback: Option<String>,
     /// The shared, read-only mount of the image.
     pub rootfs: PathBuf,
     /// This process's hold on the mount (`run`); `None` for `pull`, which leaves the mount to later users
@@ -64,7 +71,12 @@ pub struct Pulled {
 
 impl Node {
     pub fn new(config: Config, clip_exe: PathBuf) -> Node {
-        Node { config, clip_exe }
+        Node { config, clip_exe, fallbacks: Arc::default() }
+    }
+
+    /// How many images this node fell back from v2 to v1 for (an index could not be built).
+    pub fn fallbacks(&self) -> u64 {
+        self.fallbacks.load(Ordering::Relaxed)
     }
 
     pub fn config(&self) -> &Config {
@@ -108,13 +120,30 @@ impl Node {
             s3: open.s3.clone(),
             publish: self.config.publish_index.value,
         };
-        let index = store::find_or_build(self.state_dir(), image, &lookup).await?;
-        let (archive, key) = match version {
-            ClipVersion::V2 => (index.path.clone(), index.key.clone()),
-            ClipVersion::V1 => {
-                (v1::ensure_archive(self.state_dir(), &index, &open).await?, format!("{}-v1", index.key))
+        let found = store::find_or_build(self.state_dir(), image, &lookup).await;
+        let (index, archive, key, fallback) = match (found, version) {
+            (Ok(index), ClipVersion::V2) => (index.clone(), index.path, index.key, None),
+            (Ok(index), ClipVersion::V1) => {
+                let archive = v1::ensure_archive(self.state_dir(), &index, &open).await?;
+                let key = format!("{}-v1", index.key);
+                (index, archive, key, None)
             }
+            (Err(e), _) if falls_back(&e) => {
+                let reason = e.to_string();
+                self.fallbacks.fetch_add(1, Ordering::Relaxed);
+                warn!(%image, %reason, "clip v2 cannot index this image; falling back to v1 (whole image unpacked)");
+                let unpacked = fallback::pull_unpack(self.state_dir(), image, &open.source).await?;
+                let index = StoredIndex {
+                    manifest_digest: unpacked.manifest_digest,
+                    key: unpacked.key.clone(),
+                    path: unpacked.archive.clone(),
+                    origin: IndexOrigin::Fallback,
+                };
+                (index, unpacked.archive, format!("{}-v1", unpacked.key), Some(reason))
+            }
+            (Err(e), _) => return Err(e),
         };
+        let version = if fallback.is_some() { ClipVersion::V1 } else { version };
         let mut args: Vec<OsString> = vec!["--cache-dir".into(), self.config.cache_dir.value.clone().into()];
         args.extend(["--cache-size".into(), self.config.cache_size.value.to_string().into()]);
         if open.source.plain_http {
@@ -126,7 +155,7 @@ impl Node {
             .await
             .map_err(|e| crate::ClientError::Task(e.to_string()))??;
         info!(%image, digest = %index.manifest_digest, index_origin = %index.origin, %version, rootfs = %rootfs.display(), "image ready");
-        Ok(Pulled { index, archive, version, rootfs, lease })
+        Ok(Pulled { index, archive, version, fallback, rootfs, lease })
     }
 
     /// Runs `command` (or the image's Entrypoint + Cmd when empty) in a new container of `image` and
@@ -173,5 +202,33 @@ impl Node {
     /// Unmounts every shared mount without live users.
     pub fn gc(&self) -> Result<Vec<GcEntry>, RunError> {
         mounts::gc(&self.state_dir().join("mounts"))
+    }
+}
+
+/// Whether a failure to find or build an index is one the v1 fallback can get past: a layer media type
+/// clip cannot index, or an indexing failure (a registry refusing Range requests, an unreadable layer).
+/// Failures to reach or resolve the image are not.
+fn falls_back(e: &RunError) -> bool {
+    match e {
+        RunError::Resolve { source, .. } => {
+            matches!(**source, clip_source::SourceError::UnsupportedMediaType { what: "layer", .. })
+        }
+        RunError::Index { .. } => true,
+        _ => false,
+    }
+}
+
+/// The runtime settings kept in an archive, from an image config.
+pub(crate) fn image_config(c: &clip_source::ImageConfig) -> clip_format::ImageConfig {
+    clip_format::ImageConfig {
+        env: c.env.clone(),
+        entrypoint: c.entrypoint.clone(),
+        cmd: c.cmd.clone(),
+        working_dir: c.working_dir.clone(),
+        user: c.user.clone(),
+        labels: c.labels.clone(),
+        exposed_ports: c.exposed_ports.clone(),
+        volumes: c.volumes.clone(),
+        stop_signal: c.stop_signal.clone(),
     }
 }

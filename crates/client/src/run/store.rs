@@ -26,6 +26,8 @@ pub enum IndexOrigin {
     S3,
     /// Built from the image just now.
     Built,
+    /// None: the image fell back to v1 (its whole image unpacked), the "index" is that archive.
+    Fallback,
 }
 
 impl std::fmt::Display for IndexOrigin {
@@ -35,6 +37,7 @@ impl std::fmt::Display for IndexOrigin {
             IndexOrigin::Registry => "registry",
             IndexOrigin::S3 => "S3",
             IndexOrigin::Built => "built",
+            IndexOrigin::Fallback => "none, v1 fallback",
         })
     }
 }
