@@ -233,7 +233,7 @@ pub struct MountArgs {
     #[arg(long, conflicts_with = "cache_dir")]
     pub no_cache: bool,
     /// Bound of the disk cache (bytes, or with K/M/G/T suffix); least recently used spans are evicted.
-    #[arg(long, default_value = "10G", value_parser = parse_size, env = "CLIP_CACHE_SIZE")]
+    #[arg(long, default_value = "10G", value_parser = clip_client::config::parse_size, env = "CLIP_CACHE_SIZE")]
     pub cache_size: u64,
     /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9100.
     #[arg(long)]
@@ -260,24 +260,10 @@ pub fn parse_seconds(s: &str) -> Result<std::time::Duration, String> {
     Ok(std::time::Duration::from_secs_f64(secs))
 }
 
-/// Parses `123`, `64K`, `512M`, `10G`, `1T` (powers of 1024; an optional trailing `B` or `iB`).
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let t = t.strip_suffix("iB").or_else(|| t.strip_suffix('B')).unwrap_or(t);
-    let (num, shift) = match t.chars().last().map(|c| c.to_ascii_uppercase()) {
-        Some('K') => (&t[..t.len() - 1], 10),
-        Some('M') => (&t[..t.len() - 1], 20),
-        Some('G') => (&t[..t.len() - 1], 30),
-        Some('T') => (&t[..t.len() - 1], 40),
-        _ => (t, 0),
-    };
-    let n: u64 = num.trim().parse().map_err(|_| format!("{s:?} is not a size (examples: 512M, 10G)"))?;
-    n.checked_mul(1u64 << shift).ok_or_else(|| format!("{s:?} is too large"))
-}
-
 #[cfg(test)]
 mod tests {
-    use super::{parse_seconds, parse_size};
+    use super::parse_seconds;
+    use clip_client::config::parse_size;
 
     #[test]
     fn sizes_parse_with_suffixes() {

@@ -4,22 +4,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use clip_testkit::*;
-use common::{clip_ok, s, MountProc};
-
-/// The Debian layout, built once per machine (cached under target/).
-fn debian_layout() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/clip-images/debian");
-    let status = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("dev/debian-image"))
-        .arg(&dir)
-        .status()
-        .expect("running dev/debian-image");
-    assert!(status.success(), "dev/debian-image failed (needs mmdebstrap and Debian's mirror)");
-    dir
-}
+use common::{clip_ok, debian_layout, s, MountProc};
 
 struct Debian {
     _registry: Registry,

@@ -4,21 +4,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
 use clip_testkit::*;
-
-/// The Debian layout, built once per machine (cached under target/).
-fn debian_layout() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/clip-images/debian");
-    let status = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("dev/debian-image"))
-        .arg(&dir)
-        .status()
-        .expect("running dev/debian-image");
-    assert!(status.success(), "dev/debian-image failed (needs mmdebstrap and Debian's mirror)");
-    dir
-}
+use common::debian_layout;
 
 /// A registry holding the Debian image as `debian:test`, and a node's state and cache directories.
 struct Node {

@@ -172,3 +172,13 @@ pub fn tar_files(tar: &[u8]) -> Vec<(String, u64, u64)> {
 pub fn tar_file(tar: &[u8], pick: impl Fn(&str) -> bool) -> (String, u64, u64) {
     tar_files(tar).into_iter().find(|(p, _, _)| pick(p)).expect("file in tar")
 }
+
+/// The realistic Debian image (bookworm + python3, mmdebstrap) as an OCI layout tagged `bookworm`, built
+/// once per checkout by `dev/debian-image` (cached under target/; concurrent callers wait on its lock).
+pub fn debian_layout() -> std::path::PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = root.join("target/clip-images/debian");
+    let status = Command::new(root.join("dev/debian-image")).arg(&dir).status().expect("running dev/debian-image");
+    assert!(status.success(), "dev/debian-image failed (needs mmdebstrap and Debian's mirror)");
+    dir
+}

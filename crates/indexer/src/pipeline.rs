@@ -127,7 +127,7 @@ pub async fn index_image(
             architecture: image.platform.architecture.clone(),
             variant: image.platform.variant.clone(),
         }),
-        config: image_config(image),
+        config: image_config(&image.config),
         span_size: opts.span_size,
         layers,
         data_location: None,
@@ -135,8 +135,8 @@ pub async fn index_image(
     Ok(IndexContents { kind: ArchiveKind::IndexOnly, meta, nodes, spans })
 }
 
-fn image_config(image: &ResolvedImage) -> ImageConfig {
-    let c = &image.config;
+/// The runtime settings kept in an index, from an image config.
+pub fn image_config(c: &clip_source::ImageConfig) -> ImageConfig {
     ImageConfig {
         env: c.env.clone(),
         entrypoint: c.entrypoint.clone(),

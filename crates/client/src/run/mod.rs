@@ -217,18 +217,3 @@ fn falls_back(e: &RunError) -> bool {
         _ => false,
     }
 }
-
-/// The runtime settings kept in an archive, from an image config.
-pub(crate) fn image_config(c: &clip_source::ImageConfig) -> clip_format::ImageConfig {
-    clip_format::ImageConfig {
-        env: c.env.clone(),
-        entrypoint: c.entrypoint.clone(),
-        cmd: c.cmd.clone(),
-        working_dir: c.working_dir.clone(),
-        user: c.user.clone(),
-        labels: c.labels.clone(),
-        exposed_ports: c.exposed_ports.clone(),
-        volumes: c.volumes.clone(),
-        stop_signal: c.stop_signal.clone(),
-    }
-}
