@@ -205,3 +205,25 @@ fn writes_are_refused_and_sigterm_unmounts() {
     let log = m.stop();
     assert!(log.contains("fetched"), "no summary on exit: {log}");
 }
+
+#[test]
+fn prefetch_fills_the_cache_in_the_background() {
+    let layer = big_gzip_layer(12);
+    let tar = layer.tar().to_vec();
+    let img = Indexed::new(&Image::new(vec![layer]));
+    let addr = free_metrics_addr();
+    let m = img.mount("mnt", &["--prefetch", "--metrics", &addr]);
+    let spans = clip_format::Archive::open(&img.index()).unwrap().span_count() as f64;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while metric(&addr, "clip_prefetched_spans_total") < spans {
+        assert!(std::time::Instant::now() < deadline, "prefetch did not load all {spans} spans within 60 s");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // Everything is cached now: reading every file fetches nothing more.
+    let fetched = metric(&addr, "clip_spans_fetched_total");
+    for (path, off, size) in tar_files(&tar) {
+        assert!(std::fs::read(m.dir.join(&path)).unwrap() == tar[off as usize..(off + size) as usize], "{path}");
+    }
+    assert_eq!(metric(&addr, "clip_spans_fetched_total"), fetched, "reads after a full prefetch fetched spans");
+    m.stop();
+}
