@@ -130,6 +130,9 @@ impl ClipFs {
             self.stats.record(Op::Read, start);
             return reply.data(&[]);
         }
+        if let Some(observer) = &self.observer {
+            observer.on_read(data, offset, u64::from(size));
+        }
         let (store, stats, archive) = (self.store.clone(), self.stats.clone(), self.archive.clone());
         self.reads.spawn(&self.runtime, unique, reply, async move {
             let result = store.read(data, offset, u64::from(size)).await;

@@ -31,6 +31,13 @@ pub trait PassthroughSource: Send + Sync {
     fn local_file(&self, data: DataRef) -> Option<File>;
 }
 
+/// Sees each `read` request that goes to the store, on the session thread before the read starts: keep it
+/// cheap and non-blocking.
+pub trait ReadObserver: Send + Sync {
+    /// `len` bytes of the file at `data` from `offset` (clamped to the file by the store) are being read.
+    fn on_read(&self, data: DataRef, offset: u64, len: u64);
+}
+
 /// How long the kernel may cache what the filesystem tells it. The image never changes, so long is right.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Ttls {
@@ -56,6 +63,7 @@ pub struct ClipFs {
     pub(crate) stats: Arc<FsStats>,
     pub(crate) reads: Arc<InFlight<ReplyData>>,
     pub(crate) passthrough: Option<Arc<dyn PassthroughSource>>,
+    pub(crate) observer: Option<Arc<dyn ReadObserver>>,
     /// Set at init: the kernel accepted `FUSE_PASSTHROUGH`.
     pub(crate) passthrough_granted: bool,
     pub(crate) opens: Mutex<OpenTable>,
@@ -74,6 +82,7 @@ impl ClipFs {
             stats: Arc::default(),
             reads: Arc::new(InFlight::new()),
             passthrough: None,
+            observer: None,
             passthrough_granted: false,
             opens: Mutex::new(HashMap::new()),
             totals: OnceLock::new(),
@@ -85,6 +94,14 @@ impl ClipFs {
     /// store as usual.
     pub fn with_passthrough(mut self, source: Arc<dyn PassthroughSource>) -> ClipFs {
         self.passthrough = Some(source);
+        self
+    }
+
+    /// Tells `observer` about every `read` request that reaches the store (e.g. to record a startup
+    /// profile). Reads the kernel answers from its page cache or through passthrough are not seen, so a
+    /// recording mount should go without [`ClipFs::with_passthrough`].
+    pub fn with_read_observer(mut self, observer: Arc<dyn ReadObserver>) -> ClipFs {
+        self.observer = Some(observer);
         self
     }
 

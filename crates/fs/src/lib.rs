@@ -7,6 +7,8 @@
 //!   verification) become `EIO`, never wrong bytes. Every modifying operation answers `EROFS`.
 //! - [`PassthroughSource`]: where a whole file already sits on local disk, `open` hands it to the kernel
 //!   (FUSE passthrough) and reads never reach this process.
+//! - [`ReadObserver`]: sees every read that reaches the store (file, offset, length), e.g. to record the
+//!   order in which a container's startup reads its files.
 //! - [`mount`] / [`MountOptions`] / [`MountHandle`]: mount in a background thread, unmount, or wait for an
 //!   unmount from outside.
 //! - [`FsStats`]: per-operation counters and latencies for metrics.
@@ -40,6 +42,6 @@ mod mount;
 mod stats;
 
 pub use error::FsError;
-pub use fs::{ClipFs, PassthroughSource};
+pub use fs::{ClipFs, PassthroughSource, ReadObserver};
 pub use mount::{mount, MountHandle, MountOptions};
 pub use stats::{FsStats, FsStatsSnapshot, Op, OpSnapshot};
