@@ -40,6 +40,8 @@ pub enum StoreError {
     Task(String),
     #[error("layer {layer} span {span}: a concurrent fetch of this span failed: {message}")]
     Joined { layer: u32, span: usize, message: String },
+    #[error("content cache tier, span sha256 {digest}: {reason}")]
+    Tier { digest: String, reason: String },
     #[error("disk cache {path}: {source} (check that the directory is writable, or choose another cache directory)")]
     Cache {
         path: std::path::PathBuf,

@@ -9,6 +9,8 @@
 //!   background; [`ContentStore::cached_file`] hands out whole cached files for FUSE passthrough.
 //! - [`DiskCache`]: spans on disk named by their sha256, shared by all processes on the machine, bounded
 //!   with LRU eviction, written atomically and verified when read.
+//! - [`RemoteSpanCache`]: an optional second tier shared by a fleet (e.g. an S3 bucket), asked after the
+//!   disk cache and before the source, and filled in the background with what the source served.
 //!
 //! ```no_run
 //! # async fn demo(archive: std::sync::Arc<clip_format::Archive>,
@@ -27,6 +29,7 @@ mod blobs;
 mod cache;
 mod error;
 mod materialize;
+mod remote;
 mod schedule;
 mod stats;
 mod store;
@@ -34,6 +37,7 @@ mod store;
 pub use blobs::{LayerBlobs, LocalData, SourceBlobs};
 pub use cache::{default_cache_dir, CacheStats, DiskCache, Evicted};
 pub use error::StoreError;
+pub use remote::{RemoteSpanCache, RemoteTier, TIER_BACKOFF, TIER_WARN_EVERY};
 pub use schedule::PrefetchSummary;
 pub use stats::{LatencyHistogram, StoreStats, FETCH_LATENCY_BOUNDS_MS};
 pub use store::{failure_holdoff, ContentStore, SpanBytes, StoreConfig, VERIFY_ATTEMPTS};

@@ -2,6 +2,7 @@
 //! snapshot for summaries, Prometheus metrics and tests.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Upper bounds (inclusive, in milliseconds) of the fetch latency buckets; a last, unbounded bucket follows.
@@ -68,6 +69,16 @@ pub struct StoreStats {
     pub disk_cache_bytes: u64,
     /// Writes to the disk cache that failed (the bytes were still served).
     pub disk_write_failures: u64,
+    /// Span lookups answered by the remote tier (verified).
+    pub tier_hits: u64,
+    /// Span lookups the remote tier did not hold.
+    pub tier_misses: u64,
+    /// Remote tier requests that failed or timed out (the source was used).
+    pub tier_errors: u64,
+    /// Remote tier objects that failed verification (ignored; the source was used).
+    pub tier_rejected: u64,
+    /// Spans published to the remote tier.
+    pub tier_puts: u64,
     /// Latency of range reads from the blob source.
     pub fetch_latency: LatencyHistogram,
 }
@@ -84,6 +95,13 @@ pub(crate) struct Counters {
     pub inflight_fetches: AtomicU64,
     pub readahead_spans: AtomicU64,
     pub prefetched_spans: AtomicU64,
+    pub tier_hits: AtomicU64,
+    pub tier_misses: AtomicU64,
+    /// Shared with background publishing tasks.
+    pub tier_errors: Arc<AtomicU64>,
+    pub tier_rejected: AtomicU64,
+    /// Shared with background publishing tasks.
+    pub tier_puts: Arc<AtomicU64>,
     latency: [AtomicU64; FETCH_LATENCY_BOUNDS_MS.len() + 1],
     latency_sum_micros: AtomicU64,
     latency_count: AtomicU64,
@@ -102,6 +120,11 @@ impl Counters {
             inflight_fetches: AtomicU64::new(0),
             readahead_spans: AtomicU64::new(0),
             prefetched_spans: AtomicU64::new(0),
+            tier_hits: AtomicU64::new(0),
+            tier_misses: AtomicU64::new(0),
+            tier_errors: Arc::default(),
+            tier_rejected: AtomicU64::new(0),
+            tier_puts: Arc::default(),
             latency: Default::default(),
             latency_sum_micros: AtomicU64::new(0),
             latency_count: AtomicU64::new(0),
@@ -148,6 +171,11 @@ impl Counters {
             inflight_fetches: load(&self.inflight_fetches),
             readahead_spans: load(&self.readahead_spans),
             prefetched_spans: load(&self.prefetched_spans),
+            tier_hits: load(&self.tier_hits),
+            tier_misses: load(&self.tier_misses),
+            tier_errors: load(&self.tier_errors),
+            tier_rejected: load(&self.tier_rejected),
+            tier_puts: load(&self.tier_puts),
             fetch_latency: LatencyHistogram {
                 counts,
                 sum_micros: load(&self.latency_sum_micros),

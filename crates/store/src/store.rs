@@ -2,6 +2,9 @@
 //! a small in-memory LRU, then in the [`DiskCache`], and only then fetched: one range read of its
 //! compressed bytes, decoded from its checkpoint and checked against the digest recorded at index time
 //! before it is written to the disk cache or served. Concurrent requests for one span share one lookup.
+//! With a remote tier ([`StoreConfig::remote`]) a disk miss asks the tier first (bounded by
+//! [`StoreConfig::remote_timeout`], its bytes verified too), and spans fetched from the source are
+//! published to it in the background; a failing tier only sends reads to the source.
 //!
 //! Failure policy: bytes that fail verification (or do not decode) are fetched again, up to
 //! [`VERIFY_ATTEMPTS`] times in all, and never served. Every read has a deadline
@@ -26,9 +29,10 @@ use tokio::runtime::Handle;
 use tokio::sync::{Notify, OnceCell, Semaphore};
 use tracing::{debug, warn};
 
+use crate::remote::TierHealth;
 use crate::schedule::Stream;
 use crate::stats::{Counters, InFlight};
-use crate::{lock, DiskCache, LayerBlobs, StoreError, StoreStats};
+use crate::{lock, DiskCache, LayerBlobs, RemoteTier, StoreError, StoreStats};
 
 /// Decoded, verified bytes of one span.
 pub type SpanBytes = Arc<[u8]>;
@@ -53,6 +57,11 @@ pub struct StoreConfig {
     /// How long one read may take, fetches and their retries included, before it fails (a FUSE reader
     /// gets `EIO`). Default 30 s.
     pub read_timeout: Duration,
+    /// A second cache tier shared by many machines, asked after the disk cache and filled with what the
+    /// source served (see [`crate::RemoteSpanCache`]). Default none.
+    pub remote: Option<RemoteTier>,
+    /// How long one request to the remote tier may take before the store goes to the source. Default 2 s.
+    pub remote_timeout: Duration,
 }
 
 /// Fetches of one span, the first included, before bytes that fail verification make the read fail.
@@ -74,6 +83,8 @@ impl Default for StoreConfig {
             prefetch_concurrency: 1,
             passthrough_inline_max: 64 << 20,
             read_timeout: Duration::from_secs(30),
+            remote: None,
+            remote_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -157,6 +168,8 @@ pub(crate) struct Inner {
     pub prefetch_permits: Arc<Semaphore>,
     /// Keys of files being materialized in the background.
     pub materializing: Mutex<HashSet<[u8; 32]>>,
+    /// Failures of the remote tier (backoff, rate-limited warnings).
+    tier_health: Arc<TierHealth>,
 }
 
 impl ContentStore {
@@ -199,6 +212,7 @@ impl ContentStore {
                 idle: Notify::new(),
                 prefetch_permits: Arc::new(Semaphore::new(permits)),
                 materializing: Mutex::default(),
+                tier_health: Arc::new(TierHealth::new()),
             }),
         }
     }
@@ -404,7 +418,95 @@ impl Inner {
                 return Ok(bytes.into());
             }
         }
-        self.fetch(layer, index, span, out).await.inspect_err(|_| Counters::bump(&self.counters.fetch_errors))
+        let len = out.end - out.start;
+        if let Some(bytes) = self.tier_get(&span.digest, len).await {
+            return Ok(bytes);
+        }
+        let bytes =
+            self.fetch(layer, index, span, out).await.inspect_err(|_| Counters::bump(&self.counters.fetch_errors))?;
+        self.publish(span.digest, &bytes);
+        Ok(bytes)
+    }
+
+    /// The span with sha256 `digest` from the remote tier, verified and written to the disk cache; `None`
+    /// when there is no tier, it is backing off, does not hold the span, fails, or serves bad bytes.
+    async fn tier_get(&self, digest: &[u8; 32], len: u64) -> Option<SpanBytes> {
+        let tier = self.config.remote.as_ref()?;
+        if !self.tier_health.usable() {
+            return None;
+        }
+        let timeout = self.config.remote_timeout;
+        let got = tokio::time::timeout(timeout, tier.0.get(digest, len)).await.unwrap_or_else(|_| {
+            Err(StoreError::Tier {
+                digest: hex::encode(digest),
+                reason: format!("no answer within {} s", timeout.as_secs_f64()),
+            })
+        });
+        let bytes = match got {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => {
+                Counters::bump(&self.counters.tier_misses);
+                return None;
+            }
+            Err(error) => {
+                Counters::bump(&self.counters.tier_errors);
+                self.tier_health.failed(&tier.0.describe(), "get", &error);
+                return None;
+            }
+        };
+        let (disk, digest) = (self.disk.clone(), *digest);
+        let verified = tokio::task::spawn_blocking(move || {
+            let actual: [u8; 32] = Sha256::digest(&bytes).into();
+            if bytes.len() as u64 != len || actual != digest {
+                return Err(actual);
+            }
+            if let Some(disk) = disk {
+                disk.put(&digest, &bytes);
+            }
+            Ok(SpanBytes::from(&bytes[..]))
+        })
+        .await
+        .ok()?;
+        match verified {
+            Ok(bytes) => {
+                Counters::bump(&self.counters.tier_hits);
+                Some(bytes)
+            }
+            Err(actual) => {
+                Counters::bump(&self.counters.tier_rejected);
+                warn!(tier = %tier.0.describe(), expected = %hex::encode(digest), actual = %hex::encode(actual),
+                    "content cache tier object fails verification; ignored");
+                None
+            }
+        }
+    }
+
+    /// Publishes verified `bytes` to the remote tier in the background (the reader does not wait).
+    fn publish(&self, digest: [u8; 32], bytes: &SpanBytes) {
+        let Some(tier) = self.config.remote.clone() else { return };
+        if !self.tier_health.usable() {
+            return;
+        }
+        let Some(runtime) = Handle::try_current().ok().or_else(|| self.runtime.clone()) else { return };
+        let bytes = bytes::Bytes::from_owner(bytes.clone());
+        let timeout = self.config.remote_timeout;
+        let (health, puts, errors) =
+            (self.tier_health.clone(), self.counters.tier_puts.clone(), self.counters.tier_errors.clone());
+        runtime.spawn(async move {
+            let put = tokio::time::timeout(timeout, tier.0.put(&digest, bytes)).await.unwrap_or_else(|_| {
+                Err(StoreError::Tier {
+                    digest: hex::encode(digest),
+                    reason: format!("no answer within {} s", timeout.as_secs_f64()),
+                })
+            });
+            match put {
+                Ok(()) => Counters::bump(&puts),
+                Err(error) => {
+                    Counters::bump(&errors);
+                    health.failed(&tier.0.describe(), "put", &error);
+                }
+            }
+        });
     }
 
     /// Fetches, decodes and verifies one span, and writes it to the disk cache.
