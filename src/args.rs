@@ -241,6 +241,13 @@ pub struct MountArgs {
     /// Fetch every span in the background (at low priority) so the whole image ends up cached.
     #[arg(long)]
     pub prefetch: bool,
+    /// Record the spans read, in first-read order, to this JSON file (a prefetch profile; rewritten every
+    /// few seconds and at unmount). FUSE passthrough is off while recording.
+    #[arg(long, value_name = "FILE")]
+    pub record_profile: Option<PathBuf>,
+    /// Right after mounting, prefetch the spans of this recorded profile in order (at low priority).
+    #[arg(long, value_name = "FILE", conflicts_with = "prefetch")]
+    pub profile: Option<PathBuf>,
     /// Seconds one read may take, registry retries included, before the reader gets EIO (fractions
     /// allowed, e.g. 2.5).
     #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_seconds, env = "CLIP_READ_TIMEOUT")]

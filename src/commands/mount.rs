@@ -6,7 +6,13 @@ use clip_client::{mount_foreground, MountConfig};
 use crate::args::MountArgs;
 
 pub async fn run(a: MountArgs, quiet: bool) -> anyhow::Result<()> {
-    let mut config = MountConfig { metrics: a.metrics, prefetch: a.prefetch, ..Default::default() };
+    let mut config = MountConfig {
+        metrics: a.metrics,
+        prefetch: a.prefetch,
+        record_profile: a.record_profile.clone(),
+        profile: a.profile.clone(),
+        ..Default::default()
+    };
     config.open.source.plain_http = a.source.plain_http;
     config.open.s3 = a.s3.options();
     config.open.store.cache_dir =

@@ -67,6 +67,8 @@ pub enum ClientError {
         "{image}: index artifact {digest} is unusable: {why} (publish it again with `clip index IMAGE -o FILE --push`)"
     )]
     BadArtifact { image: String, digest: String, why: String },
+    #[error("{path} is not a prefetch profile: {why} (record one with `clip mount --record-profile FILE`)")]
+    BadProfile { path: PathBuf, why: String },
     #[error("{path}: refusing to push a file that is not a readable .clip file")]
     NotAnArchive {
         path: PathBuf,

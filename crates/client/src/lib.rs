@@ -8,6 +8,8 @@
 //! - [`mount_foreground`]: mount an archive with FUSE until it is unmounted, with Prometheus [`metrics`].
 //! - [`publish_index`] / [`fetch_published_index`]: an index published next to its image in the registry
 //!   (an OCI artifact whose `subject` is the image manifest).
+//! - [`Profile`] / [`ProfileRecorder`]: the spans a container's startup read, recorded by a mount
+//!   (`record_profile`) and prefetched in that order by the next cold mount (`profile`).
 //! - [`Node`]: pull and run images on a worker node (index store, shared mounts, overlay, OCI runtime),
 //!   configured by [`Config`] (a TOML file under `CLIP_*` environment variables).
 
@@ -18,6 +20,7 @@ mod extract;
 pub mod metrics;
 mod mount;
 mod open;
+mod profile;
 mod publish;
 mod remote;
 mod run;
@@ -32,6 +35,7 @@ pub use error::ClientError;
 pub use extract::{extract, ExtractProgress, ExtractStats};
 pub use mount::{mount_foreground, MountConfig, MountSummary};
 pub use open::{load_archive, open_archive, Loaded, Location, OpenOptions, Opened};
+pub use profile::{Profile, ProfileRecorder};
 pub use publish::{fetch_published_index, publish_index, PublishedIndex, INDEX_ARTIFACT_TYPE, INDEX_LAYER_MEDIA_TYPE};
 pub use remote::S3Data;
 pub use run::{GcEntry, IndexOrigin, Lease, Node, Pulled, RunError, StoredIndex, User};

@@ -13,6 +13,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tracing::{info, warn};
 
 use crate::metrics::{self, Snapshot};
+use crate::profile::{Profile, ProfileRecorder};
 use crate::{open_archive, ClientError, Location, OpenOptions};
 
 /// How to mount.
@@ -24,7 +25,15 @@ pub struct MountConfig {
     pub metrics: Option<SocketAddr>,
     /// Fill the cache with every span in the background, at low priority.
     pub prefetch: bool,
+    /// Record the spans read, in first-touch order, to this JSON file (rewritten every few seconds and at
+    /// unmount). Turns FUSE passthrough off so that every read is seen.
+    pub record_profile: Option<PathBuf>,
+    /// Right after mounting, prefetch the spans of this recorded profile in order, at low priority.
+    pub profile: Option<PathBuf>,
 }
+
+/// How often a recording mount rewrites its profile.
+const PROFILE_SAVE_EVERY: Duration = Duration::from_secs(3);
 
 /// What a mount did, reported when it ends.
 #[derive(Debug, Clone)]
@@ -50,10 +59,18 @@ pub async fn mount_foreground(
     config: &MountConfig,
     ready: impl FnOnce(&Path),
 ) -> Result<MountSummary, ClientError> {
+    let profile = config.profile.as_deref().map(Profile::load).transpose()?;
     let opened = open_archive(archive, &config.open).await?;
     let store = opened.store.clone();
-    let fs = ClipFs::new(store.clone(), tokio::runtime::Handle::current())
-        .with_passthrough(Arc::new(StorePassthrough(store.clone())));
+    let mut fs = ClipFs::new(store.clone(), tokio::runtime::Handle::current());
+    let recorder = config
+        .record_profile
+        .as_ref()
+        .map(|path| Arc::new(ProfileRecorder::new(Arc::clone(store.archive()), path.clone())));
+    match &recorder {
+        Some(recorder) => fs = fs.with_read_observer(recorder.clone()),
+        None => fs = fs.with_passthrough(Arc::new(StorePassthrough(store.clone()))),
+    }
     let fs_stats = fs.stats();
     let mountpoint_buf: PathBuf = mountpoint.to_path_buf();
     let fs_opts = config.fs.clone();
@@ -66,14 +83,29 @@ pub async fn mount_foreground(
         metrics::serve(addr, Arc::new(move || Snapshot { fs: fs_stats.snapshot(), store: store.stats() })).await?;
         info!(%addr, "serving metrics");
     }
-    let prefetch = config.prefetch.then(|| store.prefetch_all());
+    let mut prefetch = config.prefetch.then(|| store.prefetch_all());
+    if let Some(profile) = profile.filter(|_| prefetch.is_none()) {
+        let spans = profile.valid_spans(store.archive());
+        if profile.manifest_digest != store.archive().meta().manifest_digest {
+            warn!(profile = ?profile.manifest_digest, "the profile was recorded for another image; using the spans that exist");
+        }
+        info!(spans = spans.len(), "prefetching the spans of the profile");
+        prefetch = Some(store.prefetch_spans(spans));
+    }
     info!(%archive, mountpoint = %mountpoint.display(), "mounted");
     ready(mountpoint);
 
     let mut term =
         signal(SignalKind::terminate()).map_err(ClientError::io(mountpoint, "installing signal handlers"))?;
     let mut int = signal(SignalKind::interrupt()).map_err(ClientError::io(mountpoint, "installing signal handlers"))?;
+    let mut last_save = tokio::time::Instant::now();
     loop {
+        if let Some(recorder) = recorder.as_ref().filter(|_| last_save.elapsed() >= PROFILE_SAVE_EVERY) {
+            last_save = tokio::time::Instant::now();
+            if let Err(error) = recorder.save() {
+                warn!(%error, "saving the profile");
+            }
+        }
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
@@ -93,6 +125,12 @@ pub async fn mount_foreground(
     }
     if let Some(task) = prefetch {
         task.abort();
+    }
+    if let Some(recorder) = &recorder {
+        match recorder.save() {
+            Ok(()) => info!(spans = recorder.profile().spans.len(), "profile recorded"),
+            Err(error) => warn!(%error, "saving the profile"),
+        }
     }
     let fs = fs_stats.snapshot();
     drop(handle);
