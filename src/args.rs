@@ -71,6 +71,9 @@ pub enum Command {
         after_help = "Examples:\n  clip run 127.0.0.1:5000/debian:bookworm -- cat /etc/os-release\n  CLIP_VERSION=1 clip run 127.0.0.1:5000/debian:bookworm"
     )]
     Run(RunArgs),
+    /// Prefetch profiles: the spans a container's startup reads, recorded by `clip run --record-profile`.
+    #[command(subcommand)]
+    Profile(ProfileCommand),
     /// Unmount shared image mounts that no running container uses.
     Gc,
     /// Print the effective node configuration and where each value came from (default, file, env).
@@ -88,8 +91,29 @@ pub struct RunArgs {
     /// REGISTRY/REPO[:TAG|@DIGEST] or oci:DIR[:TAG].
     pub image: String,
     /// The command and its arguments (default: the image's Entrypoint + Cmd).
+    /// Record the spans the container reads, in first-read order, to this prefetch profile (written when
+    /// the image's mount ends; only when this run starts the mount, not when it shares a running one).
+    #[arg(long, value_name = "FILE")]
+    pub record_profile: Option<PathBuf>,
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProfileCommand {
+    /// Publish a recorded profile next to the image in its registry (an OCI artifact referring to the image
+    /// manifest); `clip run` on other nodes finds it and prefetches those spans on a cold start.
+    #[command(after_help = "Example:
+  clip run --record-profile p.json 127.0.0.1:5000/app:1 -- true
+  clip profile push 127.0.0.1:5000/app:1 p.json")]
+    Push {
+        /// REGISTRY/REPO[:TAG|@DIGEST] (the profile goes to this repository).
+        image: String,
+        /// The profile JSON file.
+        file: PathBuf,
+        #[command(flatten)]
+        source: SourceArgs,
+    },
 }
 
 /// How to reach archives in S3 (on top of the AWS_* environment and ~/.aws files).
@@ -252,6 +276,10 @@ pub struct MountArgs {
     /// allowed, e.g. 2.5).
     #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_seconds, env = "CLIP_READ_TIMEOUT")]
     pub read_timeout: std::time::Duration,
+    /// Shared content cache tier, s3://BUCKET/PREFIX: decoded spans by digest, read after a disk cache
+    /// miss and before the registry, filled in the background; a tier that is down only costs a warning.
+    #[arg(long, value_name = "S3_URL", env = "CLIP_S3_CONTENT_CACHE")]
+    pub content_cache: Option<clip_client::S3Url>,
     #[command(flatten)]
     pub source: SourceArgs,
     #[command(flatten)]

@@ -9,6 +9,7 @@ mod index;
 mod inspect;
 mod ls;
 mod mount;
+mod profile;
 mod progress;
 mod pull;
 mod push;
@@ -33,6 +34,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Push(a) => push::run(a, args.quiet).await,
         Command::Pull(a) => pull::run(a, config, args.quiet).await,
         Command::Run(a) => return run::run(a, config).await,
+        Command::Profile(c) => profile::run(c, args.quiet).await,
         Command::Gc => gc::run(config, args.quiet).await,
         Command::Config => config::run(config),
     }?;

@@ -8,7 +8,10 @@ use crate::args::RunArgs;
 use crate::commands::node;
 
 pub async fn run(a: RunArgs, config: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
-    let node = node(config)?;
+    let mut node = node(config)?;
+    if let Some(path) = a.record_profile {
+        node = node.with_record_profile(path);
+    }
     let code = node.run(&a.image, &a.command).await.with_context(|| format!("running {}", a.image))?;
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(255)))
 }

@@ -5,6 +5,7 @@
 //! - [`pack`] / [`archive`]: a root filesystem directory packed into a data-carrying archive, written
 //!   locally or uploaded to S3; [`push`] uploads an existing one.
 //! - [`extract`]: materialize the root filesystem into a directory (the result equals `umoci unpack`'s).
+//! - [`S3SpanCache`]: the shared content cache tier (decoded spans in an S3 bucket, by digest).
 //! - [`mount_foreground`]: mount an archive with FUSE until it is unmounted, with Prometheus [`metrics`].
 //! - [`publish_index`] / [`fetch_published_index`]: an index published next to its image in the registry
 //!   (an OCI artifact whose `subject` is the image manifest).
@@ -15,6 +16,7 @@
 
 mod archive;
 pub mod config;
+mod content_cache;
 mod error;
 mod extract;
 pub mod metrics;
@@ -31,11 +33,14 @@ pub use archive::{
 };
 pub use clip_s3::{S3Options, S3Url};
 pub use config::{ClipVersion, Config, ConfigError, Origin};
+pub use content_cache::S3SpanCache;
 pub use error::ClientError;
 pub use extract::{extract, ExtractProgress, ExtractStats};
 pub use mount::{mount_foreground, MountConfig, MountSummary};
 pub use open::{load_archive, open_archive, Loaded, Location, OpenOptions, Opened};
-pub use profile::{Profile, ProfileRecorder};
+pub use profile::{
+    fetch_published_profile, publish_profile, Profile, ProfileRecorder, PROFILE_ARTIFACT_TYPE, PROFILE_LAYER_MEDIA_TYPE,
+};
 pub use publish::{fetch_published_index, publish_index, PublishedIndex, INDEX_ARTIFACT_TYPE, INDEX_LAYER_MEDIA_TYPE};
 pub use remote::S3Data;
 pub use run::{GcEntry, IndexOrigin, Lease, Node, Pulled, RunError, StoredIndex, User};

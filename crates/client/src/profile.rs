@@ -14,7 +14,14 @@ use clip_format::{Archive, DataRef};
 use serde::{Deserialize, Serialize};
 use tracing::debug;
 
-use crate::ClientError;
+use crate::publish::{fetch_artifact_layer, push_artifact, Artifact};
+use crate::{ClientError, PublishedIndex};
+use clip_source::SourceOptions;
+
+/// `artifactType` of a profile published next to its image.
+pub const PROFILE_ARTIFACT_TYPE: &str = "application/vnd.clip.profile.v1";
+/// Media type of the layer holding the profile's JSON.
+pub const PROFILE_LAYER_MEDIA_TYPE: &str = "application/vnd.clip.profile.v1+json";
 
 /// Largest profile file read.
 const MAX_PROFILE_BYTES: u64 = 64 << 20;
@@ -63,6 +70,42 @@ impl Profile {
             .filter(|&(layer, span)| archive.layer_spans(layer).is_ok_and(|r| r.contains(&span)))
             .collect()
     }
+}
+
+/// Publishes the profile at `path` as an artifact (`artifactType` [`PROFILE_ARTIFACT_TYPE`]) referring to the
+/// image manifest it was recorded for, in `image`'s repository, discoverable like a published index.
+pub async fn publish_profile(image: &str, path: &Path, opts: &SourceOptions) -> Result<PublishedIndex, ClientError> {
+    let profile = Profile::load(path)?;
+    let Some(subject) = profile.manifest_digest.clone() else {
+        return Err(ClientError::BadProfile {
+            path: path.into(),
+            why: "it names no image manifest (record it on a mount of an index built from a registry image)".into(),
+        });
+    };
+    let bytes = std::fs::read(path).map_err(ClientError::io(path, "reading the profile"))?;
+    let title = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "profile.json".into());
+    let artifact = Artifact { artifact_type: PROFILE_ARTIFACT_TYPE, layer_media_type: PROFILE_LAYER_MEDIA_TYPE, title };
+    push_artifact(image, &subject, opts, &artifact, bytes).await
+}
+
+/// The profile published for the image manifest `manifest_digest` in `image`'s repository, with the digest
+/// of its artifact; `Ok(None)` when there is none.
+pub async fn fetch_published_profile(
+    image: &str,
+    manifest_digest: &str,
+    opts: &SourceOptions,
+) -> Result<Option<(String, Profile)>, ClientError> {
+    let Some((artifact, bytes)) =
+        fetch_artifact_layer(image, manifest_digest, opts, PROFILE_ARTIFACT_TYPE, MAX_PROFILE_BYTES).await?
+    else {
+        return Ok(None);
+    };
+    let bad = |why: String| ClientError::BadArtifact { image: image.to_owned(), digest: artifact.clone(), why };
+    let profile = Profile::from_json(&bytes).map_err(|e| bad(format!("not a profile: {e}")))?;
+    if profile.manifest_digest.as_deref() != Some(manifest_digest) {
+        return Err(bad(format!("it was recorded for {:?}", profile.manifest_digest)));
+    }
+    Ok(Some((artifact, profile)))
 }
 
 /// Records the spans a mount reads, first touch first.

@@ -86,17 +86,21 @@ impl Repo {
     }
 
     /// Artifact manifests of `artifact_type` that refer to `subject` (referrers API, else tag schema).
-    async fn referrers(&self, subject: &str) -> Result<Vec<oci_client::manifest::ImageIndexEntry>, ClientError> {
+    async fn referrers(
+        &self,
+        subject: &str,
+        artifact_type: &str,
+    ) -> Result<Vec<oci_client::manifest::ImageIndexEntry>, ClientError> {
         self.client.store_auth_if_needed(self.by_digest(subject).resolve_registry(), &self.auth).await;
         let index = self
             .client
-            .pull_referrers(&self.by_digest(subject), Some(INDEX_ARTIFACT_TYPE))
+            .pull_referrers(&self.by_digest(subject), Some(artifact_type))
             .await
             .map_err(self.err("listing referrers"))?;
         Ok(index
             .manifests
             .into_iter()
-            .filter(|m| m.artifact_type.as_deref() == Some(INDEX_ARTIFACT_TYPE) || m.artifact_type.is_none())
+            .filter(|m| m.artifact_type.as_deref() == Some(artifact_type) || m.artifact_type.is_none())
             .collect())
     }
 }
@@ -119,15 +123,38 @@ pub async fn publish_index(image: &str, index: &Path, opts: &SourceOptions) -> R
     let Some(indexed) = archive.meta().manifest_digest.clone() else {
         return Err(ClientError::NotAnImageIndex { path: index.into() });
     };
-    let mut reference: ImageRef = image.parse()?;
-    if let ImageRef::Registry { digest, .. } = &mut reference {
-        *digest = Some(indexed.clone());
-    }
     let mut opts = opts.clone();
     if let Some(p) = &archive.meta().platform {
         opts.platform = clip_source::Platform::new(&p.os, &p.architecture, p.variant.as_deref());
     }
-    let (resolved, _) = clip_source::open(&reference, &opts).await?;
+    let bytes = std::fs::read(index).map_err(ClientError::io(index, "reading the index"))?;
+    let title = index.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "index.clip".into());
+    let artifact = Artifact { artifact_type: INDEX_ARTIFACT_TYPE, layer_media_type: INDEX_LAYER_MEDIA_TYPE, title };
+    push_artifact(image, &indexed, &opts, &artifact, bytes).await
+}
+
+/// What [`push_artifact`] pushes besides the bytes.
+pub(crate) struct Artifact {
+    pub artifact_type: &'static str,
+    pub layer_media_type: &'static str,
+    pub title: String,
+}
+
+/// Pushes `bytes` as a one-layer artifact whose `subject` is the manifest `subject_digest` of `image`'s
+/// repository, and makes it discoverable (referrers API, else the referrers tag schema).
+pub(crate) async fn push_artifact(
+    image: &str,
+    subject_digest: &str,
+    opts: &SourceOptions,
+    artifact: &Artifact,
+    bytes: Vec<u8>,
+) -> Result<PublishedIndex, ClientError> {
+    let indexed = subject_digest.to_owned();
+    let mut reference: ImageRef = image.parse()?;
+    if let ImageRef::Registry { digest, .. } = &mut reference {
+        *digest = Some(indexed.clone());
+    }
+    let (resolved, _) = clip_source::open(&reference, opts).await?;
     let subject_type = serde_json::from_slice::<Value>(&resolved.manifest_bytes)
         .ok()
         .and_then(|v| v.get("mediaType").and_then(Value::as_str).map(str::to_owned))
@@ -138,55 +165,54 @@ pub async fn publish_index(image: &str, index: &Path, opts: &SourceOptions) -> R
         "size": resolved.manifest_bytes.len(),
     });
 
-    let repo = Repo::new(image, &opts)?;
+    let repo = Repo::new(image, opts)?;
     let base = repo.by_digest(&indexed);
     repo.client.auth(&base, &repo.auth, RegistryOperation::Push).await.map_err(repo.err("authenticating to push"))?;
 
-    let bytes = std::fs::read(index).map_err(ClientError::io(index, "reading the index"))?;
     let layer_digest = Digest::of(&bytes).to_string();
     let empty_digest = Digest::of(b"{}").to_string();
-    for (data, digest) in [(b"{}".to_vec(), &empty_digest), (bytes.clone(), &layer_digest)] {
+    let len = bytes.len();
+    for (data, digest) in [(b"{}".to_vec(), &empty_digest), (bytes, &layer_digest)] {
         let exists = repo.client.blob_exists(&base, digest).await.unwrap_or(false);
         if !exists {
             repo.client.push_blob(&base, data, digest).await.map_err(repo.err("pushing a blob"))?;
         }
     }
-    let title = index.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "index.clip".into());
     let manifest = json!({
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
-        "artifactType": INDEX_ARTIFACT_TYPE,
+        "artifactType": artifact.artifact_type,
         "config": { "mediaType": EMPTY_MEDIA_TYPE, "digest": empty_digest, "size": 2, "data": "e30=" },
         "layers": [{
-            "mediaType": INDEX_LAYER_MEDIA_TYPE,
+            "mediaType": artifact.layer_media_type,
             "digest": layer_digest,
-            "size": bytes.len(),
-            "annotations": { "org.opencontainers.image.title": title },
+            "size": len,
+            "annotations": { "org.opencontainers.image.title": artifact.title },
         }],
         "subject": subject,
     });
     let body = serde_json::to_vec(&manifest).map_err(|e| registry_error(image, "encoding the manifest", e))?;
-    let artifact = Digest::of(&body).to_string();
+    let digest = Digest::of(&body).to_string();
     let content_type = OCI_MANIFEST.parse().map_err(|e| registry_error(image, "content type", e))?;
     repo.client
-        .push_manifest_raw(&repo.by_digest(&artifact), body.clone(), content_type)
+        .push_manifest_raw(&repo.by_digest(&digest), body.clone(), content_type)
         .await
-        .map_err(repo.err("pushing the index artifact"))?;
-    info!(%image, %artifact, subject = %indexed, "index artifact pushed");
+        .map_err(repo.err("pushing the artifact"))?;
+    info!(%image, artifact = %digest, artifact_type = artifact.artifact_type, subject = %indexed, "artifact pushed");
 
-    let listed = repo.referrers(&indexed).await?.iter().any(|m| m.digest == artifact);
+    let listed = repo.referrers(&indexed, artifact.artifact_type).await?.iter().any(|m| m.digest == digest);
     let referrers_tag = if listed {
         None
     } else {
         let entry = json!({
             "mediaType": OCI_MANIFEST,
-            "digest": artifact,
+            "digest": digest,
             "size": body.len(),
-            "artifactType": INDEX_ARTIFACT_TYPE,
+            "artifactType": artifact.artifact_type,
         });
         Some(update_tag_schema(&repo, &indexed, entry).await?)
     };
-    Ok(PublishedIndex { artifact, subject: indexed, referrers_tag })
+    Ok(PublishedIndex { artifact: digest, subject: indexed, referrers_tag })
 }
 
 /// Adds `entry` to the referrers index tagged `sha256-<hex>` (creating it when missing).
@@ -228,7 +254,7 @@ pub async fn fetch_published_index(
     opts: &SourceOptions,
 ) -> Result<Option<String>, ClientError> {
     let repo = Repo::new(image, opts)?;
-    for entry in repo.referrers(manifest_digest).await? {
+    for entry in repo.referrers(manifest_digest, INDEX_ARTIFACT_TYPE).await? {
         let bad = |why: String| ClientError::BadArtifact { image: image.to_owned(), digest: entry.digest.clone(), why };
         let (bytes, _) = repo
             .client
@@ -261,6 +287,54 @@ pub async fn fetch_published_index(
         })?;
         info!(%image, artifact = %entry.digest, index = %dest.display(), "index from registry");
         return Ok(Some(entry.digest));
+    }
+    Ok(None)
+}
+
+/// The layer of the first artifact of `artifact_type` referring to `subject_digest` in `image`'s repository,
+/// read into memory (at most `max` bytes) and checked against its digest: `(artifact digest, bytes)`.
+/// `Ok(None)`: none published.
+pub(crate) async fn fetch_artifact_layer(
+    image: &str,
+    subject_digest: &str,
+    opts: &SourceOptions,
+    artifact_type: &str,
+    max: u64,
+) -> Result<Option<(String, Vec<u8>)>, ClientError> {
+    let repo = Repo::new(image, opts)?;
+    for entry in repo.referrers(subject_digest, artifact_type).await? {
+        let bad = |why: String| ClientError::BadArtifact { image: image.to_owned(), digest: entry.digest.clone(), why };
+        let (bytes, _) = repo
+            .client
+            .pull_manifest_raw(&repo.by_digest(&entry.digest), &repo.auth, &[OCI_MANIFEST])
+            .await
+            .map_err(repo.err("fetching an artifact"))?;
+        if bytes.len() > MAX_MANIFEST_BYTES || Digest::of(&bytes).as_str() != entry.digest {
+            return Err(bad("its manifest does not match its digest".into()));
+        }
+        let manifest: Value = serde_json::from_slice(&bytes).map_err(|e| bad(format!("not JSON: {e}")))?;
+        if manifest.get("artifactType").and_then(Value::as_str) != Some(artifact_type) {
+            continue;
+        }
+        let subject = manifest.pointer("/subject/digest").and_then(Value::as_str);
+        if subject != Some(subject_digest) {
+            return Err(bad(format!("its subject is {subject:?}, not {subject_digest}")));
+        }
+        let layer = manifest.pointer("/layers/0").ok_or_else(|| bad("it has no layer".into()))?;
+        let digest = layer.get("digest").and_then(Value::as_str).unwrap_or_default().to_owned();
+        let size = layer.get("size").and_then(Value::as_u64).unwrap_or(u64::MAX);
+        if size > max || digest.parse::<Digest>().is_err() {
+            return Err(bad(format!("layer {digest:?} of {size} bytes is implausible")));
+        }
+        let mut out = Vec::new();
+        repo.client
+            .pull_blob(&repo.by_digest(&digest), digest.as_str(), &mut out)
+            .await
+            .map_err(repo.err("downloading an artifact"))?;
+        if out.len() as u64 != size || Digest::of(&out).as_str() != digest {
+            return Err(bad(format!("its layer does not match {digest} ({size} bytes)")));
+        }
+        return Ok(Some((entry.digest, out)));
     }
     Ok(None)
 }

@@ -32,7 +32,7 @@ use std::sync::Arc;
 use clip_format::Archive;
 use clip_source::{ImageRef, SourceOptions};
 use clip_store::StoreConfig;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 pub use error::RunError;
 pub use mounts::{GcEntry, Lease};
@@ -51,6 +51,8 @@ pub struct Node {
     clip_exe: PathBuf,
     /// Images that fell back from v2 to v1.
     fallbacks: Arc<AtomicU64>,
+    /// Record a prefetch profile to this file in the mounts this node starts.
+    record_profile: Option<PathBuf>,
 }
 
 /// A pulled image: its index, the archive that is mounted, and the mounted root filesystem.
@@ -71,7 +73,14 @@ pub struct Pulled {
 
 impl Node {
     pub fn new(config: Config, clip_exe: PathBuf) -> Node {
-        Node { config, clip_exe, fallbacks: Arc::default() }
+        Node { config, clip_exe, fallbacks: Arc::default(), record_profile: None }
+    }
+
+    /// Makes the mounts this node starts record a prefetch profile to `path` (written when the mount ends).
+    /// A mount already shared with other users is not restarted, so nothing is recorded then (logged).
+    pub fn with_record_profile(mut self, path: PathBuf) -> Node {
+        self.record_profile = Some(path);
+        self
     }
 
     /// How many images this node fell back from v2 to v1 for (an index could not be built).
@@ -149,11 +158,24 @@ impl Node {
         if open.source.plain_http {
             args.push("--plain-http".into());
         }
+        if let Some(path) = &self.record_profile {
+            args.extend(["--record-profile".into(), std::path::absolute(path).unwrap_or(path.clone()).into()]);
+        } else if version == ClipVersion::V2 {
+            if let Some(path) = self.published_profile(image, &index).await {
+                args.extend(["--profile".into(), path.into()]);
+            }
+        }
+        if let Some(url) = &self.config.s3_content_cache.value {
+            args.extend(["--content-cache".into(), url.to_string().into()]);
+        }
         let cmd = MountCommand { exe: self.clip_exe.clone(), archive: archive.clone(), args };
         let dir = self.state_dir().join("mounts").join(&key);
-        let (rootfs, lease) = tokio::task::spawn_blocking(move || mounts::acquire(&dir, &cmd, hold))
+        let (rootfs, lease, mounted_now) = tokio::task::spawn_blocking(move || mounts::acquire(&dir, &cmd, hold))
             .await
             .map_err(|e| crate::ClientError::Task(e.to_string()))??;
+        if let Some(path) = self.record_profile.as_ref().filter(|_| !mounted_now) {
+            warn!(%image, path = %path.display(), "the mount is shared with a running container; no profile is recorded");
+        }
         info!(%image, digest = %index.manifest_digest, index_origin = %index.origin, %version, rootfs = %rootfs.display(), "image ready");
         Ok(Pulled { index, archive, version, fallback, rootfs, lease })
     }
@@ -197,6 +219,35 @@ impl Node {
         let code = code?;
         removed?;
         Ok(code)
+    }
+
+    /// The prefetch profile published for the image in its registry, kept under `profiles/<key>.json`; `None`
+    /// when there is none or it cannot be fetched (logged: a profile only speeds things up).
+    async fn published_profile(&self, image: &str, index: &StoredIndex) -> Option<PathBuf> {
+        let path = self.state_dir().join("profiles").join(format!("{}.json", index.key));
+        if path.is_file() {
+            return Some(path);
+        }
+        if !matches!(image.parse::<ImageRef>(), Ok(ImageRef::Registry { .. })) {
+            return None;
+        }
+        let opts = self.source_options(image);
+        match crate::fetch_published_profile(image, &index.manifest_digest, &opts).await {
+            Ok(Some((artifact, profile))) => {
+                let saved =
+                    path.parent().map(std::fs::create_dir_all).transpose().ok().and_then(|_| profile.save(&path).ok());
+                info!(%image, %artifact, spans = profile.spans.len(), "prefetch profile from registry");
+                saved.map(|_| path)
+            }
+            Ok(None) => {
+                debug!(%image, "no prefetch profile published");
+                None
+            }
+            Err(error) => {
+                warn!(%image, %error, "fetching the prefetch profile failed; starting without it");
+                None
+            }
+        }
     }
 
     /// Unmounts every shared mount without live users.

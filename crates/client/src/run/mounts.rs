@@ -237,7 +237,7 @@ fn release(dir: &Path, user: Proc) -> Result<(), RunError> {
 
 /// Ensures the mount `dir/rootfs` of `cmd.archive` is live; with `hold`, the calling process becomes a user
 /// and gets a [`Lease`]. Returns the rootfs path and whether it was mounted now.
-pub(crate) fn acquire(dir: &Path, cmd: &MountCommand, hold: bool) -> Result<(PathBuf, Option<Lease>), RunError> {
+pub(crate) fn acquire(dir: &Path, cmd: &MountCommand, hold: bool) -> Result<(PathBuf, Option<Lease>, bool), RunError> {
     let mut locked = Locked::open(dir)?;
     let mounted_now = locked.ensure_mounted(cmd)?;
     if !mounted_now {
@@ -252,7 +252,7 @@ pub(crate) fn acquire(dir: &Path, cmd: &MountCommand, hold: bool) -> Result<(Pat
         None
     };
     locked.save()?;
-    Ok((rootfs, lease))
+    Ok((rootfs, lease, mounted_now))
 }
 
 /// What [`gc`] did to one mount.
