@@ -29,7 +29,7 @@ pub async fn run(a: MountArgs, quiet: bool) -> anyhow::Result<()> {
     if !quiet {
         let s = summary.store;
         eprintln!(
-            "unmounted {}: {} reads ({} bytes); fetched {} spans ({} compressed bytes); cache hits: {} memory, {} disk ({:.0}% hit rate)",
+            "unmounted {}: {} reads ({} bytes); fetched {} spans ({} compressed bytes); cache hits: {} memory, {} disk, {} tier ({:.0}% hit rate)",
             a.mountpoint.display(),
             summary.reads,
             summary.read_bytes,
@@ -37,7 +37,9 @@ pub async fn run(a: MountArgs, quiet: bool) -> anyhow::Result<()> {
             s.bytes_fetched,
             s.memory_hits,
             s.disk_hits,
-            100.0 * (s.memory_hits + s.disk_hits) as f64 / (s.memory_hits + s.disk_hits + s.spans_fetched).max(1) as f64,
+            s.tier_hits,
+            100.0 * (s.memory_hits + s.disk_hits + s.tier_hits) as f64
+                / (s.memory_hits + s.disk_hits + s.tier_hits + s.spans_fetched).max(1) as f64,
         );
     }
     Ok(())

@@ -79,6 +79,31 @@ pub fn render(s: &Snapshot) -> String {
         "Disk cache files that failed their digest (refetched).",
         &one(st.disk_verify_failures),
     );
+    metric(
+        "clip_tier_hits_total",
+        "counter",
+        "Span lookups served by the shared content cache tier.",
+        &one(st.tier_hits),
+    );
+    metric(
+        "clip_tier_misses_total",
+        "counter",
+        "Span lookups the shared content cache tier did not hold.",
+        &one(st.tier_misses),
+    );
+    metric(
+        "clip_tier_errors_total",
+        "counter",
+        "Content cache tier requests that failed or timed out (the registry was used).",
+        &one(st.tier_errors),
+    );
+    metric(
+        "clip_tier_rejected_total",
+        "counter",
+        "Content cache tier objects that failed their digest (ignored).",
+        &one(st.tier_rejected),
+    );
+    metric("clip_tier_puts_total", "counter", "Spans published to the content cache tier.", &one(st.tier_puts));
     metric("clip_inflight_fetches", "gauge", "Span fetches running now.", &one(st.inflight_fetches));
     metric("clip_readahead_spans_total", "counter", "Spans requested by readahead.", &one(st.readahead_spans));
     metric("clip_prefetched_spans_total", "counter", "Spans loaded by prefetch.", &one(st.prefetched_spans));

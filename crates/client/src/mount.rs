@@ -8,13 +8,14 @@ use std::time::Duration;
 
 use clip_format::DataRef;
 use clip_fs::{ClipFs, MountOptions, PassthroughSource};
-use clip_store::{ContentStore, StoreStats};
+use clip_s3::S3Url;
+use clip_store::{ContentStore, RemoteSpanCache, RemoteTier, StoreStats};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{info, warn};
 
 use crate::metrics::{self, Snapshot};
 use crate::profile::{Profile, ProfileRecorder};
-use crate::{open_archive, ClientError, Location, OpenOptions};
+use crate::{open_archive, ClientError, Location, OpenOptions, S3SpanCache};
 
 /// How to mount.
 #[derive(Debug, Clone, Default)]
@@ -30,6 +31,8 @@ pub struct MountConfig {
     pub record_profile: Option<PathBuf>,
     /// Right after mounting, prefetch the spans of this recorded profile in order, at low priority.
     pub profile: Option<PathBuf>,
+    /// The shared content cache tier (`s3://BUCKET/PREFIX`), asked after the disk cache.
+    pub content_cache: Option<S3Url>,
 }
 
 /// How often a recording mount rewrites its profile.
@@ -60,7 +63,13 @@ pub async fn mount_foreground(
     ready: impl FnOnce(&Path),
 ) -> Result<MountSummary, ClientError> {
     let profile = config.profile.as_deref().map(Profile::load).transpose()?;
-    let opened = open_archive(archive, &config.open).await?;
+    let mut open = config.open.clone();
+    if let Some(url) = &config.content_cache {
+        let tier = S3SpanCache::open(url, &open.s3)?;
+        info!(tier = %tier.describe(), "content cache tier");
+        open.store.remote = Some(RemoteTier(Arc::new(tier)));
+    }
+    let opened = open_archive(archive, &open).await?;
     let store = opened.store.clone();
     let mut fs = ClipFs::new(store.clone(), tokio::runtime::Handle::current());
     let recorder = config

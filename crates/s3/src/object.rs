@@ -131,6 +131,34 @@ impl S3Object {
         Self::with_config(url, (*self.config).clone())
     }
 
+    /// The object `key` in the same bucket, sharing this client (its connections and counters).
+    pub fn in_bucket(&self, key: &str) -> Result<S3Object, S3Error> {
+        let url = S3Url { bucket: self.url.bucket.clone(), key: key.to_owned() };
+        let path = ObjectPath::parse(key)
+            .map_err(|e| S3Error::InvalidUrl { input: url.to_string(), reason: e.to_string() })?;
+        Ok(S3Object { path, url, ..self.clone() })
+    }
+
+    /// The whole object, or `None` when it does not exist (one GET).
+    pub async fn get(&self) -> Result<Option<Bytes>, S3Error> {
+        self.counter.request();
+        let result = match self.store.get(&self.path).await {
+            Ok(r) => r,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(self.error("GET", e)),
+        };
+        let bytes = result.bytes().await.map_err(|e| self.error("GET", e))?;
+        self.counter.add_bytes(bytes.len());
+        Ok(Some(bytes))
+    }
+
+    /// Writes `bytes` as the whole object (one PUT).
+    pub async fn put(&self, bytes: Bytes) -> Result<(), S3Error> {
+        self.counter.request();
+        self.store.put(&self.path, bytes.into()).await.map_err(|e| self.error("PUT", e))?;
+        Ok(())
+    }
+
     /// Size in bytes (a HEAD request).
     pub async fn size(&self) -> Result<u64, S3Error> {
         self.counter.request();
