@@ -84,3 +84,63 @@ fn recorded_profile_lists_first_reads_and_a_cold_mount_prefetches_them() {
     let log = m.stop();
     assert!(log.contains("prefetching the spans of the profile"), "{log}");
 }
+
+/// Runs clip with info logs and a clean node configuration; returns (success, stdout, stderr).
+fn clip_node(args: &[&str], env: &[(String, String)]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_clip"))
+        .args(args)
+        .env("CLIP_LOG", "info")
+        .env_remove("CLIP_CONFIG")
+        .env_remove("CLIP_VERSION")
+        .env_remove("CLIP_PUBLISH_INDEX")
+        .env_remove("CLIP_S3_INDEX_STORE")
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("running clip");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.success(), text(&out.stdout), text(&out.stderr))
+}
+
+#[test]
+fn pushed_profile_is_found_and_prefetched_by_a_clean_node() {
+    let registry = Registry::start();
+    let mut layer = LayerBuilder::new();
+    layer.dir("etc").file("etc/greeting", "hello from the image\n").file("etc/other", "other\n");
+    let mut layout = OciLayoutBuilder::new();
+    layout.add_image("v1", &Image::new(vec![Layer::new(layer.finish(), Compression::Gzip)]));
+    registry.push(layout.path(), "v1", "app:v1");
+    let image = registry.image_ref("app:v1");
+    let dir = tempfile::tempdir().unwrap();
+    let index = dir.path().join("app.clip");
+    clip_ok(&["index", &image, "-o", s(&index)]);
+
+    let profile = dir.path().join("profile.json");
+    let cache = dir.path().join("cache0");
+    let m =
+        MountProc::start(&index, &dir.path().join("rec"), &["--cache-dir", s(&cache), "--record-profile", s(&profile)]);
+    assert_eq!(std::fs::read_to_string(m.dir.join("etc/greeting")).unwrap(), "hello from the image\n");
+    m.stop();
+    let recorded = read_profile(&profile);
+    assert!(!recorded["spans"].as_array().unwrap().is_empty(), "{recorded}");
+
+    let (ok, _, err) = clip_node(&["profile", "push", &image, s(&profile)], &[]);
+    assert!(ok, "clip profile push failed:\n{err}");
+
+    let state = dir.path().join("node/state");
+    let env = vec![
+        ("CLIP_STATE_DIR".to_owned(), state.display().to_string()),
+        ("CLIP_CACHE_DIR".to_owned(), dir.path().join("node/cache").display().to_string()),
+    ];
+    let (ok, out, err) = clip_node(&["pull", &image], &env);
+    assert!(ok, "clip pull failed:\n{err}");
+    assert!(err.contains("prefetch profile from registry"), "{err}");
+    let rootfs = std::path::PathBuf::from(out.trim());
+    assert_eq!(std::fs::read_to_string(rootfs.join("etc/greeting")).unwrap(), "hello from the image\n");
+    let saved = std::fs::read_dir(state.join("profiles")).unwrap().next().unwrap().unwrap().path();
+    assert_eq!(read_profile(&saved), recorded);
+    let mount_log = std::fs::read_dir(state.join("mounts")).unwrap().next().unwrap().unwrap().path().join("mount.log");
+    assert!(std::fs::read_to_string(&mount_log).unwrap().contains("prefetching the spans of the profile"));
+    let (ok, _, err) = clip_node(&["gc"], &env);
+    assert!(ok, "clip gc: {err}");
+}
