@@ -280,10 +280,6 @@ pub struct MountArgs {
     /// miss and before the registry, filled in the background; a tier that is down only costs a warning.
     #[arg(long, value_name = "S3_URL", env = "CLIP_S3_CONTENT_CACHE")]
     pub content_cache: Option<clip_client::S3Url>,
-    /// Shared content cache tier, s3://BUCKET/PREFIX: decoded spans by digest, read after a disk cache
-    /// miss and before the registry, filled in the background; a tier that is down only costs a warning.
-    #[arg(long, value_name = "S3_URL", env = "CLIP_S3_CONTENT_CACHE")]
-    pub content_cache: Option<clip_client::S3Url>,
     #[command(flatten)]
     pub source: SourceArgs,
     #[command(flatten)]

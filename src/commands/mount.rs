@@ -11,6 +11,7 @@ pub async fn run(a: MountArgs, quiet: bool) -> anyhow::Result<()> {
         prefetch: a.prefetch,
         record_profile: a.record_profile.clone(),
         profile: a.profile.clone(),
+        content_cache: a.content_cache.clone(),
         ..Default::default()
     };
     config.open.source.plain_http = a.source.plain_http;
