@@ -106,9 +106,9 @@ class Proxy:
 class Mount:
     """`clip mount` in the background; ready once the mountpoint shows up in /proc/self/mountinfo."""
 
-    def __init__(self, index, mnt, cache, metrics=None):
+    def __init__(self, index, mnt, cache, metrics=None, extra=()):
         mnt.mkdir(parents=True, exist_ok=True)
-        cmd = [str(CLIP), "-q", "mount", str(index), str(mnt), "--cache-dir", str(cache)]
+        cmd = [str(CLIP), "-q", "mount", str(index), str(mnt), "--cache-dir", str(cache)] + [str(a) for a in extra]
         if metrics:
             cmd += ["--metrics", metrics]
         self.mnt, self.metrics = mnt, metrics
@@ -274,6 +274,27 @@ def p3_cold_start(tmp, proxy, repo, index, runs, name):
     return clip_t, base_t, registry_bytes, read_bytes, warm_clip, warm_base, cold_clip, cold_base
 
 
+def p11_profile(tmp, index, runs, name):
+    """P11: record a prefetch profile once while running the P3 command, then cold runs (fresh cache) of
+    mount + command with `--profile` and without. Returns (with, without) seconds."""
+    profile = tmp / f"p11-{name}-profile.json"
+    m = Mount(index, tmp / f"p11-{name}-rec", tmp / f"p11-{name}-rec-cache", extra=["--record-profile", profile])
+    run(chroot_cmd(m.mnt))
+    m.stop()
+    with_t, without_t = [], []
+    for r in range(runs):
+        for times, extra in ((without_t, []), (with_t, ["--profile", profile])):
+            tag = "with" if extra else "without"
+            cache, mnt = tmp / f"p11-{name}-{tag}-cache-{r}", tmp / f"p11-{name}-{tag}-mnt-{r}"
+            drop_caches()
+            t = time.perf_counter()
+            m = Mount(index, mnt, cache, extra=extra)
+            run(chroot_cmd(mnt))
+            times.append(time.perf_counter() - t)
+            m.stop()
+    return with_t, without_t
+
+
 def local_scenarios(tmp, proxy, many_layout, results):
     index = tmp / "many.clip"
     run([CLIP, "-q", "index", f"{proxy.addr}/many:v1", "-o", index])
@@ -390,6 +411,11 @@ def main():
                 r = statistics.median(reg) / max(statistics.median(read), 1)
                 results.add("P4", f"registry bytes during P3 ({label})", spread(reg, mib), spread(read, mib) + " read", r,
                             "≤ 2.0", r <= 2.0, None)
+                if mbit == 100:
+                    w, wo = p11_profile(tmp, index, args.runs, name)
+                    r = statistics.median(w) / statistics.median(wo)
+                    results.add("P11", f"cold start with a recorded profile (`--profile`) vs without ({label})",
+                                spread(w, secs), spread(wo, secs) + " without", r, "< 1.0", r < 1.0, None)
                 if name == args.profiles.split(",")[0]:
                     r = statistics.median(wc) / statistics.median(wb)
                     results.add("P5", "the same command, warm cache", spread(wc, secs), spread(wb, secs), r, "≤ 1.2",
@@ -410,7 +436,7 @@ def main():
                 subprocess.run(["umount", "-l", mp])
         shutil.rmtree(tmp, ignore_errors=True)
 
-    order = {f"P{i}": i for i in range(1, 11)}
+    order = {f"P{i}": i for i in range(1, 12)}
     rows = sorted(results.rows, key=lambda r: order[r[0]])
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     lines = [
