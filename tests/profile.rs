@@ -144,3 +144,33 @@ fn pushed_profile_is_found_and_prefetched_by_a_clean_node() {
     let (ok, _, err) = clip_node(&["gc"], &env);
     assert!(ok, "clip gc: {err}");
 }
+
+#[test]
+fn clip_run_records_a_profile_and_a_clean_node_runs_with_the_pushed_one() {
+    let registry = Registry::start();
+    registry.push(&common::debian_layout(), "bookworm", "debian:test");
+    let image = registry.image_ref("debian:test");
+    let dir = tempfile::tempdir().unwrap();
+    let node = |name: &str| {
+        vec![
+            ("CLIP_STATE_DIR".to_owned(), dir.path().join(name).join("state").display().to_string()),
+            ("CLIP_CACHE_DIR".to_owned(), dir.path().join(name).join("cache").display().to_string()),
+        ]
+    };
+    let profile = dir.path().join("debian.json");
+    let (ok, out, err) =
+        clip_node(&["run", "--record-profile", s(&profile), &image, "--", "cat", "/etc/os-release"], &node("first"));
+    assert!(ok, "clip run failed:\n{err}");
+    assert!(out.contains("Debian GNU/Linux 12"), "{out}");
+    // The mount ended with the run (last user out) and wrote the profile.
+    let recorded = read_profile(&profile);
+    assert!(recorded["spans"].as_array().is_some_and(|s| !s.is_empty()), "{recorded}");
+    assert!(recorded["manifest_digest"].as_str().is_some_and(|d| d.starts_with("sha256:")), "{recorded}");
+
+    let (ok, _, err) = clip_node(&["profile", "push", &image, s(&profile)], &[]);
+    assert!(ok, "clip profile push failed:\n{err}");
+    let (ok, out, err) = clip_node(&["run", &image, "--", "cat", "/etc/os-release"], &node("second"));
+    assert!(ok, "clip run failed:\n{err}");
+    assert!(out.contains("Debian GNU/Linux 12"), "{out}");
+    assert!(err.contains("prefetch profile from registry"), "{err}");
+}
