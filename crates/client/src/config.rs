@@ -137,7 +137,7 @@ pub struct Config {
     pub s3_index_store: Setting<Option<S3Url>>,
     /// Publish indexes built on this node to the registry and the S3 index store.
     pub publish_index: Setting<bool>,
-    /// The shared tier of decompressed spans (not used yet).
+    /// The shared tier of decompressed spans (`s3://BUCKET/PREFIX`), passed to the mounts `run`/`pull` start.
     pub s3_content_cache: Setting<Option<S3Url>>,
 }
 
