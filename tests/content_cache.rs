@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use clip_testkit::*;
@@ -173,4 +173,47 @@ fn corrupt_tier_objects_are_ignored_counted_and_read_from_the_registry() {
     assert_eq!(metric(&metrics, "clip_tier_rejected_total"), keys.len() as f64);
     assert_eq!(metric(&metrics, "clip_tier_hits_total"), 0.0);
     b.stop();
+}
+
+/// `clip pull` with `CLIP_S3_CONTENT_CACHE`: the shared mounts it starts use the tier.
+#[test]
+fn clip_pull_mounts_use_the_configured_tier() {
+    let fleet = Fleet::new();
+    let state = fleet.dir.path().join("state");
+    let clip = |cache: &str, args: &[&str]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_clip"));
+        cmd.args(args).env("CLIP_LOG", "info").env_remove("CLIP_CONFIG").env_remove("CLIP_VERSION");
+        cmd.env("CLIP_STATE_DIR", &state).env("CLIP_CACHE_DIR", fleet.dir.path().join(cache));
+        cmd.env("CLIP_S3_CONTENT_CACHE", TIER).envs(fleet.s3.env_for(&fleet.s3_proxy.addr()));
+        let out = cmd.stdin(std::process::Stdio::null()).output().unwrap();
+        assert!(out.status.success(), "clip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let image = fleet.registry_proxy.image_ref("img:t");
+    let rootfs = PathBuf::from(clip("cache-a", &["pull", &image]).trim());
+    fleet.read_all(&rootfs);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while fleet.put_keys().is_empty() {
+        assert!(Instant::now() < deadline, "node A published nothing");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Let the background puts finish before the mount goes away: wait until no new key shows up for 1 s.
+    let mut seen = fleet.put_keys().len();
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+        let now = fleet.put_keys().len();
+        if now == seen {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node A keeps publishing");
+        seen = now;
+    }
+    clip("cache-a", &["gc"]);
+
+    fleet.registry_proxy.reset_stats();
+    let rootfs = PathBuf::from(clip("cache-b", &["pull", &image]).trim());
+    fleet.read_all(&rootfs);
+    let layer_reads = fleet.registry_proxy.stats().log.iter().filter(|r| r.range.is_some()).count();
+    assert_eq!(layer_reads, 0, "node B read layers from the registry");
+    clip("cache-b", &["gc"]);
 }
