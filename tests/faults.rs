@@ -200,7 +200,7 @@ fn registry_outage_cached_files_work_uncached_reads_fail_within_the_deadline_and
 }
 
 /// clip-store's `failure_holdoff` for the 2 s deadline, with room to spare.
-const HOLDOFF: Duration = Duration::from_millis(300);
+const HOLDOFF: Duration = Duration::from_millis(1100);
 
 fn libc_eio() -> i32 {
     5

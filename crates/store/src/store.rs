@@ -9,7 +9,7 @@
 //! Failure policy: bytes that fail verification (or do not decode) are fetched again, up to
 //! [`VERIFY_ATTEMPTS`] times in all, and never served. Every read has a deadline
 //! ([`StoreConfig::read_timeout`]) covering the whole lookup, the source's retries included; past it the
-//! read fails. A failed lookup leaves almost nothing behind: for [`failure_holdoff`] (at most 250 ms)
+//! read fails. A failed lookup leaves almost nothing behind: for [`failure_holdoff`] (at most 1 s)
 //! further lookups of the span fail at once with the same error, because the kernel answers a failed
 //! readahead by asking again for the same page straight away, and that retry must not wait out a second
 //! deadline; after that the next read of the span starts afresh, so reads work again as soon as the
@@ -67,10 +67,10 @@ pub struct StoreConfig {
 /// Fetches of one span, the first included, before bytes that fail verification make the read fail.
 pub const VERIFY_ATTEMPTS: u32 = 3;
 
-/// How long a span whose lookup failed keeps failing at once: 250 ms, or half the read deadline if that
+/// How long a span whose lookup failed keeps failing at once: 1 s, or half the read deadline if that
 /// is shorter. See the module docs.
 pub fn failure_holdoff(read_timeout: Duration) -> Duration {
-    (read_timeout / 2).min(Duration::from_millis(250))
+    (read_timeout / 2).min(Duration::from_secs(1))
 }
 
 impl Default for StoreConfig {
