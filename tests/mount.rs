@@ -58,6 +58,16 @@ fn mounted_conformance_image_equals_umoci(#[case] compression: Compression) {
     let log = m.stop();
     assert!(log.contains("mounted"), "{log}");
     assert!(log.contains("unmounted"), "{log}");
+    // Every layer holding file bytes was read (the tree comparison hashed every file): each is logged once.
+    let archive = clip_format::Archive::open(&img.index()).unwrap();
+    let mut layers: Vec<u32> = (0..archive.node_count())
+        .filter_map(|i| archive.node(clip_format::Ino::from_index(i)).unwrap().data_ref())
+        .filter(|d| d.size > 0)
+        .map(|d| d.layer)
+        .collect();
+    layers.sort_unstable();
+    layers.dedup();
+    assert_eq!(log.matches("layer first touched").count(), layers.len(), "{log}");
     drop(img.registry);
 }
 

@@ -27,7 +27,7 @@ use clip_format::{Archive, Compression, DataRef, FormatError, SpanView};
 use sha2::{Digest as _, Sha256};
 use tokio::runtime::Handle;
 use tokio::sync::{Notify, OnceCell, Semaphore};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::remote::TierHealth;
 use crate::schedule::Stream;
@@ -170,6 +170,8 @@ pub(crate) struct Inner {
     pub materializing: Mutex<HashSet<[u8; 32]>>,
     /// Failures of the remote tier (backoff, rate-limited warnings).
     tier_health: Arc<TierHealth>,
+    /// Layers read at least once (logged once each, at info).
+    touched: Vec<std::sync::atomic::AtomicBool>,
 }
 
 impl ContentStore {
@@ -213,6 +215,7 @@ impl ContentStore {
                 prefetch_permits: Arc::new(Semaphore::new(permits)),
                 materializing: Mutex::default(),
                 tier_health: Arc::new(TierHealth::new()),
+                touched: (0..layers).map(|_| std::sync::atomic::AtomicBool::new(false)).collect(),
             }),
         }
     }
@@ -254,6 +257,7 @@ impl ContentStore {
             || FormatError::Corrupt(format!("file at offset {} of layer {} overflows", data.offset, data.layer));
         let pos = data.offset.checked_add(offset).ok_or_else(overflow)?;
         let stop = data.offset.checked_add(end).ok_or_else(overflow)?;
+        self.inner.note_layer_touched(data.layer);
         self.inner.readahead(data, offset, end);
         let mut out = Vec::with_capacity((end - offset) as usize);
         let mut pos = pos;
@@ -303,6 +307,16 @@ impl Drop for Foreground<'_> {
 }
 
 impl Inner {
+    /// Logs, once per layer, that a read first reached it.
+    fn note_layer_touched(&self, layer: u32) {
+        let first =
+            self.touched.get(layer as usize).is_some_and(|t| !t.swap(true, std::sync::atomic::Ordering::Relaxed));
+        if first {
+            let digest = self.archive.meta().layers.get(layer as usize).map_or("", |l| l.digest.as_str());
+            info!(layer, %digest, "layer first touched");
+        }
+    }
+
     /// Whether span `index` is in memory.
     pub fn in_memory(&self, index: usize) -> bool {
         lock(&self.memory).contains(index)
