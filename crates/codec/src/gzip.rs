@@ -9,7 +9,8 @@ use crate::gzip_header::{HeaderParser, Trailer, TRAILER_LEN};
 use crate::input::Input;
 use crate::reader::Fault;
 use crate::spans::SpanRecorder;
-use crate::zlib::{crc32, Flush, RawInflater};
+use crate::trim::trim_window;
+use crate::zlib::{crc32, Flush, RawInflater, WINDOW_SIZE};
 use crate::CheckpointRef;
 
 enum State {
@@ -28,6 +29,20 @@ pub(crate) struct GzipIndexer {
     member_crc: u32,
     member_len: u64,
     members: u64,
+    /// Checkpoints whose windows get trimmed once the 32 KiB of output after them are decoded.
+    trims: Vec<PendingTrim>,
+}
+
+/// A checkpoint waiting for the output that decides which of its window bytes are needed.
+struct PendingTrim {
+    out_offset: u64,
+    in_offset: u64,
+    bits: u8,
+    window: Vec<u8>,
+    /// Compressed offset of `data[0]`.
+    data_start: u64,
+    /// Compressed bytes from `data_start` on, as consumed.
+    data: Vec<u8>,
 }
 
 impl GzipIndexer {
@@ -39,6 +54,7 @@ impl GzipIndexer {
             member_crc: 0,
             member_len: 0,
             members: 0,
+            trims: Vec::new(),
         })
     }
 
@@ -56,13 +72,14 @@ impl GzipIndexer {
                     if !input.fill()? {
                         if parser.is_fresh() && self.members > 0 {
                             tracing::debug!(members = self.members, "end of gzip stream");
+                            self.finish_trims(spans, true);
                             self.state = State::End;
                             continue;
                         }
                         return Err(CodecError::UnexpectedEof { offset: input.pos() }.into());
                     }
                     let (used, done) = parser.feed(input.data())?;
-                    input.consume(used);
+                    consume(&mut self.trims, input, used);
                     if done {
                         self.member_start = parser.start();
                         self.begin_member(input.pos(), spans)?;
@@ -73,7 +90,7 @@ impl GzipIndexer {
                         return Err(CodecError::UnexpectedEof { offset: input.pos() }.into());
                     }
                     let step = self.inflater.inflate(input.data(), out, Flush::Block);
-                    input.consume(step.consumed);
+                    consume(&mut self.trims, input, step.consumed);
                     let produced = &out[..step.produced];
                     self.member_crc = crc32(self.member_crc, produced);
                     self.member_len += produced.len() as u64;
@@ -84,10 +101,11 @@ impl GzipIndexer {
                             // Input and output were both available: zlib cannot move, the data is bad.
                             return Err(inflate_error(input.pos(), libz_rs_sys::Z_BUF_ERROR).into());
                         }
-                        Ok(false) => self.maybe_checkpoint(input.pos(), spans),
+                        Ok(false) => self.maybe_checkpoint(input.pos(), input.last_consumed(), spans),
                         Err(code) => return Err(inflate_error(input.pos(), code).into()),
                     }
                     if step.produced > 0 {
+                        self.finish_trims(spans, false);
                         return Ok(step.produced);
                     }
                 }
@@ -96,7 +114,7 @@ impl GzipIndexer {
                         return Err(CodecError::UnexpectedEof { offset: input.pos() }.into());
                     }
                     let used = trailer.feed(input.data());
-                    input.consume(used);
+                    consume(&mut self.trims, input, used);
                     if let Some((crc, isize)) = trailer.value() {
                         // ISIZE is the length modulo 2^32.
                         if crc != self.member_crc || isize != self.member_len as u32 {
@@ -123,7 +141,7 @@ impl GzipIndexer {
 
     /// After an `inflate(Z_BLOCK)`: take a checkpoint if we stopped before a (non-final) block and the span
     /// is long enough.
-    fn maybe_checkpoint(&mut self, consumed: u64, spans: &mut SpanRecorder) {
+    fn maybe_checkpoint(&mut self, consumed: u64, last: Option<u8>, spans: &mut SpanRecorder) {
         let Some(unused) = self.inflater.block_boundary() else {
             return;
         };
@@ -133,8 +151,46 @@ impl GzipIndexer {
         // zlib keeps < 8 unused bits here; should more be held, whole bytes step the offset back.
         let in_offset = consumed - u64::from(unused / 8);
         let bits = (unused % 8) as u8;
-        spans.cut(in_offset, bits, self.inflater.dictionary());
+        let window = self.inflater.dictionary();
+        // Trimming replays the compressed bytes from the checkpoint on (and the byte holding its first bits);
+        // should zlib ever hold whole bytes back, those are gone and the window stays whole.
+        let prefix = match (unused / 8, bits, last) {
+            (0, 0, _) => Some(Vec::new()),
+            (0, _, Some(byte)) => Some(vec![byte]),
+            _ => None,
+        };
+        let out_offset = spans.out_pos();
+        spans.cut(in_offset, bits, window.clone());
+        if let (Some(data), false) = (prefix, window.is_empty()) {
+            spans.hold();
+            let data_start = in_offset - data.len() as u64;
+            self.trims.push(PendingTrim { out_offset, in_offset, bits, window, data_start, data });
+        }
     }
+
+    /// Trim the windows whose following 32 KiB of output are decoded (all of them at the end of the stream).
+    fn finish_trims(&mut self, spans: &mut SpanRecorder, ended: bool) {
+        let out_pos = spans.out_pos();
+        let ready = self.trims.iter().take_while(|t| ended || out_pos - t.out_offset >= WINDOW_SIZE as u64).count();
+        for trim in self.trims.drain(..ready) {
+            let checkpoint = CheckpointRef {
+                out_offset: trim.out_offset,
+                in_offset: trim.in_offset,
+                bits: trim.bits,
+                window: &trim.window,
+            };
+            let window = trim_window(&checkpoint, trim.data_start, &trim.data, out_pos - trim.out_offset);
+            spans.set_window(trim.out_offset, window.unwrap_or(trim.window));
+        }
+    }
+}
+
+/// Consume `n` buffered bytes, keeping a copy for every pending trim.
+fn consume<R: Read>(trims: &mut [PendingTrim], input: &mut Input<R>, n: usize) {
+    for trim in trims.iter_mut() {
+        trim.data.extend_from_slice(&input.data()[..n]);
+    }
+    input.consume(n);
 }
 
 fn inflate_error(offset: u64, code: i32) -> CodecError {

@@ -12,12 +12,14 @@ pub(crate) struct Input<R> {
     /// Compressed offset of `buf[start]`: bytes consumed by the decoder so far.
     pos: u64,
     eof: bool,
+    /// The last byte consumed from the buffer (a gzip checkpoint's bit offset points into it).
+    last: Option<u8>,
 }
 
 impl<R: Read> Input<R> {
     /// `capacity` 0 is fine for readers that only use [`Input::read_direct`].
     pub fn new(inner: R, capacity: usize) -> Self {
-        Self { inner, buf: vec![0; capacity].into_boxed_slice(), start: 0, end: 0, pos: 0, eof: false }
+        Self { inner, buf: vec![0; capacity].into_boxed_slice(), start: 0, end: 0, pos: 0, eof: false, last: None }
     }
 
     /// Buffered bytes not consumed yet.
@@ -29,8 +31,16 @@ impl<R: Read> Input<R> {
     pub fn consume(&mut self, n: usize) {
         debug_assert!(n <= self.end - self.start);
         let n = n.min(self.end - self.start);
+        if n > 0 {
+            self.last = Some(self.buf[self.start + n - 1]);
+        }
         self.start += n;
         self.pos += n as u64;
+    }
+
+    /// The byte right before [`Input::pos`], if it went through the buffer.
+    pub fn last_consumed(&self) -> Option<u8> {
+        self.last
     }
 
     /// Compressed offset of the next unconsumed byte.

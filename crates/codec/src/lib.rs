@@ -52,6 +52,7 @@ mod gzip_header;
 mod input;
 mod reader;
 mod spans;
+mod trim;
 mod zlib;
 mod zstd_frames;
 

@@ -1,6 +1,8 @@
 //! [`SpanRecorder`]: turns the uncompressed output and the checkpoints a decoder offers into [`Span`]s with
 //! digests.
 
+use std::collections::VecDeque;
+
 use sha2::{Digest as _, Sha256};
 
 use crate::{Checkpoint, Span};
@@ -13,12 +15,22 @@ pub(crate) struct SpanRecorder {
     current: Option<Checkpoint>,
     hasher: Sha256,
     out_pos: u64,
+    /// Checkpoints (by `out_offset`, ascending) whose window will still be replaced; spans from the first of
+    /// them on are held back from [`SpanRecorder::take_done`].
+    held: VecDeque<u64>,
 }
 
 impl SpanRecorder {
     /// `span_size` 0 is treated as 1.
     pub fn new(span_size: u64) -> Self {
-        Self { span_size: span_size.max(1), done: Vec::new(), current: None, hasher: Sha256::new(), out_pos: 0 }
+        Self {
+            span_size: span_size.max(1),
+            done: Vec::new(),
+            current: None,
+            hasher: Sha256::new(),
+            out_pos: 0,
+            held: VecDeque::new(),
+        }
     }
 
     /// Open the first span (at uncompressed offset 0).
@@ -60,6 +72,24 @@ impl SpanRecorder {
         }
     }
 
+    /// Keep the checkpoint just cut (at the current output position) out of [`SpanRecorder::take_done`]
+    /// until [`SpanRecorder::set_window`] gives its final window.
+    pub fn hold(&mut self) {
+        self.held.push_back(self.out_pos);
+    }
+
+    /// Replace the window of the held checkpoint at `out_offset` and release it.
+    pub fn set_window(&mut self, out_offset: u64, window: Vec<u8>) {
+        self.held.retain(|&o| o != out_offset);
+        let checkpoint = match &mut self.current {
+            Some(c) if c.out_offset == out_offset => Some(c),
+            _ => self.done.iter_mut().rev().map(|s| &mut s.checkpoint).find(|c| c.out_offset == out_offset),
+        };
+        if let Some(checkpoint) = checkpoint {
+            checkpoint.window = window;
+        }
+    }
+
     fn close(&mut self, checkpoint: Checkpoint) {
         let digest = std::mem::take(&mut self.hasher).finalize().into();
         self.done.push(Span { len: self.out_pos - checkpoint.out_offset, checkpoint, digest });
@@ -67,7 +97,11 @@ impl SpanRecorder {
 
     /// Spans closed so far (removed from the recorder).
     pub fn take_done(&mut self) -> Vec<Span> {
-        std::mem::take(&mut self.done)
+        let ready = match self.held.front() {
+            Some(&held) => self.done.partition_point(|s| s.checkpoint.out_offset < held),
+            None => self.done.len(),
+        };
+        self.done.drain(..ready).collect()
     }
 
     /// Close the last span and return every span not taken yet. A trailing empty span is dropped unless
