@@ -47,6 +47,9 @@ fn debian_image_runs_from_the_mount_lazily() {
         .unwrap();
     let image_size: u64 = index.meta().layers.iter().map(|l| l.size).sum();
     assert!(image_size > 50 << 20, "the Debian image is realistic ({image_size} compressed bytes)");
+    // Issue 2: the whole index file (checkpoint windows included) stays under 0.5 % of the image.
+    let index_size = std::fs::metadata(deb.dir.path().join("debian.clip")).unwrap().len();
+    assert!(index_size * 200 < image_size, "index is {index_size} bytes for a {image_size}-byte image (> 0.5 %)");
 
     let m = deb.mount("mnt");
     deb.proxy.reset_stats();
