@@ -59,6 +59,11 @@ pub enum ClientError {
     DataMismatch { location: String, data: String },
     #[error("{image}: {what}: {detail}")]
     Registry { image: String, what: &'static str, detail: String },
+    #[error(
+        "{image}: {what}: registry {registry} refused access: {detail} (log in with `docker login {registry}`, or set \
+         DOCKER_CONFIG to a directory whose config.json holds credentials for {registry})"
+    )]
+    RegistryAuth { image: String, registry: String, what: &'static str, detail: String },
     #[error("{image} is not a registry image; indexes are published to and found in registries only")]
     NotARegistry { image: String },
     #[error("{path} records no image manifest digest; publish an index built by `clip index` from a registry image")]

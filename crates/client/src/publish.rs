@@ -8,14 +8,17 @@
 //! schema is kept up to date: an image index tagged `sha256-<hex of the subject>` listing the artifacts,
 //! merged with what is already there.
 //!
-//! Registry credentials: anonymous (or whatever the registry grants without a login); publishing to a
-//! registry that requires a login is not supported yet.
+//! Registry credentials come from Docker's config, like every registry request clip makes
+//! ([`clip_source::registry_auth`]: `DOCKER_CONFIG`, `~/.docker/config.json`, credential helpers); a
+//! registry that refuses them (or wants some) fails with [`ClientError::RegistryAuth`], which says how to
+//! log in.
 
 use std::path::{Path, PathBuf};
 
 use clip_format::Archive;
 use clip_source::{Digest, ImageRef, SourceOptions};
 use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference, RegistryOperation};
 use serde_json::{json, Value};
@@ -56,21 +59,13 @@ struct Repo {
 }
 
 impl Repo {
-    fn new(image: &str, opts: &SourceOptions) -> Result<Repo, ClientError> {
+    async fn new(image: &str, opts: &SourceOptions) -> Result<Repo, ClientError> {
         let reference: ImageRef = image.parse()?;
         let ImageRef::Registry { registry, repository, .. } = reference else {
             return Err(ClientError::NotARegistry { image: image.to_owned() });
         };
-        let plain = opts.plain_http || is_local(&registry);
-        let base = Reference::with_tag(registry.clone(), repository.clone(), "latest".into());
-        let protocol = if plain {
-            ClientProtocol::HttpsExcept(vec![base.resolve_registry().to_owned()])
-        } else {
-            ClientProtocol::Https
-        };
-        let client = Client::try_from(ClientConfig { protocol, ..ClientConfig::default() })
-            .map_err(|e| registry_error(image, "client setup", e))?;
-        Ok(Repo { client, auth: RegistryAuth::Anonymous, registry, repository, image: image.to_owned() })
+        let (client, auth) = registry_client(image, &registry, opts).await?;
+        Ok(Repo { client, auth, registry, repository, image: image.to_owned() })
     }
 
     fn by_digest(&self, digest: &str) -> Reference {
@@ -81,8 +76,8 @@ impl Repo {
         Reference::with_tag(self.registry.clone(), self.repository.clone(), tag.to_owned())
     }
 
-    fn err(&self, what: &'static str) -> impl FnOnce(oci_client::errors::OciDistributionError) -> ClientError + '_ {
-        move |e| registry_error(&self.image, what, e)
+    fn err(&self, what: &'static str) -> impl FnOnce(OciDistributionError) -> ClientError + '_ {
+        move |e| registry_failure(&self.image, &self.registry, what, e)
     }
 
     /// Artifact manifests of `artifact_type` that refer to `subject` (referrers API, else tag schema).
@@ -109,6 +104,56 @@ pub(crate) fn is_local(registry: &str) -> bool {
     let host = registry.rsplit_once(':').filter(|(h, p)| !h.ends_with(']') || !p.is_empty()).map_or(registry, |x| x.0);
     let host = host.trim_start_matches('[').trim_end_matches(']');
     host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// An oci-client for `registry` (plain HTTP for local registries or with `plain_http`) and the credentials
+/// to use with it, from Docker's config ([`clip_source::registry_auth`]).
+pub(crate) async fn registry_client(
+    image: &str,
+    registry: &str,
+    opts: &SourceOptions,
+) -> Result<(Client, RegistryAuth), ClientError> {
+    let auth = clip_source::registry_auth(registry, opts).await?;
+    let plain = opts.plain_http || is_local(registry);
+    let base = Reference::with_tag(registry.to_owned(), "library/x".into(), "latest".into());
+    let protocol = if plain {
+        ClientProtocol::HttpsExcept(vec![base.resolve_registry().to_owned()])
+    } else {
+        ClientProtocol::Https
+    };
+    let client = Client::try_from(ClientConfig { protocol, ..ClientConfig::default() })
+        .map_err(|e| registry_error(image, "client setup", e))?;
+    debug!(registry, anonymous = matches!(auth, RegistryAuth::Anonymous), "registry client");
+    Ok((client, auth))
+}
+
+/// A failed registry call: [`ClientError::RegistryAuth`] (with the fix) when the registry refused our
+/// credentials or wants some, else [`ClientError::Registry`].
+pub(crate) fn registry_failure(
+    image: &str,
+    registry: &str,
+    what: &'static str,
+    e: OciDistributionError,
+) -> ClientError {
+    use OciDistributionError as E;
+    let denied = match &e {
+        E::UnauthorizedError { .. } | E::AuthenticationFailure(_) => true,
+        E::ServerError { code, .. } => matches!(code, 401 | 403),
+        E::RegistryError { envelope, .. } => {
+            envelope.errors.iter().any(|c| matches!(c.code, OciErrorCode::Unauthorized | OciErrorCode::Denied))
+        }
+        _ => false,
+    };
+    if denied {
+        ClientError::RegistryAuth {
+            image: image.to_owned(),
+            registry: registry.to_owned(),
+            what,
+            detail: e.to_string(),
+        }
+    } else {
+        registry_error(image, what, e)
+    }
 }
 
 fn registry_error(image: &str, what: &'static str, e: impl std::fmt::Display) -> ClientError {
@@ -165,7 +210,7 @@ pub(crate) async fn push_artifact(
         "size": resolved.manifest_bytes.len(),
     });
 
-    let repo = Repo::new(image, opts)?;
+    let repo = Repo::new(image, opts).await?;
     let base = repo.by_digest(&indexed);
     repo.client.auth(&base, &repo.auth, RegistryOperation::Push).await.map_err(repo.err("authenticating to push"))?;
 
@@ -253,7 +298,7 @@ pub async fn fetch_published_index(
     dest: &Path,
     opts: &SourceOptions,
 ) -> Result<Option<String>, ClientError> {
-    let repo = Repo::new(image, opts)?;
+    let repo = Repo::new(image, opts).await?;
     for entry in repo.referrers(manifest_digest, INDEX_ARTIFACT_TYPE).await? {
         let bad = |why: String| ClientError::BadArtifact { image: image.to_owned(), digest: entry.digest.clone(), why };
         let (bytes, _) = repo
@@ -301,7 +346,7 @@ pub(crate) async fn fetch_artifact_layer(
     artifact_type: &str,
     max: u64,
 ) -> Result<Option<(String, Vec<u8>)>, ClientError> {
-    let repo = Repo::new(image, opts)?;
+    let repo = Repo::new(image, opts).await?;
     for entry in repo.referrers(subject_digest, artifact_type).await? {
         let bad = |why: String| ClientError::BadArtifact { image: image.to_owned(), digest: entry.digest.clone(), why };
         let (bytes, _) = repo

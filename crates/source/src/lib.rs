@@ -12,6 +12,9 @@
 //! OCI manifests, manifest lists and image indexes), [`LayoutSource`] (a local OCI image layout
 //! as written by skopeo or umoci) and [`MemorySource`] (blobs in memory, for unit tests).
 //!
+//! Registry credentials come from Docker's config ([`registry_auth`]: `$DOCKER_CONFIG`, credential
+//! helpers); the image client uses the same lookup for the registry requests it makes itself.
+//!
 //! Registry requests are retried under a [`RetryPolicy`] (backoff with jitter, `Retry-After`,
 //! re-authentication on 401); see the `retry` module.
 //!
@@ -50,9 +53,10 @@ pub use digest::{media_types, Descriptor, Digest, LayerCompression};
 pub use error::SourceError;
 pub use layout::LayoutSource;
 pub use memory::MemorySource;
+pub use oci_client::secrets::RegistryAuth;
 pub use platform::Platform;
 pub use reference::{ImageRef, DOCKER_HUB};
-pub use registry::RegistrySource;
+pub use registry::{registry_auth, RegistrySource};
 pub use resolve::{parse_image_config, parse_manifest, IndexEntry, ParsedManifest, ResolvedImage};
 pub use retry::RetryPolicy;
 pub use source::{BlobSource, BlobStream, SourceStats};

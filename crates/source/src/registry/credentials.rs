@@ -47,6 +47,36 @@ struct HelperAnswer {
     secret: String,
 }
 
+/// The credentials clip uses for `registry` (a host as in [`crate::ImageRef`], e.g. `127.0.0.1:5000` or
+/// `docker.io`), looked up the way `docker` does: in `opts.docker_config` when set (a file, or a directory
+/// holding `config.json`, which must exist), else `$DOCKER_CONFIG/config.json`, else
+/// `~/.docker/config.json`; there, `credHelpers` for the registry, then its `auths` entry (base64
+/// `user:password`, `username`/`password`, `registrytoken`), then `credsStore`. Helpers
+/// (`docker-credential-<name>`) are looked up on `$PATH`. No config file, or no entry for the registry:
+/// [`RegistryAuth::Anonymous`].
+///
+/// This is the one lookup behind every registry request clip makes (image pulls, index and profile
+/// artifacts, the v1 fallback), so `docker login REGISTRY` (or a `DOCKER_CONFIG` pointing at a config
+/// with credentials) is all a registry that needs a login asks for. A credential helper runs on a
+/// blocking thread. Errors name the file, key or helper, never a secret.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), clip_source::SourceError> {
+/// let auth = clip_source::registry_auth("127.0.0.1:5000", &clip_source::SourceOptions::default()).await?;
+/// # let _ = auth; Ok(()) }
+/// ```
+pub async fn registry_auth(registry: &str, opts: &crate::SourceOptions) -> Result<RegistryAuth, SourceError> {
+    let host = registry.to_owned();
+    let config = opts.docker_config.clone();
+    tokio::task::spawn_blocking(move || credentials_for(&host, config.as_deref(), &default_helper_dirs()))
+        .await
+        .map_err(|e| SourceError::Registry {
+            registry: registry.to_owned(),
+            what: "credential lookup".into(),
+            detail: e.to_string(),
+        })?
+}
+
 /// The default config file: `$DOCKER_CONFIG/config.json`, else `$HOME/.docker/config.json`.
 pub(crate) fn default_config_path() -> Option<PathBuf> {
     if let Some(dir) = std::env::var_os("DOCKER_CONFIG") {

@@ -1,0 +1,174 @@
+//! End to end: registries that need a login. `clip index --push`, the index lookup of `clip pull` and the
+//! v2 → v1 fallback pull all take their credentials from `$DOCKER_CONFIG/config.json`, like every other
+//! registry request clip makes; without credentials they fail with an error that names the registry and
+//! says how to log in, and never print the password. A real docker-registry behind htpasswd basic auth,
+//! real FUSE mounts, small images made with clip_testkit.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use clip_testkit::*;
+use common::s;
+
+const USER: &str = "clip-publisher";
+const PASSWORD: &str = "Pw-5b1d-login-never-print-me";
+
+fn base64(text: &str) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in text.as_bytes().chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            out.push(if i <= chunk.len() { ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char } else { '=' });
+        }
+    }
+    out
+}
+
+/// A registry behind basic auth holding a small two-layer image as `app:v1` and `other:v1`.
+struct Fixture {
+    registry: Registry,
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let registry = Registry::start_with_auth(USER, PASSWORD);
+        let mut lower = LayerBuilder::new();
+        lower.dir("etc").file("etc/greeting", "hello from the image\n").file("etc/gone", "x");
+        let mut upper = LayerBuilder::new();
+        upper.file("etc/upper", "second layer\n").whiteout("etc/gone");
+        let image = Image::new(vec![
+            Layer::new(lower.finish(), Compression::Gzip),
+            Layer::new(upper.finish(), Compression::Zstd),
+        ]);
+        let mut layout = OciLayoutBuilder::new();
+        layout.add_image("v1", &image);
+        registry.push(layout.path(), "v1", "app:v1");
+        registry.push(layout.path(), "v1", "other:v1");
+        Fixture { registry, dir: tempfile::tempdir().unwrap() }
+    }
+
+    /// A Docker config directory `name` with credentials for `hosts` (`password` for all).
+    fn docker_config(&self, name: &str, hosts: &[String], password: &str) -> String {
+        let d = self.dir.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        let auth = base64(&format!("{USER}:{password}"));
+        let auths: Vec<String> = hosts.iter().map(|h| format!(r#""{h}":{{"auth":"{auth}"}}"#)).collect();
+        std::fs::write(d.join("config.json"), format!(r#"{{"auths":{{{}}}}}"#, auths.join(","))).unwrap();
+        d.display().to_string()
+    }
+
+    /// A fresh node's state and cache directories, and `DOCKER_CONFIG`.
+    fn node_env(&self, name: &str, docker_config: &str) -> Vec<(String, String)> {
+        vec![
+            ("CLIP_STATE_DIR".into(), self.dir.path().join(name).join("state").display().to_string()),
+            ("CLIP_CACHE_DIR".into(), self.dir.path().join(name).join("cache").display().to_string()),
+            ("DOCKER_CONFIG".into(), docker_config.to_owned()),
+        ]
+    }
+}
+
+fn clip_info(args: &[&str], env: &[(String, String)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_clip"))
+        .args(args)
+        .env("CLIP_LOG", "info")
+        .env_remove("CLIP_CONFIG")
+        .env_remove("CLIP_VERSION")
+        .env_remove("CLIP_PUBLISH_INDEX")
+        .env_remove("CLIP_S3_INDEX_STORE")
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .output()
+        .expect("running clip")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// `clip pull` then `clip gc`; checks the tree through the rootfs; returns stderr.
+fn pull(image: &str, env: &[(String, String)]) -> String {
+    let out = clip_info(&["pull", image], env);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "clip pull failed:\n{stderr}");
+    let rootfs = PathBuf::from(text(&out.stdout).trim());
+    check_tree(&rootfs);
+    let gc = clip_info(&["gc"], env);
+    assert!(gc.status.success(), "clip gc: {}", text(&gc.stderr));
+    stderr
+}
+
+fn check_tree(rootfs: &Path) {
+    assert_eq!(std::fs::read_to_string(rootfs.join("etc/greeting")).unwrap(), "hello from the image\n");
+    assert_eq!(std::fs::read_to_string(rootfs.join("etc/upper")).unwrap(), "second layer\n");
+    assert!(!rootfs.join("etc/gone").exists(), "the whiteout applies");
+}
+
+/// A clean failure (exit 1, an error line, no panic) that names the registry, says how to log in, and
+/// shows no secret.
+#[track_caller]
+fn assert_login_error(out: &Output, registry: &str) -> String {
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("error:") && !stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.contains(&format!("docker login {registry}")), "says how to log in: {stderr}");
+    assert!(stderr.contains("DOCKER_CONFIG"), "{stderr}");
+    assert!(!stderr.contains(PASSWORD) && !stderr.contains(&base64(&format!("{USER}:{PASSWORD}"))), "{stderr}");
+    stderr
+}
+
+#[test]
+fn index_push_and_pull_log_in_with_docker_config_credentials() {
+    let f = Fixture::new();
+    let registry = f.registry.addr();
+    let image = f.registry.image_ref("app:v1");
+    let creds = f.docker_config("docker", std::slice::from_ref(&registry), PASSWORD);
+
+    // Publish: resolve, push the artifact and the referrers tag, all with the login.
+    let index = f.dir.path().join("app.clip");
+    let out = clip_info(&["index", &image, "-o", s(&index), "--push"], &[("DOCKER_CONFIG".into(), creds.clone())]);
+    assert!(out.status.success(), "clip index --push: {}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("published index"), "{}", text(&out.stderr));
+
+    // A clean node finds the published index (referrers tag and artifact read with the login).
+    let env = f.node_env("node", &creds);
+    let stderr = pull(&image, &env);
+    assert!(stderr.contains("index from registry") && stderr.contains("(registry)"), "{stderr}");
+    assert!(!stderr.contains("building index"), "no index is built: {stderr}");
+    assert!(!stderr.contains(PASSWORD), "{stderr}");
+
+    // No credentials: pull, and publish, fail with the registry named and the fix.
+    let none = f.dir.path().join("no-docker-config");
+    std::fs::create_dir_all(&none).unwrap();
+    let anonymous = f.node_env("anonymous", s(&none));
+    let stderr = assert_login_error(&clip_info(&["pull", &image], &anonymous), &registry);
+    assert!(stderr.contains(&format!("authentication to {registry} failed")), "{stderr}");
+    let out = clip_info(&["index", &image, "-o", s(&f.dir.path().join("x.clip")), "--push"], &anonymous[2..]);
+    assert_login_error(&out, &registry);
+
+    // A wrong password: the same, and the wrong password is not printed either.
+    let wrong = f.docker_config("wrong", std::slice::from_ref(&registry), "Wrong-9c1e-never-print-me");
+    let stderr = assert_login_error(&clip_info(&["pull", &image], &f.node_env("wrong-node", &wrong)), &registry);
+    assert!(!stderr.contains("Wrong-9c1e-never-print-me"), "{stderr}");
+}
+
+#[test]
+fn the_v1_fallback_pull_logs_in_too() {
+    let f = Fixture::new();
+    // A proxy that strips Range headers: the v2 check sees 200 for a Range GET and falls back to v1,
+    // which pulls the whole image from the registry behind basic auth.
+    let proxy = Proxy::start(&f.registry.addr(), ProxyConfig::default());
+    let creds = f.docker_config("docker", &[f.registry.addr(), proxy.addr()], PASSWORD);
+    let env = f.node_env("node", &creds);
+    proxy.set_faults(vec![Fault::new(FaultKind::IgnoreRange).blobs_only()]);
+    let stderr = pull(&proxy.image_ref("other:v1"), &env);
+    assert!(stderr.contains("refuses Range requests") && stderr.contains("falling back to v1"), "{stderr}");
+    assert!(stderr.contains("clip v1"), "{stderr}");
+    let layer_gets = proxy.stats().log.iter().filter(|r| r.path.contains("/blobs/") && r.status == 200).count();
+    assert!(layer_gets >= 2, "whole blobs were downloaded with the login: {:?}", proxy.stats().log);
+    assert!(!stderr.contains(PASSWORD), "{stderr}");
+}
