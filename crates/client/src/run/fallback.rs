@@ -12,9 +12,7 @@ use std::path::{Component, Path, PathBuf};
 
 use clip_format::Archive;
 use clip_source::{Digest, ImageRef, SourceOptions};
-use oci_client::client::{ClientConfig, ClientProtocol};
-use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference};
+use oci_client::Reference;
 use serde_json::Value;
 use tracing::info;
 
@@ -36,7 +34,7 @@ pub struct Unpacked {
     pub archive: PathBuf,
 }
 
-fn fail(image: &str, what: &'static str, detail: impl std::fmt::Display) -> RunError {
+fn invalid(image: &str, what: &'static str, detail: impl std::fmt::Display) -> RunError {
     ClientError::Registry { image: image.to_owned(), what, detail: detail.to_string() }.into()
 }
 
@@ -46,15 +44,8 @@ pub async fn pull_unpack(state_dir: &Path, image: &str, opts: &SourceOptions) ->
     let ImageRef::Registry { registry, repository, tag, digest } = reference else {
         return Err(ClientError::NotARegistry { image: image.to_owned() }.into());
     };
-    let base = Reference::with_tag(registry.clone(), repository.clone(), "latest".into());
-    let protocol = if opts.plain_http || crate::publish::is_local(&registry) {
-        ClientProtocol::HttpsExcept(vec![base.resolve_registry().to_owned()])
-    } else {
-        ClientProtocol::Https
-    };
-    let client = Client::try_from(ClientConfig { protocol, ..ClientConfig::default() })
-        .map_err(|e| fail(image, "client setup", e))?;
-    let auth = RegistryAuth::Anonymous;
+    let (client, auth) = crate::publish::registry_client(image, &registry, opts).await?;
+    let fail = |what, e| RunError::from(crate::publish::registry_failure(image, &registry, what, e));
     let by_digest = |d: &str| Reference::with_digest(registry.clone(), repository.clone(), d.to_owned());
     let mut target = match (&digest, &tag) {
         (Some(d), _) => by_digest(d),
@@ -65,14 +56,14 @@ pub async fn pull_unpack(state_dir: &Path, image: &str, opts: &SourceOptions) ->
         let (bytes, _) = client
             .pull_manifest_raw(&target, &auth, MANIFEST_TYPES)
             .await
-            .map_err(|e| fail(image, "fetching the manifest", e))?;
+            .map_err(|e| fail("fetching the manifest", e))?;
         if let Some(wanted) = target.digest() {
             if Digest::of(&bytes).as_str() != wanted {
-                return Err(fail(image, "fetching the manifest", format!("bytes do not match {wanted}")));
+                return Err(invalid(image, "fetching the manifest", format!("bytes do not match {wanted}")));
             }
         }
         manifest_digest = Digest::of(&bytes).to_string();
-        manifest = serde_json::from_slice::<Value>(&bytes).map_err(|e| fail(image, "parsing the manifest", e))?;
+        manifest = serde_json::from_slice::<Value>(&bytes).map_err(|e| invalid(image, "parsing the manifest", e))?;
         let Some(entries) = manifest.get("manifests").and_then(Value::as_array) else { break };
         let (os, arch) = (opts.platform.os.as_str(), opts.platform.architecture.as_str());
         let entry = entries
@@ -82,7 +73,7 @@ pub async fn pull_unpack(state_dir: &Path, image: &str, opts: &SourceOptions) ->
                     && m.pointer("/platform/architecture").and_then(Value::as_str) == Some(arch)
             })
             .and_then(|m| m.get("digest").and_then(Value::as_str))
-            .ok_or_else(|| fail(image, "picking a platform", format!("no manifest for {os}/{arch}")))?;
+            .ok_or_else(|| invalid(image, "picking a platform", format!("no manifest for {os}/{arch}")))?;
         target = by_digest(entry);
     }
     let key = manifest_digest.replace(':', "-");
@@ -103,13 +94,13 @@ pub async fn pull_unpack(state_dir: &Path, image: &str, opts: &SourceOptions) ->
     client
         .pull_blob(&by_digest(&config_digest), config_digest.as_str(), &mut config_bytes)
         .await
-        .map_err(|e| fail(image, "fetching the config", e))?;
+        .map_err(|e| fail("fetching the config", e))?;
     let (config, _) = clip_source::parse_image_config(&config_bytes).map_err(ClientError::from)?;
 
     let rootfs = scratch.path().join("rootfs");
     std::fs::create_dir_all(&rootfs).map_err(RunError::io(&rootfs, "creating the root filesystem"))?;
     let layers = manifest.get("layers").and_then(Value::as_array).cloned().unwrap_or_default();
-    info!(%image, layers = layers.len(), rootfs = %rootfs.display(), "v1 fallback: pulling and applying every layer");
+    info!(%image, layers = layers.len(), rootfs = %rootfs.display(), "cache miss: v1 fallback pulls and applies every layer");
     for (i, layer) in layers.iter().enumerate() {
         let digest = layer.get("digest").and_then(Value::as_str).unwrap_or_default().to_owned();
         let media_type = layer.get("mediaType").and_then(Value::as_str).unwrap_or_default().to_owned();
@@ -118,7 +109,7 @@ pub async fn pull_unpack(state_dir: &Path, image: &str, opts: &SourceOptions) ->
         client
             .pull_blob(&by_digest(&digest), digest.as_str(), file)
             .await
-            .map_err(|e| fail(image, "downloading a layer", e))?;
+            .map_err(|e| fail("downloading a layer", e))?;
         let root = rootfs.clone();
         tokio::task::spawn_blocking(move || apply_layer(&blob, &media_type, &digest, &root))
             .await

@@ -221,6 +221,28 @@ impl Registry {
         }
     }
 
+    /// Whether the registry answers a Range GET of this blob with `206 Partial Content`: one request for its
+    /// first byte (retried like any blob read). A `200` means it sends whole blobs whatever the `Range`;
+    /// its body is not read (the connection is dropped).
+    pub(super) async fn probe_range(&self, desc: &Descriptor) -> Result<bool, SourceError> {
+        if desc.size == 0 {
+            return Ok(true);
+        }
+        let mut tries = Tries::default();
+        loop {
+            let (generation, auth) = self.auth_state.get();
+            self.counter.request();
+            match self.send_get(desc, Some(&(0..1)), &auth).await {
+                Ok(response) => {
+                    let partial = response.status() == StatusCode::PARTIAL_CONTENT;
+                    debug!(digest = %desc.digest, status = %response.status(), "range probe");
+                    return Ok(partial);
+                }
+                Err(f) => self.before_retry(desc, f, &mut tries, generation).await?,
+            }
+        }
+    }
+
     /// One Range GET of `range`, appending what arrives to `out`.
     async fn range_attempt(
         &self,

@@ -1,6 +1,6 @@
 //! [`RegistrySource`]: one repository of an OCI distribution registry, through `oci-client`.
 //!
-//! Connecting resolves credentials (see `credentials`), picks HTTP or HTTPS (plain HTTP for
+//! Connecting resolves credentials (see [`registry_auth`]), picks HTTP or HTTPS (plain HTTP for
 //! localhost, 127.0.0.0/8 and ::1 like Docker, or everywhere with `plain_http`) and performs the
 //! token exchange once, so that auth and connection problems surface at `open` with a clear
 //! message. Blob reads are streamed GETs and Range GETs made with reqwest (see `blobs`), retried
@@ -10,6 +10,8 @@
 mod blobs;
 mod credentials;
 mod errors;
+
+pub use credentials::registry_auth;
 
 use std::future::Future;
 use std::ops::Range;
@@ -84,17 +86,7 @@ impl RegistrySource {
         repository: &str,
         opts: &SourceOptions,
     ) -> Result<RegistrySource, SourceError> {
-        let host = registry.to_owned();
-        let config = opts.docker_config.clone();
-        let auth = tokio::task::spawn_blocking(move || {
-            credentials::credentials_for(&host, config.as_deref(), &credentials::default_helper_dirs())
-        })
-        .await
-        .map_err(|e| SourceError::Registry {
-            registry: registry.to_owned(),
-            what: "credential lookup".into(),
-            detail: e.to_string(),
-        })??;
+        let auth = registry_auth(registry, opts).await?;
 
         let repo_ref = Reference::with_tag(registry.to_owned(), repository.to_owned(), "latest".to_owned());
         let plain = opts.plain_http || is_local_registry(registry);
@@ -156,6 +148,14 @@ impl RegistrySource {
     /// The repository path.
     pub fn repository(&self) -> &str {
         &self.0.repository
+    }
+
+    /// Whether the registry serves byte ranges of the blob `desc` (`Range` answered with
+    /// `206 Partial Content`), asked with one GET of its first byte. `false`: it answers `200` with the
+    /// whole blob, so every lazy read would download the blob from its start (reads still work: see
+    /// `blobs`, but slowly). Empty blobs count as supporting ranges.
+    pub async fn supports_range(&self, desc: &Descriptor) -> Result<bool, SourceError> {
+        self.0.probe_range(desc).await
     }
 
     /// Resolves a registry reference in this repository to one image for `platform`.
