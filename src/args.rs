@@ -62,13 +62,15 @@ pub enum Command {
     #[command(after_help = "Example:\n  clip push app.clip s3://images/app.clip")]
     Push(PushArgs),
     /// Make an image ready to run: find or build its index, mount it (shared), print the rootfs path.
-    #[command(after_help = "Example:\n  clip pull 127.0.0.1:5000/debian:bookworm")]
+    #[command(
+        after_help = "Example:\n  clip pull 127.0.0.1:5000/debian:bookworm\n\nRegistry credentials: $DOCKER_CONFIG/config.json (or ~/.docker/config.json, credential helpers).\nMetrics: index source, v2 -> v1 fallbacks (by reason) and time to ready are added to the Prometheus\ntextfile STATE_DIR/metrics/clip-images.prom after every pull/run (node_exporter textfile collector)."
+    )]
     Pull(PullArgs),
     /// Run a command in a new container of an image (overlay over the shared mount, OCI runtime runc).
     ///
     /// Exits with the command's exit code. The container's writes are discarded when it ends.
     #[command(
-        after_help = "Examples:\n  clip run 127.0.0.1:5000/debian:bookworm -- cat /etc/os-release\n  CLIP_VERSION=1 clip run 127.0.0.1:5000/debian:bookworm"
+        after_help = "Examples:\n  clip run 127.0.0.1:5000/debian:bookworm -- cat /etc/os-release\n  CLIP_VERSION=1 clip run 127.0.0.1:5000/debian:bookworm\n\nWith clip_version = 2 an image falls back to v1 (whole image unpacked, logged at warn) when no index can\nbe built, its registry refuses Range requests, or the v2 mount does not come up.\nRegistry credentials: $DOCKER_CONFIG/config.json (or ~/.docker/config.json, credential helpers).\nMetrics: index source, fallbacks (by reason) and time to ready are added to the Prometheus textfile\nSTATE_DIR/metrics/clip-images.prom after every pull/run (node_exporter textfile collector)."
     )]
     Run(RunArgs),
     /// Prefetch profiles: the spans a container's startup reads, recorded by `clip run --record-profile`.

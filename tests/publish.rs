@@ -249,6 +249,11 @@ fn an_image_v2_refuses_falls_back_to_v1_logs_why_and_counts_it() {
     assert!(stderr.contains("application/vnd.example.layer.v1.tar+lz4"), "the reason names the media type: {stderr}");
     assert!(stderr.contains("fell back to clip v1 (1 fallback(s)"), "counted and printed: {stderr}");
     assert_eq!(stderr.matches("falling back to v1").count(), 1, "warned once: {stderr}");
+    // The node's image metrics count it by reason, with no index behind it.
+    let prom = dir.path().join("state/metrics/clip-images.prom");
+    assert_eq!(common::textfile_metric(&prom, "clip_image_fallbacks_total{reason=\"unindexable\"}"), 1.0);
+    assert_eq!(common::textfile_metric(&prom, "clip_image_index_source_total{source=\"none\"}"), 1.0);
+    assert_eq!(common::textfile_metric(&prom, "clip_image_ready_seconds_count"), 1.0);
 }
 
 #[test]

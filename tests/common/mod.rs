@@ -182,3 +182,14 @@ pub fn debian_layout() -> std::path::PathBuf {
     assert!(status.success(), "dev/debian-image failed (needs mmdebstrap and Debian's mirror)");
     dir
 }
+
+/// The value of the sample `series` (name with its labels, exactly as written, e.g.
+/// `clip_image_fallbacks_total{reason="mount_failed"}`) in a Prometheus text file, such as the image
+/// metrics `clip pull`/`run` write to `STATE_DIR/metrics/clip-images.prom`.
+pub fn textfile_metric(path: &Path, series: &str) -> f64 {
+    let body = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no sample {series} in {}:\n{body}", path.display()))
+}

@@ -12,7 +12,8 @@
 //! - [`Profile`] / [`ProfileRecorder`]: the spans a container's startup read, recorded by a mount
 //!   (`record_profile`) and prefetched in that order by the next cold mount (`profile`).
 //! - [`Node`]: pull and run images on a worker node (index store, shared mounts, overlay, OCI runtime),
-//!   configured by [`Config`] (a TOML file under `CLIP_*` environment variables).
+//!   configured by [`Config`] (a TOML file under `CLIP_*` environment variables), with v2 → v1
+//!   [`Fallback`]s and image-level metrics written to `STATE_DIR/`[`METRICS_DIR`]`/`[`METRICS_FILE`].
 
 mod archive;
 pub mod config;
@@ -43,4 +44,7 @@ pub use profile::{
 };
 pub use publish::{fetch_published_index, publish_index, PublishedIndex, INDEX_ARTIFACT_TYPE, INDEX_LAYER_MEDIA_TYPE};
 pub use remote::S3Data;
-pub use run::{GcEntry, IndexOrigin, Lease, Node, Pulled, RunError, StoredIndex, User};
+pub use run::{
+    Fallback, FallbackReason, GcEntry, IndexOrigin, Lease, Node, Pulled, RunError, StoredIndex, User, METRICS_DIR,
+    METRICS_FILE,
+};

@@ -6,7 +6,12 @@
 //! - `indexes/<key>.clip`: the local index store, `<key>` = `sha256-<hex>` of the resolved manifest;
 //! - `v1/<key>.clip`: data-carrying archives of whole images (`clip_version = 1`);
 //! - `mounts/<key>[-v1]/`: one shared mount per image (`rootfs/`, `state.json`, `lock`, `mount.log`);
-//! - `containers/<id>/`: one directory per running container (`upper/`, `work/`, `rootfs/`, `config.json`).
+//! - `containers/<id>/`: one directory per running container (`upper/`, `work/`, `rootfs/`, `config.json`);
+//! - `metrics/clip-images.prom`: the node's image-level Prometheus metrics (see `image_metrics`).
+//!
+//! With `clip_version = 2`, an image falls back to v1 ([`Fallback`], [`FallbackReason`]; logged once per
+//! pull at warn and counted in the metrics) when no index can be built, when its registry answers Range
+//! requests with whole blobs (checked before mounting, see `probe`), or when the v2 mount does not come up.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), clip_client::RunError> {
@@ -19,7 +24,9 @@
 mod container;
 mod error;
 mod fallback;
+mod image_metrics;
 mod mounts;
+mod probe;
 mod spec;
 mod store;
 mod v1;
@@ -28,6 +35,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use clip_format::Archive;
 use clip_source::{ImageRef, SourceOptions};
@@ -35,6 +43,7 @@ use clip_store::StoreConfig;
 use tracing::{debug, info, warn};
 
 pub use error::RunError;
+pub use image_metrics::{METRICS_DIR, METRICS_FILE};
 pub use mounts::{GcEntry, Lease};
 pub use spec::{process_args, resolve_user, runtime_spec, User};
 pub use store::{IndexOrigin, Lookup, StoredIndex};
@@ -42,6 +51,7 @@ pub use store::{IndexOrigin, Lookup, StoredIndex};
 use crate::config::{ClipVersion, Config};
 use crate::OpenOptions;
 use container::Container;
+use image_metrics::ImageReady;
 use mounts::MountCommand;
 
 /// A worker node: its configuration and the `clip` binary that serves shared mounts (`clip mount`).
@@ -63,7 +73,7 @@ pub struct Pulled {
     pub archive: PathBuf,
     pub version: ClipVersion,
     /// Why this image fell back from v2 to v1, if it did.
-    pub fallback: Option<String>,
+    pub fallback: Option<Fallback>,
     /// The shared, read-only mount of the image.
     pub rootfs: PathBuf,
     /// This process's hold on the mount (`run`); `None` for `pull`, which leaves the mount to later users
@@ -83,7 +93,8 @@ impl Node {
         self
     }
 
-    /// How many images this node fell back from v2 to v1 for (an index could not be built).
+    /// How many images this node (this process) fell back from v2 to v1 for; the image metrics
+    /// (`STATE_DIR/metrics/clip-images.prom`) count them across processes, by reason.
     pub fn fallbacks(&self) -> u64 {
         self.fallbacks.load(Ordering::Relaxed)
     }
@@ -121,7 +132,8 @@ impl Node {
     }
 
     async fn prepare(&self, image: &str, hold: bool) -> Result<Pulled, RunError> {
-        let version = self.config.clip_version.value;
+        let started = Instant::now();
+        let configured = self.config.clip_version.value;
         let open = self.open_options(image);
         let lookup = Lookup {
             source: open.source.clone(),
@@ -130,54 +142,97 @@ impl Node {
             publish: self.config.publish_index.value,
         };
         let found = store::find_or_build(self.state_dir(), image, &lookup).await;
-        let (index, archive, key, fallback) = match (found, version) {
-            (Ok(index), ClipVersion::V2) => (index.clone(), index.path, index.key, None),
+        let mut fallback = None;
+        let (index, mut archive, mut key, mut version) = match (found, configured) {
+            (Ok(index), ClipVersion::V2) => (index.clone(), index.path, index.key, ClipVersion::V2),
             (Ok(index), ClipVersion::V1) => {
                 let archive = v1::ensure_archive(self.state_dir(), &index, &open).await?;
                 let key = format!("{}-v1", index.key);
-                (index, archive, key, None)
+                (index, archive, key, ClipVersion::V1)
             }
             (Err(e), _) if falls_back(&e) => {
-                let reason = e.to_string();
-                self.fallbacks.fetch_add(1, Ordering::Relaxed);
-                warn!(%image, %reason, "clip v2 cannot index this image; falling back to v1 (whole image unpacked)");
-                let unpacked = fallback::pull_unpack(self.state_dir(), image, &open.source).await?;
+                let why = Fallback { reason: FallbackReason::Unindexable, detail: e.to_string() };
+                let unpacked = self.fall_back(image, &open, &why).await?;
+                fallback = Some(why);
                 let index = StoredIndex {
                     manifest_digest: unpacked.manifest_digest,
                     key: unpacked.key.clone(),
                     path: unpacked.archive.clone(),
                     origin: IndexOrigin::Fallback,
                 };
-                (index, unpacked.archive, format!("{}-v1", unpacked.key), Some(reason))
+                (index, unpacked.archive, format!("{}-v1", unpacked.key), ClipVersion::V1)
             }
             (Err(e), _) => return Err(e),
         };
-        let version = if fallback.is_some() { ClipVersion::V1 } else { version };
+        let dir = self.state_dir().join("mounts");
+        if version == ClipVersion::V2 && !mounts::is_mountpoint(&dir.join(&key).join("rootfs")) {
+            if let Some(detail) = probe::range_refused(&index, &open.source).await {
+                let why = Fallback { reason: FallbackReason::RangeRefused, detail };
+                let unpacked = self.fall_back(image, &open, &why).await?;
+                (archive, key, version) = (unpacked.archive, format!("{}-v1", unpacked.key), ClipVersion::V1);
+                fallback = Some(why);
+            }
+        }
+        let cmd = self.mount_command(image, &index, &archive, version).await;
+        let (rootfs, lease, mounted_now) = match mount(dir.join(&key), cmd, hold).await {
+            Err(e @ (RunError::MountExited { .. } | RunError::MountTimeout { .. })) if version == ClipVersion::V2 => {
+                let why = Fallback { reason: FallbackReason::MountFailed, detail: e.to_string() };
+                let unpacked = self.fall_back(image, &open, &why).await?;
+                (archive, key, version) = (unpacked.archive, format!("{}-v1", unpacked.key), ClipVersion::V1);
+                fallback = Some(why);
+                let cmd = self.mount_command(image, &index, &archive, version).await;
+                mount(dir.join(&key), cmd, hold).await?
+            }
+            mounted => mounted?,
+        };
+        if let Some(path) = self.record_profile.as_ref().filter(|_| !mounted_now) {
+            warn!(%image, path = %path.display(), "the mount is shared with a running container; no profile is recorded");
+        }
+        let ready = started.elapsed();
+        let event = ImageReady { origin: index.origin, fallback: fallback.as_ref().map(|f| f.reason), ready };
+        if let Err(error) = image_metrics::record(self.state_dir(), &event) {
+            warn!(%error, "recording image metrics");
+        }
+        info!(
+            %image, digest = %index.manifest_digest, index_origin = %index.origin, %version,
+            ready_ms = ready.as_millis() as u64, rootfs = %rootfs.display(), "image ready"
+        );
+        Ok(Pulled { index, archive, version, fallback, rootfs, lease })
+    }
+
+    /// Falls back to v1 for `image`: warns why (once per pull), counts it, pulls and packs the whole image.
+    async fn fall_back(&self, image: &str, open: &OpenOptions, why: &Fallback) -> Result<fallback::Unpacked, RunError> {
+        self.fallbacks.fetch_add(1, Ordering::Relaxed);
+        let reason = why.reason.label();
+        warn!(%image, reason, detail = %why.detail, "{}; falling back to v1 (whole image unpacked)", why.reason);
+        fallback::pull_unpack(self.state_dir(), image, &open.source).await
+    }
+
+    /// The `clip mount` arguments for `archive` of `image`: the cache, plain HTTP, a profile to record or
+    /// the published one to prefetch (v2), the content cache tier.
+    async fn mount_command(
+        &self,
+        image: &str,
+        index: &StoredIndex,
+        archive: &Path,
+        version: ClipVersion,
+    ) -> MountCommand {
         let mut args: Vec<OsString> = vec!["--cache-dir".into(), self.config.cache_dir.value.clone().into()];
         args.extend(["--cache-size".into(), self.config.cache_size.value.to_string().into()]);
-        if open.source.plain_http {
+        if self.source_options(image).plain_http {
             args.push("--plain-http".into());
         }
         if let Some(path) = &self.record_profile {
             args.extend(["--record-profile".into(), std::path::absolute(path).unwrap_or(path.clone()).into()]);
         } else if version == ClipVersion::V2 {
-            if let Some(path) = self.published_profile(image, &index).await {
+            if let Some(path) = self.published_profile(image, index).await {
                 args.extend(["--profile".into(), path.into()]);
             }
         }
         if let Some(url) = &self.config.s3_content_cache.value {
             args.extend(["--content-cache".into(), url.to_string().into()]);
         }
-        let cmd = MountCommand { exe: self.clip_exe.clone(), archive: archive.clone(), args };
-        let dir = self.state_dir().join("mounts").join(&key);
-        let (rootfs, lease, mounted_now) = tokio::task::spawn_blocking(move || mounts::acquire(&dir, &cmd, hold))
-            .await
-            .map_err(|e| crate::ClientError::Task(e.to_string()))??;
-        if let Some(path) = self.record_profile.as_ref().filter(|_| !mounted_now) {
-            warn!(%image, path = %path.display(), "the mount is shared with a running container; no profile is recorded");
-        }
-        info!(%image, digest = %index.manifest_digest, index_origin = %index.origin, %version, rootfs = %rootfs.display(), "image ready");
-        Ok(Pulled { index, archive, version, fallback, rootfs, lease })
+        MountCommand { exe: self.clip_exe.clone(), archive: archive.to_path_buf(), args }
     }
 
     /// Runs `command` (or the image's Entrypoint + Cmd when empty) in a new container of `image` and
@@ -253,6 +308,61 @@ impl Node {
     /// Unmounts every shared mount without live users.
     pub fn gc(&self) -> Result<Vec<GcEntry>, RunError> {
         mounts::gc(&self.state_dir().join("mounts"))
+    }
+}
+
+/// Ensures the shared mount in `dir` of `cmd.archive` is live (see [`mounts::acquire`]).
+async fn mount(dir: PathBuf, cmd: MountCommand, hold: bool) -> Result<(PathBuf, Option<Lease>, bool), RunError> {
+    tokio::task::spawn_blocking(move || mounts::acquire(&dir, &cmd, hold))
+        .await
+        .map_err(|e| crate::ClientError::Task(e.to_string()))?
+}
+
+/// Why an image fell back from clip v2 to v1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FallbackReason {
+    /// No index could be built: a layer media type clip cannot index, or indexing failed.
+    Unindexable,
+    /// The registry answers Range requests with whole blobs, so lazy reads would download whole layers.
+    RangeRefused,
+    /// The v2 mount did not come up (its process exited or timed out).
+    MountFailed,
+}
+
+impl FallbackReason {
+    /// Every [`FallbackReason::label`].
+    pub const LABELS: [&'static str; 3] = ["unindexable", "range_refused", "mount_failed"];
+
+    /// The metrics label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            FallbackReason::Unindexable => "unindexable",
+            FallbackReason::RangeRefused => "range_refused",
+            FallbackReason::MountFailed => "mount_failed",
+        }
+    }
+}
+
+impl std::fmt::Display for FallbackReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FallbackReason::Unindexable => "clip v2 cannot index this image",
+            FallbackReason::RangeRefused => "the registry refuses Range requests, so clip v2 cannot read lazily",
+            FallbackReason::MountFailed => "the clip v2 mount failed",
+        })
+    }
+}
+
+/// A fallback from v2 to v1: its reason and the error or answer behind it.
+#[derive(Debug, Clone)]
+pub struct Fallback {
+    pub reason: FallbackReason,
+    pub detail: String,
+}
+
+impl std::fmt::Display for Fallback {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.reason, self.detail)
     }
 }
 

@@ -30,6 +30,22 @@ pub enum IndexOrigin {
     Fallback,
 }
 
+impl IndexOrigin {
+    /// Every [`IndexOrigin::label`].
+    pub const LABELS: [&'static str; 5] = ["local", "registry", "s3", "built", "none"];
+
+    /// The metrics label value (`none` for a v1 fallback without an index).
+    pub fn label(self) -> &'static str {
+        match self {
+            IndexOrigin::Local => "local",
+            IndexOrigin::Registry => "registry",
+            IndexOrigin::S3 => "s3",
+            IndexOrigin::Built => "built",
+            IndexOrigin::Fallback => "none",
+        }
+    }
+}
+
 impl std::fmt::Display for IndexOrigin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {

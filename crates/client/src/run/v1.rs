@@ -31,7 +31,7 @@ pub async fn ensure_archive(state_dir: &Path, index: &StoredIndex, open: &OpenOp
         .tempdir_in(&dir)
         .map_err(RunError::io(&dir, "creating a scratch directory"))?;
     let rootfs = scratch.path().join("rootfs");
-    info!(index = %index.path.display(), rootfs = %rootfs.display(), "v1: unpacking the whole image");
+    info!(index = %index.path.display(), rootfs = %rootfs.display(), "cache miss: v1 archive, unpacking the whole image");
     let opened = open_archive(&index.path, open).await?;
     let stats = extract(&opened, &rootfs, None).await?;
     let config = PackConfig { scratch_dir: scratch.path().to_path_buf(), ..PackConfig::default() };
