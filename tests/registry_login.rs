@@ -139,6 +139,8 @@ fn index_push_and_pull_log_in_with_docker_config_credentials() {
     let stderr = pull(&image, &env);
     assert!(stderr.contains("index from registry") && stderr.contains("(registry)"), "{stderr}");
     assert!(!stderr.contains("building index"), "no index is built: {stderr}");
+    // The prefetch profile lookup logged in too (none is published: no warning, just nothing found).
+    assert!(!stderr.contains("fetching the prefetch profile failed"), "{stderr}");
     assert!(!stderr.contains(PASSWORD), "{stderr}");
 
     // No credentials: pull, and publish, fail with the registry named and the fix.
