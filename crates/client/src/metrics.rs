@@ -106,6 +106,12 @@ pub fn render(s: &Snapshot) -> String {
     metric("clip_tier_puts_total", "counter", "Spans published to the content cache tier.", &one(st.tier_puts));
     metric("clip_inflight_fetches", "gauge", "Span fetches running now.", &one(st.inflight_fetches));
     metric("clip_readahead_spans_total", "counter", "Spans requested by readahead.", &one(st.readahead_spans));
+    metric(
+        "clip_open_prefetch_spans_total",
+        "counter",
+        "Spans requested because a file covering them was opened.",
+        &one(st.open_prefetch_spans),
+    );
     metric("clip_prefetched_spans_total", "counter", "Spans loaded by prefetch.", &one(st.prefetched_spans));
     metric("clip_cache_evictions_total", "counter", "Disk cache files evicted.", &one(st.evictions));
     metric("clip_cache_evicted_bytes_total", "counter", "Bytes evicted from the disk cache.", &one(st.bytes_evicted));

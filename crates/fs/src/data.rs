@@ -78,7 +78,13 @@ impl ClipFs {
             }
         }
         table.insert(node.ino.0, OpenState::Cached(1));
+        drop(table);
         reply.opened(FH_CACHED, keep);
+        // First open through the page cache: start loading the whole (small enough) file now, so its reads
+        // wait for one round of concurrent fetches rather than one fetch after another.
+        if let Some(data) = node.data_ref() {
+            self.store.warm_file(data);
+        }
     }
 
     /// The passthrough source's local copy of `data`, if it has one of the right length.

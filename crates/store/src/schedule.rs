@@ -1,13 +1,21 @@
-//! Loading spans before anyone reads them: readahead for sequential readers and prefetch of whole layers
-//! (or a given list of spans). Both go through the store's single flight, so a reader who wants a span that
-//! is being loaded waits for that load instead of starting another. Prefetch runs at low priority: at most
-//! [`crate::StoreConfig::prefetch_concurrency`] loads at once, each started only when no foreground read
-//! is waiting on a span.
+//! Loading spans before anyone reads them: readahead for sequential readers, every span of a file when it
+//! is opened, prefetch of whole layers and replay of a startup profile. All go through the store's single
+//! flight, so a reader who wants a span that is being loaded waits for that load instead of starting
+//! another.
+//!
+//! - Whole-layer prefetch runs at low priority: at most [`crate::StoreConfig::prefetch_concurrency`] loads
+//!   at once, each started only when no foreground read is waiting on a span.
+//! - A profile lists exactly the spans a startup is about to read, in order, so its replay does not yield:
+//!   [`crate::StoreConfig::profile_concurrency`] loads at once, overlapping their round trips.
+//! - Opening a file (up to [`crate::StoreConfig::open_prefetch_max`] bytes) starts the loads of all its
+//!   spans at once: a program mapping a binary or reading a file whole then waits for one round of
+//!   concurrent fetches instead of one fetch after another, in the order its reads arrive.
 
 use std::sync::Arc;
 
 use clip_format::DataRef;
 use tokio::runtime::Handle;
+use tokio::sync::Semaphore;
 use tokio::task::{JoinError, JoinHandle, JoinSet};
 use tracing::debug;
 
@@ -73,21 +81,67 @@ impl ContentStore {
         let spans = (0..archive.meta().layers.len() as u32)
             .flat_map(|layer| archive.layer_spans(layer).into_iter().flatten().map(move |i| (layer, i)))
             .collect();
-        self.prefetch_spans(spans)
+        self.spawn_prefetch(spans, Arc::clone(&self.inner.prefetch_permits), true)
     }
 
-    /// Loads the listed spans `(layer, span index)` into the disk cache in the background, in the given
-    /// order, like [`ContentStore::prefetch_all`] (e.g. the spans a recorded startup profile read).
+    /// Loads the listed spans `(layer, span index)` into the disk cache in the background, started in the
+    /// given order (the spans a recorded startup profile read), [`crate::StoreConfig::profile_concurrency`]
+    /// at a time and without yielding to foreground reads: the startup is waiting for exactly these.
     ///
     /// # Panics
     /// As [`ContentStore::prefetch_all`].
     pub fn prefetch_spans(&self, spans: Vec<(u32, usize)>) -> JoinHandle<PrefetchSummary> {
+        let permits = Arc::new(Semaphore::new(self.inner.config.profile_concurrency.max(1)));
+        self.spawn_prefetch(spans, permits, false)
+    }
+
+    fn spawn_prefetch(
+        &self,
+        spans: Vec<(u32, usize)>,
+        permits: Arc<Semaphore>,
+        polite: bool,
+    ) -> JoinHandle<PrefetchSummary> {
         let inner = Arc::clone(&self.inner);
-        let task = inner.clone().prefetch(spans);
+        let task = inner.clone().prefetch(spans, permits, polite);
         match Handle::try_current().ok().or_else(|| inner.runtime.clone()) {
             Some(rt) => rt.spawn(task),
             None => tokio::spawn(task),
         }
+    }
+
+    /// A file was opened: start loading all of its spans at once (files up to
+    /// [`crate::StoreConfig::open_prefetch_max`] bytes; spans already in memory are skipped). Returns how
+    /// many loads were started. Needs a tokio runtime (the caller's or the store's); without one it does
+    /// nothing.
+    pub fn warm_file(&self, data: DataRef) -> usize {
+        let inner = &self.inner;
+        if data.size == 0 || data.size > inner.config.open_prefetch_max {
+            return 0;
+        }
+        let a = &inner.archive;
+        let last = data.offset.checked_add(data.size - 1);
+        let (Ok(first), Some(Ok(last))) =
+            (a.find_span(data.layer, data.offset), last.map(|l| a.find_span(data.layer, l)))
+        else {
+            return 0;
+        };
+        let Some(rt) = Handle::try_current().ok().or_else(|| inner.runtime.clone()) else { return 0 };
+        let mut started = 0;
+        for index in first..=last {
+            if inner.in_memory(index) {
+                continue;
+            }
+            started += 1;
+            Counters::bump(&inner.counters.open_prefetch_spans);
+            let me = Arc::clone(inner);
+            let layer = data.layer;
+            rt.spawn(async move {
+                if let Err(error) = me.span(layer, index, Priority::Readahead).await {
+                    debug!(layer, span = index, %error, "loading a span of an opened file failed");
+                }
+            });
+        }
+        started
     }
 }
 
@@ -144,9 +198,14 @@ impl Inner {
         }
     }
 
-    /// Loads `spans` into the disk cache, one [`Self::prefetch_permits`] permit each, each after the
+    /// Loads `spans` into the disk cache, one of `permits` each; `polite` loads each start only once the
     /// foreground is idle.
-    async fn prefetch(self: Arc<Self>, spans: Vec<(u32, usize)>) -> PrefetchSummary {
+    async fn prefetch(
+        self: Arc<Self>,
+        spans: Vec<(u32, usize)>,
+        permits: Arc<Semaphore>,
+        polite: bool,
+    ) -> PrefetchSummary {
         let mut summary = PrefetchSummary::default();
         let Some(disk) = self.disk.clone() else {
             debug!(spans = spans.len(), "no disk cache; prefetch skipped");
@@ -155,8 +214,10 @@ impl Inner {
         };
         let mut tasks = JoinSet::new();
         for (layer, index) in spans {
-            let Ok(permit) = Arc::clone(&self.prefetch_permits).acquire_owned().await else { break };
-            self.foreground_idle().await;
+            let Ok(permit) = Arc::clone(&permits).acquire_owned().await else { break };
+            if polite {
+                self.foreground_idle().await;
+            }
             let cached = match self.archive.span(index) {
                 Ok(span) => self.in_memory(index) || disk.contains(&span.digest),
                 Err(_) => false, // the load reports the error

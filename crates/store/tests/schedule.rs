@@ -116,7 +116,7 @@ async fn prefetch_is_bounded_and_yields_to_foreground_reads() {
 
     // A foreground read is in flight when prefetch starts: prefetch waits for it.
     let reader = {
-        let store = store.clone();
+        let store = Arc::clone(&store);
         tokio::spawn(async move { store.read(file, 11 * SPAN, 100).await })
     };
     eventually("foreground request started", || fx.blobs.active() == 1).await;
@@ -160,4 +160,44 @@ async fn prefetch_of_listed_spans_and_its_failures() {
     let memory_only = fx.store(StoreConfig::default());
     let summary = memory_only.prefetch_all().await.unwrap();
     assert_eq!(summary, PrefetchSummary { skipped: 6, ..PrefetchSummary::default() });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opening_a_file_loads_all_its_spans_at_once() {
+    let small = DataRef { layer: 0, offset: SPAN / 2, size: 3 * SPAN };
+    let big = DataRef { layer: 0, offset: 4 * SPAN, size: 4 * SPAN };
+    let fx = raw_fixture(8, &[small, big]);
+    let store = fx.store(StoreConfig { open_prefetch_max: 3 * SPAN, ..StoreConfig::default() });
+    fx.blobs.set_delay(100);
+    assert_eq!(store.warm_file(small), 4, "a file over four spans starts four loads");
+    eventually("all four spans of the file", || fx.blobs.count() == 4).await;
+    assert!(fx.blobs.max_active.load(Ordering::SeqCst) >= 2, "the loads ran one after another");
+    let got = store.read(small, 0, small.size).await.unwrap();
+    assert_eq!(got, fx.expected(small));
+    assert_eq!(fx.blobs.count(), 4, "reading the opened file fetched again");
+    assert_eq!(store.stats().open_prefetch_spans, 4);
+    // Spans in memory are not loaded again, and files over the limit are left to their reads.
+    assert_eq!(store.warm_file(small), 0);
+    assert_eq!(store.warm_file(big), 0);
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    assert_eq!(fx.blobs.count(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_profile_is_replayed_with_concurrent_loads_even_while_reads_run() {
+    let file = DataRef { layer: 0, offset: 0, size: 8 * SPAN };
+    let fx = raw_fixture(8, &[file]);
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(fx.store(StoreConfig { profile_concurrency: 3, ..cached(dir.path()) }));
+    fx.blobs.set_delay(100);
+    // A foreground read is in flight the whole time; a profile replay does not wait for it.
+    let reader = {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move { store.read(file, 7 * SPAN, 10).await })
+    };
+    let summary = store.prefetch_spans((0..6).map(|i| (0, i)).collect()).await.unwrap();
+    assert_eq!(summary.loaded, 6);
+    reader.await.unwrap().unwrap();
+    let max = fx.blobs.max_active.load(Ordering::SeqCst);
+    assert!((3..=4).contains(&max), "{max} loads at once (3 profile loads + 1 read expected)");
 }
