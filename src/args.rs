@@ -182,7 +182,7 @@ pub struct IndexArgs {
     pub platform: Option<String>,
     /// Uncompressed MiB between checkpoints: smaller spans fetch less per read, larger ones make a smaller
     /// index.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = clip_indexer::DEFAULT_SPAN_SIZE >> 20)]
     pub span_mib: u64,
     /// Refuse layers that inflate to more than this many times their compressed size, beyond the first
     /// 64 MiB (a decompression bomb guard; 0: no limit).

@@ -28,10 +28,15 @@ pub trait Progress: Send + Sync {
     fn layer_done(&self, _layer: usize) {}
 }
 
+/// Default uncompressed bytes per span: 1 MiB. A cold read costs its whole span, so small spans keep lazy
+/// starts cheap (a Python start on Debian fetches 1.5x the bytes it reads, against 2.6x with 4 MiB spans);
+/// trimmed checkpoint windows (~1.5 KiB each) keep the index near 0.5 % of the image even so.
+pub const DEFAULT_SPAN_SIZE: u64 = 1 << 20;
+
 /// How to index.
 #[derive(Clone)]
 pub struct IndexOptions {
-    /// Uncompressed bytes per span (a checkpoint every this many bytes). Default 4 MiB.
+    /// Uncompressed bytes per span (a checkpoint every this many bytes). Default [`DEFAULT_SPAN_SIZE`].
     pub span_size: u64,
     /// Refuse a layer that inflates to more than this many times its compressed size (plus 64 MiB of slack).
     /// 0 disables the check. Default 200.
@@ -43,7 +48,7 @@ pub struct IndexOptions {
 
 impl Default for IndexOptions {
     fn default() -> Self {
-        IndexOptions { span_size: 4 << 20, max_ratio: 200, parallel_layers: 4, progress: None }
+        IndexOptions { span_size: DEFAULT_SPAN_SIZE, max_ratio: 200, parallel_layers: 4, progress: None }
     }
 }
 
