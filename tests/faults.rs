@@ -13,59 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use clip_testkit::*;
-use common::{clip_ok, metric, s, MountProc};
-
-/// An image in a real registry, reached through a proxy, indexed (through the proxy) by `clip index`.
-struct Served {
-    registry: Registry,
-    /// The proxy; `None` while the registry is "down" (nothing listens on `proxy_addr`).
-    proxy: Option<Proxy>,
-    /// The address the index names as its registry.
-    proxy_addr: String,
-    dir: tempfile::TempDir,
-}
-
-impl Served {
-    fn new(image: &Image, span_mib: u32) -> Served {
-        let registry = Registry::start();
-        let mut layout = OciLayoutBuilder::new();
-        layout.add_image("t", image);
-        registry.push(layout.path(), "t", "img:t");
-        drop(layout);
-        let proxy = Proxy::start(&registry.addr(), ProxyConfig::default());
-        let dir = tempfile::tempdir().unwrap();
-        let out = dir.path().join("img.clip");
-        clip_ok(&["index", &proxy.image_ref("img:t"), "-o", s(&out), "--span-mib", &span_mib.to_string()]);
-        proxy.reset_stats();
-        Served { registry, proxy_addr: proxy.addr(), proxy: Some(proxy), dir }
-    }
-
-    fn proxy(&self) -> &Proxy {
-        self.proxy.as_ref().expect("the proxy is running")
-    }
-
-    /// Stops the proxy (connections to the registry's address are refused) and, given a config, starts a
-    /// new one on the same address.
-    fn restart_proxy(&mut self, config: Option<ProxyConfig>) {
-        self.proxy = None;
-        self.proxy = config.map(|c| Proxy::bind(&self.proxy_addr, &self.registry.addr(), c).unwrap());
-    }
-
-    fn index(&self) -> PathBuf {
-        self.dir.path().join("img.clip")
-    }
-
-    fn cache(&self) -> PathBuf {
-        self.dir.path().join("cache")
-    }
-
-    fn mount(&self, name: &str, extra: &[&str]) -> MountProc {
-        let cache = self.cache();
-        let mut args = vec!["--cache-dir", s(&cache)];
-        args.extend_from_slice(extra);
-        MountProc::start(&self.index(), &self.dir.path().join(name), &args)
-    }
-}
+use common::{clip_ok, metric, s, MountProc, Served};
 
 fn free_addr() -> String {
     format!("127.0.0.1:{}", find_free_port())
@@ -103,7 +51,7 @@ fn assert_alive(m: &mut MountProc) {
 #[test]
 fn every_fault_the_proxy_injects_is_survived_with_the_right_bytes() {
     let (layer, files) = files_layer("data", 24, 1 << 20, Compression::Gzip);
-    let served = Served::new(&Image::new(vec![layer]), 1);
+    let served = Served::with_span_mib(&Image::new(vec![layer]), 1);
     let cdn = Proxy::start(&served.registry.addr(), ProxyConfig::default());
     let addr = free_addr();
     let mut m = served.mount("mnt", &["--metrics", &addr, "--read-timeout", "20"]);
@@ -141,7 +89,7 @@ fn every_fault_the_proxy_injects_is_survived_with_the_right_bytes() {
 #[test]
 fn indexing_survives_broken_connections_and_gives_the_same_index() {
     let (layer, _) = files_layer("data", 12, 1 << 20, Compression::Gzip);
-    let served = Served::new(&Image::new(vec![layer]), 1);
+    let served = Served::with_span_mib(&Image::new(vec![layer]), 1);
     served.proxy().set_faults(vec![
         Fault::new(FaultKind::ResetMidBody { after_bytes: 2 << 20 }).blobs_only().times(1),
         Fault::new(FaultKind::Status(503)).blobs_only().times(1),
@@ -156,7 +104,7 @@ fn indexing_survives_broken_connections_and_gives_the_same_index() {
 #[test]
 fn registry_outage_cached_files_work_uncached_reads_fail_within_the_deadline_and_recover() {
     let (layer, files) = files_layer("data", 8, 1 << 20, Compression::Gzip);
-    let mut served = Served::new(&Image::new(vec![layer]), 1);
+    let mut served = Served::with_span_mib(&Image::new(vec![layer]), 1);
     let addr = free_addr();
     let deadline = Duration::from_secs(2);
     let mut m = served.mount("mnt", &["--metrics", &addr, "--read-timeout", "2"]);
@@ -242,7 +190,7 @@ fn cache_files(dir: &Path) -> Vec<PathBuf> {
 #[test]
 fn kill_9_while_fetching_leaves_no_bad_span_and_a_remount_serves_the_right_bytes() {
     let (layer, files) = files_layer("data", 32, 1 << 20, Compression::Gzip);
-    let mut served = Served::new(&Image::new(vec![layer]), 1);
+    let mut served = Served::with_span_mib(&Image::new(vec![layer]), 1);
     // A slow link, so that the kill lands in the middle of many fetches.
     served.restart_proxy(Some(ProxyConfig::default().with_rate_mbit(80.0)));
     let m = served.mount("mnt", &[]);
@@ -280,7 +228,7 @@ fn kill_9_while_fetching_leaves_no_bad_span_and_a_remount_serves_the_right_bytes
 #[test]
 fn corrupted_cache_files_are_refetched_never_served() {
     let (layer, files) = files_layer("data", 6, 1 << 20, Compression::Zstd);
-    let served = Served::new(&Image::new(vec![layer]), 1);
+    let served = Served::with_span_mib(&Image::new(vec![layer]), 1);
     let first = served.mount("mnt", &[]);
     for (path, data) in &files {
         assert!(std::fs::read(first.dir.join(path)).unwrap() == *data);
@@ -367,7 +315,7 @@ fn load_64_readers_at_random_offsets_with_5_percent_faults_get_every_byte_right(
     let tars: Vec<Vec<u8>> = built.iter().map(|(l, _)| l.tar().to_vec()).collect();
     let total: u64 = expected.iter().map(|e| e.2).sum();
     let image = Image::new(built.into_iter().map(|(l, _)| l).collect());
-    let served = Served::new(&image, 4);
+    let served = Served::with_span_mib(&image, 4);
     drop(image);
     let setup = started.elapsed();
 

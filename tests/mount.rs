@@ -6,42 +6,8 @@ mod common;
 use std::path::Path;
 
 use clip_testkit::*;
-use common::{clip_ok, metric, s, tar_file, tar_files, MountProc};
+use common::{metric, tar_file, tar_files, Served};
 use rstest::rstest;
-
-/// A registry holding `image` as `repo:tag`, and its index built by `clip index`.
-struct Indexed {
-    registry: Registry,
-    layout: OciLayoutBuilder,
-    dir: tempfile::TempDir,
-}
-
-impl Indexed {
-    fn new(image: &Image) -> Indexed {
-        let registry = Registry::start();
-        let mut layout = OciLayoutBuilder::new();
-        layout.add_image("t", image);
-        registry.push(layout.path(), "t", "img:t");
-        let dir = tempfile::tempdir().unwrap();
-        clip_ok(&["index", &registry.image_ref("img:t"), "-o", s(&dir.path().join("img.clip"))]);
-        Indexed { registry, layout, dir }
-    }
-
-    fn index(&self) -> std::path::PathBuf {
-        self.dir.path().join("img.clip")
-    }
-
-    fn cache(&self) -> std::path::PathBuf {
-        self.dir.path().join("cache")
-    }
-
-    fn mount(&self, name: &str, extra: &[&str]) -> MountProc {
-        let cache = self.cache();
-        let mut args = vec!["--cache-dir", s(&cache)];
-        args.extend_from_slice(extra);
-        MountProc::start(&self.index(), &self.dir.path().join(name), &args)
-    }
-}
 
 fn free_metrics_addr() -> String {
     format!("127.0.0.1:{}", find_free_port())
@@ -52,7 +18,7 @@ fn free_metrics_addr() -> String {
 #[case::zstd(Compression::Zstd)]
 #[case::uncompressed(Compression::None)]
 fn mounted_conformance_image_equals_umoci(#[case] compression: Compression) {
-    let img = Indexed::new(&conformance_image(compression));
+    let img = Served::new(&conformance_image(compression));
     let m = img.mount("mnt", &[]);
     assert_matches_umoci(img.layout.path(), "t", &m.dir, CompareOpts::conformance());
     let log = m.stop();
@@ -73,18 +39,19 @@ fn mounted_conformance_image_equals_umoci(#[case] compression: Compression) {
 
 #[test]
 fn second_mount_reads_everything_from_the_cache() {
-    let img = Indexed::new(&conformance_image(Compression::Gzip));
-    let addr = free_metrics_addr();
-    let first = img.mount("one", &["--metrics", &addr]);
+    let img = Served::new(&conformance_image(Compression::Gzip));
+    let first = img.mount("one", &[]);
     let tree = snapshot(&first.dir);
-    assert!(metric(&addr, "clip_fetched_bytes_total") > 0.0);
+    assert!(img.proxy().stats().blob_bytes > 0, "the first mount read no blob bytes");
     first.stop();
 
-    let addr = free_metrics_addr();
-    let second = img.mount("two", &["--metrics", &addr]);
+    // Counted where the bytes would come from: the proxy in front of the registry.
+    img.proxy().reset_stats();
+    let second = img.mount("two", &[]);
     assert_trees_equal(&tree, &snapshot(&second.dir), CompareOpts::default());
-    assert_eq!(metric(&addr, "clip_fetched_bytes_total"), 0.0, "second mount fetched from the registry");
-    second.stop();
+    let stats = img.proxy().stats();
+    let log = second.stop();
+    assert_eq!((stats.blob_requests, stats.blob_bytes), (0, 0), "second mount fetched from the registry: {log}");
 }
 
 /// Reads `path` under the mount in 64 threads at once and checks every byte.
@@ -103,7 +70,7 @@ fn read_concurrently(path: &Path, expected: &[u8], threads: usize) {
 fn concurrent_cold_readers_share_one_fetch_per_span() {
     let layer = big_gzip_layer(24);
     let tar = layer.tar().to_vec();
-    let img = Indexed::new(&Image::new(vec![layer]));
+    let img = Served::new(&Image::new(vec![layer]));
     let addr = free_metrics_addr();
     let m = img.mount("mnt", &["--metrics", &addr]);
     // The 8 MiB file crosses several spans.
@@ -128,7 +95,7 @@ fn concurrent_cold_readers_share_one_fetch_per_span() {
 fn kill_9_during_fetches_then_remount_serves_correct_bytes() {
     let layer = big_gzip_layer(24);
     let tar = layer.tar().to_vec();
-    let img = Indexed::new(&Image::new(vec![layer]));
+    let img = Served::new(&Image::new(vec![layer]));
     let m = img.mount("mnt", &[]);
     let dir = m.dir.clone();
     // Start reading everything in the background, then kill the mount in the middle of it.
@@ -153,7 +120,7 @@ fn kill_9_during_fetches_then_remount_serves_correct_bytes() {
 #[test]
 fn cache_size_bound_is_respected() {
     let layer = big_gzip_layer(24);
-    let img = Indexed::new(&Image::new(vec![layer]));
+    let img = Served::new(&Image::new(vec![layer]));
     let m = img.mount("mnt", &["--cache-size", "6M"]);
     let status = std::process::Command::new("sh")
         .arg("-c")
@@ -189,7 +156,7 @@ fn dir_size(dir: &Path) -> u64 {
 fn fully_cached_file_is_served_by_passthrough() {
     let layer = big_gzip_layer(8);
     let tar = layer.tar().to_vec();
-    let img = Indexed::new(&Image::new(vec![layer]));
+    let img = Served::new(&Image::new(vec![layer]));
     let addr = free_metrics_addr();
     let m = img.mount("mnt", &["--metrics", &addr]);
     let (path, off, size) = tar_file(&tar, |p| p.ends_with("/f00000"));
@@ -208,7 +175,7 @@ fn fully_cached_file_is_served_by_passthrough() {
 
 #[test]
 fn writes_are_refused_and_sigterm_unmounts() {
-    let img = Indexed::new(&conformance_image(Compression::Gzip));
+    let img = Served::new(&conformance_image(Compression::Gzip));
     let m = img.mount("mnt", &[]);
     let err = std::fs::write(m.dir.join("newfile"), b"x").unwrap_err();
     assert_eq!(err.raw_os_error(), Some(30), "EROFS expected, got {err}");
@@ -220,7 +187,7 @@ fn writes_are_refused_and_sigterm_unmounts() {
 fn prefetch_fills_the_cache_in_the_background() {
     let layer = big_gzip_layer(12);
     let tar = layer.tar().to_vec();
-    let img = Indexed::new(&Image::new(vec![layer]));
+    let img = Served::new(&Image::new(vec![layer]));
     let addr = free_metrics_addr();
     let m = img.mount("mnt", &["--prefetch", "--metrics", &addr]);
     let spans = clip_format::Archive::open(&img.index()).unwrap().span_count() as f64;

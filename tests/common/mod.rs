@@ -193,3 +193,73 @@ pub fn textfile_metric(path: &Path, series: &str) -> f64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no sample {series} in {}:\n{body}", path.display()))
 }
+
+/// An image pushed to a real registry, reached through a counting (and, on demand, faulty) proxy, and
+/// indexed through that proxy by `clip index`, so every blob byte a mount reads is counted at the proxy.
+pub struct Served {
+    pub registry: clip_testkit::Registry,
+    /// The proxy; `None` while the registry is "down" (nothing listens on `proxy_addr`).
+    proxy: Option<clip_testkit::Proxy>,
+    /// The address the index names as its registry.
+    proxy_addr: String,
+    /// The image as built (the `umoci unpack` reference), tag `t`.
+    pub layout: clip_testkit::OciLayoutBuilder,
+    pub dir: tempfile::TempDir,
+}
+
+impl Served {
+    /// `image` served and indexed with clip's default span size.
+    pub fn new(image: &clip_testkit::Image) -> Served {
+        Served::with_index_args(image, &[])
+    }
+
+    /// `image` served and indexed with `--span-mib span_mib`.
+    pub fn with_span_mib(image: &clip_testkit::Image, span_mib: u32) -> Served {
+        Served::with_index_args(image, &["--span-mib", &span_mib.to_string()])
+    }
+
+    fn with_index_args(image: &clip_testkit::Image, extra: &[&str]) -> Served {
+        use clip_testkit::{OciLayoutBuilder, Proxy, ProxyConfig, Registry};
+        let registry = Registry::start();
+        let mut layout = OciLayoutBuilder::new();
+        layout.add_image("t", image);
+        registry.push(layout.path(), "t", "img:t");
+        let proxy = Proxy::start(&registry.addr(), ProxyConfig::default());
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("img.clip");
+        let mut args = vec!["index"];
+        let image_ref = proxy.image_ref("img:t");
+        args.extend([image_ref.as_str(), "-o", s(&out)]);
+        args.extend_from_slice(extra);
+        clip_ok(&args);
+        proxy.reset_stats();
+        Served { registry, proxy_addr: proxy.addr(), proxy: Some(proxy), layout, dir }
+    }
+
+    pub fn proxy(&self) -> &clip_testkit::Proxy {
+        self.proxy.as_ref().expect("the proxy is running")
+    }
+
+    /// Stops the proxy (connections to the registry's address are refused) and, given a config, starts a
+    /// new one on the same address.
+    pub fn restart_proxy(&mut self, config: Option<clip_testkit::ProxyConfig>) {
+        self.proxy = None;
+        self.proxy = config.map(|c| clip_testkit::Proxy::bind(&self.proxy_addr, &self.registry.addr(), c).unwrap());
+    }
+
+    pub fn index(&self) -> std::path::PathBuf {
+        self.dir.path().join("img.clip")
+    }
+
+    pub fn cache(&self) -> std::path::PathBuf {
+        self.dir.path().join("cache")
+    }
+
+    /// Mounts the index at `DIR/name` with the shared cache dir and `extra` flags.
+    pub fn mount(&self, name: &str, extra: &[&str]) -> MountProc {
+        let cache = self.cache();
+        let mut args = vec!["--cache-dir", s(&cache)];
+        args.extend_from_slice(extra);
+        MountProc::start(&self.index(), &self.dir.path().join(name), &args)
+    }
+}

@@ -208,7 +208,13 @@ async fn open_image_source(
         |source| ClientError::BadSource { path: path.clone(), image: meta.source.clone(), source: Box::new(source) };
     let mut reference: ImageRef = meta.source.parse().map_err(bad)?;
     if let (ImageRef::Registry { digest, .. }, Some(pinned)) = (&mut reference, &meta.manifest_digest) {
+        // Pinned to the manifest digest it was built from: the layer blobs are content-addressed and every
+        // span is verified against its own digest, so the manifest and config need not be fetched again (two
+        // round trips off every cold start). A registry that lost the image fails the first read, naming it.
         *digest = Some(pinned.clone());
+        let source = clip_source::connect(&reference, opts).await?;
+        info!(image = %reference, source = %source.describe(), "connected to image");
+        return Ok(source);
     }
     let mut opts = opts.clone();
     if let Some(p) = &meta.platform {
