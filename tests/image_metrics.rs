@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
 use clip_testkit::*;
-use common::{debian_layout, textfile_metric};
+use common::{debian_layout, text, textfile_metric};
 
 /// A registry holding the Debian image as `debian:test`, a proxy in front of it, and a node's state and
 /// cache directories.
@@ -70,15 +70,7 @@ impl Node {
 
     /// Clip FUSE mounts under this node's state directory, per /proc/mounts.
     fn clip_mounts(&self) -> Vec<String> {
-        let state = self.state().canonicalize().unwrap_or(self.state());
-        let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
-        mounts
-            .lines()
-            .filter(|l| l.split(' ').nth(2).is_some_and(|t| t.starts_with("fuse")))
-            .filter_map(|l| l.split(' ').nth(1))
-            .filter(|m| m.starts_with(state.to_str().unwrap()))
-            .map(str::to_owned)
-            .collect()
+        common::fuse_mounts_under(&self.state())
     }
 }
 
@@ -89,21 +81,6 @@ impl Drop for Node {
             let _ = Command::new("umount").arg("-l").arg(m).status();
         }
     }
-}
-
-/// Output as text, without the terminal colour codes of clip's log lines.
-fn text(b: &[u8]) -> String {
-    let s = String::from_utf8_lossy(b);
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            chars.by_ref().find(|c| c.is_ascii_alphabetic());
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// Runs `cat /etc/debian_version` and checks it printed Debian 12; returns stderr.

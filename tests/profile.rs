@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use clip_format::Archive;
 use clip_testkit::*;
-use common::{clip_ok, metric, s, tar_files, MountProc};
+use common::{clip_ok, metric, s, tar_files, text, MountProc};
 
 /// The spans of layer 0 holding `[off, off + size)` of the layer's tar, in order.
 fn spans_of(archive: &Archive, off: u64, size: u64) -> Vec<(u32, usize)> {
@@ -85,20 +85,9 @@ fn recorded_profile_lists_first_reads_and_a_cold_mount_prefetches_them() {
     assert!(log.contains("prefetching the spans of the profile"), "{log}");
 }
 
-/// Runs clip with info logs and a clean node configuration; returns (success, stdout, stderr).
+/// `clip ARGS` on a clean node (see [`common::clip_node`]); returns (success, stdout, stderr).
 fn clip_node(args: &[&str], env: &[(String, String)]) -> (bool, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_clip"))
-        .args(args)
-        .env("CLIP_LOG", "info")
-        .env_remove("CLIP_CONFIG")
-        .env_remove("CLIP_VERSION")
-        .env_remove("CLIP_PUBLISH_INDEX")
-        .env_remove("CLIP_S3_INDEX_STORE")
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("running clip");
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let out = common::clip_node(args, env);
     (out.status.success(), text(&out.stdout), text(&out.stderr))
 }
 

@@ -7,10 +7,9 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
 
 use clip_testkit::*;
-use common::{clip_ok, s};
+use common::{clip_node, clip_ok, s, text};
 
 const BUCKET: &str = "clip-indexes";
 
@@ -59,33 +58,15 @@ impl Fixture {
     }
 }
 
-fn clip_info(args: &[&str], env: &[(String, String)]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_clip"))
-        .args(args)
-        .env("CLIP_LOG", "info")
-        .env_remove("CLIP_CONFIG")
-        .env_remove("CLIP_VERSION")
-        .env_remove("CLIP_PUBLISH_INDEX")
-        .env_remove("CLIP_S3_INDEX_STORE")
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
-        .output()
-        .expect("running clip")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
 /// `clip pull` on a node; returns (rootfs, stderr). Unmounts with `clip gc` afterwards (the caller reads
 /// the rootfs first through `check`).
 fn pull(image: &str, env: &[(String, String)], check: impl FnOnce(&Path)) -> String {
-    let out = clip_info(&["pull", image], env);
+    let out = clip_node(&["pull", image], env);
     let stderr = text(&out.stderr);
     assert!(out.status.success(), "clip pull failed:\n{stderr}");
     let rootfs = PathBuf::from(text(&out.stdout).trim());
     check(&rootfs);
-    let gc = clip_info(&["gc"], env);
+    let gc = clip_node(&["gc"], env);
     assert!(gc.status.success(), "clip gc: {}", text(&gc.stderr));
     stderr
 }
@@ -107,7 +88,7 @@ fn index_pushed_to_the_registry_is_found_by_pull_on_a_clean_node() {
     let f = Fixture::new();
     let image = f.image();
     let index = f.path("app.clip");
-    let out = clip_info(&["index", &image, "-o", s(&index), "--push"], &[]);
+    let out = clip_node(&["index", &image, "-o", s(&index), "--push"], &[]);
     assert!(out.status.success(), "clip index --push: {}", text(&out.stderr));
     let hex = f.manifest_digest.trim_start_matches("sha256:");
     assert!(text(&out.stderr).contains(&format!("referrers tag sha256-{hex}")), "{}", text(&out.stderr));
@@ -137,7 +118,7 @@ fn index_pushed_to_the_registry_is_found_by_pull_on_a_clean_node() {
     assert_eq!(manifest["layers"][0]["size"], index_bytes.len());
 
     // Pushing again is idempotent: still one entry in the referrers tag.
-    let again = clip_info(&["index", &image, "-o", s(&index), "--push"], &[]);
+    let again = clip_node(&["index", &image, "-o", s(&index), "--push"], &[]);
     assert!(again.status.success(), "{}", text(&again.stderr));
     assert_eq!(listing(&f)["manifests"].as_array().unwrap().len(), 1);
 
@@ -201,7 +182,7 @@ fn publish_index_makes_a_built_index_available_to_other_nodes() {
 
     // And the S3 copy is the same index.
     let key = format!("s3://{BUCKET}/indexes/{}.clip", f.manifest_digest);
-    let out = clip_info(&["inspect", &key, "--json"], &s3.env());
+    let out = clip_node(&["inspect", &key, "--json"], &s3.env());
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains(&f.manifest_digest), "{}", text(&out.stdout));
 }
@@ -269,7 +250,7 @@ fn a_layer_nothing_can_decompress_fails_with_its_media_type() {
         ("CLIP_STATE_DIR".to_owned(), dir.path().join("state").display().to_string()),
         ("CLIP_CACHE_DIR".to_owned(), dir.path().join("cache").display().to_string()),
     ];
-    let out = clip_info(&["pull", &image], &env);
+    let out = clip_node(&["pull", &image], &env);
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("falling back to v1"), "{stderr}");

@@ -7,10 +7,10 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
 use clip_testkit::*;
-use common::s;
+use common::{clip_node, s, text};
 
 const USER: &str = "clip-publisher";
 const PASSWORD: &str = "Pw-5b1d-login-never-print-me";
@@ -72,32 +72,14 @@ impl Fixture {
     }
 }
 
-fn clip_info(args: &[&str], env: &[(String, String)]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_clip"))
-        .args(args)
-        .env("CLIP_LOG", "info")
-        .env_remove("CLIP_CONFIG")
-        .env_remove("CLIP_VERSION")
-        .env_remove("CLIP_PUBLISH_INDEX")
-        .env_remove("CLIP_S3_INDEX_STORE")
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
-        .output()
-        .expect("running clip")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
 /// `clip pull` then `clip gc`; checks the tree through the rootfs; returns stderr.
 fn pull(image: &str, env: &[(String, String)]) -> String {
-    let out = clip_info(&["pull", image], env);
+    let out = clip_node(&["pull", image], env);
     let stderr = text(&out.stderr);
     assert!(out.status.success(), "clip pull failed:\n{stderr}");
     let rootfs = PathBuf::from(text(&out.stdout).trim());
     check_tree(&rootfs);
-    let gc = clip_info(&["gc"], env);
+    let gc = clip_node(&["gc"], env);
     assert!(gc.status.success(), "clip gc: {}", text(&gc.stderr));
     stderr
 }
@@ -130,7 +112,7 @@ fn index_push_and_pull_log_in_with_docker_config_credentials() {
 
     // Publish: resolve, push the artifact and the referrers tag, all with the login.
     let index = f.dir.path().join("app.clip");
-    let out = clip_info(&["index", &image, "-o", s(&index), "--push"], &[("DOCKER_CONFIG".into(), creds.clone())]);
+    let out = clip_node(&["index", &image, "-o", s(&index), "--push"], &[("DOCKER_CONFIG".into(), creds.clone())]);
     assert!(out.status.success(), "clip index --push: {}", text(&out.stderr));
     assert!(text(&out.stderr).contains("published index"), "{}", text(&out.stderr));
 
@@ -147,14 +129,14 @@ fn index_push_and_pull_log_in_with_docker_config_credentials() {
     let none = f.dir.path().join("no-docker-config");
     std::fs::create_dir_all(&none).unwrap();
     let anonymous = f.node_env("anonymous", s(&none));
-    let stderr = assert_login_error(&clip_info(&["pull", &image], &anonymous), &registry);
+    let stderr = assert_login_error(&clip_node(&["pull", &image], &anonymous), &registry);
     assert!(stderr.contains(&format!("authentication to {registry} failed")), "{stderr}");
-    let out = clip_info(&["index", &image, "-o", s(&f.dir.path().join("x.clip")), "--push"], &anonymous[2..]);
+    let out = clip_node(&["index", &image, "-o", s(&f.dir.path().join("x.clip")), "--push"], &anonymous[2..]);
     assert_login_error(&out, &registry);
 
     // A wrong password: the same, and the wrong password is not printed either.
     let wrong = f.docker_config("wrong", std::slice::from_ref(&registry), "Wrong-9c1e-never-print-me");
-    let stderr = assert_login_error(&clip_info(&["pull", &image], &f.node_env("wrong-node", &wrong)), &registry);
+    let stderr = assert_login_error(&clip_node(&["pull", &image], &f.node_env("wrong-node", &wrong)), &registry);
     assert!(!stderr.contains("Wrong-9c1e-never-print-me"), "{stderr}");
 }
 

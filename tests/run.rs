@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
 use clip_testkit::*;
-use common::debian_layout;
+use common::{debian_layout, text};
 
 /// A registry holding the Debian image as `debian:test`, and a node's state and cache directories.
 struct Node {
@@ -59,15 +59,7 @@ impl Node {
 
     /// Clip FUSE mounts under this node's state directory, per /proc/mounts.
     fn clip_mounts(&self) -> Vec<String> {
-        let state = self.state().canonicalize().unwrap_or(self.state());
-        let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
-        mounts
-            .lines()
-            .filter(|l| l.split(' ').nth(2).is_some_and(|t| t.starts_with("fuse")))
-            .filter_map(|l| l.split(' ').nth(1))
-            .filter(|m| m.starts_with(state.to_str().unwrap()))
-            .map(str::to_owned)
-            .collect()
+        common::fuse_mounts_under(&self.state())
     }
 }
 
@@ -78,10 +70,6 @@ impl Drop for Node {
             let _ = Command::new("umount").arg("-l").arg(m).status();
         }
     }
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 #[track_caller]

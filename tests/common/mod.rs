@@ -263,3 +263,38 @@ impl Served {
         MountProc::start(&self.index(), &self.dir.path().join(name), &args)
     }
 }
+
+/// Runs `clip ARGS` as a worker node would, with info logs and no node configuration leaking in from the
+/// environment (`CLIP_CONFIG`, `CLIP_VERSION`, …); `env` adds the test's own. Returns the output whatever
+/// the exit code.
+pub fn clip_node(args: &[&str], env: &[(String, String)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_clip"))
+        .args(args)
+        .env("CLIP_LOG", "info")
+        .env_remove("CLIP_CONFIG")
+        .env_remove("CLIP_VERSION")
+        .env_remove("CLIP_PUBLISH_INDEX")
+        .env_remove("CLIP_S3_INDEX_STORE")
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("running the clip binary")
+}
+
+/// Bytes as (lossy) UTF-8 text.
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// FUSE mounts whose mountpoint lies under `dir`, per /proc/mounts.
+pub fn fuse_mounts_under(dir: &Path) -> Vec<String> {
+    let dir = dir.canonicalize().unwrap_or(dir.to_path_buf());
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    mounts
+        .lines()
+        .filter(|l| l.split(' ').nth(2).is_some_and(|t| t.starts_with("fuse")))
+        .filter_map(|l| l.split(' ').nth(1))
+        .filter(|m| m.starts_with(dir.to_str().unwrap()))
+        .map(str::to_owned)
+        .collect()
+}
