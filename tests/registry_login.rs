@@ -15,19 +15,6 @@ use common::{clip_node, s, text};
 const USER: &str = "clip-publisher";
 const PASSWORD: &str = "Pw-5b1d-login-never-print-me";
 
-fn base64(text: &str) -> String {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in text.as_bytes().chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            out.push(if i <= chunk.len() { ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char } else { '=' });
-        }
-    }
-    out
-}
-
 /// A registry behind basic auth holding a small two-layer image as `app:v1` and `other:v1`.
 struct Fixture {
     registry: Registry,
@@ -56,7 +43,7 @@ impl Fixture {
     fn docker_config(&self, name: &str, hosts: &[String], password: &str) -> String {
         let d = self.dir.path().join(name);
         std::fs::create_dir_all(&d).unwrap();
-        let auth = base64(&format!("{USER}:{password}"));
+        let auth = base64(format!("{USER}:{password}").as_bytes());
         let auths: Vec<String> = hosts.iter().map(|h| format!(r#""{h}":{{"auth":"{auth}"}}"#)).collect();
         std::fs::write(d.join("config.json"), format!(r#"{{"auths":{{{}}}}}"#, auths.join(","))).unwrap();
         d.display().to_string()
@@ -99,7 +86,10 @@ fn assert_login_error(out: &Output, registry: &str) -> String {
     assert!(stderr.contains("error:") && !stderr.contains("panicked"), "{stderr}");
     assert!(stderr.contains(&format!("docker login {registry}")), "says how to log in: {stderr}");
     assert!(stderr.contains("DOCKER_CONFIG"), "{stderr}");
-    assert!(!stderr.contains(PASSWORD) && !stderr.contains(&base64(&format!("{USER}:{PASSWORD}"))), "{stderr}");
+    assert!(
+        !stderr.contains(PASSWORD) && !stderr.contains(&base64(format!("{USER}:{PASSWORD}").as_bytes())),
+        "{stderr}"
+    );
     stderr
 }
 

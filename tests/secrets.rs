@@ -16,23 +16,6 @@ const USER: &str = "clip-puller";
 const PASSWORD: &str = "Pa55-7f3e-never-print-me";
 const WRONG_PASSWORD: &str = "Wr0ng-91c2-never-print-me";
 
-fn base64(text: &str) -> String {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in text.as_bytes().chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 /// Everything clip printed, labelled, for one search.
 #[derive(Default)]
 struct Collected(Vec<(String, String)>);
@@ -93,7 +76,7 @@ fn registry_credentials_never_appear_in_logs_errors_metrics_or_the_index() {
     let docker = |name: &str, password: &str| {
         let d = dir.path().join(name);
         std::fs::create_dir_all(&d).unwrap();
-        let auth = base64(&format!("{USER}:{password}"));
+        let auth = base64(format!("{USER}:{password}").as_bytes());
         let config = format!(r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#, proxy.addr());
         std::fs::write(d.join("config.json"), config).unwrap();
         d.display().to_string()
@@ -152,8 +135,8 @@ fn registry_credentials_never_appear_in_logs_errors_metrics_or_the_index() {
     let searched = out.assert_free_of(&[
         PASSWORD,
         WRONG_PASSWORD,
-        &base64(&format!("{USER}:{PASSWORD}")),
-        &base64(&format!("{USER}:{WRONG_PASSWORD}")),
+        &base64(format!("{USER}:{PASSWORD}").as_bytes()),
+        &base64(format!("{USER}:{WRONG_PASSWORD}").as_bytes()),
     ]);
     println!("registry secrets: {} outputs, {searched} bytes searched, no secret found", out.0.len());
 }

@@ -70,7 +70,7 @@ pub use oci::{
 pub use proxy::{
     Fault, FaultKind, Proxy, ProxyConfig, ProxyError, ProxyStats, RequestRecord, DEFAULT_CHUNK_SIZE as PROXY_CHUNK_SIZE,
 };
-pub use registry::{find_free_port, http_get, HttpResponse, Registry, REGISTRY_BINARY};
+pub use registry::{base64, find_free_port, http_get, HttpResponse, Registry, REGISTRY_BINARY};
 pub use rootfs::{reference_rootfs, ROOTFS_BIG_FILE, ROOTFS_HARD_LINKS};
 pub use s3::{S3Server, MOTO_BINARY};
 pub use tree::{show_path, snapshot, try_snapshot, FileKind, Node, Tree};

@@ -273,7 +273,8 @@ fn parse_response(raw: &[u8]) -> Option<HttpResponse> {
     Some(HttpResponse { status, headers, body: raw[end + 4..].to_vec() })
 }
 
-fn base64(data: &[u8]) -> String {
+/// Standard base64 (RFC 4648, with padding), e.g. for an HTTP basic `Authorization` header.
+pub fn base64(data: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
     for chunk in data.chunks(3) {
