@@ -41,9 +41,14 @@ struct PendingTrim {
     window: Vec<u8>,
     /// Compressed offset of `data[0]`.
     data_start: u64,
-    /// Compressed bytes from `data_start` on, as consumed.
-    data: Vec<u8>,
+    /// Compressed bytes from `data_start` on, as consumed; `None` once more than [`MAX_TRIM_INPUT`] were
+    /// needed (a stream of empty blocks), and the window then stays whole.
+    data: Option<Vec<u8>>,
 }
+
+/// Most compressed bytes kept to trim one window. 32 KiB of output take at most ~33 KiB of deflate input
+/// (stored blocks); only a hostile stream (empty blocks by the million) needs more.
+const MAX_TRIM_INPUT: usize = 256 << 10;
 
 impl GzipIndexer {
     pub fn new() -> Result<Self, CodecError> {
@@ -164,7 +169,7 @@ impl GzipIndexer {
         if let (Some(data), false) = (prefix, window.is_empty()) {
             spans.hold();
             let data_start = in_offset - data.len() as u64;
-            self.trims.push(PendingTrim { out_offset, in_offset, bits, window, data_start, data });
+            self.trims.push(PendingTrim { out_offset, in_offset, bits, window, data_start, data: Some(data) });
         }
     }
 
@@ -179,8 +184,11 @@ impl GzipIndexer {
                 bits: trim.bits,
                 window: &trim.window,
             };
-            let window = trim_window(&checkpoint, trim.data_start, &trim.data, out_pos - trim.out_offset);
-            spans.set_window(trim.out_offset, window.unwrap_or(trim.window));
+            let trimmed = trim
+                .data
+                .as_ref()
+                .and_then(|data| trim_window(&checkpoint, trim.data_start, data, out_pos - trim.out_offset));
+            spans.set_window(trim.out_offset, trimmed.unwrap_or(trim.window));
         }
     }
 }
@@ -188,7 +196,10 @@ impl GzipIndexer {
 /// Consume `n` buffered bytes, keeping a copy for every pending trim.
 fn consume<R: Read>(trims: &mut [PendingTrim], input: &mut Input<R>, n: usize) {
     for trim in trims.iter_mut() {
-        trim.data.extend_from_slice(&input.data()[..n]);
+        match &mut trim.data {
+            Some(data) if data.len() + n <= MAX_TRIM_INPUT => data.extend_from_slice(&input.data()[..n]),
+            _ => trim.data = None,
+        }
     }
     input.consume(n);
 }

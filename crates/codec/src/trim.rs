@@ -140,4 +140,35 @@ mod tests {
             assert!(kept < 32 * 1024 / 100, "random data kept {kept} window bytes at {}", span.checkpoint.out_offset);
         }
     }
+
+    #[test]
+    fn a_flood_of_empty_blocks_keeps_the_window_whole_and_memory_bounded() {
+        // 500 KB of empty stored blocks (sync flushes) right where a checkpoint falls due: trimming gives up
+        // on that window instead of buffering the flood, and every span still decodes.
+        let data = sample(256 * 1024);
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        enc.write_all(&data[..100 * 1024]).unwrap();
+        for _ in 0..100_000 {
+            enc.flush().unwrap();
+        }
+        enc.write_all(&data[100 * 1024..]).unwrap();
+        let blob = enc.finish().unwrap();
+        assert!(blob.len() > 500_000);
+        let mut reader = IndexingReader::new(&blob[..], Compression::Gzip, 64 * 1024);
+        std::io::copy(&mut reader.by_ref(), &mut std::io::sink()).unwrap();
+        let summary = reader.finish().unwrap();
+        let refs: Vec<SpanRef> = summary.spans.iter().map(|s| s.as_ref()).collect();
+        let mut whole = 0;
+        for (i, span) in summary.spans.iter().enumerate() {
+            let range = span_fetch_range(Compression::Gzip, &refs, i, summary.compressed_size);
+            let fetched = &blob[range.start as usize..range.end as usize];
+            let out =
+                decode_span(Compression::Gzip, &span.checkpoint.as_ref(), range.start, fetched, span.len).unwrap();
+            let start = span.checkpoint.out_offset as usize;
+            assert_eq!(out, &data[start..start + span.len as usize], "span {i}");
+            let w = &span.checkpoint.window;
+            whole += usize::from(w.len() == 32 * 1024 && w[..] == data[start - w.len()..start]);
+        }
+        assert!(whole >= 1, "no checkpoint in the flood kept its whole window");
+    }
 }
