@@ -110,7 +110,7 @@ impl ContentStore {
     }
 
     /// A file was opened: start loading all of its spans at once (files up to
-    /// [`crate::StoreConfig::open_prefetch_max`] bytes; spans already in memory are skipped). Returns how
+    /// [`crate::StoreConfig::open_prefetch_max`] bytes; spans already in memory or on disk are skipped). Returns how
     /// many loads were started. Needs a tokio runtime (the caller's or the store's); without one it does
     /// nothing.
     pub fn warm_file(&self, data: DataRef) -> usize {
@@ -128,7 +128,9 @@ impl ContentStore {
         let Some(rt) = Handle::try_current().ok().or_else(|| inner.runtime.clone()) else { return 0 };
         let mut started = 0;
         for index in first..=last {
-            if inner.in_memory(index) {
+            // Spans already local are left to the reads: loading them all from disk would only churn memory.
+            let on_disk = |disk: &Arc<crate::DiskCache>| a.span(index).is_ok_and(|s| disk.contains(&s.digest));
+            if inner.in_memory(index) || inner.disk.as_ref().is_some_and(on_disk) {
                 continue;
             }
             started += 1;

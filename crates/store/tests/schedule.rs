@@ -181,6 +181,13 @@ async fn opening_a_file_loads_all_its_spans_at_once() {
     assert_eq!(store.warm_file(big), 0);
     tokio::time::sleep(std::time::Duration::from_millis(150)).await;
     assert_eq!(fx.blobs.count(), 4);
+
+    // A store whose disk cache holds the file's spans (a restarted mount) leaves them to the reads.
+    let dir = tempfile::tempdir().unwrap();
+    let first = fx.store(cached(dir.path()));
+    first.read(small, 0, small.size).await.unwrap();
+    let second = fx.store(StoreConfig { open_prefetch_max: 3 * SPAN, ..cached(dir.path()) });
+    assert_eq!(second.warm_file(small), 0, "spans on disk were loaded again");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
