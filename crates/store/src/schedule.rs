@@ -110,9 +110,9 @@ impl ContentStore {
     }
 
     /// A file was opened: start loading all of its spans at once (files up to
-    /// [`crate::StoreConfig::open_prefetch_max`] bytes; spans already in memory or on disk are skipped). Returns how
-    /// many loads were started. Needs a tokio runtime (the caller's or the store's); without one it does
-    /// nothing.
+    /// [`crate::StoreConfig::open_prefetch_max`] bytes; spans already in memory or on disk are skipped).
+    /// Returns how many loads were started. Needs a tokio runtime (the caller's or the store's); without
+    /// one it does nothing.
     pub fn warm_file(&self, data: DataRef) -> usize {
         let inner = &self.inner;
         if data.size == 0 || data.size > inner.config.open_prefetch_max {
