@@ -9,7 +9,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use clip_testkit::*;
-use common::{clip_node, clip_ok, s, text};
+use common::{clip_node, clip_ok, pull_and_gc, s, text};
 
 const BUCKET: &str = "clip-indexes";
 
@@ -56,19 +56,6 @@ impl Fixture {
     fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
-}
-
-/// `clip pull` on a node; returns (rootfs, stderr). Unmounts with `clip gc` afterwards (the caller reads
-/// the rootfs first through `check`).
-fn pull(image: &str, env: &[(String, String)], check: impl FnOnce(&Path)) -> String {
-    let out = clip_node(&["pull", image], env);
-    let stderr = text(&out.stderr);
-    assert!(out.status.success(), "clip pull failed:\n{stderr}");
-    let rootfs = PathBuf::from(text(&out.stdout).trim());
-    check(&rootfs);
-    let gc = clip_node(&["gc"], env);
-    assert!(gc.status.success(), "clip gc: {}", text(&gc.stderr));
-    stderr
 }
 
 fn check_tree(rootfs: &Path) {
@@ -124,14 +111,14 @@ fn index_pushed_to_the_registry_is_found_by_pull_on_a_clean_node() {
 
     // A clean node takes the published index instead of building one.
     let env = f.node_env("node");
-    let stderr = pull(&image, &env, check_tree);
+    let stderr = pull_and_gc(&image, &env, check_tree);
     assert!(stderr.contains("index from registry"), "{stderr}");
     assert!(!stderr.contains("building index"), "no index is built: {stderr}");
     assert!(stderr.contains("(registry)"), "pull reports the index source: {stderr}");
     assert_eq!(std::fs::read(stored_index(&env, &f.manifest_digest)).unwrap(), index_bytes);
 
     // The next pull on that node finds it locally.
-    let stderr = pull(&image, &env, check_tree);
+    let stderr = pull_and_gc(&image, &env, check_tree);
     assert!(stderr.contains("cache hit") && stderr.contains("(local)"), "{stderr}");
 }
 
@@ -149,7 +136,7 @@ fn index_in_the_s3_index_store_is_found_by_pull_on_a_clean_node() {
     let mut env = f.node_env("node");
     env.extend(s3.env());
     env.push(("CLIP_S3_INDEX_STORE".into(), format!("s3://{BUCKET}/indexes")));
-    let stderr = pull(&image, &env, check_tree);
+    let stderr = pull_and_gc(&image, &env, check_tree);
     assert!(stderr.contains("index from S3"), "{stderr}");
     assert!(!stderr.contains("building index"), "no index is built: {stderr}");
     assert!(stderr.contains("(S3)"), "{stderr}");
@@ -166,7 +153,7 @@ fn publish_index_makes_a_built_index_available_to_other_nodes() {
     env.extend(s3.env());
     env.push(("CLIP_S3_INDEX_STORE".into(), format!("s3://{BUCKET}/indexes")));
     env.push(("CLIP_PUBLISH_INDEX".into(), "true".into()));
-    let stderr = pull(&image, &env, check_tree);
+    let stderr = pull_and_gc(&image, &env, check_tree);
     assert!(stderr.contains("building index") && stderr.contains("(built)"), "{stderr}");
     assert!(stderr.contains("index published to the registry"), "{stderr}");
     assert!(stderr.contains("index published to the S3 index store"), "{stderr}");
@@ -176,7 +163,7 @@ fn publish_index_makes_a_built_index_available_to_other_nodes() {
     let mut second = f.node_env("second");
     second.extend(s3.env());
     second.push(("CLIP_S3_INDEX_STORE".into(), format!("s3://{BUCKET}/indexes")));
-    let stderr = pull(&image, &second, check_tree);
+    let stderr = pull_and_gc(&image, &second, check_tree);
     assert!(stderr.contains("index from registry") && !stderr.contains("building index"), "{stderr}");
     assert_eq!(std::fs::read(stored_index(&second, &f.manifest_digest)).unwrap(), built);
 
@@ -225,7 +212,7 @@ fn an_image_v2_refuses_falls_back_to_v1_logs_why_and_counts_it() {
         ("CLIP_STATE_DIR".to_owned(), dir.path().join("state").display().to_string()),
         ("CLIP_CACHE_DIR".to_owned(), dir.path().join("cache").display().to_string()),
     ];
-    let stderr = pull(&image, &env, check_tree);
+    let stderr = pull_and_gc(&image, &env, check_tree);
     assert!(stderr.contains("falling back to v1"), "{stderr}");
     assert!(stderr.contains("application/vnd.example.layer.v1.tar+lz4"), "the reason names the media type: {stderr}");
     assert!(stderr.contains("fell back to clip v1 (1 fallback(s)"), "counted and printed: {stderr}");

@@ -6,11 +6,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 
 use clip_testkit::*;
-use common::{clip_node, s, text};
+use common::{clip_node, pull_and_gc, s, text};
 
 const USER: &str = "clip-publisher";
 const PASSWORD: &str = "Pw-5b1d-login-never-print-me";
@@ -59,18 +59,6 @@ impl Fixture {
     }
 }
 
-/// `clip pull` then `clip gc`; checks the tree through the rootfs; returns stderr.
-fn pull(image: &str, env: &[(String, String)]) -> String {
-    let out = clip_node(&["pull", image], env);
-    let stderr = text(&out.stderr);
-    assert!(out.status.success(), "clip pull failed:\n{stderr}");
-    let rootfs = PathBuf::from(text(&out.stdout).trim());
-    check_tree(&rootfs);
-    let gc = clip_node(&["gc"], env);
-    assert!(gc.status.success(), "clip gc: {}", text(&gc.stderr));
-    stderr
-}
-
 fn check_tree(rootfs: &Path) {
     assert_eq!(std::fs::read_to_string(rootfs.join("etc/greeting")).unwrap(), "hello from the image\n");
     assert_eq!(std::fs::read_to_string(rootfs.join("etc/upper")).unwrap(), "second layer\n");
@@ -108,7 +96,7 @@ fn index_push_and_pull_log_in_with_docker_config_credentials() {
 
     // A clean node finds the published index (referrers tag and artifact read with the login).
     let env = f.node_env("node", &creds);
-    let stderr = pull(&image, &env);
+    let stderr = pull_and_gc(&image, &env, check_tree);
     assert!(stderr.contains("index from registry") && stderr.contains("(registry)"), "{stderr}");
     assert!(!stderr.contains("building index"), "no index is built: {stderr}");
     // The prefetch profile lookup logged in too (none is published: no warning, just nothing found).
@@ -139,7 +127,7 @@ fn the_v1_fallback_pull_logs_in_too() {
     let creds = f.docker_config("docker", &[f.registry.addr(), proxy.addr()], PASSWORD);
     let env = f.node_env("node", &creds);
     proxy.set_faults(vec![Fault::new(FaultKind::IgnoreRange).blobs_only()]);
-    let stderr = pull(&proxy.image_ref("other:v1"), &env);
+    let stderr = pull_and_gc(&proxy.image_ref("other:v1"), &env, check_tree);
     assert!(stderr.contains("refuses Range requests") && stderr.contains("falling back to v1"), "{stderr}");
     assert!(stderr.contains("clip v1"), "{stderr}");
     let layer_gets = proxy.stats().log.iter().filter(|r| r.path.contains("/blobs/") && r.status == 200).count();

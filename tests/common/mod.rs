@@ -298,3 +298,16 @@ pub fn fuse_mounts_under(dir: &Path) -> Vec<String> {
         .map(str::to_owned)
         .collect()
 }
+
+/// `clip pull IMAGE` on a node (`env`); `check` sees the rootfs while it is mounted, then `clip gc`
+/// unmounts it. Returns the pull's stderr.
+pub fn pull_and_gc(image: &str, env: &[(String, String)], check: impl FnOnce(&Path)) -> String {
+    let out = clip_node(&["pull", image], env);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "clip pull failed:\n{stderr}");
+    let rootfs = std::path::PathBuf::from(text(&out.stdout).trim());
+    check(&rootfs);
+    let gc = clip_node(&["gc"], env);
+    assert!(gc.status.success(), "clip gc: {}", text(&gc.stderr));
+    stderr
+}

@@ -18,11 +18,9 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 use tracing::debug;
 
@@ -121,15 +119,7 @@ impl Counters {
 pub(crate) fn record(state_dir: &Path, event: &ImageReady) -> Result<PathBuf, RunError> {
     let dir = state_dir.join(METRICS_DIR);
     std::fs::create_dir_all(&dir).map_err(RunError::io(&dir, "creating the metrics directory"))?;
-    let lock_path = dir.join("lock");
-    let file = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(RunError::io(&lock_path, "opening the lock file"))?;
-    let _lock = Flock::lock(file, FlockArg::LockExclusive)
-        .map_err(|(_, errno)| RunError::io(&lock_path, "locking")(errno.into()))?;
+    let _lock = crate::run::mounts::lock_exclusive(&dir.join("lock"))?;
     let state_path = dir.join(STATE_FILE);
     let mut counters: Counters = match std::fs::read(&state_path) {
         Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|error| {

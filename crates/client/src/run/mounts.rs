@@ -75,18 +75,21 @@ struct Locked {
     state: State,
 }
 
+/// Takes an exclusive `flock` on `lock_path` (created if missing), held until the result is dropped.
+pub(crate) fn lock_exclusive(lock_path: &Path) -> Result<Flock<File>, RunError> {
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(lock_path)
+        .map_err(RunError::io(lock_path, "opening the lock file"))?;
+    Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| RunError::io(lock_path, "locking")(errno.into()))
+}
+
 impl Locked {
     fn open(dir: &Path) -> Result<Locked, RunError> {
         std::fs::create_dir_all(dir.join("rootfs")).map_err(RunError::io(dir, "creating the mount directory"))?;
-        let lock_path = dir.join("lock");
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(RunError::io(&lock_path, "opening the lock file"))?;
-        let lock = Flock::lock(file, FlockArg::LockExclusive)
-            .map_err(|(_, errno)| RunError::io(&lock_path, "locking")(errno.into()))?;
+        let lock = lock_exclusive(&dir.join("lock"))?;
         let state_path = dir.join("state.json");
         let mut state: State = match std::fs::read(&state_path) {
             Ok(bytes) => serde_json::from_slice(&bytes)
