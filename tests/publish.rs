@@ -6,10 +6,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use clip_testkit::*;
-use common::{clip_node, clip_ok, pull_and_gc, s, text};
+use common::{app_image, check_app_tree, clip_node, clip_ok, pull_and_gc, s, text};
 
 const BUCKET: &str = "clip-indexes";
 
@@ -23,14 +23,7 @@ struct Fixture {
 impl Fixture {
     fn new() -> Fixture {
         let registry = Registry::start();
-        let mut lower = LayerBuilder::new();
-        lower.dir("etc").file("etc/greeting", "hello from the image\n").file("etc/gone", "x");
-        let mut upper = LayerBuilder::new();
-        upper.file("etc/upper", "second layer\n").whiteout("etc/gone");
-        let image = Image::new(vec![
-            Layer::new(lower.finish(), Compression::Gzip),
-            Layer::new(upper.finish(), Compression::Zstd),
-        ]);
+        let image = app_image();
         let mut layout = OciLayoutBuilder::new();
         let built = layout.add_image("v1", &image);
         registry.push(layout.path(), "v1", "app:v1");
@@ -56,12 +49,6 @@ impl Fixture {
     fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
-}
-
-fn check_tree(rootfs: &Path) {
-    assert_eq!(std::fs::read_to_string(rootfs.join("etc/greeting")).unwrap(), "hello from the image\n");
-    assert_eq!(std::fs::read_to_string(rootfs.join("etc/upper")).unwrap(), "second layer\n");
-    assert!(!rootfs.join("etc/gone").exists(), "the whiteout applies");
 }
 
 /// The stored index of `digest` on a node.
@@ -111,14 +98,14 @@ fn index_pushed_to_the_registry_is_found_by_pull_on_a_clean_node() {
 
     // A clean node takes the published index instead of building one.
     let env = f.node_env("node");
-    let stderr = pull_and_gc(&image, &env, check_tree);
+    let stderr = pull_and_gc(&image, &env, check_app_tree);
     assert!(stderr.contains("index from registry"), "{stderr}");
     assert!(!stderr.contains("building index"), "no index is built: {stderr}");
     assert!(stderr.contains("(registry)"), "pull reports the index source: {stderr}");
     assert_eq!(std::fs::read(stored_index(&env, &f.manifest_digest)).unwrap(), index_bytes);
 
     // The next pull on that node finds it locally.
-    let stderr = pull_and_gc(&image, &env, check_tree);
+    let stderr = pull_and_gc(&image, &env, check_app_tree);
     assert!(stderr.contains("cache hit") && stderr.contains("(local)"), "{stderr}");
 }
 
@@ -136,7 +123,7 @@ fn index_in_the_s3_index_store_is_found_by_pull_on_a_clean_node() {
     let mut env = f.node_env("node");
     env.extend(s3.env());
     env.push(("CLIP_S3_INDEX_STORE".into(), format!("s3://{BUCKET}/indexes")));
-    let stderr = pull_and_gc(&image, &env, check_tree);
+    let stderr = pull_and_gc(&image, &env, check_app_tree);
     assert!(stderr.contains("index from S3"), "{stderr}");
     assert!(!stderr.contains("building index"), "no index is built: {stderr}");
     assert!(stderr.contains("(S3)"), "{stderr}");
@@ -153,7 +140,7 @@ fn publish_index_makes_a_built_index_available_to_other_nodes() {
     env.extend(s3.env());
     env.push(("CLIP_S3_INDEX_STORE".into(), format!("s3://{BUCKET}/indexes")));
     env.push(("CLIP_PUBLISH_INDEX".into(), "true".into()));
-    let stderr = pull_and_gc(&image, &env, check_tree);
+    let stderr = pull_and_gc(&image, &env, check_app_tree);
     assert!(stderr.contains("building index") && stderr.contains("(built)"), "{stderr}");
     assert!(stderr.contains("index published to the registry"), "{stderr}");
     assert!(stderr.contains("index published to the S3 index store"), "{stderr}");
@@ -163,7 +150,7 @@ fn publish_index_makes_a_built_index_available_to_other_nodes() {
     let mut second = f.node_env("second");
     second.extend(s3.env());
     second.push(("CLIP_S3_INDEX_STORE".into(), format!("s3://{BUCKET}/indexes")));
-    let stderr = pull_and_gc(&image, &second, check_tree);
+    let stderr = pull_and_gc(&image, &second, check_app_tree);
     assert!(stderr.contains("index from registry") && !stderr.contains("building index"), "{stderr}");
     assert_eq!(std::fs::read(stored_index(&second, &f.manifest_digest)).unwrap(), built);
 
@@ -212,7 +199,7 @@ fn an_image_v2_refuses_falls_back_to_v1_logs_why_and_counts_it() {
         ("CLIP_STATE_DIR".to_owned(), dir.path().join("state").display().to_string()),
         ("CLIP_CACHE_DIR".to_owned(), dir.path().join("cache").display().to_string()),
     ];
-    let stderr = pull_and_gc(&image, &env, check_tree);
+    let stderr = pull_and_gc(&image, &env, check_app_tree);
     assert!(stderr.contains("falling back to v1"), "{stderr}");
     assert!(stderr.contains("application/vnd.example.layer.v1.tar+lz4"), "the reason names the media type: {stderr}");
     assert!(stderr.contains("fell back to clip v1 (1 fallback(s)"), "counted and printed: {stderr}");

@@ -6,11 +6,10 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Output;
 
 use clip_testkit::*;
-use common::{clip_node, pull_and_gc, s, text};
+use common::{app_image, check_app_tree, clip_node, pull_and_gc, s, text};
 
 const USER: &str = "clip-publisher";
 const PASSWORD: &str = "Pw-5b1d-login-never-print-me";
@@ -24,14 +23,7 @@ struct Fixture {
 impl Fixture {
     fn new() -> Fixture {
         let registry = Registry::start_with_auth(USER, PASSWORD);
-        let mut lower = LayerBuilder::new();
-        lower.dir("etc").file("etc/greeting", "hello from the image\n").file("etc/gone", "x");
-        let mut upper = LayerBuilder::new();
-        upper.file("etc/upper", "second layer\n").whiteout("etc/gone");
-        let image = Image::new(vec![
-            Layer::new(lower.finish(), Compression::Gzip),
-            Layer::new(upper.finish(), Compression::Zstd),
-        ]);
+        let image = app_image();
         let mut layout = OciLayoutBuilder::new();
         layout.add_image("v1", &image);
         registry.push(layout.path(), "v1", "app:v1");
@@ -57,12 +49,6 @@ impl Fixture {
             ("DOCKER_CONFIG".into(), docker_config.to_owned()),
         ]
     }
-}
-
-fn check_tree(rootfs: &Path) {
-    assert_eq!(std::fs::read_to_string(rootfs.join("etc/greeting")).unwrap(), "hello from the image\n");
-    assert_eq!(std::fs::read_to_string(rootfs.join("etc/upper")).unwrap(), "second layer\n");
-    assert!(!rootfs.join("etc/gone").exists(), "the whiteout applies");
 }
 
 /// A clean failure (exit 1, an error line, no panic) that names the registry, says how to log in, and
@@ -96,7 +82,7 @@ fn index_push_and_pull_log_in_with_docker_config_credentials() {
 
     // A clean node finds the published index (referrers tag and artifact read with the login).
     let env = f.node_env("node", &creds);
-    let stderr = pull_and_gc(&image, &env, check_tree);
+    let stderr = pull_and_gc(&image, &env, check_app_tree);
     assert!(stderr.contains("index from registry") && stderr.contains("(registry)"), "{stderr}");
     assert!(!stderr.contains("building index"), "no index is built: {stderr}");
     // The prefetch profile lookup logged in too (none is published: no warning, just nothing found).
@@ -127,7 +113,7 @@ fn the_v1_fallback_pull_logs_in_too() {
     let creds = f.docker_config("docker", &[f.registry.addr(), proxy.addr()], PASSWORD);
     let env = f.node_env("node", &creds);
     proxy.set_faults(vec![Fault::new(FaultKind::IgnoreRange).blobs_only()]);
-    let stderr = pull_and_gc(&proxy.image_ref("other:v1"), &env, check_tree);
+    let stderr = pull_and_gc(&proxy.image_ref("other:v1"), &env, check_app_tree);
     assert!(stderr.contains("refuses Range requests") && stderr.contains("falling back to v1"), "{stderr}");
     assert!(stderr.contains("clip v1"), "{stderr}");
     let layer_gets = proxy.stats().log.iter().filter(|r| r.path.contains("/blobs/") && r.status == 200).count();

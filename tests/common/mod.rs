@@ -311,3 +311,21 @@ pub fn pull_and_gc(image: &str, env: &[(String, String)], check: impl FnOnce(&Pa
     assert!(gc.status.success(), "clip gc: {}", text(&gc.stderr));
     stderr
 }
+
+/// A small two-layer image (gzip, then zstd with a whiteout) for the image-client tests; see
+/// [`check_app_tree`].
+pub fn app_image() -> clip_testkit::Image {
+    use clip_testkit::{Compression, Image, Layer, LayerBuilder};
+    let mut lower = LayerBuilder::new();
+    lower.dir("etc").file("etc/greeting", "hello from the image\n").file("etc/gone", "x");
+    let mut upper = LayerBuilder::new();
+    upper.file("etc/upper", "second layer\n").whiteout("etc/gone");
+    Image::new(vec![Layer::new(lower.finish(), Compression::Gzip), Layer::new(upper.finish(), Compression::Zstd)])
+}
+
+/// Checks a rootfs of [`app_image`]: both layers' files, and the whiteout applied.
+pub fn check_app_tree(rootfs: &Path) {
+    assert_eq!(std::fs::read_to_string(rootfs.join("etc/greeting")).unwrap(), "hello from the image\n");
+    assert_eq!(std::fs::read_to_string(rootfs.join("etc/upper")).unwrap(), "second layer\n");
+    assert!(!rootfs.join("etc/gone").exists(), "the whiteout applies");
+}
