@@ -135,13 +135,7 @@ impl ContentStore {
             }
             started += 1;
             Counters::bump(&inner.counters.open_prefetch_spans);
-            let me = Arc::clone(inner);
-            let layer = data.layer;
-            rt.spawn(async move {
-                if let Err(error) = me.span(layer, index, Priority::Readahead).await {
-                    debug!(layer, span = index, %error, "loading a span of an opened file failed");
-                }
-            });
+            inner.load_ahead(&rt, data.layer, index, "loading a span of an opened file failed");
         }
         started
     }
@@ -190,14 +184,19 @@ impl Inner {
                 continue;
             }
             Counters::bump(&self.counters.readahead_spans);
-            let me = Arc::clone(self);
-            let layer = data.layer;
-            rt.spawn(async move {
-                if let Err(error) = me.span(layer, index, Priority::Readahead).await {
-                    debug!(layer, span = index, %error, "readahead of a span failed");
-                }
-            });
+            self.load_ahead(&rt, data.layer, index, "readahead of a span failed");
         }
+    }
+
+    /// Starts loading span `index` of `layer` in the background at readahead priority; a failure is only
+    /// logged (`failed` at debug): the reader who needs the span tries again.
+    fn load_ahead(self: &Arc<Self>, rt: &Handle, layer: u32, index: usize, failed: &'static str) {
+        let me = Arc::clone(self);
+        rt.spawn(async move {
+            if let Err(error) = me.span(layer, index, Priority::Readahead).await {
+                debug!(layer, span = index, %error, "{failed}");
+            }
+        });
     }
 
     /// Loads `spans` into the disk cache, one of `permits` each; `polite` loads each start only once the
