@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use clip_testkit::*;
-use common::{clip_ok, metric, s, MountProc, Served};
+use common::{clip_ok, metric, s, tar_files, MountProc, Served};
 
 fn free_addr() -> String {
     format!("127.0.0.1:{}", find_free_port())
@@ -417,13 +417,3 @@ fn load_reader(
     (latencies, bytes, wrong)
 }
 
-/// (path, data offset, size) of every regular file of an uncompressed tar.
-fn tar_files(tar: &[u8]) -> Vec<(String, u64, u64)> {
-    tar::Archive::new(tar)
-        .entries()
-        .unwrap()
-        .map(|e| e.unwrap())
-        .filter(|e| e.header().entry_type().is_file())
-        .map(|e| (e.path().unwrap().display().to_string(), e.raw_file_position(), e.size()))
-        .collect()
-}

@@ -50,6 +50,7 @@ mod proxy;
 mod registry;
 mod rootfs;
 mod s3;
+mod server;
 mod tree;
 mod umoci;
 

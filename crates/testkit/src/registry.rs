@@ -9,22 +9,21 @@
 //! println!("pull from {}/myrepo:tag", registry.addr());
 //! ```
 
-use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command};
+use std::time::Duration;
 
 use tempfile::TempDir;
 
 use crate::oci::Digest;
+use crate::server::{read_log, start_on_free_port};
+
+const START_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The registry binary Debian's `docker-registry` package installs.
 pub const REGISTRY_BINARY: &str = "docker-registry";
-
-const START_TIMEOUT: Duration = Duration::from_secs(10);
-const START_ATTEMPTS: usize = 5;
 
 /// A running `docker-registry` listening on 127.0.0.1. Killed and waited for on drop; its storage is
 /// removed with it.
@@ -70,51 +69,17 @@ impl Registry {
             write_file(&htpasswd, format!("{user}:{hash}\n").as_bytes());
         }
         let log_path = dir.path().join("registry.log");
-        for _ in 0..START_ATTEMPTS {
-            let addr = format!("127.0.0.1:{}", find_free_port());
-            let config = dir.path().join("config.yml");
-            write_file(&config, config_yaml(&storage, &addr, creds.as_ref().map(|_| htpasswd.as_path())).as_bytes());
-            let log = File::create(&log_path).unwrap_or_else(|e| panic!("creating {}: {e}", log_path.display()));
-            let log2 = log.try_clone().unwrap_or_else(|e| panic!("cloning the registry log handle: {e}"));
-            let mut child = Command::new(REGISTRY_BINARY)
-                .arg("serve")
-                .arg(&config)
-                .stdin(Stdio::null())
-                .stdout(log)
-                .stderr(log2)
-                .spawn()
-                .unwrap_or_else(|e| {
-                    panic!("cannot run {REGISTRY_BINARY}: {e} (install it: apt-get install docker-registry, or run dev/test)")
-                });
-            let deadline = Instant::now() + START_TIMEOUT;
-            loop {
-                if let Ok(Some(status)) = child.try_wait() {
-                    let log = read_log(&log_path);
-                    if log.contains("address already in use") {
-                        break; // lost a port race with another test: try another port
-                    }
-                    panic!("{REGISTRY_BINARY} exited with {status} while starting on {addr}; its log:\n{log}");
-                }
-                if let Some(status) = probe(&addr) {
-                    if status == 200 || (creds.is_some() && status == 401) {
-                        return Registry { child, addr, dir, creds };
-                    }
-                }
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!(
-                        "{REGISTRY_BINARY} did not answer GET /v2/ on {addr} within {START_TIMEOUT:?}; its log:\n{}",
-                        read_log(&log_path)
-                    );
-                }
-                std::thread::sleep(Duration::from_millis(25));
-            }
-        }
-        panic!(
-            "{REGISTRY_BINARY} could not bind a free port in {START_ATTEMPTS} attempts; last log:\n{}",
-            read_log(&log_path)
-        );
+        let config = dir.path().join("config.yml");
+        let command = |addr: &str| {
+            write_file(&config, config_yaml(&storage, addr, creds.as_ref().map(|_| htpasswd.as_path())).as_bytes());
+            let mut cmd = Command::new(REGISTRY_BINARY);
+            cmd.arg("serve").arg(&config);
+            cmd
+        };
+        let ready = |addr: &str| probe(addr).is_some_and(|status| status == 200 || (creds.is_some() && status == 401));
+        let install = "install it: apt-get install docker-registry, or run dev/test";
+        let (child, addr) = start_on_free_port(REGISTRY_BINARY, install, &log_path, START_TIMEOUT, command, ready);
+        Registry { child, addr, dir, creds }
     }
 
     /// `127.0.0.1:PORT`.
@@ -297,12 +262,6 @@ fn mkdir(path: &Path) {
 
 fn write_file(path: &Path, bytes: &[u8]) {
     std::fs::write(path, bytes).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
-}
-
-fn read_log(path: &Path) -> String {
-    std::fs::read(path)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_else(|e| format!("(cannot read {}: {e})", path.display()))
 }
 
 #[cfg(test)]

@@ -16,20 +16,19 @@
 //! # let _ = env;
 //! ```
 
-use std::fs::File;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command};
+use std::time::Duration;
 
 use tempfile::TempDir;
 
-use crate::registry::{find_free_port, HttpResponse};
+use crate::registry::HttpResponse;
+use crate::server::{read_log, start_on_free_port};
 
 /// The server binary of PyPI's `moto[server]`.
 pub const MOTO_BINARY: &str = "moto_server";
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
-const START_ATTEMPTS: usize = 5;
 /// An Authorization header moto accepts while it does not check credentials.
 const UNCHECKED_AUTH: &str =
     "AWS4-HMAC-SHA256 Credential=testing/20240101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=0";
@@ -110,45 +109,23 @@ impl S3Server {
             .tempdir()
             .unwrap_or_else(|e| panic!("creating the S3 server's temporary directory: {e}"));
         let log_path = dir.path().join("moto.log");
-        for _ in 0..START_ATTEMPTS {
-            let port = find_free_port();
-            let addr = format!("127.0.0.1:{port}");
-            let log = File::create(&log_path).unwrap_or_else(|e| panic!("creating {}: {e}", log_path.display()));
-            let log2 = log.try_clone().unwrap_or_else(|e| panic!("cloning the moto log handle: {e}"));
-            let mut child = Command::new(&binary)
-                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-                .stdin(Stdio::null())
-                .stdout(log)
-                .stderr(log2)
-                .spawn()
-                .unwrap_or_else(|e| {
-                    panic!("cannot run {}: {e} (install moto[server]: run dev/setup)", binary.display())
-                });
-            let deadline = Instant::now() + START_TIMEOUT;
-            loop {
-                if let Ok(Some(status)) = child.try_wait() {
-                    let log = read(&log_path);
-                    if log.to_lowercase().contains("address already in use") {
-                        break; // lost a port race: try another port
-                    }
-                    panic!("{MOTO_BINARY} exited with {status} while starting on {addr}; its log:\n{log}");
-                }
-                if http(&addr, "GET", "/", &[], b"").is_ok_and(|r| r.status == 200) {
-                    let credentials = (ANY_KEY.0.to_owned(), ANY_KEY.1.to_owned());
-                    return S3Server { child: Some(child), addr, dir, credentials, auth: false };
-                }
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!(
-                        "{MOTO_BINARY} did not answer on {addr} within {START_TIMEOUT:?}; its log:\n{}",
-                        read(&log_path)
-                    );
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-        panic!("{MOTO_BINARY} could not bind a free port in {START_ATTEMPTS} attempts; last log:\n{}", read(&log_path));
+        let command = |addr: &str| {
+            let port = addr.rsplit(':').next().unwrap_or_default();
+            let mut cmd = Command::new(&binary);
+            cmd.args(["-H", "127.0.0.1", "-p", port]);
+            cmd
+        };
+        let ready = |addr: &str| http(addr, "GET", "/", &[], b"").is_ok_and(|r| r.status == 200);
+        let (child, addr) = start_on_free_port(
+            MOTO_BINARY,
+            "install moto[server]: run dev/setup",
+            &log_path,
+            START_TIMEOUT,
+            command,
+            ready,
+        );
+        let credentials = (ANY_KEY.0.to_owned(), ANY_KEY.1.to_owned());
+        S3Server { child: Some(child), addr, dir, credentials, auth: false }
     }
 
     /// `127.0.0.1:PORT`.
@@ -227,7 +204,7 @@ impl S3Server {
 
     /// The server's log so far.
     pub fn log(&self) -> String {
-        read(&self.dir.path().join("moto.log"))
+        read_log(&self.dir.path().join("moto.log"))
     }
 
     fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> HttpResponse {
@@ -277,12 +254,6 @@ fn url_encode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
-}
-
-fn read(path: &std::path::Path) -> String {
-    std::fs::read(path)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_else(|e| format!("(cannot read {}: {e})", path.display()))
 }
 
 #[cfg(test)]
