@@ -316,8 +316,10 @@ impl Drop for Foreground<'_> {
 impl Inner {
     /// Logs, once per layer, that a read first reached it.
     fn note_layer_touched(&self, layer: u32) {
-        let first =
-            self.touched.get(layer as usize).is_some_and(|t| !t.swap(true, std::sync::atomic::Ordering::Relaxed));
+        // Every read passes here: a plain load keeps the flag's cache line shared once it is set.
+        let first = self.touched.get(layer as usize).is_some_and(|t| {
+            !t.load(std::sync::atomic::Ordering::Relaxed) && !t.swap(true, std::sync::atomic::Ordering::Relaxed)
+        });
         if first {
             let digest = self.archive.meta().layers.get(layer as usize).map_or("", |l| l.digest.as_str());
             info!(layer, %digest, "layer first touched");
