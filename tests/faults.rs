@@ -416,4 +416,3 @@ fn load_reader(
     }
     (latencies, bytes, wrong)
 }
-
