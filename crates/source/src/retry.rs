@@ -122,7 +122,13 @@ fn parse_http_date(s: &str) -> Option<SystemTime> {
     let year: u64 = parts.next()?.parse().ok()?;
     let mut hms = parts.next()?.split(':').map(|p| p.parse::<u64>().ok());
     let (h, m, sec) = (hms.next()??, hms.next()??, hms.next()??);
-    if parts.next()? != "GMT" || !(1..=31).contains(&day) || year < 1970 || h > 23 || m > 59 || sec > 60 {
+    if parts.next()? != "GMT"
+        || !(1..=31).contains(&day)
+        || !(1970..=9999).contains(&year)
+        || h > 23
+        || m > 59
+        || sec > 60
+    {
         return None;
     }
     // Days since the epoch (civil-from-days inverse, Howard Hinnant's algorithm).
@@ -132,7 +138,7 @@ fn parse_http_date(s: &str) -> Option<SystemTime> {
     let doy = (153 * mo + 2) / 5 + day - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = (era * 146_097 + doe).checked_sub(719_468)?;
-    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(days * 86_400 + h * 3600 + m * 60 + sec))
+    SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(days * 86_400 + h * 3600 + m * 60 + sec))
 }
 
 #[cfg(test)]
@@ -180,5 +186,8 @@ mod tests {
         assert_eq!(parse_retry_after("soon", now), None);
         assert_eq!(parse_retry_after("Sun, 06 Foo 1994 08:49:47 GMT", now), None);
         assert_eq!(parse_retry_after("-3", now), None);
+        // A hostile year must not overflow the time arithmetic.
+        assert_eq!(parse_retry_after("Sun, 06 Nov 300000000000 08:49:47 GMT", now), None);
+        assert_eq!(parse_retry_after("Sun, 06 Nov 18446744073709551615 08:49:47 GMT", now), None);
     }
 }
