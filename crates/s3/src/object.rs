@@ -126,11 +126,6 @@ impl S3Object {
         &self.url
     }
 
-    /// The same bucket's object `url` (sharing this client's configuration, not its counters).
-    pub fn sibling(&self, url: &S3Url) -> Result<S3Object, S3Error> {
-        Self::with_config(url, (*self.config).clone())
-    }
-
     /// The object `key` in the same bucket, sharing this client (its connections and counters).
     pub fn in_bucket(&self, key: &str) -> Result<S3Object, S3Error> {
         let url = S3Url { bucket: self.url.bucket.clone(), key: key.to_owned() };

@@ -77,16 +77,6 @@ impl Failed {
     pub fn retry(error: SourceError) -> Failed {
         Failed { error, verdict: Verdict::Retry(None) }
     }
-
-    pub fn fail(error: SourceError) -> Failed {
-        Failed { error, verdict: Verdict::Fail }
-    }
-}
-
-impl From<SourceError> for Failed {
-    fn from(error: SourceError) -> Failed {
-        Failed::fail(error)
-    }
 }
 
 /// The verdict for an HTTP status that is not a success.
