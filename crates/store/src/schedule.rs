@@ -193,7 +193,8 @@ impl Inner {
     fn load_ahead(self: &Arc<Self>, rt: &Handle, layer: u32, index: usize, failed: &'static str) {
         let me = Arc::clone(self);
         rt.spawn(async move {
-            if let Err(error) = me.span(layer, index, Priority::Readahead).await {
+            let deadline = tokio::time::Instant::now() + me.config.read_timeout;
+            if let Err(error) = me.span(layer, index, Priority::Readahead, deadline).await {
                 debug!(layer, span = index, %error, "{failed}");
             }
         });
@@ -229,7 +230,8 @@ impl Inner {
             }
             let me = Arc::clone(&self);
             tasks.spawn(async move {
-                let done = me.span(layer, index, Priority::Prefetch).await;
+                let deadline = tokio::time::Instant::now() + me.config.read_timeout;
+                let done = me.span(layer, index, Priority::Prefetch, deadline).await;
                 drop(permit);
                 done.map(drop).map_err(|e| (layer, index, e))
             });

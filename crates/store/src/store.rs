@@ -271,13 +271,7 @@ impl ContentStore {
         while pos < stop {
             let index = self.inner.archive.find_span(data.layer, pos)?;
             let range = self.inner.archive.span_range(data.layer, index)?;
-            let bytes = tokio::time::timeout_at(deadline, self.inner.span(data.layer, index, Priority::Foreground))
-                .await
-                .map_err(|_| StoreError::Timeout {
-                    layer: data.layer,
-                    span: index,
-                    after: self.inner.config.read_timeout,
-                })??;
+            let bytes = self.inner.span(data.layer, index, Priority::Foreground, deadline).await?;
             let from = pos.saturating_sub(range.start) as usize;
             let to = (stop.min(range.end).saturating_sub(range.start)) as usize;
             if range.start > pos || from >= to || to > bytes.len() {
@@ -291,7 +285,8 @@ impl ContentStore {
 
     /// The verified bytes of span `index` (an index of the whole span table) of layer `layer`.
     pub async fn span(&self, layer: u32, index: usize) -> Result<SpanBytes, StoreError> {
-        self.inner.span(layer, index, Priority::Foreground).await
+        let deadline = tokio::time::Instant::now() + self.inner.config.read_timeout;
+        self.inner.span(layer, index, Priority::Foreground, deadline).await
     }
 }
 
@@ -343,7 +338,16 @@ impl Inner {
     }
 
     /// Span `index` of `layer`: from memory, else through the single flight for that span.
-    pub async fn span(&self, layer: u32, index: usize, priority: Priority) -> Result<SpanBytes, StoreError> {
+    /// A load this call starts gives up at `deadline` ([`StoreError::Timeout`], remembered for the
+    /// hold-off like any failure); joining a load in flight waits for that load's own deadline, which is
+    /// no later (it started earlier).
+    pub async fn span(
+        &self,
+        layer: u32,
+        index: usize,
+        priority: Priority,
+        deadline: tokio::time::Instant,
+    ) -> Result<SpanBytes, StoreError> {
         if !self.archive.layer_spans(layer)?.contains(&index) {
             return Err(StoreError::Layer {
                 layer,
@@ -376,7 +380,7 @@ impl Inner {
         let timeout = self.config.read_timeout;
         let shared = flight
             .get_or_init(|| async {
-                let loaded = tokio::time::timeout(timeout, self.load(layer, index))
+                let loaded = tokio::time::timeout_at(deadline, self.load(layer, index))
                     .await
                     .unwrap_or(Err(StoreError::Timeout { layer, span: index, after: timeout }));
                 loaded.map_err(|e| {
