@@ -30,7 +30,7 @@ mod run;
 
 pub use archive::{
     archive, pack, push, ArchiveOptions, ArchiveProgress, ArchiveReport, DataCompression, PackConfig, PackProgress,
-    PackSummary, Packed, DATA_MEDIA_TYPE, DEFAULT_SPAN_SIZE,
+    PackSummary, Packed, DATA_MEDIA_TYPE, PACK_SPAN_SIZE,
 };
 pub use clip_s3::{S3Options, S3Url};
 pub use config::{ClipVersion, Config, ConfigError, Origin};

@@ -100,12 +100,6 @@ impl Repo {
     }
 }
 
-pub(crate) fn is_local(registry: &str) -> bool {
-    let host = registry.rsplit_once(':').filter(|(h, p)| !h.ends_with(']') || !p.is_empty()).map_or(registry, |x| x.0);
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
-}
-
 /// An oci-client for `registry` (plain HTTP for local registries or with `plain_http`) and the credentials
 /// to use with it, from Docker's config ([`clip_source::registry_auth`]).
 pub(crate) async fn registry_client(
@@ -114,7 +108,7 @@ pub(crate) async fn registry_client(
     opts: &SourceOptions,
 ) -> Result<(Client, RegistryAuth), ClientError> {
     let auth = clip_source::registry_auth(registry, opts).await?;
-    let plain = opts.plain_http || is_local(registry);
+    let plain = opts.plain_http || clip_source::is_local_registry(registry);
     let base = Reference::with_tag(registry.to_owned(), "library/x".into(), "latest".into());
     let protocol = if plain {
         ClientProtocol::HttpsExcept(vec![base.resolve_registry().to_owned()])
@@ -420,6 +414,7 @@ mod tests {
 
     #[test]
     fn local_registries_are_recognized() {
+        let is_local = clip_source::is_local_registry;
         assert!(is_local("127.0.0.1:5000") && is_local("localhost") && is_local("[::1]:5000"));
         assert!(!is_local("registry.example.com:5000") && !is_local("docker.io"));
     }

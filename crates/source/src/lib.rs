@@ -55,7 +55,7 @@ pub use layout::LayoutSource;
 pub use memory::MemorySource;
 pub use oci_client::secrets::RegistryAuth;
 pub use platform::Platform;
-pub use reference::{ImageRef, DOCKER_HUB};
+pub use reference::{is_local_registry, ImageRef, DOCKER_HUB};
 pub use registry::{registry_auth, RegistrySource};
 pub use resolve::{parse_image_config, parse_manifest, IndexEntry, ParsedManifest, ResolvedImage};
 pub use retry::RetryPolicy;

@@ -204,7 +204,7 @@ fn split_host_port(host: &str) -> (&str, Option<&str>) {
 }
 
 /// Registries Docker talks plain HTTP to without being told: localhost, 127.0.0.0/8 and ::1.
-pub(crate) fn is_local_registry(registry: &str) -> bool {
+pub fn is_local_registry(registry: &str) -> bool {
     let (name, _) = split_host_port(registry);
     let name = name.trim_start_matches('[').trim_end_matches(']');
     if name.eq_ignore_ascii_case("localhost") {

@@ -33,8 +33,9 @@ use data::DataWriter;
 
 /// The media type recorded for the data section's layer.
 pub const DATA_MEDIA_TYPE: &str = "application/vnd.clip.archive.data.v1";
-/// Default span size: 4 MiB of uncompressed data.
-pub const DEFAULT_SPAN_SIZE: u64 = 4 << 20;
+/// Default span size of data-carrying (v1) archives: 4 MiB of uncompressed data (an index-only archive
+/// uses `clip_indexer::DEFAULT_SPAN_SIZE`).
+pub const PACK_SPAN_SIZE: u64 = 4 << 20;
 
 /// How to pack.
 #[derive(Debug, Clone)]
@@ -49,11 +50,7 @@ pub struct PackConfig {
 
 impl Default for PackConfig {
     fn default() -> Self {
-        PackConfig {
-            span_size: DEFAULT_SPAN_SIZE,
-            compression: DataCompression::None,
-            scratch_dir: std::env::temp_dir(),
-        }
+        PackConfig { span_size: PACK_SPAN_SIZE, compression: DataCompression::None, scratch_dir: std::env::temp_dir() }
     }
 }
 
