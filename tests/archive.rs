@@ -466,16 +466,9 @@ fn crc32c(data: &[u8]) -> u32 {
     !crc
 }
 
-/// The Debian bookworm + python3 layout of `dev/debian-image` (built once per machine under target/, shared
-/// with the other Debian tests), unpacked by umoci into a real root filesystem.
+/// The Debian bookworm + python3 image of `dev/debian-image`, unpacked by umoci into a real root filesystem.
 fn debian_rootfs() -> Unpacked {
-    let layout = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/clip-images/debian");
-    let status = std::process::Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("dev/debian-image"))
-        .arg(&layout)
-        .status()
-        .expect("running dev/debian-image");
-    assert!(status.success(), "dev/debian-image failed (needs mmdebstrap and Debian's mirror)");
-    umoci_unpack(&layout, "bookworm")
+    umoci_unpack(&common::debian_layout(), "bookworm")
 }
 
 #[test]

@@ -43,7 +43,8 @@ impl Indexed {
 
 /// Names no other test or process uses, for proving nothing was written outside a target.
 fn unique(what: &str) -> String {
-    format!("clip-{what}-{}-{}", std::process::id(), Instant::now().elapsed().as_nanos())
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+    format!("clip-{what}-{}-{nanos}", std::process::id())
 }
 
 /// Every path under `dir`, relative, sorted.

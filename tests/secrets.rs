@@ -114,6 +114,7 @@ fn registry_credentials_never_appear_in_logs_errors_metrics_or_the_index() {
     }
     assert_eq!(proxy.stats().faults_injected, 3);
     let redirected = cdn.stats();
+    assert!(!redirected.requests_to("/blobs/").is_empty(), "the redirect was not followed");
     assert!(
         redirected.requests_to("/blobs/").iter().all(|r| r.status == 401),
         "the redirect target got credentials it must not see: {:?}",
