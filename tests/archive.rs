@@ -128,14 +128,10 @@ fn read_eio(path: &Path) -> bool {
     match std::fs::read(path) {
         Ok(_) => false,
         Err(e) => {
-            assert_eq!(e.raw_os_error(), Some(libc_eio()), "{}: expected EIO, got {e}", path.display());
+            assert_eq!(e.raw_os_error(), Some(common::EIO), "{}: expected EIO, got {e}", path.display());
             true
         }
     }
-}
-
-const fn libc_eio() -> i32 {
-    5
 }
 
 #[rstest]

@@ -81,10 +81,6 @@ impl Fleet {
     }
 }
 
-fn free_addr() -> String {
-    format!("127.0.0.1:{}", find_free_port())
-}
-
 /// Waits (up to 20 s) until the node published every span it fetched.
 fn wait_published(metrics: &str) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -101,7 +97,7 @@ fn wait_published(metrics: &str) -> u64 {
 
 /// Node A fills the tier; returns the span object keys.
 fn fill_tier(fleet: &Fleet) -> Vec<String> {
-    let metrics = free_addr();
+    let metrics = common::free_addr();
     let a = fleet.node("a", &metrics);
     fleet.read_all(&a.dir);
     assert!(fleet.registry_proxy.stats().blob_bytes > 0, "node A read from the registry");
@@ -122,7 +118,7 @@ fn a_second_node_reads_spans_from_the_tier_with_zero_registry_blob_bytes() {
     let keys = fill_tier(&fleet);
 
     fleet.registry_proxy.reset_stats();
-    let metrics = free_addr();
+    let metrics = common::free_addr();
     let b = fleet.node("b", &metrics);
     fleet.read_all(&b.dir);
     // Connecting to the image reads its manifest and config blob (a few hundred bytes); not one byte of a
@@ -144,7 +140,7 @@ fn a_tier_that_is_down_degrades_to_the_registry_with_one_warning() {
     fleet.s3.kill();
 
     fleet.registry_proxy.reset_stats();
-    let metrics = free_addr();
+    let metrics = common::free_addr();
     let c = fleet.node("c", &metrics);
     fleet.read_all(&c.dir); // no EIO
     assert!(fleet.registry_proxy.stats().blob_bytes > 0, "node C read from the registry");
@@ -166,7 +162,7 @@ fn corrupt_tier_objects_are_ignored_counted_and_read_from_the_registry() {
     }
 
     fleet.registry_proxy.reset_stats();
-    let metrics = free_addr();
+    let metrics = common::free_addr();
     let b = fleet.node("b", &metrics);
     fleet.read_all(&b.dir);
     assert!(fleet.registry_proxy.stats().blob_bytes > 0, "node B read from the registry");

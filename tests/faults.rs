@@ -15,10 +15,6 @@ use std::time::{Duration, Instant};
 use clip_testkit::*;
 use common::{clip_ok, metric, s, tar_files, MountProc, Served};
 
-fn free_addr() -> String {
-    format!("127.0.0.1:{}", find_free_port())
-}
-
 /// A layer of `count` files `NAME/fNN` of `size` pseudo-random bytes each; returns it with the files'
 /// contents.
 fn files_layer(name: &str, count: usize, size: usize, compression: Compression) -> (Layer, Vec<(String, Vec<u8>)>) {
@@ -53,7 +49,7 @@ fn every_fault_the_proxy_injects_is_survived_with_the_right_bytes() {
     let (layer, files) = files_layer("data", 24, 1 << 20, Compression::Gzip);
     let served = Served::with_span_mib(&Image::new(vec![layer]), 1);
     let cdn = Proxy::start(&served.registry.addr(), ProxyConfig::default());
-    let addr = free_addr();
+    let addr = common::free_addr();
     let mut m = served.mount("mnt", &["--metrics", &addr, "--read-timeout", "20"]);
     let kinds = [
         FaultKind::Status(500),
@@ -105,7 +101,7 @@ fn indexing_survives_broken_connections_and_gives_the_same_index() {
 fn registry_outage_cached_files_work_uncached_reads_fail_within_the_deadline_and_recover() {
     let (layer, files) = files_layer("data", 8, 1 << 20, Compression::Gzip);
     let mut served = Served::with_span_mib(&Image::new(vec![layer]), 1);
-    let addr = free_addr();
+    let addr = common::free_addr();
     let deadline = Duration::from_secs(2);
     let mut m = served.mount("mnt", &["--metrics", &addr, "--read-timeout", "2"]);
     let path = |i: usize| m.dir.join(&files[i].0);
@@ -129,7 +125,7 @@ fn registry_outage_cached_files_work_uncached_reads_fail_within_the_deadline_and
         assert!(got.unwrap() == files[0].1, "{what}: a cached file failed");
         let (got, took) = timed_read(&uncached);
         let err = got.expect_err(&format!("{what}: an uncached read succeeded"));
-        assert_eq!(err.raw_os_error(), Some(libc_eio()), "{what}: {err}");
+        assert_eq!(err.raw_os_error(), Some(common::EIO), "{what}: {err}");
         assert!(took < deadline + Duration::from_millis(1500), "{what}: EIO after {took:?}");
         println!(
             "outage ({what}): cached file read fine, uncached read got EIO after {took:.2?} (deadline {deadline:?})"
@@ -149,10 +145,6 @@ fn registry_outage_cached_files_work_uncached_reads_fail_within_the_deadline_and
 
 /// clip-store's `failure_holdoff` for the 2 s deadline, with room to spare.
 const HOLDOFF: Duration = Duration::from_millis(1100);
-
-fn libc_eio() -> i32 {
-    5
-}
 
 /// Span files in the cache whose bytes do not hash to their name.
 fn bad_span_files(cache: &Path) -> (usize, Vec<PathBuf>) {
@@ -249,7 +241,7 @@ fn corrupted_cache_files_are_refetched_never_served() {
         f.write_all_at(&[byte[0] ^ 0x10], at).unwrap();
     }
 
-    let addr = free_addr();
+    let addr = common::free_addr();
     let second = served.mount("mnt2", &["--metrics", &addr]);
     for (path, data) in &files {
         assert!(std::fs::read(second.dir.join(path)).unwrap() == *data, "{path}: corrupted cache bytes were served");
@@ -327,7 +319,7 @@ fn load_64_readers_at_random_offsets_with_5_percent_faults_get_every_byte_right(
         Fault::new(FaultKind::TruncateBody { after_bytes: 200_000 }).blobs_only().probability(each),
         Fault::new(FaultKind::FlipBit { offset: 3_000 }).blobs_only().probability(each),
     ]);
-    let addr = free_addr();
+    let addr = common::free_addr();
     let mut m = served.mount("mnt", &["--metrics", &addr]);
     let reading = Instant::now();
     let results: Vec<(Vec<Duration>, u64, Vec<String>)> = std::thread::scope(|s| {

@@ -9,10 +9,6 @@ use clip_testkit::*;
 use common::{metric, tar_file, tar_files, Served};
 use rstest::rstest;
 
-fn free_metrics_addr() -> String {
-    format!("127.0.0.1:{}", find_free_port())
-}
-
 #[rstest]
 #[case::gzip(Compression::Gzip)]
 #[case::zstd(Compression::Zstd)]
@@ -71,7 +67,7 @@ fn concurrent_cold_readers_share_one_fetch_per_span() {
     let layer = big_gzip_layer(24);
     let tar = layer.tar().to_vec();
     let img = Served::new(&Image::new(vec![layer]));
-    let addr = free_metrics_addr();
+    let addr = common::free_addr();
     let m = img.mount("mnt", &["--metrics", &addr]);
     // The 8 MiB file crosses several spans.
     let (path, off, size) = tar_file(&tar, |p| p.ends_with("/f00007"));
@@ -157,7 +153,7 @@ fn fully_cached_file_is_served_by_passthrough() {
     let layer = big_gzip_layer(8);
     let tar = layer.tar().to_vec();
     let img = Served::new(&Image::new(vec![layer]));
-    let addr = free_metrics_addr();
+    let addr = common::free_addr();
     let m = img.mount("mnt", &["--metrics", &addr]);
     let (path, off, size) = tar_file(&tar, |p| p.ends_with("/f00000"));
     let expected = &tar[off as usize..(off + size) as usize];
@@ -188,7 +184,7 @@ fn prefetch_fills_the_cache_in_the_background() {
     let layer = big_gzip_layer(12);
     let tar = layer.tar().to_vec();
     let img = Served::new(&Image::new(vec![layer]));
-    let addr = free_metrics_addr();
+    let addr = common::free_addr();
     let m = img.mount("mnt", &["--prefetch", "--metrics", &addr]);
     let spans = clip_format::Archive::open(&img.index()).unwrap().span_count() as f64;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);

@@ -329,3 +329,11 @@ pub fn check_app_tree(rootfs: &Path) {
     assert_eq!(std::fs::read_to_string(rootfs.join("etc/upper")).unwrap(), "second layer\n");
     assert!(!rootfs.join("etc/gone").exists(), "the whiteout applies");
 }
+
+/// `127.0.0.1:PORT` with a port nothing listens on now (for `--metrics` and proxies).
+pub fn free_addr() -> String {
+    format!("127.0.0.1:{}", clip_testkit::find_free_port())
+}
+
+/// `EIO`, what a reader of a mount gets when clip cannot serve the bytes.
+pub const EIO: i32 = 5;
