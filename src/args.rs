@@ -92,11 +92,11 @@ pub struct PullArgs {
 pub struct RunArgs {
     /// REGISTRY/REPO[:TAG|@DIGEST] or oci:DIR[:TAG].
     pub image: String,
-    /// The command and its arguments (default: the image's Entrypoint + Cmd).
     /// Record the spans the container reads, in first-read order, to this prefetch profile (written when
     /// the image's mount ends; only when this run starts the mount, not when it shares a running one).
     #[arg(long, value_name = "FILE")]
     pub record_profile: Option<PathBuf>,
+    /// The command and its arguments (default: the image's Entrypoint + Cmd).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<String>,
 }

@@ -34,7 +34,6 @@ impl S3Data {
 impl LayerBlobs for S3Data {
     fn read(&self, layer: u32, range: Range<u64>) -> BoxFuture<'_, Result<Bytes, StoreError>> {
         Box::pin(async move {
-            let url = self.object.url().to_string();
             if layer != 0 || range.end > self.data_len || range.start > range.end {
                 return Err(StoreError::Layer {
                     layer,
@@ -50,7 +49,7 @@ impl LayerBlobs for S3Data {
             self.object
                 .read_range(abs)
                 .await
-                .map_err(|e| StoreError::Io { path: url, source: std::io::Error::other(e) })
+                .map_err(|e| StoreError::Io { path: self.object.url().to_string(), source: std::io::Error::other(e) })
         })
     }
 

@@ -173,14 +173,14 @@ impl Node {
                 fallback = Some(why);
             }
         }
-        let cmd = self.mount_command(image, &index, &archive, version).await;
+        let cmd = self.mount_command(image, &index, &archive, version, &dir.join(&key)).await;
         let (rootfs, lease, mounted_now) = match mount(dir.join(&key), cmd, hold).await {
             Err(e @ (RunError::MountExited { .. } | RunError::MountTimeout { .. })) if version == ClipVersion::V2 => {
                 let why = Fallback { reason: FallbackReason::MountFailed, detail: e.to_string() };
                 let unpacked = self.fall_back(image, &open, &why).await?;
                 (archive, key, version) = (unpacked.archive, format!("{}-v1", unpacked.key), ClipVersion::V1);
                 fallback = Some(why);
-                let cmd = self.mount_command(image, &index, &archive, version).await;
+                let cmd = self.mount_command(image, &index, &archive, version, &dir.join(&key)).await;
                 mount(dir.join(&key), cmd, hold).await?
             }
             mounted => mounted?,
@@ -208,14 +208,16 @@ impl Node {
         fallback::pull_unpack(self.state_dir(), image, &open.source).await
     }
 
-    /// The `clip mount` arguments for `archive` of `image`: the cache, plain HTTP, a profile to record or
-    /// the published one to prefetch (v2), the content cache tier.
+    /// The `clip mount` arguments for `archive` of `image` (shared mount in `mount_dir`): the cache, plain
+    /// HTTP, a profile to record or the published one to prefetch (v2; not looked up when the mount is
+    /// already live, as the command then goes unused), the content cache tier.
     async fn mount_command(
         &self,
         image: &str,
         index: &StoredIndex,
         archive: &Path,
         version: ClipVersion,
+        mount_dir: &Path,
     ) -> MountCommand {
         let mut args: Vec<OsString> = vec!["--cache-dir".into(), self.config.cache_dir.value.clone().into()];
         args.extend(["--cache-size".into(), self.config.cache_size.value.to_string().into()]);
@@ -224,7 +226,7 @@ impl Node {
         }
         if let Some(path) = &self.record_profile {
             args.extend(["--record-profile".into(), std::path::absolute(path).unwrap_or(path.clone()).into()]);
-        } else if version == ClipVersion::V2 {
+        } else if version == ClipVersion::V2 && !mounts::is_mountpoint(&mount_dir.join("rootfs")) {
             if let Some(path) = self.published_profile(image, index).await {
                 args.extend(["--profile".into(), path.into()]);
             }
