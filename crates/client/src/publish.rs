@@ -407,15 +407,3 @@ async fn download(repo: &Repo, digest: &str, size: u64, dest: &Path, manifest_di
     tmp.persist(dest).map_err(|e| ClientError::io(dest, "renaming the index into place")(e.error))?;
     Ok(())
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn local_registries_are_recognized() {
-        let is_local = clip_source::is_local_registry;
-        assert!(is_local("127.0.0.1:5000") && is_local("localhost") && is_local("[::1]:5000"));
-        assert!(!is_local("registry.example.com:5000") && !is_local("docker.io"));
-    }
-}
