@@ -192,6 +192,10 @@ pub struct IndexArgs {
     /// manifest (found by `clip pull` through the referrers API or the `sha256-<hex>` referrers tag).
     #[arg(long)]
     pub push: bool,
+    /// Give up when indexing (resolving, reading every layer, publishing) takes longer than this many
+    /// seconds (0: no limit). A stalled or trickling registry fails sooner: see the README's Reliability.
+    #[arg(long, value_name = "SECS", default_value = "3600", value_parser = parse_seconds)]
+    pub timeout: std::time::Duration,
     #[command(flatten)]
     pub source: SourceArgs,
 }

@@ -12,6 +12,22 @@ use crate::args::IndexArgs;
 use crate::commands::progress;
 
 pub async fn run(a: IndexArgs, quiet: bool) -> anyhow::Result<()> {
+    if a.timeout.is_zero() {
+        return index(a, quiet).await;
+    }
+    let limit = a.timeout;
+    let image = a.image.clone();
+    match tokio::time::timeout(limit, index(a, quiet)).await {
+        Ok(result) => result,
+        Err(_) => anyhow::bail!(
+            "indexing {image} did not finish within {} s (--timeout); is the registry reachable and serving at a \
+             usable rate? (raise --timeout for very large images on slow links)",
+            limit.as_secs_f64()
+        ),
+    }
+}
+
+async fn index(a: IndexArgs, quiet: bool) -> anyhow::Result<()> {
     let started = Instant::now();
     let reference: ImageRef = a.image.parse().with_context(|| format!("parsing image reference {:?}", a.image))?;
     let mut opts = SourceOptions { plain_http: a.source.plain_http, ..Default::default() };

@@ -16,11 +16,7 @@
 use std::path::{Path, PathBuf};
 
 use clip_format::Archive;
-use clip_source::{Digest, ImageRef, SourceOptions};
-use oci_client::client::{ClientConfig, ClientProtocol};
-use oci_client::errors::{OciDistributionError, OciErrorCode};
-use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference, RegistryOperation};
+use clip_source::{media_types, Access, Descriptor, Digest, ImageRef, RegistrySource, SourceError, SourceOptions};
 use serde_json::{json, Value};
 use tracing::{debug, info};
 
@@ -31,12 +27,10 @@ pub const INDEX_ARTIFACT_TYPE: &str = "application/vnd.clip.index.v2";
 /// Media type of the layer holding the `.clip` file.
 pub const INDEX_LAYER_MEDIA_TYPE: &str = "application/vnd.clip.index.v2.clip";
 const EMPTY_MEDIA_TYPE: &str = "application/vnd.oci.empty.v1+json";
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+const OCI_MANIFEST: &str = media_types::OCI_MANIFEST;
+const OCI_INDEX: &str = media_types::OCI_INDEX;
 /// Largest index clip downloads from a registry.
 const MAX_INDEX_BYTES: u64 = 4 << 30;
-/// Largest artifact manifest or referrers index read.
-const MAX_MANIFEST_BYTES: usize = 4 << 20;
 
 /// What [`publish_index`] pushed.
 #[derive(Debug, Clone)]
@@ -49,104 +43,65 @@ pub struct PublishedIndex {
     pub referrers_tag: Option<String>,
 }
 
-/// A registry repository as oci-client sees it.
+/// A registry repository, with the image reference the user gave for it (for errors).
 struct Repo {
-    client: Client,
-    auth: RegistryAuth,
+    source: RegistrySource,
     registry: String,
-    repository: String,
     image: String,
 }
 
 impl Repo {
-    async fn new(image: &str, opts: &SourceOptions) -> Result<Repo, ClientError> {
+    async fn new(image: &str, opts: &SourceOptions, access: Access) -> Result<Repo, ClientError> {
         let reference: ImageRef = image.parse()?;
         let ImageRef::Registry { registry, repository, .. } = reference else {
             return Err(ClientError::NotARegistry { image: image.to_owned() });
         };
-        let (client, auth) = registry_client(image, &registry, opts).await?;
-        Ok(Repo { client, auth, registry, repository, image: image.to_owned() })
+        let source = RegistrySource::connect_for(&registry, &repository, opts, access)
+            .await
+            .map_err(|e| registry_failure(image, &registry, "connecting", e))?;
+        Ok(Repo { source, registry, image: image.to_owned() })
     }
 
-    fn by_digest(&self, digest: &str) -> Reference {
-        Reference::with_digest(self.registry.clone(), self.repository.clone(), digest.to_owned())
-    }
-
-    fn by_tag(&self, tag: &str) -> Reference {
-        Reference::with_tag(self.registry.clone(), self.repository.clone(), tag.to_owned())
-    }
-
-    fn err(&self, what: &'static str) -> impl FnOnce(OciDistributionError) -> ClientError + '_ {
+    fn err(&self, what: &'static str) -> impl FnOnce(SourceError) -> ClientError + '_ {
         move |e| registry_failure(&self.image, &self.registry, what, e)
     }
 
-    /// Artifact manifests of `artifact_type` that refer to `subject` (referrers API, else tag schema).
-    async fn referrers(
+    /// The artifact manifest `digest` of `artifact_type` referring to `subject`: `Ok(None)` when it is of
+    /// another type; an error when it does not match its digest or names another subject.
+    async fn artifact_manifest(
         &self,
+        digest: &str,
         subject: &str,
         artifact_type: &str,
-    ) -> Result<Vec<oci_client::manifest::ImageIndexEntry>, ClientError> {
-        self.client.store_auth_if_needed(self.by_digest(subject).resolve_registry(), &self.auth).await;
-        let index = self
-            .client
-            .pull_referrers(&self.by_digest(subject), Some(artifact_type))
-            .await
-            .map_err(self.err("listing referrers"))?;
-        Ok(index
-            .manifests
-            .into_iter()
-            .filter(|m| m.artifact_type.as_deref() == Some(artifact_type) || m.artifact_type.is_none())
-            .collect())
+    ) -> Result<Option<Value>, ClientError> {
+        let bad = |why: String| ClientError::BadArtifact { image: self.image.clone(), digest: digest.to_owned(), why };
+        if digest.parse::<Digest>().is_err() {
+            return Err(bad("its digest is not a sha256 digest".into()));
+        }
+        let bytes = self.source.manifest(digest, &[OCI_MANIFEST]).await.map_err(|e| match e {
+            SourceError::DigestMismatch { .. } => bad("its manifest does not match its digest".into()),
+            e => registry_failure(&self.image, &self.registry, "fetching an artifact", e),
+        })?;
+        let manifest: Value = serde_json::from_slice(&bytes).map_err(|e| bad(format!("not JSON: {e}")))?;
+        if manifest.get("artifactType").and_then(Value::as_str) != Some(artifact_type) {
+            return Ok(None);
+        }
+        let named = manifest.pointer("/subject/digest").and_then(Value::as_str);
+        if named != Some(subject) {
+            return Err(bad(format!("its subject is {named:?}, not {subject}")));
+        }
+        Ok(Some(manifest))
     }
 }
 
-/// An oci-client for `registry` (plain HTTP for local registries or with `plain_http`) and the credentials
-/// to use with it, from Docker's config ([`clip_source::registry_auth`]).
-pub(crate) async fn registry_client(
-    image: &str,
-    registry: &str,
-    opts: &SourceOptions,
-) -> Result<(Client, RegistryAuth), ClientError> {
-    let auth = clip_source::registry_auth(registry, opts).await?;
-    let plain = opts.plain_http || clip_source::is_local_registry(registry);
-    let base = Reference::with_tag(registry.to_owned(), "library/x".into(), "latest".into());
-    let protocol = if plain {
-        ClientProtocol::HttpsExcept(vec![base.resolve_registry().to_owned()])
-    } else {
-        ClientProtocol::Https
-    };
-    let client = Client::try_from(ClientConfig { protocol, ..ClientConfig::default() })
-        .map_err(|e| registry_error(image, "client setup", e))?;
-    debug!(registry, anonymous = matches!(auth, RegistryAuth::Anonymous), "registry client");
-    Ok((client, auth))
-}
-
 /// A failed registry call: [`ClientError::RegistryAuth`] (with the fix) when the registry refused our
-/// credentials or wants some, else [`ClientError::Registry`].
-pub(crate) fn registry_failure(
-    image: &str,
-    registry: &str,
-    what: &'static str,
-    e: OciDistributionError,
-) -> ClientError {
-    use OciDistributionError as E;
-    let denied = match &e {
-        E::UnauthorizedError { .. } | E::AuthenticationFailure(_) => true,
-        E::ServerError { code, .. } => matches!(code, 401 | 403),
-        E::RegistryError { envelope, .. } => {
-            envelope.errors.iter().any(|c| matches!(c.code, OciErrorCode::Unauthorized | OciErrorCode::Denied))
+/// credentials or wants some, else the source's error.
+pub(crate) fn registry_failure(image: &str, registry: &str, what: &'static str, e: SourceError) -> ClientError {
+    match e {
+        SourceError::Auth { detail, .. } => {
+            ClientError::RegistryAuth { image: image.to_owned(), registry: registry.to_owned(), what, detail }
         }
-        _ => false,
-    };
-    if denied {
-        ClientError::RegistryAuth {
-            image: image.to_owned(),
-            registry: registry.to_owned(),
-            what,
-            detail: e.to_string(),
-        }
-    } else {
-        registry_error(image, what, e)
+        e => ClientError::from(e),
     }
 }
 
@@ -204,71 +159,71 @@ pub(crate) async fn push_artifact(
         "size": resolved.manifest_bytes.len(),
     });
 
-    let repo = Repo::new(image, opts).await?;
-    let base = repo.by_digest(&indexed);
-    repo.client.auth(&base, &repo.auth, RegistryOperation::Push).await.map_err(repo.err("authenticating to push"))?;
-
-    let layer_digest = Digest::of(&bytes).to_string();
-    let empty_digest = Digest::of(b"{}").to_string();
+    let repo = Repo::new(image, opts, Access::Push).await?;
+    let layer_digest = Digest::of(&bytes);
+    let empty_digest = Digest::of(b"{}");
     let len = bytes.len();
     for (data, digest) in [(b"{}".to_vec(), &empty_digest), (bytes, &layer_digest)] {
-        let exists = repo.client.blob_exists(&base, digest).await.unwrap_or(false);
-        if !exists {
-            repo.client.push_blob(&base, data, digest).await.map_err(repo.err("pushing a blob"))?;
-        }
+        repo.source.push_blob(digest, data.into()).await.map_err(repo.err("pushing a blob"))?;
     }
     let manifest = json!({
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
         "artifactType": artifact.artifact_type,
-        "config": { "mediaType": EMPTY_MEDIA_TYPE, "digest": empty_digest, "size": 2, "data": "e30=" },
+        "config": { "mediaType": EMPTY_MEDIA_TYPE, "digest": empty_digest.as_str(), "size": 2, "data": "e30=" },
         "layers": [{
             "mediaType": artifact.layer_media_type,
-            "digest": layer_digest,
+            "digest": layer_digest.as_str(),
             "size": len,
             "annotations": { "org.opencontainers.image.title": artifact.title },
         }],
         "subject": subject,
     });
     let body = serde_json::to_vec(&manifest).map_err(|e| registry_error(image, "encoding the manifest", e))?;
-    let digest = Digest::of(&body).to_string();
-    let content_type = OCI_MANIFEST.parse().map_err(|e| registry_error(image, "content type", e))?;
-    repo.client
-        .push_manifest_raw(&repo.by_digest(&digest), body.clone(), content_type)
+    let digest = Digest::of(&body);
+    repo.source
+        .push_manifest(digest.as_str(), OCI_MANIFEST, body.clone().into())
         .await
         .map_err(repo.err("pushing the artifact"))?;
     info!(%image, artifact = %digest, artifact_type = artifact.artifact_type, subject = %indexed, "artifact pushed");
 
-    let listed = repo.referrers(&indexed, artifact.artifact_type).await?.iter().any(|m| m.digest == digest);
+    let subject_digest: Digest = indexed.parse()?;
+    let listed = repo
+        .source
+        .referrers(&subject_digest, artifact.artifact_type)
+        .await
+        .map_err(repo.err("listing referrers"))?
+        .iter()
+        .any(|m| m.digest == digest.as_str());
     let referrers_tag = if listed {
         None
     } else {
         let entry = json!({
             "mediaType": OCI_MANIFEST,
-            "digest": digest,
+            "digest": digest.as_str(),
             "size": body.len(),
             "artifactType": artifact.artifact_type,
         });
-        Some(update_tag_schema(&repo, &indexed, entry).await?)
+        Some(update_tag_schema(&repo, &subject_digest, entry).await?)
     };
-    Ok(PublishedIndex { artifact: digest, subject: indexed, referrers_tag })
+    Ok(PublishedIndex { artifact: digest.to_string(), subject: indexed, referrers_tag })
 }
 
 /// Adds `entry` to the referrers index tagged `sha256-<hex>` (creating it when missing).
-async fn update_tag_schema(repo: &Repo, subject: &str, entry: Value) -> Result<String, ClientError> {
-    let tag = subject.replace(':', "-");
-    let tagged = repo.by_tag(&tag);
-    let mut index = match repo.client.pull_manifest_raw(&tagged, &repo.auth, &[OCI_INDEX]).await {
-        Ok((bytes, _)) => serde_json::from_slice::<Value>(&bytes)
+async fn update_tag_schema(repo: &Repo, subject: &Digest, entry: Value) -> Result<String, ClientError> {
+    let tag = clip_source::referrers_tag(subject);
+    let mut index = match repo.source.manifest(&tag, &[OCI_INDEX]).await {
+        Ok(bytes) => serde_json::from_slice::<Value>(&bytes)
             .ok()
             .filter(|v| v.get("manifests").is_some_and(Value::is_array))
             .ok_or_else(|| {
                 registry_error(&repo.image, "reading the referrers tag", format!("{tag} is not an image index"))
             })?,
-        Err(e) => {
-            debug!(%tag, error = %e, "no referrers tag yet");
+        Err(SourceError::TagNotFound { .. }) => {
+            debug!(%tag, "no referrers tag yet");
             json!({ "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [] })
         }
+        Err(e) => return Err(repo.err("reading the referrers tag")(e)),
     };
     if let Some(list) = index.get_mut("manifests").and_then(Value::as_array_mut) {
         if !list.iter().any(|m| m.get("digest") == entry.get("digest")) {
@@ -277,8 +232,7 @@ async fn update_tag_schema(repo: &Repo, subject: &str, entry: Value) -> Result<S
     }
     let body =
         serde_json::to_vec(&index).map_err(|e| registry_error(&repo.image, "encoding the referrers index", e))?;
-    let content_type = OCI_INDEX.parse().map_err(|e| registry_error(&repo.image, "content type", e))?;
-    repo.client.push_manifest_raw(&tagged, body, content_type).await.map_err(repo.err("pushing the referrers tag"))?;
+    repo.source.push_manifest(&tag, OCI_INDEX, body.into()).await.map_err(repo.err("pushing the referrers tag"))?;
     info!(image = %repo.image, %tag, "referrers tag updated (the registry has no referrers API)");
     Ok(tag)
 }
@@ -292,40 +246,57 @@ pub async fn fetch_published_index(
     dest: &Path,
     opts: &SourceOptions,
 ) -> Result<Option<String>, ClientError> {
-    let repo = Repo::new(image, opts).await?;
-    for entry in repo.referrers(manifest_digest, INDEX_ARTIFACT_TYPE).await? {
-        let bad = |why: String| ClientError::BadArtifact { image: image.to_owned(), digest: entry.digest.clone(), why };
-        let (bytes, _) = repo
-            .client
-            .pull_manifest_raw(&repo.by_digest(&entry.digest), &repo.auth, &[OCI_MANIFEST])
-            .await
-            .map_err(repo.err("fetching the index artifact"))?;
-        if bytes.len() > MAX_MANIFEST_BYTES || Digest::of(&bytes).as_str() != entry.digest {
-            return Err(bad("its manifest does not match its digest".into()));
-        }
-        let manifest: Value = serde_json::from_slice(&bytes).map_err(|e| bad(format!("not JSON: {e}")))?;
-        if manifest.get("artifactType").and_then(Value::as_str) != Some(INDEX_ARTIFACT_TYPE) {
+    let Some((artifact, layer)) =
+        find_artifact_layer(image, manifest_digest, opts, INDEX_ARTIFACT_TYPE, MAX_INDEX_BYTES).await?
+    else {
+        return Ok(None);
+    };
+    let bad = |why: String| ClientError::BadArtifact { image: image.to_owned(), digest: artifact.digest.clone(), why };
+    if layer.media_type != INDEX_LAYER_MEDIA_TYPE {
+        return Err(bad(format!("no {INDEX_LAYER_MEDIA_TYPE} layer")));
+    }
+    download(&artifact, &layer, dest, manifest_digest).await.map_err(|e| match e {
+        ClientError::Registry { .. } | ClientError::Io { .. } | ClientError::Source(_) => e,
+        other => bad(other.to_string()),
+    })?;
+    info!(%image, artifact = %artifact.digest, index = %dest.display(), "index from registry");
+    Ok(Some(artifact.digest))
+}
+
+/// An artifact found by [`find_artifact_layer`]: its manifest digest, and the repository to read it from.
+struct FoundArtifact {
+    digest: String,
+    repo: Repo,
+}
+
+/// The first layer of the first artifact of `artifact_type` that refers to `subject_digest` in `image`'s
+/// repository, checked to be a plausible blob of at most `max` bytes. `Ok(None)`: none published.
+async fn find_artifact_layer(
+    image: &str,
+    subject_digest: &str,
+    opts: &SourceOptions,
+    artifact_type: &str,
+    max: u64,
+) -> Result<Option<(FoundArtifact, Descriptor)>, ClientError> {
+    let repo = Repo::new(image, opts, Access::Pull).await?;
+    let subject: Digest = subject_digest.parse()?;
+    let entries = repo.source.referrers(&subject, artifact_type).await.map_err(repo.err("listing referrers"))?;
+    for entry in entries {
+        let Some(manifest) = repo.artifact_manifest(&entry.digest, subject_digest, artifact_type).await? else {
             continue;
-        }
-        let subject = manifest.pointer("/subject/digest").and_then(Value::as_str);
-        if subject != Some(manifest_digest) {
-            return Err(bad(format!("its subject is {subject:?}, not {manifest_digest}")));
-        }
-        let layer = manifest
-            .pointer("/layers/0")
-            .filter(|l| l.get("mediaType").and_then(Value::as_str) == Some(INDEX_LAYER_MEDIA_TYPE))
-            .ok_or_else(|| bad(format!("no {INDEX_LAYER_MEDIA_TYPE} layer")))?;
-        let digest = layer.get("digest").and_then(Value::as_str).unwrap_or_default().to_owned();
+        };
+        let bad = |why: String| ClientError::BadArtifact { image: image.to_owned(), digest: entry.digest.clone(), why };
+        let layer = manifest.pointer("/layers/0").ok_or_else(|| bad("it has no layer".into()))?;
+        let digest = layer.get("digest").and_then(Value::as_str).unwrap_or_default();
         let size = layer.get("size").and_then(Value::as_u64).unwrap_or(u64::MAX);
-        if size > MAX_INDEX_BYTES || digest.parse::<Digest>().is_err() {
-            return Err(bad(format!("layer {digest:?} of {size} bytes is not a plausible index")));
-        }
-        download(&repo, &digest, size, dest, manifest_digest).await.map_err(|e| match e {
-            ClientError::Registry { .. } | ClientError::Io { .. } => e,
-            other => bad(other.to_string()),
-        })?;
-        info!(%image, artifact = %entry.digest, index = %dest.display(), "index from registry");
-        return Ok(Some(entry.digest));
+        let media_type = layer.get("mediaType").and_then(Value::as_str).unwrap_or_default();
+        let digest = digest
+            .parse::<Digest>()
+            .ok()
+            .filter(|_| size <= max)
+            .ok_or_else(|| bad(format!("layer {digest:?} of {size} bytes is implausible")))?;
+        let desc = Descriptor::new(media_type, digest, size);
+        return Ok(Some((FoundArtifact { digest: entry.digest, repo }, desc)));
     }
     Ok(None)
 }
@@ -340,61 +311,35 @@ pub(crate) async fn fetch_artifact_layer(
     artifact_type: &str,
     max: u64,
 ) -> Result<Option<(String, Vec<u8>)>, ClientError> {
-    let repo = Repo::new(image, opts).await?;
-    for entry in repo.referrers(subject_digest, artifact_type).await? {
-        let bad = |why: String| ClientError::BadArtifact { image: image.to_owned(), digest: entry.digest.clone(), why };
-        let (bytes, _) = repo
-            .client
-            .pull_manifest_raw(&repo.by_digest(&entry.digest), &repo.auth, &[OCI_MANIFEST])
-            .await
-            .map_err(repo.err("fetching an artifact"))?;
-        if bytes.len() > MAX_MANIFEST_BYTES || Digest::of(&bytes).as_str() != entry.digest {
-            return Err(bad("its manifest does not match its digest".into()));
-        }
-        let manifest: Value = serde_json::from_slice(&bytes).map_err(|e| bad(format!("not JSON: {e}")))?;
-        if manifest.get("artifactType").and_then(Value::as_str) != Some(artifact_type) {
-            continue;
-        }
-        let subject = manifest.pointer("/subject/digest").and_then(Value::as_str);
-        if subject != Some(subject_digest) {
-            return Err(bad(format!("its subject is {subject:?}, not {subject_digest}")));
-        }
-        let layer = manifest.pointer("/layers/0").ok_or_else(|| bad("it has no layer".into()))?;
-        let digest = layer.get("digest").and_then(Value::as_str).unwrap_or_default().to_owned();
-        let size = layer.get("size").and_then(Value::as_u64).unwrap_or(u64::MAX);
-        if size > max || digest.parse::<Digest>().is_err() {
-            return Err(bad(format!("layer {digest:?} of {size} bytes is implausible")));
-        }
-        let mut out = Vec::new();
-        repo.client
-            .pull_blob(&repo.by_digest(&digest), digest.as_str(), &mut out)
-            .await
-            .map_err(repo.err("downloading an artifact"))?;
-        if out.len() as u64 != size || Digest::of(&out).as_str() != digest {
-            return Err(bad(format!("its layer does not match {digest} ({size} bytes)")));
-        }
-        return Ok(Some((entry.digest, out)));
+    let Some((artifact, layer)) = find_artifact_layer(image, subject_digest, opts, artifact_type, max).await? else {
+        return Ok(None);
+    };
+    let repo = &artifact.repo;
+    let out = repo.source.read_small_blob(&layer, max).await.map_err(repo.err("downloading an artifact"))?;
+    if Digest::of(&out) != layer.digest {
+        return Err(ClientError::BadArtifact {
+            image: image.to_owned(),
+            digest: artifact.digest,
+            why: format!("its layer does not match {}", layer.digest),
+        });
     }
-    Ok(None)
+    Ok(Some((artifact.digest, out)))
 }
 
-/// Streams the blob `digest` (verified by oci-client and again here) into a temporary file next to `dest`,
+/// Downloads the index blob `layer` into a temporary file next to `dest` (streaming, digest checked),
 /// checks it is an index of `manifest_digest`, then renames it into place.
-async fn download(repo: &Repo, digest: &str, size: u64, dest: &Path, manifest_digest: &str) -> Result<(), ClientError> {
+async fn download(
+    artifact: &FoundArtifact,
+    layer: &Descriptor,
+    dest: &Path,
+    manifest_digest: &str,
+) -> Result<(), ClientError> {
+    let repo = &artifact.repo;
     let dir = dest.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
     std::fs::create_dir_all(&dir).map_err(ClientError::io(&dir, "creating the index store"))?;
     let tmp = tempfile::NamedTempFile::new_in(&dir).map_err(ClientError::io(&dir, "creating a file"))?;
-    let file = tokio::fs::File::from_std(tmp.reopen().map_err(ClientError::io(tmp.path(), "opening"))?);
-    repo.client.pull_blob(&repo.by_digest(digest), digest, file).await.map_err(repo.err("downloading the index"))?;
     let path = tmp.path().to_path_buf();
-    let bytes = std::fs::read(&path).map_err(ClientError::io(&path, "reading the downloaded index"))?;
-    if bytes.len() as u64 != size || Digest::of(&bytes).as_str() != digest {
-        return Err(ClientError::Registry {
-            image: repo.image.clone(),
-            what: "downloading the index",
-            detail: format!("the blob does not match {digest} ({size} bytes)"),
-        });
-    }
+    clip_source::download_verified(&repo.source, layer, &path).await.map_err(repo.err("downloading the index"))?;
     let archive = Archive::open(&path).map_err(|source| ClientError::Format { path: path.clone(), source })?;
     if archive.meta().manifest_digest.as_deref() != Some(manifest_digest) {
         return Err(ClientError::ManifestChanged {

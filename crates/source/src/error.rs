@@ -157,6 +157,17 @@ pub enum SourceError {
         limit: u64,
     },
 
+    /// An answer clip reads into memory (manifest, token, referrers, artifact) is larger than it accepts.
+    #[error("{what}: the answer from {url} is larger than the {limit} bytes clip accepts (is this an OCI registry?)")]
+    AnswerTooLarge {
+        /// What was asked for.
+        what: String,
+        /// Where from, without its query.
+        url: String,
+        /// The cap.
+        limit: u64,
+    },
+
     /// Small metadata (manifest or config) whose bytes do not hash to their digest.
     #[error("{what} from {location} does not match its digest: expected {expected}, got {actual}")]
     DigestMismatch {

@@ -53,13 +53,13 @@ pub use digest::{media_types, Descriptor, Digest, LayerCompression};
 pub use error::SourceError;
 pub use layout::LayoutSource;
 pub use memory::MemorySource;
-pub use oci_client::secrets::RegistryAuth;
 pub use platform::Platform;
 pub use reference::{is_local_registry, ImageRef, DOCKER_HUB};
-pub use registry::{registry_auth, RegistrySource};
+pub use registry::referrers_tag;
+pub use registry::{registry_auth, Access, ReferrerEntry, RegistryAuth, RegistrySource, MAX_TOKEN_BYTES};
 pub use resolve::{parse_image_config, parse_manifest, IndexEntry, ParsedManifest, ResolvedImage};
 pub use retry::RetryPolicy;
-pub use source::{BlobSource, BlobStream, SourceStats};
+pub use source::{download_verified, BlobSource, BlobStream, SourceStats};
 
 /// How to reach and resolve an image.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -7,10 +7,16 @@
 //! once (a cached token may have expired) and retrying at once. Everything else (404, 403, a range
 //! outside the blob) fails at the first answer.
 //!
-//! The policy bounds the number of attempts, not the time: callers that need a deadline (the content
-//! store's per-read deadline) put a timeout around the whole operation.
+//! Progress must be real progress: a response body that brings fewer than
+//! [`RetryPolicy::min_rate`] bytes per second over a [`RetryPolicy::rate_window`] fails like a broken
+//! connection ([`Pace`]), and a blob stream that resumes after every few bytes it gets is still bounded
+//! by [`RetryPolicy::total_attempts`] failures in all. So a registry that stalls or trickles makes a
+//! read fail within bounded time; callers that need a tighter deadline (the content store's per-read
+//! deadline, `clip index --timeout`) put a timeout around the whole operation.
 
 use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
 
 use crate::error::SourceError;
 
@@ -23,17 +29,41 @@ pub struct RetryPolicy {
     pub base_delay: Duration,
     /// The longest wait between two attempts, an honoured `Retry-After` included. Default 8 s.
     pub max_delay: Duration,
+    /// Failed attempts in all for one request or blob stream. A blob stream that broke off after
+    /// bringing bytes resumes with a fresh budget of [`RetryPolicy::attempts`], but never past this
+    /// many failures, so a registry that trickles a little before every failure cannot keep a read
+    /// going forever. Default 24.
+    pub total_attempts: u32,
+    /// Slowest acceptable body: fewer bytes than `min_rate` × [`RetryPolicy::rate_window`] in one
+    /// window fails the attempt. Default 1 KiB/s.
+    pub min_rate: u64,
+    /// The window [`RetryPolicy::min_rate`] is measured over. Default 30 s.
+    pub rate_window: Duration,
 }
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        RetryPolicy { attempts: 6, base_delay: Duration::from_millis(100), max_delay: Duration::from_secs(8) }
+        RetryPolicy {
+            attempts: 6,
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(8),
+            total_attempts: 24,
+            min_rate: 1024,
+            rate_window: Duration::from_secs(30),
+        }
     }
 }
 
 impl RetryPolicy {
     /// One attempt, no retries.
-    pub const NEVER: RetryPolicy = RetryPolicy { attempts: 1, base_delay: Duration::ZERO, max_delay: Duration::ZERO };
+    pub const NEVER: RetryPolicy = RetryPolicy {
+        attempts: 1,
+        base_delay: Duration::ZERO,
+        max_delay: Duration::ZERO,
+        total_attempts: 1,
+        min_rate: 1024,
+        rate_window: Duration::from_secs(30),
+    };
 
     /// The wait after `failed` attempts (1 after the first failure) before the next one, given the
     /// server's `Retry-After`: exponential backoff with jitter, at least `retry_after`, at most
@@ -52,6 +82,91 @@ impl RetryPolicy {
     /// Whether another attempt may follow `failed` failed ones.
     pub(crate) fn allows(&self, failed: u32) -> bool {
         failed < self.attempts.max(1)
+    }
+
+    /// Whether another attempt may follow, given all failures of a request so far.
+    pub(crate) fn allows_tries(&self, tries: &Tries) -> bool {
+        self.allows(tries.failed) && tries.total < self.total_attempts.max(1)
+    }
+}
+
+/// Attempts of one request (or blob stream) so far.
+#[derive(Debug, Default)]
+pub(crate) struct Tries {
+    /// Failures since the last progress.
+    pub failed: u32,
+    /// Failures in all.
+    pub total: u32,
+    /// Whether a 401 made us authenticate again already.
+    pub reauthenticated: bool,
+}
+
+impl Tries {
+    /// Counts a failure.
+    pub(crate) fn fail(&mut self) {
+        self.failed += 1;
+        self.total += 1;
+    }
+
+    /// Bytes arrived since the last failure: the next failures start a fresh budget of
+    /// [`RetryPolicy::attempts`] (the total still counts).
+    pub(crate) fn progressed(&mut self) {
+        self.failed = 0;
+    }
+}
+
+/// The rate floor of one response body (see the module docs): counts bytes per window of
+/// [`RetryPolicy::rate_window`] and fails a window that brought fewer than [`RetryPolicy::min_rate`]
+/// bytes per second. Read a body with [`Pace::next`], which also ends a window in which nothing came.
+#[derive(Debug)]
+pub(crate) struct Pace {
+    window_end: Instant,
+    bytes: u64,
+    floor: u64,
+    window: Duration,
+}
+
+impl Pace {
+    pub(crate) fn new(policy: &RetryPolicy) -> Pace {
+        let window = policy.rate_window.max(Duration::from_millis(1));
+        let floor = policy.min_rate.saturating_mul(window.as_millis() as u64) / 1000;
+        Pace { window_end: Instant::now() + window, bytes: 0, floor, window }
+    }
+
+    /// Counts `n` bytes that arrived; `Err(detail)` if a window closed with too few.
+    pub(crate) fn add(&mut self, n: usize) -> Result<(), String> {
+        self.bytes += n as u64;
+        if Instant::now() >= self.window_end {
+            self.roll()?;
+        }
+        Ok(())
+    }
+
+    /// Closes the current window: `Err(detail)` if it brought too few bytes, else starts the next.
+    fn roll(&mut self) -> Result<(), String> {
+        if self.bytes < self.floor {
+            return Err(format!(
+                "only {} bytes arrived in {} s, less than the {} bytes/s clip requires (a stalled or \
+                 trickling connection)",
+                self.bytes,
+                self.window.as_secs_f64(),
+                self.floor * 1000 / (self.window.as_millis().max(1) as u64)
+            ));
+        }
+        self.bytes = 0;
+        self.window_end = Instant::now() + self.window;
+        Ok(())
+    }
+
+    /// The next item of `stream`, ending windows that pass while waiting for it.
+    pub(crate) async fn next<S: futures::Stream + Unpin>(&mut self, stream: &mut S) -> Result<Option<S::Item>, String> {
+        use futures::StreamExt;
+        loop {
+            match tokio::time::timeout_at(self.window_end, stream.next()).await {
+                Ok(item) => return Ok(item),
+                Err(_) => self.roll()?,
+            }
+        }
     }
 }
 
@@ -76,6 +191,10 @@ pub(crate) struct Failed {
 impl Failed {
     pub fn retry(error: SourceError) -> Failed {
         Failed { error, verdict: Verdict::Retry(None) }
+    }
+
+    pub fn fail(error: SourceError) -> Failed {
+        Failed { error, verdict: Verdict::Fail }
     }
 }
 
@@ -137,7 +256,12 @@ mod tests {
 
     #[test]
     fn backoff_grows_with_jitter_and_honours_retry_after() {
-        let p = RetryPolicy { attempts: 5, base_delay: Duration::from_millis(100), max_delay: Duration::from_secs(1) };
+        let p = RetryPolicy {
+            attempts: 5,
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(1),
+            ..RetryPolicy::default()
+        };
         for _ in 0..100 {
             let d1 = p.delay(1, None);
             assert!(d1 >= Duration::from_millis(50) && d1 <= Duration::from_millis(100), "{d1:?}");
@@ -151,6 +275,43 @@ mod tests {
         assert_eq!(p.delay(1, Some(Duration::from_secs(3600))), Duration::from_secs(1), "capped");
         assert!(p.allows(4) && !p.allows(5));
         assert!(!RetryPolicy::NEVER.allows(1));
+    }
+
+    #[test]
+    fn total_attempts_bound_a_stream_that_keeps_progressing() {
+        let p = RetryPolicy { attempts: 3, total_attempts: 5, ..RetryPolicy::default() };
+        let mut tries = Tries::default();
+        let mut allowed = 0;
+        while p.allows_tries(&tries) {
+            tries.fail();
+            tries.progressed();
+            allowed += 1;
+            assert!(allowed < 100, "unbounded");
+        }
+        assert_eq!(allowed, 5);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pace_fails_a_stalled_or_trickling_body() {
+        let p = RetryPolicy { min_rate: 100, rate_window: Duration::from_secs(10), ..RetryPolicy::default() };
+        // Nothing ever comes: the first window fails.
+        let mut pace = Pace::new(&p);
+        let mut stalled = futures::stream::pending::<u8>();
+        let err = pace.next(&mut stalled).await.unwrap_err();
+        assert!(err.contains("only 0 bytes arrived in 10 s"), "{err}");
+        // 999 bytes per 10 s window is below 100 B/s: fails at the window's end.
+        let mut pace = Pace::new(&p);
+        tokio::time::advance(Duration::from_secs(9)).await;
+        pace.add(999).unwrap();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(pace.add(0).is_err());
+        // Enough bytes: windows roll on.
+        let mut pace = Pace::new(&p);
+        for _ in 0..10 {
+            pace.add(1000).unwrap();
+            tokio::time::advance(Duration::from_secs(10)).await;
+        }
+        pace.add(1000).unwrap();
     }
 
     #[test]

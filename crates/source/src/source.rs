@@ -187,6 +187,42 @@ pub(crate) async fn read_to_vec(
     Ok(out.to_vec())
 }
 
+/// Downloads the blob `desc` into the file `dest` (created or truncated), streaming (memory stays
+/// flat whatever its size), and checks the bytes against its digest: a mismatch is
+/// [`SourceError::DigestMismatch`] (the file then holds unverified bytes: callers write into a temporary
+/// file and rename it once this succeeds). Returns its size.
+pub async fn download_verified(
+    source: &dyn BlobSource,
+    desc: &Descriptor,
+    dest: &std::path::Path,
+) -> Result<u64, SourceError> {
+    use sha2::Digest as _;
+    use tokio::io::AsyncWriteExt;
+
+    let io = |e| SourceError::io(dest, e);
+    let mut file = tokio::fs::File::create(dest).await.map_err(io)?;
+    let mut stream = source.open_blob(desc).await?;
+    let mut hash = sha2::Sha256::new();
+    let mut size = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        hash.update(&chunk);
+        size += chunk.len() as u64;
+        file.write_all(&chunk).await.map_err(io)?;
+    }
+    file.flush().await.map_err(io)?;
+    let actual = crate::digest::Digest::from_sha256(hash.finalize().into());
+    if actual != desc.digest {
+        return Err(SourceError::DigestMismatch {
+            what: "blob",
+            location: source.describe(),
+            expected: desc.digest.to_string(),
+            actual: actual.to_string(),
+        });
+    }
+    Ok(size)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

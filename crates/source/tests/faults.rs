@@ -54,6 +54,7 @@ impl Setup {
                 attempts: 4,
                 base_delay: Duration::from_millis(20),
                 max_delay: Duration::from_secs(3),
+                ..RetryPolicy::default()
             },
             ..SourceOptions::default()
         }

@@ -11,20 +11,16 @@ use std::io::{BufRead, BufReader, Read};
 use std::path::{Component, Path, PathBuf};
 
 use clip_format::Archive;
-use clip_source::{Digest, ImageRef, SourceOptions};
-use oci_client::Reference;
+use clip_source::{media_types, Descriptor, Digest, ImageRef, ParsedManifest, RegistrySource, SourceOptions};
 use serde_json::Value;
 use tracing::info;
 
+use crate::publish::registry_failure;
 use crate::run::RunError;
 use crate::{pack, ClientError, PackConfig};
 
-const MANIFEST_TYPES: &[&str] = &[
-    "application/vnd.oci.image.manifest.v1+json",
-    "application/vnd.docker.distribution.manifest.v2+json",
-    "application/vnd.oci.image.index.v1+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-];
+/// Largest image config read into memory.
+const MAX_CONFIG_BYTES: u64 = 32 << 20;
 
 /// A whole image packed into a v1 archive without an index.
 #[derive(Debug, Clone)]
@@ -44,38 +40,28 @@ pub async fn pull_unpack(state_dir: &Path, image: &str, opts: &SourceOptions) ->
     let ImageRef::Registry { registry, repository, tag, digest } = reference else {
         return Err(ClientError::NotARegistry { image: image.to_owned() }.into());
     };
-    let (client, auth) = crate::publish::registry_client(image, &registry, opts).await?;
-    let fail = |what, e| RunError::from(crate::publish::registry_failure(image, &registry, what, e));
-    let by_digest = |d: &str| Reference::with_digest(registry.clone(), repository.clone(), d.to_owned());
-    let mut target = match (&digest, &tag) {
-        (Some(d), _) => by_digest(d),
-        (None, t) => Reference::with_tag(registry.clone(), repository.clone(), t.clone().unwrap_or("latest".into())),
-    };
-    let (mut manifest, mut manifest_digest);
-    loop {
-        let (bytes, _) = client
-            .pull_manifest_raw(&target, &auth, MANIFEST_TYPES)
-            .await
-            .map_err(|e| fail("fetching the manifest", e))?;
-        if let Some(wanted) = target.digest() {
-            if Digest::of(&bytes).as_str() != wanted {
-                return Err(invalid(image, "fetching the manifest", format!("bytes do not match {wanted}")));
-            }
+    let host: &str = &registry;
+    let fail = |what| move |e| RunError::from(registry_failure(image, host, what, e));
+    let source =
+        RegistrySource::connect(&registry, &repository, opts).await.map_err(fail("connecting to the registry"))?;
+    let mut name = digest.clone().unwrap_or_else(|| tag.clone().unwrap_or_else(|| "latest".into()));
+    let (manifest, manifest_digest) = loop {
+        let bytes = source.manifest(&name, &media_types::MANIFESTS).await.map_err(fail("fetching the manifest"))?;
+        let manifest_digest = Digest::of(&bytes).to_string();
+        // An index picks the platform's manifest; anything else is used as an image manifest as it is (its
+        // layers may be of types the v2 path refuses: that is why we are here).
+        if let Ok(ParsedManifest::Index { manifests }) = clip_source::parse_manifest(&bytes) {
+            let entry = manifests
+                .iter()
+                .find(|m| m.platform.as_ref().is_some_and(|p| opts.platform.matches(p)))
+                .ok_or_else(|| invalid(image, "picking a platform", format!("no manifest for {}", opts.platform)))?;
+            name = entry.digest.clone();
+            continue;
         }
-        manifest_digest = Digest::of(&bytes).to_string();
-        manifest = serde_json::from_slice::<Value>(&bytes).map_err(|e| invalid(image, "parsing the manifest", e))?;
-        let Some(entries) = manifest.get("manifests").and_then(Value::as_array) else { break };
-        let (os, arch) = (opts.platform.os.as_str(), opts.platform.architecture.as_str());
-        let entry = entries
-            .iter()
-            .find(|m| {
-                m.pointer("/platform/os").and_then(Value::as_str) == Some(os)
-                    && m.pointer("/platform/architecture").and_then(Value::as_str) == Some(arch)
-            })
-            .and_then(|m| m.get("digest").and_then(Value::as_str))
-            .ok_or_else(|| invalid(image, "picking a platform", format!("no manifest for {os}/{arch}")))?;
-        target = by_digest(entry);
-    }
+        let manifest =
+            serde_json::from_slice::<Value>(&bytes).map_err(|e| invalid(image, "parsing the manifest", e))?;
+        break (manifest, manifest_digest);
+    };
     let key = manifest_digest.replace(':', "-");
     let dir = state_dir.join("v1");
     let out = dir.join(format!("{key}.clip"));
@@ -89,12 +75,18 @@ pub async fn pull_unpack(state_dir: &Path, image: &str, opts: &SourceOptions) ->
         .tempdir_in(&dir)
         .map_err(RunError::io(&dir, "creating a scratch directory"))?;
 
-    let config_digest = manifest.pointer("/config/digest").and_then(Value::as_str).unwrap_or_default().to_owned();
-    let mut config_bytes = Vec::new();
-    client
-        .pull_blob(&by_digest(&config_digest), config_digest.as_str(), &mut config_bytes)
-        .await
-        .map_err(|e| fail("fetching the config", e))?;
+    let descriptor = |v: &Value| -> Result<Descriptor, RunError> {
+        let digest = v.get("digest").and_then(Value::as_str).unwrap_or_default();
+        let digest: Digest = digest.parse().map_err(ClientError::from)?;
+        let size = v.get("size").and_then(Value::as_u64).unwrap_or_default();
+        Ok(Descriptor::new(v.get("mediaType").and_then(Value::as_str).unwrap_or_default(), digest, size))
+    };
+    let config_desc = descriptor(manifest.get("config").unwrap_or(&Value::Null))?;
+    let config_bytes =
+        source.read_small_blob(&config_desc, MAX_CONFIG_BYTES).await.map_err(fail("fetching the config"))?;
+    if Digest::of(&config_bytes) != config_desc.digest {
+        return Err(invalid(image, "fetching the config", format!("bytes do not match {}", config_desc.digest)));
+    }
     let (config, _) = clip_source::parse_image_config(&config_bytes).map_err(ClientError::from)?;
 
     let rootfs = scratch.path().join("rootfs");
@@ -102,14 +94,10 @@ pub async fn pull_unpack(state_dir: &Path, image: &str, opts: &SourceOptions) ->
     let layers = manifest.get("layers").and_then(Value::as_array).cloned().unwrap_or_default();
     info!(%image, layers = layers.len(), rootfs = %rootfs.display(), "cache miss: v1 fallback pulls and applies every layer");
     for (i, layer) in layers.iter().enumerate() {
-        let digest = layer.get("digest").and_then(Value::as_str).unwrap_or_default().to_owned();
-        let media_type = layer.get("mediaType").and_then(Value::as_str).unwrap_or_default().to_owned();
+        let desc = descriptor(layer)?;
         let blob = scratch.path().join(format!("layer-{i}"));
-        let file = tokio::fs::File::create(&blob).await.map_err(RunError::io(&blob, "creating a file"))?;
-        client
-            .pull_blob(&by_digest(&digest), digest.as_str(), file)
-            .await
-            .map_err(|e| fail("downloading a layer", e))?;
+        clip_source::download_verified(&source, &desc, &blob).await.map_err(fail("downloading a layer"))?;
+        let (media_type, digest) = (desc.media_type.clone(), desc.digest.to_string());
         let root = rootfs.clone();
         tokio::task::spawn_blocking(move || apply_layer(&blob, &media_type, &digest, &root))
             .await

@@ -9,8 +9,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use super::auth::RegistryAuth;
 use base64::Engine;
-use oci_client::secrets::RegistryAuth;
 use serde::Deserialize;
 use tracing::{debug, warn};
 

@@ -1,19 +1,24 @@
-//! [`RegistrySource`]: one repository of an OCI distribution registry, through `oci-client`.
+//! [`RegistrySource`]: one repository of an OCI distribution registry, the one registry client of clip.
 //!
 //! Connecting resolves credentials (see [`registry_auth`]), picks HTTP or HTTPS (plain HTTP for
 //! localhost, 127.0.0.0/8 and ::1 like Docker, or everywhere with `plain_http`) and performs the
-//! token exchange once, so that auth and connection problems surface at `open` with a clear
-//! message. Blob reads are streamed GETs and Range GETs made with reqwest (see `blobs`), retried
-//! under the source's [`crate::RetryPolicy`]; manifest fetches go through `oci-client` under the same
-//! policy. A 401 in the middle of a run re-authenticates once (expired token) and retries.
+//! token exchange once (`auth`), so that auth and connection problems surface at `open` with a clear
+//! message. Every request is made with reqwest under the source's [`crate::RetryPolicy`] (`request`):
+//! transient failures are retried with backoff, a 401 in the middle of a run re-authenticates once
+//! (expired token) and retries, bodies slower than the rate floor fail. Manifests and other small
+//! answers are read into memory under a size cap; blobs are streamed (`blobs`). Pushing blobs and
+//! manifests and listing referrers (`push`) go through the same requests, for publishing indexes.
 
+mod auth;
 mod blobs;
 mod credentials;
-mod errors;
+mod push;
+mod request;
 
+pub use auth::{Access, RegistryAuth, MAX_TOKEN_BYTES};
 pub use credentials::registry_auth;
+pub use push::{referrers_tag, ReferrerEntry};
 
-use std::future::Future;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -22,22 +27,19 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use oci_client::client::{ClientConfig, ClientProtocol};
-use oci_client::errors::{OciDistributionError, OciErrorCode};
-use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference};
+use reqwest::header::ACCEPT;
 use tracing::debug;
 
 use crate::digest::{media_types, Descriptor, Digest};
 use crate::error::SourceError;
 use crate::platform::Platform;
-use crate::reference::{is_local_registry, ImageRef};
+use crate::reference::{is_local_registry, ImageRef, DOCKER_HUB};
 use crate::resolve::{verify, ManifestFetch, ResolvedImage, Resolver, MAX_MANIFEST_BYTES};
-use crate::retry::{verdict_for_status, RetryPolicy, Verdict};
+use crate::retry::RetryPolicy;
 use crate::source::{check_range, BlobSource, BlobStream, CheckedStream, Counter, SourceStats};
 use crate::SourceOptions;
-use blobs::AuthState;
-use errors::{error_chain, Target};
+use auth::AuthState;
+use request::{error_chain, Target};
 
 /// How long to wait for a TCP (and TLS) connection to the registry.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -51,17 +53,17 @@ pub struct RegistrySource(Arc<Registry>);
 
 /// The state of a [`RegistrySource`].
 pub(crate) struct Registry {
-    /// For manifests and token exchanges.
-    client: Client,
-    /// For blob reads.
     http: reqwest::Client,
     /// `http` or `https`.
     scheme: &'static str,
+    /// The host requests go to (`registry-1.docker.io` for `docker.io`).
+    host: String,
+    /// The user's credentials.
     auth: RegistryAuth,
-    /// The credentials blob reads carry (a bearer token from the exchange, or basic auth).
+    /// What the token is asked for.
+    access: Access,
+    /// The credentials requests carry (a bearer token from the exchange, or basic auth).
     auth_state: AuthState,
-    /// `registry/repository`; used for blob URLs and the token scope.
-    repo_ref: Reference,
     registry: String,
     repository: String,
     counter: Counter,
@@ -79,36 +81,26 @@ impl std::fmt::Debug for RegistrySource {
 }
 
 impl RegistrySource {
-    /// Connects to `registry` for `repository`: finds credentials, checks the registry answers
+    /// Connects to `registry` for pulls from `repository`: finds credentials, checks the registry answers
     /// and obtains a pull token. Manifests are not fetched; use [`RegistrySource::resolve`].
     pub async fn connect(
         registry: &str,
         repository: &str,
         opts: &SourceOptions,
     ) -> Result<RegistrySource, SourceError> {
-        let auth = registry_auth(registry, opts).await?;
+        Self::connect_for(registry, repository, opts, Access::Pull).await
+    }
 
-        let repo_ref = Reference::with_tag(registry.to_owned(), repository.to_owned(), "latest".to_owned());
+    /// Connects like [`RegistrySource::connect`], with a token for `access` (use [`Access::Push`] to push).
+    pub async fn connect_for(
+        registry: &str,
+        repository: &str,
+        opts: &SourceOptions,
+        access: Access,
+    ) -> Result<RegistrySource, SourceError> {
+        let auth = registry_auth(registry, opts).await?;
         let plain = opts.plain_http || is_local_registry(registry);
-        let protocol = if plain {
-            ClientProtocol::HttpsExcept(vec![repo_ref.resolve_registry().to_owned()])
-        } else {
-            ClientProtocol::Https
-        };
-        debug!(registry, repository, plain_http = plain, "connecting to registry");
-        let client_config = ClientConfig {
-            protocol,
-            platform_resolver: None,
-            connect_timeout: Some(CONNECT_TIMEOUT),
-            read_timeout: Some(IDLE_TIMEOUT),
-            ..ClientConfig::default()
-        };
-        let setup = |detail: String| SourceError::Registry {
-            registry: registry.to_owned(),
-            what: "client setup".into(),
-            detail,
-        };
-        let client = Client::try_from(client_config).map_err(|e| setup(error_chain(&e)))?;
+        debug!(registry, repository, plain_http = plain, ?access, "connecting to registry");
         // reqwest follows up to 10 redirects (blob GETs are often sent on to a CDN or object store)
         // and drops the Authorization header when one leads to another host.
         let http = reqwest::Client::builder()
@@ -116,14 +108,19 @@ impl RegistrySource {
             .read_timeout(IDLE_TIMEOUT)
             .user_agent(concat!("clip/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| setup(error_chain(&e)))?;
+            .map_err(|e| SourceError::Registry {
+                registry: registry.to_owned(),
+                what: "client setup".into(),
+                detail: error_chain(&e),
+            })?;
+        let host = if registry == DOCKER_HUB { "registry-1.docker.io".to_owned() } else { registry.to_owned() };
         let source = Registry {
-            client,
             http,
             scheme: if plain { "http" } else { "https" },
+            host,
             auth,
+            access,
             auth_state: AuthState::default(),
-            repo_ref,
             registry: registry.to_owned(),
             repository: repository.to_owned(),
             counter: Counter::default(),
@@ -162,52 +159,43 @@ impl RegistrySource {
     pub async fn resolve(&self, reference: &ImageRef, platform: &Platform) -> Result<ResolvedImage, SourceError> {
         self.0.resolve(reference, platform, self).await
     }
+
+    /// The manifest (or index) tagged or with digest `reference`, as stored, with one of the `accept`ed
+    /// media types; at most [`MAX_MANIFEST_BYTES`]. A digest reference is verified. A missing one is
+    /// [`SourceError::TagNotFound`] or [`SourceError::ManifestNotFound`].
+    pub async fn manifest(&self, reference: &str, accept: &[&str]) -> Result<Bytes, SourceError> {
+        let (target, digest) = match reference.parse::<Digest>() {
+            Ok(d) => (Target::ChildManifest(d.clone()), Some(d)),
+            Err(_) => (Target::Other(String::new()), None),
+        };
+        let tagged = ImageRef::Registry {
+            registry: self.0.registry.clone(),
+            repository: self.0.repository.clone(),
+            tag: Some(reference.to_owned()),
+            digest: None,
+        };
+        let target = match target {
+            Target::Other(_) => Target::Tag(&tagged, reference.to_owned()),
+            t => t,
+        };
+        let bytes = self.0.get_manifest(reference, accept, &target).await?;
+        if let Some(d) = digest {
+            verify("manifest", &self.0.describe(), &d, &bytes)?;
+        }
+        Ok(bytes)
+    }
+
+    /// A whole blob read into memory, refusing one larger than `limit` (checked against `desc.size`
+    /// before reading, and while reading). Not verified: callers hash what they need.
+    pub async fn read_small_blob(&self, desc: &Descriptor, limit: u64) -> Result<Vec<u8>, SourceError> {
+        crate::source::read_to_vec(self, desc, "blob", limit).await
+    }
 }
 
 impl Registry {
     /// `registry HOST repository REPO`, for logs and errors.
     pub(super) fn describe(&self) -> String {
         format!("registry {} repository {}", self.registry, self.repository)
-    }
-
-    /// Runs an `oci-client` call under the retry policy: transient failures are retried with backoff;
-    /// with `may_reauthenticate`, a 401 makes us authenticate again once and retry. The last error is
-    /// classified for `target`.
-    async fn with_oci_retries<'t, T, Fut>(
-        &self,
-        mut call: impl FnMut() -> Fut,
-        target: impl Fn() -> Target<'t>,
-        may_reauthenticate: bool,
-    ) -> Result<T, SourceError>
-    where
-        Fut: Future<Output = Result<T, OciDistributionError>>,
-    {
-        let mut failed = 0u32;
-        let mut reauthenticated = !may_reauthenticate;
-        loop {
-            let generation = self.auth_state.generation();
-            let e = match call().await {
-                Ok(value) => return Ok(value),
-                Err(e) => e,
-            };
-            failed += 1;
-            match oci_verdict(&e) {
-                Verdict::Reauthenticate if !reauthenticated => {
-                    reauthenticated = true;
-                    self.reauthenticate(generation).await?;
-                }
-                Verdict::Retry(after) if self.retry.allows(failed) => {
-                    let wait = self.retry.delay(failed, after);
-                    self.retries.fetch_add(1, Ordering::Relaxed);
-                    debug!(
-                        registry = %self.registry, attempt = failed, wait_ms = wait.as_millis() as u64,
-                        error = %error_chain(&e), "registry request failed; retrying"
-                    );
-                    tokio::time::sleep(wait).await;
-                }
-                _ => return Err(self.classify(e, target())),
-            }
-        }
     }
 
     async fn resolve(
@@ -229,24 +217,17 @@ impl Registry {
                 })
             }
         };
-        let (top_ref, target, wanted) = match digest {
+        let (name, target, wanted) = match digest {
             Some(d) => {
                 let d: Digest = d.parse()?;
-                (self.with_digest(&d), Target::Manifest(reference, d.clone()), Some(d))
+                (d.to_string(), Target::Manifest(reference, d.clone()), Some(d))
             }
             None => {
                 let tag = tag.unwrap_or("latest");
-                let r = Reference::with_tag(self.registry.clone(), self.repository.clone(), tag.to_owned());
-                (r, Target::Tag(reference, tag.to_owned()), None)
+                (tag.to_owned(), Target::Tag(reference, tag.to_owned()), None)
             }
         };
-        let (bytes, _) = self
-            .with_oci_retries(
-                || self.client.pull_manifest_raw(&top_ref, &self.auth, &media_types::MANIFESTS),
-                || target.clone(),
-                true,
-            )
-            .await?;
+        let bytes = self.get_manifest(&name, &media_types::MANIFESTS, &target).await?;
         let manifest_digest = match wanted {
             Some(d) => {
                 verify("manifest", &self.describe(), &d, &bytes)?;
@@ -254,25 +235,23 @@ impl Registry {
             }
             None => Digest::of(&bytes),
         };
-        self.check_manifest_size(&manifest_digest, bytes.len())?;
         let resolver = Resolver { fetch: self, blobs, reference, platform };
         resolver.resolve_bytes(bytes.to_vec(), manifest_digest).await
     }
 
-    fn with_digest(&self, digest: &Digest) -> Reference {
-        Reference::with_digest(self.registry.clone(), self.repository.clone(), digest.to_string())
+    fn url(&self, path: &str) -> String {
+        format!("{}://{}/v2/{}/{path}", self.scheme, self.host, self.repository)
     }
 
-    fn check_manifest_size(&self, digest: &Digest, len: usize) -> Result<(), SourceError> {
-        if len as u64 > MAX_MANIFEST_BYTES {
-            return Err(SourceError::TooLarge {
-                what: "manifest",
-                digest: digest.to_string(),
-                size: len as u64,
-                limit: MAX_MANIFEST_BYTES,
-            });
-        }
-        Ok(())
+    /// GETs the manifest `reference` (a tag or digest) under the retry policy, at most
+    /// [`MAX_MANIFEST_BYTES`].
+    async fn get_manifest(&self, reference: &str, accept: &[&str], target: &Target<'_>) -> Result<Bytes, SourceError> {
+        let url = self.url(&format!("manifests/{reference}"));
+        let accept = accept.join(", ");
+        let answer = self
+            .call(target, &[], MAX_MANIFEST_BYTES, |auth| auth.apply(self.http.get(&url).header(ACCEPT, &accept)))
+            .await?;
+        Ok(answer.body)
     }
 
     fn transfer_error(&self, desc: &Descriptor, detail: String) -> SourceError {
@@ -283,15 +262,9 @@ impl Registry {
 impl ManifestFetch for Registry {
     fn fetch_manifest<'a>(&'a self, digest: &'a Digest) -> BoxFuture<'a, Result<Vec<u8>, SourceError>> {
         async move {
-            let reference = self.with_digest(digest);
-            let (bytes, _) = self
-                .with_oci_retries(
-                    || self.client.pull_manifest_raw(&reference, &self.auth, &media_types::MANIFESTS),
-                    || Target::ChildManifest(digest.clone()),
-                    true,
-                )
+            let bytes = self
+                .get_manifest(digest.as_str(), &media_types::MANIFESTS, &Target::ChildManifest(digest.clone()))
                 .await?;
-            self.check_manifest_size(digest, bytes.len())?;
             verify("manifest", &self.describe(), digest, &bytes)?;
             Ok(bytes.to_vec())
         }
@@ -326,26 +299,5 @@ impl BlobSource for RegistrySource {
 
     fn stats(&self) -> SourceStats {
         self.0.counter.stats()
-    }
-}
-
-/// What to do about a failed `oci-client` call.
-fn oci_verdict(e: &OciDistributionError) -> Verdict {
-    use OciDistributionError as E;
-    match e {
-        E::ServerError { code, .. } => verdict_for_status(*code, None),
-        E::UnauthorizedError { .. } => Verdict::Reauthenticate,
-        E::RegistryError { envelope, .. } => {
-            let codes = || envelope.errors.iter().map(|e| &e.code);
-            if codes().any(|c| matches!(c, OciErrorCode::Toomanyrequests)) {
-                Verdict::Retry(None)
-            } else if codes().any(|c| matches!(c, OciErrorCode::Unauthorized)) {
-                Verdict::Reauthenticate
-            } else {
-                Verdict::Fail
-            }
-        }
-        E::RequestError(r) if !r.is_redirect() && !r.is_builder() => Verdict::Retry(None),
-        _ => Verdict::Fail,
     }
 }
