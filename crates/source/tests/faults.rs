@@ -263,3 +263,108 @@ async fn a_whole_blob_stream_that_breaks_off_resumes_where_it_stopped() {
     // The policy's 4 attempts: the one that broke off and 3 resumes.
     assert_eq!(proxy.stats().blob_requests, 4, "{:?}", proxy.stats().log);
 }
+
+/// Options that retry quickly and measure the rate floor over `window`.
+fn strict(setup: &Setup, proxy: &Proxy, window: Duration, total_attempts: u32) -> SourceOptions {
+    let mut opts = setup.opts(&proxy.addr());
+    opts.retry = RetryPolicy {
+        attempts: 4,
+        base_delay: Duration::from_millis(10),
+        max_delay: Duration::from_millis(50),
+        total_attempts,
+        min_rate: 64 << 10,
+        rate_window: window,
+    };
+    opts
+}
+
+#[tokio::test]
+async fn an_endless_manifest_fails_at_the_cap_without_growing() {
+    let setup = Setup::new(false);
+    let proxy = proxy(&setup);
+    proxy.set_faults(vec![Fault::new(FaultKind::EndlessBody).path_contains("/manifests/")]);
+    let reference: ImageRef = proxy.image_ref("repo:t").parse().unwrap();
+    let err = open(&reference, &setup.opts(&proxy.addr())).await.unwrap_err();
+    assert!(matches!(err, SourceError::AnswerTooLarge { limit, .. } if limit == 8 << 20), "{err}");
+    let text = err.to_string();
+    assert!(text.contains("manifest t") && text.contains("/v2/repo/manifests/t"), "{text}");
+    // Refused at the cap, never retried (a retry would read another 8 MiB).
+    let stats = proxy.stats();
+    assert_eq!(stats.requests_to("/manifests/").len(), 1, "{:?}", stats.log);
+    // The proxy counts what it sent, socket buffers included, until it noticed the hang-up.
+    assert!(stats.bytes < 64 << 20, "read {} bytes of an endless body", stats.bytes);
+}
+
+#[tokio::test]
+async fn an_endless_token_answer_fails_at_the_cap() {
+    let setup = Setup::new(false);
+    let proxy = proxy(&setup);
+    proxy.set_faults(vec![
+        Fault::new(FaultKind::EndlessBody).path_contains("/token"),
+        Fault::new(FaultKind::BearerChallenge),
+    ]);
+    let err = RegistrySource::connect(&proxy.addr(), "repo", &setup.opts(&proxy.addr())).await.unwrap_err();
+    assert!(matches!(err, SourceError::AnswerTooLarge { limit, .. } if limit == clip_source::MAX_TOKEN_BYTES), "{err}");
+    assert!(err.to_string().contains("token"), "{err}");
+    assert!(proxy.stats().bytes < 64 << 20, "read {} bytes of an endless token", proxy.stats().bytes);
+}
+
+#[tokio::test]
+async fn a_token_from_the_challenge_realm_is_used() {
+    // The proxy challenges for a token and its token service answers one: requests go on with it.
+    let setup = Setup::new(false);
+    let proxy = proxy(&setup);
+    let token = Fault::new(FaultKind::Status(200)).path_contains("/token");
+    proxy.set_faults(vec![token, Fault::new(FaultKind::BearerChallenge).path_contains("/v2/").times(1)]);
+    let err = RegistrySource::connect(&proxy.addr(), "repo", &setup.opts(&proxy.addr())).await.unwrap_err();
+    // The proxy's 200 answer to /token is an error envelope, not a token: a clear error, no panic.
+    assert!(err.to_string().contains("no token"), "{err}");
+    let tokens = proxy.stats().requests_to("/token").len();
+    assert_eq!(tokens, 1, "{:?}", proxy.stats().log);
+    let stats = proxy.stats();
+    let scope = &stats.requests_to("/token")[0].path;
+    assert!(scope.contains("scope=repository%3Arepo%3Apull") && scope.contains("service=clip-proxy"), "{scope}");
+}
+
+#[tokio::test]
+async fn a_trickling_range_read_fails_at_the_rate_floor() {
+    let setup = Setup::new(false);
+    let proxy = proxy(&setup);
+    let opts = strict(&setup, &proxy, Duration::from_millis(500), 24);
+    let source = RegistrySource::connect(&proxy.addr(), "repo", &opts).await.unwrap();
+    // 1 KiB every 50 ms = 20 KiB/s, below the 64 KiB/s floor.
+    proxy.set_faults(vec![
+        Fault::new(FaultKind::Trickle { bytes: 1024, every: Duration::from_millis(50) }).blobs_only()
+    ]);
+    let started = Instant::now();
+    let err = read_middle(&setup, &source).await.unwrap_err().to_string();
+    assert!(err.contains("bytes/s clip requires"), "{err}");
+    assert_eq!(proxy.stats().blob_requests, 4, "the policy's attempts: {:?}", proxy.stats().log);
+    // Each attempt ends at its first window (0.5 s), not when the 600 KiB would have arrived (30 s).
+    assert!(started.elapsed() < Duration::from_secs(15), "{:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn a_stream_that_stalls_after_every_piece_stops_after_the_total_attempts() {
+    let setup = Setup::new(false);
+    let proxy = proxy(&setup);
+    let opts = strict(&setup, &proxy, Duration::from_millis(300), 6);
+    let source = RegistrySource::connect(&proxy.addr(), "repo", &opts).await.unwrap();
+    // Every answer brings 64 KiB, then nothing: each resume makes progress, which used to refill the
+    // budget forever (2 MiB / 64 KiB = 32 resumes, and more for a bigger blob).
+    proxy.set_faults(vec![Fault::new(FaultKind::StallAfter { after_bytes: 64 << 10 }).blobs_only()]);
+    use futures::StreamExt;
+    let mut stream = source.open_blob(&setup.desc).await.unwrap();
+    let mut got = 0usize;
+    let mut last = None;
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(c) => got += c.len(),
+            Err(e) => last = Some(e),
+        }
+    }
+    let err = last.expect("the stream ended without an error").to_string();
+    assert!(err.contains("bytes/s clip requires"), "{err}");
+    assert_eq!(proxy.stats().blob_requests, 6, "total_attempts bounds the resumes: {:?}", proxy.stats().log);
+    assert!(got < setup.layer.len(), "{got}");
+}

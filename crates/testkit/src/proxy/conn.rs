@@ -101,6 +101,12 @@ fn serve_one(
         let _ = io::copy(reader, &mut io::sink());
         return Ok(After::Close);
     }
+    if fault == Some(FaultKind::EndlessBody) {
+        let _ = BodyReader::new(request_framing, reader).drain();
+        let outcome = endless(&mut ex).map_err(client_err);
+        shared.finish(&ex.record);
+        return outcome;
+    }
     let request = Request { line, head, framing: request_framing, fault, keep_alive };
     let outcome = match request.fault.as_ref().and_then(|kind| local_response(shared, kind, &request.line.target)) {
         Some(local) => match BodyReader::new(request.framing, reader).drain() {
@@ -184,6 +190,30 @@ impl Exchange<'_> {
     }
 }
 
+/// Sends a `200 OK` whose chunked body never ends (see [`FaultKind::EndlessBody`]).
+fn endless(ex: &mut Exchange<'_>) -> io::Result<After> {
+    const MAX_BYTES: u64 = 64 << 30;
+    const MAX_TIME: Duration = Duration::from_secs(600);
+    std::thread::sleep(ex.shared.rtt / 2);
+    let head = Head {
+        start_line: "HTTP/1.1 200 OK".into(),
+        headers: vec![
+            ("Content-Type".into(), "application/json".into()),
+            ("Transfer-Encoding".into(), "chunked".into()),
+        ],
+    };
+    ex.set_status(200);
+    ex.send(&head.to_bytes())?;
+    let blanks = vec![b' '; 64 << 10];
+    let started = std::time::Instant::now();
+    let mut sent = 0u64;
+    while sent < MAX_BYTES && started.elapsed() < MAX_TIME && !ex.shared.stopping() {
+        ex.send_body(&blanks, true)?;
+        sent += blanks.len() as u64;
+    }
+    Ok(After::Close)
+}
+
 /// Forwards the request upstream and relays the response, applying its fault.
 fn forward(
     ex: &mut Exchange<'_>,
@@ -251,7 +281,16 @@ fn forward(
     ex.send(&response.to_bytes()).map_err(client_err)?;
 
     let limit = match fault {
-        Some(FaultKind::ResetMidBody { after_bytes } | FaultKind::TruncateBody { after_bytes }) => Some(*after_bytes),
+        Some(
+            FaultKind::ResetMidBody { after_bytes }
+            | FaultKind::TruncateBody { after_bytes }
+            | FaultKind::StallAfter { after_bytes },
+        ) => Some(*after_bytes),
+        Some(FaultKind::Trickle { .. }) => None,
+        _ => None,
+    };
+    let trickle = match fault {
+        Some(FaultKind::Trickle { bytes, every }) => Some(((*bytes).max(1), *every)),
         _ => None,
     };
     let flip = match fault {
@@ -262,10 +301,17 @@ fn forward(
     let mut buf = vec![0u8; shared.chunk_size];
     let mut done = 0u64;
     loop {
-        let want = match limit {
+        let mut want = match limit {
             Some(limit) => buf.len().min(usize::try_from(limit - done).unwrap_or(usize::MAX)),
             None => buf.len(),
         };
+        if let Some((bytes, every)) = trickle {
+            want = want.min(bytes);
+            std::thread::sleep(every);
+            if shared.stopping() {
+                return Ok(After::Close);
+            }
+        }
         if want == 0 {
             break;
         }
@@ -287,6 +333,11 @@ fn forward(
     match fault {
         Some(FaultKind::ResetMidBody { .. }) => return Ok(After::Reset),
         Some(FaultKind::TruncateBody { .. }) => return Ok(After::Close),
+        Some(FaultKind::StallAfter { .. }) => {
+            // Hold the connection open, silent, until the client hangs up (or the proxy stops).
+            let _ = io::copy(reader, &mut io::sink());
+            return Ok(After::Close);
+        }
         _ => {}
     }
     if framing == Framing::Chunked {
@@ -333,6 +384,12 @@ fn local_response(shared: &Shared, kind: &FaultKind, target: &str) -> Option<Loc
             }
             Some(LocalResponse { status: 401, headers, body })
         }
+        FaultKind::BearerChallenge => {
+            let (mut headers, body) = json("UNAUTHORIZED", 401);
+            let challenge = format!("Bearer realm=\"http://{}/token\",service=\"clip-proxy\"", shared.addr);
+            headers.push(("WWW-Authenticate".into(), challenge));
+            Some(LocalResponse { status: 401, headers, body })
+        }
         FaultKind::Redirect { to } => Some(LocalResponse {
             status: 307,
             headers: vec![("Location".into(), format!("http://{to}{target}"))],
@@ -347,7 +404,10 @@ fn local_response(shared: &Shared, kind: &FaultKind, target: &str) -> Option<Loc
         | FaultKind::DelayFirstByte(_)
         | FaultKind::FlipBit { .. }
         | FaultKind::IgnoreRange
-        | FaultKind::Blackhole => None,
+        | FaultKind::Blackhole
+        | FaultKind::EndlessBody
+        | FaultKind::Trickle { .. }
+        | FaultKind::StallAfter { .. } => None,
     }
 }
 

@@ -53,6 +53,27 @@ pub enum FaultKind {
     /// Read the request and never answer; the connection stays open until the client closes it or the
     /// proxy is dropped. For deadline tests.
     Blackhole,
+    /// Answer `200 OK` without asking the upstream, with a chunked body that never ends (blanks, which
+    /// would be valid JSON whitespace forever): sent until the client hangs up, the proxy stops, or
+    /// 64 GiB / 10 minutes have gone (so the proxy stops by itself). For size-cap tests.
+    EndlessBody,
+    /// Answer `401 Unauthorized` without asking the upstream, challenging for a token from this proxy:
+    /// `WWW-Authenticate: Bearer realm="http://<proxy>/token",service="clip-proxy"`. Pair it with a rule
+    /// for `/token` (e.g. [`FaultKind::EndlessBody`]) placed before it.
+    BearerChallenge,
+    /// Forward the request and send the response body `bytes` at a time, one piece per `every`.
+    Trickle {
+        /// Bytes per piece.
+        bytes: usize,
+        /// The wait before each piece.
+        every: Duration,
+    },
+    /// Forward the request, send the response head and `after_bytes` body bytes, then send nothing more
+    /// while keeping the connection open (until the client hangs up or the proxy stops).
+    StallAfter {
+        /// Body bytes sent before the stall.
+        after_bytes: u64,
+    },
 }
 
 impl FaultKind {
@@ -69,6 +90,10 @@ impl FaultKind {
             FaultKind::Unauthorized => "unauthorized".into(),
             FaultKind::Redirect { .. } => "redirect".into(),
             FaultKind::Blackhole => "blackhole".into(),
+            FaultKind::EndlessBody => "endless-body".into(),
+            FaultKind::BearerChallenge => "bearer-challenge".into(),
+            FaultKind::Trickle { .. } => "trickle".into(),
+            FaultKind::StallAfter { .. } => "stall-after".into(),
         }
     }
 }

@@ -217,6 +217,7 @@ impl Proxy {
         let listener = TcpListener::bind(listen).map_err(bind_err)?;
         let addr = listener.local_addr().map_err(bind_err)?.to_string();
         let shared = Arc::new(Shared {
+            addr: addr.clone(),
             upstream: upstream.to_owned(),
             rtt: config.rtt,
             chunk_size: config.chunk_size.max(1),
@@ -293,6 +294,8 @@ impl Drop for Proxy {
 /// State shared by the accept loop and the connection threads.
 #[derive(Debug)]
 pub(crate) struct Shared {
+    /// The proxy's own `HOST:PORT`.
+    addr: String,
     upstream: String,
     rtt: Duration,
     chunk_size: usize,
@@ -309,6 +312,11 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Whether the proxy is being dropped.
+    pub(crate) fn stopping(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
     /// Registers `socket` to be shut down when the proxy stops, until the guard drops. A socket that
     /// arrives after the stop is shut down at once.
     fn track(&self, socket: &TcpStream) -> SocketGuard<'_> {
