@@ -55,7 +55,9 @@ impl RemoteSpanCache for S3SpanCache {
     fn get(&self, digest: &[u8; 32], len: u64) -> BoxFuture<'_, Result<Option<Bytes>, StoreError>> {
         let digest = *digest;
         Box::pin(async move {
-            let Some(stored) = self.object(&digest)?.get().await.map_err(|e| tier_error(&digest, e))? else {
+            // A stored span is zstd of at most `len` bytes: never larger than `len` plus zstd's worst case.
+            let max = len.saturating_add(len / 64).saturating_add(64 << 10);
+            let Some(stored) = self.object(&digest)?.get(max).await.map_err(|e| tier_error(&digest, e))? else {
                 return Ok(None);
             };
             // A hostile object cannot make us allocate more than the span: decode at most `len` + 1 bytes.

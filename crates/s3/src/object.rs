@@ -134,17 +134,36 @@ impl S3Object {
         Ok(S3Object { path, url, ..self.clone() })
     }
 
-    /// The whole object, or `None` when it does not exist (one GET).
-    pub async fn get(&self) -> Result<Option<Bytes>, S3Error> {
+    /// The whole object, or `None` when it does not exist (one GET); an object larger than `max` bytes
+    /// is an error (by its declared size before reading, and while reading: never more than `max` bytes
+    /// in memory).
+    pub async fn get(&self, max: u64) -> Result<Option<Bytes>, S3Error> {
+        use futures::StreamExt;
         self.counter.request();
         let result = match self.store.get(&self.path).await {
             Ok(r) => r,
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(self.error("GET", e)),
         };
-        let bytes = result.bytes().await.map_err(|e| self.error("GET", e))?;
-        self.counter.add_bytes(bytes.len());
-        Ok(Some(bytes))
+        let too_large = || S3Error::Transfer {
+            url: self.url.to_string(),
+            op: "GET",
+            detail: format!("the object is larger than the {max} bytes clip reads into memory"),
+        };
+        if result.meta.size > max {
+            return Err(too_large());
+        }
+        let mut out = bytes::BytesMut::with_capacity(result.meta.size as usize);
+        let mut stream = result.into_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| self.error("GET", e))?;
+            self.counter.add_bytes(chunk.len());
+            if out.len() as u64 + chunk.len() as u64 > max {
+                return Err(too_large());
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok(Some(out.freeze()))
     }
 
     /// Writes `bytes` as the whole object (one PUT).
