@@ -170,6 +170,21 @@ fn fully_cached_file_is_served_by_passthrough() {
 }
 
 #[test]
+fn ioctls_answer_enotty_without_a_warning() {
+    let mut l = LayerBuilder::new();
+    l.file("hello", b"hello\n".to_vec());
+    let img = Served::new(&Image::new(vec![Layer::new(l.finish(), Compression::Gzip)]));
+    let m = img.mount("mnt", &[]);
+    // What every Python open() does: isatty() is a TCGETS ioctl on the file.
+    let file = "hello";
+    let script = "import os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); print(os.isatty(fd))";
+    let out = std::process::Command::new("python3").args(["-c", script]).arg(m.dir.join(&file)).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "False", "{out:?}");
+    let log = m.stop();
+    assert!(!log.contains("Not Implemented"), "{log}");
+}
+
+#[test]
 fn writes_are_refused_and_sigterm_unmounts() {
     let img = Served::new(&conformance_image(Compression::Gzip));
     let m = img.mount("mnt", &[]);

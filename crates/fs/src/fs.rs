@@ -292,6 +292,24 @@ impl Filesystem for ClipFs {
         self.do_access(req, ino, mask, reply);
     }
 
+    /// No file of an image takes ioctls: `ENOTTY`, as a regular file on a local disk answers (every
+    /// Python `open()` asks `TCGETS` to see whether it opened a terminal; fuser's default would log a
+    /// warning for each).
+    #[allow(clippy::too_many_arguments)] // the trait's signature
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        reply.error(fuser::Errno::ENOTTY);
+    }
+
     // Everything below would modify the image: EROFS.
 
     fn setattr(
