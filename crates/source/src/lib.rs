@@ -9,11 +9,12 @@
 //!
 //! Sources: [`RegistrySource`] (any OCI distribution registry: anonymous, basic and bearer-token
 //! auth with credentials from Docker's config.json and credential helpers; Docker v2 schema 2 and
-//! OCI manifests, manifest lists and image indexes), [`LayoutSource`] (a local OCI image layout
-//! as written by skopeo or umoci) and [`MemorySource`] (blobs in memory, for unit tests).
+//! OCI manifests, manifest lists and image indexes) and [`LayoutSource`] (a local OCI image layout
+//! as written by skopeo or umoci).
 //!
 //! Registry credentials come from Docker's config ([`registry_auth`]: `$DOCKER_CONFIG`, credential
-//! helpers); the image client uses the same lookup for the registry requests it makes itself.
+//! helpers); every registry request clip makes goes through [`RegistrySource`] (pushes and referrers
+//! included, see [`Access`]), so retries, size caps and auth live in one place.
 //!
 //! Registry requests are retried under a [`RetryPolicy`] (backoff with jitter, `Retry-After`,
 //! re-authentication on 401); see the `retry` module.
@@ -37,7 +38,6 @@ mod config;
 mod digest;
 mod error;
 mod layout;
-mod memory;
 mod platform;
 mod reference;
 mod registry;
@@ -52,7 +52,6 @@ pub use config::ImageConfig;
 pub use digest::{media_types, Descriptor, Digest, LayerCompression};
 pub use error::SourceError;
 pub use layout::LayoutSource;
-pub use memory::MemorySource;
 pub use platform::Platform;
 pub use reference::{is_local_registry, ImageRef, DOCKER_HUB};
 pub use registry::referrers_tag;
