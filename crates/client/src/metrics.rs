@@ -1,166 +1,214 @@
-//! Prometheus text exposition of a mount's counters, and a minimal HTTP endpoint serving it.
+//! Prometheus metrics, in one place: every metric clip exposes is written by a prometheus-client
+//! [`Collector`] that reads the live counters at scrape time, through one encoder ([`render`], the
+//! Prometheus text format). A mount's counters ([`MountMetrics`]: FUSE operations, the content store)
+//! are served over HTTP by [`serve`] (`clip mount --metrics ADDR`); the image metrics of `clip pull`/`run`
+//! go to a textfile for node_exporter (`run::image_metrics`) through the same [`render`].
 
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use clip_fs::{FsStatsSnapshot, Op};
 use clip_store::StoreStats;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::header::CONTENT_TYPE;
+use hyper::service::service_fn;
+use hyper::Response;
+use hyper_util::rt::TokioIo;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
 use crate::ClientError;
 
-/// Everything one scrape reports.
+/// The content type of [`render`]'s output: the Prometheus text format, version 0.0.4.
+pub use prometheus_client::encoding::prometheus_text::CONTENT_TYPE as CONTENT_TYPE_TEXT;
+
+/// Everything one scrape of a mount reports.
 pub struct Snapshot {
     pub fs: FsStatsSnapshot,
     pub store: StoreStats,
 }
 
-/// Renders `s` in the Prometheus text format (version 0.0.4).
-pub fn render(s: &Snapshot) -> String {
+/// The Prometheus text (version 0.0.4: what Prometheus scrapes and node_exporter's textfile collector
+/// reads) of what `collector` reports now.
+pub fn render(collector: impl Collector) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(collector));
     let mut out = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, f64)]| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for (labels, value) in samples {
-            let _ = writeln!(out, "{name}{labels} {value}");
-        }
-    };
-    let ops: Vec<_> = Op::ALL.iter().map(|&op| (op, s.fs.op(op))).collect();
-    let by_op = |f: &dyn Fn(&clip_fs::OpSnapshot) -> f64| -> Vec<(String, f64)> {
-        ops.iter().map(|(op, snap)| (format!("{{op=\"{}\"}}", op.name()), f(snap))).collect()
-    };
-    metric("clip_fuse_requests_total", "counter", "FUSE requests answered, by operation.", &by_op(&|o| o.count as f64));
-    metric(
-        "clip_fuse_request_seconds_total",
-        "counter",
-        "Time spent answering FUSE requests, by operation (divide by clip_fuse_requests_total for the mean).",
-        &by_op(&|o| o.latency.as_secs_f64()),
-    );
-    let one = |v: u64| vec![(String::new(), v as f64)];
-    metric("clip_fuse_read_bytes_total", "counter", "Bytes returned by FUSE reads.", &one(s.fs.read_bytes));
-    metric("clip_fuse_read_errors_total", "counter", "FUSE reads answered with an error.", &one(s.fs.read_errors));
-    metric(
-        "clip_fuse_passthrough_opens_total",
-        "counter",
-        "Opens served by FUSE passthrough (reads never reach clip).",
-        &one(s.fs.passthrough_opens),
-    );
-    metric("clip_fuse_erofs_total", "counter", "Write attempts refused with EROFS.", &one(s.fs.erofs));
-    let st = &s.store;
-    metric("clip_cache_memory_hits_total", "counter", "Span lookups served from memory.", &one(st.memory_hits));
-    metric("clip_cache_disk_hits_total", "counter", "Span lookups served from the disk cache.", &one(st.disk_hits));
-    metric(
-        "clip_spans_fetched_total",
-        "counter",
-        "Spans fetched from the blob source (cache misses).",
-        &one(st.spans_fetched),
-    );
-    metric(
-        "clip_fetched_bytes_total",
-        "counter",
-        "Compressed bytes fetched from the blob source.",
-        &one(st.bytes_fetched),
-    );
-    let per_layer: Vec<_> =
-        st.layer_bytes_fetched.iter().enumerate().map(|(i, b)| (format!("{{layer=\"{i}\"}}"), *b as f64)).collect();
-    metric("clip_layer_fetched_bytes_total", "counter", "Compressed bytes fetched, per layer.", &per_layer);
-    metric("clip_fetch_errors_total", "counter", "Span fetches that failed.", &one(st.fetch_errors));
-    metric(
-        "clip_verify_failures_total",
-        "counter",
-        "Fetched spans whose bytes failed their digest (never served).",
-        &one(st.verify_failures),
-    );
-    metric(
-        "clip_cache_verify_failures_total",
-        "counter",
-        "Disk cache files that failed their digest (refetched).",
-        &one(st.disk_verify_failures),
-    );
-    metric(
-        "clip_tier_hits_total",
-        "counter",
-        "Span lookups served by the shared content cache tier.",
-        &one(st.tier_hits),
-    );
-    metric(
-        "clip_tier_misses_total",
-        "counter",
-        "Span lookups the shared content cache tier did not hold.",
-        &one(st.tier_misses),
-    );
-    metric(
-        "clip_tier_errors_total",
-        "counter",
-        "Content cache tier requests that failed or timed out (the registry was used).",
-        &one(st.tier_errors),
-    );
-    metric(
-        "clip_tier_rejected_total",
-        "counter",
-        "Content cache tier objects that failed their digest (ignored).",
-        &one(st.tier_rejected),
-    );
-    metric("clip_tier_puts_total", "counter", "Spans published to the content cache tier.", &one(st.tier_puts));
-    metric("clip_inflight_fetches", "gauge", "Span fetches running now.", &one(st.inflight_fetches));
-    metric("clip_readahead_spans_total", "counter", "Spans requested by readahead.", &one(st.readahead_spans));
-    metric(
-        "clip_open_prefetch_spans_total",
-        "counter",
-        "Spans requested because a file covering them was opened.",
-        &one(st.open_prefetch_spans),
-    );
-    metric("clip_prefetched_spans_total", "counter", "Spans loaded by prefetch.", &one(st.prefetched_spans));
-    metric("clip_cache_evictions_total", "counter", "Disk cache files evicted.", &one(st.evictions));
-    metric("clip_cache_evicted_bytes_total", "counter", "Bytes evicted from the disk cache.", &one(st.bytes_evicted));
-    metric("clip_cache_bytes", "gauge", "Bytes in the disk cache.", &one(st.disk_cache_bytes));
-    let mut buckets: Vec<(String, f64)> = st
-        .fetch_latency
-        .cumulative()
-        .into_iter()
-        .map(|(le, n)| {
-            let le = le.map_or("+Inf".to_string(), |ms| format!("{}", ms as f64 / 1000.0));
-            (format!("_bucket{{le=\"{le}\"}}"), n as f64)
-        })
-        .collect();
-    buckets.push(("_sum".into(), st.fetch_latency.sum_micros as f64 / 1e6));
-    buckets.push(("_count".into(), st.fetch_latency.count as f64));
-    metric("clip_fetch_seconds", "histogram", "Latency of span fetches from the blob source.", &buckets);
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &registry);
     out
 }
 
-/// Serves `GET /metrics` (any path, in fact) on `addr` until the task is dropped.
-pub async fn serve(addr: SocketAddr, snapshot: Arc<dyn Fn() -> Snapshot + Send + Sync>) -> Result<(), ClientError> {
+/// Writes metric families into a [`DescriptorEncoder`]: the typed metrics of prometheus-client, read from
+/// snapshots (names of counters without `_total`: the encoder adds it).
+pub(crate) struct Families<'a, 'b>(pub &'a mut DescriptorEncoder<'b>);
+
+type Fmt = Result<(), std::fmt::Error>;
+
+impl Families<'_, '_> {
+    pub(crate) fn counter(&mut self, name: &str, help: &str, value: u64) -> Fmt {
+        let encoder = self.0.encode_descriptor(name, help, None, MetricType::Counter)?;
+        ConstCounter::new(value).encode(encoder)
+    }
+
+    pub(crate) fn gauge(&mut self, name: &str, help: &str, value: f64) -> Fmt {
+        let encoder = self.0.encode_descriptor(name, help, None, MetricType::Gauge)?;
+        ConstGauge::new(value).encode(encoder)
+    }
+
+    /// A counter with one label, a sample per `(label value, count)`.
+    pub(crate) fn counters_by<V: prometheus_client::encoding::EncodeCounterValue>(
+        &mut self,
+        name: &str,
+        help: &str,
+        label: &str,
+        samples: impl IntoIterator<Item = (String, V)>,
+    ) -> Fmt {
+        let mut encoder = self.0.encode_descriptor(name, help, None, MetricType::Counter)?;
+        for (value, count) in samples {
+            let labels = [(label.to_owned(), value)];
+            encoder.encode_family(&labels)?.encode_counter::<NoLabelSet, _, u64>(&count, None)?;
+        }
+        Ok(())
+    }
+
+    /// A histogram from per-bucket (not cumulative) counts `(upper bound, count)`, the last bound `+Inf`.
+    pub(crate) fn histogram(&mut self, name: &str, help: &str, sum: f64, count: u64, buckets: &[(f64, u64)]) -> Fmt {
+        let mut encoder = self.0.encode_descriptor(name, help, None, MetricType::Histogram)?;
+        encoder.encode_histogram::<NoLabelSet>(sum, count, buckets, None)
+    }
+}
+
+/// The counters of one mount, read at every scrape.
+#[derive(Clone)]
+pub struct MountMetrics(pub Arc<dyn Fn() -> Snapshot + Send + Sync>);
+
+impl std::fmt::Debug for MountMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MountMetrics")
+    }
+}
+
+impl Collector for MountMetrics {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Fmt {
+        let s = (self.0)();
+        let mut m = Families(&mut encoder);
+        let ops = || Op::ALL.iter().map(|&op| (op, s.fs.op(op)));
+        m.counters_by(
+            "clip_fuse_requests",
+            "FUSE requests answered, by operation.",
+            "op",
+            ops().map(|(op, o)| (op.name().to_owned(), o.count)),
+        )?;
+        m.counters_by(
+            "clip_fuse_request_seconds",
+            "Time spent answering FUSE requests, by operation (divide by clip_fuse_requests_total for the mean).",
+            "op",
+            ops().map(|(op, o)| (op.name().to_owned(), o.latency.as_secs_f64())),
+        )?;
+        m.counter("clip_fuse_read_bytes", "Bytes returned by FUSE reads.", s.fs.read_bytes)?;
+        m.counter("clip_fuse_read_errors", "FUSE reads answered with an error.", s.fs.read_errors)?;
+        m.counter(
+            "clip_fuse_passthrough_opens",
+            "Opens served by FUSE passthrough (reads never reach clip).",
+            s.fs.passthrough_opens,
+        )?;
+        m.counter("clip_fuse_erofs", "Write attempts refused with EROFS.", s.fs.erofs)?;
+        let st = &s.store;
+        m.counter("clip_cache_memory_hits", "Span lookups served from memory.", st.memory_hits)?;
+        m.counter("clip_cache_disk_hits", "Span lookups served from the disk cache.", st.disk_hits)?;
+        m.counter("clip_spans_fetched", "Spans fetched from the blob source (cache misses).", st.spans_fetched)?;
+        m.counter("clip_fetched_bytes", "Compressed bytes fetched from the blob source.", st.bytes_fetched)?;
+        m.counters_by(
+            "clip_layer_fetched_bytes",
+            "Compressed bytes fetched, per layer.",
+            "layer",
+            st.layer_bytes_fetched.iter().enumerate().map(|(i, b)| (i.to_string(), *b)),
+        )?;
+        m.counter("clip_fetch_errors", "Span fetches that failed.", st.fetch_errors)?;
+        m.counter(
+            "clip_verify_failures",
+            "Fetched spans whose bytes failed their digest (never served).",
+            st.verify_failures,
+        )?;
+        m.counter(
+            "clip_cache_verify_failures",
+            "Disk cache files that failed their digest (refetched).",
+            st.disk_verify_failures,
+        )?;
+        m.counter("clip_tier_hits", "Span lookups served by the shared content cache tier.", st.tier_hits)?;
+        m.counter("clip_tier_misses", "Span lookups the shared content cache tier did not hold.", st.tier_misses)?;
+        m.counter(
+            "clip_tier_errors",
+            "Content cache tier requests that failed or timed out (the registry was used).",
+            st.tier_errors,
+        )?;
+        m.counter(
+            "clip_tier_rejected",
+            "Content cache tier objects that failed their digest (ignored).",
+            st.tier_rejected,
+        )?;
+        m.counter("clip_tier_puts", "Spans published to the content cache tier.", st.tier_puts)?;
+        m.gauge("clip_inflight_fetches", "Span fetches running now.", st.inflight_fetches as f64)?;
+        m.counter("clip_readahead_spans", "Spans requested by readahead.", st.readahead_spans)?;
+        m.counter(
+            "clip_open_prefetch_spans",
+            "Spans requested because a file covering them was opened.",
+            st.open_prefetch_spans,
+        )?;
+        m.counter("clip_prefetched_spans", "Spans loaded by prefetch.", st.prefetched_spans)?;
+        m.counter("clip_cache_evictions", "Disk cache files evicted.", st.evictions)?;
+        m.counter("clip_cache_evicted_bytes", "Bytes evicted from the disk cache.", st.bytes_evicted)?;
+        m.gauge("clip_cache_bytes", "Bytes in the disk cache.", st.disk_cache_bytes as f64)?;
+        let mut below = 0;
+        let buckets: Vec<(f64, u64)> = st
+            .fetch_latency
+            .cumulative()
+            .into_iter()
+            .map(|(le, n)| {
+                let per_bucket = n - below;
+                below = n;
+                (le.map_or(f64::INFINITY, |ms| ms as f64 / 1000.0), per_bucket)
+            })
+            .collect();
+        m.histogram(
+            "clip_fetch_seconds",
+            "Latency of span fetches from the blob source.",
+            st.fetch_latency.sum_micros as f64 / 1e6,
+            st.fetch_latency.count,
+            &buckets,
+        )
+    }
+}
+
+/// Serves [`render`] of `metrics` over HTTP on `addr` (every path; `GET /metrics` is what Prometheus asks)
+/// until the runtime stops.
+pub async fn serve(addr: SocketAddr, metrics: MountMetrics) -> Result<(), ClientError> {
     let listener =
         TcpListener::bind(addr).await.map_err(ClientError::io(addr.to_string(), "binding the metrics address"))?;
     tokio::spawn(async move {
         loop {
-            let Ok((mut conn, peer)) = listener.accept().await else { continue };
-            let snapshot = snapshot.clone();
+            let Ok((conn, peer)) = listener.accept().await else { continue };
+            let metrics = metrics.clone();
             tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let mut got = 0;
-                // Read the request head (we answer every path the same).
-                while got < buf.len() {
-                    match conn.read(&mut buf[got..]).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => got += n,
+                let service = service_fn(move |_request| {
+                    let body = render(metrics.clone());
+                    async move {
+                        Response::builder().header(CONTENT_TYPE, CONTENT_TYPE_TEXT).body(Full::new(Bytes::from(body)))
                     }
-                    if buf[..got].windows(4).any(|w| w == b"\r\n\r\n") {
-                        break;
-                    }
+                });
+                let served = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(conn), service);
+                match served.await {
+                    Ok(()) => debug!(%peer, "metrics scraped"),
+                    Err(error) => warn!(%peer, %error, "metrics connection failed"),
                 }
-                let body = render(&snapshot());
-                let head = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                    body.len()
-                );
-                if let Err(error) = conn.write_all(format!("{head}{body}").as_bytes()).await {
-                    warn!(%peer, %error, "metrics response failed");
-                }
-                debug!(%peer, "metrics scraped");
             });
         }
     });

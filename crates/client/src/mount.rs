@@ -13,7 +13,7 @@ use clip_store::{ContentStore, RemoteSpanCache, RemoteTier, StoreStats};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{info, warn};
 
-use crate::metrics::{self, Snapshot};
+use crate::metrics::{self, MountMetrics, Snapshot};
 use crate::profile::{Profile, ProfileRecorder};
 use crate::{open_archive, ClientError, Location, OpenOptions, S3SpanCache};
 
@@ -89,7 +89,8 @@ pub async fn mount_foreground(
         .map_err(|source| ClientError::Mount { path: mountpoint.to_path_buf(), source })?;
     if let Some(addr) = config.metrics {
         let (fs_stats, store) = (fs_stats.clone(), store.clone());
-        metrics::serve(addr, Arc::new(move || Snapshot { fs: fs_stats.snapshot(), store: store.stats() })).await?;
+        let scrape = Arc::new(move || Snapshot { fs: fs_stats.snapshot(), store: store.stats() });
+        metrics::serve(addr, MountMetrics(scrape)).await?;
         info!(%addr, "serving metrics");
     }
     let mut prefetch = config.prefetch.then(|| store.prefetch_all());

@@ -17,7 +17,6 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -43,7 +42,7 @@ pub(crate) struct ImageReady {
 }
 
 /// What the files hold: every pull/run since they were created.
-#[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 struct Counters {
     index_source: BTreeMap<String, u64>,
     fallbacks: BTreeMap<String, u64>,
@@ -69,49 +68,48 @@ impl Counters {
         self.last_ready = secs;
     }
 
-    /// The Prometheus text format (version 0.0.4). Every label value is listed, zeros included, so a
-    /// dashboard sees the series before the first event.
+    /// The Prometheus text of these counters ([`crate::metrics::render`]). Every label value is listed,
+    /// zeros included, so a dashboard sees the series before the first event.
     fn render(&self) -> String {
-        let mut out = String::new();
-        let head = |out: &mut String, name: &str, kind: &str, help: &str| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        };
-        head(
-            &mut out,
-            "clip_image_index_source_total",
-            "counter",
+        crate::metrics::render(self.clone())
+    }
+}
+
+impl prometheus_client::collector::Collector for Counters {
+    fn encode(&self, mut encoder: prometheus_client::encoding::DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut m = crate::metrics::Families(&mut encoder);
+        let count = |map: &BTreeMap<String, u64>, key: &str| map.get(key).copied().unwrap_or(0);
+        m.counters_by(
+            "clip_image_index_source",
             "Images made ready by clip pull/run, by where their index came from (none: v1 fallback without one).",
-        );
-        for source in IndexOrigin::LABELS {
-            let n = self.index_source.get(source).copied().unwrap_or(0);
-            let _ = writeln!(out, "clip_image_index_source_total{{source=\"{source}\"}} {n}");
-        }
-        head(&mut out, "clip_image_fallbacks_total", "counter", "Images that fell back from clip v2 to v1, by reason.");
-        for reason in FallbackReason::LABELS {
-            let n = self.fallbacks.get(reason).copied().unwrap_or(0);
-            let _ = writeln!(out, "clip_image_fallbacks_total{{reason=\"{reason}\"}} {n}");
-        }
-        head(
-            &mut out,
+            "source",
+            IndexOrigin::LABELS.iter().map(|s| (s.to_string(), count(&self.index_source, s))),
+        )?;
+        m.counters_by(
+            "clip_image_fallbacks",
+            "Images that fell back from clip v2 to v1, by reason.",
+            "reason",
+            FallbackReason::LABELS.iter().map(|r| (r.to_string(), count(&self.fallbacks, r))),
+        )?;
+        let buckets: Vec<(f64, u64)> = READY_BOUNDS
+            .iter()
+            .copied()
+            .chain([f64::INFINITY])
+            .enumerate()
+            .map(|(i, bound)| (bound, self.ready_buckets.get(i).copied().unwrap_or(0)))
+            .collect();
+        m.histogram(
             "clip_image_ready_seconds",
-            "histogram",
             "Seconds from the start of clip pull/run to the image's root filesystem being mounted.",
-        );
-        let mut acc = 0;
-        for (i, bound) in READY_BOUNDS.iter().map(|b| b.to_string()).chain(["+Inf".to_owned()]).enumerate() {
-            acc += self.ready_buckets.get(i).copied().unwrap_or(0);
-            let _ = writeln!(out, "clip_image_ready_seconds_bucket{{le=\"{bound}\"}} {acc}");
-        }
-        let _ = writeln!(out, "clip_image_ready_seconds_sum {}", self.ready_sum);
-        let _ = writeln!(out, "clip_image_ready_seconds_count {}", self.ready_count);
-        head(
-            &mut out,
+            self.ready_sum,
+            self.ready_count,
+            &buckets,
+        )?;
+        m.gauge(
             "clip_image_last_ready_seconds",
-            "gauge",
             "Time to ready of the latest clip pull/run, in seconds.",
-        );
-        let _ = writeln!(out, "clip_image_last_ready_seconds {}", self.last_ready);
-        out
+            self.last_ready,
+        )
     }
 }
 
@@ -179,7 +177,7 @@ mod tests {
         assert_eq!(sample(&text, "clip_image_ready_seconds_count"), "4");
         let sum: f64 = sample(&text, "clip_image_ready_seconds_sum").parse().unwrap();
         assert!((sum - 403.9).abs() < 1e-9, "{sum}");
-        assert_eq!(sample(&text, "clip_image_last_ready_seconds"), "400");
+        assert_eq!(sample(&text, "clip_image_last_ready_seconds").parse::<f64>().unwrap(), 400.0);
         assert!(text.contains("# TYPE clip_image_ready_seconds histogram"), "{text}");
     }
 
