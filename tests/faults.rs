@@ -197,9 +197,23 @@ fn kill_9_while_fetching_leaves_no_bad_span_and_a_remount_serves_the_right_bytes
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(1500));
+    // Kill while fetches are in flight: some spans are in the cache, more requests are still running.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while bad_span_files(&served.cache()).0 == 0 || served.proxy().stats().blob_requests < 4 {
+        assert!(Instant::now() < deadline, "no fetch reached the cache");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let before_kill = served.proxy().stats().blob_requests;
-    assert!(before_kill > 0, "nothing was being fetched");
+    // A blob request whose body has not all gone out yet is in flight.
+    let unfinished = |r: &&RequestRecord| {
+        let Some((a, b)) = r.range.as_deref().and_then(|v| v.strip_prefix("bytes=")?.split_once('-')) else {
+            return false;
+        };
+        let len = b.parse::<u64>().unwrap() - a.parse::<u64>().unwrap() + 1;
+        r.body_bytes < len
+    };
+    let stats = served.proxy().stats();
+    assert!(stats.requests_to("/blobs/").iter().any(unfinished), "no fetch was in flight at the kill: {:?}", stats.log);
     m.kill9();
     for r in readers {
         r.join().unwrap();

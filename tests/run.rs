@@ -123,9 +123,10 @@ fn writes_stay_in_their_container() {
 fn concurrent_runs_share_one_mount() {
     let node = Node::new();
     let image = node.image();
-    // The first run holds the mount while the second starts and ends.
-    let first = node
-        .command(&["run", &image, "--", "sh", "-c", "sleep 6; cat /etc/debian_version"], &[])
+    // The first run holds the mount until the test writes a line to its stdin, after the second ended.
+    let mut first = node
+        .command(&["run", &image, "--", "sh", "-c", "read go; cat /etc/debian_version"], &[])
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -139,6 +140,8 @@ fn concurrent_runs_share_one_mount() {
     assert_ok(&out);
     assert!(text(&out.stderr).contains("sharing the mount"), "{}", text(&out.stderr));
     assert_eq!(node.clip_mounts().len(), 1, "one mount for the image: {:?}", node.clip_mounts());
+    use std::io::Write;
+    first.stdin.take().unwrap().write_all(b"go\n").unwrap();
     let first_out = first.wait_with_output().unwrap();
     assert_ok(&first_out);
     assert!(text(&first_out.stdout).starts_with("12."), "{}", text(&first_out.stdout));
@@ -224,7 +227,11 @@ fn a_signal_to_clip_run_stops_the_container_and_cleans_up() {
         assert!(std::time::Instant::now() < deadline, "the container never started");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    std::thread::sleep(std::time::Duration::from_secs(2));
+    // The container's process runs (not just its directory): the signal must reach a running container.
+    while !container_process_runs(b"sleep\0300\0") {
+        assert!(std::time::Instant::now() < deadline, "the container's process never started");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     let started = std::time::Instant::now();
     let st = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
     assert!(st.success());
@@ -235,4 +242,12 @@ fn a_signal_to_clip_run_stops_the_container_and_cleans_up() {
     assert!(text(&out.stderr).contains("killing it"), "{}", text(&out.stderr));
     assert_eq!(std::fs::read_dir(&containers).unwrap().count(), 0, "container directory left behind");
     assert!(node.clip_mounts().is_empty(), "mount left behind: {:?}", node.clip_mounts());
+}
+
+/// Whether a process with exactly this command line (`/proc/PID/cmdline`, NUL-separated) is running.
+fn container_process_runs(cmdline: &[u8]) -> bool {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .any(|e| std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c == cmdline))
 }
