@@ -153,7 +153,7 @@ fn ioctls_answer_enotty_without_a_warning() {
     // What every Python open() does: isatty() is a TCGETS ioctl on the file.
     let file = "hello";
     let script = "import os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); print(os.isatty(fd))";
-    let out = std::process::Command::new("python3").args(["-c", script]).arg(m.dir.join(&file)).output().unwrap();
+    let out = std::process::Command::new("python3").args(["-c", script]).arg(m.dir.join(file)).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "False", "{out:?}");
     let log = m.stop();
     assert!(!log.contains("Not Implemented"), "{log}");
