@@ -228,7 +228,7 @@ fn a_signal_to_clip_run_stops_the_container_and_cleans_up() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     // The container's process runs (not just its directory): the signal must reach a running container.
-    while !container_process_runs(b"sleep\0300\0") {
+    while !container_process_runs(b"sleep\x00300\x00") {
         assert!(std::time::Instant::now() < deadline, "the container's process never started");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
