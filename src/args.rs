@@ -45,7 +45,8 @@ pub enum Command {
     ///
     /// Runs in the foreground until the mountpoint is unmounted (`umount DIR`, `fusermount3 -u DIR`) or
     /// clip gets SIGINT/SIGTERM, then prints what it fetched. "mounted" is logged (and the mountpoint is
-    /// listed in /proc/mounts) once the filesystem is ready.
+    /// listed in /proc/mounts) once the filesystem is ready. The mount is read-only, `nosuid` and `nodev`
+    /// (see --allow-setuid).
     #[command(
         after_help = "Examples:\n  clip mount app.clip /mnt/app &\n  clip mount app.clip /mnt/app --cache-size 20G --metrics 127.0.0.1:9100 --prefetch"
     )]
@@ -271,6 +272,12 @@ pub struct MountArgs {
     /// few seconds and at unmount). FUSE passthrough is off while recording.
     #[arg(long, value_name = "FILE")]
     pub record_profile: Option<PathBuf>,
+    /// Honour the image's setuid/setgid bits and file capabilities when programs are run from the mount
+    /// (as root only). Without it the mount is `nosuid`: a local user who can reach the mountpoint cannot
+    /// run the image's setuid-root binaries as root. A container does not need it: an overlay over the
+    /// mount, mounted without `nosuid`, gives its programs their setuid bits (this is what `clip run` does).
+    #[arg(long)]
+    pub allow_setuid: bool,
     /// Right after mounting, prefetch the spans of this recorded profile in order (at low priority).
     #[arg(long, value_name = "FILE", conflicts_with = "prefetch")]
     pub profile: Option<PathBuf>,

@@ -14,6 +14,7 @@ pub async fn run(a: MountArgs, quiet: bool) -> anyhow::Result<()> {
         content_cache: a.content_cache.clone(),
         ..Default::default()
     };
+    config.fs.suid = a.allow_setuid;
     config.open.source.plain_http = a.source.plain_http;
     config.open.s3 = a.s3.options();
     config.open.store.cache_dir =

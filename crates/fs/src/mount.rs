@@ -14,7 +14,10 @@ use crate::fs::{ClipFs, Ttls};
 use crate::stats::FsStats;
 use crate::FsError;
 
-/// How to mount. `Default` suits a container root filesystem run by root.
+/// How to mount. `Default` suits the lower layer of a container root filesystem, mounted by root: `nosuid`
+/// and `nodev`, so that the bare mount never lends its setuid binaries or device nodes to a local user. A
+/// container still gets its setuid bits from the overlay laid over this mount, which is mounted without
+/// `nosuid` (the kernel checks the flags of the mount a program is executed from, the overlay's).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountOptions {
     /// Let users other than the mounting one in (needed by containers). Default: true when running as root.
@@ -34,7 +37,9 @@ pub struct MountOptions {
     pub default_permissions: bool,
     /// Mount with `MS_RDONLY`, so the kernel refuses writes before asking us. Default true.
     pub read_only: bool,
-    /// Honour setuid/setgid bits (a container image needs them). Default: true when running as root.
+    /// Honour setuid/setgid bits and file capabilities of the image when a program is run from this mount.
+    /// Default false (`nosuid`): any local user who can reach the mount could otherwise run the image's
+    /// setuid-root binaries as root. Containers do not need it (see the type's documentation).
     pub suid: bool,
     /// Allow opening device nodes of the image. Default false.
     pub dev: bool,
@@ -57,7 +62,7 @@ impl Default for MountOptions {
             negative_ttl: ttls.negative,
             default_permissions: true,
             read_only: true,
-            suid: root,
+            suid: false,
             dev: false,
             threads: 1,
             timeout: Duration::from_secs(10),
@@ -268,6 +273,14 @@ mod tests {
         assert!(!mountinfo_has_fuse(INFO, Path::new("/mnt/plain")), "not a FUSE mount");
         assert!(!mountinfo_has_fuse(INFO, Path::new("/proc")));
         assert!(!mountinfo_has_fuse("garbage\n\n1 2", Path::new("/")));
+    }
+
+    #[test]
+    fn mounts_are_nosuid_and_nodev_unless_asked() {
+        let opts = MountOptions::default().fuser_config().mount_options;
+        assert!(opts.contains(&MountOption::NoSuid) && opts.contains(&MountOption::NoDev), "{opts:?}");
+        let suid = MountOptions { suid: true, ..MountOptions::default() }.fuser_config().mount_options;
+        assert!(suid.contains(&MountOption::Suid) && !suid.contains(&MountOption::NoSuid), "{suid:?}");
     }
 
     #[test]

@@ -1,0 +1,134 @@
+//! End to end, setuid binaries of an image: a bare mount (`clip mount`, the shared mount of `clip pull`) never
+//! lets a local user run an image's setuid-root program as root — the mount is `nosuid`, and the node's
+//! state and mount directories are 0700 — while a container that `clip run` starts as a non-root user still
+//! gets the program's setuid bit, from the overlay laid over the mount. Real FUSE, real runc, and a real
+//! unprivileged user: `nobody` (65534), switched to with `setpriv`.
+//!
+//! The image holds the host's `id` as `/bin/id`, setuid root, with the shared libraries it loads at the
+//! paths `ldd` names, so it runs both from the host (through the mount) and inside a container.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use clip_testkit::*;
+use common::{clip_ok, s, text, MountProc};
+
+/// The unprivileged user the tests act as.
+const NOBODY: &str = "65534";
+
+/// The host's `id` (setuid root, as `/bin/id`) and its libraries, in one layer; the config's `User` is
+/// `user` when given.
+fn setuid_image(user: Option<&str>) -> Image {
+    let mut layer = LayerBuilder::new();
+    let mut dirs = vec!["bin".to_owned()];
+    let mut files = vec![Entry::file("bin/id", std::fs::read("/usr/bin/id").unwrap()).mode(0o4755).owner(0, 0)];
+    for lib in shared_libraries("/usr/bin/id") {
+        let rel = lib.strip_prefix("/").unwrap();
+        let mut parent = rel.parent();
+        while let Some(p) = parent.filter(|p| !p.as_os_str().is_empty()) {
+            dirs.push(p.display().to_string());
+            parent = p.parent();
+        }
+        files.push(Entry::file(rel.display().to_string(), std::fs::read(&lib).unwrap()).mode(0o755));
+    }
+    dirs.sort();
+    dirs.dedup();
+    for d in dirs {
+        layer.entry(Entry::dir(d));
+    }
+    for f in files {
+        layer.entry(f);
+    }
+    let mut image = Image::new(vec![Layer::new(layer.finish(), Compression::Gzip)]);
+    image.config.user = user.map(str::to_owned);
+    image
+}
+
+/// The libraries (and the dynamic loader) `ldd` says `program` loads.
+fn shared_libraries(program: &str) -> Vec<PathBuf> {
+    let out = Command::new("ldd").arg(program).output().expect("running ldd");
+    assert!(out.status.success(), "ldd {program}: {}", text(&out.stderr));
+    let libs: Vec<PathBuf> = text(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with('/')).map(PathBuf::from))
+        .collect();
+    assert!(libs.len() >= 2, "ldd {program} found no libraries: {}", text(&out.stdout));
+    libs
+}
+
+/// An OCI layout holding `image` as `t`, in a directory every user may enter (a tempdir is 0700), and its
+/// index.
+struct Indexed {
+    layout: OciLayoutBuilder,
+    dir: tempfile::TempDir,
+}
+
+impl Indexed {
+    fn new(image: &Image) -> Indexed {
+        let mut layout = OciLayoutBuilder::new();
+        layout.add_image("t", image);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let indexed = Indexed { layout, dir };
+        clip_ok(&["index", &indexed.reference(), "-o", s(&indexed.index())]);
+        indexed
+    }
+
+    fn reference(&self) -> String {
+        format!("oci:{}:t", self.layout.path().display())
+    }
+
+    fn index(&self) -> PathBuf {
+        self.dir.path().join("img.clip")
+    }
+}
+
+/// Runs `args` as `nobody`, without supplementary groups.
+fn as_nobody(args: &[&str]) -> Output {
+    Command::new("setpriv")
+        .args([&format!("--reuid={NOBODY}"), &format!("--regid={NOBODY}"), "--clear-groups"])
+        .args(args)
+        .output()
+        .expect("running setpriv")
+}
+
+/// The per-mount options (`ro,nosuid,nodev,…`) of the mount at `dir`, per /proc/self/mountinfo.
+fn mount_options(dir: &Path) -> String {
+    let dir = dir.canonicalize().unwrap();
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    info.lines()
+        .map(|l| l.split(' ').collect::<Vec<_>>())
+        .find(|f| f.len() > 5 && f[4] == dir.to_str().unwrap())
+        .map(|f| f[5].to_owned())
+        .unwrap_or_else(|| panic!("{} is not mounted", dir.display()))
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+#[test]
+fn a_bare_mount_is_nosuid_unless_asked_so_a_local_user_cannot_become_root_through_it() {
+    let img = Indexed::new(&setuid_image(None));
+    let mnt = img.dir.path().join("mnt");
+    let id = mnt.join("bin/id");
+
+    let m = MountProc::start(&img.index(), &mnt, &["--no-cache"]);
+    assert_eq!(mode(&id), 0o4755, "the image's setuid bit is shown as it is");
+    let out = as_nobody(&[s(&id), "-u"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), format!("{NOBODY}\n"), "a setuid-root binary of the mount ran as root");
+    let options = mount_options(&mnt);
+    assert!(options.split(',').any(|o| o == "nosuid"), "{options}");
+    assert!(options.split(',').any(|o| o == "nodev"), "{options}");
+    m.stop();
+
+    // The explicit opt-in does what it says.
+    let m = MountProc::start(&img.index(), &mnt, &["--no-cache", "--allow-setuid"]);
+    assert!(!mount_options(&mnt).split(',').any(|o| o == "nosuid"), "{}", mount_options(&mnt));
+    assert_eq!(text(&as_nobody(&[s(&id), "-u"]).stdout), "0\n");
+    m.stop();
+}
