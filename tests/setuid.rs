@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use clip_testkit::*;
-use common::{clip_ok, s, text, MountProc};
+use common::{clip_ok, pull_and_gc, s, text, MountProc};
 
 /// The unprivileged user the tests act as.
 const NOBODY: &str = "65534";
@@ -84,12 +84,23 @@ impl Indexed {
     fn index(&self) -> PathBuf {
         self.dir.path().join("img.clip")
     }
+
+    /// A node's environment: state and cache directories under this test's directory.
+    fn node_env(&self) -> Vec<(String, String)> {
+        vec![
+            ("CLIP_STATE_DIR".into(), self.dir.path().join("state").display().to_string()),
+            ("CLIP_CACHE_DIR".into(), self.dir.path().join("cache").display().to_string()),
+        ]
+    }
 }
 
-/// Runs `args` as `nobody`, without supplementary groups.
+/// Runs `args` as `nobody`, without supplementary groups or capabilities. `setpriv` keeps root's
+/// capabilities until its own exec (it needs them to drop the groups), so it starts a shell, which has none
+/// left, and the shell runs `args`: path lookup and exec happen as a plain user.
 fn as_nobody(args: &[&str]) -> Output {
     Command::new("setpriv")
         .args([&format!("--reuid={NOBODY}"), &format!("--regid={NOBODY}"), "--clear-groups"])
+        .args(["/bin/sh", "-c", "exec \"$0\" \"$@\""])
         .args(args)
         .output()
         .expect("running setpriv")
@@ -131,4 +142,28 @@ fn a_bare_mount_is_nosuid_unless_asked_so_a_local_user_cannot_become_root_throug
     assert!(!mount_options(&mnt).split(',').any(|o| o == "nosuid"), "{}", mount_options(&mnt));
     assert_eq!(text(&as_nobody(&[s(&id), "-u"]).stdout), "0\n");
     m.stop();
+}
+
+#[test]
+fn a_node_keeps_its_state_private_and_its_shared_mounts_nosuid() {
+    let img = Indexed::new(&setuid_image(None));
+    let env = img.node_env();
+    let state = img.dir.path().join("state");
+    // A node set up by an older clip: state and mounts directories world-readable.
+    std::fs::create_dir_all(state.join("mounts")).unwrap();
+    for d in [&state, &state.join("mounts")] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    pull_and_gc(&img.reference(), &env, |rootfs| {
+        let mount_dir = rootfs.parent().unwrap();
+        for d in [&state, &state.join("mounts"), mount_dir] {
+            assert_eq!(mode(d), 0o700, "{}", d.display());
+        }
+        assert!(mount_options(rootfs).split(',').any(|o| o == "nosuid"), "{}", mount_options(rootfs));
+        let id = rootfs.join("bin/id");
+        assert_eq!(mode(&id), 0o4755);
+        let out = as_nobody(&[s(&id), "-u"]);
+        assert!(!out.status.success(), "nobody reached the shared mount: {}", text(&out.stdout));
+        assert!(text(&out.stderr).contains("Permission denied"), "{}", text(&out.stderr));
+    });
 }

@@ -9,6 +9,11 @@
 //! - `containers/<id>/`: one directory per running container (`upper/`, `work/`, `rootfs/`, `config.json`);
 //! - `metrics/clip-images.prom`: the node's image-level Prometheus metrics (see `image_metrics`).
 //!
+//! The state directory, `mounts/`, every `mounts/<key>/` and `containers/` are private (mode 0700, made so
+//! when clip finds them more open): they hold whole images, containers' writable layers, and mounts whose
+//! setuid binaries no local user may reach. The shared mounts are `nosuid`; a container gets its setuid
+//! bits from its own overlay, mounted without `nosuid`.
+//!
 //! With `clip_version = 2`, an image falls back to v1 ([`Fallback`], [`FallbackReason`]; logged once per
 //! pull at warn and counted in the metrics) when no index can be built, when its registry answers Range
 //! requests with whole blobs (checked before mounting, see `probe`), or when the v2 mount does not come up.
@@ -133,6 +138,7 @@ impl Node {
 
     async fn prepare(&self, image: &str, hold: bool) -> Result<Pulled, RunError> {
         let started = Instant::now();
+        private_dir(self.state_dir())?;
         let configured = self.config.clip_version.value;
         let open = self.open_options(image);
         let lookup = Lookup {
@@ -165,6 +171,7 @@ impl Node {
             (Err(e), _) => return Err(e),
         };
         let dir = self.state_dir().join("mounts");
+        private_dir(&dir)?;
         if version == ClipVersion::V2 && !mounts::is_mountpoint(&dir.join(&key).join("rootfs")) {
             if let Some(detail) = probe::range_refused(&index, &open.source).await {
                 let why = Fallback { reason: FallbackReason::RangeRefused, detail };
@@ -309,8 +316,29 @@ impl Node {
 
     /// Unmounts every shared mount without live users.
     pub fn gc(&self) -> Result<Vec<GcEntry>, RunError> {
+        if self.state_dir().is_dir() {
+            private_dir(self.state_dir())?;
+        }
         mounts::gc(&self.state_dir().join("mounts"))
     }
+}
+
+/// Creates `dir` (and missing parents) with mode 0700, or makes an existing one 0700 when others may enter
+/// it (a state directory made by an older clip, or by hand).
+pub(crate) fn private_dir(dir: &Path) -> Result<(), RunError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(RunError::io(dir, "creating the directory"))?;
+    let mode = std::fs::metadata(dir).map_err(RunError::io(dir, "reading the directory's mode"))?.permissions().mode();
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(RunError::io(dir, "making the directory private (mode 0700)"))?;
+        info!(dir = %dir.display(), was = format!("{:o}", mode & 0o7777), "made the directory private (mode 0700)");
+    }
+    Ok(())
 }
 
 /// Ensures the shared mount in `dir` of `cmd.archive` is live (see [`mounts::acquire`]).
