@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use clip_testkit::*;
-use common::{clip_ok, pull_and_gc, s, text, MountProc};
+use common::{clip_node, clip_ok, pull_and_gc, s, text, MountProc};
 
 /// The unprivileged user the tests act as.
 const NOBODY: &str = "65534";
@@ -166,4 +166,14 @@ fn a_node_keeps_its_state_private_and_its_shared_mounts_nosuid() {
         assert!(!out.status.success(), "nobody reached the shared mount: {}", text(&out.stdout));
         assert!(text(&out.stderr).contains("Permission denied"), "{}", text(&out.stderr));
     });
+}
+
+#[test]
+fn a_container_of_a_non_root_user_gets_the_setuid_bit() {
+    let img = Indexed::new(&setuid_image(Some("1000")));
+    let out = clip_node(&["run", &img.reference(), "--", "/bin/id"], &img.node_env());
+    assert!(out.status.success(), "clip run failed:\n{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    // The image's User applies (real uid 1000), and the setuid bit makes the effective uid root.
+    assert!(stdout.starts_with("uid=1000 ") && stdout.contains(" euid=0 "), "{stdout}");
 }
