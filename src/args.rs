@@ -36,6 +36,10 @@ pub enum Command {
     /// Show what a .clip file holds: kind, source, layers, spans, sizes.
     Inspect(InspectArgs),
     /// List a directory of the image (or one entry) without mounting.
+    ///
+    /// Names never reach the terminal raw: on a terminal they are quoted as GNU ls does ('a'$'\n''b');
+    /// otherwise control characters, backslashes and bytes that are not UTF-8 are C escapes (a\nb, \033,
+    /// \\, \377). --json keeps names exact.
     Ls(LsArgs),
     /// Print a file of the image, fetching only the spans it needs.
     Cat(CatArgs),
@@ -218,6 +222,10 @@ pub struct LsArgs {
     /// Long listing: mode, links, owner, size, mtime.
     #[arg(short, long)]
     pub long: bool,
+    /// Machine-readable output: a JSON array of entries with every attribute and the exact name (`name`,
+    /// or `name_bytes` when it is not UTF-8; the same for a symlink's `target`).
+    #[arg(long, conflicts_with = "long")]
+    pub json: bool,
     #[command(flatten)]
     pub s3: S3Args,
 }

@@ -1,12 +1,17 @@
-//! `clip ls`: list a directory (or one entry) of the image from the index alone.
+//! `clip ls`: list a directory (or one entry) of the image from the index alone. Names are quoted so that
+//! none of their bytes reach a terminal raw (see `quote`); `--json` gives them exactly.
 
-use std::io::Write;
+mod quote;
+
+use std::io::{IsTerminal, Write};
 
 use anyhow::{bail, Context};
 use clip_client::{load_archive, OpenOptions};
 use clip_format::{Archive, NodeKind, NodeView};
+use serde_json::{json, Value};
 
 use crate::args::LsArgs;
+use quote::{quote, Quoting};
 
 pub async fn run(a: LsArgs) -> anyhow::Result<()> {
     let opts = OpenOptions { s3: a.s3.options(), ..OpenOptions::default() };
@@ -16,20 +21,37 @@ pub async fn run(a: LsArgs) -> anyhow::Result<()> {
         bail!("{}: no such file or directory in {}", a.path, a.file);
     };
     let node = archive.node(ino)?;
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut entries = Vec::new();
     if node.kind() == NodeKind::Dir {
         for child in archive.children(&node) {
             let (name, ino) = child?;
-            print_entry(&mut out, archive, name, &archive.node(ino)?, a.long)?;
+            entries.push((name, archive.node(ino)?));
         }
     } else {
-        print_entry(&mut out, archive, a.path.as_bytes(), &node, a.long)?;
+        entries.push((a.path.as_bytes(), node));
+    }
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    if a.json {
+        let list = entries.iter().map(|(name, n)| entry_json(archive, name, n)).collect::<Result<Vec<_>, _>>()?;
+        writeln!(out, "{}", serde_json::to_string_pretty(&list)?)?;
+    } else {
+        let quoting = if std::io::stdout().is_terminal() { Quoting::Shell } else { Quoting::Escape };
+        for (name, n) in &entries {
+            print_entry(&mut out, archive, name, n, a.long, quoting)?;
+        }
     }
     out.flush()?;
     Ok(())
 }
 
-fn print_entry(out: &mut impl Write, archive: &Archive, name: &[u8], n: &NodeView, long: bool) -> anyhow::Result<()> {
+fn print_entry(
+    out: &mut impl Write,
+    archive: &Archive,
+    name: &[u8],
+    n: &NodeView,
+    long: bool,
+    quoting: Quoting,
+) -> anyhow::Result<()> {
     if long {
         let size = match n.kind() {
             NodeKind::CharDevice | NodeKind::BlockDevice => format!("{}, {}", n.rdev().0, n.rdev().1),
@@ -47,13 +69,49 @@ fn print_entry(out: &mut impl Write, archive: &Archive, name: &[u8], n: &NodeVie
             n.mtime.nsec
         )?;
     }
-    out.write_all(name)?;
+    write!(out, "{}", quote(name, quoting))?;
     if long && n.kind() == NodeKind::Symlink {
-        out.write_all(b" -> ")?;
-        out.write_all(archive.symlink_target(n)?)?;
+        write!(out, " -> {}", quote(archive.symlink_target(n)?, quoting))?;
     }
-    out.write_all(b"\n")?;
+    writeln!(out)?;
     Ok(())
+}
+
+/// One entry with every attribute; names (and symlink targets) exact: a string when UTF-8, else bytes.
+fn entry_json(archive: &Archive, name: &[u8], n: &NodeView) -> anyhow::Result<Value> {
+    let kind = match n.kind() {
+        NodeKind::File => "file",
+        NodeKind::Dir => "dir",
+        NodeKind::Symlink => "symlink",
+        NodeKind::CharDevice => "char_device",
+        NodeKind::BlockDevice => "block_device",
+        NodeKind::Fifo => "fifo",
+        NodeKind::Socket => "socket",
+    };
+    let mut v = json!({
+        "type": kind,
+        "mode": n.mode & 0o7777,
+        "nlink": n.nlink,
+        "uid": n.uid,
+        "gid": n.gid,
+        "size": n.size,
+        "mtime": {"sec": n.mtime.sec, "nsec": n.mtime.nsec},
+    });
+    exact(&mut v, "name", name);
+    match n.kind() {
+        NodeKind::Symlink => exact(&mut v, "target", archive.symlink_target(n)?),
+        NodeKind::CharDevice | NodeKind::BlockDevice => v["rdev"] = json!([n.rdev().0, n.rdev().1]),
+        _ => {}
+    }
+    Ok(v)
+}
+
+/// Sets `v[key]` to `bytes` as a string, or `v[key_bytes]` to the bytes when they are not UTF-8.
+fn exact(v: &mut Value, key: &str, bytes: &[u8]) {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => v[key] = json!(s),
+        Err(_) => v[format!("{key}_bytes")] = json!(bytes),
+    }
 }
 
 /// `ls -l` style mode: type letter and rwx triplets with s/t bits.
