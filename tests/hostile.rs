@@ -16,32 +16,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use clip_testkit::*;
-use common::{clip, clip_fails, clip_ok, metric, s, MountProc};
-
-/// An OCI layout holding `image` as `t`, and its index built by `clip index oci:LAYOUT:t`.
-struct Indexed {
-    layout: OciLayoutBuilder,
-    dir: tempfile::TempDir,
-}
-
-impl Indexed {
-    fn new(image: &Image) -> Indexed {
-        let mut layout = OciLayoutBuilder::new();
-        layout.add_image("t", image);
-        let dir = tempfile::tempdir().unwrap();
-        let indexed = Indexed { layout, dir };
-        clip_ok(&["index", &format!("oci:{}:t", indexed.layout.path().display()), "-o", s(&indexed.index())]);
-        indexed
-    }
-
-    fn index(&self) -> PathBuf {
-        self.dir.path().join("img.clip")
-    }
-
-    fn mount(&self) -> MountProc {
-        MountProc::start(&self.index(), &self.dir.path().join("mnt"), &["--no-cache"])
-    }
-}
+use common::{clip, clip_fails, clip_ok, metric, s, Indexed, MountProc};
 
 /// Names no other test or process uses, for proving nothing was written outside a target.
 fn unique(what: &str) -> String {

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use clip_testkit::*;
-use common::{clip_node, clip_ok, pull_and_gc, s, text, MountProc};
+use common::{clip_node, pull_and_gc, s, text, Indexed, MountProc};
 
 /// The unprivileged user the tests act as.
 const NOBODY: &str = "65534";
@@ -59,39 +59,19 @@ fn shared_libraries(program: &str) -> Vec<PathBuf> {
     libs
 }
 
-/// An OCI layout holding `image` as `t`, in a directory every user may enter (a tempdir is 0700), and its
-/// index.
-struct Indexed {
-    layout: OciLayoutBuilder,
-    dir: tempfile::TempDir,
+/// `image` indexed in a directory every user may enter (a tempdir is 0700).
+fn indexed(image: &Image) -> Indexed {
+    let img = Indexed::new(image);
+    std::fs::set_permissions(img.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    img
 }
 
-impl Indexed {
-    fn new(image: &Image) -> Indexed {
-        let mut layout = OciLayoutBuilder::new();
-        layout.add_image("t", image);
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let indexed = Indexed { layout, dir };
-        clip_ok(&["index", &indexed.reference(), "-o", s(&indexed.index())]);
-        indexed
-    }
-
-    fn reference(&self) -> String {
-        format!("oci:{}:t", self.layout.path().display())
-    }
-
-    fn index(&self) -> PathBuf {
-        self.dir.path().join("img.clip")
-    }
-
-    /// A node's environment: state and cache directories under this test's directory.
-    fn node_env(&self) -> Vec<(String, String)> {
-        vec![
-            ("CLIP_STATE_DIR".into(), self.dir.path().join("state").display().to_string()),
-            ("CLIP_CACHE_DIR".into(), self.dir.path().join("cache").display().to_string()),
-        ]
-    }
+/// A node's environment: state and cache directories under the test's directory.
+fn node_env(img: &Indexed) -> Vec<(String, String)> {
+    vec![
+        ("CLIP_STATE_DIR".into(), img.dir.path().join("state").display().to_string()),
+        ("CLIP_CACHE_DIR".into(), img.dir.path().join("cache").display().to_string()),
+    ]
 }
 
 /// Runs `args` as `nobody`, without supplementary groups or capabilities. `setpriv` keeps root's
@@ -123,7 +103,7 @@ fn mode(path: &Path) -> u32 {
 
 #[test]
 fn a_bare_mount_is_nosuid_unless_asked_so_a_local_user_cannot_become_root_through_it() {
-    let img = Indexed::new(&setuid_image(None));
+    let img = indexed(&setuid_image(None));
     let mnt = img.dir.path().join("mnt");
     let id = mnt.join("bin/id");
 
@@ -146,8 +126,8 @@ fn a_bare_mount_is_nosuid_unless_asked_so_a_local_user_cannot_become_root_throug
 
 #[test]
 fn a_node_keeps_its_state_private_and_its_shared_mounts_nosuid() {
-    let img = Indexed::new(&setuid_image(None));
-    let env = img.node_env();
+    let img = indexed(&setuid_image(None));
+    let env = node_env(&img);
     let state = img.dir.path().join("state");
     // A node set up by an older clip: state and mounts directories world-readable.
     std::fs::create_dir_all(state.join("mounts")).unwrap();
@@ -170,8 +150,8 @@ fn a_node_keeps_its_state_private_and_its_shared_mounts_nosuid() {
 
 #[test]
 fn a_container_of_a_non_root_user_gets_the_setuid_bit() {
-    let img = Indexed::new(&setuid_image(Some("1000")));
-    let out = clip_node(&["run", &img.reference(), "--", "/bin/id"], &img.node_env());
+    let img = indexed(&setuid_image(Some("1000")));
+    let out = clip_node(&["run", &img.reference(), "--", "/bin/id"], &node_env(&img));
     assert!(out.status.success(), "clip run failed:\n{}", text(&out.stderr));
     let stdout = text(&out.stdout);
     // The image's User applies (real uid 1000), and the setuid bit makes the effective uid root.
