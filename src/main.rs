@@ -3,6 +3,7 @@
 
 mod args;
 mod commands;
+mod output;
 
 use std::process::ExitCode;
 
@@ -32,6 +33,8 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(commands::run(args)) {
         Ok(code) => code,
+        // The reader of stdout went away (`clip ls IMG | head -1`): done, quietly (see `output`).
+        Err(e) if output::is_stdout_closed(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", render_error(&e));
             ExitCode::FAILURE

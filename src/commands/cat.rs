@@ -21,7 +21,7 @@ pub async fn run(a: CatArgs) -> anyhow::Result<()> {
         bail!("{}: not a regular file ({:?})", a.path, node.kind());
     };
     debug_assert_eq!(node.kind(), NodeKind::File);
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::output::stdout();
     let chunk = 4 << 20;
     let mut offset = 0;
     while offset < data.size {

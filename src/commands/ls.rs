@@ -30,7 +30,7 @@ pub async fn run(a: LsArgs) -> anyhow::Result<()> {
     } else {
         entries.push((a.path.as_bytes(), node));
     }
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut out = crate::output::stdout();
     if a.json {
         let list = entries.iter().map(|(name, n)| entry_json(archive, name, n)).collect::<Result<Vec<_>, _>>()?;
         writeln!(out, "{}", serde_json::to_string_pretty(&list)?)?;

