@@ -258,7 +258,8 @@ pub struct ExtractArgs {
 pub struct MountArgs {
     /// A .clip file (index-only or data-carrying), or s3://BUCKET/KEY.
     pub file: Location,
-    /// An existing empty directory to mount on.
+    /// An existing empty directory to mount on (a non-empty one is refused: the mount would hide what is
+    /// in it).
     pub mountpoint: PathBuf,
     /// Span cache directory, shared by every mount on the machine and kept across runs.
     /// Default: /var/cache/clip as root, else ~/.cache/clip.

@@ -74,3 +74,29 @@ fn a_closed_pipe_ends_every_printing_command_quietly() {
     assert!(line.starts_with(b"kind:"), "{}", text(&line));
     assert_quiet_success("clip inspect | head -1", &out);
 }
+
+#[test]
+fn mount_refuses_a_directory_that_is_not_empty() {
+    let img = Indexed::new(&image());
+    let dir = img.dir.path().join("full");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("precious"), "mine\n").unwrap();
+    let mut child =
+        clip_cmd(&["mount", s(&img.index()), s(&dir), "--no-cache"]).stderr(Stdio::piped()).spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if common::is_mountpoint(&dir) {
+            let _ = Command::new("umount").arg(&dir).status();
+            let _ = child.wait();
+            panic!("clip mount mounted over a directory that is not empty");
+        }
+        assert!(std::time::Instant::now() < deadline, "clip mount neither mounted nor exited");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("is not empty") && stderr.contains("mount on an empty directory"), "{stderr}");
+    assert!(!common::is_mountpoint(&dir));
+    assert_eq!(std::fs::read_to_string(dir.join("precious")).unwrap(), "mine\n");
+}

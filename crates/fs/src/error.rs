@@ -10,6 +10,12 @@ pub enum FsError {
     MountpointMissing { path: PathBuf },
     #[error("mountpoint {p} is not a directory", p = path.display())]
     MountpointNotDir { path: PathBuf },
+    #[error(
+        "mountpoint {p} is not empty: the mount would hide what is in it (mount on an empty directory, e.g. \
+         mkdir {p}.mnt)",
+        p = path.display()
+    )]
+    MountpointNotEmpty { path: PathBuf },
     #[error("cannot use mountpoint {p}: {source}", p = path.display())]
     Mountpoint {
         path: PathBuf,

@@ -107,7 +107,8 @@ impl std::fmt::Debug for MountHandle {
     }
 }
 
-/// Mounts `fs` at `mountpoint` and returns when the mount is live.
+/// Mounts `fs` at `mountpoint`, an existing empty directory (a non-empty one is refused: the mount would
+/// hide its contents), and returns when the mount is live.
 pub fn mount(mut fs: ClipFs, mountpoint: &Path, opts: &MountOptions) -> Result<MountHandle, FsError> {
     let path = mountpoint.to_path_buf();
     match std::fs::metadata(mountpoint) {
@@ -115,6 +116,11 @@ pub fn mount(mut fs: ClipFs, mountpoint: &Path, opts: &MountOptions) -> Result<M
         Ok(_) => return Err(FsError::MountpointNotDir { path }),
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(FsError::MountpointMissing { path }),
         Err(source) => return Err(FsError::Mountpoint { path, source }),
+    }
+    let mut entries =
+        std::fs::read_dir(mountpoint).map_err(|source| FsError::Mountpoint { path: path.clone(), source })?;
+    if entries.next().is_some() {
+        return Err(FsError::MountpointNotEmpty { path });
     }
     let canonical = mountpoint.canonicalize().map_err(|source| FsError::Mountpoint { path: path.clone(), source })?;
     if !Path::new("/dev/fuse").exists() {
