@@ -100,3 +100,28 @@ fn mount_refuses_a_directory_that_is_not_empty() {
     assert!(!common::is_mountpoint(&dir));
     assert_eq!(std::fs::read_to_string(dir.join("precious")).unwrap(), "mine\n");
 }
+
+#[test]
+fn a_clean_mount_and_unmount_log_no_warning() {
+    let img = Indexed::new(&image());
+    // Ended by SIGTERM: clip unmounts.
+    let m = img.mount();
+    assert_eq!(std::fs::read_to_string(m.dir.join("etc/motd")).unwrap(), "hello\nsecond line\n");
+    let log = m.stop();
+    assert!(log.contains("unmounted"), "{log}");
+    assert!(!log.contains("WARN"), "{log}");
+
+    // Unmounted from outside (`umount DIR`, as the README shows): clip notices and exits.
+    let mut m = img.mount();
+    assert!(Command::new("umount").arg(&m.dir).status().unwrap().success());
+    let mut child = m.child.take().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        assert!(std::time::Instant::now() < deadline, "clip mount did not exit after umount");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    let log = text(&out.stderr);
+    assert!(out.status.success() && log.contains("unmounted from outside"), "{log}");
+    assert!(!log.contains("WARN"), "{log}");
+}

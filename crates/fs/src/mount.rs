@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fuser::{BackgroundSession, Config, MountOption, Session, SessionACL};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::fs::{ClipFs, Ttls};
 use crate::stats::FsStats;
@@ -183,16 +183,28 @@ impl MountHandle {
                 return Err(FsError::Unmount { path: self.mountpoint.clone(), source });
             }
         }
-        session.join().map_err(|source| FsError::Session { path: self.mountpoint.clone(), source })
+        self.join(session)
+    }
+
+    /// Waits for the session thread of an unmounted filesystem to end.
+    fn join(&self, mut session: BackgroundSession) -> Result<(), FsError> {
+        let thread = std::mem::replace(&mut session.guard, std::thread::spawn(|| Ok(())));
+        let ended = thread.join();
+        release(session);
+        match ended {
+            Ok(result) => result.map_err(|source| FsError::Session { path: self.mountpoint.clone(), source }),
+            Err(_) => Err(FsError::Session {
+                path: self.mountpoint.clone(),
+                source: io::Error::other("the FUSE session thread panicked"),
+            }),
+        }
     }
 
     /// Blocks until the filesystem is unmounted from outside (`umount`, `fusermount3 -u`) and its session
     /// has ended.
     pub fn wait(mut self) -> Result<(), FsError> {
         match self.session.take() {
-            Some(session) => {
-                session.join().map_err(|source| FsError::Session { path: self.mountpoint.clone(), source })
-            }
+            Some(session) => self.join(session),
             None => Ok(()),
         }
     }
@@ -207,7 +219,26 @@ impl Drop for MountHandle {
             }
         }
         // The session thread ends by itself once the kernel drops the connection.
-        drop(session);
+        let mut session = session;
+        drop(std::mem::replace(&mut session.guard, std::thread::spawn(|| Ok(()))));
+        release(session);
+    }
+}
+
+/// Ends fuser's hold on a filesystem that is unmounted (or detached) already; the session's thread has been
+/// taken out of it (joined or let go).
+///
+/// fuser 0.18.0 unmounts the mountpoint again when its session is dropped, even when the filesystem is
+/// gone: its `is_mounted` check reads `POLLERR` on `/dev/fuse` (the connection is dead) as "still mounted"
+/// (fixed upstream by cberner/fuser#703). The drop then logs `WARN fuser::mnt: Unmount failed: Invalid
+/// argument` after every unmount, ours or from outside. Asking fuser to unmount explicitly makes the same
+/// redundant `umount` return its `EINVAL` to us instead, where it is expected (`umount_and_join` returns
+/// before joining when its unmount fails, which is why the thread is taken out first).
+fn release(session: BackgroundSession) {
+    match session.umount_and_join() {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+        Err(error) => debug!(%error, "fuser's unmount of an unmounted filesystem"),
     }
 }
 
