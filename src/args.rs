@@ -219,13 +219,17 @@ pub struct LsArgs {
     /// Path inside the image.
     #[arg(default_value = "/")]
     pub path: String,
-    /// Long listing: mode, links, owner, size, mtime.
+    /// Long listing, as `ls -l`: mode, links, owner and group (names from the image's /etc/passwd and
+    /// /etc/group when it has them, else numbers), size, modification time in UTC (`Mon DD HH:MM` within
+    /// the last six months, else `Mon DD  YYYY`), name.
     #[arg(short, long)]
     pub long: bool,
     /// Machine-readable output: a JSON array of entries with every attribute and the exact name (`name`,
     /// or `name_bytes` when it is not UTF-8; the same for a symlink's `target`).
     #[arg(long, conflicts_with = "long")]
     pub json: bool,
+    #[command(flatten)]
+    pub source: SourceArgs,
     #[command(flatten)]
     pub s3: S3Args,
 }

@@ -125,3 +125,38 @@ fn a_clean_mount_and_unmount_log_no_warning() {
     assert!(out.status.success() && log.contains("unmounted from outside"), "{log}");
     assert!(!log.contains("WARN"), "{log}");
 }
+
+/// `date -u -d @SECS +FORMAT` in the C locale: the oracle for `ls -l` dates.
+fn gnu_date(secs: i64, format: &str) -> String {
+    let out = Command::new("date").env("LC_ALL", "C").args(["-u", "-d", &format!("@{secs}"), format]).output().unwrap();
+    text(&out.stdout).trim_end().to_owned()
+}
+
+#[test]
+fn ls_long_shows_dates_and_owner_names_as_ls_does() {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let (old, recent, future) = (1_000_000_000, now - 3600, now + 400 * 86_400);
+    let mut l = LayerBuilder::new();
+    l.dir("etc").file("etc/passwd", "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1001::/home/app:/bin/sh\n");
+    l.file("etc/group", "root:x:0:\nstaff:x:1001:app\n").dir("data");
+    l.entry(Entry::file("data/old", "x\n").owner(1000, 1001).mtime(old as u64, 5));
+    l.entry(Entry::file("data/recent", "x\n").owner(0, 0).mtime(recent as u64, 0));
+    l.entry(Entry::file("data/future", "x\n").owner(4242, 4343).mtime(future as u64, 0));
+    let img = Indexed::new(&Image::from_tars(vec![l.finish()], Compression::Gzip));
+
+    let out = clip_cmd(&["ls", "-l", s(&img.index()), "/data"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let want = [
+        format!("-rw-r--r-- 1 4242  4343 2 {} future", gnu_date(future, "+%b %e  %Y")),
+        format!("-rw-r--r-- 1 app  staff 2 {} old", gnu_date(old, "+%b %e  %Y")),
+        format!("-rw-r--r-- 1 root root  2 {} recent", gnu_date(recent, "+%b %e %H:%M")),
+    ];
+    assert_eq!(text(&out.stdout).lines().collect::<Vec<_>>(), want);
+    assert_eq!(want[1], "-rw-r--r-- 1 app  staff 2 Sep  9  2001 old");
+
+    // --json keeps the exact values.
+    let out = clip_cmd(&["ls", "--json", s(&img.index()), "/data/old"]).output().unwrap();
+    let entry: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(entry[0]["mtime"], serde_json::json!({"sec": old, "nsec": 5}));
+    assert_eq!((entry[0]["uid"].as_u64(), entry[0]["gid"].as_u64()), (Some(1000), Some(1001)));
+}
