@@ -5,6 +5,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 use clip_testkit::*;
@@ -159,4 +160,36 @@ fn ls_long_shows_dates_and_owner_names_as_ls_does() {
     let entry: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(entry[0]["mtime"], serde_json::json!({"sec": old, "nsec": 5}));
     assert_eq!((entry[0]["uid"].as_u64(), entry[0]["gid"].as_u64()), (Some(1000), Some(1001)));
+}
+
+#[test]
+fn errors_name_the_file_once() {
+    let img = Indexed::new(&image());
+    let missing = img.dir.path().join("missing.clip");
+    let not_clip = img.dir.path().join("notes.txt");
+    std::fs::write(&not_clip, "not an index, just notes\n".repeat(4)).unwrap();
+    let mnt = img.dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let out_dir = img.dir.path().join("out");
+    let cases: &[(&[&str], &Path, &str)] = &[
+        (&["inspect", s(&missing)], &missing, "No such file or directory"),
+        (&["inspect", "--json", s(&missing)], &missing, "No such file or directory"),
+        (&["ls", "-l", s(&missing)], &missing, "No such file or directory"),
+        (&["cat", s(&missing), "/etc/motd"], &missing, "No such file or directory"),
+        (&["extract", s(&missing), s(&out_dir)], &missing, "No such file or directory"),
+        (&["mount", s(&missing), s(&mnt)], &missing, "No such file or directory"),
+        (&["inspect", s(&not_clip)], &not_clip, "not a .clip file"),
+    ];
+    for (args, named, cause) in cases {
+        let out = clip_cmd(args).output().unwrap();
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "clip {args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "clip {args:?}: one line:\n{stderr}");
+        assert!(stderr.starts_with("error: ") && stderr.contains(cause), "clip {args:?}: {stderr}");
+        assert_eq!(stderr.matches(s(named)).count(), 1, "clip {args:?} names {} once: {stderr}", named.display());
+    }
+    assert_eq!(
+        text(&clip_cmd(&["inspect", s(&missing)]).output().unwrap().stderr),
+        format!("error: {}: No such file or directory (os error 2)\n", missing.display())
+    );
 }

@@ -2,7 +2,6 @@
 
 use std::io::Write;
 
-use anyhow::Context;
 use clip_client::{load_archive, OpenOptions};
 use clip_format::layout;
 
@@ -10,7 +9,7 @@ use crate::args::InspectArgs;
 
 pub async fn run(a: InspectArgs) -> anyhow::Result<()> {
     let opts = OpenOptions { s3: a.s3.options(), ..OpenOptions::default() };
-    let loaded = load_archive(&a.file, &opts).await.with_context(|| format!("opening {}", a.file))?;
+    let loaded = load_archive(&a.file, &opts).await?;
     let archive = &loaded.archive;
     let meta = archive.meta();
     let file_size = loaded.size;

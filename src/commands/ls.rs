@@ -9,7 +9,7 @@ use std::io::{IsTerminal, Write};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clip_client::{load_archive, open_archive, OpenOptions, Owners};
 use clip_format::{Archive, NodeKind, NodeView};
 use serde_json::{json, Value};
@@ -80,7 +80,7 @@ async fn open(a: &LsArgs) -> anyhow::Result<(Arc<Archive>, Owners)> {
             Err(_) => debug!(timeout = ?OWNERS_TIMEOUT, "no owner names: reading the image's account files timed out"),
         }
     }
-    let loaded = load_archive(&a.file, &opts).await.with_context(|| format!("opening {}", a.file))?;
+    let loaded = load_archive(&a.file, &opts).await?;
     Ok((loaded.archive, Owners::default()))
 }
 

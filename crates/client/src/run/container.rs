@@ -145,7 +145,7 @@ impl Drop for Container {
     fn drop(&mut self) {
         if !self.removed {
             if let Err(error) = self.teardown() {
-                warn!(id = %self.id, %error, "cleaning up the container");
+                warn!(id = %self.id, error = &error as &dyn std::error::Error, "cleaning up the container");
             }
         }
     }

@@ -157,7 +157,7 @@ impl Node {
                 (index, archive, key, ClipVersion::V1)
             }
             (Err(e), _) if falls_back(&e) => {
-                let why = Fallback { reason: FallbackReason::Unindexable, detail: e.to_string() };
+                let why = Fallback { reason: FallbackReason::Unindexable, detail: clip_store::error_chain(&e) };
                 let unpacked = self.fall_back(image, &open, &why).await?;
                 fallback = Some(why);
                 let index = StoredIndex {
@@ -183,7 +183,7 @@ impl Node {
         let cmd = self.mount_command(image, &index, &archive, version, &dir.join(&key)).await;
         let (rootfs, lease, mounted_now) = match mount(dir.join(&key), cmd, hold).await {
             Err(e @ (RunError::MountExited { .. } | RunError::MountTimeout { .. })) if version == ClipVersion::V2 => {
-                let why = Fallback { reason: FallbackReason::MountFailed, detail: e.to_string() };
+                let why = Fallback { reason: FallbackReason::MountFailed, detail: clip_store::error_chain(&e) };
                 let unpacked = self.fall_back(image, &open, &why).await?;
                 (archive, key, version) = (unpacked.archive, format!("{}-v1", unpacked.key), ClipVersion::V1);
                 fallback = Some(why);
@@ -198,7 +198,7 @@ impl Node {
         let ready = started.elapsed();
         let event = ImageReady { origin: index.origin, fallback: fallback.as_ref().map(|f| f.reason), ready };
         if let Err(error) = image_metrics::record(self.state_dir(), &event) {
-            warn!(%error, "recording image metrics");
+            warn!(error = &error as &dyn std::error::Error, "recording image metrics");
         }
         info!(
             %image, digest = %index.manifest_digest, index_origin = %index.origin, %version,
@@ -259,14 +259,14 @@ impl Node {
         };
         let code = result?;
         if let Err(error) = released {
-            warn!(%error, "releasing the shared mount");
+            warn!(error = &error as &dyn std::error::Error, "releasing the shared mount");
         }
         Ok(code)
     }
 
     async fn run_pulled(&self, image: &str, pulled: &Pulled, command: &[String]) -> Result<i32, RunError> {
         let config = Archive::open(&pulled.index.path)
-            .map_err(|source| crate::ClientError::Format { path: pulled.index.path.clone(), source })?
+            .map_err(crate::ClientError::format(&pulled.index.path))?
             .meta()
             .config
             .clone();
@@ -308,7 +308,7 @@ impl Node {
                 None
             }
             Err(error) => {
-                warn!(%image, %error, "fetching the prefetch profile failed; starting without it");
+                warn!(%image, error = &error as &dyn std::error::Error, "fetching the prefetch profile failed; starting without it");
                 None
             }
         }

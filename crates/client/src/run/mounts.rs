@@ -222,7 +222,7 @@ impl Drop for Lease {
     fn drop(&mut self) {
         if !self.released {
             if let Err(error) = release(&self.dir, self.user) {
-                warn!(%error, "releasing the shared mount");
+                warn!(error = &error as &dyn std::error::Error, "releasing the shared mount");
             }
         }
     }
