@@ -36,6 +36,10 @@ pub enum Command {
     /// Show what a .clip file holds: kind, source, layers, spans, sizes.
     Inspect(InspectArgs),
     /// List a directory of the image (or one entry) without mounting.
+    ///
+    /// Names never reach the terminal raw: on a terminal they are quoted as GNU ls does ('a'$'\n''b');
+    /// otherwise control characters, backslashes and bytes that are not UTF-8 are C escapes (a\nb, \033,
+    /// \\, \377). --json keeps names exact.
     Ls(LsArgs),
     /// Print a file of the image, fetching only the spans it needs.
     Cat(CatArgs),
@@ -45,7 +49,8 @@ pub enum Command {
     ///
     /// Runs in the foreground until the mountpoint is unmounted (`umount DIR`, `fusermount3 -u DIR`) or
     /// clip gets SIGINT/SIGTERM, then prints what it fetched. "mounted" is logged (and the mountpoint is
-    /// listed in /proc/mounts) once the filesystem is ready.
+    /// listed in /proc/mounts) once the filesystem is ready. The mount is read-only, `nosuid` and `nodev`
+    /// (see --allow-setuid).
     #[command(
         after_help = "Examples:\n  clip mount app.clip /mnt/app &\n  clip mount app.clip /mnt/app --cache-size 20G --metrics 127.0.0.1:9100 --prefetch"
     )]
@@ -218,9 +223,17 @@ pub struct LsArgs {
     /// Path inside the image.
     #[arg(default_value = "/")]
     pub path: String,
-    /// Long listing: mode, links, owner, size, mtime.
+    /// Long listing, as `ls -l`: mode, links, owner and group (names from the image's /etc/passwd and
+    /// /etc/group when it has them, else numbers), size, modification time in UTC (`Mon DD HH:MM` within
+    /// the last six months, else `Mon DD  YYYY`), name.
     #[arg(short, long)]
     pub long: bool,
+    /// Machine-readable output: a JSON array of entries with every attribute and the exact name (`name`,
+    /// or `name_bytes` when it is not UTF-8; the same for a symlink's `target`).
+    #[arg(long, conflicts_with = "long")]
+    pub json: bool,
+    #[command(flatten)]
+    pub source: SourceArgs,
     #[command(flatten)]
     pub s3: S3Args,
 }
@@ -253,7 +266,8 @@ pub struct ExtractArgs {
 pub struct MountArgs {
     /// A .clip file (index-only or data-carrying), or s3://BUCKET/KEY.
     pub file: Location,
-    /// An existing empty directory to mount on.
+    /// An existing empty directory to mount on (a non-empty one is refused: the mount would hide what is
+    /// in it).
     pub mountpoint: PathBuf,
     /// Span cache directory, shared by every mount on the machine and kept across runs.
     /// Default: /var/cache/clip as root, else ~/.cache/clip.
@@ -275,6 +289,12 @@ pub struct MountArgs {
     /// few seconds and at unmount). FUSE passthrough is off while recording.
     #[arg(long, value_name = "FILE")]
     pub record_profile: Option<PathBuf>,
+    /// Honour the image's setuid/setgid bits and file capabilities when programs are run from the mount
+    /// (as root only). Without it the mount is `nosuid`: a local user who can reach the mountpoint cannot
+    /// run the image's setuid-root binaries as root. A container does not need it: an overlay over the
+    /// mount, mounted without `nosuid`, gives its programs their setuid bits (this is what `clip run` does).
+    #[arg(long)]
+    pub allow_setuid: bool,
     /// Right after mounting, prefetch the spans of this recorded profile in order (at low priority).
     #[arg(long, value_name = "FILE", conflicts_with = "prefetch")]
     pub profile: Option<PathBuf>,

@@ -3,6 +3,7 @@
 
 mod args;
 mod commands;
+mod output;
 
 use std::process::ExitCode;
 
@@ -32,6 +33,8 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(commands::run(args)) {
         Ok(code) => code,
+        // The reader of stdout went away (`clip ls IMG | head -1`): done, quietly (see `output`).
+        Err(e) if output::is_stdout_closed(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", render_error(&e));
             ExitCode::FAILURE
@@ -39,20 +42,10 @@ fn main() -> ExitCode {
     }
 }
 
-/// The error and its causes joined by ": ", leaving out a cause whose text the message before it already
-/// holds (library errors often name their source in their own message).
+/// The error and its causes, joined by ": ". Each error names what it adds and leaves its cause to the
+/// chain (no message repeats its source's text), so nothing is said twice.
 fn render_error(e: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in e.chain() {
-        let text = cause.to_string();
-        if !out.contains(&text) {
-            if !out.is_empty() {
-                out.push_str(": ");
-            }
-            out.push_str(&text);
-        }
-    }
-    out
+    e.chain().map(ToString::to_string).collect::<Vec<_>>().join(": ")
 }
 
 #[cfg(test)]
@@ -60,11 +53,11 @@ mod tests {
     use super::render_error;
 
     #[derive(Debug, thiserror::Error)]
-    #[error("layer 0: {0}")]
+    #[error("layer 0")]
     struct Wrapper(#[source] std::io::Error);
 
     #[test]
-    fn causes_already_in_the_message_are_not_repeated() {
+    fn every_cause_is_shown_once_in_order() {
         let io = std::io::Error::other("connection reset");
         let e = anyhow::Error::new(Wrapper(io)).context("indexing img");
         assert_eq!(render_error(&e), "indexing img: layer 0: connection reset");

@@ -2,8 +2,9 @@
 //! that point out of the root (resolved inside it, as umoci does; `extract` never writes outside its
 //! target), a zstd decompression bomb, 100 000 entries in one directory, a path 10 000 directories
 //! deep, and names with newlines and invalid UTF-8 (a NUL cannot be part of a tar name: ustar fields end
-//! at the first NUL, and a PAX `path` holding one is refused). Each gives the right tree or a clear
-//! error: never a panic, a stack overflow or a write outside the target.
+//! at the first NUL, and a PAX `path` holding one is refused), and names with escape sequences, which
+//! `clip ls` never prints raw. Each gives the right tree or a clear error: never a panic, a stack overflow
+//! or a write outside the target.
 
 mod common;
 
@@ -11,35 +12,11 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Instant;
 
 use clip_testkit::*;
-use common::{clip, clip_fails, clip_ok, metric, s, MountProc};
-
-/// An OCI layout holding `image` as `t`, and its index built by `clip index oci:LAYOUT:t`.
-struct Indexed {
-    layout: OciLayoutBuilder,
-    dir: tempfile::TempDir,
-}
-
-impl Indexed {
-    fn new(image: &Image) -> Indexed {
-        let mut layout = OciLayoutBuilder::new();
-        layout.add_image("t", image);
-        let dir = tempfile::tempdir().unwrap();
-        let indexed = Indexed { layout, dir };
-        clip_ok(&["index", &format!("oci:{}:t", indexed.layout.path().display()), "-o", s(&indexed.index())]);
-        indexed
-    }
-
-    fn index(&self) -> PathBuf {
-        self.dir.path().join("img.clip")
-    }
-
-    fn mount(&self) -> MountProc {
-        MountProc::start(&self.index(), &self.dir.path().join("mnt"), &["--no-cache"])
-    }
-}
+use common::{clip, clip_fails, clip_ok, metric, s, Indexed, MountProc};
 
 /// Names no other test or process uses, for proving nothing was written outside a target.
 fn unique(what: &str) -> String {
@@ -251,6 +228,55 @@ fn names_with_newlines_and_invalid_utf8_survive_index_mount_and_extract() {
     clip_ok(&["extract", s(&img.index()), s(&target)]);
     assert_matches_umoci(img.layout.path(), "t", &target, CompareOpts::default());
     assert_eq!(listing(&target.join("n")).len(), names.len());
+}
+
+#[test]
+fn ls_never_prints_a_control_byte_and_its_json_keeps_names_exact() {
+    let mut l = LayerBuilder::new();
+    l.dir("n");
+    for name in [&b"new\nline"[..], b"\x1b[31mred", b"bad\xff", b"tab\there", b"plain", b"sp ace"] {
+        l.file([&b"n/"[..], name].concat(), "x");
+    }
+    l.symlink("n/zlink", b"\x1b]0;pwned\x07".to_vec());
+    let img = Indexed::new(&Image::from_tars(vec![l.finish()], Compression::Gzip));
+    let index = img.index();
+
+    // Not a terminal: C escapes, one entry per line.
+    let escaped = ["\\033[31mred", "bad\\377", "new\\nline", "plain", "sp ace", "tab\\there", "zlink"];
+    let out = clip_ok(&["ls", s(&index), "/n"]);
+    assert!(!out.iter().any(|&b| (b < 0x20 && b != b'\n') || b == 0x7f), "{out:?}");
+    assert_eq!(String::from_utf8(out).unwrap().lines().collect::<Vec<_>>(), escaped);
+    let long = String::from_utf8(clip_ok(&["ls", "-l", s(&index), "/n"])).unwrap();
+    assert_eq!(long.lines().count(), escaped.len(), "{long}");
+    assert!(long.lines().last().unwrap().ends_with(" zlink -> \\033]0;pwned\\a"), "{long}");
+
+    // On a terminal (a pty from `script`): GNU ls's shell-escape quoting.
+    let tty = Command::new("script")
+        .args(["-qec", &format!("{} ls {} /n", env!("CARGO_BIN_EXE_clip"), s(&index)), "/dev/null"])
+        .env("CLIP_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(tty.status.success(), "{}", String::from_utf8_lossy(&tty.stderr));
+    let shown = String::from_utf8(tty.stdout).unwrap();
+    let quoted = [
+        "''$'\\033''[31mred'",
+        "'bad'$'\\377'",
+        "'new'$'\\n''line'",
+        "plain",
+        "'sp ace'",
+        "'tab'$'\\t''here'",
+        "zlink",
+    ];
+    assert_eq!(shown.lines().map(|l| l.trim_end_matches('\r')).collect::<Vec<_>>(), quoted, "{shown:?}");
+
+    // --json: exact names, bytes where they are not UTF-8.
+    let json: serde_json::Value = serde_json::from_slice(&clip_ok(&["ls", "--json", s(&index), "/n"])).unwrap();
+    let entries = json.as_array().unwrap();
+    assert_eq!(entries[0]["name"], "\x1b[31mred");
+    assert_eq!(entries[1]["name_bytes"], serde_json::json!([98, 97, 100, 255]));
+    assert_eq!(entries[2]["name"], "new\nline");
+    assert_eq!(entries[6]["target"], "\x1b]0;pwned\x07");
+    assert_eq!((entries[3]["type"].as_str(), entries[3]["size"].as_u64()), (Some("file"), Some(1)));
 }
 
 #[test]

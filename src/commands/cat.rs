@@ -11,7 +11,7 @@ use crate::args::CatArgs;
 pub async fn run(a: CatArgs) -> anyhow::Result<()> {
     let mut opts = OpenOptions { s3: a.s3.options(), ..OpenOptions::default() };
     opts.source.plain_http = a.source.plain_http;
-    let opened = open_archive(&a.file, &opts).await.with_context(|| format!("opening {}", a.file))?;
+    let opened = open_archive(&a.file, &opts).await?;
     let archive = &opened.archive;
     let Some(ino) = archive.resolve(a.path.as_bytes())? else {
         bail!("{}: no such file in {}", a.path, a.file);
@@ -21,7 +21,7 @@ pub async fn run(a: CatArgs) -> anyhow::Result<()> {
         bail!("{}: not a regular file ({:?})", a.path, node.kind());
     };
     debug_assert_eq!(node.kind(), NodeKind::File);
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::output::stdout();
     let chunk = 4 << 20;
     let mut offset = 0;
     while offset < data.size {

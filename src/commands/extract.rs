@@ -13,7 +13,7 @@ pub async fn run(a: ExtractArgs, quiet: bool) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut opts = OpenOptions { s3: a.s3.options(), ..OpenOptions::default() };
     opts.source.plain_http = a.source.plain_http;
-    let opened = open_archive(&a.file, &opts).await.with_context(|| format!("opening {}", a.file))?;
+    let opened = open_archive(&a.file, &opts).await?;
     let bar = progress::enabled(quiet).then(|| {
         let b = ProgressBar::new_spinner();
         b.set_style(
@@ -26,9 +26,7 @@ pub async fn run(a: ExtractArgs, quiet: bool) -> anyhow::Result<()> {
             b.set_message(format!("{files} files, {} MiB", bytes >> 20));
         }
     };
-    let stats = extract(&opened, &a.dir, Some(&report))
-        .await
-        .with_context(|| format!("extracting {} into {}", a.file, a.dir.display()))?;
+    let stats = extract(&opened, &a.dir, Some(&report)).await.with_context(|| format!("extracting {}", a.file))?;
     if let Some(b) = bar {
         b.finish_and_clear();
     }

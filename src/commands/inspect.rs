@@ -1,6 +1,7 @@
 //! `clip inspect`: kind, source, layers, spans and sizes of a .clip file.
 
-use anyhow::Context;
+use std::io::Write;
+
 use clip_client::{load_archive, OpenOptions};
 use clip_format::layout;
 
@@ -8,12 +9,13 @@ use crate::args::InspectArgs;
 
 pub async fn run(a: InspectArgs) -> anyhow::Result<()> {
     let opts = OpenOptions { s3: a.s3.options(), ..OpenOptions::default() };
-    let loaded = load_archive(&a.file, &opts).await.with_context(|| format!("opening {}", a.file))?;
+    let loaded = load_archive(&a.file, &opts).await?;
     let archive = &loaded.archive;
     let meta = archive.meta();
     let file_size = loaded.size;
     let image_size: u64 = meta.layers.iter().map(|l| l.size).sum();
     let windows = archive.section(layout::SEC_WIND).map_or(0, |s| s.stored_len);
+    let mut out = crate::output::stdout();
     if a.json {
         let sections: Vec<_> = archive
             .sections()
@@ -31,50 +33,56 @@ pub async fn run(a: InspectArgs) -> anyhow::Result<()> {
             "sections": sections,
             "meta": meta,
         });
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+        out.flush()?;
         return Ok(());
     }
-    println!("kind:      {}", archive.kind());
-    println!("source:    {}", meta.source);
+    writeln!(out, "kind:      {}", archive.kind())?;
+    writeln!(out, "source:    {}", meta.source)?;
     if let Some(data) = &meta.data_location {
-        println!("data:      {data} (this file holds the metadata only)");
+        writeln!(out, "data:      {data} (this file holds the metadata only)")?;
     }
     if let Some(d) = &meta.manifest_digest {
-        println!("manifest:  {d}");
+        writeln!(out, "manifest:  {d}")?;
     }
     if let Some(p) = &meta.platform {
-        println!(
+        writeln!(
+            out,
             "platform:  {}/{}{}",
             p.os,
             p.architecture,
             p.variant.as_ref().map(|v| format!("/{v}")).unwrap_or_default()
-        );
+        )?;
     }
-    println!("inodes:    {}", archive.node_count());
-    println!("spans:     {} (every {} MiB)", archive.span_count(), meta.span_size >> 20);
+    writeln!(out, "inodes:    {}", archive.node_count())?;
+    writeln!(out, "spans:     {} (every {} MiB)", archive.span_count(), meta.span_size >> 20)?;
     if archive.kind() == clip_format::ArchiveKind::DataCarrying {
         let data = archive.section(layout::SEC_DATA).map_or(0, |s| s.stored_len);
-        println!(
+        writeln!(
+            out,
             "size:      {file_size} bytes ({} loaded at mount, {data} of file data stored here)",
             archive.mounted_size()
-        );
+        )?;
     } else {
-        println!(
+        writeln!(
+            out,
             "size:      {file_size} bytes ({} loaded at mount, {windows} of checkpoint windows) = {:.3}% of the {image_size}-byte image",
             archive.mounted_size(),
             100.0 * file_size as f64 / image_size.max(1) as f64
-        );
+        )?;
     }
-    println!("layers:");
+    writeln!(out, "layers:")?;
     for (i, l) in meta.layers.iter().enumerate() {
-        println!(
+        writeln!(
+            out,
             "  {i:>2} {} {:<5} {:>12} -> {:>12} bytes, {} spans",
             l.digest, l.compression, l.size, l.uncompressed_size, l.span_count
-        );
+        )?;
     }
     let c = &meta.config;
     if !c.entrypoint.is_empty() || !c.cmd.is_empty() {
-        println!("command:   {:?} {:?}", c.entrypoint, c.cmd);
+        writeln!(out, "command:   {:?} {:?}", c.entrypoint, c.cmd)?;
     }
+    out.flush()?;
     Ok(())
 }

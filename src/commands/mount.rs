@@ -1,6 +1,5 @@
 //! `clip mount`: mount a .clip file in the foreground and report what was fetched when it ends.
 
-use anyhow::Context;
 use clip_client::{mount_foreground, MountConfig};
 
 use crate::args::MountArgs;
@@ -14,6 +13,7 @@ pub async fn run(a: MountArgs, quiet: bool) -> anyhow::Result<()> {
         content_cache: a.content_cache.clone(),
         ..Default::default()
     };
+    config.fs.suid = a.allow_setuid;
     config.open.source.plain_http = a.source.plain_http;
     config.open.s3 = a.s3.options();
     config.open.store.cache_dir =
@@ -25,8 +25,7 @@ pub async fn run(a: MountArgs, quiet: bool) -> anyhow::Result<()> {
             eprintln!("mounted {} at {}", a.file, mp.display());
         }
     })
-    .await
-    .with_context(|| format!("mounting {} at {}", a.file, a.mountpoint.display()))?;
+    .await?;
     if !quiet {
         let s = summary.store;
         eprintln!(

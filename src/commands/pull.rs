@@ -1,5 +1,7 @@
 //! `clip pull`: make an image ready (index + shared mount) and print its root filesystem path.
 
+use std::io::Write;
+
 use anyhow::Context;
 
 use crate::args::PullArgs;
@@ -21,6 +23,8 @@ pub async fn run(a: PullArgs, config: Option<&std::path::Path>, quiet: bool) -> 
             eprintln!("fell back to clip v1 ({} fallback(s) on this node): {reason}", node.fallbacks());
         }
     }
-    println!("{}", pulled.rootfs.display());
+    let mut out = crate::output::stdout();
+    writeln!(out, "{}", pulled.rootfs.display())?;
+    out.flush()?;
     Ok(())
 }

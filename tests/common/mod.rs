@@ -330,6 +330,36 @@ pub fn check_app_tree(rootfs: &Path) {
     assert!(!rootfs.join("etc/gone").exists(), "the whiteout applies");
 }
 
+/// An OCI layout holding an image as `t`, and its index built by `clip index oci:LAYOUT:t`.
+pub struct Indexed {
+    pub layout: clip_testkit::OciLayoutBuilder,
+    pub dir: tempfile::TempDir,
+}
+
+impl Indexed {
+    pub fn new(image: &clip_testkit::Image) -> Indexed {
+        let mut layout = clip_testkit::OciLayoutBuilder::new();
+        layout.add_image("t", image);
+        let indexed = Indexed { layout, dir: tempfile::tempdir().unwrap() };
+        clip_ok(&["index", &indexed.reference(), "-o", s(&indexed.index())]);
+        indexed
+    }
+
+    /// `oci:LAYOUT:t`.
+    pub fn reference(&self) -> String {
+        format!("oci:{}:t", self.layout.path().display())
+    }
+
+    pub fn index(&self) -> std::path::PathBuf {
+        self.dir.path().join("img.clip")
+    }
+
+    /// Mounts the index at `DIR/mnt` without a disk cache.
+    pub fn mount(&self) -> MountProc {
+        MountProc::start(&self.index(), &self.dir.path().join("mnt"), &["--no-cache"])
+    }
+}
+
 /// `127.0.0.1:PORT` with a port nothing listens on now (for `--metrics` and proxies).
 pub fn free_addr() -> String {
     format!("127.0.0.1:{}", clip_testkit::find_free_port())

@@ -43,7 +43,7 @@ pub const DEFAULT_CACHE_SIZE: u64 = 10 << 30;
 /// Why the configuration cannot be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{path}: {source} (give an existing file with --config or CLIP_CONFIG)")]
+    #[error("{} (give an existing file with --config or CLIP_CONFIG)", path.display())]
     Read {
         path: PathBuf,
         #[source]

@@ -5,26 +5,29 @@ use std::path::PathBuf;
 /// Why a client operation failed; each variant names the file or path concerned.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("{path}: {source}")]
+    #[error("{}", path.display())]
     Format {
         path: PathBuf,
         #[source]
         source: clip_format::FormatError,
     },
-    #[error("index {path} was built from {image:?}, which is not a reference clip can read: {source}")]
+    #[error("index {} was built from {image:?}, which is not a reference clip can read", path.display())]
     BadSource {
         path: PathBuf,
         image: String,
         #[source]
         source: Box<clip_source::SourceError>,
     },
+    /// A `.clip` file that could not be read, where the format error names it already (an I/O error).
+    #[error(transparent)]
+    Archive(clip_format::FormatError),
     #[error(transparent)]
     Source(Box<clip_source::SourceError>),
     #[error(transparent)]
     Store(#[from] clip_store::StoreError),
     #[error("the image behind {path} changed: index has manifest {indexed}, source now serves {found}")]
     ManifestChanged { path: PathBuf, indexed: String, found: String },
-    #[error("{path}: {what}: {source}")]
+    #[error("{}: {what}", path.display())]
     Io {
         path: PathBuf,
         what: &'static str,
@@ -35,12 +38,9 @@ pub enum ClientError {
     TargetNotEmpty(PathBuf),
     #[error("refusing entry {name:?} in {dir}: not a single path component (the .clip file is corrupt or hostile)")]
     UnsafeName { dir: PathBuf, name: String },
-    #[error("mounting at {path}: {source}")]
-    Mount {
-        path: PathBuf,
-        #[source]
-        source: clip_fs::FsError,
-    },
+    /// A mount failed; the error names the mountpoint.
+    #[error(transparent)]
+    Mount(clip_fs::FsError),
     #[error("background task failed: {0}")]
     Task(String),
     #[error("directory inode {0} appears twice in the tree (the .clip file is corrupt or hostile)")]
@@ -89,6 +89,16 @@ impl From<clip_source::SourceError> for ClientError {
 }
 
 impl ClientError {
+    /// The error of reading the `.clip` file at `path`: [`ClientError::Format`] naming the file, or, when the
+    /// format error names it already, [`ClientError::Archive`] (a path is named once).
+    pub(crate) fn format(path: impl Into<PathBuf>) -> impl FnOnce(clip_format::FormatError) -> ClientError {
+        let path = path.into();
+        move |source| match source {
+            clip_format::FormatError::Io { .. } => ClientError::Archive(source),
+            source => ClientError::Format { path, source },
+        }
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>, what: &'static str) -> impl FnOnce(std::io::Error) -> ClientError {
         let path = path.into();
         move |source| ClientError::Io { path, what, source }

@@ -4,6 +4,7 @@
 //!   [`clip_store::ContentStore`] serving its bytes; [`load_archive`] for its metadata alone.
 //! - [`pack`] / [`archive`]: a root filesystem directory packed into a data-carrying archive, written
 //!   locally or uploaded to S3; [`push`] uploads an existing one.
+//! - [`Owners`]: the names of the image's users and groups, from its own `/etc/passwd` and `/etc/group`.
 //! - [`extract`]: materialize the root filesystem into a directory (the result equals `umoci unpack`'s).
 //! - [`S3SpanCache`]: the shared content cache tier (decoded spans in an S3 bucket, by digest).
 //! - [`mount_foreground`]: mount an archive with FUSE until it is unmounted, with Prometheus [`metrics`].
@@ -23,6 +24,7 @@ mod extract;
 pub mod metrics;
 mod mount;
 mod open;
+mod owners;
 mod profile;
 mod publish;
 mod remote;
@@ -39,6 +41,7 @@ pub use error::ClientError;
 pub use extract::{extract, ExtractProgress, ExtractStats};
 pub use mount::{mount_foreground, MountConfig, MountSummary};
 pub use open::{load_archive, open_archive, Loaded, Location, OpenOptions, Opened};
+pub use owners::Owners;
 pub use profile::{
     fetch_published_profile, publish_profile, Profile, ProfileRecorder, PROFILE_ARTIFACT_TYPE, PROFILE_LAYER_MEDIA_TYPE,
 };

@@ -86,7 +86,7 @@ pub async fn mount_foreground(
     let mut handle = tokio::task::spawn_blocking(move || clip_fs::mount(fs, &mountpoint_buf, &fs_opts))
         .await
         .map_err(|e| ClientError::Task(e.to_string()))?
-        .map_err(|source| ClientError::Mount { path: mountpoint.to_path_buf(), source })?;
+        .map_err(ClientError::Mount)?;
     if let Some(addr) = config.metrics {
         let (fs_stats, store) = (fs_stats.clone(), store.clone());
         let scrape = Arc::new(move || Snapshot { fs: fs_stats.snapshot(), store: store.stats() });
@@ -113,7 +113,7 @@ pub async fn mount_foreground(
         if let Some(recorder) = recorder.as_ref().filter(|_| last_save.elapsed() >= PROFILE_SAVE_EVERY) {
             last_save = tokio::time::Instant::now();
             if let Err(error) = recorder.save() {
-                warn!(%error, "saving the profile");
+                warn!(error = &error as &dyn std::error::Error, "saving the profile");
             }
         }
         tokio::select! {
@@ -130,7 +130,7 @@ pub async fn mount_foreground(
     if handle.is_mounted() {
         // A busy mount (open files) is detached lazily when the handle drops.
         if let Err(error) = handle.unmount() {
-            warn!(%error, "unmount failed; detaching lazily");
+            warn!(error = &error as &dyn std::error::Error, "unmount failed; detaching lazily");
         }
     }
     if let Some(task) = prefetch {
@@ -139,7 +139,7 @@ pub async fn mount_foreground(
     if let Some(recorder) = &recorder {
         match recorder.save() {
             Ok(()) => info!(spans = recorder.profile().spans.len(), "profile recorded"),
-            Err(error) => warn!(%error, "saving the profile"),
+            Err(error) => warn!(error = &error as &dyn std::error::Error, "saving the profile"),
         }
     }
     let fs = fs_stats.snapshot();

@@ -112,8 +112,7 @@ pub struct Loaded {
 pub async fn load_archive(location: impl Into<Location>, opts: &OpenOptions) -> Result<Loaded, ClientError> {
     match location.into() {
         Location::Local(path) => {
-            let format = |source| ClientError::Format { path: path.clone(), source };
-            let archive = Archive::open(&path).map_err(format)?;
+            let archive = Archive::open(&path).map_err(ClientError::format(&path))?;
             let size = std::fs::metadata(&path).map_err(ClientError::io(&path, "reading size"))?.len();
             Ok(Loaded { archive: Arc::new(archive), size, object: None })
         }
@@ -174,7 +173,7 @@ async fn external_data(
             Ok((Arc::new(S3Data::new(object.clone(), data.offset, data.stored_len)), None, Some(object)))
         }
         Location::Local(path) => {
-            let full = Archive::open(&path).map_err(|source| ClientError::Format { path: path.clone(), source })?;
+            let full = Archive::open(&path).map_err(ClientError::format(&path))?;
             same_archive(archive, full.kind(), full.sections()).ok_or_else(mismatch)?;
             store_config.cache_dir = None;
             Ok((Arc::new(LocalData::open(path, &full)?), None, None))

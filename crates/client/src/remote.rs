@@ -141,7 +141,7 @@ async fn with_reader<T: Send + 'static>(
     match (result, reader.error) {
         (Ok(v), _) => Ok((v, size)),
         (Err(_), Some(s3)) => Err(s3.into()),
-        (Err(source), None) => Err(ClientError::Format { path: url.into(), source }),
+        (Err(source), None) => Err(ClientError::format(url)(source)),
     }
 }
 

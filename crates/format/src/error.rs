@@ -5,13 +5,13 @@ use std::path::PathBuf;
 /// Why a `.clip` file could not be written or read.
 #[derive(Debug, thiserror::Error)]
 pub enum FormatError {
-    #[error("{path}: {source}")]
+    #[error("{}", path.display())]
     Io {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("writing the index: {0}")]
+    #[error("writing the index")]
     Write(#[source] std::io::Error),
     #[error("not a .clip file (bad magic); was it built with `clip index` or `clip archive`?")]
     BadMagic,
@@ -27,7 +27,7 @@ pub enum FormatError {
     MissingSection(&'static str),
     #[error("corrupt .clip file: {0}")]
     Corrupt(String),
-    #[error("metadata section is not valid JSON: {0}")]
+    #[error("metadata section is not valid JSON")]
     Meta(#[source] serde_json::Error),
     #[error("invalid index contents: {0}")]
     Invalid(String),

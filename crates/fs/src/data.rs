@@ -151,7 +151,7 @@ impl ClipFs {
                 Err(error) => {
                     stats.read_error();
                     let path = path_of(&archive, node.ino);
-                    warn!(ino = node.ino.0, %path, offset, len = size, %error, "read failed; answering EIO");
+                    warn!(ino = node.ino.0, %path, offset, len = size, error = &error as &dyn std::error::Error, "read failed; answering EIO");
                     Err(Errno::EIO)
                 }
             }

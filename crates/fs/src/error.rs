@@ -10,7 +10,9 @@ pub enum FsError {
     MountpointMissing { path: PathBuf },
     #[error("mountpoint {p} is not a directory", p = path.display())]
     MountpointNotDir { path: PathBuf },
-    #[error("cannot use mountpoint {p}: {source}", p = path.display())]
+    #[error("mountpoint {p} is not empty: the mount would hide what is in it (mount on an empty directory)", p = path.display())]
+    MountpointNotEmpty { path: PathBuf },
+    #[error("cannot use mountpoint {p}", p = path.display())]
     Mountpoint {
         path: PathBuf,
         #[source]
@@ -21,7 +23,7 @@ pub enum FsError {
     )]
     NoFuseDevice,
     #[error(
-        "permission denied mounting at {p}: {source} (mount as root, or install fuse3 so the setuid fusermount3 \
+        "permission denied mounting at {p} (mount as root, or install fuse3 so the setuid fusermount3 \
          can mount for you; allow_other as a user needs user_allow_other in /etc/fuse.conf; in a container, \
          pass --device /dev/fuse --cap-add SYS_ADMIN)",
         p = path.display()
@@ -31,7 +33,7 @@ pub enum FsError {
         #[source]
         source: std::io::Error,
     },
-    #[error("mounting at {p}: {source}", p = path.display())]
+    #[error("mounting at {p}", p = path.display())]
     Mount {
         path: PathBuf,
         #[source]
@@ -41,13 +43,13 @@ pub enum FsError {
     MountTimeout { path: PathBuf, timeout: Duration },
     #[error("{p} is busy: files under it are still open (close them, or unmount lazily with `umount -l {p}`)", p = path.display())]
     Busy { path: PathBuf },
-    #[error("unmounting {p}: {source}", p = path.display())]
+    #[error("unmounting {p}", p = path.display())]
     Unmount {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("the FUSE session of {p} ended with an error: {source}", p = path.display())]
+    #[error("the FUSE session of {p} ended with an error", p = path.display())]
     Session {
         path: PathBuf,
         #[source]

@@ -8,13 +8,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fuser::{BackgroundSession, Config, MountOption, Session, SessionACL};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::fs::{ClipFs, Ttls};
 use crate::stats::FsStats;
 use crate::FsError;
 
-/// How to mount. `Default` suits a container root filesystem run by root.
+/// How to mount. `Default` suits the lower layer of a container root filesystem, mounted by root: `nosuid`
+/// and `nodev`, so that the bare mount never lends its setuid binaries or device nodes to a local user. A
+/// container still gets its setuid bits from the overlay laid over this mount, which is mounted without
+/// `nosuid` (the kernel checks the flags of the mount a program is executed from, the overlay's).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountOptions {
     /// Let users other than the mounting one in (needed by containers). Default: true when running as root.
@@ -34,7 +37,9 @@ pub struct MountOptions {
     pub default_permissions: bool,
     /// Mount with `MS_RDONLY`, so the kernel refuses writes before asking us. Default true.
     pub read_only: bool,
-    /// Honour setuid/setgid bits (a container image needs them). Default: true when running as root.
+    /// Honour setuid/setgid bits and file capabilities of the image when a program is run from this mount.
+    /// Default false (`nosuid`): any local user who can reach the mount could otherwise run the image's
+    /// setuid-root binaries as root. Containers do not need it (see the type's documentation).
     pub suid: bool,
     /// Allow opening device nodes of the image. Default false.
     pub dev: bool,
@@ -57,7 +62,7 @@ impl Default for MountOptions {
             negative_ttl: ttls.negative,
             default_permissions: true,
             read_only: true,
-            suid: root,
+            suid: false,
             dev: false,
             threads: 1,
             timeout: Duration::from_secs(10),
@@ -102,7 +107,8 @@ impl std::fmt::Debug for MountHandle {
     }
 }
 
-/// Mounts `fs` at `mountpoint` and returns when the mount is live.
+/// Mounts `fs` at `mountpoint`, an existing empty directory (a non-empty one is refused: the mount would
+/// hide its contents), and returns when the mount is live.
 pub fn mount(mut fs: ClipFs, mountpoint: &Path, opts: &MountOptions) -> Result<MountHandle, FsError> {
     let path = mountpoint.to_path_buf();
     match std::fs::metadata(mountpoint) {
@@ -110,6 +116,11 @@ pub fn mount(mut fs: ClipFs, mountpoint: &Path, opts: &MountOptions) -> Result<M
         Ok(_) => return Err(FsError::MountpointNotDir { path }),
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(FsError::MountpointMissing { path }),
         Err(source) => return Err(FsError::Mountpoint { path, source }),
+    }
+    let mut entries =
+        std::fs::read_dir(mountpoint).map_err(|source| FsError::Mountpoint { path: path.clone(), source })?;
+    if entries.next().is_some() {
+        return Err(FsError::MountpointNotEmpty { path });
     }
     let canonical = mountpoint.canonicalize().map_err(|source| FsError::Mountpoint { path: path.clone(), source })?;
     if !Path::new("/dev/fuse").exists() {
@@ -172,16 +183,28 @@ impl MountHandle {
                 return Err(FsError::Unmount { path: self.mountpoint.clone(), source });
             }
         }
-        session.join().map_err(|source| FsError::Session { path: self.mountpoint.clone(), source })
+        self.join(session)
+    }
+
+    /// Waits for the session thread of an unmounted filesystem to end.
+    fn join(&self, mut session: BackgroundSession) -> Result<(), FsError> {
+        let thread = std::mem::replace(&mut session.guard, std::thread::spawn(|| Ok(())));
+        let ended = thread.join();
+        release(session);
+        match ended {
+            Ok(result) => result.map_err(|source| FsError::Session { path: self.mountpoint.clone(), source }),
+            Err(_) => Err(FsError::Session {
+                path: self.mountpoint.clone(),
+                source: io::Error::other("the FUSE session thread panicked"),
+            }),
+        }
     }
 
     /// Blocks until the filesystem is unmounted from outside (`umount`, `fusermount3 -u`) and its session
     /// has ended.
     pub fn wait(mut self) -> Result<(), FsError> {
         match self.session.take() {
-            Some(session) => {
-                session.join().map_err(|source| FsError::Session { path: self.mountpoint.clone(), source })
-            }
+            Some(session) => self.join(session),
             None => Ok(()),
         }
     }
@@ -196,7 +219,26 @@ impl Drop for MountHandle {
             }
         }
         // The session thread ends by itself once the kernel drops the connection.
-        drop(session);
+        let mut session = session;
+        drop(std::mem::replace(&mut session.guard, std::thread::spawn(|| Ok(()))));
+        release(session);
+    }
+}
+
+/// Ends fuser's hold on a filesystem that is unmounted (or detached) already; the session's thread has been
+/// taken out of it (joined or let go).
+///
+/// fuser 0.18.0 unmounts the mountpoint again when its session is dropped, even when the filesystem is
+/// gone: its `is_mounted` check reads `POLLERR` on `/dev/fuse` (the connection is dead) as "still mounted"
+/// (fixed upstream by cberner/fuser#703). The drop then logs `WARN fuser::mnt: Unmount failed: Invalid
+/// argument` after every unmount, ours or from outside. Asking fuser to unmount explicitly makes the same
+/// redundant `umount` return its `EINVAL` to us instead, where it is expected (`umount_and_join` returns
+/// before joining when its unmount fails, which is why the thread is taken out first).
+fn release(session: BackgroundSession) {
+    match session.umount_and_join() {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+        Err(error) => debug!(%error, "fuser's unmount of an unmounted filesystem"),
     }
 }
 
@@ -268,6 +310,14 @@ mod tests {
         assert!(!mountinfo_has_fuse(INFO, Path::new("/mnt/plain")), "not a FUSE mount");
         assert!(!mountinfo_has_fuse(INFO, Path::new("/proc")));
         assert!(!mountinfo_has_fuse("garbage\n\n1 2", Path::new("/")));
+    }
+
+    #[test]
+    fn mounts_are_nosuid_and_nodev_unless_asked() {
+        let opts = MountOptions::default().fuser_config().mount_options;
+        assert!(opts.contains(&MountOption::NoSuid) && opts.contains(&MountOption::NoDev), "{opts:?}");
+        let suid = MountOptions { suid: true, ..MountOptions::default() }.fuser_config().mount_options;
+        assert!(suid.contains(&MountOption::Suid) && !suid.contains(&MountOption::NoSuid), "{suid:?}");
     }
 
     #[test]

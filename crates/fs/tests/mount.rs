@@ -415,6 +415,11 @@ fn mount_errors_say_what_is_wrong() {
     let file = tempfile::NamedTempFile::new().unwrap();
     let err = mount(fs_for(), file.path(), &MountOptions::default()).unwrap_err();
     assert!(matches!(err, FsError::MountpointNotDir { .. }), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("precious"), "x").unwrap();
+    let err = mount(fs_for(), dir.path(), &MountOptions::default()).unwrap_err();
+    assert!(matches!(err, FsError::MountpointNotEmpty { .. }), "{err}");
+    assert!(!is_fuse_mounted(dir.path()));
 }
 
 #[test]

@@ -7,28 +7,28 @@ use clip_source::{Digest, SourceError};
 pub enum IndexError {
     #[error(transparent)]
     Source(#[from] SourceError),
-    #[error("layer {layer} ({digest}): {source}")]
+    #[error("layer {layer} ({digest})")]
     Read {
         layer: usize,
         digest: Digest,
         #[source]
         source: std::io::Error,
     },
-    #[error("layer {layer} ({digest}): {source}")]
+    #[error("layer {layer} ({digest})")]
     Codec {
         layer: usize,
         digest: Digest,
         #[source]
         source: clip_codec::CodecError,
     },
-    #[error("layer {layer} ({digest}): malformed or hostile tar: {source}")]
+    #[error("layer {layer} ({digest}): malformed or hostile tar")]
     Tar {
         layer: usize,
         digest: Digest,
         #[source]
         source: crate::tar::TarError,
     },
-    #[error("layer {layer}: {source}")]
+    #[error("layer {layer}")]
     Merge {
         layer: usize,
         #[source]

@@ -36,7 +36,7 @@ pub enum S3Error {
     Transfer { url: String, op: &'static str, detail: String },
 
     /// A local file (upload source, AWS config file) could not be read.
-    #[error("reading {path}: {source}")]
+    #[error("reading {}", path.display())]
     Io {
         path: PathBuf,
         #[source]

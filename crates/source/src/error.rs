@@ -217,7 +217,7 @@ pub enum SourceError {
     },
 
     /// A local file (layout blob, index.json, docker config) could not be read.
-    #[error("reading {path}: {source}", path = .path.display())]
+    #[error("reading {path}", path = .path.display())]
     Io {
         /// The file.
         path: PathBuf,

@@ -5,13 +5,13 @@
 pub enum StoreError {
     #[error(transparent)]
     Format(#[from] clip_format::FormatError),
-    #[error("layer {layer}: {source}")]
+    #[error("layer {layer}")]
     Source {
         layer: u32,
         #[source]
         source: clip_source::SourceError,
     },
-    #[error("layer {layer} span {span}: {source}")]
+    #[error("layer {layer} span {span}")]
     Decode {
         layer: u32,
         span: usize,
@@ -24,7 +24,7 @@ pub enum StoreError {
     Verify { layer: u32, span: usize, expected: String, actual: String },
     #[error("layer {layer} ({media_type}) cannot be read: {why}")]
     Layer { layer: u32, media_type: String, why: String },
-    #[error("read of {path}: {source}")]
+    #[error("read of {path}")]
     Io {
         path: String,
         #[source]
@@ -42,10 +42,23 @@ pub enum StoreError {
     Joined { layer: u32, span: usize, message: String },
     #[error("content cache tier, span sha256 {digest}: {reason}")]
     Tier { digest: String, reason: String },
-    #[error("disk cache {path}: {source} (check that the directory is writable, or choose another cache directory)")]
+    #[error("disk cache {} (check that the directory is writable, or choose another cache directory)", path.display())]
     Cache {
         path: std::path::PathBuf,
         #[source]
         source: std::io::Error,
     },
+}
+
+/// An error and its causes as one line (`layer 3: reading blob …: connection reset`), for a message that
+/// carries another error's text: error messages leave their cause to [`std::error::Error::source`].
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }

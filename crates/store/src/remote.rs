@@ -70,9 +70,9 @@ impl TierHealth {
         let last = self.warned_ms.load(Ordering::Relaxed);
         let due = last == 0 || now + 1 >= last + TIER_WARN_EVERY.as_millis() as u64;
         if due && self.warned_ms.compare_exchange(last, now + 1, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
-            warn!(%tier, op, %error, "content cache tier unavailable; reading from the source instead");
+            warn!(%tier, op, error = error as &dyn std::error::Error, "content cache tier unavailable; reading from the source instead");
         } else {
-            debug!(%tier, op, %error, "content cache tier failed");
+            debug!(%tier, op, error = error as &dyn std::error::Error, "content cache tier failed");
         }
     }
 }

@@ -60,7 +60,7 @@ impl PrefetchSummary {
             }
             Ok(Err((layer, span, error))) => {
                 self.failed += 1;
-                debug!(layer, span, %error, "prefetch of a span failed");
+                debug!(layer, span, error = &error as &dyn std::error::Error, "prefetch of a span failed");
             }
             Err(error) => {
                 self.failed += 1;
@@ -195,7 +195,7 @@ impl Inner {
         rt.spawn(async move {
             let deadline = tokio::time::Instant::now() + me.config.read_timeout;
             if let Err(error) = me.span(layer, index, Priority::Readahead, deadline).await {
-                debug!(layer, span = index, %error, "{failed}");
+                debug!(layer, span = index, error = &error as &dyn std::error::Error, "{failed}");
             }
         });
     }

@@ -188,7 +188,7 @@ impl ContentStore {
         let disk = config.cache_dir.as_ref().and_then(|dir| match DiskCache::open(dir, config.cache_size) {
             Ok(cache) => Some(cache),
             Err(e) => {
-                warn!(error = %e, "running without a disk cache");
+                warn!(error = &e as &dyn std::error::Error, "running without a disk cache");
                 None
             }
         });
@@ -384,7 +384,7 @@ impl Inner {
                     .await
                     .unwrap_or(Err(StoreError::Timeout { layer, span: index, after: timeout }));
                 loaded.map_err(|e| {
-                    let message = e.to_string();
+                    let message = crate::error_chain(&e);
                     own_error = Some(e);
                     message
                 })
@@ -559,7 +559,13 @@ impl Inner {
         loop {
             match self.fetch_once(layer, index, span, codec, range.clone(), len).await {
                 Err(e @ (StoreError::Verify { .. } | StoreError::Decode { .. })) if attempt < VERIFY_ATTEMPTS => {
-                    warn!(layer, span = index, attempt, error = %e, "fetched bytes are bad; fetching again");
+                    warn!(
+                        layer,
+                        span = index,
+                        attempt,
+                        error = &e as &dyn std::error::Error,
+                        "fetched bytes are bad; fetching again"
+                    );
                     attempt += 1;
                 }
                 result => return result,

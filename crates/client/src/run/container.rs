@@ -1,5 +1,6 @@
-//! One container: `STATE_DIR/containers/<id>/` holds `upper/` and `work/` (its writable layer on local
-//! disk), `rootfs/` (an overlay of that layer over the image's shared mount) and `config.json`; the OCI
+//! One container: `STATE_DIR/containers/<id>/` (`containers/` is 0700) holds `upper/` and `work/` (its
+//! writable layer on local disk), `rootfs/` (an overlay of that layer over the image's shared mount, without
+//! `nosuid`: the container's setuid binaries work there) and `config.json`; the OCI
 //! runtime runs it there with stdin/stdout/stderr inherited. Everything is undone when it ends, also on
 //! errors and signals (forwarded to the runtime; the container is killed 5 s later if still running):
 //! `runtime delete`, the overlay unmounted, the directory removed.
@@ -15,7 +16,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tracing::{debug, info, warn};
 
 use crate::run::mounts::is_mountpoint;
-use crate::run::RunError;
+use crate::run::{private_dir, RunError};
 
 /// How long a container may take to exit after SIGINT/SIGTERM before it is killed.
 const KILL_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
@@ -34,6 +35,7 @@ impl Container {
     pub fn create(containers_dir: &Path, lower: &Path, runtime: &str) -> Result<Container, RunError> {
         let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
         let id = format!("clip-{}-{:x}", std::process::id(), nanos & 0xffff_ffff_ffff);
+        private_dir(containers_dir)?;
         let dir = containers_dir.join(&id);
         let container = Container { id, dir, runtime: runtime.to_owned(), removed: false };
         let (upper, work, rootfs) = (container.dir.join("upper"), container.dir.join("work"), container.rootfs());
@@ -143,7 +145,7 @@ impl Drop for Container {
     fn drop(&mut self) {
         if !self.removed {
             if let Err(error) = self.teardown() {
-                warn!(id = %self.id, %error, "cleaning up the container");
+                warn!(id = %self.id, error = &error as &dyn std::error::Error, "cleaning up the container");
             }
         }
     }

@@ -11,19 +11,19 @@ pub enum RunError {
     Client(#[from] ClientError),
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
-    #[error("resolving {image}: {source}")]
+    #[error("resolving {image}")]
     Resolve {
         image: String,
         #[source]
         source: Box<clip_source::SourceError>,
     },
-    #[error("indexing {image}: {source}")]
+    #[error("indexing {image}")]
     Index {
         image: String,
         #[source]
         source: Box<clip_indexer::IndexError>,
     },
-    #[error("{path}: {what}: {source}")]
+    #[error("{}: {what}", path.display())]
     Io {
         path: PathBuf,
         what: &'static str,
@@ -34,7 +34,7 @@ pub enum RunError {
     MountExited { archive: PathBuf, status: String, log: PathBuf, tail: String },
     #[error("{mountpoint} was not mounted within {secs} s (see {log})")]
     MountTimeout { mountpoint: PathBuf, secs: u64, log: PathBuf },
-    #[error("running {program}: {source} (is it installed? apt-get install {program})")]
+    #[error("running {program} (is it installed? apt-get install {program})")]
     Spawn {
         program: String,
         #[source]
@@ -46,7 +46,7 @@ pub enum RunError {
     NoCommand { image: String },
     #[error("user {user:?} of {image}: {message}")]
     User { image: String, user: String, message: String },
-    #[error("overlay mount at {path}: {source} (is the overlay module loaded? modprobe overlay)")]
+    #[error("overlay mount at {} (is the overlay module loaded? modprobe overlay)", path.display())]
     Overlay {
         path: PathBuf,
         #[source]

@@ -122,7 +122,7 @@ pub(crate) fn record(state_dir: &Path, event: &ImageReady) -> Result<PathBuf, Ru
     let mut counters: Counters = match std::fs::read(&state_path) {
         Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|error| {
             // Counters restart rather than block every pull on a damaged file.
-            tracing::warn!(path = %state_path.display(), %error, "unreadable image metrics; starting them afresh");
+            tracing::warn!(path = %state_path.display(), error = &error as &dyn std::error::Error, "unreadable image metrics; starting them afresh");
             Counters::default()
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Counters::default(),

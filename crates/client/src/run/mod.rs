@@ -9,6 +9,11 @@
 //! - `containers/<id>/`: one directory per running container (`upper/`, `work/`, `rootfs/`, `config.json`);
 //! - `metrics/clip-images.prom`: the node's image-level Prometheus metrics (see `image_metrics`).
 //!
+//! The state directory, `mounts/`, every `mounts/<key>/` and `containers/` are private (mode 0700, made so
+//! when clip finds them more open): they hold whole images, containers' writable layers, and mounts whose
+//! setuid binaries no local user may reach. The shared mounts are `nosuid`; a container gets its setuid
+//! bits from its own overlay, mounted without `nosuid`.
+//!
 //! With `clip_version = 2`, an image falls back to v1 ([`Fallback`], [`FallbackReason`]; logged once per
 //! pull at warn and counted in the metrics) when no index can be built, when its registry answers Range
 //! requests with whole blobs (checked before mounting, see `probe`), or when the v2 mount does not come up.
@@ -133,6 +138,7 @@ impl Node {
 
     async fn prepare(&self, image: &str, hold: bool) -> Result<Pulled, RunError> {
         let started = Instant::now();
+        private_dir(self.state_dir())?;
         let configured = self.config.clip_version.value;
         let open = self.open_options(image);
         let lookup = Lookup {
@@ -151,7 +157,7 @@ impl Node {
                 (index, archive, key, ClipVersion::V1)
             }
             (Err(e), _) if falls_back(&e) => {
-                let why = Fallback { reason: FallbackReason::Unindexable, detail: e.to_string() };
+                let why = Fallback { reason: FallbackReason::Unindexable, detail: clip_store::error_chain(&e) };
                 let unpacked = self.fall_back(image, &open, &why).await?;
                 fallback = Some(why);
                 let index = StoredIndex {
@@ -165,6 +171,7 @@ impl Node {
             (Err(e), _) => return Err(e),
         };
         let dir = self.state_dir().join("mounts");
+        private_dir(&dir)?;
         if version == ClipVersion::V2 && !mounts::is_mountpoint(&dir.join(&key).join("rootfs")) {
             if let Some(detail) = probe::range_refused(&index, &open.source).await {
                 let why = Fallback { reason: FallbackReason::RangeRefused, detail };
@@ -176,7 +183,7 @@ impl Node {
         let cmd = self.mount_command(image, &index, &archive, version, &dir.join(&key)).await;
         let (rootfs, lease, mounted_now) = match mount(dir.join(&key), cmd, hold).await {
             Err(e @ (RunError::MountExited { .. } | RunError::MountTimeout { .. })) if version == ClipVersion::V2 => {
-                let why = Fallback { reason: FallbackReason::MountFailed, detail: e.to_string() };
+                let why = Fallback { reason: FallbackReason::MountFailed, detail: clip_store::error_chain(&e) };
                 let unpacked = self.fall_back(image, &open, &why).await?;
                 (archive, key, version) = (unpacked.archive, format!("{}-v1", unpacked.key), ClipVersion::V1);
                 fallback = Some(why);
@@ -191,7 +198,7 @@ impl Node {
         let ready = started.elapsed();
         let event = ImageReady { origin: index.origin, fallback: fallback.as_ref().map(|f| f.reason), ready };
         if let Err(error) = image_metrics::record(self.state_dir(), &event) {
-            warn!(%error, "recording image metrics");
+            warn!(error = &error as &dyn std::error::Error, "recording image metrics");
         }
         info!(
             %image, digest = %index.manifest_digest, index_origin = %index.origin, %version,
@@ -252,14 +259,14 @@ impl Node {
         };
         let code = result?;
         if let Err(error) = released {
-            warn!(%error, "releasing the shared mount");
+            warn!(error = &error as &dyn std::error::Error, "releasing the shared mount");
         }
         Ok(code)
     }
 
     async fn run_pulled(&self, image: &str, pulled: &Pulled, command: &[String]) -> Result<i32, RunError> {
         let config = Archive::open(&pulled.index.path)
-            .map_err(|source| crate::ClientError::Format { path: pulled.index.path.clone(), source })?
+            .map_err(crate::ClientError::format(&pulled.index.path))?
             .meta()
             .config
             .clone();
@@ -301,7 +308,7 @@ impl Node {
                 None
             }
             Err(error) => {
-                warn!(%image, %error, "fetching the prefetch profile failed; starting without it");
+                warn!(%image, error = &error as &dyn std::error::Error, "fetching the prefetch profile failed; starting without it");
                 None
             }
         }
@@ -309,8 +316,29 @@ impl Node {
 
     /// Unmounts every shared mount without live users.
     pub fn gc(&self) -> Result<Vec<GcEntry>, RunError> {
+        if self.state_dir().is_dir() {
+            private_dir(self.state_dir())?;
+        }
         mounts::gc(&self.state_dir().join("mounts"))
     }
+}
+
+/// Creates `dir` (and missing parents) with mode 0700, or makes an existing one 0700 when others may enter
+/// it (a state directory made by an older clip, or by hand).
+pub(crate) fn private_dir(dir: &Path) -> Result<(), RunError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(RunError::io(dir, "creating the directory"))?;
+    let mode = std::fs::metadata(dir).map_err(RunError::io(dir, "reading the directory's mode"))?.permissions().mode();
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(RunError::io(dir, "making the directory private (mode 0700)"))?;
+        info!(dir = %dir.display(), was = format!("{:o}", mode & 0o7777), "made the directory private (mode 0700)");
+    }
+    Ok(())
 }
 
 /// Ensures the shared mount in `dir` of `cmd.archive` is live (see [`mounts::acquire`]).

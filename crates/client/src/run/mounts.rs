@@ -1,5 +1,6 @@
 //! Shared mounts: one FUSE mount per image (per archive key) under `STATE_DIR/mounts/<key>/rootfs`, served
-//! by a detached `clip mount` process and shared by every container of that image.
+//! by a detached `clip mount` process (`nosuid`, `nodev`) and shared by every container of that image.
+//! `mounts/` and every `mounts/<key>/` are 0700, so no other local user can reach a mount.
 //!
 //! `STATE_DIR/mounts/<key>/state.json` lists the mount process and the users (processes, by pid and start
 //! time, so a crashed user is noticed and dropped); it is only read and written under an exclusive `flock`
@@ -19,7 +20,7 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
-use crate::run::RunError;
+use crate::run::{private_dir, RunError};
 
 /// How long a new mount may take to appear.
 const MOUNT_READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -88,6 +89,7 @@ pub(crate) fn lock_exclusive(lock_path: &Path) -> Result<Flock<File>, RunError> 
 
 impl Locked {
     fn open(dir: &Path) -> Result<Locked, RunError> {
+        private_dir(dir)?;
         std::fs::create_dir_all(dir.join("rootfs")).map_err(RunError::io(dir, "creating the mount directory"))?;
         let lock = lock_exclusive(&dir.join("lock"))?;
         let state_path = dir.join("state.json");
@@ -220,7 +222,7 @@ impl Drop for Lease {
     fn drop(&mut self) {
         if !self.released {
             if let Err(error) = release(&self.dir, self.user) {
-                warn!(%error, "releasing the shared mount");
+                warn!(error = &error as &dyn std::error::Error, "releasing the shared mount");
             }
         }
     }
@@ -269,6 +271,9 @@ pub struct GcEntry {
 
 /// Unmounts every shared mount under `mounts_dir` that no live process uses.
 pub(crate) fn gc(mounts_dir: &Path) -> Result<Vec<GcEntry>, RunError> {
+    if mounts_dir.is_dir() {
+        private_dir(mounts_dir)?;
+    }
     let entries = match std::fs::read_dir(mounts_dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),

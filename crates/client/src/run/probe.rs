@@ -18,7 +18,7 @@ pub(crate) async fn range_refused(index: &StoredIndex, opts: &SourceOptions) -> 
     let archive = match Archive::open(&index.path) {
         Ok(a) => a,
         Err(error) => {
-            warn!(index = %index.path.display(), %error, "cannot read the index to check the registry");
+            warn!(index = %index.path.display(), error = &error as &dyn std::error::Error, "cannot read the index to check the registry");
             return None;
         }
     };
@@ -29,7 +29,7 @@ pub(crate) async fn range_refused(index: &StoredIndex, opts: &SourceOptions) -> 
     let source = match RegistrySource::connect(&registry, &repository, opts).await {
         Ok(s) => s,
         Err(error) => {
-            warn!(%registry, %error, "cannot check whether the registry serves byte ranges; mounting anyway");
+            warn!(%registry, error = &error as &dyn std::error::Error, "cannot check whether the registry serves byte ranges; mounting anyway");
             return None;
         }
     };
@@ -50,7 +50,7 @@ pub(crate) async fn range_refused(index: &StoredIndex, opts: &SourceOptions) -> 
                 ))
             }
             Err(error) => {
-                warn!(%registry, digest = %layer.digest, %error, "range check failed; mounting anyway");
+                warn!(%registry, digest = %layer.digest, error = &error as &dyn std::error::Error, "range check failed; mounting anyway");
                 return None;
             }
         }

@@ -2,6 +2,10 @@
 //! Cmd (or the command given), WorkingDir, User (names resolved through the image's `/etc/passwd` and
 //! `/etc/group`), the usual `/proc`, `/dev`, `/dev/pts`, `/dev/shm`, `/dev/mqueue` and read-only `/sys`
 //! mounts, Docker's default capabilities, and the host's network namespace (host networking).
+//!
+//! Setuid programs of the image work as under Docker: `noNewPrivileges` is off and the bounding set holds
+//! the default capabilities for every user, so a non-root user running a setuid-root program gets euid 0
+//! and (at most) those capabilities; a non-root process starts with none.
 
 use std::path::Path;
 
@@ -110,6 +114,7 @@ pub fn runtime_spec(config: &ImageConfig, args: Vec<String>, user: User, rootfs:
         env.push(format!("HOSTNAME={hostname}"));
     }
     let cwd = config.working_dir.clone().filter(|d| d.starts_with('/')).unwrap_or_else(|| "/".to_owned());
+    let bounding = CAPABILITIES.to_vec();
     let caps = if user.uid == 0 { CAPABILITIES.to_vec() } else { Vec::new() };
     let mut mounts = vec![
         json!({"destination": "/proc", "type": "proc", "source": "proc"}),
@@ -139,9 +144,10 @@ pub fn runtime_spec(config: &ImageConfig, args: Vec<String>, user: User, rootfs:
             "args": args,
             "env": env,
             "cwd": cwd,
-            "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
+            "capabilities": {"bounding": bounding, "effective": caps, "permitted": caps},
             "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
-            "noNewPrivileges": true
+            // The image's setuid programs (su, ping, sudo) must work, as under Docker.
+            "noNewPrivileges": false
         },
         "root": {"path": rootfs, "readonly": false},
         "hostname": hostname,
@@ -208,5 +214,21 @@ mod tests {
         assert!(!ns.iter().any(|n| n["type"] == "network"));
         let sys = s["mounts"].as_array().unwrap().iter().find(|m| m["destination"] == "/sys").unwrap();
         assert!(sys["options"].as_array().unwrap().iter().any(|o| o == "ro"));
+    }
+
+    #[test]
+    fn a_non_root_user_starts_without_capabilities_but_setuid_programs_may_gain_them() {
+        let s = runtime_spec(
+            &ImageConfig::default(),
+            vec!["id".into()],
+            User { uid: 1000, gid: 1000 },
+            Path::new("/r"),
+            "h",
+        );
+        let caps = &s["process"]["capabilities"];
+        assert_eq!(caps["effective"].as_array().unwrap().len(), 0);
+        assert_eq!(caps["permitted"].as_array().unwrap().len(), 0);
+        assert_eq!(caps["bounding"].as_array().unwrap().len(), CAPABILITIES.len());
+        assert_eq!(s["process"]["noNewPrivileges"], false);
     }
 }

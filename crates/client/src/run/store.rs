@@ -99,7 +99,9 @@ pub async fn find_or_build(state_dir: &Path, image: &str, lookup: &Lookup) -> Re
                 info!(%image, digest = %manifest_digest, index = %path.display(), "cache hit: index in the local store");
                 return Ok(stored(IndexOrigin::Local));
             }
-            Err(error) => warn!(index = %path.display(), %error, "unreadable index in the store; looking further"),
+            Err(error) => {
+                warn!(index = %path.display(), error = &error as &dyn std::error::Error, "unreadable index in the store; looking further")
+            }
         }
     }
     if matches!(reference, ImageRef::Registry { .. }) {
@@ -109,7 +111,9 @@ pub async fn find_or_build(state_dir: &Path, image: &str, lookup: &Lookup) -> Re
                 return Ok(stored(IndexOrigin::Registry));
             }
             Ok(None) => debug!(%image, "no index published in the registry"),
-            Err(error) => warn!(%image, %error, "the index published in the registry cannot be used; looking further"),
+            Err(error) => {
+                warn!(%image, error = &error as &dyn std::error::Error, "the index published in the registry cannot be used; looking further")
+            }
         }
     }
     if let Some(store) = &lookup.s3_index_store {
@@ -120,7 +124,9 @@ pub async fn find_or_build(state_dir: &Path, image: &str, lookup: &Lookup) -> Re
                 return Ok(stored(IndexOrigin::S3));
             }
             Ok(false) => debug!(%image, index = %url, "no index in the S3 index store"),
-            Err(error) => warn!(%image, index = %url, %error, "the S3 index store cannot be used; looking further"),
+            Err(error) => {
+                warn!(%image, index = %url, error = &error as &dyn std::error::Error, "the S3 index store cannot be used; looking further")
+            }
         }
     }
     info!(%image, digest = %manifest_digest, "cache miss: building index");
@@ -179,14 +185,18 @@ async fn publish(image: &str, path: &Path, manifest_digest: &str, lookup: &Looku
     if image.parse::<ImageRef>().is_ok_and(|r| matches!(r, ImageRef::Registry { .. })) {
         match crate::publish_index(image, path, &lookup.source).await {
             Ok(p) => info!(%image, artifact = %p.artifact, "index published to the registry"),
-            Err(error) => warn!(%image, %error, "publishing the index to the registry failed"),
+            Err(error) => {
+                warn!(%image, error = &error as &dyn std::error::Error, "publishing the index to the registry failed")
+            }
         }
     }
     if let Some(store) = &lookup.s3_index_store {
         let url = s3_key(store, manifest_digest);
         match crate::push(path, &url, &lookup.s3, None).await {
             Ok(size) => info!(%image, index = %url, size, "index published to the S3 index store"),
-            Err(error) => warn!(%image, index = %url, %error, "publishing the index to S3 failed"),
+            Err(error) => {
+                warn!(%image, index = %url, error = &error as &dyn std::error::Error, "publishing the index to S3 failed")
+            }
         }
     }
 }

@@ -22,7 +22,9 @@ pub async fn ensure_archive(state_dir: &Path, index: &StoredIndex, open: &OpenOp
                 info!(archive = %out.display(), "cache hit: v1 archive in the local store");
                 return Ok(out);
             }
-            Err(error) => warn!(archive = %out.display(), %error, "unreadable v1 archive; building it again"),
+            Err(error) => {
+                warn!(archive = %out.display(), error = &error as &dyn std::error::Error, "unreadable v1 archive; building it again")
+            }
         }
     }
     std::fs::create_dir_all(&dir).map_err(RunError::io(&dir, "creating the v1 archive store"))?;

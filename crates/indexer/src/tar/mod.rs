@@ -88,7 +88,7 @@ pub struct TarEntry {
 /// Why a tar stream could not be read. Offsets are byte offsets in the uncompressed stream.
 #[derive(Debug, thiserror::Error)]
 pub enum TarError {
-    #[error("reading the tar stream at byte {offset}: {source}")]
+    #[error("reading the tar stream at byte {offset}")]
     Io { offset: u64, source: io::Error },
     #[error("the tar stream ends in the middle of an entry at byte {offset}: the layer is truncated")]
     Truncated { offset: u64 },
