@@ -193,3 +193,15 @@ fn errors_name_the_file_once() {
         format!("error: {}: No such file or directory (os error 2)\n", missing.display())
     );
 }
+
+#[test]
+fn a_registry_that_is_not_running_gets_the_right_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = common::free_addr();
+    let out = clip_cmd(&["index", &format!("{addr}/x"), "-o", s(&dir.path().join("x.clip"))]).output().unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("Connection refused"), "{stderr}");
+    assert!(stderr.trim_end().ends_with(&format!("(is the registry running at {addr}?)")), "{stderr}");
+    assert!(!stderr.contains("--plain-http"), "plain HTTP is already used for {addr}: {stderr}");
+}
