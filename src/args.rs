@@ -16,9 +16,6 @@ pub struct Args {
     /// Only errors.
     #[arg(short, long, global = true)]
     pub quiet: bool,
-    /// Node configuration file for pull/run/gc/config (TOML). Default: /etc/clip/config.toml if it exists.
-    #[arg(long, global = true, env = "CLIP_CONFIG", value_name = "PATH")]
-    pub config: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -82,15 +79,25 @@ pub enum Command {
     #[command(subcommand)]
     Profile(ProfileCommand),
     /// Unmount shared image mounts that no running container uses.
-    Gc,
+    Gc(NodeArgs),
     /// Print the effective node configuration and where each value came from (default, file, env).
-    Config,
+    Config(NodeArgs),
+}
+
+/// The worker node's configuration (pull, run, gc, config).
+#[derive(Debug, ClapArgs)]
+pub struct NodeArgs {
+    /// Node configuration file (TOML). Default: /etc/clip/config.toml if it exists.
+    #[arg(long, env = "CLIP_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Debug, ClapArgs)]
 pub struct PullArgs {
     /// REGISTRY/REPO[:TAG|@DIGEST] or oci:DIR[:TAG].
     pub image: String,
+    #[command(flatten)]
+    pub node: NodeArgs,
 }
 
 #[derive(Debug, ClapArgs)]
@@ -101,6 +108,8 @@ pub struct RunArgs {
     /// the image's mount ends; only when this run starts the mount, not when it shares a running one).
     #[arg(long, value_name = "FILE")]
     pub record_profile: Option<PathBuf>,
+    #[command(flatten)]
+    pub node: NodeArgs,
     /// The command and its arguments (default: the image's Entrypoint + Cmd).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<String>,
@@ -330,6 +339,20 @@ mod tests {
         assert_eq!(parse_size("10g"), Ok(10 << 30));
         assert!(parse_size("ten").is_err());
         assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn config_is_an_option_of_the_node_commands_only() {
+        use clap::{CommandFactory, Parser};
+        for sub in super::Args::command().get_subcommands() {
+            let has = sub.get_arguments().any(|a| a.get_id() == "config");
+            assert_eq!(has, ["pull", "run", "gc", "config"].contains(&sub.get_name()), "{}", sub.get_name());
+        }
+        assert!(super::Args::try_parse_from(["clip", "inspect", "--config", "c.toml", "a.clip"]).is_err());
+        let run = super::Args::try_parse_from(["clip", "run", "--config", "c.toml", "img", "--", "true"]).unwrap();
+        let super::Command::Run(run) = run.command else { panic!("not run") };
+        assert_eq!(run.node.config.as_deref(), Some(std::path::Path::new("c.toml")));
+        assert_eq!(run.command, ["true"]);
     }
 
     #[test]
