@@ -10,7 +10,9 @@ use clip_client::Location;
 #[derive(Debug, Parser)]
 #[command(name = "clip", version, about, long_about = None, propagate_version = true)]
 pub struct Args {
-    /// More log output (-v info, -vv debug, -vvv trace). CLIP_LOG=<filter> overrides.
+    /// More log output: -v info, -vv debug, -vvv trace. Commands log warnings and errors by default;
+    /// `clip mount` also logs info (it runs as a daemon, and its log is the record of what it did: mounted,
+    /// layers first read, unmounted), so -v gives it debug. CLIP_LOG=<filter> overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
     /// Only errors.
@@ -18,6 +20,23 @@ pub struct Args {
     pub quiet: bool,
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Args {
+    /// The log filter of `-q`/`-v` for this command (see `verbose`), when CLIP_LOG does not set one.
+    pub fn log_filter(&self) -> &'static str {
+        if self.quiet {
+            return "error";
+        }
+        let daemon = matches!(self.command, Command::Mount(_));
+        // fuser's own info lines ("Mounting …", "Unmounting …") repeat ours.
+        match self.verbose + u8::from(daemon) {
+            0 => "warn",
+            1 => "info,fuser=warn",
+            2 => "debug",
+            _ => "trace",
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -353,6 +372,18 @@ mod tests {
         let super::Command::Run(run) = run.command else { panic!("not run") };
         assert_eq!(run.node.config.as_deref(), Some(std::path::Path::new("c.toml")));
         assert_eq!(run.command, ["true"]);
+    }
+
+    #[test]
+    fn one_shot_commands_log_warnings_and_mount_logs_info_by_default() {
+        use clap::Parser;
+        let filter = |argv: &[&str]| super::Args::try_parse_from(argv).unwrap().log_filter();
+        assert_eq!(filter(&["clip", "cat", "a.clip", "/f"]), "warn");
+        assert_eq!(filter(&["clip", "-v", "cat", "a.clip", "/f"]), "info,fuser=warn");
+        assert_eq!(filter(&["clip", "mount", "a.clip", "/mnt"]), "info,fuser=warn");
+        assert_eq!(filter(&["clip", "mount", "-v", "a.clip", "/mnt"]), "debug");
+        assert_eq!(filter(&["clip", "mount", "-q", "a.clip", "/mnt"]), "error");
+        assert_eq!(filter(&["clip", "-vvvv", "run", "img"]), "trace");
     }
 
     #[test]
