@@ -10,17 +10,33 @@ use clip_client::Location;
 #[derive(Debug, Parser)]
 #[command(name = "clip", version, about, long_about = None, propagate_version = true)]
 pub struct Args {
-    /// More log output (-v info, -vv debug, -vvv trace). CLIP_LOG=<filter> overrides.
+    /// More log output: -v info, -vv debug, -vvv trace. Commands log warnings and errors by default;
+    /// `clip mount` also logs info (it runs as a daemon, and its log is the record of what it did: mounted,
+    /// layers first read, unmounted), so -v gives it debug. CLIP_LOG=<filter> overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
     /// Only errors.
     #[arg(short, long, global = true)]
     pub quiet: bool,
-    /// Node configuration file for pull/run/gc/config (TOML). Default: /etc/clip/config.toml if it exists.
-    #[arg(long, global = true, env = "CLIP_CONFIG", value_name = "PATH")]
-    pub config: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Args {
+    /// The log filter of `-q`/`-v` for this command (see `verbose`), when CLIP_LOG does not set one.
+    pub fn log_filter(&self) -> &'static str {
+        if self.quiet {
+            return "error";
+        }
+        let daemon = matches!(self.command, Command::Mount(_));
+        // fuser's own info lines ("Mounting …", "Unmounting …") repeat ours.
+        match self.verbose + u8::from(daemon) {
+            0 => "warn",
+            1 => "info,fuser=warn",
+            2 => "debug",
+            _ => "trace",
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -82,15 +98,25 @@ pub enum Command {
     #[command(subcommand)]
     Profile(ProfileCommand),
     /// Unmount shared image mounts that no running container uses.
-    Gc,
+    Gc(NodeArgs),
     /// Print the effective node configuration and where each value came from (default, file, env).
-    Config,
+    Config(NodeArgs),
+}
+
+/// The worker node's configuration (pull, run, gc, config).
+#[derive(Debug, ClapArgs)]
+pub struct NodeArgs {
+    /// Node configuration file (TOML). Default: /etc/clip/config.toml if it exists.
+    #[arg(long, env = "CLIP_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Debug, ClapArgs)]
 pub struct PullArgs {
     /// REGISTRY/REPO[:TAG|@DIGEST] or oci:DIR[:TAG].
     pub image: String,
+    #[command(flatten)]
+    pub node: NodeArgs,
 }
 
 #[derive(Debug, ClapArgs)]
@@ -101,6 +127,8 @@ pub struct RunArgs {
     /// the image's mount ends; only when this run starts the mount, not when it shares a running one).
     #[arg(long, value_name = "FILE")]
     pub record_profile: Option<PathBuf>,
+    #[command(flatten)]
+    pub node: NodeArgs,
     /// The command and its arguments (default: the image's Entrypoint + Cmd).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<String>,
@@ -334,6 +362,32 @@ mod tests {
         assert_eq!(parse_size("10g"), Ok(10 << 30));
         assert!(parse_size("ten").is_err());
         assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn config_is_an_option_of_the_node_commands_only() {
+        use clap::{CommandFactory, Parser};
+        for sub in super::Args::command().get_subcommands() {
+            let has = sub.get_arguments().any(|a| a.get_id() == "config");
+            assert_eq!(has, ["pull", "run", "gc", "config"].contains(&sub.get_name()), "{}", sub.get_name());
+        }
+        assert!(super::Args::try_parse_from(["clip", "inspect", "--config", "c.toml", "a.clip"]).is_err());
+        let run = super::Args::try_parse_from(["clip", "run", "--config", "c.toml", "img", "--", "true"]).unwrap();
+        let super::Command::Run(run) = run.command else { panic!("not run") };
+        assert_eq!(run.node.config.as_deref(), Some(std::path::Path::new("c.toml")));
+        assert_eq!(run.command, ["true"]);
+    }
+
+    #[test]
+    fn one_shot_commands_log_warnings_and_mount_logs_info_by_default() {
+        use clap::Parser;
+        let filter = |argv: &[&str]| super::Args::try_parse_from(argv).unwrap().log_filter();
+        assert_eq!(filter(&["clip", "cat", "a.clip", "/f"]), "warn");
+        assert_eq!(filter(&["clip", "-v", "cat", "a.clip", "/f"]), "info,fuser=warn");
+        assert_eq!(filter(&["clip", "mount", "a.clip", "/mnt"]), "info,fuser=warn");
+        assert_eq!(filter(&["clip", "mount", "-v", "a.clip", "/mnt"]), "debug");
+        assert_eq!(filter(&["clip", "mount", "-q", "a.clip", "/mnt"]), "error");
+        assert_eq!(filter(&["clip", "-vvvv", "run", "img"]), "trace");
     }
 
     #[test]

@@ -12,14 +12,7 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let args = args::Args::parse();
-    let default = match (args.quiet, args.verbose) {
-        (true, _) => "error",
-        (false, 0) => "warn",
-        (false, 1) => "info",
-        (false, 2) => "debug",
-        _ => "trace",
-    };
-    let filter = EnvFilter::try_from_env("CLIP_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let filter = EnvFilter::try_from_env("CLIP_LOG").unwrap_or_else(|_| EnvFilter::new(args.log_filter()));
     // Colours only on a terminal: logs captured to a file or a journal stay plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();

@@ -193,3 +193,38 @@ fn errors_name_the_file_once() {
         format!("error: {}: No such file or directory (os error 2)\n", missing.display())
     );
 }
+
+#[test]
+fn a_registry_that_is_not_running_gets_the_right_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = common::free_addr();
+    let out = clip_cmd(&["index", &format!("{addr}/x"), "-o", s(&dir.path().join("x.clip"))]).output().unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("Connection refused"), "{stderr}");
+    assert!(stderr.trim_end().ends_with(&format!("(is the registry running at {addr}?)")), "{stderr}");
+    assert!(!stderr.contains("--plain-http"), "plain HTTP is already used for {addr}: {stderr}");
+}
+
+#[test]
+fn one_shot_commands_log_nothing_by_default_and_mount_logs_info() {
+    let img = Indexed::new(&image());
+    let out = clip_cmd(&["cat", s(&img.index()), "/big"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(out.stdout == pseudo_random_bytes(1 << 20, 7), "the file's bytes and nothing else on stdout");
+    assert_eq!(text(&out.stderr), "", "nothing on stderr");
+
+    // `clip mount` is a daemon: info by default (its log is the record of what it did), fuser's own lines not.
+    let mnt = img.dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let child = clip_cmd(&["mount", s(&img.index()), s(&mnt), "--no-cache"]).stderr(Stdio::piped()).spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !common::is_mountpoint(&mnt) {
+        assert!(std::time::Instant::now() < deadline, "clip mount did not mount");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    let log = text(&child.wait_with_output().unwrap().stderr);
+    assert!(log.contains(" INFO clip_client::mount: mounted "), "{log}");
+    assert!(!log.contains("fuser") && !log.contains("DEBUG"), "{log}");
+}

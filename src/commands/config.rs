@@ -4,8 +4,10 @@ use std::io::Write;
 
 use anyhow::Context;
 
-pub fn run(config: Option<&std::path::Path>) -> anyhow::Result<()> {
-    let config = clip_client::Config::load(config).context("loading the configuration")?;
+use crate::args::NodeArgs;
+
+pub fn run(a: NodeArgs) -> anyhow::Result<()> {
+    let config = clip_client::Config::load(a.config.as_deref()).context("loading the configuration")?;
     let mut out = crate::output::stdout();
     match &config.file {
         Some(f) => writeln!(out, "# file: {}", f.display())?,

@@ -2,10 +2,11 @@
 
 use anyhow::Context;
 
+use crate::args::NodeArgs;
 use crate::commands::node;
 
-pub async fn run(config: Option<&std::path::Path>, quiet: bool) -> anyhow::Result<()> {
-    let node = node(config)?;
+pub async fn run(a: NodeArgs, quiet: bool) -> anyhow::Result<()> {
+    let node = node(&a)?;
     let report = node.gc().context("collecting unused mounts")?;
     if !quiet {
         for e in &report {

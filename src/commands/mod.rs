@@ -19,10 +19,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-use crate::args::{Args, Command};
+use crate::args::{Args, Command, NodeArgs};
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let config = args.config.as_deref();
     match args.command {
         Command::Index(a) => index::run(a, args.quiet).await,
         Command::Inspect(a) => inspect::run(a).await,
@@ -32,18 +31,18 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Mount(a) => mount::run(a, args.quiet).await,
         Command::Archive(a) => archive::run(a, args.quiet).await,
         Command::Push(a) => push::run(a, args.quiet).await,
-        Command::Pull(a) => pull::run(a, config, args.quiet).await,
-        Command::Run(a) => return run::run(a, config).await,
+        Command::Pull(a) => pull::run(a, args.quiet).await,
+        Command::Run(a) => return run::run(a).await,
         Command::Profile(c) => profile::run(c, args.quiet).await,
-        Command::Gc => gc::run(config, args.quiet).await,
-        Command::Config => config::run(config),
+        Command::Gc(a) => gc::run(a, args.quiet).await,
+        Command::Config(a) => config::run(a),
     }?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// The worker node for pull/run/gc: the configuration, and this binary to serve shared mounts.
-fn node(config: Option<&std::path::Path>) -> anyhow::Result<clip_client::Node> {
-    let config = clip_client::Config::load(config).context("loading the configuration")?;
+fn node(a: &NodeArgs) -> anyhow::Result<clip_client::Node> {
+    let config = clip_client::Config::load(a.config.as_deref()).context("loading the configuration")?;
     let exe = std::env::current_exe().context("finding the clip binary")?;
     Ok(clip_client::Node::new(config, exe))
 }

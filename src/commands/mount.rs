@@ -20,12 +20,8 @@ pub async fn run(a: MountArgs, quiet: bool) -> anyhow::Result<()> {
         if a.no_cache { None } else { Some(a.cache_dir.clone().unwrap_or_else(clip_store::default_cache_dir)) };
     config.open.store.cache_size = a.cache_size;
     config.open.store.read_timeout = a.read_timeout;
-    let summary = mount_foreground(&a.file, &a.mountpoint, &config, |mp| {
-        if !quiet {
-            eprintln!("mounted {} at {}", a.file, mp.display());
-        }
-    })
-    .await?;
+    // "mounted" is logged at info (the default of `clip mount`) once the mount is live.
+    let summary = mount_foreground(&a.file, &a.mountpoint, &config, |_| {}).await?;
     if !quiet {
         let s = summary.store;
         eprintln!(

@@ -7,8 +7,8 @@ use anyhow::Context;
 use crate::args::PullArgs;
 use crate::commands::node;
 
-pub async fn run(a: PullArgs, config: Option<&std::path::Path>, quiet: bool) -> anyhow::Result<()> {
-    let node = node(config)?;
+pub async fn run(a: PullArgs, quiet: bool) -> anyhow::Result<()> {
+    let node = node(&a.node)?;
     let pulled = node.pull(&a.image).await.with_context(|| format!("pulling {}", a.image))?;
     if !quiet {
         eprintln!(

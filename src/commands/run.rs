@@ -7,8 +7,8 @@ use anyhow::Context;
 use crate::args::RunArgs;
 use crate::commands::node;
 
-pub async fn run(a: RunArgs, config: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
-    let mut node = node(config)?;
+pub async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
+    let mut node = node(&a.node)?;
     if let Some(path) = a.record_profile {
         node = node.with_record_profile(path);
     }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fuser::{BackgroundSession, Config, MountOption, Session, SessionACL};
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use crate::fs::{ClipFs, Ttls};
 use crate::stats::FsStats;
@@ -142,7 +142,7 @@ pub fn mount(mut fs: ClipFs, mountpoint: &Path, opts: &MountOptions) -> Result<M
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    info!(mountpoint = %handle.mountpoint.display(), "mounted");
+    debug!(mountpoint = %handle.mountpoint.display(), "mounted");
     Ok(handle)
 }
 

@@ -77,7 +77,7 @@ pub enum SourceError {
     },
 
     /// No TCP/TLS connection to the registry could be made.
-    #[error("cannot connect to registry {registry}: {detail} (is the registry running and reachable? a registry without TLS needs --plain-http)")]
+    #[error("cannot connect to registry {registry}: {detail} ({})", connect_hint(registry, detail))]
     Connect {
         /// Registry host.
         registry: String,
@@ -246,8 +246,41 @@ pub enum SourceError {
     },
 }
 
+/// What to check when no connection to `registry` could be made, from what the transport said.
+fn connect_hint(registry: &str, detail: &str) -> String {
+    let detail = detail.to_ascii_lowercase();
+    if detail.contains("connection refused") {
+        format!("is the registry running at {registry}?")
+    } else if ["tls", "certificate", "corrupt message", "handshake"].iter().any(|w| detail.contains(w)) {
+        if crate::is_local_registry(registry) {
+            format!("does {registry} serve HTTP? clip talks plain HTTP to localhost and 127.0.0.0/8")
+        } else {
+            format!("does {registry} serve HTTPS? a registry without TLS needs --plain-http")
+        }
+    } else if detail.contains("dns") || detail.contains("lookup") {
+        format!("is the host name {registry} right?")
+    } else {
+        format!("is the registry running and reachable at {registry}?")
+    }
+}
+
 impl SourceError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         SourceError::Io { path: path.into(), source }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::connect_hint;
+
+    #[test]
+    fn the_connect_hint_fits_the_failure() {
+        let refused = "tcp connect error: Connection refused (os error 111)";
+        assert_eq!(connect_hint("127.0.0.1:1", refused), "is the registry running at 127.0.0.1:1?");
+        let tls = "client error (Connect): received corrupt message of type InvalidContentType";
+        assert!(connect_hint("registry.example:5000", tls).contains("--plain-http"));
+        assert!(!connect_hint("localhost:5000", tls).contains("--plain-http"));
+        assert!(connect_hint("nohost.invalid", "dns error: failed to lookup address").contains("host name"));
     }
 }
