@@ -13,7 +13,7 @@ pub async fn run(a: PushArgs, quiet: bool) -> anyhow::Result<()> {
     let bar = progress::enabled(quiet).then(|| Arc::new(TransferBar::new()));
     let size = clip_client::push(&a.file, &a.url, &a.s3.options(), bar.as_deref().map(|b| b as _))
         .await
-        .with_context(|| format!("pushing {} to {}", a.file.display(), a.url))?;
+        .with_context(|| format!("pushing to {}", a.url))?;
     if let Some(b) = bar {
         b.finish();
     }
