@@ -1,23 +1,29 @@
 //! The `clip_version = 2` fallback to v1 for images the v2 path refuses (a layer media type clip cannot
-//! index, an indexing failure such as a registry refusing Range requests): the image is pulled whole
-//! without an index. The manifest and config are read directly, every layer blob is downloaded (digest
-//! verified), decompressed by its magic bytes (gzip, zstd, or a plain tar), and applied in order to a root
-//! filesystem directory with the whiteout rules; the result is packed into a data-carrying archive
-//! `STATE_DIR/v1/<key>.clip` whose metadata carries the image's runtime config. A layer that is none of
-//! these fails with an error naming its media type.
+//! index lazily, an indexing failure such as a registry refusing Range requests): the image is pulled whole
+//! without a lazy index. Every blob is downloaded (digest verified) into an OCI layout's blob store in a
+//! scratch directory; each layer's compression is taken from its magic bytes (gzip, zstd, or a plain tar),
+//! so a layer of an unknown media type is read as what it is; the layers are then indexed and merged by
+//! the indexer (the one layer applier of clip, checked against `umoci unpack`) and extracted to a root
+//! filesystem, which is packed into a data-carrying archive `STATE_DIR/v1/<key>.clip` whose metadata
+//! carries the image's runtime config. A layer that is none of these fails with an error naming its media
+//! type.
 
-use std::collections::HashSet;
-use std::io::{BufRead, BufReader, Read};
-use std::path::{Component, Path, PathBuf};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use clip_format::Archive;
-use clip_source::{media_types, Descriptor, Digest, ImageRef, ParsedManifest, RegistrySource, SourceOptions};
+use clip_source::{
+    media_types, BlobSource, Descriptor, Digest, ImageRef, LayoutSource, ParsedManifest, RegistrySource, ResolvedImage,
+    SourceOptions,
+};
+use clip_store::{ContentStore, SourceBlobs, StoreConfig};
 use serde_json::Value;
 use tracing::info;
 
 use crate::publish::registry_failure;
 use crate::run::RunError;
-use crate::{pack, ClientError, PackConfig};
+use crate::{pack, ClientError, Opened, PackConfig};
 
 /// Largest image config read into memory.
 const MAX_CONFIG_BYTES: u64 = 32 << 20;
@@ -81,28 +87,52 @@ pub async fn pull_unpack(state_dir: &Path, image: &str, opts: &SourceOptions) ->
         let size = v.get("size").and_then(Value::as_u64).unwrap_or_default();
         Ok(Descriptor::new(v.get("mediaType").and_then(Value::as_str).unwrap_or_default(), digest, size))
     };
-    let config_desc = descriptor(manifest.get("config").unwrap_or(&Value::Null))?;
+    let config_descriptor = descriptor(manifest.get("config").unwrap_or(&Value::Null))?;
     let config_bytes =
-        source.read_small_blob(&config_desc, MAX_CONFIG_BYTES).await.map_err(fail("fetching the config"))?;
-    if Digest::of(&config_bytes) != config_desc.digest {
-        return Err(invalid(image, "fetching the config", format!("bytes do not match {}", config_desc.digest)));
+        source.read_small_blob(&config_descriptor, MAX_CONFIG_BYTES).await.map_err(fail("fetching the config"))?;
+    if Digest::of(&config_bytes) != config_descriptor.digest {
+        return Err(invalid(image, "fetching the config", format!("bytes do not match {}", config_descriptor.digest)));
     }
-    let (config, _) = clip_source::parse_image_config(&config_bytes).map_err(ClientError::from)?;
+    let (config, platform) = clip_source::parse_image_config(&config_bytes).map_err(ClientError::from)?;
 
-    let rootfs = scratch.path().join("rootfs");
-    std::fs::create_dir_all(&rootfs).map_err(RunError::io(&rootfs, "creating the root filesystem"))?;
-    let layers = manifest.get("layers").and_then(Value::as_array).cloned().unwrap_or_default();
-    info!(%image, layers = layers.len(), rootfs = %rootfs.display(), "cache miss: v1 fallback pulls and applies every layer");
-    for (i, layer) in layers.iter().enumerate() {
+    // Every layer into the scratch layout's blob store, verified, typed by what its bytes are.
+    let layout = scratch.path().join("layout");
+    let blob_dir = layout.join("blobs").join("sha256");
+    std::fs::create_dir_all(&blob_dir).map_err(RunError::io(&blob_dir, "creating the scratch blob store"))?;
+    let listed = manifest.get("layers").and_then(Value::as_array).cloned().unwrap_or_default();
+    info!(%image, layers = listed.len(), "cache miss: v1 fallback pulls every layer");
+    let mut layers = Vec::with_capacity(listed.len());
+    for layer in &listed {
         let desc = descriptor(layer)?;
-        let blob = scratch.path().join(format!("layer-{i}"));
+        let blob = blob_dir.join(desc.digest.hex());
         clip_source::download_verified(&source, &desc, &blob).await.map_err(fail("downloading a layer"))?;
-        let (media_type, digest) = (desc.media_type.clone(), desc.digest.to_string());
-        let root = rootfs.clone();
-        tokio::task::spawn_blocking(move || apply_layer(&blob, &media_type, &digest, &root))
-            .await
-            .map_err(|e| ClientError::Task(e.to_string()))??;
+        let media_type = media_type_by_magic(&blob, &desc)?;
+        layers.push(Descriptor::new(media_type, desc.digest, desc.size));
     }
+    let resolved = ResolvedImage {
+        reference: ImageRef::Layout { dir: layout.clone(), tag: None },
+        manifest_digest: manifest_digest.parse().map_err(ClientError::from)?,
+        manifest_bytes: serde_json::to_vec(&manifest).unwrap_or_default(),
+        platform,
+        layers,
+        config: config.clone(),
+        config_descriptor,
+    };
+
+    // Index and merge the layers, then extract the merged tree.
+    let blobs: Arc<dyn BlobSource> = Arc::new(LayoutSource::new(&layout));
+    let index = scratch.path().join("merged.clip");
+    super::store::build(&resolved, blobs.clone(), scratch.path(), &index, image).await?;
+    let archive = Arc::new(Archive::open(&index).map_err(ClientError::format(&index))?);
+    let store = ContentStore::new(
+        archive.clone(),
+        Arc::new(SourceBlobs::new(&archive, blobs.clone()).map_err(ClientError::from)?),
+        StoreConfig::default(),
+    );
+    let opened = Opened { archive, store: Arc::new(store), source: Some(blobs), data_object: None };
+    let rootfs = scratch.path().join("rootfs");
+    crate::extract(&opened, &rootfs, None).await?;
+
     let pack_config = PackConfig { scratch_dir: scratch.path().to_path_buf(), ..PackConfig::default() };
     let mut packed = tokio::task::spawn_blocking(move || pack(&rootfs, &pack_config, None))
         .await
@@ -116,81 +146,32 @@ pub async fn pull_unpack(state_dir: &Path, image: &str, opts: &SourceOptions) ->
     Ok(Unpacked { manifest_digest, key, archive: out })
 }
 
-/// Applies one layer blob to `root`: whiteouts remove lower entries, opaque markers empty a directory of
-/// what lower layers put there, everything else is unpacked over what is there.
-fn apply_layer(blob: &Path, media_type: &str, digest: &str, root: &Path) -> Result<(), RunError> {
-    let undecodable =
-        |why: String| RunError::Layer { digest: digest.to_owned(), media_type: media_type.to_owned(), why };
-    let file = std::fs::File::open(blob).map_err(RunError::io(blob, "opening the layer"))?;
-    let mut reader = BufReader::new(file);
-    let head = reader.fill_buf().map_err(RunError::io(blob, "reading the layer"))?.to_vec();
-    let stream: Box<dyn Read> = if head.starts_with(&[0x1f, 0x8b]) {
-        Box::new(flate2::read::MultiGzDecoder::new(reader))
+/// The media type of the layer blob at `blob` by its first bytes: gzip, zstd or a plain tar (the manifest's
+/// may be one clip does not index, which is why we are here).
+fn media_type_by_magic(blob: &Path, desc: &Descriptor) -> Result<&'static str, RunError> {
+    let mut head = [0u8; 262];
+    let mut file = std::fs::File::open(blob).map_err(RunError::io(blob, "opening the layer"))?;
+    let mut got = 0;
+    while got < head.len() {
+        match file.read(&mut head[got..]).map_err(RunError::io(blob, "reading the layer"))? {
+            0 => break,
+            n => got += n,
+        }
+    }
+    let head = &head[..got];
+    Ok(if head.starts_with(&[0x1f, 0x8b]) {
+        media_types::OCI_LAYER_GZIP
     } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        Box::new(zstd::stream::read::Decoder::with_buffer(reader).map_err(|e| undecodable(e.to_string()))?)
-    } else if head.len() >= 262 && &head[257..262] == b"ustar" || head.is_empty() {
-        Box::new(reader)
+        media_types::OCI_LAYER_ZSTD
+    } else if head.is_empty() || head.len() >= 262 && &head[257..262] == b"ustar" {
+        media_types::OCI_LAYER_TAR
     } else {
-        return Err(undecodable("its compression is not gzip, zstd or none, so clip cannot decompress it".into()));
-    };
-    let mut archive = tar::Archive::new(stream);
-    let mut created: HashSet<PathBuf> = HashSet::new();
-    for entry in archive.entries().map_err(|e| undecodable(e.to_string()))? {
-        let mut entry = entry.map_err(|e| undecodable(e.to_string()))?;
-        let raw = entry.path().map_err(|e| undecodable(e.to_string()))?.into_owned();
-        let Some(path) = clean(&raw) else { continue };
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let parent = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        if name == ".wh..wh..opq" {
-            let dir = root.join(&parent);
-            if let Ok(children) = std::fs::read_dir(&dir) {
-                for child in children.flatten() {
-                    if !created.contains(&parent.join(child.file_name())) {
-                        remove(&child.path());
-                    }
-                }
-            }
-            continue;
-        }
-        if let Some(hidden) = name.strip_prefix(".wh.") {
-            remove(&root.join(&parent).join(hidden));
-            continue;
-        }
-        let target = root.join(&path);
-        let is_dir = entry.header().entry_type().is_dir();
-        if let Ok(meta) = std::fs::symlink_metadata(&target) {
-            if !(is_dir && meta.is_dir()) {
-                remove(&target);
-            }
-        }
-        entry.set_preserve_mtime(true);
-        entry.set_unpack_xattrs(true);
-        entry.set_preserve_permissions(true);
-        entry.unpack_in(root).map_err(|e| undecodable(format!("{}: {e}", path.display())))?;
-        created.insert(path);
-    }
-    Ok(())
-}
-
-/// A tar path relative to the root, without `.` components; `None` for the root itself or a path leaving it.
-fn clean(p: &Path) -> Option<PathBuf> {
-    let mut out = PathBuf::new();
-    for c in p.components() {
-        match c {
-            Component::Normal(n) => out.push(n),
-            Component::CurDir | Component::RootDir => {}
-            Component::ParentDir | Component::Prefix(_) => return None,
-        }
-    }
-    (!out.as_os_str().is_empty()).then_some(out)
-}
-
-fn remove(path: &Path) {
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => drop(std::fs::remove_dir_all(path)),
-        Ok(_) => drop(std::fs::remove_file(path)),
-        Err(_) => {}
-    }
+        return Err(RunError::Layer {
+            digest: desc.digest.to_string(),
+            media_type: desc.media_type.clone(),
+            why: "its compression is not gzip, zstd or none, so clip cannot decompress it".into(),
+        });
+    })
 }
 
 #[cfg(test)]
@@ -198,20 +179,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn paths_are_kept_inside_the_root() {
-        assert_eq!(clean(Path::new("./etc/x")), Some(PathBuf::from("etc/x")));
-        assert_eq!(clean(Path::new("/etc/x")), Some(PathBuf::from("etc/x")));
-        assert_eq!(clean(Path::new("../x")), None);
-        assert_eq!(clean(Path::new("./")), None);
-    }
-
-    #[test]
     fn an_undecodable_layer_names_its_media_type() {
         let dir = tempfile::tempdir().unwrap();
         let blob = dir.path().join("blob");
         std::fs::write(&blob, [0x04, 0x22, 0x4d, 0x18, 1, 2, 3]).unwrap();
-        let e = apply_layer(&blob, "application/vnd.example.tar+lz4", "sha256:00", dir.path()).unwrap_err();
-        let msg = e.to_string();
+        let desc = Descriptor::new("application/vnd.example.tar+lz4", Digest::of(b"x"), 7);
+        let msg = media_type_by_magic(&blob, &desc).unwrap_err().to_string();
         assert!(msg.contains("application/vnd.example.tar+lz4") && msg.contains("cannot decompress"), "{msg}");
     }
 }

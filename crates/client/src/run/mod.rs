@@ -326,17 +326,9 @@ impl Node {
 /// Creates `dir` (and missing parents) with mode 0700, or makes an existing one 0700 when others may enter
 /// it (a state directory made by an older clip, or by hand).
 pub(crate) fn private_dir(dir: &Path) -> Result<(), RunError> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(RunError::io(dir, "creating the directory"))?;
-    let mode = std::fs::metadata(dir).map_err(RunError::io(dir, "reading the directory's mode"))?.permissions().mode();
-    if mode & 0o077 != 0 {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(RunError::io(dir, "making the directory private (mode 0700)"))?;
-        info!(dir = %dir.display(), was = format!("{:o}", mode & 0o7777), "made the directory private (mode 0700)");
+    let was = clip_store::private_dir(dir).map_err(RunError::io(dir, "making the directory private (mode 0700)"))?;
+    if let Some(mode) = was {
+        info!(dir = %dir.display(), was = format!("{mode:o}"), "made the directory private (mode 0700)");
     }
     Ok(())
 }

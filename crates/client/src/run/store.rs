@@ -201,7 +201,8 @@ async fn publish(image: &str, path: &Path, manifest_digest: &str, lookup: &Looku
     }
 }
 
-async fn build(
+/// Indexes `resolved` from `source` and writes the index to `path` (in `dir`) atomically.
+pub(crate) async fn build(
     resolved: &ResolvedImage,
     source: std::sync::Arc<dyn clip_source::BlobSource>,
     dir: &Path,
