@@ -123,6 +123,20 @@ impl Drop for TempFile {
     }
 }
 
+/// Creates `dir` (and missing parents) with mode 0700, or makes an existing one 0700 when others may enter
+/// it (made by an older clip, or by hand). Returns the mode it had when it was made private, `None` when
+/// it already was.
+pub fn private_dir(dir: &Path) -> std::io::Result<Option<u32>> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    let mode = fs::metadata(dir)?.permissions().mode();
+    if mode & 0o077 == 0 {
+        return Ok(None);
+    }
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+    Ok(Some(mode & 0o7777))
+}
+
 impl DiskCache {
     /// Opens (creating) the cache at `root`, bounded to `limit` bytes: scans it to learn its size, removes
     /// stale temp files and evicts if it is over the bound.
@@ -132,6 +146,8 @@ impl DiskCache {
             let path = path.to_path_buf();
             move |source| StoreError::Cache { path, source }
         };
+        // The cache holds image contents: other users of the machine must not read them.
+        private_dir(&root).map_err(err(&root))?;
         for sub in [SPANS_DIR, FILES_DIR] {
             let dir = root.join(sub);
             fs::create_dir_all(&dir).map_err(err(&dir))?;
@@ -460,6 +476,22 @@ mod tests {
 
     fn digest(b: &[u8]) -> [u8; 32] {
         Sha256::digest(b).into()
+    }
+
+    #[test]
+    fn the_cache_directory_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        let fresh = dir.path().join("fresh");
+        DiskCache::open(&fresh, 1 << 20).unwrap();
+        assert_eq!(mode(&fresh), 0o700);
+        // One made by an older clip, open to everyone, is made private.
+        let old = dir.path().join("old");
+        fs::create_dir(&old).unwrap();
+        fs::set_permissions(&old, fs::Permissions::from_mode(0o755)).unwrap();
+        DiskCache::open(&old, 1 << 20).unwrap();
+        assert_eq!(mode(&old), 0o700);
     }
 
     #[test]

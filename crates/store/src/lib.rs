@@ -35,7 +35,7 @@ mod stats;
 mod store;
 
 pub use blobs::{LayerBlobs, LocalData, SourceBlobs};
-pub use cache::{default_cache_dir, CacheStats, DiskCache, Evicted};
+pub use cache::{default_cache_dir, private_dir, CacheStats, DiskCache, Evicted};
 pub use error::{error_chain, StoreError};
 pub use remote::{RemoteSpanCache, RemoteTier, TIER_BACKOFF, TIER_WARN_EVERY};
 pub use schedule::PrefetchSummary;
