@@ -197,23 +197,22 @@ fn kill_9_while_fetching_leaves_no_bad_span_and_a_remount_serves_the_right_bytes
             })
         })
         .collect();
-    // Kill while fetches are in flight: some spans are in the cache, more requests are still running.
+    // Kill while a fetch is in flight: once some spans are in the cache, every further blob answer stalls
+    // after 100 KB, so the kill lands while one is half received.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while bad_span_files(&served.cache()).0 == 0 || served.proxy().stats().blob_requests < 4 {
+    while bad_span_files(&served.cache()).0 == 0 {
         assert!(Instant::now() < deadline, "no fetch reached the cache");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let before_kill = served.proxy().stats().blob_requests;
-    // A blob request whose body has not all gone out yet is in flight.
-    let unfinished = |r: &&RequestRecord| {
-        let Some((a, b)) = r.range.as_deref().and_then(|v| v.strip_prefix("bytes=")?.split_once('-')) else {
-            return false;
-        };
-        let len = b.parse::<u64>().unwrap() - a.parse::<u64>().unwrap() + 1;
-        r.body_bytes < len
+    served.proxy().set_faults(vec![Fault::new(FaultKind::StallAfter { after_bytes: 100_000 }).blobs_only()]);
+    let stalled = |stats: &ProxyStats| {
+        stats.log.iter().any(|r| r.fault.as_deref() == Some("stall-after") && r.body_bytes >= 100_000)
     };
-    let stats = served.proxy().stats();
-    assert!(stats.requests_to("/blobs/").iter().any(unfinished), "no fetch was in flight at the kill: {:?}", stats.log);
+    while !stalled(&served.proxy().stats()) {
+        assert!(Instant::now() < deadline, "no fetch was caught in flight: {:?}", served.proxy().stats().log);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let before_kill = served.proxy().stats().blob_requests;
     m.kill9();
     for r in readers {
         r.join().unwrap();
