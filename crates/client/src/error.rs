@@ -43,6 +43,8 @@ pub enum ClientError {
     },
     #[error("background task failed: {0}")]
     Task(String),
+    #[error("{0} changed while packing (is the root filesystem in use?)")]
+    ChangedWhilePacking(PathBuf),
     #[error("directory inode {0} appears twice in the tree (the .clip file is corrupt or hostile)")]
     DirectoryCycle(u32),
     #[error(transparent)]
