@@ -161,10 +161,20 @@ impl BlobSource for LayoutSource {
             }
             let path = self.blob_path(&desc.digest);
             self.counter.request();
-            let len = (range.end - range.start) as usize;
+            let len = usize::try_from(range.end - range.start).map_err(|_| SourceError::InvalidRange {
+                digest: desc.digest.to_string(),
+                start: range.start,
+                end: range.end,
+                size: desc.size,
+            })?;
             let file_path = path.clone();
             let read = tokio::task::spawn_blocking(move || {
                 let file = std::fs::File::open(&file_path)?;
+                // The range is checked against the size the descriptor claims; allocate only what the file
+                // really holds.
+                if range.end > file.metadata()?.len() {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
                 let mut buf = vec![0u8; len];
                 file.read_exact_at(&mut buf, range.start).map(|()| buf)
             })

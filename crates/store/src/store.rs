@@ -37,6 +37,9 @@ use crate::{lock, DiskCache, LayerBlobs, RemoteTier, StoreError, StoreStats};
 /// Decoded, verified bytes of one span.
 pub type SpanBytes = Arc<[u8]>;
 
+/// The most a [`ContentStore::read`] reserves before any byte arrives.
+const MAX_PREALLOC: u64 = 8 << 20;
+
 /// How a [`ContentStore`] behaves.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
@@ -266,7 +269,8 @@ impl ContentStore {
         let stop = data.offset.checked_add(end).ok_or_else(overflow)?;
         self.inner.note_layer_touched(data.layer);
         self.inner.readahead(data, offset, end);
-        let mut out = Vec::with_capacity((end - offset) as usize);
+        // Grown by the verified bytes as they come, not reserved up front from a size the index records.
+        let mut out = Vec::with_capacity((end - offset).min(MAX_PREALLOC) as usize);
         let mut pos = pos;
         while pos < stop {
             let index = self.inner.archive.find_span(data.layer, pos)?;
@@ -555,6 +559,12 @@ impl Inner {
         };
         let len = out.end - out.start;
         let range = clip_codec::fetch_range(codec, &span_ref(span, len), next.as_ref(), meta.size);
+        let compressed = range.end - range.start;
+        if len > clip_codec::max_decoded_len(codec, compressed) {
+            // No fetch can help: refused before fetching or allocating anything.
+            let source = clip_codec::CodecError::ImpossibleLength { len, compressed, compression: codec };
+            return Err(StoreError::Decode { layer, span: index, source });
+        }
         let mut attempt = 1;
         loop {
             match self.fetch_once(layer, index, span, codec, range.clone(), len).await {
