@@ -45,6 +45,8 @@ pub enum ClientError {
     Task(String),
     #[error("{0} changed while packing (is the root filesystem in use?)")]
     ChangedWhilePacking(PathBuf),
+    #[error("{0} changed while extracting (is another process writing into the target directory?)")]
+    ChangedWhileExtracting(PathBuf),
     #[error("directory inode {0} appears twice in the tree (the .clip file is corrupt or hostile)")]
     DirectoryCycle(u32),
     #[error(transparent)]
