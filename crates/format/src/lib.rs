@@ -30,6 +30,7 @@
 
 mod check;
 mod error;
+mod input;
 pub mod layout;
 mod meta;
 mod node;
@@ -38,6 +39,7 @@ mod writer;
 
 pub use check::MAX_SIZE;
 pub use error::FormatError;
+pub use input::{file_type_name, open_regular};
 pub use layout::{ArchiveKind, SectionEntry};
 pub use meta::{Compression, ImageConfig, ImageMeta, LayerMeta, Platform};
 pub use node::{mode, Content, DataRef, Ino, NodeKind, NodeSpec, Timestamp, Xattr};

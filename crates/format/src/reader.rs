@@ -2,7 +2,6 @@
 //! checksum, and nothing more; nodes, entries and spans are decoded on access, with bounds checks, so a
 //! 100k-file index opens in milliseconds and a corrupt one gives an error, never a panic.
 
-use std::fs::File;
 use std::ops::Range;
 use std::path::Path;
 
@@ -111,10 +110,11 @@ pub trait RangeReader {
 }
 
 impl Archive {
-    /// Maps a local `.clip` file and checks its header and eager sections.
+    /// Maps a local `.clip` file and checks its header and eager sections. Anything but a regular file is
+    /// refused (see [`crate::open_regular`]).
     pub fn open(path: &Path) -> Result<Archive, FormatError> {
         let io = |source| FormatError::Io { path: path.to_path_buf(), source };
-        let file = File::open(path).map_err(io)?;
+        let file = crate::open_regular(path).map_err(io)?;
         // SAFETY: the file is mapped read-only; clip never writes to an index after it is renamed into place,
         // and every access below is bounds-checked against the mapping's length.
         let map = unsafe { Mmap::map(&file) }.map_err(io)?;
