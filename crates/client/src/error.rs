@@ -31,6 +31,10 @@ pub enum ClientError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "refusing to write {path}: it is {kind}, not a regular file (name a new file or a regular file to replace)"
+    )]
+    OutputNotAFile { path: PathBuf, kind: &'static str },
     #[error("{0}: target directory is not empty; extract into a new or empty directory")]
     TargetNotEmpty(PathBuf),
     #[error("refusing entry {name:?} in {dir}: not a single path component (the .clip file is corrupt or hostile)")]

@@ -15,7 +15,6 @@ mod walk;
 
 use std::fs::File;
 use std::io::{BufWriter, Seek, Write};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use clip_format::{ArchiveKind, Compression, DataSource, ImageMeta, IndexContents, LayerMeta};
@@ -93,13 +92,15 @@ impl Packed {
         &mut self.contents
     }
 
-    /// Writes the whole archive (metadata and data) to `out`, atomically (a temporary file in the same
-    /// directory, renamed into place). Returns its size.
+    /// Writes the whole archive (metadata and data) to `out`, atomically (see [`crate::write_atomically`]).
+    /// Returns its size.
     pub fn write_archive(&mut self, out: &Path) -> Result<u64, ClientError> {
         let len = self.summary.stored_bytes;
         self.data.rewind().map_err(ClientError::io(out, "rewinding the staged data"))?;
-        let data = &mut self.data;
-        write_atomically(out, |w| clip_format::write_archive(&self.contents, Some(DataSource { reader: data, len }), w))
+        let (contents, data) = (&self.contents, &mut self.data);
+        crate::write_atomically(out, |f| {
+            buffered(out, f, |w| clip_format::write_archive(contents, Some(DataSource { reader: data, len }), w))
+        })
     }
 
     /// Writes a copy without the data section whose metadata says the data is in the archive at
@@ -107,29 +108,19 @@ impl Packed {
     pub fn write_metadata_copy(&self, out: &Path, data_location: &str) -> Result<u64, ClientError> {
         let mut contents = self.contents.clone();
         contents.meta.data_location = Some(data_location.to_owned());
-        write_atomically(out, |w| clip_format::write_index(&contents, w))
+        crate::write_atomically(out, |f| buffered(out, f, |w| clip_format::write_index(&contents, w)))
     }
 }
 
-fn write_atomically(
+/// Runs a `clip_format` writer on `f` through a large buffer.
+fn buffered(
     out: &Path,
+    f: &mut File,
     write: impl FnOnce(&mut BufWriter<&mut File>) -> Result<u64, clip_format::FormatError>,
 ) -> Result<u64, ClientError> {
-    let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".clip-")
-        // Readable by all (less the umask), like any file the user writes: mounts often run as another user.
-        .permissions(std::fs::Permissions::from_mode(0o644))
-        .tempfile_in(dir)
-        .map_err(ClientError::io(dir, "creating a temporary file"))?;
-    let size = {
-        let mut w = BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
-        let size = write(&mut w).map_err(|source| ClientError::Format { path: out.to_path_buf(), source })?;
-        w.flush().map_err(ClientError::io(out, "writing"))?;
-        size
-    };
-    tmp.as_file().sync_all().map_err(ClientError::io(out, "syncing"))?;
-    tmp.persist(out).map_err(|e| ClientError::io(out, "renaming into place")(e.error))?;
+    let mut w = BufWriter::with_capacity(1 << 20, f);
+    let size = write(&mut w).map_err(|source| ClientError::Format { path: out.to_path_buf(), source })?;
+    w.flush().map_err(ClientError::io(out, "writing"))?;
     Ok(size)
 }
 
