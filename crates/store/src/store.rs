@@ -29,6 +29,7 @@ use tokio::runtime::Handle;
 use tokio::sync::{Notify, OnceCell, Semaphore};
 use tracing::{debug, info, warn};
 
+use crate::memory::Lru;
 use crate::remote::TierHealth;
 use crate::schedule::Stream;
 use crate::stats::{Counters, InFlight};
@@ -108,45 +109,6 @@ pub(crate) enum Priority {
     Readahead,
     /// Filling the disk cache; yields to the others.
     Prefetch,
-}
-
-/// A bounded LRU of decoded spans by span index.
-#[derive(Default)]
-struct Lru {
-    map: HashMap<usize, (SpanBytes, u64)>,
-    tick: u64,
-    bytes: u64,
-}
-
-impl Lru {
-    fn get(&mut self, k: usize) -> Option<SpanBytes> {
-        self.tick += 1;
-        let tick = self.tick;
-        self.map.get_mut(&k).map(|(b, t)| {
-            *t = tick;
-            b.clone()
-        })
-    }
-
-    fn contains(&self, k: usize) -> bool {
-        self.map.contains_key(&k)
-    }
-
-    fn put(&mut self, k: usize, v: SpanBytes, limit: u64) {
-        self.tick += 1;
-        self.bytes += v.len() as u64;
-        if let Some((old, _)) = self.map.insert(k, (v, self.tick)) {
-            self.bytes -= old.len() as u64;
-        }
-        while self.bytes > limit && self.map.len() > 1 {
-            let Some((&victim, _)) = self.map.iter().filter(|(&key, _)| key != k).min_by_key(|(_, (_, t))| *t) else {
-                break;
-            };
-            if let Some((old, _)) = self.map.remove(&victim) {
-                self.bytes -= old.len() as u64;
-            }
-        }
-    }
 }
 
 /// One span lookup shared by everyone asking for it meanwhile; an error is shared as its message.
