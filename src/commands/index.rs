@@ -1,10 +1,12 @@
-//! `clip index`: resolve the image, stream its layers once, write the .clip file atomically.
+//! `clip index`: resolve the image, stream its layers once, write the .clip file atomically (never over a
+//! device or FIFO).
 
 use std::io::Write;
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
+use clip_client::ClientError;
 use clip_indexer::{index_image, IndexOptions};
 use clip_source::{ImageRef, Platform, SourceOptions};
 
@@ -29,6 +31,8 @@ pub async fn run(a: IndexArgs, quiet: bool) -> anyhow::Result<()> {
 
 async fn index(a: IndexArgs, quiet: bool) -> anyhow::Result<()> {
     let started = Instant::now();
+    // An output that would be refused is refused before the image is read.
+    clip_client::check_output(&a.output).with_context(|| format!("writing {}", a.output.display()))?;
     let reference: ImageRef = a.image.parse().with_context(|| format!("parsing image reference {:?}", a.image))?;
     let mut opts = SourceOptions { plain_http: a.source.plain_http, ..Default::default() };
     if let Some(p) = &a.platform {
@@ -45,14 +49,14 @@ async fn index(a: IndexArgs, quiet: bool) -> anyhow::Result<()> {
         index_image(&image, source.clone(), &index_opts).await.with_context(|| format!("indexing {reference}"))?;
 
     let out = &a.output;
-    let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
-    let mut tmp =
-        tempfile::NamedTempFile::new_in(dir).with_context(|| format!("creating a file in {}", dir.display()))?;
-    let size = clip_format::write_index(&contents, std::io::BufWriter::new(tmp.as_file_mut()))
-        .with_context(|| format!("writing {}", out.display()))?;
-    tmp.as_file_mut().flush()?;
-    tmp.as_file().sync_all().with_context(|| format!("syncing {}", out.display()))?;
-    tmp.persist(out).with_context(|| format!("renaming into {}", out.display()))?;
+    let size = clip_client::write_atomically(out, |f| {
+        let format = |source| ClientError::Format { path: out.clone(), source };
+        let mut w = std::io::BufWriter::new(f);
+        let size = clip_format::write_index(&contents, &mut w).map_err(format)?;
+        w.flush().map_err(|source| ClientError::Io { path: out.clone(), what: "writing", source })?;
+        Ok(size)
+    })
+    .with_context(|| format!("writing {}", out.display()))?;
 
     let image_size: u64 = image.layers.iter().map(|l| l.size).sum();
     if !quiet {

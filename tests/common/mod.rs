@@ -367,3 +367,43 @@ pub fn free_addr() -> String {
 
 /// `EIO`, what a reader of a mount gets when clip cannot serve the bytes.
 pub const EIO: i32 = 5;
+
+/// The byte at offset `i` of a [`write_pattern`] file.
+fn pattern_byte(i: usize) -> u8 {
+    (i % 251) as u8
+}
+
+/// Writes a file of `len` bytes (a multiple of 1 MiB) that is neither sparse nor all zeros, so reading or
+/// writing it takes real work.
+pub fn write_pattern(path: &Path, len: usize) {
+    use std::io::Write;
+    let chunk: Vec<u8> = (0..1 << 20).map(pattern_byte).collect();
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    for _ in 0..len / chunk.len() {
+        f.write_all(&chunk).unwrap();
+    }
+    f.flush().unwrap();
+}
+
+/// Whether `path` holds what [`write_pattern`] wrote (read in chunks, never whole).
+pub fn is_pattern(path: &Path) -> bool {
+    use std::io::Read;
+    let want: Vec<u8> = (0..1 << 20).map(pattern_byte).collect();
+    let mut f = std::fs::File::open(path).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let mut n = 0;
+        while n < buf.len() {
+            match f.read(&mut buf[n..]).unwrap() {
+                0 => break,
+                k => n += k,
+            }
+        }
+        if n == 0 {
+            return true;
+        }
+        if buf[..n] != want[..n] {
+            return false;
+        }
+    }
+}

@@ -198,7 +198,11 @@ impl Config {
             Some(p) => (p.to_path_buf(), true),
             None => (PathBuf::from(DEFAULT_CONFIG_FILE), false),
         };
-        let text = match std::fs::read_to_string(&path) {
+        let read = |path: &Path| {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut clip_format::open_regular(path)?, &mut text).map(|_| text)
+        };
+        let text = match read(&path) {
             Ok(t) => Some(t),
             Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => None,
             Err(source) => return Err(ConfigError::Read { path, source }),

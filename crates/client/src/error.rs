@@ -34,6 +34,10 @@ pub enum ClientError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "refusing to write {path}: it is {kind}, not a regular file (name a new file or a regular file to replace)"
+    )]
+    OutputNotAFile { path: PathBuf, kind: &'static str },
     #[error("{0}: target directory is not empty; extract into a new or empty directory")]
     TargetNotEmpty(PathBuf),
     #[error("refusing entry {name:?} in {dir}: not a single path component (the .clip file is corrupt or hostile)")]
@@ -43,6 +47,10 @@ pub enum ClientError {
     Mount(clip_fs::FsError),
     #[error("background task failed: {0}")]
     Task(String),
+    #[error("{0} changed while packing (is the root filesystem in use?)")]
+    ChangedWhilePacking(PathBuf),
+    #[error("{0} changed while extracting (is another process writing into the target directory?)")]
+    ChangedWhileExtracting(PathBuf),
     #[error("directory inode {0} appears twice in the tree (the .clip file is corrupt or hostile)")]
     DirectoryCycle(u32),
     #[error(transparent)]

@@ -15,8 +15,10 @@
 //! - [`Node`]: pull and run images on a worker node (index store, shared mounts, overlay, OCI runtime),
 //!   configured by [`Config`] (a TOML file under `CLIP_*` environment variables), with v2 → v1
 //!   [`Fallback`]s and image-level metrics written to `STATE_DIR/`[`METRICS_DIR`]`/`[`METRICS_FILE`].
+//! - [`write_atomically`]: how every file clip writes is put in place (never over a device or FIFO).
 
 mod archive;
+mod atomic;
 pub mod config;
 mod content_cache;
 mod error;
@@ -34,6 +36,7 @@ pub use archive::{
     archive, pack, push, ArchiveOptions, ArchiveProgress, ArchiveReport, DataCompression, PackConfig, PackProgress,
     PackSummary, Packed, DATA_MEDIA_TYPE, PACK_SPAN_SIZE,
 };
+pub use atomic::{check_output, write_atomically};
 pub use clip_s3::{S3Options, S3Url};
 pub use config::{ClipVersion, Config, ConfigError, Origin};
 pub use content_cache::S3SpanCache;

@@ -38,11 +38,7 @@ pub struct Profile {
 impl Profile {
     /// Reads a profile file.
     pub fn load(path: &Path) -> Result<Profile, ClientError> {
-        let meta = std::fs::metadata(path).map_err(ClientError::io(path, "reading the profile"))?;
-        if meta.len() > MAX_PROFILE_BYTES {
-            return Err(ClientError::BadProfile { path: path.into(), why: format!("{} bytes is too big", meta.len()) });
-        }
-        let bytes = std::fs::read(path).map_err(ClientError::io(path, "reading the profile"))?;
+        let bytes = read_profile_file(path)?;
         Profile::from_json(&bytes).map_err(|why| ClientError::BadProfile { path: path.into(), why })
     }
 
@@ -51,14 +47,12 @@ impl Profile {
         serde_json::from_slice(bytes).map_err(|e| e.to_string())
     }
 
-    /// Writes the profile to `path` atomically (a temporary file renamed into place).
+    /// Writes the profile to `path` atomically (see [`crate::write_atomically`]).
     pub fn save(&self, path: &Path) -> Result<(), ClientError> {
-        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         let bytes = serde_json::to_vec(self).map_err(|e| ClientError::io(path, "encoding the profile")(e.into()))?;
-        let tmp = tempfile::NamedTempFile::new_in(dir).map_err(ClientError::io(dir, "creating the profile"))?;
-        std::fs::write(tmp.path(), bytes).map_err(ClientError::io(tmp.path(), "writing the profile"))?;
-        tmp.persist(path).map_err(|e| ClientError::io(path, "renaming the profile into place")(e.error))?;
-        Ok(())
+        crate::write_atomically(path, |f| {
+            std::io::Write::write_all(f, &bytes).map_err(ClientError::io(path, "writing the profile"))
+        })
     }
 
     /// The spans that exist in `archive` (layer in range, span inside that layer's spans), in order; a
@@ -72,6 +66,21 @@ impl Profile {
     }
 }
 
+/// The bytes of the profile file at `path`: a regular file of at most [`MAX_PROFILE_BYTES`].
+fn read_profile_file(path: &Path) -> Result<Vec<u8>, ClientError> {
+    let file = clip_format::open_regular(path).map_err(ClientError::io(path, "reading the profile"))?;
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::Read::take(file, MAX_PROFILE_BYTES + 1), &mut bytes)
+        .map_err(ClientError::io(path, "reading the profile"))?;
+    if bytes.len() as u64 > MAX_PROFILE_BYTES {
+        return Err(ClientError::BadProfile {
+            path: path.into(),
+            why: format!("over {MAX_PROFILE_BYTES} bytes is too big"),
+        });
+    }
+    Ok(bytes)
+}
+
 /// Publishes the profile at `path` as an artifact (`artifactType` [`PROFILE_ARTIFACT_TYPE`]) referring to the
 /// image manifest it was recorded for, in `image`'s repository, discoverable like a published index.
 pub async fn publish_profile(image: &str, path: &Path, opts: &SourceOptions) -> Result<PublishedIndex, ClientError> {
@@ -82,7 +91,7 @@ pub async fn publish_profile(image: &str, path: &Path, opts: &SourceOptions) -> 
             why: "it names no image manifest (record it on a mount of an index built from a registry image)".into(),
         });
     };
-    let bytes = std::fs::read(path).map_err(ClientError::io(path, "reading the profile"))?;
+    let bytes = read_profile_file(path)?;
     let title = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "profile.json".into());
     let artifact = Artifact { artifact_type: PROFILE_ARTIFACT_TYPE, layer_media_type: PROFILE_LAYER_MEDIA_TYPE, title };
     push_artifact(image, &subject, opts, &artifact, bytes).await

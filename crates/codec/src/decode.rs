@@ -54,6 +54,9 @@ pub fn decode_span(
     compressed: &[u8],
     len: u64,
 ) -> Result<Vec<u8>, CodecError> {
+    if len > max_decoded_len(compression, compressed.len() as u64) {
+        return Err(CodecError::ImpossibleLength { len, compressed: compressed.len() as u64, compression });
+    }
     let too_large = || CodecError::SpanTooLarge { len };
     let size = usize::try_from(len).map_err(|_| too_large())?;
     let mut out = Vec::new();
@@ -61,6 +64,17 @@ pub fn decode_span(
     out.resize(size, 0);
     decode_span_into(compression, checkpoint, fetch_start, compressed, &mut out)?;
     Ok(out)
+}
+
+/// The most uncompressed bytes `compressed` bytes can decode to, whatever they hold: stored data 1:1;
+/// deflate at most 1032:1 (a 258-byte match per 2-bit code); zstd at most 128 KiB per 4-byte RLE block.
+/// A span claiming more is refused before anything is allocated for it.
+pub fn max_decoded_len(compression: Compression, compressed: u64) -> u64 {
+    match compression {
+        Compression::None => compressed,
+        Compression::Gzip => compressed.saturating_mul(1032),
+        Compression::Zstd => compressed.saturating_mul(32 << 10),
+    }
 }
 
 /// [`decode_span`] into a caller-provided buffer: fills all of `out` (whose length is the span length).

@@ -73,6 +73,21 @@ pub enum CodecError {
         /// How many bytes were fetched.
         fetched: u64,
     },
+    /// A span claims more uncompressed bytes than its compressed bytes could ever decode to (checked before
+    /// allocating them).
+    #[error(
+        "span claims {len} uncompressed bytes, more than {compressed} {} bytes can decode to (the index is \
+         corrupt or hostile)",
+        match compression { crate::Compression::None => "stored", crate::Compression::Gzip => "gzip", crate::Compression::Zstd => "zstd" }
+    )]
+    ImpossibleLength {
+        /// The span's uncompressed length, as the index records it.
+        len: u64,
+        /// Compressed bytes fetched for it.
+        compressed: u64,
+        /// How they are compressed.
+        compression: crate::Compression,
+    },
     /// A span is too large to hold in memory on this machine.
     #[error("span of {len} uncompressed bytes is too large to decode into memory")]
     SpanTooLarge {

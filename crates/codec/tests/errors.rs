@@ -216,7 +216,7 @@ fn decode_span_never_panics_on_garbage() {
             &[],
             u64::MAX
         ),
-        Err(CodecError::SpanTooLarge { .. } | CodecError::Truncated { .. })
+        Err(CodecError::ImpossibleLength { .. } | CodecError::SpanTooLarge { .. } | CodecError::Truncated { .. })
     ));
 }
 

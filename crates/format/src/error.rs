@@ -27,6 +27,11 @@ pub enum FormatError {
     MissingSection(&'static str),
     #[error("corrupt .clip file: {0}")]
     Corrupt(String),
+    /// A size or offset recorded in the index that cannot be right (checked at open, before any use).
+    #[error(
+        "corrupt index: {what} (the .clip file is damaged or hostile; rebuild it with `clip index` or `clip archive`)"
+    )]
+    BadSize { what: String },
     #[error("metadata section is not valid JSON")]
     Meta(#[source] serde_json::Error),
     #[error("invalid index contents: {0}")]

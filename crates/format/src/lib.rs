@@ -14,8 +14,13 @@
 //!     xattrs: vec![], content: Content::Dir(vec![(b"hello".to_vec(), Ino(2))]) };
 //! let file = NodeSpec { mode: mode::S_IFREG | 0o644, uid: 0, gid: 0, mtime: Timestamp::default(),
 //!     xattrs: vec![], content: Content::File(DataRef { layer: 0, offset: 512, size: 5 }) };
-//! let contents = IndexContents { kind: ArchiveKind::IndexOnly, meta: ImageMeta::default(),
-//!     nodes: vec![root, file], spans: vec![] };
+//! // The file's bytes lie in layer 0: a 1 KiB tar, stored uncompressed, with one span.
+//! let layer = LayerMeta { media_type: "application/vnd.oci.image.layer.v1.tar".into(),
+//!     digest: format!("sha256:{}", "0".repeat(64)), size: 1024, diff_id: String::new(),
+//!     uncompressed_size: 1024, compression: Compression::None, first_span: 0, span_count: 1 };
+//! let span = SpanSpec { out_offset: 0, in_offset: 0, bits: 0, digest: [0; 32], window: vec![] };
+//! let contents = IndexContents { kind: ArchiveKind::IndexOnly,
+//!     meta: ImageMeta { layers: vec![layer], ..ImageMeta::default() }, nodes: vec![root, file], spans: vec![span] };
 //! let mut bytes = Vec::new();
 //! write_index(&contents, &mut bytes).unwrap();
 //! let archive = Archive::from_bytes(bytes).unwrap();
@@ -23,14 +28,18 @@
 //! assert_eq!(archive.node(ino).unwrap().size, 5);
 //! ```
 
+mod check;
 mod error;
+mod input;
 pub mod layout;
 mod meta;
 mod node;
 mod reader;
 mod writer;
 
+pub use check::MAX_SIZE;
 pub use error::FormatError;
+pub use input::{file_type_name, open_regular};
 pub use layout::{ArchiveKind, SectionEntry};
 pub use meta::{Compression, ImageConfig, ImageMeta, LayerMeta, Platform};
 pub use node::{mode, Content, DataRef, Ino, NodeKind, NodeSpec, Timestamp, Xattr};

@@ -2,12 +2,12 @@
 //! checksum, and nothing more; nodes, entries and spans are decoded on access, with bounds checks, so a
 //! 100k-file index opens in milliseconds and a corrupt one gives an error, never a panic.
 
-use std::fs::File;
 use std::ops::Range;
 use std::path::Path;
 
 use memmap2::Mmap;
 
+use crate::check::{check_header, check_sizes, check_table, decode_section, find};
 use crate::layout::*;
 use crate::{DataRef, FormatError, ImageMeta, Ino, NodeKind, Timestamp};
 
@@ -110,10 +110,11 @@ pub trait RangeReader {
 }
 
 impl Archive {
-    /// Maps a local `.clip` file and checks its header and eager sections.
+    /// Maps a local `.clip` file and checks its header and eager sections. Anything but a regular file is
+    /// refused (see [`crate::open_regular`]).
     pub fn open(path: &Path) -> Result<Archive, FormatError> {
         let io = |source| FormatError::Io { path: path.to_path_buf(), source };
-        let file = File::open(path).map_err(io)?;
+        let file = crate::open_regular(path).map_err(io)?;
         // SAFETY: the file is mapped read-only; clip never writes to an index after it is renamed into place,
         // and every access below is bounds-checked against the mapping's length.
         let map = unsafe { Mmap::map(&file) }.map_err(io)?;
@@ -205,6 +206,7 @@ impl Archive {
         if a.node_count() == 0 || a.node(Ino::ROOT)?.kind() != NodeKind::Dir {
             return Err(FormatError::corrupt("the root inode is not a directory"));
         }
+        check_sizes(&a)?;
         Ok(a)
     }
 
@@ -285,9 +287,10 @@ impl Archive {
             return Err(FormatError::corrupt(format!("entry {index} of inode {} out of range", dir.ino)));
         }
         let dents = self.bytes(&self.dents);
-        let k = dir.data as usize + index as usize;
-        let rec = dents
-            .get(k * DENT_LEN..(k + 1) * DENT_LEN)
+        let rec = usize::try_from(dir.data)
+            .ok()
+            .and_then(|first| first.checked_add(index as usize))
+            .and_then(|k| dents.get(k.checked_mul(DENT_LEN)?..k.checked_add(1)?.checked_mul(DENT_LEN)?))
             .ok_or_else(|| FormatError::corrupt(format!("entries of inode {} out of range", dir.ino)))?;
         let mut r = Le(rec);
         let (off, len, ino) = (r.u32(), r.u32(), r.u32());
@@ -363,9 +366,9 @@ impl Archive {
 
     /// Span record `index` of the whole table.
     pub fn span(&self, index: usize) -> Result<SpanView, FormatError> {
-        let rec = self
-            .bytes(&self.spans)
-            .get(index * SPAN_LEN..(index + 1) * SPAN_LEN)
+        let rec = index
+            .checked_add(1)
+            .and_then(|end| self.bytes(&self.spans).get(index * SPAN_LEN..end.checked_mul(SPAN_LEN)?))
             .ok_or_else(|| FormatError::corrupt(format!("span {index} out of range")))?;
         let mut r = Le(rec);
         let (out_offset, in_offset, window_off, window_len, bits) = (r.u64(), r.u64(), r.u64(), r.u32(), r.u8());
@@ -423,10 +426,10 @@ impl Archive {
             return Ok(None);
         }
         let wind = self.section(SEC_WIND).ok_or(FormatError::MissingSection("WIND"))?;
-        let end = s.window_off + u64::from(s.window_len);
-        if end > wind.stored_len {
+        let end = s.window_off.checked_add(u64::from(s.window_len)).filter(|&end| end <= wind.stored_len);
+        let Some(end) = end else {
             return Err(FormatError::corrupt(format!("window of span {index} out of range")));
-        }
+        };
         Ok(Some(wind.offset + s.window_off..wind.offset + end))
     }
 
@@ -466,83 +469,4 @@ impl Archive {
         let eager: u64 = self.sections.iter().filter(|s| s.flags & FLAG_LAZY == 0).map(|s| s.stored_len).sum();
         eager + (HEADER_LEN + self.sections.len() * SECTION_ENTRY_LEN) as u64
     }
-}
-
-fn check_header(buf: &[u8], file_len: u64) -> Result<(Header, ArchiveKind), FormatError> {
-    let head: &[u8; HEADER_LEN] = buf
-        .get(..HEADER_LEN)
-        .and_then(|b| b.try_into().ok())
-        .ok_or(FormatError::Truncated { what: "header".into(), needed: HEADER_LEN as u64, len: buf.len() as u64 })?;
-    let header = Header::decode(head)?;
-    if header.version != FORMAT_VERSION {
-        return Err(FormatError::UnsupportedVersion { found: header.version, supported: FORMAT_VERSION });
-    }
-    let kind = ArchiveKind::from_code(header.kind_code).ok_or(FormatError::UnknownKind(header.kind_code))?;
-    if header.sections > 64 {
-        return Err(FormatError::corrupt(format!("{} sections in table", header.sections)));
-    }
-    let end = header.table_offset.saturating_add(u64::from(header.sections) * SECTION_ENTRY_LEN as u64);
-    if end > file_len {
-        return Err(FormatError::Truncated { what: "section table".into(), needed: end, len: file_len });
-    }
-    Ok((header, kind))
-}
-
-fn check_table(header: &Header, table: &[u8], file_len: u64) -> Result<Vec<SectionEntry>, FormatError> {
-    if table.len() != header.sections as usize * SECTION_ENTRY_LEN {
-        return Err(FormatError::Truncated {
-            what: "section table".into(),
-            needed: (header.sections as usize * SECTION_ENTRY_LEN) as u64,
-            len: table.len() as u64,
-        });
-    }
-    if crc32c::crc32c(table) != header.table_crc {
-        return Err(FormatError::Checksum { what: "section table".into() });
-    }
-    let sections: Vec<SectionEntry> = table.chunks_exact(SECTION_ENTRY_LEN).map(SectionEntry::decode).collect();
-    for s in &sections {
-        let end = s.offset.saturating_add(s.stored_len);
-        if end > file_len {
-            return Err(FormatError::Truncated { what: format!("section {}", s.name()), needed: end, len: file_len });
-        }
-    }
-    Ok(sections)
-}
-
-fn find(sections: &[SectionEntry], id: [u8; 4]) -> Result<&SectionEntry, FormatError> {
-    sections.iter().find(|s| s.id == id).ok_or(match id {
-        SEC_META => FormatError::MissingSection("META"),
-        SEC_NODE => FormatError::MissingSection("NODE"),
-        SEC_DENT => FormatError::MissingSection("DENT"),
-        SEC_STRS => FormatError::MissingSection("STRS"),
-        SEC_XATR => FormatError::MissingSection("XATR"),
-        _ => FormatError::MissingSection("SPAN"),
-    })
-}
-
-/// The largest metadata section clip loads (1 GiB: some ten million files).
-const MAX_EAGER_SECTION: u64 = 1 << 30;
-
-/// Checks an eager section's checksum; returns its decompressed bytes when it is stored compressed.
-fn decode_section(e: &SectionEntry, stored: &[u8]) -> Result<Option<Vec<u8>>, FormatError> {
-    if crc32c::crc32c(stored) != e.crc {
-        return Err(FormatError::Checksum { what: format!("section {}", e.name()) });
-    }
-    if e.flags & FLAG_ZSTD == 0 {
-        return Ok(None);
-    }
-    if e.raw_len > MAX_EAGER_SECTION {
-        return Err(FormatError::corrupt(format!("section {} claims {} bytes", e.name(), e.raw_len)));
-    }
-    // Stream with a limit instead of trusting `raw_len` for one up-front allocation: a lying header costs
-    // only what the data really expands to.
-    let mut raw = Vec::new();
-    let decoder = zstd::stream::read::Decoder::new(stored)
-        .map_err(|err| FormatError::corrupt(format!("section {}: {err}", e.name())))?;
-    std::io::Read::read_to_end(&mut std::io::Read::take(decoder, e.raw_len + 1), &mut raw)
-        .map_err(|err| FormatError::corrupt(format!("section {}: {err}", e.name())))?;
-    if raw.len() as u64 != e.raw_len {
-        return Err(FormatError::corrupt(format!("section {} decompressed to the wrong size", e.name())));
-    }
-    Ok(Some(raw))
 }

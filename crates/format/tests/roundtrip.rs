@@ -46,7 +46,7 @@ fn sample() -> IndexContents {
             LayerMeta {
                 media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
                 digest: "sha256:aa".into(),
-                size: 100,
+                size: 10_000,
                 diff_id: "sha256:bb".into(),
                 uncompressed_size: 10 << 20,
                 compression: Compression::Gzip,
@@ -207,4 +207,43 @@ fn a_section_lying_about_its_size_is_refused_without_allocating_it() {
     // Found by the clip_reader fuzz target: a zstd section whose table entry claims ~4 GiB.
     let bytes = include_bytes!("data/lying-section-size.clip").to_vec();
     assert!(Archive::from_bytes(bytes).is_err());
+}
+
+#[test]
+fn sizes_no_image_can_have_are_refused_at_open() {
+    let bad = |c: IndexContents| match Archive::from_bytes(write(&c)) {
+        Err(FormatError::BadSize { what }) => what,
+        Err(e) => panic!("expected BadSize, got {e}"),
+        Ok(_) => panic!("accepted"),
+    };
+    let file = |c: &mut IndexContents, d: DataRef| c.nodes[3].content = Content::File(d);
+    let mut c = sample();
+    file(&mut c, DataRef { layer: 1, offset: 0, size: 1 << 63 });
+    assert!(bad(c).contains("inode 4 records 9223372036854775808 bytes at offset 0"));
+    let mut c = sample();
+    file(&mut c, DataRef { layer: 1, offset: u64::MAX - 10, size: 100 });
+    assert!(bad(c).contains("beyond the 4096 bytes of layer 1"));
+    let mut c = sample();
+    file(&mut c, DataRef { layer: 2, offset: 0, size: 1 });
+    assert!(bad(c).contains("names layer 2 of 2"));
+    let mut c = sample();
+    c.meta.layers[0].uncompressed_size = u64::MAX;
+    assert!(bad(c).contains("more than a file can hold"));
+    let mut c = sample();
+    c.meta.layers[1].size = MAX_SIZE + 1;
+    assert!(bad(c).contains("layer 1: its size"));
+    // Spans out of order, or starting beyond their layer.
+    let mut c = sample();
+    c.spans.swap(1, 2);
+    assert!(bad(c).contains("span 2 of layer 0"));
+    let mut c = sample();
+    c.spans[2].in_offset = 10_001;
+    assert!(bad(c).contains("compressed offset 10001"));
+    let mut c = sample();
+    c.spans[2].out_offset = (10 << 20) + 1;
+    assert!(bad(c).contains("uncompressed offset"));
+    // At the limits: accepted.
+    let mut c = sample();
+    file(&mut c, DataRef { layer: 1, offset: 4000, size: 96 });
+    Archive::from_bytes(write(&c)).unwrap();
 }

@@ -114,9 +114,17 @@ impl LayoutSource {
     }
 }
 
+/// A layout entry that is a directory, FIFO or device: never opened (a FIFO would block the open).
+fn not_a_file() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file")
+}
+
 /// Reads a small file whole, refusing files over `limit` bytes.
 async fn read_limited(path: &Path, what: &'static str, limit: u64) -> Result<Vec<u8>, SourceError> {
     let meta = tokio::fs::metadata(path).await.map_err(|e| SourceError::io(path, e))?;
+    if !meta.is_file() {
+        return Err(SourceError::io(path, not_a_file()));
+    }
     if meta.len() > limit {
         return Err(SourceError::TooLarge { what, digest: path.display().to_string(), size: meta.len(), limit });
     }
@@ -142,6 +150,11 @@ impl BlobSource for LayoutSource {
     fn open_blob<'a>(&'a self, desc: &'a Descriptor) -> BoxFuture<'a, Result<BlobStream, SourceError>> {
         async move {
             let path = self.blob_path(&desc.digest);
+            let meta =
+                tokio::fs::metadata(&path).await.map_err(|e| self.not_found_or_io(&desc.digest, path.clone(), e))?;
+            if !meta.is_file() {
+                return Err(SourceError::io(path, not_a_file()));
+            }
             let file =
                 tokio::fs::File::open(&path).await.map_err(|e| self.not_found_or_io(&desc.digest, path.clone(), e))?;
             self.counter.request();
@@ -161,10 +174,23 @@ impl BlobSource for LayoutSource {
             }
             let path = self.blob_path(&desc.digest);
             self.counter.request();
-            let len = (range.end - range.start) as usize;
+            let len = usize::try_from(range.end - range.start).map_err(|_| SourceError::InvalidRange {
+                digest: desc.digest.to_string(),
+                start: range.start,
+                end: range.end,
+                size: desc.size,
+            })?;
             let file_path = path.clone();
             let read = tokio::task::spawn_blocking(move || {
+                if !std::fs::metadata(&file_path)?.is_file() {
+                    return Err(not_a_file());
+                }
                 let file = std::fs::File::open(&file_path)?;
+                // The range is checked against the size the descriptor claims; allocate only what the file
+                // really holds.
+                if range.end > file.metadata()?.len() {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
                 let mut buf = vec![0u8; len];
                 file.read_exact_at(&mut buf, range.start).map(|()| buf)
             })

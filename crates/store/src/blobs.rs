@@ -91,7 +91,8 @@ impl LocalData {
         }
         let sec =
             archive.section(clip_format::layout::SEC_DATA).ok_or(clip_format::FormatError::MissingSection("DATA"))?;
-        let file = File::open(&path).map_err(|source| StoreError::Io { path: path.display().to_string(), source })?;
+        let file = clip_format::open_regular(&path)
+            .map_err(|source| StoreError::Io { path: path.display().to_string(), source })?;
         Ok(LocalData { file, path, data_offset: sec.offset, data_len: sec.stored_len })
     }
 }

@@ -29,6 +29,7 @@ mod blobs;
 mod cache;
 mod error;
 mod materialize;
+mod memory;
 mod remote;
 mod schedule;
 mod stats;

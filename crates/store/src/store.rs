@@ -29,6 +29,7 @@ use tokio::runtime::Handle;
 use tokio::sync::{Notify, OnceCell, Semaphore};
 use tracing::{debug, info, warn};
 
+use crate::memory::Lru;
 use crate::remote::TierHealth;
 use crate::schedule::Stream;
 use crate::stats::{Counters, InFlight};
@@ -36,6 +37,9 @@ use crate::{lock, DiskCache, LayerBlobs, RemoteTier, StoreError, StoreStats};
 
 /// Decoded, verified bytes of one span.
 pub type SpanBytes = Arc<[u8]>;
+
+/// The most a [`ContentStore::read`] reserves before any byte arrives.
+const MAX_PREALLOC: u64 = 8 << 20;
 
 /// How a [`ContentStore`] behaves.
 #[derive(Debug, Clone)]
@@ -105,45 +109,6 @@ pub(crate) enum Priority {
     Readahead,
     /// Filling the disk cache; yields to the others.
     Prefetch,
-}
-
-/// A bounded LRU of decoded spans by span index.
-#[derive(Default)]
-struct Lru {
-    map: HashMap<usize, (SpanBytes, u64)>,
-    tick: u64,
-    bytes: u64,
-}
-
-impl Lru {
-    fn get(&mut self, k: usize) -> Option<SpanBytes> {
-        self.tick += 1;
-        let tick = self.tick;
-        self.map.get_mut(&k).map(|(b, t)| {
-            *t = tick;
-            b.clone()
-        })
-    }
-
-    fn contains(&self, k: usize) -> bool {
-        self.map.contains_key(&k)
-    }
-
-    fn put(&mut self, k: usize, v: SpanBytes, limit: u64) {
-        self.tick += 1;
-        self.bytes += v.len() as u64;
-        if let Some((old, _)) = self.map.insert(k, (v, self.tick)) {
-            self.bytes -= old.len() as u64;
-        }
-        while self.bytes > limit && self.map.len() > 1 {
-            let Some((&victim, _)) = self.map.iter().filter(|(&key, _)| key != k).min_by_key(|(_, (_, t))| *t) else {
-                break;
-            };
-            if let Some((old, _)) = self.map.remove(&victim) {
-                self.bytes -= old.len() as u64;
-            }
-        }
-    }
 }
 
 /// One span lookup shared by everyone asking for it meanwhile; an error is shared as its message.
@@ -266,7 +231,8 @@ impl ContentStore {
         let stop = data.offset.checked_add(end).ok_or_else(overflow)?;
         self.inner.note_layer_touched(data.layer);
         self.inner.readahead(data, offset, end);
-        let mut out = Vec::with_capacity((end - offset) as usize);
+        // Grown by the verified bytes as they come, not reserved up front from a size the index records.
+        let mut out = Vec::with_capacity((end - offset).min(MAX_PREALLOC) as usize);
         let mut pos = pos;
         while pos < stop {
             let index = self.inner.archive.find_span(data.layer, pos)?;
@@ -555,6 +521,12 @@ impl Inner {
         };
         let len = out.end - out.start;
         let range = clip_codec::fetch_range(codec, &span_ref(span, len), next.as_ref(), meta.size);
+        let compressed = range.end - range.start;
+        if len > clip_codec::max_decoded_len(codec, compressed) {
+            // No fetch can help: refused before fetching or allocating anything.
+            let source = clip_codec::CodecError::ImpossibleLength { len, compressed, compression: codec };
+            return Err(StoreError::Decode { layer, span: index, source });
+        }
         let mut attempt = 1;
         loop {
             match self.fetch_once(layer, index, span, codec, range.clone(), len).await {

@@ -1,7 +1,8 @@
-//! Packing a root filesystem directory into a data-carrying (v1) archive: [`pack`] walks the tree without
-//! following symlinks, in name-byte order (the same tree always gives the same bytes), and keeps every
-//! attribute `extract` and `mount` restore: owner, full mode, xattrs, device numbers, FIFOs and sockets
-//! (never opened), hard links as one inode, symlink targets, mtimes with nanoseconds.
+//! Packing a root filesystem directory into a data-carrying (v1) archive: [`pack`] walks the tree by
+//! directory file descriptors, never following or re-resolving a symlink (see `walk`), in name-byte order
+//! (the same tree always gives the same bytes), and keeps every attribute `extract` and `mount` restore:
+//! owner, full mode, xattrs, device numbers, FIFOs and sockets (never opened), hard links as one inode,
+//! symlink targets, mtimes with nanoseconds.
 //!
 //! File bytes stream into a scratch file as they are read (see [`DataCompression`] for how spans are
 //! stored); only metadata stays in memory. [`Packed::write_archive`] then writes the `.clip` file with that
@@ -10,26 +11,21 @@
 
 mod data;
 mod publish;
+mod walk;
 
-use std::collections::HashMap;
-use std::ffi::OsString;
 use std::fs::File;
-use std::io::{BufWriter, Read, Seek, Write};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::io::{BufWriter, Seek, Write};
 use std::path::{Path, PathBuf};
 
-use clip_format::{
-    ArchiveKind, Compression, Content, DataRef, DataSource, ImageMeta, IndexContents, Ino, LayerMeta, NodeSpec,
-    Timestamp, Xattr,
-};
-use tracing::{debug, warn};
+use clip_format::{ArchiveKind, Compression, DataSource, ImageMeta, IndexContents, LayerMeta};
+use tracing::debug;
 
 pub use data::DataCompression;
 pub use publish::{archive, push, ArchiveOptions, ArchiveProgress, ArchiveReport};
 
 use crate::ClientError;
 use data::DataWriter;
+use walk::Walker;
 
 /// The media type recorded for the data section's layer.
 pub const DATA_MEDIA_TYPE: &str = "application/vnd.clip.archive.data.v1";
@@ -96,13 +92,15 @@ impl Packed {
         &mut self.contents
     }
 
-    /// Writes the whole archive (metadata and data) to `out`, atomically (a temporary file in the same
-    /// directory, renamed into place). Returns its size.
+    /// Writes the whole archive (metadata and data) to `out`, atomically (see [`crate::write_atomically`]).
+    /// Returns its size.
     pub fn write_archive(&mut self, out: &Path) -> Result<u64, ClientError> {
         let len = self.summary.stored_bytes;
         self.data.rewind().map_err(ClientError::io(out, "rewinding the staged data"))?;
-        let data = &mut self.data;
-        write_atomically(out, |w| clip_format::write_archive(&self.contents, Some(DataSource { reader: data, len }), w))
+        let (contents, data) = (&self.contents, &mut self.data);
+        crate::write_atomically(out, |f| {
+            buffered(out, f, |w| clip_format::write_archive(contents, Some(DataSource { reader: data, len }), w))
+        })
     }
 
     /// Writes a copy without the data section whose metadata says the data is in the archive at
@@ -110,58 +108,30 @@ impl Packed {
     pub fn write_metadata_copy(&self, out: &Path, data_location: &str) -> Result<u64, ClientError> {
         let mut contents = self.contents.clone();
         contents.meta.data_location = Some(data_location.to_owned());
-        write_atomically(out, |w| clip_format::write_index(&contents, w))
+        crate::write_atomically(out, |f| buffered(out, f, |w| clip_format::write_index(&contents, w)))
     }
 }
 
-fn write_atomically(
+/// Runs a `clip_format` writer on `f` through a large buffer.
+fn buffered(
     out: &Path,
+    f: &mut File,
     write: impl FnOnce(&mut BufWriter<&mut File>) -> Result<u64, clip_format::FormatError>,
 ) -> Result<u64, ClientError> {
-    let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".clip-")
-        // Readable by all (less the umask), like any file the user writes: mounts often run as another user.
-        .permissions(std::fs::Permissions::from_mode(0o644))
-        .tempfile_in(dir)
-        .map_err(ClientError::io(dir, "creating a temporary file"))?;
-    let size = {
-        let mut w = BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
-        let size = write(&mut w).map_err(|source| ClientError::Format { path: out.to_path_buf(), source })?;
-        w.flush().map_err(ClientError::io(out, "writing"))?;
-        size
-    };
-    tmp.as_file().sync_all().map_err(ClientError::io(out, "syncing"))?;
-    tmp.persist(out).map_err(|e| ClientError::io(out, "renaming into place")(e.error))?;
+    let mut w = BufWriter::with_capacity(1 << 20, f);
+    let size = write(&mut w).map_err(|source| ClientError::Format { path: out.to_path_buf(), source })?;
+    w.flush().map_err(ClientError::io(out, "writing"))?;
     Ok(size)
 }
 
 /// Walks `root` and packs it (see the module docs). Blocking: run it on a blocking thread.
 pub fn pack(root: &Path, config: &PackConfig, progress: Option<&PackProgress<'_>>) -> Result<Packed, ClientError> {
-    let root_meta = std::fs::symlink_metadata(root).map_err(ClientError::io(root, "reading the root directory"))?;
-    if !root_meta.is_dir() {
-        return Err(ClientError::io(root, "packing")(std::io::Error::new(
-            std::io::ErrorKind::NotADirectory,
-            "not a directory (clip archive packs a root filesystem directory)",
-        )));
-    }
+    let (root_fd, root_stat) = walk::open_root(root)?;
     let scratch = tempfile::tempfile_in(&config.scratch_dir)
         .map_err(ClientError::io(&config.scratch_dir, "creating the scratch file for file data"))?;
     let reader = scratch.try_clone().map_err(ClientError::io(&config.scratch_dir, "opening the scratch file"))?;
-    let mut walker = Walker {
-        nodes: vec![node_spec(root, &root_meta, Content::Dir(Vec::new()))?],
-        links: HashMap::new(),
-        data: DataWriter::new(scratch, config.span_size, config.compression),
-        summary: PackSummary::default(),
-        buf: vec![0u8; 256 << 10],
-        progress,
-    };
-    // Depth first, entries in name order: a directory's files are contiguous in the data stream.
-    let mut stack = vec![(root.to_path_buf(), 0usize)];
-    while let Some((dir, index)) = stack.pop() {
-        let subdirs = walker.directory(&dir, index)?;
-        stack.extend(subdirs.into_iter().rev());
-    }
+    let mut walker = Walker::new(DataWriter::new(scratch, config.span_size, config.compression), progress);
+    walker.walk(root, root_fd, root_stat)?;
     let Walker { nodes, data, mut summary, .. } = walker;
     let written = data.finish().map_err(ClientError::io(&config.scratch_dir, "writing file data"))?;
     summary.inodes = nodes.len() as u64;
@@ -196,142 +166,6 @@ pub fn pack(root: &Path, config: &PackConfig, progress: Option<&PackProgress<'_>
 
 fn too_many(root: &Path, what: &'static str) -> ClientError {
     ClientError::io(root, "packing")(std::io::Error::other(format!("too many {what} for one archive")))
-}
-
-struct Walker<'p> {
-    nodes: Vec<NodeSpec>,
-    /// Non-directories with more than one link, by (device, inode): later names share the first's inode.
-    links: HashMap<(u64, u64), Ino>,
-    data: DataWriter,
-    summary: PackSummary,
-    buf: Vec<u8>,
-    progress: Option<&'p PackProgress<'p>>,
-}
-
-impl Walker<'_> {
-    /// Records the entries of directory `dir` (node `index`); returns its subdirectories to walk.
-    fn directory(&mut self, dir: &Path, index: usize) -> Result<Vec<(PathBuf, usize)>, ClientError> {
-        let mut names: Vec<OsString> = std::fs::read_dir(dir)
-            .map_err(ClientError::io(dir, "listing directory"))?
-            .map(|e| e.map(|e| e.file_name()))
-            .collect::<Result<_, _>>()
-            .map_err(ClientError::io(dir, "listing directory"))?;
-        names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-        let mut children = Vec::with_capacity(names.len());
-        let mut subdirs = Vec::new();
-        for name in names {
-            let path = dir.join(&name);
-            let meta = std::fs::symlink_metadata(&path).map_err(ClientError::io(&path, "reading attributes"))?;
-            self.summary.entries += 1;
-            let key = (meta.dev(), meta.ino());
-            if !meta.is_dir() && meta.nlink() > 1 {
-                if let Some(&ino) = self.links.get(&key) {
-                    children.push((name.as_bytes().to_vec(), ino));
-                    continue;
-                }
-            }
-            let ft = meta.file_type();
-            let content = if ft.is_dir() {
-                Content::Dir(Vec::new())
-            } else if ft.is_file() {
-                Content::File(self.file(&path, &meta)?)
-            } else if ft.is_symlink() {
-                let target = std::fs::read_link(&path).map_err(ClientError::io(&path, "reading symlink"))?;
-                Content::Symlink(target.as_os_str().as_bytes().to_vec())
-            } else if ft.is_char_device() || ft.is_block_device() {
-                let rdev = meta.rdev();
-                let (major, minor) = (nix::sys::stat::major(rdev), nix::sys::stat::minor(rdev));
-                Content::Device { major: major as u32, minor: minor as u32 }
-            } else {
-                Content::Special // FIFO or socket: attributes only, never opened
-            };
-            let is_dir = matches!(content, Content::Dir(_));
-            self.nodes.push(node_spec(&path, &meta, content)?);
-            if self.nodes.len() >= u32::MAX as usize - 1 {
-                return Err(too_many(dir, "inodes"));
-            }
-            let child = self.nodes.len() - 1;
-            let ino = Ino::from_index(child);
-            if is_dir {
-                subdirs.push((path, child));
-            } else if meta.nlink() > 1 {
-                self.links.insert(key, ino);
-            }
-            children.push((name.as_bytes().to_vec(), ino));
-        }
-        self.nodes[index].content = Content::Dir(children);
-        Ok(subdirs)
-    }
-
-    /// Streams a regular file's bytes into the data section.
-    fn file(&mut self, path: &Path, meta: &std::fs::Metadata) -> Result<DataRef, ClientError> {
-        // O_NOFOLLOW | O_NONBLOCK: if the entry was swapped for a symlink or a FIFO since lstat, fail or
-        // notice below instead of following it or blocking.
-        let mut f = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
-            .open(path)
-            .map_err(ClientError::io(path, "opening file"))?;
-        let now = f.metadata().map_err(ClientError::io(path, "reading attributes"))?;
-        if !now.is_file() || now.ino() != meta.ino() {
-            return Err(ClientError::io(path, "reading file")(std::io::Error::other(
-                "the entry changed while packing (is the root filesystem in use?)",
-            )));
-        }
-        let offset = self.data.position();
-        let mut size = 0u64;
-        let mut limited = (&mut f).take(meta.len());
-        loop {
-            let n = match limited.read(&mut self.buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(ClientError::io(path, "reading file")(e)),
-            };
-            self.data.write(&self.buf[..n]).map_err(ClientError::io(path, "writing file data"))?;
-            size += n as u64;
-            self.summary.data_bytes += n as u64;
-            if let Some(p) = self.progress {
-                p(self.summary.files, self.summary.data_bytes);
-            }
-        }
-        if size != meta.len() {
-            warn!(path = %path.display(), expected = meta.len(), read = size, "file shrank while packing");
-        }
-        self.summary.files += 1;
-        Ok(DataRef { layer: 0, offset, size })
-    }
-}
-
-fn node_spec(path: &Path, meta: &std::fs::Metadata, content: Content) -> Result<NodeSpec, ClientError> {
-    let nsec = u32::try_from(meta.mtime_nsec()).ok().filter(|n| *n < 1_000_000_000).unwrap_or(0);
-    Ok(NodeSpec {
-        mode: meta.mode(),
-        uid: meta.uid(),
-        gid: meta.gid(),
-        mtime: Timestamp { sec: meta.mtime(), nsec },
-        xattrs: xattrs(path)?,
-        content,
-    })
-}
-
-/// Extended attributes of `path` itself (not of a symlink's target).
-fn xattrs(path: &Path) -> Result<Vec<Xattr>, ClientError> {
-    let names = match xattr::list(path) {
-        Ok(names) => names,
-        Err(e) if e.raw_os_error() == Some(nix::libc::ENOTSUP) => return Ok(Vec::new()),
-        Err(e) => return Err(ClientError::io(path, "listing xattrs")(e)),
-    };
-    let mut out = Vec::new();
-    for name in names {
-        match xattr::get(path, &name) {
-            Ok(Some(value)) => out.push(Xattr { name: name.as_bytes().to_vec(), value }),
-            Ok(None) => {} // removed meanwhile
-            Err(e) => return Err(ClientError::io(path, "reading xattr")(e)),
-        }
-    }
-    out.sort();
-    Ok(out)
 }
 
 fn hex(bytes: &[u8]) -> String {

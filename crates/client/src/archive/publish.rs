@@ -40,7 +40,7 @@ pub struct ArchiveReport {
     pub index_size: Option<u64>,
 }
 
-/// Packs `root` into a data-carrying archive at `target`: a local file (written atomically), or an S3
+/// Packs `root` into a data-carrying archive at `target`: a local file (see [`crate::write_atomically`]), or an S3
 /// object (staged in `opts.pack.scratch_dir`, uploaded, then removed). Checks the S3 configuration before
 /// reading the tree.
 pub async fn archive(
@@ -49,10 +49,17 @@ pub async fn archive(
     opts: &ArchiveOptions,
     progress: Option<Arc<dyn ArchiveProgress>>,
 ) -> Result<ArchiveReport, ClientError> {
+    // Outputs that would be refused are refused before the tree is read.
     let object = match target {
         Location::S3(url) => Some(S3Object::open(url, &opts.s3)?),
-        Location::Local(_) => None,
+        Location::Local(path) => {
+            crate::check_output(path)?;
+            None
+        }
     };
+    if let Some(out) = &opts.index_out {
+        crate::check_output(out)?;
+    }
     let (root_buf, config, p) = (root.to_path_buf(), opts.pack.clone(), progress.clone());
     let mut packed = tokio::task::spawn_blocking(move || {
         let report = |files, bytes| {

@@ -139,11 +139,8 @@ pub(crate) fn record(state_dir: &Path, event: &ImageReady) -> Result<PathBuf, Ru
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), RunError> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    std::fs::write(&tmp, bytes).map_err(RunError::io(&tmp, "writing"))?;
-    std::fs::rename(&tmp, path).map_err(RunError::io(path, "renaming into place"))
+    use std::io::Write;
+    Ok(crate::write_atomically(path, |f| f.write_all(bytes).map_err(crate::ClientError::io(path, "writing")))?)
 }
 
 #[cfg(test)]

@@ -109,11 +109,10 @@ impl Locked {
 
     fn save(&self) -> Result<(), RunError> {
         let path = self.dir.join("state.json");
-        let tmp = self.dir.join("state.json.tmp");
         let bytes = serde_json::to_vec(&self.state)
             .map_err(|e| RunError::State { path: path.clone(), message: e.to_string() })?;
-        std::fs::write(&tmp, bytes).map_err(RunError::io(&tmp, "writing"))?;
-        std::fs::rename(&tmp, &path).map_err(RunError::io(&path, "renaming into place"))
+        let write = |f: &mut std::fs::File| std::io::Write::write_all(f, &bytes);
+        Ok(crate::write_atomically(&path, |f| write(f).map_err(crate::ClientError::io(&path, "writing")))?)
     }
 
     /// Whether the mount is live: mounted and its process running.

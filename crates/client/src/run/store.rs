@@ -161,12 +161,8 @@ async fn fetch_s3(
     if bytes.len() as u64 != size {
         return Err(S3Error::Transfer { url: url.to_string(), op: "GET", detail: "short read".into() }.into());
     }
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(crate::ClientError::io(dir, "creating the index store"))?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(crate::ClientError::io(dir, "creating a file"))?;
-    tmp.write_all(&bytes).map_err(crate::ClientError::io(tmp.path(), "writing the index"))?;
-    tmp.as_file().sync_all().map_err(crate::ClientError::io(tmp.path(), "syncing the index"))?;
-    let archive = Archive::open(tmp.path())
+    // Checked before it is stored: a readable index of this image.
+    let archive = Archive::from_bytes(bytes.to_vec())
         .map_err(|source| crate::ClientError::Format { path: url.to_string().into(), source })?;
     if archive.meta().manifest_digest.as_deref() != Some(manifest_digest) {
         return Err(crate::ClientError::ManifestChanged {
@@ -175,7 +171,10 @@ async fn fetch_s3(
             found: manifest_digest.to_owned(),
         });
     }
-    tmp.persist(path).map_err(|e| crate::ClientError::io(path, "renaming the index into place")(e.error))?;
+    drop(archive);
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(crate::ClientError::io(dir, "creating the index store"))?;
+    crate::write_atomically(path, |f| f.write_all(&bytes).map_err(crate::ClientError::io(path, "writing the index")))?;
     Ok(true)
 }
 
@@ -213,11 +212,11 @@ pub(crate) async fn build(
         .await
         .map_err(|e| RunError::Index { image: image.to_owned(), source: Box::new(e) })?;
     std::fs::create_dir_all(dir).map_err(RunError::io(dir, "creating the index store"))?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(RunError::io(dir, "creating a file"))?;
-    let format = |source| crate::ClientError::Format { path: path.to_path_buf(), source };
-    clip_format::write_index(&contents, std::io::BufWriter::new(tmp.as_file_mut())).map_err(format)?;
-    tmp.as_file_mut().flush().map_err(RunError::io(path, "writing the index"))?;
-    tmp.as_file().sync_all().map_err(RunError::io(path, "syncing the index"))?;
-    tmp.persist(path).map_err(|e| RunError::io(path, "renaming the index into place")(e.error))?;
+    crate::write_atomically(path, |f| {
+        let format = |source| crate::ClientError::Format { path: path.to_path_buf(), source };
+        let mut w = std::io::BufWriter::new(f);
+        clip_format::write_index(&contents, &mut w).map_err(format)?;
+        w.flush().map_err(crate::ClientError::io(path, "writing the index"))
+    })?;
     Ok(())
 }
