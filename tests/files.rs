@@ -173,7 +173,7 @@ fn an_input_that_is_not_a_regular_file_is_refused_at_once() {
         fails_promptly(&["ls", s(input), "/"], &needle);
         fails_promptly(&["cat", s(input), "/etc/hostname"], &needle);
         fails_promptly(&["extract", s(input), s(&target)], &needle);
-        fails_promptly(&["--config", s(input), "config"], &needle);
+        fails_promptly(&["config", "--config", s(input)], &needle);
     }
     assert!(std::fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo());
     // A regular file still opens (the check is not in the way).

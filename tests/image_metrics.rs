@@ -147,7 +147,7 @@ fn metrics_count_index_sources_fallbacks_and_time_to_ready() {
     assert_eq!(warnings.len(), 1, "warned once: {stderr}");
     assert!(warnings[0].contains("refuses Range requests") && warnings[0].contains("range_refused"), "{stderr}");
     assert!(warnings[0].contains("(200, not 206)"), "{stderr}");
-    assert!(stderr.contains("cache miss: v1 fallback pulls and applies every layer"), "{stderr}");
+    assert!(stderr.contains("cache miss: v1 fallback pulls every layer"), "{stderr}");
     assert!(stderr.contains("version=1"), "the v1 archive is mounted: {stderr}");
     let probes: Vec<_> =
         node.proxy().stats().log.into_iter().filter(|r| r.range.as_deref() == Some("bytes=0-0")).collect();
