@@ -1,7 +1,9 @@
 //! The `.clip` file format: one versioned, little-endian, checksummed container for both archive kinds.
 //!
 //! - [`write_index`] / [`write_archive`] turn an [`IndexContents`] (inodes as [`NodeSpec`], the span table,
-//!   [`ImageMeta`]) into bytes, deterministically.
+//!   [`ImageMeta`], the checkpoint windows as [`Windows`]) into bytes, deterministically. Windows are
+//!   compressed as they are added and spill to a temporary file, so an indexer's memory does not grow with
+//!   the layer size.
 //! - [`Archive::open`] maps a file and checks header, section table and checksums only; [`Archive::node`],
 //!   [`Archive::lookup`] (binary search, O(log n)) and [`Archive::children`] (O(children)) decode records
 //!   on access.
@@ -15,7 +17,7 @@
 //! let file = NodeSpec { mode: mode::S_IFREG | 0o644, uid: 0, gid: 0, mtime: Timestamp::default(),
 //!     xattrs: vec![], content: Content::File(DataRef { layer: 0, offset: 512, size: 5 }) };
 //! let contents = IndexContents { kind: ArchiveKind::IndexOnly, meta: ImageMeta::default(),
-//!     nodes: vec![root, file], spans: vec![] };
+//!     nodes: vec![root, file], spans: vec![], windows: Windows::new() };
 //! let mut bytes = Vec::new();
 //! write_index(&contents, &mut bytes).unwrap();
 //! let archive = Archive::from_bytes(bytes).unwrap();
@@ -28,6 +30,7 @@ pub mod layout;
 mod meta;
 mod node;
 mod reader;
+mod windows;
 mod writer;
 
 pub use error::FormatError;
@@ -35,4 +38,5 @@ pub use layout::{ArchiveKind, SectionEntry};
 pub use meta::{Compression, ImageConfig, ImageMeta, LayerMeta, Platform};
 pub use node::{mode, Content, DataRef, Ino, NodeKind, NodeSpec, Timestamp, Xattr};
 pub use reader::{Archive, NodeView, RangeReader, SpanView, XattrRef};
+pub use windows::{WindowRef, Windows, MAX_WINDOW};
 pub use writer::{write_archive, write_index, DataSource, IndexContents, SpanSpec};

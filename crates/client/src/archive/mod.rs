@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 
 use clip_format::{
     ArchiveKind, Compression, Content, DataRef, DataSource, ImageMeta, IndexContents, Ino, LayerMeta, NodeSpec,
-    Timestamp, Xattr,
+    Timestamp, Windows, Xattr,
 };
 use tracing::{debug, warn};
 
@@ -188,7 +188,13 @@ pub fn pack(root: &Path, config: &PackConfig, progress: Option<&PackProgress<'_>
     };
     debug!(root = %root.display(), ?summary, "packed");
     Ok(Packed {
-        contents: IndexContents { kind: ArchiveKind::DataCarrying, meta, nodes, spans: written.spans },
+        contents: IndexContents {
+            kind: ArchiveKind::DataCarrying,
+            meta,
+            nodes,
+            spans: written.spans,
+            windows: Windows::new(),
+        },
         data: reader,
         summary,
     })
