@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """clip benchmarks: clip against a full pull, through a shaped link, side by side in one run.
 
-Builds two images (Debian bookworm + python3 from mmdebstrap, and a "many files" image with 100k small
-files and one 500 MB file), serves them from a local docker-registry behind clip-proxy (a bandwidth cap
+Builds the images (Debian bookworm + python3 from mmdebstrap, a "many files" image with 100k small
+files and one 500 MB file, and one-layer gzip images of 1 and 4 GiB for the indexer's memory), serves them from a local docker-registry behind clip-proxy (a bandwidth cap
 plus added round-trip latency, counting the bytes it sends), runs each scenario several times and prints a
 Markdown table of medians (with min-max), also written to bench/results.md. Run it through ./dev/bench.
 """
@@ -192,6 +192,47 @@ def build_images():
     return debian, many
 
 
+def big_layer_image(gib):
+    """An OCI layout (tag `big`) of one gzip -1 layer: four files of base64 text, `gib` GiB of tar in all."""
+    layout = WORK / f"images/big-{gib}g"
+    if (layout / "index.json").exists():
+        return layout
+    log(f"building a one-layer image of {gib} GiB (base64 text, gzip -1)")
+    tmp = Path(tempfile.mkdtemp(dir=WORK))
+    (tmp / "src").mkdir()
+    for i in range(4):
+        # base64 turns 3 bytes into 4 (plus a newline every 76): the files add up to about `gib` GiB.
+        run(["bash", "-c", f"head -c {gib * 3 * (1 << 28) * 76 // 77 // 4} /dev/urandom | base64 > {tmp}/src/f{i}.txt"])
+    run(["bash", "-c", f"tar -C {tmp}/src -cf - . | tee >(sha256sum > {tmp}/diff) | gzip -1 > {tmp}/layer"])
+    shutil.rmtree(tmp / "src")
+    blobs = tmp / "layout/blobs/sha256"
+    blobs.mkdir(parents=True)
+
+    def put(path=None, data=None):
+        if data is not None:
+            path = tmp / "blob"
+            path.write_bytes(data)
+        digest = run(["sha256sum", path], capture_output=True, text=True).stdout.split()[0]
+        size = path.stat().st_size
+        path.rename(blobs / digest)
+        return {"digest": f"sha256:{digest}", "size": size}
+
+    diff_id = "sha256:" + (tmp / "diff").read_text().split()[0]
+    layer = {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", **put(tmp / "layer")}
+    config = {"architecture": "amd64", "os": "linux", "config": {}, "rootfs": {"type": "layers", "diff_ids": [diff_id]}}
+    config = {"mediaType": "application/vnd.oci.image.config.v1+json", **put(data=json.dumps(config).encode())}
+    manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json", "config": config,
+                "layers": [layer]}
+    manifest = {"mediaType": "application/vnd.oci.image.manifest.v1+json", **put(data=json.dumps(manifest).encode()),
+                "annotations": {"org.opencontainers.image.ref.name": "big"}}
+    (tmp / "layout/index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [manifest]}))
+    (tmp / "layout/oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
+    layout.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(tmp / "layout"), str(layout))
+    shutil.rmtree(tmp)
+    return layout
+
+
 def push(layout, tag, registry, repo):
     run(["skopeo", "copy", "-q", "--preserve-digests", "--dest-tls-verify=false", f"oci:{layout}:{tag}",
          f"docker://{registry.addr}/{repo}"])
@@ -339,6 +380,23 @@ def local_scenarios(tmp, proxy, many_layout, results):
     shutil.rmtree(unpacked)
 
 
+def index_memory(tmp, results, sizes=(1, 4)):
+    """P12: peak RSS of `clip index` of one big gzip layer (from a local OCI layout) at two sizes; it must not
+    grow with the layer (checkpoint windows are stored compressed, spilled to a temporary file)."""
+    peaks = []
+    for gib in sizes:
+        layout = big_layer_image(gib)
+        out = tmp / f"big-{gib}g.clip"
+        err = run(["/usr/bin/time", "-f", "%M", CLIP, "-q", "index", f"oci:{layout}:big", "-o", out],
+                  capture_output=True, text=True).stderr
+        peaks.append(int(err.strip().splitlines()[-1]) * 1024)
+        out.unlink()
+    growth = peaks[-1] / peaks[0]
+    results.add("P12", f"`clip index` peak RSS, one gzip layer of {sizes[-1]} GiB (vs {sizes[0]} GiB)", mib(peaks[-1]),
+                f"{mib(peaks[0])} ({sizes[0]} GiB)", growth, "≤ 64 MiB, growth ≤ 1.2",
+                peaks[-1] <= 64 << 20 and growth <= 1.2, None)
+
+
 def archive_throughput(tmp, debian_layout, results):
     """P9: `clip archive --compress` of the unpacked Debian rootfs vs `tar -cf - | zstd` of the same tree."""
     unpacked = tmp / "debian-unpacked"
@@ -426,6 +484,7 @@ def main():
         try:
             local_scenarios(tmp, proxy, many, results)
             archive_throughput(tmp, debian, results)
+            index_memory(tmp, results)
         finally:
             proxy.stop()
     finally:
@@ -436,7 +495,7 @@ def main():
                 subprocess.run(["umount", "-l", mp])
         shutil.rmtree(tmp, ignore_errors=True)
 
-    order = {f"P{i}": i for i in range(1, 12)}
+    order = {f"P{i}": i for i in range(1, 13)}
     rows = sorted(results.rows, key=lambda r: order[r[0]])
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     lines = [

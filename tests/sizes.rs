@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 
 use clip_format::{
     mode, write_archive, write_index, ArchiveKind, Compression, Content, DataRef, DataSource, ImageMeta, IndexContents,
-    Ino, LayerMeta, NodeSpec, SpanSpec, Timestamp,
+    Ino, LayerMeta, NodeSpec, SpanSpec, Timestamp, WindowRef, Windows,
 };
 use clip_testkit::{Compression as LayerCompression, Image, LayerBuilder, OciLayoutBuilder};
 use common::{clip, s};
@@ -48,7 +48,8 @@ fn v1_archive(file: DataRef, uncompressed: u64) -> Vec<u8> {
             node(mode::S_IFDIR | 0o755, Content::Dir(vec![(b"f".to_vec(), Ino(2))])),
             node(mode::S_IFREG | 0o644, Content::File(file)),
         ],
-        spans: vec![SpanSpec { out_offset: 0, in_offset: 0, bits: 0, digest: [0; 32], window: vec![] }],
+        spans: vec![SpanSpec { out_offset: 0, in_offset: 0, bits: 0, digest: [0; 32], window: WindowRef::default() }],
+        windows: Windows::new(),
     };
     let mut out = Vec::new();
     write_archive(&contents, Some(DataSource { reader: &mut &data[..], len: DATA_LEN }), &mut out).unwrap();

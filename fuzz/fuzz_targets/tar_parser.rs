@@ -24,6 +24,7 @@ fuzz_target!(|data: &[u8]| {
             meta: Default::default(),
             nodes,
             spans: vec![],
+            windows: clip_format::Windows::new(),
         };
         let mut out = Vec::new();
         // The merge's output must always be a tree the writer accepts.

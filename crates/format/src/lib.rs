@@ -1,7 +1,9 @@
 //! The `.clip` file format: one versioned, little-endian, checksummed container for both archive kinds.
 //!
 //! - [`write_index`] / [`write_archive`] turn an [`IndexContents`] (inodes as [`NodeSpec`], the span table,
-//!   [`ImageMeta`]) into bytes, deterministically.
+//!   [`ImageMeta`], the checkpoint windows as [`Windows`]) into bytes, deterministically. Windows are
+//!   compressed as they are added and spill to a temporary file, so an indexer's memory does not grow with
+//!   the layer size.
 //! - [`Archive::open`] maps a file and checks header, section table and checksums only; [`Archive::node`],
 //!   [`Archive::lookup`] (binary search, O(log n)) and [`Archive::children`] (O(children)) decode records
 //!   on access.
@@ -18,9 +20,10 @@
 //! let layer = LayerMeta { media_type: "application/vnd.oci.image.layer.v1.tar".into(),
 //!     digest: format!("sha256:{}", "0".repeat(64)), size: 1024, diff_id: String::new(),
 //!     uncompressed_size: 1024, compression: Compression::None, first_span: 0, span_count: 1 };
-//! let span = SpanSpec { out_offset: 0, in_offset: 0, bits: 0, digest: [0; 32], window: vec![] };
+//! let span = SpanSpec { out_offset: 0, in_offset: 0, bits: 0, digest: [0; 32], window: WindowRef::default() };
 //! let contents = IndexContents { kind: ArchiveKind::IndexOnly,
-//!     meta: ImageMeta { layers: vec![layer], ..ImageMeta::default() }, nodes: vec![root, file], spans: vec![span] };
+//!     meta: ImageMeta { layers: vec![layer], ..ImageMeta::default() }, nodes: vec![root, file], spans: vec![span],
+//!     windows: Windows::new() };
 //! let mut bytes = Vec::new();
 //! write_index(&contents, &mut bytes).unwrap();
 //! let archive = Archive::from_bytes(bytes).unwrap();
@@ -35,6 +38,7 @@ pub mod layout;
 mod meta;
 mod node;
 mod reader;
+mod windows;
 mod writer;
 
 pub use check::MAX_SIZE;
@@ -44,4 +48,5 @@ pub use layout::{ArchiveKind, SectionEntry};
 pub use meta::{Compression, ImageConfig, ImageMeta, LayerMeta, Platform};
 pub use node::{mode, Content, DataRef, Ino, NodeKind, NodeSpec, Timestamp, Xattr};
 pub use reader::{Archive, NodeView, RangeReader, SpanView, XattrRef};
+pub use windows::{WindowRef, Windows, MAX_WINDOW};
 pub use writer::{write_archive, write_index, DataSource, IndexContents, SpanSpec};

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 
 use crate::layout::*;
+use crate::windows::{WindowRef, Windows};
 use crate::{Content, FormatError, ImageMeta, Ino, NodeKind, NodeSpec};
 
 /// A resume point in a layer and the digest of the span that starts there, as the indexer records them.
@@ -18,8 +19,9 @@ pub struct SpanSpec {
     pub bits: u8,
     /// sha256 of the span's uncompressed bytes.
     pub digest: [u8; 32],
-    /// gzip: up to 32 KiB of uncompressed output before `out_offset` (empty at a stream start); else empty.
-    pub window: Vec<u8>,
+    /// gzip: where in [`IndexContents::windows`] the stored window sits (up to 32 KiB of uncompressed
+    /// output before `out_offset`; none at a stream start); else `WindowRef::default()` (no window).
+    pub window: WindowRef,
 }
 
 /// Everything a `.clip` file holds apart from v1 file data.
@@ -31,10 +33,12 @@ pub struct IndexContents {
     pub nodes: Vec<NodeSpec>,
     /// All layers' spans, each layer's slice as its [`crate::LayerMeta`] says.
     pub spans: Vec<SpanSpec>,
+    /// The spans' checkpoint windows, stored (compressed) as they were recorded: the `WIND` section.
+    pub windows: Windows,
 }
 
-/// zstd level for checkpoint windows (each at most 32 KiB, mostly zeroed) and for large metadata sections:
-/// small output, still fast for a 100k-file tree.
+/// zstd level for large metadata sections (and, in [`Windows`], for checkpoint windows): small output,
+/// still fast for a 100k-file tree.
 const ZSTD_LEVEL: i32 = 9;
 /// zstd level for metadata sections up to [`STRONG_MAX`] raw bytes: ~10 % smaller than level 9 for a
 /// 10k-file image (directory entries shrink by a quarter) for ~70 ms; level 19 saves 6 % more but costs
@@ -61,7 +65,7 @@ pub fn write_archive<W: Write>(
 ) -> Result<u64, FormatError> {
     let tables = encode_tables(contents)?;
     let meta = serde_json::to_vec(&contents.meta).map_err(FormatError::Meta)?;
-    let (spans, windows) = encode_spans(&contents.spans)?;
+    let spans = encode_spans(&contents.spans, &contents.windows)?;
 
     let mut bodies: Vec<([u8; 4], u32, Vec<u8>, u64)> = Vec::new();
     for (id, raw) in [
@@ -77,10 +81,9 @@ pub fn write_archive<W: Write>(
         let stored = zstd::bulk::compress(&raw, level).map_err(FormatError::Write)?;
         bodies.push((id, FLAG_ZSTD, stored, raw_len));
     }
-    let wind_len = windows.len() as u64;
-    bodies.push((SEC_WIND, FLAG_LAZY, windows, wind_len));
+    let windows = &contents.windows;
 
-    let count = bodies.len() + usize::from(data.is_some());
+    let count = bodies.len() + 1 + usize::from(data.is_some());
     let mut offset = (HEADER_LEN + count * SECTION_ENTRY_LEN) as u64;
     let mut table = Vec::with_capacity(count * SECTION_ENTRY_LEN);
     for (id, flags, stored, raw_len) in &bodies {
@@ -95,6 +98,17 @@ pub fn write_archive<W: Write>(
         .encode(&mut table);
         offset += stored.len() as u64;
     }
+    // WIND is written from where the windows were stored (possibly a temporary file), never held here.
+    SectionEntry {
+        id: SEC_WIND,
+        flags: FLAG_LAZY,
+        offset,
+        stored_len: windows.len(),
+        raw_len: windows.len(),
+        crc: windows.crc(),
+    }
+    .encode(&mut table);
+    offset += windows.len();
     if let Some(d) = &data {
         // The data section is verified span by span (digests in SPAN), not as a whole.
         SectionEntry { id: SEC_DATA, flags: FLAG_LAZY, offset, stored_len: d.len, raw_len: d.len, crc: 0 }
@@ -115,6 +129,9 @@ pub fn write_archive<W: Write>(
         w(&mut out, stored)?;
         total += stored.len() as u64;
     }
+    windows.write_to(&mut out)?;
+    total += windows.len();
+    debug_assert_eq!(total, offset);
     if let Some(d) = data {
         let copied = std::io::copy(&mut d.reader.take(d.len), &mut out).map_err(FormatError::Write)?;
         if copied != d.len {
@@ -266,21 +283,14 @@ fn encode_tables(c: &IndexContents) -> Result<Tables, FormatError> {
     Ok(Tables { nodes, dents, strs: strs.blob, xattrs })
 }
 
-fn encode_spans(spans: &[SpanSpec]) -> Result<(Vec<u8>, Vec<u8>), FormatError> {
+fn encode_spans(spans: &[SpanSpec], windows: &Windows) -> Result<Vec<u8>, FormatError> {
     let mut table = Vec::with_capacity(spans.len() * SPAN_LEN);
-    let mut windows = Vec::new();
     for s in spans {
-        if s.window.len() > 32 * 1024 || s.bits > 7 {
+        let WindowRef { offset: woff, len: wlen } = s.window;
+        if s.bits > 7 || woff.checked_add(u64::from(wlen)).is_none_or(|end| end > windows.len()) {
             return Err(FormatError::Invalid(format!("span at {}: window or bits out of range", s.out_offset)));
         }
-        let (woff, wlen) = if s.window.is_empty() {
-            (0u64, 0u32)
-        } else {
-            let z = zstd::bulk::compress(&s.window, ZSTD_LEVEL).map_err(FormatError::Write)?;
-            let off = windows.len() as u64;
-            windows.extend_from_slice(&z);
-            (off, z.len() as u32)
-        };
+        let woff = if wlen == 0 { 0 } else { woff };
         table.extend_from_slice(&s.out_offset.to_le_bytes());
         table.extend_from_slice(&s.in_offset.to_le_bytes());
         table.extend_from_slice(&woff.to_le_bytes());
@@ -288,7 +298,7 @@ fn encode_spans(spans: &[SpanSpec]) -> Result<(Vec<u8>, Vec<u8>), FormatError> {
         table.extend_from_slice(&[s.bits, 0, 0, 0]);
         table.extend_from_slice(&s.digest);
     }
-    Ok((table, windows))
+    Ok(table)
 }
 
 pub(crate) fn lossy(b: &[u8]) -> String {

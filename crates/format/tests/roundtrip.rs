@@ -32,12 +32,13 @@ fn sample() -> IndexContents {
         Xattr { name: b"user.b".to_vec(), value: b"2".to_vec() },
         Xattr { name: b"security.capability".to_vec(), value: vec![1, 0, 0, 2, 0, 32, 0, 0] },
     ];
-    let span = |out_offset, in_offset, bits, window: Vec<u8>| SpanSpec {
+    let mut windows = Windows::new();
+    let mut span = |out_offset, in_offset, bits, window: Vec<u8>| SpanSpec {
         out_offset,
         in_offset,
         bits,
         digest: [out_offset as u8; 32],
-        window,
+        window: windows.push(&window).unwrap(),
     };
     let meta = ImageMeta {
         source: "127.0.0.1:5000/t:1".into(),
@@ -66,17 +67,13 @@ fn sample() -> IndexContents {
         ],
         ..Default::default()
     };
-    IndexContents {
-        kind: ArchiveKind::IndexOnly,
-        meta,
-        nodes,
-        spans: vec![
-            span(0, 10, 0, vec![]),
-            span(4 << 20, 5000, 3, vec![7u8; 32 * 1024]),
-            span(8 << 20, 9000, 0, b"window".to_vec()),
-            span(0, 0, 0, vec![]),
-        ],
-    }
+    let spans = vec![
+        span(0, 10, 0, vec![]),
+        span(4 << 20, 5000, 3, vec![7u8; 32 * 1024]),
+        span(8 << 20, 9000, 0, b"window".to_vec()),
+        span(0, 0, 0, vec![]),
+    ];
+    IndexContents { kind: ArchiveKind::IndexOnly, meta, nodes, spans, windows }
 }
 
 fn write(c: &IndexContents) -> Vec<u8> {

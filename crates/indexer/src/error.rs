@@ -46,6 +46,12 @@ pub enum IndexError {
     DiffIdCount { diff_ids: usize, layers: usize },
     #[error("layer {layer} ({digest}): decompresses to over {ratio}x its compressed size (a decompression bomb?); raise --max-ratio if the image is trusted")]
     Ratio { layer: usize, digest: Digest, ratio: u64 },
+    #[error("layer {layer}: storing checkpoint windows (in a temporary file; is $TMPDIR writable and not full?)")]
+    Windows {
+        layer: usize,
+        #[source]
+        source: clip_format::FormatError,
+    },
     #[error("span size must be between 64 KiB and 1 GiB, got {0} bytes")]
     SpanSize(u64),
     #[error("indexing task failed: {0}")]

@@ -7,8 +7,11 @@ use std::io::Read;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use clip_codec::{Compression as Codec, IndexingReader, LayerSummary};
-use clip_format::{ArchiveKind, Compression, ImageConfig, ImageMeta, IndexContents, LayerMeta, Platform, SpanSpec};
+use clip_codec::{Compression as Codec, IndexingReader, Span};
+use clip_format::{
+    ArchiveKind, Compression, FormatError, ImageConfig, ImageMeta, IndexContents, LayerMeta, Platform, SpanSpec,
+    WindowRef, Windows,
+};
 use clip_source::{BlobSource, Descriptor, Digest, LayerCompression, ResolvedImage};
 use futures::{StreamExt, TryStreamExt};
 use sha2::{Digest as _, Sha256};
@@ -55,8 +58,35 @@ impl Default for IndexOptions {
 /// One layer after streaming: its tar entries and the span table.
 struct LayerResult {
     entries: Vec<TarEntry>,
-    summary: LayerSummary,
+    /// The spans, their windows referring to `windows`.
+    spans: SpanSink,
+    uncompressed_size: u64,
     diff_id: Digest,
+}
+
+/// Where a layer's spans go as the decoder finishes them: the window, compressed at once, into [`Windows`]
+/// (which spills to a temporary file), the rest (~80 bytes) into the span table. So indexing holds no raw
+/// window beyond the few the decoder is still trimming, whatever the layer's size.
+#[derive(Default)]
+struct SpanSink {
+    spans: Vec<SpanSpec>,
+    windows: Windows,
+}
+
+impl SpanSink {
+    fn extend(&mut self, spans: Vec<Span>) -> Result<(), FormatError> {
+        for s in spans {
+            let window = self.windows.push(&s.checkpoint.window)?;
+            self.spans.push(SpanSpec {
+                out_offset: s.checkpoint.out_offset,
+                in_offset: s.checkpoint.in_offset,
+                bits: s.checkpoint.bits,
+                digest: s.digest,
+                window,
+            });
+        }
+        Ok(())
+    }
 }
 
 /// Indexes `image`, reading its layers from `source`.
@@ -98,6 +128,7 @@ pub async fn index_image(
     let mut merger = Merger::new();
     let mut layers = Vec::with_capacity(results.len());
     let mut spans = Vec::new();
+    let mut windows = Windows::new();
     for (i, (r, desc)) in results.into_iter().zip(&image.layers).enumerate() {
         merger.apply_layer(i as u32, r.entries).map_err(|source| IndexError::Merge { layer: i, source })?;
         layers.push(LayerMeta {
@@ -105,22 +136,22 @@ pub async fn index_image(
             digest: desc.digest.to_string(),
             size: desc.size,
             diff_id: r.diff_id.to_string(),
-            uncompressed_size: r.summary.uncompressed_size,
+            uncompressed_size: r.uncompressed_size,
             compression: match desc.compression()? {
                 LayerCompression::Gzip => Compression::Gzip,
                 LayerCompression::Zstd => Compression::Zstd,
                 LayerCompression::None => Compression::None,
             },
             first_span: spans.len() as u32,
-            span_count: r.summary.spans.len() as u32,
+            span_count: r.spans.spans.len() as u32,
         });
-        spans.extend(r.summary.spans.into_iter().map(|s| SpanSpec {
-            out_offset: s.checkpoint.out_offset,
-            in_offset: s.checkpoint.in_offset,
-            bits: s.checkpoint.bits,
-            digest: s.digest,
-            window: s.checkpoint.window,
-        }));
+        let base = windows.append(&r.spans.windows).map_err(|source| IndexError::Windows { layer: i, source })?;
+        spans.extend(
+            r.spans
+                .spans
+                .into_iter()
+                .map(|s| SpanSpec { window: WindowRef { offset: s.window.offset + base, ..s.window }, ..s }),
+        );
     }
     let nodes = merger.finish();
     info!(image = %image.reference, layers = layers.len(), nodes = nodes.len(), spans = spans.len(), "indexed");
@@ -137,7 +168,7 @@ pub async fn index_image(
         layers,
         data_location: None,
     };
-    Ok(IndexContents { kind: ArchiveKind::IndexOnly, meta, nodes, spans })
+    Ok(IndexContents { kind: ArchiveKind::IndexOnly, meta, nodes, spans, windows })
 }
 
 /// The runtime settings kept in an index, from an image config.
@@ -200,16 +231,24 @@ impl<R: Read> Read for Hashing<R> {
     }
 }
 
-/// Stops a decompression bomb: fails the read once output exceeds `max_ratio` × input + 64 MiB.
+/// Stops a decompression bomb: fails the read once output exceeds `max_ratio` × input + 64 MiB. Also moves
+/// finished spans into `sink` as they come, so their windows are never held raw for the whole layer.
 struct Guard<R: Read> {
     inner: IndexingReader<R>,
     max_ratio: u64,
     tripped: Rc<Cell<bool>>,
+    sink: SpanSink,
+    /// Why storing a window failed (the read then failed with a bare I/O error).
+    sink_error: Option<FormatError>,
 }
 
 impl<R: Read> Read for Guard<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
+        if let Err(err) = self.sink.extend(self.inner.take_spans()) {
+            self.sink_error = Some(err);
+            return Err(std::io::Error::other("storing checkpoint windows failed"));
+        }
         if self.max_ratio > 0 {
             let limit = self.inner.compressed_pos().saturating_mul(self.max_ratio).saturating_add(64 << 20);
             if self.inner.uncompressed_pos() > limit {
@@ -238,7 +277,13 @@ fn read_layer(
         LayerCompression::None => Codec::None,
     };
     let inflating = IndexingReader::new(Hashing { inner: blob, tally: blob_tally.clone() }, codec, opts.span_size);
-    let guarded = Guard { inner: inflating, max_ratio: opts.max_ratio, tripped: tripped.clone() };
+    let guarded = Guard {
+        inner: inflating,
+        max_ratio: opts.max_ratio,
+        tripped: tripped.clone(),
+        sink: SpanSink::default(),
+        sink_error: None,
+    };
     let mut tar = TarReader::new(Hashing { inner: guarded, tally: tar_tally.clone() });
     let mut entries = Vec::new();
     let mut last_report = 0u64;
@@ -246,7 +291,12 @@ fn read_layer(
         let entry = match tar.next_entry() {
             Ok(Some(entry)) => entry,
             Ok(None) => break,
-            Err(source) => return Err(tar_error(layer, desc, source, tripped.get(), opts.max_ratio)),
+            Err(source) => {
+                if let Some(source) = tar.get_mut().inner.sink_error.take() {
+                    return Err(IndexError::Windows { layer, source });
+                }
+                return Err(tar_error(layer, desc, source, tripped.get(), opts.max_ratio));
+            }
         };
         entries.push(entry);
         if let Some(p) = &opts.progress {
@@ -260,10 +310,15 @@ fn read_layer(
     // Whatever follows the end-of-archive blocks still counts for the digests.
     let mut rest = tar.into_inner();
     if let Err(e) = std::io::copy(&mut rest, &mut std::io::sink()) {
+        if let Some(source) = rest.inner.sink_error.take() {
+            return Err(IndexError::Windows { layer, source });
+        }
         let offset = tar_tally.borrow().count;
         return Err(tar_error(layer, desc, TarError::Io { offset, source: e }, tripped.get(), opts.max_ratio));
     }
-    let summary = rest.inner.inner.finish().map_err(|source| IndexError::Codec { layer, digest: digest(), source })?;
+    let Guard { inner, mut sink, .. } = rest.inner;
+    let summary = inner.finish().map_err(|source| IndexError::Codec { layer, digest: digest(), source })?;
+    sink.extend(summary.spans).map_err(|source| IndexError::Windows { layer, source })?;
     let diff_id = Digest::from_sha256(std::mem::take(&mut tar_tally.borrow_mut().hash).finalize().into());
     let Tally { hash, count } = std::mem::take(&mut *blob_tally.borrow_mut());
     let actual = Digest::from_sha256(hash.finalize().into());
@@ -273,11 +328,11 @@ fn read_layer(
     if count != desc.size {
         return Err(IndexError::BlobSize { layer, digest: digest(), expected: desc.size, actual: count });
     }
-    debug!(layer, spans = summary.spans.len(), files = entries.len(), "layer indexed");
+    debug!(layer, spans = sink.spans.len(), windows = sink.windows.len(), files = entries.len(), "layer indexed");
     if let Some(p) = &opts.progress {
         p.layer_done(layer);
     }
-    Ok(LayerResult { entries, summary, diff_id })
+    Ok(LayerResult { entries, spans: sink, uncompressed_size: summary.uncompressed_size, diff_id })
 }
 
 /// Sorts a failure seen through the tar parser: a tripped ratio guard, a decoder error, a read error
@@ -298,5 +353,68 @@ fn tar_error(layer: usize, desc: &Descriptor, err: TarError, tripped: bool, rati
             }
         }
         other => IndexError::Tar { layer, digest, source: other },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write as _;
+
+    use super::*;
+
+    /// Text with long-distance repeats: windows are referenced, so they survive trimming.
+    fn text(len: usize) -> Vec<u8> {
+        let words = ["alpha ", "beta ", "gamma\n", "delta ", "epsilon ", "zeta\n", "eta ", "theta "];
+        let mut seed = 0x2545_f491u32;
+        let mut out = Vec::with_capacity(len);
+        while out.len() < len {
+            seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            out.extend_from_slice(words[(seed >> 16) as usize % words.len()].as_bytes());
+            if seed % 5 == 0 {
+                out.extend_from_slice(format!("{seed:x}").as_bytes());
+            }
+        }
+        out.truncate(len);
+        out
+    }
+
+    #[test]
+    fn spans_leave_the_decoder_with_stored_windows_while_the_layer_streams() {
+        let data = text(8 << 20);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&data).unwrap();
+        let blob = gz.finish().unwrap();
+        let span_size = 64 << 10;
+        let mut guard = Guard {
+            inner: IndexingReader::new(&blob[..], Codec::Gzip, span_size),
+            max_ratio: 0,
+            tripped: Rc::default(),
+            sink: SpanSink::default(),
+            sink_error: None,
+        };
+        // Half the layer: every span but the few whose windows are still being trimmed is already stored.
+        let mut buf = vec![0u8; 64 << 10];
+        let mut read = 0;
+        while read < data.len() / 2 {
+            read += guard.read(&mut buf).unwrap();
+        }
+        let stored = guard.sink.spans.len();
+        assert!(guard.inner.take_spans().is_empty(), "the decoder held back finished spans");
+        let raw = (stored - 1) * 32 * 1024;
+        assert!(
+            guard.sink.windows.len() < raw as u64 / 4,
+            "windows are stored compressed: {} bytes for {stored} spans",
+            guard.sink.windows.len()
+        );
+
+        std::io::copy(&mut guard.by_ref(), &mut std::io::sink()).unwrap();
+        let Guard { inner, mut sink, .. } = guard;
+        sink.extend(inner.finish().unwrap().spans).unwrap();
+        // Spans end at the first block boundary past `span_size`, so they are about equally long here.
+        let cut_by_half = read * sink.spans.len() / data.len();
+        assert!(sink.spans.len() > 20, "{} spans", sink.spans.len());
+        assert!(stored + 2 >= cut_by_half, "{stored} spans stored after about {cut_by_half} were cut");
+        assert!(sink.spans.windows(2).all(|w| w[0].out_offset < w[1].out_offset));
+        assert!(sink.spans[1..].iter().all(|s| s.window.len > 0), "every later span resumes with a window");
     }
 }

@@ -8,7 +8,7 @@ use std::io::{BufWriter, Write};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::thread::JoinHandle;
 
-use clip_format::SpanSpec;
+use clip_format::{SpanSpec, WindowRef};
 use sha2::{Digest as _, Sha256};
 
 /// How span bytes are stored in the data section.
@@ -128,7 +128,7 @@ fn write_spans(rx: Receiver<Vec<u8>>, out: File, compression: DataCompression) -
         };
         out.write_all(bytes)?;
         whole.update(bytes);
-        spans.push(SpanSpec { out_offset, in_offset: stored, bits: 0, digest, window: Vec::new() });
+        spans.push(SpanSpec { out_offset, in_offset: stored, bits: 0, digest, window: WindowRef::default() });
         out_offset += span.len() as u64;
         stored += bytes.len() as u64;
     }

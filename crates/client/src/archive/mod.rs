@@ -17,7 +17,7 @@ use std::fs::File;
 use std::io::{BufWriter, Seek, Write};
 use std::path::{Path, PathBuf};
 
-use clip_format::{ArchiveKind, Compression, DataSource, ImageMeta, IndexContents, LayerMeta};
+use clip_format::{ArchiveKind, Compression, DataSource, ImageMeta, IndexContents, LayerMeta, Windows};
 use tracing::debug;
 
 pub use data::DataCompression;
@@ -158,7 +158,13 @@ pub fn pack(root: &Path, config: &PackConfig, progress: Option<&PackProgress<'_>
     };
     debug!(root = %root.display(), ?summary, "packed");
     Ok(Packed {
-        contents: IndexContents { kind: ArchiveKind::DataCarrying, meta, nodes, spans: written.spans },
+        contents: IndexContents {
+            kind: ArchiveKind::DataCarrying,
+            meta,
+            nodes,
+            spans: written.spans,
+            windows: Windows::new(),
+        },
         data: reader,
         summary,
     })

@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use clip_format::{
     mode, write_index, Archive, ArchiveKind, Compression, Content, DataRef, ImageMeta, IndexContents, Ino, LayerMeta,
-    NodeSpec, SpanSpec, Timestamp,
+    NodeSpec, SpanSpec, Timestamp, WindowRef, Windows,
 };
 use clip_fs::{mount, ClipFs, FsStats, MountHandle, MountOptions, PassthroughSource};
 use clip_store::{ContentStore, LayerBlobs, StoreConfig, StoreError};
@@ -99,7 +99,7 @@ impl TreeBuilder {
                     in_offset: start,
                     bits: 0,
                     digest: Sha256::digest(&layer[start as usize..end as usize]).into(),
-                    window: vec![],
+                    window: WindowRef::default(),
                 }
             })
             .collect();
@@ -118,7 +118,8 @@ impl TreeBuilder {
             }],
             ..ImageMeta::default()
         };
-        let contents = IndexContents { kind: ArchiveKind::IndexOnly, meta, nodes: self.nodes, spans };
+        let contents =
+            IndexContents { kind: ArchiveKind::IndexOnly, meta, nodes: self.nodes, spans, windows: Windows::new() };
         let mut bytes = Vec::new();
         write_index(&contents, &mut bytes).expect("write index");
         (Arc::new(Archive::from_bytes(bytes).expect("open index")), Bytes::from(layer))

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use clip_codec::{Compression as Codec, IndexingReader};
 use clip_format::{
     mode, Archive, ArchiveKind, Compression, Content, DataRef, ImageMeta, IndexContents, Ino, LayerMeta, NodeSpec,
-    SpanSpec, Timestamp,
+    SpanSpec, Timestamp, Windows,
 };
 use clip_store::{ContentStore, LayerBlobs, StoreConfig, StoreError};
 use futures::future::BoxFuture;
@@ -106,6 +106,7 @@ pub struct Fixture {
 impl Fixture {
     pub fn new(layers: Vec<Layer>, files: &[DataRef]) -> Fixture {
         let mut spans = Vec::new();
+        let mut windows = Windows::new();
         let mut metas = Vec::new();
         let mut first_span = Vec::new();
         for l in &layers {
@@ -128,7 +129,7 @@ impl Fixture {
                 in_offset: s.checkpoint.in_offset,
                 bits: s.checkpoint.bits,
                 digest: s.digest,
-                window: s.checkpoint.window.clone(),
+                window: windows.push(&s.checkpoint.window).unwrap(),
             }));
         }
         let attrs = |mode: u32, content| NodeSpec {
@@ -143,7 +144,7 @@ impl Fixture {
         let mut nodes = vec![attrs(mode::S_IFDIR | 0o755, Content::Dir(entries))];
         nodes.extend(files.iter().map(|d| attrs(mode::S_IFREG | 0o644, Content::File(*d))));
         let meta = ImageMeta { source: "test".into(), span_size: 0, layers: metas, ..ImageMeta::default() };
-        let contents = IndexContents { kind: ArchiveKind::IndexOnly, meta, nodes, spans };
+        let contents = IndexContents { kind: ArchiveKind::IndexOnly, meta, nodes, spans, windows };
         let mut bytes = Vec::new();
         clip_format::write_index(&contents, &mut bytes).unwrap();
         let archive = Arc::new(Archive::from_bytes(bytes).unwrap());
