@@ -81,18 +81,19 @@ pub async fn mount_foreground(
         None => fs = fs.with_passthrough(Arc::new(StorePassthrough(store.clone()))),
     }
     let fs_stats = fs.stats();
-    let mountpoint_buf: PathBuf = mountpoint.to_path_buf();
-    let fs_opts = config.fs.clone();
-    let mut handle = tokio::task::spawn_blocking(move || clip_fs::mount(fs, &mountpoint_buf, &fs_opts))
-        .await
-        .map_err(|e| ClientError::Task(e.to_string()))?
-        .map_err(ClientError::Mount)?;
+    // Metrics are served before the mount appears, so whoever waits for the mount can scrape at once.
     if let Some(addr) = config.metrics {
         let (fs_stats, store) = (fs_stats.clone(), store.clone());
         let scrape = Arc::new(move || Snapshot { fs: fs_stats.snapshot(), store: store.stats() });
         metrics::serve(addr, MountMetrics(scrape)).await?;
         info!(%addr, "serving metrics");
     }
+    let mountpoint_buf: PathBuf = mountpoint.to_path_buf();
+    let fs_opts = config.fs.clone();
+    let mut handle = tokio::task::spawn_blocking(move || clip_fs::mount(fs, &mountpoint_buf, &fs_opts))
+        .await
+        .map_err(|e| ClientError::Task(e.to_string()))?
+        .map_err(ClientError::Mount)?;
     let mut prefetch = config.prefetch.then(|| store.prefetch_all());
     if let Some(profile) = profile.filter(|_| prefetch.is_none()) {
         let spans = profile.valid_spans(store.archive());
