@@ -9,6 +9,7 @@
 use std::fs::File;
 use std::path::Path;
 
+use tempfile::NamedTempFile;
 use tracing::debug;
 
 use crate::ClientError;
@@ -32,25 +33,38 @@ pub fn write_atomically<T>(
     path: &Path,
     write: impl FnOnce(&mut File) -> Result<T, ClientError>,
 ) -> Result<T, ClientError> {
+    let mut tmp = temp_next_to(path)?;
+    let value = write(tmp.as_file_mut())?;
+    put_in_place(tmp, path)?;
+    Ok(value)
+}
+
+/// The temporary file [`write_atomically`] fills, for writers that cannot be a closure (an async
+/// download): fill it, then [`put_in_place`]. Refuses a `path` that is not a regular file.
+pub(crate) fn temp_next_to(path: &Path) -> Result<NamedTempFile, ClientError> {
     check_output(path)?;
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
+    tempfile::Builder::new()
         .prefix(".clip-")
         // Created with mode 0666, which the umask reduces (0644 under umask 022), like any new file: mounts
         // and runtimes often run as another user.
         .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
         .tempfile_in(dir)
-        .map_err(ClientError::io(dir, "creating a temporary file"))?;
-    let value = write(tmp.as_file_mut())?;
+        .map_err(ClientError::io(dir, "creating a temporary file"))
+}
+
+/// Syncs `tmp` (from [`temp_next_to`]) and renames it to `path`.
+pub(crate) fn put_in_place(tmp: NamedTempFile, path: &Path) -> Result<(), ClientError> {
     tmp.as_file().sync_all().map_err(ClientError::io(path, "syncing"))?;
     // Checked again just before the rename: a device created meanwhile is not replaced either.
     check_output(path)?;
     tmp.persist(path).map_err(|e| ClientError::io(path, "renaming into place")(e.error))?;
     // The rename itself is durable once the directory is synced (best effort: not every filesystem can).
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     if let Err(error) = File::open(dir).and_then(|d| d.sync_all()) {
         debug!(dir = %dir.display(), %error, "could not sync the directory");
     }
-    Ok(value)
+    Ok(())
 }
 
 #[cfg(test)]

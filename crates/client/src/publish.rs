@@ -327,7 +327,7 @@ pub(crate) async fn fetch_artifact_layer(
 }
 
 /// Downloads the index blob `layer` into a temporary file next to `dest` (streaming, digest checked),
-/// checks it is an index of `manifest_digest`, then renames it into place.
+/// checks it is an index of `manifest_digest`, then puts it in place as [`crate::write_atomically`] does.
 async fn download(
     artifact: &FoundArtifact,
     layer: &Descriptor,
@@ -337,7 +337,7 @@ async fn download(
     let repo = &artifact.repo;
     let dir = dest.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
     std::fs::create_dir_all(&dir).map_err(ClientError::io(&dir, "creating the index store"))?;
-    let tmp = tempfile::NamedTempFile::new_in(&dir).map_err(ClientError::io(&dir, "creating a file"))?;
+    let tmp = crate::atomic::temp_next_to(dest)?;
     let path = tmp.path().to_path_buf();
     clip_source::download_verified(&repo.source, layer, &path).await.map_err(repo.err("downloading the index"))?;
     let archive = Archive::open(&path).map_err(|source| ClientError::Format { path: path.clone(), source })?;
@@ -348,7 +348,5 @@ async fn download(
             found: manifest_digest.to_owned(),
         });
     }
-    tmp.as_file().sync_all().map_err(ClientError::io(&path, "syncing the index"))?;
-    tmp.persist(dest).map_err(|e| ClientError::io(dest, "renaming the index into place")(e.error))?;
-    Ok(())
+    crate::atomic::put_in_place(tmp, dest)
 }
