@@ -284,3 +284,19 @@ mod tests {
         assert!(connect_hint("nohost.invalid", "dns error: failed to lookup address").contains("host name"));
     }
 }
+
+/// An error and its causes as one line, `error: cause: cause…` (a cause whose text is already there is
+/// left out), so that "connection refused" deep in the chain is visible where only text can go.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}

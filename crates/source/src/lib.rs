@@ -50,7 +50,7 @@ use std::sync::Arc;
 
 pub use config::ImageConfig;
 pub use digest::{media_types, Descriptor, Digest, LayerCompression};
-pub use error::SourceError;
+pub use error::{error_chain, SourceError};
 pub use layout::LayoutSource;
 pub use platform::Platform;
 pub use reference::{is_local_registry, ImageRef, DOCKER_HUB};

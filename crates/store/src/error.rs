@@ -49,16 +49,3 @@ pub enum StoreError {
         source: std::io::Error,
     },
 }
-
-/// An error and its causes as one line (`layer 3: reading blob …: connection reset`), for a message that
-/// carries another error's text: error messages leave their cause to [`std::error::Error::source`].
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
-}

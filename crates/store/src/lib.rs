@@ -37,7 +37,8 @@ mod store;
 
 pub use blobs::{LayerBlobs, LocalData, SourceBlobs};
 pub use cache::{default_cache_dir, private_dir, CacheStats, DiskCache, Evicted};
-pub use error::{error_chain, StoreError};
+pub use clip_source::error_chain;
+pub use error::StoreError;
 pub use remote::{RemoteSpanCache, RemoteTier, TIER_BACKOFF, TIER_WARN_EVERY};
 pub use schedule::PrefetchSummary;
 pub use stats::{LatencyHistogram, StoreStats, FETCH_LATENCY_BOUNDS_MS};

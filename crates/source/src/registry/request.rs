@@ -13,6 +13,7 @@ use tracing::debug;
 use super::auth::RequestAuth;
 use super::Registry;
 use crate::digest::Digest;
+pub(crate) use crate::error::error_chain;
 use crate::error::SourceError;
 use crate::reference::ImageRef;
 use crate::retry::{parse_retry_after, verdict_for_status, Failed, Pace, Tries, Verdict};
@@ -48,21 +49,6 @@ impl Target<'_> {
             Target::Other(what) => what.clone(),
         }
     }
-}
-
-/// `error: cause: cause…`, so that "connection refused" deep in the chain is visible.
-pub(super) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// `url` without its query (a signed redirect URL carries secrets there).
