@@ -7,10 +7,9 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
+use crate::writer::ZSTD_LEVEL;
 use crate::FormatError;
 
-/// zstd level of a stored window (each at most 32 KiB, mostly zeroed after trimming).
-pub(crate) const WINDOW_LEVEL: i32 = 9;
 /// Largest raw window: deflate's 32 KiB history.
 pub const MAX_WINDOW: usize = 32 * 1024;
 /// Stored bytes kept in memory before the section moves to a temporary file.
@@ -50,7 +49,7 @@ impl Windows {
         if raw.is_empty() {
             return Ok(WindowRef::default());
         }
-        let stored = zstd::bulk::compress(raw, WINDOW_LEVEL).map_err(FormatError::Write)?;
+        let stored = zstd::bulk::compress(raw, ZSTD_LEVEL).map_err(FormatError::Write)?;
         let offset = self.len;
         self.append_stored(&stored)?;
         Ok(WindowRef { offset, len: stored.len() as u32 })
@@ -164,12 +163,12 @@ mod tests {
         assert_eq!(w.push(&[]).unwrap(), WindowRef::default());
         let first = w.push(&[5u8; MAX_WINDOW]).unwrap();
         assert!(first.len < 100, "a zeroed window stores small: {}", first.len);
-        let mut expected = zstd::bulk::compress(&[5u8; MAX_WINDOW], WINDOW_LEVEL).unwrap();
+        let mut expected = zstd::bulk::compress(&[5u8; MAX_WINDOW], ZSTD_LEVEL).unwrap();
         for i in 0..2 * SPILL_AT / MAX_WINDOW {
             let raw = noisy(i as u64);
             let r = w.push(&raw).unwrap();
             assert_eq!(r.offset, expected.len() as u64);
-            expected.extend(zstd::bulk::compress(&raw, WINDOW_LEVEL).unwrap());
+            expected.extend(zstd::bulk::compress(&raw, ZSTD_LEVEL).unwrap());
             assert!(w.in_memory() <= SPILL_AT);
         }
         assert_eq!(w.in_memory(), 0, "spilled");

@@ -39,7 +39,7 @@ pub struct IndexContents {
 
 /// zstd level for large metadata sections (and, in [`Windows`], for checkpoint windows): small output,
 /// still fast for a 100k-file tree.
-const ZSTD_LEVEL: i32 = 9;
+pub(crate) const ZSTD_LEVEL: i32 = 9;
 /// zstd level for metadata sections up to [`STRONG_MAX`] raw bytes: ~10 % smaller than level 9 for a
 /// 10k-file image (directory entries shrink by a quarter) for ~70 ms; level 19 saves 6 % more but costs
 /// ~400 ms, a third of indexing such an image on a fast link.
