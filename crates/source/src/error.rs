@@ -270,21 +270,6 @@ impl SourceError {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::connect_hint;
-
-    #[test]
-    fn the_connect_hint_fits_the_failure() {
-        let refused = "tcp connect error: Connection refused (os error 111)";
-        assert_eq!(connect_hint("127.0.0.1:1", refused), "is the registry running at 127.0.0.1:1?");
-        let tls = "client error (Connect): received corrupt message of type InvalidContentType";
-        assert!(connect_hint("registry.example:5000", tls).contains("--plain-http"));
-        assert!(!connect_hint("localhost:5000", tls).contains("--plain-http"));
-        assert!(connect_hint("nohost.invalid", "dns error: failed to lookup address").contains("host name"));
-    }
-}
-
 /// An error and its causes as one line, `error: cause: cause…` (a cause whose text is already there is
 /// left out), so that "connection refused" deep in the chain is visible where only text can go.
 pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
@@ -299,4 +284,19 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::connect_hint;
+
+    #[test]
+    fn the_connect_hint_fits_the_failure() {
+        let refused = "tcp connect error: Connection refused (os error 111)";
+        assert_eq!(connect_hint("127.0.0.1:1", refused), "is the registry running at 127.0.0.1:1?");
+        let tls = "client error (Connect): received corrupt message of type InvalidContentType";
+        assert!(connect_hint("registry.example:5000", tls).contains("--plain-http"));
+        assert!(!connect_hint("localhost:5000", tls).contains("--plain-http"));
+        assert!(connect_hint("nohost.invalid", "dns error: failed to lookup address").contains("host name"));
+    }
 }
