@@ -15,7 +15,7 @@ use common::{s, text, Indexed};
 fn image() -> Image {
     let mut l = LayerBuilder::new();
     l.dir("etc").file("etc/motd", "hello\nsecond line\n").file("etc/hostname", "clip\n");
-    l.entry(Entry::file("big", pseudo_random_bytes(1 << 20, 7)));
+    l.entry(Entry::file("big", pseudo_random_bytes(7, 1 << 20)));
     Image::from_tars(vec![l.finish()], Compression::Gzip)
 }
 
@@ -211,7 +211,7 @@ fn one_shot_commands_log_nothing_by_default_and_mount_logs_info() {
     let img = Indexed::new(&image());
     let out = clip_cmd(&["cat", s(&img.index()), "/big"]).output().unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(out.stdout == pseudo_random_bytes(1 << 20, 7), "the file's bytes and nothing else on stdout");
+    assert!(out.stdout == pseudo_random_bytes(7, 1 << 20), "the file's bytes and nothing else on stdout");
     assert_eq!(text(&out.stderr), "", "nothing on stderr");
 
     // `clip mount` is a daemon: info by default (its log is the record of what it did), fuser's own lines not.

@@ -16,13 +16,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use clip_testkit::*;
-use common::{clip, clip_fails, clip_ok, metric, s, Indexed, MountProc};
-
-/// Names no other test or process uses, for proving nothing was written outside a target.
-fn unique(what: &str) -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
-    format!("clip-{what}-{}-{nanos}", std::process::id())
-}
+use common::{clip, clip_fails, clip_ok, metric, s, unique, Indexed, MountProc};
 
 /// Every path under `dir`, relative, sorted.
 fn listing(dir: &Path) -> Vec<PathBuf> {

@@ -12,15 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::s;
+use common::{s, unique};
 use nix::poll::{poll, PollFd, PollFlags};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, InotifyEvent};
-
-/// Content no other file holds.
-fn unique(what: &str) -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
-    format!("clip-{what}-{}-{nanos}", std::process::id())
-}
 
 /// Starts `clip ARGS` in the background, stderr captured.
 fn spawn_clip(args: &[&str]) -> Child {

@@ -407,3 +407,9 @@ pub fn is_pattern(path: &Path) -> bool {
         }
     }
 }
+
+/// A name no other test run uses: `clip-WHAT-PID-NANOS` (for files outside a test's temp dir).
+pub fn unique(what: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+    format!("clip-{what}-{}-{nanos}", std::process::id())
+}

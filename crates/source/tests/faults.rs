@@ -310,8 +310,10 @@ async fn an_endless_token_answer_fails_at_the_cap() {
 }
 
 #[tokio::test]
-async fn a_token_from_the_challenge_realm_is_used() {
-    // The proxy challenges for a token and its token service answers one: requests go on with it.
+async fn a_bearer_challenge_asks_its_realm_for_a_repository_scoped_token() {
+    // The proxy challenges for a token: clip asks the realm the challenge names, for this repository's pull
+    // scope and the challenge's service. (The test kit has no token server: sending the token on is not
+    // tested against a real one.)
     let setup = Setup::new(false);
     let proxy = proxy(&setup);
     let token = Fault::new(FaultKind::Status(200)).path_contains("/token");
