@@ -15,7 +15,7 @@ use clip_format::{
     Ino, LayerMeta, NodeSpec, SpanSpec, Timestamp, WindowRef, Windows,
 };
 use clip_testkit::{Compression as LayerCompression, Image, LayerBuilder, OciLayoutBuilder};
-use common::{clip, s};
+use common::{clip_fails, s};
 
 const DATA_LEN: u64 = 4096;
 
@@ -56,24 +56,13 @@ fn v1_archive(file: DataRef, uncompressed: u64) -> Vec<u8> {
     out
 }
 
-/// Runs `clip ARGS` and checks it fails cleanly: exit code 1, an `error:` line containing `needle`, no
-/// panic, no abort.
-fn fails_cleanly(args: &[&str], needle: &str) -> String {
-    let out = clip(args);
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!stderr.contains("panicked") && !stderr.contains("memory allocation"), "clip {args:?}:\n{stderr}");
-    assert_eq!(out.status.code(), Some(1), "clip {args:?}: {:?}\n{stderr}", out.status);
-    assert!(stderr.contains("error:") && stderr.contains(needle), "clip {args:?}: expected {needle:?} in:\n{stderr}");
-    stderr
-}
-
 /// `inspect`, `cat` and `extract` of `file` all fail cleanly with `needle`.
 fn all_refuse(file: &Path, needle: &str) {
     let dir = file.parent().unwrap();
-    fails_cleanly(&["inspect", s(file)], needle);
-    fails_cleanly(&["cat", s(file), "/f"], needle);
+    clip_fails(&["inspect", s(file)], needle);
+    clip_fails(&["cat", s(file), "/f"], needle);
     let target = dir.join("extracted");
-    let stderr = fails_cleanly(&["extract", s(file), s(&target)], needle);
+    let stderr = clip_fails(&["extract", s(file), s(&target)], needle);
     println!("{}: {}", file.file_name().unwrap().to_string_lossy(), stderr.trim());
 }
 
@@ -102,8 +91,8 @@ fn a_span_claiming_a_terabyte_of_four_kilobytes_fails_without_allocating_it() {
     let path = dir.path().join("tera.clip");
     fs::write(&path, v1_archive(DataRef { layer: 0, offset: 0, size: 1 << 40 }, 1 << 40)).unwrap();
     common::clip_ok(&["inspect", s(&path)]);
-    fails_cleanly(&["cat", s(&path), "/f"], "more than 4096 stored bytes");
-    let stderr = fails_cleanly(&["extract", s(&path), s(&dir.path().join("x"))], "more than 4096 stored bytes");
+    clip_fails(&["cat", s(&path), "/f"], "more than 4096 stored bytes");
+    let stderr = clip_fails(&["extract", s(&path), s(&dir.path().join("x"))], "more than 4096 stored bytes");
     println!("{}", stderr.trim());
 }
 
@@ -141,8 +130,8 @@ fn an_absurd_layer_size_is_refused_or_checked_against_the_blob_before_allocating
             all_refuse(&path, needle);
         } else {
             common::clip_ok(&["inspect", s(&path)]);
-            fails_cleanly(&["cat", s(&path), "/f"], needle);
-            fails_cleanly(&["extract", s(&path), s(&dir.path().join(name))], needle);
+            clip_fails(&["cat", s(&path), "/f"], needle);
+            clip_fails(&["extract", s(&path), s(&dir.path().join(name))], needle);
         }
     }
     drop(layout);

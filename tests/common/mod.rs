@@ -47,6 +47,7 @@ pub fn clip_fails_env(args: &[&str], env: &[(String, String)], needle: &str) -> 
     assert!(!out.status.success(), "clip {args:?} should have failed; stderr:\n{stderr}");
     assert_eq!(out.status.code(), Some(1), "clip {args:?}: exit code {:?}; stderr:\n{stderr}", out.status.code());
     assert!(!stderr.contains("panicked"), "clip {args:?} panicked:\n{stderr}");
+    assert!(!stderr.contains("memory allocation"), "clip {args:?} aborted on an allocation:\n{stderr}");
     assert!(stderr.contains("error:"), "clip {args:?}: no error line:\n{stderr}");
     assert!(stderr.to_lowercase().contains(&needle.to_lowercase()), "clip {args:?}: expected {needle:?} in:\n{stderr}");
     stderr
