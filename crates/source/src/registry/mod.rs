@@ -164,19 +164,16 @@ impl RegistrySource {
     /// media types; at most [`MAX_MANIFEST_BYTES`]. A digest reference is verified. A missing one is
     /// [`SourceError::TagNotFound`] or [`SourceError::ManifestNotFound`].
     pub async fn manifest(&self, reference: &str, accept: &[&str]) -> Result<Bytes, SourceError> {
-        let (target, digest) = match reference.parse::<Digest>() {
-            Ok(d) => (Target::ChildManifest(d.clone()), Some(d)),
-            Err(_) => (Target::Other(String::new()), None),
-        };
         let tagged = ImageRef::Registry {
             registry: self.0.registry.clone(),
             repository: self.0.repository.clone(),
             tag: Some(reference.to_owned()),
             digest: None,
         };
-        let target = match target {
-            Target::Other(_) => Target::Tag(&tagged, reference.to_owned()),
-            t => t,
+        let digest = reference.parse::<Digest>().ok();
+        let target = match &digest {
+            Some(d) => Target::ChildManifest(d.clone()),
+            None => Target::Tag(&tagged, reference.to_owned()),
         };
         let bytes = self.0.get_manifest(reference, accept, &target).await?;
         if let Some(d) = digest {
