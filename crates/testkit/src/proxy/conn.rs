@@ -286,7 +286,6 @@ fn forward(
             | FaultKind::TruncateBody { after_bytes }
             | FaultKind::StallAfter { after_bytes },
         ) => Some(*after_bytes),
-        Some(FaultKind::Trickle { .. }) => None,
         _ => None,
     };
     let trickle = match fault {
