@@ -34,7 +34,7 @@ mod tests;
 
 use std::io::{self, Read};
 
-use clip_format::{Timestamp, Xattr};
+use clip_format::Timestamp;
 use header::{Header, BLOCK};
 
 pub(crate) use path::display as display_path;
