@@ -321,3 +321,38 @@ fn same_layer_orderings() {
 /w/z 100644 uid=0 nlink=1 "z""#;
     assert_eq!(merged(&[l0, l1, l2]), expected.trim_start());
 }
+
+#[test]
+fn layer_views_hide_what_a_layer_removed_without_a_marker() {
+    let l0 = Layer::new()
+        .dir("x", 0o755)
+        .file("x/a", b"a")
+        .dir("x/sub", 0o750)
+        .file("x/sub/deep", b"d")
+        .file("y", b"y")
+        .dir("g", 0o755)
+        .file("g/h1", b"h")
+        .hardlink("g/h2", "g/h1")
+        .dir("w", 0o755)
+        .file("w/k", b"k")
+        .bytes();
+    // A directory replaced by a file and made a directory again; a whiteout of a directory re-created in the
+    // same layer; a hard link to a lower file that has two names already; a whiteout where nothing is.
+    let l1 = Layer::new()
+        .dir("x", 0o700)
+        .file("x", b"file now")
+        .dir("x", 0o711)
+        .file("x/new", b"n")
+        .file("w/.wh..wh..opq", b"")
+        .file(".wh.w", b"")
+        .dir("w", 0o755)
+        .file("w/n", b"n")
+        .hardlink("g/h3", "g/h1")
+        .file("z/.wh.q", b"")
+        .bytes();
+    let l2 = Layer::new().file(".wh.y", b"").file("y2", b"y2").bytes();
+    let tree = merged(&[l0, l1, l2]);
+    let paths: Vec<&str> = tree.lines().map(|l| l.split(' ').next().unwrap()).collect();
+    assert_eq!(paths, ["/", "/g", "/g/h1", "/g/h2", "/g/h3", "/w", "/w/n", "/x", "/x/new", "/y2"], "{tree}");
+    assert!(tree.contains("/g/h3 100644 uid=0 nlink=3"), "{tree}");
+}
