@@ -6,14 +6,17 @@
 //! - [`tar`]: a streaming tar parser that reports where each file's bytes sit in the uncompressed stream.
 //! - [`PartStore`]: where layer parts ([`clip_format::LayerPart`]) are kept, so a layer indexed once (for any
 //!   image) is never read again.
+//! - [`assemble`]: builds an index from parts: the merged tree, or the layer views ([`TreeKind`]).
 //! - [`merge`]: applies layers in order with `umoci unpack` semantics (whiteouts, opaque dirs, hard links).
 
+mod assemble;
 mod error;
 pub mod merge;
 mod parts;
 mod pipeline;
 pub mod tar;
 
+pub use assemble::{assemble, layer_dir_name, TreeKind};
 pub use error::IndexError;
 pub use parts::{PartStore, PartStoreError};
 pub use pipeline::{image_config, index_image, IndexOptions, Progress, DEFAULT_SPAN_SIZE};

@@ -9,16 +9,15 @@ use std::sync::Arc;
 
 use clip_codec::{Compression as Codec, IndexingReader, Span};
 use clip_format::{
-    part_key, ArchiveKind, Compression, FormatError, ImageConfig, ImageMeta, IndexContents, LayerMeta, LayerPart,
-    PartMeta, Platform, SpanSpec, WindowRef, Windows,
+    Compression, FormatError, ImageConfig, ImageMeta, IndexContents, LayerPart, PartMeta, Platform, SpanSpec, Windows,
 };
 use clip_source::{BlobSource, Descriptor, Digest, LayerCompression, ResolvedImage};
 use futures::{StreamExt, TryStreamExt};
 use sha2::{Digest as _, Sha256};
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
-use crate::merge::Merger;
-use crate::parts::PartStore;
+use crate::assemble::{assemble, TreeKind};
+use crate::parts::{keep_part, reused_part, PartStore};
 use crate::tar::{TarError, TarReader};
 use crate::IndexError;
 
@@ -131,32 +130,7 @@ pub async fn index_image(
     let parts: Vec<LayerPart> =
         futures::stream::iter(tasks).buffered(opts.parallel_layers.max(1)).try_collect().await?;
 
-    let mut merger = Merger::new();
-    let mut layers = Vec::with_capacity(parts.len());
-    let mut spans = Vec::new();
-    let mut windows = Windows::new();
-    for (i, (part, desc)) in parts.into_iter().zip(&image.layers).enumerate() {
-        merger.apply_layer(i as u32, part.entries).map_err(|source| IndexError::Merge { layer: i, source })?;
-        layers.push(LayerMeta {
-            media_type: desc.media_type.clone(),
-            digest: part.meta.digest,
-            size: part.meta.size,
-            diff_id: part.meta.diff_id,
-            uncompressed_size: part.meta.uncompressed_size,
-            compression: part.meta.compression,
-            first_span: spans.len() as u32,
-            span_count: part.spans.len() as u32,
-        });
-        let base = windows.append(&part.windows).map_err(|source| IndexError::Windows { layer: i, source })?;
-        spans.extend(
-            part.spans
-                .into_iter()
-                .map(|s| SpanSpec { window: WindowRef { offset: s.window.offset + base, ..s.window }, ..s }),
-        );
-    }
-    let nodes = merger.finish();
-    info!(image = %image.reference, layers = layers.len(), nodes = nodes.len(), spans = spans.len(), "indexed");
-    let meta = ImageMeta {
+    let base = ImageMeta {
         source: image.reference.to_string(),
         manifest_digest: Some(image.manifest_digest.to_string()),
         platform: Some(Platform {
@@ -166,46 +140,14 @@ pub async fn index_image(
         }),
         config: image_config(&image.config),
         span_size: opts.span_size,
-        layers,
+        layers: Vec::new(),
         data_location: None,
     };
-    Ok(IndexContents { kind: ArchiveKind::IndexOnly, meta, nodes, spans, windows })
-}
-
-/// Layer `layer`'s part from the part store, when reuse is on and the store has a part that is this layer's
-/// (same blob, span size and diff_id). A store that fails is logged and the layer read instead.
-async fn reused_part(layer: usize, desc: &Descriptor, diff_id: &Digest, opts: &IndexOptions) -> Option<LayerPart> {
-    let store = opts.parts.as_ref().filter(|_| opts.reuse)?;
-    let key = part_key(desc.digest.as_ref(), opts.span_size);
-    let part = match store.get(&key).await {
-        Ok(part) => part?,
-        Err(err) => {
-            warn!(layer, digest = %desc.digest, "{}; reading the layer instead", clip_source::error_chain(&err));
-            return None;
-        }
-    };
-    let m = &part.meta;
-    let same = m.digest == desc.digest.to_string()
-        && m.size == desc.size
-        && m.span_size == opts.span_size
-        && m.diff_id == diff_id.to_string();
-    if !same {
-        warn!(layer, digest = %desc.digest, key, "the part kept for this layer describes another layer; reading the layer instead");
-        return None;
-    }
-    debug!(layer, digest = %desc.digest, "layer part reused");
-    if let Some(p) = &opts.progress {
-        p.layer_reused(layer, desc);
-    }
-    Some(part)
-}
-
-/// Keeps a freshly read layer's part in the part store (a failure is logged: the index is still right).
-async fn keep_part(part: &LayerPart, opts: &IndexOptions) {
-    let Some(store) = &opts.parts else { return };
-    if let Err(err) = store.put(part).await {
-        warn!(digest = %part.meta.digest, "{}; the layer will be read again next time", clip_source::error_chain(&err));
-    }
+    let media_types: Vec<String> = image.layers.iter().map(|l| l.media_type.clone()).collect();
+    let contents = assemble(base, &media_types, parts, TreeKind::Merged)?;
+    let (layers, nodes, spans) = (contents.meta.layers.len(), contents.nodes.len(), contents.spans.len());
+    info!(image = %image.reference, layers, nodes, spans, "indexed");
+    Ok(contents)
 }
 
 /// The runtime settings kept in an index, from an image config.
