@@ -27,7 +27,10 @@
 
 mod blobs;
 mod cache;
+mod config;
 mod error;
+mod fetch;
+mod flight;
 mod materialize;
 mod memory;
 mod remote;
@@ -38,11 +41,12 @@ mod store;
 pub use blobs::{LayerBlobs, LocalData, SourceBlobs};
 pub use cache::{default_cache_dir, private_dir, CacheStats, DiskCache, Evicted};
 pub use clip_source::error_chain;
+pub use config::{failure_holdoff, Clock, ManualClock, StoreConfig, SystemClock, VERIFY_ATTEMPTS};
 pub use error::StoreError;
 pub use remote::{RemoteSpanCache, RemoteTier, TIER_BACKOFF, TIER_WARN_EVERY};
 pub use schedule::PrefetchSummary;
 pub use stats::{LatencyHistogram, StoreStats, FETCH_LATENCY_BOUNDS_MS};
-pub use store::{failure_holdoff, ContentStore, SpanBytes, StoreConfig, VERIFY_ATTEMPTS};
+pub use store::{ContentStore, SpanBytes};
 
 /// Locks `m`, carrying on after a panic elsewhere poisoned it (the guarded state stays consistent).
 pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {

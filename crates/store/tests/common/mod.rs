@@ -17,7 +17,7 @@ use clip_format::{
     mode, Archive, ArchiveKind, Compression, Content, DataRef, ImageMeta, IndexContents, Ino, LayerMeta, NodeSpec,
     SpanSpec, Timestamp, Windows,
 };
-use clip_store::{ContentStore, LayerBlobs, StoreConfig, StoreError};
+use clip_store::{failure_holdoff, ContentStore, LayerBlobs, ManualClock, StoreConfig, StoreError};
 use futures::future::BoxFuture;
 
 pub const KIB: u64 = 1024;
@@ -177,6 +177,26 @@ impl Fixture {
 /// A config with a disk cache at `dir`.
 pub fn cached(dir: &Path) -> StoreConfig {
     StoreConfig { cache_dir: Some(dir.to_path_buf()), ..StoreConfig::default() }
+}
+
+/// `config` with a clock the test moves by hand, and that clock.
+pub fn manual_clock(config: StoreConfig) -> (StoreConfig, HoldOff) {
+    let clock = Arc::new(ManualClock::new());
+    let holdoff = failure_holdoff(config.read_timeout);
+    (StoreConfig { clock: clock.clone(), ..config }, HoldOff { clock, holdoff })
+}
+
+/// The clock of a store's failure hold-off, driven by the test.
+pub struct HoldOff {
+    clock: Arc<ManualClock>,
+    holdoff: Duration,
+}
+
+impl HoldOff {
+    /// Moves the clock past the hold-off: spans that failed are tried afresh.
+    pub fn pass(&self) {
+        self.clock.advance(self.holdoff);
+    }
 }
 
 /// One request to [`TestBlobs`].
