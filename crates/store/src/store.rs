@@ -14,6 +14,10 @@
 //! readahead by asking again for the same page straight away, and that retry must not wait out a second
 //! deadline; after that the next read of the span starts afresh, so reads work again as soon as the
 //! source does.
+//!
+//! This module is the read path; each step lives apart: the memory tier in `memory`, single flight and
+//! hold-off in `flight`, the remote tier in `remote`, fetch and verification in `fetch`, the disk cache
+//! in `cache`, loading ahead in `schedule`, and the settings in `config`.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
