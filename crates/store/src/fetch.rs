@@ -9,7 +9,6 @@ use std::time::Instant;
 
 use clip_codec::{CheckpointRef, Compression as Codec, SpanRef};
 use clip_format::{Compression, SpanView};
-use sha2::{Digest as _, Sha256};
 use tracing::{debug, warn};
 
 use crate::stats::{Counters, InFlight};
@@ -24,7 +23,7 @@ pub(crate) fn verified(
     len: u64,
     disk: Option<&Arc<DiskCache>>,
 ) -> Result<SpanBytes, [u8; 32]> {
-    let actual: [u8; 32] = Sha256::digest(bytes).into();
+    let actual = crate::sha256(bytes);
     if bytes.len() as u64 != len || actual != *digest {
         return Err(actual);
     }

@@ -172,13 +172,8 @@ impl DiskCache {
 mod tests {
     use std::fs::File;
 
-    use sha2::{Digest as _, Sha256};
-
     use super::*;
-
-    fn digest(b: &[u8]) -> [u8; 32] {
-        Sha256::digest(b).into()
-    }
+    use crate::sha256 as digest;
 
     #[test]
     fn eviction_keeps_the_bound_and_the_newest() {

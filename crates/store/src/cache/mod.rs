@@ -32,7 +32,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use sha2::{Digest as _, Sha256};
 use tracing::{debug, warn};
 
 pub use evict::Evicted;
@@ -191,7 +190,7 @@ impl DiskCache {
             return None;
         }
         if !self.is_verified(digest) {
-            let actual: [u8; 32] = Sha256::digest(&buf).into();
+            let actual = crate::sha256(&buf);
             if actual != *digest {
                 self.reject(&path, Some(digest), size, "bytes do not match the name");
                 return None;
@@ -260,10 +259,7 @@ impl DiskCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn digest(b: &[u8]) -> [u8; 32] {
-        Sha256::digest(b).into()
-    }
+    use crate::sha256 as digest;
 
     #[test]
     fn the_cache_directory_is_private() {
