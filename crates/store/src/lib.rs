@@ -11,6 +11,9 @@
 //!   with LRU eviction, written atomically and verified when read.
 //! - [`RemoteSpanCache`]: an optional second tier shared by a fleet (e.g. an S3 bucket), asked after the
 //!   disk cache and before the source, and filled in the background with what the source served.
+//! - [`StoreConfig`]: how a store behaves; its [`Clock`] times the failure hold-off and the tier's backoff
+//!   ([`ManualClock`] lets tests step past them). A failure shared by concurrent readers stays typed
+//!   ([`StoreError::Joined`], [`StoreError::Shared`]; [`StoreError::cause`] reaches it).
 //!
 //! ```no_run
 //! # async fn demo(archive: std::sync::Arc<clip_format::Archive>,

@@ -228,7 +228,9 @@ async fn bad_requests_are_errors_not_panics() {
     let file = DataRef { layer: 0, offset: 0, size: SPAN };
     let fx = raw_fixture(2, &[file]);
     let store: ContentStore = fx.store(StoreConfig::default());
-    assert!(store.span(0, 5).await.is_err());
+    let err = store.span(0, 5).await.unwrap_err();
+    let media_type = &fx.archive.meta().layers[0].media_type;
+    assert!(!media_type.is_empty() && err.to_string().contains(&format!("({media_type})")), "{err}");
     assert!(store.span(3, 0).await.is_err());
     let huge = DataRef { layer: 0, offset: u64::MAX - 10, size: 100 };
     assert!(store.read(huge, 0, 100).await.is_err());
