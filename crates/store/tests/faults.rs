@@ -74,7 +74,7 @@ async fn a_source_that_never_answers_fails_reads_within_the_deadline_then_recove
     let (config, holdoff) =
         manual_clock(StoreConfig { read_timeout: deadline, readahead_spans: 0, ..StoreConfig::default() });
     let store = Arc::new(fx.store(config));
-    fx.blobs.hang.store(true, Ordering::SeqCst);
+    fx.blobs.hang.send_replace(true);
     let started = Instant::now();
     let readers: Vec<_> = (0..16u64)
         .map(|i| {
@@ -98,7 +98,7 @@ async fn a_source_that_never_answers_fails_reads_within_the_deadline_then_recove
     assert!(started.elapsed() < Duration::from_secs(5));
 
     // The registry is back: once the hold-off is over, the next read works; no span remembers the failure.
-    fx.blobs.hang.store(false, Ordering::SeqCst);
+    fx.blobs.hang.send_replace(false);
     holdoff.pass();
     for i in 0..3 {
         assert_eq!(store.read(file, i * SPAN, 4096).await.unwrap(), &fx.expected(file)[(i * SPAN) as usize..][..4096]);

@@ -218,7 +218,7 @@ pub struct TestBlobs {
     /// Flip a byte in the middle of this many of the next answers.
     pub corrupt_next: AtomicUsize,
     /// Never answer while set (a blackholed registry).
-    pub hang: AtomicBool,
+    pub hang: tokio::sync::watch::Sender<bool>,
     /// Milliseconds each request takes.
     pub delay_ms: AtomicU64,
     active: AtomicUsize,
@@ -234,7 +234,7 @@ impl TestBlobs {
             fail: AtomicBool::new(false),
             corrupt: AtomicBool::new(false),
             corrupt_next: AtomicUsize::new(0),
-            hang: AtomicBool::new(false),
+            hang: tokio::sync::watch::Sender::new(false),
             delay_ms: AtomicU64::new(0),
             active: AtomicUsize::new(0),
             max_active: AtomicUsize::new(0),
@@ -284,9 +284,8 @@ impl LayerBlobs for TestBlobs {
             if delay > 0 {
                 tokio::time::sleep(Duration::from_millis(delay)).await;
             }
-            while self.hang.load(Ordering::SeqCst) {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+            // Answers once the hang is lifted (the sender lives as long as `self`).
+            let _ = self.hang.subscribe().wait_for(|hang| !hang).await;
             let io = |msg: &str| StoreError::Io { path: "test blobs".into(), source: std::io::Error::other(msg) };
             if self.fail.load(Ordering::SeqCst) {
                 return Err(io("injected failure"));
