@@ -225,6 +225,6 @@ fn one_shot_commands_log_nothing_by_default_and_mount_logs_info() {
     }
     assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
     let log = text(&child.wait_with_output().unwrap().stderr);
-    assert!(log.contains(" INFO clip_client::mount: mounted "), "{log}");
+    assert!(log.contains(" INFO clip_node::mount: mounted "), "{log}");
     assert!(!log.contains("fuser") && !log.contains("DEBUG"), "{log}");
 }

@@ -33,7 +33,7 @@ fn v1_archive(file: DataRef, uncompressed: u64) -> Vec<u8> {
             source: "/rootfs".into(),
             span_size: 4 << 20,
             layers: vec![LayerMeta {
-                media_type: clip_client::DATA_MEDIA_TYPE.into(),
+                media_type: clip_image::DATA_MEDIA_TYPE.into(),
                 digest: format!("sha256:{}", "0".repeat(64)),
                 size: DATA_LEN,
                 diff_id: String::new(),
