@@ -8,7 +8,7 @@ mod common;
 
 use std::fs;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use clip_format::{
     mode, write_archive, write_index, ArchiveKind, Compression, Content, DataRef, DataSource, ImageMeta, IndexContents,
@@ -165,7 +165,7 @@ fn extract_peak_rss(dir: &Path, len: usize) -> u64 {
 
     let target = dir.join(format!("extracted-{len}"));
     let log_path = dir.join(format!("stderr-{len}"));
-    let child = Command::new(env!("CARGO_BIN_EXE_clip"))
+    let child = common::clip_command()
         .args(["-q", "extract", s(&archive), s(&target)])
         .env("CLIP_LOG", "warn")
         .stdout(Stdio::null())
