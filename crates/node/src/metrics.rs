@@ -58,6 +58,11 @@ impl Families<'_, '_> {
         ConstCounter::new(value).encode(encoder)
     }
 
+    /// One counter per `(name, help, value)`, in order.
+    pub(crate) fn counters(&mut self, counters: &[(&str, &str, u64)]) -> Fmt {
+        counters.iter().try_for_each(|&(name, help, value)| self.counter(name, help, value))
+    }
+
     pub(crate) fn gauge(&mut self, name: &str, help: &str, value: f64) -> Fmt {
         let encoder = self.0.encode_descriptor(name, help, None, MetricType::Gauge)?;
         ConstGauge::new(value).encode(encoder)
@@ -113,59 +118,63 @@ impl Collector for MountMetrics {
             "op",
             ops().map(|(op, o)| (op.name().to_owned(), o.latency.as_secs_f64())),
         )?;
-        m.counter("clip_fuse_read_bytes", "Bytes returned by FUSE reads.", s.fs.read_bytes)?;
-        m.counter("clip_fuse_read_errors", "FUSE reads answered with an error.", s.fs.read_errors)?;
-        m.counter(
-            "clip_fuse_passthrough_opens",
-            "Opens served by FUSE passthrough (reads never reach clip).",
-            s.fs.passthrough_opens,
-        )?;
-        m.counter("clip_fuse_erofs", "Write attempts refused with EROFS.", s.fs.erofs)?;
+        m.counters(&[
+            ("clip_fuse_read_bytes", "Bytes returned by FUSE reads.", s.fs.read_bytes),
+            ("clip_fuse_read_errors", "FUSE reads answered with an error.", s.fs.read_errors),
+            (
+                "clip_fuse_passthrough_opens",
+                "Opens served by FUSE passthrough (reads never reach clip).",
+                s.fs.passthrough_opens,
+            ),
+            ("clip_fuse_erofs", "Write attempts refused with EROFS.", s.fs.erofs),
+        ])?;
         let st = &s.store;
-        m.counter("clip_cache_memory_hits", "Span lookups served from memory.", st.memory_hits)?;
-        m.counter("clip_cache_disk_hits", "Span lookups served from the disk cache.", st.disk_hits)?;
-        m.counter("clip_spans_fetched", "Spans fetched from the blob source (cache misses).", st.spans_fetched)?;
-        m.counter("clip_fetched_bytes", "Compressed bytes fetched from the blob source.", st.bytes_fetched)?;
+        m.counters(&[
+            ("clip_cache_memory_hits", "Span lookups served from memory.", st.memory_hits),
+            ("clip_cache_disk_hits", "Span lookups served from the disk cache.", st.disk_hits),
+            ("clip_spans_fetched", "Spans fetched from the blob source (cache misses).", st.spans_fetched),
+            ("clip_fetched_bytes", "Compressed bytes fetched from the blob source.", st.bytes_fetched),
+        ])?;
         m.counters_by(
             "clip_layer_fetched_bytes",
             "Compressed bytes fetched, per layer.",
             "layer",
             st.layer_bytes_fetched.iter().enumerate().map(|(i, b)| (i.to_string(), *b)),
         )?;
-        m.counter("clip_fetch_errors", "Span fetches that failed.", st.fetch_errors)?;
-        m.counter(
-            "clip_verify_failures",
-            "Fetched spans whose bytes failed their digest (never served).",
-            st.verify_failures,
-        )?;
-        m.counter(
-            "clip_cache_verify_failures",
-            "Disk cache files that failed their digest (refetched).",
-            st.disk_verify_failures,
-        )?;
-        m.counter("clip_tier_hits", "Span lookups served by the shared content cache tier.", st.tier_hits)?;
-        m.counter("clip_tier_misses", "Span lookups the shared content cache tier did not hold.", st.tier_misses)?;
-        m.counter(
-            "clip_tier_errors",
-            "Content cache tier requests that failed or timed out (the registry was used).",
-            st.tier_errors,
-        )?;
-        m.counter(
-            "clip_tier_rejected",
-            "Content cache tier objects that failed their digest (ignored).",
-            st.tier_rejected,
-        )?;
-        m.counter("clip_tier_puts", "Spans published to the content cache tier.", st.tier_puts)?;
+        m.counters(&[
+            ("clip_fetch_errors", "Span fetches that failed.", st.fetch_errors),
+            (
+                "clip_verify_failures",
+                "Fetched spans whose bytes failed their digest (never served).",
+                st.verify_failures,
+            ),
+            (
+                "clip_cache_verify_failures",
+                "Disk cache files that failed their digest (refetched).",
+                st.disk_verify_failures,
+            ),
+            ("clip_tier_hits", "Span lookups served by the shared content cache tier.", st.tier_hits),
+            ("clip_tier_misses", "Span lookups the shared content cache tier did not hold.", st.tier_misses),
+            (
+                "clip_tier_errors",
+                "Content cache tier requests that failed or timed out (the registry was used).",
+                st.tier_errors,
+            ),
+            ("clip_tier_rejected", "Content cache tier objects that failed their digest (ignored).", st.tier_rejected),
+            ("clip_tier_puts", "Spans published to the content cache tier.", st.tier_puts),
+        ])?;
         m.gauge("clip_inflight_fetches", "Span fetches running now.", st.inflight_fetches as f64)?;
-        m.counter("clip_readahead_spans", "Spans requested by readahead.", st.readahead_spans)?;
-        m.counter(
-            "clip_open_prefetch_spans",
-            "Spans requested because a file covering them was opened.",
-            st.open_prefetch_spans,
-        )?;
-        m.counter("clip_prefetched_spans", "Spans loaded by prefetch.", st.prefetched_spans)?;
-        m.counter("clip_cache_evictions", "Disk cache files evicted.", st.evictions)?;
-        m.counter("clip_cache_evicted_bytes", "Bytes evicted from the disk cache.", st.bytes_evicted)?;
+        m.counters(&[
+            ("clip_readahead_spans", "Spans requested by readahead.", st.readahead_spans),
+            (
+                "clip_open_prefetch_spans",
+                "Spans requested because a file covering them was opened.",
+                st.open_prefetch_spans,
+            ),
+            ("clip_prefetched_spans", "Spans loaded by prefetch.", st.prefetched_spans),
+            ("clip_cache_evictions", "Disk cache files evicted.", st.evictions),
+            ("clip_cache_evicted_bytes", "Bytes evicted from the disk cache.", st.bytes_evicted),
+        ])?;
         m.gauge("clip_cache_bytes", "Bytes in the disk cache.", st.disk_cache_bytes as f64)?;
         let mut below = 0;
         let buckets: Vec<(f64, u64)> = st
