@@ -5,7 +5,8 @@
 //! State lives under the configured `state_dir`:
 //! - `indexes/<key>.clip`: the local index store, `<key>` = `sha256-<hex>` of the resolved manifest;
 //! - `v1/<key>.clip`: data-carrying archives of whole images (`clip_version = 1`);
-//! - `mounts/<key>[-v1]/`: one shared mount per image (`rootfs/`, `state.json`, `lock`, `mount.log`);
+//! - `mounts/<key>[-v1]/`: one shared mount per image (`rootfs/`, `state.json`, `lock`, `mount.json` (its
+//!   [`crate::MountSpec`]), `mount.log`);
 //! - `containers/<id>/`: one directory per running container (`upper/`, `work/`, `rootfs/`, `config.json`);
 //! - `metrics/clip-images.prom`: the node's image-level Prometheus metrics (see `image_metrics`).
 //!

@@ -258,7 +258,7 @@ pub(crate) fn acquire(dir: &Path, cmd: &MountCommand, hold: bool) -> Result<(Pat
     Ok((rootfs, lease, mounted_now))
 }
 
-/// What [`gc`] did to one mount.
+/// What [`crate::Node::gc`] did to one mount.
 #[derive(Debug, Clone)]
 pub struct GcEntry {
     pub mountpoint: PathBuf,
