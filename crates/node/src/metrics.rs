@@ -162,9 +162,6 @@ impl Collector for MountMetrics {
             ),
             ("clip_tier_rejected", "Content cache tier objects that failed their digest (ignored).", st.tier_rejected),
             ("clip_tier_puts", "Spans published to the content cache tier.", st.tier_puts),
-        ])?;
-        m.gauge("clip_inflight_fetches", "Span fetches running now.", st.inflight_fetches as f64)?;
-        m.counters(&[
             ("clip_readahead_spans", "Spans requested by readahead.", st.readahead_spans),
             (
                 "clip_open_prefetch_spans",
@@ -175,6 +172,7 @@ impl Collector for MountMetrics {
             ("clip_cache_evictions", "Disk cache files evicted.", st.evictions),
             ("clip_cache_evicted_bytes", "Bytes evicted from the disk cache.", st.bytes_evicted),
         ])?;
+        m.gauge("clip_inflight_fetches", "Span fetches running now.", st.inflight_fetches as f64)?;
         m.gauge("clip_cache_bytes", "Bytes in the disk cache.", st.disk_cache_bytes as f64)?;
         let mut below = 0;
         let buckets: Vec<(f64, u64)> = st
