@@ -17,7 +17,8 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), clip_image::ImageError> {
-//! let opened = clip_image::open_archive(&"debian.clip".parse().unwrap(), &Default::default()).await?;
+//! let archive = clip_image::Location::Local("debian.clip".into());
+//! let opened = clip_image::open_archive(&archive, &clip_image::OpenOptions::default()).await?;
 //! clip_image::extract(&opened, std::path::Path::new("rootfs"), None).await?;
 //! # Ok(()) }
 //! ```
