@@ -109,6 +109,7 @@ pub(crate) fn find(sections: &[SectionEntry], id: [u8; 4]) -> Result<&SectionEnt
         SEC_DENT => FormatError::MissingSection("DENT"),
         SEC_STRS => FormatError::MissingSection("STRS"),
         SEC_XATR => FormatError::MissingSection("XATR"),
+        SEC_ENTR => FormatError::MissingSection("ENTR"),
         _ => FormatError::MissingSection("SPAN"),
     })
 }

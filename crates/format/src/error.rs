@@ -17,12 +17,14 @@ pub enum FormatError {
     BadMagic,
     #[error("unsupported .clip format version {found} (this clip reads version {supported}); rebuild the index with this clip")]
     UnsupportedVersion { found: u16, supported: u16 },
-    #[error("unknown archive kind {0} in header (expected 1 = data-carrying or 2 = index-only); was it written by a newer clip?")]
+    #[error("unknown archive kind {0} in header (expected 1 = data-carrying, 2 = index-only or 3 = layer part); was it written by a newer clip?")]
     UnknownKind(u16),
     #[error(".clip file is truncated: {what} needs bytes up to {needed}, file has {len}")]
     Truncated { what: String, needed: u64, len: u64 },
     #[error("checksum mismatch in {what} (file is corrupt; rebuild or re-download it)")]
     Checksum { what: String },
+    #[error("this is a layer part (the index of one layer, kept to be reused), not an image index or archive")]
+    LayerPart,
     #[error("required section {0} is missing")]
     MissingSection(&'static str),
     #[error("corrupt .clip file: {0}")]

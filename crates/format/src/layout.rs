@@ -4,7 +4,7 @@
 //! header (32 bytes)
 //!   0  magic        [u8; 8]  = 89 'C' 'L' 'I' 'P' 0D 0A 1A
 //!   8  version      u16      = FORMAT_VERSION
-//!  10  kind         u16      1 = data-carrying (v1), 2 = index-only (v2)
+//!  10  kind         u16      1 = data-carrying (v1), 2 = index-only (v2), 3 = layer part
 //!  12  sections     u32      number of section table entries
 //!  16  table_offset u64      where the section table starts
 //!  24  table_crc    u32      crc32c of the section table
@@ -31,6 +31,8 @@ pub const SEC_XATR: [u8; 4] = *b"XATR";
 pub const SEC_SPAN: [u8; 4] = *b"SPAN";
 pub const SEC_WIND: [u8; 4] = *b"WIND";
 pub const SEC_DATA: [u8; 4] = *b"DATA";
+/// A layer part's tar entries, in stream order.
+pub const SEC_ENTR: [u8; 4] = *b"ENTR";
 
 /// Node record: mode u32, uid u32, gid u32, nlink u32, mtime_sec i64, mtime_nsec u32, layer u32, size u64,
 /// data u64, extra u32, xattr_first u32, xattr_count u32, parent u32.
@@ -42,6 +44,11 @@ pub const XATTR_LEN: usize = 16;
 /// Span: out_offset u64, in_offset u64, window_off u64, window_len u32, bits u8, 3 reserved, digest [u8; 32].
 pub const SPAN_LEN: usize = 64;
 
+/// Tar entry of a layer part: kind u8, 3 reserved, mode u32, uid u32, gid u32, mtime_sec i64, mtime_nsec u32,
+/// dev_major u32, dev_minor u32, size u64, data_offset u64, header_offset u64, path_off u32, path_len u32,
+/// link_off u32, link_len u32, xattr_first u32, xattr_count u32, 4 reserved (offsets into STRS and XATR).
+pub const ENTRY_LEN: usize = 88;
+
 /// What kind of archive a `.clip` file is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ArchiveKind {
@@ -49,6 +56,8 @@ pub enum ArchiveKind {
     DataCarrying,
     /// v2: metadata only; file data stays in the image's layer blobs.
     IndexOnly,
+    /// The index of one layer on its own (its tar entries, spans and windows): see [`crate::LayerPart`].
+    LayerPart,
 }
 
 impl ArchiveKind {
@@ -56,6 +65,7 @@ impl ArchiveKind {
         match self {
             ArchiveKind::DataCarrying => 1,
             ArchiveKind::IndexOnly => 2,
+            ArchiveKind::LayerPart => 3,
         }
     }
 
@@ -63,6 +73,7 @@ impl ArchiveKind {
         match code {
             1 => Some(ArchiveKind::DataCarrying),
             2 => Some(ArchiveKind::IndexOnly),
+            3 => Some(ArchiveKind::LayerPart),
             _ => None,
         }
     }
@@ -73,6 +84,7 @@ impl std::fmt::Display for ArchiveKind {
         f.write_str(match self {
             ArchiveKind::DataCarrying => "data-carrying (v1)",
             ArchiveKind::IndexOnly => "index-only (v2)",
+            ArchiveKind::LayerPart => "layer part",
         })
     }
 }

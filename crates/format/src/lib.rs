@@ -8,6 +8,9 @@
 //!   [`Archive::lookup`] (binary search, O(log n)) and [`Archive::children`] (O(children)) decode records
 //!   on access.
 //!
+//! - [`LayerPart`]: the index of one layer on its own (tar entries, spans, windows), content-addressed so
+//!   images that share a layer share its part; image indexes are merged from parts.
+//!
 //! The byte layout is documented in [`layout`]. This crate does no network I/O and has no async.
 //!
 //! ```
@@ -37,6 +40,7 @@ mod input;
 pub mod layout;
 mod meta;
 mod node;
+pub mod part;
 mod reader;
 mod windows;
 mod writer;
@@ -47,6 +51,7 @@ pub use input::{file_type_name, open_regular};
 pub use layout::{ArchiveKind, SectionEntry};
 pub use meta::{Compression, ImageConfig, ImageMeta, LayerMeta, Platform};
 pub use node::{mode, Content, DataRef, Ino, NodeKind, NodeSpec, Timestamp, Xattr};
+pub use part::{part_key, EntryKind, LayerPart, PartMeta, TarEntry, PART_VERSION};
 pub use reader::{Archive, NodeView, RangeReader, SpanView, XattrRef};
 pub use windows::{WindowRef, Windows, MAX_WINDOW};
 pub use writer::{write_archive, write_index, DataSource, IndexContents, SpanSpec};

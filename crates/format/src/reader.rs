@@ -130,6 +130,9 @@ impl Archive {
     /// lazy sections (windows, data) stay remote: see [`Archive::section`].
     pub fn load_remote(reader: &mut dyn RangeReader) -> Result<Archive, FormatError> {
         let (kind, sections) = Self::load_table(reader)?;
+        if kind == ArchiveKind::LayerPart {
+            return Err(FormatError::LayerPart);
+        }
         let mut load = |id| -> Result<Section, FormatError> {
             let e = find(&sections, id)?;
             let stored = reader.read_range(e.offset, e.stored_len)?;
@@ -162,6 +165,9 @@ impl Archive {
         };
         let len = buf.len() as u64;
         let (header, kind) = check_header(buf, len)?;
+        if kind == ArchiveKind::LayerPart {
+            return Err(FormatError::LayerPart);
+        }
         let start = header.table_offset as usize;
         let table = &buf[start..start + header.sections as usize * SECTION_ENTRY_LEN];
         let sections = check_table(&header, table, len)?;

@@ -40,6 +40,15 @@ impl Windows {
         Self::default()
     }
 
+    /// The windows of a stored `WIND` section (e.g. a layer part's), as written by [`Windows::push`].
+    pub fn from_stored(stored: &[u8]) -> Result<Self, FormatError> {
+        let mut windows = Self::new();
+        for chunk in stored.chunks(SPILL_AT) {
+            windows.append_stored(chunk)?;
+        }
+        Ok(windows)
+    }
+
     /// Compress `raw` (a checkpoint window, at most [`MAX_WINDOW`] bytes) and append it. An empty window
     /// is stored as nothing (`WindowRef::default()`).
     pub fn push(&mut self, raw: &[u8]) -> Result<WindowRef, FormatError> {

@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 
 use crate::layout::*;
 use crate::windows::{WindowRef, Windows};
-use crate::{Content, FormatError, ImageMeta, Ino, NodeKind, NodeSpec};
+use crate::{Content, FormatError, ImageMeta, Ino, NodeKind, NodeSpec, Xattr};
 
 /// A resume point in a layer and the digest of the span that starts there, as the indexer records them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,27 +61,38 @@ pub struct DataSource<'a> {
 pub fn write_archive<W: Write>(
     contents: &IndexContents,
     data: Option<DataSource<'_>>,
-    mut out: W,
+    out: W,
 ) -> Result<u64, FormatError> {
     let tables = encode_tables(contents)?;
     let meta = serde_json::to_vec(&contents.meta).map_err(FormatError::Meta)?;
     let spans = encode_spans(&contents.spans, &contents.windows)?;
-
-    let mut bodies: Vec<([u8; 4], u32, Vec<u8>, u64)> = Vec::new();
-    for (id, raw) in [
+    let eager = vec![
         (SEC_META, meta),
         (SEC_NODE, tables.nodes),
         (SEC_DENT, tables.dents),
         (SEC_STRS, tables.strs),
         (SEC_XATR, tables.xattrs),
         (SEC_SPAN, spans),
-    ] {
+    ];
+    write_container(contents.kind, eager, &contents.windows, data, out)
+}
+
+/// Writes header, section table, the `eager` sections (each one zstd frame), the windows as the lazy `WIND`
+/// section and, with `data`, the `DATA` section: the container every `.clip` kind shares.
+pub(crate) fn write_container<W: Write>(
+    kind: ArchiveKind,
+    eager: Vec<([u8; 4], Vec<u8>)>,
+    windows: &Windows,
+    data: Option<DataSource<'_>>,
+    mut out: W,
+) -> Result<u64, FormatError> {
+    let mut bodies: Vec<([u8; 4], u32, Vec<u8>, u64)> = Vec::new();
+    for (id, raw) in eager {
         let raw_len = raw.len() as u64;
         let level = if raw.len() <= STRONG_MAX { STRONG_LEVEL } else { ZSTD_LEVEL };
         let stored = zstd::bulk::compress(&raw, level).map_err(FormatError::Write)?;
         bodies.push((id, FLAG_ZSTD, stored, raw_len));
     }
-    let windows = &contents.windows;
 
     let count = bodies.len() + 1 + usize::from(data.is_some());
     let mut offset = (HEADER_LEN + count * SECTION_ENTRY_LEN) as u64;
@@ -116,7 +127,7 @@ pub fn write_archive<W: Write>(
     }
     let header = Header {
         version: FORMAT_VERSION,
-        kind_code: contents.kind.code(),
+        kind_code: kind.code(),
         sections: count as u32,
         table_offset: HEADER_LEN as u64,
         table_crc: crc32c::crc32c(&table),
@@ -155,13 +166,13 @@ struct Tables {
 
 /// Interns byte strings into the `STRS` blob, each distinct string once.
 #[derive(Default)]
-struct Strings {
-    blob: Vec<u8>,
+pub(crate) struct Strings {
+    pub(crate) blob: Vec<u8>,
     seen: HashMap<Vec<u8>, u32>,
 }
 
 impl Strings {
-    fn add(&mut self, s: &[u8]) -> Result<(u32, u32), FormatError> {
+    pub(crate) fn add(&mut self, s: &[u8]) -> Result<(u32, u32), FormatError> {
         let len = u32::try_from(s.len()).map_err(|_| FormatError::Invalid("string over 4 GiB".into()))?;
         if let Some(&off) = self.seen.get(s) {
             return Ok((off, len));
@@ -251,17 +262,9 @@ fn encode_tables(c: &IndexContents) -> Result<Tables, FormatError> {
                 return Err(FormatError::Invalid(format!("inode {}: content does not match kind {kind:?}", i + 1)))
             }
         };
-        let mut sorted_x: Vec<_> = node.xattrs.iter().collect();
-        sorted_x.sort();
         let x_first = xattr_count;
-        for x in &sorted_x {
-            let (no, nl) = strs.add(&x.name)?;
-            let (vo, vl) = strs.add(&x.value)?;
-            for v in [no, nl, vo, vl] {
-                xattrs.extend_from_slice(&v.to_le_bytes());
-            }
-            xattr_count += 1;
-        }
+        let x_count = encode_xattrs(&node.xattrs, &mut strs, &mut xattrs)?;
+        xattr_count += x_count;
         let nlink = match kind {
             NodeKind::Dir => links[i] + 2,
             _ => links[i].max(1),
@@ -277,13 +280,13 @@ fn encode_tables(c: &IndexContents) -> Result<Tables, FormatError> {
         nodes.extend_from_slice(&data.to_le_bytes());
         nodes.extend_from_slice(&extra.to_le_bytes());
         nodes.extend_from_slice(&x_first.to_le_bytes());
-        nodes.extend_from_slice(&(sorted_x.len() as u32).to_le_bytes());
+        nodes.extend_from_slice(&x_count.to_le_bytes());
         nodes.extend_from_slice(&parent[i].to_le_bytes());
     }
     Ok(Tables { nodes, dents, strs: strs.blob, xattrs })
 }
 
-fn encode_spans(spans: &[SpanSpec], windows: &Windows) -> Result<Vec<u8>, FormatError> {
+pub(crate) fn encode_spans(spans: &[SpanSpec], windows: &Windows) -> Result<Vec<u8>, FormatError> {
     let mut table = Vec::with_capacity(spans.len() * SPAN_LEN);
     for s in spans {
         let WindowRef { offset: woff, len: wlen } = s.window;
@@ -299,6 +302,20 @@ fn encode_spans(spans: &[SpanSpec], windows: &Windows) -> Result<Vec<u8>, Format
         table.extend_from_slice(&s.digest);
     }
     Ok(table)
+}
+
+/// Appends `XATR` records for `xattrs`, sorted by name; returns how many.
+pub(crate) fn encode_xattrs(xattrs: &[Xattr], strs: &mut Strings, out: &mut Vec<u8>) -> Result<u32, FormatError> {
+    let mut sorted: Vec<_> = xattrs.iter().collect();
+    sorted.sort();
+    for x in &sorted {
+        let (no, nl) = strs.add(&x.name)?;
+        let (vo, vl) = strs.add(&x.value)?;
+        for v in [no, nl, vo, vl] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    Ok(sorted.len() as u32)
 }
 
 pub(crate) fn lossy(b: &[u8]) -> String {

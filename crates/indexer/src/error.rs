@@ -52,6 +52,8 @@ pub enum IndexError {
         #[source]
         source: clip_format::FormatError,
     },
+    #[error("there is no layer {layer}: the image has {layers} (numbered from 0, bottom first)")]
+    NoSuchLayer { layer: usize, layers: usize },
     #[error("span size must be between 64 KiB and 1 GiB, got {0} bytes")]
     SpanSize(u64),
     #[error("indexing task failed: {0}")]

@@ -1,6 +1,6 @@
-//! The indexing pipeline: every layer is streamed once (layers in parallel), through
-//! blob digest → decompressor with checkpoints → diff_id digest → tar parser; then the layers are merged in
-//! order into one tree and turned into [`IndexContents`].
+//! The indexing pipeline: every layer whose part is not in the part store is streamed once (layers in
+//! parallel) through blob digest → decompressor with checkpoints → diff_id digest → tar parser into a
+//! [`LayerPart`]; then the parts are merged in order into one tree and turned into [`IndexContents`].
 
 use std::cell::{Cell, RefCell};
 use std::io::Read;
@@ -9,16 +9,16 @@ use std::sync::Arc;
 
 use clip_codec::{Compression as Codec, IndexingReader, Span};
 use clip_format::{
-    ArchiveKind, Compression, FormatError, ImageConfig, ImageMeta, IndexContents, LayerMeta, Platform, SpanSpec,
-    WindowRef, Windows,
+    Compression, FormatError, ImageConfig, ImageMeta, IndexContents, LayerPart, PartMeta, Platform, SpanSpec, Windows,
 };
 use clip_source::{BlobSource, Descriptor, Digest, LayerCompression, ResolvedImage};
 use futures::{StreamExt, TryStreamExt};
 use sha2::{Digest as _, Sha256};
 use tracing::{debug, info};
 
-use crate::merge::Merger;
-use crate::tar::{TarEntry, TarError, TarReader};
+use crate::assemble::{assemble, TreeKind};
+use crate::parts::{keep_part, reused_part, PartStore};
+use crate::tar::{TarError, TarReader};
 use crate::IndexError;
 
 /// Reports progress of an indexing run (e.g. to progress bars). All methods have empty defaults.
@@ -29,6 +29,8 @@ pub trait Progress: Send + Sync {
     fn layer_progress(&self, _layer: usize, _compressed: u64, _files: u64) {}
     /// Layer `layer` is fully read and verified.
     fn layer_done(&self, _layer: usize) {}
+    /// Layer `layer` was not read: its part came from the part store.
+    fn layer_reused(&self, _layer: usize, _desc: &Descriptor) {}
 }
 
 /// Default uncompressed bytes per span: 1 MiB. A cold read costs its whole span, so small spans keep lazy
@@ -47,21 +49,25 @@ pub struct IndexOptions {
     /// Layers read at once. Default 4.
     pub parallel_layers: usize,
     pub progress: Option<Arc<dyn Progress>>,
+    /// Where layer parts are kept: a layer whose part is there is not read at all, and every layer read is
+    /// kept there. None: every layer is read, nothing is kept.
+    pub parts: Option<Arc<dyn PartStore>>,
+    /// Take layers' parts from `parts` (true, the default) or read every layer anyway (and refresh the
+    /// store with what was read).
+    pub reuse: bool,
 }
 
 impl Default for IndexOptions {
     fn default() -> Self {
-        IndexOptions { span_size: DEFAULT_SPAN_SIZE, max_ratio: 200, parallel_layers: 4, progress: None }
+        IndexOptions {
+            span_size: DEFAULT_SPAN_SIZE,
+            max_ratio: 200,
+            parallel_layers: 4,
+            progress: None,
+            parts: None,
+            reuse: true,
+        }
     }
-}
-
-/// One layer after streaming: its tar entries and the span table.
-struct LayerResult {
-    entries: Vec<TarEntry>,
-    /// The spans, their windows referring to `windows`.
-    spans: SpanSink,
-    uncompressed_size: u64,
-    diff_id: Digest,
 }
 
 /// Where a layer's spans go as the decoder finishes them: the window, compressed at once, into [`Windows`]
@@ -110,52 +116,21 @@ pub async fn index_image(
         let opts = opts.clone();
         let expected_diff = diff_ids[i].clone();
         async move {
-            let result = index_layer(i, desc.clone(), comp, source, opts).await?;
-            if result.diff_id != expected_diff {
-                return Err(IndexError::DiffId {
-                    layer: i,
-                    digest: desc.digest,
-                    expected: expected_diff,
-                    actual: result.diff_id,
-                });
-            }
-            Ok::<_, IndexError>(result)
+            let part = match reused_part(i, &desc, &expected_diff, &opts).await {
+                Some(part) => part,
+                None => {
+                    let part = index_layer(i, desc, comp, &expected_diff, source, opts.clone()).await?;
+                    keep_part(&part, &opts).await;
+                    part
+                }
+            };
+            Ok::<_, IndexError>(part)
         }
     });
-    let results: Vec<LayerResult> =
+    let parts: Vec<LayerPart> =
         futures::stream::iter(tasks).buffered(opts.parallel_layers.max(1)).try_collect().await?;
 
-    let mut merger = Merger::new();
-    let mut layers = Vec::with_capacity(results.len());
-    let mut spans = Vec::new();
-    let mut windows = Windows::new();
-    for (i, (r, desc)) in results.into_iter().zip(&image.layers).enumerate() {
-        merger.apply_layer(i as u32, r.entries).map_err(|source| IndexError::Merge { layer: i, source })?;
-        layers.push(LayerMeta {
-            media_type: desc.media_type.clone(),
-            digest: desc.digest.to_string(),
-            size: desc.size,
-            diff_id: r.diff_id.to_string(),
-            uncompressed_size: r.uncompressed_size,
-            compression: match desc.compression()? {
-                LayerCompression::Gzip => Compression::Gzip,
-                LayerCompression::Zstd => Compression::Zstd,
-                LayerCompression::None => Compression::None,
-            },
-            first_span: spans.len() as u32,
-            span_count: r.spans.spans.len() as u32,
-        });
-        let base = windows.append(&r.spans.windows).map_err(|source| IndexError::Windows { layer: i, source })?;
-        spans.extend(
-            r.spans
-                .spans
-                .into_iter()
-                .map(|s| SpanSpec { window: WindowRef { offset: s.window.offset + base, ..s.window }, ..s }),
-        );
-    }
-    let nodes = merger.finish();
-    info!(image = %image.reference, layers = layers.len(), nodes = nodes.len(), spans = spans.len(), "indexed");
-    let meta = ImageMeta {
+    let base = ImageMeta {
         source: image.reference.to_string(),
         manifest_digest: Some(image.manifest_digest.to_string()),
         platform: Some(Platform {
@@ -165,10 +140,14 @@ pub async fn index_image(
         }),
         config: image_config(&image.config),
         span_size: opts.span_size,
-        layers,
+        layers: Vec::new(),
         data_location: None,
     };
-    Ok(IndexContents { kind: ArchiveKind::IndexOnly, meta, nodes, spans, windows })
+    let media_types: Vec<String> = image.layers.iter().map(|l| l.media_type.clone()).collect();
+    let contents = assemble(base, &media_types, parts, TreeKind::Merged)?;
+    let (layers, nodes, spans) = (contents.meta.layers.len(), contents.nodes.len(), contents.spans.len());
+    info!(image = %image.reference, layers, nodes, spans, "indexed");
+    Ok(contents)
 }
 
 /// The runtime settings kept in an index, from an image config.
@@ -191,9 +170,10 @@ async fn index_layer(
     layer: usize,
     desc: Descriptor,
     comp: LayerCompression,
+    diff_id: &Digest,
     source: Arc<dyn BlobSource>,
     opts: IndexOptions,
-) -> Result<LayerResult, IndexError> {
+) -> Result<LayerPart, IndexError> {
     if let Some(p) = &opts.progress {
         p.layer_started(layer, &desc);
     }
@@ -202,7 +182,8 @@ async fn index_layer(
     let reader = tokio_util::io::StreamReader::new(stream.map_err(std::io::Error::other));
     let sync = tokio_util::io::SyncIoBridge::new(reader);
     let d = desc.clone();
-    let result = tokio::task::spawn_blocking(move || read_layer(layer, &d, comp, sync, &opts))
+    let expected = diff_id.clone();
+    let result = tokio::task::spawn_blocking(move || read_layer(layer, &d, comp, &expected, sync, &opts))
         .await
         .map_err(|e| IndexError::Task(e.to_string()))??;
     Ok(result)
@@ -264,9 +245,10 @@ fn read_layer(
     layer: usize,
     desc: &Descriptor,
     comp: LayerCompression,
+    expected_diff: &Digest,
     blob: impl Read,
     opts: &IndexOptions,
-) -> Result<LayerResult, IndexError> {
+) -> Result<LayerPart, IndexError> {
     let digest = || desc.digest.clone();
     let blob_tally = Rc::new(RefCell::new(Tally::default()));
     let tar_tally = Rc::new(RefCell::new(Tally::default()));
@@ -328,11 +310,27 @@ fn read_layer(
     if count != desc.size {
         return Err(IndexError::BlobSize { layer, digest: digest(), expected: desc.size, actual: count });
     }
+    if diff_id != *expected_diff {
+        return Err(IndexError::DiffId { layer, digest: digest(), expected: expected_diff.clone(), actual: diff_id });
+    }
     debug!(layer, spans = sink.spans.len(), windows = sink.windows.len(), files = entries.len(), "layer indexed");
     if let Some(p) = &opts.progress {
         p.layer_done(layer);
     }
-    Ok(LayerResult { entries, spans: sink, uncompressed_size: summary.uncompressed_size, diff_id })
+    let compression = match comp {
+        LayerCompression::Gzip => Compression::Gzip,
+        LayerCompression::Zstd => Compression::Zstd,
+        LayerCompression::None => Compression::None,
+    };
+    let meta = PartMeta {
+        digest: desc.digest.to_string(),
+        size: desc.size,
+        diff_id: diff_id.to_string(),
+        uncompressed_size: summary.uncompressed_size,
+        compression,
+        span_size: opts.span_size,
+    };
+    Ok(LayerPart { meta, entries, spans: sink.spans, windows: sink.windows })
 }
 
 /// Sorts a failure seen through the tar parser: a tripped ratio guard, a decoder error, a read error

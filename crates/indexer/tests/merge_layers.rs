@@ -2,10 +2,10 @@
 //! `Merger`. The expected trees are what `umoci unpack` (0.4.7) produced for the same layers (mtimes of
 //! directories umoci creates implicitly are left out: it stamps them with the current time).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
-use clip_format::{Content, NodeSpec};
-use clip_indexer::merge::Merger;
+use clip_format::{mode, Content, NodeSpec};
+use clip_indexer::merge::{Merger, OPAQUE_XATTR};
 use clip_indexer::tar::TarReader;
 use tar::{EntryType, Header};
 
@@ -75,46 +75,106 @@ impl Layer {
     }
 }
 
+/// A tree by path (`/` the root, `/a/b` below it): each node and the identity of its inode (tree, index).
+type Flat = BTreeMap<String, (NodeSpec, (usize, usize))>;
+
 /// Merge the layers and describe the result one line per path, sorted: kind, mode, uid, nlink, contents.
+/// Also checks the layer views: overlay over them shows exactly the merged tree.
 fn merged(layers: &[Vec<u8>]) -> String {
-    let mut merger = Merger::new();
+    let mut merger = Merger::with_views();
     for (index, bytes) in layers.iter().enumerate() {
         let entries = TarReader::new(&bytes[..]).collect::<Result<Vec<_>, _>>().unwrap();
         merger.apply_layer(index as u32, entries).unwrap();
     }
-    let specs = merger.finish();
-    let mut nlink: HashMap<usize, usize> = HashMap::new();
-    for spec in &specs {
-        if let Content::Dir(children) = &spec.content {
-            for (_, ino) in children {
-                *nlink.entry(ino.index()).or_default() += 1;
+    let (specs, views) = merger.finish_with_views();
+    assert_eq!(views.len(), layers.len());
+    let flat = flatten(&specs, 0);
+    let (merged, seen) = (describe(&flat, layers, true), describe(&overlay(&views), layers, true));
+    assert_eq!(seen, merged, "overlay over the layer views differs from the merge");
+    describe(&flat, layers, false)
+}
+
+/// The tree `specs` by path.
+fn flatten(specs: &[NodeSpec], tree: usize) -> Flat {
+    let mut flat = Flat::new();
+    let mut stack = vec![("/".to_owned(), 0usize)];
+    while let Some((path, index)) = stack.pop() {
+        if let Content::Dir(children) = &specs[index].content {
+            for (name, ino) in children {
+                stack.push((child_path(&path, name), ino.index()));
             }
         }
+        flat.insert(path, (specs[index].clone(), (tree, index)));
+    }
+    flat
+}
+
+fn child_path(dir: &str, name: &[u8]) -> String {
+    format!("{}/{}", dir.trim_end_matches('/'), String::from_utf8_lossy(name))
+}
+
+/// What overlayfs shows over `views` (bottom first): a character device 0/0 hides the path below it, a
+/// directory merges with a lower directory unless it is opaque, anything else hides what is below.
+fn overlay(views: &[Vec<NodeSpec>]) -> Flat {
+    let mut out = Flat::new();
+    for (v, view) in views.iter().enumerate() {
+        let mut stack = vec![("/".to_owned(), 0usize)];
+        while let Some((path, index)) = stack.pop() {
+            let mut spec = view[index].clone();
+            let below = |p: &String| p.starts_with(&format!("{}/", path.trim_end_matches('/')));
+            let whiteout = matches!(spec.content, Content::Device { major: 0, minor: 0 })
+                && spec.mode & mode::S_IFMT == mode::S_IFCHR;
+            let opaque = spec.xattrs.iter().any(|x| x.name == OPAQUE_XATTR && x.value == b"y");
+            let lower_dir = out.get(&path).is_some_and(|(n, _)| matches!(n.content, Content::Dir(_)));
+            if whiteout || !matches!(spec.content, Content::Dir(_)) || opaque || !lower_dir {
+                out.retain(|p, _| p != &path && !below(p));
+            }
+            if whiteout {
+                continue;
+            }
+            if let Content::Dir(children) = &spec.content {
+                for (name, ino) in children {
+                    stack.push((child_path(&path, name), ino.index()));
+                }
+            }
+            spec.xattrs.retain(|x| x.name != OPAQUE_XATTR);
+            out.insert(path, (spec, (v, index)));
+        }
+    }
+    out
+}
+
+/// One line per path, sorted: kind and mode, uid, nlink and contents of files, xattr names; in `detail` also
+/// gid, mtime and xattr values.
+fn describe(flat: &Flat, layers: &[Vec<u8>], detail: bool) -> String {
+    let mut nlink: HashMap<(usize, usize), usize> = HashMap::new();
+    for (_, id) in flat.values() {
+        *nlink.entry(*id).or_default() += 1;
     }
     let mut lines = Vec::new();
-    let mut stack = vec![(String::new(), 0usize)];
-    while let Some((path, index)) = stack.pop() {
-        let spec: &NodeSpec = &specs[index];
+    for (path, (spec, id)) in flat {
         let what = match &spec.content {
-            Content::Dir(children) => {
-                for (name, ino) in children {
-                    stack.push((format!("{path}/{}", String::from_utf8_lossy(name)), ino.index()));
-                }
-                String::new()
-            }
+            Content::Dir(_) => String::new(),
             Content::File(data) => {
                 let bytes = &layers[data.layer as usize][data.offset as usize..][..data.size as usize];
-                format!(" nlink={} {:?}", nlink[&index], String::from_utf8_lossy(bytes))
+                format!(" nlink={} {:?}", nlink[id], String::from_utf8_lossy(bytes))
             }
             Content::Symlink(target) => format!(" -> {}", String::from_utf8_lossy(target)),
             Content::Device { major, minor } => format!(" dev={major},{minor}"),
             Content::Special => String::new(),
         };
-        let xattrs: Vec<String> = spec.xattrs.iter().map(|x| String::from_utf8_lossy(&x.name).into_owned()).collect();
-        let path = if path.is_empty() { "/".to_owned() } else { path };
-        lines.push(format!("{path} {:o} uid={}{what} {}", spec.mode, spec.uid, xattrs.join(",")).trim_end().to_owned());
+        let xattrs: Vec<String> = spec
+            .xattrs
+            .iter()
+            .map(|x| match detail {
+                true => format!("{}={:?}", String::from_utf8_lossy(&x.name), x.value),
+                false => String::from_utf8_lossy(&x.name).into_owned(),
+            })
+            .collect();
+        let more = if detail { format!(" gid={} t={:?}", spec.gid, spec.mtime) } else { String::new() };
+        let line = format!("{path} {:o} uid={}{more}{what} {}", spec.mode, spec.uid, xattrs.join(","));
+        lines.push(line.trim_end().to_owned());
     }
-    lines.sort();
     lines.join("\n")
 }
 
@@ -260,4 +320,39 @@ fn same_layer_orderings() {
 /w 40755 uid=0
 /w/z 100644 uid=0 nlink=1 "z""#;
     assert_eq!(merged(&[l0, l1, l2]), expected.trim_start());
+}
+
+#[test]
+fn layer_views_hide_what_a_layer_removed_without_a_marker() {
+    let l0 = Layer::new()
+        .dir("x", 0o755)
+        .file("x/a", b"a")
+        .dir("x/sub", 0o750)
+        .file("x/sub/deep", b"d")
+        .file("y", b"y")
+        .dir("g", 0o755)
+        .file("g/h1", b"h")
+        .hardlink("g/h2", "g/h1")
+        .dir("w", 0o755)
+        .file("w/k", b"k")
+        .bytes();
+    // A directory replaced by a file and made a directory again; a whiteout of a directory re-created in the
+    // same layer; a hard link to a lower file that has two names already; a whiteout where nothing is.
+    let l1 = Layer::new()
+        .dir("x", 0o700)
+        .file("x", b"file now")
+        .dir("x", 0o711)
+        .file("x/new", b"n")
+        .file("w/.wh..wh..opq", b"")
+        .file(".wh.w", b"")
+        .dir("w", 0o755)
+        .file("w/n", b"n")
+        .hardlink("g/h3", "g/h1")
+        .file("z/.wh.q", b"")
+        .bytes();
+    let l2 = Layer::new().file(".wh.y", b"").file("y2", b"y2").bytes();
+    let tree = merged(&[l0, l1, l2]);
+    let paths: Vec<&str> = tree.lines().map(|l| l.split(' ').next().unwrap()).collect();
+    assert_eq!(paths, ["/", "/g", "/g/h1", "/g/h2", "/g/h3", "/w", "/w/n", "/x", "/x/new", "/y2"], "{tree}");
+    assert!(tree.contains("/g/h3 100644 uid=0 nlink=3"), "{tree}");
 }

@@ -6,9 +6,10 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use clip_codec::sha256;
 use clip_format::DataRef;
-use clip_store::{ContentStore, StoreConfig, StoreError};
-use common::{cached, dir_bytes, eventually, files_in, raw_fixture, text, Fixture, Layer, KIB};
+use clip_store::{ContentStore, DiskCache, StoreConfig, StoreError};
+use common::{cached, disk_usage, eventually, files_in, manual_clock, raw_fixture, text, Fixture, Layer, KIB};
 
 const SPAN: u64 = 64 * KIB;
 
@@ -71,7 +72,7 @@ async fn a_second_store_over_the_same_cache_makes_no_requests() {
     let fetched = fx.blobs.count();
     assert_eq!(fetched as u64, first.stats().spans_fetched);
     assert_eq!(files_in(dir.path(), "spans").len(), fetched);
-    assert_eq!(first.stats().disk_cache_bytes, dir_bytes(dir.path()));
+    assert_eq!(first.stats().disk_cache_bytes, disk_usage(dir.path()));
     drop(first);
 
     let second = fx.store(cached(dir.path()));
@@ -99,7 +100,7 @@ async fn the_cache_stays_within_its_bound() {
         }
     }
     eventually("eviction brings the cache under its bound", || {
-        dir_bytes(dir.path()) <= bound && store.stats().disk_cache_bytes <= bound
+        disk_usage(dir.path()) <= bound && store.stats().disk_cache_bytes <= bound
     })
     .await;
     let stats = store.stats();
@@ -109,8 +110,24 @@ async fn the_cache_stays_within_its_bound() {
     // A later store that finds the cache over its (smaller) bound evicts at open.
     let smaller = StoreConfig { cache_size: 2 * SPAN, ..config };
     let store = fx.store(smaller);
-    assert!(dir_bytes(dir.path()) <= 2 * SPAN);
+    assert!(disk_usage(dir.path()) <= 2 * SPAN);
     assert!(store.stats().evictions >= 1);
+}
+
+#[test]
+fn the_bound_counts_disk_blocks_not_bytes() {
+    // 100 spans of 100 bytes: 10 KB of bytes, but a block each on disk.
+    let dir = tempfile::tempdir().unwrap();
+    let bound = 64 * KIB;
+    let cache = DiskCache::open(dir.path(), bound).unwrap();
+    for i in 0..100u32 {
+        let bytes = i.to_le_bytes().repeat(25);
+        cache.put(&sha256(&bytes), &bytes);
+    }
+    let used = disk_usage(dir.path());
+    assert!(used <= bound, "{used} bytes of disk for a {bound}-byte bound");
+    assert!(cache.stats().evictions >= 80, "{:?}", cache.stats());
+    assert_eq!(cache.stats().bytes, files_in(dir.path(), "spans").len() as u64 * 4096);
 }
 
 #[tokio::test]
@@ -169,25 +186,26 @@ async fn a_failing_source_gives_an_error_and_a_retry_succeeds() {
     let file = DataRef { layer: 0, offset: SPAN, size: 100 };
     let fx = raw_fixture(3, &[file]);
     let dir = tempfile::tempdir().unwrap();
-    let store = fx.store(cached(dir.path()));
+    let (config, holdoff) = manual_clock(cached(dir.path()));
+    let store = fx.store(config);
 
     fx.blobs.fail.store(true, Ordering::SeqCst);
     let err = store.read(file, 0, file.size).await.unwrap_err();
-    assert!(matches!(err, StoreError::Io { .. }), "{err}");
+    assert!(matches!(err.cause(), StoreError::Io { .. }), "{err}");
     assert_eq!(store.stats().fetch_errors, 1);
     fx.blobs.fail.store(false, Ordering::SeqCst);
-    tokio::time::sleep(clip_store::failure_holdoff(StoreConfig::default().read_timeout)).await;
+    holdoff.pass();
     assert_eq!(store.read(file, 0, file.size).await.unwrap(), fx.expected(file));
 
     // Corrupted bytes: refused, counted, not cached; fine again once the source is.
     let other = DataRef { layer: 0, offset: 2 * SPAN, size: 100 };
     fx.blobs.corrupt.store(true, Ordering::SeqCst);
     let err = store.read(other, 0, other.size).await.unwrap_err();
-    assert!(matches!(err, StoreError::Verify { .. }), "{err}");
+    assert!(matches!(err.cause(), StoreError::Verify { .. }), "{err}");
     assert_eq!(store.stats().verify_failures, u64::from(clip_store::VERIFY_ATTEMPTS), "fetched again, then given up");
     assert_eq!(files_in(dir.path(), "spans").len(), 1, "unverified bytes reached the disk cache");
     fx.blobs.corrupt.store(false, Ordering::SeqCst);
-    tokio::time::sleep(clip_store::failure_holdoff(StoreConfig::default().read_timeout)).await;
+    holdoff.pass();
     assert_eq!(store.read(other, 0, other.size).await.unwrap(), fx.expected(other));
     assert_eq!(files_in(dir.path(), "spans").len(), 2);
 }
@@ -208,11 +226,13 @@ async fn readers_joining_a_failed_fetch_all_get_the_error() {
     let mut joined = 0;
     for t in tasks {
         match t.await.unwrap() {
-            Err(StoreError::Joined { message, .. }) => {
+            Err(StoreError::Joined { source, .. }) => {
+                assert!(matches!(source.cause(), StoreError::Io { .. }), "{source}");
+                let message = clip_store::error_chain(&*source);
                 assert!(message.contains("injected failure"), "{message}");
                 joined += 1;
             }
-            Err(StoreError::Io { .. }) => {}
+            Err(StoreError::Shared(error)) if matches!(*error, StoreError::Io { .. }) => {}
             other => panic!("expected an error, got {:?}", other.map(|b| b.len())),
         }
     }
@@ -225,7 +245,9 @@ async fn bad_requests_are_errors_not_panics() {
     let file = DataRef { layer: 0, offset: 0, size: SPAN };
     let fx = raw_fixture(2, &[file]);
     let store: ContentStore = fx.store(StoreConfig::default());
-    assert!(store.span(0, 5).await.is_err());
+    let err = store.span(0, 5).await.unwrap_err();
+    let media_type = &fx.archive.meta().layers[0].media_type;
+    assert!(!media_type.is_empty() && err.to_string().contains(&format!("({media_type})")), "{err}");
     assert!(store.span(3, 0).await.is_err());
     let huge = DataRef { layer: 0, offset: u64::MAX - 10, size: 100 };
     assert!(store.read(huge, 0, 100).await.is_err());

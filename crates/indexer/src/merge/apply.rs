@@ -7,6 +7,7 @@ use clip_format::{mode, DataRef, Xattr};
 
 use super::resolve::{existing_dir, resolve, Component, ResolveError};
 use super::tree::{Body, Meta, NodeId, Tree};
+use super::view::{LayerRecord, Whiteout};
 use super::MergeError;
 use crate::tar::{display_path, EntryKind, TarEntry};
 
@@ -35,11 +36,19 @@ struct Step<'t> {
     generation: u32,
     layer: u32,
     path: &'t [u8],
+    /// What the layer's view needs beyond the tree, when views are recorded.
+    record: Option<&'t mut LayerRecord>,
 }
 
-pub(super) fn apply(tree: &mut Tree, generation: u32, layer: u32, entry: TarEntry) -> Result<(), MergeError> {
+pub(super) fn apply(
+    tree: &mut Tree,
+    generation: u32,
+    layer: u32,
+    entry: TarEntry,
+    record: Option<&mut LayerRecord>,
+) -> Result<(), MergeError> {
     let path = entry.path.clone();
-    let mut step = Step { tree, generation, layer, path: &path };
+    let mut step = Step { tree, generation, layer, path: &path, record };
     step.check_path(&path)?;
     if path.is_empty() {
         if entry.kind != EntryKind::Dir {
@@ -53,7 +62,7 @@ pub(super) fn apply(tree: &mut Tree, generation: u32, layer: u32, entry: TarEntr
         None => (&path[..0], &path[..]),
     };
     if let Some(target) = name.strip_prefix(WHITEOUT_PREFIX) {
-        return step.whiteout(parent, name == OPAQUE, target);
+        return step.whiteout(parent, name == OPAQUE, target, &entry);
     }
     step.extract(parent, name, entry)
 }
@@ -90,7 +99,7 @@ impl Step<'_> {
     }
 
     /// `.wh.NAME` (or the opaque marker) in directory `dir`.
-    fn whiteout(&mut self, dir: &[u8], opaque: bool, target: &[u8]) -> Result<(), MergeError> {
+    fn whiteout(&mut self, dir: &[u8], opaque: bool, target: &[u8], entry: &TarEntry) -> Result<(), MergeError> {
         if !opaque && matches!(target, b"" | b"." | b"..") {
             return Err(MergeError::BadWhiteout { layer: self.layer, path: self.path_string() });
         }
@@ -99,13 +108,23 @@ impl Step<'_> {
         if opaque {
             tracing::trace!(layer = self.layer, path = %self.path_string(), "opaque whiteout");
             self.remove_lower_below(dir);
+            if let Some(record) = self.record.as_deref_mut() {
+                record.opaque.push(dir);
+            }
             return Ok(());
+        }
+        if let Some(record) = self.record.as_deref_mut() {
+            let (uid, gid, mtime) = (entry.uid, entry.gid, entry.mtime);
+            record.whiteouts.push(Whiteout { dir, name: target.to_vec(), uid, gid, mtime });
         }
         let Some(child) = self.tree.lookup(dir, target) else { return Ok(()) };
         if child.upper != self.generation {
             self.tree.unlink(dir, target);
         } else if self.tree.is_dir(child.node) {
             self.remove_lower_below(child.node);
+            if let Some(record) = self.record.as_deref_mut() {
+                record.opaque.push(child.node);
+            }
         }
         Ok(())
     }
@@ -139,7 +158,10 @@ impl Step<'_> {
                 self.tree.node_mut(child.node).meta = meta(&entry, mode::S_IFDIR);
             }
             _ => {
-                if existing.is_some() {
+                if let Some(old) = existing {
+                    if let Some(record) = self.record.as_deref_mut().filter(|_| self.tree.is_dir(old.node)) {
+                        record.unlinked_dirs.push((parent, name.to_vec()));
+                    }
                     self.tree.unlink(parent, name);
                 }
                 let node = self.create(entry)?;

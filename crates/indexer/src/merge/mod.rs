@@ -18,6 +18,11 @@
 //! - xattrs that `umoci` never sets (`security.selinux`, `system.nfs4_acl`, `trusted.overlay.*` internals)
 //!   are dropped; symlinks always have mode 0o777.
 //!
+//! # Layer views
+//! [`Merger::with_views`] also makes each layer's own tree as overlayfs takes it in a lower directory (a
+//! whiteout as a character device 0/0, an opaque directory with `trusted.overlay.opaque=y`), so that overlay
+//! over the views of layers `0..=n` equals the tree merged from them. See `view.rs` for what a view holds.
+//!
 //! Nothing recurses, so hostile depth or width cannot overflow the stack; memory is proportional to the
 //! number of entries.
 //!
@@ -42,11 +47,13 @@ mod resolve;
 #[cfg(test)]
 mod tests;
 mod tree;
+mod view;
 
 use clip_format::NodeSpec;
 
 use crate::tar::{EntryKind, TarEntry};
 use tree::Tree;
+pub use view::OPAQUE_XATTR;
 
 /// Why a layer could not be applied. Paths are shown lossily; `layer` is the layer index.
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +88,10 @@ pub struct Merger {
     /// Generation of the layer being applied; a directory entry whose `upper` equals it was extracted (or
     /// passed through) by this layer.
     generation: u32,
+    /// With [`Merger::with_views`]: the record of the layer being applied.
+    record: Option<view::LayerRecord>,
+    /// With [`Merger::with_views`]: the view of each layer applied so far.
+    views: Vec<Vec<NodeSpec>>,
 }
 
 impl Default for Merger {
@@ -92,7 +103,14 @@ impl Default for Merger {
 impl Merger {
     /// An empty image: just the root directory (0o755, root-owned, mtime 0).
     pub fn new() -> Self {
-        Merger { tree: Tree::new(), generation: 0 }
+        Merger { tree: Tree::new(), generation: 0, record: None, views: Vec::new() }
+    }
+
+    /// A merger that also makes each layer's view (see [Layer views](self#layer-views)) as it applies the layer:
+    /// take them with [`Merger::finish_with_views`]. Layers must then be applied with
+    /// [`Merger::apply_layer`].
+    pub fn with_views() -> Self {
+        Merger { record: Some(view::LayerRecord::default()), ..Merger::new() }
     }
 
     /// Start applying layer `layer` (the index stored in file [`clip_format::DataRef`]s); feed its entries in
@@ -105,9 +123,18 @@ impl Merger {
 
     /// Apply one layer's entries (in stream order). `layer` is the layer index stored in file DataRefs.
     pub fn apply_layer(&mut self, layer: u32, entries: impl IntoIterator<Item = TarEntry>) -> Result<(), MergeError> {
+        let recording = self.record.is_some();
+        if recording {
+            self.tree.hold_freed();
+        }
         let mut merge = self.layer(layer);
         for entry in entries {
             merge.apply(entry)?;
+        }
+        if let Some(record) = self.record.take() {
+            self.views.push(view::build(&self.tree, self.generation, &record));
+            self.record = Some(view::LayerRecord::default());
+            self.tree.release_held();
         }
         Ok(())
     }
@@ -128,6 +155,13 @@ impl Merger {
     pub fn finish(self) -> Vec<NodeSpec> {
         finish::finish(self.tree)
     }
+
+    /// The merged tree (as [`Merger::finish`]) and, for a merger made [`Merger::with_views`], each layer's
+    /// view in the same form: element 0 its root, a whiteout a character device 0/0, an opaque directory with
+    /// the xattr [`OPAQUE_XATTR`] = `y`.
+    pub fn finish_with_views(self) -> (Vec<NodeSpec>, Vec<Vec<NodeSpec>>) {
+        (finish::finish(self.tree), self.views)
+    }
 }
 
 /// Applies the entries of one layer; made by [`Merger::layer`].
@@ -139,6 +173,7 @@ pub struct LayerMerge<'a> {
 impl LayerMerge<'_> {
     /// Apply the next entry of this layer.
     pub fn apply(&mut self, entry: TarEntry) -> Result<(), MergeError> {
-        apply::apply(&mut self.merger.tree, self.merger.generation, self.layer, entry)
+        let m = &mut *self.merger;
+        apply::apply(&mut m.tree, m.generation, self.layer, entry, m.record.as_mut())
     }
 }

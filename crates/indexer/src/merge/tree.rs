@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use clip_format::{mode, DataRef, Timestamp, Xattr};
 
 /// Index of an inode in the arena.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(super) struct NodeId(pub u32);
 
 impl NodeId {
@@ -66,6 +66,9 @@ pub(super) struct Node {
 pub(super) struct Tree {
     nodes: Vec<Option<Node>>,
     free: Vec<NodeId>,
+    /// Freed while a layer view is being recorded: not handed out again before [`Tree::release_held`], so
+    /// an id the record names stays that inode's until the layer ends.
+    held: Option<Vec<NodeId>>,
     live: usize,
 }
 
@@ -77,7 +80,19 @@ impl Tree {
     /// A tree holding only the root directory, `umoci`'s defaults: 0o755, root-owned, mtime 0.
     pub fn new() -> Tree {
         let root = Node { meta: Meta::implicit_dir(), body: Body::Dir(BTreeMap::new()), links: 1 };
-        Tree { nodes: vec![Some(root)], free: Vec::new(), live: 1 }
+        Tree { nodes: vec![Some(root)], free: Vec::new(), held: None, live: 1 }
+    }
+
+    /// From now on, keep freed inode ids out of reuse until [`Tree::release_held`].
+    pub fn hold_freed(&mut self) {
+        self.held.get_or_insert_with(Vec::new);
+    }
+
+    /// Let the ids freed since [`Tree::hold_freed`] be reused.
+    pub fn release_held(&mut self) {
+        if let Some(held) = self.held.take() {
+            self.free.extend(held);
+        }
     }
 
     /// Live inodes.
@@ -172,7 +187,10 @@ impl Tree {
                 continue;
             }
             if let Some(node) = self.take(id) {
-                self.free.push(id);
+                match &mut self.held {
+                    Some(held) => held.push(id),
+                    None => self.free.push(id),
+                }
                 self.live -= 1;
                 if let Body::Dir(children) = node.body {
                     stack.extend(children.into_values().map(|c| c.node));

@@ -34,7 +34,7 @@ mod tests;
 
 use std::io::{self, Read};
 
-use clip_format::{Timestamp, Xattr};
+use clip_format::Timestamp;
 use header::{Header, BLOCK};
 
 pub(crate) use path::display as display_path;
@@ -45,45 +45,7 @@ pub const MAX_PAX_SIZE: u64 = 1 << 20;
 pub const MAX_LONG_NAME: u64 = 64 << 10;
 const SKIP_BUFFER: usize = 64 << 10;
 
-/// What a tar entry is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum EntryKind {
-    /// A regular file (`0`, NUL, or contiguous `7`).
-    File,
-    /// Another name for an earlier entry (`1`); [`TarEntry::link_target`] is the normalized target path.
-    HardLink,
-    /// A symbolic link (`2`); [`TarEntry::link_target`] is the target exactly as written.
-    Symlink,
-    CharDevice,
-    BlockDevice,
-    Dir,
-    Fifo,
-}
-
-/// One file-system object of a layer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TarEntry {
-    /// Normalized and relative, no trailing slash; `b""` is the root directory. Raw bytes.
-    pub path: Vec<u8>,
-    pub kind: EntryKind,
-    /// Permission bits with setuid/setgid/sticky (`mode & 0o7777`).
-    pub mode: u32,
-    pub uid: u32,
-    pub gid: u32,
-    /// Content length of a regular file; 0 for every other kind.
-    pub size: u64,
-    pub mtime: Timestamp,
-    /// Symlink target as written, or normalized hard-link target; empty for other kinds.
-    pub link_target: Vec<u8>,
-    pub dev_major: u32,
-    pub dev_minor: u32,
-    /// `SCHILY.xattr.*` records, sorted by name.
-    pub xattrs: Vec<Xattr>,
-    /// Stream offset of the first content byte (for kinds without content: just past the header).
-    pub data_offset: u64,
-    /// Stream offset of the entry's first header block (its first PAX or GNU long-name header, if any).
-    pub header_offset: u64,
-}
+pub use clip_format::{EntryKind, TarEntry};
 
 /// Why a tar stream could not be read. Offsets are byte offsets in the uncompressed stream.
 #[derive(Debug, thiserror::Error)]

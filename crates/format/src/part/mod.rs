@@ -1,0 +1,213 @@
+//! Layer parts: the index of one layer on its own. A part depends on nothing but the layer's bytes and the
+//! span size — its tar entries in stream order (whiteouts and opaque markers kept as entries, with their data
+//! offsets), its spans with their checkpoint windows and digests, and the layer's facts — so it is
+//! content-addressed ([`part_key`]: layer digest + span size + [`PART_VERSION`]), deterministic, and reusable
+//! by every image that has the layer. An image index is merged from its layers' parts.
+//!
+//! On disk a part is a `.clip` container of kind [`ArchiveKind::LayerPart`]: `META` (JSON [`PartMeta`]),
+//! `ENTR` (one [`ENTRY_LEN`]-byte record an entry), `STRS`, `XATR`, `SPAN` (as in an image index) and the lazy
+//! `WIND`.
+
+mod entry;
+
+use std::io::Write;
+use std::path::Path;
+
+use memmap2::Mmap;
+use serde::{Deserialize, Serialize};
+
+use crate::check::{check_header, check_table, decode_section, find};
+use crate::layout::*;
+use crate::writer::{encode_spans, encode_xattrs, write_container, Strings};
+use crate::{ArchiveKind, Compression, FormatError, SpanSpec, Timestamp, WindowRef, Windows, Xattr};
+pub use entry::{EntryKind, TarEntry};
+
+/// Version of the part layout; part of every [`part_key`], so a clip with another layout never reads it.
+pub const PART_VERSION: u32 = 1;
+
+/// The name a part is kept under: `sha256-<hex>-s<span size>-v<PART_VERSION>`, safe as a file name and as an
+/// object key.
+pub fn part_key(layer_digest: &str, span_size: u64) -> String {
+    format!("{}-s{span_size}-v{PART_VERSION}", layer_digest.replace(':', "-"))
+}
+
+/// What a part records about its layer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartMeta {
+    /// `sha256:…` of the compressed blob.
+    pub digest: String,
+    /// Compressed size in bytes.
+    pub size: u64,
+    /// `sha256:…` of the uncompressed tar.
+    pub diff_id: String,
+    pub uncompressed_size: u64,
+    pub compression: Compression,
+    /// Uncompressed bytes per span the part was built with.
+    pub span_size: u64,
+}
+
+/// One layer's index. `spans[i].window` refers to `windows`.
+#[derive(Debug, Clone)]
+pub struct LayerPart {
+    pub meta: PartMeta,
+    pub entries: Vec<TarEntry>,
+    pub spans: Vec<SpanSpec>,
+    pub windows: Windows,
+}
+
+impl LayerPart {
+    /// The key this part is kept under.
+    pub fn key(&self) -> String {
+        part_key(&self.meta.digest, self.meta.span_size)
+    }
+
+    /// Writes the part (deterministically: the same part always gives the same bytes); returns bytes written.
+    pub fn write<W: Write>(&self, out: W) -> Result<u64, FormatError> {
+        let meta = serde_json::to_vec(&self.meta).map_err(FormatError::Meta)?;
+        let mut strs = Strings::default();
+        let mut entries = Vec::with_capacity(self.entries.len() * ENTRY_LEN);
+        let mut xattrs = Vec::new();
+        let mut xattr_count = 0u32;
+        for e in &self.entries {
+            let (path_off, path_len) = strs.add(&e.path)?;
+            let (link_off, link_len) = strs.add(&e.link_target)?;
+            let x_first = xattr_count;
+            let x_count = encode_xattrs(&e.xattrs, &mut strs, &mut xattrs)?;
+            xattr_count += x_count;
+            entries.extend_from_slice(&[e.kind.code(), 0, 0, 0]);
+            for v in [e.mode, e.uid, e.gid] {
+                entries.extend_from_slice(&v.to_le_bytes());
+            }
+            entries.extend_from_slice(&e.mtime.sec.to_le_bytes());
+            for v in [e.mtime.nsec, e.dev_major, e.dev_minor] {
+                entries.extend_from_slice(&v.to_le_bytes());
+            }
+            for v in [e.size, e.data_offset, e.header_offset] {
+                entries.extend_from_slice(&v.to_le_bytes());
+            }
+            for v in [path_off, path_len, link_off, link_len, x_first, x_count, 0] {
+                entries.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        let spans = encode_spans(&self.spans, &self.windows)?;
+        let eager =
+            vec![(SEC_META, meta), (SEC_ENTR, entries), (SEC_STRS, strs.blob), (SEC_XATR, xattrs), (SEC_SPAN, spans)];
+        write_container(ArchiveKind::LayerPart, eager, &self.windows, None, out)
+    }
+
+    /// Reads the part in file `path`, checking everything it records (a part may come from a shared store).
+    pub fn read(path: &Path) -> Result<LayerPart, FormatError> {
+        let io = |source| FormatError::Io { path: path.to_path_buf(), source };
+        let file = crate::open_regular(path).map_err(io)?;
+        // SAFETY: the file is mapped read-only and only read while mapped; parts are written to a temporary
+        // name and renamed into place, never changed afterwards. Every access is bounds-checked.
+        let map = unsafe { Mmap::map(&file) }.map_err(io)?;
+        Self::from_bytes(&map)
+    }
+
+    /// Reads a part held in memory.
+    pub fn from_bytes(buf: &[u8]) -> Result<LayerPart, FormatError> {
+        let len = buf.len() as u64;
+        let (header, kind) = check_header(buf, len)?;
+        if kind != ArchiveKind::LayerPart {
+            return Err(FormatError::corrupt(format!("expected a layer part, found an archive of kind {kind}")));
+        }
+        let start = header.table_offset as usize;
+        let sections = check_table(&header, &buf[start..start + header.sections as usize * SECTION_ENTRY_LEN], len)?;
+        let load = |id| -> Result<Vec<u8>, FormatError> {
+            let e = find(&sections, id)?;
+            let stored = &buf[e.offset as usize..(e.offset + e.stored_len) as usize];
+            Ok(decode_section(e, stored)?.unwrap_or_else(|| stored.to_vec()))
+        };
+        let meta: PartMeta = serde_json::from_slice(&load(SEC_META)?).map_err(FormatError::Meta)?;
+        let (entr, strs, xatr, span) = (load(SEC_ENTR)?, load(SEC_STRS)?, load(SEC_XATR)?, load(SEC_SPAN)?);
+        let wind = find(&sections, SEC_WIND)?;
+        let stored_windows = &buf[wind.offset as usize..(wind.offset + wind.stored_len) as usize];
+        if crc32c::crc32c(stored_windows) != wind.crc {
+            return Err(FormatError::Checksum { what: "section WIND".into() });
+        }
+        let windows = Windows::from_stored(stored_windows)?;
+        let spans = decode_spans(&span, &meta, windows.len())?;
+        let entries = decode_entries(&entr, &strs, &xatr, &meta)?;
+        Ok(LayerPart { meta, entries, spans, windows })
+    }
+}
+
+/// Decodes and checks the span table: in order, inside the layer, windows inside `WIND`.
+fn decode_spans(raw: &[u8], meta: &PartMeta, windows_len: u64) -> Result<Vec<SpanSpec>, FormatError> {
+    if raw.len() % SPAN_LEN != 0 {
+        return Err(FormatError::corrupt("section SPAN is not a whole number of records"));
+    }
+    let mut spans: Vec<SpanSpec> = Vec::with_capacity(raw.len() / SPAN_LEN);
+    for (i, rec) in raw.chunks_exact(SPAN_LEN).enumerate() {
+        let mut r = Le(rec);
+        let (out_offset, in_offset, window_off, window_len, bits) = (r.u64(), r.u64(), r.u64(), r.u32(), r.u8());
+        r.skip(3);
+        let digest = r.array32();
+        let prev = spans.last().map_or((0, 0), |p| (p.out_offset, p.in_offset));
+        let in_order = out_offset >= prev.0 && in_offset >= prev.1;
+        let inside = out_offset <= meta.uncompressed_size && in_offset <= meta.size && bits <= 7;
+        let window_inside = window_off.checked_add(u64::from(window_len)).is_some_and(|end| end <= windows_len);
+        if !in_order || !inside || !window_inside {
+            return Err(FormatError::BadSize {
+                what: format!("layer part {}: span {i} is out of order or outside its layer", meta.digest),
+            });
+        }
+        let window = WindowRef { offset: window_off, len: window_len };
+        spans.push(SpanSpec { out_offset, in_offset, bits, digest, window });
+    }
+    Ok(spans)
+}
+
+/// Decodes and checks the entries: strings and xattrs inside their sections, file data inside the layer.
+fn decode_entries(entr: &[u8], strs: &[u8], xatr: &[u8], meta: &PartMeta) -> Result<Vec<TarEntry>, FormatError> {
+    if entr.len() % ENTRY_LEN != 0 || xatr.len() % XATTR_LEN != 0 {
+        return Err(FormatError::corrupt("layer part: section ENTR or XATR is not a whole number of records"));
+    }
+    let string = |off: u32, len: u32| -> Result<Vec<u8>, FormatError> {
+        let range = off as usize..off as usize + len as usize;
+        strs.get(range).map(<[u8]>::to_vec).ok_or_else(|| FormatError::corrupt("layer part: string out of range"))
+    };
+    let mut entries = Vec::with_capacity(entr.len() / ENTRY_LEN);
+    for (i, rec) in entr.chunks_exact(ENTRY_LEN).enumerate() {
+        let mut r = Le(rec);
+        let code = r.u8();
+        r.skip(3);
+        let kind = EntryKind::from_code(code)
+            .ok_or_else(|| FormatError::corrupt(format!("layer part: entry {i} has unknown kind {code}")))?;
+        let (mode, uid, gid, sec, nsec) = (r.u32(), r.u32(), r.u32(), r.i64(), r.u32());
+        let (dev_major, dev_minor, size, data_offset, header_offset) = (r.u32(), r.u32(), r.u64(), r.u64(), r.u64());
+        let (path_off, path_len, link_off, link_len, x_first, x_count) =
+            (r.u32(), r.u32(), r.u32(), r.u32(), r.u32(), r.u32());
+        if data_offset.checked_add(size).is_none_or(|end| end > meta.uncompressed_size) {
+            return Err(FormatError::BadSize {
+                what: format!("layer part {}: entry {i} has data beyond the layer", meta.digest),
+            });
+        }
+        let x_range = x_first as usize * XATTR_LEN..(x_first as usize + x_count as usize) * XATTR_LEN;
+        let x_records = xatr.get(x_range).ok_or_else(|| FormatError::corrupt("layer part: xattrs out of range"))?;
+        let xattrs = x_records
+            .chunks_exact(XATTR_LEN)
+            .map(|x| {
+                let mut r = Le(x);
+                Ok(Xattr { name: string(r.u32(), r.u32())?, value: string(r.u32(), r.u32())? })
+            })
+            .collect::<Result<_, FormatError>>()?;
+        entries.push(TarEntry {
+            path: string(path_off, path_len)?,
+            kind,
+            mode,
+            uid,
+            gid,
+            size,
+            mtime: Timestamp { sec, nsec },
+            link_target: string(link_off, link_len)?,
+            dev_major,
+            dev_minor,
+            xattrs,
+            data_offset,
+            header_offset,
+        });
+    }
+    Ok(entries)
+}

@@ -1,0 +1,132 @@
+//! Layer parts: what is written is what is read, byte for byte the same every time, and a damaged or
+//! hostile part is refused with an error that says so.
+
+use clip_format::*;
+
+fn entry(path: &str, kind: EntryKind) -> TarEntry {
+    TarEntry {
+        path: path.as_bytes().to_vec(),
+        kind,
+        mode: 0o644,
+        uid: 1000,
+        gid: 3_000_000,
+        size: 0,
+        mtime: Timestamp { sec: -5, nsec: 999_999_999 },
+        link_target: Vec::new(),
+        dev_major: 0,
+        dev_minor: 0,
+        xattrs: Vec::new(),
+        data_offset: 512,
+        header_offset: 0,
+    }
+}
+
+fn sample() -> LayerPart {
+    let mut windows = Windows::new();
+    let w1 = windows.push(&[7u8; 32 * 1024]).unwrap();
+    let w2 = windows.push(b"a short window").unwrap();
+    let mut file = entry("usr/bin/tool", EntryKind::File);
+    file.size = 5000;
+    file.data_offset = 1536;
+    file.xattrs = vec![
+        Xattr { name: b"user.b".to_vec(), value: b"2".to_vec() },
+        Xattr { name: b"security.capability".to_vec(), value: vec![1, 0, 0, 2, 0xff] },
+    ];
+    let mut link = entry("usr/bin/same", EntryKind::HardLink);
+    link.link_target = b"usr/bin/tool".to_vec();
+    let mut sym = entry("lib", EntryKind::Symlink);
+    sym.link_target = b"usr/lib".to_vec();
+    let mut dev = entry("dev/null", EntryKind::CharDevice);
+    (dev.dev_major, dev.dev_minor) = (1, 3);
+    let entries = vec![
+        entry("", EntryKind::Dir),
+        entry("usr", EntryKind::Dir),
+        file,
+        link,
+        sym,
+        dev,
+        entry("etc/.wh.old", EntryKind::File),
+        entry("var/.wh..wh..opq", EntryKind::File),
+        entry("run/fifo", EntryKind::Fifo),
+        entry("dev/sda", EntryKind::BlockDevice),
+    ];
+    let spans = vec![
+        SpanSpec { out_offset: 0, in_offset: 0, bits: 0, digest: [1; 32], window: WindowRef::default() },
+        SpanSpec { out_offset: 4096, in_offset: 900, bits: 3, digest: [2; 32], window: w1 },
+        SpanSpec { out_offset: 8192, in_offset: 1800, bits: 7, digest: [3; 32], window: w2 },
+    ];
+    LayerPart {
+        meta: PartMeta {
+            digest: format!("sha256:{}", "ab".repeat(32)),
+            size: 4000,
+            diff_id: format!("sha256:{}", "cd".repeat(32)),
+            uncompressed_size: 10240,
+            compression: Compression::Gzip,
+            span_size: 4096,
+        },
+        entries,
+        spans,
+        windows,
+    }
+}
+
+fn bytes(part: &LayerPart) -> Vec<u8> {
+    let mut out = Vec::new();
+    part.write(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn a_part_reads_back_as_written_and_writes_the_same_bytes_again() {
+    let part = sample();
+    let first = bytes(&part);
+    let back = LayerPart::from_bytes(&first).unwrap();
+    assert_eq!(back.meta, part.meta);
+    // xattrs come back sorted by name, as the tar parser reports them.
+    let mut expected = part.entries.clone();
+    expected[2].xattrs.sort();
+    assert_eq!(back.entries, expected);
+    assert_eq!(back.spans, part.spans);
+    assert_eq!(back.windows.len(), part.windows.len());
+    assert_eq!(bytes(&back), first, "a part read back writes the same bytes");
+    assert_eq!(part.key(), format!("sha256-{}-s4096-v{PART_VERSION}", "ab".repeat(32)));
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.part");
+    std::fs::write(&path, &first).unwrap();
+    assert_eq!(LayerPart::read(&path).unwrap().entries, expected);
+}
+
+#[test]
+fn a_part_is_not_an_index_and_an_index_is_not_a_part() {
+    let part = bytes(&sample());
+    let Err(err) = Archive::from_bytes(part) else { panic!("a layer part opened as an index") };
+    assert!(matches!(err, FormatError::LayerPart), "{err}");
+    assert!(err.to_string().contains("layer part"), "{err}");
+}
+
+#[test]
+fn a_damaged_part_is_refused() {
+    let good = bytes(&sample());
+    // Any flipped byte after the header is caught by a section checksum (or the table's).
+    for at in [100, good.len() / 2, good.len() - 3] {
+        let mut bad = good.clone();
+        bad[at] ^= 0x40;
+        assert!(LayerPart::from_bytes(&bad).is_err(), "byte {at} flipped went unnoticed");
+    }
+    assert!(LayerPart::from_bytes(&good[..good.len() - 1]).is_err());
+}
+
+#[test]
+fn a_part_whose_entries_point_outside_the_layer_is_refused() {
+    let mut part = sample();
+    part.entries[2].data_offset = part.meta.uncompressed_size - 10;
+    let err = LayerPart::from_bytes(&bytes(&part)).unwrap_err();
+    assert!(matches!(err, FormatError::BadSize { .. }), "{err}");
+    assert!(err.to_string().contains("entry 2 has data beyond the layer"), "{err}");
+
+    let mut part = sample();
+    part.spans[2].out_offset = 1; // before the span ahead of it
+    let err = LayerPart::from_bytes(&bytes(&part)).unwrap_err();
+    assert!(err.to_string().contains("span 2 is out of order"), "{err}");
+}

@@ -1,0 +1,107 @@
+//! From layer parts to an index: the merged tree (what `clip mount` serves) or the layer views (each layer's
+//! own tree, as overlayfs and containerd take a lower directory), over the parts' spans and windows. The span
+//! table is the same whichever tree is built, so every tree of one image shares its cached spans.
+
+use clip_format::{mode, SpanSpec, Timestamp, WindowRef, Windows};
+use clip_format::{ArchiveKind, Content, ImageMeta, IndexContents, Ino, LayerMeta, LayerPart, NodeSpec};
+
+use crate::merge::Merger;
+use crate::IndexError;
+
+/// Which tree an index built from parts holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TreeKind {
+    /// All layers merged (`umoci unpack`'s tree).
+    Merged,
+    /// Every layer's view, each in its own directory of the root named by [`layer_dir_name`].
+    Layers,
+    /// One layer's view (index into the layers, bottom first) as the root.
+    Layer(usize),
+}
+
+/// The directory of layer `index` in a [`TreeKind::Layers`] tree: `<index>-sha256-<hex>` (no `:`, which
+/// overlayfs takes as the separator of `lowerdir`).
+pub fn layer_dir_name(index: usize, digest: &str) -> String {
+    format!("{index}-{}", digest.replace(':', "-"))
+}
+
+/// Builds an index of `tree` from `parts` (all layers of the image, bottom first). `base` is the image's
+/// metadata without the layer table (made here from the parts); `media_types[i]` is layer `i`'s media type.
+pub fn assemble(
+    mut base: ImageMeta,
+    media_types: &[String],
+    parts: Vec<LayerPart>,
+    tree: TreeKind,
+) -> Result<IndexContents, IndexError> {
+    let views = !matches!(tree, TreeKind::Merged);
+    let mut merger = if views { Merger::with_views() } else { Merger::new() };
+    let last = match tree {
+        TreeKind::Layer(n) if n >= parts.len() => {
+            return Err(IndexError::NoSuchLayer { layer: n, layers: parts.len() })
+        }
+        TreeKind::Layer(n) => n,
+        _ => parts.len().saturating_sub(1),
+    };
+    let mut layers = Vec::with_capacity(parts.len());
+    let mut spans = Vec::new();
+    let mut windows = Windows::new();
+    for (i, part) in parts.into_iter().enumerate() {
+        if i <= last {
+            merger.apply_layer(i as u32, part.entries).map_err(|source| IndexError::Merge { layer: i, source })?;
+        }
+        layers.push(LayerMeta {
+            media_type: media_types.get(i).cloned().unwrap_or_default(),
+            digest: part.meta.digest,
+            size: part.meta.size,
+            diff_id: part.meta.diff_id,
+            uncompressed_size: part.meta.uncompressed_size,
+            compression: part.meta.compression,
+            first_span: spans.len() as u32,
+            span_count: part.spans.len() as u32,
+        });
+        let base = windows.append(&part.windows).map_err(|source| IndexError::Windows { layer: i, source })?;
+        spans.extend(
+            part.spans
+                .into_iter()
+                .map(|s| SpanSpec { window: WindowRef { offset: s.window.offset + base, ..s.window }, ..s }),
+        );
+    }
+    let (merged, mut views) = merger.finish_with_views();
+    let nodes = match tree {
+        TreeKind::Merged => merged,
+        TreeKind::Layer(n) => views.swap_remove(n),
+        TreeKind::Layers => {
+            let names: Vec<String> = layers.iter().enumerate().map(|(i, l)| layer_dir_name(i, &l.digest)).collect();
+            side_by_side(names, views)
+        }
+    };
+    base.layers = layers;
+    Ok(IndexContents { kind: ArchiveKind::IndexOnly, meta: base, nodes, spans, windows })
+}
+
+/// One tree holding each of `trees` as the root's directory `names[i]` (0o755, root-owned, mtime 0).
+fn side_by_side(names: Vec<String>, trees: Vec<Vec<NodeSpec>>) -> Vec<NodeSpec> {
+    let mut nodes = vec![NodeSpec {
+        mode: mode::S_IFDIR | 0o755,
+        uid: 0,
+        gid: 0,
+        mtime: Timestamp::default(),
+        xattrs: Vec::new(),
+        content: Content::Dir(Vec::new()),
+    }];
+    let mut roots = Vec::with_capacity(trees.len());
+    for (name, tree) in names.into_iter().zip(trees) {
+        let offset = nodes.len();
+        roots.push((name.into_bytes(), Ino::from_index(offset)));
+        nodes.extend(tree.into_iter().map(|mut node| {
+            if let Content::Dir(children) = &mut node.content {
+                for (_, ino) in children.iter_mut() {
+                    *ino = Ino::from_index(ino.index() + offset);
+                }
+            }
+            node
+        }));
+    }
+    nodes[0].content = Content::Dir(roots);
+    nodes
+}
