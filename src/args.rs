@@ -264,10 +264,32 @@ pub struct LsArgs {
     /// or `name_bytes` when it is not UTF-8; the same for a symlink's `target`).
     #[arg(long, conflicts_with = "long")]
     pub json: bool,
+    /// List one layer's own tree instead of the merged one, as overlayfs takes a lower directory (a whiteout
+    /// is a character device 0/0, an opaque directory has trusted.overlay.opaque=y): its position (0 is the
+    /// bottom layer) or its digest (sha256:HEX, or a unique prefix of the hex).
+    #[arg(long, value_name = "N|DIGEST")]
+    pub layer: Option<clip_image::LayerChoice>,
+    #[command(flatten)]
+    pub parts: PartsArgs,
     #[command(flatten)]
     pub source: SourceArgs,
     #[command(flatten)]
     pub s3: S3Args,
+}
+
+/// Where layer parts are kept (each layer's own index, shared by every image that has the layer).
+#[derive(Debug, ClapArgs)]
+pub struct PartsArgs {
+    /// Directory of layer parts. Default: /var/lib/clip/parts as root, else ~/.local/state/clip/parts.
+    #[arg(long, value_name = "DIR", env = "CLIP_PARTS_DIR")]
+    pub parts: Option<PathBuf>,
+}
+
+impl PartsArgs {
+    /// The part store these arguments name.
+    pub fn store(&self) -> clip_image::DirParts {
+        clip_image::DirParts::new(self.parts.clone().unwrap_or_else(clip_image::default_parts_dir))
+    }
 }
 
 #[derive(Debug, ClapArgs)]
@@ -288,6 +310,13 @@ pub struct ExtractArgs {
     pub file: Location,
     /// Target directory; must be empty or not exist yet.
     pub dir: PathBuf,
+    /// Extract one layer's own tree instead of the merged one (whiteouts as character devices 0/0, opaque
+    /// directories with trusted.overlay.opaque=y, as containerd's overlay snapshotter stores a layer): its
+    /// position (0 is the bottom layer) or its digest (sha256:HEX, or a unique prefix of the hex).
+    #[arg(long, value_name = "N|DIGEST")]
+    pub layer: Option<clip_image::LayerChoice>,
+    #[command(flatten)]
+    pub parts: PartsArgs,
     #[command(flatten)]
     pub source: SourceArgs,
     #[command(flatten)]
@@ -338,6 +367,14 @@ pub struct MountArgs {
     /// miss and before the registry, filled in the background; a tier that is down only costs a warning.
     #[arg(long, value_name = "S3_URL", env = "CLIP_S3_CONTENT_CACHE")]
     pub content_cache: Option<clip_image::S3Url>,
+    /// Serve every layer of the index as its own directory MOUNTPOINT/<n>-sha256-<hex> (n = 0 is the bottom
+    /// layer) instead of the merged tree: each is the layer's own tree as overlayfs takes a lower directory,
+    /// so `mount -t overlay -o lowerdir=…` over them (top layer first) gives the image. Layers whose parts
+    /// are not kept (see --parts) are indexed first.
+    #[arg(long)]
+    pub layers: bool,
+    #[command(flatten)]
+    pub parts: PartsArgs,
     #[command(flatten)]
     pub source: SourceArgs,
     #[command(flatten)]

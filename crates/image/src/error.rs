@@ -48,6 +48,10 @@ pub enum ImageError {
         #[source]
         source: Box<clip_indexer::IndexError>,
     },
+    #[error("{location} is a data-carrying archive: it has no image layers to show (layer views need an index built by `clip index`)")]
+    NoLayers { location: String },
+    #[error("{location} has no layer {layer} (give a position from 0, bottom first, or a unique digest prefix); its layers: {layers}")]
+    NoSuchLayer { location: String, layer: String, layers: String },
     #[error("background task failed: {0}")]
     Task(String),
     #[error("{0} changed while packing (is the root filesystem in use?)")]

@@ -13,6 +13,8 @@
 //!   for other artifacts of that kind.
 //! - [`DirParts`], [`S3Parts`], [`Parts`]: where layer parts are kept (a local directory, an S3 prefix), so an
 //!   image whose layers were indexed before (for any image) costs only its new layers.
+//! - [`view_index`]: an index of one layer's own tree, or of every layer's side by side (for overlay and
+//!   containerd), built from the layers' parts.
 //! - [`write_atomically`]: how every file clip writes is put in place (never over a device or FIFO).
 //!
 //! Mounting, pulling and running images on a worker node is `clip-node`, built on this crate.
@@ -35,6 +37,7 @@ mod owners;
 mod parts;
 mod publish;
 mod remote;
+mod views;
 
 pub use archive::{
     archive, pack, push, ArchiveOptions, ArchiveProgress, ArchiveReport, DataCompression, PackConfig, PackProgress,
@@ -47,9 +50,10 @@ pub use extract::{extract, ExtractProgress, ExtractStats};
 pub use index::{index_to_file, Written};
 pub use open::{load_archive, open_archive, Loaded, Location, OpenOptions, Opened};
 pub use owners::Owners;
-pub use parts::{DirParts, Parts, S3Parts, MAX_PART_BYTES};
+pub use parts::{default_parts_dir, DirParts, Parts, S3Parts, MAX_PART_BYTES};
 pub use publish::{
     fetch_artifact_layer, fetch_published_index, publish_index, push_artifact, registry_failure, Artifact,
     PublishedIndex, INDEX_ARTIFACT_TYPE, INDEX_LAYER_MEDIA_TYPE,
 };
 pub use remote::S3Data;
+pub use views::{view_index, LayerChoice, ViewChoice};

@@ -198,7 +198,7 @@ fn same_archive(archive: &Archive, kind: ArchiveKind, sections: &[SectionEntry])
 }
 
 /// Reconnects to the image an index was built from, pinned to the manifest digest it recorded.
-async fn open_image_source(
+pub(crate) async fn open_image_source(
     location: &Location,
     archive: &Archive,
     opts: &SourceOptions,
