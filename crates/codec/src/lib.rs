@@ -62,46 +62,8 @@ pub use reader::IndexingReader;
 
 use sha2::Digest as _;
 
-/// How a layer blob is compressed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Compression {
-    /// gzip, possibly several members back to back.
-    Gzip,
-    /// zstd, one or more frames (skippable frames allowed).
-    Zstd,
-    /// Uncompressed tar.
-    None,
-}
-
-impl Compression {
-    /// The compression named by an OCI or Docker layer media type, e.g.
-    /// `application/vnd.oci.image.layer.v1.tar+gzip` or `application/vnd.docker.image.rootfs.diff.tar.gzip`.
-    /// `None` for media types that are not (known) layer tars.
-    pub fn from_media_type(media_type: &str) -> Option<Self> {
-        // "Non-distributable" layer types carry the same suffixes.
-        let base = media_type.trim();
-        if base.ends_with("+gzip") || base.ends_with(".tar.gzip") {
-            Some(Self::Gzip)
-        } else if base.ends_with("+zstd") || base.ends_with(".tar.zstd") {
-            Some(Self::Zstd)
-        } else if base.ends_with(".tar") {
-            Some(Self::None)
-        } else {
-            None
-        }
-    }
-
-    /// Guess from the first bytes of a blob: gzip and zstd (incl. skippable frames) by magic number,
-    /// anything else is taken as uncompressed.
-    pub fn sniff(prefix: &[u8]) -> Self {
-        match prefix {
-            [0x1f, 0x8b, ..] => Self::Gzip,
-            [0x28, 0xb5, 0x2f, 0xfd, ..] => Self::Zstd,
-            [b0, 0x2a, 0x4d, 0x18, ..] if b0 & 0xf0 == 0x50 => Self::Zstd,
-            _ => Self::None,
-        }
-    }
-}
+/// How a layer blob is compressed: the format's type, re-exported so codec users need not name both crates.
+pub use clip_format::Compression;
 
 /// A place to resume decompression: everything [`decode_span`] needs besides the compressed bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -196,32 +158,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn media_types() {
-        let cases = [
-            ("application/vnd.oci.image.layer.v1.tar+gzip", Some(Compression::Gzip)),
-            ("application/vnd.oci.image.layer.v1.tar+zstd", Some(Compression::Zstd)),
-            ("application/vnd.oci.image.layer.v1.tar", Some(Compression::None)),
-            ("application/vnd.docker.image.rootfs.diff.tar", Some(Compression::None)),
-            ("application/vnd.docker.image.rootfs.diff.tar.gzip", Some(Compression::Gzip)),
-            ("application/vnd.oci.image.config.v1+json", None),
-        ];
-        for (media_type, want) in cases {
-            assert_eq!(Compression::from_media_type(media_type), want, "{media_type}");
-        }
-    }
-
-    #[test]
     fn reader_can_move_to_another_thread() {
         fn assert_send<T: Send>() {}
         assert_send::<IndexingReader<std::fs::File>>();
-    }
-
-    #[test]
-    fn sniffing() {
-        assert_eq!(Compression::sniff(&[0x1f, 0x8b, 8]), Compression::Gzip);
-        assert_eq!(Compression::sniff(&[0x28, 0xb5, 0x2f, 0xfd]), Compression::Zstd);
-        assert_eq!(Compression::sniff(&[0x5a, 0x2a, 0x4d, 0x18]), Compression::Zstd);
-        assert_eq!(Compression::sniff(b"etc/passwd"), Compression::None);
-        assert_eq!(Compression::sniff(&[]), Compression::None);
     }
 }

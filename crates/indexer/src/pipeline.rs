@@ -7,12 +7,12 @@ use std::io::Read;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use clip_codec::{Compression as Codec, IndexingReader, Span};
+use clip_codec::{IndexingReader, Span};
 use clip_format::{
     ArchiveKind, Compression, FormatError, ImageConfig, ImageMeta, IndexContents, LayerMeta, Platform, SpanSpec,
     WindowRef, Windows,
 };
-use clip_source::{BlobSource, Descriptor, Digest, LayerCompression, ResolvedImage};
+use clip_source::{BlobSource, Descriptor, Digest, ResolvedImage};
 use futures::{StreamExt, TryStreamExt};
 use sha2::{Digest as _, Sha256};
 use tracing::{debug, info};
@@ -103,7 +103,7 @@ pub async fn index_image(
         return Err(IndexError::DiffIdCount { diff_ids: diff_ids.len(), layers: image.layers.len() });
     }
     // Refuse unknown media types before downloading anything.
-    let compressions: Vec<LayerCompression> = image.layers.iter().map(|l| l.compression()).collect::<Result<_, _>>()?;
+    let compressions: Vec<Compression> = image.layers.iter().map(|l| l.compression()).collect::<Result<_, _>>()?;
 
     let tasks = image.layers.iter().cloned().zip(compressions).enumerate().map(|(i, (desc, comp))| {
         let source = source.clone();
@@ -137,11 +137,7 @@ pub async fn index_image(
             size: desc.size,
             diff_id: r.diff_id.to_string(),
             uncompressed_size: r.uncompressed_size,
-            compression: match desc.compression()? {
-                LayerCompression::Gzip => Compression::Gzip,
-                LayerCompression::Zstd => Compression::Zstd,
-                LayerCompression::None => Compression::None,
-            },
+            compression: desc.compression()?,
             first_span: spans.len() as u32,
             span_count: r.spans.spans.len() as u32,
         });
@@ -190,7 +186,7 @@ pub fn image_config(c: &clip_source::ImageConfig) -> ImageConfig {
 async fn index_layer(
     layer: usize,
     desc: Descriptor,
-    comp: LayerCompression,
+    comp: Compression,
     source: Arc<dyn BlobSource>,
     opts: IndexOptions,
 ) -> Result<LayerResult, IndexError> {
@@ -263,7 +259,7 @@ impl<R: Read> Read for Guard<R> {
 fn read_layer(
     layer: usize,
     desc: &Descriptor,
-    comp: LayerCompression,
+    comp: Compression,
     blob: impl Read,
     opts: &IndexOptions,
 ) -> Result<LayerResult, IndexError> {
@@ -271,12 +267,7 @@ fn read_layer(
     let blob_tally = Rc::new(RefCell::new(Tally::default()));
     let tar_tally = Rc::new(RefCell::new(Tally::default()));
     let tripped = Rc::new(Cell::new(false));
-    let codec = match comp {
-        LayerCompression::Gzip => Codec::Gzip,
-        LayerCompression::Zstd => Codec::Zstd,
-        LayerCompression::None => Codec::None,
-    };
-    let inflating = IndexingReader::new(Hashing { inner: blob, tally: blob_tally.clone() }, codec, opts.span_size);
+    let inflating = IndexingReader::new(Hashing { inner: blob, tally: blob_tally.clone() }, comp, opts.span_size);
     let guarded = Guard {
         inner: inflating,
         max_ratio: opts.max_ratio,
@@ -386,7 +377,7 @@ mod tests {
         let blob = gz.finish().unwrap();
         let span_size = 64 << 10;
         let mut guard = Guard {
-            inner: IndexingReader::new(&blob[..], Codec::Gzip, span_size),
+            inner: IndexingReader::new(&blob[..], Compression::Gzip, span_size),
             max_ratio: 0,
             tripped: Rc::default(),
             sink: SpanSink::default(),

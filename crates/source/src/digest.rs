@@ -5,6 +5,8 @@ use std::str::FromStr;
 
 use sha2::{Digest as _, Sha256};
 
+use clip_format::Compression;
+
 use crate::error::SourceError;
 
 /// A validated `sha256:<64 lowercase hex>` content digest.
@@ -76,17 +78,6 @@ impl AsRef<str> for Digest {
     }
 }
 
-/// How a layer blob is compressed, derived from its media type.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum LayerCompression {
-    /// gzip (one or more members).
-    Gzip,
-    /// zstd (one or more frames).
-    Zstd,
-    /// A plain tar.
-    None,
-}
-
 /// OCI and Docker media type names used by this crate.
 pub mod media_types {
     /// OCI image manifest.
@@ -114,8 +105,8 @@ pub mod media_types {
     pub const MANIFESTS: [&str; 4] = [OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST];
 
     /// Layer media types and their compression.
-    pub(crate) const LAYERS: [(&str, super::LayerCompression); 10] = {
-        use super::LayerCompression::{Gzip, None, Zstd};
+    pub(crate) const LAYERS: [(&str, super::Compression); 10] = {
+        use clip_format::Compression::{Gzip, None, Zstd};
         [
             (OCI_LAYER_TAR, None),
             (OCI_LAYER_GZIP, Gzip),
@@ -149,7 +140,7 @@ impl Descriptor {
     }
 
     /// The compression of a layer blob, or an error naming an unknown layer media type.
-    pub fn compression(&self) -> Result<LayerCompression, SourceError> {
+    pub fn compression(&self) -> Result<Compression, SourceError> {
         media_types::LAYERS
             .iter()
             .find(|(name, _)| *name == self.media_type)
@@ -197,13 +188,13 @@ mod tests {
     #[test]
     fn layer_compression_from_media_type() {
         let d = |mt: &str| Descriptor::new(mt, Digest::of(b"x"), 1);
-        assert_eq!(d(media_types::OCI_LAYER_GZIP).compression().unwrap(), LayerCompression::Gzip);
-        assert_eq!(d(media_types::OCI_LAYER_ZSTD).compression().unwrap(), LayerCompression::Zstd);
-        assert_eq!(d(media_types::OCI_LAYER_TAR).compression().unwrap(), LayerCompression::None);
-        assert_eq!(d(media_types::DOCKER_LAYER_GZIP).compression().unwrap(), LayerCompression::Gzip);
+        assert_eq!(d(media_types::OCI_LAYER_GZIP).compression().unwrap(), Compression::Gzip);
+        assert_eq!(d(media_types::OCI_LAYER_ZSTD).compression().unwrap(), Compression::Zstd);
+        assert_eq!(d(media_types::OCI_LAYER_TAR).compression().unwrap(), Compression::None);
+        assert_eq!(d(media_types::DOCKER_LAYER_GZIP).compression().unwrap(), Compression::Gzip);
         assert_eq!(
             d("application/vnd.docker.image.rootfs.foreign.diff.tar.gzip").compression().unwrap(),
-            LayerCompression::Gzip
+            Compression::Gzip
         );
         let err = d("application/vnd.cncf.helm.chart.content.v1.tar+gzip").compression().unwrap_err();
         assert!(err.to_string().contains("application/vnd.cncf.helm.chart.content.v1.tar+gzip"));

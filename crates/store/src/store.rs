@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use clip_codec::{CheckpointRef, Compression as Codec, SpanRef};
+use clip_codec::{CheckpointRef, SpanRef};
 use clip_format::{Archive, Compression, DataRef, FormatError, SpanView};
 use sha2::{Digest as _, Sha256};
 use tokio::runtime::Handle;
@@ -514,11 +514,7 @@ impl Inner {
         let span_ref =
             |s: SpanView, len: u64| SpanRef { out_offset: s.out_offset, in_offset: s.in_offset, bits: s.bits, len };
         let next = if index < last { Some(span_ref(a.span(index + 1)?, 0)) } else { None };
-        let codec = match meta.compression {
-            Compression::Gzip => Codec::Gzip,
-            Compression::Zstd => Codec::Zstd,
-            Compression::None => Codec::None,
-        };
+        let codec = meta.compression;
         let len = out.end - out.start;
         let range = clip_codec::fetch_range(codec, &span_ref(span, len), next.as_ref(), meta.size);
         let compressed = range.end - range.start;
@@ -551,7 +547,7 @@ impl Inner {
         layer: u32,
         index: usize,
         span: SpanView,
-        codec: Codec,
+        codec: Compression,
         range: Range<u64>,
         len: u64,
     ) -> Result<SpanBytes, StoreError> {

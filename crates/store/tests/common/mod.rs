@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use clip_codec::{Compression as Codec, IndexingReader};
+use clip_codec::IndexingReader;
 use clip_format::{
     mode, Archive, ArchiveKind, Compression, Content, DataRef, ImageMeta, IndexContents, Ino, LayerMeta, NodeSpec,
     SpanSpec, Timestamp, Windows,
@@ -63,12 +63,7 @@ impl Layer {
     }
 
     fn index(blob: Vec<u8>, plain: Vec<u8>, compression: Compression, span_size: u64) -> Layer {
-        let codec = match compression {
-            Compression::None => Codec::None,
-            Compression::Gzip => Codec::Gzip,
-            Compression::Zstd => Codec::Zstd,
-        };
-        let mut reader = IndexingReader::new(&blob[..], codec, span_size);
+        let mut reader = IndexingReader::new(&blob[..], compression, span_size);
         let mut out = Vec::new();
         reader.read_to_end(&mut out).unwrap();
         assert_eq!(out, plain);
@@ -84,13 +79,8 @@ impl Layer {
 
     /// The compressed range the store fetches for span `i` of this layer.
     pub fn fetch_range(&self, i: usize) -> Range<u64> {
-        let codec = match self.compression {
-            Compression::None => Codec::None,
-            Compression::Gzip => Codec::Gzip,
-            Compression::Zstd => Codec::Zstd,
-        };
         let refs: Vec<_> = self.spans.iter().map(|s| s.as_ref()).collect();
-        clip_codec::span_fetch_range(codec, &refs, i, self.blob.len() as u64)
+        clip_codec::span_fetch_range(self.compression, &refs, i, self.blob.len() as u64)
     }
 }
 
