@@ -46,7 +46,7 @@ pub fn fetch_range(
 ///
 /// `compressed` holds the blob's bytes from offset `fetch_start` on: normally exactly the range
 /// [`span_fetch_range`] returned, though any range that covers it works. The result is not checked against
-/// the span's digest; callers compare [`crate::sha256`] of it with [`crate::Span::digest`].
+/// the span's digest; callers compare [`crate::Digest::of`] it with [`crate::Span::digest`].
 pub fn decode_span(
     compression: Compression,
     checkpoint: &CheckpointRef<'_>,

@@ -22,8 +22,8 @@
 //!
 //! This crate does no I/O beyond the `Read` it is given, keeps bounded memory (a 64 KiB input buffer, one
 //! decompressor and the recorded checkpoints; drain those with [`IndexingReader::take_spans`] for huge
-//! layers) and never panics on hostile input. Span digests use SHA-256 ([`sha256`] is provided so callers
-//! verify with the same function).
+//! layers) and never panics on hostile input. Span digests are SHA-256 [`Digest`]s (callers verify with
+//! [`Digest::of`], the same function).
 //!
 //! ```
 //! use std::io::Read;
@@ -42,7 +42,7 @@
 //! let span = &summary.spans[1];
 //! let bytes = decode_span(Compression::None, &span.checkpoint.as_ref(), range.start, fetched, span.len).unwrap();
 //! assert_eq!(bytes, &layer[4096..8192]);
-//! assert_eq!(clip_codec::sha256(&bytes), span.digest);
+//! assert_eq!(clip_codec::Digest::of(&bytes), span.digest);
 //! ```
 
 mod decode;
@@ -60,10 +60,10 @@ pub use decode::{decode_span, decode_span_into, fetch_range, max_decoded_len, sp
 pub use error::CodecError;
 pub use reader::IndexingReader;
 
-use sha2::Digest as _;
-
 /// How a layer blob is compressed: the format's type, re-exported so codec users need not name both crates.
 pub use clip_format::Compression;
+/// A span's SHA-256 digest: the format's type.
+pub use clip_format::Digest;
 
 /// A place to resume decompression: everything [`decode_span`] needs besides the compressed bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -108,7 +108,7 @@ pub struct Span {
     /// Uncompressed length.
     pub len: u64,
     /// SHA-256 of the span's uncompressed bytes.
-    pub digest: [u8; 32],
+    pub digest: Digest,
 }
 
 impl Span {
@@ -146,11 +146,6 @@ pub struct LayerSummary {
     pub compressed_size: u64,
     /// Size of the uncompressed stream.
     pub uncompressed_size: u64,
-}
-
-/// SHA-256 of `data`, the digest recorded in [`Span::digest`].
-pub fn sha256(data: &[u8]) -> [u8; 32] {
-    sha2::Sha256::digest(data).into()
 }
 
 #[cfg(test)]

@@ -110,17 +110,17 @@ impl std::fmt::Display for Compression {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LayerMeta {
     pub media_type: String,
-    /// `sha256:…` of the compressed blob.
-    pub digest: String,
+    /// The compressed blob's digest (`sha256:…` in META).
+    pub digest: crate::Digest,
     /// Compressed size in bytes.
     pub size: u64,
-    /// `sha256:…` of the uncompressed tar (empty for data-carrying archives).
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub diff_id: String,
+    /// The uncompressed tar's digest (none for data-carrying archives).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diff_id: Option<crate::Digest>,
     pub uncompressed_size: u64,
     pub compression: Compression,
-    /// Index of this layer's first record in the span table.
-    pub first_span: u32,
+    /// This layer's first record in the span table.
+    pub first_span: crate::SpanId,
     /// Number of span records of this layer.
     pub span_count: u32,
 }

@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use clip_codec::{IndexingReader, Span};
 use clip_format::{
-    ArchiveKind, Compression, FormatError, ImageConfig, ImageMeta, IndexContents, LayerMeta, Platform, SpanSpec,
-    WindowRef, Windows,
+    ArchiveKind, Compression, FormatError, ImageConfig, ImageMeta, IndexContents, LayerIndex, LayerMeta, Platform,
+    SpanId, SpanSpec, WindowRef, Windows,
 };
 use clip_source::{BlobSource, Descriptor, Digest, ResolvedImage};
 use futures::{StreamExt, TryStreamExt};
@@ -24,11 +24,11 @@ use crate::IndexError;
 /// Reports progress of an indexing run (e.g. to progress bars). All methods have empty defaults.
 pub trait Progress: Send + Sync {
     /// Layer `layer` (of `total`) starts streaming.
-    fn layer_started(&self, _layer: usize, _desc: &Descriptor) {}
+    fn layer_started(&self, _layer: LayerIndex, _desc: &Descriptor) {}
     /// So far `compressed` bytes read and `files` tar entries parsed in `layer`.
-    fn layer_progress(&self, _layer: usize, _compressed: u64, _files: u64) {}
+    fn layer_progress(&self, _layer: LayerIndex, _compressed: u64, _files: u64) {}
     /// Layer `layer` is fully read and verified.
-    fn layer_done(&self, _layer: usize) {}
+    fn layer_done(&self, _layer: LayerIndex) {}
 }
 
 /// Default uncompressed bytes per span: 1 MiB. A cold read costs its whole span, so small spans keep lazy
@@ -108,12 +108,12 @@ pub async fn index_image(
     let tasks = image.layers.iter().cloned().zip(compressions).enumerate().map(|(i, (desc, comp))| {
         let source = source.clone();
         let opts = opts.clone();
-        let expected_diff = diff_ids[i].clone();
+        let expected_diff = diff_ids[i];
         async move {
-            let result = index_layer(i, desc.clone(), comp, source, opts).await?;
+            let result = index_layer(LayerIndex::from_index(i), desc.clone(), comp, source, opts).await?;
             if result.diff_id != expected_diff {
                 return Err(IndexError::DiffId {
-                    layer: i,
+                    layer: LayerIndex::from_index(i),
                     digest: desc.digest,
                     expected: expected_diff,
                     actual: result.diff_id,
@@ -130,18 +130,19 @@ pub async fn index_image(
     let mut spans = Vec::new();
     let mut windows = Windows::new();
     for (i, (r, desc)) in results.into_iter().zip(&image.layers).enumerate() {
-        merger.apply_layer(i as u32, r.entries).map_err(|source| IndexError::Merge { layer: i, source })?;
+        let layer = LayerIndex::from_index(i);
+        merger.apply_layer(layer, r.entries).map_err(|source| IndexError::Merge { layer, source })?;
         layers.push(LayerMeta {
             media_type: desc.media_type.clone(),
-            digest: desc.digest.to_string(),
+            digest: desc.digest,
             size: desc.size,
-            diff_id: r.diff_id.to_string(),
+            diff_id: Some(r.diff_id),
             uncompressed_size: r.uncompressed_size,
             compression: desc.compression()?,
-            first_span: spans.len() as u32,
+            first_span: SpanId::from_index(spans.len()),
             span_count: r.spans.spans.len() as u32,
         });
-        let base = windows.append(&r.spans.windows).map_err(|source| IndexError::Windows { layer: i, source })?;
+        let base = windows.append(&r.spans.windows).map_err(|source| IndexError::Windows { layer, source })?;
         spans.extend(
             r.spans
                 .spans
@@ -184,7 +185,7 @@ pub fn image_config(c: &clip_source::ImageConfig) -> ImageConfig {
 
 /// Streams one layer on a blocking thread (decompression and parsing are CPU work).
 async fn index_layer(
-    layer: usize,
+    layer: LayerIndex,
     desc: Descriptor,
     comp: Compression,
     source: Arc<dyn BlobSource>,
@@ -193,7 +194,7 @@ async fn index_layer(
     if let Some(p) = &opts.progress {
         p.layer_started(layer, &desc);
     }
-    debug!(layer, digest = %desc.digest, size = desc.size, "streaming layer");
+    debug!(%layer, digest = %desc.digest, size = desc.size, "streaming layer");
     let stream = source.open_blob(&desc).await?;
     let reader = tokio_util::io::StreamReader::new(stream.map_err(std::io::Error::other));
     let sync = tokio_util::io::SyncIoBridge::new(reader);
@@ -257,13 +258,13 @@ impl<R: Read> Read for Guard<R> {
 }
 
 fn read_layer(
-    layer: usize,
+    layer: LayerIndex,
     desc: &Descriptor,
     comp: Compression,
     blob: impl Read,
     opts: &IndexOptions,
 ) -> Result<LayerResult, IndexError> {
-    let digest = || desc.digest.clone();
+    let digest = || desc.digest;
     let blob_tally = Rc::new(RefCell::new(Tally::default()));
     let tar_tally = Rc::new(RefCell::new(Tally::default()));
     let tripped = Rc::new(Cell::new(false));
@@ -319,7 +320,7 @@ fn read_layer(
     if count != desc.size {
         return Err(IndexError::BlobSize { layer, digest: digest(), expected: desc.size, actual: count });
     }
-    debug!(layer, spans = sink.spans.len(), windows = sink.windows.len(), files = entries.len(), "layer indexed");
+    debug!(%layer, spans = sink.spans.len(), windows = sink.windows.len(), files = entries.len(), "layer indexed");
     if let Some(p) = &opts.progress {
         p.layer_done(layer);
     }
@@ -328,8 +329,8 @@ fn read_layer(
 
 /// Sorts a failure seen through the tar parser: a tripped ratio guard, a decoder error, a read error
 /// from the source, or a tar format problem.
-fn tar_error(layer: usize, desc: &Descriptor, err: TarError, tripped: bool, ratio: u64) -> IndexError {
-    let digest = desc.digest.clone();
+fn tar_error(layer: LayerIndex, desc: &Descriptor, err: TarError, tripped: bool, ratio: u64) -> IndexError {
+    let digest = desc.digest;
     if tripped {
         return IndexError::Ratio { layer, digest, ratio };
     }

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use clip_format::{Content, NodeSpec};
+use clip_format::{Content, LayerIndex, NodeSpec};
 use clip_indexer::merge::Merger;
 use clip_indexer::tar::TarReader;
 use tar::{EntryType, Header};
@@ -80,7 +80,7 @@ fn merged(layers: &[Vec<u8>]) -> String {
     let mut merger = Merger::new();
     for (index, bytes) in layers.iter().enumerate() {
         let entries = TarReader::new(&bytes[..]).collect::<Result<Vec<_>, _>>().unwrap();
-        merger.apply_layer(index as u32, entries).unwrap();
+        merger.apply_layer(LayerIndex::from_index(index), entries).unwrap();
     }
     let specs = merger.finish();
     let mut nlink: HashMap<usize, usize> = HashMap::new();
@@ -103,7 +103,7 @@ fn merged(layers: &[Vec<u8>]) -> String {
                 String::new()
             }
             Content::File(data) => {
-                let bytes = &layers[data.layer as usize][data.offset as usize..][..data.size as usize];
+                let bytes = &layers[data.layer.index()][data.offset as usize..][..data.size as usize];
                 format!(" nlink={} {:?}", nlink[&index], String::from_utf8_lossy(bytes))
             }
             Content::Symlink(target) => format!(" -> {}", String::from_utf8_lossy(target)),

@@ -1,5 +1,7 @@
 //! The content store's error type.
 
+use clip_format::{Digest, LayerIndex, SpanId};
+
 /// Why file bytes could not be served. A reader sees these as EIO; the message goes to the log.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -7,23 +9,21 @@ pub enum StoreError {
     Format(#[from] clip_format::FormatError),
     #[error("layer {layer}")]
     Source {
-        layer: u32,
+        layer: LayerIndex,
         #[source]
         source: clip_source::SourceError,
     },
     #[error("layer {layer} span {span}")]
     Decode {
-        layer: u32,
-        span: usize,
+        layer: LayerIndex,
+        span: SpanId,
         #[source]
         source: clip_codec::CodecError,
     },
-    #[error(
-        "layer {layer} span {span}: bytes fail verification (expected sha256 {expected}, got {actual}); not served"
-    )]
-    Verify { layer: u32, span: usize, expected: String, actual: String },
+    #[error("layer {layer} span {span}: bytes fail verification (expected {expected}, got {actual}); not served")]
+    Verify { layer: LayerIndex, span: SpanId, expected: Digest, actual: Digest },
     #[error("layer {layer} ({media_type}) cannot be read: {why}")]
-    Layer { layer: u32, media_type: String, why: String },
+    Layer { layer: LayerIndex, media_type: String, why: String },
     #[error("read of {path}")]
     Io {
         path: String,
@@ -35,11 +35,11 @@ pub enum StoreError {
          raise it with --read-timeout)",
         after.as_secs_f64()
     )]
-    Timeout { layer: u32, span: usize, after: std::time::Duration },
+    Timeout { layer: LayerIndex, span: SpanId, after: std::time::Duration },
     #[error("a span fetch was cancelled: {0}")]
     Task(String),
     #[error("layer {layer} span {span}: a concurrent fetch of this span failed: {message}")]
-    Joined { layer: u32, span: usize, message: String },
+    Joined { layer: LayerIndex, span: SpanId, message: String },
     #[error("content cache tier, span sha256 {digest}: {reason}")]
     Tier { digest: String, reason: String },
     #[error("disk cache {} (check that the directory is writable, or choose another cache directory)", path.display())]

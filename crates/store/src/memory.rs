@@ -3,18 +3,20 @@
 
 use std::collections::HashMap;
 
+use clip_format::SpanId;
+
 use crate::SpanBytes;
 
 /// A bounded LRU of decoded spans by span index.
 #[derive(Default)]
 pub(crate) struct Lru {
-    map: HashMap<usize, (SpanBytes, u64)>,
+    map: HashMap<SpanId, (SpanBytes, u64)>,
     tick: u64,
     bytes: u64,
 }
 
 impl Lru {
-    pub fn get(&mut self, k: usize) -> Option<SpanBytes> {
+    pub fn get(&mut self, k: SpanId) -> Option<SpanBytes> {
         self.tick += 1;
         let tick = self.tick;
         self.map.get_mut(&k).map(|(b, t)| {
@@ -23,11 +25,11 @@ impl Lru {
         })
     }
 
-    pub fn contains(&self, k: usize) -> bool {
+    pub fn contains(&self, k: SpanId) -> bool {
         self.map.contains_key(&k)
     }
 
-    pub fn put(&mut self, k: usize, v: SpanBytes, limit: u64) {
+    pub fn put(&mut self, k: SpanId, v: SpanBytes, limit: u64) {
         self.tick += 1;
         self.bytes += v.len() as u64;
         if let Some((old, _)) = self.map.insert(k, (v, self.tick)) {

@@ -23,7 +23,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clip_codec::{CheckpointRef, SpanRef};
-use clip_format::{Archive, Compression, DataRef, FormatError, SpanView};
+use clip_format::{
+    Archive, Compression, Corruption, DataRef, Digest, FormatError, LayerIndex, SpanId, SpanSlice, SpanView,
+};
 use sha2::{Digest as _, Sha256};
 use tokio::runtime::Handle;
 use tokio::sync::{Notify, OnceCell, Semaphore};
@@ -128,9 +130,9 @@ pub(crate) struct Inner {
     /// The runtime the store was made on, for background work started from non-runtime threads.
     pub runtime: Option<Handle>,
     memory: Mutex<Lru>,
-    inflight: Mutex<HashMap<usize, Flight>>,
+    inflight: Mutex<HashMap<SpanId, Flight>>,
     /// Spans whose last lookup failed: when, and the error message (see [`failure_holdoff`]).
-    failures: Mutex<HashMap<usize, (Instant, String)>>,
+    failures: Mutex<HashMap<SpanId, (Instant, String)>>,
     pub counters: Counters,
     /// Readahead state per file.
     pub streams: Mutex<HashMap<DataRef, Stream>>,
@@ -225,32 +227,22 @@ impl ContentStore {
         if offset >= end {
             return Ok(Vec::new());
         }
-        let overflow =
-            || FormatError::Corrupt(format!("file at offset {} of layer {} overflows", data.offset, data.layer));
-        let pos = data.offset.checked_add(offset).ok_or_else(overflow)?;
-        let stop = data.offset.checked_add(end).ok_or_else(overflow)?;
         self.inner.note_layer_touched(data.layer);
         self.inner.readahead(data, offset, end);
         // Grown by the verified bytes as they come, not reserved up front from a size the index records.
         let mut out = Vec::with_capacity((end - offset).min(MAX_PREALLOC) as usize);
-        let mut pos = pos;
-        while pos < stop {
-            let index = self.inner.archive.find_span(data.layer, pos)?;
-            let range = self.inner.archive.span_range(data.layer, index)?;
-            let bytes = self.inner.span(data.layer, index, Priority::Foreground, deadline).await?;
-            let from = pos.saturating_sub(range.start) as usize;
-            let to = (stop.min(range.end).saturating_sub(range.start)) as usize;
-            if range.start > pos || from >= to || to > bytes.len() {
-                return Err(FormatError::Corrupt(format!("span {index} does not cover offset {pos}")).into());
-            }
-            out.extend_from_slice(&bytes[from..to]);
-            pos = range.start + to as u64;
+        for slice in self.inner.archive.file_spans(data, offset..end) {
+            let SpanSlice { span, span_range, within } = slice?;
+            let bytes = self.inner.span(data.layer, span, Priority::Foreground, deadline).await?;
+            let short = Corruption::SpanGap { layer: data.layer, span, offset: span_range.start + within.end };
+            let piece = bytes.get(within.start as usize..within.end as usize).ok_or(FormatError::from(short))?;
+            out.extend_from_slice(piece);
         }
         Ok(out)
     }
 
     /// The verified bytes of span `index` (an index of the whole span table) of layer `layer`.
-    pub async fn span(&self, layer: u32, index: usize) -> Result<SpanBytes, StoreError> {
+    pub async fn span(&self, layer: LayerIndex, index: SpanId) -> Result<SpanBytes, StoreError> {
         let deadline = tokio::time::Instant::now() + self.inner.config.read_timeout;
         self.inner.span(layer, index, Priority::Foreground, deadline).await
     }
@@ -276,19 +268,19 @@ impl Drop for Foreground<'_> {
 
 impl Inner {
     /// Logs, once per layer, that a read first reached it.
-    fn note_layer_touched(&self, layer: u32) {
+    fn note_layer_touched(&self, layer: LayerIndex) {
         // Every read passes here: a plain load keeps the flag's cache line shared once it is set.
-        let first = self.touched.get(layer as usize).is_some_and(|t| {
+        let first = self.touched.get(layer.index()).is_some_and(|t| {
             !t.load(std::sync::atomic::Ordering::Relaxed) && !t.swap(true, std::sync::atomic::Ordering::Relaxed)
         });
         if first {
-            let digest = self.archive.meta().layers.get(layer as usize).map_or("", |l| l.digest.as_str());
-            info!(layer, %digest, "layer first touched");
+            let digest = self.archive.meta().layers.get(layer.index()).map(|l| l.digest);
+            info!(%layer, digest = ?digest, "layer first touched");
         }
     }
 
     /// Whether span `index` is in memory.
-    pub fn in_memory(&self, index: usize) -> bool {
+    pub fn in_memory(&self, index: SpanId) -> bool {
         lock(&self.memory).contains(index)
     }
 
@@ -309,12 +301,12 @@ impl Inner {
     /// no later (it started earlier).
     pub async fn span(
         &self,
-        layer: u32,
-        index: usize,
+        layer: LayerIndex,
+        index: SpanId,
         priority: Priority,
         deadline: tokio::time::Instant,
     ) -> Result<SpanBytes, StoreError> {
-        if !self.archive.layer_spans(layer)?.contains(&index) {
+        if !self.archive.layer_spans(layer)?.contains(index) {
             return Err(StoreError::Layer {
                 layer,
                 media_type: String::new(),
@@ -387,7 +379,7 @@ impl Inner {
     }
 
     /// The error of the span's last lookup, if it failed less than [`failure_holdoff`] ago.
-    fn recent_failure(&self, index: usize) -> Option<String> {
+    fn recent_failure(&self, index: SpanId) -> Option<String> {
         let mut failures = lock(&self.failures);
         let (at, message) = failures.get(&index)?;
         if at.elapsed() < failure_holdoff(self.config.read_timeout) {
@@ -398,12 +390,12 @@ impl Inner {
     }
 
     /// The disk cache, else a fetch.
-    async fn load(&self, layer: u32, index: usize) -> Result<SpanBytes, StoreError> {
+    async fn load(&self, layer: LayerIndex, index: SpanId) -> Result<SpanBytes, StoreError> {
         let span = self.archive.span(index)?;
         let out = self.archive.span_range(layer, index)?;
         if let Some(disk) = &self.disk {
             let (disk, digest, len) = (Arc::clone(disk), span.digest, out.end - out.start);
-            let hit = tokio::task::spawn_blocking(move || disk.get(&digest, len))
+            let hit = tokio::task::spawn_blocking(move || disk.get(digest.as_bytes(), len))
                 .await
                 .map_err(|e| StoreError::Task(e.to_string()))?;
             if let Some(bytes) = hit {
@@ -412,12 +404,12 @@ impl Inner {
             }
         }
         let len = out.end - out.start;
-        if let Some(bytes) = self.tier_get(&span.digest, len).await {
+        if let Some(bytes) = self.tier_get(span.digest.as_bytes(), len).await {
             return Ok(bytes);
         }
         let bytes =
             self.fetch(layer, index, span, out).await.inspect_err(|_| Counters::bump(&self.counters.fetch_errors))?;
-        self.publish(span.digest, &bytes);
+        self.publish(*span.digest.as_bytes(), &bytes);
         Ok(bytes)
     }
 
@@ -503,17 +495,23 @@ impl Inner {
     }
 
     /// Fetches, decodes and verifies one span, and writes it to the disk cache.
-    async fn fetch(&self, layer: u32, index: usize, span: SpanView, out: Range<u64>) -> Result<SpanBytes, StoreError> {
+    async fn fetch(
+        &self,
+        layer: LayerIndex,
+        index: SpanId,
+        span: SpanView,
+        out: Range<u64>,
+    ) -> Result<SpanBytes, StoreError> {
         let a = &self.archive;
-        let meta = a.meta().layers.get(layer as usize).ok_or_else(|| StoreError::Layer {
+        let meta = a.meta().layers.get(layer.index()).ok_or_else(|| StoreError::Layer {
             layer,
             media_type: String::new(),
             why: "no such layer in the index".into(),
         })?;
-        let last = a.layer_spans(layer)?.end - 1;
+        let last = a.layer_spans(layer)?.last();
         let span_ref =
             |s: SpanView, len: u64| SpanRef { out_offset: s.out_offset, in_offset: s.in_offset, bits: s.bits, len };
-        let next = if index < last { Some(span_ref(a.span(index + 1)?, 0)) } else { None };
+        let next = if Some(index) < last { Some(span_ref(a.span(index.next())?, 0)) } else { None };
         let codec = meta.compression;
         let len = out.end - out.start;
         let range = clip_codec::fetch_range(codec, &span_ref(span, len), next.as_ref(), meta.size);
@@ -528,8 +526,8 @@ impl Inner {
             match self.fetch_once(layer, index, span, codec, range.clone(), len).await {
                 Err(e @ (StoreError::Verify { .. } | StoreError::Decode { .. })) if attempt < VERIFY_ATTEMPTS => {
                     warn!(
-                        layer,
-                        span = index,
+                        %layer,
+                        span = %index,
                         attempt,
                         error = &e as &dyn std::error::Error,
                         "fetched bytes are bad; fetching again"
@@ -544,15 +542,15 @@ impl Inner {
     /// One fetch of a span's compressed bytes `range`, decoded and verified.
     async fn fetch_once(
         &self,
-        layer: u32,
-        index: usize,
+        layer: LayerIndex,
+        index: SpanId,
         span: SpanView,
         codec: Compression,
         range: Range<u64>,
         len: u64,
     ) -> Result<SpanBytes, StoreError> {
         let a = &self.archive;
-        debug!(layer, span = index, start = range.start, len = range.end - range.start, "fetch span");
+        debug!(%layer, span = %index, start = range.start, len = range.end - range.start, "fetch span");
         let compressed = {
             let _inflight = InFlight::start(&self.counters.inflight_fetches);
             let started = Instant::now();
@@ -571,13 +569,13 @@ impl Inner {
                 window: &window,
             };
             let bytes = clip_codec::decode_span(codec, &cp, range.start, &compressed, len)?;
-            let digest: [u8; 32] = Sha256::digest(&bytes).into();
+            let digest = Digest::of(&bytes);
             if digest != span.digest {
                 return Ok(Err(digest));
             }
             // Only verified bytes reach the disk cache.
             if let Some(disk) = disk {
-                disk.put(&digest, &bytes);
+                disk.put(digest.as_bytes(), &bytes);
             }
             Ok::<_, clip_codec::CodecError>(Ok(SpanBytes::from(bytes)))
         })
@@ -586,7 +584,7 @@ impl Inner {
         .map_err(|source| StoreError::Decode { layer, span: index, source })?;
         decoded.map_err(|actual| {
             Counters::bump(&self.counters.verify_failures);
-            StoreError::Verify { layer, span: index, expected: hex::encode(span.digest), actual: hex::encode(actual) }
+            StoreError::Verify { layer, span: index, expected: span.digest, actual }
         })
     }
 }

@@ -83,7 +83,7 @@ pub async fn pull_unpack(state_dir: &Path, image: &str, opts: &SourceOptions) ->
 
     let descriptor = |v: &Value| -> Result<Descriptor, RunError> {
         let digest = v.get("digest").and_then(Value::as_str).unwrap_or_default();
-        let digest: Digest = digest.parse().map_err(ClientError::from)?;
+        let digest = clip_source::parse_digest(digest).map_err(ClientError::from)?;
         let size = v.get("size").and_then(Value::as_u64).unwrap_or_default();
         Ok(Descriptor::new(v.get("mediaType").and_then(Value::as_str).unwrap_or_default(), digest, size))
     };
@@ -111,7 +111,7 @@ pub async fn pull_unpack(state_dir: &Path, image: &str, opts: &SourceOptions) ->
     }
     let resolved = ResolvedImage {
         reference: ImageRef::Layout { dir: layout.clone(), tag: None },
-        manifest_digest: manifest_digest.parse().map_err(ClientError::from)?,
+        manifest_digest: clip_source::parse_digest(&manifest_digest).map_err(ClientError::from)?,
         manifest_bytes: serde_json::to_vec(&manifest).unwrap_or_default(),
         platform,
         layers,
@@ -124,11 +124,8 @@ pub async fn pull_unpack(state_dir: &Path, image: &str, opts: &SourceOptions) ->
     let index = scratch.path().join("merged.clip");
     super::store::build(&resolved, blobs.clone(), scratch.path(), &index, image).await?;
     let archive = Arc::new(Archive::open(&index).map_err(ClientError::format(&index))?);
-    let store = ContentStore::new(
-        archive.clone(),
-        Arc::new(SourceBlobs::new(&archive, blobs.clone()).map_err(ClientError::from)?),
-        StoreConfig::default(),
-    );
+    let store =
+        ContentStore::new(archive.clone(), Arc::new(SourceBlobs::new(&archive, blobs.clone())), StoreConfig::default());
     let opened = Opened { archive, store: Arc::new(store), source: Some(blobs), data_object: None };
     let rootfs = scratch.path().join("rootfs");
     crate::extract(&opened, &rootfs, None).await?;

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use clip_format::{mode, DataRef, Xattr};
+use clip_format::{mode, DataRef, LayerIndex, Xattr};
 
 use super::resolve::{existing_dir, resolve, Component, ResolveError};
 use super::tree::{Body, Meta, NodeId, Tree};
@@ -33,11 +33,11 @@ const IGNORED_XATTRS: &[&[u8]] = &[
 struct Step<'t> {
     tree: &'t mut Tree,
     generation: u32,
-    layer: u32,
+    layer: LayerIndex,
     path: &'t [u8],
 }
 
-pub(super) fn apply(tree: &mut Tree, generation: u32, layer: u32, entry: TarEntry) -> Result<(), MergeError> {
+pub(super) fn apply(tree: &mut Tree, generation: u32, layer: LayerIndex, entry: TarEntry) -> Result<(), MergeError> {
     let path = entry.path.clone();
     let mut step = Step { tree, generation, layer, path: &path };
     step.check_path(&path)?;
@@ -97,7 +97,7 @@ impl Step<'_> {
         let resolved = self.resolve(dir)?;
         let Some(dir) = existing_dir(self.tree, &resolved) else { return Ok(()) };
         if opaque {
-            tracing::trace!(layer = self.layer, path = %self.path_string(), "opaque whiteout");
+            tracing::trace!(layer = %self.layer, path = %self.path_string(), "opaque whiteout");
             self.remove_lower_below(dir);
             return Ok(());
         }
