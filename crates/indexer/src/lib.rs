@@ -11,4 +11,4 @@ mod pipeline;
 pub mod tar;
 
 pub use error::IndexError;
-pub use pipeline::{image_config, index_image, IndexOptions, Progress, DEFAULT_SPAN_SIZE};
+pub use pipeline::{index_image, IndexOptions, Progress, DEFAULT_SPAN_SIZE};

@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use clip_codec::{IndexingReader, Span};
 use clip_format::{
-    ArchiveKind, Compression, FormatError, ImageConfig, ImageMeta, IndexContents, LayerIndex, LayerMeta, Platform,
-    SpanId, SpanSpec, WindowRef, Windows,
+    ArchiveKind, Compression, FormatError, ImageMeta, IndexContents, LayerIndex, LayerMeta, Platform, SpanId, SpanSpec,
+    WindowRef, Windows,
 };
 use clip_source::{BlobSource, Descriptor, Digest, ResolvedImage};
 use futures::{StreamExt, TryStreamExt};
@@ -160,27 +160,12 @@ pub async fn index_image(
             architecture: image.platform.architecture.clone(),
             variant: image.platform.variant.clone(),
         }),
-        config: image_config(&image.config),
+        config: image.config.runtime.clone(),
         span_size: opts.span_size,
         layers,
         data_location: None,
     };
     Ok(IndexContents { kind: ArchiveKind::IndexOnly, meta, nodes, spans, windows })
-}
-
-/// The runtime settings kept in an index, from an image config.
-pub fn image_config(c: &clip_source::ImageConfig) -> ImageConfig {
-    ImageConfig {
-        env: c.env.clone(),
-        entrypoint: c.entrypoint.clone(),
-        cmd: c.cmd.clone(),
-        working_dir: c.working_dir.clone(),
-        user: c.user.clone(),
-        labels: c.labels.clone(),
-        exposed_ports: c.exposed_ports.clone(),
-        volumes: c.volumes.clone(),
-        stop_signal: c.stop_signal.clone(),
-    }
 }
 
 /// Streams one layer on a blocking thread (decompression and parsing are CPU work).

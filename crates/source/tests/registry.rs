@@ -55,7 +55,7 @@ async fn resolves_and_reads_lazily() {
     assert_eq!(resolved.platform, Platform::new("linux", "amd64", None));
     assert_eq!(resolved.layers, image.layers.iter().map(Blob::descriptor).collect::<Vec<_>>());
     assert_eq!(resolved.layers[0].compression().unwrap(), Compression::None);
-    assert_eq!(resolved.config.env[1], "ARCH=amd64");
+    assert_eq!(resolved.config.runtime.env[1], "ARCH=amd64");
     assert_eq!(resolved.config.diff_ids.len(), 2);
     let described = source.describe();
     assert!(described.contains(&registry.addr) && described.contains("team/app"), "{described}");

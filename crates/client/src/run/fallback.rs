@@ -137,7 +137,7 @@ pub async fn pull_unpack(state_dir: &Path, image: &str, opts: &SourceOptions) ->
     let meta = &mut packed.contents_mut().meta;
     meta.source = image.to_owned();
     meta.manifest_digest = Some(manifest_digest.clone());
-    meta.config = clip_indexer::image_config(&config);
+    meta.config = config.runtime.clone();
     let size = packed.write_archive(&out)?;
     info!(archive = %out.display(), size, "v1 archive packed");
     Ok(Unpacked { manifest_digest, key, archive: out })
