@@ -39,8 +39,8 @@ fn debian_image_runs_from_the_mount_lazily() {
     let index = clip_format::Archive::open(&deb.dir.path().join("debian.clip")).unwrap();
     let max_span: u64 = (0..index.span_count())
         .map(|i| {
-            let s = index.span(i).unwrap();
-            let next = index.span(i + 1).map(|n| n.in_offset).unwrap_or(s.in_offset);
+            let s = index.span(clip_format::SpanId::from_index(i)).unwrap();
+            let next = index.span(clip_format::SpanId::from_index(i + 1)).map(|n| n.in_offset).unwrap_or(s.in_offset);
             next.saturating_sub(s.in_offset)
         })
         .max()

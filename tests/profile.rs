@@ -10,11 +10,13 @@ use clip_format::Archive;
 use clip_testkit::*;
 use common::{clip_ok, metric, s, tar_files, text, MountProc};
 
-/// The spans of layer 0 holding `[off, off + size)` of the layer's tar, in order.
+/// The spans of layer 0 holding `[off, off + size)` of the layer's tar, in order, as a profile's JSON
+/// names them: `(layer, span)`.
 fn spans_of(archive: &Archive, off: u64, size: u64) -> Vec<(u32, usize)> {
-    let first = archive.find_span(0, off).unwrap();
-    let last = archive.find_span(0, off + size.max(1) - 1).unwrap();
-    (first..=last).map(|i| (0, i)).collect()
+    let layer = clip_format::LayerIndex(0);
+    let first = archive.find_span(layer, off).unwrap();
+    let last = archive.find_span(layer, off + size.max(1) - 1).unwrap();
+    clip_format::SpanIds::through(first, last).iter().map(|i| (0, i.index())).collect()
 }
 
 fn read_profile(path: &Path) -> serde_json::Value {

@@ -11,8 +11,8 @@ use std::path::Path;
 use std::process::Stdio;
 
 use clip_format::{
-    mode, write_archive, write_index, ArchiveKind, Compression, Content, DataRef, DataSource, ImageMeta, IndexContents,
-    Ino, LayerMeta, NodeSpec, SpanSpec, Timestamp, WindowRef, Windows,
+    mode, write_archive, write_index, ArchiveKind, Compression, Content, DataRef, DataSource, Digest, ImageMeta,
+    IndexContents, Ino, LayerIndex, LayerMeta, NodeSpec, SpanId, SpanSpec, Timestamp, WindowRef, Windows,
 };
 use clip_testkit::{Compression as LayerCompression, Image, LayerBuilder, OciLayoutBuilder};
 use common::{clip_fails, s};
@@ -34,12 +34,12 @@ fn v1_archive(file: DataRef, uncompressed: u64) -> Vec<u8> {
             span_size: 4 << 20,
             layers: vec![LayerMeta {
                 media_type: clip_image::DATA_MEDIA_TYPE.into(),
-                digest: format!("sha256:{}", "0".repeat(64)),
+                digest: Digest::default(),
                 size: DATA_LEN,
-                diff_id: String::new(),
+                diff_id: None,
                 uncompressed_size: uncompressed,
                 compression: Compression::None,
-                first_span: 0,
+                first_span: SpanId(0),
                 span_count: 1,
             }],
             ..ImageMeta::default()
@@ -48,7 +48,13 @@ fn v1_archive(file: DataRef, uncompressed: u64) -> Vec<u8> {
             node(mode::S_IFDIR | 0o755, Content::Dir(vec![(b"f".to_vec(), Ino(2))])),
             node(mode::S_IFREG | 0o644, Content::File(file)),
         ],
-        spans: vec![SpanSpec { out_offset: 0, in_offset: 0, bits: 0, digest: [0; 32], window: WindowRef::default() }],
+        spans: vec![SpanSpec {
+            out_offset: 0,
+            in_offset: 0,
+            bits: 0,
+            digest: Digest::default(),
+            window: WindowRef::default(),
+        }],
         windows: Windows::new(),
     };
     let mut out = Vec::new();
@@ -69,11 +75,11 @@ fn all_refuse(file: &Path, needle: &str) {
 #[test]
 fn absurd_file_sizes_are_refused_at_open() {
     let cases = [
-        ("size-2p63", DataRef { layer: 0, offset: 0, size: 1 << 63 }, DATA_LEN),
-        ("size-2p40", DataRef { layer: 0, offset: 0, size: 1 << 40 }, DATA_LEN),
-        ("offset-overflows", DataRef { layer: 0, offset: u64::MAX - 10, size: 100 }, DATA_LEN),
-        ("no-such-layer", DataRef { layer: 7, offset: 0, size: 10 }, DATA_LEN),
-        ("layer-u64-max", DataRef { layer: 0, offset: 0, size: 10 }, u64::MAX),
+        ("size-2p63", DataRef { layer: LayerIndex(0), offset: 0, size: 1 << 63 }, DATA_LEN),
+        ("size-2p40", DataRef { layer: LayerIndex(0), offset: 0, size: 1 << 40 }, DATA_LEN),
+        ("offset-overflows", DataRef { layer: LayerIndex(0), offset: u64::MAX - 10, size: 100 }, DATA_LEN),
+        ("no-such-layer", DataRef { layer: LayerIndex(7), offset: 0, size: 10 }, DATA_LEN),
+        ("layer-u64-max", DataRef { layer: LayerIndex(0), offset: 0, size: 10 }, u64::MAX),
     ];
     for (name, file, uncompressed) in cases {
         let dir = tempfile::tempdir().unwrap();
@@ -89,7 +95,7 @@ fn a_span_claiming_a_terabyte_of_four_kilobytes_fails_without_allocating_it() {
     // data cannot hold 1 TiB.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tera.clip");
-    fs::write(&path, v1_archive(DataRef { layer: 0, offset: 0, size: 1 << 40 }, 1 << 40)).unwrap();
+    fs::write(&path, v1_archive(DataRef { layer: LayerIndex(0), offset: 0, size: 1 << 40 }, 1 << 40)).unwrap();
     common::clip_ok(&["inspect", s(&path)]);
     clip_fails(&["cat", s(&path), "/f"], "more than 4096 stored bytes");
     let stderr = clip_fails(&["extract", s(&path), s(&dir.path().join("x"))], "more than 4096 stored bytes");

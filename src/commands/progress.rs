@@ -4,6 +4,7 @@
 use std::io::IsTerminal;
 use std::sync::Mutex;
 
+use clip_format::LayerIndex;
 use clip_indexer::Progress;
 use clip_source::Descriptor;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
@@ -30,7 +31,8 @@ impl LayerBars {
 }
 
 impl Progress for LayerBars {
-    fn layer_started(&self, layer: usize, desc: &Descriptor) {
+    fn layer_started(&self, layer: LayerIndex, desc: &Descriptor) {
+        let layer = layer.index();
         let bar = self.multi.add(ProgressBar::new(desc.size));
         bar.set_style(
             ProgressStyle::with_template("layer {prefix:>2} {bar:30} {bytes:>10}/{total_bytes:<10} {msg}")
@@ -44,15 +46,15 @@ impl Progress for LayerBars {
         bars[layer] = Some(bar);
     }
 
-    fn layer_progress(&self, layer: usize, compressed: u64, files: u64) {
-        self.with_bar(layer, |b| {
+    fn layer_progress(&self, layer: LayerIndex, compressed: u64, files: u64) {
+        self.with_bar(layer.index(), |b| {
             b.set_position(compressed);
             b.set_message(format!("{files} files"));
         });
     }
 
-    fn layer_done(&self, layer: usize) {
-        self.with_bar(layer, |b| {
+    fn layer_done(&self, layer: LayerIndex) {
+        self.with_bar(layer.index(), |b| {
             b.set_position(b.length().unwrap_or(0));
             b.finish();
         });

@@ -46,7 +46,7 @@ pub fn fetch_range(
 ///
 /// `compressed` holds the blob's bytes from offset `fetch_start` on: normally exactly the range
 /// [`span_fetch_range`] returned, though any range that covers it works. The result is not checked against
-/// the span's digest; callers compare [`crate::sha256`] of it with [`crate::Span::digest`].
+/// the span's digest; callers compare [`crate::Digest::of`] it with [`crate::Span::digest`].
 pub fn decode_span(
     compression: Compression,
     checkpoint: &CheckpointRef<'_>,
@@ -92,17 +92,7 @@ pub fn decode_span_into(
         Compression::Gzip => gzip::decode(checkpoint, fetch_start, compressed, out),
         Compression::Zstd => zstd_frames::decode(checkpoint, fetch_start, compressed, out),
         Compression::None => {
-            let start = checkpoint
-                .in_offset
-                .checked_sub(fetch_start)
-                .and_then(|rel| usize::try_from(rel).ok())
-                .filter(|&rel| rel <= compressed.len())
-                .ok_or(CodecError::CheckpointRange {
-                    in_offset: checkpoint.in_offset,
-                    bits: checkpoint.bits,
-                    fetch_start,
-                    fetched: compressed.len() as u64,
-                })?;
+            let start = checkpoint_start(checkpoint, fetch_start, compressed)?;
             let available = &compressed[start..];
             if available.len() < out.len() {
                 return Err(CodecError::Truncated { expected: out.len() as u64, got: available.len() as u64 });
@@ -110,6 +100,31 @@ pub fn decode_span_into(
             out.copy_from_slice(&available[..out.len()]);
             Ok(())
         }
+    }
+}
+
+/// Where `checkpoint` starts inside `fetched` (the blob's bytes from `fetch_start` on), or
+/// [`CodecError::CheckpointRange`] when it is not inside them.
+pub(crate) fn checkpoint_start(
+    checkpoint: &CheckpointRef<'_>,
+    fetch_start: u64,
+    fetched: &[u8],
+) -> Result<usize, CodecError> {
+    checkpoint
+        .in_offset
+        .checked_sub(fetch_start)
+        .and_then(|rel| usize::try_from(rel).ok())
+        .filter(|&rel| rel <= fetched.len())
+        .ok_or_else(|| checkpoint_range(checkpoint, fetch_start, fetched))
+}
+
+/// The error for a checkpoint that the fetched bytes cannot resume from.
+pub(crate) fn checkpoint_range(checkpoint: &CheckpointRef<'_>, fetch_start: u64, fetched: &[u8]) -> CodecError {
+    CodecError::CheckpointRange {
+        in_offset: checkpoint.in_offset,
+        bits: checkpoint.bits,
+        fetch_start,
+        fetched: fetched.len() as u64,
     }
 }
 

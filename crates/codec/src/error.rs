@@ -78,7 +78,7 @@ pub enum CodecError {
     #[error(
         "span claims {len} uncompressed bytes, more than {compressed} {} bytes can decode to (the index is \
          corrupt or hostile)",
-        match compression { crate::Compression::None => "stored", crate::Compression::Gzip => "gzip", crate::Compression::Zstd => "zstd" }
+        match compression { crate::Compression::None => "stored", _ => compression.name() }
     )]
     ImpossibleLength {
         /// The span's uncompressed length, as the index records it.

@@ -222,18 +222,8 @@ pub(crate) fn decode(
     data: &[u8],
     out: &mut [u8],
 ) -> Result<(), CodecError> {
-    let range_error = || CodecError::CheckpointRange {
-        in_offset: checkpoint.in_offset,
-        bits: checkpoint.bits,
-        fetch_start,
-        fetched: data.len() as u64,
-    };
-    let mut pos = checkpoint
-        .in_offset
-        .checked_sub(fetch_start)
-        .and_then(|rel| usize::try_from(rel).ok())
-        .filter(|&rel| rel <= data.len())
-        .ok_or_else(range_error)?;
+    let range_error = || crate::decode::checkpoint_range(checkpoint, fetch_start, data);
+    let mut pos = crate::decode::checkpoint_start(checkpoint, fetch_start, data)?;
     let mut inflater = RawInflater::new().map_err(|code| CodecError::ZlibInit { code })?;
     let error_at = |pos: usize, code: i32| inflate_error(fetch_start + pos as u64, code);
     if checkpoint.bits > 0 {

@@ -22,8 +22,8 @@
 //!
 //! This crate does no I/O beyond the `Read` it is given, keeps bounded memory (a 64 KiB input buffer, one
 //! decompressor and the recorded checkpoints; drain those with [`IndexingReader::take_spans`] for huge
-//! layers) and never panics on hostile input. Span digests use SHA-256 ([`sha256`] is provided so callers
-//! verify with the same function).
+//! layers) and never panics on hostile input. Span digests are SHA-256 [`Digest`]s (callers verify with
+//! [`Digest::of`], the same function).
 //!
 //! ```
 //! use std::io::Read;
@@ -42,7 +42,7 @@
 //! let span = &summary.spans[1];
 //! let bytes = decode_span(Compression::None, &span.checkpoint.as_ref(), range.start, fetched, span.len).unwrap();
 //! assert_eq!(bytes, &layer[4096..8192]);
-//! assert_eq!(clip_codec::sha256(&bytes), span.digest);
+//! assert_eq!(clip_codec::Digest::of(&bytes), span.digest);
 //! ```
 
 mod decode;
@@ -60,48 +60,10 @@ pub use decode::{decode_span, decode_span_into, fetch_range, max_decoded_len, sp
 pub use error::CodecError;
 pub use reader::IndexingReader;
 
-use sha2::Digest as _;
-
-/// How a layer blob is compressed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Compression {
-    /// gzip, possibly several members back to back.
-    Gzip,
-    /// zstd, one or more frames (skippable frames allowed).
-    Zstd,
-    /// Uncompressed tar.
-    None,
-}
-
-impl Compression {
-    /// The compression named by an OCI or Docker layer media type, e.g.
-    /// `application/vnd.oci.image.layer.v1.tar+gzip` or `application/vnd.docker.image.rootfs.diff.tar.gzip`.
-    /// `None` for media types that are not (known) layer tars.
-    pub fn from_media_type(media_type: &str) -> Option<Self> {
-        // "Non-distributable" layer types carry the same suffixes.
-        let base = media_type.trim();
-        if base.ends_with("+gzip") || base.ends_with(".tar.gzip") {
-            Some(Self::Gzip)
-        } else if base.ends_with("+zstd") || base.ends_with(".tar.zstd") {
-            Some(Self::Zstd)
-        } else if base.ends_with(".tar") {
-            Some(Self::None)
-        } else {
-            None
-        }
-    }
-
-    /// Guess from the first bytes of a blob: gzip and zstd (incl. skippable frames) by magic number,
-    /// anything else is taken as uncompressed.
-    pub fn sniff(prefix: &[u8]) -> Self {
-        match prefix {
-            [0x1f, 0x8b, ..] => Self::Gzip,
-            [0x28, 0xb5, 0x2f, 0xfd, ..] => Self::Zstd,
-            [b0, 0x2a, 0x4d, 0x18, ..] if b0 & 0xf0 == 0x50 => Self::Zstd,
-            _ => Self::None,
-        }
-    }
-}
+/// How a layer blob is compressed: the format's type, re-exported so codec users need not name both crates.
+pub use clip_format::Compression;
+/// A span's SHA-256 digest: the format's type.
+pub use clip_format::Digest;
 
 /// A place to resume decompression: everything [`decode_span`] needs besides the compressed bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -146,7 +108,7 @@ pub struct Span {
     /// Uncompressed length.
     pub len: u64,
     /// SHA-256 of the span's uncompressed bytes.
-    pub digest: [u8; 32],
+    pub digest: Digest,
 }
 
 impl Span {
@@ -186,42 +148,13 @@ pub struct LayerSummary {
     pub uncompressed_size: u64,
 }
 
-/// SHA-256 of `data`, the digest recorded in [`Span::digest`].
-pub fn sha256(data: &[u8]) -> [u8; 32] {
-    sha2::Sha256::digest(data).into()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn media_types() {
-        let cases = [
-            ("application/vnd.oci.image.layer.v1.tar+gzip", Some(Compression::Gzip)),
-            ("application/vnd.oci.image.layer.v1.tar+zstd", Some(Compression::Zstd)),
-            ("application/vnd.oci.image.layer.v1.tar", Some(Compression::None)),
-            ("application/vnd.docker.image.rootfs.diff.tar", Some(Compression::None)),
-            ("application/vnd.docker.image.rootfs.diff.tar.gzip", Some(Compression::Gzip)),
-            ("application/vnd.oci.image.config.v1+json", None),
-        ];
-        for (media_type, want) in cases {
-            assert_eq!(Compression::from_media_type(media_type), want, "{media_type}");
-        }
-    }
-
-    #[test]
     fn reader_can_move_to_another_thread() {
         fn assert_send<T: Send>() {}
         assert_send::<IndexingReader<std::fs::File>>();
-    }
-
-    #[test]
-    fn sniffing() {
-        assert_eq!(Compression::sniff(&[0x1f, 0x8b, 8]), Compression::Gzip);
-        assert_eq!(Compression::sniff(&[0x28, 0xb5, 0x2f, 0xfd]), Compression::Zstd);
-        assert_eq!(Compression::sniff(&[0x5a, 0x2a, 0x4d, 0x18]), Compression::Zstd);
-        assert_eq!(Compression::sniff(b"etc/passwd"), Compression::None);
-        assert_eq!(Compression::sniff(&[]), Compression::None);
     }
 }

@@ -91,7 +91,7 @@ impl SpanRecorder {
     }
 
     fn close(&mut self, checkpoint: Checkpoint) {
-        let digest = std::mem::take(&mut self.hasher).finalize().into();
+        let digest = crate::Digest::from_sha256(std::mem::take(&mut self.hasher).finalize().into());
         self.done.push(Span { len: self.out_pos - checkpoint.out_offset, checkpoint, digest });
     }
 
@@ -135,10 +135,10 @@ mod tests {
         let spans = rec.finish();
         assert_eq!(spans.len(), 2);
         assert_eq!((spans[0].checkpoint.out_offset, spans[0].len), (0, 5));
-        assert_eq!(spans[0].digest, crate::sha256(b"abcde"));
+        assert_eq!(spans[0].digest, crate::Digest::of(b"abcde"));
         assert_eq!(spans[1].checkpoint.in_offset, 20);
         assert_eq!((spans[1].checkpoint.out_offset, spans[1].len), (5, 2));
-        assert_eq!(spans[1].digest, crate::sha256(b"fg"));
+        assert_eq!(spans[1].digest, crate::Digest::of(b"fg"));
     }
 
     #[test]
@@ -154,6 +154,6 @@ mod tests {
         let spans = empty.finish();
         assert_eq!(spans.len(), 1);
         assert_eq!(spans[0].len, 0);
-        assert_eq!(spans[0].digest, crate::sha256(b""));
+        assert_eq!(spans[0].digest, crate::Digest::of(b""));
     }
 }

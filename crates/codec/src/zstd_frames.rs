@@ -81,17 +81,11 @@ pub(crate) fn decode(
     data: &[u8],
     out: &mut [u8],
 ) -> Result<(), CodecError> {
-    let start = checkpoint
-        .in_offset
-        .checked_sub(fetch_start)
-        .and_then(|rel| usize::try_from(rel).ok())
-        .filter(|&rel| rel <= data.len() && checkpoint.bits == 0)
-        .ok_or(CodecError::CheckpointRange {
-            in_offset: checkpoint.in_offset,
-            bits: checkpoint.bits,
-            fetch_start,
-            fetched: data.len() as u64,
-        })?;
+    let start = crate::decode::checkpoint_start(checkpoint, fetch_start, data)?;
+    if checkpoint.bits != 0 {
+        // A frame starts on a byte: a bit offset means the checkpoint is not one of ours.
+        return Err(crate::decode::checkpoint_range(checkpoint, fetch_start, data));
+    }
     let mut dctx = DCtx::create();
     let mut src = InBuffer::around(&data[start..]);
     let mut dst = OutBuffer::around(out);

@@ -3,8 +3,9 @@
 //! must (a file's bytes inside its layer, spans in order inside their layer, nothing beyond what a file
 //! offset can hold), so no reader ever allocates or computes with a size only the file vouches for.
 
+use crate::error::Corruption;
 use crate::layout::*;
-use crate::{Archive, ArchiveKind, FormatError, Ino};
+use crate::{Archive, ArchiveKind, FormatError, Ino, LayerIndex};
 
 /// The largest size or offset an index may record: what a file offset (`off_t`) can hold.
 pub const MAX_SIZE: u64 = i64::MAX as u64;
@@ -21,7 +22,7 @@ pub(crate) fn check_sizes(a: &Archive) -> Result<(), FormatError> {
             }
         }
         let (mut out_prev, mut in_prev) = (0, 0);
-        for index in a.layer_spans(i as u32)? {
+        for index in a.layer_spans(LayerIndex::from_index(i))? {
             let s = a.span(index)?;
             if s.out_offset < out_prev || s.out_offset > l.uncompressed_size {
                 return Err(bad(format!(
@@ -43,7 +44,7 @@ pub(crate) fn check_sizes(a: &Archive) -> Result<(), FormatError> {
     for i in 0..a.node_count() {
         let node = a.node(Ino::from_index(i))?;
         let Some(d) = node.data_ref() else { continue };
-        let Some(layer) = layers.get(d.layer as usize) else {
+        let Some(layer) = layers.get(d.layer.index()) else {
             return Err(bad(format!("inode {} names layer {} of {}", node.ino, d.layer, layers.len())));
         };
         if d.offset.checked_add(d.size).is_none_or(|end| end > layer.uncompressed_size) {
@@ -66,8 +67,8 @@ pub(crate) fn check_header(buf: &[u8], file_len: u64) -> Result<(Header, Archive
         return Err(FormatError::UnsupportedVersion { found: header.version, supported: FORMAT_VERSION });
     }
     let kind = ArchiveKind::from_code(header.kind_code).ok_or(FormatError::UnknownKind(header.kind_code))?;
-    if header.sections > 64 {
-        return Err(FormatError::corrupt(format!("{} sections in table", header.sections)));
+    if header.sections > MAX_SECTIONS {
+        return Err(Corruption::SectionCount { count: header.sections, max: MAX_SECTIONS }.into());
     }
     let end = header.table_offset.saturating_add(u64::from(header.sections) * SECTION_ENTRY_LEN as u64);
     if end > file_len {
@@ -114,6 +115,9 @@ pub(crate) fn find(sections: &[SectionEntry], id: [u8; 4]) -> Result<&SectionEnt
     })
 }
 
+/// The most sections a table may list.
+const MAX_SECTIONS: u32 = 64;
+
 /// The largest metadata section clip loads (1 GiB: some ten million files).
 const MAX_EAGER_SECTION: u64 = 1 << 30;
 
@@ -126,17 +130,19 @@ pub(crate) fn decode_section(e: &SectionEntry, stored: &[u8]) -> Result<Option<V
         return Ok(None);
     }
     if e.raw_len > MAX_EAGER_SECTION {
-        return Err(FormatError::corrupt(format!("section {} claims {} bytes", e.name(), e.raw_len)));
+        return Err(
+            Corruption::SectionTooLarge { section: e.name(), raw_len: e.raw_len, max: MAX_EAGER_SECTION }.into()
+        );
     }
     // Stream with a limit instead of trusting `raw_len` for one up-front allocation: a lying header costs
     // only what the data really expands to.
     let mut raw = Vec::new();
-    let decoder = zstd::stream::read::Decoder::new(stored)
-        .map_err(|err| FormatError::corrupt(format!("section {}: {err}", e.name())))?;
-    std::io::Read::read_to_end(&mut std::io::Read::take(decoder, e.raw_len + 1), &mut raw)
-        .map_err(|err| FormatError::corrupt(format!("section {}: {err}", e.name())))?;
+    let undecodable = |why| Corruption::SectionDecode { section: e.name(), why };
+    let decoder = zstd::stream::read::Decoder::new(stored).map_err(undecodable)?;
+    std::io::Read::read_to_end(&mut std::io::Read::take(decoder, e.raw_len + 1), &mut raw).map_err(undecodable)?;
     if raw.len() as u64 != e.raw_len {
-        return Err(FormatError::corrupt(format!("section {} decompressed to the wrong size", e.name())));
+        let (expected, actual) = (e.raw_len, raw.len() as u64);
+        return Err(Corruption::SectionLength { section: e.name(), expected, actual }.into());
     }
     Ok(Some(raw))
 }

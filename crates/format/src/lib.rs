@@ -18,12 +18,12 @@
 //! let root = NodeSpec { mode: mode::S_IFDIR | 0o755, uid: 0, gid: 0, mtime: Timestamp::default(),
 //!     xattrs: vec![], content: Content::Dir(vec![(b"hello".to_vec(), Ino(2))]) };
 //! let file = NodeSpec { mode: mode::S_IFREG | 0o644, uid: 0, gid: 0, mtime: Timestamp::default(),
-//!     xattrs: vec![], content: Content::File(DataRef { layer: 0, offset: 512, size: 5 }) };
+//!     xattrs: vec![], content: Content::File(DataRef { layer: LayerIndex(0), offset: 512, size: 5 }) };
 //! // The file's bytes lie in layer 0: a 1 KiB tar, stored uncompressed, with one span.
 //! let layer = LayerMeta { media_type: "application/vnd.oci.image.layer.v1.tar".into(),
-//!     digest: format!("sha256:{}", "0".repeat(64)), size: 1024, diff_id: String::new(),
-//!     uncompressed_size: 1024, compression: Compression::None, first_span: 0, span_count: 1 };
-//! let span = SpanSpec { out_offset: 0, in_offset: 0, bits: 0, digest: [0; 32], window: WindowRef::default() };
+//!     digest: Digest::of(b"layer"), size: 1024, diff_id: None,
+//!     uncompressed_size: 1024, compression: Compression::None, first_span: SpanId(0), span_count: 1 };
+//! let span = SpanSpec { out_offset: 0, in_offset: 0, bits: 0, digest: Digest::default(), window: WindowRef::default() };
 //! let contents = IndexContents { kind: ArchiveKind::IndexOnly,
 //!     meta: ImageMeta { layers: vec![layer], ..ImageMeta::default() }, nodes: vec![root, file], spans: vec![span],
 //!     windows: Windows::new() };
@@ -36,6 +36,7 @@
 
 mod check;
 mod error;
+mod ids;
 mod input;
 pub mod layout;
 mod meta;
@@ -46,12 +47,13 @@ mod windows;
 mod writer;
 
 pub use check::MAX_SIZE;
-pub use error::FormatError;
+pub use error::{Corruption, FormatError};
+pub use ids::{Digest, LayerIndex, SpanId, SpanIds};
 pub use input::{file_type_name, open_regular};
 pub use layout::{ArchiveKind, SectionEntry};
 pub use meta::{Compression, ImageConfig, ImageMeta, LayerMeta, Platform};
 pub use node::{mode, Content, DataRef, Ino, NodeKind, NodeSpec, Timestamp, Xattr};
 pub use part::{part_key, EntryKind, LayerPart, PartMeta, TarEntry, PART_VERSION};
-pub use reader::{Archive, NodeView, RangeReader, SpanView, XattrRef};
+pub use reader::{Archive, NodeView, RangeReader, SpanSlice, SpanView, XattrRef};
 pub use windows::{WindowRef, Windows, MAX_WINDOW};
 pub use writer::{write_archive, write_index, DataSource, IndexContents, SpanSpec};

@@ -62,7 +62,8 @@ pub struct ImageConfig {
     pub stop_signal: Option<String>,
 }
 
-/// How a layer's bytes are stored, which decides how a span is decoded.
+/// How a layer's bytes are stored, which decides how a span is decoded. The one compression type of the
+/// workspace: `clip-codec` decodes by it and `clip-source` maps layer media types to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Compression {
@@ -74,13 +75,34 @@ pub enum Compression {
     Zstd,
 }
 
-impl std::fmt::Display for Compression {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+impl Compression {
+    /// Every variant, for option matrices.
+    pub const ALL: [Compression; 3] = [Compression::None, Compression::Gzip, Compression::Zstd];
+
+    /// The name as META stores it: `none`, `gzip` or `zstd`.
+    pub fn name(self) -> &'static str {
+        match self {
             Compression::None => "none",
             Compression::Gzip => "gzip",
             Compression::Zstd => "zstd",
-        })
+        }
+    }
+
+    /// Guess from the first bytes of a blob: gzip and zstd (incl. skippable frames) by magic number,
+    /// anything else is taken as uncompressed.
+    pub fn sniff(prefix: &[u8]) -> Self {
+        match prefix {
+            [0x1f, 0x8b, ..] => Self::Gzip,
+            [0x28, 0xb5, 0x2f, 0xfd, ..] => Self::Zstd,
+            [b0, 0x2a, 0x4d, 0x18, ..] if b0 & 0xf0 == 0x50 => Self::Zstd,
+            _ => Self::None,
+        }
+    }
+}
+
+impl std::fmt::Display for Compression {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -88,17 +110,17 @@ impl std::fmt::Display for Compression {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LayerMeta {
     pub media_type: String,
-    /// `sha256:…` of the compressed blob.
-    pub digest: String,
+    /// The compressed blob's digest (`sha256:…` in META).
+    pub digest: crate::Digest,
     /// Compressed size in bytes.
     pub size: u64,
-    /// `sha256:…` of the uncompressed tar (empty for data-carrying archives).
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub diff_id: String,
+    /// The uncompressed tar's digest (none for data-carrying archives).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diff_id: Option<crate::Digest>,
     pub uncompressed_size: u64,
     pub compression: Compression,
-    /// Index of this layer's first record in the span table.
-    pub first_span: u32,
+    /// This layer's first record in the span table.
+    pub first_span: crate::SpanId,
     /// Number of span records of this layer.
     pub span_count: u32,
 }
@@ -106,6 +128,15 @@ pub struct LayerMeta {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sniffing() {
+        assert_eq!(Compression::sniff(&[0x1f, 0x8b, 8]), Compression::Gzip);
+        assert_eq!(Compression::sniff(&[0x28, 0xb5, 0x2f, 0xfd]), Compression::Zstd);
+        assert_eq!(Compression::sniff(&[0x5a, 0x2a, 0x4d, 0x18]), Compression::Zstd);
+        assert_eq!(Compression::sniff(b"etc/passwd"), Compression::None);
+        assert_eq!(Compression::sniff(&[]), Compression::None);
+    }
 
     #[test]
     fn data_location_is_optional_and_round_trips() {

@@ -101,7 +101,7 @@ pub struct Xattr {
 /// (for data-carrying archives: of the archive's data stream, layer 0).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct DataRef {
-    pub layer: u32,
+    pub layer: crate::LayerIndex,
     pub offset: u64,
     pub size: u64,
 }

@@ -18,7 +18,7 @@ pub struct SpanSpec {
     /// gzip: unused bits of the byte before `in_offset` (0..=7); otherwise 0.
     pub bits: u8,
     /// sha256 of the span's uncompressed bytes.
-    pub digest: [u8; 32],
+    pub digest: crate::Digest,
     /// gzip: where in [`IndexContents::windows`] the stored window sits (up to 32 KiB of uncompressed
     /// output before `out_offset`; none at a stream start); else `WindowRef::default()` (no window).
     pub window: WindowRef,
@@ -233,7 +233,7 @@ fn encode_tables(c: &IndexContents) -> Result<Tables, FormatError> {
         let kind = NodeKind::from_mode(node.mode)
             .ok_or_else(|| FormatError::Invalid(format!("inode {}: mode {:o} has no file type", i + 1, node.mode)))?;
         let (layer, size, data, extra) = match (&node.content, kind) {
-            (Content::File(r), NodeKind::File) => (r.layer, r.size, r.offset, 0),
+            (Content::File(r), NodeKind::File) => (r.layer.0, r.size, r.offset, 0),
             (Content::Dir(children), NodeKind::Dir) => {
                 let mut sorted: Vec<&(Vec<u8>, Ino)> = children.iter().collect();
                 sorted.sort_by(|a, b| a.0.cmp(&b.0));
@@ -299,7 +299,7 @@ pub(crate) fn encode_spans(spans: &[SpanSpec], windows: &Windows) -> Result<Vec<
         table.extend_from_slice(&woff.to_le_bytes());
         table.extend_from_slice(&wlen.to_le_bytes());
         table.extend_from_slice(&[s.bits, 0, 0, 0]);
-        table.extend_from_slice(&s.digest);
+        table.extend_from_slice(s.digest.as_bytes());
     }
     Ok(table)
 }

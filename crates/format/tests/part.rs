@@ -51,15 +51,21 @@ fn sample() -> LayerPart {
         entry("dev/sda", EntryKind::BlockDevice),
     ];
     let spans = vec![
-        SpanSpec { out_offset: 0, in_offset: 0, bits: 0, digest: [1; 32], window: WindowRef::default() },
-        SpanSpec { out_offset: 4096, in_offset: 900, bits: 3, digest: [2; 32], window: w1 },
-        SpanSpec { out_offset: 8192, in_offset: 1800, bits: 7, digest: [3; 32], window: w2 },
+        SpanSpec {
+            out_offset: 0,
+            in_offset: 0,
+            bits: 0,
+            digest: Digest::from_sha256([1; 32]),
+            window: WindowRef::default(),
+        },
+        SpanSpec { out_offset: 4096, in_offset: 900, bits: 3, digest: Digest::from_sha256([2; 32]), window: w1 },
+        SpanSpec { out_offset: 8192, in_offset: 1800, bits: 7, digest: Digest::from_sha256([3; 32]), window: w2 },
     ];
     LayerPart {
         meta: PartMeta {
-            digest: format!("sha256:{}", "ab".repeat(32)),
+            digest: Digest::from_sha256([0xab; 32]),
             size: 4000,
-            diff_id: format!("sha256:{}", "cd".repeat(32)),
+            diff_id: Digest::from_sha256([0xcd; 32]),
             uncompressed_size: 10240,
             compression: Compression::Gzip,
             span_size: 4096,

@@ -21,7 +21,7 @@ fn sample() -> IndexContents {
         node(mode::S_IFDIR | 0o755, dir(vec![("usr", 2), ("link", 3), ("a", 4), ("b", 4), ("dev", 5)])),
         node(mode::S_IFDIR | 0o755, dir(vec![("c", 4), ("fifo", 6), ("zé", 7)])),
         node(mode::S_IFLNK | 0o777, Content::Symlink(b"../target".to_vec())),
-        node(mode::S_IFREG | 0o4755, Content::File(DataRef { layer: 1, offset: 1024, size: 77 })),
+        node(mode::S_IFREG | 0o4755, Content::File(DataRef { layer: LayerIndex(1), offset: 1024, size: 77 })),
         node(mode::S_IFCHR | 0o600, Content::Device { major: 4, minor: 64 }),
         node(mode::S_IFIFO | 0o644, Content::Special),
         node(mode::S_IFDIR | 0o1777, dir(vec![])),
@@ -37,7 +37,7 @@ fn sample() -> IndexContents {
         out_offset,
         in_offset,
         bits,
-        digest: [out_offset as u8; 32],
+        digest: Digest::from_sha256([out_offset as u8; 32]),
         window: windows.push(&window).unwrap(),
     };
     let meta = ImageMeta {
@@ -46,22 +46,22 @@ fn sample() -> IndexContents {
         layers: vec![
             LayerMeta {
                 media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
-                digest: "sha256:aa".into(),
+                digest: Digest::from_sha256([0xaa; 32]),
                 size: 10_000,
-                diff_id: "sha256:bb".into(),
+                diff_id: Some(Digest::from_sha256([0xbb; 32])),
                 uncompressed_size: 10 << 20,
                 compression: Compression::Gzip,
-                first_span: 0,
+                first_span: SpanId(0),
                 span_count: 3,
             },
             LayerMeta {
                 media_type: "application/vnd.oci.image.layer.v1.tar".into(),
-                digest: "sha256:cc".into(),
+                digest: Digest::from_sha256([0xcc; 32]),
                 size: 4096,
-                diff_id: "sha256:cc".into(),
+                diff_id: Some(Digest::from_sha256([0xcc; 32])),
                 uncompressed_size: 4096,
                 compression: Compression::None,
-                first_span: 3,
+                first_span: SpanId(3),
                 span_count: 1,
             },
         ],
@@ -101,7 +101,7 @@ fn round_trip_every_node_kind() {
     assert_eq!(f.mode, mode::S_IFREG | 0o4755);
     assert_eq!((f.uid, f.gid), (3_000_000, 4_000_000));
     assert_eq!(f.mtime, Timestamp { sec: 1_700_000_000, nsec: 123_456_789 });
-    assert_eq!(f.data_ref(), Some(DataRef { layer: 1, offset: 1024, size: 77 }));
+    assert_eq!(f.data_ref(), Some(DataRef { layer: LayerIndex(1), offset: 1024, size: 77 }));
     let x = a.xattrs(&f).unwrap();
     assert_eq!(x[0].0, b"security.capability");
     assert_eq!(x[1], (&b"user.b"[..], &b"2"[..]));
@@ -119,16 +119,36 @@ fn round_trip_every_node_kind() {
     assert_eq!(a.resolve(b"link/x").unwrap(), None);
 
     assert_eq!(a.span_count(), 4);
-    assert_eq!(a.layer_spans(1).unwrap(), 3..4);
-    assert_eq!(a.find_span(0, 0).unwrap(), 0);
-    assert_eq!(a.find_span(0, (4 << 20) + 5).unwrap(), 1);
-    assert_eq!(a.find_span(0, 100 << 20).unwrap(), 2);
-    assert_eq!(a.span_range(0, 2).unwrap(), (8 << 20)..(10 << 20));
-    let s = a.span(1).unwrap();
-    assert_eq!((s.in_offset, s.bits, s.digest), (5000, 3, [0u8; 32]));
-    assert_eq!(a.window(1).unwrap(), vec![7u8; 32 * 1024]);
-    assert_eq!(a.window(2).unwrap(), b"window");
-    assert!(a.window(0).unwrap().is_empty());
+    let (l0, l1) = (LayerIndex(0), LayerIndex(1));
+    assert_eq!(a.layer_spans(l1).unwrap().iter().collect::<Vec<_>>(), [SpanId(3)]);
+    assert_eq!(a.find_span(l0, 0).unwrap(), SpanId(0));
+    assert_eq!(a.find_span(l0, (4 << 20) + 5).unwrap(), SpanId(1));
+    assert_eq!(a.find_span(l0, 100 << 20).unwrap(), SpanId(2));
+    assert_eq!(a.span_range(l0, SpanId(2)).unwrap(), (8 << 20)..(10 << 20));
+    let s = a.span(SpanId(1)).unwrap();
+    assert_eq!((s.in_offset, s.bits, s.digest), (5000, 3, Digest::from_sha256([0u8; 32])));
+    assert_eq!(a.window(SpanId(1)).unwrap(), vec![7u8; 32 * 1024]);
+    assert_eq!(a.window(SpanId(2)).unwrap(), b"window");
+    assert!(a.window(SpanId(0)).unwrap().is_empty());
+    assert!(matches!(a.span(SpanId(4)), Err(FormatError::Corrupt(Corruption::SpanRange { count: 4, .. }))));
+
+    // A file's bytes, span by span: layer 0's spans start at 0, 4 MiB and 8 MiB (of 10 MiB).
+    let file = DataRef { layer: l0, offset: (4 << 20) - 10, size: 4 << 20 };
+    let slices: Vec<SpanSlice> = a.file_spans(file, 5..u64::MAX).collect::<Result<_, _>>().unwrap();
+    let spans: Vec<_> = slices.iter().map(|s| (s.span, s.within.clone())).collect();
+    assert_eq!(spans, [(SpanId(0), (4 << 20) - 5..4 << 20), (SpanId(1), 0..(4 << 20) - 10)]);
+    assert_eq!(a.file_spans(file, 10..10).count(), 0);
+    let overflowing = DataRef { layer: l0, offset: u64::MAX, size: 2 };
+    let e = a.file_spans(overflowing, 0..2).next().unwrap().unwrap_err();
+    assert!(matches!(e, FormatError::Corrupt(Corruption::DataOverflow { .. })), "{e}");
+}
+
+#[test]
+fn bytes_are_those_of_format_version_2() {
+    // The sample as the writer encoded it before layer indexes, span ids and digests became their own types:
+    // the types changed, the bytes must not.
+    let digest = Digest::of(&write(&sample()));
+    assert_eq!(digest.hex(), "705726b53b2f08217fda6882f95ecf73f492c142326e7e92bf9c02850d3e0a2f");
 }
 
 #[test]
@@ -215,13 +235,13 @@ fn sizes_no_image_can_have_are_refused_at_open() {
     };
     let file = |c: &mut IndexContents, d: DataRef| c.nodes[3].content = Content::File(d);
     let mut c = sample();
-    file(&mut c, DataRef { layer: 1, offset: 0, size: 1 << 63 });
+    file(&mut c, DataRef { layer: LayerIndex(1), offset: 0, size: 1 << 63 });
     assert!(bad(c).contains("inode 4 records 9223372036854775808 bytes at offset 0"));
     let mut c = sample();
-    file(&mut c, DataRef { layer: 1, offset: u64::MAX - 10, size: 100 });
+    file(&mut c, DataRef { layer: LayerIndex(1), offset: u64::MAX - 10, size: 100 });
     assert!(bad(c).contains("beyond the 4096 bytes of layer 1"));
     let mut c = sample();
-    file(&mut c, DataRef { layer: 2, offset: 0, size: 1 });
+    file(&mut c, DataRef { layer: LayerIndex(2), offset: 0, size: 1 });
     assert!(bad(c).contains("names layer 2 of 2"));
     let mut c = sample();
     c.meta.layers[0].uncompressed_size = u64::MAX;
@@ -241,6 +261,6 @@ fn sizes_no_image_can_have_are_refused_at_open() {
     assert!(bad(c).contains("uncompressed offset"));
     // At the limits: accepted.
     let mut c = sample();
-    file(&mut c, DataRef { layer: 1, offset: 4000, size: 96 });
+    file(&mut c, DataRef { layer: LayerIndex(1), offset: 4000, size: 96 });
     Archive::from_bytes(write(&c)).unwrap();
 }

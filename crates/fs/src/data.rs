@@ -14,7 +14,7 @@ use fuser::{
 };
 use tracing::{debug, warn};
 
-use crate::fs::{path_of, ClipFs};
+use crate::state::{path_of, ClipFs};
 use crate::stats::Op;
 
 /// How the open handles of one inode reach its bytes.

@@ -1,156 +1,20 @@
-//! [`ClipFs`]: the state of one mount and its `fuser::Filesystem` implementation. The trait methods here
-//! only dispatch: metadata operations live in `meta.rs`, open/read/release in `data.rs`; every operation
-//! that would change the image answers `EROFS`.
+//! The `fuser::Filesystem` implementation of [`ClipFs`] (whose state is in `state.rs`). The trait methods
+//! here only dispatch: metadata operations live in `meta.rs`, open/read/release in `data.rs`; every
+//! operation that would change the image answers `EROFS`.
 
-use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::fs::File;
 use std::io;
 use std::path::Path;
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-use clip_format::{Archive, DataRef, Ino, NodeView};
-use clip_store::ContentStore;
 use fuser::{
     AccessFlags, CopyFileRangeFlags, Errno, FileHandle, Filesystem, INodeNo, InitFlags, KernelConfig, LockOwner,
     OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
     ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
-use tokio::runtime::Handle;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
-use crate::data::OpenTable;
-use crate::inflight::InFlight;
-use crate::stats::{FsStats, Op};
-
-/// Where the disk cache can hand over a whole file for FUSE passthrough.
-pub trait PassthroughSource: Send + Sync {
-    /// A local file holding exactly the `data.size` bytes of the file at `data`, if one exists now. Called
-    /// at `open`; a file of another length is ignored.
-    fn local_file(&self, data: DataRef) -> Option<File>;
-}
-
-/// Sees each `read` request that goes to the store, on the session thread before the read starts: keep it
-/// cheap and non-blocking.
-pub trait ReadObserver: Send + Sync {
-    /// `len` bytes of the file at `data` from `offset` (clamped to the file by the store) are being read.
-    fn on_read(&self, data: DataRef, offset: u64, len: u64);
-}
-
-/// How long the kernel may cache what the filesystem tells it. The image never changes, so long is right.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Ttls {
-    pub entry: Duration,
-    pub attr: Duration,
-    pub negative: Duration,
-}
-
-impl Default for Ttls {
-    fn default() -> Self {
-        let day = Duration::from_secs(24 * 60 * 60);
-        Ttls { entry: day, attr: day, negative: day }
-    }
-}
-
-/// The read-only filesystem of one archive: metadata from the mapped index, file bytes from a
-/// [`ContentStore`] on a tokio runtime. Mount it with [`crate::mount`].
-pub struct ClipFs {
-    pub(crate) archive: Arc<Archive>,
-    pub(crate) store: Arc<ContentStore>,
-    pub(crate) runtime: Handle,
-    pub(crate) ttls: Ttls,
-    pub(crate) stats: Arc<FsStats>,
-    pub(crate) reads: Arc<InFlight<ReplyData>>,
-    pub(crate) passthrough: Option<Arc<dyn PassthroughSource>>,
-    pub(crate) observer: Option<Arc<dyn ReadObserver>>,
-    /// Set at init: the kernel accepted `FUSE_PASSTHROUGH`.
-    pub(crate) passthrough_granted: bool,
-    pub(crate) opens: Mutex<OpenTable>,
-    /// `(blocks of 4 KiB, inodes)` for statfs, computed on first use.
-    pub(crate) totals: OnceLock<(u64, u64)>,
-}
-
-impl ClipFs {
-    /// A filesystem over `store`'s archive; reads that need the store run on `runtime`.
-    pub fn new(store: Arc<ContentStore>, runtime: Handle) -> ClipFs {
-        ClipFs {
-            archive: Arc::clone(store.archive()),
-            store,
-            runtime,
-            ttls: Ttls::default(),
-            stats: Arc::default(),
-            reads: Arc::new(InFlight::new()),
-            passthrough: None,
-            observer: None,
-            passthrough_granted: false,
-            opens: Mutex::new(HashMap::new()),
-            totals: OnceLock::new(),
-        }
-    }
-
-    /// Hands whole files that `source` has locally to the kernel (FUSE passthrough, Linux ≥ 6.9, root), so
-    /// their reads never reach this process. Without it, or where the kernel refuses, reads go through the
-    /// store as usual.
-    pub fn with_passthrough(mut self, source: Arc<dyn PassthroughSource>) -> ClipFs {
-        self.passthrough = Some(source);
-        self
-    }
-
-    /// Tells `observer` about every `read` request that reaches the store (e.g. to record a startup
-    /// profile). Reads the kernel answers from its page cache or through passthrough are not seen, so a
-    /// recording mount should go without [`ClipFs::with_passthrough`].
-    pub fn with_read_observer(mut self, observer: Arc<dyn ReadObserver>) -> ClipFs {
-        self.observer = Some(observer);
-        self
-    }
-
-    /// The counters of this filesystem; clone the `Arc` before mounting.
-    pub fn stats(&self) -> Arc<FsStats> {
-        Arc::clone(&self.stats)
-    }
-
-    /// The archive being served.
-    pub fn archive(&self) -> &Arc<Archive> {
-        &self.archive
-    }
-
-    pub(crate) fn set_ttls(&mut self, ttls: Ttls) {
-        self.ttls = ttls;
-    }
-
-    /// The record of kernel inode `ino` (clip's inode numbers are the kernel's).
-    pub(crate) fn node(&self, ino: INodeNo) -> Result<NodeView, Errno> {
-        let n = u32::try_from(ino.0).map_err(|_| Errno::ENOENT)?;
-        if n == 0 || n as usize > self.archive.node_count() {
-            return Err(Errno::ENOENT);
-        }
-        self.archive.node(Ino(n)).map_err(|e| {
-            warn!(ino = n, error = %e, "corrupt inode record; answering EIO");
-            Errno::EIO
-        })
-    }
-
-    fn rofs(&self) -> Errno {
-        self.stats.erofs();
-        Errno::EROFS
-    }
-}
-
-/// The path of `ino` for logs, built by walking parents (first name of a hard-linked inode).
-pub(crate) fn path_of(archive: &Archive, ino: Ino) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut cur = ino;
-    while cur != Ino::ROOT && parts.len() < 4096 {
-        let Ok(node) = archive.node(cur) else { break };
-        let Ok(parent) = archive.node(node.parent) else { break };
-        let name = archive.children(&parent).filter_map(Result::ok).find(|(_, i)| *i == cur).map(|(n, _)| n);
-        parts.push(name.map_or_else(|| format!("<inode {cur}>"), |n| String::from_utf8_lossy(n).into_owned()));
-        cur = node.parent;
-    }
-    parts.reverse();
-    format!("/{}", parts.join("/"))
-}
+use crate::state::ClipFs;
 
 /// Capabilities asked of the kernel when it offers them. Always READDIRPLUS (not `FUSE_READDIRPLUS_AUTO`,
 /// with which the kernel sends plain READDIR after a directory's first batch and then one LOOKUP per
@@ -330,8 +194,7 @@ impl Filesystem for ClipFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let _t = self.stats.timed(Op::Write);
-        reply.error(self.rofs());
+        reply.error(self.refuse_write());
     }
 
     fn mknod(
@@ -344,28 +207,23 @@ impl Filesystem for ClipFs {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
-        let _t = self.stats.timed(Op::Write);
-        reply.error(self.rofs());
+        reply.error(self.refuse_write());
     }
 
     fn mkdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, _mode: u32, _umask: u32, reply: ReplyEntry) {
-        let _t = self.stats.timed(Op::Write);
-        reply.error(self.rofs());
+        reply.error(self.refuse_write());
     }
 
     fn unlink(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        let _t = self.stats.timed(Op::Write);
-        reply.error(self.rofs());
+        reply.error(self.refuse_write());
     }
 
     fn rmdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        let _t = self.stats.timed(Op::Write);
-        reply.error(self.rofs());
+        reply.error(self.refuse_write());
     }
 
     fn symlink(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, _target: &Path, reply: ReplyEntry) {
-        let _t = self.stats.timed(Op::Write);
-        reply.error(self.rofs());
+        reply.error(self.refuse_write());
     }
 
     fn rename(
@@ -378,13 +236,11 @@ impl Filesystem for ClipFs {
         _flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let _t = self.stats.timed(Op::Write);
-        reply.error(self.rofs());
+        reply.error(self.refuse_write());
     }
 
     fn link(&self, _req: &Request, _ino: INodeNo, _newparent: INodeNo, _newname: &OsStr, reply: ReplyEntry) {
-        let _t = self.stats.timed(Op::Write);
-        reply.error(self.rofs());
+        reply.error(self.refuse_write());
     }
 
     fn write(
@@ -399,8 +255,7 @@ impl Filesystem for ClipFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let _t = self.stats.timed(Op::Write);
-        reply.error(self.rofs());
+        reply.error(self.refuse_write());
     }
 
     fn create(
@@ -413,8 +268,7 @@ impl Filesystem for ClipFs {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        let _t = self.stats.timed(Op::Write);
-        reply.error(self.rofs());
+        reply.error(self.refuse_write());
     }
 
     fn setxattr(
@@ -427,13 +281,11 @@ impl Filesystem for ClipFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        let _t = self.stats.timed(Op::Write);
-        reply.error(self.rofs());
+        reply.error(self.refuse_write());
     }
 
     fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        let _t = self.stats.timed(Op::Write);
-        reply.error(self.rofs());
+        reply.error(self.refuse_write());
     }
 
     fn fallocate(
@@ -446,8 +298,7 @@ impl Filesystem for ClipFs {
         _mode: i32,
         reply: ReplyEmpty,
     ) {
-        let _t = self.stats.timed(Op::Write);
-        reply.error(self.rofs());
+        reply.error(self.refuse_write());
     }
 
     fn copy_file_range(
@@ -463,7 +314,6 @@ impl Filesystem for ClipFs {
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        let _t = self.stats.timed(Op::Write);
-        reply.error(self.rofs());
+        reply.error(self.refuse_write());
     }
 }

@@ -39,9 +39,10 @@ mod fs;
 mod inflight;
 mod meta;
 mod mount;
+mod state;
 mod stats;
 
 pub use error::FsError;
-pub use fs::{ClipFs, PassthroughSource, ReadObserver};
 pub use mount::{mount, MountHandle, MountOptions};
+pub use state::{ClipFs, PassthroughSource, ReadObserver};
 pub use stats::{FsStats, FsStatsSnapshot, Op, OpSnapshot};

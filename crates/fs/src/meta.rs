@@ -11,7 +11,7 @@ use fuser::{
 };
 
 use crate::attr::{file_attr, file_type, may_access, negative_attr, Caller, BLOCK_SIZE};
-use crate::fs::ClipFs;
+use crate::state::ClipFs;
 use crate::stats::Op;
 
 /// Longest name the filesystem reports it supports.
@@ -112,52 +112,42 @@ impl ClipFs {
         }
     }
 
-    pub(crate) fn do_readdir(&self, ino: INodeNo, offset: u64, mut reply: ReplyDirectory) {
-        let _t = self.stats.timed(Op::Readdir);
-        let dir = match self.dir(ino) {
-            Ok(d) => d,
-            Err(e) => return reply.error(e),
-        };
-        // The offset of an entry is the index of the next one.
+    /// Hands the entries of directory `ino` from `offset` on to `add` with the offset of the next one,
+    /// until `add` says the reply is full (the offset of an entry is the index of the next one).
+    fn list(&self, ino: INodeNo, offset: u64, mut add: impl FnMut(&Listed<'_>, u64) -> bool) -> Result<(), Errno> {
+        let dir = self.dir(ino)?;
         let mut index = offset;
-        loop {
-            match self.listed(&dir, index) {
-                Ok(Some(e)) => {
-                    let ino = INodeNo(u64::from(e.node.ino.0));
-                    if reply.add(ino, index + 1, file_type(e.node.kind()), OsStr::from_bytes(e.name)) {
-                        break;
-                    }
-                }
-                Ok(None) => break,
-                Err(errno) => return reply.error(errno),
+        while let Some(e) = self.listed(&dir, index)? {
+            if add(&e, index + 1) {
+                break;
             }
             index += 1;
         }
-        reply.ok();
+        Ok(())
+    }
+
+    pub(crate) fn do_readdir(&self, ino: INodeNo, offset: u64, mut reply: ReplyDirectory) {
+        let _t = self.stats.timed(Op::Readdir);
+        let listed = self.list(ino, offset, |e, next| {
+            let ino = INodeNo(u64::from(e.node.ino.0));
+            reply.add(ino, next, file_type(e.node.kind()), OsStr::from_bytes(e.name))
+        });
+        match listed {
+            Ok(()) => reply.ok(),
+            Err(errno) => reply.error(errno),
+        }
     }
 
     pub(crate) fn do_readdirplus(&self, ino: INodeNo, offset: u64, mut reply: ReplyDirectoryPlus) {
         let _t = self.stats.timed(Op::Readdir);
-        let dir = match self.dir(ino) {
-            Ok(d) => d,
-            Err(e) => return reply.error(e),
-        };
-        let mut index = offset;
-        loop {
-            match self.listed(&dir, index) {
-                Ok(Some(e)) => {
-                    let attr = file_attr(&e.node);
-                    let name = OsStr::from_bytes(e.name);
-                    if reply.add(attr.ino, index + 1, name, &self.ttls.entry, &attr, Generation(0)) {
-                        break;
-                    }
-                }
-                Ok(None) => break,
-                Err(errno) => return reply.error(errno),
-            }
-            index += 1;
+        let listed = self.list(ino, offset, |e, next| {
+            let attr = file_attr(&e.node);
+            reply.add(attr.ino, next, OsStr::from_bytes(e.name), &self.ttls.entry, &attr, Generation(0))
+        });
+        match listed {
+            Ok(()) => reply.ok(),
+            Err(errno) => reply.error(errno),
         }
-        reply.ok();
     }
 
     pub(crate) fn do_getxattr(&self, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use fuser::{BackgroundSession, Config, MountOption, Session, SessionACL};
 use tracing::{debug, warn};
 
-use crate::fs::{ClipFs, Ttls};
+use crate::state::{ClipFs, Ttls};
 use crate::stats::FsStats;
 use crate::FsError;
 

@@ -50,6 +50,8 @@ pub enum ImageError {
     },
     #[error("{location} is a data-carrying archive: it has no image layers to show (layer views need an index built by `clip index`)")]
     NoLayers { location: String },
+    #[error("{location}: layer {layer} records no diff_id, so its part cannot be checked; rebuild the index with `clip index`")]
+    NoDiffId { location: String, layer: usize },
     #[error("{location} has no layer {layer} (give a position from 0, bottom first, or a unique digest prefix); its layers: {layers}")]
     NoSuchLayer { location: String, layer: String, layers: String },
     #[error("background task failed: {0}")]

@@ -134,7 +134,7 @@ pub async fn open_archive(location: impl Into<Location>, opts: &OpenOptions) -> 
         ArchiveKind::LayerPart => return Err(ImageError::Archive(clip_format::FormatError::LayerPart)),
         ArchiveKind::IndexOnly => {
             let source = open_image_source(&location, &archive, &opts.source).await?;
-            (Arc::new(SourceBlobs::new(&archive, source.clone())?), Some(source), None)
+            (Arc::new(SourceBlobs::new(&archive, source.clone())), Some(source), None)
         }
         ArchiveKind::DataCarrying => match (archive.section(layout::SEC_DATA), &location, object) {
             (Some(_), Location::Local(path), _) => {
@@ -223,7 +223,7 @@ pub(crate) async fn open_image_source(
     }
     let (resolved, source) = clip_source::open(&reference, &opts).await?;
     if let Some(indexed) = &meta.manifest_digest {
-        if resolved.manifest_digest.as_str() != indexed {
+        if resolved.manifest_digest.to_string() != *indexed {
             return Err(ImageError::ManifestChanged {
                 path,
                 indexed: indexed.clone(),

@@ -170,10 +170,10 @@ pub async fn push_artifact(
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
         "artifactType": artifact.artifact_type,
-        "config": { "mediaType": EMPTY_MEDIA_TYPE, "digest": empty_digest.as_str(), "size": 2, "data": "e30=" },
+        "config": { "mediaType": EMPTY_MEDIA_TYPE, "digest": empty_digest.to_string(), "size": 2, "data": "e30=" },
         "layers": [{
             "mediaType": artifact.layer_media_type,
-            "digest": layer_digest.as_str(),
+            "digest": layer_digest.to_string(),
             "size": len,
             "annotations": { "org.opencontainers.image.title": artifact.title },
         }],
@@ -182,25 +182,25 @@ pub async fn push_artifact(
     let body = serde_json::to_vec(&manifest).map_err(|e| registry_error(image, "encoding the manifest", e))?;
     let digest = Digest::of(&body);
     repo.source
-        .push_manifest(digest.as_str(), OCI_MANIFEST, body.clone().into())
+        .push_manifest(&digest.to_string(), OCI_MANIFEST, body.clone().into())
         .await
         .map_err(repo.err("pushing the artifact"))?;
     info!(%image, artifact = %digest, artifact_type = artifact.artifact_type, subject = %indexed, "artifact pushed");
 
-    let subject_digest: Digest = indexed.parse()?;
+    let subject_digest = clip_source::parse_digest(&indexed)?;
     let listed = repo
         .source
         .referrers(&subject_digest, artifact.artifact_type)
         .await
         .map_err(repo.err("listing referrers"))?
         .iter()
-        .any(|m| m.digest == digest.as_str());
+        .any(|m| m.digest == digest.to_string());
     let referrers_tag = if listed {
         None
     } else {
         let entry = json!({
             "mediaType": OCI_MANIFEST,
-            "digest": digest.as_str(),
+            "digest": digest.to_string(),
             "size": body.len(),
             "artifactType": artifact.artifact_type,
         });
@@ -279,7 +279,7 @@ async fn find_artifact_layer(
     max: u64,
 ) -> Result<Option<(FoundArtifact, Descriptor)>, ImageError> {
     let repo = Repo::new(image, opts, Access::Pull).await?;
-    let subject: Digest = subject_digest.parse()?;
+    let subject = clip_source::parse_digest(subject_digest)?;
     let entries = repo.source.referrers(&subject, artifact_type).await.map_err(repo.err("listing referrers"))?;
     for entry in entries {
         let Some(manifest) = repo.artifact_manifest(&entry.digest, subject_digest, artifact_type).await? else {

@@ -4,7 +4,7 @@
 use std::ops::Range;
 
 use bytes::Bytes;
-use clip_format::{layout, Archive, ArchiveKind, FormatError, RangeReader, SectionEntry};
+use clip_format::{layout, Archive, ArchiveKind, FormatError, LayerIndex, RangeReader, SectionEntry};
 use clip_s3::{S3Error, S3Object};
 use clip_store::{LayerBlobs, StoreError};
 use futures::future::BoxFuture;
@@ -32,9 +32,9 @@ impl S3Data {
 }
 
 impl LayerBlobs for S3Data {
-    fn read(&self, layer: u32, range: Range<u64>) -> BoxFuture<'_, Result<Bytes, StoreError>> {
+    fn read(&self, layer: LayerIndex, range: Range<u64>) -> BoxFuture<'_, Result<Bytes, StoreError>> {
         Box::pin(async move {
-            if layer != 0 {
+            if layer != LayerIndex(0) {
                 return Err(StoreError::NoLayer { layer, layers: 1 });
             }
             if range.end > self.data_len || range.start > range.end {

@@ -60,13 +60,15 @@ pub async fn view_index(
         ViewChoice::AllLayers => TreeKind::Layers,
         ViewChoice::Layer(choice) => TreeKind::Layer(pick(location, &meta.layers, choice)?),
     };
-    let mut descs = Vec::with_capacity(meta.layers.len());
-    let mut diff_ids = Vec::with_capacity(meta.layers.len());
-    for l in &meta.layers {
-        let digest = |s: &str| s.parse::<Digest>().map_err(|e| ImageError::Source(Box::new(e)));
-        descs.push(Descriptor::new(l.media_type.clone(), digest(&l.digest)?, l.size));
-        diff_ids.push(digest(&l.diff_id)?);
-    }
+    let descs: Vec<Descriptor> =
+        meta.layers.iter().map(|l| Descriptor::new(l.media_type.clone(), l.digest, l.size)).collect();
+    let no_diff_id = |layer: usize| ImageError::NoDiffId { location: location.to_string(), layer };
+    let diff_ids: Vec<Digest> = meta
+        .layers
+        .iter()
+        .enumerate()
+        .map(|(i, l)| l.diff_id.ok_or_else(|| no_diff_id(i)))
+        .collect::<Result<_, _>>()?;
     let source = open_image_source(location, &archive, &opts.source).await?;
     let index_opts =
         IndexOptions { span_size: meta.span_size, parts: Some(parts), reuse: true, ..IndexOptions::default() };
@@ -75,7 +77,8 @@ pub async fn view_index(
     let media_types: Vec<String> = meta.layers.iter().map(|l| l.media_type.clone()).collect();
     let base = clip_format::ImageMeta { layers: Vec::new(), ..meta.clone() };
     let contents = assemble(base, &media_types, parts, tree).map_err(index_err)?;
-    let mut file = NamedTempFile::with_prefix("clip-view-").map_err(ImageError::io(Path::new("$TMPDIR"), "creating a view"))?;
+    let mut file =
+        NamedTempFile::with_prefix("clip-view-").map_err(ImageError::io(Path::new("$TMPDIR"), "creating a view"))?;
     let path = file.path().to_path_buf();
     let mut w = std::io::BufWriter::new(file.as_file_mut());
     clip_format::write_index(&contents, &mut w).map_err(ImageError::format(&path))?;
@@ -92,19 +95,14 @@ fn pick(location: &Location, layers: &[clip_format::LayerMeta], choice: &LayerCh
             LayerChoice::Position(n) => n.to_string(),
             LayerChoice::Digest(d) => d.clone(),
         },
-        layers: layers
-            .iter()
-            .enumerate()
-            .map(|(i, l)| format!("{i} {}", l.digest))
-            .collect::<Vec<_>>()
-            .join(", "),
+        layers: layers.iter().enumerate().map(|(i, l)| format!("{i} {}", l.digest)).collect::<Vec<_>>().join(", "),
     };
     match choice {
         LayerChoice::Position(n) if *n < layers.len() => Ok(*n),
         LayerChoice::Position(_) => Err(no_such()),
         LayerChoice::Digest(hex) => {
             let found: Vec<usize> = (0..layers.len())
-                .filter(|&i| layers[i].digest.strip_prefix("sha256:").is_some_and(|h| !hex.is_empty() && h.starts_with(hex.as_str())))
+                .filter(|&i| !hex.is_empty() && layers[i].digest.hex().starts_with(hex.as_str()))
                 .collect();
             match found[..] {
                 [i] => Ok(i),

@@ -2,7 +2,7 @@
 //! own tree, as overlayfs and containerd take a lower directory), over the parts' spans and windows. The span
 //! table is the same whichever tree is built, so every tree of one image shares its cached spans.
 
-use clip_format::{mode, SpanSpec, Timestamp, WindowRef, Windows};
+use clip_format::{mode, Digest, LayerIndex, SpanId, SpanSpec, Timestamp, WindowRef, Windows};
 use clip_format::{ArchiveKind, Content, ImageMeta, IndexContents, Ino, LayerMeta, LayerPart, NodeSpec};
 
 use crate::merge::Merger;
@@ -21,8 +21,8 @@ pub enum TreeKind {
 
 /// The directory of layer `index` in a [`TreeKind::Layers`] tree: `<index>-sha256-<hex>` (no `:`, which
 /// overlayfs takes as the separator of `lowerdir`).
-pub fn layer_dir_name(index: usize, digest: &str) -> String {
-    format!("{index}-{}", digest.replace(':', "-"))
+pub fn layer_dir_name(index: usize, digest: &Digest) -> String {
+    format!("{index}-{}-{}", digest.algorithm(), digest.hex())
 }
 
 /// Builds an index of `tree` from `parts` (all layers of the image, bottom first). `base` is the image's
@@ -46,20 +46,21 @@ pub fn assemble(
     let mut spans = Vec::new();
     let mut windows = Windows::new();
     for (i, part) in parts.into_iter().enumerate() {
+        let layer = LayerIndex::from_index(i);
         if i <= last {
-            merger.apply_layer(i as u32, part.entries).map_err(|source| IndexError::Merge { layer: i, source })?;
+            merger.apply_layer(layer, part.entries).map_err(|source| IndexError::Merge { layer, source })?;
         }
         layers.push(LayerMeta {
             media_type: media_types.get(i).cloned().unwrap_or_default(),
             digest: part.meta.digest,
             size: part.meta.size,
-            diff_id: part.meta.diff_id,
+            diff_id: Some(part.meta.diff_id),
             uncompressed_size: part.meta.uncompressed_size,
             compression: part.meta.compression,
-            first_span: spans.len() as u32,
+            first_span: SpanId::from_index(spans.len()),
             span_count: part.spans.len() as u32,
         });
-        let base = windows.append(&part.windows).map_err(|source| IndexError::Windows { layer: i, source })?;
+        let base = windows.append(&part.windows).map_err(|source| IndexError::Windows { layer, source })?;
         spans.extend(
             part.spans
                 .into_iter()

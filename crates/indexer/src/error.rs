@@ -1,5 +1,6 @@
 //! The indexer's error type.
 
+use clip_format::LayerIndex;
 use clip_source::{Digest, SourceError};
 
 /// Why an image could not be indexed. Every variant names the layer (index and digest) it concerns.
@@ -9,46 +10,46 @@ pub enum IndexError {
     Source(#[from] SourceError),
     #[error("layer {layer} ({digest})")]
     Read {
-        layer: usize,
+        layer: LayerIndex,
         digest: Digest,
         #[source]
         source: std::io::Error,
     },
     #[error("layer {layer} ({digest})")]
     Codec {
-        layer: usize,
+        layer: LayerIndex,
         digest: Digest,
         #[source]
         source: clip_codec::CodecError,
     },
     #[error("layer {layer} ({digest}): malformed or hostile tar")]
     Tar {
-        layer: usize,
+        layer: LayerIndex,
         digest: Digest,
         #[source]
         source: crate::tar::TarError,
     },
     #[error("layer {layer}")]
     Merge {
-        layer: usize,
+        layer: LayerIndex,
         #[source]
         source: crate::merge::MergeError,
     },
     #[error("layer {layer}: blob digest mismatch: manifest says {expected}, the bytes hash to {actual} (the registry or layout is corrupt)")]
-    BlobDigest { layer: usize, expected: Digest, actual: Digest },
+    BlobDigest { layer: LayerIndex, expected: Digest, actual: Digest },
     #[error("layer {layer} ({digest}): size mismatch: manifest says {expected} bytes, got {actual}")]
-    BlobSize { layer: usize, digest: Digest, expected: u64, actual: u64 },
+    BlobSize { layer: LayerIndex, digest: Digest, expected: u64, actual: u64 },
     #[error(
         "layer {layer} ({digest}): diff_id mismatch: config says {expected}, the uncompressed tar hashes to {actual}"
     )]
-    DiffId { layer: usize, digest: Digest, expected: Digest, actual: Digest },
+    DiffId { layer: LayerIndex, digest: Digest, expected: Digest, actual: Digest },
     #[error("image config lists {diff_ids} diff_ids for {layers} layers")]
     DiffIdCount { diff_ids: usize, layers: usize },
     #[error("layer {layer} ({digest}): decompresses to over {ratio}x its compressed size (a decompression bomb?); raise --max-ratio if the image is trusted")]
-    Ratio { layer: usize, digest: Digest, ratio: u64 },
+    Ratio { layer: LayerIndex, digest: Digest, ratio: u64 },
     #[error("layer {layer}: storing checkpoint windows (in a temporary file; is $TMPDIR writable and not full?)")]
     Windows {
-        layer: usize,
+        layer: LayerIndex,
         #[source]
         source: clip_format::FormatError,
     },

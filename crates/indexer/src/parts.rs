@@ -2,7 +2,7 @@
 //! before (as part of any image) costs only its new layers. The indexer asks it before reading a layer and
 //! gives it every layer it reads; implementations (a local directory, an S3 bucket) live with the client.
 
-use clip_format::{part_key, LayerPart};
+use clip_format::{part_key, LayerIndex, LayerPart};
 use clip_source::{Descriptor, Digest};
 use futures::future::BoxFuture;
 use tracing::{debug, warn};
@@ -36,30 +36,27 @@ pub trait PartStore: Send + Sync {
 /// Layer `layer`'s part from the part store, when reuse is on and the store has a part that is this layer's
 /// (same blob, span size and diff_id). A store that fails is logged and the layer read instead.
 pub(crate) async fn reused_part(
-    layer: usize,
+    layer: LayerIndex,
     desc: &Descriptor,
     diff_id: &Digest,
     opts: &IndexOptions,
 ) -> Option<LayerPart> {
     let store = opts.parts.as_ref().filter(|_| opts.reuse)?;
-    let key = part_key(desc.digest.as_ref(), opts.span_size);
+    let key = part_key(&desc.digest, opts.span_size);
     let part = match store.get(&key).await {
         Ok(part) => part?,
         Err(err) => {
-            warn!(layer, digest = %desc.digest, "{}; reading the layer instead", clip_source::error_chain(&err));
+            warn!(%layer, digest = %desc.digest, "{}; reading the layer instead", clip_source::error_chain(&err));
             return None;
         }
     };
     let m = &part.meta;
-    let same = m.digest == desc.digest.to_string()
-        && m.size == desc.size
-        && m.span_size == opts.span_size
-        && m.diff_id == diff_id.to_string();
+    let same = m.digest == desc.digest && m.size == desc.size && m.span_size == opts.span_size && m.diff_id == *diff_id;
     if !same {
-        warn!(layer, digest = %desc.digest, key, "the part kept for this layer describes another layer; reading the layer instead");
+        warn!(%layer, digest = %desc.digest, key, "the part kept for this layer describes another layer; reading the layer instead");
         return None;
     }
-    debug!(layer, digest = %desc.digest, "layer part reused");
+    debug!(%layer, digest = %desc.digest, "layer part reused");
     if let Some(p) = &opts.progress {
         p.layer_reused(layer, desc);
     }

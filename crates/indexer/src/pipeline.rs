@@ -7,11 +7,11 @@ use std::io::Read;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use clip_codec::{Compression as Codec, IndexingReader, Span};
+use clip_codec::{IndexingReader, Span};
 use clip_format::{
-    Compression, FormatError, ImageConfig, ImageMeta, IndexContents, LayerPart, PartMeta, Platform, SpanSpec, Windows,
+    Compression, FormatError, ImageMeta, IndexContents, LayerIndex, LayerPart, PartMeta, Platform, SpanSpec, Windows,
 };
-use clip_source::{BlobSource, Descriptor, Digest, LayerCompression, ResolvedImage};
+use clip_source::{BlobSource, Descriptor, Digest, ResolvedImage};
 use futures::{StreamExt, TryStreamExt};
 use sha2::{Digest as _, Sha256};
 use tracing::{debug, info};
@@ -24,13 +24,13 @@ use crate::IndexError;
 /// Reports progress of an indexing run (e.g. to progress bars). All methods have empty defaults.
 pub trait Progress: Send + Sync {
     /// Layer `layer` (of `total`) starts streaming.
-    fn layer_started(&self, _layer: usize, _desc: &Descriptor) {}
+    fn layer_started(&self, _layer: LayerIndex, _desc: &Descriptor) {}
     /// So far `compressed` bytes read and `files` tar entries parsed in `layer`.
-    fn layer_progress(&self, _layer: usize, _compressed: u64, _files: u64) {}
+    fn layer_progress(&self, _layer: LayerIndex, _compressed: u64, _files: u64) {}
     /// Layer `layer` is fully read and verified.
-    fn layer_done(&self, _layer: usize) {}
+    fn layer_done(&self, _layer: LayerIndex) {}
     /// Layer `layer` was not read: its part came from the part store.
-    fn layer_reused(&self, _layer: usize, _desc: &Descriptor) {}
+    fn layer_reused(&self, _layer: LayerIndex, _desc: &Descriptor) {}
 }
 
 /// Default uncompressed bytes per span: 1 MiB. A cold read costs its whole span, so small spans keep lazy
@@ -110,7 +110,7 @@ pub async fn index_image(
             architecture: image.platform.architecture.clone(),
             variant: image.platform.variant.clone(),
         }),
-        config: image_config(&image.config),
+        config: image.config.runtime.clone(),
         span_size: opts.span_size,
         layers: Vec::new(),
         data_location: None,
@@ -138,17 +138,18 @@ pub async fn layer_parts(
         return Err(IndexError::DiffIdCount { diff_ids: diff_ids.len(), layers: layers.len() });
     }
     // Refuse unknown media types before downloading anything.
-    let compressions: Vec<LayerCompression> = layers.iter().map(|l| l.compression()).collect::<Result<_, _>>()?;
+    let compressions: Vec<Compression> = layers.iter().map(|l| l.compression()).collect::<Result<_, _>>()?;
 
     let tasks = layers.iter().cloned().zip(compressions).enumerate().map(|(i, (desc, comp))| {
         let source = source.clone();
         let opts = opts.clone();
         let expected_diff = diff_ids[i].clone();
         async move {
-            let part = match reused_part(i, &desc, &expected_diff, &opts).await {
+            let part = match reused_part(LayerIndex::from_index(i), &desc, &expected_diff, &opts).await {
                 Some(part) => part,
                 None => {
-                    let part = index_layer(i, desc, comp, &expected_diff, source, opts.clone()).await?;
+                    let part = index_layer(LayerIndex::from_index(i), desc, comp, &expected_diff, source, opts.clone())
+                        .await?;
                     keep_part(&part, &opts).await;
                     part
                 }
@@ -159,26 +160,11 @@ pub async fn layer_parts(
     futures::stream::iter(tasks).buffered(opts.parallel_layers.max(1)).try_collect().await
 }
 
-/// The runtime settings kept in an index, from an image config.
-pub fn image_config(c: &clip_source::ImageConfig) -> ImageConfig {
-    ImageConfig {
-        env: c.env.clone(),
-        entrypoint: c.entrypoint.clone(),
-        cmd: c.cmd.clone(),
-        working_dir: c.working_dir.clone(),
-        user: c.user.clone(),
-        labels: c.labels.clone(),
-        exposed_ports: c.exposed_ports.clone(),
-        volumes: c.volumes.clone(),
-        stop_signal: c.stop_signal.clone(),
-    }
-}
-
 /// Streams one layer on a blocking thread (decompression and parsing are CPU work).
 async fn index_layer(
-    layer: usize,
+    layer: LayerIndex,
     desc: Descriptor,
-    comp: LayerCompression,
+    comp: Compression,
     diff_id: &Digest,
     source: Arc<dyn BlobSource>,
     opts: IndexOptions,
@@ -186,7 +172,7 @@ async fn index_layer(
     if let Some(p) = &opts.progress {
         p.layer_started(layer, &desc);
     }
-    debug!(layer, digest = %desc.digest, size = desc.size, "streaming layer");
+    debug!(%layer, digest = %desc.digest, size = desc.size, "streaming layer");
     let stream = source.open_blob(&desc).await?;
     let reader = tokio_util::io::StreamReader::new(stream.map_err(std::io::Error::other));
     let sync = tokio_util::io::SyncIoBridge::new(reader);
@@ -251,23 +237,18 @@ impl<R: Read> Read for Guard<R> {
 }
 
 fn read_layer(
-    layer: usize,
+    layer: LayerIndex,
     desc: &Descriptor,
-    comp: LayerCompression,
+    comp: Compression,
     expected_diff: &Digest,
     blob: impl Read,
     opts: &IndexOptions,
 ) -> Result<LayerPart, IndexError> {
-    let digest = || desc.digest.clone();
+    let digest = || desc.digest;
     let blob_tally = Rc::new(RefCell::new(Tally::default()));
     let tar_tally = Rc::new(RefCell::new(Tally::default()));
     let tripped = Rc::new(Cell::new(false));
-    let codec = match comp {
-        LayerCompression::Gzip => Codec::Gzip,
-        LayerCompression::Zstd => Codec::Zstd,
-        LayerCompression::None => Codec::None,
-    };
-    let inflating = IndexingReader::new(Hashing { inner: blob, tally: blob_tally.clone() }, codec, opts.span_size);
+    let inflating = IndexingReader::new(Hashing { inner: blob, tally: blob_tally.clone() }, comp, opts.span_size);
     let guarded = Guard {
         inner: inflating,
         max_ratio: opts.max_ratio,
@@ -320,23 +301,18 @@ fn read_layer(
         return Err(IndexError::BlobSize { layer, digest: digest(), expected: desc.size, actual: count });
     }
     if diff_id != *expected_diff {
-        return Err(IndexError::DiffId { layer, digest: digest(), expected: expected_diff.clone(), actual: diff_id });
+        return Err(IndexError::DiffId { layer, digest: digest(), expected: *expected_diff, actual: diff_id });
     }
-    debug!(layer, spans = sink.spans.len(), windows = sink.windows.len(), files = entries.len(), "layer indexed");
+    debug!(%layer, spans = sink.spans.len(), windows = sink.windows.len(), files = entries.len(), "layer indexed");
     if let Some(p) = &opts.progress {
         p.layer_done(layer);
     }
-    let compression = match comp {
-        LayerCompression::Gzip => Compression::Gzip,
-        LayerCompression::Zstd => Compression::Zstd,
-        LayerCompression::None => Compression::None,
-    };
     let meta = PartMeta {
-        digest: desc.digest.to_string(),
+        digest: desc.digest,
         size: desc.size,
-        diff_id: diff_id.to_string(),
+        diff_id,
         uncompressed_size: summary.uncompressed_size,
-        compression,
+        compression: comp,
         span_size: opts.span_size,
     };
     Ok(LayerPart { meta, entries, spans: sink.spans, windows: sink.windows })
@@ -344,8 +320,8 @@ fn read_layer(
 
 /// Sorts a failure seen through the tar parser: a tripped ratio guard, a decoder error, a read error
 /// from the source, or a tar format problem.
-fn tar_error(layer: usize, desc: &Descriptor, err: TarError, tripped: bool, ratio: u64) -> IndexError {
-    let digest = desc.digest.clone();
+fn tar_error(layer: LayerIndex, desc: &Descriptor, err: TarError, tripped: bool, ratio: u64) -> IndexError {
+    let digest = desc.digest;
     if tripped {
         return IndexError::Ratio { layer, digest, ratio };
     }
@@ -393,7 +369,7 @@ mod tests {
         let blob = gz.finish().unwrap();
         let span_size = 64 << 10;
         let mut guard = Guard {
-            inner: IndexingReader::new(&blob[..], Codec::Gzip, span_size),
+            inner: IndexingReader::new(&blob[..], Compression::Gzip, span_size),
             max_ratio: 0,
             tripped: Rc::default(),
             sink: SpanSink::default(),

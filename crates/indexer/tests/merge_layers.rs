@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use clip_format::{mode, Content, NodeSpec};
+use clip_format::{mode, Content, LayerIndex, NodeSpec};
 use clip_indexer::merge::{Merger, OPAQUE_XATTR};
 use clip_indexer::tar::TarReader;
 use tar::{EntryType, Header};
@@ -84,7 +84,7 @@ fn merged(layers: &[Vec<u8>]) -> String {
     let mut merger = Merger::with_views();
     for (index, bytes) in layers.iter().enumerate() {
         let entries = TarReader::new(&bytes[..]).collect::<Result<Vec<_>, _>>().unwrap();
-        merger.apply_layer(index as u32, entries).unwrap();
+        merger.apply_layer(LayerIndex::from_index(index), entries).unwrap();
     }
     let (specs, views) = merger.finish_with_views();
     assert_eq!(views.len(), layers.len());
@@ -156,7 +156,7 @@ fn describe(flat: &Flat, layers: &[Vec<u8>], detail: bool) -> String {
         let what = match &spec.content {
             Content::Dir(_) => String::new(),
             Content::File(data) => {
-                let bytes = &layers[data.layer as usize][data.offset as usize..][..data.size as usize];
+                let bytes = &layers[data.layer.index()][data.offset as usize..][..data.size as usize];
                 format!(" nlink={} {:?}", nlink[id], String::from_utf8_lossy(bytes))
             }
             Content::Symlink(target) => format!(" -> {}", String::from_utf8_lossy(target)),

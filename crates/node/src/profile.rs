@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use clip_format::{Archive, DataRef};
+use clip_format::{Archive, DataRef, LayerIndex, SpanId, SpanIds};
 use serde::{Deserialize, Serialize};
 use tracing::debug;
 
@@ -33,7 +33,7 @@ pub struct Profile {
     /// The image manifest the index was built from (`None` for an archive of a directory).
     pub manifest_digest: Option<String>,
     /// `(layer, span index)` in the order they were first read, each once.
-    pub spans: Vec<(u32, usize)>,
+    pub spans: Vec<(LayerIndex, SpanId)>,
 }
 
 impl Profile {
@@ -58,11 +58,11 @@ impl Profile {
 
     /// The spans that exist in `archive` (layer in range, span inside that layer's spans), in order; a
     /// profile recorded on another index of the image may name others.
-    pub fn valid_spans(&self, archive: &Archive) -> Vec<(u32, usize)> {
+    pub fn valid_spans(&self, archive: &Archive) -> Vec<(LayerIndex, SpanId)> {
         self.spans
             .iter()
             .copied()
-            .filter(|&(layer, span)| archive.layer_spans(layer).is_ok_and(|r| r.contains(&span)))
+            .filter(|&(layer, span)| archive.layer_spans(layer).is_ok_and(|r| r.contains(span)))
             .collect()
     }
 }
@@ -127,8 +127,8 @@ pub struct ProfileRecorder {
 
 #[derive(Default)]
 struct Recorded {
-    seen: HashSet<(u32, usize)>,
-    order: Vec<(u32, usize)>,
+    seen: HashSet<(LayerIndex, SpanId)>,
+    order: Vec<(LayerIndex, SpanId)>,
     /// `order.len()` at the last save.
     saved: Option<usize>,
 }
@@ -154,7 +154,7 @@ impl ProfileRecorder {
             return;
         };
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        for span in first..=last {
+        for span in SpanIds::through(first, last) {
             if state.seen.insert((data.layer, span)) {
                 state.order.push((data.layer, span));
             }
@@ -195,7 +195,10 @@ mod tests {
 
     #[test]
     fn json_round_trip_and_form() {
-        let p = Profile { manifest_digest: Some("sha256:ab".into()), spans: vec![(0, 3), (1, 0)] };
+        let p = Profile {
+            manifest_digest: Some("sha256:ab".into()),
+            spans: vec![(LayerIndex(0), SpanId(3)), (LayerIndex(1), SpanId(0))],
+        };
         let json = serde_json::to_string(&p).unwrap();
         assert_eq!(json, r#"{"manifest_digest":"sha256:ab","spans":[[0,3],[1,0]]}"#);
         assert_eq!(Profile::from_json(json.as_bytes()).unwrap(), p);
@@ -206,7 +209,7 @@ mod tests {
     fn save_is_atomic_and_loadable() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("p.json");
-        let p = Profile { manifest_digest: None, spans: vec![(2, 7)] };
+        let p = Profile { manifest_digest: None, spans: vec![(LayerIndex(2), SpanId(7))] };
         p.save(&path).unwrap();
         assert_eq!(Profile::load(&path).unwrap(), p);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);

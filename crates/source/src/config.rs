@@ -1,8 +1,6 @@
 //! [`ImageConfig`]: the parts of an image's config blob that clip carries into its index and
 //! uses to run containers.
 
-use std::collections::BTreeMap;
-
 use oci_spec::image::ImageConfiguration;
 
 use crate::digest::Digest;
@@ -14,24 +12,8 @@ use crate::platform::Platform;
 /// Absent or `null` lists are empty, absent or empty strings are `None`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ImageConfig {
-    /// `KEY=VALUE` entries.
-    pub env: Vec<String>,
-    /// Default arguments.
-    pub cmd: Vec<String>,
-    /// Entrypoint.
-    pub entrypoint: Vec<String>,
-    /// Working directory.
-    pub working_dir: Option<String>,
-    /// `user`, `uid`, `user:group`, …
-    pub user: Option<String>,
-    /// Labels.
-    pub labels: BTreeMap<String, String>,
-    /// e.g. `80/tcp`, sorted.
-    pub exposed_ports: Vec<String>,
-    /// Volume paths, sorted.
-    pub volumes: Vec<String>,
-    /// e.g. `SIGTERM`.
-    pub stop_signal: Option<String>,
+    /// What a runtime needs (env, entrypoint, cmd, user, …): the form an index keeps in its `META`.
+    pub runtime: clip_format::ImageConfig,
     /// Digests of the uncompressed layer tars, in layer order.
     pub diff_ids: Vec<Digest>,
 }
@@ -58,15 +40,17 @@ pub(crate) fn parse_config(bytes: &[u8]) -> Result<(ImageConfig, Platform), Stri
             v.sort();
             v
         };
-        config.env = c.env().clone().unwrap_or_default();
-        config.cmd = c.cmd().clone().unwrap_or_default();
-        config.entrypoint = c.entrypoint().clone().unwrap_or_default();
-        config.working_dir = non_empty(c.working_dir());
-        config.user = non_empty(c.user());
-        config.labels = c.labels().clone().unwrap_or_default().into_iter().collect();
-        config.exposed_ports = sorted(c.exposed_ports());
-        config.volumes = sorted(c.volumes());
-        config.stop_signal = non_empty(c.stop_signal());
+        config.runtime = clip_format::ImageConfig {
+            env: c.env().clone().unwrap_or_default(),
+            cmd: c.cmd().clone().unwrap_or_default(),
+            entrypoint: c.entrypoint().clone().unwrap_or_default(),
+            working_dir: non_empty(c.working_dir()),
+            user: non_empty(c.user()),
+            labels: c.labels().clone().unwrap_or_default().into_iter().collect(),
+            exposed_ports: sorted(c.exposed_ports()),
+            volumes: sorted(c.volumes()),
+            stop_signal: non_empty(c.stop_signal()),
+        };
     }
     Ok((config, platform))
 }
@@ -90,15 +74,15 @@ mod tests {
         );
         let (config, platform) = parse_config(json.as_bytes()).unwrap();
         assert_eq!(platform, Platform::new("linux", "arm64", Some("v8")));
-        assert_eq!(config.env, ["PATH=/usr/bin", "A=b"]);
-        assert_eq!(config.cmd, ["bash"]);
-        assert!(config.entrypoint.is_empty());
-        assert_eq!(config.working_dir, None);
-        assert_eq!(config.user.as_deref(), Some("1000:1000"));
-        assert_eq!(config.labels.keys().collect::<Vec<_>>(), ["a", "z"]);
-        assert_eq!(config.exposed_ports, ["443/tcp", "8080/tcp"]);
-        assert_eq!(config.volumes, ["/cache", "/data"]);
-        assert_eq!(config.stop_signal.as_deref(), Some("SIGINT"));
+        assert_eq!(config.runtime.env, ["PATH=/usr/bin", "A=b"]);
+        assert_eq!(config.runtime.cmd, ["bash"]);
+        assert!(config.runtime.entrypoint.is_empty());
+        assert_eq!(config.runtime.working_dir, None);
+        assert_eq!(config.runtime.user.as_deref(), Some("1000:1000"));
+        assert_eq!(config.runtime.labels.keys().collect::<Vec<_>>(), ["a", "z"]);
+        assert_eq!(config.runtime.exposed_ports, ["443/tcp", "8080/tcp"]);
+        assert_eq!(config.runtime.volumes, ["/cache", "/data"]);
+        assert_eq!(config.runtime.stop_signal.as_deref(), Some("SIGINT"));
         assert_eq!(config.diff_ids, [DIFF.parse::<Digest>().unwrap()]);
     }
 

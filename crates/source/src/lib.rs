@@ -48,8 +48,9 @@ mod source;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+pub use clip_format::Compression;
 pub use config::ImageConfig;
-pub use digest::{media_types, Descriptor, Digest, LayerCompression};
+pub use digest::{media_types, parse_digest, Descriptor, Digest};
 pub use error::{error_chain, SourceError};
 pub use layout::LayoutSource;
 pub use platform::Platform;

@@ -33,7 +33,7 @@ impl Setup {
         let built = layout.add_image("t", &Image::new(vec![layer.clone()]));
         push_with_creds(layout.path(), "t", &registry.addr(), "repo:t", registry.credentials());
         let d = &built.layers[0];
-        let desc = Descriptor::new(&d.media_type, d.digest.as_str().parse().unwrap(), d.size);
+        let desc = Descriptor::new(&d.media_type, d.digest.to_string().parse().unwrap(), d.size);
         Setup { registry, layer: layer.blob().to_vec(), desc, config_dir: tempfile::tempdir().unwrap() }
     }
 

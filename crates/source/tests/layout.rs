@@ -51,11 +51,11 @@ async fn resolves_a_tagged_image_and_reads_blobs() {
     assert_eq!(resolved.platform, Platform::new("linux", "amd64", None));
     assert_eq!(resolved.layers, image.layers.iter().map(Blob::descriptor).collect::<Vec<_>>());
     assert_eq!(resolved.config_descriptor, image.config.descriptor());
-    assert_eq!(resolved.config.cmd, ["/bin/sh"]);
-    assert_eq!(resolved.config.working_dir.as_deref(), Some("/work"));
-    assert_eq!(resolved.config.exposed_ports, ["8080/tcp"]);
-    assert_eq!(resolved.config.labels["org.example.arch"], "amd64");
-    assert_eq!(resolved.config.diff_ids, image.layers.iter().map(|l| l.digest.clone()).collect::<Vec<_>>());
+    assert_eq!(resolved.config.runtime.cmd, ["/bin/sh"]);
+    assert_eq!(resolved.config.runtime.working_dir.as_deref(), Some("/work"));
+    assert_eq!(resolved.config.runtime.exposed_ports, ["8080/tcp"]);
+    assert_eq!(resolved.config.runtime.labels["org.example.arch"], "amd64");
+    assert_eq!(resolved.config.diff_ids, image.layers.iter().map(|l| l.digest).collect::<Vec<_>>());
     assert!(source.describe().contains(&tmp.path().display().to_string()));
 
     // Only the config was read so far.

@@ -6,8 +6,7 @@ mod common;
 use std::process::Command;
 
 use clip_source::{
-    connect, open, BlobSource, Descriptor, ImageRef, LayerCompression, Platform, SourceError, SourceOptions,
-    SourceStats,
+    connect, open, BlobSource, Compression, Descriptor, ImageRef, Platform, SourceError, SourceOptions, SourceStats,
 };
 use common::{docker_config_with, free_port, index, pattern, tagged, write_layout, Blob, TestImage, TestRegistry};
 use futures::StreamExt;
@@ -55,8 +54,8 @@ async fn resolves_and_reads_lazily() {
     assert_eq!(resolved.manifest_bytes, image.manifest.data);
     assert_eq!(resolved.platform, Platform::new("linux", "amd64", None));
     assert_eq!(resolved.layers, image.layers.iter().map(Blob::descriptor).collect::<Vec<_>>());
-    assert_eq!(resolved.layers[0].compression().unwrap(), LayerCompression::None);
-    assert_eq!(resolved.config.env[1], "ARCH=amd64");
+    assert_eq!(resolved.layers[0].compression().unwrap(), Compression::None);
+    assert_eq!(resolved.config.runtime.env[1], "ARCH=amd64");
     assert_eq!(resolved.config.diff_ids.len(), 2);
     let described = source.describe();
     assert!(described.contains(&registry.addr) && described.contains("team/app"), "{described}");
@@ -119,7 +118,7 @@ async fn manifest_list_with_two_platforms_and_digest_references() {
     assert_eq!(img.manifest_digest, arm.manifest.digest);
     assert_eq!(img.platform.architecture, "arm64");
     assert_eq!(img.layers.len(), 2);
-    assert_eq!(img.layers[0].compression().unwrap(), LayerCompression::Gzip);
+    assert_eq!(img.layers[0].compression().unwrap(), Compression::Gzip);
     assert_eq!(img.config_descriptor.media_type, clip_source::media_types::DOCKER_CONFIG);
     let (img, _) = open(&r, &opts("linux/amd64")).await.unwrap();
     assert_eq!(img.manifest_digest, amd.manifest.digest);
@@ -229,6 +228,6 @@ async fn image_pushed_by_skopeo_from_a_layout() {
     let (img, source) = open(&reference(&registry, "skopeo/img:v3"), &opts("linux/amd64")).await.unwrap();
     assert_eq!(img.manifest_digest, image.manifest.digest);
     assert_eq!(img.layers, image.layers.iter().map(Blob::descriptor).collect::<Vec<_>>());
-    assert_eq!(img.layers[0].compression().unwrap(), LayerCompression::Gzip);
+    assert_eq!(img.layers[0].compression().unwrap(), Compression::Gzip);
     assert_eq!(read_all(source.as_ref(), &img.layers[1]).await, image.layers[1].data);
 }

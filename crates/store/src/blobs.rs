@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use clip_format::{Archive, ArchiveKind};
+use clip_format::{Archive, ArchiveKind, LayerIndex};
 use clip_source::{BlobSource, Descriptor};
 use futures::future::BoxFuture;
 
@@ -17,7 +17,7 @@ use crate::StoreError;
 /// Reads byte ranges of a layer's stored (compressed) stream.
 pub trait LayerBlobs: Send + Sync {
     /// Bytes `[range.start, range.end)` of layer `layer`'s blob.
-    fn read(&self, layer: u32, range: Range<u64>) -> BoxFuture<'_, Result<Bytes, StoreError>>;
+    fn read(&self, layer: LayerIndex, range: Range<u64>) -> BoxFuture<'_, Result<Bytes, StoreError>>;
     /// For logs and errors.
     fn describe(&self) -> String;
 }
@@ -30,22 +30,10 @@ pub struct SourceBlobs {
 
 impl SourceBlobs {
     /// Pairs `source` with the layer table of `archive`.
-    pub fn new(archive: &Archive, source: Arc<dyn BlobSource>) -> Result<SourceBlobs, StoreError> {
-        let layers = archive
-            .meta()
-            .layers
-            .iter()
-            .enumerate()
-            .map(|(i, l)| {
-                let digest = l.digest.parse().map_err(|e: clip_source::SourceError| StoreError::Layer {
-                    layer: i as u32,
-                    media_type: l.media_type.clone(),
-                    why: e.to_string(),
-                })?;
-                Ok(Descriptor::new(l.media_type.clone(), digest, l.size))
-            })
-            .collect::<Result<_, StoreError>>()?;
-        Ok(SourceBlobs { source, layers })
+    pub fn new(archive: &Archive, source: Arc<dyn BlobSource>) -> SourceBlobs {
+        let layers =
+            archive.meta().layers.iter().map(|l| Descriptor::new(l.media_type.clone(), l.digest, l.size)).collect();
+        SourceBlobs { source, layers }
     }
 
     /// The underlying source (for its traffic counters).
@@ -55,10 +43,10 @@ impl SourceBlobs {
 }
 
 impl LayerBlobs for SourceBlobs {
-    fn read(&self, layer: u32, range: Range<u64>) -> BoxFuture<'_, Result<Bytes, StoreError>> {
+    fn read(&self, layer: LayerIndex, range: Range<u64>) -> BoxFuture<'_, Result<Bytes, StoreError>> {
         Box::pin(async move {
             let layers = self.layers.len();
-            let desc = self.layers.get(layer as usize).ok_or(StoreError::NoLayer { layer, layers })?;
+            let desc = self.layers.get(layer.index()).ok_or(StoreError::NoLayer { layer, layers })?;
             self.source.read_range(desc, range).await.map_err(|source| StoreError::Source { layer, source })
         })
     }
@@ -91,7 +79,7 @@ impl LocalData {
 }
 
 impl LayerBlobs for LocalData {
-    fn read(&self, layer: u32, range: Range<u64>) -> BoxFuture<'_, Result<Bytes, StoreError>> {
+    fn read(&self, layer: LayerIndex, range: Range<u64>) -> BoxFuture<'_, Result<Bytes, StoreError>> {
         Box::pin(async move {
             let io = |source| StoreError::Io { path: self.path.display().to_string(), source };
             if range.end > self.data_len || range.start > range.end {

@@ -1,5 +1,7 @@
 //! The content store's error type.
 
+use clip_format::{Digest, LayerIndex, SpanId};
+
 /// Why file bytes could not be served. A reader sees these as EIO; the message goes to the log.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -7,27 +9,25 @@ pub enum StoreError {
     Format(#[from] clip_format::FormatError),
     #[error("layer {layer}")]
     Source {
-        layer: u32,
+        layer: LayerIndex,
         #[source]
         source: clip_source::SourceError,
     },
     #[error("layer {layer} span {span}")]
     Decode {
-        layer: u32,
-        span: usize,
+        layer: LayerIndex,
+        span: SpanId,
         #[source]
         source: clip_codec::CodecError,
     },
-    #[error(
-        "layer {layer} span {span}: bytes fail verification (expected sha256 {expected}, got {actual}); not served"
-    )]
-    Verify { layer: u32, span: usize, expected: String, actual: String },
+    #[error("layer {layer} span {span}: bytes fail verification (expected {expected}, got {actual}); not served")]
+    Verify { layer: LayerIndex, span: SpanId, expected: Digest, actual: Digest },
     #[error("layer {layer} ({media_type}) cannot be read: {why}")]
-    Layer { layer: u32, media_type: String, why: String },
+    Layer { layer: LayerIndex, media_type: String, why: String },
     #[error("layer {layer} is not in the index (it lists {layers} layers)")]
-    NoLayer { layer: u32, layers: usize },
+    NoLayer { layer: LayerIndex, layers: usize },
     #[error("layer {layer}: bytes {}..{} are beyond the {len} bytes it is read from", range.start, range.end)]
-    OutOfRange { layer: u32, range: std::ops::Range<u64>, len: u64 },
+    OutOfRange { layer: LayerIndex, range: std::ops::Range<u64>, len: u64 },
     #[error(
         "{}: not a data-carrying archive (an index-only archive reads file bytes from its image's registry or \
          layout)",
@@ -45,15 +45,15 @@ pub enum StoreError {
          raise it with --read-timeout)",
         after.as_secs_f64()
     )]
-    Timeout { layer: u32, span: usize, after: std::time::Duration },
+    Timeout { layer: LayerIndex, span: SpanId, after: std::time::Duration },
     #[error("a span fetch was cancelled: {0}")]
     Task(String),
     /// A lookup that ran into a failure of the span's load this reader did not run itself: a concurrent
     /// one, or one that failed within the hold-off ([`crate::failure_holdoff`]).
     #[error("layer {layer} span {span}: a concurrent fetch of this span failed")]
     Joined {
-        layer: u32,
-        span: usize,
+        layer: LayerIndex,
+        span: SpanId,
         #[source]
         source: std::sync::Arc<StoreError>,
     },

@@ -7,8 +7,8 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::Instant;
 
-use clip_codec::{CheckpointRef, Compression as Codec, SpanRef};
-use clip_format::{Compression, SpanView};
+use clip_codec::{CheckpointRef, SpanRef};
+use clip_format::{Compression, Digest, LayerIndex, SpanId, SpanView};
 use tracing::{debug, warn};
 
 use crate::stats::{Counters, InFlight};
@@ -19,36 +19,27 @@ use crate::{DiskCache, SpanBytes, StoreError, VERIFY_ATTEMPTS};
 /// they have. Only bytes that pass reach the disk cache. Blocking (it hashes).
 pub(crate) fn verified(
     bytes: &[u8],
-    digest: &[u8; 32],
+    digest: &Digest,
     len: u64,
     disk: Option<&Arc<DiskCache>>,
-) -> Result<SpanBytes, [u8; 32]> {
-    let actual = crate::sha256(bytes);
+) -> Result<SpanBytes, Digest> {
+    let actual = Digest::of(bytes);
     if bytes.len() as u64 != len || actual != *digest {
         return Err(actual);
     }
     if let Some(disk) = disk {
-        disk.put(digest, bytes);
+        disk.put(digest.as_bytes(), bytes);
     }
     Ok(SpanBytes::from(bytes))
-}
-
-/// The codec's name for a layer's compression.
-fn codec(compression: Compression) -> Codec {
-    match compression {
-        Compression::Gzip => Codec::Gzip,
-        Compression::Zstd => Codec::Zstd,
-        Compression::None => Codec::None,
-    }
 }
 
 /// Where a span's bytes are: what to fetch and how to decode it.
 #[derive(Clone)]
 struct Fetch {
-    layer: u32,
-    index: usize,
+    layer: LayerIndex,
+    index: SpanId,
     span: SpanView,
-    codec: Codec,
+    codec: Compression,
     /// The compressed bytes to read.
     range: Range<u64>,
     /// Decoded length.
@@ -60,19 +51,19 @@ impl Inner {
     /// it to the disk cache; bad bytes are fetched again.
     pub(crate) async fn fetch(
         &self,
-        layer: u32,
-        index: usize,
+        layer: LayerIndex,
+        index: SpanId,
         span: SpanView,
         out: Range<u64>,
     ) -> Result<SpanBytes, StoreError> {
         let a = &self.archive;
         let layers = a.meta().layers.len();
-        let meta = a.meta().layers.get(layer as usize).ok_or(StoreError::NoLayer { layer, layers })?;
-        let last = a.layer_spans(layer)?.end - 1;
+        let meta = a.meta().layers.get(layer.index()).ok_or(StoreError::NoLayer { layer, layers })?;
+        let last = a.layer_spans(layer)?.last();
         let span_ref =
             |s: SpanView, len: u64| SpanRef { out_offset: s.out_offset, in_offset: s.in_offset, bits: s.bits, len };
-        let next = if index < last { Some(span_ref(a.span(index + 1)?, 0)) } else { None };
-        let codec = codec(meta.compression);
+        let next = if Some(index) < last { Some(span_ref(a.span(index.next())?, 0)) } else { None };
+        let codec = meta.compression;
         let len = out.end - out.start;
         let range = clip_codec::fetch_range(codec, &span_ref(span, len), next.as_ref(), meta.size);
         let compressed = range.end - range.start;
@@ -87,8 +78,8 @@ impl Inner {
             match self.fetch_once(fetch.clone()).await {
                 Err(e @ (StoreError::Verify { .. } | StoreError::Decode { .. })) if attempt < VERIFY_ATTEMPTS => {
                     warn!(
-                        layer,
-                        span = index,
+                        %layer,
+                        span = %index,
                         attempt,
                         error = &e as &dyn std::error::Error,
                         "fetched bytes are bad; fetching again"
@@ -103,7 +94,7 @@ impl Inner {
     /// One fetch of a span's compressed bytes, decoded and verified.
     async fn fetch_once(&self, f: Fetch) -> Result<SpanBytes, StoreError> {
         let Fetch { layer, index, span, codec, range, len } = f;
-        debug!(layer, span = index, start = range.start, len = range.end - range.start, "fetch span");
+        debug!(%layer, span = %index, start = range.start, len = range.end - range.start, "fetch span");
         let compressed = {
             let _inflight = InFlight::start(&self.counters.inflight_fetches);
             let started = Instant::now();
@@ -129,7 +120,7 @@ impl Inner {
         .map_err(|source| StoreError::Decode { layer, span: index, source })?;
         decoded.map_err(|actual| {
             Counters::bump(&self.counters.verify_failures);
-            StoreError::Verify { layer, span: index, expected: hex::encode(span.digest), actual: hex::encode(actual) }
+            StoreError::Verify { layer, span: index, expected: span.digest, actual }
         })
     }
 }

@@ -2,6 +2,7 @@
 //! a span whose load failed keeps failing at once, with the same error, for [`crate::failure_holdoff`].
 //! Errors are shared as `Arc<StoreError>`, so every reader keeps the typed error.
 
+use clip_format::{LayerIndex, SpanId};
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -16,9 +17,9 @@ type Flight = Arc<OnceCell<Result<SpanBytes, Arc<StoreError>>>>;
 
 /// The loads in flight and the recent failures, by span index.
 pub(crate) struct Flights {
-    inflight: Mutex<HashMap<usize, Flight>>,
+    inflight: Mutex<HashMap<SpanId, Flight>>,
     /// Spans whose last load failed: when, and the error.
-    failures: Mutex<HashMap<usize, (Instant, Arc<StoreError>)>>,
+    failures: Mutex<HashMap<SpanId, (Instant, Arc<StoreError>)>>,
     clock: Arc<dyn Clock>,
     holdoff: Duration,
 }
@@ -31,7 +32,7 @@ impl Flights {
 
     /// The error of span `index`'s last load, if it failed less than the hold-off ago, as
     /// [`StoreError::Joined`].
-    pub fn recent_failure(&self, layer: u32, index: usize) -> Option<StoreError> {
+    pub fn recent_failure(&self, layer: LayerIndex, index: SpanId) -> Option<StoreError> {
         let mut failures = lock(&self.failures);
         let (at, error) = failures.get(&index)?;
         if self.clock.now().duration_since(*at) < self.holdoff {
@@ -46,8 +47,8 @@ impl Flights {
     /// [`StoreError::Joined`] around the same error, and so does every lookup during the hold-off.
     pub async fn run(
         &self,
-        layer: u32,
-        index: usize,
+        layer: LayerIndex,
+        index: SpanId,
         load: impl Future<Output = Result<SpanBytes, StoreError>>,
     ) -> Result<SpanBytes, StoreError> {
         let flight = {

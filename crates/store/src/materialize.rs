@@ -7,7 +7,7 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::sync::Arc;
 
-use clip_format::{Archive, DataRef};
+use clip_format::{Archive, DataRef, SpanSlice};
 use sha2::{Digest as _, Sha256};
 use tracing::debug;
 
@@ -27,26 +27,15 @@ pub(crate) struct FilePart {
 
 /// The span slices that make up the file at `data`, in order.
 pub(crate) fn file_parts(archive: &Archive, data: DataRef) -> Result<Vec<FilePart>, StoreError> {
-    let end = data
-        .offset
-        .checked_add(data.size)
-        .ok_or_else(|| clip_format::FormatError::Corrupt(format!("file at offset {} overflows", data.offset)))?;
     let mut parts = Vec::new();
-    let mut pos = data.offset;
-    while pos < end {
-        let index = archive.find_span(data.layer, pos)?;
-        let range = archive.span_range(data.layer, index)?;
-        if range.end <= pos || range.start > pos {
-            return Err(clip_format::FormatError::Corrupt(format!("span {index} does not cover offset {pos}")).into());
-        }
-        let to = end.min(range.end);
+    for slice in archive.file_spans(data, 0..data.size) {
+        let SpanSlice { span, span_range, within } = slice?;
         parts.push(FilePart {
-            digest: archive.span(index)?.digest,
-            span_len: range.end - range.start,
-            from: pos - range.start,
-            to: to - range.start,
+            digest: *archive.span(span)?.digest.as_bytes(),
+            span_len: span_range.end - span_range.start,
+            from: within.start,
+            to: within.end,
         });
-        pos = to;
     }
     Ok(parts)
 }
@@ -213,7 +202,7 @@ impl ContentStore {
             return None;
         }
         let parts = file_parts(&inner.archive, data)
-            .inspect_err(|e| debug!(layer = data.layer, offset = data.offset, error = %e, "no local file"))
+            .inspect_err(|e| debug!(layer = %data.layer, offset = data.offset, error = %e, "no local file"))
             .ok()?;
         let key = file_key(&parts, data.size);
         if let Some(file) = disk.find_file(&key, data.size) {

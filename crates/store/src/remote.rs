@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use clip_format::Digest;
 use futures::future::BoxFuture;
 use tokio::runtime::Handle;
 use tracing::{debug, warn};
@@ -101,7 +102,7 @@ impl Tier {
     /// backing off, does not hold the span, fails, or serves bad bytes.
     pub async fn get(
         &self,
-        digest: &[u8; 32],
+        digest: &Digest,
         len: u64,
         disk: Option<Arc<DiskCache>>,
         counters: &Counters,
@@ -109,7 +110,7 @@ impl Tier {
         if !self.health.usable() {
             return None;
         }
-        let bytes = match bounded(self.timeout, digest, self.tier.0.get(digest, len)).await {
+        let bytes = match bounded(self.timeout, digest, self.tier.0.get(digest.as_bytes(), len)).await {
             Ok(Some(bytes)) => bytes,
             Ok(None) => {
                 Counters::bump(&counters.tier_misses);
@@ -131,7 +132,7 @@ impl Tier {
             }
             Err(actual) => {
                 Counters::bump(&counters.tier_rejected);
-                warn!(tier = %self.tier.0.describe(), expected = %hex::encode(digest), actual = %hex::encode(actual),
+                warn!(tier = %self.tier.0.describe(), expected = %digest, actual = %actual,
                     "content cache tier object fails verification; ignored");
                 None
             }
@@ -139,7 +140,7 @@ impl Tier {
     }
 
     /// Publishes verified `bytes` in the background on `runtime` (the reader does not wait).
-    pub fn publish(&self, digest: [u8; 32], bytes: &SpanBytes, runtime: &Handle, counters: &Counters) {
+    pub fn publish(&self, digest: Digest, bytes: &SpanBytes, runtime: &Handle, counters: &Counters) {
         if !self.health.usable() {
             return;
         }
@@ -147,7 +148,7 @@ impl Tier {
         let (tier, timeout, health) = (self.tier.clone(), self.timeout, Arc::clone(&self.health));
         let (puts, errors) = (counters.tier_puts.clone(), counters.tier_errors.clone());
         runtime.spawn(async move {
-            match bounded(timeout, &digest, tier.0.put(&digest, bytes)).await {
+            match bounded(timeout, &digest, tier.0.put(digest.as_bytes(), bytes)).await {
                 Ok(()) => Counters::bump(&puts),
                 Err(error) => {
                     Counters::bump(&errors);
@@ -161,14 +162,11 @@ impl Tier {
 /// `request` to the tier about span `digest`, failing with [`StoreError::Tier`] after `timeout`.
 async fn bounded<T>(
     timeout: Duration,
-    digest: &[u8; 32],
+    digest: &Digest,
     request: impl Future<Output = Result<T, StoreError>>,
 ) -> Result<T, StoreError> {
     tokio::time::timeout(timeout, request).await.unwrap_or_else(|_| {
-        Err(StoreError::Tier {
-            digest: hex::encode(digest),
-            reason: format!("no answer within {} s", timeout.as_secs_f64()),
-        })
+        Err(StoreError::Tier { digest: digest.hex(), reason: format!("no answer within {} s", timeout.as_secs_f64()) })
     })
 }
 

@@ -13,7 +13,7 @@
 
 use std::sync::Arc;
 
-use clip_format::DataRef;
+use clip_format::{DataRef, LayerIndex, SpanId, SpanIds};
 use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
 use tokio::task::{JoinError, JoinHandle, JoinSet};
@@ -35,7 +35,7 @@ pub(crate) struct Stream {
     /// Where the furthest read so far ended (offset in the file).
     end: u64,
     /// The highest span index readahead has already requested.
-    ahead: usize,
+    ahead: SpanId,
 }
 
 /// What a prefetch did.
@@ -52,7 +52,7 @@ pub struct PrefetchSummary {
 }
 
 impl PrefetchSummary {
-    fn tally(&mut self, done: Result<Result<(), (u32, usize, StoreError)>, JoinError>, counters: &Counters) {
+    fn tally(&mut self, done: Result<Result<(), (LayerIndex, SpanId, StoreError)>, JoinError>, counters: &Counters) {
         match done {
             Ok(Ok(())) => {
                 self.loaded += 1;
@@ -60,7 +60,7 @@ impl PrefetchSummary {
             }
             Ok(Err((layer, span, error))) => {
                 self.failed += 1;
-                debug!(layer, span, error = &error as &dyn std::error::Error, "prefetch of a span failed");
+                debug!(%layer, %span, error = &error as &dyn std::error::Error, "prefetch of a span failed");
             }
             Err(error) => {
                 self.failed += 1;
@@ -78,7 +78,8 @@ impl ContentStore {
     /// When called outside a tokio runtime on a store that was also made outside one (like `tokio::spawn`).
     pub fn prefetch_all(&self) -> JoinHandle<PrefetchSummary> {
         let archive = &self.inner.archive;
-        let spans = (0..archive.meta().layers.len() as u32)
+        let spans = (0..archive.meta().layers.len())
+            .map(LayerIndex::from_index)
             .flat_map(|layer| archive.layer_spans(layer).into_iter().flatten().map(move |i| (layer, i)))
             .collect();
         self.spawn_prefetch(spans, Arc::clone(&self.inner.prefetch_permits), true)
@@ -90,14 +91,14 @@ impl ContentStore {
     ///
     /// # Panics
     /// As [`ContentStore::prefetch_all`].
-    pub fn prefetch_spans(&self, spans: Vec<(u32, usize)>) -> JoinHandle<PrefetchSummary> {
+    pub fn prefetch_spans(&self, spans: Vec<(LayerIndex, SpanId)>) -> JoinHandle<PrefetchSummary> {
         let permits = Arc::new(Semaphore::new(self.inner.config.profile_concurrency.max(1)));
         self.spawn_prefetch(spans, permits, false)
     }
 
     fn spawn_prefetch(
         &self,
-        spans: Vec<(u32, usize)>,
+        spans: Vec<(LayerIndex, SpanId)>,
         permits: Arc<Semaphore>,
         polite: bool,
     ) -> JoinHandle<PrefetchSummary> {
@@ -127,9 +128,10 @@ impl ContentStore {
         };
         let Some(rt) = Handle::try_current().ok().or_else(|| inner.runtime.clone()) else { return 0 };
         let mut started = 0;
-        for index in first..=last {
+        for index in SpanIds::through(first, last) {
             // Spans already local are left to the reads: loading them all from disk would only churn memory.
-            let on_disk = |disk: &Arc<crate::DiskCache>| a.span(index).is_ok_and(|s| disk.contains(&s.digest));
+            let on_disk =
+                |disk: &Arc<crate::DiskCache>| a.span(index).is_ok_and(|s| disk.contains(s.digest.as_bytes()));
             if inner.in_memory(index) || inner.disk.as_ref().is_some_and(on_disk) {
                 continue;
             }
@@ -157,7 +159,7 @@ impl Inner {
                 if streams.len() >= MAX_STREAMS {
                     streams.clear();
                 }
-                streams.insert(key, Stream { end, ahead: 0 });
+                streams.insert(key, Stream { end, ahead: SpanId(0) });
                 return;
             }
             let Some(stream) = streams.get_mut(&key) else { return };
@@ -170,7 +172,7 @@ impl Inner {
             else {
                 return;
             };
-            let first = (current + 1).max(stream.ahead + 1);
+            let first = current.next().max(stream.ahead.next());
             let last = current.saturating_add(count).min(file_end);
             if first > last {
                 return;
@@ -179,7 +181,7 @@ impl Inner {
             (first, last)
         };
         let Ok(rt) = Handle::try_current() else { return };
-        for index in first..=last {
+        for index in SpanIds::through(first, last) {
             if self.in_memory(index) {
                 continue;
             }
@@ -190,12 +192,12 @@ impl Inner {
 
     /// Starts loading span `index` of `layer` in the background at readahead priority; a failure is only
     /// logged (`failed` at debug): the reader who needs the span tries again.
-    fn load_ahead(self: &Arc<Self>, rt: &Handle, layer: u32, index: usize, failed: &'static str) {
+    fn load_ahead(self: &Arc<Self>, rt: &Handle, layer: LayerIndex, index: SpanId, failed: &'static str) {
         let me = Arc::clone(self);
         rt.spawn(async move {
             let deadline = tokio::time::Instant::now() + me.config.read_timeout;
             if let Err(error) = me.span(layer, index, Priority::Readahead, deadline).await {
-                debug!(layer, span = index, error = &error as &dyn std::error::Error, "{failed}");
+                debug!(%layer, span = %index, error = &error as &dyn std::error::Error, "{failed}");
             }
         });
     }
@@ -204,7 +206,7 @@ impl Inner {
     /// foreground is idle.
     async fn prefetch(
         self: Arc<Self>,
-        spans: Vec<(u32, usize)>,
+        spans: Vec<(LayerIndex, SpanId)>,
         permits: Arc<Semaphore>,
         polite: bool,
     ) -> PrefetchSummary {
@@ -221,7 +223,7 @@ impl Inner {
                 self.foreground_idle().await;
             }
             let cached = match self.archive.span(index) {
-                Ok(span) => self.in_memory(index) || disk.contains(&span.digest),
+                Ok(span) => self.in_memory(index) || disk.contains(span.digest.as_bytes()),
                 Err(_) => false, // the load reports the error
             };
             if cached {

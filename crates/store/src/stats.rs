@@ -5,6 +5,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use clip_format::LayerIndex;
+
 /// Upper bounds (inclusive, in milliseconds) of the fetch latency buckets; a last, unbounded bucket follows.
 pub const FETCH_LATENCY_BOUNDS_MS: [u64; 7] = [1, 5, 25, 100, 500, 2_500, 10_000];
 
@@ -140,10 +142,10 @@ impl Counters {
     }
 
     /// Records a successful range read of `bytes` compressed bytes of `layer`.
-    pub fn fetched(&self, layer: u32, bytes: u64) {
+    pub fn fetched(&self, layer: LayerIndex, bytes: u64) {
         Self::bump(&self.spans_fetched);
         self.bytes_fetched.fetch_add(bytes, Ordering::Relaxed);
-        if let Some(c) = self.layer_bytes_fetched.get(layer as usize) {
+        if let Some(c) = self.layer_bytes_fetched.get(layer.index()) {
             c.fetch_add(bytes, Ordering::Relaxed);
         }
     }
@@ -233,9 +235,9 @@ mod tests {
     #[test]
     fn per_layer_bytes() {
         let c = Counters::new(2);
-        c.fetched(1, 10);
-        c.fetched(0, 3);
-        c.fetched(7, 5); // unknown layer: counted in the total only
+        c.fetched(LayerIndex(1), 10);
+        c.fetched(LayerIndex(0), 3);
+        c.fetched(LayerIndex(7), 5); // unknown layer: counted in the total only
         let s = c.snapshot();
         assert_eq!(s.layer_bytes_fetched, vec![3, 10]);
         assert_eq!((s.spans_fetched, s.bytes_fetched), (3, 18));

@@ -23,7 +23,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use clip_format::{Archive, DataRef, FormatError};
+use clip_format::{Archive, Corruption, DataRef, FormatError, LayerIndex, SpanId, SpanSlice};
 use tokio::runtime::Handle;
 use tokio::sync::{Notify, Semaphore};
 use tracing::{info, warn};
@@ -164,32 +164,22 @@ impl ContentStore {
         if offset >= end {
             return Ok(Vec::new());
         }
-        let overflow =
-            || FormatError::Corrupt(format!("file at offset {} of layer {} overflows", data.offset, data.layer));
-        let pos = data.offset.checked_add(offset).ok_or_else(overflow)?;
-        let stop = data.offset.checked_add(end).ok_or_else(overflow)?;
         self.inner.note_layer_touched(data.layer);
         self.inner.readahead(data, offset, end);
         // Grown by the verified bytes as they come, not reserved up front from a size the index records.
         let mut out = Vec::with_capacity((end - offset).min(MAX_PREALLOC) as usize);
-        let mut pos = pos;
-        while pos < stop {
-            let index = self.inner.archive.find_span(data.layer, pos)?;
-            let range = self.inner.archive.span_range(data.layer, index)?;
-            let bytes = self.inner.span(data.layer, index, Priority::Foreground, deadline).await?;
-            let from = pos.saturating_sub(range.start) as usize;
-            let to = (stop.min(range.end).saturating_sub(range.start)) as usize;
-            if range.start > pos || from >= to || to > bytes.len() {
-                return Err(FormatError::Corrupt(format!("span {index} does not cover offset {pos}")).into());
-            }
-            out.extend_from_slice(&bytes[from..to]);
-            pos = range.start + to as u64;
+        for slice in self.inner.archive.file_spans(data, offset..end) {
+            let SpanSlice { span, span_range, within } = slice?;
+            let bytes = self.inner.span(data.layer, span, Priority::Foreground, deadline).await?;
+            let short = Corruption::SpanGap { layer: data.layer, span, offset: span_range.start + within.end };
+            let piece = bytes.get(within.start as usize..within.end as usize).ok_or(FormatError::from(short))?;
+            out.extend_from_slice(piece);
         }
         Ok(out)
     }
 
     /// The verified bytes of span `index` (an index of the whole span table) of layer `layer`.
-    pub async fn span(&self, layer: u32, index: usize) -> Result<SpanBytes, StoreError> {
+    pub async fn span(&self, layer: LayerIndex, index: SpanId) -> Result<SpanBytes, StoreError> {
         let deadline = tokio::time::Instant::now() + self.inner.config.read_timeout;
         self.inner.span(layer, index, Priority::Foreground, deadline).await
     }
@@ -215,19 +205,19 @@ impl Drop for Foreground<'_> {
 
 impl Inner {
     /// Logs, once per layer, that a read first reached it.
-    fn note_layer_touched(&self, layer: u32) {
+    fn note_layer_touched(&self, layer: LayerIndex) {
         // Every read passes here: a plain load keeps the flag's cache line shared once it is set.
-        let first = self.touched.get(layer as usize).is_some_and(|t| {
+        let first = self.touched.get(layer.index()).is_some_and(|t| {
             !t.load(std::sync::atomic::Ordering::Relaxed) && !t.swap(true, std::sync::atomic::Ordering::Relaxed)
         });
         if first {
-            let digest = self.archive.meta().layers.get(layer as usize).map_or("", |l| l.digest.as_str());
-            info!(layer, %digest, "layer first touched");
+            let digest = self.archive.meta().layers.get(layer.index()).map(|l| l.digest);
+            info!(%layer, digest = ?digest, "layer first touched");
         }
     }
 
     /// Whether span `index` is in memory.
-    pub fn in_memory(&self, index: usize) -> bool {
+    pub fn in_memory(&self, index: SpanId) -> bool {
         lock(&self.memory).contains(index)
     }
 
@@ -248,13 +238,13 @@ impl Inner {
     /// no later (it started earlier).
     pub async fn span(
         &self,
-        layer: u32,
-        index: usize,
+        layer: LayerIndex,
+        index: SpanId,
         priority: Priority,
         deadline: tokio::time::Instant,
     ) -> Result<SpanBytes, StoreError> {
-        if !self.archive.layer_spans(layer)?.contains(&index) {
-            let media_type = self.archive.meta().layers.get(layer as usize).map(|l| l.media_type.clone());
+        if !self.archive.layer_spans(layer)?.contains(index) {
+            let media_type = self.archive.meta().layers.get(layer.index()).map(|l| l.media_type.clone());
             return Err(StoreError::Layer {
                 layer,
                 media_type: media_type.unwrap_or_default(),
@@ -288,12 +278,12 @@ impl Inner {
     }
 
     /// The disk cache, else a fetch.
-    async fn load(&self, layer: u32, index: usize) -> Result<SpanBytes, StoreError> {
+    async fn load(&self, layer: LayerIndex, index: SpanId) -> Result<SpanBytes, StoreError> {
         let span = self.archive.span(index)?;
         let out = self.archive.span_range(layer, index)?;
         if let Some(disk) = &self.disk {
             let (disk, digest, len) = (Arc::clone(disk), span.digest, out.end - out.start);
-            let hit = tokio::task::spawn_blocking(move || disk.get(&digest, len))
+            let hit = tokio::task::spawn_blocking(move || disk.get(digest.as_bytes(), len))
                 .await
                 .map_err(|e| StoreError::Task(e.to_string()))?;
             if let Some(bytes) = hit {

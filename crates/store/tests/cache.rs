@@ -6,8 +6,7 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use clip_codec::sha256;
-use clip_format::DataRef;
+use clip_format::{DataRef, LayerIndex, SpanId};
 use clip_store::{ContentStore, DiskCache, StoreConfig, StoreError};
 use common::{cached, disk_usage, eventually, files_in, manual_clock, raw_fixture, text, Fixture, Layer, KIB};
 
@@ -16,7 +15,7 @@ const SPAN: u64 = 64 * KIB;
 #[tokio::test]
 async fn cold_read_fetches_only_the_covering_spans() {
     // Spans 2 and 3 of a 10-span raw layer.
-    let file = DataRef { layer: 0, offset: 2 * SPAN + 1000, size: SPAN + 500 };
+    let file = DataRef { layer: LayerIndex(0), offset: 2 * SPAN + 1000, size: SPAN + 500 };
     let fx = raw_fixture(10, &[file]);
     let store = fx.store(StoreConfig::default());
     let bytes = store.read(file, 0, file.size).await.unwrap();
@@ -44,7 +43,7 @@ async fn cold_read_of_a_gzip_layer_fetches_only_the_covering_spans() {
     assert!(gz.spans.len() >= 5, "{} spans", gz.spans.len());
     assert!(!gz.spans[3].checkpoint.window.is_empty(), "span 3 resumes with a window");
     let (r3, r4) = (gz.span_range(3), gz.span_range(4));
-    let file = DataRef { layer: 1, offset: r3.start + 10, size: r4.start - r3.start };
+    let file = DataRef { layer: LayerIndex(1), offset: r3.start + 10, size: r4.start - r3.start };
     let want = vec![(1, gz.fetch_range(3)), (1, gz.fetch_range(4))];
     let fx = Fixture::new(vec![raw, gz], &[file]);
     let dir = tempfile::tempdir().unwrap();
@@ -62,7 +61,8 @@ async fn cold_read_of_a_gzip_layer_fetches_only_the_covering_spans() {
 
 #[tokio::test]
 async fn a_second_store_over_the_same_cache_makes_no_requests() {
-    let files: Vec<DataRef> = (0..6).map(|i| DataRef { layer: 0, offset: i * 100_000, size: 90_000 }).collect();
+    let files: Vec<DataRef> =
+        (0..6).map(|i| DataRef { layer: LayerIndex(0), offset: i * 100_000, size: 90_000 }).collect();
     let fx = raw_fixture(10, &files);
     let dir = tempfile::tempdir().unwrap();
     let first = fx.store(cached(dir.path()));
@@ -87,7 +87,7 @@ async fn a_second_store_over_the_same_cache_makes_no_requests() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cache_stays_within_its_bound() {
-    let file = DataRef { layer: 0, offset: 0, size: 20 * SPAN };
+    let file = DataRef { layer: LayerIndex(0), offset: 0, size: 20 * SPAN };
     let fx = raw_fixture(20, &[file]);
     let dir = tempfile::tempdir().unwrap();
     let bound = 5 * SPAN + 100;
@@ -122,7 +122,7 @@ fn the_bound_counts_disk_blocks_not_bytes() {
     let cache = DiskCache::open(dir.path(), bound).unwrap();
     for i in 0..100u32 {
         let bytes = i.to_le_bytes().repeat(25);
-        cache.put(&sha256(&bytes), &bytes);
+        cache.put(clip_format::Digest::of(&bytes).as_bytes(), &bytes);
     }
     let used = disk_usage(dir.path());
     assert!(used <= bound, "{used} bytes of disk for a {bound}-byte bound");
@@ -132,7 +132,7 @@ fn the_bound_counts_disk_blocks_not_bytes() {
 
 #[tokio::test]
 async fn a_corrupted_cache_file_is_detected_deleted_and_refetched() {
-    let file = DataRef { layer: 0, offset: 4 * SPAN, size: SPAN };
+    let file = DataRef { layer: LayerIndex(0), offset: 4 * SPAN, size: SPAN };
     let fx = raw_fixture(6, &[file]);
     let dir = tempfile::tempdir().unwrap();
     fx.store(cached(dir.path())).read(file, 0, file.size).await.unwrap();
@@ -161,7 +161,7 @@ async fn a_corrupted_cache_file_is_detected_deleted_and_refetched() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_readers_of_a_cold_span_share_one_request() {
-    let file = DataRef { layer: 0, offset: 0, size: 8 * SPAN };
+    let file = DataRef { layer: LayerIndex(0), offset: 0, size: 8 * SPAN };
     let fx = raw_fixture(8, &[file]);
     fx.blobs.set_delay(100);
     let dir = tempfile::tempdir().unwrap();
@@ -183,7 +183,7 @@ async fn concurrent_readers_of_a_cold_span_share_one_request() {
 
 #[tokio::test]
 async fn a_failing_source_gives_an_error_and_a_retry_succeeds() {
-    let file = DataRef { layer: 0, offset: SPAN, size: 100 };
+    let file = DataRef { layer: LayerIndex(0), offset: SPAN, size: 100 };
     let fx = raw_fixture(3, &[file]);
     let dir = tempfile::tempdir().unwrap();
     let (config, holdoff) = manual_clock(cached(dir.path()));
@@ -198,7 +198,7 @@ async fn a_failing_source_gives_an_error_and_a_retry_succeeds() {
     assert_eq!(store.read(file, 0, file.size).await.unwrap(), fx.expected(file));
 
     // Corrupted bytes: refused, counted, not cached; fine again once the source is.
-    let other = DataRef { layer: 0, offset: 2 * SPAN, size: 100 };
+    let other = DataRef { layer: LayerIndex(0), offset: 2 * SPAN, size: 100 };
     fx.blobs.corrupt.store(true, Ordering::SeqCst);
     let err = store.read(other, 0, other.size).await.unwrap_err();
     assert!(matches!(err.cause(), StoreError::Verify { .. }), "{err}");
@@ -212,7 +212,7 @@ async fn a_failing_source_gives_an_error_and_a_retry_succeeds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readers_joining_a_failed_fetch_all_get_the_error() {
-    let file = DataRef { layer: 0, offset: 0, size: SPAN };
+    let file = DataRef { layer: LayerIndex(0), offset: 0, size: SPAN };
     let fx = raw_fixture(1, &[file]);
     fx.blobs.set_delay(100);
     fx.blobs.fail.store(true, Ordering::SeqCst);
@@ -242,16 +242,16 @@ async fn readers_joining_a_failed_fetch_all_get_the_error() {
 
 #[tokio::test]
 async fn bad_requests_are_errors_not_panics() {
-    let file = DataRef { layer: 0, offset: 0, size: SPAN };
+    let file = DataRef { layer: LayerIndex(0), offset: 0, size: SPAN };
     let fx = raw_fixture(2, &[file]);
     let store: ContentStore = fx.store(StoreConfig::default());
-    let err = store.span(0, 5).await.unwrap_err();
+    let err = store.span(LayerIndex(0), SpanId(5)).await.unwrap_err();
     let media_type = &fx.archive.meta().layers[0].media_type;
     assert!(!media_type.is_empty() && err.to_string().contains(&format!("({media_type})")), "{err}");
-    assert!(store.span(3, 0).await.is_err());
-    let huge = DataRef { layer: 0, offset: u64::MAX - 10, size: 100 };
+    assert!(store.span(LayerIndex(3), SpanId(0)).await.is_err());
+    let huge = DataRef { layer: LayerIndex(0), offset: u64::MAX - 10, size: 100 };
     assert!(store.read(huge, 0, 100).await.is_err());
-    let beyond = DataRef { layer: 0, offset: 3 * SPAN, size: 100 };
+    let beyond = DataRef { layer: LayerIndex(0), offset: 3 * SPAN, size: 100 };
     assert!(store.read(beyond, 0, 100).await.is_err());
     assert_eq!(store.read(file, SPAN, 10).await.unwrap(), Vec::<u8>::new());
 }

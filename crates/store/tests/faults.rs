@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clip_format::DataRef;
+use clip_format::{DataRef, LayerIndex};
 use clip_store::{StoreConfig, StoreError, VERIFY_ATTEMPTS};
 use common::{cached, files_in, manual_clock, raw_fixture, text, Fixture, Layer, KIB};
 
@@ -15,7 +15,7 @@ const SPAN: u64 = 64 * KIB;
 
 #[tokio::test]
 async fn bytes_failing_verification_are_fetched_again_and_never_served() {
-    let file = DataRef { layer: 0, offset: SPAN, size: 2 * SPAN };
+    let file = DataRef { layer: LayerIndex(0), offset: SPAN, size: 2 * SPAN };
     let fx = raw_fixture(4, &[file]);
     let dir = tempfile::tempdir().unwrap();
     let store = fx.store(StoreConfig { readahead_spans: 0, ..cached(dir.path()) });
@@ -29,7 +29,7 @@ async fn bytes_failing_verification_are_fetched_again_and_never_served() {
 
 #[tokio::test]
 async fn gzip_bytes_corrupted_in_flight_are_caught_too() {
-    let file = DataRef { layer: 0, offset: 0, size: 8 * SPAN };
+    let file = DataRef { layer: LayerIndex(0), offset: 0, size: 8 * SPAN };
     let fx = Fixture::new(vec![Layer::gzip(text(file.size as usize, 3), SPAN)], &[file]);
     let store = fx.store(StoreConfig { readahead_spans: 0, ..StoreConfig::default() });
     let mut got = Vec::new();
@@ -46,7 +46,7 @@ async fn gzip_bytes_corrupted_in_flight_are_caught_too() {
 
 #[tokio::test]
 async fn a_source_that_keeps_sending_bad_bytes_gives_an_error_then_recovers() {
-    let file = DataRef { layer: 0, offset: 0, size: 100 };
+    let file = DataRef { layer: LayerIndex(0), offset: 0, size: 100 };
     let fx = raw_fixture(2, &[file]);
     let (config, holdoff) = manual_clock(StoreConfig::default());
     let store = fx.store(config);
@@ -68,7 +68,7 @@ async fn a_source_that_keeps_sending_bad_bytes_gives_an_error_then_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_source_that_never_answers_fails_reads_within_the_deadline_then_recovers() {
-    let file = DataRef { layer: 0, offset: 0, size: 3 * SPAN };
+    let file = DataRef { layer: LayerIndex(0), offset: 0, size: 3 * SPAN };
     let fx = raw_fixture(3, &[file]);
     let deadline = Duration::from_millis(400);
     let (config, holdoff) =
@@ -107,7 +107,7 @@ async fn a_source_that_never_answers_fails_reads_within_the_deadline_then_recove
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_but_answering_source_is_not_cut_off() {
-    let file = DataRef { layer: 0, offset: 0, size: SPAN };
+    let file = DataRef { layer: LayerIndex(0), offset: 0, size: SPAN };
     let fx = raw_fixture(1, &[file]);
     fx.blobs.set_delay(200);
     let store = fx.store(StoreConfig { read_timeout: Duration::from_secs(5), ..StoreConfig::default() });

@@ -4,7 +4,7 @@ mod common;
 
 use std::io::Read;
 
-use clip_format::DataRef;
+use clip_format::{DataRef, LayerIndex};
 use clip_store::StoreConfig;
 use common::{cached, eventually, files_in, raw_fixture, text, Fixture, Layer, KIB};
 
@@ -18,9 +18,9 @@ fn contents(mut file: std::fs::File) -> Vec<u8> {
 
 #[tokio::test]
 async fn a_fully_cached_file_is_handed_out_with_exactly_its_bytes() {
-    let across = DataRef { layer: 0, offset: SPAN + 333, size: 2 * SPAN + 1000 }; // spans 1..=3
-    let inside = DataRef { layer: 0, offset: 5 * SPAN + 10, size: 5000 }; // inside span 5
-    let empty = DataRef { layer: 0, offset: 7, size: 0 };
+    let across = DataRef { layer: LayerIndex(0), offset: SPAN + 333, size: 2 * SPAN + 1000 }; // spans 1..=3
+    let inside = DataRef { layer: LayerIndex(0), offset: 5 * SPAN + 10, size: 5000 }; // inside span 5
+    let empty = DataRef { layer: LayerIndex(0), offset: 7, size: 0 };
     let fx = raw_fixture(8, &[across, inside, empty]);
     let dir = tempfile::tempdir().unwrap();
     // Small files too (by default they are served from spans: see the next test).
@@ -55,7 +55,8 @@ async fn a_fully_cached_file_is_handed_out_with_exactly_its_bytes() {
 #[tokio::test]
 async fn small_files_are_served_from_spans_without_a_copy_each() {
     // 200 files of 1000 bytes in the first spans: reading them all leaves those spans on disk, no files.
-    let files: Vec<DataRef> = (0..200).map(|i| DataRef { layer: 0, offset: i * 1024, size: 1000 }).collect();
+    let files: Vec<DataRef> =
+        (0..200).map(|i| DataRef { layer: clip_format::LayerIndex(0), offset: i * 1024, size: 1000 }).collect();
     let fx = raw_fixture(4, &files);
     let dir = tempfile::tempdir().unwrap();
     let store = fx.store(StoreConfig { readahead_spans: 0, ..cached(dir.path()) });
@@ -69,7 +70,7 @@ async fn small_files_are_served_from_spans_without_a_copy_each() {
 
 #[tokio::test]
 async fn a_corrupted_file_or_span_is_never_handed_out() {
-    let file = DataRef { layer: 0, offset: 1000, size: 2 * SPAN };
+    let file = DataRef { layer: LayerIndex(0), offset: 1000, size: 2 * SPAN };
     let fx = raw_fixture(4, &[file]);
     let dir = tempfile::tempdir().unwrap();
     let store = fx.store(StoreConfig { readahead_spans: 0, ..cached(dir.path()) });
@@ -105,7 +106,7 @@ async fn a_corrupted_file_or_span_is_never_handed_out() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_file_is_assembled_in_the_background() {
     let gz = Layer::gzip(text(900_000, 5), 32 * KIB);
-    let file = DataRef { layer: 0, offset: 12_345, size: 800_000 };
+    let file = DataRef { layer: LayerIndex(0), offset: 12_345, size: 800_000 };
     let fx = Fixture::new(vec![gz], &[file]);
     let dir = tempfile::tempdir().unwrap();
     let config = StoreConfig { passthrough_inline_max: 100 * KIB, ..cached(dir.path()) };
@@ -123,11 +124,11 @@ async fn a_large_file_is_assembled_in_the_background() {
 
 #[tokio::test]
 async fn no_disk_cache_means_no_files() {
-    let file = DataRef { layer: 0, offset: 0, size: 100 };
+    let file = DataRef { layer: LayerIndex(0), offset: 0, size: 100 };
     let fx = raw_fixture(1, &[file]);
     let store = fx.store(StoreConfig::default());
     store.read(file, 0, file.size).await.unwrap();
     assert!(store.cached_file(file).is_none());
-    let bogus = DataRef { layer: 9, offset: 0, size: 100 };
+    let bogus = DataRef { layer: LayerIndex(9), offset: 0, size: 100 };
     assert!(store.cached_file(bogus).is_none());
 }

@@ -5,7 +5,7 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use clip_format::DataRef;
+use clip_format::{DataRef, LayerIndex, SpanId};
 use clip_store::{PrefetchSummary, StoreConfig};
 use common::{cached, eventually, files_in, manual_clock, raw_fixture, text, Fixture, Layer, KIB};
 
@@ -13,7 +13,7 @@ const SPAN: u64 = 64 * KIB;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sequential_reads_load_the_next_spans_ahead() {
-    let file = DataRef { layer: 0, offset: 0, size: 10 * SPAN };
+    let file = DataRef { layer: LayerIndex(0), offset: 0, size: 10 * SPAN };
     let fx = raw_fixture(10, &[file]);
     let store = fx.store(StoreConfig::default());
     let expected = fx.expected(file);
@@ -39,8 +39,8 @@ async fn sequential_reads_load_the_next_spans_ahead() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readahead_stays_inside_the_file_and_needs_sequential_reads() {
-    let small = DataRef { layer: 0, offset: 0, size: SPAN + 100 };
-    let big = DataRef { layer: 0, offset: 0, size: 40 * SPAN };
+    let small = DataRef { layer: LayerIndex(0), offset: 0, size: SPAN + 100 };
+    let big = DataRef { layer: LayerIndex(0), offset: 0, size: 40 * SPAN };
     let fx = raw_fixture(40, &[small, big]);
     let store = fx.store(StoreConfig::default());
     store.read(small, 0, 4 * KIB).await.unwrap();
@@ -60,7 +60,7 @@ async fn readahead_stays_inside_the_file_and_needs_sequential_reads() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_waits_for_readahead_rather_than_fetching_again() {
-    let file = DataRef { layer: 0, offset: 0, size: 4 * SPAN };
+    let file = DataRef { layer: LayerIndex(0), offset: 0, size: 4 * SPAN };
     let fx = raw_fixture(4, &[file]);
     let store = fx.store(StoreConfig { readahead_spans: 1, ..StoreConfig::default() });
     store.read(file, 0, 4 * KIB).await.unwrap();
@@ -76,7 +76,10 @@ async fn a_reader_waits_for_readahead_rather_than_fetching_again() {
 fn two_layer_fixture() -> Fixture {
     let raw = Layer::raw(text(300_000, 3), SPAN);
     let gz = Layer::gzip(text(500_000, 4), 32 * KIB);
-    let files = [DataRef { layer: 0, offset: 0, size: 300_000 }, DataRef { layer: 1, offset: 0, size: 500_000 }];
+    let files = [
+        DataRef { layer: LayerIndex(0), offset: 0, size: 300_000 },
+        DataRef { layer: LayerIndex(1), offset: 0, size: 500_000 },
+    ];
     Fixture::new(vec![raw, gz], &files)
 }
 
@@ -108,7 +111,7 @@ async fn prefetch_all_fills_the_disk_cache() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prefetch_is_bounded_and_yields_to_foreground_reads() {
-    let file = DataRef { layer: 0, offset: 0, size: 12 * SPAN };
+    let file = DataRef { layer: LayerIndex(0), offset: 0, size: 12 * SPAN };
     let fx = raw_fixture(12, &[file]);
     fx.blobs.set_delay(50);
     let dir = tempfile::tempdir().unwrap();
@@ -141,21 +144,24 @@ async fn prefetch_is_bounded_and_yields_to_foreground_reads() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prefetch_of_listed_spans_and_its_failures() {
-    let file = DataRef { layer: 0, offset: 0, size: 6 * SPAN };
+    let file = DataRef { layer: LayerIndex(0), offset: 0, size: 6 * SPAN };
     let fx = raw_fixture(6, &[file]);
     let dir = tempfile::tempdir().unwrap();
     let (config, holdoff) = manual_clock(cached(dir.path()));
     let store = fx.store(config);
-    let summary = store.prefetch_spans(vec![(0, 4), (0, 1)]).await.unwrap();
+    let summary = store.prefetch_spans(vec![(LayerIndex(0), SpanId(4)), (LayerIndex(0), SpanId(1))]).await.unwrap();
     assert_eq!(summary.loaded, 2);
     assert_eq!(fx.blobs.ranges(), vec![(0, SPAN..2 * SPAN), (0, 4 * SPAN..5 * SPAN)]);
 
     fx.blobs.fail.store(true, Ordering::SeqCst);
-    let summary = store.prefetch_spans(vec![(0, 2), (0, 99), (7, 0)]).await.unwrap();
+    let summary = store
+        .prefetch_spans(vec![(LayerIndex(0), SpanId(2)), (LayerIndex(0), SpanId(99)), (LayerIndex(7), SpanId(0))])
+        .await
+        .unwrap();
     assert_eq!(summary.failed, 3);
     fx.blobs.fail.store(false, Ordering::SeqCst);
     holdoff.pass();
-    assert_eq!(store.prefetch_spans(vec![(0, 2)]).await.unwrap().loaded, 1);
+    assert_eq!(store.prefetch_spans(vec![(LayerIndex(0), SpanId(2))]).await.unwrap().loaded, 1);
 
     // Without a disk cache there is nothing to fill.
     let memory_only = fx.store(StoreConfig::default());
@@ -165,8 +171,8 @@ async fn prefetch_of_listed_spans_and_its_failures() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn opening_a_file_loads_all_its_spans_at_once() {
-    let small = DataRef { layer: 0, offset: SPAN / 2, size: 3 * SPAN };
-    let big = DataRef { layer: 0, offset: 4 * SPAN, size: 4 * SPAN };
+    let small = DataRef { layer: LayerIndex(0), offset: SPAN / 2, size: 3 * SPAN };
+    let big = DataRef { layer: LayerIndex(0), offset: 4 * SPAN, size: 4 * SPAN };
     let fx = raw_fixture(8, &[small, big]);
     let store = fx.store(StoreConfig { open_prefetch_max: 3 * SPAN, ..StoreConfig::default() });
     fx.blobs.set_delay(100);
@@ -195,7 +201,7 @@ async fn opening_a_file_loads_all_its_spans_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_profile_is_replayed_with_concurrent_loads_even_while_reads_run() {
-    let file = DataRef { layer: 0, offset: 0, size: 8 * SPAN };
+    let file = DataRef { layer: LayerIndex(0), offset: 0, size: 8 * SPAN };
     let fx = raw_fixture(8, &[file]);
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(fx.store(StoreConfig { profile_concurrency: 3, ..cached(dir.path()) }));
@@ -205,7 +211,7 @@ async fn a_profile_is_replayed_with_concurrent_loads_even_while_reads_run() {
         let store = Arc::clone(&store);
         tokio::spawn(async move { store.read(file, 7 * SPAN, 10).await })
     };
-    let summary = store.prefetch_spans((0..6).map(|i| (0, i)).collect()).await.unwrap();
+    let summary = store.prefetch_spans((0..6).map(|i| (LayerIndex(0), SpanId(i))).collect()).await.unwrap();
     assert_eq!(summary.loaded, 6);
     reader.await.unwrap().unwrap();
     let max = fx.blobs.max_active.load(Ordering::SeqCst);

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use clip_format::DataRef;
+use clip_format::{DataRef, LayerIndex};
 use clip_store::{RemoteSpanCache, RemoteTier, StoreConfig, StoreError};
 use common::{cached, eventually, raw_fixture, KIB};
 use futures::future::BoxFuture;
@@ -61,7 +61,7 @@ fn with_tier(dir: &std::path::Path, tier: &Arc<MemTier>) -> StoreConfig {
 
 #[tokio::test]
 async fn a_second_node_reads_from_the_tier_without_the_source() {
-    let file = DataRef { layer: 0, offset: SPAN + 10, size: 2 * SPAN };
+    let file = DataRef { layer: LayerIndex(0), offset: SPAN + 10, size: 2 * SPAN };
     let tier = Arc::new(MemTier::default());
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
 
@@ -85,14 +85,14 @@ async fn a_second_node_reads_from_the_tier_without_the_source() {
 
 #[tokio::test]
 async fn a_corrupt_tier_object_is_ignored_and_counted() {
-    let file = DataRef { layer: 0, offset: 0, size: SPAN };
+    let file = DataRef { layer: LayerIndex(0), offset: 0, size: SPAN };
     let tier = Arc::new(MemTier::default());
     let dir = tempfile::tempdir().unwrap();
     let fx = raw_fixture(2, &[file]);
     let digest = fx.archive.span(fx.span_index(0, 0)).unwrap().digest;
     let mut bad = fx.expected(file).to_vec();
     bad[7] ^= 1;
-    tier.objects.lock().unwrap().insert(digest, Bytes::from(bad));
+    tier.objects.lock().unwrap().insert(*digest.as_bytes(), Bytes::from(bad));
 
     let store = fx.store(with_tier(dir.path(), &tier));
     assert_eq!(store.read(file, 0, file.size).await.unwrap(), fx.expected(file));
@@ -103,7 +103,7 @@ async fn a_corrupt_tier_object_is_ignored_and_counted() {
 
 #[tokio::test]
 async fn a_tier_that_is_down_degrades_to_the_source() {
-    let files: Vec<DataRef> = (0..4).map(|i| DataRef { layer: 0, offset: i * SPAN, size: SPAN }).collect();
+    let files: Vec<DataRef> = (0..4).map(|i| DataRef { layer: LayerIndex(0), offset: i * SPAN, size: SPAN }).collect();
     let tier = Arc::new(MemTier::default());
     tier.down.store(true, Ordering::Relaxed);
     let dir = tempfile::tempdir().unwrap();

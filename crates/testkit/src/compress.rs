@@ -4,37 +4,15 @@
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 
-/// How a layer blob is compressed; each maps to one OCI layer media type.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Compression {
-    /// Plain tar: `application/vnd.oci.image.layer.v1.tar`.
-    None,
-    /// gzip: `application/vnd.oci.image.layer.v1.tar+gzip`.
-    Gzip,
-    /// zstd: `application/vnd.oci.image.layer.v1.tar+zstd`.
-    Zstd,
-}
+/// How a layer blob is compressed: the workspace's one type, from the format crate.
+pub use clip_format::Compression;
 
-impl Compression {
-    /// Every variant, for option matrices.
-    pub const ALL: [Compression; 3] = [Compression::None, Compression::Gzip, Compression::Zstd];
-
-    /// The OCI layer media type of a blob compressed this way.
-    pub fn media_type(self) -> &'static str {
-        match self {
-            Compression::None => crate::oci::MEDIA_TYPE_LAYER_TAR,
-            Compression::Gzip => crate::oci::MEDIA_TYPE_LAYER_GZIP,
-            Compression::Zstd => crate::oci::MEDIA_TYPE_LAYER_ZSTD,
-        }
-    }
-
-    /// A short lower-case name (`none`, `gzip`, `zstd`), handy in test and tag names.
-    pub fn name(self) -> &'static str {
-        match self {
-            Compression::None => "none",
-            Compression::Gzip => "gzip",
-            Compression::Zstd => "zstd",
-        }
+/// The OCI layer media type of a blob compressed with `compression`.
+pub fn layer_media_type(compression: Compression) -> &'static str {
+    match compression {
+        Compression::None => crate::oci::MEDIA_TYPE_LAYER_TAR,
+        Compression::Gzip => crate::oci::MEDIA_TYPE_LAYER_GZIP,
+        Compression::Zstd => crate::oci::MEDIA_TYPE_LAYER_ZSTD,
     }
 }
 
@@ -154,8 +132,8 @@ mod tests {
 
     #[test]
     fn media_types() {
-        assert_eq!(Compression::Gzip.media_type(), "application/vnd.oci.image.layer.v1.tar+gzip");
-        assert_eq!(Compression::Zstd.media_type(), "application/vnd.oci.image.layer.v1.tar+zstd");
-        assert_eq!(Compression::None.media_type(), "application/vnd.oci.image.layer.v1.tar");
+        assert_eq!(layer_media_type(Compression::Gzip), "application/vnd.oci.image.layer.v1.tar+gzip");
+        assert_eq!(layer_media_type(Compression::Zstd), "application/vnd.oci.image.layer.v1.tar+zstd");
+        assert_eq!(layer_media_type(Compression::None), "application/vnd.oci.image.layer.v1.tar");
     }
 }

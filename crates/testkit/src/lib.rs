@@ -55,7 +55,9 @@ mod tree;
 mod umoci;
 
 pub use compare::{assert_matches_umoci, assert_trees_equal, compare, CompareOpts};
-pub use compress::{compress, decompress, gzip_cli, gzip_multi_member, zstd_multi_frame, Compression};
+pub use compress::{
+    compress, decompress, gzip_cli, gzip_multi_member, layer_media_type, zstd_multi_frame, Compression,
+};
 pub use conformance::{conformance_image, conformance_layers};
 pub use error::{run, try_run, Error};
 pub use fixtures::{big_gzip_layer, big_layer_tar, pseudo_random_bytes};

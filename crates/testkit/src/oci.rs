@@ -141,7 +141,14 @@ impl Layer {
     pub(crate) fn from_blob_unchecked(tar: Vec<u8>, blob: Vec<u8>, compression: Compression) -> Self {
         let digest = Digest::sha256(&blob);
         let diff_id = Digest::sha256(&tar);
-        Layer { tar, blob, compression, media_type: compression.media_type().to_owned(), digest, diff_id }
+        Layer {
+            tar,
+            blob,
+            compression,
+            media_type: crate::compress::layer_media_type(compression).to_owned(),
+            digest,
+            diff_id,
+        }
     }
 
     /// The uncompressed tar.

@@ -44,7 +44,7 @@ fn push_keeps_every_blob_as_built() {
         let (raw, manifest) = inspect(&reference, true, &[]);
         assert_eq!(raw, built.manifest_json, "{c:?}");
         for layer in manifest["layers"].as_array().expect("layers") {
-            assert_eq!(layer["mediaType"], c.media_type());
+            assert_eq!(layer["mediaType"], clip_testkit::layer_media_type(c));
         }
 
         // The registry stores the very blob bytes.

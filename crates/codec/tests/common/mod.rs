@@ -5,7 +5,7 @@
 use std::io::{self, Read, Write};
 
 use clip_codec::{
-    decode_span, sha256, span_fetch_range, CodecError, Compression, IndexingReader, LayerSummary, SpanRef,
+    decode_span, span_fetch_range, CodecError, Compression, Digest, IndexingReader, LayerSummary, SpanRef,
 };
 
 /// xorshift64*: deterministic, dependency-free.
@@ -206,7 +206,7 @@ pub fn check_spans(compression: Compression, summary: &LayerSummary, compressed:
         assert_eq!(cp.out_offset, expected_out, "span {i} does not start where span {} ended", i.wrapping_sub(1));
         expected_out += span.len;
         let want = &original[cp.out_offset as usize..(cp.out_offset + span.len) as usize];
-        assert_eq!(span.digest, sha256(want), "digest of span {i}");
+        assert_eq!(span.digest, Digest::of(want), "digest of span {i}");
         assert!(cp.bits <= 7);
         assert!(cp.window.len() <= 32 * 1024);
         // Windows are trimmed: the output right before the checkpoint with the bytes decoding never uses

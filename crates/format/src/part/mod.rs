@@ -19,7 +19,9 @@ use serde::{Deserialize, Serialize};
 use crate::check::{check_header, check_table, decode_section, find};
 use crate::layout::*;
 use crate::writer::{encode_spans, encode_xattrs, write_container, Strings};
-use crate::{ArchiveKind, Compression, FormatError, SpanSpec, Timestamp, WindowRef, Windows, Xattr};
+use crate::{
+    ArchiveKind, Compression, Corruption, Digest, FormatError, SpanSpec, Timestamp, WindowRef, Windows, Xattr,
+};
 pub use entry::{EntryKind, TarEntry};
 
 /// Version of the part layout; part of every [`part_key`], so a clip with another layout never reads it.
@@ -27,19 +29,19 @@ pub const PART_VERSION: u32 = 1;
 
 /// The name a part is kept under: `sha256-<hex>-s<span size>-v<PART_VERSION>`, safe as a file name and as an
 /// object key.
-pub fn part_key(layer_digest: &str, span_size: u64) -> String {
-    format!("{}-s{span_size}-v{PART_VERSION}", layer_digest.replace(':', "-"))
+pub fn part_key(layer_digest: &Digest, span_size: u64) -> String {
+    format!("{}-{}-s{span_size}-v{PART_VERSION}", layer_digest.algorithm(), layer_digest.hex())
 }
 
 /// What a part records about its layer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartMeta {
-    /// `sha256:…` of the compressed blob.
-    pub digest: String,
+    /// Digest of the compressed blob.
+    pub digest: Digest,
     /// Compressed size in bytes.
     pub size: u64,
-    /// `sha256:…` of the uncompressed tar.
-    pub diff_id: String,
+    /// Digest of the uncompressed tar.
+    pub diff_id: Digest,
     pub uncompressed_size: u64,
     pub compression: Compression,
     /// Uncompressed bytes per span the part was built with.
@@ -110,7 +112,7 @@ impl LayerPart {
         let len = buf.len() as u64;
         let (header, kind) = check_header(buf, len)?;
         if kind != ArchiveKind::LayerPart {
-            return Err(FormatError::corrupt(format!("expected a layer part, found an archive of kind {kind}")));
+            return Err(Corruption::NotAPart { found: kind }.into());
         }
         let start = header.table_offset as usize;
         let sections = check_table(&header, &buf[start..start + header.sections as usize * SECTION_ENTRY_LEN], len)?;
@@ -136,14 +138,14 @@ impl LayerPart {
 /// Decodes and checks the span table: in order, inside the layer, windows inside `WIND`.
 fn decode_spans(raw: &[u8], meta: &PartMeta, windows_len: u64) -> Result<Vec<SpanSpec>, FormatError> {
     if raw.len() % SPAN_LEN != 0 {
-        return Err(FormatError::corrupt("section SPAN is not a whole number of records"));
+        return Err(Corruption::PartialRecord { section: "SPAN", len: raw.len(), record: SPAN_LEN }.into());
     }
     let mut spans: Vec<SpanSpec> = Vec::with_capacity(raw.len() / SPAN_LEN);
     for (i, rec) in raw.chunks_exact(SPAN_LEN).enumerate() {
         let mut r = Le(rec);
         let (out_offset, in_offset, window_off, window_len, bits) = (r.u64(), r.u64(), r.u64(), r.u32(), r.u8());
         r.skip(3);
-        let digest = r.array32();
+        let digest = Digest::from_sha256(r.array32());
         let prev = spans.last().map_or((0, 0), |p| (p.out_offset, p.in_offset));
         let in_order = out_offset >= prev.0 && in_offset >= prev.1;
         let inside = out_offset <= meta.uncompressed_size && in_offset <= meta.size && bits <= 7;
@@ -161,20 +163,22 @@ fn decode_spans(raw: &[u8], meta: &PartMeta, windows_len: u64) -> Result<Vec<Spa
 
 /// Decodes and checks the entries: strings and xattrs inside their sections, file data inside the layer.
 fn decode_entries(entr: &[u8], strs: &[u8], xatr: &[u8], meta: &PartMeta) -> Result<Vec<TarEntry>, FormatError> {
-    if entr.len() % ENTRY_LEN != 0 || xatr.len() % XATTR_LEN != 0 {
-        return Err(FormatError::corrupt("layer part: section ENTR or XATR is not a whole number of records"));
+    for (section, raw, record) in [("ENTR", entr, ENTRY_LEN), ("XATR", xatr, XATTR_LEN)] {
+        if raw.len() % record != 0 {
+            return Err(Corruption::PartialRecord { section, len: raw.len(), record }.into());
+        }
     }
     let string = |off: u32, len: u32| -> Result<Vec<u8>, FormatError> {
         let range = off as usize..off as usize + len as usize;
-        strs.get(range).map(<[u8]>::to_vec).ok_or_else(|| FormatError::corrupt("layer part: string out of range"))
+        let out_of_range = || Corruption::StringRange { offset: u64::from(off), len, size: strs.len() };
+        strs.get(range).map(<[u8]>::to_vec).ok_or_else(|| out_of_range().into())
     };
     let mut entries = Vec::with_capacity(entr.len() / ENTRY_LEN);
     for (i, rec) in entr.chunks_exact(ENTRY_LEN).enumerate() {
         let mut r = Le(rec);
         let code = r.u8();
         r.skip(3);
-        let kind = EntryKind::from_code(code)
-            .ok_or_else(|| FormatError::corrupt(format!("layer part: entry {i} has unknown kind {code}")))?;
+        let kind = EntryKind::from_code(code).ok_or(Corruption::EntryKind { entry: i, code })?;
         let (mode, uid, gid, sec, nsec) = (r.u32(), r.u32(), r.u32(), r.i64(), r.u32());
         let (dev_major, dev_minor, size, data_offset, header_offset) = (r.u32(), r.u32(), r.u64(), r.u64(), r.u64());
         let (path_off, path_len, link_off, link_len, x_first, x_count) =
@@ -185,7 +189,8 @@ fn decode_entries(entr: &[u8], strs: &[u8], xatr: &[u8], meta: &PartMeta) -> Res
             });
         }
         let x_range = x_first as usize * XATTR_LEN..(x_first as usize + x_count as usize) * XATTR_LEN;
-        let x_records = xatr.get(x_range).ok_or_else(|| FormatError::corrupt("layer part: xattrs out of range"))?;
+        let x_records =
+            xatr.get(x_range).ok_or(Corruption::EntryXattrs { entry: i, first: x_first, count: x_count })?;
         let xattrs = x_records
             .chunks_exact(XATTR_LEN)
             .map(|x| {

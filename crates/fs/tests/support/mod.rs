@@ -12,13 +12,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use clip_format::{
-    mode, write_index, Archive, ArchiveKind, Compression, Content, DataRef, ImageMeta, IndexContents, Ino, LayerMeta,
-    NodeSpec, SpanSpec, Timestamp, WindowRef, Windows,
+    mode, write_index, Archive, ArchiveKind, Compression, Content, DataRef, Digest, ImageMeta, IndexContents, Ino,
+    LayerIndex, LayerMeta, NodeSpec, SpanId, SpanSpec, Timestamp, WindowRef, Windows,
 };
 use clip_fs::{mount, ClipFs, FsStats, MountHandle, MountOptions, PassthroughSource};
 use clip_store::{ContentStore, LayerBlobs, StoreConfig, StoreError};
 use futures::future::BoxFuture;
-use sha2::{Digest, Sha256};
 
 pub const SPAN: u64 = 64 * 1024;
 
@@ -80,7 +79,7 @@ impl TreeBuilder {
         let offset = (self.layer.len() as u64).div_ceil(SPAN) * SPAN;
         self.layer.resize(offset as usize, 0);
         self.layer.extend_from_slice(bytes);
-        let data = DataRef { layer: 0, offset, size: bytes.len() as u64 };
+        let data = DataRef { layer: LayerIndex(0), offset, size: bytes.len() as u64 };
         self.files.insert(name.to_string(), data);
         let mut node = spec(mode::S_IFREG | 0o644, Content::File(data));
         edit(&mut node);
@@ -98,7 +97,7 @@ impl TreeBuilder {
                     out_offset: start,
                     in_offset: start,
                     bits: 0,
-                    digest: Sha256::digest(&layer[start as usize..end as usize]).into(),
+                    digest: Digest::of(&layer[start as usize..end as usize]),
                     window: WindowRef::default(),
                 }
             })
@@ -108,12 +107,12 @@ impl TreeBuilder {
             span_size: SPAN,
             layers: vec![LayerMeta {
                 media_type: "application/vnd.oci.image.layer.v1.tar".into(),
-                digest: format!("sha256:{}", hex::encode(Sha256::digest(&layer))),
+                digest: Digest::of(&layer),
                 size: layer.len() as u64,
-                diff_id: String::new(),
+                diff_id: None,
                 uncompressed_size: layer.len() as u64,
                 compression: Compression::None,
-                first_span: 0,
+                first_span: SpanId(0),
                 span_count: spans.len() as u32,
             }],
             ..ImageMeta::default()
@@ -156,7 +155,7 @@ fn overlaps(a: &Range<u64>, b: &Option<Range<u64>>) -> bool {
 }
 
 impl LayerBlobs for TestBlobs {
-    fn read(&self, _layer: u32, range: Range<u64>) -> BoxFuture<'_, Result<Bytes, StoreError>> {
+    fn read(&self, _layer: LayerIndex, range: Range<u64>) -> BoxFuture<'_, Result<Bytes, StoreError>> {
         Box::pin(async move {
             self.reads.fetch_add(1, Ordering::SeqCst);
             if overlaps(&range, &self.slow) {

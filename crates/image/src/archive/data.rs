@@ -8,7 +8,7 @@ use std::io::{BufWriter, Write};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::thread::JoinHandle;
 
-use clip_format::{SpanSpec, WindowRef};
+use clip_format::{Digest, SpanSpec, WindowRef};
 use sha2::{Digest as _, Sha256};
 
 /// How span bytes are stored in the data section.
@@ -27,7 +27,7 @@ pub(crate) struct Written {
     /// Bytes in the data section.
     pub stored: u64,
     /// sha256 of the data section as stored.
-    pub digest: [u8; 32],
+    pub digest: Digest,
 }
 
 /// Feeds file bytes to the writer thread a span at a time.
@@ -117,7 +117,7 @@ fn write_spans(rx: Receiver<Vec<u8>>, out: File, compression: DataCompression) -
     let mut whole = Sha256::new();
     let (mut spans, mut out_offset, mut stored) = (Vec::new(), 0u64, 0u64);
     for span in rx {
-        let digest: [u8; 32] = Sha256::digest(&span).into();
+        let digest = Digest::of(&span);
         let frame;
         let bytes: &[u8] = match compressor.as_mut() {
             Some(c) => {
@@ -133,7 +133,7 @@ fn write_spans(rx: Receiver<Vec<u8>>, out: File, compression: DataCompression) -
         stored += bytes.len() as u64;
     }
     out.flush()?;
-    Ok(Written { spans, stored, digest: whole.finalize().into() })
+    Ok(Written { spans, stored, digest: Digest::from_sha256(whole.finalize().into()) })
 }
 
 #[cfg(test)]
@@ -162,8 +162,8 @@ mod tests {
         assert_eq!(w.stored, 25);
         let starts: Vec<_> = w.spans.iter().map(|s| (s.out_offset, s.in_offset)).collect();
         assert_eq!(starts, [(0, 0), (10, 10), (20, 20)]);
-        assert_eq!(w.spans[2].digest, <[u8; 32]>::from(Sha256::digest(&data[20..])));
-        assert_eq!(w.digest, <[u8; 32]>::from(Sha256::digest(&data)));
+        assert_eq!(w.spans[2].digest, Digest::of(&data[20..]));
+        assert_eq!(w.digest, Digest::of(&data));
     }
 
     #[test]
@@ -177,7 +177,7 @@ mod tests {
             let out = zstd::bulk::decompress(frame, 32 << 10).unwrap();
             let want = &data[s.out_offset as usize..(s.out_offset as usize + out.len())];
             assert_eq!(out, want, "span {i}");
-            assert_eq!(s.digest, <[u8; 32]>::from(Sha256::digest(want)));
+            assert_eq!(s.digest, Digest::of(want));
         }
         assert!(w.stored < 20_000, "{} bytes: not compressed", w.stored);
     }

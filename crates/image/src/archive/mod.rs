@@ -17,7 +17,7 @@ use std::fs::File;
 use std::io::{BufWriter, Seek, Write};
 use std::path::{Path, PathBuf};
 
-use clip_format::{ArchiveKind, Compression, DataSource, ImageMeta, IndexContents, LayerMeta, Windows};
+use clip_format::{ArchiveKind, Compression, DataSource, ImageMeta, IndexContents, LayerMeta, SpanId, Windows};
 use tracing::debug;
 
 pub use data::DataCompression;
@@ -139,15 +139,15 @@ pub fn pack(root: &Path, config: &PackConfig, progress: Option<&PackProgress<'_>
     summary.spans = written.spans.len() as u64;
     let layer = LayerMeta {
         media_type: DATA_MEDIA_TYPE.into(),
-        digest: format!("sha256:{}", hex(&written.digest)),
+        digest: written.digest,
         size: written.stored,
-        diff_id: String::new(),
+        diff_id: None,
         uncompressed_size: summary.data_bytes,
         compression: match config.compression {
             DataCompression::None => Compression::None,
             DataCompression::Zstd { .. } => Compression::Zstd,
         },
-        first_span: 0,
+        first_span: SpanId(0),
         span_count: u32::try_from(written.spans.len()).map_err(|_| too_many(root, "spans"))?,
     };
     let meta = ImageMeta {
@@ -172,8 +172,4 @@ pub fn pack(root: &Path, config: &PackConfig, progress: Option<&PackProgress<'_>
 
 fn too_many(root: &Path, what: &'static str) -> ImageError {
     ImageError::io(root, "packing")(std::io::Error::other(format!("too many {what} for one archive")))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -17,7 +17,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use clip_format::{Content, DataRef, Ino, NodeSpec, Timestamp, Xattr};
+use clip_format::{Content, DataRef, Ino, LayerIndex, NodeSpec, Timestamp, Xattr};
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::{FileStat, Mode, SFlag};
@@ -222,7 +222,7 @@ impl<'p> Walker<'p> {
             warn!(path = %path.display(), expected = st.size, read = size, "file shrank while packing");
         }
         self.summary.files += 1;
-        Ok(DataRef { layer: 0, offset, size })
+        Ok(DataRef { layer: LayerIndex(0), offset, size })
     }
 }
 

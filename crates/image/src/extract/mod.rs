@@ -20,7 +20,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use clip_format::{Archive, FormatError, Ino, NodeKind, NodeView};
+use clip_format::{Archive, Corruption, FormatError, Ino, LayerIndex, NodeKind, NodeView, SpanId, SpanSlice};
 use futures::{StreamExt, TryStreamExt};
 use tracing::{debug, warn};
 
@@ -166,7 +166,7 @@ struct Piece {
 
 /// A span (`None` for empty files) and the pieces of consecutive files it holds: fetched once.
 struct Job {
-    span: Option<(u32, usize)>,
+    span: Option<(LayerIndex, SpanId)>,
     pieces: Vec<Piece>,
 }
 
@@ -179,23 +179,14 @@ fn jobs(archive: &Archive, files: &[(PathBuf, NodeView)]) -> Result<Vec<Job>, Fo
     };
     for (file, (_, node)) in files.iter().enumerate() {
         let d = node.data_ref().unwrap_or_default();
-        let overflow = || FormatError::Corrupt(format!("inode {}: data range overflows", node.ino));
-        let end = d.offset.checked_add(d.size).ok_or_else(overflow)?;
         if d.size == 0 {
             add(None, Piece { file, range: 0..0 });
         }
-        let mut pos = d.offset;
-        while pos < end {
-            let index = archive.find_span(d.layer, pos)?;
-            let span = archive.span_range(d.layer, index)?;
-            if span.start > pos || span.end <= pos {
-                return Err(FormatError::Corrupt(format!("span {index} does not cover offset {pos}")));
-            }
-            let to = end.min(span.end);
-            let from_in = usize::try_from(pos - span.start).map_err(|_| overflow())?;
-            let to_in = usize::try_from(to - span.start).map_err(|_| overflow())?;
-            add(Some((d.layer, index)), Piece { file, range: from_in..to_in });
-            pos = to;
+        for slice in archive.file_spans(d, 0..d.size) {
+            let SpanSlice { span, within, .. } = slice?;
+            // A span's bytes are in memory: its offsets fit a usize once it is loaded.
+            let range = within.start as usize..within.end as usize;
+            add(Some((d.layer, span)), Piece { file, range });
         }
     }
     Ok(jobs)
@@ -245,7 +236,8 @@ async fn write_files(
             }
             let (Some(bytes), Some((_, f))) = (&bytes, open.as_mut()) else { continue };
             let slice = bytes.get(piece.range.clone()).ok_or_else(|| {
-                fmt(FormatError::Corrupt(format!("span {:?} is shorter than {:?}", job.span, piece.range)))
+                let (layer, span) = job.span.unwrap_or_default();
+                fmt(Corruption::SpanGap { layer, span, offset: piece.range.end as u64 }.into())
             })?;
             f.write_all(slice).map_err(ImageError::io(t.display(rel), "writing file"))?;
             stats.bytes += slice.len() as u64;

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use clip_format::{mode, DataRef, Xattr};
+use clip_format::{mode, DataRef, LayerIndex, Xattr};
 
 use super::resolve::{existing_dir, resolve, Component, ResolveError};
 use super::tree::{Body, Meta, NodeId, Tree};
@@ -34,7 +34,7 @@ const IGNORED_XATTRS: &[&[u8]] = &[
 struct Step<'t> {
     tree: &'t mut Tree,
     generation: u32,
-    layer: u32,
+    layer: LayerIndex,
     path: &'t [u8],
     /// What the layer's view needs beyond the tree, when views are recorded.
     record: Option<&'t mut LayerRecord>,
@@ -43,7 +43,7 @@ struct Step<'t> {
 pub(super) fn apply(
     tree: &mut Tree,
     generation: u32,
-    layer: u32,
+    layer: LayerIndex,
     entry: TarEntry,
     record: Option<&mut LayerRecord>,
 ) -> Result<(), MergeError> {
@@ -106,7 +106,7 @@ impl Step<'_> {
         let resolved = self.resolve(dir)?;
         let Some(dir) = existing_dir(self.tree, &resolved) else { return Ok(()) };
         if opaque {
-            tracing::trace!(layer = self.layer, path = %self.path_string(), "opaque whiteout");
+            tracing::trace!(layer = %self.layer, path = %self.path_string(), "opaque whiteout");
             self.remove_lower_below(dir);
             if let Some(record) = self.record.as_deref_mut() {
                 record.opaque.push(dir);

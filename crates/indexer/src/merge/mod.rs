@@ -34,7 +34,7 @@
 //! let mut merger = Merger::new();
 //! for (index, bytes) in layers.iter().enumerate() {
 //!     let entries = TarReader::new(&bytes[..]).collect::<Result<Vec<_>, _>>()?;
-//!     merger.apply_layer(index as u32, entries)?;
+//!     merger.apply_layer(clip_format::LayerIndex::from_index(index), entries)?;
 //! }
 //! let nodes = merger.finish(); // nodes[0] is the root directory
 //! assert_eq!(nodes.len(), 1);
@@ -49,7 +49,7 @@ mod tests;
 mod tree;
 mod view;
 
-use clip_format::NodeSpec;
+use clip_format::{LayerIndex, NodeSpec};
 
 use crate::tar::{EntryKind, TarEntry};
 use tree::Tree;
@@ -59,27 +59,27 @@ pub use view::OPAQUE_XATTR;
 #[derive(Debug, thiserror::Error)]
 pub enum MergeError {
     #[error("layer {layer}: entry path {path:?} is not normalized (empty, '.' or '..' component, or absolute)")]
-    InvalidPath { layer: u32, path: String },
+    InvalidPath { layer: LayerIndex, path: String },
     #[error("layer {layer}: {path:?} has a name longer than 255 bytes, which no Linux file system accepts")]
-    NameTooLong { layer: u32, path: String },
+    NameTooLong { layer: LayerIndex, path: String },
     #[error("layer {layer}: the root directory entry is a {kind:?}: the layer is malformed or hostile")]
-    RootNotDir { layer: u32, kind: EntryKind },
+    RootNotDir { layer: LayerIndex, kind: EntryKind },
     #[error("layer {layer}: cannot create {path:?}: {component:?} is not a directory")]
-    NotADirectory { layer: u32, path: String, component: String },
+    NotADirectory { layer: LayerIndex, path: String, component: String },
     #[error("layer {layer}: hard link {path:?} points to {target:?}, which does not exist (yet)")]
-    HardLinkTargetMissing { layer: u32, path: String, target: String },
+    HardLinkTargetMissing { layer: LayerIndex, path: String, target: String },
     #[error("layer {layer}: hard link {path:?} points to {target:?}, which is a directory")]
-    HardLinkToDirectory { layer: u32, path: String, target: String },
+    HardLinkToDirectory { layer: LayerIndex, path: String, target: String },
     #[error("layer {layer}: symlink {path:?} has an empty target, a NUL byte or more than 4095 bytes")]
-    BadSymlinkTarget { layer: u32, path: String },
+    BadSymlinkTarget { layer: LayerIndex, path: String },
     #[error("layer {layer}: {path:?} is a whiteout without a valid name: the layer is malformed or hostile")]
-    BadWhiteout { layer: u32, path: String },
+    BadWhiteout { layer: LayerIndex, path: String },
     #[error("layer {layer}: resolving {path:?} follows more than 255 symlinks (a symlink loop)")]
-    SymlinkLoop { layer: u32, path: String },
+    SymlinkLoop { layer: LayerIndex, path: String },
     #[error("layer {layer}: resolving {path:?} expands symlinks to an absurd length: the layer is hostile")]
-    ResolutionTooLong { layer: u32, path: String },
+    ResolutionTooLong { layer: LayerIndex, path: String },
     #[error("layer {layer}: the image has more than 2^32 - 2 inodes")]
-    TooManyNodes { layer: u32 },
+    TooManyNodes { layer: LayerIndex },
 }
 
 /// Merges the layers of one image. See the [module docs](self).
@@ -115,14 +115,18 @@ impl Merger {
 
     /// Start applying layer `layer` (the index stored in file [`clip_format::DataRef`]s); feed its entries in
     /// stream order to [`LayerMerge::apply`].
-    pub fn layer(&mut self, layer: u32) -> LayerMerge<'_> {
+    pub fn layer(&mut self, layer: LayerIndex) -> LayerMerge<'_> {
         // 0 marks "never extracted"; 2^32 layers wrap around harmlessly enough to not matter.
         self.generation = self.generation.wrapping_add(1).max(1);
         LayerMerge { merger: self, layer }
     }
 
     /// Apply one layer's entries (in stream order). `layer` is the layer index stored in file DataRefs.
-    pub fn apply_layer(&mut self, layer: u32, entries: impl IntoIterator<Item = TarEntry>) -> Result<(), MergeError> {
+    pub fn apply_layer(
+        &mut self,
+        layer: LayerIndex,
+        entries: impl IntoIterator<Item = TarEntry>,
+    ) -> Result<(), MergeError> {
         let recording = self.record.is_some();
         if recording {
             self.tree.hold_freed();
@@ -167,7 +171,7 @@ impl Merger {
 /// Applies the entries of one layer; made by [`Merger::layer`].
 pub struct LayerMerge<'a> {
     merger: &'a mut Merger,
-    layer: u32,
+    layer: LayerIndex,
 }
 
 impl LayerMerge<'_> {

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use clip_format::{mode, Content, DataRef, Ino, NodeSpec, Timestamp, Xattr};
+use clip_format::{mode, Content, DataRef, Ino, LayerIndex, NodeSpec, Timestamp, Xattr};
 
 use super::*;
 
@@ -101,7 +101,7 @@ impl View {
 fn merge(layers: Vec<Vec<TarEntry>>) -> View {
     let mut m = Merger::new();
     for (i, layer) in layers.into_iter().enumerate() {
-        m.apply_layer(i as u32, layer).unwrap();
+        m.apply_layer(LayerIndex::from_index(i), layer).unwrap();
     }
     View::new(m.finish())
 }
@@ -109,7 +109,7 @@ fn merge(layers: Vec<Vec<TarEntry>>) -> View {
 fn merge_err(layers: Vec<Vec<TarEntry>>) -> MergeError {
     let mut m = Merger::new();
     for (i, layer) in layers.into_iter().enumerate() {
-        if let Err(e) = m.apply_layer(i as u32, layer) {
+        if let Err(e) = m.apply_layer(LayerIndex::from_index(i), layer) {
             return e;
         }
     }
@@ -141,7 +141,7 @@ fn opaque_keeps_entries_of_its_own_layer_before_and_after_the_marker() {
         vec![file("d/new1", 4), file("d/.wh..wh..opq", 0), file("d/new2", 5)],
     ]);
     assert_eq!(v.all(), ["", "/d", "/d/new1", "/d/new2", "/top"]);
-    assert_eq!(v.data("/d/new1").layer, 1);
+    assert_eq!(v.data("/d/new1").layer, LayerIndex(1));
 }
 
 #[test]
@@ -173,19 +173,19 @@ fn whiteout_in_the_same_layer_spares_what_that_layer_made() {
         vec![file("f", 3), file(".wh.f", 0), dir("d"), file("d/upper", 4), file(".wh.d", 0)],
     ]);
     assert_eq!(v.all(), ["", "/d", "/d/upper", "/f"]);
-    assert_eq!(v.data("/f").layer, 1);
+    assert_eq!(v.data("/f").layer, LayerIndex(1));
 }
 
 #[test]
 fn file_dir_file_replacement() {
     let mut m = Merger::new();
-    m.apply_layer(0, vec![file("x", 1)]).unwrap();
-    m.apply_layer(1, vec![dir("x"), file("x/y", 2), dir("x/z")]).unwrap();
+    m.apply_layer(LayerIndex(0), vec![file("x", 1)]).unwrap();
+    m.apply_layer(LayerIndex(1), vec![dir("x"), file("x/y", 2), dir("x/z")]).unwrap();
     assert_eq!(m.len(), 4);
     assert_eq!(View::new(m.finish()).all(), ["", "/x", "/x/y", "/x/z"]);
     let v = merge(vec![vec![file("x", 1)], vec![dir("x"), file("x/y", 2)], vec![file("x", 3)]]);
     assert_eq!(v.all(), ["", "/x"]);
-    assert_eq!(v.data("/x"), DataRef { layer: 2, offset: 3, size: 10 });
+    assert_eq!(v.data("/x"), DataRef { layer: LayerIndex(2), offset: 3, size: 10 });
     // And within one layer.
     let v = merge(vec![vec![dir("x"), file("x/y", 2), file("x", 3), symlink("x", "elsewhere")]]);
     assert_eq!(v.all(), ["", "/x"]);
@@ -195,16 +195,16 @@ fn file_dir_file_replacement() {
 #[test]
 fn hard_link_group_with_a_name_overwritten_later() {
     let mut m = Merger::new();
-    m.apply_layer(0, vec![file("a", 100), hardlink("b", "a"), hardlink("c", "a")]).unwrap();
+    m.apply_layer(LayerIndex(0), vec![file("a", 100), hardlink("b", "a"), hardlink("c", "a")]).unwrap();
     assert_eq!(m.len(), 2, "one inode for three names");
-    m.apply_layer(1, vec![file("b", 200)]).unwrap();
+    m.apply_layer(LayerIndex(1), vec![file("b", 200)]).unwrap();
     assert_eq!(m.len(), 3);
     let v = View::new(m.finish());
     assert_eq!(v.index("/a"), v.index("/c"));
     assert_ne!(v.index("/a"), v.index("/b"));
     assert_eq!((v.nlink("/a"), v.nlink("/b")), (2, 1));
-    assert_eq!(v.data("/a"), DataRef { layer: 0, offset: 100, size: 10 });
-    assert_eq!(v.data("/b"), DataRef { layer: 1, offset: 200, size: 10 });
+    assert_eq!(v.data("/a"), DataRef { layer: LayerIndex(0), offset: 100, size: 10 });
+    assert_eq!(v.data("/b"), DataRef { layer: LayerIndex(1), offset: 200, size: 10 });
     // Whiting out one name keeps the other.
     let v = merge(vec![vec![file("a", 100), hardlink("c", "a")], vec![file(".wh.a", 0)]]);
     assert_eq!(v.all(), ["", "/c"]);
@@ -223,7 +223,7 @@ fn hard_link_to_a_lower_layer_file() {
     assert_eq!(v.nlink("/usr/bin/g"), 2);
     let g = v.get("/usr/bin/g");
     assert_eq!((g.mode, g.uid), (mode::S_IFREG | 0o4755, 7));
-    assert_eq!(v.data("/usr/bin/g"), DataRef { layer: 0, offset: 42, size: 10 });
+    assert_eq!(v.data("/usr/bin/g"), DataRef { layer: LayerIndex(0), offset: 42, size: 10 });
 }
 
 #[test]
@@ -267,7 +267,7 @@ fn non_directory_in_the_way_is_an_error() {
     let err = merge_err(vec![vec![file("a", 1)], vec![file("a/b/c", 2)]]);
     match err {
         MergeError::NotADirectory { layer, path, component } => {
-            assert_eq!((layer, path.as_str(), component.as_str()), (1, "a/b/c", "a"));
+            assert_eq!((layer, path.as_str(), component.as_str()), (LayerIndex(1), "a/b/c", "a"));
         }
         other => panic!("{other}"),
     }
@@ -393,7 +393,7 @@ fn symlinks_in_parent_paths_are_followed_inside_the_root() {
 #[test]
 fn symlink_loops_and_bad_targets() {
     let err = merge_err(vec![vec![symlink("a", "b"), symlink("b", "a/x")], vec![file("a/f", 1)]]);
-    assert!(matches!(err, MergeError::SymlinkLoop { layer: 1, .. }), "{err}");
+    assert!(matches!(err, MergeError::SymlinkLoop { layer: LayerIndex(1), .. }), "{err}");
     let err = merge_err(vec![vec![symlink("s", "")]]);
     assert!(matches!(err, MergeError::BadSymlinkTarget { .. }));
     let err = merge_err(vec![vec![symlink("s", &"x".repeat(4096))]]);
@@ -423,15 +423,15 @@ fn deep_paths_do_not_recurse() {
     small_stack(|| {
         let deep: String = ["d"; 10_000].join("/");
         let mut m = Merger::new();
-        m.apply_layer(0, vec![file(&format!("{deep}/f"), 1), file(&format!("{deep}/g"), 2)]).unwrap();
+        m.apply_layer(LayerIndex(0), vec![file(&format!("{deep}/f"), 1), file(&format!("{deep}/g"), 2)]).unwrap();
         assert_eq!(m.len(), 1 + 10_000 + 2);
-        m.apply_layer(1, vec![file(&format!("{deep}/h"), 3), file(".wh..wh..opq", 0)]).unwrap();
+        m.apply_layer(LayerIndex(1), vec![file(&format!("{deep}/h"), 3), file(".wh..wh..opq", 0)]).unwrap();
         assert_eq!(m.len(), 1 + 10_000 + 1, "the opaque root keeps the layer's own path, drops f and g");
         let specs = m.finish();
         assert_eq!(specs.len(), 10_002);
         let mut m = Merger::new();
-        m.apply_layer(0, vec![file(&format!("{deep}/f"), 1)]).unwrap();
-        m.apply_layer(1, vec![file(".wh.d", 0)]).unwrap();
+        m.apply_layer(LayerIndex(0), vec![file(&format!("{deep}/f"), 1)]).unwrap();
+        m.apply_layer(LayerIndex(1), vec![file(".wh.d", 0)]).unwrap();
         assert_eq!(m.len(), 1);
         drop(specs);
     });
@@ -442,7 +442,7 @@ fn wide_directories() {
     small_stack(|| {
         let names: Vec<String> = (0..100_000).map(|i| format!("w/f{i:06}")).collect();
         let mut m = Merger::new();
-        m.apply_layer(0, names.iter().enumerate().map(|(i, n)| file(n, i as u64))).unwrap();
+        m.apply_layer(LayerIndex(0), names.iter().enumerate().map(|(i, n)| file(n, i as u64))).unwrap();
         assert_eq!(m.len(), 100_002);
         let specs = m.finish();
         let Content::Dir(children) = &specs[1].content else { panic!("w is not a directory") };
@@ -450,8 +450,8 @@ fn wide_directories() {
         assert!(children.windows(2).all(|w| w[0].0 < w[1].0), "children sorted by name");
         assert_eq!(children[5].1, Ino::from_index(2 + 5), "breadth-first numbering");
         let mut m = Merger::new();
-        m.apply_layer(0, names.iter().map(|n| file(n, 0))).unwrap();
-        m.apply_layer(1, vec![file("w/.wh..wh..opq", 0), file("w/new", 1)]).unwrap();
+        m.apply_layer(LayerIndex(0), names.iter().map(|n| file(n, 0))).unwrap();
+        m.apply_layer(LayerIndex(1), vec![file("w/.wh..wh..opq", 0), file("w/new", 1)]).unwrap();
         assert_eq!(m.len(), 3);
     });
 }
@@ -469,7 +469,7 @@ fn deterministic_output() {
     let run = || {
         let mut m = Merger::new();
         for (i, layer) in busy_layers().into_iter().enumerate() {
-            m.apply_layer(i as u32, layer).unwrap();
+            m.apply_layer(LayerIndex::from_index(i), layer).unwrap();
         }
         m.finish()
     };

@@ -163,6 +163,7 @@ fn parse_time(value: &[u8]) -> Option<Timestamp> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tar::tests::pax_record;
 
     fn ts(sec: i64, nsec: u32) -> Option<Timestamp> {
         Some(Timestamp { sec, nsec })
@@ -193,22 +194,10 @@ mod tests {
         assert_eq!(parse_decimal(b"9223372036854775808"), None);
     }
 
-    fn record(key: &str, value: &[u8]) -> Vec<u8> {
-        let body = key.len() + value.len() + 2;
-        let mut len = body + 1;
-        while len != body + 1 + len.to_string().len() {
-            len = body + 1 + len.to_string().len();
-        }
-        let mut out = format!("{len} {key}=").into_bytes();
-        out.extend_from_slice(value);
-        out.push(b'\n');
-        out
-    }
-
     #[test]
     fn records() {
-        let mut data = record("SCHILY.xattr.user.a", b"b=c");
-        data.extend(record("path", b"x"));
+        let mut data = pax_record("SCHILY.xattr.user.a", b"b=c");
+        data.extend(pax_record("path", b"x"));
         let r = Records::parse(&data, 0).unwrap();
         assert_eq!(r.path(), Some(&b"x"[..]));
         let x = r.xattrs().unwrap();

@@ -82,7 +82,7 @@ pub async fn pull_unpack(state_dir: &Path, image: &str, opts: &SourceOptions) ->
 
     let descriptor = |v: &Value| -> Result<Descriptor, NodeError> {
         let digest = v.get("digest").and_then(Value::as_str).unwrap_or_default();
-        let digest: Digest = digest.parse().map_err(ImageError::from)?;
+        let digest = clip_source::parse_digest(digest).map_err(ImageError::from)?;
         let size = v.get("size").and_then(Value::as_u64).unwrap_or_default();
         Ok(Descriptor::new(v.get("mediaType").and_then(Value::as_str).unwrap_or_default(), digest, size))
     };
@@ -110,7 +110,7 @@ pub async fn pull_unpack(state_dir: &Path, image: &str, opts: &SourceOptions) ->
     }
     let resolved = ResolvedImage {
         reference: ImageRef::Layout { dir: layout.clone(), tag: None },
-        manifest_digest: manifest_digest.parse().map_err(ImageError::from)?,
+        manifest_digest: clip_source::parse_digest(&manifest_digest).map_err(ImageError::from)?,
         manifest_bytes: serde_json::to_vec(&manifest).unwrap_or_default(),
         platform,
         layers,
@@ -123,11 +123,8 @@ pub async fn pull_unpack(state_dir: &Path, image: &str, opts: &SourceOptions) ->
     let index = scratch.path().join("merged.clip");
     super::store::build(&resolved, blobs.clone(), &index, image).await?;
     let archive = Arc::new(Archive::open(&index).map_err(ImageError::format(&index))?);
-    let store = ContentStore::new(
-        archive.clone(),
-        Arc::new(SourceBlobs::new(&archive, blobs.clone()).map_err(ImageError::from)?),
-        StoreConfig::default(),
-    );
+    let store =
+        ContentStore::new(archive.clone(), Arc::new(SourceBlobs::new(&archive, blobs.clone())), StoreConfig::default());
     let opened = Opened { archive, store: Arc::new(store), source: Some(blobs), data_object: None };
     let rootfs = scratch.path().join("rootfs");
     clip_image::extract(&opened, &rootfs, None).await?;
@@ -139,7 +136,7 @@ pub async fn pull_unpack(state_dir: &Path, image: &str, opts: &SourceOptions) ->
     let meta = &mut packed.contents_mut().meta;
     meta.source = image.to_owned();
     meta.manifest_digest = Some(manifest_digest.clone());
-    meta.config = clip_indexer::image_config(&config);
+    meta.config = config.runtime.clone();
     let size = packed.write_archive(&out)?;
     info!(archive = %out.display(), size, "v1 archive packed");
     Ok(Unpacked { manifest_digest, key, archive: out })

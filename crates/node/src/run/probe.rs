@@ -33,11 +33,8 @@ pub(crate) async fn range_refused(index: &StoredIndex, opts: &SourceOptions) -> 
             return None;
         }
     };
-    let layers: Vec<Descriptor> = meta
-        .layers
-        .iter()
-        .filter_map(|l| Some(Descriptor::new(l.media_type.clone(), l.digest.parse().ok()?, l.size)))
-        .collect();
+    let layers: Vec<Descriptor> =
+        meta.layers.iter().map(|l| Descriptor::new(l.media_type.clone(), l.digest, l.size)).collect();
     let answers = join_all(layers.iter().map(|d| source.supports_range(d))).await;
     for (layer, answer) in layers.iter().zip(answers) {
         match answer {

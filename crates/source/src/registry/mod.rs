@@ -172,7 +172,7 @@ impl RegistrySource {
         };
         let digest = reference.parse::<Digest>().ok();
         let target = match &digest {
-            Some(d) => Target::ChildManifest(d.clone()),
+            Some(d) => Target::ChildManifest(*d),
             None => Target::Tag(&tagged, reference.to_owned()),
         };
         let bytes = self.0.get_manifest(reference, accept, &target).await?;
@@ -216,8 +216,8 @@ impl Registry {
         };
         let (name, target, wanted) = match digest {
             Some(d) => {
-                let d: Digest = d.parse()?;
-                (d.to_string(), Target::Manifest(reference, d.clone()), Some(d))
+                let d = crate::digest::parse_digest(d)?;
+                (d.to_string(), Target::Manifest(reference, d), Some(d))
             }
             None => {
                 let tag = tag.unwrap_or("latest");
@@ -260,7 +260,7 @@ impl ManifestFetch for Registry {
     fn fetch_manifest<'a>(&'a self, digest: &'a Digest) -> BoxFuture<'a, Result<Vec<u8>, SourceError>> {
         async move {
             let bytes = self
-                .get_manifest(digest.as_str(), &media_types::MANIFESTS, &Target::ChildManifest(digest.clone()))
+                .get_manifest(&digest.to_string(), &media_types::MANIFESTS, &Target::ChildManifest(*digest))
                 .await?;
             verify("manifest", &self.describe(), digest, &bytes)?;
             Ok(bytes.to_vec())

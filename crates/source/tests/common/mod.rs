@@ -33,7 +33,7 @@ impl Blob {
     }
 
     pub fn descriptor(&self) -> clip_source::Descriptor {
-        clip_source::Descriptor::new(&self.media_type, self.digest.clone(), self.data.len() as u64)
+        clip_source::Descriptor::new(&self.media_type, self.digest, self.data.len() as u64)
     }
 }
 
@@ -270,7 +270,7 @@ impl TestRegistry {
         client.auth(&reference, auth, oci_client::RegistryOperation::Push).await.unwrap();
         for blob in blobs {
             client
-                .push_blob(&reference, blob.data.clone(), blob.digest.as_str())
+                .push_blob(&reference, blob.data.clone(), &blob.digest.to_string())
                 .await
                 .unwrap_or_else(|e| panic!("pushing blob {}: {e}\n{}", blob.digest, self.log()));
         }

@@ -12,10 +12,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use clip_codec::{Compression as Codec, IndexingReader};
+use clip_codec::IndexingReader;
 use clip_format::{
-    mode, Archive, ArchiveKind, Compression, Content, DataRef, ImageMeta, IndexContents, Ino, LayerMeta, NodeSpec,
-    SpanSpec, Timestamp, Windows,
+    mode, Archive, ArchiveKind, Compression, Content, DataRef, Digest, ImageMeta, IndexContents, Ino, LayerIndex,
+    LayerMeta, NodeSpec, SpanId, SpanSpec, Timestamp, Windows,
 };
 use clip_store::{failure_holdoff, ContentStore, LayerBlobs, ManualClock, StoreConfig, StoreError};
 use futures::future::BoxFuture;
@@ -63,12 +63,7 @@ impl Layer {
     }
 
     fn index(blob: Vec<u8>, plain: Vec<u8>, compression: Compression, span_size: u64) -> Layer {
-        let codec = match compression {
-            Compression::None => Codec::None,
-            Compression::Gzip => Codec::Gzip,
-            Compression::Zstd => Codec::Zstd,
-        };
-        let mut reader = IndexingReader::new(&blob[..], codec, span_size);
+        let mut reader = IndexingReader::new(&blob[..], compression, span_size);
         let mut out = Vec::new();
         reader.read_to_end(&mut out).unwrap();
         assert_eq!(out, plain);
@@ -84,13 +79,8 @@ impl Layer {
 
     /// The compressed range the store fetches for span `i` of this layer.
     pub fn fetch_range(&self, i: usize) -> Range<u64> {
-        let codec = match self.compression {
-            Compression::None => Codec::None,
-            Compression::Gzip => Codec::Gzip,
-            Compression::Zstd => Codec::Zstd,
-        };
         let refs: Vec<_> = self.spans.iter().map(|s| s.as_ref()).collect();
-        clip_codec::span_fetch_range(codec, &refs, i, self.blob.len() as u64)
+        clip_codec::span_fetch_range(self.compression, &refs, i, self.blob.len() as u64)
     }
 }
 
@@ -116,12 +106,12 @@ impl Fixture {
                     Compression::Gzip => "application/vnd.oci.image.layer.v1.tar+gzip".into(),
                     _ => "application/vnd.oci.image.layer.v1.tar".into(),
                 },
-                digest: format!("sha256:{}", hex::encode(clip_codec::sha256(&l.blob))),
+                digest: Digest::of(&l.blob),
                 size: l.blob.len() as u64,
-                diff_id: String::new(),
+                diff_id: None,
                 uncompressed_size: l.plain.len() as u64,
                 compression: l.compression,
-                first_span: spans.len() as u32,
+                first_span: SpanId::from_index(spans.len()),
                 span_count: l.spans.len() as u32,
             });
             spans.extend(l.spans.iter().map(|s| SpanSpec {
@@ -160,17 +150,19 @@ impl Fixture {
 
     /// The bytes a file should have.
     pub fn expected(&self, d: DataRef) -> &[u8] {
-        &self.layers[d.layer as usize].plain[d.offset as usize..(d.offset + d.size) as usize]
+        &self.layers[d.layer.index()].plain[d.offset as usize..(d.offset + d.size) as usize]
     }
 
     /// The whole-table index of span `i` of `layer`.
-    pub fn span_index(&self, layer: u32, i: usize) -> usize {
-        self.first_span[layer as usize] + i
+    pub fn span_index(&self, layer: u32, i: usize) -> SpanId {
+        SpanId::from_index(self.first_span[layer as usize] + i)
     }
 
     /// Every span of every layer, in order.
-    pub fn all_spans(&self) -> Vec<(u32, usize)> {
-        (0..self.layers.len()).flat_map(|l| (0..self.layers[l].spans.len()).map(move |i| (l as u32, i))).collect()
+    pub fn all_spans(&self) -> Vec<(LayerIndex, usize)> {
+        (0..self.layers.len())
+            .flat_map(|l| (0..self.layers[l].spans.len()).map(move |i| (LayerIndex::from_index(l), i)))
+            .collect()
     }
 }
 
@@ -202,7 +194,7 @@ impl HoldOff {
 /// One request to [`TestBlobs`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
-    pub layer: u32,
+    pub layer: LayerIndex,
     pub range: Range<u64>,
     pub at: Instant,
 }
@@ -251,7 +243,7 @@ impl TestBlobs {
 
     /// The requested `(layer, range)` pairs, sorted.
     pub fn ranges(&self) -> Vec<(u32, Range<u64>)> {
-        let mut r: Vec<_> = self.requests().into_iter().map(|r| (r.layer, r.range)).collect();
+        let mut r: Vec<_> = self.requests().into_iter().map(|r| (r.layer.0, r.range)).collect();
         r.sort_by_key(|(l, r)| (*l, r.start, r.end));
         r
     }
@@ -274,7 +266,7 @@ impl Drop for Active<'_> {
 }
 
 impl LayerBlobs for TestBlobs {
-    fn read(&self, layer: u32, range: Range<u64>) -> BoxFuture<'_, Result<Bytes, StoreError>> {
+    fn read(&self, layer: LayerIndex, range: Range<u64>) -> BoxFuture<'_, Result<Bytes, StoreError>> {
         Box::pin(async move {
             self.requests.lock().unwrap().push(Request { layer, range: range.clone(), at: Instant::now() });
             let now = self.active.fetch_add(1, Ordering::SeqCst) + 1;
@@ -290,7 +282,7 @@ impl LayerBlobs for TestBlobs {
             if self.fail.load(Ordering::SeqCst) {
                 return Err(io("injected failure"));
             }
-            let blob = self.layers.get(layer as usize).ok_or_else(|| io("no such layer"))?;
+            let blob = self.layers.get(layer.index()).ok_or_else(|| io("no such layer"))?;
             let mut out =
                 blob.get(range.start as usize..range.end as usize).ok_or_else(|| io("range out of bounds"))?.to_vec();
             let corrupt_one =
