@@ -8,6 +8,8 @@
 //! - [`Registry`] — Debian's `docker-registry` started on a free port (optionally with basic auth), killed
 //!   on drop; panics when it cannot start, so tests fail instead of skipping.
 //! - [`S3Server`] — PyPI's `moto_server` on a free port (optionally checking credentials), killed on drop.
+//! - [`Containerd`] — Debian's containerd with a private config and socket, remote snapshotters as proxy
+//!   plugins, `ctr` / `ctr-remote` bound to it; tasks killed, mounts undone and state removed on drop.
 //! - [`reference_rootfs`] — a root filesystem directory on disk with every correctness-reference case.
 //! - [`LayerBuilder`] / [`Entry`] — tar layers with control over every header: all entry types, whiteouts,
 //!   opaque markers, modes, big uid/gid (PAX or GNU base-256), nanosecond mtimes, xattrs, long names (PAX,
@@ -42,6 +44,7 @@
 mod compare;
 mod compress;
 pub mod conformance;
+mod containerd;
 mod error;
 mod fixtures;
 mod layer;
@@ -57,6 +60,7 @@ mod umoci;
 pub use compare::{assert_matches_umoci, assert_trees_equal, compare, CompareOpts};
 pub use compress::{compress, decompress, gzip_cli, gzip_multi_member, zstd_multi_frame, Compression};
 pub use conformance::{conformance_image, conformance_layers};
+pub use containerd::{unmount_under, Containerd, CONTAINERD_BINARY};
 pub use error::{run, try_run, Error};
 pub use fixtures::{big_gzip_layer, big_layer_tar, pseudo_random_bytes};
 pub use layer::{
