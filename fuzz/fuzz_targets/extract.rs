@@ -30,8 +30,7 @@ impl LayerBlobs for InputData {
         Box::pin(async move {
             let len = self.0.len() as u64;
             if range.start > range.end || range.end > len {
-                let why = format!("range {}..{} beyond the {len}-byte data section", range.start, range.end);
-                return Err(StoreError::Layer { layer, media_type: String::new(), why });
+                return Err(StoreError::OutOfRange { layer, range, len });
             }
             Ok(self.0.slice(range.start as usize..range.end as usize))
         })

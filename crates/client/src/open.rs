@@ -130,6 +130,8 @@ pub async fn open_archive(location: impl Into<Location>, opts: &OpenOptions) -> 
     let Loaded { archive, object, .. } = load_archive(&location, opts).await?;
     let mut store_config = opts.store.clone();
     let (blobs, source, data_object): (Arc<dyn LayerBlobs>, _, _) = match archive.kind() {
+        // `Archive` refuses to open a layer part.
+        ArchiveKind::LayerPart => return Err(ClientError::Archive(clip_format::FormatError::LayerPart)),
         ArchiveKind::IndexOnly => {
             let source = open_image_source(&location, &archive, &opts.source).await?;
             (Arc::new(SourceBlobs::new(&archive, source.clone())?), Some(source), None)

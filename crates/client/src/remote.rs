@@ -34,15 +34,11 @@ impl S3Data {
 impl LayerBlobs for S3Data {
     fn read(&self, layer: u32, range: Range<u64>) -> BoxFuture<'_, Result<Bytes, StoreError>> {
         Box::pin(async move {
-            if layer != 0 || range.end > self.data_len || range.start > range.end {
-                return Err(StoreError::Layer {
-                    layer,
-                    media_type: String::new(),
-                    why: format!(
-                        "range {}..{} is outside the {}-byte data section",
-                        range.start, range.end, self.data_len
-                    ),
-                });
+            if layer != 0 {
+                return Err(StoreError::NoLayer { layer, layers: 1 });
+            }
+            if range.end > self.data_len || range.start > range.end {
+                return Err(StoreError::OutOfRange { layer, range, len: self.data_len });
             }
             let abs = self.data_offset + range.start..self.data_offset + range.end;
             // The content store's error type has no S3 variant; the S3 error stays the I/O error's source.

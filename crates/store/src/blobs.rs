@@ -57,11 +57,8 @@ impl SourceBlobs {
 impl LayerBlobs for SourceBlobs {
     fn read(&self, layer: u32, range: Range<u64>) -> BoxFuture<'_, Result<Bytes, StoreError>> {
         Box::pin(async move {
-            let desc = self.layers.get(layer as usize).ok_or_else(|| StoreError::Layer {
-                layer,
-                media_type: String::new(),
-                why: "no such layer in the index".into(),
-            })?;
+            let layers = self.layers.len();
+            let desc = self.layers.get(layer as usize).ok_or(StoreError::NoLayer { layer, layers })?;
             self.source.read_range(desc, range).await.map_err(|source| StoreError::Source { layer, source })
         })
     }
@@ -83,11 +80,7 @@ impl LocalData {
     /// Opens the data section of the archive at `path`.
     pub fn open(path: PathBuf, archive: &Archive) -> Result<LocalData, StoreError> {
         if archive.kind() != ArchiveKind::DataCarrying {
-            return Err(StoreError::Layer {
-                layer: 0,
-                media_type: String::new(),
-                why: "not a data-carrying archive".into(),
-            });
+            return Err(StoreError::NotDataCarrying { path });
         }
         let sec =
             archive.section(clip_format::layout::SEC_DATA).ok_or(clip_format::FormatError::MissingSection("DATA"))?;
@@ -98,11 +91,11 @@ impl LocalData {
 }
 
 impl LayerBlobs for LocalData {
-    fn read(&self, _layer: u32, range: Range<u64>) -> BoxFuture<'_, Result<Bytes, StoreError>> {
+    fn read(&self, layer: u32, range: Range<u64>) -> BoxFuture<'_, Result<Bytes, StoreError>> {
         Box::pin(async move {
             let io = |source| StoreError::Io { path: self.path.display().to_string(), source };
             if range.end > self.data_len || range.start > range.end {
-                return Err(io(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "range beyond data section")));
+                return Err(StoreError::OutOfRange { layer, range, len: self.data_len });
             }
             let mut buf = vec![0u8; (range.end - range.start) as usize];
             self.file.read_exact_at(&mut buf, self.data_offset + range.start).map_err(io)?;

@@ -24,6 +24,16 @@ pub enum StoreError {
     Verify { layer: u32, span: usize, expected: String, actual: String },
     #[error("layer {layer} ({media_type}) cannot be read: {why}")]
     Layer { layer: u32, media_type: String, why: String },
+    #[error("layer {layer} is not in the index (it lists {layers} layers)")]
+    NoLayer { layer: u32, layers: usize },
+    #[error("layer {layer}: bytes {}..{} are beyond the {len} bytes it is read from", range.start, range.end)]
+    OutOfRange { layer: u32, range: std::ops::Range<u64>, len: u64 },
+    #[error(
+        "{}: not a data-carrying archive (an index-only archive reads file bytes from its image's registry or \
+         layout)",
+        path.display()
+    )]
+    NotDataCarrying { path: std::path::PathBuf },
     #[error("read of {path}")]
     Io {
         path: String,
@@ -38,8 +48,19 @@ pub enum StoreError {
     Timeout { layer: u32, span: usize, after: std::time::Duration },
     #[error("a span fetch was cancelled: {0}")]
     Task(String),
-    #[error("layer {layer} span {span}: a concurrent fetch of this span failed: {message}")]
-    Joined { layer: u32, span: usize, message: String },
+    /// A lookup that ran into a failure of the span's load this reader did not run itself: a concurrent
+    /// one, or one that failed within the hold-off ([`crate::failure_holdoff`]).
+    #[error("layer {layer} span {span}: a concurrent fetch of this span failed")]
+    Joined {
+        layer: u32,
+        span: usize,
+        #[source]
+        source: std::sync::Arc<StoreError>,
+    },
+    /// The failure of the load this reader ran, as it is shared with the readers who joined it; reads
+    /// like the failure itself ([`StoreError::cause`] reaches it).
+    #[error(transparent)]
+    Shared(std::sync::Arc<StoreError>),
     #[error("content cache tier, span sha256 {digest}: {reason}")]
     Tier { digest: String, reason: String },
     #[error("disk cache {} (check that the directory is writable, or choose another cache directory)", path.display())]
@@ -48,4 +69,14 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl StoreError {
+    /// The failure itself, looking through [`StoreError::Shared`] and [`StoreError::Joined`].
+    pub fn cause(&self) -> &StoreError {
+        match self {
+            StoreError::Shared(inner) | StoreError::Joined { source: inner, .. } => inner.cause(),
+            other => other,
+        }
+    }
 }

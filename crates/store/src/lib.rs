@@ -11,6 +11,9 @@
 //!   with LRU eviction, written atomically and verified when read.
 //! - [`RemoteSpanCache`]: an optional second tier shared by a fleet (e.g. an S3 bucket), asked after the
 //!   disk cache and before the source, and filled in the background with what the source served.
+//! - [`StoreConfig`]: how a store behaves; its [`Clock`] times the failure hold-off and the tier's backoff
+//!   ([`ManualClock`] lets tests step past them). A failure shared by concurrent readers stays typed
+//!   ([`StoreError::Joined`], [`StoreError::Shared`]; [`StoreError::cause`] reaches it).
 //!
 //! ```no_run
 //! # async fn demo(archive: std::sync::Arc<clip_format::Archive>,
@@ -27,7 +30,10 @@
 
 mod blobs;
 mod cache;
+mod config;
 mod error;
+mod fetch;
+mod flight;
 mod materialize;
 mod memory;
 mod remote;
@@ -38,11 +44,18 @@ mod store;
 pub use blobs::{LayerBlobs, LocalData, SourceBlobs};
 pub use cache::{default_cache_dir, private_dir, CacheStats, DiskCache, Evicted};
 pub use clip_source::error_chain;
+pub use config::{failure_holdoff, Clock, ManualClock, StoreConfig, SystemClock, VERIFY_ATTEMPTS};
 pub use error::StoreError;
 pub use remote::{RemoteSpanCache, RemoteTier, TIER_BACKOFF, TIER_WARN_EVERY};
 pub use schedule::PrefetchSummary;
 pub use stats::{LatencyHistogram, StoreStats, FETCH_LATENCY_BOUNDS_MS};
-pub use store::{failure_holdoff, ContentStore, SpanBytes, StoreConfig, VERIFY_ATTEMPTS};
+pub use store::{ContentStore, SpanBytes};
+
+/// The sha256 of `bytes`: the name of a span's bytes, in the index and in the disk cache.
+pub(crate) fn sha256(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(bytes).into()
+}
 
 /// Locks `m`, carrying on after a panic elsewhere poisoned it (the guarded state stays consistent).
 pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -2,17 +2,21 @@
 //! S3 bucket, say), asked after the disk cache misses and before the blob source; spans fetched from the
 //! source are published to it in the background. The tier is only ever an optimisation: its bytes are
 //! verified like any other, and when it fails or is slow the store goes to the source, warning once in a
-//! while ([`TierHealth`]) and never failing a read because of it.
+//! while ([`TierHealth`]) and never failing a read because of it. [`Tier`] is the store's use of it.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
+use tokio::runtime::Handle;
 use tracing::{debug, warn};
 
-use crate::StoreError;
+use crate::fetch::verified;
+use crate::stats::Counters;
+use crate::{Clock, DiskCache, SpanBytes, StoreError};
 
 /// A shared cache of decoded spans, keyed by the sha256 of their bytes.
 pub trait RemoteSpanCache: Send + Sync {
@@ -42,6 +46,7 @@ pub const TIER_WARN_EVERY: Duration = Duration::from_secs(300);
 
 /// Failures of the tier: skips it for [`TIER_BACKOFF`] after one, and rate-limits the warnings.
 pub(crate) struct TierHealth {
+    clock: Arc<dyn Clock>,
     epoch: Instant,
     /// Milliseconds since `epoch` until which the tier is skipped.
     down_until_ms: AtomicU64,
@@ -50,12 +55,13 @@ pub(crate) struct TierHealth {
 }
 
 impl TierHealth {
-    pub fn new() -> TierHealth {
-        TierHealth { epoch: Instant::now(), down_until_ms: AtomicU64::new(0), warned_ms: AtomicU64::new(0) }
+    pub fn new(clock: Arc<dyn Clock>) -> TierHealth {
+        let epoch = clock.now();
+        TierHealth { clock, epoch, down_until_ms: AtomicU64::new(0), warned_ms: AtomicU64::new(0) }
     }
 
     fn now_ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+        u64::try_from(self.clock.now().duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
     }
 
     /// Whether the tier should be asked now.
@@ -77,20 +83,114 @@ impl TierHealth {
     }
 }
 
+/// The store's use of its remote tier: asks it (bounded by a timeout, its bytes verified), publishes
+/// to it in the background, and skips it while it is failing.
+pub(crate) struct Tier {
+    tier: RemoteTier,
+    timeout: Duration,
+    health: Arc<TierHealth>,
+}
+
+impl Tier {
+    /// `tier`, each request bounded by `timeout`, its backoff timed by `clock`.
+    pub fn new(tier: RemoteTier, timeout: Duration, clock: Arc<dyn Clock>) -> Tier {
+        Tier { tier, timeout, health: Arc::new(TierHealth::new(clock)) }
+    }
+
+    /// The span with sha256 `digest` (`len` bytes), verified and written to `disk`; `None` when the tier is
+    /// backing off, does not hold the span, fails, or serves bad bytes.
+    pub async fn get(
+        &self,
+        digest: &[u8; 32],
+        len: u64,
+        disk: Option<Arc<DiskCache>>,
+        counters: &Counters,
+    ) -> Option<SpanBytes> {
+        if !self.health.usable() {
+            return None;
+        }
+        let bytes = match bounded(self.timeout, digest, self.tier.0.get(digest, len)).await {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => {
+                Counters::bump(&counters.tier_misses);
+                return None;
+            }
+            Err(error) => {
+                Counters::bump(&counters.tier_errors);
+                self.health.failed(&self.tier.0.describe(), "get", &error);
+                return None;
+            }
+        };
+        let expected = *digest;
+        let checked =
+            tokio::task::spawn_blocking(move || verified(&bytes, &expected, len, disk.as_ref())).await.ok()?;
+        match checked {
+            Ok(bytes) => {
+                Counters::bump(&counters.tier_hits);
+                Some(bytes)
+            }
+            Err(actual) => {
+                Counters::bump(&counters.tier_rejected);
+                warn!(tier = %self.tier.0.describe(), expected = %hex::encode(digest), actual = %hex::encode(actual),
+                    "content cache tier object fails verification; ignored");
+                None
+            }
+        }
+    }
+
+    /// Publishes verified `bytes` in the background on `runtime` (the reader does not wait).
+    pub fn publish(&self, digest: [u8; 32], bytes: &SpanBytes, runtime: &Handle, counters: &Counters) {
+        if !self.health.usable() {
+            return;
+        }
+        let bytes = Bytes::from_owner(bytes.clone());
+        let (tier, timeout, health) = (self.tier.clone(), self.timeout, Arc::clone(&self.health));
+        let (puts, errors) = (counters.tier_puts.clone(), counters.tier_errors.clone());
+        runtime.spawn(async move {
+            match bounded(timeout, &digest, tier.0.put(&digest, bytes)).await {
+                Ok(()) => Counters::bump(&puts),
+                Err(error) => {
+                    Counters::bump(&errors);
+                    health.failed(&tier.0.describe(), "put", &error);
+                }
+            }
+        });
+    }
+}
+
+/// `request` to the tier about span `digest`, failing with [`StoreError::Tier`] after `timeout`.
+async fn bounded<T>(
+    timeout: Duration,
+    digest: &[u8; 32],
+    request: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(timeout, request).await.unwrap_or_else(|_| {
+        Err(StoreError::Tier {
+            digest: hex::encode(digest),
+            reason: format!("no answer within {} s", timeout.as_secs_f64()),
+        })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ManualClock;
 
     #[test]
     fn a_failure_backs_off_and_warns_once() {
-        let h = TierHealth::new();
+        let clock = Arc::new(ManualClock::new());
+        let h = TierHealth::new(clock.clone());
         assert!(h.usable());
         let e = StoreError::Tier { digest: "ab".into(), reason: "down".into() };
         h.failed("t", "get", &e);
         assert!(!h.usable());
         let first = h.warned_ms.load(Ordering::Relaxed);
         assert!(first > 0);
+        clock.advance(Duration::from_secs(1));
         h.failed("t", "get", &e);
         assert_eq!(h.warned_ms.load(Ordering::Relaxed), first, "a second failure soon after does not warn again");
+        clock.advance(TIER_BACKOFF);
+        assert!(h.usable(), "the tier is asked again after the backoff");
     }
 }

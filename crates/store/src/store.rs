@@ -7,98 +7,39 @@
 //! published to it in the background; a failing tier only sends reads to the source.
 //!
 //! Failure policy: bytes that fail verification (or do not decode) are fetched again, up to
-//! [`VERIFY_ATTEMPTS`] times in all, and never served. Every read has a deadline
+//! [`crate::VERIFY_ATTEMPTS`] times in all, and never served. Every read has a deadline
 //! ([`StoreConfig::read_timeout`]) covering the whole lookup, the source's retries included; past it the
 //! read fails. A failed lookup leaves almost nothing behind: for [`failure_holdoff`] (at most 1 s)
 //! further lookups of the span fail at once with the same error, because the kernel answers a failed
 //! readahead by asking again for the same page straight away, and that retry must not wait out a second
 //! deadline; after that the next read of the span starts afresh, so reads work again as soon as the
 //! source does.
+//!
+//! This module is the read path; each step lives apart: the memory tier in `memory`, single flight and
+//! hold-off in `flight`, the remote tier in `remote`, fetch and verification in `fetch`, the disk cache
+//! in `cache`, loading ahead in `schedule`, and the settings in `config`.
 
 use std::collections::{HashMap, HashSet};
-use std::ops::Range;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
-use clip_codec::{CheckpointRef, Compression as Codec, SpanRef};
-use clip_format::{Archive, Compression, DataRef, FormatError, SpanView};
-use sha2::{Digest as _, Sha256};
+use clip_format::{Archive, DataRef, FormatError};
 use tokio::runtime::Handle;
-use tokio::sync::{Notify, OnceCell, Semaphore};
-use tracing::{debug, info, warn};
+use tokio::sync::{Notify, Semaphore};
+use tracing::{info, warn};
 
+use crate::flight::Flights;
 use crate::memory::Lru;
-use crate::remote::TierHealth;
+use crate::remote::Tier;
 use crate::schedule::Stream;
-use crate::stats::{Counters, InFlight};
-use crate::{lock, DiskCache, LayerBlobs, RemoteTier, StoreError, StoreStats};
+use crate::stats::Counters;
+use crate::{failure_holdoff, lock, DiskCache, LayerBlobs, StoreConfig, StoreError, StoreStats};
 
 /// Decoded, verified bytes of one span.
 pub type SpanBytes = Arc<[u8]>;
 
 /// The most a [`ContentStore::read`] reserves before any byte arrives.
 const MAX_PREALLOC: u64 = 8 << 20;
-
-/// How a [`ContentStore`] behaves.
-#[derive(Debug, Clone)]
-pub struct StoreConfig {
-    /// Bytes of decoded spans kept in memory (least recently used dropped first). Default 32 MiB.
-    pub memory_bytes: u64,
-    /// The disk cache directory ([`crate::default_cache_dir`] is the usual choice); `None` (the default)
-    /// keeps spans in memory only.
-    pub cache_dir: Option<PathBuf>,
-    /// Bound of the disk cache in bytes. Default 10 GiB.
-    pub cache_size: u64,
-    /// Spans loaded ahead of a sequential reader (0 turns readahead off). Default 2.
-    pub readahead_spans: usize,
-    /// Spans [`ContentStore::prefetch_all`] loads at once (at least 1). Default 1.
-    pub prefetch_concurrency: usize,
-    /// Spans [`ContentStore::prefetch_spans`] (a startup profile) loads at once (at least 1). Default 4.
-    pub profile_concurrency: usize,
-    /// [`ContentStore::warm_file`] loads every span of files up to this size as soon as they are opened,
-    /// concurrently, instead of one span per read as the reader gets there (0 turns it off). Default 16 MiB.
-    pub open_prefetch_max: u64,
-    /// Largest file [`ContentStore::cached_file`] assembles while the caller waits; larger ones are
-    /// assembled in the background. Default 64 MiB.
-    pub passthrough_inline_max: u64,
-    /// How long one read may take, fetches and their retries included, before it fails (a FUSE reader
-    /// gets `EIO`). Default 30 s.
-    pub read_timeout: Duration,
-    /// A second cache tier shared by many machines, asked after the disk cache and filled with what the
-    /// source served (see [`crate::RemoteSpanCache`]). Default none.
-    pub remote: Option<RemoteTier>,
-    /// How long one request to the remote tier may take before the store goes to the source. Default 2 s.
-    pub remote_timeout: Duration,
-}
-
-/// Fetches of one span, the first included, before bytes that fail verification make the read fail.
-pub const VERIFY_ATTEMPTS: u32 = 3;
-
-/// How long a span whose lookup failed keeps failing at once: 1 s, or half the read deadline if that
-/// is shorter. See the module docs.
-pub fn failure_holdoff(read_timeout: Duration) -> Duration {
-    (read_timeout / 2).min(Duration::from_secs(1))
-}
-
-impl Default for StoreConfig {
-    fn default() -> Self {
-        StoreConfig {
-            memory_bytes: 32 << 20,
-            cache_dir: None,
-            cache_size: 10 << 30,
-            readahead_spans: 2,
-            prefetch_concurrency: 1,
-            profile_concurrency: 4,
-            open_prefetch_max: 16 << 20,
-            passthrough_inline_max: 64 << 20,
-            read_timeout: Duration::from_secs(30),
-            remote: None,
-            remote_timeout: Duration::from_secs(2),
-        }
-    }
-}
 
 /// Who wants a span: decides whether it is kept in memory and whether prefetch must wait for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,9 +52,6 @@ pub(crate) enum Priority {
     Prefetch,
 }
 
-/// One span lookup shared by everyone asking for it meanwhile; an error is shared as its message.
-type Flight = Arc<OnceCell<Result<SpanBytes, String>>>;
-
 /// Serves file bytes of one archive.
 pub struct ContentStore {
     pub(crate) inner: Arc<Inner>,
@@ -122,15 +60,14 @@ pub struct ContentStore {
 /// The state of a store, shared with its background tasks.
 pub(crate) struct Inner {
     pub archive: Arc<Archive>,
-    blobs: Arc<dyn LayerBlobs>,
+    pub blobs: Arc<dyn LayerBlobs>,
     pub config: StoreConfig,
     pub disk: Option<Arc<DiskCache>>,
     /// The runtime the store was made on, for background work started from non-runtime threads.
     pub runtime: Option<Handle>,
     memory: Mutex<Lru>,
-    inflight: Mutex<HashMap<usize, Flight>>,
-    /// Spans whose last lookup failed: when, and the error message (see [`failure_holdoff`]).
-    failures: Mutex<HashMap<usize, (Instant, String)>>,
+    /// Span loads in flight and recent failures.
+    flights: Flights,
     pub counters: Counters,
     /// Readahead state per file.
     pub streams: Mutex<HashMap<DataRef, Stream>>,
@@ -140,8 +77,8 @@ pub(crate) struct Inner {
     pub prefetch_permits: Arc<Semaphore>,
     /// Keys of files being materialized in the background.
     pub materializing: Mutex<HashSet<[u8; 32]>>,
-    /// Failures of the remote tier (backoff, rate-limited warnings).
-    tier_health: Arc<TierHealth>,
+    /// The remote tier, if the config names one.
+    tier: Option<Tier>,
     /// Layers read at least once (logged once each, at info).
     touched: Vec<std::sync::atomic::AtomicBool>,
 }
@@ -170,6 +107,9 @@ impl ContentStore {
     ) -> ContentStore {
         let layers = archive.meta().layers.len();
         let permits = config.prefetch_concurrency.max(1);
+        let clock = Arc::clone(&config.clock);
+        let flights = Flights::new(Arc::clone(&clock), failure_holdoff(config.read_timeout));
+        let tier = config.remote.clone().map(|remote| Tier::new(remote, config.remote_timeout, clock));
         ContentStore {
             inner: Arc::new(Inner {
                 archive,
@@ -178,15 +118,14 @@ impl ContentStore {
                 disk,
                 runtime: Handle::try_current().ok(),
                 memory: Mutex::default(),
-                inflight: Mutex::default(),
-                failures: Mutex::default(),
+                flights,
                 counters: Counters::new(layers),
                 streams: Mutex::default(),
                 foreground: AtomicUsize::new(0),
                 idle: Notify::new(),
                 prefetch_permits: Arc::new(Semaphore::new(permits)),
                 materializing: Mutex::default(),
-                tier_health: Arc::new(TierHealth::new()),
+                tier,
                 touched: (0..layers).map(|_| std::sync::atomic::AtomicBool::new(false)).collect(),
             }),
         }
@@ -315,9 +254,10 @@ impl Inner {
         deadline: tokio::time::Instant,
     ) -> Result<SpanBytes, StoreError> {
         if !self.archive.layer_spans(layer)?.contains(&index) {
+            let media_type = self.archive.meta().layers.get(layer as usize).map(|l| l.media_type.clone());
             return Err(StoreError::Layer {
                 layer,
-                media_type: String::new(),
+                media_type: media_type.unwrap_or_default(),
                 why: format!("span {index} is not one of its spans"),
             });
         }
@@ -328,73 +268,23 @@ impl Inner {
                 return Ok(bytes);
             }
         }
-        if let Some(message) = self.recent_failure(index) {
-            return Err(StoreError::Joined { layer, span: index, message });
+        if let Some(error) = self.flights.recent_failure(layer, index) {
+            return Err(error);
         }
         let _foreground = keep.then(|| Foreground::enter(self));
-        let flight = {
-            let mut inflight = lock(&self.inflight);
-            let flight = inflight.entry(index).or_default();
-            // A flight is retired by whoever finishes it. Should a failed one ever linger, its error must
-            // not stick to the span: start afresh.
-            if flight.get().is_some_and(|result| result.is_err()) {
-                *flight = Flight::default();
-            }
-            flight.clone()
-        };
-        let mut own_error = None;
         let timeout = self.config.read_timeout;
-        let shared = flight
-            .get_or_init(|| async {
-                let loaded = tokio::time::timeout_at(deadline, self.load(layer, index))
-                    .await
-                    .unwrap_or(Err(StoreError::Timeout { layer, span: index, after: timeout }));
-                loaded.map_err(|e| {
-                    let message = crate::error_chain(&e);
-                    own_error = Some(e);
-                    message
-                })
-            })
-            .await;
-        let result = match shared {
-            Ok(bytes) => Ok(bytes.clone()),
-            Err(message) => Err(own_error.take().unwrap_or_else(|| StoreError::Joined {
+        let load = async {
+            tokio::time::timeout_at(deadline, self.load(layer, index)).await.unwrap_or(Err(StoreError::Timeout {
                 layer,
                 span: index,
-                message: message.clone(),
-            })),
+                after: timeout,
+            }))
         };
+        let result = self.flights.run(layer, index, load).await;
         if let (Ok(bytes), true) = (&result, keep) {
             lock(&self.memory).put(index, bytes.clone(), self.config.memory_bytes);
         }
-        // The first finisher retires the flight; later arrivals find the bytes in memory or on disk, or
-        // try again after an error (and the hold-off).
-        let mut inflight = lock(&self.inflight);
-        if inflight.get(&index).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
-            inflight.remove(&index);
-            let mut failures = lock(&self.failures);
-            match shared {
-                Ok(_) => drop(failures.remove(&index)),
-                Err(message) => {
-                    let now = Instant::now();
-                    let holdoff = failure_holdoff(self.config.read_timeout);
-                    failures.retain(|_, (at, _)| now.duration_since(*at) < holdoff);
-                    failures.insert(index, (now, message.clone()));
-                }
-            }
-        }
         result
-    }
-
-    /// The error of the span's last lookup, if it failed less than [`failure_holdoff`] ago.
-    fn recent_failure(&self, index: usize) -> Option<String> {
-        let mut failures = lock(&self.failures);
-        let (at, message) = failures.get(&index)?;
-        if at.elapsed() < failure_holdoff(self.config.read_timeout) {
-            return Some(message.clone());
-        }
-        failures.remove(&index);
-        None
     }
 
     /// The disk cache, else a fetch.
@@ -412,185 +302,16 @@ impl Inner {
             }
         }
         let len = out.end - out.start;
-        if let Some(bytes) = self.tier_get(&span.digest, len).await {
-            return Ok(bytes);
+        if let Some(tier) = &self.tier {
+            if let Some(bytes) = tier.get(&span.digest, len, self.disk.clone(), &self.counters).await {
+                return Ok(bytes);
+            }
         }
         let bytes =
             self.fetch(layer, index, span, out).await.inspect_err(|_| Counters::bump(&self.counters.fetch_errors))?;
-        self.publish(span.digest, &bytes);
+        if let (Some(tier), Some(runtime)) = (&self.tier, Handle::try_current().ok().or_else(|| self.runtime.clone())) {
+            tier.publish(span.digest, &bytes, &runtime, &self.counters);
+        }
         Ok(bytes)
-    }
-
-    /// The span with sha256 `digest` from the remote tier, verified and written to the disk cache; `None`
-    /// when there is no tier, it is backing off, does not hold the span, fails, or serves bad bytes.
-    async fn tier_get(&self, digest: &[u8; 32], len: u64) -> Option<SpanBytes> {
-        let tier = self.config.remote.as_ref()?;
-        if !self.tier_health.usable() {
-            return None;
-        }
-        let timeout = self.config.remote_timeout;
-        let got = tokio::time::timeout(timeout, tier.0.get(digest, len)).await.unwrap_or_else(|_| {
-            Err(StoreError::Tier {
-                digest: hex::encode(digest),
-                reason: format!("no answer within {} s", timeout.as_secs_f64()),
-            })
-        });
-        let bytes = match got {
-            Ok(Some(bytes)) => bytes,
-            Ok(None) => {
-                Counters::bump(&self.counters.tier_misses);
-                return None;
-            }
-            Err(error) => {
-                Counters::bump(&self.counters.tier_errors);
-                self.tier_health.failed(&tier.0.describe(), "get", &error);
-                return None;
-            }
-        };
-        let (disk, digest) = (self.disk.clone(), *digest);
-        let verified = tokio::task::spawn_blocking(move || {
-            let actual: [u8; 32] = Sha256::digest(&bytes).into();
-            if bytes.len() as u64 != len || actual != digest {
-                return Err(actual);
-            }
-            if let Some(disk) = disk {
-                disk.put(&digest, &bytes);
-            }
-            Ok(SpanBytes::from(&bytes[..]))
-        })
-        .await
-        .ok()?;
-        match verified {
-            Ok(bytes) => {
-                Counters::bump(&self.counters.tier_hits);
-                Some(bytes)
-            }
-            Err(actual) => {
-                Counters::bump(&self.counters.tier_rejected);
-                warn!(tier = %tier.0.describe(), expected = %hex::encode(digest), actual = %hex::encode(actual),
-                    "content cache tier object fails verification; ignored");
-                None
-            }
-        }
-    }
-
-    /// Publishes verified `bytes` to the remote tier in the background (the reader does not wait).
-    fn publish(&self, digest: [u8; 32], bytes: &SpanBytes) {
-        let Some(tier) = self.config.remote.clone() else { return };
-        if !self.tier_health.usable() {
-            return;
-        }
-        let Some(runtime) = Handle::try_current().ok().or_else(|| self.runtime.clone()) else { return };
-        let bytes = bytes::Bytes::from_owner(bytes.clone());
-        let timeout = self.config.remote_timeout;
-        let (health, puts, errors) =
-            (self.tier_health.clone(), self.counters.tier_puts.clone(), self.counters.tier_errors.clone());
-        runtime.spawn(async move {
-            let put = tokio::time::timeout(timeout, tier.0.put(&digest, bytes)).await.unwrap_or_else(|_| {
-                Err(StoreError::Tier {
-                    digest: hex::encode(digest),
-                    reason: format!("no answer within {} s", timeout.as_secs_f64()),
-                })
-            });
-            match put {
-                Ok(()) => Counters::bump(&puts),
-                Err(error) => {
-                    Counters::bump(&errors);
-                    health.failed(&tier.0.describe(), "put", &error);
-                }
-            }
-        });
-    }
-
-    /// Fetches, decodes and verifies one span, and writes it to the disk cache.
-    async fn fetch(&self, layer: u32, index: usize, span: SpanView, out: Range<u64>) -> Result<SpanBytes, StoreError> {
-        let a = &self.archive;
-        let meta = a.meta().layers.get(layer as usize).ok_or_else(|| StoreError::Layer {
-            layer,
-            media_type: String::new(),
-            why: "no such layer in the index".into(),
-        })?;
-        let last = a.layer_spans(layer)?.end - 1;
-        let span_ref =
-            |s: SpanView, len: u64| SpanRef { out_offset: s.out_offset, in_offset: s.in_offset, bits: s.bits, len };
-        let next = if index < last { Some(span_ref(a.span(index + 1)?, 0)) } else { None };
-        let codec = match meta.compression {
-            Compression::Gzip => Codec::Gzip,
-            Compression::Zstd => Codec::Zstd,
-            Compression::None => Codec::None,
-        };
-        let len = out.end - out.start;
-        let range = clip_codec::fetch_range(codec, &span_ref(span, len), next.as_ref(), meta.size);
-        let compressed = range.end - range.start;
-        if len > clip_codec::max_decoded_len(codec, compressed) {
-            // No fetch can help: refused before fetching or allocating anything.
-            let source = clip_codec::CodecError::ImpossibleLength { len, compressed, compression: codec };
-            return Err(StoreError::Decode { layer, span: index, source });
-        }
-        let mut attempt = 1;
-        loop {
-            match self.fetch_once(layer, index, span, codec, range.clone(), len).await {
-                Err(e @ (StoreError::Verify { .. } | StoreError::Decode { .. })) if attempt < VERIFY_ATTEMPTS => {
-                    warn!(
-                        layer,
-                        span = index,
-                        attempt,
-                        error = &e as &dyn std::error::Error,
-                        "fetched bytes are bad; fetching again"
-                    );
-                    attempt += 1;
-                }
-                result => return result,
-            }
-        }
-    }
-
-    /// One fetch of a span's compressed bytes `range`, decoded and verified.
-    async fn fetch_once(
-        &self,
-        layer: u32,
-        index: usize,
-        span: SpanView,
-        codec: Codec,
-        range: Range<u64>,
-        len: u64,
-    ) -> Result<SpanBytes, StoreError> {
-        let a = &self.archive;
-        debug!(layer, span = index, start = range.start, len = range.end - range.start, "fetch span");
-        let compressed = {
-            let _inflight = InFlight::start(&self.counters.inflight_fetches);
-            let started = Instant::now();
-            let compressed = self.blobs.read(layer, range.clone()).await?;
-            self.counters.latency(started.elapsed());
-            compressed
-        };
-        self.counters.fetched(layer, compressed.len() as u64);
-        let window = a.window(index)?;
-        let disk = self.disk.clone();
-        let decoded = tokio::task::spawn_blocking(move || {
-            let cp = CheckpointRef {
-                out_offset: span.out_offset,
-                in_offset: span.in_offset,
-                bits: span.bits,
-                window: &window,
-            };
-            let bytes = clip_codec::decode_span(codec, &cp, range.start, &compressed, len)?;
-            let digest: [u8; 32] = Sha256::digest(&bytes).into();
-            if digest != span.digest {
-                return Ok(Err(digest));
-            }
-            // Only verified bytes reach the disk cache.
-            if let Some(disk) = disk {
-                disk.put(&digest, &bytes);
-            }
-            Ok::<_, clip_codec::CodecError>(Ok(SpanBytes::from(bytes)))
-        })
-        .await
-        .map_err(|e| StoreError::Task(e.to_string()))?
-        .map_err(|source| StoreError::Decode { layer, span: index, source })?;
-        decoded.map_err(|actual| {
-            Counters::bump(&self.counters.verify_failures);
-            StoreError::Verify { layer, span: index, expected: hex::encode(span.digest), actual: hex::encode(actual) }
-        })
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use clip_format::DataRef;
 use clip_store::{ContentStore, StoreConfig, StoreError};
-use common::{cached, dir_bytes, eventually, files_in, raw_fixture, text, Fixture, Layer, KIB};
+use common::{cached, dir_bytes, eventually, files_in, manual_clock, raw_fixture, text, Fixture, Layer, KIB};
 
 const SPAN: u64 = 64 * KIB;
 
@@ -169,25 +169,26 @@ async fn a_failing_source_gives_an_error_and_a_retry_succeeds() {
     let file = DataRef { layer: 0, offset: SPAN, size: 100 };
     let fx = raw_fixture(3, &[file]);
     let dir = tempfile::tempdir().unwrap();
-    let store = fx.store(cached(dir.path()));
+    let (config, holdoff) = manual_clock(cached(dir.path()));
+    let store = fx.store(config);
 
     fx.blobs.fail.store(true, Ordering::SeqCst);
     let err = store.read(file, 0, file.size).await.unwrap_err();
-    assert!(matches!(err, StoreError::Io { .. }), "{err}");
+    assert!(matches!(err.cause(), StoreError::Io { .. }), "{err}");
     assert_eq!(store.stats().fetch_errors, 1);
     fx.blobs.fail.store(false, Ordering::SeqCst);
-    tokio::time::sleep(clip_store::failure_holdoff(StoreConfig::default().read_timeout)).await;
+    holdoff.pass();
     assert_eq!(store.read(file, 0, file.size).await.unwrap(), fx.expected(file));
 
     // Corrupted bytes: refused, counted, not cached; fine again once the source is.
     let other = DataRef { layer: 0, offset: 2 * SPAN, size: 100 };
     fx.blobs.corrupt.store(true, Ordering::SeqCst);
     let err = store.read(other, 0, other.size).await.unwrap_err();
-    assert!(matches!(err, StoreError::Verify { .. }), "{err}");
+    assert!(matches!(err.cause(), StoreError::Verify { .. }), "{err}");
     assert_eq!(store.stats().verify_failures, u64::from(clip_store::VERIFY_ATTEMPTS), "fetched again, then given up");
     assert_eq!(files_in(dir.path(), "spans").len(), 1, "unverified bytes reached the disk cache");
     fx.blobs.corrupt.store(false, Ordering::SeqCst);
-    tokio::time::sleep(clip_store::failure_holdoff(StoreConfig::default().read_timeout)).await;
+    holdoff.pass();
     assert_eq!(store.read(other, 0, other.size).await.unwrap(), fx.expected(other));
     assert_eq!(files_in(dir.path(), "spans").len(), 2);
 }
@@ -208,11 +209,13 @@ async fn readers_joining_a_failed_fetch_all_get_the_error() {
     let mut joined = 0;
     for t in tasks {
         match t.await.unwrap() {
-            Err(StoreError::Joined { message, .. }) => {
+            Err(StoreError::Joined { source, .. }) => {
+                assert!(matches!(source.cause(), StoreError::Io { .. }), "{source}");
+                let message = clip_store::error_chain(&*source);
                 assert!(message.contains("injected failure"), "{message}");
                 joined += 1;
             }
-            Err(StoreError::Io { .. }) => {}
+            Err(StoreError::Shared(error)) if matches!(*error, StoreError::Io { .. }) => {}
             other => panic!("expected an error, got {:?}", other.map(|b| b.len())),
         }
     }
@@ -225,7 +228,9 @@ async fn bad_requests_are_errors_not_panics() {
     let file = DataRef { layer: 0, offset: 0, size: SPAN };
     let fx = raw_fixture(2, &[file]);
     let store: ContentStore = fx.store(StoreConfig::default());
-    assert!(store.span(0, 5).await.is_err());
+    let err = store.span(0, 5).await.unwrap_err();
+    let media_type = &fx.archive.meta().layers[0].media_type;
+    assert!(!media_type.is_empty() && err.to_string().contains(&format!("({media_type})")), "{err}");
     assert!(store.span(3, 0).await.is_err());
     let huge = DataRef { layer: 0, offset: u64::MAX - 10, size: 100 };
     assert!(store.read(huge, 0, 100).await.is_err());

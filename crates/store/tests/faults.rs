@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clip_format::DataRef;
-use clip_store::{failure_holdoff, StoreConfig, StoreError, VERIFY_ATTEMPTS};
-use common::{cached, files_in, raw_fixture, text, Fixture, Layer, KIB};
+use clip_store::{StoreConfig, StoreError, VERIFY_ATTEMPTS};
+use common::{cached, files_in, manual_clock, raw_fixture, text, Fixture, Layer, KIB};
 
 const SPAN: u64 = 64 * KIB;
 
@@ -48,10 +48,11 @@ async fn gzip_bytes_corrupted_in_flight_are_caught_too() {
 async fn a_source_that_keeps_sending_bad_bytes_gives_an_error_then_recovers() {
     let file = DataRef { layer: 0, offset: 0, size: 100 };
     let fx = raw_fixture(2, &[file]);
-    let store = fx.store(StoreConfig::default());
+    let (config, holdoff) = manual_clock(StoreConfig::default());
+    let store = fx.store(config);
     fx.blobs.corrupt.store(true, Ordering::SeqCst);
     let err = store.read(file, 0, 100).await.unwrap_err();
-    assert!(matches!(err, StoreError::Verify { .. }), "{err}");
+    assert!(matches!(err.cause(), StoreError::Verify { .. }), "{err}");
     assert!(err.to_string().contains("not served"), "{err}");
     assert_eq!(fx.blobs.count(), VERIFY_ATTEMPTS as usize);
     fx.blobs.corrupt.store(false, Ordering::SeqCst);
@@ -59,8 +60,9 @@ async fn a_source_that_keeps_sending_bad_bytes_gives_an_error_then_recovers() {
     // that must not cost a second deadline); then it is tried afresh.
     let err = store.read(file, 0, 100).await.unwrap_err();
     assert!(matches!(err, StoreError::Joined { .. }), "{err}");
+    assert!(matches!(err.cause(), StoreError::Verify { .. }), "the typed error is kept: {err}");
     assert_eq!(fx.blobs.count(), VERIFY_ATTEMPTS as usize, "no new fetch within the hold-off");
-    tokio::time::sleep(failure_holdoff(StoreConfig::default().read_timeout)).await;
+    holdoff.pass();
     assert_eq!(store.read(file, 0, 100).await.unwrap(), fx.expected(file));
 }
 
@@ -69,9 +71,10 @@ async fn a_source_that_never_answers_fails_reads_within_the_deadline_then_recove
     let file = DataRef { layer: 0, offset: 0, size: 3 * SPAN };
     let fx = raw_fixture(3, &[file]);
     let deadline = Duration::from_millis(400);
-    let store =
-        Arc::new(fx.store(StoreConfig { read_timeout: deadline, readahead_spans: 0, ..StoreConfig::default() }));
-    fx.blobs.hang.store(true, Ordering::SeqCst);
+    let (config, holdoff) =
+        manual_clock(StoreConfig { read_timeout: deadline, readahead_spans: 0, ..StoreConfig::default() });
+    let store = Arc::new(fx.store(config));
+    fx.blobs.hang.send_replace(true);
     let started = Instant::now();
     let readers: Vec<_> = (0..16u64)
         .map(|i| {
@@ -88,15 +91,15 @@ async fn a_source_that_never_answers_fails_reads_within_the_deadline_then_recove
     for r in readers {
         let (result, took) = r.await.unwrap();
         let err = result.unwrap_err();
-        assert!(matches!(err, StoreError::Timeout { .. } | StoreError::Joined { .. }), "{err}");
+        assert!(matches!(err.cause(), StoreError::Timeout { .. }), "{err}");
         // The deadline plus scheduling slack on a loaded 2-core machine (the source would hang forever).
         assert!(took < deadline + Duration::from_secs(1), "a read took {took:?}");
     }
     assert!(started.elapsed() < Duration::from_secs(5));
 
     // The registry is back: once the hold-off is over, the next read works; no span remembers the failure.
-    fx.blobs.hang.store(false, Ordering::SeqCst);
-    tokio::time::sleep(failure_holdoff(deadline)).await;
+    fx.blobs.hang.send_replace(false);
+    holdoff.pass();
     for i in 0..3 {
         assert_eq!(store.read(file, i * SPAN, 4096).await.unwrap(), &fx.expected(file)[(i * SPAN) as usize..][..4096]);
     }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use clip_format::DataRef;
 use clip_store::{PrefetchSummary, StoreConfig};
-use common::{cached, eventually, files_in, raw_fixture, text, Fixture, Layer, KIB};
+use common::{cached, eventually, files_in, manual_clock, raw_fixture, text, Fixture, Layer, KIB};
 
 const SPAN: u64 = 64 * KIB;
 
@@ -46,14 +46,14 @@ async fn readahead_stays_inside_the_file_and_needs_sequential_reads() {
     store.read(small, 0, 4 * KIB).await.unwrap();
     store.read(small, 4 * KIB, 4 * KIB).await.unwrap();
     eventually("readahead of span 1", || fx.blobs.count() == 2).await;
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    // Readahead loads are started (and counted) by the reads themselves: one was, and it has asked.
+    assert_eq!(store.stats().readahead_spans, 1);
     assert_eq!(fx.blobs.ranges(), vec![(0, 0..SPAN), (0, SPAN..2 * SPAN)], "read ahead past the end of the file");
 
     // Random reads of another file: no readahead.
     for i in [30, 5, 20, 10] {
         store.read(big, i * SPAN, 4 * KIB).await.unwrap();
     }
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     assert_eq!(store.stats().readahead_spans, 1);
     assert_eq!(fx.blobs.count(), 6);
 }
@@ -144,7 +144,8 @@ async fn prefetch_of_listed_spans_and_its_failures() {
     let file = DataRef { layer: 0, offset: 0, size: 6 * SPAN };
     let fx = raw_fixture(6, &[file]);
     let dir = tempfile::tempdir().unwrap();
-    let store = fx.store(cached(dir.path()));
+    let (config, holdoff) = manual_clock(cached(dir.path()));
+    let store = fx.store(config);
     let summary = store.prefetch_spans(vec![(0, 4), (0, 1)]).await.unwrap();
     assert_eq!(summary.loaded, 2);
     assert_eq!(fx.blobs.ranges(), vec![(0, SPAN..2 * SPAN), (0, 4 * SPAN..5 * SPAN)]);
@@ -153,7 +154,7 @@ async fn prefetch_of_listed_spans_and_its_failures() {
     let summary = store.prefetch_spans(vec![(0, 2), (0, 99), (7, 0)]).await.unwrap();
     assert_eq!(summary.failed, 3);
     fx.blobs.fail.store(false, Ordering::SeqCst);
-    tokio::time::sleep(clip_store::failure_holdoff(StoreConfig::default().read_timeout)).await;
+    holdoff.pass();
     assert_eq!(store.prefetch_spans(vec![(0, 2)]).await.unwrap().loaded, 1);
 
     // Without a disk cache there is nothing to fill.
@@ -179,7 +180,9 @@ async fn opening_a_file_loads_all_its_spans_at_once() {
     // Spans in memory are not loaded again, and files over the limit are left to their reads.
     assert_eq!(store.warm_file(small), 0);
     assert_eq!(store.warm_file(big), 0);
-    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    // Loads are started (and counted) by `warm_file` and by sequential reads, and none was.
+    let stats = store.stats();
+    assert_eq!((stats.open_prefetch_spans, stats.readahead_spans), (4, 0));
     assert_eq!(fx.blobs.count(), 4);
 
     // A store whose disk cache holds the file's spans (a restarted mount) leaves them to the reads.

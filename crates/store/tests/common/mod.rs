@@ -17,7 +17,7 @@ use clip_format::{
     mode, Archive, ArchiveKind, Compression, Content, DataRef, ImageMeta, IndexContents, Ino, LayerMeta, NodeSpec,
     SpanSpec, Timestamp, Windows,
 };
-use clip_store::{ContentStore, LayerBlobs, StoreConfig, StoreError};
+use clip_store::{failure_holdoff, ContentStore, LayerBlobs, ManualClock, StoreConfig, StoreError};
 use futures::future::BoxFuture;
 
 pub const KIB: u64 = 1024;
@@ -179,6 +179,26 @@ pub fn cached(dir: &Path) -> StoreConfig {
     StoreConfig { cache_dir: Some(dir.to_path_buf()), ..StoreConfig::default() }
 }
 
+/// `config` with a clock the test moves by hand, and that clock.
+pub fn manual_clock(config: StoreConfig) -> (StoreConfig, HoldOff) {
+    let clock = Arc::new(ManualClock::new());
+    let holdoff = failure_holdoff(config.read_timeout);
+    (StoreConfig { clock: clock.clone(), ..config }, HoldOff { clock, holdoff })
+}
+
+/// The clock of a store's failure hold-off, driven by the test.
+pub struct HoldOff {
+    clock: Arc<ManualClock>,
+    holdoff: Duration,
+}
+
+impl HoldOff {
+    /// Moves the clock past the hold-off: spans that failed are tried afresh.
+    pub fn pass(&self) {
+        self.clock.advance(self.holdoff);
+    }
+}
+
 /// One request to [`TestBlobs`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
@@ -198,7 +218,7 @@ pub struct TestBlobs {
     /// Flip a byte in the middle of this many of the next answers.
     pub corrupt_next: AtomicUsize,
     /// Never answer while set (a blackholed registry).
-    pub hang: AtomicBool,
+    pub hang: tokio::sync::watch::Sender<bool>,
     /// Milliseconds each request takes.
     pub delay_ms: AtomicU64,
     active: AtomicUsize,
@@ -214,7 +234,7 @@ impl TestBlobs {
             fail: AtomicBool::new(false),
             corrupt: AtomicBool::new(false),
             corrupt_next: AtomicUsize::new(0),
-            hang: AtomicBool::new(false),
+            hang: tokio::sync::watch::Sender::new(false),
             delay_ms: AtomicU64::new(0),
             active: AtomicUsize::new(0),
             max_active: AtomicUsize::new(0),
@@ -264,9 +284,8 @@ impl LayerBlobs for TestBlobs {
             if delay > 0 {
                 tokio::time::sleep(Duration::from_millis(delay)).await;
             }
-            while self.hang.load(Ordering::SeqCst) {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+            // Answers once the hang is lifted (the sender lives as long as `self`).
+            let _ = self.hang.subscribe().wait_for(|hang| !hang).await;
             let io = |msg: &str| StoreError::Io { path: "test blobs".into(), source: std::io::Error::other(msg) };
             if self.fail.load(Ordering::SeqCst) {
                 return Err(io("injected failure"));

@@ -1,0 +1,219 @@
+//! Keeping a [`DiskCache`] under its bound: a running total of the bytes this process knows of, and
+//! eviction passes that scan the directory (learning what other processes added), delete the least
+//! recently used files (oldest mtime) until it is 10 % under the bound, and remove stale temp files.
+
+use std::fs;
+use std::io;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tracing::{debug, warn};
+
+use super::files::TMP_PREFIX;
+use super::{parse_digest, DiskCache, FILES_DIR, SPANS_DIR};
+use crate::lock;
+
+/// A temp file this old belongs to a writer that died; it is removed by the next scan.
+const STALE_TMP: Duration = Duration::from_secs(3600);
+
+/// What one eviction pass removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Evicted {
+    /// Files deleted.
+    pub files: u64,
+    /// Bytes they held.
+    pub bytes: u64,
+}
+
+/// One cache file seen by a scan.
+struct Entry {
+    path: PathBuf,
+    size: u64,
+    mtime: SystemTime,
+    /// The digest, for span files.
+    span: Option<[u8; 32]>,
+}
+
+impl DiskCache {
+    /// Scans the directory and starts the running total from what it holds: `(bytes, files)`.
+    pub(super) fn measure(&self) -> io::Result<(u64, usize)> {
+        let entries = self.scan()?;
+        let total: u64 = entries.iter().map(|e| e.size).sum();
+        self.total.store(total, Ordering::Relaxed);
+        Ok((total, entries.len()))
+    }
+
+    /// Accounts `len` new bytes and starts an eviction pass when over the bound.
+    pub(crate) fn added(self: &Arc<Self>, len: u64) {
+        let total = self.total.fetch_add(len, Ordering::Relaxed) + len;
+        if total <= self.limit || self.evicting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let me = Arc::clone(self);
+        let pass = move || {
+            // Writes during a pass may leave the total over the bound again: run another (a few at most,
+            // in case files cannot be deleted).
+            for _ in 0..3 {
+                me.evict();
+                if me.total.load(Ordering::Relaxed) <= me.limit {
+                    break;
+                }
+            }
+            me.evicting.store(false, Ordering::Release);
+        };
+        match tokio::runtime::Handle::try_current().ok().or_else(|| self.runtime.clone()) {
+            Some(rt) => drop(rt.spawn_blocking(pass)),
+            None => pass(),
+        }
+    }
+
+    /// One eviction pass: scans the directory and, when it holds more than the bound, deletes the least
+    /// recently used files until it is 10 % under. Safe to run in several processes at once.
+    pub fn evict(&self) -> Evicted {
+        let _pass = lock(&self.evict_pass);
+        let before = self.total.load(Ordering::Relaxed);
+        let mut entries = match self.scan() {
+            Ok(e) => e,
+            Err(e) => {
+                warn!(dir = %self.root.display(), error = %e, "cannot scan the disk cache; not evicting");
+                return Evicted::default();
+            }
+        };
+        let mut total: u64 = entries.iter().map(|e| e.size).sum();
+        let mut out = Evicted::default();
+        if total > self.limit {
+            let target = self.limit - self.limit / 10;
+            entries.sort_by_key(|e| e.mtime);
+            for e in &entries {
+                if total <= target {
+                    break;
+                }
+                match fs::remove_file(&e.path) {
+                    Ok(()) => {
+                        out.files += 1;
+                        out.bytes += e.size;
+                    }
+                    Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+                    Err(err) => {
+                        debug!(path = %e.path.display(), error = %err, "cannot evict");
+                        continue;
+                    }
+                }
+                total -= e.size;
+                if let Some(d) = &e.span {
+                    lock(&self.verified).remove(d);
+                }
+            }
+        }
+        // Keep what this process added while the pass ran.
+        let during = self.total.load(Ordering::Relaxed).saturating_sub(before);
+        self.total.store(total + during, Ordering::Relaxed);
+        self.counters.evictions.fetch_add(out.files, Ordering::Relaxed);
+        self.counters.bytes_evicted.fetch_add(out.bytes, Ordering::Relaxed);
+        if out.files > 0 {
+            debug!(files = out.files, bytes = out.bytes, remaining = total, limit = self.limit, "evicted");
+        }
+        out
+    }
+
+    /// Every cache file, removing stale temp files on the way. Files vanishing meanwhile (another process
+    /// evicting) are skipped; names that are not ours are left alone and not counted.
+    fn scan(&self) -> io::Result<Vec<Entry>> {
+        let mut out = Vec::new();
+        let now = SystemTime::now();
+        for area in [SPANS_DIR, FILES_DIR] {
+            let shards = match fs::read_dir(self.root.join(area)) {
+                Ok(r) => r,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            for shard in shards.flatten() {
+                let Ok(files) = fs::read_dir(shard.path()) else { continue };
+                for entry in files.flatten() {
+                    let Ok(meta) = entry.metadata() else { continue };
+                    if !meta.is_file() {
+                        continue;
+                    }
+                    let name = entry.file_name();
+                    let Some(name) = name.to_str() else { continue };
+                    let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+                    if name.starts_with(TMP_PREFIX) {
+                        if now.duration_since(mtime).is_ok_and(|age| age > STALE_TMP) {
+                            let _ = fs::remove_file(entry.path());
+                        }
+                        continue;
+                    }
+                    let span = match area {
+                        SPANS_DIR => match parse_digest(name) {
+                            Some(d) => Some(d),
+                            None => continue,
+                        },
+                        _ => {
+                            let valid = name
+                                .split_once('.')
+                                .is_some_and(|(k, c)| parse_digest(k).is_some() && parse_digest(c).is_some());
+                            if !valid {
+                                continue;
+                            }
+                            None
+                        }
+                    };
+                    out.push(Entry { path: entry.path(), size: meta.len(), mtime, span });
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs::File;
+
+    use super::*;
+    use crate::sha256 as digest;
+
+    #[test]
+    fn eviction_keeps_the_bound_and_the_newest() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = DiskCache::open(dir.path(), 10_000).unwrap();
+        let mut digests = Vec::new();
+        for i in 0..30u8 {
+            let bytes = vec![i; 1000];
+            let d = digest(&bytes);
+            cache.put(&d, &bytes);
+            // Distinct mtimes even on coarse-grained filesystems.
+            let f = File::open(cache.span_path(&d)).unwrap();
+            f.set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000 + u64::from(i))).unwrap();
+            digests.push(d);
+        }
+        cache.evict();
+        let on_disk: u64 = cache.scan().unwrap().iter().map(|e| e.size).sum();
+        assert!(on_disk <= 10_000, "{on_disk} bytes on disk");
+        assert_eq!(cache.stats().bytes, on_disk);
+        assert!(cache.stats().evictions >= 20);
+        assert!(cache.contains(digests.last().unwrap()));
+        assert!(!cache.contains(&digests[0]));
+    }
+
+    #[test]
+    fn stale_temp_files_are_removed_and_foreign_files_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let shard = dir.path().join(SPANS_DIR).join("ab");
+        fs::create_dir_all(&shard).unwrap();
+        let stale = shard.join(".tmp-1-1");
+        let fresh = shard.join(".tmp-1-2");
+        let foreign = shard.join("README");
+        for p in [&stale, &fresh, &foreign] {
+            fs::write(p, b"x").unwrap();
+        }
+        File::options().write(true).open(&stale).unwrap().set_modified(SystemTime::UNIX_EPOCH).unwrap();
+        let cache = DiskCache::open(dir.path(), 1 << 20).unwrap();
+        assert!(!stale.exists());
+        assert!(fresh.exists());
+        assert!(foreign.exists());
+        assert_eq!(cache.stats().bytes, 0);
+    }
+}

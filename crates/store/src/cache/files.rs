@@ -1,0 +1,107 @@
+//! File-system helpers of the disk cache: temp files renamed into place ([`TempFile`]), the private cache
+//! directory, its default location, and span file names.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::SystemTime;
+
+use super::DiskCache;
+
+pub(super) const TMP_PREFIX: &str = ".tmp-";
+
+/// A file being written; removed on drop unless published.
+pub(crate) struct TempFile {
+    path: PathBuf,
+    pub file: File,
+    published: bool,
+}
+
+impl TempFile {
+    /// Renames the file to `to` (atomically replacing any file there).
+    pub fn publish(mut self, to: &Path) -> io::Result<()> {
+        fs::rename(&self.path, to)?;
+        self.published = true;
+        Ok(())
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.published {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Creates `dir` (and missing parents) with mode 0700, or makes an existing one 0700 when others may enter
+/// it (made by an older clip, or by hand). Returns the mode it had when it was made private, `None` when
+/// it already was.
+pub fn private_dir(dir: &Path) -> std::io::Result<Option<u32>> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    let mode = fs::metadata(dir)?.permissions().mode();
+    if mode & 0o077 == 0 {
+        return Ok(None);
+    }
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+    Ok(Some(mode & 0o7777))
+}
+
+impl DiskCache {
+    /// A new temp file in `dir` (created if missing).
+    pub(crate) fn temp_file(&self, dir: &Path) -> io::Result<TempFile> {
+        fs::create_dir_all(dir)?;
+        let seq = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
+        let path = dir.join(format!("{TMP_PREFIX}{}-{seq}", std::process::id()));
+        let file = OpenOptions::new().write(true).create_new(true).open(&path)?;
+        Ok(TempFile { path, file, published: false })
+    }
+}
+
+/// Where the disk cache lives by default: `/var/cache/clip` for root, else `$XDG_CACHE_HOME/clip` or
+/// `~/.cache/clip` (`$TMPDIR/clip-cache` when there is no home directory either).
+pub fn default_cache_dir() -> PathBuf {
+    if effective_uid() == Some(0) {
+        return PathBuf::from("/var/cache/clip");
+    }
+    let absolute = |v: std::ffi::OsString| Some(PathBuf::from(v)).filter(|p| p.is_absolute());
+    if let Some(xdg) = std::env::var_os("XDG_CACHE_HOME").and_then(absolute) {
+        return xdg.join("clip");
+    }
+    match std::env::var_os("HOME").and_then(absolute) {
+        Some(home) => home.join(".cache").join("clip"),
+        None => std::env::temp_dir().join("clip-cache"),
+    }
+}
+
+pub(crate) fn parse_digest(hex_name: &str) -> Option<[u8; 32]> {
+    let mut d = [0u8; 32];
+    (hex_name.len() == 64 && hex::decode_to_slice(hex_name, &mut d).is_ok()).then_some(d)
+}
+
+/// Marks a cache file as just used (its mtime is the LRU clock; atime is often not kept).
+pub(crate) fn touch(file: &File) {
+    let _ = file.set_modified(SystemTime::now());
+}
+
+/// The effective uid, from `/proc/self/status` (`Uid: real effective saved fs`).
+fn effective_uid() -> Option<u32> {
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+    line.split_whitespace().nth(2)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_dir_is_absolute_and_named_clip() {
+        let dir = default_cache_dir();
+        assert!(dir.is_absolute(), "{}", dir.display());
+        assert!(dir.ends_with("clip") || dir.ends_with("clip-cache"), "{}", dir.display());
+        assert_eq!(effective_uid() == Some(0), dir == Path::new("/var/cache/clip"));
+    }
+}
