@@ -81,7 +81,11 @@ impl Containerd {
             if self.address().exists() && self.ctr(&["version"]).status.success() {
                 return;
             }
-            assert!(Instant::now() < deadline, "containerd did not answer within {START_TIMEOUT:?}; its log:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "containerd did not answer within {START_TIMEOUT:?}; its log:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -221,10 +225,7 @@ fn config_toml(dir: &Path, snapshotters: &[(&str, &Path)]) -> String {
          [plugins.\"io.containerd.internal.v1.opt\"]\n  path = \"{d}/opt\"\n"
     );
     for (name, socket) in snapshotters {
-        c.push_str(&format!(
-            "[proxy_plugins.{name}]\n  type = \"snapshot\"\n  address = \"{}\"\n",
-            socket.display()
-        ));
+        c.push_str(&format!("[proxy_plugins.{name}]\n  type = \"snapshot\"\n  address = \"{}\"\n", socket.display()));
     }
     c
 }

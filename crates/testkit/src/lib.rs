@@ -22,6 +22,7 @@
 //! - [`snapshot`] / [`compare`] / [`CompareOpts`] — trees recorded with every attribute, and their
 //!   differences as lines like `usr/bin/x: mode 0100755 != 0104755`.
 //! - [`big_gzip_layer`] — a large layer of many mostly incompressible files.
+//! - [`host_programs`] — host programs with the libraries they load, for a shell or `cat` in test images.
 //!
 //! This is a test harness: functions panic with a message naming what failed (a failure is a test
 //! failure); [`try_snapshot`] and [`try_run`] return an [`Error`] instead. The external tools (`docker-registry`,
@@ -47,6 +48,7 @@ pub mod conformance;
 mod containerd;
 mod error;
 mod fixtures;
+mod host;
 mod layer;
 mod oci;
 mod proxy;
@@ -63,6 +65,7 @@ pub use conformance::{conformance_image, conformance_layers};
 pub use containerd::{unmount_under, Containerd, CONTAINERD_BINARY};
 pub use error::{run, try_run, Error};
 pub use fixtures::{big_gzip_layer, big_layer_tar, pseudo_random_bytes};
+pub use host::{host_programs, shared_libraries};
 pub use layer::{
     capability_v2, BigNumbers, Entry, LayerBuilder, LongNames, BLOCK, CAP_NET_BIND_SERVICE, CAP_NET_RAW, DEFAULT_MTIME,
     OPAQUE_MARKER, WHITEOUT_PREFIX,
