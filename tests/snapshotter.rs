@@ -242,8 +242,7 @@ fn containerd_pulls_and_runs_an_image_through_the_clip_snapshotter() {
     }
 
     // Two containers of the image: each writes into its own snapshot and sees only its own writes.
-    let script = "echo $0 >> /written; cat /written";
-    let script_of = |id: &str| format!("{}", script.replace("$0", id));
+    let script_of = |id: &str| format!("echo {id} >> /written; cat /written");
     assert_eq!(node.run("c1", false, &script_of("c1")), "c1\n");
     assert_eq!(node.run("c2", false, &script_of("c2")), "c2\n", "c2 sees none of c1's writes");
     let again = node.ctr(&["tasks", "start", "c1"]);

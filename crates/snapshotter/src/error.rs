@@ -77,9 +77,9 @@ pub enum Error {
     Database {
         /// The database file.
         path: PathBuf,
-        /// redb's error.
+        /// redb's error (boxed: it is large, and rare).
         #[source]
-        source: redb::Error,
+        source: Box<redb::Error>,
     },
     /// A metadata record does not decode (a damaged database or one of a newer version).
     #[error("metadata record of snapshot {key:?}")]

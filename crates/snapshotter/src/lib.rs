@@ -43,7 +43,7 @@ pub use containerd_snapshots::{Info, Kind, Usage};
 pub use error::Error;
 pub use remote::{
     LayerRequest, NoRemoteLayers, RemoteLayers, LABEL_IMAGE_REF, LABEL_LAYER_DIGEST, LABEL_MANIFEST_DIGEST,
-    LABEL_REMOTE, LABEL_TARGET,
+    LABEL_REMOTE, LABEL_STARGZ_DIGEST, LABEL_STARGZ_REF, LABEL_TARGET,
 };
 pub use service::serve;
 pub use snapshots::Snapshots;

@@ -211,7 +211,7 @@ fn decode(key: &str, bytes: &[u8]) -> Result<Record, Error> {
 }
 
 fn db(path: &Path, e: impl Into<redb::Error>) -> Error {
-    Error::Database { path: path.to_path_buf(), source: e.into() }
+    Error::Database { path: path.to_path_buf(), source: Box::new(e.into()) }
 }
 
 #[cfg(test)]

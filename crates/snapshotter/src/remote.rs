@@ -1,7 +1,8 @@
 //! The seam for remote (lazy) layers. When containerd unpacks an image for a remote snapshotter (CRI with
 //! `disable_snapshot_annotations = false`, `ctr-remote images rpull`, nerdctl), the Prepare of each layer
 //! carries labels naming the snapshot it would commit (`containerd.io/snapshot.ref`, the layer's chain id)
-//! and the layer itself (`containerd.io/snapshot/cri.*`). If a [`RemoteLayers`] can present that layer as
+//! and the layer itself (`containerd.io/snapshot/cri.*`; older `ctr-remote`s, like Debian 12's, name the
+//! image and the layer in `containerd.io/snapshot/remote/stargz.*` labels instead). If a [`RemoteLayers`] can present that layer as
 //! a directory, the snapshotter commits the snapshot as remote at once and answers `AlreadyExists`, and
 //! containerd never downloads the layer (as stargz and SOCI do). Otherwise containerd downloads and
 //! unpacks the layer into an ordinary snapshot.
@@ -17,6 +18,11 @@ pub const LABEL_IMAGE_REF: &str = "containerd.io/snapshot/cri.image-ref";
 pub const LABEL_LAYER_DIGEST: &str = "containerd.io/snapshot/cri.layer-digest";
 /// The image manifest's digest.
 pub const LABEL_MANIFEST_DIGEST: &str = "containerd.io/snapshot/cri.manifest-digest";
+/// The image reference as `ctr-remote images rpull` of stargz-snapshotter 0.12 (Debian 12's) sets it,
+/// instead of [`LABEL_IMAGE_REF`].
+pub const LABEL_STARGZ_REF: &str = "containerd.io/snapshot/remote/stargz.reference";
+/// The layer digest as stargz-snapshotter 0.12's `ctr-remote` sets it, instead of [`LABEL_LAYER_DIGEST`].
+pub const LABEL_STARGZ_DIGEST: &str = "containerd.io/snapshot/remote/stargz.digest";
 /// Marks a snapshot committed from a remote layer (containerd copies it into its own metadata).
 pub const LABEL_REMOTE: &str = "containerd.io/snapshot/remote";
 
@@ -45,8 +51,8 @@ impl LayerRequest {
         let get = |k: &str| labels.get(k).filter(|v| !v.is_empty()).cloned();
         Some(LayerRequest {
             target,
-            image_ref: get(LABEL_IMAGE_REF),
-            layer_digest: get(LABEL_LAYER_DIGEST),
+            image_ref: get(LABEL_IMAGE_REF).or_else(|| get(LABEL_STARGZ_REF)),
+            layer_digest: get(LABEL_LAYER_DIGEST).or_else(|| get(LABEL_STARGZ_DIGEST)),
             manifest_digest: get(LABEL_MANIFEST_DIGEST),
             parent: parent.to_owned(),
             labels: labels.clone(),
@@ -94,5 +100,20 @@ mod tests {
         assert_eq!(req.layer_digest.as_deref(), Some("sha256:ab"));
         assert_eq!(req.image_ref, None);
         assert_eq!(req.parent, "p");
+    }
+
+    #[test]
+    fn stargz_labels_name_the_image_and_layer_when_cri_labels_are_absent() {
+        let labels = HashMap::from([
+            (LABEL_TARGET.to_owned(), "sha256:chain".to_owned()),
+            (LABEL_STARGZ_REF.to_owned(), "127.0.0.1:5000/app:1".to_owned()),
+            (LABEL_STARGZ_DIGEST.to_owned(), "sha256:old".to_owned()),
+        ]);
+        let req = LayerRequest::from_labels("", &labels).unwrap();
+        assert_eq!(req.image_ref.as_deref(), Some("127.0.0.1:5000/app:1"));
+        assert_eq!(req.layer_digest.as_deref(), Some("sha256:old"));
+        let mut cri = labels.clone();
+        cri.insert(LABEL_LAYER_DIGEST.to_owned(), "sha256:cri".to_owned());
+        assert_eq!(LayerRequest::from_labels("", &cri).unwrap().layer_digest.as_deref(), Some("sha256:cri"));
     }
 }

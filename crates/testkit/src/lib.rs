@@ -26,7 +26,7 @@
 //!
 //! This is a test harness: functions panic with a message naming what failed (a failure is a test
 //! failure); [`try_snapshot`] and [`try_run`] return an [`Error`] instead. The external tools (`docker-registry`,
-//! `skopeo`, `umoci`) are installed by `dev/test`; tests run as root.
+//! `skopeo`, `umoci`, `containerd`, `ctr`, `ctr-remote`) are installed by `dev/test`; tests run as root.
 //!
 //! ```no_run
 //! use clip_testkit::*;
