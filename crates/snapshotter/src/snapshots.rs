@@ -3,7 +3,7 @@
 //! [`crate::mounts::Layout`]. Blocking: the gRPC service runs each call on a blocking thread.
 
 use std::collections::{BTreeMap, HashMap};
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -152,16 +152,20 @@ impl Snapshots {
 
     /// Removes a snapshot that no other is based on, and its directory.
     pub fn remove(&self, key: &str) -> Result<(), Error> {
-        let rec = self.meta.write(|t| {
+        let (rec, shared) = self.meta.write(|t| {
             let rec = t.tables().require(key)?;
-            if t.tables().all()?.iter().any(|(_, r)| r.parent == key) {
+            let all = t.tables().all()?;
+            if all.iter().any(|(_, r)| r.parent == key) {
                 return Err(Error::HasChildren { key: key.to_owned() });
             }
+            // One layer directory may serve several snapshots (one layer under different parents).
+            let shared = all.iter().any(|(k, r)| k != key && rec.remote.is_some() && r.remote == rec.remote);
             t.delete(key)?;
-            Ok(rec)
+            Ok((rec, shared))
         })?;
         // The record is gone; a directory left behind is removed by the next cleanup.
         match &rec.remote {
+            Some(_) if shared => {}
             Some(dir) => self.remote.release(dir),
             None => {
                 let dir = self.layout.snapshot_dir(rec.id);
@@ -272,7 +276,6 @@ impl Snapshots {
                 // The new upper directory belongs to whom the layer below's root belongs.
                 let below = self.layout.layer_dir(nearest);
                 let meta = std::fs::metadata(&below).map_err(Error::io(&below))?;
-                use std::os::unix::fs::MetadataExt;
                 std::os::unix::fs::lchown(&fs, Some(meta.uid()), Some(meta.gid())).map_err(Error::io(&fs))?;
             }
             let now = Time::now();

@@ -14,16 +14,21 @@ use std::time::{Duration, Instant};
 use clip_snapshotter::{serve, LayerRequest, RemoteLayers, Snapshots, LABEL_REMOTE};
 use clip_testkit::*;
 
-/// Presents the layers it holds a directory for; records every request.
+/// Presents the layers it holds a directory for; records every request and release.
 struct Extracted {
     dirs: HashMap<String, PathBuf>,
     asked: Mutex<Vec<LayerRequest>>,
+    released: Mutex<Vec<PathBuf>>,
 }
 
 impl RemoteLayers for Extracted {
     fn prepare(&self, layer: &LayerRequest) -> Option<PathBuf> {
         self.asked.lock().unwrap().push(layer.clone());
         self.dirs.get(layer.layer_digest.as_deref()?).cloned()
+    }
+
+    fn release(&self, dir: &Path) {
+        self.released.lock().unwrap().push(dir.to_path_buf());
     }
 }
 
@@ -60,6 +65,7 @@ fn a_layer_the_remote_presents_is_never_downloaded_and_the_rest_fall_back() {
     let remote = Arc::new(Extracted {
         dirs: HashMap::from([(bottom_digest.clone(), layer_dir.clone())]),
         asked: Mutex::new(Vec::new()),
+        released: Mutex::new(Vec::new()),
     });
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -114,6 +120,16 @@ fn a_layer_the_remote_presents_is_never_downloaded_and_the_rest_fall_back() {
         "cat /marker /etc/top",
     ]);
     assert_eq!(out, "served from the remote directory\nunpacked by containerd\n");
+
+    // Removing the image lets containerd's garbage collector remove its snapshots: the remote layer's
+    // directory is released once its snapshot is gone.
+    containerd.ctr_ok(&["images", "rm", "--sync", &image_ref]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while remote.released.lock().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "the remote layer was not released within 30 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(*remote.released.lock().unwrap(), [layer_dir]);
 
     drop(containerd);
     stop.send(()).unwrap();
