@@ -103,9 +103,13 @@ struct Node {
 
 impl Node {
     fn new() -> Node {
+        Node::with_image(&image())
+    }
+
+    fn with_image(image: &Image) -> Node {
         let registry = Registry::start();
         let mut layout = OciLayoutBuilder::new();
-        layout.add_image("t", &image());
+        layout.add_image("t", image);
         registry.push(layout.path(), "t", "snap:t");
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("clip.sock");
@@ -151,6 +155,20 @@ impl Node {
             );
             assert!(Instant::now() < deadline, "containerd did not reconnect to the snapshotter within 30 s: {stderr}");
             std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The image's root tree, mounted by `ctr images mount` (a view of the top layer: an overlay of every
+    /// layer's snapshot), equals umoci's unpack. Overlayfs reports 1 link for a merged directory.
+    fn assert_matches_umoci(&self, opts: CompareOpts) {
+        let mnt = self.dir.path().join("mnt");
+        std::fs::create_dir_all(&mnt).unwrap();
+        self.ctr(&["images", "mount", "--snapshotter", NAME, &self.image_ref(), s(&mnt)]);
+        let opts = CompareOpts { ignore_dir_nlink: true, ..opts };
+        let result = std::panic::catch_unwind(|| assert_matches_umoci(self.layout.path(), "t", &mnt, &opts));
+        self.ctr(&["images", "unmount", "--rm", s(&mnt)]);
+        if let Err(e) = result {
+            std::panic::resume_unwind(e);
         }
     }
 
@@ -230,16 +248,7 @@ fn containerd_pulls_and_runs_an_image_through_the_clip_snapshotter() {
     );
     assert_eq!(out, "alpha\nalpha\nalpha\nalpha\nnew\nlayer 3\n/data/gone absent\n/opq/old absent\n/opq/sub absent\n");
 
-    // The image's root tree, mounted from a view of the top layer, equals umoci's unpack.
-    let mnt = node.dir.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    node.ctr(&["images", "mount", "--snapshotter", NAME, &image, s(&mnt)]);
-    let opts = CompareOpts { ignore_dir_nlink: true, ..CompareOpts::default() };
-    let result = std::panic::catch_unwind(|| assert_matches_umoci(node.layout.path(), "t", &mnt, &opts));
-    node.ctr(&["images", "unmount", "--rm", s(&mnt)]);
-    if let Err(e) = result {
-        std::panic::resume_unwind(e);
-    }
+    node.assert_matches_umoci(CompareOpts::default());
 
     // Two containers of the image: each writes into its own snapshot and sees only its own writes.
     let script_of = |id: &str| format!("echo {id} >> /written; cat /written");
