@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args as ClapArgs, Parser, Subcommand};
-use clip_client::Location;
+use clip_image::Location;
 
 /// clip makes container images lazy: it indexes an unmodified OCI image into a small .clip file and mounts
 /// it with FUSE, fetching file contents on demand from the registry.
@@ -28,7 +28,7 @@ impl Args {
         if self.quiet {
             return "error";
         }
-        let daemon = matches!(self.command, Command::Mount(_) | Command::Snapshotter(_));
+        let daemon = matches!(self.command, Command::Mount(_) | Command::ServeMount(_) | Command::Snapshotter(_));
         // fuser's own info lines ("Mounting …", "Unmounting …") repeat ours.
         match self.verbose + u8::from(daemon) {
             0 => "warn",
@@ -71,6 +71,10 @@ pub enum Command {
         after_help = "Examples:\n  clip mount app.clip /mnt/app &\n  clip mount app.clip /mnt/app --cache-size 20G --metrics 127.0.0.1:9100 --prefetch"
     )]
     Mount(MountArgs),
+    /// Serve one shared mount of a node, as `clip mount` does, configured by the spec file the node wrote
+    /// (started by `clip pull` and `clip run`, not by hand).
+    #[command(hide = true)]
+    ServeMount(ServeMountArgs),
     /// Pack a root filesystem directory into a data-carrying .clip file (local, or uploaded to S3).
     ///
     /// Keeps owners, full modes, xattrs, devices, FIFOs, hard links, symlinks and mtimes (run as root to
@@ -192,8 +196,8 @@ pub struct S3Args {
 }
 
 impl S3Args {
-    pub fn options(&self) -> clip_client::S3Options {
-        clip_client::S3Options { path_style: self.s3_path_style }
+    pub fn options(&self) -> clip_image::S3Options {
+        clip_image::S3Options { path_style: self.s3_path_style }
     }
 }
 
@@ -222,7 +226,7 @@ pub struct PushArgs {
     /// A .clip file.
     pub file: PathBuf,
     /// s3://BUCKET/KEY.
-    pub url: clip_client::S3Url,
+    pub url: clip_image::S3Url,
     #[command(flatten)]
     pub s3: S3Args,
 }
@@ -337,7 +341,7 @@ pub struct MountArgs {
     #[arg(long, conflicts_with = "cache_dir")]
     pub no_cache: bool,
     /// Bound of the disk cache (bytes, or with K/M/G/T suffix); least recently used spans are evicted.
-    #[arg(long, default_value = "10G", value_parser = clip_client::config::parse_size, env = "CLIP_CACHE_SIZE")]
+    #[arg(long, default_value = "10G", value_parser = clip_node::config::parse_size, env = "CLIP_CACHE_SIZE")]
     pub cache_size: u64,
     /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9100.
     #[arg(long)]
@@ -365,11 +369,20 @@ pub struct MountArgs {
     /// Shared content cache tier, s3://BUCKET/PREFIX: decoded spans by digest, read after a disk cache
     /// miss and before the registry, filled in the background; a tier that is down only costs a warning.
     #[arg(long, value_name = "S3_URL", env = "CLIP_S3_CONTENT_CACHE")]
-    pub content_cache: Option<clip_client::S3Url>,
+    pub content_cache: Option<clip_image::S3Url>,
     #[command(flatten)]
     pub source: SourceArgs,
     #[command(flatten)]
     pub s3: S3Args,
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct ServeMountArgs {
+    /// The mount's spec (JSON, `clip_node::MountSpec`).
+    pub spec: PathBuf,
+    /// As `clip mount --read-timeout`.
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_seconds, env = "CLIP_READ_TIMEOUT")]
+    pub read_timeout: std::time::Duration,
 }
 
 /// Parses a positive number of seconds, e.g. `30` or `0.5`.
@@ -384,7 +397,7 @@ pub fn parse_seconds(s: &str) -> Result<std::time::Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::parse_seconds;
-    use clip_client::config::parse_size;
+    use clip_node::config::parse_size;
 
     #[test]
     fn sizes_parse_with_suffixes() {

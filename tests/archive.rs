@@ -350,8 +350,10 @@ fn s3_server_errors_give_eio_to_readers_and_the_mount_survives() {
     assert!(std::fs::read_dir(m.dir.join("lib")).unwrap().count() == 3);
 
     s3.proxy.set_faults(vec![]);
-    // A span whose lookup just failed keeps failing for the store's hold-off (1 s at most).
-    std::thread::sleep(std::time::Duration::from_millis(1100));
+    // A span whose lookup just failed keeps failing for the store's hold-off (1 s at most), then reads again.
+    common::wait_within(std::time::Duration::from_secs(10), "the file did not read again after the hold-off", || {
+        std::fs::read(m.dir.join("etc/passwd")).is_ok()
+    });
     assert_eq!(std::fs::read(m.dir.join("etc/passwd")).unwrap(), std::fs::read(fx.root().join("etc/passwd")).unwrap());
 
     s3.server.kill();

@@ -7,9 +7,10 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 use clip_testkit::*;
-use common::{s, text, Indexed};
+use common::{exits_within, s, text, wait_within, Indexed};
 
 /// A small image: a few files, one of 1 MiB (more than a pipe holds), a directory.
 fn image() -> Image {
@@ -21,7 +22,7 @@ fn image() -> Image {
 
 /// The clip binary with `args`, default logging (no `CLIP_LOG`), stdin closed.
 fn clip_cmd(args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_clip"));
+    let mut cmd = common::clip_command();
     cmd.args(args).env_remove("CLIP_LOG").env_remove("CLIP_CONFIG").stdin(Stdio::null());
     cmd
 }
@@ -84,16 +85,14 @@ fn mount_refuses_a_directory_that_is_not_empty() {
     std::fs::write(dir.join("precious"), "mine\n").unwrap();
     let mut child =
         clip_cmd(&["mount", s(&img.index()), s(&dir), "--no-cache"]).stderr(Stdio::piped()).spawn().unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while child.try_wait().unwrap().is_none() {
+    wait_within(Duration::from_secs(20), "clip mount neither mounted nor exited", || {
         if common::is_mountpoint(&dir) {
             let _ = Command::new("umount").arg(&dir).status();
             let _ = child.wait();
             panic!("clip mount mounted over a directory that is not empty");
         }
-        assert!(std::time::Instant::now() < deadline, "clip mount neither mounted nor exited");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+        child.try_wait().unwrap().is_some()
+    });
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     let stderr = text(&out.stderr);
@@ -116,11 +115,7 @@ fn a_clean_mount_and_unmount_log_no_warning() {
     let mut m = img.mount();
     assert!(Command::new("umount").arg(&m.dir).status().unwrap().success());
     let mut child = m.child.take().unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while child.try_wait().unwrap().is_none() {
-        assert!(std::time::Instant::now() < deadline, "clip mount did not exit after umount");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    exits_within(&mut child, Duration::from_secs(20), "clip mount did not exit after umount");
     let out = child.wait_with_output().unwrap();
     let log = text(&out.stderr);
     assert!(out.status.success() && log.contains("unmounted from outside"), "{log}");
@@ -218,13 +213,9 @@ fn one_shot_commands_log_nothing_by_default_and_mount_logs_info() {
     let mnt = img.dir.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     let child = clip_cmd(&["mount", s(&img.index()), s(&mnt), "--no-cache"]).stderr(Stdio::piped()).spawn().unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !common::is_mountpoint(&mnt) {
-        assert!(std::time::Instant::now() < deadline, "clip mount did not mount");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    wait_within(Duration::from_secs(20), "clip mount did not mount", || common::is_mountpoint(&mnt));
     assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
     let log = text(&child.wait_with_output().unwrap().stderr);
-    assert!(log.contains(" INFO clip_client::mount: mounted "), "{log}");
+    assert!(log.contains(" INFO clip_node::mount: mounted "), "{log}");
     assert!(!log.contains("fuser") && !log.contains("DEBUG"), "{log}");
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use clip_testkit::*;
-use common::{clip_ok, metric, s, MountProc};
+use common::{clip_ok, metric, s, wait_within, MountProc};
 
 const BUCKET: &str = "cache";
 const TIER: &str = "s3://cache/fleet";
@@ -83,16 +83,13 @@ impl Fleet {
 
 /// Waits (up to 20 s) until the node published every span it fetched.
 fn wait_published(metrics: &str) -> u64 {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    let mut puts = 0.0;
+    wait_within(Duration::from_secs(20), "the node did not publish every span it fetched", || {
         let fetched = metric(metrics, "clip_spans_fetched_total");
-        let puts = metric(metrics, "clip_tier_puts_total");
-        if fetched > 0.0 && puts == fetched {
-            return puts as u64;
-        }
-        assert!(Instant::now() < deadline, "published {puts} of {fetched} spans");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        puts = metric(metrics, "clip_tier_puts_total");
+        fetched > 0.0 && puts == fetched
+    });
+    puts as u64
 }
 
 /// Node A fills the tier; returns the span object keys.
@@ -177,22 +174,17 @@ fn clip_pull_mounts_use_the_configured_tier() {
     let fleet = Fleet::new();
     let state = fleet.dir.path().join("state");
     let clip = |cache: &str, args: &[&str]| {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_clip"));
-        cmd.args(args).env("CLIP_LOG", "info").env_remove("CLIP_CONFIG").env_remove("CLIP_VERSION");
+        let mut cmd = common::node_command(args, &fleet.s3.env_for(&fleet.s3_proxy.addr()));
         cmd.env("CLIP_STATE_DIR", &state).env("CLIP_CACHE_DIR", fleet.dir.path().join(cache));
-        cmd.env("CLIP_S3_CONTENT_CACHE", TIER).envs(fleet.s3.env_for(&fleet.s3_proxy.addr()));
-        let out = cmd.stdin(std::process::Stdio::null()).output().unwrap();
+        let out = cmd.env("CLIP_S3_CONTENT_CACHE", TIER).output().unwrap();
         assert!(out.status.success(), "clip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap()
     };
     let image = fleet.registry_proxy.image_ref("img:t");
     let rootfs = PathBuf::from(clip("cache-a", &["pull", &image]).trim());
     fleet.read_all(&rootfs);
+    wait_within(Duration::from_secs(20), "node A published nothing", || !fleet.put_keys().is_empty());
     let deadline = Instant::now() + Duration::from_secs(20);
-    while fleet.put_keys().is_empty() {
-        assert!(Instant::now() < deadline, "node A published nothing");
-        std::thread::sleep(Duration::from_millis(50));
-    }
     // Let the background puts finish before the mount goes away: wait until no new key shows up for 1 s.
     let mut seen = fleet.put_keys().len();
     loop {

@@ -20,11 +20,8 @@ fn the_v1_fallback_tree_equals_umoci(#[case] compression: Compression) {
     layout.add_image("t", &conformance_image(compression));
     registry.push(layout.path(), "t", "conf:t");
     let dir = tempfile::tempdir().unwrap();
-    let env = vec![
-        ("CLIP_STATE_DIR".to_owned(), dir.path().join("state").display().to_string()),
-        ("CLIP_CACHE_DIR".to_owned(), dir.path().join("cache").display().to_string()),
-        ("CLIP_VERSION".to_owned(), "1".to_owned()),
-    ];
+    let mut env = common::node_env(dir.path());
+    env.push(("CLIP_VERSION".to_owned(), "1".to_owned()));
     let out = clip_node(&["pull", &registry.image_ref("conf:t")], &env);
     assert!(out.status.success(), "clip pull failed: {}", text(&out.stderr));
     let rootfs = PathBuf::from(text(&out.stdout).trim());

@@ -199,19 +199,14 @@ fn kill_9_while_fetching_leaves_no_bad_span_and_a_remount_serves_the_right_bytes
         .collect();
     // Kill while a fetch is in flight: once some spans are in the cache, every further blob answer stalls
     // after 100 KB, so the kill lands while one is half received.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while bad_span_files(&served.cache()).0 == 0 {
-        assert!(Instant::now() < deadline, "no fetch reached the cache");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::wait_within(Duration::from_secs(60), "no fetch reached the cache", || {
+        bad_span_files(&served.cache()).0 > 0
+    });
     served.proxy().set_faults(vec![Fault::new(FaultKind::StallAfter { after_bytes: 100_000 }).blobs_only()]);
     let stalled = |stats: &ProxyStats| {
         stats.log.iter().any(|r| r.fault.as_deref() == Some("stall-after") && r.body_bytes >= 100_000)
     };
-    while !stalled(&served.proxy().stats()) {
-        assert!(Instant::now() < deadline, "no fetch was caught in flight: {:?}", served.proxy().stats().log);
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::wait_within(Duration::from_secs(60), "no fetch was caught in flight", || stalled(&served.proxy().stats()));
     let before_kill = served.proxy().stats().blob_requests;
     m.kill9();
     for r in readers {

@@ -8,41 +8,21 @@ mod common;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use clip_testkit::{Compression, Image, LayerBuilder, OciLayoutBuilder};
-use common::{clip_fails, clip_ok, s};
+use clip_testkit::{Compression, Image, LayerBuilder};
+use common::{clip_fails, clip_ok, exits_within, mode, s, Indexed};
 use nix::sys::stat::{makedev, mknod, Mode, SFlag};
 
-/// A small OCI layout (image `t`) and a small root filesystem, in a temporary directory.
-struct Inputs {
-    dir: tempfile::TempDir,
-    layout: OciLayoutBuilder,
-}
-
-impl Inputs {
-    fn new() -> Inputs {
-        let mut l = LayerBuilder::new();
-        l.file("etc/hostname", "clip\n");
-        let mut layout = OciLayoutBuilder::new();
-        layout.add_image("t", &Image::from_tars(vec![l.finish()], Compression::Gzip));
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("rootfs/etc")).unwrap();
-        std::fs::write(dir.path().join("rootfs/etc/hostname"), "clip\n").unwrap();
-        Inputs { dir, layout }
-    }
-
-    fn image(&self) -> String {
-        format!("oci:{}:t", self.layout.path().display())
-    }
-
-    fn rootfs(&self) -> PathBuf {
-        self.dir.path().join("rootfs")
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
+/// A small image in an OCI layout, indexed (`img.clip`), and a small root filesystem (`rootfs/`) beside it.
+fn inputs() -> (Indexed, PathBuf) {
+    let mut l = LayerBuilder::new();
+    l.file("etc/hostname", "clip\n");
+    let inputs = Indexed::new(&Image::from_tars(vec![l.finish()], Compression::Gzip));
+    let rootfs = inputs.path("rootfs");
+    std::fs::create_dir_all(rootfs.join("etc")).unwrap();
+    std::fs::write(rootfs.join("etc/hostname"), "clip\n").unwrap();
+    (inputs, rootfs)
 }
 
 /// A path of each kind clip must not write over: FIFO, character device (`/dev/full`'s 1:7), socket,
@@ -74,15 +54,15 @@ fn assert_unchanged(path: &Path, kind: &str) {
 
 #[test]
 fn an_output_that_is_not_a_regular_file_is_refused_and_left_alone() {
-    let inputs = Inputs::new();
+    let (inputs, rootfs) = inputs();
     let good = inputs.path("good.clip");
     for (target, kind) in not_regular_files(inputs.dir.path()) {
         let needle = format!("it is {kind}, not a regular file");
-        clip_fails(&["index", &inputs.image(), "-o", s(&target)], &needle);
+        clip_fails(&["index", &inputs.reference(), "-o", s(&target)], &needle);
         assert_unchanged(&target, kind);
-        clip_fails(&["archive", s(&inputs.rootfs()), "-o", s(&target)], &needle);
+        clip_fails(&["archive", s(&rootfs), "-o", s(&target)], &needle);
         assert_unchanged(&target, kind);
-        clip_fails(&["archive", s(&inputs.rootfs()), "-o", s(&good), "--index-out", s(&target)], &needle);
+        clip_fails(&["archive", s(&rootfs), "-o", s(&good), "--index-out", s(&target)], &needle);
         assert_unchanged(&target, kind);
         assert!(!good.exists(), "refused before anything was written");
     }
@@ -100,7 +80,7 @@ fn clip_with_umask(umask: &str, args: &[&str]) {
     let out = Command::new("sh")
         .arg("-c")
         .arg(format!("umask {umask} && exec \"$0\" \"$@\""))
-        .arg(env!("CARGO_BIN_EXE_clip"))
+        .arg(common::clip_command().get_program())
         .args(args)
         .env("CLIP_LOG", "warn")
         .output()
@@ -108,27 +88,23 @@ fn clip_with_umask(umask: &str, args: &[&str]) {
     assert!(out.status.success(), "clip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
-fn mode(path: &Path) -> u32 {
-    std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
-}
-
 #[test]
 fn outputs_get_the_mode_a_new_file_gets_under_the_umask() {
-    let inputs = Inputs::new();
+    let (inputs, rootfs) = inputs();
     for (umask, want) in [("022", 0o644), ("027", 0o640)] {
         let (index, archive, copy) = (
             inputs.path(&format!("i{umask}.clip")),
             inputs.path(&format!("a{umask}.clip")),
             inputs.path(&format!("c{umask}.clip")),
         );
-        clip_with_umask(umask, &["index", &inputs.image(), "-o", s(&index)]);
-        clip_with_umask(umask, &["archive", s(&inputs.rootfs()), "-o", s(&archive), "--index-out", s(&copy)]);
+        clip_with_umask(umask, &["index", &inputs.reference(), "-o", s(&index)]);
+        clip_with_umask(umask, &["archive", s(&rootfs), "-o", s(&archive), "--index-out", s(&copy)]);
         for out in [&index, &archive, &copy] {
             assert_eq!(mode(out), want, "{} under umask {umask}: {:o}", out.display(), mode(out));
         }
         // Replacing an existing file gives the same mode, whatever the old file had.
         std::fs::set_permissions(&index, std::fs::Permissions::from_mode(0o600)).unwrap();
-        clip_with_umask(umask, &["index", &inputs.image(), "-o", s(&index)]);
+        clip_with_umask(umask, &["index", &inputs.reference(), "-o", s(&index)]);
         assert_eq!(mode(&index), want);
     }
 }
@@ -136,22 +112,14 @@ fn outputs_get_the_mode_a_new_file_gets_under_the_umask() {
 /// Runs `clip ARGS`, which must exit 1 within 30 s (it is killed and the test fails otherwise) with
 /// `needle` in its error.
 fn fails_promptly(args: &[&str], needle: &str) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_clip"))
+    let mut child = common::clip_command()
         .args(args)
         .env("CLIP_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            child.wait().unwrap();
-            panic!("clip {args:?} still running after 30 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    exits_within(&mut child, Duration::from_secs(30), &format!("clip {args:?} still running"));
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "clip {args:?}:\n{stderr}");
@@ -177,8 +145,6 @@ fn an_input_that_is_not_a_regular_file_is_refused_at_once() {
     }
     assert!(std::fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo());
     // A regular file still opens (the check is not in the way).
-    let inputs = Inputs::new();
-    let index = inputs.path("ok.clip");
-    clip_ok(&["index", &inputs.image(), "-o", s(&index)]);
-    clip_ok(&["inspect", s(&index)]);
+    let (inputs, _) = inputs();
+    clip_ok(&["inspect", s(&inputs.index())]);
 }

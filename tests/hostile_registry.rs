@@ -7,7 +7,7 @@
 mod common;
 
 use std::io::Read;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use clip_testkit::*;
@@ -27,29 +27,16 @@ fn image() -> (Image, Vec<u8>) {
 /// Runs `clip ARGS`, killing it if it has not ended after `limit`; returns (exit code, stderr, time).
 fn clip_within(args: &[&str], limit: Duration) -> (Option<i32>, String, Duration) {
     let started = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_clip"))
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawning clip");
+    let mut child =
+        common::clip_command().args(args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawning clip");
     let mut stderr = child.stderr.take().unwrap();
     let reader = std::thread::spawn(move || {
         let mut text = String::new();
         let _ = stderr.read_to_string(&mut text);
         text
     });
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if started.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("clip {args:?} was still running after {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    common::exits_within(&mut child, limit, &format!("clip {args:?} was still running"));
+    let status = child.wait().unwrap();
     (status.code(), reader.join().unwrap(), started.elapsed())
 }
 
@@ -118,17 +105,15 @@ fn an_endless_token_answer_during_a_mount_fails_the_read_and_the_mount_stays_up(
 
     // The registry behaves again: the same mount serves the file (after the store's failure hold-off).
     served.proxy().set_faults(vec![]);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    common::wait_within(Duration::from_secs(60), "the mount did not recover", || {
         match std::fs::read(m.dir.join("data/big")) {
             Ok(got) => {
                 assert!(got == big, "wrong bytes");
-                break;
+                true
             }
-            Err(e) => assert!(Instant::now() < deadline, "the mount did not recover: {e}"),
+            Err(_) => false,
         }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    });
     let stderr = m.stop();
     assert!(!stderr.contains("panicked"), "{stderr}");
 }

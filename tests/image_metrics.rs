@@ -12,7 +12,7 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 use clip_testkit::*;
 use common::{debian_layout, text, textfile_metric};
@@ -53,19 +53,9 @@ impl Node {
     fn run(&self, image: &str, cmd: &[&str], extra_env: &[(&str, &str)]) -> Output {
         let mut args = vec!["run", image, "--"];
         args.extend_from_slice(cmd);
-        Command::new(env!("CARGO_BIN_EXE_clip"))
-            .args(&args)
-            .env("CLIP_LOG", "info")
-            .env_remove("CLIP_CONFIG")
-            .env_remove("CLIP_VERSION")
-            .env_remove("CLIP_PUBLISH_INDEX")
-            .env_remove("CLIP_S3_INDEX_STORE")
-            .env("CLIP_STATE_DIR", self.state())
-            .env("CLIP_CACHE_DIR", self.dir.path().join("cache"))
-            .envs(extra_env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
-            .stdin(Stdio::null())
-            .output()
-            .expect("running clip")
+        let mut env = common::node_env(self.dir.path());
+        env.extend(extra_env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        common::clip_node(&args, &env)
     }
 
     /// Clip FUSE mounts under this node's state directory, per /proc/mounts.
@@ -76,7 +66,7 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
-        let _ = Command::new(env!("CARGO_BIN_EXE_clip")).arg("gc").env("CLIP_STATE_DIR", self.state()).output();
+        let _ = common::clip_node(&["gc"], &common::node_env(self.dir.path()));
         for m in self.clip_mounts() {
             let _ = Command::new("umount").arg("-l").arg(m).status();
         }

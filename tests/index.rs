@@ -117,7 +117,7 @@ async fn cat_of_a_file_in_a_50_mib_gzip_layer_fetches_under_three_spans() {
     let expected = tar[offset as usize..(offset + size) as usize].to_vec();
     assert_eq!(clip_ok(&["cat", s(&index), &path]), expected, "clip cat {path}");
 
-    let opened = clip_client::open_archive(&index, &Default::default()).await.unwrap();
+    let opened = clip_image::open_archive(&index, &Default::default()).await.unwrap();
     let archive = &opened.archive;
     let node = archive.node(archive.resolve(path.as_bytes()).unwrap().unwrap()).unwrap();
     let bytes = opened.store.read(node.data_ref().unwrap(), 0, size).await.unwrap();

@@ -177,11 +177,11 @@ fn prefetch_fills_the_cache_in_the_background() {
     let addr = common::free_addr();
     let m = img.mount("mnt", &["--prefetch", "--metrics", &addr]);
     let spans = clip_format::Archive::open(&img.index()).unwrap().span_count() as f64;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while metric(&addr, "clip_prefetched_spans_total") < spans {
-        assert!(std::time::Instant::now() < deadline, "prefetch did not load all {spans} spans within 60 s");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    common::wait_within(
+        std::time::Duration::from_secs(60),
+        &format!("prefetch did not load all {spans} spans"),
+        || metric(&addr, "clip_prefetched_spans_total") >= spans,
+    );
     // Everything is cached now: reading every file fetches nothing more.
     let fetched = metric(&addr, "clip_spans_fetched_total");
     for (path, off, size) in tar_files(&tar) {

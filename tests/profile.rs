@@ -4,7 +4,7 @@
 mod common;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clip_format::Archive;
 use clip_testkit::*;
@@ -70,11 +70,10 @@ fn recorded_profile_lists_first_reads_and_a_cold_mount_prefetches_them() {
         &dir.path().join("replay"),
         &["--cache-dir", s(&cache2), "--profile", s(&profile), "--metrics", &addr],
     );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while metric(&addr, "clip_prefetched_spans_total") < expected.len() as f64 {
-        assert!(Instant::now() < deadline, "the profile's {} spans were not prefetched within 60 s", expected.len());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let what = format!("the profile's {} spans were not prefetched", expected.len());
+    common::wait_within(Duration::from_secs(60), &what, || {
+        metric(&addr, "clip_prefetched_spans_total") >= expected.len() as f64
+    });
     let fetched = metric(&addr, "clip_spans_fetched_total");
     assert!(fetched >= expected.len() as f64, "prefetch fetched {fetched} spans");
     for (path, off, size) in &picked {
@@ -117,10 +116,7 @@ fn pushed_profile_is_found_and_prefetched_by_a_clean_node() {
     assert!(ok, "clip profile push failed:\n{err}");
 
     let state = dir.path().join("node/state");
-    let env = vec![
-        ("CLIP_STATE_DIR".to_owned(), state.display().to_string()),
-        ("CLIP_CACHE_DIR".to_owned(), dir.path().join("node/cache").display().to_string()),
-    ];
+    let env = common::node_env(&dir.path().join("node"));
     let (ok, out, err) = clip_node(&["pull", &image], &env);
     assert!(ok, "clip pull failed:\n{err}");
     assert!(err.contains("prefetch profile from registry"), "{err}");
@@ -140,12 +136,7 @@ fn clip_run_records_a_profile_and_a_clean_node_runs_with_the_pushed_one() {
     registry.push(&common::debian_layout(), "bookworm", "debian:test");
     let image = registry.image_ref("debian:test");
     let dir = tempfile::tempdir().unwrap();
-    let node = |name: &str| {
-        vec![
-            ("CLIP_STATE_DIR".to_owned(), dir.path().join(name).join("state").display().to_string()),
-            ("CLIP_CACHE_DIR".to_owned(), dir.path().join(name).join("cache").display().to_string()),
-        ]
-    };
+    let node = |name: &str| common::node_env(&dir.path().join(name));
     let profile = dir.path().join("debian.json");
     let (ok, out, err) =
         clip_node(&["run", "--record-profile", s(&profile), &image, "--", "cat", "/etc/os-release"], &node("first"));

@@ -40,10 +40,7 @@ impl Fixture {
 
     /// A fresh node's state and cache directories under this fixture.
     fn node_env(&self, name: &str) -> Vec<(String, String)> {
-        vec![
-            ("CLIP_STATE_DIR".into(), self.dir.path().join(name).join("state").display().to_string()),
-            ("CLIP_CACHE_DIR".into(), self.dir.path().join(name).join("cache").display().to_string()),
-        ]
+        common::node_env(&self.dir.path().join(name))
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -195,10 +192,7 @@ fn an_image_v2_refuses_falls_back_to_v1_logs_why_and_counts_it() {
     // A gzip blob under a media type clip cannot index: v1 decodes it by its magic bytes.
     let (_registry, image) = odd_layer_image(compress(&tar, Compression::Gzip), tar);
     let dir = tempfile::tempdir().unwrap();
-    let env = vec![
-        ("CLIP_STATE_DIR".to_owned(), dir.path().join("state").display().to_string()),
-        ("CLIP_CACHE_DIR".to_owned(), dir.path().join("cache").display().to_string()),
-    ];
+    let env = common::node_env(dir.path());
     let stderr = pull_and_gc(&image, &env, check_app_tree);
     assert!(stderr.contains("falling back to v1"), "{stderr}");
     assert!(stderr.contains("application/vnd.example.layer.v1.tar+lz4"), "the reason names the media type: {stderr}");
@@ -220,10 +214,7 @@ fn a_layer_nothing_can_decompress_fails_with_its_media_type() {
     lz4ish.extend_from_slice(&tar);
     let (_registry, image) = odd_layer_image(lz4ish, tar);
     let dir = tempfile::tempdir().unwrap();
-    let env = vec![
-        ("CLIP_STATE_DIR".to_owned(), dir.path().join("state").display().to_string()),
-        ("CLIP_CACHE_DIR".to_owned(), dir.path().join("cache").display().to_string()),
-    ];
+    let env = common::node_env(dir.path());
     let out = clip_node(&["pull", &image], &env);
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");

@@ -9,7 +9,7 @@ mod common;
 use std::fs;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{s, unique};
@@ -18,7 +18,7 @@ use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, InotifyEvent};
 
 /// Starts `clip ARGS` in the background, stderr captured.
 fn spawn_clip(args: &[&str]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_clip"))
+    common::clip_command()
         .args(args)
         .env("CLIP_LOG", "warn")
         .stdout(Stdio::null())

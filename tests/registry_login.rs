@@ -43,11 +43,9 @@ impl Fixture {
 
     /// A fresh node's state and cache directories, and `DOCKER_CONFIG`.
     fn node_env(&self, name: &str, docker_config: &str) -> Vec<(String, String)> {
-        vec![
-            ("CLIP_STATE_DIR".into(), self.dir.path().join(name).join("state").display().to_string()),
-            ("CLIP_CACHE_DIR".into(), self.dir.path().join(name).join("cache").display().to_string()),
-            ("DOCKER_CONFIG".into(), docker_config.to_owned()),
-        ]
+        let mut env = common::node_env(&self.dir.path().join(name));
+        env.push(("DOCKER_CONFIG".into(), docker_config.to_owned()));
+        env
     }
 }
 

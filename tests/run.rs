@@ -6,9 +6,10 @@ mod common;
 
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 use clip_testkit::*;
-use common::{debian_layout, text};
+use common::{debian_layout, node_command, node_env, text, wait_within};
 
 /// A registry holding the Debian image as `debian:test`, and a node's state and cache directories.
 struct Node {
@@ -32,21 +33,17 @@ impl Node {
     }
 
     fn env(&self) -> Vec<(String, String)> {
-        vec![
-            ("CLIP_STATE_DIR".into(), self.state().display().to_string()),
-            ("CLIP_CACHE_DIR".into(), self.dir.path().join("cache").display().to_string()),
-        ]
+        node_env(self.dir.path())
     }
 
     fn command(&self, args: &[&str], extra_env: &[(&str, &str)]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_clip"));
-        cmd.args(args).env("CLIP_LOG", "info").env_remove("CLIP_CONFIG").env_remove("CLIP_VERSION");
-        cmd.envs(self.env()).envs(extra_env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        cmd
+        let mut env = self.env();
+        env.extend(extra_env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        node_command(args, &env)
     }
 
     fn clip(&self, args: &[&str], extra_env: &[(&str, &str)]) -> Output {
-        self.command(args, extra_env).stdin(Stdio::null()).output().expect("running clip")
+        self.command(args, extra_env).output().expect("running clip")
     }
 
     /// `clip run IMAGE -- CMD...`.
@@ -131,11 +128,7 @@ fn concurrent_runs_share_one_mount() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    while node.clip_mounts().is_empty() {
-        assert!(std::time::Instant::now() < deadline, "first run never mounted");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    wait_within(Duration::from_secs(120), "first run never mounted", || !node.clip_mounts().is_empty());
     let out = node.run(&["cat", "/etc/debian_version"], &[]);
     assert_ok(&out);
     assert!(text(&out.stderr).contains("sharing the mount"), "{}", text(&out.stderr));
@@ -222,16 +215,10 @@ fn a_signal_to_clip_run_stops_the_container_and_cleans_up() {
         .spawn()
         .unwrap();
     let containers = node.state().join("containers");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    while std::fs::read_dir(&containers).map(|d| d.count()).unwrap_or(0) == 0 {
-        assert!(std::time::Instant::now() < deadline, "the container never started");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
     // The container's process runs (not just its directory): the signal must reach a running container.
-    while !container_process_runs(b"sleep\x00300\x00") {
-        assert!(std::time::Instant::now() < deadline, "the container's process never started");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    wait_within(Duration::from_secs(120), "the container's process never started", || {
+        container_process_runs(&containers, b"sleep\x00300\x00")
+    });
     let started = std::time::Instant::now();
     let st = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
     assert!(st.success());
@@ -244,10 +231,23 @@ fn a_signal_to_clip_run_stops_the_container_and_cleans_up() {
     assert!(node.clip_mounts().is_empty(), "mount left behind: {:?}", node.clip_mounts());
 }
 
-/// Whether a process with exactly this command line (`/proc/PID/cmdline`, NUL-separated) is running.
-fn container_process_runs(cmdline: &[u8]) -> bool {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .any(|e| std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c == cmdline))
+/// Whether one of the containers under `containers` (runc ids = directory names) is running and its process
+/// has exactly this command line (`/proc/PID/cmdline`, NUL-separated): another `sleep 300` on the machine
+/// does not count.
+fn container_process_runs(containers: &std::path::Path, cmdline: &[u8]) -> bool {
+    let Ok(dir) = std::fs::read_dir(containers) else { return false };
+    dir.filter_map(|e| e.ok()).any(|e| {
+        let state = Command::new("runc").arg("state").arg(e.file_name()).output();
+        let Some(state) = state
+            .ok()
+            .filter(|o| o.status.success())
+            .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
+        else {
+            return false;
+        };
+        state["status"] == "running"
+            && state["pid"]
+                .as_u64()
+                .is_some_and(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == cmdline))
+    })
 }

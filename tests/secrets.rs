@@ -176,7 +176,10 @@ fn s3_secret_keys_never_appear_in_logs_errors_or_metrics() {
     let addr = format!("127.0.0.1:{}", find_free_port());
     let m = MountProc::start_env(url.as_ref(), &dir.path().join("mnt"), &["--no-cache", "--metrics", &addr], &good);
     assert_eq!(std::fs::read(m.dir.join("blob")).unwrap(), pseudo_random_bytes(5, 1 << 20));
-    std::thread::sleep(Duration::from_millis(100));
+    // The read is counted once its answer is sent: wait for the count, then scrape.
+    common::wait_within(Duration::from_secs(10), "the read was not counted", || {
+        common::metric(&addr, "clip_fuse_read_bytes_total") > 0.0
+    });
     out.add("metrics", &http_get(&addr, "/metrics", &[]).unwrap().body);
     out.add("clip mount (stderr)", m.stop().as_bytes());
 

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use clip_testkit::*;
-use common::{clip_node, pull_and_gc, s, text, Indexed, MountProc};
+use common::{clip_node, mode, node_env, pull_and_gc, s, text, Indexed, MountProc};
 
 /// The unprivileged user the tests act as.
 const NOBODY: &str = "65534";
@@ -38,14 +38,6 @@ fn indexed(image: &Image) -> Indexed {
     img
 }
 
-/// A node's environment: state and cache directories under the test's directory.
-fn node_env(img: &Indexed) -> Vec<(String, String)> {
-    vec![
-        ("CLIP_STATE_DIR".into(), img.dir.path().join("state").display().to_string()),
-        ("CLIP_CACHE_DIR".into(), img.dir.path().join("cache").display().to_string()),
-    ]
-}
-
 /// Runs `args` as `nobody`, without supplementary groups or capabilities. `setpriv` keeps root's
 /// capabilities until its own exec (it needs them to drop the groups), so it starts a shell, which has none
 /// left, and the shell runs `args`: path lookup and exec happen as a plain user.
@@ -67,10 +59,6 @@ fn mount_options(dir: &Path) -> String {
         .find(|f| f.len() > 5 && f[4] == dir.to_str().unwrap())
         .map(|f| f[5].to_owned())
         .unwrap_or_else(|| panic!("{} is not mounted", dir.display()))
-}
-
-fn mode(path: &Path) -> u32 {
-    std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
 }
 
 #[test]
@@ -99,7 +87,7 @@ fn a_bare_mount_is_nosuid_unless_asked_so_a_local_user_cannot_become_root_throug
 #[test]
 fn a_node_keeps_its_state_private_and_its_shared_mounts_nosuid() {
     let img = indexed(&setuid_image(None));
-    let env = node_env(&img);
+    let env = node_env(img.dir.path());
     let state = img.dir.path().join("state");
     // A node set up by an older clip: state and mounts directories world-readable.
     std::fs::create_dir_all(state.join("mounts")).unwrap();
@@ -123,7 +111,7 @@ fn a_node_keeps_its_state_private_and_its_shared_mounts_nosuid() {
 #[test]
 fn a_container_of_a_non_root_user_gets_the_setuid_bit() {
     let img = indexed(&setuid_image(Some("1000")));
-    let out = clip_node(&["run", &img.reference(), "--", "/bin/id"], &node_env(&img));
+    let out = clip_node(&["run", &img.reference(), "--", "/bin/id"], &node_env(img.dir.path()));
     assert!(out.status.success(), "clip run failed:\n{}", text(&out.stderr));
     let stdout = text(&out.stdout);
     // The image's User applies (real uid 1000), and the setuid bit makes the effective uid root.

@@ -8,7 +8,7 @@ mod common;
 
 use std::fs;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use clip_format::{
     mode, write_archive, write_index, ArchiveKind, Compression, Content, DataRef, DataSource, ImageMeta, IndexContents,
@@ -33,7 +33,7 @@ fn v1_archive(file: DataRef, uncompressed: u64) -> Vec<u8> {
             source: "/rootfs".into(),
             span_size: 4 << 20,
             layers: vec![LayerMeta {
-                media_type: clip_client::DATA_MEDIA_TYPE.into(),
+                media_type: clip_image::DATA_MEDIA_TYPE.into(),
                 digest: format!("sha256:{}", "0".repeat(64)),
                 size: DATA_LEN,
                 diff_id: String::new(),
@@ -165,7 +165,7 @@ fn extract_peak_rss(dir: &Path, len: usize) -> u64 {
 
     let target = dir.join(format!("extracted-{len}"));
     let log_path = dir.join(format!("stderr-{len}"));
-    let child = Command::new(env!("CARGO_BIN_EXE_clip"))
+    let child = common::clip_command()
         .args(["-q", "extract", s(&archive), s(&target)])
         .env("CLIP_LOG", "warn")
         .stdout(Stdio::null())

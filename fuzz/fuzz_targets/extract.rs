@@ -11,7 +11,7 @@ use std::ops::Range;
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
-use clip_client::{extract, Opened};
+use clip_image::{extract, Opened};
 use clip_format::layout::SEC_DATA;
 use clip_format::Archive;
 use clip_store::{ContentStore, LayerBlobs, StoreConfig, StoreError};

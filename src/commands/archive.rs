@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
-use clip_client::{archive, ArchiveOptions, DataCompression, Location, PackConfig};
+use clip_image::{archive, ArchiveOptions, DataCompression, Location, PackConfig};
 
 use crate::args::ArchiveArgs;
 use crate::commands::progress::{self, TransferBar};

@@ -3,8 +3,8 @@
 use std::io::Write;
 
 use anyhow::{bail, Context};
-use clip_client::{open_archive, OpenOptions};
 use clip_format::NodeKind;
+use clip_image::{open_archive, OpenOptions};
 
 use crate::args::CatArgs;
 

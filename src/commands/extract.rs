@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use anyhow::Context;
-use clip_client::{extract, open_archive, OpenOptions};
+use clip_image::{extract, open_archive, OpenOptions};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::args::ExtractArgs;

@@ -1,13 +1,11 @@
-//! `clip index`: resolve the image, stream its layers once, write the .clip file atomically (never over a
-//! device or FIFO).
+//! `clip index`: resolve the image, then [`clip_image::index_to_file`] (its layers streamed once, the .clip
+//! file written atomically, never over a device or FIFO), and publish it with `--push`.
 
-use std::io::Write;
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
-use clip_client::ClientError;
-use clip_indexer::{index_image, IndexOptions};
+use clip_indexer::IndexOptions;
 use clip_source::{ImageRef, Platform, SourceOptions};
 
 use crate::args::IndexArgs;
@@ -32,7 +30,7 @@ pub async fn run(a: IndexArgs, quiet: bool) -> anyhow::Result<()> {
 async fn index(a: IndexArgs, quiet: bool) -> anyhow::Result<()> {
     let started = Instant::now();
     // An output that would be refused is refused before the image is read.
-    clip_client::check_output(&a.output).with_context(|| format!("writing {}", a.output.display()))?;
+    clip_image::check_output(&a.output).with_context(|| format!("writing {}", a.output.display()))?;
     let reference: ImageRef = a.image.parse().with_context(|| format!("parsing image reference {:?}", a.image))?;
     let mut opts = SourceOptions { plain_http: a.source.plain_http, ..Default::default() };
     if let Some(p) = &a.platform {
@@ -45,18 +43,9 @@ async fn index(a: IndexArgs, quiet: bool) -> anyhow::Result<()> {
     if progress::enabled(quiet) {
         index_opts.progress = Some(Arc::new(progress::LayerBars::default()));
     }
-    let contents =
-        index_image(&image, source.clone(), &index_opts).await.with_context(|| format!("indexing {reference}"))?;
-
     let out = &a.output;
-    let size = clip_client::write_atomically(out, |f| {
-        let format = |source| ClientError::Format { path: out.clone(), source };
-        let mut w = std::io::BufWriter::new(f);
-        let size = clip_format::write_index(&contents, &mut w).map_err(format)?;
-        w.flush().map_err(|source| ClientError::Io { path: out.clone(), what: "writing", source })?;
-        Ok(size)
-    })
-    .with_context(|| format!("writing {}", out.display()))?;
+    // The error names the image (indexing) or the file (writing).
+    let written = clip_image::index_to_file(&a.image, &image, source, &index_opts, out).await?;
 
     let image_size: u64 = image.layers.iter().map(|l| l.size).sum();
     if !quiet {
@@ -64,17 +53,17 @@ async fn index(a: IndexArgs, quiet: bool) -> anyhow::Result<()> {
             "indexed {reference} ({}) in {:.1}s: {} layers, {} inodes, {} spans; index {} bytes = {:.3}% of {} compressed bytes -> {}",
             image.manifest_digest,
             started.elapsed().as_secs_f64(),
-            contents.meta.layers.len(),
-            contents.nodes.len(),
-            contents.spans.len(),
-            size,
-            100.0 * size as f64 / image_size.max(1) as f64,
+            written.layers,
+            written.inodes,
+            written.spans,
+            written.size,
+            100.0 * written.size as f64 / image_size.max(1) as f64,
             image_size,
             out.display()
         );
     }
     if a.push {
-        let published = clip_client::publish_index(&a.image, out, &opts)
+        let published = clip_image::publish_index(&a.image, out, &opts)
             .await
             .with_context(|| format!("publishing {} to {reference}", out.display()))?;
         if !quiet {

@@ -2,8 +2,8 @@
 
 use std::io::Write;
 
-use clip_client::{load_archive, OpenOptions};
 use clip_format::layout;
+use clip_image::{load_archive, OpenOptions};
 
 use crate::args::InspectArgs;
 

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::bail;
-use clip_client::{load_archive, open_archive, OpenOptions, Owners};
 use clip_format::{Archive, NodeKind, NodeView};
+use clip_image::{load_archive, open_archive, OpenOptions, Owners};
 use serde_json::{json, Value};
 use tracing::debug;
 
@@ -72,7 +72,7 @@ async fn open(a: &LsArgs) -> anyhow::Result<(Arc<Archive>, Owners)> {
         let read = async {
             let opened = open_archive(&a.file, &opts).await?;
             let owners = Owners::read(&opened).await;
-            Ok::<_, clip_client::ClientError>((Arc::clone(&opened.archive), owners))
+            Ok::<_, clip_image::ImageError>((Arc::clone(&opened.archive), owners))
         };
         match tokio::time::timeout(OWNERS_TIMEOUT, read).await {
             Ok(Ok(found)) => return Ok(found),

@@ -30,6 +30,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Cat(a) => cat::run(a).await,
         Command::Extract(a) => extract::run(a, args.quiet).await,
         Command::Mount(a) => mount::run(a, args.quiet).await,
+        Command::ServeMount(a) => mount::serve(a, args.quiet).await,
         Command::Archive(a) => archive::run(a, args.quiet).await,
         Command::Push(a) => push::run(a, args.quiet).await,
         Command::Pull(a) => pull::run(a, args.quiet).await,
@@ -43,8 +44,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 /// The worker node for pull/run/gc: the configuration, and this binary to serve shared mounts.
-fn node(a: &NodeArgs) -> anyhow::Result<clip_client::Node> {
-    let config = clip_client::Config::load(a.config.as_deref()).context("loading the configuration")?;
+fn node(a: &NodeArgs) -> anyhow::Result<clip_node::Node> {
+    let config = clip_node::Config::load(a.config.as_deref()).context("loading the configuration")?;
     let exe = std::env::current_exe().context("finding the clip binary")?;
-    Ok(clip_client::Node::new(config, exe))
+    Ok(clip_node::Node::new(config, exe))
 }

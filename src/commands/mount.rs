@@ -1,8 +1,12 @@
-//! `clip mount`: mount a .clip file in the foreground and report what was fetched when it ends.
+//! `clip mount`: mount a .clip file in the foreground and report what was fetched when it ends; `clip
+//! serve-mount`: the same for a node's shared mount, configured by its spec.
 
-use clip_client::{mount_foreground, MountConfig};
+use std::path::Path;
 
-use crate::args::MountArgs;
+use clip_image::Location;
+use clip_node::{mount_foreground, MountConfig, MountSpec};
+
+use crate::args::{MountArgs, ServeMountArgs};
 
 pub async fn run(a: MountArgs, quiet: bool) -> anyhow::Result<()> {
     let mut config = MountConfig {
@@ -20,13 +24,22 @@ pub async fn run(a: MountArgs, quiet: bool) -> anyhow::Result<()> {
         if a.no_cache { None } else { Some(a.cache_dir.clone().unwrap_or_else(clip_store::default_cache_dir)) };
     config.open.store.cache_size = a.cache_size;
     config.open.store.read_timeout = a.read_timeout;
+    mount_and_report(&a.file, &a.mountpoint, &config, quiet).await
+}
+
+pub async fn serve(a: ServeMountArgs, quiet: bool) -> anyhow::Result<()> {
+    let spec = MountSpec::load(&a.spec)?; // the error names the file
+    mount_and_report(&spec.location(), &spec.mountpoint, &spec.config(a.read_timeout), quiet).await
+}
+
+async fn mount_and_report(file: &Location, mountpoint: &Path, config: &MountConfig, quiet: bool) -> anyhow::Result<()> {
     // "mounted" is logged at info (the default of `clip mount`) once the mount is live.
-    let summary = mount_foreground(&a.file, &a.mountpoint, &config, |_| {}).await?;
+    let summary = mount_foreground(file, mountpoint, config, |_| {}).await?;
     if !quiet {
         let s = summary.store;
         eprintln!(
             "unmounted {}: {} reads ({} bytes); fetched {} spans ({} compressed bytes); cache hits: {} memory, {} disk, {} tier ({:.0}% hit rate)",
-            a.mountpoint.display(),
+            mountpoint.display(),
             summary.reads,
             summary.read_bytes,
             s.spans_fetched,

@@ -9,7 +9,7 @@ pub async fn run(c: ProfileCommand, quiet: bool) -> anyhow::Result<()> {
     match c {
         ProfileCommand::Push { image, file, source } => {
             let opts = SourceOptions { plain_http: source.plain_http, ..SourceOptions::default() };
-            let published = clip_client::publish_profile(&image, &file, &opts)
+            let published = clip_node::publish_profile(&image, &file, &opts)
                 .await
                 .with_context(|| format!("publishing {} for {image}", file.display()))?;
             if !quiet {

@@ -81,7 +81,7 @@ impl TransferBar {
     }
 }
 
-impl clip_client::ArchiveProgress for TransferBar {
+impl clip_image::ArchiveProgress for TransferBar {
     fn packing(&self, files: u64, bytes: u64) {
         self.bar.set_message(format!("packing {files} files:"));
         self.bar.set_position(bytes);

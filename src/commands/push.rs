@@ -11,7 +11,7 @@ use crate::commands::progress::{self, TransferBar};
 pub async fn run(a: PushArgs, quiet: bool) -> anyhow::Result<()> {
     let started = Instant::now();
     let bar = progress::enabled(quiet).then(|| Arc::new(TransferBar::new()));
-    let size = clip_client::push(&a.file, &a.url, &a.s3.options(), bar.as_deref().map(|b| b as _))
+    let size = clip_image::push(&a.file, &a.url, &a.s3.options(), bar.as_deref().map(|b| b as _))
         .await
         .with_context(|| format!("pushing to {}", a.url))?;
     if let Some(b) = bar {

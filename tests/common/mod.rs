@@ -4,6 +4,48 @@
 
 use std::path::Path;
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+/// The `clip` binary under test, as a command to add arguments, environment and pipes to.
+pub fn clip_command() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_clip"))
+}
+
+/// Polls `done` (every 20 ms) until it holds; panics with `what` when it does not within `limit`.
+pub fn wait_within(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what} (waited {limit:?})");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until `child` exits; kills it and panics with `what` when it has not within `limit`.
+pub fn exits_within(child: &mut std::process::Child, limit: Duration, what: &str) {
+    let deadline = Instant::now() + limit;
+    while child.try_wait().expect("waiting for a child process").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} (waited {limit:?})");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The environment of a worker node whose state and span cache live in `root/state` and `root/cache`.
+pub fn node_env(root: &Path) -> Vec<(String, String)> {
+    vec![
+        ("CLIP_STATE_DIR".to_owned(), root.join("state").display().to_string()),
+        ("CLIP_CACHE_DIR".to_owned(), root.join("cache").display().to_string()),
+    ]
+}
+
+/// The permission bits (and setuid/setgid/sticky) of `path` (of its target, for a symlink).
+pub fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
 
 /// Runs `clip ARGS`; returns its output whatever the exit code.
 pub fn clip(args: &[&str]) -> Output {
@@ -12,7 +54,7 @@ pub fn clip(args: &[&str]) -> Output {
 
 /// Runs `clip ARGS` with extra environment variables (e.g. an S3 server's `AWS_*`); returns its output.
 pub fn clip_env(args: &[&str], env: &[(String, String)]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_clip"))
+    clip_command()
         .args(args)
         .env("CLIP_LOG", "warn")
         .envs(env.iter().map(|(k, v)| (k, v)))
@@ -74,23 +116,21 @@ impl MountProc {
     /// variables.
     pub fn start_env(archive: &std::ffi::OsStr, dir: &Path, extra: &[&str], env: &[(String, String)]) -> MountProc {
         std::fs::create_dir_all(dir).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_clip"));
+        let mut cmd = clip_command();
         cmd.arg("mount").arg(archive).arg(dir).args(extra).env("CLIP_LOG", "info");
         cmd.envs(env.iter().map(|(k, v)| (k, v)));
         cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
         let child = cmd.spawn().expect("spawning clip mount");
         let mut m = MountProc { child: Some(child), dir: dir.to_path_buf() };
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        while !is_mountpoint(dir) {
+        wait_within(Duration::from_secs(20), &format!("clip mount did not mount {}", dir.display()), || {
             if let Some(status) = m.child.as_mut().unwrap().try_wait().unwrap() {
                 let mut err = String::new();
                 use std::io::Read;
                 m.child.as_mut().unwrap().stderr.take().unwrap().read_to_string(&mut err).unwrap();
                 panic!("clip mount exited with {status} before mounting:\n{err}");
             }
-            assert!(std::time::Instant::now() < deadline, "clip mount did not mount {} within 20 s", dir.display());
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+            is_mountpoint(dir)
+        });
         m
     }
 
@@ -269,17 +309,21 @@ impl Served {
 /// environment (`CLIP_CONFIG`, `CLIP_VERSION`, …); `env` adds the test's own. Returns the output whatever
 /// the exit code.
 pub fn clip_node(args: &[&str], env: &[(String, String)]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_clip"))
-        .args(args)
+    node_command(args, env).output().expect("running the clip binary")
+}
+
+/// The command of [`clip_node`], to spawn it instead (stdin closed; stdout and stderr as set by the caller).
+pub fn node_command(args: &[&str], env: &[(String, String)]) -> Command {
+    let mut cmd = clip_command();
+    cmd.args(args)
         .env("CLIP_LOG", "info")
         .env_remove("CLIP_CONFIG")
         .env_remove("CLIP_VERSION")
         .env_remove("CLIP_PUBLISH_INDEX")
         .env_remove("CLIP_S3_INDEX_STORE")
         .envs(env.iter().map(|(k, v)| (k, v)))
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("running the clip binary")
+        .stdin(std::process::Stdio::null());
+    cmd
 }
 
 /// Bytes as (lossy) UTF-8 text.
@@ -353,6 +397,11 @@ impl Indexed {
 
     pub fn index(&self) -> std::path::PathBuf {
         self.dir.path().join("img.clip")
+    }
+
+    /// `name` in the temporary directory (which holds the index, `img.clip`).
+    pub fn path(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(name)
     }
 
     /// Mounts the index at `DIR/mnt` without a disk cache.

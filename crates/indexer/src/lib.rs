@@ -19,4 +19,4 @@ pub mod tar;
 pub use assemble::{assemble, layer_dir_name, TreeKind};
 pub use error::IndexError;
 pub use parts::{PartStore, PartStoreError};
-pub use pipeline::{image_config, index_image, IndexOptions, Progress, DEFAULT_SPAN_SIZE};
+pub use pipeline::{image_config, index_image, layer_parts, IndexOptions, Progress, DEFAULT_SPAN_SIZE};

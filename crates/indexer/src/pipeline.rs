@@ -101,35 +101,7 @@ pub async fn index_image(
     source: Arc<dyn BlobSource>,
     opts: &IndexOptions,
 ) -> Result<IndexContents, IndexError> {
-    if !(64 << 10..=1 << 30).contains(&opts.span_size) {
-        return Err(IndexError::SpanSize(opts.span_size));
-    }
-    let diff_ids = &image.config.diff_ids;
-    if diff_ids.len() != image.layers.len() {
-        return Err(IndexError::DiffIdCount { diff_ids: diff_ids.len(), layers: image.layers.len() });
-    }
-    // Refuse unknown media types before downloading anything.
-    let compressions: Vec<LayerCompression> = image.layers.iter().map(|l| l.compression()).collect::<Result<_, _>>()?;
-
-    let tasks = image.layers.iter().cloned().zip(compressions).enumerate().map(|(i, (desc, comp))| {
-        let source = source.clone();
-        let opts = opts.clone();
-        let expected_diff = diff_ids[i].clone();
-        async move {
-            let part = match reused_part(i, &desc, &expected_diff, &opts).await {
-                Some(part) => part,
-                None => {
-                    let part = index_layer(i, desc, comp, &expected_diff, source, opts.clone()).await?;
-                    keep_part(&part, &opts).await;
-                    part
-                }
-            };
-            Ok::<_, IndexError>(part)
-        }
-    });
-    let parts: Vec<LayerPart> =
-        futures::stream::iter(tasks).buffered(opts.parallel_layers.max(1)).try_collect().await?;
-
+    let parts = layer_parts(&image.layers, &image.config.diff_ids, source, opts).await?;
     let base = ImageMeta {
         source: image.reference.to_string(),
         manifest_digest: Some(image.manifest_digest.to_string()),
@@ -148,6 +120,43 @@ pub async fn index_image(
     let (layers, nodes, spans) = (contents.meta.layers.len(), contents.nodes.len(), contents.spans.len());
     info!(image = %image.reference, layers, nodes, spans, "indexed");
     Ok(contents)
+}
+
+/// The parts of the layers `layers` (bottom first; `diff_ids[i]` is layer `i`'s diff_id from the image
+/// config): each taken from `opts.parts` when kept there (and `opts.reuse`), else streamed from `source`,
+/// checked, and kept there. Layers are read `opts.parallel_layers` at a time.
+pub async fn layer_parts(
+    layers: &[Descriptor],
+    diff_ids: &[Digest],
+    source: Arc<dyn BlobSource>,
+    opts: &IndexOptions,
+) -> Result<Vec<LayerPart>, IndexError> {
+    if !(64 << 10..=1 << 30).contains(&opts.span_size) {
+        return Err(IndexError::SpanSize(opts.span_size));
+    }
+    if diff_ids.len() != layers.len() {
+        return Err(IndexError::DiffIdCount { diff_ids: diff_ids.len(), layers: layers.len() });
+    }
+    // Refuse unknown media types before downloading anything.
+    let compressions: Vec<LayerCompression> = layers.iter().map(|l| l.compression()).collect::<Result<_, _>>()?;
+
+    let tasks = layers.iter().cloned().zip(compressions).enumerate().map(|(i, (desc, comp))| {
+        let source = source.clone();
+        let opts = opts.clone();
+        let expected_diff = diff_ids[i].clone();
+        async move {
+            let part = match reused_part(i, &desc, &expected_diff, &opts).await {
+                Some(part) => part,
+                None => {
+                    let part = index_layer(i, desc, comp, &expected_diff, source, opts.clone()).await?;
+                    keep_part(&part, &opts).await;
+                    part
+                }
+            };
+            Ok::<_, IndexError>(part)
+        }
+    });
+    futures::stream::iter(tasks).buffered(opts.parallel_layers.max(1)).try_collect().await
 }
 
 /// The runtime settings kept in an index, from an image config.

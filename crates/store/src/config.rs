@@ -28,6 +28,10 @@ pub struct StoreConfig {
     /// opened, concurrently, instead of one span per read as the reader gets there (0 turns it off).
     /// Default 16 MiB.
     pub open_prefetch_max: u64,
+    /// Smallest file [`crate::ContentStore::cached_file`] makes a local copy of: smaller files are served
+    /// from the cached spans (and the page cache), so reading many small files does not cost a cache file
+    /// (and a disk block) each. Default 64 KiB.
+    pub passthrough_min: u64,
     /// Largest file [`crate::ContentStore::cached_file`] assembles while the caller waits; larger ones are
     /// assembled in the background. Default 64 MiB.
     pub passthrough_inline_max: u64,
@@ -63,6 +67,7 @@ impl Default for StoreConfig {
             prefetch_concurrency: 1,
             profile_concurrency: 4,
             open_prefetch_max: 16 << 20,
+            passthrough_min: 64 << 10,
             passthrough_inline_max: 64 << 20,
             read_timeout: Duration::from_secs(30),
             remote: None,

@@ -11,7 +11,7 @@ use clip_format::{Archive, DataRef};
 use sha2::{Digest as _, Sha256};
 use tracing::debug;
 
-use crate::cache::{parse_digest, touch, DiskCache, FILES_DIR};
+use crate::cache::{on_disk, parse_digest, touch, DiskCache, FILES_DIR};
 use crate::{lock, ContentStore, StoreError};
 
 const CHUNK: usize = 64 * 1024;
@@ -135,7 +135,7 @@ impl DiskCache {
         let path = shard.join(format!("{key_hex}.{}", hex::encode(content.finalize())));
         tmp.publish(&path).inspect_err(|e| debug!(path = %path.display(), error = %e, "cannot publish")).ok()?;
         lock(&self.verified_files).insert(*key, path.clone());
-        self.added(size);
+        self.added(on_disk(size));
         debug!(path = %path.display(), size, "materialized file for passthrough");
         File::open(&path).ok()
     }
@@ -209,6 +209,9 @@ impl ContentStore {
     pub fn cached_file(&self, data: DataRef) -> Option<File> {
         let inner = &self.inner;
         let disk = inner.disk.as_ref()?;
+        if data.size < inner.config.passthrough_min {
+            return None;
+        }
         let parts = file_parts(&inner.archive, data)
             .inspect_err(|e| debug!(layer = data.layer, offset = data.offset, error = %e, "no local file"))
             .ok()?;

@@ -6,9 +6,10 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use clip_codec::sha256;
 use clip_format::DataRef;
-use clip_store::{ContentStore, StoreConfig, StoreError};
-use common::{cached, dir_bytes, eventually, files_in, manual_clock, raw_fixture, text, Fixture, Layer, KIB};
+use clip_store::{ContentStore, DiskCache, StoreConfig, StoreError};
+use common::{cached, disk_usage, eventually, files_in, manual_clock, raw_fixture, text, Fixture, Layer, KIB};
 
 const SPAN: u64 = 64 * KIB;
 
@@ -71,7 +72,7 @@ async fn a_second_store_over_the_same_cache_makes_no_requests() {
     let fetched = fx.blobs.count();
     assert_eq!(fetched as u64, first.stats().spans_fetched);
     assert_eq!(files_in(dir.path(), "spans").len(), fetched);
-    assert_eq!(first.stats().disk_cache_bytes, dir_bytes(dir.path()));
+    assert_eq!(first.stats().disk_cache_bytes, disk_usage(dir.path()));
     drop(first);
 
     let second = fx.store(cached(dir.path()));
@@ -99,7 +100,7 @@ async fn the_cache_stays_within_its_bound() {
         }
     }
     eventually("eviction brings the cache under its bound", || {
-        dir_bytes(dir.path()) <= bound && store.stats().disk_cache_bytes <= bound
+        disk_usage(dir.path()) <= bound && store.stats().disk_cache_bytes <= bound
     })
     .await;
     let stats = store.stats();
@@ -109,8 +110,24 @@ async fn the_cache_stays_within_its_bound() {
     // A later store that finds the cache over its (smaller) bound evicts at open.
     let smaller = StoreConfig { cache_size: 2 * SPAN, ..config };
     let store = fx.store(smaller);
-    assert!(dir_bytes(dir.path()) <= 2 * SPAN);
+    assert!(disk_usage(dir.path()) <= 2 * SPAN);
     assert!(store.stats().evictions >= 1);
+}
+
+#[test]
+fn the_bound_counts_disk_blocks_not_bytes() {
+    // 100 spans of 100 bytes: 10 KB of bytes, but a block each on disk.
+    let dir = tempfile::tempdir().unwrap();
+    let bound = 64 * KIB;
+    let cache = DiskCache::open(dir.path(), bound).unwrap();
+    for i in 0..100u32 {
+        let bytes = i.to_le_bytes().repeat(25);
+        cache.put(&sha256(&bytes), &bytes);
+    }
+    let used = disk_usage(dir.path());
+    assert!(used <= bound, "{used} bytes of disk for a {bound}-byte bound");
+    assert!(cache.stats().evictions >= 80, "{:?}", cache.stats());
+    assert_eq!(cache.stats().bytes, files_in(dir.path(), "spans").len() as u64 * 4096);
 }
 
 #[tokio::test]

@@ -23,7 +23,9 @@ async fn a_fully_cached_file_is_handed_out_with_exactly_its_bytes() {
     let empty = DataRef { layer: 0, offset: 7, size: 0 };
     let fx = raw_fixture(8, &[across, inside, empty]);
     let dir = tempfile::tempdir().unwrap();
-    let store = fx.store(StoreConfig { readahead_spans: 0, ..cached(dir.path()) });
+    // Small files too (by default they are served from spans: see the next test).
+    let config = || StoreConfig { readahead_spans: 0, passthrough_min: 0, ..cached(dir.path()) };
+    let store = fx.store(config());
 
     assert!(store.cached_file(across).is_none(), "nothing is cached yet");
     store.read(across, 0, SPAN).await.unwrap(); // spans 1 and 2 only
@@ -42,12 +44,27 @@ async fn a_fully_cached_file_is_handed_out_with_exactly_its_bytes() {
     let requests = fx.blobs.count();
 
     // After a restart the files are found (and verified) again, without new copies or requests.
-    let store = fx.store(cached(dir.path()));
+    let store = fx.store(config());
     assert_eq!(contents(store.cached_file(across).unwrap()), fx.expected(across));
     assert_eq!(contents(store.cached_file(inside).unwrap()), fx.expected(inside));
     assert_eq!(files_in(dir.path(), "files").len(), 3);
     assert_eq!(fx.blobs.count(), requests);
     assert!(store.stats().disk_cache_bytes >= 4 * SPAN + across.size + inside.size);
+}
+
+#[tokio::test]
+async fn small_files_are_served_from_spans_without_a_copy_each() {
+    // 200 files of 1000 bytes in the first spans: reading them all leaves those spans on disk, no files.
+    let files: Vec<DataRef> = (0..200).map(|i| DataRef { layer: 0, offset: i * 1024, size: 1000 }).collect();
+    let fx = raw_fixture(4, &files);
+    let dir = tempfile::tempdir().unwrap();
+    let store = fx.store(StoreConfig { readahead_spans: 0, ..cached(dir.path()) });
+    for &f in &files {
+        assert_eq!(store.read(f, 0, f.size).await.unwrap(), fx.expected(f));
+        assert!(store.cached_file(f).is_none(), "a 1000-byte file got a copy of its own");
+    }
+    assert!(files_in(dir.path(), "files").is_empty());
+    assert_eq!(files_in(dir.path(), "spans").len(), 4);
 }
 
 #[tokio::test]

@@ -2,8 +2,8 @@
 //! image when it has them, left-aligned; else numbers, right-aligned), size (or `major, minor`), the
 //! modification time in UTC (`Mon DD HH:MM` within the last six months, else `Mon DD  YYYY`), the name.
 
-use clip_client::Owners;
 use clip_format::{NodeKind, NodeView};
+use clip_image::Owners;
 
 /// GNU ls's "six months": half of an average Gregorian year, in seconds.
 const SIX_MONTHS: i64 = 31_556_952 / 2;

@@ -1,9 +1,11 @@
-//! Keeping a [`DiskCache`] under its bound: a running total of the bytes this process knows of, and
-//! eviction passes that scan the directory (learning what other processes added), delete the least
-//! recently used files (oldest mtime) until it is 10 % under the bound, and remove stale temp files.
+//! Keeping a [`DiskCache`] under its bound, counted in disk blocks (not file lengths): a running total of the
+//! space this process knows of, and eviction passes that scan the directory (learning what other processes
+//! added), delete the least recently used files (oldest mtime) until it is 10 % under the bound, and remove
+//! stale temp files.
 
 use std::fs;
 use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -160,7 +162,8 @@ impl DiskCache {
                             None
                         }
                     };
-                    out.push(Entry { path: entry.path(), size: meta.len(), mtime, span });
+                    // What the file takes on disk, not its length: a 100-byte span costs a whole block.
+                    out.push(Entry { path: entry.path(), size: meta.blocks() * 512, mtime, span });
                 }
             }
         }

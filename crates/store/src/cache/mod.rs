@@ -45,6 +45,12 @@ pub(crate) const FILES_DIR: &str = "files";
 /// Forget verification marks beyond this many (they are re-earned by hashing again).
 const MAX_VERIFIED: usize = 1 << 20;
 
+/// The disk space a cache file of `len` bytes takes, as the running total estimates it between scans: whole
+/// 4 KiB blocks (scans count the blocks the file system reports). `--cache-size` bounds this, not the bytes.
+pub(crate) fn on_disk(len: u64) -> u64 {
+    len.div_ceil(4096) * 4096
+}
+
 /// A span cache directory bounded in size, safe to share between processes. See the module docs.
 pub struct DiskCache {
     root: PathBuf,
@@ -75,7 +81,7 @@ struct CacheCounters {
 /// Counters of a [`DiskCache`] in this process.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CacheStats {
-    /// Bytes in the cache as this process last knew it.
+    /// Disk space (whole blocks) the cache takes, as this process last knew it.
     pub bytes: u64,
     /// Spans and files served from the cache.
     pub hits: u64,
@@ -222,7 +228,7 @@ impl DiskCache {
         match written {
             Ok(()) => {
                 self.mark_verified(digest);
-                self.added(len);
+                self.added(on_disk(len));
             }
             Err(e) => {
                 self.counters.write_failures.fetch_add(1, Ordering::Relaxed);
@@ -251,6 +257,7 @@ impl DiskCache {
             lock(&self.verified).remove(d);
         }
         if fs::remove_file(path).is_ok() {
+            let size = on_disk(size);
             let _ = self.total.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| Some(t.saturating_sub(size)));
         }
     }
@@ -258,6 +265,8 @@ impl DiskCache {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::MetadataExt;
+
     use super::*;
     use crate::sha256 as digest;
 
@@ -288,14 +297,15 @@ mod tests {
         cache.put(&d, &bytes);
         assert!(cache.contains(&d));
         assert_eq!(cache.get(&d, bytes.len() as u64).as_deref(), Some(&bytes[..]));
-        assert_eq!(cache.stats().bytes, bytes.len() as u64);
+        assert_eq!(cache.stats().bytes, on_disk(bytes.len() as u64), "a whole block is counted");
         // No temp files remain next to the span.
         let shard = cache.span_path(&d).parent().unwrap().to_path_buf();
         let names: Vec<_> = fs::read_dir(shard).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, vec![std::ffi::OsString::from(hex::encode(d))]);
 
         let again = DiskCache::open(dir.path(), 1 << 20).unwrap();
-        assert_eq!(again.stats().bytes, bytes.len() as u64);
+        let blocks = fs::metadata(cache.span_path(&d)).unwrap().blocks() * 512;
+        assert_eq!(again.stats().bytes, blocks, "a scan counts what the file system allocated");
         assert_eq!(again.get(&d, bytes.len() as u64).as_deref(), Some(&bytes[..]));
     }
 

@@ -309,14 +309,15 @@ impl LayerBlobs for TestBlobs {
 }
 
 /// Total bytes of all files under `dir`.
-pub fn dir_bytes(dir: &Path) -> u64 {
+pub fn disk_usage(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
     let mut total = 0;
     for entry in std::fs::read_dir(dir).unwrap().flatten() {
         let meta = entry.metadata().unwrap();
         if meta.is_dir() {
-            total += dir_bytes(&entry.path());
+            total += disk_usage(&entry.path());
         } else {
-            total += meta.len();
+            total += meta.blocks() * 512;
         }
     }
     total

@@ -1,0 +1,352 @@
+//! Index distribution through the registry: an index is published next to its image as an OCI artifact
+//! ([`publish_index`]) and found there again by digest ([`fetch_published_index`]).
+//!
+//! The artifact is an OCI image manifest with `artifactType` [`INDEX_ARTIFACT_TYPE`], the empty config
+//! (`application/vnd.oci.empty.v1+json`, `{}`), one layer (the `.clip` file, [`INDEX_LAYER_MEDIA_TYPE`])
+//! and `subject` = the image manifest. It is pushed by digest. Registries with the referrers API list it
+//! under `GET /v2/<name>/referrers/<digest>`; for the others (such as distribution 2.8) the referrers tag
+//! schema is kept up to date: an image index tagged `sha256-<hex of the subject>` listing the artifacts,
+//! merged with what is already there.
+//!
+//! Registry credentials come from Docker's config, like every registry request clip makes
+//! ([`clip_source::registry_auth`]: `DOCKER_CONFIG`, `~/.docker/config.json`, credential helpers); a
+//! registry that refuses them (or wants some) fails with [`ImageError::RegistryAuth`], which says how to
+//! log in.
+
+use std::path::{Path, PathBuf};
+
+use clip_format::Archive;
+use clip_source::{media_types, Access, Descriptor, Digest, ImageRef, RegistrySource, SourceError, SourceOptions};
+use serde_json::{json, Value};
+use tracing::{debug, info};
+
+use crate::ImageError;
+
+/// `artifactType` of a published index.
+pub const INDEX_ARTIFACT_TYPE: &str = "application/vnd.clip.index.v2";
+/// Media type of the layer holding the `.clip` file.
+pub const INDEX_LAYER_MEDIA_TYPE: &str = "application/vnd.clip.index.v2.clip";
+const EMPTY_MEDIA_TYPE: &str = "application/vnd.oci.empty.v1+json";
+const OCI_MANIFEST: &str = media_types::OCI_MANIFEST;
+const OCI_INDEX: &str = media_types::OCI_INDEX;
+/// Largest index clip downloads from a registry.
+const MAX_INDEX_BYTES: u64 = 4 << 30;
+
+/// What [`publish_index`] pushed.
+#[derive(Debug, Clone)]
+pub struct PublishedIndex {
+    /// Digest of the artifact manifest.
+    pub artifact: String,
+    /// Digest of the image manifest it refers to.
+    pub subject: String,
+    /// The referrers tag written (`sha256-<hex>`), when the registry lacks the referrers API.
+    pub referrers_tag: Option<String>,
+}
+
+/// A registry repository, with the image reference the user gave for it (for errors).
+struct Repo {
+    source: RegistrySource,
+    registry: String,
+    image: String,
+}
+
+impl Repo {
+    async fn new(image: &str, opts: &SourceOptions, access: Access) -> Result<Repo, ImageError> {
+        let reference: ImageRef = image.parse()?;
+        let ImageRef::Registry { registry, repository, .. } = reference else {
+            return Err(ImageError::NotARegistry { image: image.to_owned() });
+        };
+        let source = RegistrySource::connect_for(&registry, &repository, opts, access)
+            .await
+            .map_err(|e| registry_failure(image, &registry, "connecting", e))?;
+        Ok(Repo { source, registry, image: image.to_owned() })
+    }
+
+    fn err(&self, what: &'static str) -> impl FnOnce(SourceError) -> ImageError + '_ {
+        move |e| registry_failure(&self.image, &self.registry, what, e)
+    }
+
+    /// The artifact manifest `digest` of `artifact_type` referring to `subject`: `Ok(None)` when it is of
+    /// another type; an error when it does not match its digest or names another subject.
+    async fn artifact_manifest(
+        &self,
+        digest: &str,
+        subject: &str,
+        artifact_type: &str,
+    ) -> Result<Option<Value>, ImageError> {
+        let bad = |why: String| ImageError::BadArtifact { image: self.image.clone(), digest: digest.to_owned(), why };
+        if digest.parse::<Digest>().is_err() {
+            return Err(bad("its digest is not a sha256 digest".into()));
+        }
+        let bytes = self.source.manifest(digest, &[OCI_MANIFEST]).await.map_err(|e| match e {
+            SourceError::DigestMismatch { .. } => bad("its manifest does not match its digest".into()),
+            e => registry_failure(&self.image, &self.registry, "fetching an artifact", e),
+        })?;
+        let manifest: Value = serde_json::from_slice(&bytes).map_err(|e| bad(format!("not JSON: {e}")))?;
+        if manifest.get("artifactType").and_then(Value::as_str) != Some(artifact_type) {
+            return Ok(None);
+        }
+        let named = manifest.pointer("/subject/digest").and_then(Value::as_str);
+        if named != Some(subject) {
+            return Err(bad(format!("its subject is {named:?}, not {subject}")));
+        }
+        Ok(Some(manifest))
+    }
+}
+
+/// A failed registry call: [`ImageError::RegistryAuth`] (with the fix) when the registry refused our
+/// credentials or wants some, else the source's error.
+pub fn registry_failure(image: &str, registry: &str, what: &'static str, e: SourceError) -> ImageError {
+    match e {
+        SourceError::Auth { detail, .. } => {
+            ImageError::RegistryAuth { image: image.to_owned(), registry: registry.to_owned(), what, detail }
+        }
+        e => ImageError::from(e),
+    }
+}
+
+fn registry_error(image: &str, what: &'static str, e: impl std::fmt::Display) -> ImageError {
+    ImageError::Registry { image: image.to_owned(), what, detail: e.to_string() }
+}
+
+/// Publishes the index at `index` (built from `image`) as an artifact referring to the image manifest, and
+/// makes it discoverable (referrers API, else the referrers tag schema). `image` must resolve to the
+/// manifest the index was built from.
+pub async fn publish_index(image: &str, index: &Path, opts: &SourceOptions) -> Result<PublishedIndex, ImageError> {
+    let archive = Archive::open(index).map_err(|source| ImageError::Format { path: index.into(), source })?;
+    let Some(indexed) = archive.meta().manifest_digest.clone() else {
+        return Err(ImageError::NotAnImageIndex { path: index.into() });
+    };
+    let mut opts = opts.clone();
+    if let Some(p) = &archive.meta().platform {
+        opts.platform = clip_source::Platform::new(&p.os, &p.architecture, p.variant.as_deref());
+    }
+    let bytes = std::fs::read(index).map_err(ImageError::io(index, "reading the index"))?;
+    let title = index.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "index.clip".into());
+    let artifact = Artifact { artifact_type: INDEX_ARTIFACT_TYPE, layer_media_type: INDEX_LAYER_MEDIA_TYPE, title };
+    push_artifact(image, &indexed, &opts, &artifact, bytes).await
+}
+
+/// What [`push_artifact`] pushes besides the bytes.
+pub struct Artifact {
+    pub artifact_type: &'static str,
+    pub layer_media_type: &'static str,
+    pub title: String,
+}
+
+/// Pushes `bytes` as a one-layer artifact whose `subject` is the manifest `subject_digest` of `image`'s
+/// repository, and makes it discoverable (referrers API, else the referrers tag schema).
+pub async fn push_artifact(
+    image: &str,
+    subject_digest: &str,
+    opts: &SourceOptions,
+    artifact: &Artifact,
+    bytes: Vec<u8>,
+) -> Result<PublishedIndex, ImageError> {
+    let indexed = subject_digest.to_owned();
+    let mut reference: ImageRef = image.parse()?;
+    if let ImageRef::Registry { digest, .. } = &mut reference {
+        *digest = Some(indexed.clone());
+    }
+    let (resolved, _) = clip_source::open(&reference, opts).await?;
+    let subject_type = serde_json::from_slice::<Value>(&resolved.manifest_bytes)
+        .ok()
+        .and_then(|v| v.get("mediaType").and_then(Value::as_str).map(str::to_owned))
+        .unwrap_or_else(|| OCI_MANIFEST.to_owned());
+    let subject = json!({
+        "mediaType": subject_type,
+        "digest": indexed,
+        "size": resolved.manifest_bytes.len(),
+    });
+
+    let repo = Repo::new(image, opts, Access::Push).await?;
+    let layer_digest = Digest::of(&bytes);
+    let empty_digest = Digest::of(b"{}");
+    let len = bytes.len();
+    for (data, digest) in [(b"{}".to_vec(), &empty_digest), (bytes, &layer_digest)] {
+        repo.source.push_blob(digest, data.into()).await.map_err(repo.err("pushing a blob"))?;
+    }
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": artifact.artifact_type,
+        "config": { "mediaType": EMPTY_MEDIA_TYPE, "digest": empty_digest.as_str(), "size": 2, "data": "e30=" },
+        "layers": [{
+            "mediaType": artifact.layer_media_type,
+            "digest": layer_digest.as_str(),
+            "size": len,
+            "annotations": { "org.opencontainers.image.title": artifact.title },
+        }],
+        "subject": subject,
+    });
+    let body = serde_json::to_vec(&manifest).map_err(|e| registry_error(image, "encoding the manifest", e))?;
+    let digest = Digest::of(&body);
+    repo.source
+        .push_manifest(digest.as_str(), OCI_MANIFEST, body.clone().into())
+        .await
+        .map_err(repo.err("pushing the artifact"))?;
+    info!(%image, artifact = %digest, artifact_type = artifact.artifact_type, subject = %indexed, "artifact pushed");
+
+    let subject_digest: Digest = indexed.parse()?;
+    let listed = repo
+        .source
+        .referrers(&subject_digest, artifact.artifact_type)
+        .await
+        .map_err(repo.err("listing referrers"))?
+        .iter()
+        .any(|m| m.digest == digest.as_str());
+    let referrers_tag = if listed {
+        None
+    } else {
+        let entry = json!({
+            "mediaType": OCI_MANIFEST,
+            "digest": digest.as_str(),
+            "size": body.len(),
+            "artifactType": artifact.artifact_type,
+        });
+        Some(update_tag_schema(&repo, &subject_digest, entry).await?)
+    };
+    Ok(PublishedIndex { artifact: digest.to_string(), subject: indexed, referrers_tag })
+}
+
+/// Adds `entry` to the referrers index tagged `sha256-<hex>` (creating it when missing).
+async fn update_tag_schema(repo: &Repo, subject: &Digest, entry: Value) -> Result<String, ImageError> {
+    let tag = clip_source::referrers_tag(subject);
+    let mut index = match repo.source.manifest(&tag, &[OCI_INDEX]).await {
+        Ok(bytes) => serde_json::from_slice::<Value>(&bytes)
+            .ok()
+            .filter(|v| v.get("manifests").is_some_and(Value::is_array))
+            .ok_or_else(|| {
+                registry_error(&repo.image, "reading the referrers tag", format!("{tag} is not an image index"))
+            })?,
+        Err(SourceError::TagNotFound { .. }) => {
+            debug!(%tag, "no referrers tag yet");
+            json!({ "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [] })
+        }
+        Err(e) => return Err(repo.err("reading the referrers tag")(e)),
+    };
+    if let Some(list) = index.get_mut("manifests").and_then(Value::as_array_mut) {
+        if !list.iter().any(|m| m.get("digest") == entry.get("digest")) {
+            list.push(entry);
+        }
+    }
+    let body =
+        serde_json::to_vec(&index).map_err(|e| registry_error(&repo.image, "encoding the referrers index", e))?;
+    repo.source.push_manifest(&tag, OCI_INDEX, body.into()).await.map_err(repo.err("pushing the referrers tag"))?;
+    info!(image = %repo.image, %tag, "referrers tag updated (the registry has no referrers API)");
+    Ok(tag)
+}
+
+/// Looks for an index of the image manifest `manifest_digest` published in `image`'s repository; when one
+/// is found (its artifact names that subject, its layer matches its digest and is a readable index of that
+/// manifest), writes it to `dest` atomically and returns the artifact digest. `Ok(None)`: none published.
+pub async fn fetch_published_index(
+    image: &str,
+    manifest_digest: &str,
+    dest: &Path,
+    opts: &SourceOptions,
+) -> Result<Option<String>, ImageError> {
+    let Some((artifact, layer)) =
+        find_artifact_layer(image, manifest_digest, opts, INDEX_ARTIFACT_TYPE, MAX_INDEX_BYTES).await?
+    else {
+        return Ok(None);
+    };
+    let bad = |why: String| ImageError::BadArtifact { image: image.to_owned(), digest: artifact.digest.clone(), why };
+    if layer.media_type != INDEX_LAYER_MEDIA_TYPE {
+        return Err(bad(format!("no {INDEX_LAYER_MEDIA_TYPE} layer")));
+    }
+    download(&artifact, &layer, dest, manifest_digest).await.map_err(|e| match e {
+        ImageError::Registry { .. } | ImageError::Io { .. } | ImageError::Source(_) => e,
+        other => bad(other.to_string()),
+    })?;
+    info!(%image, artifact = %artifact.digest, index = %dest.display(), "index from registry");
+    Ok(Some(artifact.digest))
+}
+
+/// An artifact found by [`find_artifact_layer`]: its manifest digest, and the repository to read it from.
+struct FoundArtifact {
+    digest: String,
+    repo: Repo,
+}
+
+/// The first layer of the first artifact of `artifact_type` that refers to `subject_digest` in `image`'s
+/// repository, checked to be a plausible blob of at most `max` bytes. `Ok(None)`: none published.
+async fn find_artifact_layer(
+    image: &str,
+    subject_digest: &str,
+    opts: &SourceOptions,
+    artifact_type: &str,
+    max: u64,
+) -> Result<Option<(FoundArtifact, Descriptor)>, ImageError> {
+    let repo = Repo::new(image, opts, Access::Pull).await?;
+    let subject: Digest = subject_digest.parse()?;
+    let entries = repo.source.referrers(&subject, artifact_type).await.map_err(repo.err("listing referrers"))?;
+    for entry in entries {
+        let Some(manifest) = repo.artifact_manifest(&entry.digest, subject_digest, artifact_type).await? else {
+            continue;
+        };
+        let bad = |why: String| ImageError::BadArtifact { image: image.to_owned(), digest: entry.digest.clone(), why };
+        let layer = manifest.pointer("/layers/0").ok_or_else(|| bad("it has no layer".into()))?;
+        let digest = layer.get("digest").and_then(Value::as_str).unwrap_or_default();
+        let size = layer.get("size").and_then(Value::as_u64).unwrap_or(u64::MAX);
+        let media_type = layer.get("mediaType").and_then(Value::as_str).unwrap_or_default();
+        let digest = digest
+            .parse::<Digest>()
+            .ok()
+            .filter(|_| size <= max)
+            .ok_or_else(|| bad(format!("layer {digest:?} of {size} bytes is implausible")))?;
+        let desc = Descriptor::new(media_type, digest, size);
+        return Ok(Some((FoundArtifact { digest: entry.digest, repo }, desc)));
+    }
+    Ok(None)
+}
+
+/// The layer of the first artifact of `artifact_type` referring to `subject_digest` in `image`'s repository,
+/// read into memory (at most `max` bytes) and checked against its digest: `(artifact digest, bytes)`.
+/// `Ok(None)`: none published.
+pub async fn fetch_artifact_layer(
+    image: &str,
+    subject_digest: &str,
+    opts: &SourceOptions,
+    artifact_type: &str,
+    max: u64,
+) -> Result<Option<(String, Vec<u8>)>, ImageError> {
+    let Some((artifact, layer)) = find_artifact_layer(image, subject_digest, opts, artifact_type, max).await? else {
+        return Ok(None);
+    };
+    let repo = &artifact.repo;
+    let out = repo.source.read_small_blob(&layer, max).await.map_err(repo.err("downloading an artifact"))?;
+    if Digest::of(&out) != layer.digest {
+        return Err(ImageError::BadArtifact {
+            image: image.to_owned(),
+            digest: artifact.digest,
+            why: format!("its layer does not match {}", layer.digest),
+        });
+    }
+    Ok(Some((artifact.digest, out)))
+}
+
+/// Downloads the index blob `layer` into a temporary file next to `dest` (streaming, digest checked),
+/// checks it is an index of `manifest_digest`, then puts it in place as [`crate::write_atomically`] does.
+async fn download(
+    artifact: &FoundArtifact,
+    layer: &Descriptor,
+    dest: &Path,
+    manifest_digest: &str,
+) -> Result<(), ImageError> {
+    let repo = &artifact.repo;
+    let dir = dest.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+    std::fs::create_dir_all(&dir).map_err(ImageError::io(&dir, "creating the index store"))?;
+    let tmp = crate::atomic::temp_next_to(dest)?;
+    let path = tmp.path().to_path_buf();
+    clip_source::download_verified(&repo.source, layer, &path).await.map_err(repo.err("downloading the index"))?;
+    let archive = Archive::open(&path).map_err(|source| ImageError::Format { path: path.clone(), source })?;
+    if archive.meta().manifest_digest.as_deref() != Some(manifest_digest) {
+        return Err(ImageError::ManifestChanged {
+            path,
+            indexed: archive.meta().manifest_digest.clone().unwrap_or_default(),
+            found: manifest_digest.to_owned(),
+        });
+    }
+    crate::atomic::put_in_place(tmp, dest)
+}

@@ -1,0 +1,71 @@
+//! The node crate's error type: pulling, mounting and running images.
+
+use std::path::PathBuf;
+
+use clip_image::ImageError;
+
+/// Why `pull`, `run`, `gc` or a mount failed; each variant names the image, path or program concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// A mount failed; the error names the mountpoint.
+    #[error(transparent)]
+    Mount(clip_fs::FsError),
+    #[error(transparent)]
+    S3(#[from] clip_s3::S3Error),
+    #[error("background task failed: {0}")]
+    Task(String),
+    #[error("{path} is not a prefetch profile: {why} (record one with `clip mount --record-profile FILE`)")]
+    BadProfile { path: PathBuf, why: String },
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("resolving {image}")]
+    Resolve {
+        image: String,
+        #[source]
+        source: Box<clip_source::SourceError>,
+    },
+    #[error("{}: {what}", path.display())]
+    Io {
+        path: PathBuf,
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the mount process for {archive} exited before mounting ({status}); its log {log}:\n{tail}")]
+    MountExited { archive: PathBuf, status: String, log: PathBuf, tail: String },
+    #[error("{mountpoint} was not mounted within {secs} s (see {log})")]
+    MountTimeout { mountpoint: PathBuf, secs: u64, log: PathBuf },
+    #[error("running {program} (is it installed? apt-get install {program})")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{program} {args} failed: {status}: {stderr}")]
+    Command { program: String, args: String, status: String, stderr: String },
+    #[error("{image} has no Entrypoint or Cmd: give a command (clip run IMAGE -- CMD...)")]
+    NoCommand { image: String },
+    #[error("user {user:?} of {image}: {message}")]
+    User { image: String, user: String, message: String },
+    #[error("overlay mount at {} (is the overlay module loaded? modprobe overlay)", path.display())]
+    Overlay {
+        path: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("{path} cannot be an overlay layer: its path holds ',' ':' or '\\\\'; use another state_dir")]
+    OverlayPath { path: PathBuf },
+    #[error("layer {digest} ({media_type}) cannot be applied: {why}")]
+    Layer { digest: String, media_type: String, why: String },
+    #[error("runtime state {path} is corrupt: {message}; remove it and its mount with `clip gc`")]
+    State { path: PathBuf, message: String },
+}
+
+impl NodeError {
+    pub fn io(path: impl Into<PathBuf>, what: &'static str) -> impl FnOnce(std::io::Error) -> NodeError {
+        let path = path.into();
+        move |source| NodeError::Io { path, what, source }
+    }
+}

@@ -1,0 +1,33 @@
+//! A worker node: what a machine running containers from lazy images does, on top of [`clip_image`].
+//!
+//! - [`Config`]: the node's configuration (a TOML file under `CLIP_*` environment variables).
+//! - [`mount_foreground`]: mount an archive with FUSE until it is unmounted ([`MountConfig`]), with
+//!   Prometheus [`metrics`], the [`S3SpanCache`] content cache tier, and prefetch [`Profile`]s.
+//! - [`MountSpec`]: the typed spec a node hands to the `clip` process serving one of its shared mounts.
+//! - [`Profile`] / [`ProfileRecorder`]: the spans a container's startup read, recorded by a mount
+//!   (`record_profile`) and prefetched in that order by the next cold mount (`profile`).
+//! - [`Node`]: pull and run images (index store, shared mounts, overlay, OCI runtime), with v2 → v1
+//!   [`Fallback`]s and image-level metrics written to `STATE_DIR/`[`METRICS_DIR`]`/`[`METRICS_FILE`].
+//!
+//! Errors are one [`NodeError`]; those of the image layer arrive as [`NodeError::Image`].
+
+pub mod config;
+mod content_cache;
+mod error;
+pub mod metrics;
+mod mount;
+mod mount_spec;
+mod profile;
+mod run;
+
+pub use config::{ClipVersion, Config, ConfigError, Origin};
+pub use content_cache::S3SpanCache;
+pub use error::NodeError;
+pub use mount::{mount_foreground, MountConfig, MountSummary};
+pub use mount_spec::MountSpec;
+pub use profile::{
+    fetch_published_profile, publish_profile, Profile, ProfileRecorder, PROFILE_ARTIFACT_TYPE, PROFILE_LAYER_MEDIA_TYPE,
+};
+pub use run::{
+    Fallback, FallbackReason, GcEntry, IndexOrigin, Lease, Node, Pulled, StoredIndex, User, METRICS_DIR, METRICS_FILE,
+};

@@ -1,0 +1,223 @@
+//! Prometheus metrics, in one place: every metric clip exposes is written by a prometheus-client
+//! [`Collector`] that reads the live counters at scrape time, through one encoder ([`render`], the
+//! Prometheus text format). A mount's counters ([`MountMetrics`]: FUSE operations, the content store)
+//! are served over HTTP by [`serve`] (`clip mount --metrics ADDR`); the image metrics of `clip pull`/`run`
+//! go to a textfile for node_exporter (`run::image_metrics`) through the same [`render`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use clip_fs::{FsStatsSnapshot, Op};
+use clip_store::StoreStats;
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::header::CONTENT_TYPE;
+use hyper::service::service_fn;
+use hyper::Response;
+use hyper_util::rt::TokioIo;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tracing::{debug, warn};
+
+use crate::NodeError;
+
+/// The content type of [`render`]'s output: the Prometheus text format, version 0.0.4.
+pub use prometheus_client::encoding::prometheus_text::CONTENT_TYPE as CONTENT_TYPE_TEXT;
+
+/// Everything one scrape of a mount reports.
+pub struct Snapshot {
+    pub fs: FsStatsSnapshot,
+    pub store: StoreStats,
+}
+
+/// The Prometheus text (version 0.0.4: what Prometheus scrapes and node_exporter's textfile collector
+/// reads) of what `collector` reports now.
+pub fn render(collector: impl Collector) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(collector));
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &registry);
+    out
+}
+
+/// Writes metric families into a [`DescriptorEncoder`]: the typed metrics of prometheus-client, read from
+/// snapshots (names of counters without `_total`: the encoder adds it).
+pub(crate) struct Families<'a, 'b>(pub &'a mut DescriptorEncoder<'b>);
+
+type Fmt = Result<(), std::fmt::Error>;
+
+impl Families<'_, '_> {
+    pub(crate) fn counter(&mut self, name: &str, help: &str, value: u64) -> Fmt {
+        let encoder = self.0.encode_descriptor(name, help, None, MetricType::Counter)?;
+        ConstCounter::new(value).encode(encoder)
+    }
+
+    /// One counter per `(name, help, value)`, in order.
+    pub(crate) fn counters(&mut self, counters: &[(&str, &str, u64)]) -> Fmt {
+        counters.iter().try_for_each(|&(name, help, value)| self.counter(name, help, value))
+    }
+
+    pub(crate) fn gauge(&mut self, name: &str, help: &str, value: f64) -> Fmt {
+        let encoder = self.0.encode_descriptor(name, help, None, MetricType::Gauge)?;
+        ConstGauge::new(value).encode(encoder)
+    }
+
+    /// A counter with one label, a sample per `(label value, count)`.
+    pub(crate) fn counters_by<V: prometheus_client::encoding::EncodeCounterValue>(
+        &mut self,
+        name: &str,
+        help: &str,
+        label: &str,
+        samples: impl IntoIterator<Item = (String, V)>,
+    ) -> Fmt {
+        let mut encoder = self.0.encode_descriptor(name, help, None, MetricType::Counter)?;
+        for (value, count) in samples {
+            let labels = [(label.to_owned(), value)];
+            encoder.encode_family(&labels)?.encode_counter::<NoLabelSet, _, u64>(&count, None)?;
+        }
+        Ok(())
+    }
+
+    /// A histogram from per-bucket (not cumulative) counts `(upper bound, count)`, the last bound `+Inf`.
+    pub(crate) fn histogram(&mut self, name: &str, help: &str, sum: f64, count: u64, buckets: &[(f64, u64)]) -> Fmt {
+        let mut encoder = self.0.encode_descriptor(name, help, None, MetricType::Histogram)?;
+        encoder.encode_histogram::<NoLabelSet>(sum, count, buckets, None)
+    }
+}
+
+/// The counters of one mount, read at every scrape.
+#[derive(Clone)]
+pub struct MountMetrics(pub Arc<dyn Fn() -> Snapshot + Send + Sync>);
+
+impl std::fmt::Debug for MountMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MountMetrics")
+    }
+}
+
+impl Collector for MountMetrics {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Fmt {
+        let s = (self.0)();
+        let mut m = Families(&mut encoder);
+        let ops = || Op::ALL.iter().map(|&op| (op, s.fs.op(op)));
+        m.counters_by(
+            "clip_fuse_requests",
+            "FUSE requests answered, by operation.",
+            "op",
+            ops().map(|(op, o)| (op.name().to_owned(), o.count)),
+        )?;
+        m.counters_by(
+            "clip_fuse_request_seconds",
+            "Time spent answering FUSE requests, by operation (divide by clip_fuse_requests_total for the mean).",
+            "op",
+            ops().map(|(op, o)| (op.name().to_owned(), o.latency.as_secs_f64())),
+        )?;
+        m.counters(&[
+            ("clip_fuse_read_bytes", "Bytes returned by FUSE reads.", s.fs.read_bytes),
+            ("clip_fuse_read_errors", "FUSE reads answered with an error.", s.fs.read_errors),
+            (
+                "clip_fuse_passthrough_opens",
+                "Opens served by FUSE passthrough (reads never reach clip).",
+                s.fs.passthrough_opens,
+            ),
+            ("clip_fuse_erofs", "Write attempts refused with EROFS.", s.fs.erofs),
+        ])?;
+        let st = &s.store;
+        m.counters(&[
+            ("clip_cache_memory_hits", "Span lookups served from memory.", st.memory_hits),
+            ("clip_cache_disk_hits", "Span lookups served from the disk cache.", st.disk_hits),
+            ("clip_spans_fetched", "Spans fetched from the blob source (cache misses).", st.spans_fetched),
+            ("clip_fetched_bytes", "Compressed bytes fetched from the blob source.", st.bytes_fetched),
+        ])?;
+        m.counters_by(
+            "clip_layer_fetched_bytes",
+            "Compressed bytes fetched, per layer.",
+            "layer",
+            st.layer_bytes_fetched.iter().enumerate().map(|(i, b)| (i.to_string(), *b)),
+        )?;
+        m.counters(&[
+            ("clip_fetch_errors", "Span fetches that failed.", st.fetch_errors),
+            (
+                "clip_verify_failures",
+                "Fetched spans whose bytes failed their digest (never served).",
+                st.verify_failures,
+            ),
+            (
+                "clip_cache_verify_failures",
+                "Disk cache files that failed their digest (refetched).",
+                st.disk_verify_failures,
+            ),
+            ("clip_tier_hits", "Span lookups served by the shared content cache tier.", st.tier_hits),
+            ("clip_tier_misses", "Span lookups the shared content cache tier did not hold.", st.tier_misses),
+            (
+                "clip_tier_errors",
+                "Content cache tier requests that failed or timed out (the registry was used).",
+                st.tier_errors,
+            ),
+            ("clip_tier_rejected", "Content cache tier objects that failed their digest (ignored).", st.tier_rejected),
+            ("clip_tier_puts", "Spans published to the content cache tier.", st.tier_puts),
+            ("clip_readahead_spans", "Spans requested by readahead.", st.readahead_spans),
+            (
+                "clip_open_prefetch_spans",
+                "Spans requested because a file covering them was opened.",
+                st.open_prefetch_spans,
+            ),
+            ("clip_prefetched_spans", "Spans loaded by prefetch.", st.prefetched_spans),
+            ("clip_cache_evictions", "Disk cache files evicted.", st.evictions),
+            ("clip_cache_evicted_bytes", "Bytes evicted from the disk cache.", st.bytes_evicted),
+        ])?;
+        m.gauge("clip_inflight_fetches", "Span fetches running now.", st.inflight_fetches as f64)?;
+        m.gauge("clip_cache_bytes", "Bytes in the disk cache.", st.disk_cache_bytes as f64)?;
+        let mut below = 0;
+        let buckets: Vec<(f64, u64)> = st
+            .fetch_latency
+            .cumulative()
+            .into_iter()
+            .map(|(le, n)| {
+                let per_bucket = n - below;
+                below = n;
+                (le.map_or(f64::INFINITY, |ms| ms as f64 / 1000.0), per_bucket)
+            })
+            .collect();
+        m.histogram(
+            "clip_fetch_seconds",
+            "Latency of span fetches from the blob source.",
+            st.fetch_latency.sum_micros as f64 / 1e6,
+            st.fetch_latency.count,
+            &buckets,
+        )
+    }
+}
+
+/// Serves [`render`] of `metrics` over HTTP on `addr` (every path; `GET /metrics` is what Prometheus asks)
+/// until the runtime stops.
+pub async fn serve(addr: SocketAddr, metrics: MountMetrics) -> Result<(), NodeError> {
+    let listener =
+        TcpListener::bind(addr).await.map_err(NodeError::io(addr.to_string(), "binding the metrics address"))?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((conn, peer)) = listener.accept().await else { continue };
+            let metrics = metrics.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |_request| {
+                    let body = render(metrics.clone());
+                    async move {
+                        Response::builder().header(CONTENT_TYPE, CONTENT_TYPE_TEXT).body(Full::new(Bytes::from(body)))
+                    }
+                });
+                let served = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(conn), service);
+                match served.await {
+                    Ok(()) => debug!(%peer, "metrics scraped"),
+                    Err(error) => warn!(%peer, %error, "metrics connection failed"),
+                }
+            });
+        }
+    });
+    Ok(())
+}

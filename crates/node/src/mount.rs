@@ -1,0 +1,150 @@
+//! Mounting an archive in the foreground: open it with its store, mount, serve metrics, wait until it is
+//! unmounted from outside or the process gets SIGINT/SIGTERM, then unmount and report what was fetched.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clip_format::DataRef;
+use clip_fs::{ClipFs, MountOptions, PassthroughSource};
+use clip_s3::S3Url;
+use clip_store::{ContentStore, RemoteSpanCache, RemoteTier, StoreStats};
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{info, warn};
+
+use crate::metrics::{self, MountMetrics, Snapshot};
+use crate::profile::{Profile, ProfileRecorder};
+use clip_image::{open_archive, Location, OpenOptions};
+
+use crate::{NodeError, S3SpanCache};
+
+/// How to mount.
+#[derive(Debug, Clone, Default)]
+pub struct MountConfig {
+    pub open: OpenOptions,
+    pub fs: MountOptions,
+    /// Serve Prometheus metrics on this address.
+    pub metrics: Option<SocketAddr>,
+    /// Fill the cache with every span in the background, at low priority.
+    pub prefetch: bool,
+    /// Record the spans read, in first-touch order, to this JSON file (rewritten every few seconds and at
+    /// unmount). Turns FUSE passthrough off so that every read is seen.
+    pub record_profile: Option<PathBuf>,
+    /// Right after mounting, prefetch the spans of this recorded profile in order, at low priority.
+    pub profile: Option<PathBuf>,
+    /// The shared content cache tier (`s3://BUCKET/PREFIX`), asked after the disk cache.
+    pub content_cache: Option<S3Url>,
+}
+
+/// How often a recording mount rewrites its profile.
+const PROFILE_SAVE_EVERY: Duration = Duration::from_secs(3);
+
+/// What a mount did, reported when it ends.
+#[derive(Debug, Clone)]
+pub struct MountSummary {
+    pub store: StoreStats,
+    pub reads: u64,
+    pub read_bytes: u64,
+}
+
+/// Hands fully cached files to the kernel for FUSE passthrough.
+struct StorePassthrough(Arc<ContentStore>);
+
+impl PassthroughSource for StorePassthrough {
+    fn local_file(&self, data: DataRef) -> Option<std::fs::File> {
+        self.0.cached_file(data)
+    }
+}
+
+/// Mounts `archive` at `mountpoint`; calls `ready` once the mount is live, then blocks until it is unmounted.
+pub async fn mount_foreground(
+    archive: &Location,
+    mountpoint: &Path,
+    config: &MountConfig,
+    ready: impl FnOnce(&Path),
+) -> Result<MountSummary, NodeError> {
+    let profile = config.profile.as_deref().map(Profile::load).transpose()?;
+    let mut open = config.open.clone();
+    if let Some(url) = &config.content_cache {
+        let tier = S3SpanCache::open(url, &open.s3)?;
+        info!(tier = %tier.describe(), "content cache tier");
+        open.store.remote = Some(RemoteTier(Arc::new(tier)));
+    }
+    let opened = open_archive(archive, &open).await?;
+    let store = opened.store.clone();
+    let mut fs = ClipFs::new(store.clone(), tokio::runtime::Handle::current());
+    let recorder = config
+        .record_profile
+        .as_ref()
+        .map(|path| Arc::new(ProfileRecorder::new(Arc::clone(store.archive()), path.clone())));
+    match &recorder {
+        Some(recorder) => fs = fs.with_read_observer(recorder.clone()),
+        None => fs = fs.with_passthrough(Arc::new(StorePassthrough(store.clone()))),
+    }
+    let fs_stats = fs.stats();
+    // Metrics are served before the mount appears, so whoever waits for the mount can scrape at once.
+    if let Some(addr) = config.metrics {
+        let (fs_stats, store) = (fs_stats.clone(), store.clone());
+        let scrape = Arc::new(move || Snapshot { fs: fs_stats.snapshot(), store: store.stats() });
+        metrics::serve(addr, MountMetrics(scrape)).await?;
+        info!(%addr, "serving metrics");
+    }
+    let mountpoint_buf: PathBuf = mountpoint.to_path_buf();
+    let fs_opts = config.fs.clone();
+    let mut handle = tokio::task::spawn_blocking(move || clip_fs::mount(fs, &mountpoint_buf, &fs_opts))
+        .await
+        .map_err(|e| NodeError::Task(e.to_string()))?
+        .map_err(NodeError::Mount)?;
+    let mut prefetch = config.prefetch.then(|| store.prefetch_all());
+    if let Some(profile) = profile.filter(|_| prefetch.is_none()) {
+        let spans = profile.valid_spans(store.archive());
+        if profile.manifest_digest != store.archive().meta().manifest_digest {
+            warn!(profile = ?profile.manifest_digest, "the profile was recorded for another image; using the spans that exist");
+        }
+        info!(spans = spans.len(), "prefetching the spans of the profile");
+        prefetch = Some(store.prefetch_spans(spans));
+    }
+    info!(%archive, mountpoint = %mountpoint.display(), "mounted");
+    ready(mountpoint);
+
+    let mut term = signal(SignalKind::terminate()).map_err(NodeError::io(mountpoint, "installing signal handlers"))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(NodeError::io(mountpoint, "installing signal handlers"))?;
+    let mut last_save = tokio::time::Instant::now();
+    loop {
+        if let Some(recorder) = recorder.as_ref().filter(|_| last_save.elapsed() >= PROFILE_SAVE_EVERY) {
+            last_save = tokio::time::Instant::now();
+            if let Err(error) = recorder.save() {
+                warn!(error = &error as &dyn std::error::Error, "saving the profile");
+            }
+        }
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                if !handle.is_mounted() {
+                    info!(mountpoint = %mountpoint.display(), "unmounted from outside");
+                    break;
+                }
+            }
+        }
+    }
+    if handle.is_mounted() {
+        // A busy mount (open files) is detached lazily when the handle drops.
+        if let Err(error) = handle.unmount() {
+            warn!(error = &error as &dyn std::error::Error, "unmount failed; detaching lazily");
+        }
+    }
+    if let Some(task) = prefetch {
+        task.abort();
+    }
+    if let Some(recorder) = &recorder {
+        match recorder.save() {
+            Ok(()) => info!(spans = recorder.profile().spans.len(), "profile recorded"),
+            Err(error) => warn!(error = &error as &dyn std::error::Error, "saving the profile"),
+        }
+    }
+    let fs = fs_stats.snapshot();
+    drop(handle);
+    Ok(MountSummary { store: store.stats(), reads: fs.op(clip_fs::Op::Read).count, read_bytes: fs.read_bytes })
+}

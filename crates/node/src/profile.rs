@@ -1,0 +1,214 @@
+//! Prefetch profiles: the order in which a container's startup first read the image's spans.
+//!
+//! A [`ProfileRecorder`] watches a mount's reads (it is a [`clip_fs::ReadObserver`]), maps each one to the
+//! spans it covers and keeps every span once, in first-touch order. [`Profile`] is the small JSON file it
+//! writes (`{"manifest_digest": ..., "spans": [[layer, span], ...]}`, span = index into the index's span
+//! table); a later mount of the same index on a cold node hands those spans to
+//! [`clip_store::ContentStore::prefetch_spans`] so they load in order while the container starts.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use clip_format::{Archive, DataRef};
+use serde::{Deserialize, Serialize};
+use tracing::debug;
+
+use clip_image::{fetch_artifact_layer, push_artifact, Artifact, ImageError, PublishedIndex};
+
+use crate::NodeError;
+use clip_source::SourceOptions;
+
+/// `artifactType` of a profile published next to its image.
+pub const PROFILE_ARTIFACT_TYPE: &str = "application/vnd.clip.profile.v1";
+/// Media type of the layer holding the profile's JSON.
+pub const PROFILE_LAYER_MEDIA_TYPE: &str = "application/vnd.clip.profile.v1+json";
+
+/// Largest profile file read.
+const MAX_PROFILE_BYTES: u64 = 64 << 20;
+
+/// A recorded startup profile.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Profile {
+    /// The image manifest the index was built from (`None` for an archive of a directory).
+    pub manifest_digest: Option<String>,
+    /// `(layer, span index)` in the order they were first read, each once.
+    pub spans: Vec<(u32, usize)>,
+}
+
+impl Profile {
+    /// Reads a profile file.
+    pub fn load(path: &Path) -> Result<Profile, NodeError> {
+        let bytes = read_profile_file(path)?;
+        Profile::from_json(&bytes).map_err(|why| NodeError::BadProfile { path: path.into(), why })
+    }
+
+    /// Parses the JSON form.
+    pub fn from_json(bytes: &[u8]) -> Result<Profile, String> {
+        serde_json::from_slice(bytes).map_err(|e| e.to_string())
+    }
+
+    /// Writes the profile to `path` atomically (see [`clip_image::write_atomically`]).
+    pub fn save(&self, path: &Path) -> Result<(), NodeError> {
+        let bytes = serde_json::to_vec(self).map_err(|e| NodeError::io(path, "encoding the profile")(e.into()))?;
+        Ok(clip_image::write_atomically(path, |f| {
+            std::io::Write::write_all(f, &bytes).map_err(ImageError::io(path, "writing the profile"))
+        })?)
+    }
+
+    /// The spans that exist in `archive` (layer in range, span inside that layer's spans), in order; a
+    /// profile recorded on another index of the image may name others.
+    pub fn valid_spans(&self, archive: &Archive) -> Vec<(u32, usize)> {
+        self.spans
+            .iter()
+            .copied()
+            .filter(|&(layer, span)| archive.layer_spans(layer).is_ok_and(|r| r.contains(&span)))
+            .collect()
+    }
+}
+
+/// The bytes of the profile file at `path`: a regular file of at most [`MAX_PROFILE_BYTES`].
+fn read_profile_file(path: &Path) -> Result<Vec<u8>, NodeError> {
+    let file = clip_format::open_regular(path).map_err(NodeError::io(path, "reading the profile"))?;
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::Read::take(file, MAX_PROFILE_BYTES + 1), &mut bytes)
+        .map_err(NodeError::io(path, "reading the profile"))?;
+    if bytes.len() as u64 > MAX_PROFILE_BYTES {
+        return Err(NodeError::BadProfile {
+            path: path.into(),
+            why: format!("over {MAX_PROFILE_BYTES} bytes is too big"),
+        });
+    }
+    Ok(bytes)
+}
+
+/// Publishes the profile at `path` as an artifact (`artifactType` [`PROFILE_ARTIFACT_TYPE`]) referring to the
+/// image manifest it was recorded for, in `image`'s repository, discoverable like a published index.
+pub async fn publish_profile(image: &str, path: &Path, opts: &SourceOptions) -> Result<PublishedIndex, NodeError> {
+    let profile = Profile::load(path)?;
+    let Some(subject) = profile.manifest_digest.clone() else {
+        return Err(NodeError::BadProfile {
+            path: path.into(),
+            why: "it names no image manifest (record it on a mount of an index built from a registry image)".into(),
+        });
+    };
+    let bytes = read_profile_file(path)?;
+    let title = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "profile.json".into());
+    let artifact = Artifact { artifact_type: PROFILE_ARTIFACT_TYPE, layer_media_type: PROFILE_LAYER_MEDIA_TYPE, title };
+    Ok(push_artifact(image, &subject, opts, &artifact, bytes).await?)
+}
+
+/// The profile published for the image manifest `manifest_digest` in `image`'s repository, with the digest
+/// of its artifact; `Ok(None)` when there is none.
+pub async fn fetch_published_profile(
+    image: &str,
+    manifest_digest: &str,
+    opts: &SourceOptions,
+) -> Result<Option<(String, Profile)>, NodeError> {
+    let Some((artifact, bytes)) =
+        fetch_artifact_layer(image, manifest_digest, opts, PROFILE_ARTIFACT_TYPE, MAX_PROFILE_BYTES).await?
+    else {
+        return Ok(None);
+    };
+    let bad = |why: String| ImageError::BadArtifact { image: image.to_owned(), digest: artifact.clone(), why };
+    let profile = Profile::from_json(&bytes).map_err(|e| bad(format!("not a profile: {e}")))?;
+    if profile.manifest_digest.as_deref() != Some(manifest_digest) {
+        return Err(bad(format!("it was recorded for {:?}", profile.manifest_digest)).into());
+    }
+    Ok(Some((artifact, profile)))
+}
+
+/// Records the spans a mount reads, first touch first.
+pub struct ProfileRecorder {
+    archive: Arc<Archive>,
+    path: PathBuf,
+    state: Mutex<Recorded>,
+}
+
+#[derive(Default)]
+struct Recorded {
+    seen: HashSet<(u32, usize)>,
+    order: Vec<(u32, usize)>,
+    /// `order.len()` at the last save.
+    saved: Option<usize>,
+}
+
+impl ProfileRecorder {
+    /// A recorder for mounts of `archive` that [`ProfileRecorder::save`]s to `path`.
+    pub fn new(archive: Arc<Archive>, path: PathBuf) -> ProfileRecorder {
+        ProfileRecorder { archive, path, state: Mutex::default() }
+    }
+
+    /// Notes the spans covering `len` bytes of the file at `data` from `offset`.
+    pub fn record(&self, data: DataRef, offset: u64, len: u64) {
+        let end = data.size.min(offset.saturating_add(len));
+        if offset >= end {
+            return;
+        }
+        let (Some(first), Some(last)) = (data.offset.checked_add(offset), data.offset.checked_add(end - 1)) else {
+            return;
+        };
+        let (Ok(first), Ok(last)) =
+            (self.archive.find_span(data.layer, first), self.archive.find_span(data.layer, last))
+        else {
+            return;
+        };
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        for span in first..=last {
+            if state.seen.insert((data.layer, span)) {
+                state.order.push((data.layer, span));
+            }
+        }
+    }
+
+    /// What has been recorded so far.
+    pub fn profile(&self) -> Profile {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        Profile { manifest_digest: self.archive.meta().manifest_digest.clone(), spans: state.order.clone() }
+    }
+
+    /// Writes the profile when it changed since the last save (or was never saved).
+    pub fn save(&self) -> Result<(), NodeError> {
+        let profile = self.profile();
+        {
+            let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            if state.saved == Some(profile.spans.len()) {
+                return Ok(());
+            }
+        }
+        profile.save(&self.path)?;
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).saved = Some(profile.spans.len());
+        debug!(path = %self.path.display(), spans = profile.spans.len(), "profile saved");
+        Ok(())
+    }
+}
+
+impl clip_fs::ReadObserver for ProfileRecorder {
+    fn on_read(&self, data: DataRef, offset: u64, len: u64) {
+        self.record(data, offset, len);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_round_trip_and_form() {
+        let p = Profile { manifest_digest: Some("sha256:ab".into()), spans: vec![(0, 3), (1, 0)] };
+        let json = serde_json::to_string(&p).unwrap();
+        assert_eq!(json, r#"{"manifest_digest":"sha256:ab","spans":[[0,3],[1,0]]}"#);
+        assert_eq!(Profile::from_json(json.as_bytes()).unwrap(), p);
+        assert!(Profile::from_json(b"{\"spans\": [[1]]}").is_err());
+    }
+
+    #[test]
+    fn save_is_atomic_and_loadable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.json");
+        let p = Profile { manifest_digest: None, spans: vec![(2, 7)] };
+        p.save(&path).unwrap();
+        assert_eq!(Profile::load(&path).unwrap(), p);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+}
