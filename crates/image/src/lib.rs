@@ -11,6 +11,8 @@
 //! - [`publish_index`] / [`fetch_published_index`]: an index published next to its image in the registry
 //!   (an OCI artifact whose `subject` is the image manifest); [`push_artifact`] / [`fetch_artifact_layer`]
 //!   for other artifacts of that kind.
+//! - [`DirParts`], [`S3Parts`], [`Parts`]: where layer parts are kept (a local directory, an S3 prefix), so an
+//!   image whose layers were indexed before (for any image) costs only its new layers.
 //! - [`write_atomically`]: how every file clip writes is put in place (never over a device or FIFO).
 //!
 //! Mounting, pulling and running images on a worker node is `clip-node`, built on this crate.
@@ -30,6 +32,7 @@ mod extract;
 mod index;
 mod open;
 mod owners;
+mod parts;
 mod publish;
 mod remote;
 
@@ -44,6 +47,7 @@ pub use extract::{extract, ExtractProgress, ExtractStats};
 pub use index::{index_to_file, Written};
 pub use open::{load_archive, open_archive, Loaded, Location, OpenOptions, Opened};
 pub use owners::Owners;
+pub use parts::{DirParts, Parts, S3Parts, MAX_PART_BYTES};
 pub use publish::{
     fetch_artifact_layer, fetch_published_index, publish_index, push_artifact, registry_failure, Artifact,
     PublishedIndex, INDEX_ARTIFACT_TYPE, INDEX_LAYER_MEDIA_TYPE,
