@@ -2,7 +2,8 @@
 //! private config (the testkit's [`Containerd`]), the real registry, `ctr`, runc, overlayfs. An image of
 //! three layers (host programs; files, hard links, symlinks, xattrs, a FIFO; whiteouts and an opaque
 //! directory, zstd) is pulled with `ctr images pull --snapshotter clip`: containerd downloads and unpacks
-//! every layer into our snapshots (the fallback path: no layer is remote yet).
+//! every layer into our snapshots (the fallback path: no layer is remote yet). Containers run with runc;
+//! their snapshots, and a container running meanwhile, outlive a `kill -9` of the snapshotter.
 
 mod common;
 
@@ -232,6 +233,15 @@ fn image() -> Image {
     ])
 }
 
+/// Polls `done` every 50 ms for up to 30 s.
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}: not within 30 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn containerd_pulls_and_runs_an_image_through_the_clip_snapshotter() {
     let node = Node::new();
@@ -271,6 +281,18 @@ fn snapshots_outlive_a_restart_of_the_snapshotter() {
     let image = node.image_ref();
     node.ctr(&["images", "pull", "--plain-http", "--snapshotter", NAME, &image]);
     assert_eq!(node.run("before", false, "echo kept >> /mark; cat /mark"), "kept\n");
+    // A container that runs across the restart: it waits for a writer on the image's FIFO, then reads.
+    let script = "read line < /data/fifo; cat /data/a; echo $line";
+    let mut waiting = node
+        .containerd
+        .ctr_command(&["run", "--rm", "--snapshotter", NAME, &image, "waiting", "/bin/sh", "-c", script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("the container runs", || {
+        node.ctr(&["tasks", "ls"]).lines().any(|l| l.starts_with("waiting") && l.contains("RUNNING"))
+    });
     let listed = node.snapshots();
     let usage = node.ctr(&["snapshots", "--snapshotter", NAME, "usage"]);
 
@@ -279,6 +301,11 @@ fn snapshots_outlive_a_restart_of_the_snapshotter() {
     node.restart_snapshotter();
     assert_eq!(node.snapshots(), listed, "every snapshot is still there, with its parent and kind");
     assert_eq!(node.ctr(&["snapshots", "--snapshotter", NAME, "usage"]), usage);
+    node.ctr(&["tasks", "exec", "--exec-id", "writer", "waiting", "/bin/sh", "-c", "echo go > /data/fifo"]);
+    wait_until("the container ends", || waiting.try_wait().unwrap().is_some());
+    let out = waiting.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "alpha\ngo\n", "the running container kept its files");
     assert_eq!(node.run("after", true, "cat /data/a; [ -e /mark ] || echo no mark"), "alpha\nno mark\n");
     assert_eq!(node.ctr(&["tasks", "start", "before"]), "kept\nkept\n", "a snapshot from before keeps its files");
 

@@ -138,15 +138,21 @@ impl Containerd {
         self.client_ok("ctr-remote", args)
     }
 
+    /// `ctr --address ADDR --namespace NS ARGS` as a command to spawn (e.g. a container that runs while the
+    /// test does something else).
+    pub fn ctr_command(&self, args: &[&str]) -> Command {
+        self.command("ctr", args)
+    }
+
+    fn command(&self, program: &str, args: &[&str]) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.arg("--address").arg(self.address()).args(["--namespace", &self.namespace]).args(args);
+        cmd.stdin(Stdio::null());
+        cmd
+    }
+
     fn client(&self, program: &str, args: &[&str]) -> Output {
-        Command::new(program)
-            .arg("--address")
-            .arg(self.address())
-            .args(["--namespace", &self.namespace])
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {program}: {e} ({INSTALL})"))
+        self.command(program, args).output().unwrap_or_else(|e| panic!("cannot run {program}: {e} ({INSTALL})"))
     }
 
     fn client_ok(&self, program: &str, args: &[&str]) -> String {
