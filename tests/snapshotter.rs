@@ -301,7 +301,9 @@ fn snapshots_outlive_a_restart_of_the_snapshotter() {
     node.restart_snapshotter();
     assert_eq!(node.snapshots(), listed, "every snapshot is still there, with its parent and kind");
     assert_eq!(node.ctr(&["snapshots", "--snapshotter", NAME, "usage"]), usage);
-    node.ctr(&["tasks", "exec", "--exec-id", "writer", "waiting", "/bin/sh", "-c", "echo go > /data/fifo"]);
+    let fifos = node.containerd.fifo_dir();
+    let exec = ["tasks", "exec", "--fifo-dir", s(&fifos), "--exec-id", "writer", "waiting", "/bin/sh", "-c"];
+    node.ctr(&[&exec[..], &["echo go > /data/fifo"]].concat());
     wait_until("the container ends", || waiting.try_wait().unwrap().is_some());
     let out = waiting.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -106,6 +106,12 @@ impl Containerd {
         self.dir.path().join("root")
     }
 
+    /// A directory for `ctr`'s I/O FIFOs (`--fifo-dir`, e.g. of `ctr tasks exec`, which leaves its FIFOs
+    /// behind), removed with the harness.
+    pub fn fifo_dir(&self) -> PathBuf {
+        self.dir.path().join("fifo")
+    }
+
     /// containerd's log so far.
     pub fn log(&self) -> String {
         read_log(&self.dir.path().join("containerd.log"))
@@ -192,6 +198,8 @@ impl Drop for Containerd {
     fn drop(&mut self) {
         self.stop();
         unmount_under(self.dir.path());
+        // The runc shim keeps its state in a directory named by the namespace, outside containerd's state.
+        let _ = std::fs::remove_dir(Path::new("/run/containerd/runc").join(&self.namespace));
     }
 }
 
