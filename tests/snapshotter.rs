@@ -140,7 +140,7 @@ impl Node {
     }
 
     /// Restarts the snapshotter and waits until containerd is connected to it again: containerd's gRPC
-    /// client redials a restarted plugin with a backoff (at most 3 s apart), failing calls meanwhile.
+    /// client redials a restarted plugin with a backoff, failing calls meanwhile.
     fn restart_snapshotter(&mut self) {
         self.snapshotter.restart();
         let deadline = Instant::now() + Duration::from_secs(30);
