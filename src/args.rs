@@ -110,33 +110,8 @@ pub enum Command {
     /// Runs in the foreground until SIGINT/SIGTERM, then removes the socket. Snapshots behave as with
     /// containerd's overlayfs snapshotter (layers unpacked by containerd into ROOT/snapshots); their metadata
     /// is kept in ROOT/metadata.redb, so they survive restarts.
-    #[command(after_help = SNAPSHOTTER_HELP)]
-    Snapshotter(SnapshotterArgs),
-}
-
-const SNAPSHOTTER_HELP: &str = "containerd's config.toml (restart containerd after adding it):
-  [proxy_plugins.clip]
-    type = \"snapshot\"
-    address = \"/run/clip/snapshotter.sock\"
-
-  # Kubernetes (CRI): use it for pods, with the labels that name each layer
-  [plugins.\"io.containerd.grpc.v1.cri\".containerd]
-    snapshotter = \"clip\"
-    disable_snapshot_annotations = false
-
-Examples:
-  clip snapshotter --address /run/clip/snapshotter.sock --root /var/lib/clip/snapshotter
-  ctr images pull --snapshotter clip 127.0.0.1:5000/app:1
-  ctr run --rm --snapshotter clip 127.0.0.1:5000/app:1 c1 /bin/app";
-
-#[derive(Debug, ClapArgs)]
-pub struct SnapshotterArgs {
-    /// The unix socket to serve on (containerd's proxy_plugins address).
-    #[arg(long, value_name = "SOCKET", default_value = "/run/clip/snapshotter.sock")]
-    pub address: PathBuf,
-    /// Where snapshots and their metadata live (made 0700).
-    #[arg(long, value_name = "DIR", default_value = "/var/lib/clip/snapshotter")]
-    pub root: PathBuf,
+    #[command(after_help = crate::commands::snapshotter::HELP)]
+    Snapshotter(crate::commands::snapshotter::SnapshotterArgs),
 }
 
 /// The worker node's configuration (pull, run, gc, config).

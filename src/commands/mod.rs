@@ -14,7 +14,7 @@ mod progress;
 mod pull;
 mod push;
 mod run;
-mod snapshotter;
+pub mod snapshotter;
 
 use std::process::ExitCode;
 

@@ -1,12 +1,38 @@
 //! `clip snapshotter`: serve containerd's snapshots API on a unix socket until SIGINT/SIGTERM.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
 use clip_snapshotter::{serve, NoRemoteLayers, Snapshots};
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::args::SnapshotterArgs;
+/// The end of `clip snapshotter --help`: containerd's configuration and examples.
+pub const HELP: &str = "containerd's config.toml (restart containerd after adding it):
+  [proxy_plugins.clip]
+    type = \"snapshot\"
+    address = \"/run/clip/snapshotter.sock\"
+
+  # Kubernetes (CRI): use it for pods, with the labels that name each layer
+  [plugins.\"io.containerd.grpc.v1.cri\".containerd]
+    snapshotter = \"clip\"
+    disable_snapshot_annotations = false
+
+Examples:
+  clip snapshotter --address /run/clip/snapshotter.sock --root /var/lib/clip/snapshotter
+  ctr images pull --snapshotter clip 127.0.0.1:5000/app:1
+  ctr run --rm --snapshotter clip 127.0.0.1:5000/app:1 c1 /bin/app";
+
+/// `clip snapshotter`'s arguments (here rather than in `args.rs`, which is near its size limit).
+#[derive(Debug, clap::Args)]
+pub struct SnapshotterArgs {
+    /// The unix socket to serve on (containerd's proxy_plugins address).
+    #[arg(long, value_name = "SOCKET", default_value = "/run/clip/snapshotter.sock")]
+    pub address: PathBuf,
+    /// Where snapshots and their metadata live (made 0700).
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/clip/snapshotter")]
+    pub root: PathBuf,
+}
 
 pub async fn run(a: SnapshotterArgs) -> anyhow::Result<()> {
     let root = a.root.clone();
