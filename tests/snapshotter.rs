@@ -319,3 +319,14 @@ fn snapshots_outlive_a_restart_of_the_snapshotter() {
     assert!(!after.iter().any(|k| k == "before"), "a removed container's snapshot is gone: {after:?}");
     assert_eq!(after.len(), 3, "the image's layers stay: {after:?}");
 }
+
+#[test]
+fn an_address_that_is_not_a_socket_is_refused_and_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("config.toml");
+    std::fs::write(&file, "precious").unwrap();
+    let root = dir.path().join("root");
+    let stderr = common::clip_fails(&["snapshotter", "--address", s(&file), "--root", s(&root)], "not a socket");
+    assert!(stderr.contains(s(&file)), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "precious");
+}
