@@ -38,7 +38,7 @@ pub async fn run(a: SnapshotterArgs) -> anyhow::Result<()> {
     let root = a.root.clone();
     let snapshots = tokio::task::spawn_blocking(move || Snapshots::open(&root, Arc::new(NoRemoteLayers)))
         .await?
-        .with_context(|| format!("opening the snapshotter state at {}", a.root.display()))?;
+        .context("opening the snapshotter's state")?;
     let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
     let shutdown = async move {
@@ -48,7 +48,6 @@ pub async fn run(a: SnapshotterArgs) -> anyhow::Result<()> {
         }
         tracing::info!("signal received: stopping");
     };
-    serve(snapshots, &a.address, shutdown)
-        .await
-        .with_context(|| format!("serving the snapshotter at {}", a.address.display()))
+    // The library's errors name the socket or file involved.
+    serve(snapshots, &a.address, shutdown).await.context("serving containerd's snapshots API")
 }
