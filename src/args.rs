@@ -28,7 +28,7 @@ impl Args {
         if self.quiet {
             return "error";
         }
-        let daemon = matches!(self.command, Command::Mount(_) | Command::ServeMount(_));
+        let daemon = matches!(self.command, Command::Mount(_) | Command::ServeMount(_) | Command::Snapshotter(_));
         // fuser's own info lines ("Mounting …", "Unmounting …") repeat ours.
         match self.verbose + u8::from(daemon) {
             0 => "warn",
@@ -105,6 +105,13 @@ pub enum Command {
     Gc(NodeArgs),
     /// Print the effective node configuration and where each value came from (default, file, env).
     Config(NodeArgs),
+    /// Serve containerd's snapshots API on a unix socket: a remote snapshotter for containerd.
+    ///
+    /// Runs in the foreground until SIGINT/SIGTERM, then removes the socket. Snapshots behave as with
+    /// containerd's overlayfs snapshotter (layers unpacked by containerd into ROOT/snapshots); their metadata
+    /// is kept in ROOT/metadata.redb, so they survive restarts.
+    #[command(after_help = crate::commands::snapshotter::HELP)]
+    Snapshotter(crate::commands::snapshotter::SnapshotterArgs),
 }
 
 /// The worker node's configuration (pull, run, gc, config).

@@ -10,7 +10,7 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 use clip_testkit::*;
@@ -23,40 +23,12 @@ const NOBODY: &str = "65534";
 /// `user` when given.
 fn setuid_image(user: Option<&str>) -> Image {
     let mut layer = LayerBuilder::new();
-    let mut dirs = vec!["bin".to_owned()];
-    let mut files = vec![Entry::file("bin/id", std::fs::read("/usr/bin/id").unwrap()).mode(0o4755).owner(0, 0)];
-    for lib in shared_libraries("/usr/bin/id") {
-        let rel = lib.strip_prefix("/").unwrap();
-        let mut parent = rel.parent();
-        while let Some(p) = parent.filter(|p| !p.as_os_str().is_empty()) {
-            dirs.push(p.display().to_string());
-            parent = p.parent();
-        }
-        files.push(Entry::file(rel.display().to_string(), std::fs::read(&lib).unwrap()).mode(0o755));
-    }
-    dirs.sort();
-    dirs.dedup();
-    for d in dirs {
-        layer.entry(Entry::dir(d));
-    }
-    for f in files {
-        layer.entry(f);
+    for entry in host_programs(&[("/usr/bin/id", "bin/id", 0o4755)]) {
+        layer.entry(entry);
     }
     let mut image = Image::new(vec![Layer::new(layer.finish(), Compression::Gzip)]);
     image.config.user = user.map(str::to_owned);
     image
-}
-
-/// The libraries (and the dynamic loader) `ldd` says `program` loads.
-fn shared_libraries(program: &str) -> Vec<PathBuf> {
-    let out = Command::new("ldd").arg(program).output().expect("running ldd");
-    assert!(out.status.success(), "ldd {program}: {}", text(&out.stderr));
-    let libs: Vec<PathBuf> = text(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with('/')).map(PathBuf::from))
-        .collect();
-    assert!(libs.len() >= 2, "ldd {program} found no libraries: {}", text(&out.stdout));
-    libs
 }
 
 /// `image` indexed in a directory every user may enter (a tempdir is 0700).

@@ -14,6 +14,7 @@ mod progress;
 mod pull;
 mod push;
 mod run;
+pub mod snapshotter;
 
 use std::process::ExitCode;
 
@@ -37,6 +38,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Profile(c) => profile::run(c, args.quiet).await,
         Command::Gc(a) => gc::run(a, args.quiet).await,
         Command::Config(a) => config::run(a),
+        Command::Snapshotter(a) => snapshotter::run(a).await,
     }?;
     Ok(ExitCode::SUCCESS)
 }

@@ -8,6 +8,8 @@
 //! - [`Registry`] — Debian's `docker-registry` started on a free port (optionally with basic auth), killed
 //!   on drop; panics when it cannot start, so tests fail instead of skipping.
 //! - [`S3Server`] — PyPI's `moto_server` on a free port (optionally checking credentials), killed on drop.
+//! - [`Containerd`] — Debian's containerd with a private config and socket, remote snapshotters as proxy
+//!   plugins, `ctr` / `ctr-remote` bound to it; tasks killed, mounts undone and state removed on drop.
 //! - [`reference_rootfs`] — a root filesystem directory on disk with every correctness-reference case.
 //! - [`LayerBuilder`] / [`Entry`] — tar layers with control over every header: all entry types, whiteouts,
 //!   opaque markers, modes, big uid/gid (PAX or GNU base-256), nanosecond mtimes, xattrs, long names (PAX,
@@ -20,10 +22,11 @@
 //! - [`snapshot`] / [`compare`] / [`CompareOpts`] — trees recorded with every attribute, and their
 //!   differences as lines like `usr/bin/x: mode 0100755 != 0104755`.
 //! - [`big_gzip_layer`] — a large layer of many mostly incompressible files.
+//! - [`host_programs`] — host programs with the libraries they load, for a shell or `cat` in test images.
 //!
 //! This is a test harness: functions panic with a message naming what failed (a failure is a test
 //! failure); [`try_snapshot`] and [`try_run`] return an [`Error`] instead. The external tools (`docker-registry`,
-//! `skopeo`, `umoci`) are installed by `dev/test`; tests run as root.
+//! `skopeo`, `umoci`, `containerd`, `ctr`, `ctr-remote`) are installed by `dev/test`; tests run as root.
 //!
 //! ```no_run
 //! use clip_testkit::*;
@@ -42,8 +45,10 @@
 mod compare;
 mod compress;
 pub mod conformance;
+mod containerd;
 mod error;
 mod fixtures;
+mod host;
 mod layer;
 mod oci;
 mod proxy;
@@ -59,8 +64,10 @@ pub use compress::{
     compress, decompress, gzip_cli, gzip_multi_member, layer_media_type, zstd_multi_frame, Compression,
 };
 pub use conformance::{conformance_image, conformance_layers};
+pub use containerd::{unmount_under, Containerd, CONTAINERD_BINARY};
 pub use error::{run, try_run, Error};
 pub use fixtures::{big_gzip_layer, big_layer_tar, pseudo_random_bytes};
+pub use host::{host_programs, shared_libraries};
 pub use layer::{
     capability_v2, BigNumbers, Entry, LayerBuilder, LongNames, BLOCK, CAP_NET_BIND_SERVICE, CAP_NET_RAW, DEFAULT_MTIME,
     OPAQUE_MARKER, WHITEOUT_PREFIX,

@@ -1,0 +1,53 @@
+//! `clip snapshotter`: serve containerd's snapshots API on a unix socket until SIGINT/SIGTERM.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clip_snapshotter::{serve, NoRemoteLayers, Snapshots};
+use tokio::signal::unix::{signal, SignalKind};
+
+/// The end of `clip snapshotter --help`: containerd's configuration and examples.
+pub const HELP: &str = "containerd's config.toml (restart containerd after adding it):
+  [proxy_plugins.clip]
+    type = \"snapshot\"
+    address = \"/run/clip/snapshotter.sock\"
+
+  # Kubernetes (CRI): use it for pods, with the labels that name each layer
+  [plugins.\"io.containerd.grpc.v1.cri\".containerd]
+    snapshotter = \"clip\"
+    disable_snapshot_annotations = false
+
+Examples:
+  clip snapshotter --address /run/clip/snapshotter.sock --root /var/lib/clip/snapshotter
+  ctr images pull --snapshotter clip 127.0.0.1:5000/app:1
+  ctr run --rm --snapshotter clip 127.0.0.1:5000/app:1 c1 /bin/app";
+
+/// `clip snapshotter`'s arguments (here rather than in `args.rs`, which is near its size limit).
+#[derive(Debug, clap::Args)]
+pub struct SnapshotterArgs {
+    /// The unix socket to serve on (containerd's proxy_plugins address).
+    #[arg(long, value_name = "SOCKET", default_value = "/run/clip/snapshotter.sock")]
+    pub address: PathBuf,
+    /// Where snapshots and their metadata live (made 0700).
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/clip/snapshotter")]
+    pub root: PathBuf,
+}
+
+pub async fn run(a: SnapshotterArgs) -> anyhow::Result<()> {
+    let root = a.root.clone();
+    let snapshots = tokio::task::spawn_blocking(move || Snapshots::open(&root, Arc::new(NoRemoteLayers)))
+        .await?
+        .context("opening the snapshotter's state")?;
+    let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::info!("signal received: stopping");
+    };
+    // The library's errors name the socket or file involved.
+    serve(snapshots, &a.address, shutdown).await.context("serving containerd's snapshots API")
+}

@@ -1,0 +1,332 @@
+//! End to end: `clip snapshotter` as containerd's snapshotter. Real parts: Debian's containerd 1.6 with a
+//! private config (the testkit's [`Containerd`]), the real registry, `ctr`, runc, overlayfs. An image of
+//! three layers (host programs; files, hard links, symlinks, xattrs, a FIFO; whiteouts and an opaque
+//! directory, zstd) is pulled with `ctr images pull --snapshotter clip`: containerd downloads and unpacks
+//! every layer into our snapshots (the fallback path: no layer is remote yet). Containers run with runc;
+//! their snapshots, and a container running meanwhile, outlive a `kill -9` of the snapshotter.
+
+mod common;
+
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clip_testkit::*;
+use common::s;
+
+/// The snapshotter's name in containerd's config.
+const NAME: &str = "clip";
+
+/// A `clip snapshotter` process; killed on drop.
+struct SnapshotterProc {
+    child: Option<Child>,
+    socket: PathBuf,
+    root: PathBuf,
+    log: PathBuf,
+}
+
+impl SnapshotterProc {
+    /// Starts `clip snapshotter` and waits until its socket accepts connections.
+    fn start(socket: &Path, root: &Path, log: &Path) -> SnapshotterProc {
+        let log_file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_clip"))
+            .args(["snapshotter", "--address", s(socket), "--root", s(root)])
+            .env("CLIP_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("spawning clip snapshotter");
+        let mut p = SnapshotterProc { child: Some(child), socket: socket.into(), root: root.into(), log: log.into() };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while UnixStream::connect(socket).is_err() {
+            if let Some(status) = p.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("clip snapshotter exited with {status} before serving:\n{}", p.log());
+            }
+            assert!(Instant::now() < deadline, "clip snapshotter did not serve within 20 s:\n{}", p.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        p
+    }
+
+    fn restart(&mut self) {
+        *self = SnapshotterProc::start(&self.socket, &self.root, &self.log);
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `kill -9`: no chance to clean up.
+    fn kill9(&mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// SIGTERM; the process must exit cleanly and remove its socket.
+    fn stop(&mut self) {
+        let mut child = self.child.take().unwrap();
+        let status = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "clip snapshotter did not stop on SIGTERM:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(status.success(), "clip snapshotter exited with {status}:\n{}", self.log());
+        assert!(!self.socket.exists(), "the socket is removed on shutdown");
+    }
+}
+
+impl Drop for SnapshotterProc {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A registry holding [`image`], containerd, and `clip snapshotter` as its snapshotter `clip`. Dropped in
+/// field order: containerd (its tasks and mounts) before the snapshotter.
+struct Node {
+    containerd: Containerd,
+    snapshotter: SnapshotterProc,
+    registry: Registry,
+    layout: OciLayoutBuilder,
+    dir: tempfile::TempDir,
+}
+
+impl Node {
+    fn new() -> Node {
+        Node::with_image(&image())
+    }
+
+    fn with_image(image: &Image) -> Node {
+        let registry = Registry::start();
+        let mut layout = OciLayoutBuilder::new();
+        layout.add_image("t", image);
+        registry.push(layout.path(), "t", "snap:t");
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("clip.sock");
+        let snapshotter =
+            SnapshotterProc::start(&socket, &dir.path().join("root"), &dir.path().join("snapshotter.log"));
+        let containerd = Containerd::start(&[(NAME, &socket)]);
+        Node { containerd, snapshotter, registry, layout, dir }
+    }
+
+    fn image_ref(&self) -> String {
+        self.registry.image_ref("snap:t")
+    }
+
+    fn ctr(&self, args: &[&str]) -> String {
+        self.containerd.ctr_ok(args)
+    }
+
+    /// `ctr run --snapshotter clip IMAGE ID sh -c SCRIPT` (kept unless `rm`); returns its stdout.
+    fn run(&self, id: &str, rm: bool, script: &str) -> String {
+        let image = self.image_ref();
+        let mut args = vec!["run", "--snapshotter", NAME];
+        if rm {
+            args.push("--rm");
+        }
+        args.extend([image.as_str(), id, "/bin/sh", "-c", script]);
+        self.ctr(&args)
+    }
+
+    /// Restarts the snapshotter and waits until containerd is connected to it again: containerd's gRPC
+    /// client redials a restarted plugin with a backoff, failing calls meanwhile.
+    fn restart_snapshotter(&mut self) {
+        self.snapshotter.restart();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = self.containerd.ctr(&["snapshots", "--snapshotter", NAME, "ls"]);
+            if out.status.success() {
+                return;
+            }
+            let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+            assert!(
+                stderr.contains("connection refused") || stderr.contains("unavailable"),
+                "ctr snapshots ls: {stderr}"
+            );
+            assert!(Instant::now() < deadline, "containerd did not reconnect to the snapshotter within 30 s: {stderr}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The image's root tree, mounted by `ctr images mount` (a view of the top layer: an overlay of every
+    /// layer's snapshot), equals umoci's unpack. Overlayfs reports 1 link for a merged directory.
+    fn assert_matches_umoci(&self, opts: CompareOpts) {
+        let mnt = self.dir.path().join("mnt");
+        std::fs::create_dir_all(&mnt).unwrap();
+        self.ctr(&["images", "mount", "--snapshotter", NAME, &self.image_ref(), s(&mnt)]);
+        let opts = CompareOpts { ignore_dir_nlink: true, ..opts };
+        let result = std::panic::catch_unwind(|| assert_matches_umoci(self.layout.path(), "t", &mnt, &opts));
+        self.ctr(&["images", "unmount", "--rm", s(&mnt)]);
+        if let Err(e) = result {
+            std::panic::resume_unwind(e);
+        }
+    }
+
+    /// `ctr snapshots --snapshotter clip ls`: (key, parent, kind) rows.
+    fn snapshots(&self) -> Vec<(String, String, String)> {
+        let out = self.ctr(&["snapshots", "--snapshotter", NAME, "ls"]);
+        out.lines()
+            .skip(1)
+            .map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                match f.as_slice() {
+                    [key, kind] => (key.to_string(), String::new(), kind.to_string()),
+                    [key, parent, kind] => (key.to_string(), parent.to_string(), kind.to_string()),
+                    _ => panic!("unexpected ctr snapshots ls row: {l:?}"),
+                }
+            })
+            .collect()
+    }
+}
+
+/// Three layers: host programs (`sh`, `cat`); files with a hard link, symlinks (relative, absolute,
+/// dangling), xattrs, a FIFO, a setuid file, directories to be hidden; then (zstd) a whiteout, an opaque
+/// directory with a new file, and a changed file. Every directory is declared in each layer that writes
+/// into it, as `docker build` does.
+fn image() -> Image {
+    let mut programs = LayerBuilder::new();
+    for e in host_programs(&[("/usr/bin/dash", "bin/sh", 0o755), ("/usr/bin/cat", "bin/cat", 0o755)]) {
+        programs.entry(e);
+    }
+    let mut files = LayerBuilder::new();
+    files
+        .dir("data")
+        .entry(Entry::file("data/a", "alpha\n").xattr("user.clip", "layer 2"))
+        .hardlink("data/b", "data/a")
+        .symlink("data/rel", "a")
+        .symlink("data/abs", "/data/a")
+        .symlink("data/dangling", "nowhere")
+        .entry(
+            Entry::file("data/cap", "#!/bin/sh\n")
+                .mode(0o755)
+                .xattr("security.capability", capability_v2(1 << CAP_NET_RAW, 0, true)),
+        )
+        .entry(Entry::file("data/suid", "x").mode(0o4755))
+        .fifo("data/fifo")
+        .file("data/gone", "hidden above\n")
+        .dir("opq")
+        .file("opq/old", "hidden by the opaque marker\n")
+        .dir("opq/sub");
+    let mut changes = LayerBuilder::new();
+    changes
+        .dir("data")
+        .whiteout("data/gone")
+        .file("data/changed", "layer 3\n")
+        .dir("opq")
+        .opaque("opq")
+        .file("opq/new", "new\n");
+    Image::new(vec![
+        Layer::new(programs.finish(), Compression::Gzip),
+        Layer::new(files.finish(), Compression::Gzip),
+        Layer::new(changes.finish(), Compression::Zstd),
+    ])
+}
+
+/// Polls `done` every 50 ms for up to 30 s.
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}: not within 30 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn containerd_pulls_and_runs_an_image_through_the_clip_snapshotter() {
+    let node = Node::new();
+    let image = node.image_ref();
+    node.ctr(&["images", "pull", "--plain-http", "--snapshotter", NAME, &image]);
+    let committed: Vec<_> = node.snapshots().into_iter().filter(|(_, _, kind)| kind == "Committed").collect();
+    assert_eq!(committed.len(), 3, "one committed snapshot per layer: {committed:?}");
+
+    let out = node.run(
+        "c0",
+        true,
+        "cat /data/a /data/b /data/rel /data/abs /opq/new /data/changed; \
+         for p in /data/gone /opq/old /opq/sub; do [ -e $p ] && echo $p present || echo $p absent; done",
+    );
+    assert_eq!(out, "alpha\nalpha\nalpha\nalpha\nnew\nlayer 3\n/data/gone absent\n/opq/old absent\n/opq/sub absent\n");
+
+    node.assert_matches_umoci(CompareOpts::default());
+
+    // Two containers of the image: each writes into its own snapshot and sees only its own writes.
+    let script_of = |id: &str| format!("echo {id} >> /written; cat /written");
+    assert_eq!(node.run("c1", false, &script_of("c1")), "c1\n");
+    assert_eq!(node.run("c2", false, &script_of("c2")), "c2\n", "c2 sees none of c1's writes");
+    let again = node.ctr(&["tasks", "start", "c1"]);
+    assert_eq!(again, "c1\nc1\n", "c1's own writes stay in its snapshot");
+    let rows = node.snapshots();
+    for id in ["c1", "c2"] {
+        let row = rows.iter().find(|(key, _, _)| key == id).unwrap_or_else(|| panic!("no snapshot {id}: {rows:?}"));
+        assert_eq!(row.2, "Active", "{row:?}");
+        assert!(committed.iter().any(|(key, _, _)| *key == row.1), "{id} is based on the image's top layer: {row:?}");
+    }
+    assert!(node.snapshotter.log().contains("committed"), "{}", node.snapshotter.log());
+}
+
+#[test]
+fn snapshots_outlive_a_restart_of_the_snapshotter() {
+    let mut node = Node::new();
+    let image = node.image_ref();
+    node.ctr(&["images", "pull", "--plain-http", "--snapshotter", NAME, &image]);
+    assert_eq!(node.run("before", false, "echo kept >> /mark; cat /mark"), "kept\n");
+    // A container that runs across the restart: it waits for a writer on the image's FIFO, then reads.
+    let script = "read line < /data/fifo; cat /data/a; echo $line";
+    let mut waiting = node
+        .containerd
+        .ctr_command(&["run", "--rm", "--snapshotter", NAME, &image, "waiting", "/bin/sh", "-c", script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("the container runs", || {
+        node.ctr(&["tasks", "ls"]).lines().any(|l| l.starts_with("waiting") && l.contains("RUNNING"))
+    });
+    let listed = node.snapshots();
+    let usage = node.ctr(&["snapshots", "--snapshotter", NAME, "usage"]);
+
+    // kill -9: no clean shutdown; the stale socket is replaced on start.
+    node.snapshotter.kill9();
+    node.restart_snapshotter();
+    assert_eq!(node.snapshots(), listed, "every snapshot is still there, with its parent and kind");
+    assert_eq!(node.ctr(&["snapshots", "--snapshotter", NAME, "usage"]), usage);
+    let fifos = node.containerd.fifo_dir();
+    let exec = ["tasks", "exec", "--fifo-dir", s(&fifos), "--exec-id", "writer", "waiting", "/bin/sh", "-c"];
+    node.ctr(&[&exec[..], &["echo go > /data/fifo"]].concat());
+    wait_until("the container ends", || waiting.try_wait().unwrap().is_some());
+    let out = waiting.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "alpha\ngo\n", "the running container kept its files");
+    assert_eq!(node.run("after", true, "cat /data/a; [ -e /mark ] || echo no mark"), "alpha\nno mark\n");
+    assert_eq!(node.ctr(&["tasks", "start", "before"]), "kept\nkept\n", "a snapshot from before keeps its files");
+
+    // SIGTERM: a clean stop that removes the socket; the state is still there on the next start.
+    node.snapshotter.stop();
+    node.restart_snapshotter();
+    node.ctr(&["containers", "rm", "before"]);
+    let after: Vec<String> = node.snapshots().into_iter().map(|(key, _, _)| key).collect();
+    assert!(!after.iter().any(|k| k == "before"), "a removed container's snapshot is gone: {after:?}");
+    assert_eq!(after.len(), 3, "the image's layers stay: {after:?}");
+}
+
+#[test]
+fn an_address_that_is_not_a_socket_is_refused_and_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("config.toml");
+    std::fs::write(&file, "precious").unwrap();
+    let root = dir.path().join("root");
+    let stderr = common::clip_fails(&["snapshotter", "--address", s(&file), "--root", s(&root)], "not a socket");
+    assert!(stderr.contains(s(&file)), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "precious");
+}
