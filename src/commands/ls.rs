@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::bail;
 use clip_format::{Archive, NodeKind, NodeView};
-use clip_image::{load_archive, open_archive, OpenOptions, Owners};
+use clip_image::{load_archive, open_archive, OpenOptions, Owners, ViewChoice};
 use serde_json::{json, Value};
 use tracing::debug;
 
@@ -68,9 +68,11 @@ pub async fn run(a: LsArgs) -> anyhow::Result<()> {
 async fn open(a: &LsArgs) -> anyhow::Result<(Arc<Archive>, Owners)> {
     let mut opts = OpenOptions { s3: a.s3.options(), ..OpenOptions::default() };
     opts.source.plain_http = a.source.plain_http;
+    // The view's file is mapped by the archive: it may go once opened.
+    let (file, _view) = super::viewed(&a.file, a.layer.clone().map(ViewChoice::Layer), &a.parts, &opts).await?;
     if a.long {
         let read = async {
-            let opened = open_archive(&a.file, &opts).await?;
+            let opened = open_archive(&file, &opts).await?;
             let owners = Owners::read(&opened).await;
             Ok::<_, clip_image::ImageError>((Arc::clone(&opened.archive), owners))
         };
@@ -80,7 +82,7 @@ async fn open(a: &LsArgs) -> anyhow::Result<(Arc<Archive>, Owners)> {
             Err(_) => debug!(timeout = ?OWNERS_TIMEOUT, "no owner names: reading the image's account files timed out"),
         }
     }
-    let loaded = load_archive(&a.file, &opts).await?;
+    let loaded = load_archive(&file, &opts).await?;
     Ok((loaded.archive, Owners::default()))
 }
 

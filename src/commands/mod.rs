@@ -43,6 +43,22 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `file`, or with `view` the index of that view of it (a layer's own tree, or all of them side by side),
+/// built into a temporary file that lives as long as the returned guard.
+async fn viewed(
+    file: &clip_image::Location,
+    view: Option<clip_image::ViewChoice>,
+    parts: &crate::args::PartsArgs,
+    opts: &clip_image::OpenOptions,
+) -> anyhow::Result<(clip_image::Location, Option<clip_image::ViewIndex>)> {
+    let Some(view) = view else { return Ok((file.clone(), None)) };
+    let store = std::sync::Arc::new(parts.store());
+    let index = clip_image::view_index(file, &view, store, opts)
+        .await
+        .with_context(|| format!("building the layer view of {file}"))?;
+    Ok((index.location(), Some(index)))
+}
+
 /// The worker node for pull/run/gc: the configuration, and this binary to serve shared mounts.
 fn node(a: &NodeArgs) -> anyhow::Result<clip_node::Node> {
     let config = clip_node::Config::load(a.config.as_deref()).context("loading the configuration")?;

@@ -24,7 +24,9 @@ pub async fn run(a: MountArgs, quiet: bool) -> anyhow::Result<()> {
         if a.no_cache { None } else { Some(a.cache_dir.clone().unwrap_or_else(clip_store::default_cache_dir)) };
     config.open.store.cache_size = a.cache_size;
     config.open.store.read_timeout = a.read_timeout;
-    mount_and_report(&a.file, &a.mountpoint, &config, quiet).await
+    let view = a.layers.then_some(clip_image::ViewChoice::AllLayers);
+    let (file, _view) = super::viewed(&a.file, view, &a.parts, &config.open).await?;
+    mount_and_report(&file, &a.mountpoint, &config, quiet).await
 }
 
 pub async fn serve(a: ServeMountArgs, quiet: bool) -> anyhow::Result<()> {

@@ -56,4 +56,4 @@ pub use publish::{
     PublishedIndex, INDEX_ARTIFACT_TYPE, INDEX_LAYER_MEDIA_TYPE,
 };
 pub use remote::S3Data;
-pub use views::{view_index, LayerChoice, ViewChoice};
+pub use views::{view_index, LayerChoice, ViewChoice, ViewIndex};

@@ -42,6 +42,17 @@ pub enum ViewChoice {
     AllLayers,
 }
 
+/// A view's index in a temporary file, removed when this is dropped (an archive opened from it keeps its
+/// mapping).
+pub struct ViewIndex(NamedTempFile);
+
+impl ViewIndex {
+    /// Where the view's index is.
+    pub fn location(&self) -> Location {
+        Location::Local(self.0.path().to_path_buf())
+    }
+}
+
 /// Builds the index of `view` of the index at `location` into a temporary file (removed when dropped),
 /// taking parts from `parts` and indexing the layers whose parts are missing from the image's source.
 pub async fn view_index(
@@ -49,7 +60,7 @@ pub async fn view_index(
     view: &ViewChoice,
     parts: Arc<dyn PartStore>,
     opts: &OpenOptions,
-) -> Result<NamedTempFile, ImageError> {
+) -> Result<ViewIndex, ImageError> {
     let loaded = load_archive(location, opts).await?;
     let archive = loaded.archive;
     let meta = archive.meta();
@@ -84,7 +95,7 @@ pub async fn view_index(
     clip_format::write_index(&contents, &mut w).map_err(ImageError::format(&path))?;
     w.flush().map_err(ImageError::io(&path, "writing a view"))?;
     drop(w);
-    Ok(file)
+    Ok(ViewIndex(file))
 }
 
 /// The position of the layer `choice` names.

@@ -143,7 +143,7 @@ pub async fn layer_parts(
     let tasks = layers.iter().cloned().zip(compressions).enumerate().map(|(i, (desc, comp))| {
         let source = source.clone();
         let opts = opts.clone();
-        let expected_diff = diff_ids[i].clone();
+        let expected_diff = diff_ids[i];
         async move {
             let part = match reused_part(LayerIndex::from_index(i), &desc, &expected_diff, &opts).await {
                 Some(part) => part,
@@ -177,7 +177,7 @@ async fn index_layer(
     let reader = tokio_util::io::StreamReader::new(stream.map_err(std::io::Error::other));
     let sync = tokio_util::io::SyncIoBridge::new(reader);
     let d = desc.clone();
-    let expected = diff_id.clone();
+    let expected = *diff_id;
     let result = tokio::task::spawn_blocking(move || read_layer(layer, &d, comp, &expected, sync, &opts))
         .await
         .map_err(|e| IndexError::Task(e.to_string()))??;

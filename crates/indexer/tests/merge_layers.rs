@@ -75,8 +75,22 @@ impl Layer {
     }
 }
 
-/// A tree by path (`/` the root, `/a/b` below it): each node and the identity of its inode (tree, index).
-type Flat = BTreeMap<String, (NodeSpec, (usize, usize))>;
+/// A tree by path (`/` the root, `/a/b` below it): each node, the identity of its inode (tree, index), and the
+/// link count the tree it comes from gives it (what a file system over that tree reports).
+type Flat = BTreeMap<String, (NodeSpec, (usize, usize), usize)>;
+
+/// How many directory entries name each inode of `specs`.
+fn link_counts(specs: &[NodeSpec]) -> HashMap<usize, usize> {
+    let mut nlink = HashMap::new();
+    for spec in specs {
+        if let Content::Dir(children) = &spec.content {
+            for (_, ino) in children {
+                *nlink.entry(ino.index()).or_default() += 1;
+            }
+        }
+    }
+    nlink
+}
 
 /// Merge the layers and describe the result one line per path, sorted: kind, mode, uid, nlink, contents.
 /// Also checks the layer views: overlay over them shows exactly the merged tree.
@@ -96,6 +110,7 @@ fn merged(layers: &[Vec<u8>]) -> String {
 
 /// The tree `specs` by path.
 fn flatten(specs: &[NodeSpec], tree: usize) -> Flat {
+    let nlink = link_counts(specs);
     let mut flat = Flat::new();
     let mut stack = vec![("/".to_owned(), 0usize)];
     while let Some((path, index)) = stack.pop() {
@@ -104,7 +119,7 @@ fn flatten(specs: &[NodeSpec], tree: usize) -> Flat {
                 stack.push((child_path(&path, name), ino.index()));
             }
         }
-        flat.insert(path, (specs[index].clone(), (tree, index)));
+        flat.insert(path, (specs[index].clone(), (tree, index), nlink.get(&index).copied().unwrap_or(1)));
     }
     flat
 }
@@ -118,6 +133,7 @@ fn child_path(dir: &str, name: &[u8]) -> String {
 fn overlay(views: &[Vec<NodeSpec>]) -> Flat {
     let mut out = Flat::new();
     for (v, view) in views.iter().enumerate() {
+        let nlink = link_counts(view);
         let mut stack = vec![("/".to_owned(), 0usize)];
         while let Some((path, index)) = stack.pop() {
             let mut spec = view[index].clone();
@@ -125,7 +141,7 @@ fn overlay(views: &[Vec<NodeSpec>]) -> Flat {
             let whiteout = matches!(spec.content, Content::Device { major: 0, minor: 0 })
                 && spec.mode & mode::S_IFMT == mode::S_IFCHR;
             let opaque = spec.xattrs.iter().any(|x| x.name == OPAQUE_XATTR && x.value == b"y");
-            let lower_dir = out.get(&path).is_some_and(|(n, _)| matches!(n.content, Content::Dir(_)));
+            let lower_dir = out.get(&path).is_some_and(|(n, ..)| matches!(n.content, Content::Dir(_)));
             if whiteout || !matches!(spec.content, Content::Dir(_)) || opaque || !lower_dir {
                 out.retain(|p, _| p != &path && !below(p));
             }
@@ -138,7 +154,7 @@ fn overlay(views: &[Vec<NodeSpec>]) -> Flat {
                 }
             }
             spec.xattrs.retain(|x| x.name != OPAQUE_XATTR);
-            out.insert(path, (spec, (v, index)));
+            out.insert(path, (spec, (v, index), nlink.get(&index).copied().unwrap_or(1)));
         }
     }
     out
@@ -147,17 +163,20 @@ fn overlay(views: &[Vec<NodeSpec>]) -> Flat {
 /// One line per path, sorted: kind and mode, uid, nlink and contents of files, xattr names; in `detail` also
 /// gid, mtime and xattr values.
 fn describe(flat: &Flat, layers: &[Vec<u8>], detail: bool) -> String {
-    let mut nlink: HashMap<(usize, usize), usize> = HashMap::new();
-    for (_, id) in flat.values() {
-        *nlink.entry(*id).or_default() += 1;
+    let mut group: HashMap<(usize, usize), usize> = HashMap::new();
+    for (_, id, _) in flat.values() {
+        *group.entry(*id).or_default() += 1;
     }
     let mut lines = Vec::new();
-    for (path, (spec, id)) in flat {
+    for (path, (spec, id, nlink)) in flat {
         let what = match &spec.content {
             Content::Dir(_) => String::new(),
             Content::File(data) => {
                 let bytes = &layers[data.layer.index()][data.offset as usize..][..data.size as usize];
-                format!(" nlink={} {:?}", nlink[id], String::from_utf8_lossy(bytes))
+                // What the file system reports, and how many names share the inode here: equal in a tree
+                // that is right.
+                let names = if group[id] == *nlink { String::new() } else { format!(" names={}", group[id]) };
+                format!(" nlink={nlink}{names} {:?}", String::from_utf8_lossy(bytes))
             }
             Content::Symlink(target) => format!(" -> {}", String::from_utf8_lossy(target)),
             Content::Device { major, minor } => format!(" dev={major},{minor}"),

@@ -69,6 +69,9 @@ pub(super) struct Tree {
     /// Freed while a layer view is being recorded: not handed out again before [`Tree::release_held`], so
     /// an id the record names stays that inode's until the layer ends.
     held: Option<Vec<NodeId>>,
+    /// While freed ids are held: inodes that lost a name but kept others (their link count changed, so a
+    /// layer view must show them again).
+    relinked: Vec<NodeId>,
     live: usize,
 }
 
@@ -80,7 +83,7 @@ impl Tree {
     /// A tree holding only the root directory, `umoci`'s defaults: 0o755, root-owned, mtime 0.
     pub fn new() -> Tree {
         let root = Node { meta: Meta::implicit_dir(), body: Body::Dir(BTreeMap::new()), links: 1 };
-        Tree { nodes: vec![Some(root)], free: Vec::new(), held: None, live: 1 }
+        Tree { nodes: vec![Some(root)], free: Vec::new(), held: None, relinked: Vec::new(), live: 1 }
     }
 
     /// From now on, keep freed inode ids out of reuse until [`Tree::release_held`].
@@ -93,6 +96,12 @@ impl Tree {
         if let Some(held) = self.held.take() {
             self.free.extend(held);
         }
+        self.relinked.clear();
+    }
+
+    /// Inodes that lost a name but not their last since [`Tree::hold_freed`].
+    pub fn relinked(&self) -> &[NodeId] {
+        &self.relinked
     }
 
     /// Live inodes.
@@ -184,6 +193,9 @@ impl Tree {
             let node = self.node_mut(id);
             node.links -= 1;
             if node.links > 0 {
+                if self.held.is_some() {
+                    self.relinked.push(id);
+                }
                 continue;
             }
             if let Some(node) = self.take(id) {

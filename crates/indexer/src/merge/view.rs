@@ -10,7 +10,7 @@
 //!   contents the layer removed in another way (a whiteout of a directory it re-creates, a directory replaced
 //!   and re-created in the same layer) gets the same xattr, since overlay would show the lower contents again;
 //! - every name of a hard-linked inode the layer touched (a hard link to a lower file copies the file up, with
-//!   all its names, as overlay's copy-up does), so the merged tree's link counts hold.
+//!   all its names, as overlay's copy-up does) or took a name from, so the merged tree's link counts hold.
 //!
 //! Paths are resolved the way the merge resolved them (symlinked parents followed), so a view names the
 //! inodes the merged tree has.
@@ -71,6 +71,9 @@ pub(super) fn build(tree: &Tree, generation: u32, record: &LayerRecord) -> Vec<N
         }
     }
     seeds.extend(record.opaque.iter().copied());
+    // An inode that lost one of its names keeps the others with a new link count: show them again (only
+    // those still alive; an id freed meanwhile has no names).
+    seeds.extend(tree.relinked().iter().copied());
     for w in &record.whiteouts {
         match tree.lookup(w.dir, &w.name) {
             Some(child) if tree.is_dir(child.node) => {
