@@ -271,13 +271,8 @@ pub struct LsArgs {
     /// or `name_bytes` when it is not UTF-8; the same for a symlink's `target`).
     #[arg(long, conflicts_with = "long")]
     pub json: bool,
-    /// List one layer's own tree instead of the merged one, as overlayfs takes a lower directory (a whiteout
-    /// is a character device 0/0, an opaque directory has trusted.overlay.opaque=y): its position (0 is the
-    /// bottom layer) or its digest (sha256:HEX, or a unique prefix of the hex).
-    #[arg(long, value_name = "N|DIGEST")]
-    pub layer: Option<clip_image::LayerChoice>,
     #[command(flatten)]
-    pub parts: PartsArgs,
+    pub layer: LayerArgs,
     #[command(flatten)]
     pub source: SourceArgs,
     #[command(flatten)]
@@ -299,6 +294,25 @@ impl PartsArgs {
     }
 }
 
+/// One layer instead of the merged tree.
+#[derive(Debug, ClapArgs)]
+pub struct LayerArgs {
+    /// Show one layer's own tree instead of the merged one, as overlayfs takes a lower directory (a whiteout
+    /// is a character device 0/0, an opaque directory has trusted.overlay.opaque=y): its position (0 is the
+    /// bottom layer) or its digest (sha256:HEX, or a unique prefix of the hex).
+    #[arg(long, value_name = "N|DIGEST")]
+    pub layer: Option<clip_image::LayerChoice>,
+    #[command(flatten)]
+    pub parts: PartsArgs,
+}
+
+impl LayerArgs {
+    /// The view asked for, if any.
+    pub fn view(&self) -> Option<clip_image::ViewChoice> {
+        self.layer.clone().map(clip_image::ViewChoice::Layer)
+    }
+}
+
 #[derive(Debug, ClapArgs)]
 pub struct CatArgs {
     /// A .clip file, or s3://BUCKET/KEY.
@@ -317,13 +331,8 @@ pub struct ExtractArgs {
     pub file: Location,
     /// Target directory; must be empty or not exist yet.
     pub dir: PathBuf,
-    /// Extract one layer's own tree instead of the merged one (whiteouts as character devices 0/0, opaque
-    /// directories with trusted.overlay.opaque=y, as containerd's overlay snapshotter stores a layer): its
-    /// position (0 is the bottom layer) or its digest (sha256:HEX, or a unique prefix of the hex).
-    #[arg(long, value_name = "N|DIGEST")]
-    pub layer: Option<clip_image::LayerChoice>,
     #[command(flatten)]
-    pub parts: PartsArgs,
+    pub layer: LayerArgs,
     #[command(flatten)]
     pub source: SourceArgs,
     #[command(flatten)]

@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use anyhow::Context;
-use clip_image::{extract, open_archive, OpenOptions, ViewChoice};
+use clip_image::{extract, open_archive, OpenOptions};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::args::ExtractArgs;
@@ -13,7 +13,7 @@ pub async fn run(a: ExtractArgs, quiet: bool) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut opts = OpenOptions { s3: a.s3.options(), ..OpenOptions::default() };
     opts.source.plain_http = a.source.plain_http;
-    let (file, _view) = super::viewed(&a.file, a.layer.clone().map(ViewChoice::Layer), &a.parts, &opts).await?;
+    let (file, _view) = super::viewed(&a.file, a.layer.view(), &a.layer.parts, &opts).await?;
     let opened = open_archive(&file, &opts).await?;
     let bar = progress::enabled(quiet).then(|| {
         let b = ProgressBar::new_spinner();

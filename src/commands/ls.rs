@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::bail;
 use clip_format::{Archive, NodeKind, NodeView};
-use clip_image::{load_archive, open_archive, OpenOptions, Owners, ViewChoice};
+use clip_image::{load_archive, open_archive, OpenOptions, Owners};
 use serde_json::{json, Value};
 use tracing::debug;
 
@@ -69,7 +69,7 @@ async fn open(a: &LsArgs) -> anyhow::Result<(Arc<Archive>, Owners)> {
     let mut opts = OpenOptions { s3: a.s3.options(), ..OpenOptions::default() };
     opts.source.plain_http = a.source.plain_http;
     // The view's file is mapped by the archive: it may go once opened.
-    let (file, _view) = super::viewed(&a.file, a.layer.clone().map(ViewChoice::Layer), &a.parts, &opts).await?;
+    let (file, _view) = super::viewed(&a.file, a.layer.view(), &a.layer.parts, &opts).await?;
     if a.long {
         let read = async {
             let opened = open_archive(&file, &opts).await?;

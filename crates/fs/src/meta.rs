@@ -150,18 +150,20 @@ impl ClipFs {
         }
     }
 
+    /// The xattrs of `ino`; `EIO` (logged) when the index records them wrongly.
+    fn xattrs_of(&self, ino: INodeNo) -> Result<Vec<clip_format::XattrRef<'_>>, Errno> {
+        let node = self.node(ino)?;
+        self.archive.xattrs(&node).map_err(|e| {
+            tracing::warn!(ino = node.ino.0, error = %e, "corrupt xattrs; answering EIO");
+            Errno::EIO
+        })
+    }
+
     pub(crate) fn do_getxattr(&self, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let _t = self.stats.timed(Op::Getxattr);
-        let node = match self.node(ino) {
-            Ok(n) => n,
-            Err(e) => return reply.error(e),
-        };
-        let xattrs = match self.archive.xattrs(&node) {
+        let xattrs = match self.xattrs_of(ino) {
             Ok(x) => x,
-            Err(e) => {
-                tracing::warn!(ino = node.ino.0, error = %e, "corrupt xattrs; answering EIO");
-                return reply.error(Errno::EIO);
-            }
+            Err(e) => return reply.error(e),
         };
         match xattrs.iter().find(|(n, _)| *n == name.as_bytes()) {
             None => reply.error(Errno::NO_XATTR),
@@ -171,16 +173,9 @@ impl ClipFs {
 
     pub(crate) fn do_listxattr(&self, ino: INodeNo, size: u32, reply: ReplyXattr) {
         let _t = self.stats.timed(Op::Listxattr);
-        let node = match self.node(ino) {
-            Ok(n) => n,
-            Err(e) => return reply.error(e),
-        };
-        let xattrs = match self.archive.xattrs(&node) {
+        let xattrs = match self.xattrs_of(ino) {
             Ok(x) => x,
-            Err(e) => {
-                tracing::warn!(ino = node.ino.0, error = %e, "corrupt xattrs; answering EIO");
-                return reply.error(Errno::EIO);
-            }
+            Err(e) => return reply.error(e),
         };
         let mut names = Vec::new();
         for (name, _) in &xattrs {
