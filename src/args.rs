@@ -101,7 +101,8 @@ pub enum Command {
     /// Prefetch profiles: the spans a container's startup reads, recorded by `clip run --record-profile`.
     #[command(subcommand)]
     Profile(ProfileCommand),
-    /// Unmount shared image mounts that no running container uses.
+    /// Unmount shared image mounts that no running container uses, and remove the layer parts (STATE_DIR/parts)
+    /// that no index of the local index store uses.
     Gc(NodeArgs),
     /// Print the effective node configuration and where each value came from (default, file, env).
     Config(NodeArgs),
@@ -234,7 +235,27 @@ pub struct IndexArgs {
     #[arg(long, value_name = "SECS", default_value = "3600", value_parser = parse_seconds)]
     pub timeout: std::time::Duration,
     #[command(flatten)]
+    pub parts: PartsArgs,
+    /// Read every layer, even those whose part is kept (the kept parts are rewritten from what is read).
+    #[arg(long)]
+    pub no_reuse: bool,
+    #[command(flatten)]
     pub source: SourceArgs,
+}
+
+/// Where layer parts are kept (`clip index`, `clip inspect`).
+#[derive(Debug, ClapArgs)]
+pub struct PartsArgs {
+    /// Layer part directory: a layer whose part is here is not downloaded, and each layer read is kept here.
+    /// Default: STATE_DIR/parts, /var/lib/clip/parts (CLIP_STATE_DIR moves it), where `clip pull` keeps them.
+    #[arg(long = "parts", value_name = "DIR", env = "CLIP_PARTS_DIR")]
+    pub dir: Option<PathBuf>,
+}
+
+impl PartsArgs {
+    pub fn store(&self) -> clip_image::DirParts {
+        clip_image::DirParts::new(self.dir.clone().unwrap_or_else(clip_node::default_parts_dir))
+    }
 }
 
 #[derive(Debug, ClapArgs)]
@@ -244,6 +265,8 @@ pub struct InspectArgs {
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub parts: PartsArgs,
     #[command(flatten)]
     pub s3: S3Args,
 }

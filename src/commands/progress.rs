@@ -1,8 +1,9 @@
-//! Progress bars on a terminal (quiet when stderr is not one): one bar per layer while indexing, one for
-//! archiving and uploading.
+//! Progress bars on a terminal (quiet when stderr is not one): one bar per layer while indexing (a reused
+//! layer's bar says so), one for archiving and uploading; [`LayerOutcomes`] records which layers were read and
+//! which reused, for the summary line.
 
 use std::io::IsTerminal;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use clip_indexer::Progress;
 use clip_source::Descriptor;
@@ -56,6 +57,63 @@ impl Progress for LayerBars {
             b.set_position(b.length().unwrap_or(0));
             b.finish();
         });
+    }
+
+    fn layer_reused(&self, layer: usize, desc: &Descriptor) {
+        self.layer_started(layer, desc);
+        self.with_bar(layer, |b| b.finish_with_message("reused: part kept, not downloaded"));
+    }
+}
+
+/// Which layers of an index were read and which took their part from the part store, passing every event on
+/// to the bars when there are any.
+#[derive(Default)]
+pub struct LayerOutcomes {
+    bars: Option<Arc<LayerBars>>,
+    reused: Mutex<Vec<usize>>,
+}
+
+impl LayerOutcomes {
+    pub fn new(bars: Option<Arc<LayerBars>>) -> LayerOutcomes {
+        LayerOutcomes { bars, reused: Mutex::default() }
+    }
+
+    /// `2 of 3 layers reused (0, 1), 1 read (2)` for an image of `layers` layers.
+    pub fn summary(&self, layers: usize) -> String {
+        let reused = self.reused.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let read: Vec<usize> = (0..layers).filter(|l| !reused.contains(l)).collect();
+        let list = |ls: &[usize]| ls.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+        let mut text = format!("{} of {layers} layers reused", reused.len());
+        if !reused.is_empty() {
+            text += &format!(" ({})", list(&reused));
+        }
+        text += &format!(", {} read", read.len());
+        if !read.is_empty() && !reused.is_empty() {
+            text += &format!(" ({})", list(&read));
+        }
+        text
+    }
+}
+
+impl Progress for LayerOutcomes {
+    fn layer_started(&self, layer: usize, desc: &Descriptor) {
+        self.bars.iter().for_each(|b| b.layer_started(layer, desc));
+    }
+
+    fn layer_progress(&self, layer: usize, compressed: u64, files: u64) {
+        self.bars.iter().for_each(|b| b.layer_progress(layer, compressed, files));
+    }
+
+    fn layer_done(&self, layer: usize) {
+        self.bars.iter().for_each(|b| b.layer_done(layer));
+    }
+
+    fn layer_reused(&self, layer: usize, desc: &Descriptor) {
+        let mut reused = self.reused.lock().unwrap_or_else(|e| e.into_inner());
+        reused.push(layer);
+        reused.sort_unstable();
+        drop(reused);
+        self.bars.iter().for_each(|b| b.layer_reused(layer, desc));
     }
 }
 
