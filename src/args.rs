@@ -247,7 +247,8 @@ pub struct IndexArgs {
 #[derive(Debug, ClapArgs)]
 pub struct PartsArgs {
     /// Layer part directory: a layer whose part is here is not downloaded, and each layer read is kept here.
-    /// Default: STATE_DIR/parts, /var/lib/clip/parts (CLIP_STATE_DIR moves it), where `clip pull` keeps them.
+    /// Default: STATE_DIR/parts, /var/lib/clip/parts as root (CLIP_STATE_DIR moves it), where `clip pull` keeps
+    /// them; ~/.local/state/clip/parts for other users.
     #[arg(long = "parts", value_name = "DIR", env = "CLIP_PARTS_DIR")]
     pub dir: Option<PathBuf>,
 }

@@ -198,11 +198,22 @@ impl Default for Config {
 }
 
 /// The local layer part store of commands that take no node configuration (`clip index`, `clip inspect`):
-/// [`PARTS_DIR`] under `CLIP_STATE_DIR` when set, else under [`DEFAULT_STATE_DIR`] — where `clip pull`
-/// keeps its parts with the default configuration.
+/// [`PARTS_DIR`] under `CLIP_STATE_DIR` when set, else under [`DEFAULT_STATE_DIR`] as root — where `clip
+/// pull` keeps its parts with the default configuration — and `$XDG_STATE_HOME/clip/parts` (or
+/// `~/.local/state/clip/parts`) for other users, who cannot write there.
 pub fn default_parts_dir() -> PathBuf {
-    let state = std::env::var_os("CLIP_STATE_DIR").filter(|v| !v.is_empty()).map(PathBuf::from);
-    state.unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)).join(PARTS_DIR)
+    let absolute = |v: std::ffi::OsString| Some(PathBuf::from(v)).filter(|p| p.is_absolute());
+    if let Some(state) = std::env::var_os("CLIP_STATE_DIR").and_then(absolute) {
+        return state.join(PARTS_DIR);
+    }
+    if !nix::unistd::geteuid().is_root() {
+        let xdg = std::env::var_os("XDG_STATE_HOME").and_then(absolute);
+        let home = || std::env::var_os("HOME").and_then(absolute).map(|h| h.join(".local").join("state"));
+        if let Some(state) = xdg.or_else(home) {
+            return state.join("clip").join(PARTS_DIR);
+        }
+    }
+    PathBuf::from(DEFAULT_STATE_DIR).join(PARTS_DIR)
 }
 
 impl Config {
