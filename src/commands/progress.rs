@@ -160,3 +160,26 @@ impl clip_image::ArchiveProgress for TransferBar {
         self.bar.set_position(sent);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_lists_reused_and_read_layers() {
+        let desc = |n: u8| {
+            Descriptor::new(
+                "application/vnd.oci.image.layer.v1.tar+gzip",
+                format!("sha256:{}", format!("{n:x}").repeat(64)).parse().unwrap(),
+                1,
+            )
+        };
+        let outcomes = LayerOutcomes::new(None);
+        assert_eq!(outcomes.summary(2), "0 of 2 layers reused, 2 read");
+        outcomes.layer_reused(2, &desc(2));
+        outcomes.layer_reused(0, &desc(0));
+        assert_eq!(outcomes.summary(4), "2 of 4 layers reused (0, 2), 2 read (1, 3)");
+        outcomes.layer_reused(1, &desc(1));
+        assert_eq!(outcomes.summary(3), "3 of 3 layers reused (0, 1, 2), 0 read");
+    }
+}
