@@ -101,7 +101,8 @@ pub enum Command {
     /// Prefetch profiles: the spans a container's startup reads, recorded by `clip run --record-profile`.
     #[command(subcommand)]
     Profile(ProfileCommand),
-    /// Unmount shared image mounts that no running container uses.
+    /// Unmount shared image mounts that no running container uses, and remove the layer parts (STATE_DIR/parts)
+    /// that no index of the local index store uses.
     Gc(NodeArgs),
     /// Print the effective node configuration and where each value came from (default, file, env).
     Config(NodeArgs),
@@ -241,7 +242,29 @@ pub struct IndexArgs {
     #[arg(long, value_name = "SECS", default_value = "3600", value_parser = parse_seconds)]
     pub timeout: std::time::Duration,
     #[command(flatten)]
+    pub parts: PartsArgs,
+    /// Read every layer, even those whose part is kept (the kept parts are rewritten from what is read).
+    #[arg(long)]
+    pub no_reuse: bool,
+    #[command(flatten)]
     pub source: SourceArgs,
+}
+
+/// Where layer parts are kept (`clip index`, `inspect`, and the layer views of `ls`, `extract`, `mount`).
+#[derive(Debug, ClapArgs)]
+pub struct PartsArgs {
+    /// Layer part directory: a layer whose part is here is not downloaded, and each layer read is kept here.
+    /// Default: STATE_DIR/parts, /var/lib/clip/parts as root (CLIP_STATE_DIR moves it), where `clip pull` keeps
+    /// them; ~/.local/state/clip/parts for other users.
+    #[arg(long = "parts", value_name = "DIR", env = "CLIP_PARTS_DIR")]
+    pub dir: Option<PathBuf>,
+}
+
+impl PartsArgs {
+    /// The part store these arguments name.
+    pub fn store(&self) -> clip_image::DirParts {
+        clip_image::DirParts::new(self.dir.clone().unwrap_or_else(clip_node::default_parts_dir))
+    }
 }
 
 #[derive(Debug, ClapArgs)]
@@ -251,6 +274,8 @@ pub struct InspectArgs {
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub parts: PartsArgs,
     #[command(flatten)]
     pub s3: S3Args,
 }
@@ -277,21 +302,6 @@ pub struct LsArgs {
     pub source: SourceArgs,
     #[command(flatten)]
     pub s3: S3Args,
-}
-
-/// Where layer parts are kept (each layer's own index, shared by every image that has the layer).
-#[derive(Debug, ClapArgs)]
-pub struct PartsArgs {
-    /// Directory of layer parts. Default: /var/lib/clip/parts as root, else ~/.local/state/clip/parts.
-    #[arg(long, value_name = "DIR", env = "CLIP_PARTS_DIR")]
-    pub parts: Option<PathBuf>,
-}
-
-impl PartsArgs {
-    /// The part store these arguments name.
-    pub fn store(&self) -> clip_image::DirParts {
-        clip_image::DirParts::new(self.parts.clone().unwrap_or_else(clip_image::default_parts_dir))
-    }
 }
 
 /// One layer instead of the merged tree.

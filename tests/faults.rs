@@ -92,7 +92,7 @@ fn indexing_survives_broken_connections_and_gives_the_same_index() {
         Fault::new(FaultKind::TruncateBody { after_bytes: 3 << 20 }).blobs_only().times(1),
     ]);
     let again = served.dir.path().join("again.clip");
-    clip_ok(&["index", &served.proxy().image_ref("img:t"), "-o", s(&again), "--span-mib", "1"]);
+    clip_ok(&["index", &served.proxy().image_ref("img:t"), "-o", s(&again), "--span-mib", "1", "--no-reuse"]);
     assert_eq!(served.proxy().stats().faults_injected, 3);
     assert!(std::fs::read(&again).unwrap() == std::fs::read(served.index()).unwrap(), "a different index");
 }

@@ -79,7 +79,7 @@ fn indexing_from_a_registry_that_stalls_after_every_piece_ends_within_its_timeou
     let out = served.dir.path().join("again.clip");
     let image = served.proxy().image_ref("img:t");
     let (code, stderr, took) =
-        clip_within(&["index", &image, "-o", s(&out), "--timeout", "8"], Duration::from_secs(90));
+        clip_within(&["index", &image, "-o", s(&out), "--timeout", "8", "--no-reuse"], Duration::from_secs(90));
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("did not finish within 8 s (--timeout)"), "{stderr}");
     assert!(took >= Duration::from_secs(8), "{took:?}");

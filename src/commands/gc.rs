@@ -1,4 +1,5 @@
-//! `clip gc`: unmount shared image mounts that no running container uses.
+//! `clip gc`: unmount shared image mounts that no running container uses, then remove the layer parts that no
+//! index of the local index store uses.
 
 use anyhow::Context;
 
@@ -13,6 +14,14 @@ pub async fn run(a: NodeArgs, quiet: bool) -> anyhow::Result<()> {
             let what = if e.unmounted { "unmounted".to_owned() } else { format!("kept ({} users)", e.users) };
             eprintln!("{}: {what}", e.mountpoint.display());
         }
+    }
+    let parts = node.gc_parts().context("collecting unused layer parts")?;
+    if !quiet {
+        for (key, bytes) in &parts.removed {
+            eprintln!("removed layer part {key} ({bytes} bytes): no kept index uses it");
+        }
+        let freed: u64 = parts.removed.iter().map(|(_, b)| b).sum();
+        eprintln!("layer parts: {} removed ({freed} bytes), {} kept", parts.removed.len(), parts.kept);
     }
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! `clip index`: resolve the image, then [`clip_image::index_to_file`] (its layers streamed once, the .clip
-//! file written atomically, never over a device or FIFO), and publish it with `--push`.
+//! file written atomically, never over a device or FIFO), and publish it with `--push`. Layers whose parts
+//! are in the part directory (`--parts`) are not read unless `--no-reuse`; the summary says which were.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -38,11 +39,16 @@ async fn index(a: IndexArgs, quiet: bool) -> anyhow::Result<()> {
     }
     let (image, source) =
         clip_source::open(&reference, &opts).await.with_context(|| format!("resolving {reference}"))?;
-    let mut index_opts =
-        IndexOptions { span_size: a.span_mib.saturating_mul(1 << 20), max_ratio: a.max_ratio, ..Default::default() };
-    if progress::enabled(quiet) {
-        index_opts.progress = Some(Arc::new(progress::LayerBars::default()));
-    }
+    let bars = progress::enabled(quiet).then(|| Arc::new(progress::LayerBars::default()));
+    let outcomes = Arc::new(progress::LayerOutcomes::new(bars));
+    let index_opts = IndexOptions {
+        span_size: a.span_mib.saturating_mul(1 << 20),
+        max_ratio: a.max_ratio,
+        progress: Some(outcomes.clone()),
+        parts: Some(Arc::new(a.parts.store())),
+        reuse: !a.no_reuse,
+        ..Default::default()
+    };
     let out = &a.output;
     // The error names the image (indexing) or the file (writing).
     let written = clip_image::index_to_file(&a.image, &image, source, &index_opts, out).await?;
@@ -50,10 +56,10 @@ async fn index(a: IndexArgs, quiet: bool) -> anyhow::Result<()> {
     let image_size: u64 = image.layers.iter().map(|l| l.size).sum();
     if !quiet {
         eprintln!(
-            "indexed {reference} ({}) in {:.1}s: {} layers, {} inodes, {} spans; index {} bytes = {:.3}% of {} compressed bytes -> {}",
+            "indexed {reference} ({}) in {:.1}s: {}, {} inodes, {} spans; index {} bytes = {:.3}% of {} compressed bytes -> {}",
             image.manifest_digest,
             started.elapsed().as_secs_f64(),
-            written.layers,
+            outcomes.summary(written.layers),
             written.inodes,
             written.spans,
             written.size,

@@ -1,4 +1,6 @@
-//! `clip inspect`: kind, source, layers, spans and sizes of a .clip file.
+//! `clip inspect`: kind, source, layers, spans and sizes of a .clip file; for an index, each layer's part key
+//! and whether the part is in the local part directory (the index itself does not record whether a part was
+//! reused: it is the same bytes either way).
 
 use std::io::Write;
 
@@ -15,6 +17,17 @@ pub async fn run(a: InspectArgs) -> anyhow::Result<()> {
     let file_size = loaded.size;
     let image_size: u64 = meta.layers.iter().map(|l| l.size).sum();
     let windows = archive.section(layout::SEC_WIND).map_or(0, |s| s.stored_len);
+    let store = a.parts.store();
+    let parts: Vec<(String, bool)> = match archive.kind() {
+        clip_format::ArchiveKind::IndexOnly => clip_format::index_part_keys(meta)
+            .into_iter()
+            .map(|key| {
+                let kept = store.path(&key).is_file();
+                (key, kept)
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
     let mut out = crate::output::stdout();
     if a.json {
         let sections: Vec<_> = archive
@@ -31,6 +44,8 @@ pub async fn run(a: InspectArgs) -> anyhow::Result<()> {
             "nodes": archive.node_count(),
             "spans": archive.span_count(),
             "sections": sections,
+            "parts_dir": store.dir(),
+            "parts": parts.iter().map(|(key, kept)| serde_json::json!({"key": key, "kept": kept})).collect::<Vec<_>>(),
             "meta": meta,
         });
         writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
@@ -78,6 +93,10 @@ pub async fn run(a: InspectArgs) -> anyhow::Result<()> {
             "  {i:>2} {} {:<5} {:>12} -> {:>12} bytes, {} spans",
             l.digest, l.compression, l.size, l.uncompressed_size, l.span_count
         )?;
+        if let Some((key, kept)) = parts.get(i) {
+            let state = if *kept { "kept" } else { "not kept" };
+            writeln!(out, "     part {key} ({state} in {})", store.dir().display())?;
+        }
     }
     let c = &meta.config;
     if !c.entrypoint.is_empty() || !c.cmd.is_empty() {

@@ -6,9 +6,20 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-/// The `clip` binary under test, as a command to add arguments, environment and pipes to.
+/// The `clip` binary under test, as a command to add arguments, environment and pipes to. Its layer part
+/// directory (`clip index`, `clip inspect`) is [`test_parts_dir`], never the machine's.
 pub fn clip_command() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_clip"))
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_clip"));
+    cmd.env("CLIP_PARTS_DIR", test_parts_dir());
+    cmd
+}
+
+/// The layer part directory of this test process (nextest runs each test in its own): under the build's
+/// `target/tmp/parts/`, named by process and start time, so a test reuses only the parts of its own earlier
+/// `clip index` runs. A test that must read every layer again passes `--no-reuse`.
+pub fn test_parts_dir() -> &'static Path {
+    static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| Path::new(env!("CARGO_TARGET_TMPDIR")).join("parts").join(unique("test")))
 }
 
 /// Polls `done` (every 20 ms) until it holds; panics with `what` when it does not within `limit`.

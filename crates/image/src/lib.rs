@@ -50,7 +50,7 @@ pub use extract::{extract, ExtractProgress, ExtractStats};
 pub use index::{index_to_file, Written};
 pub use open::{load_archive, open_archive, Loaded, Location, OpenOptions, Opened};
 pub use owners::Owners;
-pub use parts::{default_parts_dir, DirParts, Parts, S3Parts, MAX_PART_BYTES};
+pub use parts::{DirParts, Parts, S3Parts, MAX_PART_BYTES};
 pub use publish::{
     fetch_artifact_layer, fetch_published_index, publish_index, push_artifact, registry_failure, Artifact,
     PublishedIndex, INDEX_ARTIFACT_TYPE, INDEX_LAYER_MEDIA_TYPE,

@@ -16,22 +16,6 @@ use tracing::debug;
 /// The largest part read from S3: a layer of some million files (its entries) and tens of GB (its windows).
 pub const MAX_PART_BYTES: u64 = 1 << 30;
 
-/// Where parts are kept when nothing else is said: `/var/lib/clip/parts` as root (the node's state directory),
-/// else `$XDG_STATE_HOME/clip/parts` or `~/.local/state/clip/parts`.
-pub fn default_parts_dir() -> PathBuf {
-    if nix::unistd::geteuid().is_root() {
-        return PathBuf::from("/var/lib/clip/parts");
-    }
-    let absolute = |v: std::ffi::OsString| Some(PathBuf::from(v)).filter(|p| p.is_absolute());
-    if let Some(xdg) = std::env::var_os("XDG_STATE_HOME").and_then(absolute) {
-        return xdg.join("clip").join("parts");
-    }
-    match std::env::var_os("HOME").and_then(absolute) {
-        Some(home) => home.join(".local/state/clip/parts"),
-        None => std::env::temp_dir().join("clip-parts"),
-    }
-}
-
 /// The file name extension of a kept part.
 const PART_EXT: &str = "part";
 

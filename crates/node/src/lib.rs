@@ -20,7 +20,7 @@ mod mount_spec;
 mod profile;
 mod run;
 
-pub use config::{ClipVersion, Config, ConfigError, Origin};
+pub use config::{default_parts_dir, ClipVersion, Config, ConfigError, Origin};
 pub use content_cache::S3SpanCache;
 pub use error::NodeError;
 pub use mount::{mount_foreground, MountConfig, MountSummary};
@@ -29,5 +29,6 @@ pub use profile::{
     fetch_published_profile, publish_profile, Profile, ProfileRecorder, PROFILE_ARTIFACT_TYPE, PROFILE_LAYER_MEDIA_TYPE,
 };
 pub use run::{
-    Fallback, FallbackReason, GcEntry, IndexOrigin, Lease, Node, Pulled, StoredIndex, User, METRICS_DIR, METRICS_FILE,
+    Fallback, FallbackReason, GcEntry, IndexOrigin, Lease, Node, PartsGc, Pulled, StoredIndex, User, METRICS_DIR,
+    METRICS_FILE,
 };

@@ -33,6 +33,11 @@ pub fn part_key(layer_digest: &Digest, span_size: u64) -> String {
     format!("{}-{}-s{span_size}-v{PART_VERSION}", layer_digest.algorithm(), layer_digest.hex())
 }
 
+/// The keys of the parts an image index with `meta` is merged from, one per layer in order.
+pub fn index_part_keys(meta: &crate::ImageMeta) -> Vec<String> {
+    meta.layers.iter().map(|l| part_key(&l.digest, meta.span_size)).collect()
+}
+
 /// What a part records about its layer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartMeta {

@@ -6,7 +6,7 @@
 //! clip_version = 2                 # 1: whole image unpacked into a data-carrying archive; 2: lazy index
 //! cache_dir = "/var/cache/clip"    # span cache shared by every mount
 //! cache_size = "20G"
-//! state_dir = "/var/lib/clip"      # index store, mounts, containers
+//! state_dir = "/var/lib/clip"      # index store, layer parts, mounts, containers
 //! runtime = "runc"
 //! publish_index = false            # publish indexes built here (registry artifact + S3 index store)
 //!
@@ -43,6 +43,8 @@ use values::redact_userinfo;
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/clip/config.toml";
 /// Default state directory: index store, mounts, containers.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/clip";
+/// The layer part store under a state directory: `STATE_DIR/parts` (see [`clip_image::DirParts`]).
+pub const PARTS_DIR: &str = "parts";
 /// Default bound of the span cache: 10 GiB.
 pub const DEFAULT_CACHE_SIZE: u64 = 10 << 30;
 
@@ -195,7 +197,31 @@ impl Default for Config {
     }
 }
 
+/// The local layer part store of commands that take no node configuration (`clip index`, `clip inspect`):
+/// [`PARTS_DIR`] under `CLIP_STATE_DIR` when set, else under [`DEFAULT_STATE_DIR`] as root — where `clip
+/// pull` keeps its parts with the default configuration — and `$XDG_STATE_HOME/clip/parts` (or
+/// `~/.local/state/clip/parts`) for other users, who cannot write there.
+pub fn default_parts_dir() -> PathBuf {
+    let absolute = |v: std::ffi::OsString| Some(PathBuf::from(v)).filter(|p| p.is_absolute());
+    if let Some(state) = std::env::var_os("CLIP_STATE_DIR").and_then(absolute) {
+        return state.join(PARTS_DIR);
+    }
+    if !nix::unistd::geteuid().is_root() {
+        let xdg = std::env::var_os("XDG_STATE_HOME").and_then(absolute);
+        let home = || std::env::var_os("HOME").and_then(absolute).map(|h| h.join(".local").join("state"));
+        if let Some(state) = xdg.or_else(home) {
+            return state.join("clip").join(PARTS_DIR);
+        }
+    }
+    PathBuf::from(DEFAULT_STATE_DIR).join(PARTS_DIR)
+}
+
 impl Config {
+    /// The node's local layer part store, `STATE_DIR/parts`.
+    pub fn parts_dir(&self) -> PathBuf {
+        self.state_dir.value.join(PARTS_DIR)
+    }
+
     /// Loads the configuration: `file` (must exist) or else [`DEFAULT_CONFIG_FILE`] when it exists, then the
     /// process environment on top.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {

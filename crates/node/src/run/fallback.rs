@@ -121,7 +121,7 @@ pub async fn pull_unpack(state_dir: &Path, image: &str, opts: &SourceOptions) ->
     // Index and merge the layers, then extract the merged tree.
     let blobs: Arc<dyn BlobSource> = Arc::new(LayoutSource::new(&layout));
     let index = scratch.path().join("merged.clip");
-    super::store::build(&resolved, blobs.clone(), &index, image).await?;
+    super::store::build(&resolved, blobs.clone(), &index, image, None).await?;
     let archive = Arc::new(Archive::open(&index).map_err(ImageError::format(&index))?);
     let store =
         ContentStore::new(archive.clone(), Arc::new(SourceBlobs::new(&archive, blobs.clone())), StoreConfig::default());

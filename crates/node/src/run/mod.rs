@@ -4,6 +4,8 @@
 //!
 //! State lives under the configured `state_dir`:
 //! - `indexes/<key>.clip`: the local index store, `<key>` = `sha256-<hex>` of the resolved manifest;
+//! - `parts/<layer digest>-s<span size>-v<n>.part`: layer parts (`parts`), so an image whose layers were
+//!   indexed before costs only its new layers;
 //! - `v1/<key>.clip`: data-carrying archives of whole images (`clip_version = 1`);
 //! - `mounts/<key>[-v1]/`: one shared mount per image (`rootfs/`, `state.json`, `lock`, `mount.json` (its
 //!   [`crate::MountSpec`]), `mount.log`);
@@ -32,6 +34,7 @@ mod container;
 mod fallback;
 mod image_metrics;
 mod mounts;
+mod parts;
 mod probe;
 mod spec;
 mod store;
@@ -50,6 +53,7 @@ use tracing::{debug, info, warn};
 pub use crate::error::NodeError;
 pub use image_metrics::{METRICS_DIR, METRICS_FILE};
 pub use mounts::{GcEntry, Lease};
+pub use parts::PartsGc;
 pub use spec::{process_args, resolve_user, runtime_spec, User};
 pub use store::{IndexOrigin, Lookup, StoredIndex};
 
@@ -326,6 +330,11 @@ impl Node {
             private_dir(self.state_dir())?;
         }
         mounts::gc(&self.state_dir().join("mounts"))
+    }
+
+    /// Removes the layer parts that no index of the local index store uses.
+    pub fn gc_parts(&self) -> Result<PartsGc, NodeError> {
+        parts::gc_parts(self.state_dir())
     }
 }
 

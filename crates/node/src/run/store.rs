@@ -1,8 +1,9 @@
 //! Finding an image's index, keyed by its resolved manifest digest, in this order: the local index store
 //! (`STATE_DIR/indexes/<algorithm>-<hex>.clip`) → an index published with the image in the registry (see
 //! [`crate::fetch_published_index`]) → the S3 index store (`s3://BUCKET/PREFIX/<digest>.clip`) → built now
-//! (and published when configured). Whatever is found is written to the local store atomically
-//! (concurrent pullers of one image each rename a complete file into place).
+//! (and published when configured; built from the layer parts of `run::parts` where it has them, so only
+//! layers never indexed on this node or the fleet are read). Whatever is found is written to the local store
+//! atomically (concurrent pullers of one image each rename a complete file into place).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -130,7 +131,8 @@ pub async fn find_or_build(state_dir: &Path, image: &str, lookup: &Lookup) -> Re
         }
     }
     info!(%image, digest = %manifest_digest, "cache miss: building index");
-    build(&resolved, source, &path, image).await?;
+    let parts = super::parts::part_store(state_dir, lookup);
+    build(&resolved, source, &path, image, Some(parts)).await?;
     if lookup.publish {
         publish(image, &path, &manifest_digest, lookup).await;
     }
@@ -203,13 +205,16 @@ async fn publish(image: &str, path: &Path, manifest_digest: &str, lookup: &Looku
 }
 
 /// Indexes `resolved` from `source` and writes the index to `path` atomically (see
-/// [`clip_image::index_to_file`]).
+/// [`clip_image::index_to_file`]), taking the parts of layers indexed before from `parts` and keeping there
+/// those of the layers it reads.
 pub(crate) async fn build(
     resolved: &ResolvedImage,
     source: std::sync::Arc<dyn clip_source::BlobSource>,
     path: &Path,
     image: &str,
+    parts: Option<std::sync::Arc<dyn clip_indexer::PartStore>>,
 ) -> Result<(), NodeError> {
-    clip_image::index_to_file(image, resolved, source, &IndexOptions::default(), path).await?;
+    let opts = IndexOptions { parts, ..IndexOptions::default() };
+    clip_image::index_to_file(image, resolved, source, &opts, path).await?;
     Ok(())
 }
