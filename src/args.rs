@@ -257,13 +257,13 @@ pub struct PartsArgs {
     /// Default: STATE_DIR/parts, /var/lib/clip/parts as root (CLIP_STATE_DIR moves it), where `clip pull` keeps
     /// them; ~/.local/state/clip/parts for other users.
     #[arg(long = "parts", value_name = "DIR", env = "CLIP_PARTS_DIR")]
-    pub dir: Option<PathBuf>,
+    pub parts_dir: Option<PathBuf>,
 }
 
 impl PartsArgs {
     /// The part store these arguments name.
     pub fn store(&self) -> clip_image::DirParts {
-        clip_image::DirParts::new(self.dir.clone().unwrap_or_else(clip_node::default_parts_dir))
+        clip_image::DirParts::new(self.parts_dir.clone().unwrap_or_else(clip_node::default_parts_dir))
     }
 }
 
