@@ -330,3 +330,46 @@ fn an_address_that_is_not_a_socket_is_refused_and_left_alone() {
     assert!(stderr.contains(s(&file)), "{stderr}");
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "precious");
 }
+
+/// The oracle for clip's layer views: the layer snapshots containerd's own applier wrote (the fallback path
+/// unpacks every layer into our snapshot directories) must equal `clip extract --layer N` of the same image,
+/// layer by layer: whiteouts as 0/0 character devices, the opaque directory's xattr, implicit parents.
+#[test]
+fn containerd_s_layer_snapshots_equal_clip_s_layer_views() {
+    let node = Node::new();
+    let image = node.image_ref();
+    node.ctr(&["images", "pull", "--plain-http", "--snapshotter", NAME, &image]);
+    // The committed chain, top first: a view of its top shows every layer's directory as a lowerdir.
+    let snapshots = node.snapshots();
+    let parents: Vec<&str> = snapshots.iter().map(|(_, p, _)| p.as_str()).collect();
+    let top = snapshots.iter().find(|(k, _, kind)| kind == "Committed" && !parents.contains(&k.as_str())).unwrap();
+    node.ctr(&["snapshots", "--snapshotter", NAME, "view", "layers-view", &top.0]);
+    let mounts = node.ctr(&["snapshots", "--snapshotter", NAME, "mounts", "/unused", "layers-view"]);
+    let lowerdir = mounts
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .find_map(|o| o.strip_prefix("lowerdir="))
+        .unwrap_or_else(|| panic!("no lowerdir in {mounts:?}"));
+    let mut layer_dirs: Vec<PathBuf> = lowerdir.split(':').map(PathBuf::from).collect();
+    layer_dirs.reverse();
+
+    let index = node.dir.path().join("img.clip");
+    let parts = node.dir.path().join("parts");
+    common::clip_ok(&["index", &image, "-o", s(&index), "--parts", s(&parts)]);
+    assert_eq!(layer_dirs.len(), 3, "{mounts}");
+    for (n, dir) in layer_dirs.iter().enumerate() {
+        let out = node.dir.path().join(format!("layer{n}"));
+        common::clip_ok(&["extract", "--layer", &n.to_string(), "--parts", s(&parts), s(&index), s(&out)]);
+        let (expected, actual) = (snapshot(dir), snapshot(&out));
+        // containerd creates a whiteout device without setting its mtime; clip keeps the tar entry's.
+        let whiteouts = expected.nodes.iter().filter(|(_, n)| n.kind == FileKind::CharDevice && n.rdev == 0);
+        let opts = CompareOpts::default().ignoring_mtime_of(whiteouts.map(|(p, _)| p));
+        let diffs = compare(&expected, &actual, opts);
+        assert!(
+            diffs.is_empty(),
+            "layer {n}: containerd's snapshot {} != clip's view:\n{}",
+            dir.display(),
+            diffs.join("\n")
+        );
+    }
+    node.ctr(&["snapshots", "--snapshotter", NAME, "rm", "layers-view"]);
+}
