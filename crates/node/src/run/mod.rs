@@ -31,6 +31,7 @@ mod container;
 
 mod fallback;
 mod image_metrics;
+mod layers;
 mod mounts;
 mod probe;
 mod spec;
@@ -49,6 +50,7 @@ use tracing::{debug, info, warn};
 
 pub use crate::error::NodeError;
 pub use image_metrics::{METRICS_DIR, METRICS_FILE};
+pub use layers::{layers_mount_of, remount_layers, unmount_layers};
 pub use mounts::{GcEntry, Lease};
 pub use spec::{process_args, resolve_user, runtime_spec, User};
 pub use store::{IndexOrigin, Lookup, StoredIndex};
