@@ -421,3 +421,21 @@ fn rpull_serves_every_layer_lazily_from_the_layer_views() {
         !std::fs::read_to_string("/proc/self/mountinfo").unwrap().contains(s(&views))
     });
 }
+
+#[test]
+fn a_registry_that_refuses_range_requests_falls_back_to_containerd_unpacking() {
+    let mut node = Node::new();
+    let proxy = Proxy::start(&node.registry.addr(), ProxyConfig::default());
+    proxy.set_faults(vec![Fault::new(FaultKind::IgnoreRange).blobs_only()]);
+    let image = proxy.image_ref("snap:t");
+    node.via = Some(image.clone());
+    node.containerd.ctr_remote_ok(&["images", "rpull", "--plain-http", "--snapshotter", NAME, &image]);
+    let log = node.snapshotter.log();
+    assert!(!log.contains("layer served lazily"), "{log}");
+    assert_eq!(log.matches("layer not served lazily").count(), 3, "one reason a layer: {log}");
+    assert!(log.contains("refuses Range requests"), "{log}");
+    let committed = node.snapshots().into_iter().filter(|(_, _, kind)| kind == "Committed").count();
+    assert_eq!(committed, 3, "containerd unpacked every layer");
+    assert_eq!(node.run("fallback", true, "cat /data/a /opq/new"), "alpha\nnew\n");
+    node.assert_matches_umoci(CompareOpts::default());
+}
