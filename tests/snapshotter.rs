@@ -439,3 +439,19 @@ fn a_registry_that_refuses_range_requests_falls_back_to_containerd_unpacking() {
     assert_eq!(node.run("fallback", true, "cat /data/a /opq/new"), "alpha\nnew\n");
     node.assert_matches_umoci(CompareOpts::default());
 }
+
+#[test]
+fn an_image_sharing_lower_layers_reuses_their_remote_snapshots() {
+    let mut node = Node::new();
+    let image = node.image_ref();
+    node.containerd.ctr_remote_ok(&["images", "rpull", "--plain-http", "--snapshotter", NAME, &image]);
+    node.layout.add_image("b", &bulky_image());
+    node.registry.push(node.layout.path(), "b", "snap:b");
+    let b = node.registry.image_ref("snap:b");
+    node.containerd.ctr_remote_ok(&["images", "rpull", "--plain-http", "--snapshotter", NAME, &b]);
+    let log = node.snapshotter.log();
+    assert_eq!(log.matches("layer served lazily").count(), 4, "3 layers of the first image, 1 new one: {log}");
+    assert_eq!(node.snapshots().len(), 4, "the shared layers have one snapshot each");
+    node.via = Some(b);
+    assert_eq!(node.run("b", true, "cat /data/a; [ -f /bulk/blob ] && echo bulk"), "alpha\nbulk\n");
+}
