@@ -405,7 +405,31 @@ fn rpull_serves_every_layer_lazily_from_the_layer_views() {
     assert!(ran.blob_bytes < layer_bytes / 4, "running read {} of {layer_bytes} layer bytes", ran.blob_bytes);
     node.assert_matches_umoci(CompareOpts::default());
 
-    // A restart (kill -9, then a node whose views are gone): the views are mounted again.
+    // kill -9 while a container runs: its layers stay served (the views' mount process is not the
+    // snapshotter's), and it reads on after the restart.
+    let script = "read line < /data/fifo; cat /data/changed; echo $line";
+    let mut waiting = node
+        .containerd
+        .ctr_command(&["run", "--rm", "--snapshotter", NAME, &image, "waiting", "/bin/sh", "-c", script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("the container runs", || {
+        node.ctr(&["tasks", "ls"]).lines().any(|l| l.starts_with("waiting") && l.contains("RUNNING"))
+    });
+    node.snapshotter.kill9();
+    node.restart_snapshotter();
+    let fifos = node.containerd.fifo_dir();
+    let exec = ["tasks", "exec", "--fifo-dir", s(&fifos), "--exec-id", "writer", "waiting", "/bin/sh", "-c"];
+    node.ctr(&[&exec[..], &["echo go > /data/fifo"]].concat());
+    wait_until("the container ends", || waiting.try_wait().unwrap().is_some());
+    let out = waiting.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "layer 3\ngo\n", "the running container kept reading");
+    assert!(node.snapshotter.log().contains("layer views still mounted"), "{}", node.snapshotter.log());
+
+    // A restart with the views gone (as after a reboot): they are mounted again.
     node.snapshotter.kill9();
     let views = root.join("mounts").join(format!("{}-layers", digest.replacen(':', "-", 1))).join("rootfs");
     unmount_under(&views);
