@@ -23,7 +23,8 @@ pub const HELP: &str = "containerd's config.toml (restart containerd after addin
 
 Examples:
   clip snapshotter --address /run/clip/snapshotter.sock --root /var/lib/clip/snapshotter
-  ctr images pull --snapshotter clip 127.0.0.1:5000/app:1
+  ctr-remote images rpull --snapshotter clip 127.0.0.1:5000/app:1   (lazy: layers served by clip)
+  ctr images pull --snapshotter clip 127.0.0.1:5000/app:1           (every layer unpacked by containerd)
   ctr run --rm --snapshotter clip 127.0.0.1:5000/app:1 c1 /bin/app";
 
 /// `clip snapshotter`'s arguments (here rather than in `args.rs`, which is near its size limit).
