@@ -34,7 +34,7 @@ impl Node {
         private_dir(&mounts_dir)?;
         let dir = mounts_dir.join(format!("{}-layers", index.key));
         let rootfs = dir.join("rootfs");
-        if !mounts::is_mountpoint(&rootfs) {
+        if !mounts::live(&dir)? {
             if let Some(detail) = probe::range_refused(&index, &open.source).await {
                 return Err(NodeError::RangeRefused { image: image.to_owned(), detail });
             }
