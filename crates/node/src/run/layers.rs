@@ -91,3 +91,15 @@ pub fn remount_layers(dir: &Path, clip_exe: &Path) -> Result<bool, NodeError> {
     let (_, _, mounted) = mounts::acquire(dir, &MountCommand { exe: clip_exe.to_path_buf(), spec }, false)?;
     Ok(mounted)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_layer_directory_names_its_shared_mount() {
+        let layer = Path::new("/root/mounts/sha256-ab-layers/rootfs/0-sha256-cd");
+        assert_eq!(layers_mount_of(layer), Some(Path::new("/root/mounts/sha256-ab-layers")));
+        assert_eq!(layers_mount_of(Path::new("/elsewhere/0-sha256-cd")), None);
+    }
+}
