@@ -479,3 +479,54 @@ fn an_image_sharing_lower_layers_reuses_their_remote_snapshots() {
     node.via = Some(b);
     assert_eq!(node.run("b", true, "cat /data/a; [ -f /bulk/blob ] && echo bulk"), "alpha\nbulk\n");
 }
+
+/// Debian bookworm with python3 (`dev/debian-image`, three gzip layers), indexed before: `rpull` through the
+/// counting proxy fetches a sliver of its layers, and python starts from the lazily served layers.
+#[test]
+fn rpull_of_debian_fetches_a_sliver_and_runs_python() {
+    let layout = common::debian_layout();
+    let registry = Registry::start();
+    registry.push(&layout, "bookworm", "debian:bookworm");
+    let proxy = Proxy::start(&registry.addr(), ProxyConfig::default());
+    let image = proxy.image_ref("debian:bookworm");
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let accept = [("Accept", "application/vnd.oci.image.manifest.v1+json")];
+    let digest = registry.get("/v2/debian/manifests/bookworm", &accept);
+    let digest = digest.header("docker-content-digest").expect("manifest digest").replacen(':', "-", 1);
+    let index = root.join("indexes").join(format!("{digest}.clip"));
+    std::fs::create_dir_all(index.parent().unwrap()).unwrap();
+    common::clip_ok(&["index", &image, "-o", s(&index)]);
+    common::clip_ok(&["ls", "--layer", "0", "--parts", s(&root.join("parts")), s(&index)]);
+    let inspect: serde_json::Value =
+        serde_json::from_slice(&common::clip_ok(&["inspect", "--json", s(&index)])).unwrap();
+    let layer_bytes = inspect["image_size"].as_u64().expect("image_size");
+    let socket = dir.path().join("clip.sock");
+    let snapshotter = SnapshotterProc::start(&socket, &root, &dir.path().join("snapshotter.log"));
+    let containerd = Containerd::start(&[(NAME, &socket)]);
+    proxy.reset_stats();
+
+    containerd.ctr_remote_ok(&["images", "rpull", "--plain-http", "--snapshotter", NAME, &image]);
+    let pulled = proxy.stats().blob_bytes;
+    let out = containerd.ctr_ok(&[
+        "run",
+        "--rm",
+        "--snapshotter",
+        NAME,
+        &image,
+        "py",
+        "python3",
+        "-c",
+        "import json,sqlite3; print('ok')",
+    ]);
+    assert_eq!(out, "ok\n");
+    let ran = proxy.stats().blob_bytes;
+    let pct = |b: u64| 100.0 * b as f64 / layer_bytes as f64;
+    eprintln!(
+        "debian: {layer_bytes} compressed layer bytes; rpull fetched {pulled} ({:.3} %), rpull + run {ran} ({:.2} %)",
+        pct(pulled),
+        pct(ran)
+    );
+    assert!(pct(pulled) <= 5.0, "rpull fetched {pulled} of {layer_bytes}:\n{}", snapshotter.log());
+    assert_eq!(snapshotter.log().matches("layer served lazily").count(), 3, "{}", snapshotter.log());
+}
