@@ -98,6 +98,16 @@ impl Drop for SnapshotterProc {
     }
 }
 
+/// Unmounts the layer views under a snapshotter's `ROOT/mounts` on drop: they outlive the snapshotter by
+/// design (running containers read from them), so a test ends them itself; their processes then exit.
+struct ViewsGuard(PathBuf);
+
+impl Drop for ViewsGuard {
+    fn drop(&mut self) {
+        unmount_under(&self.0);
+    }
+}
+
 /// A registry holding [`image`], containerd, and `clip snapshotter` as its snapshotter `clip`. Dropped in
 /// field order: containerd (its tasks and mounts) before the snapshotter.
 struct Node {
@@ -105,6 +115,7 @@ struct Node {
     snapshotter: SnapshotterProc,
     registry: Registry,
     layout: OciLayoutBuilder,
+    _views: ViewsGuard,
     dir: tempfile::TempDir,
     /// The image's reference through a proxy, when pulled through one.
     via: Option<String>,
@@ -125,7 +136,8 @@ impl Node {
         let snapshotter =
             SnapshotterProc::start(&socket, &dir.path().join("root"), &dir.path().join("snapshotter.log"));
         let containerd = Containerd::start(&[(NAME, &socket)]);
-        Node { containerd, snapshotter, registry, layout, dir, via: None }
+        let _views = ViewsGuard(dir.path().join("root/mounts"));
+        Node { containerd, snapshotter, registry, layout, _views, dir, via: None }
     }
 
     fn image_ref(&self) -> String {
@@ -491,6 +503,7 @@ fn rpull_of_debian_fetches_a_sliver_and_runs_python() {
     let image = proxy.image_ref("debian:bookworm");
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
+    let _views = ViewsGuard(root.join("mounts"));
     let accept = [("Accept", "application/vnd.oci.image.manifest.v1+json")];
     let digest = registry.get("/v2/debian/manifests/bookworm", &accept);
     let digest = digest.header("docker-content-digest").expect("manifest digest").replacen(':', "-", 1);
