@@ -4,6 +4,10 @@
 //! directory, zstd) is pulled with `ctr images pull --snapshotter clip`: containerd downloads and unpacks
 //! every layer into our snapshots (the fallback path: no layer is remote yet). Containers run with runc;
 //! their snapshots, and a container running meanwhile, outlive a `kill -9` of the snapshotter.
+//!
+//! Lazily: `ctr-remote images rpull` (labels naming image and layer on each Prepare) through the counting
+//! proxy, with the image's index and layer parts in the snapshotter's root: every layer is a directory of
+//! one FUSE mount of the image's layer views, and containerd downloads none of them.
 
 mod common;
 
@@ -33,6 +37,8 @@ impl SnapshotterProc {
         let child = Command::new(env!("CARGO_BIN_EXE_clip"))
             .args(["snapshotter", "--address", s(socket), "--root", s(root)])
             .env("CLIP_LOG", "debug")
+            // A span cache of its own: lazy reads are counted from a cold cache.
+            .env("CLIP_CACHE_DIR", root.with_file_name("cache"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file)
@@ -92,6 +98,16 @@ impl Drop for SnapshotterProc {
     }
 }
 
+/// Unmounts the layer views under a snapshotter's `ROOT/mounts` on drop: they outlive the snapshotter by
+/// design (running containers read from them), so a test ends them itself; their processes then exit.
+struct ViewsGuard(PathBuf);
+
+impl Drop for ViewsGuard {
+    fn drop(&mut self) {
+        unmount_under(&self.0);
+    }
+}
+
 /// A registry holding [`image`], containerd, and `clip snapshotter` as its snapshotter `clip`. Dropped in
 /// field order: containerd (its tasks and mounts) before the snapshotter.
 struct Node {
@@ -99,7 +115,10 @@ struct Node {
     snapshotter: SnapshotterProc,
     registry: Registry,
     layout: OciLayoutBuilder,
+    _views: ViewsGuard,
     dir: tempfile::TempDir,
+    /// The image's reference through a proxy, when pulled through one.
+    via: Option<String>,
 }
 
 impl Node {
@@ -117,11 +136,12 @@ impl Node {
         let snapshotter =
             SnapshotterProc::start(&socket, &dir.path().join("root"), &dir.path().join("snapshotter.log"));
         let containerd = Containerd::start(&[(NAME, &socket)]);
-        Node { containerd, snapshotter, registry, layout, dir }
+        let _views = ViewsGuard(dir.path().join("root/mounts"));
+        Node { containerd, snapshotter, registry, layout, _views, dir, via: None }
     }
 
     fn image_ref(&self) -> String {
-        self.registry.image_ref("snap:t")
+        self.via.clone().unwrap_or_else(|| self.registry.image_ref("snap:t"))
     }
 
     fn ctr(&self, args: &[&str]) -> String {
@@ -159,15 +179,25 @@ impl Node {
         }
     }
 
-    /// The image's root tree, mounted by `ctr images mount` (a view of the top layer: an overlay of every
-    /// layer's snapshot), equals umoci's unpack. Overlayfs reports 1 link for a merged directory.
+    /// The image's root tree, a view of its top layer (`ctr snapshots view`: an overlay of every layer's
+    /// snapshot, mounted as `ctr snapshots view --target` prints), equals umoci's unpack. Overlayfs reports 1 link
+    /// for a merged directory. (`ctr images mount` would want the layer blobs, which a lazy pull never has.)
     fn assert_matches_umoci(&self, opts: CompareOpts) {
         let mnt = self.dir.path().join("mnt");
         std::fs::create_dir_all(&mnt).unwrap();
-        self.ctr(&["images", "mount", "--snapshotter", NAME, &self.image_ref(), s(&mnt)]);
+        let rows = self.snapshots();
+        let top = rows
+            .iter()
+            .find(|(key, _, kind)| kind == "Committed" && !rows.iter().any(|(_, parent, _)| parent == key))
+            .expect("a top layer");
+        // Printed as it is created: the view itself may be collected at once (no lease holds it), while
+        // its mount (the committed layers) stays valid.
+        let mount = self.ctr(&["snapshots", "--snapshotter", NAME, "view", "--target", s(&mnt), "umoci-view", &top.0]);
+        run(Command::new("sh").arg("-c").arg(mount.trim()));
         let opts = CompareOpts { ignore_dir_nlink: true, ..opts };
         let result = std::panic::catch_unwind(|| assert_matches_umoci(self.layout.path(), "t", &mnt, &opts));
-        self.ctr(&["images", "unmount", "--rm", s(&mnt)]);
+        run(Command::new("umount").arg(&mnt));
+        let _ = self.containerd.ctr(&["snapshots", "--snapshotter", NAME, "rm", "umoci-view"]);
         if let Err(e) = result {
             std::panic::resume_unwind(e);
         }
@@ -372,4 +402,187 @@ fn containerd_s_layer_snapshots_equal_clip_s_layer_views() {
         );
     }
     node.ctr(&["snapshots", "--snapshotter", NAME, "rm", "layers-view"]);
+}
+
+/// [`image`] and a 16 MiB layer of incompressible bytes no container reads.
+fn bulky_image() -> Image {
+    let mut image = image();
+    let mut bulk = LayerBuilder::new();
+    bulk.dir("bulk").file("bulk/blob", pseudo_random_bytes(7, 16 << 20));
+    image.layers.push(Layer::new(bulk.finish(), Compression::Gzip));
+    image
+}
+
+#[test]
+fn rpull_serves_every_layer_lazily_from_the_layer_views() {
+    let bulky = bulky_image();
+    let layer_bytes: u64 = bulky.layers.iter().map(|l| l.blob().len() as u64).sum();
+    let mut node = Node::with_image(&bulky);
+    let proxy = Proxy::start(&node.registry.addr(), ProxyConfig::default());
+    let image = proxy.image_ref("snap:t");
+    // The image was indexed before (its index in the node's store, its layer parts kept): what `clip pull`
+    // or an earlier node left.
+    let accept = [("Accept", "application/vnd.oci.image.manifest.v1+json")];
+    let head = node.registry.get("/v2/snap/manifests/t", &accept);
+    let digest = head.header("docker-content-digest").expect("manifest digest").to_owned();
+    let root = node.snapshotter.root.clone();
+    let index = root.join("indexes").join(format!("{}.clip", digest.replacen(':', "-", 1)));
+    std::fs::create_dir_all(index.parent().unwrap()).unwrap();
+    common::clip_ok(&["index", &image, "-o", s(&index)]);
+    common::clip_ok(&["ls", "--layer", "0", "--parts", s(&root.join("parts")), s(&index)]);
+    proxy.reset_stats();
+
+    node.containerd.ctr_remote_ok(&["images", "rpull", "--plain-http", "--snapshotter", NAME, &image]);
+    let pulled = proxy.stats();
+    let committed: Vec<_> = node.snapshots().into_iter().filter(|(_, _, kind)| kind == "Committed").collect();
+    assert_eq!(committed.len(), 4, "one committed snapshot per layer: {committed:?}");
+    let log = node.snapshotter.log();
+    assert_eq!(log.matches("layer served lazily").count(), 4, "{log}");
+    let ratio = pulled.blob_bytes as f64 / layer_bytes as f64;
+    eprintln!(
+        "rpull: {} blob bytes of {layer_bytes} compressed layer bytes ({:.4} %), {} requests",
+        pulled.blob_bytes,
+        100.0 * ratio,
+        pulled.requests
+    );
+    assert!(ratio < 0.05, "rpull fetched {} of {layer_bytes} layer bytes", pulled.blob_bytes);
+
+    // A container of the lazily pulled image: reads only what it touches.
+    node.via = Some(image.clone());
+    let out = node.run("lazy", true, "cat /data/a /data/changed; [ -e /data/gone ] || echo gone");
+    assert_eq!(out, "alpha\nlayer 3\ngone\n");
+    let ran = proxy.stats();
+    eprintln!(
+        "rpull + run: {} blob bytes ({:.4} % of the layers)",
+        ran.blob_bytes,
+        100.0 * ran.blob_bytes as f64 / layer_bytes as f64
+    );
+    assert!(ran.blob_bytes < layer_bytes / 4, "running read {} of {layer_bytes} layer bytes", ran.blob_bytes);
+    node.assert_matches_umoci(CompareOpts::default());
+
+    // kill -9 while a container runs: its layers stay served (the views' mount process is not the
+    // snapshotter's), and it reads on after the restart.
+    let script = "read line < /data/fifo; cat /data/changed; echo $line";
+    let mut waiting = node
+        .containerd
+        .ctr_command(&["run", "--rm", "--snapshotter", NAME, &image, "waiting", "/bin/sh", "-c", script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("the container runs", || {
+        node.ctr(&["tasks", "ls"]).lines().any(|l| l.starts_with("waiting") && l.contains("RUNNING"))
+    });
+    node.snapshotter.kill9();
+    node.restart_snapshotter();
+    let fifos = node.containerd.fifo_dir();
+    let exec = ["tasks", "exec", "--fifo-dir", s(&fifos), "--exec-id", "writer", "waiting", "/bin/sh", "-c"];
+    node.ctr(&[&exec[..], &["echo go > /data/fifo"]].concat());
+    wait_until("the container ends", || waiting.try_wait().unwrap().is_some());
+    let out = waiting.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "layer 3\ngo\n", "the running container kept reading");
+    assert!(node.snapshotter.log().contains("layer views still mounted"), "{}", node.snapshotter.log());
+
+    // A restart with the views gone (as after a reboot): they are mounted again.
+    node.snapshotter.kill9();
+    let views = root.join("mounts").join(format!("{}-layers", digest.replacen(':', "-", 1))).join("rootfs");
+    unmount_under(&views);
+    node.restart_snapshotter();
+    assert_eq!(node.run("again", true, "cat /data/a"), "alpha\n");
+    let log = node.snapshotter.log();
+    assert!(log.contains("layer views mounted again"), "{log}");
+
+    // Removing the image and its snapshots releases the views: unmounted.
+    node.ctr(&["images", "rm", "--sync", &image]);
+    wait_until("the layer snapshots are removed", || node.snapshots().is_empty());
+    wait_until("the views are unmounted", || {
+        !std::fs::read_to_string("/proc/self/mountinfo").unwrap().contains(s(&views))
+    });
+}
+
+#[test]
+fn a_registry_that_refuses_range_requests_falls_back_to_containerd_unpacking() {
+    let mut node = Node::new();
+    let proxy = Proxy::start(&node.registry.addr(), ProxyConfig::default());
+    proxy.set_faults(vec![Fault::new(FaultKind::IgnoreRange).blobs_only()]);
+    let image = proxy.image_ref("snap:t");
+    node.via = Some(image.clone());
+    node.containerd.ctr_remote_ok(&["images", "rpull", "--plain-http", "--snapshotter", NAME, &image]);
+    let log = node.snapshotter.log();
+    assert!(!log.contains("layer served lazily"), "{log}");
+    assert_eq!(log.matches("layer not served lazily").count(), 3, "one reason a layer: {log}");
+    assert!(log.contains("refuses Range requests"), "{log}");
+    let committed = node.snapshots().into_iter().filter(|(_, _, kind)| kind == "Committed").count();
+    assert_eq!(committed, 3, "containerd unpacked every layer");
+    assert_eq!(node.run("fallback", true, "cat /data/a /opq/new"), "alpha\nnew\n");
+    node.assert_matches_umoci(CompareOpts::default());
+}
+
+#[test]
+fn an_image_sharing_lower_layers_reuses_their_remote_snapshots() {
+    let mut node = Node::new();
+    let image = node.image_ref();
+    node.containerd.ctr_remote_ok(&["images", "rpull", "--plain-http", "--snapshotter", NAME, &image]);
+    node.layout.add_image("b", &bulky_image());
+    node.registry.push(node.layout.path(), "b", "snap:b");
+    let b = node.registry.image_ref("snap:b");
+    node.containerd.ctr_remote_ok(&["images", "rpull", "--plain-http", "--snapshotter", NAME, &b]);
+    let log = node.snapshotter.log();
+    assert_eq!(log.matches("layer served lazily").count(), 4, "3 layers of the first image, 1 new one: {log}");
+    assert_eq!(node.snapshots().len(), 4, "the shared layers have one snapshot each");
+    node.via = Some(b);
+    assert_eq!(node.run("b", true, "cat /data/a; [ -f /bulk/blob ] && echo bulk"), "alpha\nbulk\n");
+}
+
+/// Debian bookworm with python3 (`dev/debian-image`, three gzip layers), indexed before: `rpull` through the
+/// counting proxy fetches a sliver of its layers, and python starts from the lazily served layers.
+#[test]
+fn rpull_of_debian_fetches_a_sliver_and_runs_python() {
+    let layout = common::debian_layout();
+    let registry = Registry::start();
+    registry.push(&layout, "bookworm", "debian:bookworm");
+    let proxy = Proxy::start(&registry.addr(), ProxyConfig::default());
+    let image = proxy.image_ref("debian:bookworm");
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let _views = ViewsGuard(root.join("mounts"));
+    let accept = [("Accept", "application/vnd.oci.image.manifest.v1+json")];
+    let digest = registry.get("/v2/debian/manifests/bookworm", &accept);
+    let digest = digest.header("docker-content-digest").expect("manifest digest").replacen(':', "-", 1);
+    let index = root.join("indexes").join(format!("{digest}.clip"));
+    std::fs::create_dir_all(index.parent().unwrap()).unwrap();
+    common::clip_ok(&["index", &image, "-o", s(&index)]);
+    common::clip_ok(&["ls", "--layer", "0", "--parts", s(&root.join("parts")), s(&index)]);
+    let inspect: serde_json::Value =
+        serde_json::from_slice(&common::clip_ok(&["inspect", "--json", s(&index)])).unwrap();
+    let layer_bytes = inspect["image_size"].as_u64().expect("image_size");
+    let socket = dir.path().join("clip.sock");
+    let snapshotter = SnapshotterProc::start(&socket, &root, &dir.path().join("snapshotter.log"));
+    let containerd = Containerd::start(&[(NAME, &socket)]);
+    proxy.reset_stats();
+
+    containerd.ctr_remote_ok(&["images", "rpull", "--plain-http", "--snapshotter", NAME, &image]);
+    let pulled = proxy.stats().blob_bytes;
+    let out = containerd.ctr_ok(&[
+        "run",
+        "--rm",
+        "--snapshotter",
+        NAME,
+        &image,
+        "py",
+        "python3",
+        "-c",
+        "import json,sqlite3; print('ok')",
+    ]);
+    assert_eq!(out, "ok\n");
+    let ran = proxy.stats().blob_bytes;
+    let pct = |b: u64| 100.0 * b as f64 / layer_bytes as f64;
+    eprintln!(
+        "debian: {layer_bytes} compressed layer bytes; rpull fetched {pulled} ({:.3} %), rpull + run {ran} ({:.2} %)",
+        pct(pulled),
+        pct(ran)
+    );
+    assert!(pct(pulled) <= 5.0, "rpull fetched {pulled} of {layer_bytes}:\n{}", snapshotter.log());
+    assert_eq!(snapshotter.log().matches("layer served lazily").count(), 3, "{}", snapshotter.log());
 }

@@ -51,6 +51,14 @@ impl ViewIndex {
     pub fn location(&self) -> Location {
         Location::Local(self.0.path().to_path_buf())
     }
+
+    /// Keeps a copy of the view's index at `path`, written atomically.
+    pub fn save(&self, path: &Path) -> Result<(), ImageError> {
+        let mut from = self.0.reopen().map_err(ImageError::io(self.0.path(), "reading a view"))?;
+        crate::write_atomically(path, |f| {
+            std::io::copy(&mut from, f).map(drop).map_err(ImageError::io(path, "writing a view"))
+        })
+    }
 }
 
 /// Builds the index of `view` of the index at `location` into a temporary file (removed when dropped),

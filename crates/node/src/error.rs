@@ -59,6 +59,10 @@ pub enum NodeError {
     OverlayPath { path: PathBuf },
     #[error("layer {digest} ({media_type}) cannot be applied: {why}")]
     Layer { digest: String, media_type: String, why: String },
+    #[error("the registry of {image} refuses Range requests: {detail}")]
+    RangeRefused { image: String, detail: String },
+    #[error("{image} has no layer {digest}")]
+    NoSuchLayer { image: String, digest: String },
     #[error("runtime state {path} is corrupt: {message}; remove it and its mount with `clip gc`")]
     State { path: PathBuf, message: String },
 }

@@ -29,6 +29,6 @@ pub use profile::{
     fetch_published_profile, publish_profile, Profile, ProfileRecorder, PROFILE_ARTIFACT_TYPE, PROFILE_LAYER_MEDIA_TYPE,
 };
 pub use run::{
-    Fallback, FallbackReason, GcEntry, IndexOrigin, Lease, Node, PartsGc, Pulled, StoredIndex, User, METRICS_DIR,
-    METRICS_FILE,
+    layers_mount_of, remount_layers, unmount_layers, Fallback, FallbackReason, GcEntry, IndexOrigin, Lease, Node,
+    PartsGc, Pulled, StoredIndex, User, METRICS_DIR, METRICS_FILE,
 };

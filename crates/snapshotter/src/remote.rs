@@ -74,6 +74,12 @@ pub trait RemoteLayers: Send + Sync + 'static {
     fn release(&self, dir: &Path) {
         let _ = dir;
     }
+
+    /// The snapshotter (re)started with remote snapshots served from `dirs` (each once): bring back
+    /// whatever serves them.
+    fn resume(&self, dirs: &[PathBuf]) {
+        let _ = dirs;
+    }
 }
 
 /// No remote layers: every layer is downloaded and unpacked by containerd.

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use containerd_snapshots::api::types::Mount;
@@ -36,6 +36,12 @@ impl Snapshots {
         let dir = layout.snapshots_dir();
         std::fs::DirBuilder::new().mode(0o700).recursive(true).create(&dir).map_err(Error::io(&dir))?;
         let meta = MetaStore::open(&layout.metadata())?;
+        let mut dirs: Vec<PathBuf> = meta.read(|t| t.all())?.into_iter().filter_map(|(_, rec)| rec.remote).collect();
+        dirs.sort();
+        dirs.dedup();
+        if !dirs.is_empty() {
+            remote.resume(&dirs);
+        }
         Ok(Snapshots { layout, meta, remote })
     }
 

@@ -33,6 +33,7 @@ mod container;
 
 mod fallback;
 mod image_metrics;
+mod layers;
 mod mounts;
 mod parts;
 mod probe;
@@ -52,6 +53,7 @@ use tracing::{debug, info, warn};
 
 pub use crate::error::NodeError;
 pub use image_metrics::{METRICS_DIR, METRICS_FILE};
+pub use layers::{layers_mount_of, remount_layers, unmount_layers};
 pub use mounts::{GcEntry, Lease};
 pub use parts::PartsGc;
 pub use spec::{process_args, resolve_user, runtime_spec, User};

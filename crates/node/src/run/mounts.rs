@@ -258,6 +258,19 @@ pub(crate) fn acquire(dir: &Path, cmd: &MountCommand, hold: bool) -> Result<(Pat
     Ok((rootfs, lease, mounted_now))
 }
 
+/// Whether the shared mount in `dir` is live: mounted, and its process running.
+pub(crate) fn live(dir: &Path) -> Result<bool, NodeError> {
+    Ok(Locked::open(dir)?.live())
+}
+
+/// Unmounts the shared mount in `dir` whatever its users.
+pub(crate) fn unmount(dir: &Path) -> Result<(), NodeError> {
+    let mut locked = Locked::open(dir)?;
+    info!(mountpoint = %locked.rootfs().display(), "unmounting");
+    locked.unmount();
+    locked.save()
+}
+
 /// What [`crate::Node::gc`] did to one mount.
 #[derive(Debug, Clone)]
 pub struct GcEntry {

@@ -1,10 +1,13 @@
-//! `clip snapshotter`: serve containerd's snapshots API on a unix socket until SIGINT/SIGTERM.
+//! `clip snapshotter`: serve containerd's snapshots API on a unix socket until SIGINT/SIGTERM, with the
+//! layers of images indexed by clip served lazily ([`layers::NodeLayers`]).
+
+mod layers;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use clip_snapshotter::{serve, NoRemoteLayers, Snapshots};
+use clip_snapshotter::{serve, Snapshots};
 use tokio::signal::unix::{signal, SignalKind};
 
 /// The end of `clip snapshotter --help`: containerd's configuration and examples.
@@ -20,7 +23,8 @@ pub const HELP: &str = "containerd's config.toml (restart containerd after addin
 
 Examples:
   clip snapshotter --address /run/clip/snapshotter.sock --root /var/lib/clip/snapshotter
-  ctr images pull --snapshotter clip 127.0.0.1:5000/app:1
+  ctr-remote images rpull --snapshotter clip 127.0.0.1:5000/app:1   (lazy: layers served by clip)
+  ctr images pull --snapshotter clip 127.0.0.1:5000/app:1           (every layer unpacked by containerd)
   ctr run --rm --snapshotter clip 127.0.0.1:5000/app:1 c1 /bin/app";
 
 /// `clip snapshotter`'s arguments (here rather than in `args.rs`, which is near its size limit).
@@ -32,11 +36,19 @@ pub struct SnapshotterArgs {
     /// Where snapshots and their metadata live (made 0700).
     #[arg(long, value_name = "DIR", default_value = "/var/lib/clip/snapshotter")]
     pub root: PathBuf,
+    /// clip's configuration file (cache, S3 index store, registries); its state_dir is replaced by --root.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 pub async fn run(a: SnapshotterArgs) -> anyhow::Result<()> {
+    let mut config = clip_node::Config::load(a.config.as_deref()).context("loading the configuration")?;
+    config.state_dir.value = a.root.clone();
+    let exe = std::env::current_exe().context("finding the clip binary")?;
+    let node = clip_node::Node::new(config, exe.clone());
+    let remote = Arc::new(layers::NodeLayers::new(node, exe, tokio::runtime::Handle::current()));
     let root = a.root.clone();
-    let snapshots = tokio::task::spawn_blocking(move || Snapshots::open(&root, Arc::new(NoRemoteLayers)))
+    let snapshots = tokio::task::spawn_blocking(move || Snapshots::open(&root, remote))
         .await?
         .context("opening the snapshotter's state")?;
     let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
