@@ -185,14 +185,7 @@ impl Node {
     fn assert_matches_umoci(&self, opts: CompareOpts) {
         let mnt = self.dir.path().join("mnt");
         std::fs::create_dir_all(&mnt).unwrap();
-        let rows = self.snapshots();
-        let top = rows
-            .iter()
-            .find(|(key, _, kind)| kind == "Committed" && !rows.iter().any(|(_, parent, _)| parent == key))
-            .expect("a top layer");
-        // Printed as it is created: the view itself may be collected at once (no lease holds it), while
-        // its mount (the committed layers) stays valid.
-        let mount = self.ctr(&["snapshots", "--snapshotter", NAME, "view", "--target", s(&mnt), "umoci-view", &top.0]);
+        let mount = self.top_view_mount("umoci-view", &mnt);
         run(Command::new("sh").arg("-c").arg(mount.trim()));
         let opts = CompareOpts { ignore_dir_nlink: true, ..opts };
         let result = std::panic::catch_unwind(|| assert_matches_umoci(self.layout.path(), "t", &mnt, &opts));
@@ -201,6 +194,34 @@ impl Node {
         if let Err(e) = result {
             std::panic::resume_unwind(e);
         }
+    }
+
+    /// Starts container `waiting` running `script` (with `--rm`) and waits until containerd reports it running.
+    fn start_waiting(&self, script: &str) -> Child {
+        let image = self.image_ref();
+        let child = self
+            .containerd
+            .ctr_command(&["run", "--rm", "--snapshotter", NAME, &image, "waiting", "/bin/sh", "-c", script])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_until("the container runs", || {
+            self.ctr(&["tasks", "ls"]).lines().any(|l| l.starts_with("waiting") && l.contains("RUNNING"))
+        });
+        child
+    }
+
+    /// Makes the view `key` of the top committed layer and returns the mount command `ctr` prints for it at
+    /// `target`. Printed as it is created: the view itself may be collected at once (no lease holds it),
+    /// while its mount (the committed layers) stays valid.
+    fn top_view_mount(&self, key: &str, target: &Path) -> String {
+        let rows = self.snapshots();
+        let top = rows
+            .iter()
+            .find(|(key, _, kind)| kind == "Committed" && !rows.iter().any(|(_, parent, _)| parent == key))
+            .expect("a top layer");
+        self.ctr(&["snapshots", "--snapshotter", NAME, "view", "--target", s(target), key, &top.0])
     }
 
     /// `ctr snapshots --snapshotter clip ls`: (key, parent, kind) rows.
@@ -312,17 +333,7 @@ fn snapshots_outlive_a_restart_of_the_snapshotter() {
     node.ctr(&["images", "pull", "--plain-http", "--snapshotter", NAME, &image]);
     assert_eq!(node.run("before", false, "echo kept >> /mark; cat /mark"), "kept\n");
     // A container that runs across the restart: it waits for a writer on the image's FIFO, then reads.
-    let script = "read line < /data/fifo; cat /data/a; echo $line";
-    let mut waiting = node
-        .containerd
-        .ctr_command(&["run", "--rm", "--snapshotter", NAME, &image, "waiting", "/bin/sh", "-c", script])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_until("the container runs", || {
-        node.ctr(&["tasks", "ls"]).lines().any(|l| l.starts_with("waiting") && l.contains("RUNNING"))
-    });
+    let mut waiting = node.start_waiting("read line < /data/fifo; cat /data/a; echo $line");
     let listed = node.snapshots();
     let usage = node.ctr(&["snapshots", "--snapshotter", NAME, "usage"]);
 
@@ -369,12 +380,8 @@ fn containerd_s_layer_snapshots_equal_clip_s_layer_views() {
     let node = Node::new();
     let image = node.image_ref();
     node.ctr(&["images", "pull", "--plain-http", "--snapshotter", NAME, &image]);
-    // The committed chain, top first: a view of its top shows every layer's directory as a lowerdir.
-    let snapshots = node.snapshots();
-    let parents: Vec<&str> = snapshots.iter().map(|(_, p, _)| p.as_str()).collect();
-    let top = snapshots.iter().find(|(k, _, kind)| kind == "Committed" && !parents.contains(&k.as_str())).unwrap();
-    node.ctr(&["snapshots", "--snapshotter", NAME, "view", "layers-view", &top.0]);
-    let mounts = node.ctr(&["snapshots", "--snapshotter", NAME, "mounts", "/unused", "layers-view"]);
+    // A view of the top layer mounts every layer's directory as a lowerdir, the top one first.
+    let mounts = node.top_view_mount("layers-view", &node.dir.path().join("unused"));
     let lowerdir = mounts
         .split(|c: char| c == ',' || c.is_whitespace())
         .find_map(|o| o.strip_prefix("lowerdir="))
@@ -401,7 +408,7 @@ fn containerd_s_layer_snapshots_equal_clip_s_layer_views() {
             diffs.join("\n")
         );
     }
-    node.ctr(&["snapshots", "--snapshotter", NAME, "rm", "layers-view"]);
+    let _ = node.containerd.ctr(&["snapshots", "--snapshotter", NAME, "rm", "layers-view"]);
 }
 
 /// [`image`] and a 16 MiB layer of incompressible bytes no container reads.
@@ -462,17 +469,7 @@ fn rpull_serves_every_layer_lazily_from_the_layer_views() {
 
     // kill -9 while a container runs: its layers stay served (the views' mount process is not the
     // snapshotter's), and it reads on after the restart.
-    let script = "read line < /data/fifo; cat /data/changed; echo $line";
-    let mut waiting = node
-        .containerd
-        .ctr_command(&["run", "--rm", "--snapshotter", NAME, &image, "waiting", "/bin/sh", "-c", script])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_until("the container runs", || {
-        node.ctr(&["tasks", "ls"]).lines().any(|l| l.starts_with("waiting") && l.contains("RUNNING"))
-    });
+    let mut waiting = node.start_waiting("read line < /data/fifo; cat /data/changed; echo $line");
     node.snapshotter.kill9();
     node.restart_snapshotter();
     let fifos = node.containerd.fifo_dir();

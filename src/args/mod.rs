@@ -340,7 +340,12 @@ mod tests {
         use clap::{CommandFactory, Parser};
         for sub in super::Args::command().get_subcommands() {
             let has = sub.get_arguments().any(|a| a.get_id() == "config");
-            assert_eq!(has, ["pull", "run", "gc", "config"].contains(&sub.get_name()), "{}", sub.get_name());
+            assert_eq!(
+                has,
+                ["pull", "run", "gc", "config", "snapshotter"].contains(&sub.get_name()),
+                "{}",
+                sub.get_name()
+            );
         }
         assert!(super::Args::try_parse_from(["clip", "inspect", "--config", "c.toml", "a.clip"]).is_err());
         let run = super::Args::try_parse_from(["clip", "run", "--config", "c.toml", "img", "--", "true"]).unwrap();

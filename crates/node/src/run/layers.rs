@@ -12,7 +12,7 @@ use std::sync::Arc;
 use clip_image::{DirParts, Location, ViewChoice};
 use tracing::info;
 
-use crate::run::{mounts, private_dir, probe, store, Lookup, MountCommand, Node, NodeError};
+use crate::run::{mounts, private_dir, probe, store, MountCommand, Node, NodeError};
 use crate::MountSpec;
 
 impl Node {
@@ -23,12 +23,7 @@ impl Node {
         let state = self.state_dir().to_path_buf();
         private_dir(&state)?;
         let open = self.open_options(image);
-        let lookup = Lookup {
-            source: open.source.clone(),
-            s3_index_store: self.config.s3_index_store.value.clone(),
-            s3: open.s3.clone(),
-            publish: self.config.publish_index.value,
-        };
+        let lookup = self.lookup(&open);
         let index = store::find_or_build(&state, image, &lookup).await?;
         let mounts_dir = state.join("mounts");
         private_dir(&mounts_dir)?;

@@ -137,6 +137,16 @@ impl Node {
         OpenOptions { source: self.source_options(image), store, ..OpenOptions::default() }
     }
 
+    /// Where to look for an image's index besides the local store, from the configuration.
+    pub(crate) fn lookup(&self, open: &OpenOptions) -> Lookup {
+        Lookup {
+            source: open.source.clone(),
+            s3_index_store: self.config.s3_index_store.value.clone(),
+            s3: open.s3.clone(),
+            publish: self.config.publish_index.value,
+        }
+    }
+
     /// Makes `image` ready to run: its index (local store → registry → S3 index store → built now), its archive for the
     /// configured clip version, and a live shared mount. Prints nothing; the mount stays after return.
     pub async fn pull(&self, image: &str) -> Result<Pulled, NodeError> {
@@ -148,12 +158,7 @@ impl Node {
         private_dir(self.state_dir())?;
         let configured = self.config.clip_version.value;
         let open = self.open_options(image);
-        let lookup = Lookup {
-            source: open.source.clone(),
-            s3_index_store: self.config.s3_index_store.value.clone(),
-            s3: open.s3.clone(),
-            publish: self.config.publish_index.value,
-        };
+        let lookup = self.lookup(&open);
         let found = store::find_or_build(self.state_dir(), image, &lookup).await;
         let mut fallback = None;
         let (index, mut archive, mut key, mut version) = match (found, configured) {
