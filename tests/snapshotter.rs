@@ -212,6 +212,18 @@ impl Node {
         child
     }
 
+    /// Writes `go` into the image's FIFO from inside container `waiting` (see [`Node::start_waiting`]), waits
+    /// for it to end successfully and returns its output.
+    fn release_waiting(&self, mut waiting: Child) -> std::process::Output {
+        let fifos = self.containerd.fifo_dir();
+        let exec = ["tasks", "exec", "--fifo-dir", s(&fifos), "--exec-id", "writer", "waiting", "/bin/sh", "-c"];
+        self.ctr(&[&exec[..], &["echo go > /data/fifo"]].concat());
+        wait_until("the container ends", || waiting.try_wait().unwrap().is_some());
+        let out = waiting.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        out
+    }
+
     /// Makes the view `key` of the top committed layer and returns the mount command `ctr` prints for it at
     /// `target`. Printed as it is created: the view itself may be collected at once (no lease holds it),
     /// while its mount (the committed layers) stays valid.
@@ -333,7 +345,7 @@ fn snapshots_outlive_a_restart_of_the_snapshotter() {
     node.ctr(&["images", "pull", "--plain-http", "--snapshotter", NAME, &image]);
     assert_eq!(node.run("before", false, "echo kept >> /mark; cat /mark"), "kept\n");
     // A container that runs across the restart: it waits for a writer on the image's FIFO, then reads.
-    let mut waiting = node.start_waiting("read line < /data/fifo; cat /data/a; echo $line");
+    let waiting = node.start_waiting("read line < /data/fifo; cat /data/a; echo $line");
     let listed = node.snapshots();
     let usage = node.ctr(&["snapshots", "--snapshotter", NAME, "usage"]);
 
@@ -342,12 +354,7 @@ fn snapshots_outlive_a_restart_of_the_snapshotter() {
     node.restart_snapshotter();
     assert_eq!(node.snapshots(), listed, "every snapshot is still there, with its parent and kind");
     assert_eq!(node.ctr(&["snapshots", "--snapshotter", NAME, "usage"]), usage);
-    let fifos = node.containerd.fifo_dir();
-    let exec = ["tasks", "exec", "--fifo-dir", s(&fifos), "--exec-id", "writer", "waiting", "/bin/sh", "-c"];
-    node.ctr(&[&exec[..], &["echo go > /data/fifo"]].concat());
-    wait_until("the container ends", || waiting.try_wait().unwrap().is_some());
-    let out = waiting.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = node.release_waiting(waiting);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "alpha\ngo\n", "the running container kept its files");
     assert_eq!(node.run("after", true, "cat /data/a; [ -e /mark ] || echo no mark"), "alpha\nno mark\n");
     assert_eq!(node.ctr(&["tasks", "start", "before"]), "kept\nkept\n", "a snapshot from before keeps its files");
@@ -469,15 +476,10 @@ fn rpull_serves_every_layer_lazily_from_the_layer_views() {
 
     // kill -9 while a container runs: its layers stay served (the views' mount process is not the
     // snapshotter's), and it reads on after the restart.
-    let mut waiting = node.start_waiting("read line < /data/fifo; cat /data/changed; echo $line");
+    let waiting = node.start_waiting("read line < /data/fifo; cat /data/changed; echo $line");
     node.snapshotter.kill9();
     node.restart_snapshotter();
-    let fifos = node.containerd.fifo_dir();
-    let exec = ["tasks", "exec", "--fifo-dir", s(&fifos), "--exec-id", "writer", "waiting", "/bin/sh", "-c"];
-    node.ctr(&[&exec[..], &["echo go > /data/fifo"]].concat());
-    wait_until("the container ends", || waiting.try_wait().unwrap().is_some());
-    let out = waiting.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = node.release_waiting(waiting);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "layer 3\ngo\n", "the running container kept reading");
     assert!(node.snapshotter.log().contains("layer views still mounted"), "{}", node.snapshotter.log());
 
