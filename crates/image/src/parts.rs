@@ -92,7 +92,13 @@ impl DirParts {
 
 impl PartStore for DirParts {
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<LayerPart>, PartStoreError>> {
-        Box::pin(async move { self.read(key) })
+        // Reading and checking a part (tens of MB for a big layer) is blocking work: off the async workers.
+        let (store, key) = (self.clone(), key.to_owned());
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || store.read(&key)).await.unwrap_or_else(|e| {
+                Err(failed(self.describe(), "reading a part".into(), std::io::Error::other(e.to_string())))
+            })
+        })
     }
 
     fn put<'a>(&'a self, part: &'a LayerPart) -> BoxFuture<'a, Result<(), PartStoreError>> {
