@@ -120,8 +120,10 @@ fn registry_outage_cached_files_work_uncached_reads_fail_within_the_deadline_and
         }
         drop_page_cache();
         // The previous outage's failures fail reads at once for the hold-off (see clip-store): this outage is
-        // timed from a clean slate, so its duration is waited out (a span of time, not an event).
-        std::thread::sleep(HOLDOFF);
+        // timed from a clean slate, once the mount says no fetch is running and no span is held off any more.
+        common::wait_within(HOLDOFF + 2 * deadline, "spans were still held off", || {
+            metric(&addr, "clip_inflight_fetches") == 0.0 && metric(&addr, "clip_failing_spans") == 0.0
+        });
         let (got, _) = timed_read(&cached);
         assert!(got.unwrap() == files[0].1, "{what}: a cached file failed");
         let (got, took) = timed_read(&uncached);

@@ -173,6 +173,11 @@ impl Collector for MountMetrics {
             ("clip_cache_evicted_bytes", "Bytes evicted from the disk cache.", st.bytes_evicted),
         ])?;
         m.gauge("clip_inflight_fetches", "Span fetches running now.", st.inflight_fetches as f64)?;
+        m.gauge(
+            "clip_failing_spans",
+            "Spans whose last fetch failed within the hold-off: their reads fail at once until it ends.",
+            st.failing_spans as f64,
+        )?;
         m.gauge("clip_cache_bytes", "Bytes in the disk cache.", st.disk_cache_bytes as f64)?;
         let mut below = 0;
         let buckets: Vec<(f64, u64)> = st

@@ -42,6 +42,12 @@ impl Flights {
         None
     }
 
+    /// How many spans failed less than the hold-off ago (their lookups fail at once).
+    pub fn failing(&self) -> usize {
+        let now = self.clock.now();
+        lock(&self.failures).values().filter(|(at, _)| now.duration_since(*at) < self.holdoff).count()
+    }
+
     /// Runs `load` for span `index` of `layer`, or waits for the load of it already in flight. The reader
     /// whose `load` ran gets its error as [`StoreError::Shared`]; readers who joined get
     /// [`StoreError::Joined`] around the same error, and so does every lookup during the hold-off.

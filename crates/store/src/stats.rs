@@ -59,6 +59,8 @@ pub struct StoreStats {
     pub fetch_errors: u64,
     /// Fetches from the blob source running now.
     pub inflight_fetches: u64,
+    /// Spans whose last load failed less than the hold-off ago: reads of them fail at once until it ends.
+    pub failing_spans: u64,
     /// Spans requested by readahead of sequential reads.
     pub readahead_spans: u64,
     /// Spans requested because a file covering them was opened ([`crate::ContentStore::warm_file`]).

@@ -144,6 +144,7 @@ impl ContentStore {
     /// Counters so far.
     pub fn stats(&self) -> StoreStats {
         let mut stats = self.inner.counters.snapshot();
+        stats.failing_spans = self.inner.flights.failing() as u64;
         if let Some(disk) = &self.inner.disk {
             let d = disk.stats();
             stats.disk_verify_failures = d.verify_failures;

@@ -62,7 +62,9 @@ async fn a_source_that_keeps_sending_bad_bytes_gives_an_error_then_recovers() {
     assert!(matches!(err, StoreError::Joined { .. }), "{err}");
     assert!(matches!(err.cause(), StoreError::Verify { .. }), "the typed error is kept: {err}");
     assert_eq!(fx.blobs.count(), VERIFY_ATTEMPTS as usize, "no new fetch within the hold-off");
+    assert_eq!(store.stats().failing_spans, 1, "the failing span is counted while it is held off");
     holdoff.pass();
+    assert_eq!(store.stats().failing_spans, 0, "and no more once the hold-off is over");
     assert_eq!(store.read(file, 0, 100).await.unwrap(), fx.expected(file));
 }
 
