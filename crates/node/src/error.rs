@@ -26,13 +26,6 @@ pub enum NodeError {
         #[source]
         source: Box<clip_source::SourceError>,
     },
-    #[error("{}: {what}", path.display())]
-    Io {
-        path: PathBuf,
-        what: &'static str,
-        #[source]
-        source: std::io::Error,
-    },
     #[error("the mount process for {archive} exited before mounting ({status}); its log {log}:\n{tail}")]
     MountExited { archive: PathBuf, status: String, log: PathBuf, tail: String },
     #[error("{mountpoint} was not mounted within {secs} s (see {log})")]
@@ -68,8 +61,9 @@ pub enum NodeError {
 }
 
 impl NodeError {
+    /// An I/O error on `path` while doing `what`: the one path-naming I/O error, [`ImageError::Io`].
     pub fn io(path: impl Into<PathBuf>, what: &'static str) -> impl FnOnce(std::io::Error) -> NodeError {
-        let path = path.into();
-        move |source| NodeError::Io { path, what, source }
+        let io = ImageError::io(path, what);
+        move |source| NodeError::Image(io(source))
     }
 }

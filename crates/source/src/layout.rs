@@ -19,7 +19,7 @@ use crate::digest::{Descriptor, Digest};
 use crate::error::SourceError;
 use crate::reference::ImageRef;
 use crate::resolve::{verify, ManifestFetch, ResolvedImage, Resolver, MAX_MANIFEST_BYTES};
-use crate::source::{check_range, BlobSource, BlobStream, CheckedStream, Counter, SourceStats};
+use crate::source::{BlobSource, BlobStream, CheckedStream, Counter, SourceStats};
 use crate::Platform;
 
 /// The annotation OCI layouts use to tag manifests in index.json.
@@ -166,12 +166,12 @@ impl BlobSource for LayoutSource {
         .boxed()
     }
 
-    fn read_range<'a>(&'a self, desc: &'a Descriptor, range: Range<u64>) -> BoxFuture<'a, Result<Bytes, SourceError>> {
+    fn read_checked_range<'a>(
+        &'a self,
+        desc: &'a Descriptor,
+        range: Range<u64>,
+    ) -> BoxFuture<'a, Result<Bytes, SourceError>> {
         async move {
-            check_range(desc, &range)?;
-            if range.is_empty() {
-                return Ok(Bytes::new());
-            }
             let path = self.blob_path(&desc.digest);
             self.counter.request();
             let len = usize::try_from(range.end - range.start).map_err(|_| SourceError::InvalidRange {

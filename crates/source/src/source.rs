@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use futures::future::BoxFuture;
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 
 use crate::digest::Descriptor;
 use crate::error::SourceError;
@@ -44,7 +44,23 @@ pub trait BlobSource: Send + Sync {
     /// Bytes `[range.start, range.end)` of a blob. The range must lie within `desc.size`; an
     /// empty range returns no bytes without touching the source. The answer has exactly
     /// `range.end - range.start` bytes or is an error.
-    fn read_range<'a>(&'a self, desc: &'a Descriptor, range: Range<u64>) -> BoxFuture<'a, Result<Bytes, SourceError>>;
+    fn read_range<'a>(&'a self, desc: &'a Descriptor, range: Range<u64>) -> BoxFuture<'a, Result<Bytes, SourceError>> {
+        if let Err(e) = check_range(desc, &range) {
+            return futures::future::ready(Err(e)).boxed();
+        }
+        if range.is_empty() {
+            return futures::future::ready(Ok(Bytes::new())).boxed();
+        }
+        self.read_checked_range(desc, range)
+    }
+
+    /// [`BlobSource::read_range`] of a non-empty range already checked to lie within `desc.size`: what each
+    /// source implements.
+    fn read_checked_range<'a>(
+        &'a self,
+        desc: &'a Descriptor,
+        range: Range<u64>,
+    ) -> BoxFuture<'a, Result<Bytes, SourceError>>;
 
     /// A human-readable name of the source for logs and errors, e.g. `registry 127.0.0.1:5000
     /// repository app` or `OCI layout /tmp/img`. Never contains credentials.

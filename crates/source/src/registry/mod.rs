@@ -36,7 +36,7 @@ use crate::platform::Platform;
 use crate::reference::{is_local_registry, ImageRef, DOCKER_HUB};
 use crate::resolve::{verify, ManifestFetch, ResolvedImage, Resolver, MAX_MANIFEST_BYTES};
 use crate::retry::RetryPolicy;
-use crate::source::{check_range, BlobSource, BlobStream, CheckedStream, Counter, SourceStats};
+use crate::source::{BlobSource, BlobStream, CheckedStream, Counter, SourceStats};
 use crate::SourceOptions;
 use auth::AuthState;
 use request::{error_chain, Target};
@@ -279,15 +279,12 @@ impl BlobSource for RegistrySource {
         .boxed()
     }
 
-    fn read_range<'a>(&'a self, desc: &'a Descriptor, range: Range<u64>) -> BoxFuture<'a, Result<Bytes, SourceError>> {
-        async move {
-            check_range(desc, &range)?;
-            if range.is_empty() {
-                return Ok(Bytes::new());
-            }
-            self.0.get_range(desc, range).await
-        }
-        .boxed()
+    fn read_checked_range<'a>(
+        &'a self,
+        desc: &'a Descriptor,
+        range: Range<u64>,
+    ) -> BoxFuture<'a, Result<Bytes, SourceError>> {
+        async move { self.0.get_range(desc, range).await }.boxed()
     }
 
     fn describe(&self) -> String {
