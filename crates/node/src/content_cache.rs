@@ -4,6 +4,7 @@
 //! coordinate, a put of an existing span rewrites the same bytes, and the store verifies every get.
 
 use bytes::Bytes;
+use clip_format::Digest;
 use clip_s3::{S3Error, S3Object, S3Options, S3Url};
 use clip_store::{RemoteSpanCache, StoreError};
 use futures::future::BoxFuture;
@@ -28,11 +29,11 @@ impl S3SpanCache {
     }
 
     /// The object key of the span with sha256 `digest`.
-    pub fn key(&self, digest: &[u8; 32]) -> String {
-        format!("{}/{}", self.prefix, hex::encode(digest))
+    pub fn key(&self, digest: &Digest) -> String {
+        format!("{}/{}", self.prefix, digest.hex())
     }
 
-    fn object(&self, digest: &[u8; 32]) -> Result<S3Object, StoreError> {
+    fn object(&self, digest: &Digest) -> Result<S3Object, StoreError> {
         self.base.in_bucket(&self.key(digest)).map_err(|e| tier_error(digest, e))
     }
 }
@@ -47,12 +48,12 @@ fn spans_prefix(key: &str) -> String {
     }
 }
 
-fn tier_error(digest: &[u8; 32], e: impl std::fmt::Display) -> StoreError {
-    StoreError::Tier { digest: hex::encode(digest), reason: e.to_string() }
+fn tier_error(digest: &Digest, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Tier { digest: *digest, reason: e.to_string() }
 }
 
 impl RemoteSpanCache for S3SpanCache {
-    fn get(&self, digest: &[u8; 32], len: u64) -> BoxFuture<'_, Result<Option<Bytes>, StoreError>> {
+    fn get(&self, digest: &Digest, len: u64) -> BoxFuture<'_, Result<Option<Bytes>, StoreError>> {
         let digest = *digest;
         Box::pin(async move {
             // A stored span is zstd of at most `len` bytes: never larger than `len` plus zstd's worst case.
@@ -70,7 +71,7 @@ impl RemoteSpanCache for S3SpanCache {
         })
     }
 
-    fn put(&self, digest: &[u8; 32], bytes: Bytes) -> BoxFuture<'_, Result<(), StoreError>> {
+    fn put(&self, digest: &Digest, bytes: Bytes) -> BoxFuture<'_, Result<(), StoreError>> {
         let digest = *digest;
         Box::pin(async move {
             let object = self.object(&digest)?;

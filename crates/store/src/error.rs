@@ -61,8 +61,8 @@ pub enum StoreError {
     /// like the failure itself ([`StoreError::cause`] reaches it).
     #[error(transparent)]
     Shared(std::sync::Arc<StoreError>),
-    #[error("content cache tier, span sha256 {digest}: {reason}")]
-    Tier { digest: String, reason: String },
+    #[error("content cache tier, span {digest}: {reason}")]
+    Tier { digest: clip_format::Digest, reason: String },
     #[error("disk cache {} (check that the directory is writable, or choose another cache directory)", path.display())]
     Cache {
         path: std::path::PathBuf,

@@ -28,7 +28,7 @@ pub(crate) fn verified(
         return Err(actual);
     }
     if let Some(disk) = disk {
-        disk.put(digest.as_bytes(), bytes);
+        disk.put(digest, bytes);
     }
     Ok(SpanBytes::from(bytes))
 }

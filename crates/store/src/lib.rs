@@ -51,12 +51,6 @@ pub use schedule::PrefetchSummary;
 pub use stats::{LatencyHistogram, StoreStats, FETCH_LATENCY_BOUNDS_MS};
 pub use store::{ContentStore, SpanBytes};
 
-/// The sha256 of `bytes`: the name of a span's bytes, in the index and in the disk cache.
-pub(crate) fn sha256(bytes: &[u8]) -> [u8; 32] {
-    use sha2::Digest as _;
-    sha2::Sha256::digest(bytes).into()
-}
-
 /// Locks `m`, carrying on after a panic elsewhere poisoned it (the guarded state stays consistent).
 pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())

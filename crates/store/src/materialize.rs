@@ -2,6 +2,7 @@
 //! a regular file's bytes, assembled from verified spans in the disk cache (the `files/` area, see
 //! [`crate::cache`]). The copy is streamed in small chunks, so memory stays bounded whatever the file size.
 
+use clip_format::Digest;
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::Path;
@@ -19,7 +20,7 @@ const CHUNK: usize = 64 * 1024;
 /// The slice `[from, to)` of a span of `span_len` bytes whose digest is `digest`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct FilePart {
-    pub digest: [u8; 32],
+    pub digest: Digest,
     pub span_len: u64,
     pub from: u64,
     pub to: u64,
@@ -31,7 +32,7 @@ pub(crate) fn file_parts(archive: &Archive, data: DataRef) -> Result<Vec<FilePar
     for slice in archive.file_spans(data, 0..data.size) {
         let SpanSlice { span, span_range, within } = slice?;
         parts.push(FilePart {
-            digest: *archive.span(span)?.digest.as_bytes(),
+            digest: archive.span(span)?.digest,
             span_len: span_range.end - span_range.start,
             from: within.start,
             to: within.end,
@@ -42,21 +43,21 @@ pub(crate) fn file_parts(archive: &Archive, data: DataRef) -> Result<Vec<FilePar
 
 /// What names a materialized file: its size and the span slices it is made of (so it is the same for
 /// identical files of different layers or images, and different whenever the bytes could differ).
-pub(crate) fn file_key(parts: &[FilePart], size: u64) -> [u8; 32] {
+pub(crate) fn file_key(parts: &[FilePart], size: u64) -> Digest {
     let mut h = Sha256::new();
     h.update(b"clip-file-v1\0");
     h.update(size.to_le_bytes());
     for p in parts {
-        h.update(p.digest);
+        h.update(p.digest.as_bytes());
         h.update(p.from.to_le_bytes());
         h.update(p.to.to_le_bytes());
     }
-    h.finalize().into()
+    Digest::from_sha256(h.finalize().into())
 }
 
 impl DiskCache {
     /// The materialized file `key` of `size` bytes, if present and valid (verified once per process).
-    pub(crate) fn find_file(&self, key: &[u8; 32], size: u64) -> Option<File> {
+    pub(crate) fn find_file(&self, key: &Digest, size: u64) -> Option<File> {
         let known = lock(&self.verified_files).get(key).cloned();
         if let Some(path) = known {
             match File::open(&path) {
@@ -69,7 +70,7 @@ impl DiskCache {
                 }
             }
         }
-        let key_hex = hex::encode(key);
+        let key_hex = key.hex();
         let shard = self.dir().join(FILES_DIR).join(&key_hex[..2]);
         for entry in fs::read_dir(shard).ok()?.flatten() {
             let name = entry.file_name();
@@ -94,11 +95,11 @@ impl DiskCache {
 
     /// Assembles file `key` from the cached spans `parts`; `None` when a span is missing or invalid (an
     /// invalid span file is deleted) or the file cannot be written.
-    pub(crate) fn build_file(self: &Arc<Self>, key: &[u8; 32], parts: &[FilePart], size: u64) -> Option<File> {
+    pub(crate) fn build_file(self: &Arc<Self>, key: &Digest, parts: &[FilePart], size: u64) -> Option<File> {
         if size > self.limit() {
             return None;
         }
-        let key_hex = hex::encode(key);
+        let key_hex = key.hex();
         let shard = self.dir().join(FILES_DIR).join(&key_hex[..2]);
         let mut tmp = self
             .temp_file(&shard)
@@ -160,7 +161,7 @@ impl DiskCache {
             pos += n as u64;
         }
         if let Some(h) = hasher {
-            if <[u8; 32]>::from(h.finalize()) != part.digest {
+            if Digest::from_sha256(h.finalize().into()) != part.digest {
                 self.reject(&path, Some(&part.digest), len, "bytes do not match the name");
                 return Some(false);
             }
@@ -171,7 +172,7 @@ impl DiskCache {
 }
 
 /// Length and sha256 of a file, streamed.
-fn hash_file(path: &Path) -> io::Result<(u64, [u8; 32])> {
+fn hash_file(path: &Path) -> io::Result<(u64, Digest)> {
     let mut file = File::open(path)?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; CHUNK];
@@ -179,7 +180,7 @@ fn hash_file(path: &Path) -> io::Result<(u64, [u8; 32])> {
     loop {
         let n = file.read(&mut buf)?;
         if n == 0 {
-            return Ok((len, h.finalize().into()));
+            return Ok((len, Digest::from_sha256(h.finalize().into())));
         }
         h.update(&buf[..n]);
         len += n as u64;

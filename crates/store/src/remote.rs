@@ -23,9 +23,9 @@ use crate::{Clock, DiskCache, SpanBytes, StoreError};
 pub trait RemoteSpanCache: Send + Sync {
     /// The decoded bytes of the span with sha256 `digest` (`len` bytes long), or `None` when the tier does
     /// not hold it. The store verifies what comes back.
-    fn get(&self, digest: &[u8; 32], len: u64) -> BoxFuture<'_, Result<Option<Bytes>, StoreError>>;
+    fn get(&self, digest: &Digest, len: u64) -> BoxFuture<'_, Result<Option<Bytes>, StoreError>>;
     /// Stores the verified bytes of the span with sha256 `digest`.
-    fn put(&self, digest: &[u8; 32], bytes: Bytes) -> BoxFuture<'_, Result<(), StoreError>>;
+    fn put(&self, digest: &Digest, bytes: Bytes) -> BoxFuture<'_, Result<(), StoreError>>;
     /// Where the tier is, for logs (never credentials).
     fn describe(&self) -> String;
 }
@@ -110,7 +110,7 @@ impl Tier {
         if !self.health.usable() {
             return None;
         }
-        let bytes = match bounded(self.timeout, digest, self.tier.0.get(digest.as_bytes(), len)).await {
+        let bytes = match bounded(self.timeout, digest, self.tier.0.get(digest, len)).await {
             Ok(Some(bytes)) => bytes,
             Ok(None) => {
                 Counters::bump(&counters.tier_misses);
@@ -148,7 +148,7 @@ impl Tier {
         let (tier, timeout, health) = (self.tier.clone(), self.timeout, Arc::clone(&self.health));
         let (puts, errors) = (counters.tier_puts.clone(), counters.tier_errors.clone());
         runtime.spawn(async move {
-            match bounded(timeout, &digest, tier.0.put(digest.as_bytes(), bytes)).await {
+            match bounded(timeout, &digest, tier.0.put(&digest, bytes)).await {
                 Ok(()) => Counters::bump(&puts),
                 Err(error) => {
                     Counters::bump(&errors);
@@ -166,7 +166,7 @@ async fn bounded<T>(
     request: impl Future<Output = Result<T, StoreError>>,
 ) -> Result<T, StoreError> {
     tokio::time::timeout(timeout, request).await.unwrap_or_else(|_| {
-        Err(StoreError::Tier { digest: digest.hex(), reason: format!("no answer within {} s", timeout.as_secs_f64()) })
+        Err(StoreError::Tier { digest: *digest, reason: format!("no answer within {} s", timeout.as_secs_f64()) })
     })
 }
 
@@ -180,7 +180,7 @@ mod tests {
         let clock = Arc::new(ManualClock::new());
         let h = TierHealth::new(clock.clone());
         assert!(h.usable());
-        let e = StoreError::Tier { digest: "ab".into(), reason: "down".into() };
+        let e = StoreError::Tier { digest: Digest::of(b"ab"), reason: "down".into() };
         h.failed("t", "get", &e);
         assert!(!h.usable());
         let first = h.warned_ms.load(Ordering::Relaxed);

@@ -130,8 +130,7 @@ impl ContentStore {
         let mut started = 0;
         for index in SpanIds::through(first, last) {
             // Spans already local are left to the reads: loading them all from disk would only churn memory.
-            let on_disk =
-                |disk: &Arc<crate::DiskCache>| a.span(index).is_ok_and(|s| disk.contains(s.digest.as_bytes()));
+            let on_disk = |disk: &Arc<crate::DiskCache>| a.span(index).is_ok_and(|s| disk.contains(&s.digest));
             if inner.in_memory(index) || inner.disk.as_ref().is_some_and(on_disk) {
                 continue;
             }
@@ -223,7 +222,7 @@ impl Inner {
                 self.foreground_idle().await;
             }
             let cached = match self.archive.span(index) {
-                Ok(span) => self.in_memory(index) || disk.contains(span.digest.as_bytes()),
+                Ok(span) => self.in_memory(index) || disk.contains(&span.digest),
                 Err(_) => false, // the load reports the error
             };
             if cached {

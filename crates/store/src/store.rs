@@ -23,7 +23,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use clip_format::{Archive, Corruption, DataRef, FormatError, LayerIndex, SpanId, SpanSlice};
+use clip_format::{Archive, Corruption, DataRef, Digest, FormatError, LayerIndex, SpanId, SpanSlice};
 use tokio::runtime::Handle;
 use tokio::sync::{Notify, Semaphore};
 use tracing::{info, warn};
@@ -76,7 +76,7 @@ pub(crate) struct Inner {
     idle: Notify,
     pub prefetch_permits: Arc<Semaphore>,
     /// Keys of files being materialized in the background.
-    pub materializing: Mutex<HashSet<[u8; 32]>>,
+    pub materializing: Mutex<HashSet<Digest>>,
     /// The remote tier, if the config names one.
     tier: Option<Tier>,
     /// Layers read at least once (logged once each, at info).
@@ -284,7 +284,7 @@ impl Inner {
         let out = self.archive.span_range(layer, index)?;
         if let Some(disk) = &self.disk {
             let (disk, digest, len) = (Arc::clone(disk), span.digest, out.end - out.start);
-            let hit = tokio::task::spawn_blocking(move || disk.get(digest.as_bytes(), len))
+            let hit = tokio::task::spawn_blocking(move || disk.get(&digest, len))
                 .await
                 .map_err(|e| StoreError::Task(e.to_string()))?;
             if let Some(bytes) = hit {

@@ -122,7 +122,7 @@ fn the_bound_counts_disk_blocks_not_bytes() {
     let cache = DiskCache::open(dir.path(), bound).unwrap();
     for i in 0..100u32 {
         let bytes = i.to_le_bytes().repeat(25);
-        cache.put(clip_format::Digest::of(&bytes).as_bytes(), &bytes);
+        cache.put(&clip_format::Digest::of(&bytes), &bytes);
     }
     let used = disk_usage(dir.path());
     assert!(used <= bound, "{used} bytes of disk for a {bound}-byte bound");

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use clip_format::{DataRef, LayerIndex};
+use clip_format::{DataRef, Digest, LayerIndex};
 use clip_store::{RemoteSpanCache, RemoteTier, StoreConfig, StoreError};
 use common::{cached, eventually, raw_fixture, KIB};
 use futures::future::BoxFuture;
@@ -18,7 +18,7 @@ const SPAN: u64 = 64 * KIB;
 /// An in-memory tier that can be switched off (every request fails).
 #[derive(Default)]
 struct MemTier {
-    objects: Mutex<HashMap<[u8; 32], Bytes>>,
+    objects: Mutex<HashMap<Digest, Bytes>>,
     down: AtomicBool,
 }
 
@@ -29,21 +29,21 @@ impl MemTier {
 }
 
 impl RemoteSpanCache for MemTier {
-    fn get(&self, digest: &[u8; 32], _len: u64) -> BoxFuture<'_, Result<Option<Bytes>, StoreError>> {
+    fn get(&self, digest: &Digest, _len: u64) -> BoxFuture<'_, Result<Option<Bytes>, StoreError>> {
         let digest = *digest;
         Box::pin(async move {
             if self.down.load(Ordering::Relaxed) {
-                return Err(StoreError::Tier { digest: hex::encode(digest), reason: "down".into() });
+                return Err(StoreError::Tier { digest, reason: "down".into() });
             }
             Ok(self.objects.lock().unwrap().get(&digest).cloned())
         })
     }
 
-    fn put(&self, digest: &[u8; 32], bytes: Bytes) -> BoxFuture<'_, Result<(), StoreError>> {
+    fn put(&self, digest: &Digest, bytes: Bytes) -> BoxFuture<'_, Result<(), StoreError>> {
         let digest = *digest;
         Box::pin(async move {
             if self.down.load(Ordering::Relaxed) {
-                return Err(StoreError::Tier { digest: hex::encode(digest), reason: "down".into() });
+                return Err(StoreError::Tier { digest, reason: "down".into() });
             }
             self.objects.lock().unwrap().insert(digest, bytes);
             Ok(())
@@ -92,7 +92,7 @@ async fn a_corrupt_tier_object_is_ignored_and_counted() {
     let digest = fx.archive.span(fx.span_index(0, 0)).unwrap().digest;
     let mut bad = fx.expected(file).to_vec();
     bad[7] ^= 1;
-    tier.objects.lock().unwrap().insert(*digest.as_bytes(), Bytes::from(bad));
+    tier.objects.lock().unwrap().insert(digest, Bytes::from(bad));
 
     let store = fx.store(with_tier(dir.path(), &tier));
     assert_eq!(store.read(file, 0, file.size).await.unwrap(), fx.expected(file));

@@ -3,6 +3,7 @@
 //! added), delete the least recently used files (oldest mtime) until it is 10 % under the bound, and remove
 //! stale temp files.
 
+use clip_format::Digest;
 use std::fs;
 use std::io;
 use std::os::unix::fs::MetadataExt;
@@ -35,7 +36,7 @@ struct Entry {
     size: u64,
     mtime: SystemTime,
     /// The digest, for span files.
-    span: Option<[u8; 32]>,
+    span: Option<Digest>,
 }
 
 impl DiskCache {
@@ -176,7 +177,6 @@ mod tests {
     use std::fs::File;
 
     use super::*;
-    use crate::sha256 as digest;
 
     #[test]
     fn eviction_keeps_the_bound_and_the_newest() {
@@ -185,7 +185,7 @@ mod tests {
         let mut digests = Vec::new();
         for i in 0..30u8 {
             let bytes = vec![i; 1000];
-            let d = digest(&bytes);
+            let d = Digest::of(&bytes);
             cache.put(&d, &bytes);
             // Distinct mtimes even on coarse-grained filesystems.
             let f = File::open(cache.span_path(&d)).unwrap();

@@ -1,6 +1,7 @@
 //! File-system helpers of the disk cache: temp files renamed into place ([`TempFile`]), the private cache
 //! directory, its default location, and span file names.
 
+use clip_format::Digest;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -76,9 +77,9 @@ pub fn default_cache_dir() -> PathBuf {
     }
 }
 
-pub(crate) fn parse_digest(hex_name: &str) -> Option<[u8; 32]> {
+pub(crate) fn parse_digest(hex_name: &str) -> Option<Digest> {
     let mut d = [0u8; 32];
-    (hex_name.len() == 64 && hex::decode_to_slice(hex_name, &mut d).is_ok()).then_some(d)
+    (hex_name.len() == 64 && hex::decode_to_slice(hex_name, &mut d).is_ok()).then_some(Digest::from_sha256(d))
 }
 
 /// Marks a cache file as just used (its mtime is the LRU clock; atime is often not kept).

@@ -25,6 +25,7 @@
 mod evict;
 mod files;
 
+use clip_format::Digest;
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, Read};
@@ -58,9 +59,9 @@ pub struct DiskCache {
     /// Bytes of cache files this process knows of.
     total: AtomicU64,
     /// Span digests whose files this process has verified (or written).
-    verified: Mutex<HashSet<[u8; 32]>>,
+    verified: Mutex<HashSet<Digest>>,
     /// Materialized files this process has verified (or written), by key.
-    pub(crate) verified_files: Mutex<HashMap<[u8; 32], PathBuf>>,
+    pub(crate) verified_files: Mutex<HashMap<Digest, PathBuf>>,
     evicting: AtomicBool,
     evict_pass: Mutex<()>,
     /// Where eviction passes run when a write comes from a thread outside any runtime.
@@ -157,19 +158,19 @@ impl DiskCache {
     }
 
     /// The path of the span whose bytes hash to `digest`.
-    pub fn span_path(&self, digest: &[u8; 32]) -> PathBuf {
-        let name = hex::encode(digest);
+    pub fn span_path(&self, digest: &Digest) -> PathBuf {
+        let name = digest.hex();
         self.root.join(SPANS_DIR).join(&name[..2]).join(name)
     }
 
     /// Whether a span file for `digest` exists (not verified: for cheap "already cached" checks).
-    pub fn contains(&self, digest: &[u8; 32]) -> bool {
+    pub fn contains(&self, digest: &Digest) -> bool {
         fs::metadata(self.span_path(digest)).is_ok_and(|m| m.is_file())
     }
 
     /// The `len` bytes of the span with `digest`, if cached and valid. A file that fails verification is
     /// deleted (and counted) and `None` returned, so the caller fetches the span again.
-    pub fn get(&self, digest: &[u8; 32], len: u64) -> Option<Vec<u8>> {
+    pub fn get(&self, digest: &Digest, len: u64) -> Option<Vec<u8>> {
         let path = self.span_path(digest);
         let file = match File::open(&path) {
             Ok(f) => f,
@@ -196,8 +197,7 @@ impl DiskCache {
             return None;
         }
         if !self.is_verified(digest) {
-            let actual = crate::sha256(&buf);
-            if actual != *digest {
+            if Digest::of(&buf) != *digest {
                 self.reject(&path, Some(digest), size, "bytes do not match the name");
                 return None;
             }
@@ -210,7 +210,7 @@ impl DiskCache {
 
     /// Stores verified span bytes under their digest (atomically; a failure is counted and logged, never
     /// fatal: the bytes are still served).
-    pub fn put(self: &Arc<Self>, digest: &[u8; 32], bytes: &[u8]) {
+    pub fn put(self: &Arc<Self>, digest: &Digest, bytes: &[u8]) {
         let len = bytes.len() as u64;
         if len > self.limit {
             return;
@@ -237,11 +237,11 @@ impl DiskCache {
         }
     }
 
-    pub(crate) fn is_verified(&self, digest: &[u8; 32]) -> bool {
+    pub(crate) fn is_verified(&self, digest: &Digest) -> bool {
         lock(&self.verified).contains(digest)
     }
 
-    pub(crate) fn mark_verified(&self, digest: &[u8; 32]) {
+    pub(crate) fn mark_verified(&self, digest: &Digest) {
         let mut set = lock(&self.verified);
         if set.len() >= MAX_VERIFIED {
             set.clear();
@@ -250,7 +250,7 @@ impl DiskCache {
     }
 
     /// Deletes a cache file that failed verification.
-    pub(crate) fn reject(&self, path: &Path, span: Option<&[u8; 32]>, size: u64, why: &str) {
+    pub(crate) fn reject(&self, path: &Path, span: Option<&Digest>, size: u64, why: &str) {
         warn!(path = %path.display(), why, "disk cache file failed verification; deleted, will fetch again");
         self.counters.verify_failures.fetch_add(1, Ordering::Relaxed);
         if let Some(d) = span {
@@ -268,7 +268,6 @@ mod tests {
     use std::os::unix::fs::MetadataExt;
 
     use super::*;
-    use crate::sha256 as digest;
 
     #[test]
     fn the_cache_directory_is_private() {
@@ -291,7 +290,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cache = DiskCache::open(dir.path(), 1 << 20).unwrap();
         let bytes = b"hello span".to_vec();
-        let d = digest(&bytes);
+        let d = Digest::of(&bytes);
         assert!(!cache.contains(&d));
         assert_eq!(cache.get(&d, bytes.len() as u64), None);
         cache.put(&d, &bytes);
@@ -301,7 +300,7 @@ mod tests {
         // No temp files remain next to the span.
         let shard = cache.span_path(&d).parent().unwrap().to_path_buf();
         let names: Vec<_> = fs::read_dir(shard).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert_eq!(names, vec![std::ffi::OsString::from(hex::encode(d))]);
+        assert_eq!(names, vec![std::ffi::OsString::from(d.hex())]);
 
         let again = DiskCache::open(dir.path(), 1 << 20).unwrap();
         let blocks = fs::metadata(cache.span_path(&d)).unwrap().blocks() * 512;
@@ -313,7 +312,7 @@ mod tests {
     fn corrupt_file_is_deleted_not_served() {
         let dir = tempfile::tempdir().unwrap();
         let bytes = vec![42u8; 1000];
-        let d = digest(&bytes);
+        let d = Digest::of(&bytes);
         DiskCache::open(dir.path(), 1 << 20).unwrap().put(&d, &bytes);
         let cache = DiskCache::open(dir.path(), 1 << 20).unwrap();
         let path = cache.span_path(&d);
