@@ -53,7 +53,9 @@ pub use input::{file_type_name, open_regular};
 pub use layout::{ArchiveKind, SectionEntry};
 pub use meta::{Compression, ImageConfig, ImageMeta, LayerMeta, Platform};
 pub use node::{mode, Content, DataRef, Ino, NodeKind, NodeSpec, Timestamp, Xattr};
-pub use part::{index_part_keys, part_key, EntryKind, LayerPart, PartMeta, TarEntry, PART_VERSION};
+pub use part::{
+    index_part_keys, part_key, EntryKind, LayerPart, PartEntries, PartEntriesIntoIter, PartMeta, TarEntry, PART_VERSION,
+};
 pub use reader::{Archive, NodeView, RangeReader, SpanSlice, SpanView, XattrRef};
 pub use windows::{WindowRef, Windows, MAX_WINDOW};
 pub use writer::{write_archive, write_index, DataSource, IndexContents, SpanSpec};

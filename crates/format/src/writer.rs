@@ -79,18 +79,19 @@ pub fn write_archive<W: Write>(
 
 /// Writes header, section table, the `eager` sections (each one zstd frame), the windows as the lazy `WIND`
 /// section and, with `data`, the `DATA` section: the container every `.clip` kind shares.
-pub(crate) fn write_container<W: Write>(
+pub(crate) fn write_container<W: Write, S: AsRef<[u8]>>(
     kind: ArchiveKind,
-    eager: Vec<([u8; 4], Vec<u8>)>,
+    eager: Vec<([u8; 4], S)>,
     windows: &Windows,
     data: Option<DataSource<'_>>,
     mut out: W,
 ) -> Result<u64, FormatError> {
     let mut bodies: Vec<([u8; 4], u32, Vec<u8>, u64)> = Vec::new();
     for (id, raw) in eager {
+        let raw = raw.as_ref();
         let raw_len = raw.len() as u64;
         let level = if raw.len() <= STRONG_MAX { STRONG_LEVEL } else { ZSTD_LEVEL };
-        let stored = zstd::bulk::compress(&raw, level).map_err(FormatError::Write)?;
+        let stored = zstd::bulk::compress(raw, level).map_err(FormatError::Write)?;
         bodies.push((id, FLAG_ZSTD, stored, raw_len));
     }
 
@@ -175,6 +176,11 @@ pub(crate) struct Strings {
 }
 
 impl Strings {
+    /// The strings of a `STRS` blob read back; strings added later are interned among themselves only.
+    pub(crate) fn from_blob(blob: Vec<u8>) -> Strings {
+        Strings { blob, ..Strings::default() }
+    }
+
     pub(crate) fn add(&mut self, s: &[u8]) -> Result<(u32, u32), FormatError> {
         let len = u32::try_from(s.len()).map_err(|_| FormatError::Invalid("string over 4 GiB".into()))?;
         let Strings { blob, seen, hasher } = self;

@@ -53,6 +53,13 @@ pub enum IndexError {
         #[source]
         source: clip_format::FormatError,
     },
+    /// An entry the part cannot hold (a string or string table over 4 GiB).
+    #[error("layer {layer}: its tar entries do not fit a layer part")]
+    Part {
+        layer: LayerIndex,
+        #[source]
+        source: clip_format::FormatError,
+    },
     #[error("there is no layer {layer}: the image has {layers} (numbered from 0, bottom first)")]
     NoSuchLayer { layer: usize, layers: usize },
     #[error("span size must be between 64 KiB and 1 GiB, got {0} bytes")]

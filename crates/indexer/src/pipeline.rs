@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use clip_codec::{IndexingReader, Span};
 use clip_format::{
-    Compression, FormatError, ImageMeta, IndexContents, LayerIndex, LayerPart, PartMeta, Platform, SpanSpec, Windows,
+    Compression, FormatError, ImageMeta, IndexContents, LayerIndex, LayerPart, PartEntries, PartMeta, Platform, SpanSpec, Windows,
 };
 use clip_source::{BlobSource, Descriptor, Digest, ResolvedImage};
 use futures::{StreamExt, TryStreamExt};
@@ -257,7 +257,7 @@ fn read_layer(
         sink_error: None,
     };
     let mut tar = TarReader::new(Hashing { inner: guarded, tally: tar_tally.clone() });
-    let mut entries = Vec::new();
+    let mut entries = PartEntries::default();
     let mut last_report = 0u64;
     loop {
         let entry = match tar.next_entry() {
@@ -270,7 +270,7 @@ fn read_layer(
                 return Err(tar_error(layer, desc, source, tripped.get(), opts.max_ratio));
             }
         };
-        entries.push(entry);
+        entries.push(&entry).map_err(|source| IndexError::Part { layer, source })?;
         if let Some(p) = &opts.progress {
             let pos = tar.position();
             if pos - last_report > 1 << 20 {

@@ -8,6 +8,7 @@
 //! `ENTR` (one [`ENTRY_LEN`]-byte record an entry), `STRS`, `XATR`, `SPAN` (as in an image index) and the lazy
 //! `WIND`.
 
+mod entries;
 mod entry;
 
 use std::io::Write;
@@ -18,10 +19,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::check::{check_header, check_table, decode_section, find};
 use crate::layout::*;
-use crate::writer::{encode_spans, encode_xattrs, write_container, Strings};
-use crate::{
-    ArchiveKind, Compression, Corruption, Digest, FormatError, SpanSpec, Timestamp, WindowRef, Windows, Xattr,
-};
+use crate::writer::{encode_spans, write_container};
+use crate::{ArchiveKind, Compression, Corruption, Digest, FormatError, SpanSpec, WindowRef, Windows};
+pub use entries::{IntoIter as PartEntriesIntoIter, PartEntries};
 pub use entry::{EntryKind, TarEntry};
 
 /// Version of the part layout; part of every [`part_key`], so a clip with another layout never reads it.
@@ -57,7 +57,7 @@ pub struct PartMeta {
 #[derive(Debug, Clone)]
 pub struct LayerPart {
     pub meta: PartMeta,
-    pub entries: Vec<TarEntry>,
+    pub entries: PartEntries,
     pub spans: Vec<SpanSpec>,
     pub windows: Windows,
 }
@@ -71,34 +71,15 @@ impl LayerPart {
     /// Writes the part (deterministically: the same part always gives the same bytes); returns bytes written.
     pub fn write<W: Write>(&self, out: W) -> Result<u64, FormatError> {
         let meta = serde_json::to_vec(&self.meta).map_err(FormatError::Meta)?;
-        let mut strs = Strings::default();
-        let mut entries = Vec::with_capacity(self.entries.len() * ENTRY_LEN);
-        let mut xattrs = Vec::new();
-        let mut xattr_count = 0u32;
-        for e in &self.entries {
-            let (path_off, path_len) = strs.add(&e.path)?;
-            let (link_off, link_len) = strs.add(&e.link_target)?;
-            let x_first = xattr_count;
-            let x_count = encode_xattrs(&e.xattrs, &mut strs, &mut xattrs)?;
-            xattr_count += x_count;
-            entries.extend_from_slice(&[e.kind.code(), 0, 0, 0]);
-            for v in [e.mode, e.uid, e.gid] {
-                entries.extend_from_slice(&v.to_le_bytes());
-            }
-            entries.extend_from_slice(&e.mtime.sec.to_le_bytes());
-            for v in [e.mtime.nsec, e.dev_major, e.dev_minor] {
-                entries.extend_from_slice(&v.to_le_bytes());
-            }
-            for v in [e.size, e.data_offset, e.header_offset] {
-                entries.extend_from_slice(&v.to_le_bytes());
-            }
-            for v in [path_off, path_len, link_off, link_len, x_first, x_count, 0] {
-                entries.extend_from_slice(&v.to_le_bytes());
-            }
-        }
         let spans = encode_spans(&self.spans, &self.windows)?;
-        let eager =
-            vec![(SEC_META, meta), (SEC_ENTR, entries), (SEC_STRS, strs.blob), (SEC_XATR, xattrs), (SEC_SPAN, spans)];
+        let e = &self.entries;
+        let eager: Vec<([u8; 4], &[u8])> = vec![
+            (SEC_META, &meta),
+            (SEC_ENTR, &e.records),
+            (SEC_STRS, &e.strs.blob),
+            (SEC_XATR, &e.xattrs),
+            (SEC_SPAN, &spans),
+        ];
         write_container(ArchiveKind::LayerPart, eager, &self.windows, None, out)
     }
 
@@ -135,7 +116,7 @@ impl LayerPart {
         }
         let windows = Windows::from_stored(stored_windows)?;
         let spans = decode_spans(&span, &meta, windows.len())?;
-        let entries = decode_entries(&entr, &strs, &xatr, &meta)?;
+        let entries = PartEntries::from_sections(entr, strs, xatr, &meta)?;
         Ok(LayerPart { meta, entries, spans, windows })
     }
 }
@@ -164,60 +145,4 @@ fn decode_spans(raw: &[u8], meta: &PartMeta, windows_len: u64) -> Result<Vec<Spa
         spans.push(SpanSpec { out_offset, in_offset, bits, digest, window });
     }
     Ok(spans)
-}
-
-/// Decodes and checks the entries: strings and xattrs inside their sections, file data inside the layer.
-fn decode_entries(entr: &[u8], strs: &[u8], xatr: &[u8], meta: &PartMeta) -> Result<Vec<TarEntry>, FormatError> {
-    for (section, raw, record) in [("ENTR", entr, ENTRY_LEN), ("XATR", xatr, XATTR_LEN)] {
-        if raw.len() % record != 0 {
-            return Err(Corruption::PartialRecord { section, len: raw.len(), record }.into());
-        }
-    }
-    let string = |off: u32, len: u32| -> Result<Vec<u8>, FormatError> {
-        let range = off as usize..off as usize + len as usize;
-        let out_of_range = || Corruption::StringRange { offset: u64::from(off), len, size: strs.len() };
-        strs.get(range).map(<[u8]>::to_vec).ok_or_else(|| out_of_range().into())
-    };
-    let mut entries = Vec::with_capacity(entr.len() / ENTRY_LEN);
-    for (i, rec) in entr.chunks_exact(ENTRY_LEN).enumerate() {
-        let mut r = Le(rec);
-        let code = r.u8();
-        r.skip(3);
-        let kind = EntryKind::from_code(code).ok_or(Corruption::EntryKind { entry: i, code })?;
-        let (mode, uid, gid, sec, nsec) = (r.u32(), r.u32(), r.u32(), r.i64(), r.u32());
-        let (dev_major, dev_minor, size, data_offset, header_offset) = (r.u32(), r.u32(), r.u64(), r.u64(), r.u64());
-        let (path_off, path_len, link_off, link_len, x_first, x_count) =
-            (r.u32(), r.u32(), r.u32(), r.u32(), r.u32(), r.u32());
-        if data_offset.checked_add(size).is_none_or(|end| end > meta.uncompressed_size) {
-            return Err(FormatError::BadSize {
-                what: format!("layer part {}: entry {i} has data beyond the layer", meta.digest),
-            });
-        }
-        let x_range = x_first as usize * XATTR_LEN..(x_first as usize + x_count as usize) * XATTR_LEN;
-        let x_records =
-            xatr.get(x_range).ok_or(Corruption::EntryXattrs { entry: i, first: x_first, count: x_count })?;
-        let xattrs = x_records
-            .chunks_exact(XATTR_LEN)
-            .map(|x| {
-                let mut r = Le(x);
-                Ok(Xattr { name: string(r.u32(), r.u32())?, value: string(r.u32(), r.u32())? })
-            })
-            .collect::<Result<_, FormatError>>()?;
-        entries.push(TarEntry {
-            path: string(path_off, path_len)?,
-            kind,
-            mode,
-            uid,
-            gid,
-            size,
-            mtime: Timestamp { sec, nsec },
-            link_target: string(link_off, link_len)?,
-            dev_major,
-            dev_minor,
-            xattrs,
-            data_offset,
-            header_offset,
-        });
-    }
-    Ok(entries)
 }

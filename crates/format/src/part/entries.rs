@@ -1,0 +1,249 @@
+//! [`PartEntries`]: a layer's tar entries held in the part's own encoding — [`ENTRY_LEN`]-byte records, one
+//! interned string blob and [`XATTR_LEN`]-byte xattr records — from the moment the indexer parses them until
+//! the part is written or merged. An entry costs its record plus its path's bytes, about half of a
+//! `Vec<TarEntry>` (no per-entry allocations, no key copies), and writing the part copies nothing.
+
+use crate::layout::*;
+use crate::writer::{encode_xattrs, Strings};
+use crate::{Corruption, FormatError, Timestamp, Xattr};
+
+use super::{EntryKind, PartMeta, TarEntry};
+
+/// Entries in stream order, encoded. Build with [`PartEntries::push`]; read with [`PartEntries::iter`] (or by
+/// value with `into_iter`), which gives back each [`TarEntry`] as pushed, its xattrs sorted by name.
+#[derive(Default)]
+pub struct PartEntries {
+    /// `ENTR`: one [`ENTRY_LEN`]-byte record an entry.
+    pub(super) records: Vec<u8>,
+    /// `STRS`: paths, link targets, xattr names and values.
+    pub(super) strs: Strings,
+    /// `XATR`: one [`XATTR_LEN`]-byte record an xattr.
+    pub(super) xattrs: Vec<u8>,
+}
+
+impl PartEntries {
+    /// Appends `e` after the entries so far.
+    pub fn push(&mut self, e: &TarEntry) -> Result<(), FormatError> {
+        let (path_off, path_len) = self.strs.add(&e.path)?;
+        let (link_off, link_len) = self.strs.add(&e.link_target)?;
+        let x_first = u32::try_from(self.xattrs.len() / XATTR_LEN)
+            .map_err(|_| FormatError::Invalid("more than 2^32 xattrs in a layer".into()))?;
+        let x_count = encode_xattrs(&e.xattrs, &mut self.strs, &mut self.xattrs)?;
+        let r = &mut self.records;
+        r.extend_from_slice(&[e.kind.code(), 0, 0, 0]);
+        for v in [e.mode, e.uid, e.gid] {
+            r.extend_from_slice(&v.to_le_bytes());
+        }
+        r.extend_from_slice(&e.mtime.sec.to_le_bytes());
+        for v in [e.mtime.nsec, e.dev_major, e.dev_minor] {
+            r.extend_from_slice(&v.to_le_bytes());
+        }
+        for v in [e.size, e.data_offset, e.header_offset] {
+            r.extend_from_slice(&v.to_le_bytes());
+        }
+        for v in [path_off, path_len, link_off, link_len, x_first, x_count, 0] {
+            r.extend_from_slice(&v.to_le_bytes());
+        }
+        Ok(())
+    }
+
+    /// Encodes `entries` in order.
+    pub fn from_entries<'a>(entries: impl IntoIterator<Item = &'a TarEntry>) -> Result<PartEntries, FormatError> {
+        let mut out = PartEntries::default();
+        for e in entries {
+            out.push(e)?;
+        }
+        Ok(out)
+    }
+
+    /// How many entries.
+    pub fn len(&self) -> usize {
+        self.records.len() / ENTRY_LEN
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// The entries in order.
+    pub fn iter(&self) -> impl Iterator<Item = TarEntry> + '_ {
+        self.records.chunks_exact(ENTRY_LEN).map(|rec| self.decode(rec))
+    }
+
+    /// Takes encoded sections as read from a part, checking every record: kinds known, strings and xattrs
+    /// inside their sections, file data inside the layer `meta` describes.
+    pub(super) fn from_sections(
+        records: Vec<u8>,
+        strs: Vec<u8>,
+        xattrs: Vec<u8>,
+        meta: &PartMeta,
+    ) -> Result<PartEntries, FormatError> {
+        for (section, raw, record) in [("ENTR", &records, ENTRY_LEN), ("XATR", &xattrs, XATTR_LEN)] {
+            if raw.len() % record != 0 {
+                return Err(Corruption::PartialRecord { section, len: raw.len(), record }.into());
+            }
+        }
+        let string_ok = |off: u32, len: u32| -> Result<(), FormatError> {
+            let inside = (off as usize).checked_add(len as usize).is_some_and(|end| end <= strs.len());
+            inside
+                .then_some(())
+                .ok_or_else(|| Corruption::StringRange { offset: u64::from(off), len, size: strs.len() }.into())
+        };
+        for (i, rec) in records.chunks_exact(ENTRY_LEN).enumerate() {
+            let f = Fields::of(rec);
+            EntryKind::from_code(f.code).ok_or(Corruption::EntryKind { entry: i, code: f.code })?;
+            if f.data_offset.checked_add(f.size).is_none_or(|end| end > meta.uncompressed_size) {
+                return Err(FormatError::BadSize {
+                    what: format!("layer part {}: entry {i} has data beyond the layer", meta.digest),
+                });
+            }
+            string_ok(f.path.0, f.path.1)?;
+            string_ok(f.link.0, f.link.1)?;
+            let x_range = f.x_first as usize * XATTR_LEN..(f.x_first as usize + f.x_count as usize) * XATTR_LEN;
+            let x_records =
+                xattrs.get(x_range).ok_or(Corruption::EntryXattrs { entry: i, first: f.x_first, count: f.x_count })?;
+            for x in x_records.chunks_exact(XATTR_LEN) {
+                let mut r = Le(x);
+                string_ok(r.u32(), r.u32())?;
+                string_ok(r.u32(), r.u32())?;
+            }
+        }
+        Ok(PartEntries { records, strs: Strings::from_blob(strs), xattrs })
+    }
+
+    /// The entry of record `rec`. Every record was checked when pushed or read, so the lookups hold; should
+    /// one not, the string reads as empty rather than panicking.
+    fn decode(&self, rec: &[u8]) -> TarEntry {
+        let f = Fields::of(rec);
+        let string = |(off, len): (u32, u32)| -> Vec<u8> {
+            self.strs.blob.get(off as usize..off as usize + len as usize).map(<[u8]>::to_vec).unwrap_or_default()
+        };
+        let x_range = f.x_first as usize * XATTR_LEN..(f.x_first as usize + f.x_count as usize) * XATTR_LEN;
+        let xattrs = self
+            .xattrs
+            .get(x_range)
+            .unwrap_or_default()
+            .chunks_exact(XATTR_LEN)
+            .map(|x| {
+                let mut r = Le(x);
+                Xattr { name: string((r.u32(), r.u32())), value: string((r.u32(), r.u32())) }
+            })
+            .collect();
+        TarEntry {
+            path: string(f.path),
+            kind: EntryKind::from_code(f.code).unwrap_or(EntryKind::File),
+            mode: f.mode,
+            uid: f.uid,
+            gid: f.gid,
+            size: f.size,
+            mtime: f.mtime,
+            link_target: string(f.link),
+            dev_major: f.dev.0,
+            dev_minor: f.dev.1,
+            xattrs,
+            data_offset: f.data_offset,
+            header_offset: f.header_offset,
+        }
+    }
+}
+
+impl IntoIterator for PartEntries {
+    type Item = TarEntry;
+    type IntoIter = IntoIter;
+
+    /// The entries in order, each decoded as it is taken.
+    fn into_iter(self) -> IntoIter {
+        IntoIter { entries: self, next: 0 }
+    }
+}
+
+/// The entries of a [`PartEntries`] by value, decoded one at a time.
+pub struct IntoIter {
+    entries: PartEntries,
+    next: usize,
+}
+
+impl Iterator for IntoIter {
+    type Item = TarEntry;
+
+    fn next(&mut self) -> Option<TarEntry> {
+        let start = self.next * ENTRY_LEN;
+        let rec = self.entries.records.get(start..start + ENTRY_LEN)?;
+        self.next += 1;
+        Some(self.entries.decode(rec))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left = self.entries.len() - self.next;
+        (left, Some(left))
+    }
+}
+
+impl Clone for PartEntries {
+    fn clone(&self) -> PartEntries {
+        PartEntries {
+            records: self.records.clone(),
+            strs: Strings::from_blob(self.strs.blob.clone()),
+            xattrs: self.xattrs.clone(),
+        }
+    }
+}
+
+impl PartialEq for PartEntries {
+    /// The same entries in the same order (compared decoded: two encodings may share strings differently).
+    fn eq(&self, other: &PartEntries) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for PartEntries {}
+
+impl std::fmt::Debug for PartEntries {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+/// The fields of one `ENTR` record.
+struct Fields {
+    code: u8,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: Timestamp,
+    dev: (u32, u32),
+    size: u64,
+    data_offset: u64,
+    header_offset: u64,
+    path: (u32, u32),
+    link: (u32, u32),
+    x_first: u32,
+    x_count: u32,
+}
+
+impl Fields {
+    fn of(rec: &[u8]) -> Fields {
+        let mut r = Le(rec);
+        let code = r.u8();
+        r.skip(3);
+        let (mode, uid, gid, sec, nsec) = (r.u32(), r.u32(), r.u32(), r.i64(), r.u32());
+        let (dev, size, data_offset, header_offset) = ((r.u32(), r.u32()), r.u64(), r.u64(), r.u64());
+        let (path, link, x_first, x_count) = ((r.u32(), r.u32()), (r.u32(), r.u32()), r.u32(), r.u32());
+        Fields {
+            code,
+            mode,
+            uid,
+            gid,
+            mtime: Timestamp { sec, nsec },
+            dev,
+            size,
+            data_offset,
+            header_offset,
+            path,
+            link,
+            x_first,
+            x_count,
+        }
+    }
+}
