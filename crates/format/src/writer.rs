@@ -46,6 +46,27 @@ pub(crate) const ZSTD_LEVEL: i32 = 9;
 const STRONG_LEVEL: i32 = 15;
 const STRONG_MAX: usize = 2 << 20;
 
+/// Memory-bounding cap (log2) of the zstd match tables used for an eager section: whatever the section's
+/// size, compressing it costs at most ~10 MiB (and the output buffer grows with the compressed bytes only).
+const SECTION_TABLE_LOG: u32 = 20;
+
+/// One eager section compressed with zstd at `level`.
+fn compress_section(raw: &[u8], level: i32) -> Result<Vec<u8>, FormatError> {
+    use zstd::zstd_safe::CParameter;
+    let mut enc = zstd::stream::Encoder::new(Vec::new(), level).map_err(FormatError::Write)?;
+    enc.set_pledged_src_size(Some(raw.len() as u64)).map_err(FormatError::Write)?;
+    for p in [
+        CParameter::WindowLog(SECTION_TABLE_LOG),
+        CParameter::HashLog(SECTION_TABLE_LOG),
+        CParameter::ChainLog(SECTION_TABLE_LOG),
+    ] {
+        enc.set_parameter(p).map_err(FormatError::Write)?;
+    }
+    enc.include_contentsize(true).map_err(FormatError::Write)?;
+    enc.write_all(raw).map_err(FormatError::Write)?;
+    enc.finish().map_err(FormatError::Write)
+}
+
 /// Writes an index-only archive (or a data-carrying archive without data yet) to `out`; returns bytes written.
 pub fn write_index<W: Write>(contents: &IndexContents, out: W) -> Result<u64, FormatError> {
     write_archive(contents, None, out)
@@ -91,7 +112,7 @@ pub(crate) fn write_container<W: Write, S: AsRef<[u8]>>(
         let raw = raw.as_ref();
         let raw_len = raw.len() as u64;
         let level = if raw.len() <= STRONG_MAX { STRONG_LEVEL } else { ZSTD_LEVEL };
-        let stored = zstd::bulk::compress(raw, level).map_err(FormatError::Write)?;
+        let stored = compress_section(raw, level)?;
         bodies.push((id, FLAG_ZSTD, stored, raw_len));
     }
 

@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use clip_codec::{IndexingReader, Span};
 use clip_format::{
-    Compression, FormatError, ImageMeta, IndexContents, LayerIndex, LayerPart, PartEntries, PartMeta, Platform, SpanSpec, Windows,
+    Compression, FormatError, ImageMeta, IndexContents, LayerIndex, LayerPart, PartEntries, PartMeta, Platform,
+    SpanSpec, Windows,
 };
 use clip_source::{BlobSource, Descriptor, Digest, ResolvedImage};
 use futures::{StreamExt, TryStreamExt};
