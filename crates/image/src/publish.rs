@@ -307,7 +307,8 @@ impl FoundArtifact {
     /// Its layer `n`, checked to be a plausible blob of at most `max` bytes, with its title annotation.
     pub fn layer(&self, image: &str, n: usize, max: u64) -> Result<(Descriptor, Option<String>), ImageError> {
         let bad = |why: String| ImageError::BadArtifact { image: image.to_owned(), digest: self.digest.clone(), why };
-        let layer = self.manifest.pointer(&format!("/layers/{n}")).ok_or_else(|| bad(format!("it has no layer {n}")))?;
+        let layer =
+            self.manifest.pointer(&format!("/layers/{n}")).ok_or_else(|| bad(format!("it has no layer {n}")))?;
         let digest = layer.get("digest").and_then(Value::as_str).unwrap_or_default();
         let size = layer.get("size").and_then(Value::as_u64).unwrap_or(u64::MAX);
         let media_type = layer.get("mediaType").and_then(Value::as_str).unwrap_or_default();

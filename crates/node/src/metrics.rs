@@ -232,7 +232,8 @@ pub async fn serve_unix(path: &Path, metrics: MountMetrics) -> Result<(), NodeEr
         _ => {}
     }
     let listener = UnixListener::bind(path).map_err(failed("binding the metrics socket"))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(failed("making the socket private"))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(failed("making the socket private"))?;
     let scrape = rendered(metrics);
     tokio::spawn(async move {
         loop {

@@ -103,13 +103,12 @@ impl SnapshotterMetrics {
             let socket = layers_metrics_socket(dir);
             match scrape_unix(&socket).await {
                 Ok(text) => texts.push((Some(image_of(dir)), text)),
-                Err(error) => debug!(socket = %socket.display(), error = &error as &dyn std::error::Error, "layer views' metrics not scraped"),
+                Err(error) => {
+                    debug!(socket = %socket.display(), error = &error as &dyn std::error::Error, "layer views' metrics not scraped")
+                }
             }
         }
-        merge(
-            "image",
-            &texts.iter().map(|(image, text)| (image.as_deref(), text.as_str())).collect::<Vec<_>>(),
-        )
+        merge("image", &texts.iter().map(|(image, text)| (image.as_deref(), text.as_str())).collect::<Vec<_>>())
     }
 }
 
@@ -141,7 +140,11 @@ impl Collector for Counters {
             "reason",
             LayerFallback::ALL.iter().zip(self.fallbacks).map(|(r, n)| (r.label().to_owned(), n)),
         )?;
-        f.gauge("clip_snapshotter_layer_mounts", "Images whose layer views are mounted for snapshots.", self.mounts as f64)
+        f.gauge(
+            "clip_snapshotter_layer_mounts",
+            "Images whose layer views are mounted for snapshots.",
+            self.mounts as f64,
+        )
     }
 }
 

@@ -184,7 +184,13 @@ async fn fetch_s3(
 
 /// Publishes a freshly built index to the registry (with its layer parts from `parts`) and the S3 index
 /// store; failures are logged, not returned (the image is ready either way).
-async fn publish(image: &str, path: &Path, manifest_digest: &str, parts: &dyn clip_indexer::PartStore, lookup: &Lookup) {
+async fn publish(
+    image: &str,
+    path: &Path,
+    manifest_digest: &str,
+    parts: &dyn clip_indexer::PartStore,
+    lookup: &Lookup,
+) {
     if image.parse::<ImageRef>().is_ok_and(|r| matches!(r, ImageRef::Registry { .. })) {
         match clip_image::publish_index(image, path, parts, &lookup.source).await {
             Ok(p) => info!(%image, artifact = %p.artifact, "index published to the registry"),
