@@ -22,10 +22,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import snapshotter
+
 ROOT = Path(__file__).resolve().parent.parent
 CLIP = ROOT / "target/release/clip"
 PROXY = ROOT / "target/release/clip-proxy"
 WORK = ROOT / "bench/work"
+# The images (built once, reused): CLIP_BENCH_IMAGES points a worktree at another checkout's, read-only.
+IMAGES = Path(os.environ.get("CLIP_BENCH_IMAGES", WORK / "images"))
 PROFILES = {"100mbit": (100, 20), "1gbit": (1000, 2)}
 COMMAND = ["python3", "-c", "import json, sqlite3"]
 ONE_FILE = "etc/debian_version"
@@ -165,11 +169,11 @@ def warm(root, repeat=10):
 
 def build_images(with_many=True):
     """The Debian layout, and the many-files one when `with_many` (else None)."""
-    debian = WORK / "images/debian"
+    debian = IMAGES / "debian"
     run([ROOT / "dev/debian-image", debian])
     if not with_many:
         return debian, None
-    many = WORK / "images/many"
+    many = IMAGES / "many"
     if not (many / "index.json").exists() or '"v1"' not in (many / "index.json").read_text():
         log("building the many-files image (100k small files + one 500 MB file)")
         tmp = Path(tempfile.mkdtemp(dir=WORK))
@@ -198,7 +202,7 @@ def build_images(with_many=True):
 
 def big_layer_image(gib):
     """An OCI layout (tag `big`) of one gzip -1 layer: four files of base64 text, `gib` GiB of tar in all."""
-    layout = WORK / f"images/big-{gib}g"
+    layout = IMAGES / f"big-{gib}g"
     if (layout / "index.json").exists():
         return layout
     log(f"building a one-layer image of {gib} GiB (base64 text, gzip -1)")
@@ -246,7 +250,7 @@ def finish_layout(tmp, layout, tag, manifest):
 def lower_image(debian):
     """An OCI layout (tag `lower`) of the Debian image's two lower layers (minbase, + python3) alone, the same
     blobs: indexed first, it leaves the parts of those layers for P1b."""
-    layout = WORK / "images/debian-lower"
+    layout = IMAGES / "debian-lower"
     if (layout / "index.json").exists():
         return layout
     tmp = Path(tempfile.mkdtemp(dir=WORK))
@@ -437,7 +441,7 @@ def local_scenarios(tmp, proxy, many_layout, results):
 
 
 def index_memory(tmp, results, sizes=(1, 4)):
-    """P12: peak RSS of `clip index` of one big gzip layer (from a local OCI layout) at two sizes; it must not
+    """S1: peak RSS of `clip index` of one big gzip layer (from a local OCI layout) at two sizes; it must not
     grow with the layer (checkpoint windows are stored compressed, spilled to a temporary file)."""
     peaks = []
     for gib in sizes:
@@ -448,7 +452,7 @@ def index_memory(tmp, results, sizes=(1, 4)):
         peaks.append(int(err.strip().splitlines()[-1]) * 1024)
         out.unlink()
     growth = peaks[-1] / peaks[0]
-    results.add("P12", f"`clip index` peak RSS, one gzip layer of {sizes[-1]} GiB (vs {sizes[0]} GiB)", mib(peaks[-1]),
+    results.add("S1", f"`clip index` peak RSS, one gzip layer of {sizes[-1]} GiB (vs {sizes[0]} GiB)", mib(peaks[-1]),
                 f"{mib(peaks[0])} ({sizes[0]} GiB)", growth, "≤ 64 MiB, growth ≤ 1.2",
                 peaks[-1] <= 64 << 20 and growth <= 1.2, None)
 
@@ -518,6 +522,8 @@ def main():
                                 spread(reused, secs), spread(scratch, secs) + " from scratch", r,
                                 f"≤ {share + 0.05:.2f} (new layer: {100 * share:.0f} % of the bytes)",
                                 r <= share + 0.05, None)
+                if wanted("P12") and mbit == 100:
+                    snapshotter.p12_containerd(tmp, proxy, registry, args.runs, results, label)
                 if not wanted("P1", "P2", "P3", "P4", "P5", "P10", "P11"):
                     continue
                 clip_t, base_t, index = p1_index(tmp, proxy, "debian:bookworm", layers, args.runs, span_args)
@@ -559,7 +565,7 @@ def main():
                 local_scenarios(tmp, proxy, many, results)
             if wanted("P9"):
                 archive_throughput(tmp, debian, results)
-            if wanted("P12"):
+            if wanted("S1"):
                 index_memory(tmp, results)
         finally:
             proxy.stop()
@@ -571,7 +577,7 @@ def main():
                 subprocess.run(["umount", "-l", mp])
         shutil.rmtree(tmp, ignore_errors=True)
 
-    order = {f"P{i}": i for i in range(1, 13)} | {"P1b": 1.5}
+    order = {f"P{i}": i for i in range(1, 13)} | {"P1b": 1.5, "S1": 100}
     rows = sorted(results.rows, key=lambda r: order[r[0]])
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     lines = [

@@ -28,14 +28,20 @@ struct SnapshotterProc {
     socket: PathBuf,
     root: PathBuf,
     log: PathBuf,
+    /// Its `--metrics` address.
+    metrics: String,
 }
 
 impl SnapshotterProc {
     /// Starts `clip snapshotter` and waits until its socket accepts connections.
     fn start(socket: &Path, root: &Path, log: &Path) -> SnapshotterProc {
+        SnapshotterProc::start_with(socket, root, log, &format!("127.0.0.1:{}", find_free_port()))
+    }
+
+    fn start_with(socket: &Path, root: &Path, log: &Path, metrics: &str) -> SnapshotterProc {
         let log_file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_clip"))
-            .args(["snapshotter", "--address", s(socket), "--root", s(root)])
+            .args(["snapshotter", "--address", s(socket), "--root", s(root), "--metrics", metrics])
             .env("CLIP_LOG", "debug")
             // A span cache of its own: lazy reads are counted from a cold cache.
             .env("CLIP_CACHE_DIR", root.with_file_name("cache"))
@@ -44,7 +50,13 @@ impl SnapshotterProc {
             .stderr(log_file)
             .spawn()
             .expect("spawning clip snapshotter");
-        let mut p = SnapshotterProc { child: Some(child), socket: socket.into(), root: root.into(), log: log.into() };
+        let mut p = SnapshotterProc {
+            child: Some(child),
+            socket: socket.into(),
+            root: root.into(),
+            log: log.into(),
+            metrics: metrics.to_owned(),
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         while UnixStream::connect(socket).is_err() {
             if let Some(status) = p.child.as_mut().unwrap().try_wait().unwrap() {
@@ -57,7 +69,12 @@ impl SnapshotterProc {
     }
 
     fn restart(&mut self) {
-        *self = SnapshotterProc::start(&self.socket, &self.root, &self.log);
+        *self = SnapshotterProc::start_with(&self.socket, &self.root, &self.log, &self.metrics);
+    }
+
+    /// The value of the first sample of its metrics that starts with `prefix`.
+    fn metric(&self, prefix: &str) -> f64 {
+        common::metric(&self.metrics, prefix)
     }
 
     fn log(&self) -> String {
@@ -472,6 +489,16 @@ fn rpull_serves_every_layer_lazily_from_the_layer_views() {
         100.0 * ran.blob_bytes as f64 / layer_bytes as f64
     );
     assert!(ran.blob_bytes < layer_bytes / 4, "running read {} of {layer_bytes} layer bytes", ran.blob_bytes);
+    // The metrics: every layer committed remote, none left to containerd, and the views' store metrics
+    // labelled with the image: what the container read was fetched there.
+    let p = &node.snapshotter;
+    assert_eq!(p.metric("clip_snapshotter_remote_layers_committed_total"), 4.0);
+    assert_eq!(p.metric("clip_snapshotter_layer_fallbacks_total{reason=\"range_refused\"}"), 0.0);
+    assert_eq!(p.metric("clip_snapshotter_layer_mounts"), 1.0);
+    let fetched = p.metric(&format!("clip_fetched_bytes_total{{image=\"{digest}\"}}"));
+    assert!(fetched > 0.0 && fetched <= ran.blob_bytes as f64, "fetched {fetched}, proxy {}", ran.blob_bytes);
+    assert!(p.metric(&format!("clip_fuse_requests_total{{image=\"{digest}\",op=\"lookup\"}}")) > 0.0);
+    assert!(p.metric(&format!("clip_layer_fetched_bytes_total{{image=\"{digest}\",layer=")) >= 0.0);
     node.assert_matches_umoci(CompareOpts::default());
 
     // kill -9 while a container runs: its layers stay served (the views' mount process is not the
@@ -512,6 +539,10 @@ fn a_registry_that_refuses_range_requests_falls_back_to_containerd_unpacking() {
     assert!(!log.contains("layer served lazily"), "{log}");
     assert_eq!(log.matches("layer not served lazily").count(), 3, "one reason a layer: {log}");
     assert!(log.contains("refuses Range requests"), "{log}");
+    let p = &node.snapshotter;
+    assert_eq!(p.metric("clip_snapshotter_layer_fallbacks_total{reason=\"range_refused\"}"), 3.0);
+    assert_eq!(p.metric("clip_snapshotter_remote_layers_committed_total"), 0.0);
+    assert_eq!(p.metric("clip_snapshotter_layer_mounts"), 0.0, "no views are mounted for a refused image");
     let committed = node.snapshots().into_iter().filter(|(_, _, kind)| kind == "Committed").count();
     assert_eq!(committed, 3, "containerd unpacked every layer");
     assert_eq!(node.run("fallback", true, "cat /data/a /opq/new"), "alpha\nnew\n");
@@ -584,4 +615,83 @@ fn rpull_of_debian_fetches_a_sliver_and_runs_python() {
     );
     assert!(pct(pulled) <= 5.0, "rpull fetched {pulled} of {layer_bytes}:\n{}", snapshotter.log());
     assert_eq!(snapshotter.log().matches("layer served lazily").count(), 3, "{}", snapshotter.log());
+}
+
+/// Machine A indexes the image and publishes the index with its layer parts (`clip index --push`); this
+/// node's snapshotter, on a fresh root (machine B), takes both from the registry: its rpull fetches a
+/// sliver of the layers and indexes none of them.
+#[test]
+fn rpull_takes_the_index_and_layer_parts_published_with_the_image() {
+    let bulky = bulky_image();
+    let layer_bytes: u64 = bulky.layers.iter().map(|l| l.blob().len() as u64).sum();
+    let mut node = Node::with_image(&bulky);
+    let machine_a = node.dir.path().join("machine-a");
+    std::fs::create_dir_all(&machine_a).unwrap();
+    let (index, parts) = (machine_a.join("img.clip"), machine_a.join("parts"));
+    let published = node.registry.image_ref("snap:t");
+    common::clip_ok(&["index", &published, "-o", s(&index), "--parts", s(&parts), "--push"]);
+
+    let proxy = Proxy::start(&node.registry.addr(), ProxyConfig::default());
+    let image = proxy.image_ref("snap:t");
+    node.containerd.ctr_remote_ok(&["images", "rpull", "--plain-http", "--snapshotter", NAME, &image]);
+    let pulled = proxy.stats().blob_bytes;
+    let log = node.snapshotter.log();
+    eprintln!(
+        "rpull with published parts: {pulled} blob bytes of {layer_bytes} ({:.3} %)",
+        100.0 * pulled as f64 / layer_bytes as f64
+    );
+    assert!(pulled * 20 <= layer_bytes, "rpull fetched {pulled} of {layer_bytes} layer bytes:\n{log}");
+    assert!(log.contains("index from registry"), "{log}");
+    assert!(log.contains("layer parts published with the index"), "{log}");
+    assert!(!log.contains("building index"), "no index is built: {log}");
+    assert!(!log.contains("layer indexed"), "no layer is indexed: {log}");
+    assert_eq!(log.matches("layer served lazily").count(), 4, "{log}");
+    node.via = Some(image);
+    assert_eq!(node.run("b", true, "cat /data/a"), "alpha\n");
+}
+
+/// One image whose index is being built from a stalled registry holds up no other: while its Prepare waits
+/// on the stalled layer, another image is pulled lazily and a container of it runs.
+#[test]
+fn an_image_stalled_while_it_is_indexed_holds_up_no_other_image() {
+    let mut node = Node::new();
+    let mut bulk = LayerBuilder::new();
+    bulk.dir("bulk").file("bulk/blob", pseudo_random_bytes(9, 4 << 20));
+    let slow_image = Image::new(vec![Layer::new(bulk.finish(), Compression::Gzip)]);
+    let built = node.layout.add_image("slow", &slow_image);
+    node.registry.push(node.layout.path(), "slow", "snap:slow");
+    let stalled_layer = built.layers[0].digest.to_string();
+    let proxy = Proxy::start(&node.registry.addr(), ProxyConfig::default());
+    proxy.set_faults(vec![Fault::new(FaultKind::StallAfter { after_bytes: 0 })
+        .blobs_only()
+        .path_contains(&stalled_layer)]);
+    let slow_ref = proxy.image_ref("snap:slow");
+    let rpull = |image: &str| {
+        Command::new("ctr-remote")
+            .arg("--address")
+            .arg(node.containerd.address())
+            .args(["--namespace", node.containerd.namespace(), "images", "rpull", "--plain-http"])
+            .args(["--snapshotter", NAME, image])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("running ctr-remote")
+    };
+    let mut slow = rpull(&slow_ref);
+    wait_until("the slow image's index build reaches the stalled layer", || proxy.stats().faults_injected >= 1);
+
+    let mut fast = rpull(&node.image_ref());
+    common::exits_within(&mut fast, Duration::from_secs(60), "the other image's rpull ends while one is stalled");
+    assert!(fast.wait().unwrap().success(), "{}", node.snapshotter.log());
+    assert_eq!(node.run("fast", true, "cat /data/a"), "alpha\n");
+    let log = node.snapshotter.log();
+    assert_eq!(log.matches("layer served lazily").count(), 3, "{log}");
+    assert!(slow.try_wait().unwrap().is_none(), "the stalled image's rpull is still waiting");
+    assert!(
+        !log.lines().any(|l| l.contains(&stalled_layer) && l.contains("lazily")),
+        "the stalled layer's Prepare has not returned: {log}"
+    );
+    let _ = slow.kill();
+    let _ = slow.wait();
 }

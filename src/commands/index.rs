@@ -1,5 +1,6 @@
 //! `clip index`: resolve the image, then [`clip_image::index_to_file`] (its layers streamed once, the .clip
-//! file written atomically, never over a device or FIFO), and publish it with `--push`. Layers whose parts
+//! file written atomically, never over a device or FIFO), and publish it with `--push` (with the layer parts
+//! kept in the part directory). Layers whose parts
 //! are in the part directory (`--parts`) are not read unless `--no-reuse`; the summary says which were.
 
 use std::sync::Arc;
@@ -69,7 +70,7 @@ async fn index(a: IndexArgs, quiet: bool) -> anyhow::Result<()> {
         );
     }
     if a.push {
-        let published = clip_image::publish_index(&a.image, out, &opts)
+        let published = clip_image::publish_index(&a.image, out, &a.parts.store(), &opts)
             .await
             .with_context(|| format!("publishing {} to {reference}", out.display()))?;
         if !quiet {

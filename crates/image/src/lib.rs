@@ -9,8 +9,8 @@
 //! - [`Owners`]: the names of the image's users and groups, from its own `/etc/passwd` and `/etc/group`.
 //! - [`extract`]: materialize the root filesystem into a directory (the result equals `umoci unpack`'s).
 //! - [`publish_index`] / [`fetch_published_index`]: an index published next to its image in the registry
-//!   (an OCI artifact whose `subject` is the image manifest); [`push_artifact`] / [`fetch_artifact_layer`]
-//!   for other artifacts of that kind.
+//!   (an OCI artifact whose `subject` is the image manifest), with its layer parts ([`PublishedParts`]);
+//!   [`push_artifact`] / [`fetch_artifact_layer`] for other artifacts of that kind.
 //! - [`DirParts`], [`S3Parts`], [`Parts`]: where layer parts are kept (a local directory, an S3 prefix), so an
 //!   image whose layers were indexed before (for any image) costs only its new layers.
 //! - [`view_index`]: an index of one layer's own tree, or of every layer's side by side (for overlay and
@@ -36,6 +36,7 @@ mod open;
 mod owners;
 mod parts;
 mod publish;
+mod publish_parts;
 mod remote;
 mod views;
 
@@ -55,5 +56,6 @@ pub use publish::{
     fetch_artifact_layer, fetch_published_index, publish_index, push_artifact, registry_failure, Artifact,
     PublishedIndex, INDEX_ARTIFACT_TYPE, INDEX_LAYER_MEDIA_TYPE,
 };
+pub use publish_parts::{PublishedParts, PART_LAYER_MEDIA_TYPE};
 pub use remote::S3Data;
 pub use views::{view_index, LayerChoice, ViewChoice, ViewIndex};

@@ -1,7 +1,8 @@
 //! Where layer parts are kept ([`clip_indexer::PartStore`]): a local directory ([`DirParts`], by default
 //! `STATE_DIR/parts`, one `<key>.part` file a part) and optionally an S3 prefix shared by a fleet
-//! ([`S3Parts`], `s3://BUCKET/PREFIX/parts/<key>.part`). [`Parts`] asks the directory first, then S3 (keeping
-//! what S3 had in the directory), and keeps every part the indexer builds in both.
+//! ([`S3Parts`], `s3://BUCKET/PREFIX/parts/<key>.part`). [`Parts`] asks the directory first, then the parts
+//! published with the image's index ([`crate::PublishedParts`]), then S3 (keeping what it found in the
+//! directory), and keeps every part the indexer builds in the directory and S3.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -160,10 +161,13 @@ impl PartStore for S3Parts {
     }
 }
 
-/// The local directory, then S3 when configured.
+/// The local directory, then the parts published with the image's index when known, then S3 when
+/// configured.
 pub struct Parts {
     pub local: DirParts,
     pub remote: Option<S3Parts>,
+    /// Read-only: asked after `local`, before `remote`.
+    pub published: Option<crate::PublishedParts>,
 }
 
 impl PartStore for Parts {
@@ -172,8 +176,18 @@ impl PartStore for Parts {
             if let Some(part) = self.local.get(key).await? {
                 return Ok(Some(part));
             }
-            let Some(remote) = &self.remote else { return Ok(None) };
-            let Some(part) = remote.get(key).await? else { return Ok(None) };
+            let published = match &self.published {
+                Some(published) => published.get(key).await?,
+                None => None,
+            };
+            let part = match (published, &self.remote) {
+                (Some(part), _) => part,
+                (None, Some(remote)) => match remote.get(key).await? {
+                    Some(part) => part,
+                    None => return Ok(None),
+                },
+                (None, None) => return Ok(None),
+            };
             if let Err(e) = self.local.put(&part).await {
                 tracing::warn!("{}", clip_source::error_chain(&e));
             }
@@ -192,9 +206,8 @@ impl PartStore for Parts {
     }
 
     fn describe(&self) -> String {
-        match &self.remote {
-            Some(remote) => format!("{} and {}", self.local.describe(), remote.describe()),
-            None => self.local.describe(),
-        }
+        let published = self.published.as_ref().map(|p| p.describe());
+        let remote = self.remote.as_ref().map(|r| r.describe());
+        std::iter::once(self.local.describe()).chain(published).chain(remote).collect::<Vec<_>>().join(", ")
     }
 }

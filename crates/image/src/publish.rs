@@ -2,7 +2,8 @@
 //! ([`publish_index`]) and found there again by digest ([`fetch_published_index`]).
 //!
 //! The artifact is an OCI image manifest with `artifactType` [`INDEX_ARTIFACT_TYPE`], the empty config
-//! (`application/vnd.oci.empty.v1+json`, `{}`), one layer (the `.clip` file, [`INDEX_LAYER_MEDIA_TYPE`])
+//! (`application/vnd.oci.empty.v1+json`, `{}`), the `.clip` file as its first layer
+//! ([`INDEX_LAYER_MEDIA_TYPE`]), the image's layer parts as further layers (see [`crate::publish_parts`]),
 //! and `subject` = the image manifest. It is pushed by digest. Registries with the referrers API list it
 //! under `GET /v2/<name>/referrers/<digest>`; for the others (such as distribution 2.8) the referrers tag
 //! schema is kept up to date: an image index tagged `sha256-<hex of the subject>` listing the artifacts,
@@ -16,6 +17,7 @@
 use std::path::{Path, PathBuf};
 
 use clip_format::Archive;
+use clip_indexer::PartStore;
 use clip_source::{media_types, Access, Descriptor, Digest, ImageRef, RegistrySource, SourceError, SourceOptions};
 use serde_json::{json, Value};
 use tracing::{debug, info};
@@ -44,8 +46,8 @@ pub struct PublishedIndex {
 }
 
 /// A registry repository, with the image reference the user gave for it (for errors).
-struct Repo {
-    source: RegistrySource,
+pub(crate) struct Repo {
+    pub source: RegistrySource,
     registry: String,
     image: String,
 }
@@ -62,7 +64,7 @@ impl Repo {
         Ok(Repo { source, registry, image: image.to_owned() })
     }
 
-    fn err(&self, what: &'static str) -> impl FnOnce(SourceError) -> ImageError + '_ {
+    pub fn err(&self, what: &'static str) -> impl FnOnce(SourceError) -> ImageError + '_ {
         move |e| registry_failure(&self.image, &self.registry, what, e)
     }
 
@@ -109,10 +111,16 @@ fn registry_error(image: &str, what: &'static str, e: impl std::fmt::Display) ->
     ImageError::Registry { image: image.to_owned(), what, detail: e.to_string() }
 }
 
-/// Publishes the index at `index` (built from `image`) as an artifact referring to the image manifest, and
-/// makes it discoverable (referrers API, else the referrers tag schema). `image` must resolve to the
-/// manifest the index was built from.
-pub async fn publish_index(image: &str, index: &Path, opts: &SourceOptions) -> Result<PublishedIndex, ImageError> {
+/// Publishes the index at `index` (built from `image`) as an artifact referring to the image manifest, with
+/// the layer parts of its layers that `parts` holds as further layers of that artifact (see
+/// [`crate::publish_parts`]), and makes it discoverable (referrers API, else the referrers tag schema).
+/// `image` must resolve to the manifest the index was built from.
+pub async fn publish_index(
+    image: &str,
+    index: &Path,
+    parts: &dyn PartStore,
+    opts: &SourceOptions,
+) -> Result<PublishedIndex, ImageError> {
     let archive = Archive::open(index).map_err(|source| ImageError::Format { path: index.into(), source })?;
     let Some(indexed) = archive.meta().manifest_digest.clone() else {
         return Err(ImageError::NotAnImageIndex { path: index.into() });
@@ -123,8 +131,16 @@ pub async fn publish_index(image: &str, index: &Path, opts: &SourceOptions) -> R
     }
     let bytes = std::fs::read(index).map_err(ImageError::io(index, "reading the index"))?;
     let title = index.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "index.clip".into());
+    let extra = crate::publish_parts::part_layers(archive.meta(), parts).await;
     let artifact = Artifact { artifact_type: INDEX_ARTIFACT_TYPE, layer_media_type: INDEX_LAYER_MEDIA_TYPE, title };
-    push_artifact(image, &indexed, &opts, &artifact, bytes).await
+    push_artifact_layers(image, &indexed, &opts, &artifact, bytes, extra).await
+}
+
+/// A further layer of an artifact: its media type, title (`org.opencontainers.image.title`) and bytes.
+pub(crate) struct ExtraLayer {
+    pub media_type: &'static str,
+    pub title: String,
+    pub bytes: Vec<u8>,
 }
 
 /// What [`push_artifact`] pushes besides the bytes.
@@ -143,6 +159,18 @@ pub async fn push_artifact(
     artifact: &Artifact,
     bytes: Vec<u8>,
 ) -> Result<PublishedIndex, ImageError> {
+    push_artifact_layers(image, subject_digest, opts, artifact, bytes, Vec::new()).await
+}
+
+/// [`push_artifact`] with `extra` layers after the first (each blob pushed unless the registry has it).
+async fn push_artifact_layers(
+    image: &str,
+    subject_digest: &str,
+    opts: &SourceOptions,
+    artifact: &Artifact,
+    bytes: Vec<u8>,
+    extra: Vec<ExtraLayer>,
+) -> Result<PublishedIndex, ImageError> {
     let indexed = subject_digest.to_owned();
     let mut reference: ImageRef = image.parse()?;
     if let ImageRef::Registry { digest, .. } = &mut reference {
@@ -160,23 +188,27 @@ pub async fn push_artifact(
     });
 
     let repo = Repo::new(image, opts, Access::Push).await?;
-    let layer_digest = Digest::of(&bytes);
     let empty_digest = Digest::of(b"{}");
-    let len = bytes.len();
-    for (data, digest) in [(b"{}".to_vec(), &empty_digest), (bytes, &layer_digest)] {
-        repo.source.push_blob(digest, data.into()).await.map_err(repo.err("pushing a blob"))?;
+    repo.source.push_blob(&empty_digest, b"{}".to_vec().into()).await.map_err(repo.err("pushing a blob"))?;
+    let first = ExtraLayer { media_type: artifact.layer_media_type, title: artifact.title.clone(), bytes };
+    let mut layers = Vec::new();
+    for layer in std::iter::once(first).chain(extra) {
+        let digest = Digest::of(&layer.bytes);
+        let size = layer.bytes.len();
+        repo.source.push_blob(&digest, layer.bytes.into()).await.map_err(repo.err("pushing a blob"))?;
+        layers.push(json!({
+            "mediaType": layer.media_type,
+            "digest": digest.to_string(),
+            "size": size,
+            "annotations": { "org.opencontainers.image.title": layer.title },
+        }));
     }
     let manifest = json!({
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
         "artifactType": artifact.artifact_type,
         "config": { "mediaType": EMPTY_MEDIA_TYPE, "digest": empty_digest.to_string(), "size": 2, "data": "e30=" },
-        "layers": [{
-            "mediaType": artifact.layer_media_type,
-            "digest": layer_digest.to_string(),
-            "size": len,
-            "annotations": { "org.opencontainers.image.title": artifact.title },
-        }],
+        "layers": layers,
         "subject": subject,
     });
     let body = serde_json::to_vec(&manifest).map_err(|e| registry_error(image, "encoding the manifest", e))?;
@@ -263,10 +295,55 @@ pub async fn fetch_published_index(
     Ok(Some(artifact.digest))
 }
 
-/// An artifact found by [`find_artifact_layer`]: its manifest digest, and the repository to read it from.
-struct FoundArtifact {
-    digest: String,
-    repo: Repo,
+/// An artifact found by [`find_artifact`]: its manifest digest and manifest, and the repository to read it
+/// from.
+pub(crate) struct FoundArtifact {
+    pub digest: String,
+    pub manifest: Value,
+    pub repo: Repo,
+}
+
+impl FoundArtifact {
+    /// Its layer `n`, checked to be a plausible blob of at most `max` bytes, with its title annotation.
+    pub fn layer(&self, image: &str, n: usize, max: u64) -> Result<(Descriptor, Option<String>), ImageError> {
+        let bad = |why: String| ImageError::BadArtifact { image: image.to_owned(), digest: self.digest.clone(), why };
+        let layer =
+            self.manifest.pointer(&format!("/layers/{n}")).ok_or_else(|| bad(format!("it has no layer {n}")))?;
+        let digest = layer.get("digest").and_then(Value::as_str).unwrap_or_default();
+        let size = layer.get("size").and_then(Value::as_u64).unwrap_or(u64::MAX);
+        let media_type = layer.get("mediaType").and_then(Value::as_str).unwrap_or_default();
+        let title = layer.pointer("/annotations/org.opencontainers.image.title").and_then(Value::as_str);
+        let digest = digest
+            .parse::<Digest>()
+            .ok()
+            .filter(|_| size <= max)
+            .ok_or_else(|| bad(format!("layer {digest:?} of {size} bytes is implausible")))?;
+        Ok((Descriptor::new(media_type, digest, size), title.map(str::to_owned)))
+    }
+
+    /// How many layers it has.
+    pub fn layer_count(&self) -> usize {
+        self.manifest.get("layers").and_then(Value::as_array).map_or(0, Vec::len)
+    }
+}
+
+/// The first artifact of `artifact_type` that refers to `subject_digest` in `image`'s repository.
+/// `Ok(None)`: none published.
+pub(crate) async fn find_artifact(
+    image: &str,
+    subject_digest: &str,
+    opts: &SourceOptions,
+    artifact_type: &str,
+) -> Result<Option<FoundArtifact>, ImageError> {
+    let repo = Repo::new(image, opts, Access::Pull).await?;
+    let subject = clip_source::parse_digest(subject_digest)?;
+    let entries = repo.source.referrers(&subject, artifact_type).await.map_err(repo.err("listing referrers"))?;
+    for entry in entries {
+        if let Some(manifest) = repo.artifact_manifest(&entry.digest, subject_digest, artifact_type).await? {
+            return Ok(Some(FoundArtifact { digest: entry.digest, manifest, repo }));
+        }
+    }
+    Ok(None)
 }
 
 /// The first layer of the first artifact of `artifact_type` that refers to `subject_digest` in `image`'s
@@ -278,27 +355,11 @@ async fn find_artifact_layer(
     artifact_type: &str,
     max: u64,
 ) -> Result<Option<(FoundArtifact, Descriptor)>, ImageError> {
-    let repo = Repo::new(image, opts, Access::Pull).await?;
-    let subject = clip_source::parse_digest(subject_digest)?;
-    let entries = repo.source.referrers(&subject, artifact_type).await.map_err(repo.err("listing referrers"))?;
-    for entry in entries {
-        let Some(manifest) = repo.artifact_manifest(&entry.digest, subject_digest, artifact_type).await? else {
-            continue;
-        };
-        let bad = |why: String| ImageError::BadArtifact { image: image.to_owned(), digest: entry.digest.clone(), why };
-        let layer = manifest.pointer("/layers/0").ok_or_else(|| bad("it has no layer".into()))?;
-        let digest = layer.get("digest").and_then(Value::as_str).unwrap_or_default();
-        let size = layer.get("size").and_then(Value::as_u64).unwrap_or(u64::MAX);
-        let media_type = layer.get("mediaType").and_then(Value::as_str).unwrap_or_default();
-        let digest = digest
-            .parse::<Digest>()
-            .ok()
-            .filter(|_| size <= max)
-            .ok_or_else(|| bad(format!("layer {digest:?} of {size} bytes is implausible")))?;
-        let desc = Descriptor::new(media_type, digest, size);
-        return Ok(Some((FoundArtifact { digest: entry.digest, repo }, desc)));
-    }
-    Ok(None)
+    let Some(artifact) = find_artifact(image, subject_digest, opts, artifact_type).await? else {
+        return Ok(None);
+    };
+    let (desc, _) = artifact.layer(image, 0, max)?;
+    Ok(Some((artifact, desc)))
 }
 
 /// The layer of the first artifact of `artifact_type` referring to `subject_digest` in `image`'s repository,

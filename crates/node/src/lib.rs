@@ -29,6 +29,7 @@ pub use profile::{
     fetch_published_profile, publish_profile, Profile, ProfileRecorder, PROFILE_ARTIFACT_TYPE, PROFILE_LAYER_MEDIA_TYPE,
 };
 pub use run::{
-    layers_mount_of, remount_layers, unmount_layers, Fallback, FallbackReason, GcEntry, IndexOrigin, Lease, Node,
-    PartsGc, Pulled, StoredIndex, User, METRICS_DIR, METRICS_FILE,
+    layers_metrics_socket, layers_mount_of, remount_layers, unmount_layers, Fallback, FallbackReason, GcEntry,
+    IndexOrigin, LayerFallback, Lease, Node, PartsGc, Pulled, SnapshotterMetrics, StoredIndex, User, METRICS_DIR,
+    METRICS_FILE,
 };

@@ -1,14 +1,19 @@
 //! Prometheus metrics, in one place: every metric clip exposes is written by a prometheus-client
 //! [`Collector`] that reads the live counters at scrape time, through one encoder ([`render`], the
 //! Prometheus text format). A mount's counters ([`MountMetrics`]: FUSE operations, the content store)
-//! are served over HTTP by [`serve`] (`clip mount --metrics ADDR`); the image metrics of `clip pull`/`run`
+//! are served over HTTP by [`serve`] (`clip mount --metrics ADDR`), or on a unix socket by [`serve_unix`] to
+//! the process that manages a node's mount ([`scrape_unix`]); the image metrics of `clip pull`/`run`
 //! go to a textfile for node_exporter (`run::image_metrics`) through the same [`render`].
 
 use std::net::SocketAddr;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::Path;
 use std::sync::Arc;
 
 use clip_fs::{FsStatsSnapshot, Op};
 use clip_store::StoreStats;
+use futures::future::BoxFuture;
+use http_body_util::BodyExt;
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::header::CONTENT_TYPE;
@@ -21,7 +26,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UnixListener};
 use tracing::{debug, warn};
 
 use crate::NodeError;
@@ -200,29 +205,94 @@ impl Collector for MountMetrics {
     }
 }
 
+/// What one scrape answers: the Prometheus text, made when the scrape comes.
+pub type Scrape = Arc<dyn Fn() -> BoxFuture<'static, String> + Send + Sync>;
+
 /// Serves [`render`] of `metrics` over HTTP on `addr` (every path; `GET /metrics` is what Prometheus asks)
 /// until the runtime stops.
 pub async fn serve(addr: SocketAddr, metrics: MountMetrics) -> Result<(), NodeError> {
+    serve_scrape(addr, rendered(metrics)).await
+}
+
+/// Serves what `scrape` makes over HTTP on `addr` (every path) until the runtime stops.
+pub async fn serve_scrape(addr: SocketAddr, scrape: Scrape) -> Result<(), NodeError> {
     let listener =
         TcpListener::bind(addr).await.map_err(NodeError::io(addr.to_string(), "binding the metrics address"))?;
     tokio::spawn(async move {
         loop {
             let Ok((conn, peer)) = listener.accept().await else { continue };
-            let metrics = metrics.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |_request| {
-                    let body = render(metrics.clone());
-                    async move {
-                        Response::builder().header(CONTENT_TYPE, CONTENT_TYPE_TEXT).body(Full::new(Bytes::from(body)))
-                    }
-                });
-                let served = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(conn), service);
-                match served.await {
-                    Ok(()) => debug!(%peer, "metrics scraped"),
-                    Err(error) => warn!(%peer, %error, "metrics connection failed"),
-                }
-            });
+            tokio::spawn(answer(conn, peer.to_string(), scrape.clone()));
         }
     });
     Ok(())
+}
+
+/// Serves [`render`] of `metrics` over HTTP on the unix socket `path` (made 0600 in its private directory; a
+/// stale socket is replaced) until the runtime stops: how a node's mount process hands its counters to the
+/// process that manages it (see [`scrape_unix`]).
+pub async fn serve_unix(path: &Path, metrics: MountMetrics) -> Result<(), NodeError> {
+    let failed = |what| NodeError::io(path, what);
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path).map_err(failed("removing a stale socket"))?,
+        _ => {}
+    }
+    let listener = UnixListener::bind(path).map_err(failed("binding the metrics socket"))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(failed("making the socket private"))?;
+    let scrape = rendered(metrics);
+    tokio::spawn(async move {
+        loop {
+            let Ok((conn, _)) = listener.accept().await else { continue };
+            tokio::spawn(answer(conn, "unix".to_owned(), scrape.clone()));
+        }
+    });
+    Ok(())
+}
+
+/// The largest scrape [`scrape_unix`] reads.
+const MAX_SCRAPE_BYTES: usize = 16 << 20;
+
+/// Scrapes the metrics served on the unix socket `path` by [`serve_unix`]: the Prometheus text.
+pub async fn scrape_unix(path: &Path) -> Result<String, NodeError> {
+    let failed = |e: std::io::Error| NodeError::io(path, "scraping the metrics socket")(e);
+    let other = |e: hyper::Error| failed(std::io::Error::other(e));
+    let stream = tokio::net::UnixStream::connect(path).await.map_err(failed)?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(other)?;
+    tokio::spawn(conn);
+    let request = hyper::Request::get("/metrics")
+        .header(hyper::header::HOST, "localhost")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .map_err(|e| failed(std::io::Error::other(e)))?;
+    let response = sender.send_request(request).await.map_err(other)?;
+    let body = http_body_util::Limited::new(response.into_body(), MAX_SCRAPE_BYTES)
+        .collect()
+        .await
+        .map_err(|e| failed(std::io::Error::other(e.to_string())))?
+        .to_bytes();
+    String::from_utf8(body.to_vec()).map_err(|e| failed(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))
+}
+
+fn rendered(metrics: MountMetrics) -> Scrape {
+    Arc::new(move || {
+        let metrics = metrics.clone();
+        Box::pin(async move { render(metrics) })
+    })
+}
+
+/// Answers the HTTP requests of one connection with what `scrape` makes.
+async fn answer<IO>(conn: IO, peer: String, scrape: Scrape)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |_request| {
+        let scrape = scrape.clone();
+        async move {
+            let body = scrape().await;
+            Response::builder().header(CONTENT_TYPE, CONTENT_TYPE_TEXT).body(Full::new(Bytes::from(body)))
+        }
+    });
+    match hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(conn), service).await {
+        Ok(()) => debug!(%peer, "metrics scraped"),
+        Err(error) => warn!(%peer, %error, "metrics connection failed"),
+    }
 }

@@ -26,6 +26,8 @@ pub struct MountConfig {
     pub fs: MountOptions,
     /// Serve Prometheus metrics on this address.
     pub metrics: Option<SocketAddr>,
+    /// Serve the same metrics on this unix socket (to the process that manages the mount).
+    pub metrics_socket: Option<PathBuf>,
     /// Fill the cache with every span in the background, at low priority.
     pub prefetch: bool,
     /// Record the spans read, in first-touch order, to this JSON file (rewritten every few seconds and at
@@ -84,11 +86,17 @@ pub async fn mount_foreground(
     }
     let fs_stats = fs.stats();
     // Metrics are served before the mount appears, so whoever waits for the mount can scrape at once.
-    if let Some(addr) = config.metrics {
+    let mount_metrics = {
         let (fs_stats, store) = (fs_stats.clone(), store.clone());
-        let scrape = Arc::new(move || Snapshot { fs: fs_stats.snapshot(), store: store.stats() });
-        metrics::serve(addr, MountMetrics(scrape)).await?;
+        MountMetrics(Arc::new(move || Snapshot { fs: fs_stats.snapshot(), store: store.stats() }))
+    };
+    if let Some(addr) = config.metrics {
+        metrics::serve(addr, mount_metrics.clone()).await?;
         info!(%addr, "serving metrics");
+    }
+    if let Some(path) = &config.metrics_socket {
+        metrics::serve_unix(path, mount_metrics).await?;
+        info!(socket = %path.display(), "serving metrics");
     }
     let mountpoint_buf: PathBuf = mountpoint.to_path_buf();
     let fs_opts = config.fs.clone();

@@ -32,6 +32,9 @@ pub struct MountSpec {
     /// The shared content cache tier, `s3://BUCKET/PREFIX`.
     #[serde(with = "optional_s3_url")]
     pub content_cache: Option<S3Url>,
+    /// Serve the mount's metrics on this unix socket (the snapshotter scrapes its layer views there).
+    #[serde(default)]
+    pub metrics_socket: Option<PathBuf>,
 }
 
 impl MountSpec {
@@ -60,12 +63,13 @@ impl MountSpec {
     }
 
     /// How to mount: this spec's settings, a read timeout of `read_timeout`, the rest at their defaults
-    /// (no metrics endpoint, no full prefetch, `nosuid`).
+    /// (no metrics address, no full prefetch, `nosuid`).
     pub fn config(&self, read_timeout: Duration) -> MountConfig {
         let mut config = MountConfig {
             record_profile: self.record_profile.clone(),
             profile: self.profile.clone(),
             content_cache: self.content_cache.clone(),
+            metrics_socket: self.metrics_socket.clone(),
             ..MountConfig::default()
         };
         config.open.source.plain_http = self.plain_http;
@@ -109,6 +113,7 @@ mod tests {
             record_profile: None,
             profile: Some("/state/profiles/sha256-ab.json".into()),
             content_cache: Some("s3://spans/fleet".parse().unwrap()),
+            metrics_socket: Some("/state/mounts/sha256-ab-layers.sock".into()),
         };
         let path = dir.path().join("mount.json");
         spec.save(&path).unwrap();
@@ -116,5 +121,6 @@ mod tests {
         let config = spec.config(std::time::Duration::from_secs(30));
         assert_eq!(config.open.store.cache_size, 10 << 30);
         assert!(config.open.source.plain_http && !config.fs.suid && !config.prefetch && config.metrics.is_none());
+        assert_eq!(config.metrics_socket, spec.metrics_socket);
     }
 }

@@ -70,7 +70,14 @@ pub trait RemoteLayers: Send + Sync + 'static {
     /// download and unpack the layer (the implementation logs why).
     fn prepare(&self, layer: &LayerRequest) -> Option<PathBuf>;
 
-    /// The last snapshot using `dir` (a directory [`RemoteLayers::prepare`] returned) was removed.
+    /// `layer` was committed as a remote snapshot served from `dir` (what [`RemoteLayers::prepare`]
+    /// returned for it).
+    fn committed(&self, layer: &LayerRequest, dir: &Path) {
+        let _ = (layer, dir);
+    }
+
+    /// No snapshot uses `dir` (a directory [`RemoteLayers::prepare`] returned) any more: the last one
+    /// was removed, or the commit of the layer it was prepared for failed.
     fn release(&self, dir: &Path) {
         let _ = dir;
     }

@@ -118,7 +118,13 @@ impl Snapshots {
                 return Err(Error::AlreadyExists { key: layer.target });
             }
             if let Some(dir) = self.remote.prepare(&layer) {
-                self.commit_remote(&layer, &dir)?;
+                if let Err(e) = self.commit_remote(&layer, &dir) {
+                    // The remote layer was made ready for nothing: unless another snapshot serves from
+                    // it, whatever serves it goes (an image's mount must not outlive its snapshots).
+                    self.release_unused(&dir);
+                    return Err(e);
+                }
+                self.remote.committed(&layer, &dir);
                 return Err(Error::AlreadyExists { key: layer.target });
             }
             debug!(target = %layer.target, digest = ?layer.layer_digest, "layer not remote: containerd unpacks it");
@@ -223,6 +229,18 @@ impl Snapshots {
     fn has_layer(&self, layer: &LayerRequest) -> Result<bool, Error> {
         let existing = self.meta.read(|t| t.get(&layer.target))?;
         Ok(existing.is_some_and(|r| r.kind == Kind::Committed && r.parent == layer.parent))
+    }
+
+    /// Releases the remote layer directory `dir` unless a snapshot serves from it (a failed commit of a
+    /// layer another snapshot also uses leaves it in place).
+    fn release_unused(&self, dir: &Path) {
+        match self.meta.read(|t| t.all()) {
+            Ok(all) if all.iter().any(|(_, r)| r.remote.as_deref() == Some(dir)) => {}
+            Ok(_) => self.remote.release(dir),
+            Err(error) => {
+                warn!(dir = %dir.display(), error = %clip_store::error_chain(&error), "cannot tell whether a remote layer is in use: kept")
+            }
+        }
     }
 
     /// Commits the layer as a remote snapshot named by its target, served from `dir`.

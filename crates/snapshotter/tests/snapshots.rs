@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 
-use clip_snapshotter::{Error, Kind, Mount, NoRemoteLayers, Snapshots};
+use clip_snapshotter::{Error, Kind, LayerRequest, Mount, NoRemoteLayers, RemoteLayers, Snapshots, LABEL_TARGET};
 use containerd_snapshots::tonic::Code;
 
 fn open(root: &Path) -> Snapshots {
@@ -143,4 +143,52 @@ fn update_changes_labels_only() {
 
     assert_eq!(code(s.update("a", HashMap::new(), &["parent".to_owned()])), Code::InvalidArgument);
     assert_eq!(code(s.update("none", HashMap::new(), &[])), Code::NotFound);
+}
+
+/// Presents every layer from one directory; records what it is told.
+#[derive(Default)]
+struct OneDir {
+    dir: std::path::PathBuf,
+    committed: std::sync::Mutex<Vec<String>>,
+    released: std::sync::Mutex<Vec<std::path::PathBuf>>,
+}
+
+impl RemoteLayers for OneDir {
+    fn prepare(&self, _layer: &LayerRequest) -> Option<std::path::PathBuf> {
+        Some(self.dir.clone())
+    }
+
+    fn committed(&self, layer: &LayerRequest, _dir: &Path) {
+        self.committed.lock().unwrap().push(layer.target.clone());
+    }
+
+    fn release(&self, dir: &Path) {
+        self.released.lock().unwrap().push(dir.to_path_buf());
+    }
+}
+
+#[test]
+fn a_remote_layer_whose_commit_fails_is_released_unless_another_snapshot_uses_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let remote = Arc::new(OneDir { dir: dir.path().join("layer"), ..OneDir::default() });
+    let s = Snapshots::open(&dir.path().join("root"), remote.clone()).unwrap();
+    let layer = |target: &str| labels(&[(LABEL_TARGET, target)]);
+
+    // The parent is not there: the commit fails after the remote layer was made ready, so it is released.
+    assert_eq!(code(s.prepare("extract-1", "missing", layer("chain-1"))), Code::NotFound);
+    assert_eq!(*remote.released.lock().unwrap(), [remote.dir.clone()]);
+    assert!(remote.committed.lock().unwrap().is_empty());
+    assert!(s.walk(&[]).unwrap().is_empty(), "nothing was committed");
+
+    // Committed: the answer is AlreadyExists (containerd skips the layer), and the remote layer is told.
+    assert_eq!(code(s.prepare("extract-2", "", layer("chain-2"))), Code::AlreadyExists);
+    assert_eq!(*remote.committed.lock().unwrap(), ["chain-2"]);
+
+    // A failed commit of a layer served from a directory chain-2 uses: that directory stays.
+    assert_eq!(code(s.prepare("extract-3", "missing", layer("chain-3"))), Code::NotFound);
+    assert_eq!(remote.released.lock().unwrap().len(), 1, "chain-2 still uses the directory");
+
+    // Removing chain-2 releases it.
+    s.remove("chain-2").unwrap();
+    assert_eq!(remote.released.lock().unwrap().len(), 2);
 }

@@ -22,7 +22,7 @@ pub const HELP: &str = "containerd's config.toml (restart containerd after addin
     disable_snapshot_annotations = false
 
 Examples:
-  clip snapshotter --address /run/clip/snapshotter.sock --root /var/lib/clip/snapshotter
+  clip snapshotter --address /run/clip/snapshotter.sock --root /var/lib/clip/snapshotter --metrics 127.0.0.1:9101
   ctr-remote images rpull --snapshotter clip 127.0.0.1:5000/app:1   (lazy: layers served by clip)
   ctr images pull --snapshotter clip 127.0.0.1:5000/app:1           (every layer unpacked by containerd)
   ctr run --rm --snapshotter clip 127.0.0.1:5000/app:1 c1 /bin/app";
@@ -39,6 +39,10 @@ pub struct SnapshotterArgs {
     /// clip's configuration file (cache, S3 index store, registries); its state_dir is replaced by --root.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9101): remote layers committed, layers
+    /// left to containerd by reason, and `clip mount --metrics`' store metrics of each image's layer views.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 pub async fn run(a: SnapshotterArgs) -> anyhow::Result<()> {
@@ -47,6 +51,15 @@ pub async fn run(a: SnapshotterArgs) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("finding the clip binary")?;
     let node = clip_node::Node::new(config, exe.clone());
     let remote = Arc::new(layers::NodeLayers::new(node, exe, tokio::runtime::Handle::current()));
+    if let Some(addr) = a.metrics {
+        let layers = remote.clone();
+        let scrape: clip_node::metrics::Scrape = Arc::new(move || {
+            let (metrics, mounts) = (layers.metrics(), layers.mounts());
+            Box::pin(async move { metrics.render(&mounts).await })
+        });
+        clip_node::metrics::serve_scrape(addr, scrape).await.context("serving metrics")?;
+        tracing::info!(%addr, "serving metrics");
+    }
     let root = a.root.clone();
     let snapshots = tokio::task::spawn_blocking(move || Snapshots::open(&root, remote))
         .await?

@@ -33,6 +33,7 @@ mod container;
 
 mod fallback;
 mod image_metrics;
+mod layer_metrics;
 mod layers;
 mod mounts;
 mod parts;
@@ -53,7 +54,8 @@ use tracing::{debug, info, warn};
 
 pub use crate::error::NodeError;
 pub use image_metrics::{METRICS_DIR, METRICS_FILE};
-pub use layers::{layers_mount_of, remount_layers, unmount_layers};
+pub use layer_metrics::{LayerFallback, SnapshotterMetrics};
+pub use layers::{layers_metrics_socket, layers_mount_of, remount_layers, unmount_layers};
 pub use mounts::{GcEntry, Lease};
 pub use parts::PartsGc;
 pub use spec::{process_args, resolve_user, runtime_spec, User};
@@ -252,6 +254,7 @@ impl Node {
             record_profile: None,
             profile: None,
             content_cache: self.config.s3_content_cache.value.clone(),
+            metrics_socket: None,
         };
         if let Some(path) = &self.record_profile {
             spec.record_profile = Some(std::path::absolute(path).unwrap_or(path.clone()));

@@ -1,5 +1,6 @@
-//! A node's layer parts: the store its indexes are built with ([`part_store`]: `STATE_DIR/parts`, then
-//! `PREFIX/parts/` of the S3 index store when one is configured, so a fleet indexes each layer once), and
+//! A node's layer parts: the store its indexes and layer views are built with ([`part_store`]:
+//! `STATE_DIR/parts`, then those published with the image's index, then `PREFIX/parts/` of the S3 index
+//! store when one is configured, so a fleet indexes each layer once), and
 //! their collection ([`gc_parts`]: a part that no index of the local index store uses is removed).
 
 use std::collections::BTreeSet;
@@ -7,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use clip_format::{index_part_keys, Archive, ArchiveKind};
-use clip_image::{DirParts, Parts, S3Parts};
+use clip_image::{DirParts, Parts, PublishedParts, S3Parts};
 use clip_indexer::PartStore;
 use clip_s3::S3Object;
 use tracing::{info, warn};
@@ -15,9 +16,10 @@ use tracing::{info, warn};
 use crate::config::PARTS_DIR;
 use crate::run::{Lookup, NodeError};
 
-/// `STATE_DIR/parts`, then `PREFIX/parts/` under the S3 index store of `lookup` when it has one (an S3
-/// configuration that cannot be used costs a warning: the local directory still works).
-pub(crate) fn part_store(state_dir: &Path, lookup: &Lookup) -> Arc<dyn PartStore> {
+/// `STATE_DIR/parts`, then the parts `published` with the image's index, then `PREFIX/parts/` under the S3
+/// index store of `lookup` when it has one (an S3 configuration that cannot be used costs a warning: the
+/// local directory still works).
+pub(crate) fn part_store(state_dir: &Path, lookup: &Lookup, published: Option<PublishedParts>) -> Arc<dyn PartStore> {
     let local = DirParts::new(state_dir.join(PARTS_DIR));
     let remote = lookup.s3_index_store.as_ref().and_then(|url| match S3Object::open(url, &lookup.s3) {
         Ok(bucket) => Some(S3Parts::new(bucket, &url.key)),
@@ -26,7 +28,7 @@ pub(crate) fn part_store(state_dir: &Path, lookup: &Lookup) -> Arc<dyn PartStore
             None
         }
     });
-    Arc::new(Parts { local, remote })
+    Arc::new(Parts { local, remote, published })
 }
 
 /// What [`gc_parts`] did.

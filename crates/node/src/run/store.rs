@@ -131,10 +131,10 @@ pub async fn find_or_build(state_dir: &Path, image: &str, lookup: &Lookup) -> Re
         }
     }
     info!(%image, digest = %manifest_digest, "cache miss: building index");
-    let parts = super::parts::part_store(state_dir, lookup);
-    build(&resolved, source, &path, image, Some(parts)).await?;
+    let parts = super::parts::part_store(state_dir, lookup, None);
+    build(&resolved, source, &path, image, Some(parts.clone())).await?;
     if lookup.publish {
-        publish(image, &path, &manifest_digest, lookup).await;
+        publish(image, &path, &manifest_digest, &*parts, lookup).await;
     }
     Ok(stored(IndexOrigin::Built))
 }
@@ -182,11 +182,17 @@ async fn fetch_s3(
     Ok(true)
 }
 
-/// Publishes a freshly built index to the registry and the S3 index store; failures are logged, not
-/// returned (the image is ready either way).
-async fn publish(image: &str, path: &Path, manifest_digest: &str, lookup: &Lookup) {
+/// Publishes a freshly built index to the registry (with its layer parts from `parts`) and the S3 index
+/// store; failures are logged, not returned (the image is ready either way).
+async fn publish(
+    image: &str,
+    path: &Path,
+    manifest_digest: &str,
+    parts: &dyn clip_indexer::PartStore,
+    lookup: &Lookup,
+) {
     if image.parse::<ImageRef>().is_ok_and(|r| matches!(r, ImageRef::Registry { .. })) {
-        match clip_image::publish_index(image, path, &lookup.source).await {
+        match clip_image::publish_index(image, path, parts, &lookup.source).await {
             Ok(p) => info!(%image, artifact = %p.artifact, "index published to the registry"),
             Err(error) => {
                 warn!(%image, error = &error as &dyn std::error::Error, "publishing the index to the registry failed")
