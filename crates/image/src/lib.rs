@@ -37,6 +37,7 @@ mod owners;
 mod parts;
 mod publish;
 mod remote;
+mod startup;
 mod views;
 
 pub use archive::{
