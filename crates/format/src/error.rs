@@ -102,6 +102,8 @@ pub enum Corruption {
     StartupLength { len: usize, max: usize },
     #[error("the startup set names inode {ino}, which is not a regular file")]
     StartupEntry { ino: crate::Ino },
+    #[error("inode {ino} is not an entry of directory {parent}, which its record names as its parent")]
+    NotInParent { ino: crate::Ino, parent: crate::Ino },
 }
 
 impl From<Corruption> for FormatError {

@@ -40,6 +40,35 @@ impl Archive {
         Ok(set)
     }
 
+    /// The path of `ino` from the root, by its first name (as [`crate::NodeView::parent`] records it).
+    pub fn path_of(&self, ino: Ino) -> Result<Vec<u8>, FormatError> {
+        let mut names: Vec<&[u8]> = Vec::new();
+        let mut node = self.node(ino)?;
+        // A parent chain longer than the tree is corrupt (a cycle); stop there.
+        for _ in 0..self.node_count() {
+            if node.ino == Ino::ROOT {
+                break;
+            }
+            let parent = self.node(node.parent)?;
+            let name = self.children(&parent).find_map(|e| match e {
+                Ok((name, child)) if child == node.ino => Some(Ok(name)),
+                Ok(_) => None,
+                Err(e) => Some(Err(e)),
+            });
+            names.push(name.transpose()?.ok_or(Corruption::NotInParent { ino: node.ino, parent: parent.ino })?);
+            node = parent;
+        }
+        let mut path = Vec::new();
+        for name in names.iter().rev() {
+            path.push(b'/');
+            path.extend_from_slice(name);
+        }
+        if path.is_empty() {
+            path.push(b'/');
+        }
+        Ok(path)
+    }
+
     /// Writes this archive (a local one) to `out` with `set` as its startup set, replacing any it has: the
     /// other sections are copied as they are stored (nothing is encoded again), the set goes last. Returns
     /// the bytes written.
@@ -139,6 +168,8 @@ mod tests {
         let a = with_set(&plain, &[Ino(3)]).unwrap();
         assert_eq!(a.startup_set().unwrap(), [Ino(3)]);
         assert_eq!(a.resolve(b"/bin/app").unwrap(), Some(Ino(3)));
+        assert_eq!(a.path_of(Ino(3)).unwrap(), b"/bin/app");
+        assert_eq!(a.path_of(Ino::ROOT).unwrap(), b"/");
         assert_eq!(a.meta(), plain.meta());
         assert_eq!(a.sections().len(), plain.sections().len() + 1);
         let b = with_set(&a, &[]).unwrap();
