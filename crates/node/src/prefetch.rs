@@ -19,12 +19,19 @@ pub const STARTUP_SPANS_MAX: usize = 1024;
 /// The spans to prefetch at mount: the startup set's when `startup_set` (files in set order, each up to
 /// [`STARTUP_FILE_MAX`] bytes, at most [`STARTUP_SPANS_MAX`] spans), then `profile`'s that exist in
 /// `archive`; each span once. Returns the list and how many came from the set.
-pub fn startup_spans(archive: &Archive, startup_set: bool, profile: Option<&Profile>) -> (Vec<(LayerIndex, SpanId)>, usize) {
+pub fn startup_spans(
+    archive: &Archive,
+    startup_set: bool,
+    profile: Option<&Profile>,
+) -> (Vec<(LayerIndex, SpanId)>, usize) {
     let mut seen = HashSet::new();
     let mut spans = Vec::new();
     if startup_set {
         let set = archive.startup_set().unwrap_or_else(|error| {
-            warn!(error = &error as &dyn std::error::Error, "the index's startup set is unreadable; not prefetching it");
+            warn!(
+                error = &error as &dyn std::error::Error,
+                "the index's startup set is unreadable; not prefetching it"
+            );
             Vec::new()
         });
         'files: for ino in set {

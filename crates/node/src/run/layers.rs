@@ -49,6 +49,9 @@ impl Node {
                 plain_http: open.source.plain_http,
                 record_profile: None,
                 profile: None,
+                no_startup_set: true, // a views index has no startup set
+                record_limits: None,
+                publish_profile: None,
                 content_cache: self.config.s3_content_cache.value.clone(),
             };
             let cmd = MountCommand { exe: self.clip_exe.clone(), spec };

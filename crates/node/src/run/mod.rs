@@ -251,14 +251,40 @@ impl Node {
             plain_http: self.source_options(image).plain_http,
             record_profile: None,
             profile: None,
+            no_startup_set: !self.config.startup.set.value,
+            record_limits: None,
+            publish_profile: None,
             content_cache: self.config.s3_content_cache.value.clone(),
         };
         if let Some(path) = &self.record_profile {
             spec.record_profile = Some(std::path::absolute(path).unwrap_or(path.clone()));
         } else if version == ClipVersion::V2 && !mounts::is_mountpoint(&spec.mountpoint) {
             spec.profile = self.published_profile(image, index).await;
+            if spec.profile.is_none() {
+                self.record_first_start(image, index, &mut spec);
+            }
         }
         MountCommand { exe: self.clip_exe.clone(), spec }
+    }
+
+    /// The first cold start of an image on this node with no profile anywhere: its mount records one, within
+    /// the configured limits, to `profiles/<key>.json` (where later mounts here find it) and publishes it
+    /// next to the image when configured to, for every other node.
+    fn record_first_start(&self, image: &str, index: &StoredIndex, spec: &mut MountSpec) {
+        let startup = &self.config.startup;
+        if !startup.record_profiles.value {
+            return;
+        }
+        let dir = self.state_dir().join("profiles");
+        if let Err(error) = std::fs::create_dir_all(&dir) {
+            warn!(dir = %dir.display(), %error, "cannot keep profiles; this start is not recorded");
+            return;
+        }
+        spec.record_profile = Some(dir.join(format!("{}.json", index.key)));
+        spec.record_limits = Some(startup.record_limits.value);
+        let registry = matches!(image.parse::<ImageRef>(), Ok(ImageRef::Registry { .. }));
+        spec.publish_profile = (startup.publish_profiles.value && registry).then(|| image.to_owned());
+        info!(%image, publish = spec.publish_profile.is_some(), "no startup profile yet; this start records one");
     }
 
     /// Runs `command` (or the image's Entrypoint + Cmd when empty) in a new container of `image` and
