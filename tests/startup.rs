@@ -85,6 +85,35 @@ fn a_dynamic_entrypoint_gives_its_loader_and_libraries_and_a_mount_fetches_them_
     m.stop();
 }
 
+#[test]
+fn a_library_only_the_images_ld_so_cache_names_is_found_there() {
+    // libc moved to /opt/glibc, where no standard directory and no RUNPATH leads: only the cache does.
+    let mut layer = LayerBuilder::new();
+    let mut dirs = BTreeSet::from(["etc".to_owned(), "opt".into(), "opt/glibc".into(), "bin".into()]);
+    let mut files = vec![("bin/ls".to_owned(), std::fs::read("/bin/ls").unwrap())];
+    for lib in ldd("/bin/ls") {
+        let bytes = std::fs::read(&lib).unwrap();
+        let path = if lib.ends_with("/libc.so.6") { "opt/glibc/libc.so.6".to_owned() } else { lib[1..].to_owned() };
+        let parents: Vec<String> =
+            Path::new(&path).ancestors().skip(1).map(|p| p.display().to_string()).filter(|p| !p.is_empty()).collect();
+        dirs.extend(parents);
+        files.push((path, bytes));
+    }
+    files.push(("etc/ld.so.cache".into(), ld_so_cache(&[("libc.so.6", "/opt/glibc/libc.so.6")])));
+    for d in &dirs {
+        layer.dir(d.as_str());
+    }
+    for (path, bytes) in files {
+        layer.entry(Entry::file(path, bytes).mode(0o755));
+    }
+    let mut image = Image::new(vec![Layer::new(layer.finish(), Compression::Gzip)]);
+    image.config.cmd = Some(vec!["ls".into()]);
+    let set = startup_paths(&Indexed::new(&image).index());
+    assert!(set.contains(&"/opt/glibc/libc.so.6".to_owned()), "{set:?}");
+    assert!(set.contains(&"/etc/ld.so.cache".to_owned()), "the loader reads its cache first: {set:?}");
+    assert_eq!(set.len(), ldd("/bin/ls").len() + 2, "ls, its libraries and the cache: {set:?}");
+}
+
 /// `clip -v inspect INDEX`: (success, stdout, stderr).
 fn inspect_text(index: &Path) -> (bool, String, String) {
     let out = common::clip(&["-v", "inspect", s(index)]);

@@ -7,7 +7,7 @@
 //! [`MAX_SCRIPT_DEPTH`] levels; for an ELF file its interpreter (`PT_INTERP`), `/etc/ld.so.cache`, and the
 //! closure of its `DT_NEEDED` libraries, searched as glibc's loader does: `DT_RPATH` (of the object, then
 //! of the program, when the object has no `DT_RUNPATH`), `LD_LIBRARY_PATH` from the config's env,
-//! `DT_RUNPATH`, then the standard directories (`/usr/local/lib`, the multiarch `/lib/<triplet>` and
+//! `DT_RUNPATH`, the image's `/etc/ld.so.cache`, then the standard directories (`/usr/local/lib`, the multiarch `/lib/<triplet>` and
 //! `/usr/lib/<triplet>`, `/lib64`, `/usr/lib64`, `/lib`, `/usr/lib`); `$ORIGIN` expands to the object's
 //! directory, and a library of another ELF class or machine is passed over as the loader does.
 //!
@@ -16,6 +16,7 @@
 //! library, a read error) only leaves a file out: finding the set never fails the indexing.
 
 mod elf;
+mod ldcache;
 mod path;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -66,6 +67,7 @@ pub async fn startup_set(archive: &Archive, files: &dyn FileBytes) -> Vec<Ino> {
         in_set: HashSet::new(),
         heads: HashMap::new(),
         reads: 0,
+        ld_cache: None,
     };
     let mut programs = VecDeque::new();
     programs.extend(finder.find_program(program.as_bytes()).map(|p| (p, 0)));
@@ -107,6 +109,8 @@ struct Finder<'a> {
     /// What each file read so far turned out to be (`None`: unreadable).
     heads: HashMap<Ino, Option<Head>>,
     reads: usize,
+    /// The image's `/etc/ld.so.cache`, read when the first library is searched.
+    ld_cache: Option<ldcache::LdCache>,
 }
 
 impl Finder<'_> {
@@ -254,14 +258,35 @@ impl Finder<'_> {
             let found = resolve(self.archive, &self.cwd, name)?;
             return self.library_of_kind(found, kind).await;
         }
-        let mut dirs: Vec<Vec<u8>> = Vec::new();
+        let mut first: Vec<Vec<u8>> = Vec::new();
         if names.runpath.is_empty() {
-            dirs.extend(names.rpath.iter().chain(program_rpath).cloned());
+            first.extend(names.rpath.iter().chain(program_rpath).cloned());
         }
-        dirs.extend(self.ld_library_path.iter().cloned());
-        dirs.extend(names.runpath.iter().cloned());
-        dirs.extend(standard_dirs(kind));
+        first.extend(self.ld_library_path.iter().cloned());
+        first.extend(names.runpath.iter().cloned());
         let mut tried = HashSet::new();
+        if let Some(lib) = self.search(name, origin, first, &mut tried, kind).await {
+            return Some(lib);
+        }
+        let cached = self.ld_cache().await.get(name).cloned().unwrap_or_default();
+        for path in cached {
+            let Some(found) = resolve(self.archive, b"/", &path) else { continue };
+            if let Some(lib) = self.library_of_kind(found, kind).await {
+                return Some(lib);
+            }
+        }
+        self.search(name, origin, standard_dirs(kind), &mut tried, kind).await
+    }
+
+    /// The first `dir/name` of `dirs` (not `tried` yet) that is a library of `kind`.
+    async fn search(
+        &mut self,
+        name: &[u8],
+        origin: &[u8],
+        dirs: Vec<Vec<u8>>,
+        tried: &mut HashSet<Vec<u8>>,
+        kind: elf::Kind,
+    ) -> Option<(Found, elf::Headers)> {
         for dir in dirs {
             let Some(dir) = expand_origin(&dir, origin) else { continue };
             if !tried.insert(dir.clone()) {
@@ -273,6 +298,19 @@ impl Finder<'_> {
             }
         }
         None
+    }
+
+    /// The image's `/etc/ld.so.cache` (empty when it has none, or it is unreadable).
+    async fn ld_cache(&mut self) -> &ldcache::LdCache {
+        if self.ld_cache.is_none() {
+            let found = resolve(self.archive, b"/", b"/etc/ld.so.cache").filter(|f| f.node.kind() == NodeKind::File);
+            let bytes = match found {
+                Some(found) => self.read(&found, 0, ldcache::MAX_CACHE).await.unwrap_or_default(),
+                None => Vec::new(),
+            };
+            self.ld_cache = Some(ldcache::parse(&bytes));
+        }
+        self.ld_cache.get_or_insert_default()
     }
 
     /// `found` with its headers when it is an ELF file of `kind`.
