@@ -22,10 +22,15 @@ import tempfile
 import time
 from pathlib import Path
 
+import startup
+
 ROOT = Path(__file__).resolve().parent.parent
 CLIP = ROOT / "target/release/clip"
-PROXY = ROOT / "target/release/clip-proxy"
+# CLIP_BENCH_PROXY: a clip-proxy built elsewhere (e.g. another checkout's); CLIP_BENCH_IMAGES: a directory
+# of images built before (debian, debian-lower, many), only read.
+PROXY = Path(os.environ.get("CLIP_BENCH_PROXY", ROOT / "target/release/clip-proxy"))
 WORK = ROOT / "bench/work"
+IMAGES = Path(os.environ.get("CLIP_BENCH_IMAGES", WORK / "images"))
 PROFILES = {"100mbit": (100, 20), "1gbit": (1000, 2)}
 COMMAND = ["python3", "-c", "import json, sqlite3"]
 ONE_FILE = "etc/debian_version"
@@ -165,11 +170,11 @@ def warm(root, repeat=10):
 
 def build_images(with_many=True):
     """The Debian layout, and the many-files one when `with_many` (else None)."""
-    debian = WORK / "images/debian"
+    debian = IMAGES / "debian"
     run([ROOT / "dev/debian-image", debian])
     if not with_many:
         return debian, None
-    many = WORK / "images/many"
+    many = IMAGES / "many"
     if not (many / "index.json").exists() or '"v1"' not in (many / "index.json").read_text():
         log("building the many-files image (100k small files + one 500 MB file)")
         tmp = Path(tempfile.mkdtemp(dir=WORK))
@@ -246,7 +251,7 @@ def finish_layout(tmp, layout, tag, manifest):
 def lower_image(debian):
     """An OCI layout (tag `lower`) of the Debian image's two lower layers (minbase, + python3) alone, the same
     blobs: indexed first, it leaves the parts of those layers for P1b."""
-    layout = WORK / "images/debian-lower"
+    layout = IMAGES / "debian-lower"
     if (layout / "index.json").exists():
         return layout
     tmp = Path(tempfile.mkdtemp(dir=WORK))
@@ -518,7 +523,7 @@ def main():
                                 spread(reused, secs), spread(scratch, secs) + " from scratch", r,
                                 f"≤ {share + 0.05:.2f} (new layer: {100 * share:.0f} % of the bytes)",
                                 r <= share + 0.05, None)
-                if not wanted("P1", "P2", "P3", "P4", "P5", "P10", "P11"):
+                if not wanted("P1", "P2", "P3", "P4", "P5", "P10", "P11", "P3p", "P3s", "P3x"):
                     continue
                 clip_t, base_t, index = p1_index(tmp, proxy, "debian:bookworm", layers, args.runs, span_args)
                 r = statistics.median(clip_t) / statistics.median(base_t)
@@ -547,6 +552,8 @@ def main():
                     r = statistics.median(w) / statistics.median(wo)
                     results.add("P11", f"cold start with a recorded profile (`--profile`) vs without ({label})",
                                 spread(w, secs), spread(wo, secs) + " without", r, "< 1.0", r < 1.0, None)
+                if wanted("P3p", "P3s", "P3x"):
+                    startup.rows(sys.modules[__name__], tmp, proxy, "debian:bookworm", index, b, args.runs, name, label, results)
                 if name == args.profiles.split(",")[0]:
                     r = statistics.median(wc) / statistics.median(wb)
                     results.add("P5", "the same command, warm cache", spread(wc, secs), spread(wb, secs), r, "≤ 1.2",
@@ -571,7 +578,7 @@ def main():
                 subprocess.run(["umount", "-l", mp])
         shutil.rmtree(tmp, ignore_errors=True)
 
-    order = {f"P{i}": i for i in range(1, 13)} | {"P1b": 1.5}
+    order = {f"P{i}": i for i in range(1, 13)} | {"P1b": 1.5} | startup.ORDER
     rows = sorted(results.rows, key=lambda r: order[r[0]])
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     lines = [
