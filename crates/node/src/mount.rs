@@ -100,15 +100,13 @@ pub async fn mount_foreground(
     let opened = open_archive(archive, &open).await?;
     let store = opened.store.clone();
     let mut fs = ClipFs::new(store.clone(), tokio::runtime::Handle::current());
-    let recorder =
-        config.record_profile.as_ref().map(|path| ProfileRecorder::new(Arc::clone(store.archive()), path.clone())).map(
-            |r| {
-                Arc::new(match config.record_limits {
-                    Some(limits) => r.with_limits(limits),
-                    None => r,
-                })
-            },
-        );
+    let recorder = config.record_profile.as_ref().map(|path| {
+        let recorder = ProfileRecorder::new(Arc::clone(store.archive()), path.clone());
+        Arc::new(match config.record_limits {
+            Some(limits) => recorder.with_limits(limits),
+            None => recorder,
+        })
+    });
     match &recorder {
         Some(recorder) => fs = fs.with_read_observer(recorder.clone()),
         None => fs = fs.with_passthrough(Arc::new(StorePassthrough(store.clone()))),
