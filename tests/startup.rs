@@ -212,3 +212,38 @@ fn a_first_cold_run_publishes_its_profile_and_a_clean_node_replays_it() {
     let saved = std::fs::read_dir(dir.path().join("second/state/profiles")).unwrap().next().unwrap().unwrap().path();
     assert_eq!(std::fs::read(saved).unwrap(), std::fs::read(&profile).unwrap());
 }
+
+#[test]
+fn without_a_registry_the_profile_goes_through_the_s3_index_store() {
+    const BUCKET: &str = "startup";
+    let s3 = S3Server::start();
+    s3.create_bucket(BUCKET);
+    let indexed = Indexed::new(&common::app_image());
+    let image = indexed.reference(); // an OCI layout: no registry to publish to
+    let node = |name: &str| {
+        let mut env = common::node_env(&indexed.path(name));
+        env.extend(s3.env());
+        env.push(("CLIP_S3_INDEX_STORE".into(), format!("s3://{BUCKET}/indexes")));
+        env
+    };
+    let first = node("first");
+    let err = common::pull_and_gc(&image, &first, common::check_app_tree);
+    assert!(err.contains("no startup profile yet; this start records one"), "{err}");
+    // `clip gc` unmounted the image: its mount process ends the recording and publishes it.
+    let profiles = indexed.path("first/state/profiles");
+    let key = std::fs::read_dir(&profiles).unwrap().next().unwrap().unwrap().file_name();
+    let digest = key.to_str().unwrap().trim_end_matches(".json").replacen('-', ":", 1);
+    let object = format!("indexes/{digest}.profile.json");
+    common::wait_within(Duration::from_secs(30), "the profile was not published to S3", || {
+        s3.get_object(BUCKET, &object).is_some()
+    });
+    let published = s3.get_object(BUCKET, &object).unwrap();
+    assert_eq!(published, std::fs::read(profiles.join(&key)).unwrap());
+    let spans: serde_json::Value = serde_json::from_slice(&published).unwrap();
+    assert!(spans["spans"].as_array().is_some_and(|s| !s.is_empty()), "{spans}");
+
+    let second = node("second");
+    let err = common::pull_and_gc(&image, &second, common::check_app_tree);
+    assert!(err.contains("prefetch profile from S3"), "{err}");
+    assert!(!err.contains("this start records one"), "{err}");
+}

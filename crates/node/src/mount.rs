@@ -40,6 +40,8 @@ pub struct MountConfig {
     pub record_limits: Option<crate::RecordLimits>,
     /// Publish the recorded profile next to this image (`REGISTRY/REPO[:TAG]`) once the recording ends.
     pub publish_profile: Option<String>,
+    /// …and to this object of the S3 index store.
+    pub publish_profile_s3: Option<S3Url>,
     /// The shared content cache tier (`s3://BUCKET/PREFIX`), asked after the disk cache.
     pub content_cache: Option<S3Url>,
 }
@@ -73,13 +75,20 @@ async fn finish_recording(recorder: &ProfileRecorder, config: &MountConfig) {
         return;
     }
     info!(spans, "profile recorded");
-    let (Some(image), Some(path)) = (&config.publish_profile, &config.record_profile) else { return };
-    if spans == 0 {
-        return;
+    let Some(path) = config.record_profile.as_ref().filter(|_| spans > 0) else { return };
+    if let Some(image) = &config.publish_profile {
+        match crate::publish_profile(image, path, &config.open.source).await {
+            Ok(published) => info!(%image, artifact = %published.artifact, spans, "profile published"),
+            Err(error) => warn!(%image, error = &error as &dyn std::error::Error, "publishing the profile failed"),
+        }
     }
-    match crate::publish_profile(image, path, &config.open.source).await {
-        Ok(published) => info!(%image, artifact = %published.artifact, spans, "profile published"),
-        Err(error) => warn!(%image, error = &error as &dyn std::error::Error, "publishing the profile failed"),
+    if let Some(url) = &config.publish_profile_s3 {
+        match crate::publish_profile_s3(path, url, &config.open.s3).await {
+            Ok(()) => info!(profile = %url, spans, "profile published to the S3 index store"),
+            Err(error) => {
+                warn!(profile = %url, error = &error as &dyn std::error::Error, "publishing the profile to S3 failed")
+            }
+        }
     }
 }
 

@@ -35,9 +35,12 @@ pub struct MountSpec {
     /// End the recording of `record_profile` at these limits.
     #[serde(default)]
     pub record_limits: Option<crate::RecordLimits>,
-    /// Publish the recorded profile next to this image once the recording ends.
+    /// Publish the recorded profile next to this image once the recording ends…
     #[serde(default)]
     pub publish_profile: Option<String>,
+    /// …and to this object of the S3 index store.
+    #[serde(default, with = "optional_s3_url")]
+    pub publish_profile_s3: Option<S3Url>,
     /// The shared content cache tier, `s3://BUCKET/PREFIX`.
     #[serde(with = "optional_s3_url")]
     pub content_cache: Option<S3Url>,
@@ -77,6 +80,7 @@ impl MountSpec {
             no_startup_set: self.no_startup_set,
             record_limits: self.record_limits,
             publish_profile: self.publish_profile.clone(),
+            publish_profile_s3: self.publish_profile_s3.clone(),
             content_cache: self.content_cache.clone(),
             ..MountConfig::default()
         };
@@ -123,6 +127,7 @@ mod tests {
             no_startup_set: false,
             record_limits: Some(crate::RecordLimits { seconds: 5, spans: 100 }),
             publish_profile: Some("127.0.0.1:5000/app:1".into()),
+            publish_profile_s3: Some("s3://indexes/sha256:ab.profile.json".parse().unwrap()),
             content_cache: Some("s3://spans/fleet".parse().unwrap()),
         };
         let path = dir.path().join("mount.json");

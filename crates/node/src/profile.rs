@@ -132,6 +132,27 @@ impl Default for RecordLimits {
     }
 }
 
+/// Publishes the profile at `path` to `url` of the S3 index store (`PREFIX/<digest>.profile.json`).
+pub async fn publish_profile_s3(path: &Path, url: &clip_s3::S3Url, opts: &clip_s3::S3Options) -> Result<(), NodeError> {
+    let bytes = read_profile_file(path)?;
+    Ok(clip_s3::S3Object::open(url, opts)?.put(bytes.into()).await?)
+}
+
+/// The profile at `url` of the S3 index store, when there is one recorded for `manifest_digest`.
+pub async fn fetch_profile_s3(
+    url: &clip_s3::S3Url,
+    opts: &clip_s3::S3Options,
+    manifest_digest: &str,
+) -> Result<Option<Profile>, NodeError> {
+    let Some(bytes) = clip_s3::S3Object::open(url, opts)?.get(MAX_PROFILE_BYTES).await? else { return Ok(None) };
+    let bad = |why: String| NodeError::BadProfile { path: url.to_string().into(), why };
+    let profile = Profile::from_json(&bytes).map_err(bad)?;
+    if profile.manifest_digest.as_deref() != Some(manifest_digest) {
+        return Err(bad(format!("it was recorded for {:?}", profile.manifest_digest)));
+    }
+    Ok(Some(profile))
+}
+
 /// Records the spans a mount reads, first touch first.
 pub struct ProfileRecorder {
     archive: Arc<Archive>,

@@ -52,6 +52,7 @@ impl Node {
                 no_startup_set: true, // a views index has no startup set
                 record_limits: None,
                 publish_profile: None,
+                publish_profile_s3: None,
                 content_cache: self.config.s3_content_cache.value.clone(),
             };
             let cmd = MountCommand { exe: self.clip_exe.clone(), spec };

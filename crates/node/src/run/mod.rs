@@ -37,6 +37,7 @@ mod layers;
 mod mounts;
 mod parts;
 mod probe;
+mod profiles;
 mod spec;
 mod store;
 mod v1;
@@ -49,7 +50,7 @@ use std::time::Instant;
 use clip_format::Archive;
 use clip_source::{ImageRef, SourceOptions};
 use clip_store::StoreConfig;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 pub use crate::error::NodeError;
 pub use image_metrics::{METRICS_DIR, METRICS_FILE};
@@ -254,6 +255,7 @@ impl Node {
             no_startup_set: !self.config.startup.set.value,
             record_limits: None,
             publish_profile: None,
+            publish_profile_s3: None,
             content_cache: self.config.s3_content_cache.value.clone(),
         };
         if let Some(path) = &self.record_profile {
@@ -265,26 +267,6 @@ impl Node {
             }
         }
         MountCommand { exe: self.clip_exe.clone(), spec }
-    }
-
-    /// The first cold start of an image on this node with no profile anywhere: its mount records one, within
-    /// the configured limits, to `profiles/<key>.json` (where later mounts here find it) and publishes it
-    /// next to the image when configured to, for every other node.
-    fn record_first_start(&self, image: &str, index: &StoredIndex, spec: &mut MountSpec) {
-        let startup = &self.config.startup;
-        if !startup.record_profiles.value {
-            return;
-        }
-        let dir = self.state_dir().join("profiles");
-        if let Err(error) = std::fs::create_dir_all(&dir) {
-            warn!(dir = %dir.display(), %error, "cannot keep profiles; this start is not recorded");
-            return;
-        }
-        spec.record_profile = Some(dir.join(format!("{}.json", index.key)));
-        spec.record_limits = Some(startup.record_limits.value);
-        let registry = matches!(image.parse::<ImageRef>(), Ok(ImageRef::Registry { .. }));
-        spec.publish_profile = (startup.publish_profiles.value && registry).then(|| image.to_owned());
-        info!(%image, publish = spec.publish_profile.is_some(), "no startup profile yet; this start records one");
     }
 
     /// Runs `command` (or the image's Entrypoint + Cmd when empty) in a new container of `image` and
@@ -326,35 +308,6 @@ impl Node {
         let code = code?;
         removed?;
         Ok(code)
-    }
-
-    /// The prefetch profile published for the image in its registry, kept under `profiles/<key>.json`; `None`
-    /// when there is none or it cannot be fetched (logged: a profile only speeds things up).
-    async fn published_profile(&self, image: &str, index: &StoredIndex) -> Option<PathBuf> {
-        let path = self.state_dir().join("profiles").join(format!("{}.json", index.key));
-        if path.is_file() {
-            return Some(path);
-        }
-        if !matches!(image.parse::<ImageRef>(), Ok(ImageRef::Registry { .. })) {
-            return None;
-        }
-        let opts = self.source_options(image);
-        match crate::fetch_published_profile(image, &index.manifest_digest, &opts).await {
-            Ok(Some((artifact, profile))) => {
-                let saved =
-                    path.parent().map(std::fs::create_dir_all).transpose().ok().and_then(|_| profile.save(&path).ok());
-                info!(%image, %artifact, spans = profile.spans.len(), "prefetch profile from registry");
-                saved.map(|_| path)
-            }
-            Ok(None) => {
-                debug!(%image, "no prefetch profile published");
-                None
-            }
-            Err(error) => {
-                warn!(%image, error = &error as &dyn std::error::Error, "fetching the prefetch profile failed; starting without it");
-                None
-            }
-        }
     }
 
     /// Unmounts every shared mount without live users.
