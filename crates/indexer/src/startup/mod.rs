@@ -12,7 +12,7 @@
 //! directory, and a library of another ELF class or machine is passed over as the loader does.
 //!
 //! The image is untrusted: paths resolve inside it (see `path`), every read is capped, and so are the reads
-//! in all ([`MAX_READS`]) and the set ([`MAX_FILES`]). Whatever fails (a truncated ELF file, a missing
+//! in all ([`MAX_READS`], [`MAX_BYTES`]) and the set ([`MAX_FILES`]). Whatever fails (a truncated ELF file, a missing
 //! library, a read error) only leaves a file out: finding the set never fails the indexing.
 
 mod elf;
@@ -31,6 +31,8 @@ use path::{join, resolve, Found};
 pub const MAX_FILES: usize = 256;
 /// Most reads of file bytes while finding a set (each at most [`HEAD`] or an ELF section's cap).
 pub const MAX_READS: usize = 2048;
+/// Most bytes asked for in all those reads.
+pub const MAX_BYTES: u64 = 64 << 20;
 /// Script interpreters followed (`#!` of a `#!`…), as Linux's binfmt recursion limit.
 pub const MAX_SCRIPT_DEPTH: usize = 4;
 /// Bytes read from the start of each candidate file: the ELF and program headers, or a `#!` line.
@@ -67,6 +69,7 @@ pub async fn startup_set(archive: &Archive, files: &dyn FileBytes) -> Vec<Ino> {
         in_set: HashSet::new(),
         heads: HashMap::new(),
         reads: 0,
+        bytes: 0,
         ld_cache: None,
     };
     let mut programs = VecDeque::new();
@@ -84,7 +87,7 @@ pub async fn startup_set(archive: &Archive, files: &dyn FileBytes) -> Vec<Ino> {
             Head::Script(_) | Head::Other => {}
         }
     }
-    debug!(files = finder.set.len(), reads = finder.reads, "startup set found");
+    debug!(files = finder.set.len(), reads = finder.reads, bytes = finder.bytes, "startup set found");
     finder.set
 }
 
@@ -109,6 +112,8 @@ struct Finder<'a> {
     /// What each file read so far turned out to be (`None`: unreadable).
     heads: HashMap<Ino, Option<Head>>,
     reads: usize,
+    /// Bytes asked for so far.
+    bytes: u64,
     /// The image's `/etc/ld.so.cache`, read when the first library is searched.
     ld_cache: Option<ldcache::LdCache>,
 }
@@ -127,10 +132,12 @@ impl Finder<'_> {
     /// Up to `len` bytes of `found` from `offset`; `None` once the read budget is spent or on an error.
     async fn read(&mut self, found: &Found, offset: u64, len: u64) -> Option<Vec<u8>> {
         let data = found.node.data_ref()?;
-        if self.reads >= MAX_READS {
+        let len = len.min(found.node.size.saturating_sub(offset));
+        if self.reads >= MAX_READS || self.bytes.saturating_add(len) > MAX_BYTES {
             return None;
         }
         self.reads += 1;
+        self.bytes += len;
         match self.files.read(data, offset, len).await {
             Ok(bytes) => Some(bytes),
             Err(error) => {
