@@ -23,10 +23,13 @@ import time
 from pathlib import Path
 
 import snapshotter
+import startup
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIP = ROOT / "target/release/clip"
-PROXY = ROOT / "target/release/clip-proxy"
+# CLIP_BENCH_PROXY: a clip-proxy built elsewhere (e.g. another checkout's); CLIP_BENCH_IMAGES: a directory
+# of images built before (debian, debian-lower, many), only read.
+PROXY = Path(os.environ.get("CLIP_BENCH_PROXY", ROOT / "target/release/clip-proxy"))
 WORK = ROOT / "bench/work"
 # The images (built once, reused): CLIP_BENCH_IMAGES points a worktree at another checkout's, read-only.
 IMAGES = Path(os.environ.get("CLIP_BENCH_IMAGES", WORK / "images"))
@@ -524,7 +527,7 @@ def main():
                                 r <= share + 0.05, None)
                 if wanted("P12") and mbit == 100:
                     snapshotter.p12_containerd(tmp, proxy, registry, args.runs, results, label)
-                if not wanted("P1", "P2", "P3", "P4", "P5", "P10", "P11"):
+                if not wanted("P1", "P2", "P3", "P4", "P5", "P10", "P11", "P3p", "P3s", "P3x"):
                     continue
                 clip_t, base_t, index = p1_index(tmp, proxy, "debian:bookworm", layers, args.runs, span_args)
                 r = statistics.median(clip_t) / statistics.median(base_t)
@@ -553,6 +556,8 @@ def main():
                     r = statistics.median(w) / statistics.median(wo)
                     results.add("P11", f"cold start with a recorded profile (`--profile`) vs without ({label})",
                                 spread(w, secs), spread(wo, secs) + " without", r, "< 1.0", r < 1.0, None)
+                if wanted("P3p", "P3s", "P3x"):
+                    startup.rows(sys.modules[__name__], tmp, proxy, "debian:bookworm", index, b, args.runs, name, label, results)
                 if name == args.profiles.split(",")[0]:
                     r = statistics.median(wc) / statistics.median(wb)
                     results.add("P5", "the same command, warm cache", spread(wc, secs), spread(wb, secs), r, "≤ 1.2",
@@ -577,7 +582,7 @@ def main():
                 subprocess.run(["umount", "-l", mp])
         shutil.rmtree(tmp, ignore_errors=True)
 
-    order = {f"P{i}": i for i in range(1, 13)} | {"P1b": 1.5, "S1": 100}
+    order = {f"P{i}": i for i in range(1, 13)} | {"P1b": 1.5, "S1": 100} | startup.ORDER
     rows = sorted(results.rows, key=lambda r: order[r[0]])
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     lines = [

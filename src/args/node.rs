@@ -91,6 +91,10 @@ pub struct MountArgs {
     /// Right after mounting, prefetch the spans of this recorded profile in order (at low priority).
     #[arg(long, value_name = "FILE", conflicts_with = "prefetch")]
     pub profile: Option<PathBuf>,
+    /// Do not prefetch the index's startup set (the entrypoint, its ELF interpreter and libraries, found
+    /// at index time; `clip inspect -v` lists them) as the mount starts.
+    #[arg(long)]
+    pub no_startup_set: bool,
     /// Seconds one read may take, registry retries included, before the reader gets EIO (fractions
     /// allowed, e.g. 2.5).
     #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_seconds, env = "CLIP_READ_TIMEOUT")]

@@ -57,12 +57,13 @@ async fn index(a: IndexArgs, quiet: bool) -> anyhow::Result<()> {
     let image_size: u64 = image.layers.iter().map(|l| l.size).sum();
     if !quiet {
         eprintln!(
-            "indexed {reference} ({}) in {:.1}s: {}, {} inodes, {} spans; index {} bytes = {:.3}% of {} compressed bytes -> {}",
+            "indexed {reference} ({}) in {:.1}s: {}, {} inodes, {} spans, {} startup files; index {} bytes = {:.3}% of {} compressed bytes -> {}",
             image.manifest_digest,
             started.elapsed().as_secs_f64(),
             outcomes.summary(written.layers),
             written.inodes,
             written.spans,
+            written.startup_files,
             written.size,
             100.0 * written.size as f64 / image_size.max(1) as f64,
             image_size,

@@ -1,6 +1,6 @@
 //! `clip inspect`: kind, source, layers, spans and sizes of a .clip file; for an index, each layer's part key
 //! and whether the part is in the local part directory (the index itself does not record whether a part was
-//! reused: it is the same bytes either way).
+//! reused: it is the same bytes either way), and its startup set (the paths with `-v` or `--json`).
 
 use std::io::Write;
 
@@ -9,7 +9,8 @@ use clip_image::{load_archive, OpenOptions};
 
 use crate::args::InspectArgs;
 
-pub async fn run(a: InspectArgs) -> anyhow::Result<()> {
+/// `verbose` (`-v`): list the startup set's paths, not only count them.
+pub async fn run(a: InspectArgs, verbose: bool) -> anyhow::Result<()> {
     let opts = OpenOptions { s3: a.s3.options(), ..OpenOptions::default() };
     let loaded = load_archive(&a.file, &opts).await?;
     let archive = &loaded.archive;
@@ -28,6 +29,11 @@ pub async fn run(a: InspectArgs) -> anyhow::Result<()> {
             .collect(),
         _ => Vec::new(),
     };
+    let startup: Vec<String> = archive
+        .startup_set()?
+        .into_iter()
+        .map(|ino| Ok(String::from_utf8_lossy(&archive.path_of(ino)?).into_owned()))
+        .collect::<Result<_, clip_format::FormatError>>()?;
     let mut out = crate::output::stdout();
     if a.json {
         let sections: Vec<_> = archive
@@ -43,6 +49,7 @@ pub async fn run(a: InspectArgs) -> anyhow::Result<()> {
             "image_size": image_size,
             "nodes": archive.node_count(),
             "spans": archive.span_count(),
+            "startup_set": startup,
             "sections": sections,
             "parts_dir": store.dir(),
             "parts": parts.iter().map(|(key, kept)| serde_json::json!({"key": key, "kept": kept})).collect::<Vec<_>>(),
@@ -101,6 +108,12 @@ pub async fn run(a: InspectArgs) -> anyhow::Result<()> {
     let c = &meta.config;
     if !c.entrypoint.is_empty() || !c.cmd.is_empty() {
         writeln!(out, "command:   {:?} {:?}", c.entrypoint, c.cmd)?;
+    }
+    if archive.kind() == clip_format::ArchiveKind::IndexOnly {
+        writeln!(out, "startup:   {} files (fetched at once when a mount starts)", startup.len())?;
+        for path in startup.iter().filter(|_| verbose) {
+            writeln!(out, "  {path}")?;
+        }
     }
     out.flush()?;
     Ok(())

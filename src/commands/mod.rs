@@ -25,7 +25,7 @@ use crate::args::{Args, Command, NodeArgs};
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.command {
         Command::Index(a) => index::run(a, args.quiet).await,
-        Command::Inspect(a) => inspect::run(a).await,
+        Command::Inspect(a) => inspect::run(a, args.verbose > 0).await,
         Command::Ls(a) => ls::run(a).await,
         Command::Cat(a) => cat::run(a).await,
         Command::Extract(a) => extract::run(a, args.quiet).await,

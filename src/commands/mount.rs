@@ -14,6 +14,7 @@ pub async fn run(a: MountArgs, quiet: bool) -> anyhow::Result<()> {
         prefetch: a.prefetch,
         record_profile: a.record_profile.clone(),
         profile: a.profile.clone(),
+        no_startup_set: a.no_startup_set,
         content_cache: a.content_cache.clone(),
         ..Default::default()
     };

@@ -98,6 +98,12 @@ pub enum Corruption {
     EntryKind { entry: usize, code: u8 },
     #[error("the {count} xattrs of entry {entry} from record {first} lie outside the xattr table")]
     EntryXattrs { entry: usize, first: u32, count: u32 },
+    #[error("the startup set ({len} bytes) is not a list of at most {max} inode numbers")]
+    StartupLength { len: usize, max: usize },
+    #[error("the startup set names inode {ino}, which is not a regular file")]
+    StartupEntry { ino: crate::Ino },
+    #[error("inode {ino} is not an entry of directory {parent}, which its record names as its parent")]
+    NotInParent { ino: crate::Ino, parent: crate::Ino },
 }
 
 impl From<Corruption> for FormatError {

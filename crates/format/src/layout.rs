@@ -33,6 +33,9 @@ pub const SEC_WIND: [u8; 4] = *b"WIND";
 pub const SEC_DATA: [u8; 4] = *b"DATA";
 /// A layer part's tar entries, in stream order.
 pub const SEC_ENTR: [u8; 4] = *b"ENTR";
+/// The startup set of an index (optional): u32 inode numbers of the files a start of the image's
+/// entrypoint opens first, in that order (see [`crate::Archive::startup_set`]).
+pub const SEC_STRT: [u8; 4] = *b"STRT";
 
 /// Node record: mode u32, uid u32, gid u32, nlink u32, mtime_sec i64, mtime_nsec u32, layer u32, size u64,
 /// data u64, extra u32, xattr_first u32, xattr_count u32, parent u32.

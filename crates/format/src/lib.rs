@@ -8,6 +8,8 @@
 //!   [`Archive::lookup`] (binary search, O(log n)) and [`Archive::children`] (O(children)) decode records
 //!   on access.
 //!
+//! - [`Archive::startup_set`]: the files the image's entrypoint opens first (the optional `STRT` section),
+//!   added to a written index by [`Archive::write_with_startup_set`].
 //! - [`LayerPart`]: the index of one layer on its own (tar entries, spans, windows), content-addressed so
 //!   images that share a layer share its part; image indexes are merged from parts.
 //!
@@ -56,6 +58,6 @@ pub use node::{mode, Content, DataRef, Ino, NodeKind, NodeSpec, Timestamp, Xattr
 pub use part::{
     index_part_keys, part_key, EntryKind, LayerPart, PartEntries, PartEntriesIntoIter, PartMeta, TarEntry, PART_VERSION,
 };
-pub use reader::{Archive, NodeView, RangeReader, SpanSlice, SpanView, XattrRef};
+pub use reader::{Archive, NodeView, RangeReader, SpanSlice, SpanView, XattrRef, MAX_STARTUP_FILES};
 pub use windows::{WindowRef, Windows, MAX_WINDOW};
 pub use writer::{write_archive, write_index, DataSource, IndexContents, SpanSpec};

@@ -1,5 +1,6 @@
 //! [`index_to_file`]: an image, resolved, indexed in one pass over its layers and written to a `.clip` file
-//! with [`crate::write_atomically`] (what `clip index` and a node building a missing index both do).
+//! with [`crate::write_atomically`] (what `clip index` and a node building a missing index both do), then
+//! given its startup set (see `startup`).
 
 use std::io::Write;
 use std::path::Path;
@@ -18,6 +19,8 @@ pub struct Written {
     pub layers: usize,
     pub inodes: usize,
     pub spans: usize,
+    /// Files in the index's startup set (0: the image's entrypoint was not found, or it has none).
+    pub startup_files: usize,
 }
 
 /// Indexes `image` (resolved from the reference `name`) reading its layers from `source`, and writes the
@@ -29,6 +32,7 @@ pub async fn index_to_file(
     opts: &IndexOptions,
     path: &Path,
 ) -> Result<Written, ImageError> {
+    let source_for_set = source.clone();
     let contents = index_image(image, source, opts)
         .await
         .map_err(|e| ImageError::Index { image: name.to_owned(), source: Box::new(e) })?;
@@ -41,5 +45,9 @@ pub async fn index_to_file(
         w.flush().map_err(ImageError::io(path, "writing the index"))?;
         Ok(size)
     })?;
-    Ok(Written { size, layers: contents.meta.layers.len(), inodes: contents.nodes.len(), spans: contents.spans.len() })
+    let (layers, inodes, spans) = (contents.meta.layers.len(), contents.nodes.len(), contents.spans.len());
+    drop(contents);
+    let startup_files = crate::startup::add_startup_set(path, source_for_set).await;
+    let size = if startup_files > 0 { std::fs::metadata(path).map_or(size, |m| m.len()) } else { size };
+    Ok(Written { size, layers, inodes, spans, startup_files })
 }

@@ -38,6 +38,7 @@ mod parts;
 mod publish;
 mod publish_parts;
 mod remote;
+mod startup;
 mod views;
 
 pub use archive::{

@@ -7,6 +7,7 @@
 //! - [`PartStore`]: where layer parts ([`clip_format::LayerPart`]) are kept, so a layer indexed once (for any
 //!   image) is never read again.
 //! - [`assemble`]: builds an index from parts: the merged tree, or the layer views ([`TreeKind`]).
+//! - [`startup`]: the files an image's entrypoint opens first (its startup set), found in a written index.
 //! - [`merge`]: applies layers in order with `umoci unpack` semantics (whiteouts, opaque dirs, hard links).
 
 mod assemble;
@@ -14,6 +15,7 @@ mod error;
 pub mod merge;
 mod parts;
 mod pipeline;
+pub mod startup;
 pub mod tar;
 
 pub use assemble::{assemble, layer_dir_name, TreeKind};

@@ -5,7 +5,8 @@
 //!   Prometheus [`metrics`], the [`S3SpanCache`] content cache tier, and prefetch [`Profile`]s.
 //! - [`MountSpec`]: the typed spec a node hands to the `clip` process serving one of its shared mounts.
 //! - [`Profile`] / [`ProfileRecorder`]: the spans a container's startup read, recorded by a mount
-//!   (`record_profile`) and prefetched in that order by the next cold mount (`profile`).
+//!   (`record_profile`) and prefetched in that order by the next cold mount (`profile`), after the
+//!   index's startup set ([`startup_spans`]).
 //! - [`Node`]: pull and run images (index store, shared mounts, overlay, OCI runtime), with v2 → v1
 //!   [`Fallback`]s and image-level metrics written to `STATE_DIR/`[`METRICS_DIR`]`/`[`METRICS_FILE`].
 //!
@@ -17,6 +18,7 @@ mod error;
 pub mod metrics;
 mod mount;
 mod mount_spec;
+mod prefetch;
 mod profile;
 mod run;
 
@@ -25,8 +27,10 @@ pub use content_cache::S3SpanCache;
 pub use error::NodeError;
 pub use mount::{mount_foreground, MountConfig, MountSummary};
 pub use mount_spec::MountSpec;
+pub use prefetch::{startup_spans, STARTUP_FILE_MAX, STARTUP_SPANS_MAX};
 pub use profile::{
-    fetch_published_profile, publish_profile, Profile, ProfileRecorder, PROFILE_ARTIFACT_TYPE, PROFILE_LAYER_MEDIA_TYPE,
+    fetch_profile_s3, fetch_published_profile, publish_profile, publish_profile_s3, Profile, ProfileRecorder,
+    RecordLimits, PROFILE_ARTIFACT_TYPE, PROFILE_LAYER_MEDIA_TYPE,
 };
 pub use run::{
     layers_metrics_socket, layers_mount_of, remount_layers, unmount_layers, Fallback, FallbackReason, GcEntry,

@@ -35,6 +35,15 @@ pub struct MountConfig {
     pub record_profile: Option<PathBuf>,
     /// Right after mounting, prefetch the spans of this recorded profile in order, at low priority.
     pub profile: Option<PathBuf>,
+    /// Do not prefetch the index's startup set as the mount starts (it is, by default; see
+    /// [`crate::startup_spans`]).
+    pub no_startup_set: bool,
+    /// End the recording of `record_profile` at these limits (else it records until unmount).
+    pub record_limits: Option<crate::RecordLimits>,
+    /// Publish the recorded profile next to this image (`REGISTRY/REPO[:TAG]`) once the recording ends.
+    pub publish_profile: Option<String>,
+    /// …and to this object of the S3 index store.
+    pub publish_profile_s3: Option<S3Url>,
     /// The shared content cache tier (`s3://BUCKET/PREFIX`), asked after the disk cache.
     pub content_cache: Option<S3Url>,
 }
@@ -59,6 +68,32 @@ impl PassthroughSource for StorePassthrough {
     }
 }
 
+/// Saves the recorded profile and, when the config says so, publishes it next to its image (a failure to
+/// publish is logged: the profile still serves this node).
+async fn finish_recording(recorder: &ProfileRecorder, config: &MountConfig) {
+    let spans = recorder.profile().spans.len();
+    if let Err(error) = recorder.save() {
+        warn!(error = &error as &dyn std::error::Error, "saving the profile");
+        return;
+    }
+    info!(spans, "profile recorded");
+    let Some(path) = config.record_profile.as_ref().filter(|_| spans > 0) else { return };
+    if let Some(image) = &config.publish_profile {
+        match crate::publish_profile(image, path, &config.open.source).await {
+            Ok(published) => info!(%image, artifact = %published.artifact, spans, "profile published"),
+            Err(error) => warn!(%image, error = &error as &dyn std::error::Error, "publishing the profile failed"),
+        }
+    }
+    if let Some(url) = &config.publish_profile_s3 {
+        match crate::publish_profile_s3(path, url, &config.open.s3).await {
+            Ok(()) => info!(profile = %url, spans, "profile published to the S3 index store"),
+            Err(error) => {
+                warn!(profile = %url, error = &error as &dyn std::error::Error, "publishing the profile to S3 failed")
+            }
+        }
+    }
+}
+
 /// Mounts `archive` at `mountpoint`; calls `ready` once the mount is live, then blocks until it is unmounted.
 pub async fn mount_foreground(
     archive: &Location,
@@ -76,10 +111,13 @@ pub async fn mount_foreground(
     let opened = open_archive(archive, &open).await?;
     let store = opened.store.clone();
     let mut fs = ClipFs::new(store.clone(), tokio::runtime::Handle::current());
-    let recorder = config
-        .record_profile
-        .as_ref()
-        .map(|path| Arc::new(ProfileRecorder::new(Arc::clone(store.archive()), path.clone())));
+    let recorder = config.record_profile.as_ref().map(|path| {
+        let recorder = ProfileRecorder::new(Arc::clone(store.archive()), path.clone());
+        Arc::new(match config.record_limits {
+            Some(limits) => recorder.with_limits(limits),
+            None => recorder,
+        })
+    });
     match &recorder {
         Some(recorder) => fs = fs.with_read_observer(recorder.clone()),
         None => fs = fs.with_passthrough(Arc::new(StorePassthrough(store.clone()))),
@@ -105,13 +143,18 @@ pub async fn mount_foreground(
         .map_err(|e| NodeError::Task(e.to_string()))?
         .map_err(NodeError::Mount)?;
     let mut prefetch = config.prefetch.then(|| store.prefetch_all());
-    if let Some(profile) = profile.filter(|_| prefetch.is_none()) {
-        let spans = profile.valid_spans(store.archive());
-        if profile.manifest_digest != store.archive().meta().manifest_digest {
-            warn!(profile = ?profile.manifest_digest, "the profile was recorded for another image; using the spans that exist");
+    if prefetch.is_none() {
+        let archive = store.archive();
+        if let Some(p) = profile.as_ref().filter(|p| p.manifest_digest != archive.meta().manifest_digest) {
+            warn!(profile = ?p.manifest_digest, "the profile was recorded for another image; using the spans that exist");
         }
-        info!(spans = spans.len(), "prefetching the spans of the profile");
-        prefetch = Some(store.prefetch_spans(spans));
+        let (spans, from_set) = crate::startup_spans(archive, !config.no_startup_set, profile.as_ref());
+        if profile.is_some() {
+            info!(spans = spans.len() - from_set, startup_set = from_set, "prefetching the spans of the profile");
+        } else if from_set > 0 {
+            info!(spans = from_set, "prefetching the startup set");
+        }
+        prefetch = (!spans.is_empty()).then(|| store.prefetch_spans(spans));
     }
     info!(%archive, mountpoint = %mountpoint.display(), "mounted");
     ready(mountpoint);
@@ -119,8 +162,14 @@ pub async fn mount_foreground(
     let mut term = signal(SignalKind::terminate()).map_err(NodeError::io(mountpoint, "installing signal handlers"))?;
     let mut int = signal(SignalKind::interrupt()).map_err(NodeError::io(mountpoint, "installing signal handlers"))?;
     let mut last_save = tokio::time::Instant::now();
+    let mut recorded = false;
     loop {
-        if let Some(recorder) = recorder.as_ref().filter(|_| last_save.elapsed() >= PROFILE_SAVE_EVERY) {
+        if let Some(recorder) = recorder.as_ref().filter(|r| !recorded && r.finished()) {
+            recorded = true;
+            let (recorder, config) = (Arc::clone(recorder), config.clone());
+            tokio::spawn(async move { finish_recording(&recorder, &config).await });
+        }
+        if let Some(recorder) = recorder.as_ref().filter(|_| !recorded && last_save.elapsed() >= PROFILE_SAVE_EVERY) {
             last_save = tokio::time::Instant::now();
             if let Err(error) = recorder.save() {
                 warn!(error = &error as &dyn std::error::Error, "saving the profile");
@@ -146,11 +195,8 @@ pub async fn mount_foreground(
     if let Some(task) = prefetch {
         task.abort();
     }
-    if let Some(recorder) = &recorder {
-        match recorder.save() {
-            Ok(()) => info!(spans = recorder.profile().spans.len(), "profile recorded"),
-            Err(error) => warn!(error = &error as &dyn std::error::Error, "saving the profile"),
-        }
+    if let Some(recorder) = recorder.as_ref().filter(|_| !recorded) {
+        finish_recording(recorder, config).await;
     }
     let fs = fs_stats.snapshot();
     drop(handle);

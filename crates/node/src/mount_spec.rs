@@ -29,6 +29,18 @@ pub struct MountSpec {
     pub record_profile: Option<PathBuf>,
     /// Prefetch the spans of this profile right after mounting.
     pub profile: Option<PathBuf>,
+    /// Do not prefetch the index's startup set.
+    #[serde(default)]
+    pub no_startup_set: bool,
+    /// End the recording of `record_profile` at these limits.
+    #[serde(default)]
+    pub record_limits: Option<crate::RecordLimits>,
+    /// Publish the recorded profile next to this image once the recording ends…
+    #[serde(default)]
+    pub publish_profile: Option<String>,
+    /// …and to this object of the S3 index store.
+    #[serde(default, with = "optional_s3_url")]
+    pub publish_profile_s3: Option<S3Url>,
     /// The shared content cache tier, `s3://BUCKET/PREFIX`.
     #[serde(with = "optional_s3_url")]
     pub content_cache: Option<S3Url>,
@@ -68,6 +80,10 @@ impl MountSpec {
         let mut config = MountConfig {
             record_profile: self.record_profile.clone(),
             profile: self.profile.clone(),
+            no_startup_set: self.no_startup_set,
+            record_limits: self.record_limits,
+            publish_profile: self.publish_profile.clone(),
+            publish_profile_s3: self.publish_profile_s3.clone(),
             content_cache: self.content_cache.clone(),
             metrics_socket: self.metrics_socket.clone(),
             ..MountConfig::default()
@@ -112,6 +128,10 @@ mod tests {
             plain_http: true,
             record_profile: None,
             profile: Some("/state/profiles/sha256-ab.json".into()),
+            no_startup_set: false,
+            record_limits: Some(crate::RecordLimits { seconds: 5, spans: 100 }),
+            publish_profile: Some("127.0.0.1:5000/app:1".into()),
+            publish_profile_s3: Some("s3://indexes/sha256:ab.profile.json".parse().unwrap()),
             content_cache: Some("s3://spans/fleet".parse().unwrap()),
             metrics_socket: Some("/state/mounts/sha256-ab-layers.sock".into()),
         };

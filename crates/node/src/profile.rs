@@ -118,11 +118,48 @@ pub async fn fetch_published_profile(
     Ok(Some((artifact, profile)))
 }
 
+/// When a recording ends: `seconds` after it started, or once it holds `spans` spans (a node records the
+/// first cold start of an image, not everything its containers ever read).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordLimits {
+    pub seconds: u64,
+    pub spans: usize,
+}
+
+impl Default for RecordLimits {
+    fn default() -> RecordLimits {
+        RecordLimits { seconds: 10, spans: 2048 }
+    }
+}
+
+/// Publishes the profile at `path` to `url` of the S3 index store (`PREFIX/<digest>.profile.json`).
+pub async fn publish_profile_s3(path: &Path, url: &clip_s3::S3Url, opts: &clip_s3::S3Options) -> Result<(), NodeError> {
+    let bytes = read_profile_file(path)?;
+    Ok(clip_s3::S3Object::open(url, opts)?.put(bytes.into()).await?)
+}
+
+/// The profile at `url` of the S3 index store, when there is one recorded for `manifest_digest`.
+pub async fn fetch_profile_s3(
+    url: &clip_s3::S3Url,
+    opts: &clip_s3::S3Options,
+    manifest_digest: &str,
+) -> Result<Option<Profile>, NodeError> {
+    let Some(bytes) = clip_s3::S3Object::open(url, opts)?.get(MAX_PROFILE_BYTES).await? else { return Ok(None) };
+    let bad = |why: String| NodeError::BadProfile { path: url.to_string().into(), why };
+    let profile = Profile::from_json(&bytes).map_err(bad)?;
+    if profile.manifest_digest.as_deref() != Some(manifest_digest) {
+        return Err(bad(format!("it was recorded for {:?}", profile.manifest_digest)));
+    }
+    Ok(Some(profile))
+}
+
 /// Records the spans a mount reads, first touch first.
 pub struct ProfileRecorder {
     archive: Arc<Archive>,
     path: PathBuf,
     state: Mutex<Recorded>,
+    /// With limits: when the recording started, and its limits.
+    limits: Option<(std::time::Instant, RecordLimits)>,
 }
 
 #[derive(Default)]
@@ -136,7 +173,20 @@ struct Recorded {
 impl ProfileRecorder {
     /// A recorder for mounts of `archive` that [`ProfileRecorder::save`]s to `path`.
     pub fn new(archive: Arc<Archive>, path: PathBuf) -> ProfileRecorder {
-        ProfileRecorder { archive, path, state: Mutex::default() }
+        ProfileRecorder { archive, path, state: Mutex::default(), limits: None }
+    }
+
+    /// Ends the recording at `limits`, counted from now: reads after that are not recorded.
+    pub fn with_limits(mut self, limits: RecordLimits) -> ProfileRecorder {
+        self.limits = Some((std::time::Instant::now(), limits));
+        self
+    }
+
+    /// Whether the recording has reached its limits (never, without limits).
+    pub fn finished(&self) -> bool {
+        let Some((started, limits)) = self.limits else { return false };
+        let full = self.state.lock().unwrap_or_else(|e| e.into_inner()).order.len() >= limits.spans;
+        full || started.elapsed().as_secs() >= limits.seconds
     }
 
     /// Notes the spans covering `len` bytes of the file at `data` from `offset`.
@@ -153,8 +203,15 @@ impl ProfileRecorder {
         else {
             return;
         };
+        if self.limits.is_some_and(|(started, limits)| started.elapsed().as_secs() >= limits.seconds) {
+            return;
+        }
+        let max = self.limits.map_or(usize::MAX, |(_, limits)| limits.spans);
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         for span in SpanIds::through(first, last) {
+            if state.order.len() >= max {
+                break;
+            }
             if state.seen.insert((data.layer, span)) {
                 state.order.push((data.layer, span));
             }
@@ -203,6 +260,57 @@ mod tests {
         assert_eq!(json, r#"{"manifest_digest":"sha256:ab","spans":[[0,3],[1,0]]}"#);
         assert_eq!(Profile::from_json(json.as_bytes()).unwrap(), p);
         assert!(Profile::from_json(b"{\"spans\": [[1]]}").is_err());
+    }
+
+    #[test]
+    fn a_limited_recording_stops_at_its_span_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut contents = Vec::new();
+        let spans: Vec<clip_format::SpanSpec> = (0..8)
+            .map(|i| clip_format::SpanSpec {
+                out_offset: i << 20,
+                in_offset: i << 20,
+                bits: 0,
+                digest: clip_format::Digest::default(),
+                window: clip_format::WindowRef::default(),
+            })
+            .collect();
+        let layer = clip_format::LayerMeta {
+            media_type: String::new(),
+            digest: clip_format::Digest::of(b"l"),
+            size: 8 << 20,
+            diff_id: None,
+            uncompressed_size: 8 << 20,
+            compression: clip_format::Compression::None,
+            first_span: SpanId(0),
+            span_count: 8,
+        };
+        let root = clip_format::NodeSpec {
+            mode: clip_format::mode::S_IFDIR | 0o755,
+            uid: 0,
+            gid: 0,
+            mtime: clip_format::Timestamp::default(),
+            xattrs: vec![],
+            content: clip_format::Content::Dir(vec![]),
+        };
+        let index = clip_format::IndexContents {
+            kind: clip_format::ArchiveKind::IndexOnly,
+            meta: clip_format::ImageMeta { layers: vec![layer], ..Default::default() },
+            nodes: vec![root],
+            spans,
+            windows: clip_format::Windows::new(),
+        };
+        clip_format::write_index(&index, &mut contents).unwrap();
+        let archive = Arc::new(Archive::from_bytes(contents).unwrap());
+        let limits = RecordLimits { seconds: 3600, spans: 3 };
+        let rec = ProfileRecorder::new(archive, dir.path().join("p.json")).with_limits(limits);
+        let file = DataRef { layer: LayerIndex(0), offset: 0, size: 8 << 20 };
+        rec.record(file, 5 << 20, 1);
+        assert!(!rec.finished());
+        rec.record(file, 0, 8 << 20);
+        assert!(rec.finished());
+        let spans: Vec<u32> = rec.profile().spans.iter().map(|s| s.1 .0).collect();
+        assert_eq!(spans, [5, 0, 1], "first touch first, cut at the limit");
     }
 
     #[test]

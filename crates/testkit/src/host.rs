@@ -51,3 +51,35 @@ pub fn host_programs(programs: &[(&str, &str, u32)]) -> Vec<Entry> {
         .chain(files.iter().map(|(p, data, mode)| Entry::file(path(p), data.clone()).mode(*mode).owner(0, 0)))
         .collect()
 }
+
+/// An `/etc/ld.so.cache` in glibc's current format (`glibc-ld.so.cache1.1`) listing `entries`
+/// (`(library name, path)`, x86-64 libc6 entries), as `ldconfig` writes it: to put libraries where only
+/// the cache names them.
+pub fn ld_so_cache(entries: &[(&str, &str)]) -> Vec<u8> {
+    const MAGIC: &[u8] = b"glibc-ld.so.cache1.1";
+    const HEADER: usize = 48;
+    const ENTRY: usize = 24;
+    let strings_at = HEADER + entries.len() * ENTRY;
+    let (mut strings, mut offsets) = (Vec::new(), Vec::new());
+    for (name, path) in entries {
+        let key = strings_at + strings.len();
+        strings.extend_from_slice(name.as_bytes());
+        strings.push(0);
+        let value = strings_at + strings.len();
+        strings.extend_from_slice(path.as_bytes());
+        strings.push(0);
+        offsets.push((key as u32, value as u32));
+    }
+    let mut out = MAGIC.to_vec();
+    out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+    out.extend_from_slice(&(strings.len() as u32).to_le_bytes());
+    out.extend_from_slice(&[0; 4 + 16]);
+    for (key, value) in offsets {
+        out.extend_from_slice(&0x0303i32.to_le_bytes());
+        out.extend_from_slice(&key.to_le_bytes());
+        out.extend_from_slice(&value.to_le_bytes());
+        out.extend_from_slice(&[0; 4 + 8]);
+    }
+    out.extend_from_slice(&strings);
+    out
+}

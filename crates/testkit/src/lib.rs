@@ -67,7 +67,7 @@ pub use conformance::{conformance_image, conformance_layers};
 pub use containerd::{unmount_under, Containerd, CONTAINERD_BINARY};
 pub use error::{run, try_run, Error};
 pub use fixtures::{big_gzip_layer, big_layer_tar, pseudo_random_bytes};
-pub use host::{host_programs, shared_libraries};
+pub use host::{host_programs, ld_so_cache, shared_libraries};
 pub use layer::{
     capability_v2, BigNumbers, Entry, LayerBuilder, LongNames, BLOCK, CAP_NET_BIND_SERVICE, CAP_NET_RAW, DEFAULT_MTIME,
     OPAQUE_MARKER, WHITEOUT_PREFIX,

@@ -14,9 +14,11 @@ use crate::layout::*;
 use crate::{FormatError, ImageMeta, Ino, LayerIndex, NodeKind};
 
 mod spans;
+mod startup;
 mod tree;
 
 pub use spans::{SpanSlice, SpanView};
+pub use startup::MAX_STARTUP_FILES;
 pub use tree::{NodeView, XattrRef};
 
 /// Bytes of an eagerly loaded section: borrowed from the mapping, or decompressed at open.

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use super::values::{parse_s3, parse_size, parse_version};
+use super::values::{parse_bool, parse_s3, parse_size, parse_version};
 use super::{Config, ConfigError, FileConfig, Origin, Setting, SizeValue};
 
 impl Config {
@@ -43,6 +43,7 @@ impl Config {
         if let Some(v) = parsed.publish_index {
             self.publish_index = Setting::from_file(path, v);
         }
+        self.startup.apply_file(path, parsed.startup);
         if !parsed.registries.is_empty() {
             self.registries = Setting::from_file(path, parsed.registries);
         }
@@ -79,20 +80,10 @@ impl Config {
             self.runtime = Setting { value: v.clone(), origin: Origin::Env(var) };
         }
         if let Some((var, v)) = get("CLIP_PUBLISH_INDEX") {
-            let value = match v.trim() {
-                "1" | "true" | "yes" => true,
-                "0" | "false" | "no" => false,
-                _ => {
-                    return Err(ConfigError::Value {
-                        key: "publish_index",
-                        value: v.clone(),
-                        origin: Origin::Env(var),
-                        message: "expected true or false".into(),
-                    })
-                }
-            };
-            self.publish_index = Setting { value, origin: Origin::Env(var) };
+            self.publish_index =
+                Setting { value: parse_bool("publish_index", v, Origin::Env(var))?, origin: Origin::Env(var) };
         }
+        self.startup.apply_env(&get)?;
         if let Some((var, v)) = get("CLIP_S3_INDEX_STORE") {
             let url = parse_s3("s3.index_store", v, Origin::Env(var))?;
             self.s3_index_store = Setting { value: Some(url), origin: Origin::Env(var) };

@@ -17,10 +17,17 @@
 //! [s3]
 //! index_store = "s3://bucket/indexes"
 //! content_cache = "s3://bucket/spans"
+//!
+//! [startup]
+//! set = true                       # a mount prefetches the index's startup set (entrypoint + its libraries)
+//! record_profiles = true           # the first cold run of an image here records its startup profile…
+//! publish_profiles = true          # …and publishes it next to the image, for every other node
+//! record_seconds = 10              # a recording ends after this long…
+//! record_spans = 2048              # …or this many spans
 //! ```
 //!
 //! Environment: `CLIP_VERSION`, `CLIP_CACHE_DIR`, `CLIP_CACHE_SIZE`, `CLIP_STATE_DIR`, `CLIP_RUNTIME`,
-//! `CLIP_PUBLISH_INDEX`, `CLIP_S3_INDEX_STORE`, `CLIP_S3_CONTENT_CACHE`, `CLIP_PLAIN_HTTP_REGISTRIES` (`host:port,…`) and
+//! `CLIP_PUBLISH_INDEX`, `CLIP_STARTUP_SET`, `CLIP_RECORD_PROFILES`, `CLIP_PUBLISH_PROFILES`, `CLIP_S3_INDEX_STORE`, `CLIP_S3_CONTENT_CACHE`, `CLIP_PLAIN_HTTP_REGISTRIES` (`host:port,…`) and
 //! `CLIP_REGISTRY_MIRRORS` (`host=mirror,mirror;host2=mirror`).
 //!
 //! The file holds no secrets (registry credentials come from Docker's config, S3 ones from the AWS
@@ -34,7 +41,10 @@ use clip_s3::S3Url;
 use serde::Deserialize;
 
 mod layers;
+mod startup;
 mod values;
+
+pub use startup::StartupConfig;
 
 pub use values::parse_size;
 use values::redact_userinfo;
@@ -147,6 +157,8 @@ pub struct Config {
     pub publish_index: Setting<bool>,
     /// The shared tier of decompressed spans (`s3://BUCKET/PREFIX`), passed to the mounts `run`/`pull` start.
     pub s3_content_cache: Setting<Option<S3Url>>,
+    /// The startup set and startup profiles (`[startup]`).
+    pub startup: StartupConfig,
 }
 
 /// The file as written.
@@ -163,6 +175,8 @@ struct FileConfig {
     registries: BTreeMap<String, RegistryConfig>,
     #[serde(default)]
     s3: FileS3,
+    #[serde(default)]
+    startup: startup::FileStartup,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -193,6 +207,7 @@ impl Default for Config {
             s3_index_store: Setting::default(None),
             publish_index: Setting::default(false),
             s3_content_cache: Setting::default(None),
+            startup: StartupConfig::default(),
         }
     }
 }
@@ -277,6 +292,7 @@ impl Config {
         rows.push(("publish_index".into(), self.publish_index.value.to_string(), self.publish_index.origin.clone()));
         rows.push(("s3.index_store".into(), url(&self.s3_index_store.value), self.s3_index_store.origin.clone()));
         rows.push(("s3.content_cache".into(), url(&self.s3_content_cache.value), self.s3_content_cache.origin.clone()));
+        rows.extend(self.startup.entries());
         rows
     }
 }

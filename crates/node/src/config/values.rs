@@ -32,6 +32,15 @@ pub(super) fn parse_version(v: &str, origin: Origin) -> Result<ClipVersion, Conf
     }
 }
 
+/// `true`/`false` (also `1`/`0`, `yes`/`no`), as an environment variable gives a switch.
+pub(super) fn parse_bool(key: &'static str, v: &str, origin: Origin) -> Result<bool, ConfigError> {
+    match v.trim() {
+        "1" | "true" | "yes" => Ok(true),
+        "0" | "false" | "no" => Ok(false),
+        _ => Err(ConfigError::Value { key, value: v.to_owned(), origin, message: "expected true or false".into() }),
+    }
+}
+
 pub(super) fn parse_s3(key: &'static str, v: &str, origin: Origin) -> Result<S3Url, ConfigError> {
     let value = || v.to_owned();
     if !S3Url::is_s3(v) {

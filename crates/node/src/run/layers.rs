@@ -64,6 +64,10 @@ impl Node {
                 plain_http: open.source.plain_http,
                 record_profile: None,
                 profile: None,
+                no_startup_set: true, // a views index has no startup set
+                record_limits: None,
+                publish_profile: None,
+                publish_profile_s3: None,
                 content_cache: self.config.s3_content_cache.value.clone(),
                 metrics_socket: Some(layers_metrics_socket(&dir)),
             };

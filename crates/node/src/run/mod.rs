@@ -38,6 +38,7 @@ mod layers;
 mod mounts;
 mod parts;
 mod probe;
+mod profiles;
 mod spec;
 mod store;
 mod v1;
@@ -50,7 +51,7 @@ use std::time::Instant;
 use clip_format::Archive;
 use clip_source::{ImageRef, SourceOptions};
 use clip_store::StoreConfig;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 pub use crate::error::NodeError;
 pub use image_metrics::{METRICS_DIR, METRICS_FILE};
@@ -253,6 +254,10 @@ impl Node {
             plain_http: self.source_options(image).plain_http,
             record_profile: None,
             profile: None,
+            no_startup_set: !self.config.startup.set.value,
+            record_limits: None,
+            publish_profile: None,
+            publish_profile_s3: None,
             content_cache: self.config.s3_content_cache.value.clone(),
             metrics_socket: None,
         };
@@ -260,6 +265,9 @@ impl Node {
             spec.record_profile = Some(std::path::absolute(path).unwrap_or(path.clone()));
         } else if version == ClipVersion::V2 && !mounts::is_mountpoint(&spec.mountpoint) {
             spec.profile = self.published_profile(image, index).await;
+            if spec.profile.is_none() {
+                self.record_first_start(image, index, &mut spec);
+            }
         }
         MountCommand { exe: self.clip_exe.clone(), spec }
     }
@@ -303,35 +311,6 @@ impl Node {
         let code = code?;
         removed?;
         Ok(code)
-    }
-
-    /// The prefetch profile published for the image in its registry, kept under `profiles/<key>.json`; `None`
-    /// when there is none or it cannot be fetched (logged: a profile only speeds things up).
-    async fn published_profile(&self, image: &str, index: &StoredIndex) -> Option<PathBuf> {
-        let path = self.state_dir().join("profiles").join(format!("{}.json", index.key));
-        if path.is_file() {
-            return Some(path);
-        }
-        if !matches!(image.parse::<ImageRef>(), Ok(ImageRef::Registry { .. })) {
-            return None;
-        }
-        let opts = self.source_options(image);
-        match crate::fetch_published_profile(image, &index.manifest_digest, &opts).await {
-            Ok(Some((artifact, profile))) => {
-                let saved =
-                    path.parent().map(std::fs::create_dir_all).transpose().ok().and_then(|_| profile.save(&path).ok());
-                info!(%image, %artifact, spans = profile.spans.len(), "prefetch profile from registry");
-                saved.map(|_| path)
-            }
-            Ok(None) => {
-                debug!(%image, "no prefetch profile published");
-                None
-            }
-            Err(error) => {
-                warn!(%image, error = &error as &dyn std::error::Error, "fetching the prefetch profile failed; starting without it");
-                None
-            }
-        }
     }
 
     /// Unmounts every shared mount without live users.

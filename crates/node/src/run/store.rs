@@ -141,9 +141,17 @@ pub async fn find_or_build(state_dir: &Path, image: &str, lookup: &Lookup) -> Re
 
 /// `s3://BUCKET/PREFIX/<digest>.clip`.
 pub fn s3_key(store: &S3Url, manifest_digest: &str) -> S3Url {
+    s3_object(store, &format!("{manifest_digest}.clip"))
+}
+
+/// `s3://BUCKET/PREFIX/<digest>.profile.json`: the startup profile published next to the index.
+pub fn s3_profile_key(store: &S3Url, manifest_digest: &str) -> S3Url {
+    s3_object(store, &format!("{manifest_digest}.profile.json"))
+}
+
+fn s3_object(store: &S3Url, name: &str) -> S3Url {
     let prefix = store.key.trim_end_matches('/');
-    let key =
-        if prefix.is_empty() { format!("{manifest_digest}.clip") } else { format!("{prefix}/{manifest_digest}.clip") };
+    let key = if prefix.is_empty() { name.to_owned() } else { format!("{prefix}/{name}") };
     S3Url { bucket: store.bucket.clone(), key }
 }
 

@@ -1,0 +1,390 @@
+//! The startup set of an image, found at index time ([`startup_set`]): the files a start of the image's
+//! entrypoint opens first, in that order, so a mount can fetch them all at once before the first read
+//! asks (a cold start is otherwise a chain of round trips, one per library the dynamic linker opens).
+//!
+//! From the image config's Entrypoint + Cmd (resolved against its `PATH` and `WorkingDir`): the program;
+//! for a script (`#!`) its interpreter, recursively (`#!/usr/bin/env NAME` searches `NAME` too), up to
+//! [`MAX_SCRIPT_DEPTH`] levels; for an ELF file its interpreter (`PT_INTERP`), `/etc/ld.so.cache`, and the
+//! closure of its `DT_NEEDED` libraries, searched as glibc's loader does: `DT_RPATH` (of the object, then
+//! of the program, when the object has no `DT_RUNPATH`), `LD_LIBRARY_PATH` from the config's env,
+//! `DT_RUNPATH`, the image's `/etc/ld.so.cache`, then the standard directories (`/usr/local/lib`, the multiarch `/lib/<triplet>` and
+//! `/usr/lib/<triplet>`, `/lib64`, `/usr/lib64`, `/lib`, `/usr/lib`); `$ORIGIN` expands to the object's
+//! directory, and a library of another ELF class or machine is passed over as the loader does.
+//!
+//! The image is untrusted: paths resolve inside it (see `path`), every read is capped, and so are the reads
+//! in all ([`MAX_READS`], [`MAX_BYTES`]) and the set ([`MAX_FILES`]). Whatever fails (a truncated ELF file, a missing
+//! library, a read error) only leaves a file out: finding the set never fails the indexing.
+
+mod elf;
+mod ldcache;
+mod path;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use clip_format::{Archive, DataRef, Ino, NodeKind};
+use futures::future::BoxFuture;
+use tracing::debug;
+
+use path::{join, resolve, Found};
+
+/// Most files in a startup set.
+pub const MAX_FILES: usize = 256;
+/// Most reads of file bytes while finding a set (each at most [`HEAD`] or an ELF section's cap).
+pub const MAX_READS: usize = 2048;
+/// Most bytes asked for in all those reads.
+pub const MAX_BYTES: u64 = 64 << 20;
+/// Script interpreters followed (`#!` of a `#!`…), as Linux's binfmt recursion limit.
+pub const MAX_SCRIPT_DEPTH: usize = 4;
+/// Bytes read from the start of each candidate file: the ELF and program headers, or a `#!` line.
+const HEAD: u64 = 16 << 10;
+/// The longest `#!` line Linux reads.
+const SHEBANG_MAX: usize = 256;
+/// The `PATH` a runtime uses when the image's env sets none.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// A read failure of [`FileBytes`] (only logged: it leaves a file out of the set).
+pub type ReadError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Reads bytes of the files of an index being built (through its spans, from the image's layers).
+pub trait FileBytes: Send + Sync {
+    /// Up to `len` bytes of the file at `data` from `offset` (fewer at the file's end).
+    fn read<'a>(&'a self, data: DataRef, offset: u64, len: u64) -> BoxFuture<'a, Result<Vec<u8>, ReadError>>;
+}
+
+/// The startup set of the image indexed in `archive` (see the [module docs](self)): regular files, the
+/// program first, at most [`MAX_FILES`]. Empty when the config names no program or it is not in the image.
+pub async fn startup_set(archive: &Archive, files: &dyn FileBytes) -> Vec<Ino> {
+    let config = &archive.meta().config;
+    let Some(program) = config.entrypoint.iter().chain(&config.cmd).next() else { return Vec::new() };
+    let env = |key: &str| {
+        config.env.iter().rev().find_map(|kv| kv.strip_prefix(key).and_then(|v| v.strip_prefix('='))).map(str::as_bytes)
+    };
+    let mut finder = Finder {
+        archive,
+        files,
+        cwd: config.working_dir.as_deref().filter(|d| d.starts_with('/')).unwrap_or("/").as_bytes().to_vec(),
+        path: split_list(env("PATH").unwrap_or(DEFAULT_PATH.as_bytes())),
+        ld_library_path: split_list(env("LD_LIBRARY_PATH").unwrap_or_default()),
+        set: Vec::new(),
+        in_set: HashSet::new(),
+        heads: HashMap::new(),
+        reads: 0,
+        bytes: 0,
+        ld_cache: None,
+    };
+    let mut programs = VecDeque::new();
+    programs.extend(finder.find_program(program.as_bytes()).map(|p| (p, 0)));
+    while let Some((found, depth)) = programs.pop_front() {
+        if !finder.add(&found) {
+            continue;
+        }
+        let Some(head) = finder.head(&found).await else { continue };
+        match head {
+            Head::Script(line) if depth < MAX_SCRIPT_DEPTH => {
+                programs.extend(finder.interpreters(&line).into_iter().map(|p| (p, depth + 1)));
+            }
+            Head::Elf(headers) => finder.elf_closure(&found, &headers).await,
+            Head::Script(_) | Head::Other => {}
+        }
+    }
+    debug!(files = finder.set.len(), reads = finder.reads, bytes = finder.bytes, "startup set found");
+    finder.set
+}
+
+/// What the first bytes of a file say it is.
+#[derive(Clone)]
+enum Head {
+    /// A `#!` script: its first line, without `#!`.
+    Script(Vec<u8>),
+    Elf(elf::Headers),
+    Other,
+}
+
+struct Finder<'a> {
+    archive: &'a Archive,
+    files: &'a dyn FileBytes,
+    /// The program's working directory.
+    cwd: Vec<u8>,
+    path: Vec<Vec<u8>>,
+    ld_library_path: Vec<Vec<u8>>,
+    set: Vec<Ino>,
+    in_set: HashSet<Ino>,
+    /// What each file read so far turned out to be (`None`: unreadable).
+    heads: HashMap<Ino, Option<Head>>,
+    reads: usize,
+    /// Bytes asked for so far.
+    bytes: u64,
+    /// The image's `/etc/ld.so.cache`, read when the first library is searched.
+    ld_cache: Option<ldcache::LdCache>,
+}
+
+impl Finder<'_> {
+    /// Adds a file to the set; false when it is not a regular file, is in already, or the set is full.
+    fn add(&mut self, found: &Found) -> bool {
+        let ok =
+            found.node.kind() == NodeKind::File && self.set.len() < MAX_FILES && self.in_set.insert(found.node.ino);
+        if ok {
+            self.set.push(found.node.ino);
+        }
+        ok
+    }
+
+    /// Up to `len` bytes of `found` from `offset`; `None` once the read budget is spent or on an error.
+    async fn read(&mut self, found: &Found, offset: u64, len: u64) -> Option<Vec<u8>> {
+        let data = found.node.data_ref()?;
+        let len = len.min(found.node.size.saturating_sub(offset));
+        if self.reads >= MAX_READS || self.bytes.saturating_add(len) > MAX_BYTES {
+            return None;
+        }
+        self.reads += 1;
+        self.bytes += len;
+        match self.files.read(data, offset, len).await {
+            Ok(bytes) => Some(bytes),
+            Err(error) => {
+                let path = String::from_utf8_lossy(&found.path);
+                debug!(%path, offset, len, error, "reading a startup file failed; leaving it out");
+                None
+            }
+        }
+    }
+
+    async fn head(&mut self, found: &Found) -> Option<Head> {
+        if let Some(head) = self.heads.get(&found.node.ino) {
+            return head.clone();
+        }
+        let head = self.read(found, 0, HEAD).await.map(|bytes| {
+            if let Some(rest) = bytes.strip_prefix(b"#!") {
+                let line = rest[..rest.len().min(SHEBANG_MAX - 2)].split(|&b| b == b'\n').next().unwrap_or_default();
+                Head::Script(line.to_vec())
+            } else {
+                elf::headers(&bytes, found.node.size).map_or(Head::Other, Head::Elf)
+            }
+        });
+        self.heads.insert(found.node.ino, head.clone());
+        head
+    }
+
+    /// A program named as in an exec: a path (relative to the working directory), or a name searched in
+    /// `PATH` (an executable regular file).
+    fn find_program(&self, name: &[u8]) -> Option<Found> {
+        if name.contains(&b'/') {
+            return resolve(self.archive, &self.cwd, name).filter(|f| f.node.kind() == NodeKind::File);
+        }
+        self.path.iter().find_map(|dir| {
+            resolve(self.archive, &self.cwd, &join(dir, name))
+                .filter(|f| f.node.kind() == NodeKind::File && f.node.mode & 0o111 != 0)
+        })
+    }
+
+    /// The interpreters a `#!` line runs: the interpreter, and for `env NAME` the program `NAME` too.
+    fn interpreters(&self, line: &[u8]) -> Vec<Found> {
+        let mut words = line.split(|b| b.is_ascii_whitespace()).filter(|w| !w.is_empty());
+        let Some(interp) = words.next() else { return Vec::new() };
+        let mut out: Vec<Found> = self.find_program_path(interp).into_iter().collect();
+        if interp.rsplit(|&b| b == b'/').next() == Some(b"env") {
+            let name = words.find(|w| !w.starts_with(b"-") && !w.contains(&b'='));
+            out.extend(name.and_then(|n| self.find_program(n)));
+        }
+        out
+    }
+
+    /// An interpreter path of a `#!` line (never searched in `PATH`).
+    fn find_program_path(&self, path: &[u8]) -> Option<Found> {
+        resolve(self.archive, &self.cwd, path).filter(|f| f.node.kind() == NodeKind::File)
+    }
+
+    /// Adds the ELF interpreter of `program`, the loader's cache and the closure of its libraries.
+    async fn elf_closure(&mut self, program: &Found, headers: &elf::Headers) {
+        let mut dynamic = false;
+        if let Some(range) = headers.interp.clone() {
+            let bytes = self.read(program, range.start, range.end - range.start).await;
+            if let Some(interp) = bytes.as_deref().and_then(elf::interpreter) {
+                dynamic = true;
+                if let Some(found) = resolve(self.archive, b"/", &interp) {
+                    self.add(&found);
+                }
+            }
+        }
+        let names = self.names(program, headers).await;
+        if dynamic || !names.needed.is_empty() {
+            for file in [&b"/etc/ld.so.preload"[..], b"/etc/ld.so.cache"] {
+                if let Some(found) = resolve(self.archive, b"/", file) {
+                    self.add(&found);
+                }
+            }
+        }
+        let program_rpath = if names.runpath.is_empty() { names.rpath.clone() } else { Vec::new() };
+        let mut seen: HashSet<Vec<u8>> = HashSet::new();
+        let mut objects = VecDeque::from([(program.dir(), names)]);
+        while let Some((origin, names)) = objects.pop_front() {
+            for name in &names.needed {
+                if !seen.insert(name.clone()) {
+                    continue;
+                }
+                let Some((lib, lib_headers)) =
+                    self.find_library(name, &origin, &names, &program_rpath, headers.kind).await
+                else {
+                    debug!(library = %String::from_utf8_lossy(name), "a needed library is not in the image");
+                    continue;
+                };
+                if !self.add(&lib) {
+                    continue;
+                }
+                let lib_names = self.names(&lib, &lib_headers).await;
+                objects.push_back((lib.dir(), lib_names));
+            }
+        }
+    }
+
+    /// The names in the dynamic section of `file`.
+    async fn names(&mut self, file: &Found, headers: &elf::Headers) -> elf::Names {
+        let Some(range) = headers.dynamic.clone() else { return elf::Names::default() };
+        let Some(bytes) = self.read(file, range.start, range.end - range.start).await else {
+            return elf::Names::default();
+        };
+        let dynamic = headers.dynamic(&bytes, file.node.size);
+        let Some(strtab) = dynamic.strtab.clone().filter(|_| dynamic.loads_libraries()) else {
+            return elf::Names::default();
+        };
+        match self.read(file, strtab.start, strtab.end - strtab.start).await {
+            Some(bytes) => dynamic.strings(&bytes),
+            None => elf::Names::default(),
+        }
+    }
+
+    /// Where the loader finds library `name` needed by the object in `origin` with `names`.
+    async fn find_library(
+        &mut self,
+        name: &[u8],
+        origin: &[u8],
+        names: &elf::Names,
+        program_rpath: &[Vec<u8>],
+        kind: elf::Kind,
+    ) -> Option<(Found, elf::Headers)> {
+        if name.contains(&b'/') {
+            let found = resolve(self.archive, &self.cwd, name)?;
+            return self.library_of_kind(found, kind).await;
+        }
+        let mut first: Vec<Vec<u8>> = Vec::new();
+        if names.runpath.is_empty() {
+            first.extend(names.rpath.iter().chain(program_rpath).cloned());
+        }
+        first.extend(self.ld_library_path.iter().cloned());
+        first.extend(names.runpath.iter().cloned());
+        let mut tried = HashSet::new();
+        if let Some(lib) = self.search(name, origin, first, &mut tried, kind).await {
+            return Some(lib);
+        }
+        let cached = self.ld_cache().await.get(name).cloned().unwrap_or_default();
+        for path in cached {
+            let Some(found) = resolve(self.archive, b"/", &path) else { continue };
+            if let Some(lib) = self.library_of_kind(found, kind).await {
+                return Some(lib);
+            }
+        }
+        self.search(name, origin, standard_dirs(kind), &mut tried, kind).await
+    }
+
+    /// The first `dir/name` of `dirs` (not `tried` yet) that is a library of `kind`.
+    async fn search(
+        &mut self,
+        name: &[u8],
+        origin: &[u8],
+        dirs: Vec<Vec<u8>>,
+        tried: &mut HashSet<Vec<u8>>,
+        kind: elf::Kind,
+    ) -> Option<(Found, elf::Headers)> {
+        for dir in dirs {
+            let Some(dir) = expand_origin(&dir, origin) else { continue };
+            if !tried.insert(dir.clone()) {
+                continue;
+            }
+            let Some(found) = resolve(self.archive, &self.cwd, &join(&dir, name)) else { continue };
+            if let Some(lib) = self.library_of_kind(found, kind).await {
+                return Some(lib);
+            }
+        }
+        None
+    }
+
+    /// The image's `/etc/ld.so.cache` (empty when it has none, or it is unreadable).
+    async fn ld_cache(&mut self) -> &ldcache::LdCache {
+        if self.ld_cache.is_none() {
+            let found = resolve(self.archive, b"/", b"/etc/ld.so.cache").filter(|f| f.node.kind() == NodeKind::File);
+            let bytes = match found {
+                Some(found) => self.read(&found, 0, ldcache::MAX_CACHE).await.unwrap_or_default(),
+                None => Vec::new(),
+            };
+            self.ld_cache = Some(ldcache::parse(&bytes));
+        }
+        self.ld_cache.get_or_insert_default()
+    }
+
+    /// `found` with its headers when it is an ELF file of `kind`.
+    async fn library_of_kind(&mut self, found: Found, kind: elf::Kind) -> Option<(Found, elf::Headers)> {
+        if found.node.kind() != NodeKind::File {
+            return None;
+        }
+        match self.head(&found).await? {
+            Head::Elf(h) if h.kind == kind => Some((found, h)),
+            _ => None,
+        }
+    }
+}
+
+/// `$ORIGIN` / `${ORIGIN}` in a search path replaced by `origin`; `None` for a path with other dynamic
+/// string tokens (`$LIB`, `$PLATFORM`), which are left unsearched.
+fn expand_origin(dir: &[u8], origin: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(dir.len());
+    let mut rest = dir;
+    while let Some(i) = rest.iter().position(|&b| b == b'$') {
+        out.extend_from_slice(&rest[..i]);
+        let after = &rest[i + 1..];
+        let skip = if after.starts_with(b"{ORIGIN}") {
+            8
+        } else if after.starts_with(b"ORIGIN") {
+            6
+        } else {
+            return None;
+        };
+        out.extend_from_slice(origin);
+        rest = &after[skip..];
+    }
+    out.extend_from_slice(rest);
+    Some(out)
+}
+
+/// The loader's standard directories for libraries of `kind`, in its order (Debian's `ld.so.conf` first).
+fn standard_dirs(kind: elf::Kind) -> Vec<Vec<u8>> {
+    let mut dirs: Vec<String> = Vec::new();
+    if let Some(t) = elf::triplet(kind) {
+        dirs.push(format!("/usr/local/lib/{t}"));
+    }
+    dirs.push("/usr/local/lib".into());
+    if let Some(t) = elf::triplet(kind) {
+        dirs.extend([format!("/lib/{t}"), format!("/usr/lib/{t}")]);
+    }
+    if kind.class64 {
+        dirs.extend(["/lib64".into(), "/usr/lib64".into()]);
+    }
+    dirs.extend(["/lib".into(), "/usr/lib".into()]);
+    dirs.into_iter().map(String::into_bytes).collect()
+}
+
+/// A `:`-separated list, without empty entries.
+fn split_list(list: &[u8]) -> Vec<Vec<u8>> {
+    list.split(|&b| b == b':').filter(|p| !p.is_empty()).map(<[u8]>::to_vec).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origin_expands_and_other_tokens_are_skipped() {
+        assert_eq!(expand_origin(b"$ORIGIN/../lib", b"/opt/app/bin").unwrap(), b"/opt/app/bin/../lib");
+        assert_eq!(expand_origin(b"${ORIGIN}:x", b"/o").unwrap(), b"/o:x");
+        assert_eq!(expand_origin(b"/usr/lib", b"/o").unwrap(), b"/usr/lib");
+        assert!(expand_origin(b"/usr/$LIB", b"/o").is_none());
+    }
+}

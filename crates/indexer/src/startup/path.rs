@@ -1,0 +1,96 @@
+//! Paths inside an image, resolved the way a process chrooted into it would: symlinks followed (absolute
+//! targets from the image root), `..` never above the root, at most [`MAX_SYMLINKS`] links, so no hostile
+//! tree can lead a lookup outside the image or around in circles.
+
+use std::collections::VecDeque;
+
+use clip_format::{Archive, Ino, NodeKind, NodeView};
+
+/// Symlinks one lookup follows, as Linux's `MAXSYMLINKS`.
+pub(super) const MAX_SYMLINKS: usize = 40;
+
+/// A file found in the image: its inode record and its path with every symlink resolved.
+#[derive(Debug, Clone)]
+pub(super) struct Found {
+    pub node: NodeView,
+    pub path: Vec<u8>,
+}
+
+impl Found {
+    /// The directory holding the file (`/` for a file in the root).
+    pub(super) fn dir(&self) -> Vec<u8> {
+        match self.path.iter().rposition(|&b| b == b'/') {
+            Some(0) | None => b"/".to_vec(),
+            Some(i) => self.path[..i].to_vec(),
+        }
+    }
+}
+
+/// Resolves `path` (absolute, or relative to the directory `cwd`) in `archive`, following every symlink,
+/// the last component's too; `None` when it does not exist, a symlink loops, or the index is corrupt.
+pub(super) fn resolve(archive: &Archive, cwd: &[u8], path: &[u8]) -> Option<Found> {
+    let mut todo: VecDeque<Vec<u8>> = VecDeque::new();
+    if !path.starts_with(b"/") {
+        todo.extend(components(cwd));
+    }
+    todo.extend(components(path));
+    // The directories walked into, each with its name: `..` pops one, never the root.
+    let mut stack: Vec<(Vec<u8>, Ino)> = Vec::new();
+    let mut links = 0;
+    let mut node = archive.node(Ino::ROOT).ok()?;
+    while let Some(name) = todo.pop_front() {
+        if name == b".." {
+            stack.pop();
+            node = archive.node(stack.last().map_or(Ino::ROOT, |s| s.1)).ok()?;
+            continue;
+        }
+        if node.kind() != NodeKind::Dir {
+            return None;
+        }
+        let next = archive.node(archive.lookup(&node, &name).ok()??).ok()?;
+        if next.kind() == NodeKind::Symlink {
+            links += 1;
+            if links > MAX_SYMLINKS {
+                return None;
+            }
+            let target = archive.symlink_target(&next).ok()?;
+            if target.starts_with(b"/") {
+                stack.clear();
+                node = archive.node(Ino::ROOT).ok()?;
+            }
+            for c in components(target).into_iter().rev() {
+                todo.push_front(c);
+            }
+            continue;
+        }
+        stack.push((name, next.ino));
+        node = next;
+    }
+    let mut path = Vec::new();
+    for (name, _) in &stack {
+        path.push(b'/');
+        path.extend_from_slice(name);
+    }
+    if path.is_empty() {
+        path.push(b'/');
+    }
+    Some(Found { node, path })
+}
+
+/// `dir/name`, or `name` itself when it is absolute.
+pub(super) fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
+    if name.starts_with(b"/") || dir.is_empty() {
+        return name.to_vec();
+    }
+    let mut p = dir.to_vec();
+    if !p.ends_with(b"/") {
+        p.push(b'/');
+    }
+    p.extend_from_slice(name);
+    p
+}
+
+/// The components of a path, without empty ones and `.`.
+fn components(path: &[u8]) -> Vec<Vec<u8>> {
+    path.split(|&b| b == b'/').filter(|c| !c.is_empty() && *c != b".").map(<[u8]>::to_vec).collect()
+}

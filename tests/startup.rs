@@ -1,0 +1,249 @@
+//! End to end: the startup set and startup profiles. The index of an image records its entrypoint's ELF
+//! interpreter and `DT_NEEDED` closure (checked against `ldd` on the host the binaries come from), or a
+//! script's interpreters; a hostile image gives a smaller set or none and still indexes; a mount fetches
+//! the set before anything reads it; and the first cold `clip run` of an image on a node records its
+//! profile and publishes it, so a second, clean node replays it.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use clip_format::Archive;
+use clip_testkit::*;
+use common::{clip_ok, metric, s, text, Indexed, Served};
+
+/// The startup set `clip inspect --json` shows, as paths.
+fn startup_paths(index: &Path) -> Vec<String> {
+    let json: serde_json::Value = serde_json::from_slice(&clip_ok(&["inspect", "--json", s(index)])).unwrap();
+    serde_json::from_value(json["startup_set"].clone()).unwrap()
+}
+
+/// An image of host programs (with the libraries `ldd` names, at its paths) and `extra` entries, whose
+/// entrypoint is `entrypoint`.
+fn image(programs: &[(&str, &str, u32)], extra: Vec<Entry>, entrypoint: &[&str]) -> Image {
+    let mut layer = LayerBuilder::new();
+    for e in host_programs(programs).into_iter().chain(extra) {
+        layer.entry(e);
+    }
+    let mut image = Image::new(vec![Layer::new(layer.finish(), Compression::Gzip)]);
+    image.config.entrypoint = Some(entrypoint.iter().map(|s| s.to_string()).collect());
+    image
+}
+
+/// `/PATH` of each library `ldd` says the host's `program` loads (the dynamic loader included).
+fn ldd(program: &str) -> BTreeSet<String> {
+    shared_libraries(program).iter().map(|p| p.display().to_string()).collect()
+}
+
+#[test]
+fn a_dynamic_entrypoint_gives_its_loader_and_libraries_and_a_mount_fetches_them_before_any_read() {
+    let served = Served::new(&image(&[("/bin/ls", "usr/bin/ls", 0o755)], vec![], &["ls", "-l"]));
+    let set = startup_paths(&served.index());
+    assert_eq!(set[0], "/usr/bin/ls", "the program comes first (found in PATH): {set:?}");
+    let mut expected = ldd("/bin/ls");
+    expected.insert("/usr/bin/ls".into());
+    assert_eq!(set.iter().cloned().collect::<BTreeSet<_>>(), expected);
+    let (_, verbose, _) = inspect_text(&served.index());
+    assert!(verbose.contains(&format!("startup:   {} files", set.len())) && verbose.contains("\n  /usr/bin/ls\n"));
+
+    // The spans of the set load as the mount starts; reading the files afterwards fetches nothing.
+    let archive = Archive::open(&served.index()).unwrap();
+    let mut spans = BTreeSet::new();
+    for ino in archive.startup_set().unwrap() {
+        let data = archive.node(ino).unwrap().data_ref().unwrap();
+        spans.extend(archive.file_spans(data, 0..data.size).map(|s| s.unwrap().span));
+    }
+    let addr = common::free_addr();
+    let m = served.mount("mnt", &["--metrics", &addr]);
+    common::wait_within(Duration::from_secs(60), "the startup set was not prefetched", || {
+        metric(&addr, "clip_prefetched_spans_total") >= spans.len() as f64
+    });
+    let (fetched, requests) = (metric(&addr, "clip_spans_fetched_total"), served.proxy().stats().requests);
+    assert_eq!(fetched, spans.len() as f64, "the set's spans, each once");
+    for path in &set {
+        let bytes = std::fs::read(m.dir.join(&path[1..])).unwrap();
+        let host = if path == "/usr/bin/ls" { "/bin/ls" } else { path };
+        assert!(bytes == std::fs::read(host).unwrap(), "{path}");
+    }
+    assert_eq!(metric(&addr, "clip_spans_fetched_total"), fetched, "reading the set fetched spans");
+    assert_eq!(served.proxy().stats().requests, requests, "reading the set reached the registry");
+    let log = m.stop();
+    assert!(log.contains("prefetching the startup set"), "{log}");
+
+    // --no-startup-set: nothing loads until it is read.
+    let addr = common::free_addr();
+    let cache = served.dir.path().join("cold");
+    let m = common::MountProc::start(
+        &served.index(),
+        &served.dir.path().join("off"),
+        &["--cache-dir", s(&cache), "--metrics", &addr, "--no-startup-set"],
+    );
+    assert!(m.dir.join("usr/bin/ls").is_file());
+    assert_eq!(metric(&addr, "clip_prefetched_spans_total"), 0.0);
+    m.stop();
+}
+
+#[test]
+fn a_library_only_the_images_ld_so_cache_names_is_found_there() {
+    // libc moved to /opt/glibc, where no standard directory and no RUNPATH leads: only the cache does.
+    let mut layer = LayerBuilder::new();
+    let mut dirs = BTreeSet::from(["etc".to_owned(), "opt".into(), "opt/glibc".into(), "bin".into()]);
+    let mut files = vec![("bin/ls".to_owned(), std::fs::read("/bin/ls").unwrap())];
+    for lib in ldd("/bin/ls") {
+        let bytes = std::fs::read(&lib).unwrap();
+        let path = if lib.ends_with("/libc.so.6") { "opt/glibc/libc.so.6".to_owned() } else { lib[1..].to_owned() };
+        let parents: Vec<String> =
+            Path::new(&path).ancestors().skip(1).map(|p| p.display().to_string()).filter(|p| !p.is_empty()).collect();
+        dirs.extend(parents);
+        files.push((path, bytes));
+    }
+    files.push(("etc/ld.so.cache".into(), ld_so_cache(&[("libc.so.6", "/opt/glibc/libc.so.6")])));
+    for d in &dirs {
+        layer.dir(d.as_str());
+    }
+    for (path, bytes) in files {
+        layer.entry(Entry::file(path, bytes).mode(0o755));
+    }
+    let mut image = Image::new(vec![Layer::new(layer.finish(), Compression::Gzip)]);
+    image.config.cmd = Some(vec!["ls".into()]);
+    let set = startup_paths(&Indexed::new(&image).index());
+    assert!(set.contains(&"/opt/glibc/libc.so.6".to_owned()), "{set:?}");
+    assert!(set.contains(&"/etc/ld.so.cache".to_owned()), "the loader reads its cache first: {set:?}");
+    assert_eq!(set.len(), ldd("/bin/ls").len() + 2, "ls, its libraries and the cache: {set:?}");
+}
+
+/// `clip -v inspect INDEX`: (success, stdout, stderr).
+fn inspect_text(index: &Path) -> (bool, String, String) {
+    let out = common::clip(&["-v", "inspect", s(index)]);
+    (out.status.success(), text(&out.stdout), text(&out.stderr))
+}
+
+#[test]
+fn a_script_entrypoint_gives_its_interpreters_through_env() {
+    let script = Entry::file("app/run", "#!/usr/bin/env sh\necho hi\n").mode(0o755);
+    let indexed = Indexed::new(&image(
+        &[("/usr/bin/env", "usr/bin/env", 0o755), ("/bin/sh", "bin/sh", 0o755)],
+        vec![Entry::dir("app"), script],
+        &["./run", "x"],
+    ));
+    let set = startup_paths(&indexed.index());
+    // WorkingDir is unset: "./run" is relative to "/", so it is not found; the same image with a WorkingDir
+    // finds it. Here the set is empty and the index is fine.
+    assert!(set.is_empty(), "{set:?}");
+
+    let script = Entry::file("app/run", "#!/usr/bin/env sh\necho hi\n").mode(0o755);
+    let mut with_dir = image(
+        &[("/usr/bin/env", "usr/bin/env", 0o755), ("/bin/sh", "bin/sh", 0o755)],
+        vec![Entry::dir("app"), script],
+        &["./run", "x"],
+    );
+    with_dir.config.working_dir = Some("/app".into());
+    let set = startup_paths(&Indexed::new(&with_dir).index());
+    assert_eq!(&set[..2], ["/app/run", "/usr/bin/env"], "the script, then its interpreter and its libraries");
+    let mut expected: BTreeSet<String> = ldd("/usr/bin/env").into_iter().chain(ldd("/bin/sh")).collect();
+    expected.extend(["/app/run".into(), "/usr/bin/env".into(), "/bin/sh".into()]);
+    assert_eq!(set.into_iter().collect::<BTreeSet<_>>(), expected);
+}
+
+#[test]
+fn hostile_entrypoints_give_a_smaller_set_or_none_and_the_image_still_indexes() {
+    let ls = std::fs::read("/bin/ls").unwrap();
+    let mut absurd = ls.clone();
+    absurd[32..40].copy_from_slice(&u64::MAX.to_le_bytes()); // e_phoff far beyond the file
+    absurd[56..58].copy_from_slice(&0xffffu16.to_le_bytes()); // e_phnum
+    let mut huge_dynamic = ls.clone();
+    // Every program header claims a segment of 2^62 bytes.
+    let (phoff, phnum) = (u64::from_le_bytes(ls[32..40].try_into().unwrap()) as usize, ls[56] as usize);
+    for i in 0..phnum {
+        let at = phoff + i * 56 + 32;
+        huge_dynamic[at..at + 8].copy_from_slice(&(1u64 << 62).to_le_bytes());
+    }
+    let cases: Vec<(&str, Vec<Entry>, Vec<&str>)> = vec![
+        ("truncated ELF", vec![Entry::file("bin/app", ls[..300].to_vec()).mode(0o755)], vec!["/bin/app"]),
+        ("absurd header", vec![Entry::file("bin/app", absurd).mode(0o755)], vec!["/bin/app"]),
+        ("absurd segment sizes", vec![Entry::file("bin/app", huge_dynamic).mode(0o755)], vec!["/bin/app"]),
+        ("symlink loop", vec![Entry::symlink("bin/app", "app2"), Entry::symlink("bin/app2", "app")], vec![]),
+        ("path escaping the root", vec![Entry::symlink("bin/app", "../../../../../bin/ls")], vec![]),
+        ("script naming itself", vec![Entry::file("bin/app", "#!/bin/app\n").mode(0o755)], vec!["/bin/app"]),
+        ("entrypoint is a directory", vec![Entry::dir("bin/app")], vec![]),
+    ];
+    for (what, entries, expected) in cases {
+        let mut layer = LayerBuilder::new();
+        layer.entry(Entry::dir("bin"));
+        for e in entries {
+            layer.entry(e);
+        }
+        let mut image = Image::new(vec![Layer::new(layer.finish(), Compression::Gzip)]);
+        image.config.entrypoint = Some(vec!["/bin/app".into()]);
+        let indexed = Indexed::new(&image);
+        assert_eq!(startup_paths(&indexed.index()), expected, "{what}");
+    }
+}
+
+#[test]
+fn a_first_cold_run_publishes_its_profile_and_a_clean_node_replays_it() {
+    let registry = Registry::start();
+    registry.push(&common::debian_layout(), "bookworm", "debian:test");
+    let image = registry.image_ref("debian:test");
+    let dir = tempfile::tempdir().unwrap();
+    let node = |name: &str| common::node_env(&dir.path().join(name));
+    let run = |name: &str| {
+        let out = common::clip_node(&["run", &image, "--", "cat", "/etc/os-release"], &node(name));
+        assert!(out.status.success(), "clip run failed:\n{}", text(&out.stderr));
+        assert!(text(&out.stdout).contains("Debian GNU/Linux 12"));
+        text(&out.stderr)
+    };
+    let err = run("first");
+    assert!(err.contains("no startup profile yet; this start records one"), "{err}");
+    // The mount ended with the run (last user out), saved the profile and published it.
+    let state = dir.path().join("first/state");
+    let profile = std::fs::read_dir(state.join("profiles")).unwrap().next().unwrap().unwrap().path();
+    let recorded: serde_json::Value = serde_json::from_slice(&std::fs::read(&profile).unwrap()).unwrap();
+    assert!(recorded["spans"].as_array().is_some_and(|s| !s.is_empty()), "{recorded}");
+    let mount_dir = std::fs::read_dir(state.join("mounts")).unwrap().next().unwrap().unwrap().path();
+    let log = std::fs::read_to_string(mount_dir.join("mount.log")).unwrap();
+    assert!(log.contains("profile published"), "{log}");
+
+    let err = run("second");
+    assert!(err.contains("prefetch profile from registry"), "{err}");
+    assert!(!err.contains("this start records one"), "{err}");
+    let saved = std::fs::read_dir(dir.path().join("second/state/profiles")).unwrap().next().unwrap().unwrap().path();
+    assert_eq!(std::fs::read(saved).unwrap(), std::fs::read(&profile).unwrap());
+}
+
+#[test]
+fn without_a_registry_the_profile_goes_through_the_s3_index_store() {
+    const BUCKET: &str = "startup";
+    let s3 = S3Server::start();
+    s3.create_bucket(BUCKET);
+    let indexed = Indexed::new(&common::app_image());
+    let image = indexed.reference(); // an OCI layout: no registry to publish to
+    let node = |name: &str| {
+        let mut env = common::node_env(&indexed.path(name));
+        env.extend(s3.env());
+        env.push(("CLIP_S3_INDEX_STORE".into(), format!("s3://{BUCKET}/indexes")));
+        env
+    };
+    let first = node("first");
+    let err = common::pull_and_gc(&image, &first, common::check_app_tree);
+    assert!(err.contains("no startup profile yet; this start records one"), "{err}");
+    // `clip gc` unmounted the image: its mount process ends the recording and publishes it.
+    let profiles = indexed.path("first/state/profiles");
+    let key = std::fs::read_dir(&profiles).unwrap().next().unwrap().unwrap().file_name();
+    let digest = key.to_str().unwrap().trim_end_matches(".json").replacen('-', ":", 1);
+    let object = format!("indexes/{digest}.profile.json");
+    common::wait_within(Duration::from_secs(30), "the profile was not published to S3", || {
+        s3.get_object(BUCKET, &object).is_some()
+    });
+    let published = s3.get_object(BUCKET, &object).unwrap();
+    assert_eq!(published, std::fs::read(profiles.join(&key)).unwrap());
+    let spans: serde_json::Value = serde_json::from_slice(&published).unwrap();
+    assert!(spans["spans"].as_array().is_some_and(|s| !s.is_empty()), "{spans}");
+
+    let second = node("second");
+    let err = common::pull_and_gc(&image, &second, common::check_app_tree);
+    assert!(err.contains("prefetch profile from S3"), "{err}");
+    assert!(!err.contains("this start records one"), "{err}");
+}
