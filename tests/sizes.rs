@@ -56,6 +56,7 @@ fn v1_archive(file: DataRef, uncompressed: u64) -> Vec<u8> {
             window: WindowRef::default(),
         }],
         windows: Windows::new(),
+        chunks: None,
     };
     let mut out = Vec::new();
     write_archive(&contents, Some(DataSource { reader: &mut &data[..], len: DATA_LEN }), &mut out).unwrap();

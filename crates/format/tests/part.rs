@@ -73,6 +73,11 @@ fn sample() -> LayerPart {
         entries,
         spans,
         windows,
+        chunks: Some(Chunks {
+            chunk_size: 1024,
+            chunks: (0..4u8).map(|i| ChunkDigest([i; CHUNK_DIGEST_LEN])).collect(),
+            windows: vec![ChunkDigest::default(), ChunkDigest::of(b"w1"), ChunkDigest::of(b"w2")],
+        }),
     }
 }
 

@@ -5,8 +5,8 @@
 //! by every image that has the layer. An image index is merged from its layers' parts.
 //!
 //! On disk a part is a `.clip` container of kind [`ArchiveKind::LayerPart`]: `META` (JSON [`PartMeta`]),
-//! `ENTR` (one [`ENTRY_LEN`]-byte record an entry), `STRS`, `XATR`, `SPAN` (as in an image index) and the lazy
-//! `WIND`.
+//! `ENTR` (one [`ENTRY_LEN`]-byte record an entry), `STRS`, `XATR`, `SPAN` (as in an image index), the lazy
+//! `WIND` and (from part version 2) the lazy `CHNK` ([`Chunks`]: the layer's compressed-chunk digests).
 
 mod entry;
 
@@ -20,12 +20,13 @@ use crate::check::{check_header, check_table, decode_section, find};
 use crate::layout::*;
 use crate::writer::{encode_spans, encode_xattrs, write_container, Strings};
 use crate::{
-    ArchiveKind, Compression, Corruption, Digest, FormatError, SpanSpec, Timestamp, WindowRef, Windows, Xattr,
+    ArchiveKind, Chunks, Compression, Corruption, Digest, FormatError, SpanSpec, Timestamp, WindowRef, Windows, Xattr,
 };
 pub use entry::{EntryKind, TarEntry};
 
 /// Version of the part layout; part of every [`part_key`], so a clip with another layout never reads it.
-pub const PART_VERSION: u32 = 1;
+/// Version 2 added the `CHNK` section.
+pub const PART_VERSION: u32 = 2;
 
 /// The name a part is kept under: `sha256-<hex>-s<span size>-v<PART_VERSION>`, safe as a file name and as an
 /// object key.
@@ -60,6 +61,9 @@ pub struct LayerPart {
     pub entries: Vec<TarEntry>,
     pub spans: Vec<SpanSpec>,
     pub windows: Windows,
+    /// The layer's compressed-chunk digests and its spans' window digests (none in a part written
+    /// without them: its spans are then only verified whole).
+    pub chunks: Option<Chunks>,
 }
 
 impl LayerPart {
@@ -99,7 +103,7 @@ impl LayerPart {
         let spans = encode_spans(&self.spans, &self.windows)?;
         let eager =
             vec![(SEC_META, meta), (SEC_ENTR, entries), (SEC_STRS, strs.blob), (SEC_XATR, xattrs), (SEC_SPAN, spans)];
-        write_container(ArchiveKind::LayerPart, eager, &self.windows, None, out)
+        write_container(ArchiveKind::LayerPart, eager, &self.windows, self.chunks.as_ref(), None, out)
     }
 
     /// Reads the part in file `path`, checking everything it records (a part may come from a shared store).
@@ -136,7 +140,18 @@ impl LayerPart {
         let windows = Windows::from_stored(stored_windows)?;
         let spans = decode_spans(&span, &meta, windows.len())?;
         let entries = decode_entries(&entr, &strs, &xatr, &meta)?;
-        Ok(LayerPart { meta, entries, spans, windows })
+        let chunks = match sections.iter().find(|s| s.id == SEC_CHNK) {
+            None => None,
+            Some(e) => {
+                let stored = &buf[e.offset as usize..(e.offset + e.stored_len) as usize];
+                if crc32c::crc32c(stored) != e.crc {
+                    return Err(FormatError::Checksum { what: "section CHNK".into() });
+                }
+                let bad = Corruption::ChunkSection { len: stored.len(), size: meta.size, spans: spans.len() };
+                Some(Chunks::decode(stored, &[meta.size], spans.len()).ok_or(bad)?)
+            }
+        };
+        Ok(LayerPart { meta, entries, spans, windows, chunks })
     }
 }
 
