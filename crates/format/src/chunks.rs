@@ -96,6 +96,19 @@ impl Chunks {
         true
     }
 
+    /// Refuses digests that do not fit streams of `sizes` bytes (one a layer) and `spans` spans.
+    pub(crate) fn check(&self, sizes: &[u64], spans: usize) -> Result<(), FormatError> {
+        let count: u64 = sizes.iter().map(|&s| chunk_count(s, self.chunk_size)).sum();
+        if self.chunks.len() as u64 != count || self.windows.len() != spans {
+            return Err(FormatError::Invalid(format!(
+                "{} chunk digests and {} window digests for {count} chunks and {spans} spans",
+                self.chunks.len(),
+                self.windows.len()
+            )));
+        }
+        Ok(())
+    }
+
     /// The section's bytes.
     pub(crate) fn encode(&self) -> Result<Vec<u8>, FormatError> {
         let size = u32::try_from(self.chunk_size).ok().filter(|&s| s > 0);

@@ -101,6 +101,9 @@ impl LayerPart {
             }
         }
         let spans = encode_spans(&self.spans, &self.windows)?;
+        if let Some(chunks) = &self.chunks {
+            chunks.check(&[self.meta.size], self.spans.len())?;
+        }
         let eager =
             vec![(SEC_META, meta), (SEC_ENTR, entries), (SEC_STRS, strs.blob), (SEC_XATR, xattrs), (SEC_SPAN, spans)];
         write_container(ArchiveKind::LayerPart, eager, &self.windows, self.chunks.as_ref(), None, out)
