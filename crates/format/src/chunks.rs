@@ -69,6 +69,11 @@ pub fn chunk_count(size: u64, chunk_size: u64) -> u64 {
     size.div_ceil(chunk_size.max(1))
 }
 
+/// How many chunks streams of `sizes` bytes have in all (saturating: sizes come from the index).
+fn total_chunks(sizes: impl IntoIterator<Item = u64>, chunk_size: u64) -> u64 {
+    sizes.into_iter().fold(0u64, |n, s| n.saturating_add(chunk_count(s, chunk_size)))
+}
+
 /// The contents of a `CHNK` section: of one layer (a part) or of every layer of an image, in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Chunks {
@@ -98,7 +103,7 @@ impl Chunks {
 
     /// Refuses digests that do not fit streams of `sizes` bytes (one a layer) and `spans` spans.
     pub(crate) fn check(&self, sizes: &[u64], spans: usize) -> Result<(), FormatError> {
-        let count: u64 = sizes.iter().map(|&s| chunk_count(s, self.chunk_size)).sum();
+        let count = total_chunks(sizes.iter().copied(), self.chunk_size);
         if self.chunks.len() as u64 != count || self.windows.len() != spans {
             return Err(FormatError::Invalid(format!(
                 "{} chunk digests and {} window digests for {count} chunks and {spans} spans",
@@ -140,7 +145,7 @@ fn fitting<'a>(raw: &'a [u8], sizes: &[u64], spans: usize) -> Option<(u64, &'a [
     if chunk_size == 0 || digest_len as usize != CHUNK_DIGEST_LEN {
         return None;
     }
-    let count = usize::try_from(sizes.iter().map(|&s| chunk_count(s, chunk_size)).sum::<u64>()).ok()?;
+    let count = usize::try_from(total_chunks(sizes.iter().copied(), chunk_size)).ok()?;
     let body = &raw[HEADER_LEN..];
     (body.len() == count.checked_add(spans)?.checked_mul(CHUNK_DIGEST_LEN)?).then_some((chunk_size, body, count))
 }
@@ -172,13 +177,13 @@ impl ChunkTable<'_> {
         if chunk >= chunk_count(l.size, self.chunk_size) {
             return None;
         }
-        let before: u64 = layers[..layer.index()].iter().map(|l| chunk_count(l.size, self.chunk_size)).sum();
+        let before = total_chunks(layers[..layer.index()].iter().map(|l| l.size), self.chunk_size);
         self.digest(before.checked_add(chunk)?)
     }
 
     /// The recorded digest of span `span`'s raw window (zero: it has none).
     pub fn window(&self, span: SpanId) -> Option<ChunkDigest> {
-        let chunks: u64 = self.archive.meta().layers.iter().map(|l| chunk_count(l.size, self.chunk_size)).sum();
+        let chunks = total_chunks(self.archive.meta().layers.iter().map(|l| l.size), self.chunk_size);
         self.digest(chunks.checked_add(span.0.into())?)
     }
 

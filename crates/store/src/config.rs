@@ -15,7 +15,7 @@ pub struct StoreConfig {
     /// the rest, and a mount's memory stays bounded.
     pub memory_bytes: u64,
     /// Bytes that span fetches in flight may hold at once (compressed bytes and decode buffers); more
-    /// fetches wait. Default 8 MiB.
+    /// fetches wait. Default 16 MiB.
     pub inflight_bytes: u64,
     /// The disk cache directory ([`crate::default_cache_dir`] is the usual choice); `None` (the default)
     /// keeps spans in memory only.
@@ -66,7 +66,7 @@ impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             memory_bytes: 8 << 20,
-            inflight_bytes: 8 << 20,
+            inflight_bytes: 16 << 20,
             cache_dir: None,
             cache_size: 10 << 30,
             readahead_spans: 2,

@@ -121,7 +121,7 @@ impl Inner {
     async fn fetch_once(&self, f: Fetch) -> Result<SpanBytes, StoreError> {
         let Fetch { layer, index, span, codec, range, len, .. } = f;
         debug!(%layer, span = %index, start = range.start, len = range.end - range.start, "fetch span");
-        let _budget = self.budget.take(range.end - range.start + 2 * len).await;
+        let _budget = self.budget.take(range.end - range.start + len).await;
         let compressed = self.read_blob(layer, range.clone()).await?;
         let window = self.archive.window(index)?;
         let disk = self.disk.clone();

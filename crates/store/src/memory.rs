@@ -87,8 +87,7 @@ impl Lru {
     }
 }
 
-/// Bounds the bytes that fetches in flight hold at once (compressed bytes, the decode buffer and the span
-/// made from it), so many concurrent loads (a file's spans on open, readahead, a profile) cannot add up
+/// Bounds the bytes that fetches in flight hold at once (compressed bytes and the decode buffer), so many concurrent loads (a file's spans on open, readahead, a profile) cannot add up
 /// past it: a fetch waits for its share before it starts. One fetch larger than the whole budget takes
 /// all of it.
 pub(crate) struct Budget {

@@ -72,7 +72,7 @@ impl Inner {
         let chunk = self.archive.chunk_table().map_or(clip_format::CHUNK_SIZE, |t| t.chunk_size());
         let start = held.as_ref().map_or(f.range.start / chunk * chunk, |h| h.start);
         let mut compressed = held.map_or_else(Vec::new, |h| h.compressed.to_vec());
-        let _budget = self.budget.take(f.range.end - start + 2 * f.len).await;
+        let _budget = self.budget.take(f.range.end - start + f.len).await;
         let window: Arc<[u8]> = self.archive.window(index)?.into();
         let mut end = if want >= f.len {
             f.range.end
