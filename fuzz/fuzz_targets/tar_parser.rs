@@ -25,6 +25,7 @@ fuzz_target!(|data: &[u8]| {
             nodes,
             spans: vec![],
             windows: clip_format::Windows::new(),
+            chunks: None,
         };
         let mut out = Vec::new();
         // The merge's output must always be a tree the writer accepts.

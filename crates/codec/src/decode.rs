@@ -95,11 +95,31 @@ pub fn decode_span_into(
             let start = checkpoint_start(checkpoint, fetch_start, compressed)?;
             let available = &compressed[start..];
             if available.len() < out.len() {
+                // What there is, for [`decode_prefix`].
+                out[..available.len()].copy_from_slice(available);
                 return Err(CodecError::Truncated { expected: out.len() as u64, got: available.len() as u64 });
             }
             out.copy_from_slice(&available[..out.len()]);
             Ok(())
         }
+    }
+}
+
+/// Decodes from `checkpoint` as much of `out` as `compressed` (the blob's bytes from `fetch_start` on, a
+/// prefix of a span's range: see [`fetch_range`]) holds; returns how many bytes of `out` now hold output
+/// (`out.len()` when the bytes reach that far). Running out of input is not an error here, bad input is.
+/// zstd yields output a block (up to 128 KiB) at a time, gzip and raw byte for byte.
+pub fn decode_prefix(
+    compression: Compression,
+    checkpoint: &CheckpointRef<'_>,
+    fetch_start: u64,
+    compressed: &[u8],
+    out: &mut [u8],
+) -> Result<usize, CodecError> {
+    match decode_span_into(compression, checkpoint, fetch_start, compressed, out) {
+        Ok(()) => Ok(out.len()),
+        Err(CodecError::Truncated { got, .. }) => Ok(usize::try_from(got).unwrap_or(0).min(out.len())),
+        Err(e) => Err(e),
     }
 }
 

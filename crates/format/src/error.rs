@@ -94,6 +94,8 @@ pub enum Corruption {
     Window(std::io::Error),
     #[error("expected a layer part, found an archive of kind {found}")]
     NotAPart { found: crate::ArchiveKind },
+    #[error("the {len}-byte CHNK section does not hold the chunk digests of a {size}-byte layer with {spans} spans")]
+    ChunkSection { len: usize, size: u64, spans: usize },
     #[error("entry {entry} of the layer part has the unknown kind {code}")]
     EntryKind { entry: usize, code: u8 },
     #[error("the {count} xattrs of entry {entry} from record {first} lie outside the xattr table")]

@@ -13,7 +13,8 @@
 //!   0 id [u8; 4]  4 flags u32  8 offset u64  16 stored_len u64  24 raw_len u64  32 crc32c u32  36 reserved u32
 //! ```
 //! A section flagged `ZSTD` is one zstd frame holding `raw_len` bytes; a `LAZY` section is not read at open
-//! (window and data sections: each record inside has its own digest or is verified by the span digest).
+//! (window, chunk-digest and data sections: each record inside has its own digest or is verified by the span
+//! digest; the chunk digests are checked against the section checksum on first use).
 
 pub const MAGIC: [u8; 8] = [0x89, b'C', b'L', b'I', b'P', 0x0d, 0x0a, 0x1a];
 pub const FORMAT_VERSION: u16 = 2;
@@ -31,6 +32,8 @@ pub const SEC_XATR: [u8; 4] = *b"XATR";
 pub const SEC_SPAN: [u8; 4] = *b"SPAN";
 pub const SEC_WIND: [u8; 4] = *b"WIND";
 pub const SEC_DATA: [u8; 4] = *b"DATA";
+/// Digests of the layers' compressed chunks and of the spans' windows (lazy): see [`crate::Chunks`].
+pub const SEC_CHNK: [u8; 4] = *b"CHNK";
 /// A layer part's tar entries, in stream order.
 pub const SEC_ENTR: [u8; 4] = *b"ENTR";
 /// The startup set of an index (optional): u32 inode numbers of the files a start of the image's

@@ -28,7 +28,7 @@
 //! let span = SpanSpec { out_offset: 0, in_offset: 0, bits: 0, digest: Digest::default(), window: WindowRef::default() };
 //! let contents = IndexContents { kind: ArchiveKind::IndexOnly,
 //!     meta: ImageMeta { layers: vec![layer], ..ImageMeta::default() }, nodes: vec![root, file], spans: vec![span],
-//!     windows: Windows::new() };
+//!     windows: Windows::new(), chunks: None };
 //! let mut bytes = Vec::new();
 //! write_index(&contents, &mut bytes).unwrap();
 //! let archive = Archive::from_bytes(bytes).unwrap();
@@ -37,6 +37,7 @@
 //! ```
 
 mod check;
+mod chunks;
 mod error;
 mod ids;
 mod input;
@@ -49,6 +50,7 @@ mod windows;
 mod writer;
 
 pub use check::MAX_SIZE;
+pub use chunks::{chunk_count, ChunkDigest, ChunkTable, Chunks, CHUNK_DIGEST_LEN, CHUNK_SIZE};
 pub use error::{Corruption, FormatError};
 pub use ids::{Digest, LayerIndex, SpanId, SpanIds};
 pub use input::{file_type_name, open_regular};

@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 
 use crate::layout::*;
 use crate::windows::{WindowRef, Windows};
-use crate::{Content, FormatError, ImageMeta, Ino, NodeKind, NodeSpec, Xattr};
+use crate::{Chunks, Content, FormatError, ImageMeta, Ino, NodeKind, NodeSpec, Xattr};
 
 /// A resume point in a layer and the digest of the span that starts there, as the indexer records them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +35,9 @@ pub struct IndexContents {
     pub spans: Vec<SpanSpec>,
     /// The spans' checkpoint windows, stored (compressed) as they were recorded: the `WIND` section.
     pub windows: Windows,
+    /// Digests of the layers' compressed chunks and of the windows: the lazy `CHNK` section (none: an
+    /// index whose reads verify whole spans only).
+    pub chunks: Option<Chunks>,
 }
 
 /// zstd level for large metadata sections (and, in [`Windows`], for checkpoint windows): small output,
@@ -87,6 +90,10 @@ pub fn write_archive<W: Write>(
     let tables = encode_tables(contents)?;
     let meta = serde_json::to_vec(&contents.meta).map_err(FormatError::Meta)?;
     let spans = encode_spans(&contents.spans, &contents.windows)?;
+    if let Some(chunks) = &contents.chunks {
+        let sizes: Vec<u64> = contents.meta.layers.iter().map(|l| l.size).collect();
+        chunks.check(&sizes, contents.spans.len())?;
+    }
     let eager = vec![
         (SEC_META, meta),
         (SEC_NODE, tables.nodes),
@@ -95,18 +102,21 @@ pub fn write_archive<W: Write>(
         (SEC_XATR, tables.xattrs),
         (SEC_SPAN, spans),
     ];
-    write_container(contents.kind, eager, &contents.windows, data, out)
+    write_container(contents.kind, eager, &contents.windows, contents.chunks.as_ref(), data, out)
 }
 
 /// Writes header, section table, the `eager` sections (each one zstd frame), the windows as the lazy `WIND`
-/// section and, with `data`, the `DATA` section: the container every `.clip` kind shares.
+/// section, the chunk digests as the lazy `CHNK` section and, with `data`, the `DATA` section: the
+/// container every `.clip` kind shares.
 pub(crate) fn write_container<W: Write, S: AsRef<[u8]>>(
     kind: ArchiveKind,
     eager: Vec<([u8; 4], S)>,
     windows: &Windows,
+    chunks: Option<&Chunks>,
     data: Option<DataSource<'_>>,
     mut out: W,
 ) -> Result<u64, FormatError> {
+    let chunks = chunks.map(Chunks::encode).transpose()?;
     let mut bodies: Vec<([u8; 4], u32, Vec<u8>, u64)> = Vec::new();
     for (id, raw) in eager {
         let raw = raw.as_ref();
@@ -116,7 +126,7 @@ pub(crate) fn write_container<W: Write, S: AsRef<[u8]>>(
         bodies.push((id, FLAG_ZSTD, stored, raw_len));
     }
 
-    let count = bodies.len() + 1 + usize::from(data.is_some());
+    let count = bodies.len() + 1 + usize::from(chunks.is_some()) + usize::from(data.is_some());
     let mut offset = (HEADER_LEN + count * SECTION_ENTRY_LEN) as u64;
     let mut table = Vec::with_capacity(count * SECTION_ENTRY_LEN);
     for (id, flags, stored, raw_len) in &bodies {
@@ -142,6 +152,19 @@ pub(crate) fn write_container<W: Write, S: AsRef<[u8]>>(
     }
     .encode(&mut table);
     offset += windows.len();
+    if let Some(chunks) = &chunks {
+        let len = chunks.len() as u64;
+        SectionEntry {
+            id: SEC_CHNK,
+            flags: FLAG_LAZY,
+            offset,
+            stored_len: len,
+            raw_len: len,
+            crc: crc32c::crc32c(chunks),
+        }
+        .encode(&mut table);
+        offset += len;
+    }
     if let Some(d) = &data {
         // The data section is verified span by span (digests in SPAN), not as a whole.
         SectionEntry { id: SEC_DATA, flags: FLAG_LAZY, offset, stored_len: d.len, raw_len: d.len, crc: 0 }
@@ -164,6 +187,10 @@ pub(crate) fn write_container<W: Write, S: AsRef<[u8]>>(
     }
     windows.write_to(&mut out)?;
     total += windows.len();
+    if let Some(chunks) = &chunks {
+        w(&mut out, chunks)?;
+        total += chunks.len() as u64;
+    }
     debug_assert_eq!(total, offset);
     if let Some(d) = data {
         let copied = std::io::copy(&mut d.reader.take(d.len), &mut out).map_err(FormatError::Write)?;

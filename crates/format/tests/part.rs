@@ -80,6 +80,11 @@ fn sample_with(edit: impl FnOnce(&mut Vec<TarEntry>)) -> LayerPart {
         entries: PartEntries::from_entries(&entries).unwrap(),
         spans,
         windows,
+        chunks: Some(Chunks {
+            chunk_size: 1024,
+            chunks: (0..4u8).map(|i| ChunkDigest([i; CHUNK_DIGEST_LEN])).collect(),
+            windows: vec![ChunkDigest::default(), ChunkDigest::of(b"w1"), ChunkDigest::of(b"w2")],
+        }),
     }
 }
 

@@ -3,7 +3,7 @@
 //! table is the same whichever tree is built, so every tree of one image shares its cached spans.
 
 use clip_format::{mode, Digest, LayerIndex, SpanId, SpanSpec, Timestamp, WindowRef, Windows};
-use clip_format::{ArchiveKind, Content, ImageMeta, IndexContents, Ino, LayerMeta, LayerPart, NodeSpec};
+use clip_format::{ArchiveKind, Chunks, Content, ImageMeta, IndexContents, Ino, LayerMeta, LayerPart, NodeSpec};
 
 use crate::merge::Merger;
 use crate::IndexError;
@@ -45,7 +45,12 @@ pub fn assemble(
     let mut layers = Vec::with_capacity(parts.len());
     let mut spans = Vec::new();
     let mut windows = Windows::new();
+    // Chunk digests only when every part has them, all of one chunk size.
+    let mut chunks = parts.first().and_then(|p| p.chunks.as_ref()).map(|c| Chunks::new(c.chunk_size));
     for (i, part) in parts.into_iter().enumerate() {
+        if !part.chunks.as_ref().is_some_and(|c| chunks.as_mut().is_some_and(|all| all.append(c))) {
+            chunks = None;
+        }
         let layer = LayerIndex::from_index(i);
         if i <= last {
             merger.apply_layer(layer, part.entries).map_err(|source| IndexError::Merge { layer, source })?;
@@ -77,7 +82,7 @@ pub fn assemble(
         }
     };
     base.layers = layers;
-    Ok(IndexContents { kind: ArchiveKind::IndexOnly, meta: base, nodes, spans, windows })
+    Ok(IndexContents { kind: ArchiveKind::IndexOnly, meta: base, nodes, spans, windows, chunks })
 }
 
 /// One tree holding each of `trees` as the root's directory `names[i]` (0o755, root-owned, mtime 0).

@@ -11,6 +11,7 @@
 //! - [`merge`]: applies layers in order with `umoci unpack` semantics (whiteouts, opaque dirs, hard links).
 
 mod assemble;
+mod chunks;
 mod error;
 pub mod merge;
 mod parts;

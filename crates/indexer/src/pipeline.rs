@@ -18,6 +18,7 @@ use sha2::{Digest as _, Sha256};
 use tracing::{debug, info};
 
 use crate::assemble::{assemble, TreeKind};
+use crate::chunks::{ChunkHasher, SharedChunks};
 use crate::parts::{keep_part, reused_part, PartStore};
 use crate::tar::{TarError, TarReader};
 use crate::IndexError;
@@ -78,11 +79,14 @@ impl Default for IndexOptions {
 struct SpanSink {
     spans: Vec<SpanSpec>,
     windows: Windows,
+    /// Where the windows' digests go (with the compressed chunks' digests).
+    chunks: SharedChunks,
 }
 
 impl SpanSink {
     fn extend(&mut self, spans: Vec<Span>) -> Result<(), FormatError> {
         for s in spans {
+            self.chunks.borrow_mut().window(&s.checkpoint.window);
             let window = self.windows.push(&s.checkpoint.window)?;
             self.spans.push(SpanSpec {
                 out_offset: s.checkpoint.out_offset,
@@ -249,12 +253,14 @@ fn read_layer(
     let blob_tally = Rc::new(RefCell::new(Tally::default()));
     let tar_tally = Rc::new(RefCell::new(Tally::default()));
     let tripped = Rc::new(Cell::new(false));
+    let chunks = SharedChunks::default();
+    let blob = ChunkHasher { inner: blob, chunks: chunks.clone() };
     let inflating = IndexingReader::new(Hashing { inner: blob, tally: blob_tally.clone() }, comp, opts.span_size);
     let guarded = Guard {
         inner: inflating,
         max_ratio: opts.max_ratio,
         tripped: tripped.clone(),
-        sink: SpanSink::default(),
+        sink: SpanSink { chunks: chunks.clone(), ..SpanSink::default() },
         sink_error: None,
     };
     let mut tar = TarReader::new(Hashing { inner: guarded, tally: tar_tally.clone() });
@@ -316,7 +322,8 @@ fn read_layer(
         compression: comp,
         span_size: opts.span_size,
     };
-    Ok(LayerPart { meta, entries, spans: sink.spans, windows: sink.windows })
+    let chunks = Some(std::mem::take(&mut *chunks.borrow_mut()).finish());
+    Ok(LayerPart { meta, entries, spans: sink.spans, windows: sink.windows, chunks })
 }
 
 /// Sorts a failure seen through the tar parser: a tripped ratio guard, a decoder error, a read error

@@ -299,6 +299,7 @@ mod tests {
             nodes: vec![root],
             spans,
             windows: clip_format::Windows::new(),
+            chunks: None,
         };
         clip_format::write_index(&index, &mut contents).unwrap();
         let archive = Arc::new(Archive::from_bytes(contents).unwrap());

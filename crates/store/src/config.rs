@@ -10,8 +10,13 @@ use crate::{lock, RemoteTier};
 /// How a [`crate::ContentStore`] behaves.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
-    /// Bytes of decoded spans kept in memory (least recently used dropped first). Default 32 MiB.
+    /// Bytes of decoded spans (and verified span prefixes with their compressed bytes) kept in memory,
+    /// least recently used dropped first. Default 8 MiB: the kernel's page cache and the disk cache keep
+    /// the rest, and a mount's memory stays bounded.
     pub memory_bytes: u64,
+    /// Bytes that span fetches in flight may hold at once (compressed bytes and decode buffers); more
+    /// fetches wait. Default 16 MiB.
+    pub inflight_bytes: u64,
     /// The disk cache directory ([`crate::default_cache_dir`] is the usual choice); `None` (the default)
     /// keeps spans in memory only.
     pub cache_dir: Option<PathBuf>,
@@ -60,7 +65,8 @@ pub fn failure_holdoff(read_timeout: Duration) -> Duration {
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
-            memory_bytes: 32 << 20,
+            memory_bytes: 8 << 20,
+            inflight_bytes: 16 << 20,
             cache_dir: None,
             cache_size: 10 << 30,
             readahead_spans: 2,

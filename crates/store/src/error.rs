@@ -1,6 +1,6 @@
 //! The content store's error type.
 
-use clip_format::{Digest, LayerIndex, SpanId};
+use clip_format::{ChunkDigest, Digest, LayerIndex, SpanId};
 
 /// Why file bytes could not be served. A reader sees these as EIO; the message goes to the log.
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +22,16 @@ pub enum StoreError {
     },
     #[error("layer {layer} span {span}: bytes fail verification (expected {expected}, got {actual}); not served")]
     Verify { layer: LayerIndex, span: SpanId, expected: Digest, actual: Digest },
+    #[error(
+        "layer {layer} span {span}: the compressed chunk at offset {offset} fails verification (expected \
+         {expected}, got {actual}); not served"
+    )]
+    ChunkVerify { layer: LayerIndex, span: SpanId, offset: u64, expected: ChunkDigest, actual: ChunkDigest },
+    #[error(
+        "layer {layer} span {span}: its checkpoint window does not match the digest the index records (the \
+         index is damaged; rebuild it with `clip index`)"
+    )]
+    WindowVerify { layer: LayerIndex, span: SpanId },
     #[error("layer {layer} ({media_type}) cannot be read: {why}")]
     Layer { layer: LayerIndex, media_type: String, why: String },
     #[error("layer {layer} is not in the index (it lists {layers} layers)")]

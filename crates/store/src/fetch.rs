@@ -35,27 +35,29 @@ pub(crate) fn verified(
 
 /// Where a span's bytes are: what to fetch and how to decode it.
 #[derive(Clone)]
-struct Fetch {
-    layer: LayerIndex,
-    index: SpanId,
-    span: SpanView,
-    codec: Compression,
-    /// The compressed bytes to read.
-    range: Range<u64>,
+pub(crate) struct Fetch {
+    pub layer: LayerIndex,
+    pub index: SpanId,
+    pub span: SpanView,
+    pub codec: Compression,
+    /// The compressed bytes of the whole span.
+    pub range: Range<u64>,
     /// Decoded length.
-    len: u64,
+    pub len: u64,
+    /// Compressed size of the layer.
+    pub layer_size: u64,
 }
 
 impl Inner {
-    /// Fetches, decodes and verifies span `index` of `layer` (decoded bytes `out` of the layer), and writes
-    /// it to the disk cache; bad bytes are fetched again.
-    pub(crate) async fn fetch(
+    /// What fetching span `index` of `layer` (decoded bytes `out` of the layer) takes; refuses a span
+    /// whose length no fetch could decode, before fetching or allocating anything.
+    pub(crate) fn plan(
         &self,
         layer: LayerIndex,
         index: SpanId,
         span: SpanView,
         out: Range<u64>,
-    ) -> Result<SpanBytes, StoreError> {
+    ) -> Result<Fetch, StoreError> {
         let a = &self.archive;
         let layers = a.meta().layers.len();
         let meta = a.meta().layers.get(layer.index()).ok_or(StoreError::NoLayer { layer, layers })?;
@@ -68,41 +70,59 @@ impl Inner {
         let range = clip_codec::fetch_range(codec, &span_ref(span, len), next.as_ref(), meta.size);
         let compressed = range.end - range.start;
         if len > clip_codec::max_decoded_len(codec, compressed) {
-            // No fetch can help: refused before fetching or allocating anything.
             let source = clip_codec::CodecError::ImpossibleLength { len, compressed, compression: codec };
             return Err(StoreError::Decode { layer, span: index, source });
         }
-        let fetch = Fetch { layer, index, span, codec, range, len };
-        let mut attempt = 1;
+        Ok(Fetch { layer, index, span, codec, range, len, layer_size: meta.size })
+    }
+
+    /// Fetches, decodes and verifies the whole span `f` and writes it to the disk cache; bad bytes are
+    /// fetched again.
+    pub(crate) async fn fetch(&self, f: Fetch) -> Result<SpanBytes, StoreError> {
+        self.retrying(&f, || self.fetch_once(f.clone())).await
+    }
+
+    /// Runs `attempt` until it gives bytes that are not bad, at most [`VERIFY_ATTEMPTS`] times.
+    pub(crate) async fn retrying<T, Fut>(&self, f: &Fetch, mut attempt: impl FnMut() -> Fut) -> Result<T, StoreError>
+    where
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        let mut tries = 1;
         loop {
-            match self.fetch_once(fetch.clone()).await {
-                Err(e @ (StoreError::Verify { .. } | StoreError::Decode { .. })) if attempt < VERIFY_ATTEMPTS => {
+            match attempt().await {
+                Err(e @ (StoreError::Verify { .. } | StoreError::ChunkVerify { .. } | StoreError::Decode { .. }))
+                    if tries < VERIFY_ATTEMPTS =>
+                {
                     warn!(
-                        %layer,
-                        span = %index,
-                        attempt,
+                        layer = %f.layer,
+                        span = %f.index,
+                        attempt = tries,
                         error = &e as &dyn std::error::Error,
                         "fetched bytes are bad; fetching again"
                     );
-                    attempt += 1;
+                    tries += 1;
                 }
                 result => return result,
             }
         }
     }
 
+    /// Reads `range` of `layer`'s blob, counted and timed, within the in-flight budget.
+    pub(crate) async fn read_blob(&self, layer: LayerIndex, range: Range<u64>) -> Result<bytes::Bytes, StoreError> {
+        let _inflight = InFlight::start(&self.counters.inflight_fetches);
+        let started = Instant::now();
+        let compressed = self.blobs.read(layer, range).await?;
+        self.counters.latency(started.elapsed());
+        self.counters.fetched(layer, compressed.len() as u64);
+        Ok(compressed)
+    }
+
     /// One fetch of a span's compressed bytes, decoded and verified.
     async fn fetch_once(&self, f: Fetch) -> Result<SpanBytes, StoreError> {
-        let Fetch { layer, index, span, codec, range, len } = f;
+        let Fetch { layer, index, span, codec, range, len, .. } = f;
         debug!(%layer, span = %index, start = range.start, len = range.end - range.start, "fetch span");
-        let compressed = {
-            let _inflight = InFlight::start(&self.counters.inflight_fetches);
-            let started = Instant::now();
-            let compressed = self.blobs.read(layer, range.clone()).await?;
-            self.counters.latency(started.elapsed());
-            compressed
-        };
-        self.counters.fetched(layer, compressed.len() as u64);
+        let _budget = self.budget.take(range.end - range.start + len).await;
+        let compressed = self.read_blob(layer, range.clone()).await?;
         let window = self.archive.window(index)?;
         let disk = self.disk.clone();
         let decoded = tokio::task::spawn_blocking(move || {
@@ -118,9 +138,18 @@ impl Inner {
         .await
         .map_err(|e| StoreError::Task(e.to_string()))?
         .map_err(|source| StoreError::Decode { layer, span: index, source })?;
-        decoded.map_err(|actual| {
-            Counters::bump(&self.counters.verify_failures);
-            StoreError::Verify { layer, span: index, expected: span.digest, actual }
-        })
+        decoded.map_err(|actual| self.verify_failed(layer, index, span.digest, actual))
+    }
+
+    /// Counts bytes that failed the span digest, as the error to return.
+    pub(crate) fn verify_failed(
+        &self,
+        layer: LayerIndex,
+        span: SpanId,
+        expected: Digest,
+        actual: Digest,
+    ) -> StoreError {
+        Counters::bump(&self.counters.verify_failures);
+        StoreError::Verify { layer, span, expected, actual }
     }
 }

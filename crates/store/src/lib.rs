@@ -36,6 +36,7 @@ mod fetch;
 mod flight;
 mod materialize;
 mod memory;
+mod partial;
 mod remote;
 mod schedule;
 mod stats;

@@ -19,6 +19,7 @@ use tokio::sync::Semaphore;
 use tokio::task::{JoinError, JoinHandle, JoinSet};
 use tracing::debug;
 
+use crate::partial::Need;
 use crate::stats::Counters;
 use crate::store::{Inner, Priority};
 use crate::{lock, ContentStore, StoreError};
@@ -127,16 +128,22 @@ impl ContentStore {
             return 0;
         };
         let Some(rt) = Handle::try_current().ok().or_else(|| inner.runtime.clone()) else { return 0 };
+        let file_end = data.offset + data.size;
         let mut started = 0;
         for index in SpanIds::through(first, last) {
             // Spans already local are left to the reads: loading them all from disk would only churn memory.
             let on_disk = |disk: &Arc<crate::DiskCache>| a.span(index).is_ok_and(|s| disk.contains(&s.digest));
-            if inner.in_memory(index) || inner.disk.as_ref().is_some_and(on_disk) {
+            // The span the file ends in is wanted up to there only.
+            let need = match a.span_range(data.layer, index) {
+                Ok(r) if r.end > file_end => Need::Upto(file_end - r.start),
+                _ => Need::Whole,
+            };
+            if inner.in_memory(index, need) || inner.disk.as_ref().is_some_and(on_disk) {
                 continue;
             }
             started += 1;
             Counters::bump(&inner.counters.open_prefetch_spans);
-            inner.load_ahead(&rt, data.layer, index, "loading a span of an opened file failed");
+            inner.load_ahead(&rt, data.layer, index, need, "loading a span of an opened file failed");
         }
         started
     }
@@ -145,10 +152,11 @@ impl ContentStore {
 impl Inner {
     /// Records a read of `[offset, end)` of the file at `data`; when it continues the previous read,
     /// starts loading the next [`crate::StoreConfig::readahead_spans`] spans of the file in the background.
-    pub(crate) fn readahead(self: &Arc<Self>, data: DataRef, offset: u64, end: u64) {
+    /// Returns whether the read continues the previous one.
+    pub(crate) fn readahead(self: &Arc<Self>, data: DataRef, offset: u64, end: u64) -> bool {
         let count = self.config.readahead_spans;
         if count == 0 || end == 0 {
-            return;
+            return false;
         }
         let key = data;
         let (first, last) = {
@@ -159,43 +167,51 @@ impl Inner {
                     streams.clear();
                 }
                 streams.insert(key, Stream { end, ahead: SpanId(0) });
-                return;
+                return false;
             }
-            let Some(stream) = streams.get_mut(&key) else { return };
+            let Some(stream) = streams.get_mut(&key) else { return false };
             stream.end = stream.end.max(end);
             let a = &self.archive;
             let last_byte = data.offset.checked_add(end - 1);
             let file_last = data.offset.checked_add(data.size.saturating_sub(1));
-            let (Some(last_byte), Some(file_last)) = (last_byte, file_last) else { return };
+            let (Some(last_byte), Some(file_last)) = (last_byte, file_last) else { return true };
             let (Ok(current), Ok(file_end)) = (a.find_span(data.layer, last_byte), a.find_span(data.layer, file_last))
             else {
-                return;
+                return true;
             };
             let first = current.next().max(stream.ahead.next());
             let last = current.saturating_add(count).min(file_end);
             if first > last {
-                return;
+                return true;
             }
             stream.ahead = last;
             (first, last)
         };
-        let Ok(rt) = Handle::try_current() else { return };
+        let Ok(rt) = Handle::try_current() else { return true };
         for index in SpanIds::through(first, last) {
-            if self.in_memory(index) {
+            if self.in_memory(index, Need::Whole) {
                 continue;
             }
             Counters::bump(&self.counters.readahead_spans);
-            self.load_ahead(&rt, data.layer, index, "readahead of a span failed");
+            self.load_ahead(&rt, data.layer, index, Need::Whole, "readahead of a span failed");
+        }
+        true
+    }
+
+    /// A read was served from a prefix of span `index`: loads the rest of it in the background.
+    pub(crate) fn complete(self: &Arc<Self>, layer: LayerIndex, index: SpanId) {
+        if let Some(rt) = Handle::try_current().ok().or_else(|| self.runtime.clone()) {
+            self.load_ahead(&rt, layer, index, Need::Whole, "loading the rest of a span failed");
         }
     }
 
-    /// Starts loading span `index` of `layer` in the background at readahead priority; a failure is only
-    /// logged (`failed` at debug): the reader who needs the span tries again.
-    fn load_ahead(self: &Arc<Self>, rt: &Handle, layer: LayerIndex, index: SpanId, failed: &'static str) {
+    /// Starts loading span `index` of `layer` (as much as `need` asks for) in the background at readahead
+    /// priority; a failure is only logged (`failed` at debug): the reader who needs the span tries again.
+    fn load_ahead(self: &Arc<Self>, rt: &Handle, layer: LayerIndex, index: SpanId, need: Need, failed: &'static str) {
         let me = Arc::clone(self);
         rt.spawn(async move {
             let deadline = tokio::time::Instant::now() + me.config.read_timeout;
-            if let Err(error) = me.span(layer, index, Priority::Readahead, deadline).await {
+            if let Err(error) = me.span(layer, index, need, Priority::Readahead, deadline).await {
                 debug!(%layer, span = %index, error = &error as &dyn std::error::Error, "{failed}");
             }
         });
@@ -222,7 +238,7 @@ impl Inner {
                 self.foreground_idle().await;
             }
             let cached = match self.archive.span(index) {
-                Ok(span) => self.in_memory(index) || disk.contains(&span.digest),
+                Ok(span) => self.in_memory(index, Need::Whole) || disk.contains(&span.digest),
                 Err(_) => false, // the load reports the error
             };
             if cached {
@@ -232,7 +248,7 @@ impl Inner {
             let me = Arc::clone(&self);
             tasks.spawn(async move {
                 let deadline = tokio::time::Instant::now() + me.config.read_timeout;
-                let done = me.span(layer, index, Priority::Prefetch, deadline).await;
+                let done = me.span(layer, index, Need::Whole, Priority::Prefetch, deadline).await;
                 drop(permit);
                 done.map(drop).map_err(|e| (layer, index, e))
             });

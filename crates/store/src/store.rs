@@ -29,7 +29,8 @@ use tokio::sync::{Notify, Semaphore};
 use tracing::{info, warn};
 
 use crate::flight::Flights;
-use crate::memory::Lru;
+use crate::memory::{Budget, Entry, Lru};
+use crate::partial::Need;
 use crate::remote::Tier;
 use crate::schedule::Stream;
 use crate::stats::Counters;
@@ -66,6 +67,8 @@ pub(crate) struct Inner {
     /// The runtime the store was made on, for background work started from non-runtime threads.
     pub runtime: Option<Handle>,
     memory: Mutex<Lru>,
+    /// What fetches in flight may hold at once.
+    pub budget: Budget,
     /// Span loads in flight and recent failures.
     flights: Flights,
     pub counters: Counters,
@@ -110,6 +113,7 @@ impl ContentStore {
         let clock = Arc::clone(&config.clock);
         let flights = Flights::new(Arc::clone(&clock), failure_holdoff(config.read_timeout));
         let tier = config.remote.clone().map(|remote| Tier::new(remote, config.remote_timeout, clock));
+        let budget = Budget::new(config.inflight_bytes);
         ContentStore {
             inner: Arc::new(Inner {
                 archive,
@@ -118,6 +122,7 @@ impl ContentStore {
                 disk,
                 runtime: Handle::try_current().ok(),
                 memory: Mutex::default(),
+                budget,
                 flights,
                 counters: Counters::new(layers),
                 streams: Mutex::default(),
@@ -166,12 +171,17 @@ impl ContentStore {
             return Ok(Vec::new());
         }
         self.inner.note_layer_touched(data.layer);
-        self.inner.readahead(data, offset, end);
+        let sequential = self.inner.readahead(data, offset, end);
         // Grown by the verified bytes as they come, not reserved up front from a size the index records.
         let mut out = Vec::with_capacity((end - offset).min(MAX_PREALLOC) as usize);
         for slice in self.inner.archive.file_spans(data, offset..end) {
             let SpanSlice { span, span_range, within } = slice?;
-            let bytes = self.inner.span(data.layer, span, Priority::Foreground, deadline).await?;
+            let need = Need::Upto(within.end);
+            let bytes = self.inner.span(data.layer, span, need, Priority::Foreground, deadline).await?;
+            if sequential && (bytes.len() as u64) < span_range.end - span_range.start {
+                // Served from a prefix: a sequential reader wants the rest soon.
+                self.inner.complete(data.layer, span);
+            }
             let short = Corruption::SpanGap { layer: data.layer, span, offset: span_range.start + within.end };
             let piece = bytes.get(within.start as usize..within.end as usize).ok_or(FormatError::from(short))?;
             out.extend_from_slice(piece);
@@ -182,7 +192,7 @@ impl ContentStore {
     /// The verified bytes of span `index` (an index of the whole span table) of layer `layer`.
     pub async fn span(&self, layer: LayerIndex, index: SpanId) -> Result<SpanBytes, StoreError> {
         let deadline = tokio::time::Instant::now() + self.inner.config.read_timeout;
-        self.inner.span(layer, index, Priority::Foreground, deadline).await
+        self.inner.span(layer, index, Need::Whole, Priority::Foreground, deadline).await
     }
 }
 
@@ -217,9 +227,9 @@ impl Inner {
         }
     }
 
-    /// Whether span `index` is in memory.
-    pub fn in_memory(&self, index: SpanId) -> bool {
-        lock(&self.memory).contains(index)
+    /// Whether span `index` is in memory, as much of it as `need` asks for.
+    pub fn in_memory(&self, index: SpanId, need: Need) -> bool {
+        lock(&self.memory).contains(index, need)
     }
 
     /// Waits until no foreground or readahead lookup is running.
@@ -233,14 +243,16 @@ impl Inner {
         }
     }
 
-    /// Span `index` of `layer`: from memory, else through the single flight for that span.
-    /// A load this call starts gives up at `deadline` ([`StoreError::Timeout`], remembered for the
-    /// hold-off like any failure); joining a load in flight waits for that load's own deadline, which is
-    /// no later (it started earlier).
+    /// Span `index` of `layer`, at least as much of it as `need` asks for (a verified prefix may be all
+    /// a read needs): from memory, else through the single flight for that span. A load this call starts
+    /// gives up at `deadline` ([`StoreError::Timeout`], remembered for the hold-off like any failure);
+    /// joining a load in flight waits for that load's own deadline, which is no later (it started
+    /// earlier), and when that load brought less than this call needs, a load of its own follows.
     pub async fn span(
         &self,
         layer: LayerIndex,
         index: SpanId,
+        need: Need,
         priority: Priority,
         deadline: tokio::time::Instant,
     ) -> Result<SpanBytes, StoreError> {
@@ -253,33 +265,41 @@ impl Inner {
             });
         }
         let keep = priority != Priority::Prefetch;
-        if keep {
-            if let Some(bytes) = lock(&self.memory).get(index) {
-                Counters::bump(&self.counters.memory_hits);
-                return Ok(bytes);
-            }
-        }
-        if let Some(error) = self.flights.recent_failure(layer, index) {
-            return Err(error);
-        }
+        let len = self.archive.span_range(layer, index).map(|r| r.end - r.start)?;
+        let want = need.bytes(len);
         let _foreground = keep.then(|| Foreground::enter(self));
-        let timeout = self.config.read_timeout;
-        let load = async {
-            tokio::time::timeout_at(deadline, self.load(layer, index)).await.unwrap_or(Err(StoreError::Timeout {
-                layer,
-                span: index,
-                after: timeout,
-            }))
-        };
-        let result = self.flights.run(layer, index, load).await;
-        if let (Ok(bytes), true) = (&result, keep) {
-            lock(&self.memory).put(index, bytes.clone(), self.config.memory_bytes);
+        loop {
+            if keep {
+                let hit = lock(&self.memory).get(index).filter(|e| e.decoded.len() as u64 >= want);
+                if let Some(entry) = hit {
+                    Counters::bump(&self.counters.memory_hits);
+                    return Ok(entry.decoded);
+                }
+            }
+            if let Some(error) = self.flights.recent_failure(layer, index) {
+                return Err(error);
+            }
+            let timeout = self.config.read_timeout;
+            let load = async {
+                let load = self.load(layer, index, need);
+                let timeout = StoreError::Timeout { layer, span: index, after: timeout };
+                tokio::time::timeout_at(deadline, load).await.unwrap_or(Err(timeout))
+            };
+            let bytes = self.flights.run(layer, index, load).await?;
+            if (bytes.len() as u64) < want {
+                // A load of a shorter prefix, joined: its bytes are in memory now, go on from there.
+                continue;
+            }
+            if keep && bytes.len() as u64 == len {
+                lock(&self.memory).put(index, Entry { decoded: bytes.clone(), held: None }, self.config.memory_bytes);
+            }
+            return Ok(bytes);
         }
-        result
     }
 
-    /// The disk cache, else a fetch.
-    async fn load(&self, layer: LayerIndex, index: SpanId) -> Result<SpanBytes, StoreError> {
+    /// The disk cache, else the remote tier and a whole fetch, else a fetch of as much as `need` asks
+    /// for (a prefix goes to memory with its compressed bytes, for the next load of the span to go on from).
+    async fn load(&self, layer: LayerIndex, index: SpanId, need: Need) -> Result<SpanBytes, StoreError> {
         let span = self.archive.span(index)?;
         let out = self.archive.span_range(layer, index)?;
         if let Some(disk) = &self.disk {
@@ -293,14 +313,22 @@ impl Inner {
             }
         }
         let len = out.end - out.start;
-        if let Some(tier) = &self.tier {
-            if let Some(bytes) = tier.get(&span.digest, len, self.disk.clone(), &self.counters).await {
-                return Ok(bytes);
+        let fetch = self.plan(layer, index, span, out)?;
+        let failed = |_: &StoreError| Counters::bump(&self.counters.fetch_errors);
+        let Some(tier) = &self.tier else {
+            let held = lock(&self.memory).get(index).and_then(|e| e.held);
+            let entry = self.fetch_upto(fetch, need, held).await.inspect_err(failed)?;
+            if entry.held.is_some() {
+                lock(&self.memory).put(index, entry.clone(), self.config.memory_bytes);
             }
+            return Ok(entry.decoded);
+        };
+        // The tier holds and takes whole spans only.
+        if let Some(bytes) = tier.get(&span.digest, len, self.disk.clone(), &self.counters).await {
+            return Ok(bytes);
         }
-        let bytes =
-            self.fetch(layer, index, span, out).await.inspect_err(|_| Counters::bump(&self.counters.fetch_errors))?;
-        if let (Some(tier), Some(runtime)) = (&self.tier, Handle::try_current().ok().or_else(|| self.runtime.clone())) {
+        let bytes = self.fetch(fetch).await.inspect_err(failed)?;
+        if let Some(runtime) = Handle::try_current().ok().or_else(|| self.runtime.clone()) {
             tier.publish(span.digest, &bytes, &runtime, &self.counters);
         }
         Ok(bytes)

@@ -5,8 +5,8 @@
 //! by every image that has the layer. An image index is merged from its layers' parts.
 //!
 //! On disk a part is a `.clip` container of kind [`ArchiveKind::LayerPart`]: `META` (JSON [`PartMeta`]),
-//! `ENTR` (one [`ENTRY_LEN`]-byte record an entry), `STRS`, `XATR`, `SPAN` (as in an image index) and the lazy
-//! `WIND`.
+//! `ENTR` (one [`ENTRY_LEN`]-byte record an entry), `STRS`, `XATR`, `SPAN` (as in an image index), the lazy
+//! `WIND` and (from part version 2) the lazy `CHNK` ([`Chunks`]: the layer's compressed-chunk digests).
 
 mod entries;
 mod entry;
@@ -20,12 +20,13 @@ use serde::{Deserialize, Serialize};
 use crate::check::{check_header, check_table, decode_section, find};
 use crate::layout::*;
 use crate::writer::{encode_spans, write_container};
-use crate::{ArchiveKind, Compression, Corruption, Digest, FormatError, SpanSpec, WindowRef, Windows};
+use crate::{ArchiveKind, Chunks, Compression, Corruption, Digest, FormatError, SpanSpec, WindowRef, Windows};
 pub use entries::{IntoIter as PartEntriesIntoIter, PartEntries};
 pub use entry::{EntryKind, TarEntry};
 
 /// Version of the part layout; part of every [`part_key`], so a clip with another layout never reads it.
-pub const PART_VERSION: u32 = 1;
+/// Version 2 added the `CHNK` section.
+pub const PART_VERSION: u32 = 2;
 
 /// The name a part is kept under: `sha256-<hex>-s<span size>-v<PART_VERSION>`, safe as a file name and as an
 /// object key.
@@ -60,6 +61,9 @@ pub struct LayerPart {
     pub entries: PartEntries,
     pub spans: Vec<SpanSpec>,
     pub windows: Windows,
+    /// The layer's compressed-chunk digests and its spans' window digests (none in a part written
+    /// without them: its spans are then only verified whole).
+    pub chunks: Option<Chunks>,
 }
 
 impl LayerPart {
@@ -72,6 +76,9 @@ impl LayerPart {
     pub fn write<W: Write>(&self, out: W) -> Result<u64, FormatError> {
         let meta = serde_json::to_vec(&self.meta).map_err(FormatError::Meta)?;
         let spans = encode_spans(&self.spans, &self.windows)?;
+        if let Some(chunks) = &self.chunks {
+            chunks.check(&[self.meta.size], self.spans.len())?;
+        }
         let e = &self.entries;
         let eager: Vec<([u8; 4], &[u8])> = vec![
             (SEC_META, &meta),
@@ -80,7 +87,7 @@ impl LayerPart {
             (SEC_XATR, &e.xattrs),
             (SEC_SPAN, &spans),
         ];
-        write_container(ArchiveKind::LayerPart, eager, &self.windows, None, out)
+        write_container(ArchiveKind::LayerPart, eager, &self.windows, self.chunks.as_ref(), None, out)
     }
 
     /// Reads the part in file `path`, checking everything it records (a part may come from a shared store).
@@ -117,7 +124,18 @@ impl LayerPart {
         let windows = Windows::from_stored(stored_windows)?;
         let spans = decode_spans(&span, &meta, windows.len())?;
         let entries = PartEntries::from_sections(entr, strs, xatr, &meta)?;
-        Ok(LayerPart { meta, entries, spans, windows })
+        let chunks = match sections.iter().find(|s| s.id == SEC_CHNK) {
+            None => None,
+            Some(e) => {
+                let stored = &buf[e.offset as usize..(e.offset + e.stored_len) as usize];
+                if crc32c::crc32c(stored) != e.crc {
+                    return Err(FormatError::Checksum { what: "section CHNK".into() });
+                }
+                let bad = Corruption::ChunkSection { len: stored.len(), size: meta.size, spans: spans.len() };
+                Some(Chunks::decode(stored, &[meta.size], spans.len()).ok_or(bad)?)
+            }
+        };
+        Ok(LayerPart { meta, entries, spans, windows, chunks })
     }
 }
 

@@ -46,6 +46,8 @@ pub struct Archive {
     strs: Section,
     xattrs: Section,
     spans: Section,
+    /// Where the checked `CHNK` digests start and the chunk size, once [`Archive::chunk_table`] looked.
+    pub(crate) chunks: std::sync::OnceLock<Option<(u64, u64)>>,
 }
 
 /// Reads byte ranges of a `.clip` file that is not local (S3, registry): used by [`Archive::load_remote`].
@@ -135,7 +137,9 @@ impl Archive {
         meta: Section,
         [nodes, dents, strs, xattrs, spans]: [Section; 5],
     ) -> Result<Archive, FormatError> {
-        let mut a = Archive { backing, kind, sections, meta: ImageMeta::default(), nodes, dents, strs, xattrs, spans };
+        let chunks = std::sync::OnceLock::new();
+        let mut a =
+            Archive { backing, kind, sections, meta: ImageMeta::default(), nodes, dents, strs, xattrs, spans, chunks };
         a.meta = serde_json::from_slice(a.bytes(&meta)).map_err(FormatError::Meta)?;
         for (section, sec, record) in [
             ("NODE", &a.nodes, NODE_LEN),

@@ -148,6 +148,7 @@ mod tests {
             nodes: vec![dir(vec![(b"bin".to_vec(), Ino(2))]), dir(vec![(b"app".to_vec(), Ino(3))]), file],
             spans: vec![span],
             windows: Windows::new(),
+            chunks: None,
         };
         let mut bytes = Vec::new();
         write_index(&contents, &mut bytes).unwrap();

@@ -117,8 +117,14 @@ impl TreeBuilder {
             }],
             ..ImageMeta::default()
         };
-        let contents =
-            IndexContents { kind: ArchiveKind::IndexOnly, meta, nodes: self.nodes, spans, windows: Windows::new() };
+        let contents = IndexContents {
+            kind: ArchiveKind::IndexOnly,
+            meta,
+            nodes: self.nodes,
+            spans,
+            windows: Windows::new(),
+            chunks: None,
+        };
         let mut bytes = Vec::new();
         write_index(&contents, &mut bytes).expect("write index");
         (Arc::new(Archive::from_bytes(bytes).expect("open index")), Bytes::from(layer))

@@ -164,6 +164,7 @@ pub fn pack(root: &Path, config: &PackConfig, progress: Option<&PackProgress<'_>
             nodes,
             spans: written.spans,
             windows: Windows::new(),
+            chunks: None,
         },
         data: reader,
         summary,

@@ -1,0 +1,150 @@
+//! Compressed-chunk digests (the lazy `CHNK` section): written and read back, looked up per layer and per
+//! span, left out of what a mount loads; an index or part without them still opens (readers then verify
+//! whole spans), a damaged section is never used, and digests that do not fit the layers are refused.
+
+use clip_format::*;
+
+const SIZES: [u64; 2] = [3 * CHUNK_SIZE + 10, 100];
+
+fn layer(i: u8, size: u64, first_span: u32, span_count: u32) -> LayerMeta {
+    LayerMeta {
+        media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+        digest: Digest::from_sha256([i; 32]),
+        size,
+        diff_id: None,
+        uncompressed_size: size * 3,
+        compression: Compression::Gzip,
+        first_span: SpanId(first_span),
+        span_count,
+    }
+}
+
+/// Two layers (4 chunks and 1), three spans (the second with a window).
+fn contents(chunks: Option<Chunks>) -> IndexContents {
+    let mut windows = Windows::new();
+    let span = |out_offset, in_offset, window| SpanSpec {
+        out_offset,
+        in_offset,
+        bits: 0,
+        digest: Digest::from_sha256([out_offset as u8; 32]),
+        window,
+    };
+    let spans = vec![
+        span(0, 10, WindowRef::default()),
+        span(100_000, 90_000, windows.push(b"window").unwrap()),
+        span(0, 0, WindowRef::default()),
+    ];
+    let root = NodeSpec {
+        mode: mode::S_IFDIR | 0o755,
+        uid: 0,
+        gid: 0,
+        mtime: Timestamp::default(),
+        xattrs: vec![],
+        content: Content::Dir(vec![]),
+    };
+    let meta = ImageMeta { layers: vec![layer(1, SIZES[0], 0, 2), layer(2, SIZES[1], 2, 1)], ..ImageMeta::default() };
+    IndexContents { kind: ArchiveKind::IndexOnly, meta, nodes: vec![root], spans, windows, chunks }
+}
+
+fn digests() -> Chunks {
+    Chunks {
+        chunk_size: CHUNK_SIZE,
+        chunks: (0..5u8).map(|i| ChunkDigest([i + 1; CHUNK_DIGEST_LEN])).collect(),
+        windows: vec![ChunkDigest::default(), ChunkDigest::of_window(b"window"), ChunkDigest::default()],
+    }
+}
+
+fn write(c: &IndexContents) -> Vec<u8> {
+    let mut out = Vec::new();
+    write_index(c, &mut out).unwrap();
+    out
+}
+
+#[test]
+fn chunk_digests_read_back_per_layer_and_span_and_stay_out_of_the_mounted_part() {
+    let with = Archive::from_bytes(write(&contents(Some(digests())))).unwrap();
+    let without = Archive::from_bytes(write(&contents(None))).unwrap();
+    // One more section table entry, nothing else: the digests are not loaded at open.
+    assert_eq!(with.mounted_size(), without.mounted_size() + layout::SECTION_ENTRY_LEN as u64);
+    let table = with.chunk_table().expect("the index has chunk digests");
+    assert_eq!(table.chunk_size(), CHUNK_SIZE);
+    let (l0, l1) = (LayerIndex(0), LayerIndex(1));
+    for i in 0..4u8 {
+        assert_eq!(table.chunk(l0, u64::from(i)), Some(ChunkDigest([i + 1; CHUNK_DIGEST_LEN])));
+    }
+    assert_eq!(table.chunk(l0, 4), None, "layer 0 has 4 chunks");
+    assert_eq!(table.chunk(l1, 0), Some(ChunkDigest([5; CHUNK_DIGEST_LEN])));
+    assert_eq!(table.chunk_range(l0, 3), Some(3 * CHUNK_SIZE..SIZES[0]), "the last chunk ends with the layer");
+    assert_eq!(table.window(SpanId(1)), Some(ChunkDigest::of_window(&with.window(SpanId(1)).unwrap())));
+    assert_eq!(table.window(SpanId(0)), Some(ChunkDigest::default()));
+    assert_eq!(table.window(SpanId(3)), None);
+    assert!(without.chunk_table().is_none(), "an index written without digests has none");
+}
+
+#[test]
+fn a_damaged_chunk_section_is_never_used_and_the_index_still_opens() {
+    let good = write(&contents(Some(digests())));
+    let archive = Archive::from_bytes(good.clone()).unwrap();
+    let chnk = *archive.section(layout::SEC_CHNK).unwrap();
+    assert_ne!(chnk.flags & layout::FLAG_LAZY, 0);
+    for at in [chnk.offset, chnk.offset + chnk.stored_len / 2, chnk.offset + chnk.stored_len - 1] {
+        let mut bad = good.clone();
+        bad[at as usize] ^= 0x10;
+        let archive = Archive::from_bytes(bad).expect("a lazy section is not checked at open");
+        assert!(archive.chunk_table().is_none(), "byte {at} flipped: the damaged digests were used");
+        assert_eq!(archive.window(SpanId(1)).unwrap(), b"window", "the rest of the index reads as before");
+    }
+}
+
+#[test]
+fn digests_that_do_not_fit_the_layers_are_refused() {
+    let mut short = digests();
+    short.chunks.pop();
+    let err = write_index(&contents(Some(short)), &mut Vec::new()).unwrap_err();
+    assert!(err.to_string().contains("4 chunk digests"), "{err}");
+    let mut windows = digests();
+    windows.windows.pop();
+    assert!(write_index(&contents(Some(windows)), &mut Vec::new()).is_err());
+}
+
+fn part(chunks: Option<Chunks>) -> LayerPart {
+    let c = contents(None);
+    let meta = PartMeta {
+        digest: Digest::from_sha256([1; 32]),
+        size: SIZES[0],
+        diff_id: Digest::from_sha256([2; 32]),
+        uncompressed_size: SIZES[0] * 3,
+        compression: Compression::Gzip,
+        span_size: 1 << 20,
+    };
+    LayerPart { meta, entries: PartEntries::default(), spans: c.spans[..2].to_vec(), windows: c.windows, chunks }
+}
+
+fn part_bytes(p: &LayerPart) -> Vec<u8> {
+    let mut out = Vec::new();
+    p.write(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn a_part_carries_its_digests_and_one_without_them_still_reads() {
+    let mut d = digests();
+    d.chunks.truncate(4);
+    d.windows.truncate(2);
+    let written = part_bytes(&part(Some(d.clone())));
+    assert_eq!(LayerPart::from_bytes(&written).unwrap().chunks, Some(d.clone()));
+    assert_eq!(LayerPart::from_bytes(&part_bytes(&part(None))).unwrap().chunks, None, "an older part");
+
+    // Damaged digests (the part's last section) are refused by the section checksum, never used.
+    let mut bad = written.clone();
+    let at = bad.len() - 5;
+    bad[at] ^= 1;
+    let err = LayerPart::from_bytes(&bad).unwrap_err();
+    assert!(err.to_string().contains("CHNK"), "{err}");
+
+    // Parts assemble into an index whose digests are theirs, layer after layer.
+    let mut all = Chunks::new(CHUNK_SIZE);
+    assert!(all.append(&d));
+    assert!(!all.append(&Chunks::new(CHUNK_SIZE * 2)), "chunks of another size do not mix");
+    assert_eq!(all, d);
+}

@@ -1,0 +1,171 @@
+//! Partial span fetches: a cold read needs the compressed bytes from its span's checkpoint to the end of
+//! the bytes it reads, not to the end of the span. With the index's compressed-chunk digests
+//! ([`clip_format::ChunkTable`]) a load fetches whole chunks from the checkpoint up to an estimate of where
+//! the wanted bytes end, verifies every chunk (and the checkpoint window) against the index, inflates what
+//! they hold and serves that prefix; a short estimate fetches on from where it stopped. The prefix is kept
+//! in memory with its compressed bytes ([`Held`]), never written to the disk cache; a later load of more
+//! (a later read, or the whole span) fetches only the rest, and a whole span is checked against the span
+//! digest and cached as before. Without chunk digests (an older index), or when the wanted bytes reach
+//! near the span's end anyway, the whole span is fetched as before.
+
+use std::sync::Arc;
+
+use clip_codec::{CheckpointRef, CodecError};
+use clip_format::{ChunkDigest, Compression};
+use tracing::debug;
+
+use crate::fetch::{verified, Fetch};
+use crate::memory::{Entry, Held};
+use crate::store::Inner;
+use crate::StoreError;
+
+/// How much of a span a load must bring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Need {
+    /// All of it (readahead, prefetch, a read that runs to the span's end).
+    Whole,
+    /// At least its first this many decoded bytes.
+    Upto(u64),
+}
+
+impl Need {
+    /// The decoded bytes this asks for, of a span of `len`.
+    pub fn bytes(self, len: u64) -> u64 {
+        match self {
+            Need::Whole => len,
+            Need::Upto(n) => n.min(len),
+        }
+    }
+}
+
+/// Compressed bytes fetched past the estimate of where the wanted bytes end (the estimate scales the span's
+/// compressed size by the share of its decoded bytes wanted, and the ratio varies within a span). zstd
+/// yields output a whole block at a time, so it gets more.
+fn slack(codec: Compression) -> u64 {
+    match codec {
+        Compression::None => 0,
+        Compression::Gzip => 16 << 10,
+        Compression::Zstd => 64 << 10,
+    }
+}
+
+impl Inner {
+    /// Span `f`, at least the decoded bytes `need` asks for: a verified prefix when the index has chunk
+    /// digests and the prefix is well short of the span, else the whole span (verified, on disk too).
+    /// `held` is a prefix already in memory to go on from.
+    pub(crate) async fn fetch_upto(&self, f: Fetch, need: Need, held: Option<Held>) -> Result<Entry, StoreError> {
+        let want = need.bytes(f.len);
+        // Three quarters in, the rest of the span costs less than the round trip that would fetch it later.
+        let near_end = want.saturating_mul(4) >= f.len.saturating_mul(3);
+        let chunked = self.archive.chunk_table().is_some();
+        if held.is_none() && (!chunked || near_end) {
+            return Ok(Entry { decoded: self.fetch(f).await?, held: None });
+        }
+        let want = if near_end { f.len } else { want };
+        self.retrying(&f, || self.fetch_prefix(&f, want, held.clone())).await
+    }
+
+    /// One attempt of [`Inner::fetch_upto`]: fetch on from `held` (or the chunk holding the span's first
+    /// byte) until `want` decoded bytes come out.
+    async fn fetch_prefix(&self, f: &Fetch, want: u64, held: Option<Held>) -> Result<Entry, StoreError> {
+        let (layer, index) = (f.layer, f.index);
+        let chunk = self.archive.chunk_table().map_or(clip_format::CHUNK_SIZE, |t| t.chunk_size());
+        let start = held.as_ref().map_or(f.range.start / chunk * chunk, |h| h.start);
+        let mut compressed = held.map_or_else(Vec::new, |h| h.compressed.to_vec());
+        let _budget = self.budget.take(f.range.end - start + f.len).await;
+        let window: Arc<[u8]> = self.archive.window(index)?.into();
+        let mut end = if want >= f.len {
+            f.range.end
+        } else {
+            let share = (f.range.end - f.range.start).saturating_mul(want).div_ceil(f.len.max(1));
+            f.range.start + share + slack(f.codec)
+        };
+        loop {
+            // A prefix ends on a chunk boundary (or the layer's end), so each of its chunks is checked whole.
+            end = end.div_ceil(chunk).saturating_mul(chunk).min(f.layer_size);
+            if end >= f.range.end {
+                end = f.range.end;
+            }
+            let have = start + compressed.len() as u64;
+            if end > have {
+                debug!(%layer, span = %index, start = have, len = end - have, "fetch span prefix");
+                let more = self.read_blob(layer, have..end).await?;
+                if end < f.range.end {
+                    self.check_chunks(f, have, &more, chunk)?;
+                }
+                compressed.extend_from_slice(&more);
+            }
+            let whole = end >= f.range.end;
+            let entry = self.decode_prefix(f, start, compressed, Arc::clone(&window), whole).await?;
+            let Some(held) = entry.held.as_ref().filter(|_| (entry.decoded.len() as u64) < want) else {
+                return Ok(entry);
+            };
+            // The estimate fell short: fetch on, twice as far.
+            compressed = held.compressed.to_vec();
+            let have = held.end();
+            end = have + (have - f.range.start).max(chunk);
+        }
+    }
+
+    /// The bytes of chunks `[from, from + bytes.len())` (a whole number of chunks, or up to the layer's end)
+    /// checked against the index.
+    fn check_chunks(&self, f: &Fetch, from: u64, bytes: &[u8], chunk: u64) -> Result<(), StoreError> {
+        let table = self.archive.chunk_table();
+        for (i, piece) in bytes.chunks(chunk as usize).enumerate() {
+            let offset = from + i as u64 * chunk;
+            let expected = table.as_ref().and_then(|t| t.chunk(f.layer, offset / chunk));
+            let actual = ChunkDigest::of(piece);
+            if expected != Some(actual) || offset % chunk != 0 {
+                crate::stats::Counters::bump(&self.counters.verify_failures);
+                let expected = expected.unwrap_or_default();
+                return Err(StoreError::ChunkVerify { layer: f.layer, span: f.index, offset, expected, actual });
+            }
+        }
+        Ok(())
+    }
+
+    /// Inflates what `compressed` (the layer's bytes from `start`) holds of span `f`: the whole span when
+    /// `whole` (verified against the span digest, written to the disk cache), else the prefix it holds, with
+    /// the bytes it came from (the window checked against the index first).
+    async fn decode_prefix(
+        &self,
+        f: &Fetch,
+        start: u64,
+        compressed: Vec<u8>,
+        window: Arc<[u8]>,
+        whole: bool,
+    ) -> Result<Entry, StoreError> {
+        let (layer, index, span, codec, len) = (f.layer, f.index, f.span, f.codec, f.len);
+        if !whole && !window.is_empty() {
+            let recorded = self.archive.chunk_table().and_then(|t| t.window(index));
+            if recorded != Some(ChunkDigest::of_window(&window)) {
+                return Err(StoreError::WindowVerify { layer, span: index });
+            }
+        }
+        let disk = self.disk.clone();
+        let done = tokio::task::spawn_blocking(move || {
+            let cp = CheckpointRef {
+                out_offset: span.out_offset,
+                in_offset: span.in_offset,
+                bits: span.bits,
+                window: &window,
+            };
+            let mut out = vec![0u8; len as usize];
+            let got = clip_codec::decode_prefix(codec, &cp, start, &compressed, &mut out)?;
+            if got as u64 == len {
+                return Ok(
+                    verified(&out, &span.digest, len, disk.as_ref()).map(|decoded| Entry { decoded, held: None })
+                );
+            }
+            if whole {
+                return Err(CodecError::Truncated { expected: len, got: got as u64 });
+            }
+            let held = Held { start, compressed: compressed.into() };
+            Ok(Ok(Entry { decoded: out[..got].into(), held: Some(held) }))
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
+        .map_err(|source| StoreError::Decode { layer, span: index, source })?;
+        done.map_err(|actual| self.verify_failed(layer, index, span.digest, actual))
+    }
+}

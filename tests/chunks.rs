@@ -1,0 +1,131 @@
+//! End to end, partial span fetches: a cold read of a small file in the middle of a big span fetches the
+//! compressed bytes up to the file's end (checked against the index's compressed-chunk digests), not the
+//! whole span — gzip, zstd and raw layers — and serves the bytes `umoci unpack` gives; a flipped bit in a
+//! fetched chunk is refetched, and a registry that keeps lying gets EIO, never wrong bytes; an index
+//! without chunk digests (as older clips wrote) still mounts, reads right and fetches whole spans.
+
+mod common;
+
+use std::path::Path;
+
+use clip_format::{Archive, LayerIndex};
+use clip_testkit::*;
+use common::{metric, Served};
+use rstest::rstest;
+
+/// Files `data/fNNN` of 8 KiB of text-like bytes (4 bits of entropy a byte, so they compress about 2:1),
+/// 3 MiB in all: three spans of 1 MiB.
+fn text_layer(compression: Compression) -> Layer {
+    let mut l = LayerBuilder::new();
+    l.dir("data");
+    for i in 0..384u64 {
+        let text: Vec<u8> = pseudo_random_bytes(i + 17, 8 << 10).iter().map(|b| b'a' + b % 16).collect();
+        l.file(format!("data/f{i:03}").as_str(), text);
+    }
+    let tar = l.finish();
+    match compression {
+        Compression::Zstd => {
+            let blob = zstd_multi_frame(&tar, 64 << 10);
+            Layer::from_blob(tar, blob, Compression::Zstd)
+        }
+        other => Layer::new(tar, other),
+    }
+}
+
+/// A file whose bytes lie 30–50 % into a span that is not the layer's last, and that span's compressed
+/// size as the index records it.
+fn file_mid_span(index: &Path) -> (String, u64) {
+    let a = Archive::open(index).unwrap();
+    let layer = LayerIndex(0);
+    let last = a.layer_spans(layer).unwrap().last().unwrap();
+    for i in 0..384 {
+        let path = format!("/data/f{i:03}");
+        let ino = a.resolve(path.as_bytes()).unwrap().unwrap();
+        let data = a.node(ino).unwrap().data_ref().unwrap();
+        let span = a.find_span(layer, data.offset).unwrap();
+        let range = a.span_range(layer, span).unwrap();
+        let into = (data.offset + data.size - range.start) * 100 / (range.end - range.start);
+        if span < last && (30..50).contains(&into) && a.find_span(layer, data.offset + data.size - 1).unwrap() == span {
+            let compressed = a.span(span.next()).unwrap().in_offset - a.span(span).unwrap().in_offset;
+            return (path, compressed);
+        }
+    }
+    panic!("no file 30-50 % into a span");
+}
+
+#[rstest]
+#[case::gzip(Compression::Gzip)]
+#[case::zstd(Compression::Zstd)]
+#[case::raw(Compression::None)]
+fn a_cold_read_in_the_middle_of_a_span_fetches_less_than_the_span(#[case] compression: Compression) {
+    let served = Served::with_span_mib(&Image::new(vec![text_layer(compression)]), 1);
+    let (path, span_compressed) = file_mid_span(&served.index());
+    let m = served.mount("mnt", &[]);
+    let got = std::fs::read(m.dir.join(&path[1..])).unwrap();
+    let fetched = served.proxy().stats().blob_bytes;
+    let unpacked = umoci_unpack(served.layout.path(), "t");
+    assert!(got == std::fs::read(unpacked.rootfs().join(&path[1..])).unwrap(), "{path}: not umoci's bytes");
+    assert!(fetched > 0, "nothing was fetched");
+    assert!(
+        fetched < span_compressed,
+        "{compression:?}: reading {path} fetched {fetched} bytes, its span holds {span_compressed} compressed"
+    );
+    println!("{compression:?}: {path} cost {fetched} of the span's {span_compressed} compressed bytes");
+    m.stop();
+}
+
+#[test]
+fn a_flipped_bit_in_a_fetched_chunk_is_refetched_and_a_lying_registry_gets_eio() {
+    let served = Served::with_span_mib(&Image::new(vec![text_layer(Compression::Gzip)]), 1);
+    let (path, _) = file_mid_span(&served.index());
+    let addr = common::free_addr();
+    let m = served.mount("mnt", &["--metrics", &addr, "--read-timeout", "20"]);
+    let unpacked = umoci_unpack(served.layout.path(), "t");
+    let expected = |p: &str| std::fs::read(unpacked.rootfs().join(p)).unwrap();
+
+    served.proxy().set_faults(vec![Fault::new(FaultKind::FlipBit { offset: 1000 }).blobs_only().times(1)]);
+    let got = std::fs::read(m.dir.join(&path[1..])).unwrap();
+    assert!(got == expected(&path[1..]), "{path}: a flipped bit was served");
+    assert!(metric(&addr, "clip_verify_failures_total") >= 1.0, "the flipped bit went unnoticed");
+
+    // Every answer flipped: the read (of a file in another span) fails, no byte of it is served.
+    served.proxy().set_faults(vec![Fault::new(FaultKind::FlipBit { offset: 1000 }).blobs_only()]);
+    let err = std::fs::read(m.dir.join("data/f383")).expect_err("bytes that never verify were served");
+    assert_eq!(err.raw_os_error(), Some(5), "{err}");
+    let log = m.stop();
+    assert!(log.contains("compressed chunk at offset"), "the chunk digests did not catch it:\n{log}");
+}
+
+/// Rewrites the index at `path` without its `CHNK` section (in the table; its bytes stay, unreferenced):
+/// the index an older clip wrote.
+fn strip_chunk_digests(path: &Path) {
+    use clip_format::layout::{Header, SectionEntry, HEADER_LEN, SECTION_ENTRY_LEN, SEC_CHNK};
+    let mut bytes = std::fs::read(path).unwrap();
+    let header = Header::decode(bytes[..HEADER_LEN].try_into().unwrap()).unwrap();
+    let table = &bytes[header.table_offset as usize..][..header.sections as usize * SECTION_ENTRY_LEN];
+    let kept: Vec<SectionEntry> =
+        table.chunks_exact(SECTION_ENTRY_LEN).map(SectionEntry::decode).filter(|e| e.id != SEC_CHNK).collect();
+    assert_eq!(kept.len() + 1, header.sections as usize, "the index has a CHNK section");
+    let mut new_table = Vec::new();
+    kept.iter().for_each(|e| e.encode(&mut new_table));
+    let header = Header { sections: kept.len() as u32, table_crc: crc32c::crc32c(&new_table), ..header };
+    bytes[..HEADER_LEN].copy_from_slice(&header.encode());
+    bytes[HEADER_LEN..HEADER_LEN + new_table.len()].copy_from_slice(&new_table);
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn an_index_without_chunk_digests_mounts_reads_right_and_fetches_whole_spans() {
+    let served = Served::with_span_mib(&Image::new(vec![text_layer(Compression::Gzip)]), 1);
+    let (path, span_compressed) = file_mid_span(&served.index());
+    strip_chunk_digests(&served.index());
+    assert!(Archive::open(&served.index()).unwrap().chunk_table().is_none());
+    let m = served.mount("mnt", &[]);
+    let unpacked = umoci_unpack(served.layout.path(), "t");
+    let got = std::fs::read(m.dir.join(&path[1..])).unwrap();
+    assert!(got == std::fs::read(unpacked.rootfs().join(&path[1..])).unwrap(), "{path}: not umoci's bytes");
+    let fetched = served.proxy().stats().blob_bytes;
+    assert!(fetched >= span_compressed, "{fetched} bytes fetched: not the whole span of {span_compressed}");
+    assert_matches_umoci(served.layout.path(), "t", &m.dir, CompareOpts::default());
+    m.stop();
+}
