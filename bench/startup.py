@@ -21,7 +21,7 @@ def cold(b, tmp, index, tag, command, extra=()):
     t = time.perf_counter()
     m = b.Mount(index, mnt, cache, extra=extra)
     (mnt / b.ONE_FILE).read_bytes()
-    b.run(["chroot", mnt] + command)
+    b.run(["chroot", mnt] + command, stdout=subprocess.DEVNULL)
     took = time.perf_counter() - t
     m.stop()
     return took
@@ -34,7 +34,7 @@ def full_pull(b, tmp, proxy, repo, tag, command):
     t = time.perf_counter()
     b.run(["skopeo", "copy", "-q", "--src-tls-verify=false", f"docker://{proxy.addr}/{repo}", f"oci:{oci}:latest"])
     b.run(["umoci", "unpack", "--image", f"{oci}:latest", bundle], stdout=subprocess.DEVNULL)
-    b.run(["chroot", bundle / "rootfs"] + command)
+    b.run(["chroot", bundle / "rootfs"] + command, stdout=subprocess.DEVNULL)
     took = time.perf_counter() - t
     b.run(["rm", "-rf", oci, bundle])
     return took
