@@ -176,7 +176,7 @@ fn a_remote_layer_whose_commit_fails_is_released_unless_another_snapshot_uses_it
 
     // The parent is not there: the commit fails after the remote layer was made ready, so it is released.
     assert_eq!(code(s.prepare("extract-1", "missing", layer("chain-1"))), Code::NotFound);
-    assert_eq!(*remote.released.lock().unwrap(), [remote.dir.clone()]);
+    assert_eq!(*remote.released.lock().unwrap(), std::slice::from_ref(&remote.dir));
     assert!(remote.committed.lock().unwrap().is_empty());
     assert!(s.walk(&[]).unwrap().is_empty(), "nothing was committed");
 
