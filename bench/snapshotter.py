@@ -16,7 +16,7 @@ import statistics
 import subprocess
 import time
 
-from bench import CLIP, COMMAND, drop_caches, log, run, secs, spread
+import bench
 
 NAME = "clip"
 
@@ -66,7 +66,7 @@ class Containerd:
         return [program, "--address", self.dir / "containerd.sock", "--namespace", self.ns] + list(args)
 
     def ctr(self, *args, program="ctr"):
-        run(self.args(program, *args), stdout=subprocess.DEVNULL)
+        bench.run(self.args(program, *args), stdout=subprocess.DEVNULL)
 
     def stop(self):
         tasks = subprocess.run(self.args("ctr", "tasks", "ls", "-q"), capture_output=True, text=True).stdout
@@ -90,7 +90,7 @@ class Snapshotter:
         d.mkdir(parents=True)
         self.dir, self.socket = d, d / "clip.sock"
         env = dict(os.environ, CLIP_CACHE_DIR=str(d / "cache"))
-        self.proc = subprocess.Popen([CLIP, "-q", "snapshotter", "--address", self.socket, "--root", d / "root"],
+        self.proc = subprocess.Popen([bench.CLIP, "-q", "snapshotter", "--address", self.socket, "--root", d / "root"],
                                      env=env, stdout=subprocess.DEVNULL, stderr=open(d / "snapshotter.log", "w"))
         wait_for("clip snapshotter serving", self.serving)
 
@@ -110,8 +110,8 @@ class Snapshotter:
 def p12_containerd(tmp, proxy, registry, runs, results, label):
     """Adds row P12: rpull + run with clip's snapshotter ÷ pull + run with overlayfs, medians of `runs`."""
     image = f"{proxy.addr}/debian:bookworm"
-    log("P12: publishing the index and layer parts with the image")
-    run([CLIP, "-q", "index", f"{registry.addr}/debian:bookworm", "-o", tmp / "p12.clip", "--parts",
+    bench.log("P12: publishing the index and layer parts with the image")
+    bench.run([bench.CLIP, "-q", "index", f"{registry.addr}/debian:bookworm", "-o", tmp / "p12.clip", "--parts",
          tmp / "p12-parts", "--push"])
     clip_t, base_t = [], []
     for r in range(runs):
@@ -119,25 +119,25 @@ def p12_containerd(tmp, proxy, registry, runs, results, label):
         snap = Snapshotter(d / "snapshotter")
         containerd = Containerd(d / "containerd-clip", snap.socket, 2 * r)
         try:
-            drop_caches()
+            bench.drop_caches()
             t = time.perf_counter()
             containerd.ctr("images", "rpull", "--plain-http", "--snapshotter", NAME, image, program="ctr-remote")
-            containerd.ctr("run", "--rm", "--snapshotter", NAME, image, "p12", *COMMAND)
+            containerd.ctr("run", "--rm", "--snapshotter", NAME, image, "p12", *bench.COMMAND)
             clip_t.append(time.perf_counter() - t)
         finally:
             containerd.stop()
             snap.stop()
         containerd = Containerd(d / "containerd-overlayfs", d / "unused.sock", 2 * r + 1)
         try:
-            drop_caches()
+            bench.drop_caches()
             t = time.perf_counter()
             containerd.ctr("images", "pull", "--plain-http", image)
-            containerd.ctr("run", "--rm", image, "p12", *COMMAND)
+            containerd.ctr("run", "--rm", image, "p12", *bench.COMMAND)
             base_t.append(time.perf_counter() - t)
         finally:
             containerd.stop()
         shutil.rmtree(d, ignore_errors=True)
     r = statistics.median(clip_t) / statistics.median(base_t)
     results.add("P12", f"containerd: `ctr-remote images rpull` + `ctr run` of the P3 command, clip snapshotter vs "
-                f"`ctr pull` + `ctr run`, overlayfs ({label})", spread(clip_t, secs), spread(base_t, secs), r,
+                f"`ctr pull` + `ctr run`, overlayfs ({label})", bench.spread(clip_t, bench.secs), bench.spread(base_t, bench.secs), r,
                 "≤ 0.15", r <= 0.15, None)

@@ -87,6 +87,16 @@ fn index_pushed_to_the_registry_is_found_by_pull_on_a_clean_node() {
     assert_eq!(manifest["layers"][0]["mediaType"], "application/vnd.clip.index.v2.clip");
     let index_bytes = std::fs::read(&index).unwrap();
     assert_eq!(manifest["layers"][0]["size"], index_bytes.len());
+    // Then the layer parts, one layer each, titled by part key.
+    let inspect: serde_json::Value = serde_json::from_slice(&clip_ok(&["inspect", "--json", s(&index)])).unwrap();
+    let mut keys: Vec<String> =
+        inspect["parts"].as_array().unwrap().iter().map(|p| format!("{}.part", p["key"].as_str().unwrap())).collect();
+    keys.dedup();
+    let parts = &manifest["layers"].as_array().unwrap()[1..];
+    assert!(parts.iter().all(|p| p["mediaType"] == "application/vnd.clip.part.v1"), "{manifest}");
+    let titles: Vec<&str> =
+        parts.iter().map(|p| p["annotations"]["org.opencontainers.image.title"].as_str().unwrap()).collect();
+    assert_eq!(titles, keys, "one part a layer, in layer order");
 
     // Pushing again is idempotent: still one entry in the referrers tag.
     let again = clip_node(&["index", &image, "-o", s(&index), "--push"], &[]);

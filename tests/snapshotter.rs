@@ -501,11 +501,18 @@ fn rpull_serves_every_layer_lazily_from_the_layer_views() {
     assert!(p.metric(&format!("clip_layer_fetched_bytes_total{{image=\"{digest}\",layer=")) >= 0.0);
     node.assert_matches_umoci(CompareOpts::default());
 
+    // Two containers over the lazy layers: each writes into its own snapshot and sees only its own writes.
+    let script_of = |id: &str| format!("echo {id} >> /data/a; cat /data/a");
+    assert_eq!(node.run("w1", true, &script_of("w1")), "alpha\nw1\n");
+    assert_eq!(node.run("w2", true, &script_of("w2")), "alpha\nw2\n", "w2 sees none of w1's writes");
+
     // kill -9 while a container runs: its layers stay served (the views' mount process is not the
-    // snapshotter's), and it reads on after the restart.
+    // snapshotter's), it reads on after the restart, and every snapshot is still listed.
     let waiting = node.start_waiting("read line < /data/fifo; cat /data/changed; echo $line");
+    let listed = node.snapshots();
     node.snapshotter.kill9();
     node.restart_snapshotter();
+    assert_eq!(node.snapshots(), listed, "every snapshot is still there, with its parent and kind");
     let out = node.release_waiting(waiting);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "layer 3\ngo\n", "the running container kept reading");
     assert!(node.snapshotter.log().contains("layer views still mounted"), "{}", node.snapshotter.log());

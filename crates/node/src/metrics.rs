@@ -236,7 +236,8 @@ pub async fn serve_unix(path: &Path, metrics: MountMetrics) -> Result<(), NodeEr
         Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path).map_err(failed("removing a stale socket"))?,
         _ => {}
     }
-    let listener = UnixListener::bind(path).map_err(failed("binding the metrics socket"))?;
+    let (short, _dir) = socket_address(path).map_err(failed("opening the metrics socket's directory"))?;
+    let listener = UnixListener::bind(&short).map_err(failed("binding the metrics socket"))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .map_err(failed("making the socket private"))?;
     let scrape = rendered(metrics);
@@ -256,7 +257,8 @@ const MAX_SCRAPE_BYTES: usize = 16 << 20;
 pub async fn scrape_unix(path: &Path) -> Result<String, NodeError> {
     let failed = |e: std::io::Error| NodeError::io(path, "scraping the metrics socket")(e);
     let other = |e: hyper::Error| failed(std::io::Error::other(e));
-    let stream = tokio::net::UnixStream::connect(path).await.map_err(failed)?;
+    let (short, _dir) = socket_address(path).map_err(failed)?;
+    let stream = tokio::net::UnixStream::connect(&short).await.map_err(failed)?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(other)?;
     tokio::spawn(conn);
     let request = hyper::Request::get("/metrics")
@@ -270,6 +272,24 @@ pub async fn scrape_unix(path: &Path) -> Result<String, NodeError> {
         .map_err(|e| failed(std::io::Error::other(e.to_string())))?
         .to_bytes();
     String::from_utf8(body.to_vec()).map_err(|e| failed(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))
+}
+
+/// The longest path a unix socket address holds (`sun_path` is 108 bytes with its NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// An address for the unix socket `path` that fits: `path` itself, or when it is too long, the same file
+/// reached through an open handle of its directory (`/proc/self/fd/N/NAME`, valid while the returned
+/// handle lives).
+fn socket_address(path: &Path) -> std::io::Result<(std::path::PathBuf, Option<std::fs::File>)> {
+    if path.as_os_str().len() <= MAX_SOCKET_PATH {
+        return Ok((path.to_path_buf(), None));
+    }
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a socket path"));
+    };
+    let handle = std::fs::File::open(dir)?;
+    let short = Path::new("/proc/self/fd").join(std::os::fd::AsRawFd::as_raw_fd(&handle).to_string()).join(name);
+    Ok((short, Some(handle)))
 }
 
 fn rendered(metrics: MountMetrics) -> Scrape {
@@ -294,5 +314,23 @@ where
     match hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(conn), service).await {
         Ok(()) => debug!(%peer, "metrics scraped"),
         Err(error) => warn!(%peer, %error, "metrics connection failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_socket_with_a_long_path_serves_and_is_scraped() {
+        let dir = tempfile::tempdir().unwrap();
+        let deep = dir.path().join("d".repeat(60)).join("e".repeat(60));
+        std::fs::create_dir_all(&deep).unwrap();
+        let path = deep.join("sha256-0123456789abcdef-layers.sock");
+        assert!(path.as_os_str().len() > MAX_SOCKET_PATH);
+        let scrape = Arc::new(|| Snapshot { fs: clip_fs::FsStats::default().snapshot(), store: Default::default() });
+        serve_unix(&path, MountMetrics(scrape)).await.unwrap();
+        let text = scrape_unix(&path).await.unwrap();
+        assert!(text.contains("clip_fetched_bytes_total 0"), "{text}");
     }
 }

@@ -133,8 +133,11 @@ pub async fn mount_foreground(
         info!(%addr, "serving metrics");
     }
     if let Some(path) = &config.metrics_socket {
-        metrics::serve_unix(path, mount_metrics).await?;
-        info!(socket = %path.display(), "serving metrics");
+        // Metrics are an extra: a socket that cannot be made does not keep the mount from serving.
+        match metrics::serve_unix(path, mount_metrics).await {
+            Ok(()) => info!(socket = %path.display(), "serving metrics"),
+            Err(error) => warn!(error = &error as &dyn std::error::Error, "metrics not served"),
+        }
     }
     let mountpoint_buf: PathBuf = mountpoint.to_path_buf();
     let fs_opts = config.fs.clone();
