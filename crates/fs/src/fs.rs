@@ -63,6 +63,7 @@ impl Filesystem for ClipFs {
             debug!(cancelled, "reads still in flight at unmount were cancelled");
         }
         self.opens.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.stats.set_open_inodes(0);
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
@@ -158,19 +159,24 @@ impl Filesystem for ClipFs {
 
     /// No file of an image takes ioctls: `ENOTTY`, as a regular file on a local disk answers (every
     /// Python `open()` asks `TCGETS` to see whether it opened a terminal; fuser's default would log a
-    /// warning for each).
+    /// warning for each). Terminal ioctls (type `'T'`) are answered silently; the first other one is
+    /// logged at debug, once per mount.
     #[allow(clippy::too_many_arguments)] // the trait's signature
     fn ioctl(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         _fh: FileHandle,
         _flags: fuser::IoctlFlags,
-        _cmd: u32,
+        cmd: u32,
         _in_data: &[u8],
         _out_size: u32,
         reply: fuser::ReplyIoctl,
     ) {
+        let terminal = (cmd >> 8) & 0xff == u32::from(b'T');
+        if !terminal && !self.ioctl_logged.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            debug!(ino = ino.0, cmd = format_args!("{cmd:#x}"), "ioctl not supported: ENOTTY (logged once)");
+        }
         reply.error(fuser::Errno::ENOTTY);
     }
 
