@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use clip_format::{DataRef, LayerIndex, SpanId};
 use clip_store::{ContentStore, DiskCache, StoreConfig, StoreError};
-use common::{cached, disk_usage, eventually, files_in, manual_clock, raw_fixture, text, Fixture, Layer, KIB};
+use common::{cached, damage, disk_usage, eventually, files_in, manual_clock, raw_fixture, text, Fixture, Layer, KIB};
 
 const SPAN: u64 = 64 * KIB;
 
@@ -140,7 +140,7 @@ async fn a_corrupted_cache_file_is_detected_deleted_and_refetched() {
     assert_eq!(spans.len(), 1);
     let mut bytes = std::fs::read(&spans[0]).unwrap();
     bytes[1234] ^= 0x01;
-    std::fs::write(&spans[0], &bytes).unwrap();
+    damage(&spans[0], &bytes);
 
     let store = fx.store(cached(dir.path()));
     assert_eq!(store.read(file, 0, file.size).await.unwrap(), fx.expected(file));
@@ -153,7 +153,7 @@ async fn a_corrupted_cache_file_is_detected_deleted_and_refetched() {
     assert_eq!(std::fs::read(&spans[0]).unwrap(), fx.expected(file));
 
     // Truncated (as after a crash before the data reached the disk): also never served.
-    std::fs::write(&spans[0], &bytes[..100]).unwrap();
+    damage(&spans[0], &bytes[..100]);
     let store = fx.store(cached(dir.path()));
     assert_eq!(store.read(file, 0, file.size).await.unwrap(), fx.expected(file));
     assert_eq!(store.stats().disk_verify_failures, 1);
