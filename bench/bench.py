@@ -26,6 +26,9 @@ ROOT = Path(__file__).resolve().parent.parent
 CLIP = ROOT / "target/release/clip"
 PROXY = ROOT / "target/release/clip-proxy"
 WORK = ROOT / "bench/work"
+# The Debian, many-files and big-layer images (built there when missing): CLIP_BENCH_IMAGES may point at
+# another checkout's bench/work/images to reuse them.
+IMAGES = Path(os.environ.get("CLIP_BENCH_IMAGES", WORK / "images"))
 PROFILES = {"100mbit": (100, 20), "1gbit": (1000, 2)}
 COMMAND = ["python3", "-c", "import json, sqlite3"]
 ONE_FILE = "etc/debian_version"
@@ -165,11 +168,11 @@ def warm(root, repeat=10):
 
 def build_images(with_many=True):
     """The Debian layout, and the many-files one when `with_many` (else None)."""
-    debian = WORK / "images/debian"
+    debian = IMAGES / "debian"
     run([ROOT / "dev/debian-image", debian])
     if not with_many:
         return debian, None
-    many = WORK / "images/many"
+    many = IMAGES / "many"
     if not (many / "index.json").exists() or '"v1"' not in (many / "index.json").read_text():
         log("building the many-files image (100k small files + one 500 MB file)")
         tmp = Path(tempfile.mkdtemp(dir=WORK))
@@ -198,7 +201,7 @@ def build_images(with_many=True):
 
 def big_layer_image(gib):
     """An OCI layout (tag `big`) of one gzip -1 layer: four files of base64 text, `gib` GiB of tar in all."""
-    layout = WORK / f"images/big-{gib}g"
+    layout = IMAGES / f"big-{gib}g"
     if (layout / "index.json").exists():
         return layout
     log(f"building a one-layer image of {gib} GiB (base64 text, gzip -1)")
@@ -209,6 +212,12 @@ def big_layer_image(gib):
         run(["bash", "-c", f"head -c {gib * 3 * (1 << 28) * 76 // 77 // 4} /dev/urandom | base64 > {tmp}/src/f{i}.txt"])
     run(["bash", "-c", f"tar -C {tmp}/src -cf - . | tee >(sha256sum > {tmp}/diff) | gzip -1 > {tmp}/layer"])
     shutil.rmtree(tmp / "src")
+    return one_layer_layout(tmp, layout, "big", tmp / "layer", "sha256:" + (tmp / "diff").read_text().split()[0])
+
+
+def one_layer_layout(tmp, layout, tag, layer_file, diff_id):
+    """Makes `layout` an OCI layout (tag `tag`) of one gzip layer, the file `layer_file` whose uncompressed tar
+    has the digest `diff_id`; `tmp` is a scratch directory, removed."""
     blobs = tmp / "layout/blobs/sha256"
     blobs.mkdir(parents=True)
 
@@ -221,12 +230,11 @@ def big_layer_image(gib):
         path.rename(blobs / digest)
         return {"digest": f"sha256:{digest}", "size": size}
 
-    diff_id = "sha256:" + (tmp / "diff").read_text().split()[0]
-    layer = {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", **put(tmp / "layer")}
+    layer = {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", **put(layer_file)}
     config = {"architecture": "amd64", "os": "linux", "config": {}, "rootfs": {"type": "layers", "diff_ids": [diff_id]}}
     config = {"mediaType": "application/vnd.oci.image.config.v1+json", **put(data=json.dumps(config).encode())}
     manifest = {"schemaVersion": 2, "mediaType": MANIFEST, "config": config, "layers": [layer]}
-    return finish_layout(tmp, layout, "big", put(data=json.dumps(manifest).encode()))
+    return finish_layout(tmp, layout, tag, put(data=json.dumps(manifest).encode()))
 
 
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -246,7 +254,7 @@ def finish_layout(tmp, layout, tag, manifest):
 def lower_image(debian):
     """An OCI layout (tag `lower`) of the Debian image's two lower layers (minbase, + python3) alone, the same
     blobs: indexed first, it leaves the parts of those layers for P1b."""
-    layout = WORK / "images/debian-lower"
+    layout = IMAGES / "debian-lower"
     if (layout / "index.json").exists():
         return layout
     tmp = Path(tempfile.mkdtemp(dir=WORK))
@@ -561,6 +569,8 @@ def main():
                 archive_throughput(tmp, debian, results)
             if wanted("P12"):
                 index_memory(tmp, results)
+            if wanted("S", "S2", "S3", "S4", "S5"):
+                __import__("scale").scale_scenarios(tmp, results, args.runs)
         finally:
             proxy.stop()
     finally:
@@ -571,7 +581,7 @@ def main():
                 subprocess.run(["umount", "-l", mp])
         shutil.rmtree(tmp, ignore_errors=True)
 
-    order = {f"P{i}": i for i in range(1, 13)} | {"P1b": 1.5}
+    order = {f"P{i}": i for i in range(1, 13)} | {"P1b": 1.5, "P5b": 5.5} | {f"S{i}": 100 + i for i in range(1, 10)}
     rows = sorted(results.rows, key=lambda r: order[r[0]])
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     lines = [
