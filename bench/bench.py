@@ -569,6 +569,8 @@ def main():
                 archive_throughput(tmp, debian, results)
             if wanted("P12"):
                 index_memory(tmp, results)
+            if wanted("P5b"):
+                __import__("warm").p5b_warm_remount(tmp, proxy, debian, results, args.runs)
             if wanted("S", "S2", "S3", "S4", "S5"):
                 __import__("scale").scale_scenarios(tmp, results, args.runs)
         finally:
