@@ -47,6 +47,9 @@ impl Filesystem for ClipFs {
                 config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok() && config.set_max_stack_depth(1).is_ok();
         }
         self.stats.set_passthrough_granted(self.passthrough_granted);
+        // `df` and `find` ask statfs early; its totals take a pass over every inode: start it now.
+        let (archive, totals) = (self.archive.clone(), self.totals.clone());
+        drop(self.runtime.spawn_blocking(move || totals.get_or_init(|| crate::meta::totals(&archive)).0));
         info!(
             nodes = self.archive.node_count(),
             passthrough = self.passthrough_granted,
