@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use clip_testkit::*;
-use common::{clip_ok, metric, s, tar_files, MountProc, Served};
+use common::{cache_files, clip_ok, metric, s, tar_files, MountProc, Served};
 
 /// A layer of `count` files `NAME/fNN` of `size` pseudo-random bytes each; returns it with the files'
 /// contents.
@@ -165,21 +165,6 @@ fn bad_span_files(cache: &Path) -> (usize, Vec<PathBuf>) {
         }
     }
     (checked, bad)
-}
-
-/// Every file under `dir` (recursively) except temp files.
-fn cache_files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else { return out };
-    for e in entries.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(cache_files(&p));
-        } else if !e.file_name().to_string_lossy().starts_with(".tmp-") {
-            out.push(p);
-        }
-    }
-    out
 }
 
 #[test]

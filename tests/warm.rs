@@ -9,7 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use clip_testkit::*;
-use common::{metric, wait_within, Served};
+use common::{cache_files, metric, wait_within, Served};
 
 /// Files of the test image: many small ones (served from spans) and a few of 100 KiB (passthrough copies).
 fn image() -> (Image, Vec<(String, Vec<u8>)>) {
@@ -71,11 +71,11 @@ fn a_fresh_mount_over_a_sealed_cache_reads_small_files_by_range() {
         assert!(std::fs::read(first.dir.join(path)).unwrap() == *data, "{path}");
     }
     first.stop();
-    let cached: Vec<_> = walk(&img.cache());
+    let cached: Vec<_> = cache_files(&img.cache());
     assert!(cached.iter().any(|p| p.starts_with(img.cache().join("files"))), "no passthrough copies: {cached:?}");
     // Sealed in the background: verified and synced, so read-only.
     wait_within(Duration::from_secs(10), "cache files sealed (mode 0400)", || {
-        walk(&img.cache()).iter().all(|p| common::mode(p) & 0o777 == 0o400)
+        cache_files(&img.cache()).iter().all(|p| common::mode(p) & 0o777 == 0o400)
     });
 
     img.proxy().reset_stats();
@@ -95,7 +95,7 @@ fn a_fresh_mount_over_a_sealed_cache_reads_small_files_by_range() {
     second.stop();
 
     // A span file that lost its seal (as a crash before the sync leaves it) is hashed again before use.
-    for p in walk(&img.cache()) {
+    for p in cache_files(&img.cache()) {
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
     let third = img.mount("three", &[]);
@@ -104,20 +104,6 @@ fn a_fresh_mount_over_a_sealed_cache_reads_small_files_by_range() {
     }
     third.stop();
     wait_within(Duration::from_secs(10), "hashed span files sealed again", || {
-        walk(&img.cache().join("spans")).iter().any(|p| common::mode(p) & 0o777 == 0o400)
+        cache_files(&img.cache().join("spans")).iter().any(|p| common::mode(p) & 0o777 == 0o400)
     });
-}
-
-/// Every regular file under `dir`, temp files aside.
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            out.extend(walk(&path));
-        } else if !entry.file_name().to_string_lossy().starts_with(".tmp-") {
-            out.push(path);
-        }
-    }
-    out
 }
