@@ -131,14 +131,19 @@ class Mount:
         return 0.0
 
     def peak_rss(self):
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-        return 0
+        return proc_status_bytes(self.proc.pid, "VmHWM")
 
     def stop(self):
         self.proc.send_signal(signal.SIGTERM)
         self.proc.wait(timeout=30)
+
+
+def proc_status_bytes(pid, field):
+    """A size from /proc/PID/status (`VmRSS`, `VmHWM`, …) in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
 
 
 def is_mounted(path):

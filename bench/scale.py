@@ -73,10 +73,7 @@ def data_bytes(n):
 
 
 def rss(pid):
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
+    return bench.proc_status_bytes(pid, "VmRSS")
 
 
 def disk_usage(path):

@@ -67,6 +67,7 @@ fn seal_now(path: PathBuf) {
 #[cfg(test)]
 mod tests {
     use std::fs;
+    use std::sync::Arc;
 
     use super::*;
     use crate::sha256 as digest;
@@ -79,15 +80,22 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_written_span_is_sealed_and_trusted_by_the_next_process_without_hashing() {
+    /// A span of `len` bytes `byte` written by one cache, and a second cache over the same directory (as a
+    /// later process), once the file is sealed.
+    fn written_by_another(len: usize, byte: u8) -> (tempfile::TempDir, Arc<DiskCache>, [u8; 32], Vec<u8>) {
         let dir = tempfile::tempdir().unwrap();
-        let bytes = vec![7u8; 10_000];
+        let bytes = vec![byte; len];
         let d = digest(&bytes);
         DiskCache::open(dir.path(), 1 << 20).unwrap().put(&d, &bytes);
         let cache = DiskCache::open(dir.path(), 1 << 20).unwrap();
+        wait_sealed(&cache.span_path(&d));
+        (dir, cache, d, bytes)
+    }
+
+    #[test]
+    fn a_written_span_is_sealed_and_trusted_by_the_next_process_without_hashing() {
+        let (_dir, cache, d, _) = written_by_another(10_000, 7);
         let path = cache.span_path(&d);
-        wait_sealed(&path);
         // A sealed file is served by range without being hashed: a change the seal does not know of shows.
         let mut changed = fs::read(&path).unwrap();
         changed[0] ^= 1;
@@ -100,13 +108,8 @@ mod tests {
 
     #[test]
     fn an_unsealed_file_is_hashed_first_and_a_bad_one_never_served() {
-        let dir = tempfile::tempdir().unwrap();
-        let bytes = vec![9u8; 5000];
-        let d = digest(&bytes);
-        DiskCache::open(dir.path(), 1 << 20).unwrap().put(&d, &bytes);
-        let cache = DiskCache::open(dir.path(), 1 << 20).unwrap();
+        let (dir, cache, d, bytes) = written_by_another(5000, 9);
         let path = cache.span_path(&d);
-        wait_sealed(&path);
         // As a crash before the seal leaves it: unsealed, and here with bad bytes.
         fs::set_permissions(&path, Permissions::from_mode(UNSEALED)).unwrap();
         fs::write(&path, vec![8u8; 5000]).unwrap();
