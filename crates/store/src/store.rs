@@ -275,10 +275,18 @@ impl Inner {
             }))
         };
         let result = self.flights.run(layer, index, load).await;
-        if let (Ok(bytes), true) = (&result, keep) {
+        if let (Ok(bytes), true) = (&result, keep && !self.trusted_on_disk(index)) {
             lock(&self.memory).put(index, bytes.clone(), self.config.memory_bytes);
         }
         result
+    }
+
+    /// Whether span `index` sits in the disk cache, checked by this process: later reads take their pieces
+    /// from its file by range ([`Inner::disk_slice`]), so keeping it in memory as well would only grow the
+    /// daemon (a walk over every small file of an image filled the memory tier to its bound).
+    fn trusted_on_disk(&self, index: SpanId) -> bool {
+        let (Some(disk), Ok(span)) = (&self.disk, self.archive.span(index)) else { return false };
+        disk.is_verified(span.digest.as_bytes())
     }
 
     /// Bytes `within` of span `index` (`len` bytes long) read straight from its disk cache file when that
