@@ -284,7 +284,7 @@ impl Inner {
     /// Whether span `index` sits in the disk cache, checked by this process: later reads take their pieces
     /// from its file by range ([`Inner::disk_slice`]), so keeping it in memory as well would only grow the
     /// daemon (a walk over every small file of an image filled the memory tier to its bound).
-    fn trusted_on_disk(&self, index: SpanId) -> bool {
+    pub(crate) fn trusted_on_disk(&self, index: SpanId) -> bool {
         let (Some(disk), Ok(span)) = (&self.disk, self.archive.span(index)) else { return false };
         disk.is_verified(span.digest.as_bytes())
     }
