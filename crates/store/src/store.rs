@@ -4,7 +4,9 @@
 //! before it is written to the disk cache or served. Concurrent requests for one span share one lookup.
 //! With a remote tier ([`StoreConfig::remote`]) a disk miss asks the tier first (bounded by
 //! [`StoreConfig::remote_timeout`], its bytes verified too), and spans fetched from the source are
-//! published to it in the background; a failing tier only sends reads to the source.
+//! published to it in the background; a failing tier only sends reads to the source. A span this
+//! process has checked in the disk cache (or that an earlier one sealed) is not loaded whole: a read takes
+//! its piece from the span's file by range, and such spans are not kept in memory.
 //!
 //! Failure policy: bytes that fail verification (or do not decode) are fetched again, up to
 //! [`crate::VERIFY_ATTEMPTS`] times in all, and never served. Every read has a deadline
