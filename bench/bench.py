@@ -33,7 +33,8 @@ BIN = Path(os.environ.get("CLIP_BENCH_BIN", ROOT / "target/release"))
 CLIP = BIN / "clip"
 PROXY = Path(os.environ.get("CLIP_BENCH_PROXY", BIN / "clip-proxy"))
 WORK = ROOT / "bench/work"
-# CLIP_BENCH_IMAGES: where the benchmark images are built (reused when there), e.g. another checkout's.
+# The Debian, many-files and big-layer images (built there when missing): CLIP_BENCH_IMAGES may point at
+# another checkout's bench/work/images to reuse them.
 IMAGES = Path(os.environ.get("CLIP_BENCH_IMAGES", WORK / "images"))
 PROFILES = {"100mbit": (100, 20), "1gbit": (1000, 2)}
 COMMAND = ["python3", "-c", "import json, sqlite3"]
@@ -137,14 +138,19 @@ class Mount:
         return 0.0
 
     def peak_rss(self):
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-        return 0
+        return proc_status_bytes(self.proc.pid, "VmHWM")
 
     def stop(self):
         self.proc.send_signal(signal.SIGTERM)
         self.proc.wait(timeout=30)
+
+
+def proc_status_bytes(pid, field):
+    """A size from /proc/PID/status (`VmRSS`, `VmHWM`, …) in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
 
 
 def is_mounted(path):
@@ -218,6 +224,12 @@ def big_layer_image(gib):
         run(["bash", "-c", f"head -c {gib * 3 * (1 << 28) * 76 // 77 // 4} /dev/urandom | base64 > {tmp}/src/f{i}.txt"])
     run(["bash", "-c", f"tar -C {tmp}/src -cf - . | tee >(sha256sum > {tmp}/diff) | gzip -1 > {tmp}/layer"])
     shutil.rmtree(tmp / "src")
+    return one_layer_layout(tmp, layout, "big", tmp / "layer", "sha256:" + (tmp / "diff").read_text().split()[0])
+
+
+def one_layer_layout(tmp, layout, tag, layer_file, diff_id):
+    """Makes `layout` an OCI layout (tag `tag`) of one gzip layer, the file `layer_file` whose uncompressed tar
+    has the digest `diff_id`; `tmp` is a scratch directory, removed."""
     blobs = tmp / "layout/blobs/sha256"
     blobs.mkdir(parents=True)
 
@@ -230,12 +242,11 @@ def big_layer_image(gib):
         path.rename(blobs / digest)
         return {"digest": f"sha256:{digest}", "size": size}
 
-    diff_id = "sha256:" + (tmp / "diff").read_text().split()[0]
-    layer = {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", **put(tmp / "layer")}
+    layer = {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", **put(layer_file)}
     config = {"architecture": "amd64", "os": "linux", "config": {}, "rootfs": {"type": "layers", "diff_ids": [diff_id]}}
     config = {"mediaType": "application/vnd.oci.image.config.v1+json", **put(data=json.dumps(config).encode())}
     manifest = {"schemaVersion": 2, "mediaType": MANIFEST, "config": config, "layers": [layer]}
-    return finish_layout(tmp, layout, "big", put(data=json.dumps(manifest).encode()))
+    return finish_layout(tmp, layout, tag, put(data=json.dumps(manifest).encode()))
 
 
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -576,6 +587,10 @@ def main():
                 archive_throughput(tmp, debian, results)
             if wanted("S1"):
                 index_memory(tmp, results)
+            if wanted("P5b"):
+                __import__("warm").p5b_warm_remount(tmp, proxy, debian, results, args.runs)
+            if wanted("S", "S2", "S3", "S4", "S5"):
+                __import__("scale").scale_scenarios(tmp, results, args.runs)
         finally:
             proxy.stop()
     finally:
@@ -586,7 +601,8 @@ def main():
                 subprocess.run(["umount", "-l", mp])
         shutil.rmtree(tmp, ignore_errors=True)
 
-    order = {f"P{i}": i for i in range(1, 13)} | {"P1b": 1.5, "P8b": 8.5, "S1": 100} | startup.ORDER
+    order = {f"P{i}": i for i in range(1, 13)} | {"P1b": 1.5, "P5b": 5.5, "P8b": 8.5} | startup.ORDER
+    order |= {f"S{i}": 100 + i for i in range(1, 10)}
     rows = sorted(results.rows, key=lambda r: order[r[0]])
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     lines = [

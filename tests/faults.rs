@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use clip_testkit::*;
-use common::{clip_ok, metric, s, tar_files, MountProc, Served};
+use common::{cache_files, clip_ok, metric, s, tar_files, MountProc, Served};
 
 /// A layer of `count` files `NAME/fNN` of `size` pseudo-random bytes each; returns it with the files'
 /// contents.
@@ -169,21 +169,6 @@ fn bad_span_files(cache: &Path) -> (usize, Vec<PathBuf>) {
     (checked, bad)
 }
 
-/// Every file under `dir` (recursively) except temp files.
-fn cache_files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else { return out };
-    for e in entries.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(cache_files(&p));
-        } else if !e.file_name().to_string_lossy().starts_with(".tmp-") {
-            out.push(p);
-        }
-    }
-    out
-}
-
 #[test]
 fn kill_9_while_fetching_leaves_no_bad_span_and_a_remount_serves_the_right_bytes() {
     let (layer, files) = files_layer("data", 32, 1 << 20, Compression::Gzip);
@@ -247,6 +232,9 @@ fn corrupted_cache_files_are_refetched_never_served() {
     let corrupted = cache_files(&served.cache());
     assert!(corrupted.iter().any(|p| p.starts_with(served.cache().join("spans"))), "no span files: {corrupted:?}");
     for p in &corrupted {
+        // As a crash before the bytes reached the disk leaves a file: changed, and not sealed (mode 0600; a
+        // sealed file, synced and verified before, is trusted without hashing).
+        std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
         let f = std::fs::OpenOptions::new().read(true).write(true).open(p).unwrap();
         let mut byte = [0u8];
         let at = f.metadata().unwrap().len() / 2;

@@ -149,14 +149,37 @@ fn ioctls_answer_enotty_without_a_warning() {
     let mut l = LayerBuilder::new();
     l.file("hello", b"hello\n".to_vec());
     let img = Served::new(&Image::new(vec![Layer::new(l.finish(), Compression::Gzip)]));
+    // What every Python open() does: isatty() is a TCGETS ioctl on the file. Then an ioctl that is not a
+    // terminal's (FS_IOC_GETFLAGS), twice. Each must fail with ENOTTY, as on a regular file.
+    let script = "
+import errno, fcntl, os, sys, termios
+fd = os.open(sys.argv[1], os.O_RDONLY)
+for cmd in (termios.TCGETS, 0x80086601, 0x80086601):
+    try:
+        fcntl.ioctl(fd, cmd, bytes(64))
+        print('answered')
+    except OSError as e:
+        print(errno.errorcode[e.errno])
+print(os.isatty(fd))";
+    let ioctls = |m: &common::MountProc| {
+        let out = std::process::Command::new("python3").args(["-c", script]).arg(m.dir.join("hello")).output().unwrap();
+        let words: Vec<String> = String::from_utf8_lossy(&out.stdout).split_whitespace().map(String::from).collect();
+        assert_eq!(words, ["ENOTTY", "ENOTTY", "ENOTTY", "False"], "{out:?}");
+    };
     let m = img.mount("mnt", &[]);
-    // What every Python open() does: isatty() is a TCGETS ioctl on the file.
-    let file = "hello";
-    let script = "import os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); print(os.isatty(fd))";
-    let out = std::process::Command::new("python3").args(["-c", script]).arg(m.dir.join(file)).output().unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "False", "{out:?}");
+    ioctls(&m);
     let log = m.stop();
-    assert!(!log.contains("Not Implemented"), "{log}");
+    assert!(!log.contains("Not Implemented") && !log.contains("ioctl"), "the mount logged ioctls: {log}");
+
+    // At debug, the first ioctl that is not a terminal's is logged, once.
+    let cache = img.cache();
+    let debug = [("CLIP_LOG".to_string(), "info,clip_fs=debug".to_string())];
+    let dir = img.dir.path().join("debug");
+    let m = common::MountProc::start_env(img.index().as_os_str(), &dir, &["--cache-dir", common::s(&cache)], &debug);
+    ioctls(&m);
+    let log = m.stop();
+    assert_eq!(log.matches("ioctl not supported").count(), 1, "{log}");
+    assert!(log.contains("0x80086601"), "{log}");
 }
 
 #[test]

@@ -474,3 +474,18 @@ pub fn unique(what: &str) -> String {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
     format!("clip-{what}-{}-{nanos}", std::process::id())
 }
+
+/// Every file under `dir` (recursively) except temp files: what a disk cache holds.
+pub fn cache_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else { return out };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(cache_files(&p));
+        } else if !e.file_name().to_string_lossy().starts_with(".tmp-") {
+            out.push(p);
+        }
+    }
+    out
+}

@@ -71,6 +71,7 @@ impl ClipFs {
                         self.stats.passthrough_open();
                         reply.opened_passthrough(FH_PASSTHROUGH, direct, &backing);
                         table.insert(node.ino.0, OpenState::Passthrough { backing, opens: 1 });
+                        self.stats.set_open_inodes(table.len());
                         return;
                     }
                     Err(e) => debug!(ino = node.ino.0, error = %e, "passthrough refused; reading through the store"),
@@ -78,6 +79,7 @@ impl ClipFs {
             }
         }
         table.insert(node.ino.0, OpenState::Cached(1));
+        self.stats.set_open_inodes(table.len());
         drop(table);
         reply.opened(FH_CACHED, keep);
         // First open through the page cache: start loading the whole (small enough) file now, so its reads
@@ -114,6 +116,11 @@ impl ClipFs {
         if last {
             // Dropping a BackingId unregisters it from the kernel.
             table.remove(&key);
+            self.stats.set_open_inodes(table.len());
+            // A burst of opens grew the table: give its memory back once everything is closed.
+            if table.is_empty() && table.capacity() > 1024 {
+                table.shrink_to_fit();
+            }
         }
         reply.ok();
     }

@@ -47,6 +47,9 @@ impl Filesystem for ClipFs {
                 config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok() && config.set_max_stack_depth(1).is_ok();
         }
         self.stats.set_passthrough_granted(self.passthrough_granted);
+        // `df` and `find` ask statfs early; its totals take a pass over every inode: start it now.
+        let (archive, totals) = (self.archive.clone(), self.totals.clone());
+        drop(self.runtime.spawn_blocking(move || totals.get_or_init(|| crate::meta::totals(&archive)).0));
         info!(
             nodes = self.archive.node_count(),
             passthrough = self.passthrough_granted,
@@ -63,6 +66,7 @@ impl Filesystem for ClipFs {
             debug!(cancelled, "reads still in flight at unmount were cancelled");
         }
         self.opens.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.stats.set_open_inodes(0);
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
@@ -158,19 +162,24 @@ impl Filesystem for ClipFs {
 
     /// No file of an image takes ioctls: `ENOTTY`, as a regular file on a local disk answers (every
     /// Python `open()` asks `TCGETS` to see whether it opened a terminal; fuser's default would log a
-    /// warning for each).
+    /// warning for each). Terminal ioctls (type `'T'`) are answered silently; the first other one is
+    /// logged at debug, once per mount.
     #[allow(clippy::too_many_arguments)] // the trait's signature
     fn ioctl(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         _fh: FileHandle,
         _flags: fuser::IoctlFlags,
-        _cmd: u32,
+        cmd: u32,
         _in_data: &[u8],
         _out_size: u32,
         reply: fuser::ReplyIoctl,
     ) {
+        let terminal = (cmd >> 8) & 0xff == u32::from(b'T');
+        if !terminal && !self.ioctl_logged.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            debug!(ino = ino.0, cmd = format_args!("{cmd:#x}"), "ioctl not supported: ENOTTY (logged once)");
+        }
         reply.error(fuser::Errno::ENOTTY);
     }
 

@@ -4,7 +4,7 @@
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 
-use clip_format::{Ino, NodeKind, NodeView};
+use clip_format::{Archive, Ino, NodeKind, NodeView};
 use fuser::{
     AccessFlags, Errno, FopenFlags, Generation, INodeNo, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
     ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
@@ -187,16 +187,7 @@ impl ClipFs {
 
     pub(crate) fn do_statfs(&self, reply: ReplyStatfs) {
         let _t = self.stats.timed(Op::Statfs);
-        let (blocks, files) = *self.totals.get_or_init(|| {
-            let mut blocks = 0u64;
-            for i in 0..self.archive.node_count() {
-                if let Ok(node) = self.archive.node(Ino::from_index(i)) {
-                    let bytes = if node.kind() == NodeKind::Dir { u64::from(BLOCK_SIZE) } else { node.size };
-                    blocks = blocks.saturating_add(bytes.div_ceil(u64::from(BLOCK_SIZE)));
-                }
-            }
-            (blocks, self.archive.node_count() as u64)
-        });
+        let (blocks, files) = *self.totals.get_or_init(|| totals(&self.archive));
         reply.statfs(blocks, 0, 0, files, 0, BLOCK_SIZE, NAME_MAX, BLOCK_SIZE);
     }
 
@@ -217,6 +208,19 @@ impl ClipFs {
             reply.error(Errno::EACCES);
         }
     }
+}
+
+/// `(blocks of 4 KiB, inodes)` of the whole image, for statfs: a pass over every inode (tens of ms for a
+/// million), so a mount starts computing it in the background (see `init`).
+pub(crate) fn totals(archive: &Archive) -> (u64, u64) {
+    let mut blocks = 0u64;
+    for i in 0..archive.node_count() {
+        if let Ok(node) = archive.node(Ino::from_index(i)) {
+            let bytes = if node.kind() == NodeKind::Dir { u64::from(BLOCK_SIZE) } else { node.size };
+            blocks = blocks.saturating_add(bytes.div_ceil(u64::from(BLOCK_SIZE)));
+        }
+    }
+    (blocks, archive.node_count() as u64)
 }
 
 /// The xattr size-probe protocol: size 0 asks for the length; a buffer too small is `ERANGE`.

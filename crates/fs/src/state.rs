@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -61,7 +62,9 @@ pub struct ClipFs {
     pub(crate) passthrough_granted: bool,
     pub(crate) opens: Mutex<OpenTable>,
     /// `(blocks of 4 KiB, inodes)` for statfs, computed on first use.
-    pub(crate) totals: OnceLock<(u64, u64)>,
+    pub(crate) totals: Arc<OnceLock<(u64, u64)>>,
+    /// An unsupported ioctl has been logged (once per mount is enough).
+    pub(crate) ioctl_logged: AtomicBool,
 }
 
 impl ClipFs {
@@ -78,7 +81,8 @@ impl ClipFs {
             observer: None,
             passthrough_granted: false,
             opens: Mutex::new(HashMap::new()),
-            totals: OnceLock::new(),
+            totals: Arc::default(),
+            ioctl_logged: AtomicBool::new(false),
         }
     }
 

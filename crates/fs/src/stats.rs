@@ -82,6 +82,7 @@ pub struct FsStats {
     erofs: AtomicU64,
     cancelled_reads: AtomicU64,
     passthrough_granted: AtomicBool,
+    open_inodes: AtomicU64,
 }
 
 /// Count and summed latency of one operation.
@@ -109,6 +110,9 @@ pub struct FsStatsSnapshot {
     pub cancelled_reads: u64,
     /// Whether the kernel granted FUSE passthrough at init.
     pub passthrough_granted: bool,
+    /// Inodes with at least one open handle now: the per-inode state the mount keeps, released at the
+    /// last close (so it returns to 0 when nothing is open, however many files were opened before).
+    pub open_inodes: u64,
 }
 
 impl FsStatsSnapshot {
@@ -136,6 +140,7 @@ impl FsStats {
             erofs: load(&self.erofs),
             cancelled_reads: load(&self.cancelled_reads),
             passthrough_granted: self.passthrough_granted.load(Ordering::Relaxed),
+            open_inodes: load(&self.open_inodes),
         }
     }
 
@@ -188,6 +193,11 @@ impl FsStats {
 
     pub(crate) fn set_passthrough_granted(&self, granted: bool) {
         self.passthrough_granted.store(granted, Ordering::Relaxed);
+    }
+
+    /// Sets the number of inodes with open handles (the size of the open table, kept under its lock).
+    pub(crate) fn set_open_inodes(&self, n: usize) {
+        self.open_inodes.store(n as u64, Ordering::Relaxed);
     }
 }
 

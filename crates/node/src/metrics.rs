@@ -177,6 +177,11 @@ impl Collector for MountMetrics {
             ("clip_cache_evictions", "Disk cache files evicted.", st.evictions),
             ("clip_cache_evicted_bytes", "Bytes evicted from the disk cache.", st.bytes_evicted),
         ])?;
+        m.gauge(
+            "clip_fuse_open_inodes",
+            "Inodes with open handles now (per-inode state is released at the last close).",
+            s.fs.open_inodes as f64,
+        )?;
         m.gauge("clip_inflight_fetches", "Span fetches running now.", st.inflight_fetches as f64)?;
         m.gauge(
             "clip_failing_spans",

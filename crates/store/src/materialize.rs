@@ -1,6 +1,9 @@
 //! Whole files for FUSE passthrough: [`ContentStore::cached_file`] hands out a local file holding exactly
 //! a regular file's bytes, assembled from verified spans in the disk cache (the `files/` area, see
 //! [`crate::cache`]). The copy is streamed in small chunks, so memory stays bounded whatever the file size.
+//! A copy is hashed the first time a process uses it unless it is sealed (see `cache::seal`): a sealed copy
+//! is handed out at once. Which copies a process has checked is remembered for at most
+//! [`MAX_VERIFIED_FILES`] files, so memory does not grow with the number of files opened.
 
 use clip_format::Digest;
 use std::fs::{self, File};
@@ -12,10 +15,13 @@ use clip_format::{Archive, DataRef, SpanSlice};
 use sha2::{Digest as _, Sha256};
 use tracing::debug;
 
-use crate::cache::{on_disk, parse_digest, touch, DiskCache, FILES_DIR};
+use crate::cache::{is_sealed, on_disk, parse_digest, touch, DiskCache, FILES_DIR};
 use crate::{lock, ContentStore, StoreError};
 
 const CHUNK: usize = 64 * 1024;
+/// Materialized files whose check this process remembers; more are forgotten (a sealed file costs one
+/// directory read to find again, an unsealed one a hash).
+const MAX_VERIFIED_FILES: usize = 4096;
 
 /// The slice `[from, to)` of a span of `span_len` bytes whose digest is `digest`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,11 +85,16 @@ impl DiskCache {
             };
             let Some(expected) = parse_digest(content) else { continue };
             let path = entry.path();
-            match hash_file(&path) {
+            let Ok(file) = File::open(&path) else { continue };
+            let sealed = file.metadata().is_ok_and(|m| m.len() == size && is_sealed(&m));
+            let checked = if sealed { Ok((size, expected)) } else { hash_file(&path) };
+            match checked {
                 Ok((len, actual)) if len == size && actual == expected => {
-                    let file = File::open(&path).ok()?;
                     touch(&file);
-                    lock(&self.verified_files).insert(*key, path);
+                    if !sealed {
+                        self.seal(path.clone());
+                    }
+                    self.remember_file(key, path);
                     return Some(file);
                 }
                 Ok((len, _)) => self.reject(&path, None, len, "materialized file does not match its name"),
@@ -124,23 +135,36 @@ impl DiskCache {
         }
         let path = shard.join(format!("{key_hex}.{}", hex::encode(content.finalize())));
         tmp.publish(&path).inspect_err(|e| debug!(path = %path.display(), error = %e, "cannot publish")).ok()?;
-        lock(&self.verified_files).insert(*key, path.clone());
+        self.remember_file(key, path.clone());
+        self.seal(path.clone());
         self.added(on_disk(size));
         debug!(path = %path.display(), size, "materialized file for passthrough");
         File::open(&path).ok()
     }
 
-    /// Streams `part` of its span file into `out`, verifying the span first if this process has not yet.
+    /// Remembers that the materialized file `key` at `path` was checked, forgetting all others when
+    /// [`MAX_VERIFIED_FILES`] are remembered.
+    fn remember_file(&self, key: &Digest, path: std::path::PathBuf) {
+        let mut known = lock(&self.verified_files);
+        if known.len() >= MAX_VERIFIED_FILES {
+            *known = Default::default();
+        }
+        known.insert(*key, path);
+    }
+
+    /// Streams `part` of its span file into `out`, verifying the span first if this process has not yet
+    /// (and it is not sealed).
     /// `Some(false)` when the span is missing or fails verification, `None` when writing fails.
     fn copy_part(&self, part: &FilePart, buf: &mut [u8], out: &mut dyn FnMut(&[u8]) -> io::Result<()>) -> Option<bool> {
         let path = self.span_path(&part.digest);
         let Ok(mut span) = File::open(&path) else { return Some(false) };
-        let len = span.metadata().ok()?.len();
+        let meta = span.metadata().ok()?;
+        let len = meta.len();
         if len != part.span_len {
             self.reject(&path, Some(&part.digest), len, "wrong length");
             return Some(false);
         }
-        let mut hasher = (!self.is_verified(&part.digest)).then(Sha256::new);
+        let mut hasher = (!self.is_verified(&part.digest) && !is_sealed(&meta)).then(Sha256::new);
         // A verified span needs only the slice; an unverified one is read whole to check its digest.
         let (mut pos, stop) = if hasher.is_some() { (0, len) } else { (part.from, part.to) };
         if span.seek(SeekFrom::Start(pos)).is_err() {
@@ -166,6 +190,7 @@ impl DiskCache {
                 return Some(false);
             }
             self.mark_verified(&part.digest);
+            self.seal(path);
         }
         Some(true)
     }

@@ -189,7 +189,8 @@ impl Inner {
         };
         let Ok(rt) = Handle::try_current() else { return true };
         for index in SpanIds::through(first, last) {
-            if self.in_memory(index, Need::Whole) {
+            // A span checked in the disk cache is read from there by range: loading it would be wasted.
+            if self.in_memory(index, Need::Whole) || self.trusted_on_disk(index) {
                 continue;
             }
             Counters::bump(&self.counters.readahead_spans);

@@ -4,7 +4,9 @@
 //! before it is written to the disk cache or served. Concurrent requests for one span share one lookup.
 //! With a remote tier ([`StoreConfig::remote`]) a disk miss asks the tier first (bounded by
 //! [`StoreConfig::remote_timeout`], its bytes verified too), and spans fetched from the source are
-//! published to it in the background; a failing tier only sends reads to the source.
+//! published to it in the background; a failing tier only sends reads to the source. A span this
+//! process has checked in the disk cache (or that an earlier one sealed) is not loaded whole: a read takes
+//! its piece from the span's file by range, and such spans are not kept in memory.
 //!
 //! Failure policy: bytes that fail verification (or do not decode) are fetched again, up to
 //! [`crate::VERIFY_ATTEMPTS`] times in all, and never served. Every read has a deadline
@@ -176,6 +178,10 @@ impl ContentStore {
         let mut out = Vec::with_capacity((end - offset).min(MAX_PREALLOC) as usize);
         for slice in self.inner.archive.file_spans(data, offset..end) {
             let SpanSlice { span, span_range, within } = slice?;
+            if let Some(piece) = self.inner.disk_slice(span, span_range.end - span_range.start, &within).await {
+                out.extend_from_slice(&piece);
+                continue;
+            }
             let need = Need::Upto(within.end);
             let bytes = self.inner.span(data.layer, span, need, Priority::Foreground, deadline).await?;
             if sequential && (bytes.len() as u64) < span_range.end - span_range.start {
@@ -290,11 +296,34 @@ impl Inner {
                 // A load of a shorter prefix, joined: its bytes are in memory now, go on from there.
                 continue;
             }
-            if keep && bytes.len() as u64 == len {
+            if keep && bytes.len() as u64 == len && !self.trusted_on_disk(index) {
                 lock(&self.memory).put(index, Entry { decoded: bytes.clone(), held: None }, self.config.memory_bytes);
             }
             return Ok(bytes);
         }
+    }
+
+    /// Whether span `index` sits in the disk cache, checked by this process: later reads take their pieces
+    /// from its file by range ([`Inner::disk_slice`]), so keeping it in memory as well would only grow the
+    /// daemon (a walk over every small file of an image filled the memory tier to its bound).
+    pub(crate) fn trusted_on_disk(&self, index: SpanId) -> bool {
+        let (Some(disk), Ok(span)) = (&self.disk, self.archive.span(index)) else { return false };
+        disk.is_verified(&span.digest)
+    }
+
+    /// Bytes `within` of span `index` (`len` bytes long) read straight from its disk cache file when that
+    /// file is trusted and the span is not in memory: a small file costs a read of its own bytes, not of the
+    /// whole span, and the span does not displace others in memory. `None`: take the usual path.
+    async fn disk_slice(&self, index: SpanId, len: u64, within: &std::ops::Range<u64>) -> Option<Vec<u8>> {
+        let disk = self.disk.as_ref()?;
+        if self.in_memory(index, Need::Upto(within.end)) {
+            return None;
+        }
+        let digest = self.archive.span(index).ok()?.digest;
+        let (disk, range) = (Arc::clone(disk), within.clone());
+        let piece = tokio::task::spawn_blocking(move || disk.get_range(&digest, len, range)).await.ok()??;
+        Counters::bump(&self.counters.disk_hits);
+        Some(piece)
     }
 
     /// The disk cache, else the remote tier and a whole fetch, else a fetch of as much as `need` asks

@@ -6,7 +6,7 @@ use std::io::Read;
 
 use clip_format::{DataRef, LayerIndex};
 use clip_store::StoreConfig;
-use common::{cached, eventually, files_in, raw_fixture, text, Fixture, Layer, KIB};
+use common::{cached, damage, eventually, files_in, raw_fixture, text, Fixture, Layer, KIB};
 
 const SPAN: u64 = 64 * KIB;
 
@@ -82,7 +82,7 @@ async fn a_corrupted_file_or_span_is_never_handed_out() {
     assert_eq!(built.len(), 1);
     let mut bytes = std::fs::read(&built[0]).unwrap();
     bytes[SPAN as usize] ^= 0x20;
-    std::fs::write(&built[0], &bytes).unwrap();
+    damage(&built[0], &bytes);
     let store = fx.store(cached(dir.path()));
     assert_eq!(contents(store.cached_file(file).unwrap()), fx.expected(file));
     assert_eq!(store.stats().disk_verify_failures, 1);
@@ -95,7 +95,7 @@ async fn a_corrupted_file_or_span_is_never_handed_out() {
     let span = &files_in(dir.path(), "spans")[0];
     let mut bytes = std::fs::read(span).unwrap();
     bytes[100] ^= 0x20;
-    std::fs::write(span, &bytes).unwrap();
+    damage(span, &bytes);
     let store = fx.store(cached(dir.path()));
     assert!(store.cached_file(file).is_none());
     assert_eq!(store.stats().disk_verify_failures, 1);

@@ -4,6 +4,7 @@
 use clip_format::Digest;
 use std::fs::{self, File, OpenOptions};
 use std::io;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::SystemTime;
@@ -56,7 +57,7 @@ impl DiskCache {
         fs::create_dir_all(dir)?;
         let seq = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
         let path = dir.join(format!("{TMP_PREFIX}{}-{seq}", std::process::id()));
-        let file = OpenOptions::new().write(true).create_new(true).open(&path)?;
+        let file = OpenOptions::new().write(true).create_new(true).mode(super::seal::UNSEALED).open(&path)?;
         Ok(TempFile { path, file, published: false })
     }
 }

@@ -13,22 +13,27 @@
 //!
 //! There is no index that concurrent processes could corrupt: the directory is the index. A process
 //! verifies a file the first time it reads it (a crash can lose the data of a renamed but unsynced file)
-//! and remembers that it did; a file that fails is deleted. Each process keeps a running total of the
+//! and remembers that it did; a file that fails is deleted. A file known good and synced to disk is
+//! sealed (made read-only, see `seal`): later processes trust it without hashing it, and read small
+//! ranges of it ([`DiskCache::get_range`]) instead of whole spans. Each process keeps a running total of the
 //! bytes it knows of; when the total passes the bound, one eviction pass runs in the background: it scans
 //! the directory (learning what other processes added) and deletes the least recently used files (oldest
 //! mtime; hits touch it) until the total is 10 % below the bound.
 //!
 //! The jobs live apart: this module reads, verifies and writes span files and counts what it does;
-//! `evict` keeps the bound; `files` holds the file-system helpers (temp files renamed into place, the
+//! `seal` marks files later processes may trust; `evict` keeps the bound; `files` holds the file-system helpers (temp files renamed into place, the
 //! private directory, the default location, span file names).
 
 mod evict;
 mod files;
+mod seal;
 
 use clip_format::Digest;
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, Read};
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -38,6 +43,7 @@ use tracing::{debug, warn};
 pub use evict::Evicted;
 pub use files::{default_cache_dir, private_dir};
 pub(crate) use files::{parse_digest, touch};
+pub(crate) use seal::{is_sealed, touch_if_stale};
 
 use crate::{lock, StoreError};
 
@@ -181,7 +187,8 @@ impl DiskCache {
                 return None;
             }
         };
-        let size = file.metadata().ok()?.len();
+        let meta = file.metadata().ok()?;
+        let size = meta.len();
         if size != len {
             self.reject(&path, Some(digest), size, "wrong length");
             return None;
@@ -197,13 +204,41 @@ impl DiskCache {
             return None;
         }
         if !self.is_verified(digest) {
-            if Digest::of(&buf) != *digest {
-                self.reject(&path, Some(digest), size, "bytes do not match the name");
+            if !is_sealed(&meta) {
+                if Digest::of(&buf) != *digest {
+                    self.reject(&path, Some(digest), size, "bytes do not match the name");
+                    return None;
+                }
+                self.seal(path);
+            }
+            self.mark_verified(digest);
+        }
+        touch_if_stale(&file, &meta);
+        self.counters.hits.fetch_add(1, Ordering::Relaxed);
+        Some(buf)
+    }
+
+    /// Bytes `range` of the `len`-byte span with `digest`, read from its file without reading the rest,
+    /// when the file is trusted: verified by this process or sealed by one before. `None` otherwise (and
+    /// when missing or of another length): then [`DiskCache::get`] reads the whole span and verifies it.
+    pub fn get_range(&self, digest: &Digest, len: u64, range: Range<u64>) -> Option<Vec<u8>> {
+        if range.start > range.end || range.end > len {
+            return None;
+        }
+        let file = File::open(self.span_path(digest)).ok()?;
+        let meta = file.metadata().ok()?;
+        if meta.len() != len {
+            return None;
+        }
+        if !self.is_verified(digest) {
+            if !is_sealed(&meta) {
                 return None;
             }
             self.mark_verified(digest);
         }
-        touch(&file);
+        let mut buf = vec![0; usize::try_from(range.end - range.start).ok()?];
+        file.read_exact_at(&mut buf, range.start).ok()?;
+        touch_if_stale(&file, &meta);
         self.counters.hits.fetch_add(1, Ordering::Relaxed);
         Some(buf)
     }
@@ -229,6 +264,7 @@ impl DiskCache {
             Ok(()) => {
                 self.mark_verified(digest);
                 self.added(on_disk(len));
+                self.seal(path);
             }
             Err(e) => {
                 self.counters.write_failures.fetch_add(1, Ordering::Relaxed);
@@ -318,6 +354,12 @@ mod tests {
         let path = cache.span_path(&d);
         let mut on_disk = fs::read(&path).unwrap();
         on_disk[500] ^= 1;
+        // As a crash before the bytes reached the disk leaves it: not sealed (see `seal`).
+        let unsealed = || {
+            fs::set_permissions(&path, <fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600))
+                .unwrap()
+        };
+        unsealed();
         fs::write(&path, &on_disk).unwrap();
         assert_eq!(cache.get(&d, 1000), None);
         assert!(!path.exists());
@@ -326,6 +368,7 @@ mod tests {
         // A truncated file (a crash before the data reached the disk) is rejected too.
         cache.put(&d, &bytes);
         let fresh = DiskCache::open(dir.path(), 1 << 20).unwrap();
+        unsealed();
         fs::write(&path, &bytes[..10]).unwrap();
         assert_eq!(fresh.get(&d, 1000), None);
         assert_eq!(fresh.stats().verify_failures, 1);

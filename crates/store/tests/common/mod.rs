@@ -316,6 +316,26 @@ pub fn disk_usage(dir: &Path) -> u64 {
 }
 
 /// Paths of all files under `dir` (recursively) whose path contains `area`.
+/// Whether the cache file at `path` is sealed (verified and synced: mode 0400).
+pub fn sealed(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o777 == 0o400)
+}
+
+/// Writes `bytes` over the cache file at `path` as a crash before they reached the disk leaves it: changed
+/// and not sealed (mode 0600). Waits first for the seal its writer started in the background, so that seal
+/// cannot land on the damage.
+pub fn damage(path: &Path, bytes: &[u8]) {
+    use std::os::unix::fs::PermissionsExt;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sealed(path) {
+        assert!(Instant::now() < deadline, "{} was never sealed", path.display());
+        std::thread::yield_now();
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(path, bytes).unwrap();
+}
+
 pub fn files_in(dir: &Path, area: &str) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap().flatten() {
