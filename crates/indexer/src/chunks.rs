@@ -87,6 +87,6 @@ mod tests {
         let chunks = Rc::into_inner(shared).unwrap().into_inner().finish();
         let expected: Vec<ChunkDigest> = blob.chunks(CHUNK_SIZE as usize).map(ChunkDigest::of).collect();
         assert_eq!(chunks.chunks, expected);
-        assert_eq!(chunks.windows, vec![ChunkDigest::default(), ChunkDigest::of(b"window")]);
+        assert_eq!(chunks.windows, vec![ChunkDigest::default(), ChunkDigest::of_window(b"window")]);
     }
 }

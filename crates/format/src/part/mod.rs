@@ -6,7 +6,7 @@
 //!
 //! On disk a part is a `.clip` container of kind [`ArchiveKind::LayerPart`]: `META` (JSON [`PartMeta`]),
 //! `ENTR` (one [`ENTRY_LEN`]-byte record an entry), `STRS`, `XATR`, `SPAN` (as in an image index), the lazy
-//! `WIND` and (from part version 2) the lazy `CHNK` ([`Chunks`]: the layer's compressed-chunk digests).
+//! `WIND` and (from part version 2; its layout as now from version 3) the lazy `CHNK` ([`Chunks`]: the layer's compressed-chunk digests).
 
 mod entries;
 mod entry;
@@ -26,7 +26,7 @@ pub use entry::{EntryKind, TarEntry};
 
 /// Version of the part layout; part of every [`part_key`], so a clip with another layout never reads it.
 /// Version 2 added the `CHNK` section.
-pub const PART_VERSION: u32 = 2;
+pub const PART_VERSION: u32 = 3;
 
 /// The name a part is kept under: `sha256-<hex>-s<span size>-v<PART_VERSION>`, safe as a file name and as an
 /// object key.
