@@ -223,7 +223,7 @@ impl Node {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        wait_until("the container runs", || {
+        common::wait_within(Duration::from_secs(30), "the container runs", || {
             self.ctr(&["tasks", "ls"]).lines().any(|l| l.starts_with("waiting") && l.contains("RUNNING"))
         });
         child
@@ -235,7 +235,7 @@ impl Node {
         let fifos = self.containerd.fifo_dir();
         let exec = ["tasks", "exec", "--fifo-dir", s(&fifos), "--exec-id", "writer", "waiting", "/bin/sh", "-c"];
         self.ctr(&[&exec[..], &["echo go > /data/fifo"]].concat());
-        wait_until("the container ends", || waiting.try_wait().unwrap().is_some());
+        common::wait_within(Duration::from_secs(30), "the container ends", || waiting.try_wait().unwrap().is_some());
         let out = waiting.wait_with_output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         out
@@ -311,15 +311,6 @@ fn image() -> Image {
         Layer::new(files.finish(), Compression::Gzip),
         Layer::new(changes.finish(), Compression::Zstd),
     ])
-}
-
-/// Polls `done` every 50 ms for up to 30 s.
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !done() {
-        assert!(Instant::now() < deadline, "{what}: not within 30 s");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]
@@ -528,8 +519,8 @@ fn rpull_serves_every_layer_lazily_from_the_layer_views() {
 
     // Removing the image and its snapshots releases the views: unmounted.
     node.ctr(&["images", "rm", "--sync", &image]);
-    wait_until("the layer snapshots are removed", || node.snapshots().is_empty());
-    wait_until("the views are unmounted", || {
+    common::wait_within(Duration::from_secs(30), "the layer snapshots are removed", || node.snapshots().is_empty());
+    common::wait_within(Duration::from_secs(30), "the views are unmounted", || {
         !std::fs::read_to_string("/proc/self/mountinfo").unwrap().contains(s(&views))
     });
 }
@@ -686,7 +677,9 @@ fn an_image_stalled_while_it_is_indexed_holds_up_no_other_image() {
             .expect("running ctr-remote")
     };
     let mut slow = rpull(&slow_ref);
-    wait_until("the slow image's index build reaches the stalled layer", || proxy.stats().faults_injected >= 1);
+    common::wait_within(Duration::from_secs(30), "the slow image's index build reaches the stalled layer", || {
+        proxy.stats().faults_injected >= 1
+    });
 
     let mut fast = rpull(&node.image_ref());
     common::exits_within(&mut fast, Duration::from_secs(60), "the other image's rpull ends while one is stalled");

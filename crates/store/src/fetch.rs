@@ -33,6 +33,12 @@ pub(crate) fn verified(
     Ok(SpanBytes::from(bytes))
 }
 
+/// Where decoding span `span` resumes: its checkpoint with `window` (the one place a span becomes a
+/// [`CheckpointRef`], for whole and partial fetches alike).
+pub(crate) fn checkpoint<'a>(span: &SpanView, window: &'a [u8]) -> CheckpointRef<'a> {
+    CheckpointRef { out_offset: span.out_offset, in_offset: span.in_offset, bits: span.bits, window }
+}
+
 /// Where a span's bytes are: what to fetch and how to decode it.
 #[derive(Clone)]
 pub(crate) struct Fetch {
@@ -126,12 +132,7 @@ impl Inner {
         let window = self.archive.window(index)?;
         let disk = self.disk.clone();
         let decoded = tokio::task::spawn_blocking(move || {
-            let cp = CheckpointRef {
-                out_offset: span.out_offset,
-                in_offset: span.in_offset,
-                bits: span.bits,
-                window: &window,
-            };
+            let cp = checkpoint(&span, &window);
             let bytes = clip_codec::decode_span(codec, &cp, range.start, &compressed, len)?;
             Ok::<_, clip_codec::CodecError>(verified(&bytes, &span.digest, len, disk.as_ref()))
         })

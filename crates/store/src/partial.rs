@@ -10,11 +10,11 @@
 
 use std::sync::Arc;
 
-use clip_codec::{CheckpointRef, CodecError};
+use clip_codec::CodecError;
 use clip_format::{ChunkDigest, Compression};
 use tracing::debug;
 
-use crate::fetch::{verified, Fetch};
+use crate::fetch::{checkpoint, verified, Fetch};
 use crate::memory::{Entry, Held};
 use crate::store::Inner;
 use crate::StoreError;
@@ -144,12 +144,7 @@ impl Inner {
         }
         let disk = self.disk.clone();
         let done = tokio::task::spawn_blocking(move || {
-            let cp = CheckpointRef {
-                out_offset: span.out_offset,
-                in_offset: span.in_offset,
-                bits: span.bits,
-                window: &window,
-            };
+            let cp = checkpoint(&span, &window);
             let mut out = vec![0u8; len as usize];
             let got = clip_codec::decode_prefix(codec, &cp, start, &compressed, &mut out)?;
             if got as u64 == len {
