@@ -147,6 +147,12 @@ impl Digest {
         })
     }
 
+    /// The digest with a dash for the colon, `sha256-<hex>`: as a file name (clip's stores), a part key or
+    /// a tag (the referrers tag schema), where `:` is not allowed or awkward.
+    pub fn dashed(&self) -> String {
+        format!("{}-{}", self.algorithm(), self.hex())
+    }
+
     /// The algorithm name, always `sha256`: the only one clip accepts, so a digest is safe to use as a file
     /// name under `blobs/sha256/`.
     pub fn algorithm(&self) -> &'static str {

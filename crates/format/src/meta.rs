@@ -11,9 +11,9 @@ pub struct ImageMeta {
     /// The image reference the index was built from, as normalized by the source (e.g.
     /// `127.0.0.1:5000/debian:bookworm`, `oci:/images/app:v1`); for data-carrying archives, the root dir.
     pub source: String,
-    /// `sha256:…` of the image manifest, when built from an image.
+    /// The image manifest's digest (`sha256:…` in META), when built from an image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub manifest_digest: Option<String>,
+    pub manifest_digest: Option<crate::Digest>,
     /// The platform the manifest was resolved for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub platform: Option<Platform>,

@@ -25,8 +25,8 @@ pub enum ImageError {
     Source(Box<clip_source::SourceError>),
     #[error(transparent)]
     Store(#[from] clip_store::StoreError),
-    #[error("the image behind {path} changed: index has manifest {indexed}, source now serves {found}")]
-    ManifestChanged { path: PathBuf, indexed: String, found: String },
+    #[error("the image behind {} changed: index has manifest {indexed}, source now serves {found}", path.display())]
+    ManifestChanged { path: PathBuf, indexed: clip_format::Digest, found: clip_format::Digest },
     #[error("{}: {what}", path.display())]
     Io {
         path: PathBuf,

@@ -50,7 +50,7 @@ pub use clip_s3::{S3Options, S3Url};
 pub use error::ImageError;
 pub use extract::{extract, ExtractProgress, ExtractStats};
 pub use index::{index_to_file, Written};
-pub use open::{load_archive, open_archive, Loaded, Location, OpenOptions, Opened};
+pub use open::{check_indexed, load_archive, open_archive, Loaded, Location, OpenOptions, Opened};
 pub use owners::Owners;
 pub use parts::{DirParts, Parts, S3Parts, MAX_PART_BYTES};
 pub use publish::{

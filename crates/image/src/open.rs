@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 
-use clip_format::{layout, Archive, ArchiveKind, SectionEntry};
+use clip_format::{layout, Archive, ArchiveKind, Digest, SectionEntry};
 use clip_s3::{S3Error, S3Object, S3Options, S3Url};
 use clip_source::{BlobSource, ImageRef, SourceOptions};
 use clip_store::{ContentStore, LayerBlobs, LocalData, SourceBlobs, StoreConfig};
@@ -212,7 +212,7 @@ pub(crate) async fn open_image_source(
         // Pinned to the manifest digest it was built from: the layer blobs are content-addressed and every
         // span is verified against its own digest, so the manifest and config need not be fetched again (two
         // round trips off every cold start). A registry that lost the image fails the first read, naming it.
-        *digest = Some(pinned.clone());
+        *digest = Some(*pinned);
         let source = clip_source::connect(&reference, opts).await?;
         info!(image = %reference, source = %source.describe(), "connected to image");
         return Ok(source);
@@ -222,17 +222,23 @@ pub(crate) async fn open_image_source(
         opts.platform = clip_source::Platform::new(&p.os, &p.architecture, p.variant.as_deref());
     }
     let (resolved, source) = clip_source::open(&reference, &opts).await?;
-    if let Some(indexed) = &meta.manifest_digest {
-        if resolved.manifest_digest.to_string() != *indexed {
-            return Err(ImageError::ManifestChanged {
-                path,
-                indexed: indexed.clone(),
-                found: resolved.manifest_digest.to_string(),
-            });
-        }
+    if meta.manifest_digest.is_some() {
+        check_indexed(archive, &resolved.manifest_digest, path)?;
     }
     info!(image = %reference, source = %source.describe(), "connected to image");
     Ok(source)
+}
+
+/// Checks that `archive`, read from `path`, is an index of the image manifest `manifest_digest`:
+/// [`ImageError::NotAnImageIndex`] when it records no manifest, [`ImageError::ManifestChanged`] when another.
+pub fn check_indexed(archive: &Archive, manifest_digest: &Digest, path: impl Into<PathBuf>) -> Result<(), ImageError> {
+    match archive.meta().manifest_digest {
+        None => Err(ImageError::NotAnImageIndex { path: path.into() }),
+        Some(indexed) if indexed != *manifest_digest => {
+            Err(ImageError::ManifestChanged { path: path.into(), indexed, found: *manifest_digest })
+        }
+        Some(_) => Ok(()),
+    }
 }
 
 #[cfg(test)]

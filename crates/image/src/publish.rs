@@ -38,9 +38,9 @@ const MAX_INDEX_BYTES: u64 = 4 << 30;
 #[derive(Debug, Clone)]
 pub struct PublishedIndex {
     /// Digest of the artifact manifest.
-    pub artifact: String,
+    pub artifact: Digest,
     /// Digest of the image manifest it refers to.
-    pub subject: String,
+    pub subject: Digest,
     /// The referrers tag written (`sha256-<hex>`), when the registry lacks the referrers API.
     pub referrers_tag: Option<String>,
 }
@@ -72,15 +72,12 @@ impl Repo {
     /// another type; an error when it does not match its digest or names another subject.
     async fn artifact_manifest(
         &self,
-        digest: &str,
-        subject: &str,
+        digest: &Digest,
+        subject: &Digest,
         artifact_type: &str,
     ) -> Result<Option<Value>, ImageError> {
-        let bad = |why: String| ImageError::BadArtifact { image: self.image.clone(), digest: digest.to_owned(), why };
-        if digest.parse::<Digest>().is_err() {
-            return Err(bad("its digest is not a sha256 digest".into()));
-        }
-        let bytes = self.source.manifest(digest, &[OCI_MANIFEST]).await.map_err(|e| match e {
+        let bad = |why: String| ImageError::BadArtifact { image: self.image.clone(), digest: digest.to_string(), why };
+        let bytes = self.source.manifest(&digest.to_string(), &[OCI_MANIFEST]).await.map_err(|e| match e {
             SourceError::DigestMismatch { .. } => bad("its manifest does not match its digest".into()),
             e => registry_failure(&self.image, &self.registry, "fetching an artifact", e),
         })?;
@@ -89,7 +86,7 @@ impl Repo {
             return Ok(None);
         }
         let named = manifest.pointer("/subject/digest").and_then(Value::as_str);
-        if named != Some(subject) {
+        if named.and_then(|n| n.parse::<Digest>().ok()) != Some(*subject) {
             return Err(bad(format!("its subject is {named:?}, not {subject}")));
         }
         Ok(Some(manifest))
@@ -122,7 +119,7 @@ pub async fn publish_index(
     opts: &SourceOptions,
 ) -> Result<PublishedIndex, ImageError> {
     let archive = Archive::open(index).map_err(|source| ImageError::Format { path: index.into(), source })?;
-    let Some(indexed) = archive.meta().manifest_digest.clone() else {
+    let Some(indexed) = archive.meta().manifest_digest else {
         return Err(ImageError::NotAnImageIndex { path: index.into() });
     };
     let mut opts = opts.clone();
@@ -154,7 +151,7 @@ pub struct Artifact {
 /// repository, and makes it discoverable (referrers API, else the referrers tag schema).
 pub async fn push_artifact(
     image: &str,
-    subject_digest: &str,
+    subject_digest: &Digest,
     opts: &SourceOptions,
     artifact: &Artifact,
     bytes: Vec<u8>,
@@ -165,16 +162,16 @@ pub async fn push_artifact(
 /// [`push_artifact`] with `extra` layers after the first (each blob pushed unless the registry has it).
 async fn push_artifact_layers(
     image: &str,
-    subject_digest: &str,
+    subject_digest: &Digest,
     opts: &SourceOptions,
     artifact: &Artifact,
     bytes: Vec<u8>,
     extra: Vec<ExtraLayer>,
 ) -> Result<PublishedIndex, ImageError> {
-    let indexed = subject_digest.to_owned();
+    let indexed = *subject_digest;
     let mut reference: ImageRef = image.parse()?;
     if let ImageRef::Registry { digest, .. } = &mut reference {
-        *digest = Some(indexed.clone());
+        *digest = Some(indexed);
     }
     let (resolved, _) = clip_source::open(&reference, opts).await?;
     let subject_type = serde_json::from_slice::<Value>(&resolved.manifest_bytes)
@@ -183,7 +180,7 @@ async fn push_artifact_layers(
         .unwrap_or_else(|| OCI_MANIFEST.to_owned());
     let subject = json!({
         "mediaType": subject_type,
-        "digest": indexed,
+        "digest": indexed.to_string(),
         "size": resolved.manifest_bytes.len(),
     });
 
@@ -219,10 +216,9 @@ async fn push_artifact_layers(
         .map_err(repo.err("pushing the artifact"))?;
     info!(%image, artifact = %digest, artifact_type = artifact.artifact_type, subject = %indexed, "artifact pushed");
 
-    let subject_digest = clip_source::parse_digest(&indexed)?;
     let listed = repo
         .source
-        .referrers(&subject_digest, artifact.artifact_type)
+        .referrers(&indexed, artifact.artifact_type)
         .await
         .map_err(repo.err("listing referrers"))?
         .iter()
@@ -236,9 +232,9 @@ async fn push_artifact_layers(
             "size": body.len(),
             "artifactType": artifact.artifact_type,
         });
-        Some(update_tag_schema(&repo, &subject_digest, entry).await?)
+        Some(update_tag_schema(&repo, &indexed, entry).await?)
     };
-    Ok(PublishedIndex { artifact: digest.to_string(), subject: indexed, referrers_tag })
+    Ok(PublishedIndex { artifact: digest, subject: indexed, referrers_tag })
 }
 
 /// Adds `entry` to the referrers index tagged `sha256-<hex>` (creating it when missing).
@@ -274,16 +270,16 @@ async fn update_tag_schema(repo: &Repo, subject: &Digest, entry: Value) -> Resul
 /// manifest), writes it to `dest` atomically and returns the artifact digest. `Ok(None)`: none published.
 pub async fn fetch_published_index(
     image: &str,
-    manifest_digest: &str,
+    manifest_digest: &Digest,
     dest: &Path,
     opts: &SourceOptions,
-) -> Result<Option<String>, ImageError> {
+) -> Result<Option<Digest>, ImageError> {
     let Some((artifact, layer)) =
         find_artifact_layer(image, manifest_digest, opts, INDEX_ARTIFACT_TYPE, MAX_INDEX_BYTES).await?
     else {
         return Ok(None);
     };
-    let bad = |why: String| ImageError::BadArtifact { image: image.to_owned(), digest: artifact.digest.clone(), why };
+    let bad = |why: String| ImageError::BadArtifact { image: image.to_owned(), digest: artifact.digest.to_string(), why };
     if layer.media_type != INDEX_LAYER_MEDIA_TYPE {
         return Err(bad(format!("no {INDEX_LAYER_MEDIA_TYPE} layer")));
     }
@@ -298,7 +294,7 @@ pub async fn fetch_published_index(
 /// An artifact found by [`find_artifact`]: its manifest digest and manifest, and the repository to read it
 /// from.
 pub(crate) struct FoundArtifact {
-    pub digest: String,
+    pub digest: Digest,
     pub manifest: Value,
     pub repo: Repo,
 }
@@ -306,7 +302,7 @@ pub(crate) struct FoundArtifact {
 impl FoundArtifact {
     /// Its layer `n`, checked to be a plausible blob of at most `max` bytes, with its title annotation.
     pub fn layer(&self, image: &str, n: usize, max: u64) -> Result<(Descriptor, Option<String>), ImageError> {
-        let bad = |why: String| ImageError::BadArtifact { image: image.to_owned(), digest: self.digest.clone(), why };
+        let bad = |why: String| ImageError::BadArtifact { image: image.to_owned(), digest: self.digest.to_string(), why };
         let layer =
             self.manifest.pointer(&format!("/layers/{n}")).ok_or_else(|| bad(format!("it has no layer {n}")))?;
         let digest = layer.get("digest").and_then(Value::as_str).unwrap_or_default();
@@ -331,16 +327,20 @@ impl FoundArtifact {
 /// `Ok(None)`: none published.
 pub(crate) async fn find_artifact(
     image: &str,
-    subject_digest: &str,
+    subject: &Digest,
     opts: &SourceOptions,
     artifact_type: &str,
 ) -> Result<Option<FoundArtifact>, ImageError> {
     let repo = Repo::new(image, opts, Access::Pull).await?;
-    let subject = clip_source::parse_digest(subject_digest)?;
-    let entries = repo.source.referrers(&subject, artifact_type).await.map_err(repo.err("listing referrers"))?;
+    let entries = repo.source.referrers(subject, artifact_type).await.map_err(repo.err("listing referrers"))?;
     for entry in entries {
-        if let Some(manifest) = repo.artifact_manifest(&entry.digest, subject_digest, artifact_type).await? {
-            return Ok(Some(FoundArtifact { digest: entry.digest, manifest, repo }));
+        let digest = entry.digest.parse::<Digest>().map_err(|_| ImageError::BadArtifact {
+            image: image.to_owned(),
+            digest: entry.digest.clone(),
+            why: "its digest is not a sha256 digest".into(),
+        })?;
+        if let Some(manifest) = repo.artifact_manifest(&digest, subject, artifact_type).await? {
+            return Ok(Some(FoundArtifact { digest, manifest, repo }));
         }
     }
     Ok(None)
@@ -350,7 +350,7 @@ pub(crate) async fn find_artifact(
 /// repository, checked to be a plausible blob of at most `max` bytes. `Ok(None)`: none published.
 async fn find_artifact_layer(
     image: &str,
-    subject_digest: &str,
+    subject_digest: &Digest,
     opts: &SourceOptions,
     artifact_type: &str,
     max: u64,
@@ -367,11 +367,11 @@ async fn find_artifact_layer(
 /// `Ok(None)`: none published.
 pub async fn fetch_artifact_layer(
     image: &str,
-    subject_digest: &str,
+    subject_digest: &Digest,
     opts: &SourceOptions,
     artifact_type: &str,
     max: u64,
-) -> Result<Option<(String, Vec<u8>)>, ImageError> {
+) -> Result<Option<(Digest, Vec<u8>)>, ImageError> {
     let Some((artifact, layer)) = find_artifact_layer(image, subject_digest, opts, artifact_type, max).await? else {
         return Ok(None);
     };
@@ -380,7 +380,7 @@ pub async fn fetch_artifact_layer(
     if Digest::of(&out) != layer.digest {
         return Err(ImageError::BadArtifact {
             image: image.to_owned(),
-            digest: artifact.digest,
+            digest: artifact.digest.to_string(),
             why: format!("its layer does not match {}", layer.digest),
         });
     }
@@ -393,7 +393,7 @@ async fn download(
     artifact: &FoundArtifact,
     layer: &Descriptor,
     dest: &Path,
-    manifest_digest: &str,
+    manifest_digest: &Digest,
 ) -> Result<(), ImageError> {
     let repo = &artifact.repo;
     let dir = dest.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
@@ -402,12 +402,6 @@ async fn download(
     let path = tmp.path().to_path_buf();
     clip_source::download_verified(&repo.source, layer, &path).await.map_err(repo.err("downloading the index"))?;
     let archive = Archive::open(&path).map_err(|source| ImageError::Format { path: path.clone(), source })?;
-    if archive.meta().manifest_digest.as_deref() != Some(manifest_digest) {
-        return Err(ImageError::ManifestChanged {
-            path,
-            indexed: archive.meta().manifest_digest.clone().unwrap_or_default(),
-            found: manifest_digest.to_owned(),
-        });
-    }
+    crate::check_indexed(&archive, manifest_digest, path)?;
     crate::atomic::put_in_place(tmp, dest)
 }

@@ -65,7 +65,7 @@ impl PublishedParts {
     /// `Ok(None)` when no index is published there or it carries no parts.
     pub async fn find(
         image: &str,
-        manifest_digest: &str,
+        manifest_digest: &Digest,
         opts: &SourceOptions,
     ) -> Result<Option<PublishedParts>, ImageError> {
         let Some(artifact) = find_artifact(image, manifest_digest, opts, INDEX_ARTIFACT_TYPE).await? else {

@@ -22,7 +22,7 @@ pub enum TreeKind {
 /// The directory of layer `index` in a [`TreeKind::Layers`] tree: `<index>-sha256-<hex>` (no `:`, which
 /// overlayfs takes as the separator of `lowerdir`).
 pub fn layer_dir_name(index: usize, digest: &Digest) -> String {
-    format!("{index}-{}-{}", digest.algorithm(), digest.hex())
+    format!("{index}-{}", digest.dashed())
 }
 
 /// Builds an index of `tree` from `parts` (all layers of the image, bottom first). `base` is the image's

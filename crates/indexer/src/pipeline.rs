@@ -109,7 +109,7 @@ pub async fn index_image(
     let parts = layer_parts(&image.layers, &image.config.diff_ids, source, opts).await?;
     let base = ImageMeta {
         source: image.reference.to_string(),
-        manifest_digest: Some(image.manifest_digest.to_string()),
+        manifest_digest: Some(image.manifest_digest),
         platform: Some(Platform {
             os: image.platform.os.clone(),
             architecture: image.platform.architecture.clone(),

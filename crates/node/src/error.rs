@@ -51,11 +51,11 @@ pub enum NodeError {
     #[error("{path} cannot be an overlay layer: its path holds ',' ':' or '\\\\'; use another state_dir")]
     OverlayPath { path: PathBuf },
     #[error("layer {digest} ({media_type}) cannot be applied: {why}")]
-    Layer { digest: String, media_type: String, why: String },
+    Layer { digest: clip_format::Digest, media_type: String, why: String },
     #[error("the registry of {image} refuses Range requests: {detail}")]
     RangeRefused { image: String, detail: String },
     #[error("{image} has no layer {digest}")]
-    NoSuchLayer { image: String, digest: String },
+    NoSuchLayer { image: String, digest: clip_format::Digest },
     #[error("runtime state {path} is corrupt: {message}; remove it and its mount with `clip gc`")]
     State { path: PathBuf, message: String },
 }

@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use clip_format::{Archive, DataRef, LayerIndex, SpanId, SpanIds};
+use clip_format::{Archive, DataRef, Digest, LayerIndex, SpanId, SpanIds};
 use serde::{Deserialize, Serialize};
 use tracing::debug;
 
@@ -31,7 +31,7 @@ const MAX_PROFILE_BYTES: u64 = 64 << 20;
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Profile {
     /// The image manifest the index was built from (`None` for an archive of a directory).
-    pub manifest_digest: Option<String>,
+    pub manifest_digest: Option<Digest>,
     /// `(layer, span index)` in the order they were first read, each once.
     pub spans: Vec<(LayerIndex, SpanId)>,
 }
@@ -65,6 +65,15 @@ impl Profile {
             .filter(|&(layer, span)| archive.layer_spans(layer).is_ok_and(|r| r.contains(span)))
             .collect()
     }
+
+    /// `Err(why)` unless the profile was recorded for the image manifest `manifest_digest`.
+    fn recorded_for(&self, manifest_digest: &Digest) -> Result<(), String> {
+        match self.manifest_digest {
+            Some(d) if d == *manifest_digest => Ok(()),
+            Some(d) => Err(format!("it was recorded for {d}")),
+            None => Err("it names no image manifest".into()),
+        }
+    }
 }
 
 /// The bytes of the profile file at `path`: a regular file of at most [`MAX_PROFILE_BYTES`].
@@ -86,7 +95,7 @@ fn read_profile_file(path: &Path) -> Result<Vec<u8>, NodeError> {
 /// image manifest it was recorded for, in `image`'s repository, discoverable like a published index.
 pub async fn publish_profile(image: &str, path: &Path, opts: &SourceOptions) -> Result<PublishedIndex, NodeError> {
     let profile = Profile::load(path)?;
-    let Some(subject) = profile.manifest_digest.clone() else {
+    let Some(subject) = profile.manifest_digest else {
         return Err(NodeError::BadProfile {
             path: path.into(),
             why: "it names no image manifest (record it on a mount of an index built from a registry image)".into(),
@@ -102,19 +111,17 @@ pub async fn publish_profile(image: &str, path: &Path, opts: &SourceOptions) -> 
 /// of its artifact; `Ok(None)` when there is none.
 pub async fn fetch_published_profile(
     image: &str,
-    manifest_digest: &str,
+    manifest_digest: &Digest,
     opts: &SourceOptions,
-) -> Result<Option<(String, Profile)>, NodeError> {
+) -> Result<Option<(Digest, Profile)>, NodeError> {
     let Some((artifact, bytes)) =
         fetch_artifact_layer(image, manifest_digest, opts, PROFILE_ARTIFACT_TYPE, MAX_PROFILE_BYTES).await?
     else {
         return Ok(None);
     };
-    let bad = |why: String| ImageError::BadArtifact { image: image.to_owned(), digest: artifact.clone(), why };
+    let bad = |why: String| ImageError::BadArtifact { image: image.to_owned(), digest: artifact.to_string(), why };
     let profile = Profile::from_json(&bytes).map_err(|e| bad(format!("not a profile: {e}")))?;
-    if profile.manifest_digest.as_deref() != Some(manifest_digest) {
-        return Err(bad(format!("it was recorded for {:?}", profile.manifest_digest)).into());
-    }
+    profile.recorded_for(manifest_digest).map_err(bad)?;
     Ok(Some((artifact, profile)))
 }
 
@@ -142,14 +149,12 @@ pub async fn publish_profile_s3(path: &Path, url: &clip_s3::S3Url, opts: &clip_s
 pub async fn fetch_profile_s3(
     url: &clip_s3::S3Url,
     opts: &clip_s3::S3Options,
-    manifest_digest: &str,
+    manifest_digest: &Digest,
 ) -> Result<Option<Profile>, NodeError> {
     let Some(bytes) = clip_s3::S3Object::open(url, opts)?.get(MAX_PROFILE_BYTES).await? else { return Ok(None) };
     let bad = |why: String| NodeError::BadProfile { path: url.to_string().into(), why };
     let profile = Profile::from_json(&bytes).map_err(bad)?;
-    if profile.manifest_digest.as_deref() != Some(manifest_digest) {
-        return Err(bad(format!("it was recorded for {:?}", profile.manifest_digest)));
-    }
+    profile.recorded_for(manifest_digest).map_err(bad)?;
     Ok(Some(profile))
 }
 
@@ -221,7 +226,7 @@ impl ProfileRecorder {
     /// What has been recorded so far.
     pub fn profile(&self) -> Profile {
         let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        Profile { manifest_digest: self.archive.meta().manifest_digest.clone(), spans: state.order.clone() }
+        Profile { manifest_digest: self.archive.meta().manifest_digest, spans: state.order.clone() }
     }
 
     /// Writes the profile when it changed since the last save (or was never saved).
@@ -252,14 +257,17 @@ mod tests {
 
     #[test]
     fn json_round_trip_and_form() {
+        let digest = format!("sha256:{}", "ab".repeat(32));
         let p = Profile {
-            manifest_digest: Some("sha256:ab".into()),
+            manifest_digest: Some(digest.parse().unwrap()),
             spans: vec![(LayerIndex(0), SpanId(3)), (LayerIndex(1), SpanId(0))],
         };
         let json = serde_json::to_string(&p).unwrap();
-        assert_eq!(json, r#"{"manifest_digest":"sha256:ab","spans":[[0,3],[1,0]]}"#);
+        assert_eq!(json, format!(r#"{{"manifest_digest":"{digest}","spans":[[0,3],[1,0]]}}"#));
         assert_eq!(Profile::from_json(json.as_bytes()).unwrap(), p);
         assert!(Profile::from_json(b"{\"spans\": [[1]]}").is_err());
+        let not_sha256 = Profile::from_json(br#"{"manifest_digest":"sha256:ab","spans":[]}"#).unwrap_err();
+        assert!(not_sha256.contains("invalid digest"), "{not_sha256}");
     }
 
     #[test]

@@ -29,8 +29,8 @@ pub enum ImageRef {
         repository: String,
         /// Tag; `None` only when a digest is given.
         tag: Option<String>,
-        /// Manifest digest (`sha256:…`, validated); takes precedence over the tag when resolving.
-        digest: Option<String>,
+        /// Manifest digest; takes precedence over the tag when resolving.
+        digest: Option<Digest>,
     },
     /// An image in a local OCI image layout.
     Layout {
@@ -82,7 +82,7 @@ impl FromStr for ImageRef {
                 let digest: Digest = digest
                     .parse()
                     .map_err(|_| invalid("the digest after '@' must be sha256: and 64 lowercase hex digits"))?;
-                (name_tag, Some(digest.to_string()))
+                (name_tag, Some(digest))
             }
             None => (rest, None),
         };
@@ -245,15 +245,15 @@ fn valid_path_component(component: &str) -> bool {
 mod tests {
     use super::*;
 
-    fn reg(s: &str) -> (String, String, Option<String>, Option<String>) {
+    fn reg(s: &str) -> (String, String, Option<String>, Option<Digest>) {
         match s.parse::<ImageRef>().unwrap() {
             ImageRef::Registry { registry, repository, tag, digest } => (registry, repository, tag, digest),
             other => panic!("{s} parsed as {other:?}"),
         }
     }
 
-    fn owned(r: &str, p: &str, t: Option<&str>, d: Option<&str>) -> (String, String, Option<String>, Option<String>) {
-        (r.into(), p.into(), t.map(Into::into), d.map(Into::into))
+    fn owned(r: &str, p: &str, t: Option<&str>, d: Option<&str>) -> (String, String, Option<String>, Option<Digest>) {
+        (r.into(), p.into(), t.map(Into::into), d.map(|d| d.parse().unwrap()))
     }
 
     const D: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use clip_format::Digest;
 use clip_node::{layers_mount_of, remount_layers, unmount_layers, LayerFallback, Node, NodeError, SnapshotterMetrics};
 use clip_snapshotter::{LayerRequest, RemoteLayers};
 use tracing::{info, warn};
@@ -46,7 +47,7 @@ impl NodeLayers {
     }
 
     /// The directory of `image`'s layer `digest`, its views mounted, counted as in use.
-    fn serve(&self, image: &str, digest: &str) -> Result<PathBuf, NodeError> {
+    fn serve(&self, image: &str, digest: &Digest) -> Result<PathBuf, NodeError> {
         let index = {
             let _image = self.locks.lock(&format!("image {image}"));
             self.runtime.block_on(self.node.layers_index(image))?
@@ -61,12 +62,18 @@ impl NodeLayers {
 
 impl RemoteLayers for NodeLayers {
     fn prepare(&self, layer: &LayerRequest) -> Option<PathBuf> {
-        let (Some(image), Some(digest)) = (&layer.image_ref, &layer.layer_digest) else {
+        let (Some(image), Some(label)) = (&layer.image_ref, &layer.layer_digest) else {
             self.metrics.fell_back(LayerFallback::Unlabelled);
             info!(target = %layer.target, "layer not lazy: the Prepare names no image or layer digest");
             return None;
         };
-        match self.serve(image, digest) {
+        let Ok(digest) = label.parse::<Digest>() else {
+            // clip indexes sha256 layers only: no index can hold this one.
+            self.metrics.fell_back(LayerFallback::NoSuchLayer);
+            info!(%image, digest = %label, "layer not lazy: its digest is not a sha256 digest");
+            return None;
+        };
+        match self.serve(image, &digest) {
             Ok(dir) => {
                 info!(%image, %digest, dir = %dir.display(), "layer served lazily");
                 Some(dir)

@@ -31,7 +31,7 @@ pub const PART_VERSION: u32 = 3;
 /// The name a part is kept under: `sha256-<hex>-s<span size>-v<PART_VERSION>`, safe as a file name and as an
 /// object key.
 pub fn part_key(layer_digest: &Digest, span_size: u64) -> String {
-    format!("{}-{}-s{span_size}-v{PART_VERSION}", layer_digest.algorithm(), layer_digest.hex())
+    format!("{}-s{span_size}-v{PART_VERSION}", layer_digest.dashed())
 }
 
 /// The keys of the parts an image index with `meta` is merged from, one per layer in order.

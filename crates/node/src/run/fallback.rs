@@ -12,7 +12,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use clip_format::Archive;
+use clip_format::{Archive, Compression};
 use clip_source::{
     media_types, BlobSource, Descriptor, Digest, ImageRef, LayoutSource, ParsedManifest, RegistrySource, ResolvedImage,
     SourceOptions,
@@ -30,7 +30,7 @@ const MAX_CONFIG_BYTES: u64 = 32 << 20;
 /// A whole image packed into a v1 archive without an index.
 #[derive(Debug, Clone)]
 pub struct Unpacked {
-    pub manifest_digest: String,
+    pub manifest_digest: Digest,
     pub key: String,
     pub archive: PathBuf,
 }
@@ -49,10 +49,10 @@ pub async fn pull_unpack(state_dir: &Path, image: &str, opts: &SourceOptions) ->
     let fail = |what| move |e| NodeError::from(registry_failure(image, host, what, e));
     let source =
         RegistrySource::connect(&registry, &repository, opts).await.map_err(fail("connecting to the registry"))?;
-    let mut name = digest.clone().unwrap_or_else(|| tag.clone().unwrap_or_else(|| "latest".into()));
+    let mut name = digest.map_or_else(|| tag.clone().unwrap_or_else(|| "latest".into()), |d| d.to_string());
     let (manifest, manifest_digest) = loop {
         let bytes = source.manifest(&name, &media_types::MANIFESTS).await.map_err(fail("fetching the manifest"))?;
-        let manifest_digest = Digest::of(&bytes).to_string();
+        let manifest_digest = Digest::of(&bytes);
         // An index picks the platform's manifest; anything else is used as an image manifest as it is (its
         // layers may be of types the v2 path refuses: that is why we are here).
         if let Ok(ParsedManifest::Index { manifests }) = clip_source::parse_manifest(&bytes) {
@@ -60,14 +60,16 @@ pub async fn pull_unpack(state_dir: &Path, image: &str, opts: &SourceOptions) ->
                 .iter()
                 .find(|m| m.platform.as_ref().is_some_and(|p| opts.platform.matches(p)))
                 .ok_or_else(|| invalid(image, "picking a platform", format!("no manifest for {}", opts.platform)))?;
-            name = entry.digest.clone();
+            let entry_digest = clip_source::parse_digest(&entry.digest)
+                .map_err(|e| invalid(image, "picking a platform", format!("its index lists {e}")))?;
+            name = entry_digest.to_string();
             continue;
         }
         let manifest =
             serde_json::from_slice::<Value>(&bytes).map_err(|e| invalid(image, "parsing the manifest", e))?;
         break (manifest, manifest_digest);
     };
-    let key = manifest_digest.replace(':', "-");
+    let key = manifest_digest.dashed();
     let dir = state_dir.join("v1");
     let out = dir.join(format!("{key}.clip"));
     if Archive::open(&out).is_ok() {
@@ -110,7 +112,7 @@ pub async fn pull_unpack(state_dir: &Path, image: &str, opts: &SourceOptions) ->
     }
     let resolved = ResolvedImage {
         reference: ImageRef::Layout { dir: layout.clone(), tag: None },
-        manifest_digest: clip_source::parse_digest(&manifest_digest).map_err(ImageError::from)?,
+        manifest_digest,
         manifest_bytes: serde_json::to_vec(&manifest).unwrap_or_default(),
         platform,
         layers,
@@ -135,7 +137,7 @@ pub async fn pull_unpack(state_dir: &Path, image: &str, opts: &SourceOptions) ->
         .map_err(|e| NodeError::Task(e.to_string()))??;
     let meta = &mut packed.contents_mut().meta;
     meta.source = image.to_owned();
-    meta.manifest_digest = Some(manifest_digest.clone());
+    meta.manifest_digest = Some(manifest_digest);
     meta.config = config.runtime.clone();
     let size = packed.write_archive(&out)?;
     info!(archive = %out.display(), size, "v1 archive packed");
@@ -155,18 +157,18 @@ fn media_type_by_magic(blob: &Path, desc: &Descriptor) -> Result<&'static str, N
         }
     }
     let head = &head[..got];
-    Ok(if head.starts_with(&[0x1f, 0x8b]) {
-        media_types::OCI_LAYER_GZIP
-    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        media_types::OCI_LAYER_ZSTD
-    } else if head.is_empty() || head.len() >= 262 && &head[257..262] == b"ustar" {
-        media_types::OCI_LAYER_TAR
-    } else {
-        return Err(NodeError::Layer {
-            digest: desc.digest.to_string(),
-            media_type: desc.media_type.clone(),
-            why: "its compression is not gzip, zstd or none, so clip cannot decompress it".into(),
-        });
+    let plain_tar = head.is_empty() || head.len() >= 262 && &head[257..262] == b"ustar";
+    Ok(match Compression::sniff(head) {
+        Compression::Gzip => media_types::OCI_LAYER_GZIP,
+        Compression::Zstd => media_types::OCI_LAYER_ZSTD,
+        Compression::None if plain_tar => media_types::OCI_LAYER_TAR,
+        Compression::None => {
+            return Err(NodeError::Layer {
+                digest: desc.digest,
+                media_type: desc.media_type.clone(),
+                why: "its compression is not gzip, zstd or none, so clip cannot decompress it".into(),
+            })
+        }
     })
 }
 

@@ -10,6 +10,7 @@
 
 use std::path::{Path, PathBuf};
 
+use clip_format::Digest;
 use clip_image::{Location, PublishedParts, ViewChoice};
 use clip_source::ImageRef;
 use tracing::{info, warn};
@@ -37,7 +38,7 @@ impl Node {
     /// parts: kept on this node, published with the image's index, in the S3 index store, else indexed from
     /// the layers. Fails when the registry refuses Range requests, the mount does not come up, or the
     /// image has no such layer: the caller then unpacks the layer itself.
-    pub async fn layer_dir(&self, image: &str, index: &StoredIndex, digest: &str) -> Result<PathBuf, NodeError> {
+    pub async fn layer_dir(&self, image: &str, index: &StoredIndex, digest: &Digest) -> Result<PathBuf, NodeError> {
         let state = self.state_dir().to_path_buf();
         let open = self.open_options(image);
         private_dir(&state.join("mounts"))?;
@@ -78,7 +79,7 @@ impl Node {
                 .map_err(|e| NodeError::Task(e.to_string()))??;
             info!(%image, views = %rootfs.display(), "layer views mounted");
         }
-        let suffix = format!("-{}", digest.replacen(':', "-", 1));
+        let suffix = format!("-{}", digest.dashed());
         let entries = std::fs::read_dir(&rootfs).map_err(NodeError::io(&rootfs, "listing the layer views"))?;
         for entry in entries {
             let entry = entry.map_err(NodeError::io(&rootfs, "listing the layer views"))?;
@@ -86,7 +87,7 @@ impl Node {
                 return Ok(entry.path());
             }
         }
-        Err(NodeError::NoSuchLayer { image: image.to_owned(), digest: digest.to_owned() })
+        Err(NodeError::NoSuchLayer { image: image.to_owned(), digest: *digest })
     }
 
     /// The layer parts published with `image`'s index in its registry, when the index may have come from

@@ -43,7 +43,7 @@ impl Node {
         if matches!(image.parse::<ImageRef>(), Ok(ImageRef::Registry { .. })) {
             let opts = self.source_options(image);
             match crate::fetch_published_profile(image, &index.manifest_digest, &opts).await {
-                Ok(Some((artifact, profile))) => return Some(("registry", artifact, profile)),
+                Ok(Some((artifact, profile))) => return Some(("registry", artifact.to_string(), profile)),
                 Ok(None) => {}
                 Err(error) => {
                     warn!(%image, error = &error as &dyn std::error::Error, "fetching the prefetch profile failed; looking further")

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use clip_format::Archive;
 use clip_indexer::IndexOptions;
 use clip_s3::{S3Error, S3Object, S3Options, S3Url};
-use clip_source::{ImageRef, ResolvedImage, SourceOptions};
+use clip_source::{Digest, ImageRef, ResolvedImage, SourceOptions};
 use tracing::{debug, info, warn};
 
 use crate::run::NodeError;
@@ -62,8 +62,8 @@ impl std::fmt::Display for IndexOrigin {
 /// An image resolved to its manifest, with its index in the store.
 #[derive(Debug, Clone)]
 pub struct StoredIndex {
-    /// `sha256:…` of the image manifest.
-    pub manifest_digest: String,
+    /// The image manifest's digest.
+    pub manifest_digest: Digest,
     /// `sha256-…`: the digest as a file name; names the index, the mount and v1 archive.
     pub key: String,
     pub path: PathBuf,
@@ -88,12 +88,11 @@ pub async fn find_or_build(state_dir: &Path, image: &str, lookup: &Lookup) -> Re
     let resolve = |source| NodeError::Resolve { image: image.to_owned(), source: Box::new(source) };
     let reference: ImageRef = image.parse().map_err(resolve)?;
     let (resolved, source) = clip_source::open(&reference, opts).await.map_err(resolve)?;
-    let key = format!("{}-{}", resolved.manifest_digest.algorithm(), resolved.manifest_digest.hex());
+    let key = resolved.manifest_digest.dashed();
     let dir = state_dir.join("indexes");
     let path = dir.join(format!("{key}.clip"));
-    let manifest_digest = resolved.manifest_digest.to_string();
-    let stored =
-        |origin| StoredIndex { manifest_digest: manifest_digest.clone(), key: key.clone(), path: path.clone(), origin };
+    let manifest_digest = resolved.manifest_digest;
+    let stored = |origin| StoredIndex { manifest_digest, key: key.clone(), path: path.clone(), origin };
     if path.exists() {
         match Archive::open(&path) {
             Ok(_) => {
@@ -140,12 +139,12 @@ pub async fn find_or_build(state_dir: &Path, image: &str, lookup: &Lookup) -> Re
 }
 
 /// `s3://BUCKET/PREFIX/<digest>.clip`.
-pub fn s3_key(store: &S3Url, manifest_digest: &str) -> S3Url {
+pub fn s3_key(store: &S3Url, manifest_digest: &Digest) -> S3Url {
     s3_object(store, &format!("{manifest_digest}.clip"))
 }
 
 /// `s3://BUCKET/PREFIX/<digest>.profile.json`: the startup profile published next to the index.
-pub fn s3_profile_key(store: &S3Url, manifest_digest: &str) -> S3Url {
+pub fn s3_profile_key(store: &S3Url, manifest_digest: &Digest) -> S3Url {
     s3_object(store, &format!("{manifest_digest}.profile.json"))
 }
 
@@ -160,7 +159,7 @@ async fn fetch_s3(
     url: &S3Url,
     opts: &S3Options,
     path: &Path,
-    manifest_digest: &str,
+    manifest_digest: &Digest,
 ) -> Result<bool, clip_image::ImageError> {
     let object = S3Object::open(url, opts)?;
     let (bytes, size) = match object.read_prefix(u64::MAX >> 1).await {
@@ -174,13 +173,7 @@ async fn fetch_s3(
     // Checked before it is stored: a readable index of this image.
     let archive = Archive::from_bytes(bytes.to_vec())
         .map_err(|source| clip_image::ImageError::Format { path: url.to_string().into(), source })?;
-    if archive.meta().manifest_digest.as_deref() != Some(manifest_digest) {
-        return Err(clip_image::ImageError::ManifestChanged {
-            path: url.to_string().into(),
-            indexed: archive.meta().manifest_digest.clone().unwrap_or_default(),
-            found: manifest_digest.to_owned(),
-        });
-    }
+    clip_image::check_indexed(&archive, manifest_digest, &url.to_string())?;
     drop(archive);
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(clip_image::ImageError::io(dir, "creating the index store"))?;
@@ -195,7 +188,7 @@ async fn fetch_s3(
 async fn publish(
     image: &str,
     path: &Path,
-    manifest_digest: &str,
+    manifest_digest: &Digest,
     parts: &dyn clip_indexer::PartStore,
     lookup: &Lookup,
 ) {

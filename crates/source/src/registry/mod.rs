@@ -205,7 +205,7 @@ impl Registry {
             ImageRef::Registry { registry, repository, tag, digest }
                 if *registry == self.registry && *repository == self.repository =>
             {
-                (tag.as_deref(), digest.as_deref())
+                (tag.as_deref(), *digest)
             }
             _ => {
                 return Err(SourceError::InvalidReference {
@@ -215,10 +215,7 @@ impl Registry {
             }
         };
         let (name, target, wanted) = match digest {
-            Some(d) => {
-                let d = crate::digest::parse_digest(d)?;
-                (d.to_string(), Target::Manifest(reference, d), Some(d))
-            }
+            Some(d) => (d.to_string(), Target::Manifest(reference, d), Some(d)),
             None => {
                 let tag = tag.unwrap_or("latest");
                 (tag.to_owned(), Target::Tag(reference, tag.to_owned()), None)

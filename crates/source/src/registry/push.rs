@@ -117,5 +117,5 @@ impl RegistrySource {
 
 /// The tag of the referrers tag schema for `subject`: `sha256-<hex>`.
 pub fn referrers_tag(subject: &Digest) -> String {
-    format!("{}-{}", subject.algorithm(), subject.hex())
+    subject.dashed()
 }
