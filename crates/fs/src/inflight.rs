@@ -111,7 +111,6 @@ impl<R: DataReply> InFlight<R> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::mpsc;
     use std::time::Duration;
 
@@ -143,23 +142,32 @@ mod tests {
         assert!(!inflight.cancel(7, Errno::EINTR), "a finished read cannot be cancelled");
     }
 
+    /// Says when it is dropped: an aborted task's future is dropped without running on.
+    struct OnDrop(mpsc::Sender<()>);
+
+    impl Drop for OnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.send(());
+        }
+    }
+
     #[test]
     fn a_cancelled_read_answers_eintr_once_and_its_task_is_aborted() {
         let rt = runtime();
         let inflight = Arc::new(InFlight::new());
-        let finished = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel();
-        let flag = Arc::clone(&finished);
+        let (dropped_tx, dropped) = mpsc::channel();
+        let guard = OnDrop(dropped_tx);
         inflight.spawn(rt.handle(), 9, FakeReply(tx), async move {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            flag.store(true, Ordering::SeqCst);
-            Ok(b"late".to_vec())
+            let _guard = guard;
+            // Never finishes by itself: only an abort drops it.
+            std::future::pending::<()>().await;
+            Ok(b"never".to_vec())
         });
         assert_eq!(inflight.len(), 1);
         assert!(inflight.cancel(9, Errno::EINTR));
         assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), Err(libc::EINTR));
-        std::thread::sleep(Duration::from_millis(500));
-        assert!(!finished.load(Ordering::SeqCst), "the aborted task must not run to completion");
+        dropped.recv_timeout(Duration::from_secs(5)).expect("the cancelled read's task was not aborted");
         assert!(rx.try_recv().is_err(), "exactly one answer");
         assert_eq!(inflight.len(), 0);
     }
