@@ -12,8 +12,13 @@ use common::{clip_node, text};
 use rstest::rstest;
 
 /// Pulls `image` with `env` (the node's state under `dir`), checks one v1 archive was made and the tree
-/// equals `umoci unpack` of `name` in `layout`, then collects the node's garbage. Returns the pull's log.
-fn pull_equals_umoci(image: &str, env: &[(String, String)], dir: &std::path::Path, layout: &OciLayoutBuilder) -> String {
+/// equals `umoci unpack` of image `t` in `layout`, then collects the node's garbage. Returns the pull's log.
+fn pull_equals_umoci(
+    image: &str,
+    env: &[(String, String)],
+    dir: &std::path::Path,
+    layout: &OciLayoutBuilder,
+) -> String {
     let out = clip_node(&["pull", image], env);
     assert!(out.status.success(), "clip pull failed: {}", text(&out.stderr));
     let rootfs = PathBuf::from(text(&out.stdout).trim());

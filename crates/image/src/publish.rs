@@ -279,7 +279,8 @@ pub async fn fetch_published_index(
     else {
         return Ok(None);
     };
-    let bad = |why: String| ImageError::BadArtifact { image: image.to_owned(), digest: artifact.digest.to_string(), why };
+    let bad =
+        |why: String| ImageError::BadArtifact { image: image.to_owned(), digest: artifact.digest.to_string(), why };
     if layer.media_type != INDEX_LAYER_MEDIA_TYPE {
         return Err(bad(format!("no {INDEX_LAYER_MEDIA_TYPE} layer")));
     }
@@ -302,7 +303,8 @@ pub(crate) struct FoundArtifact {
 impl FoundArtifact {
     /// Its layer `n`, checked to be a plausible blob of at most `max` bytes, with its title annotation.
     pub fn layer(&self, image: &str, n: usize, max: u64) -> Result<(Descriptor, Option<String>), ImageError> {
-        let bad = |why: String| ImageError::BadArtifact { image: image.to_owned(), digest: self.digest.to_string(), why };
+        let bad =
+            |why: String| ImageError::BadArtifact { image: image.to_owned(), digest: self.digest.to_string(), why };
         let layer =
             self.manifest.pointer(&format!("/layers/{n}")).ok_or_else(|| bad(format!("it has no layer {n}")))?;
         let digest = layer.get("digest").and_then(Value::as_str).unwrap_or_default();
