@@ -139,6 +139,17 @@ mod tests {
     }
 
     #[test]
+    fn the_manifest_digest_reads_and_writes_as_the_string_it_always_was() {
+        let digest = format!("sha256:{}", "0f".repeat(32));
+        let old = format!(r#"{{"source":"r/a:b","manifest_digest":"{digest}","span_size":1,"layers":[]}}"#);
+        let meta: ImageMeta = serde_json::from_str(&old).unwrap();
+        assert_eq!(meta.manifest_digest.map(|d| d.to_string()), Some(digest.clone()));
+        assert!(serde_json::to_string(&meta).unwrap().contains(&format!(r#""manifest_digest":"{digest}""#)));
+        let not_sha256 = serde_json::from_str::<ImageMeta>(&old.replace(&digest, "sha256:0f")).unwrap_err();
+        assert!(not_sha256.to_string().contains("invalid digest"), "{not_sha256}");
+    }
+
+    #[test]
     fn data_location_is_optional_and_round_trips() {
         // META written before the field existed still reads.
         let old = r#"{"source":"/rootfs","span_size":4194304,"layers":[]}"#;
