@@ -173,7 +173,7 @@ async fn fetch_s3(
     // Checked before it is stored: a readable index of this image.
     let archive = Archive::from_bytes(bytes.to_vec())
         .map_err(|source| clip_image::ImageError::Format { path: url.to_string().into(), source })?;
-    clip_image::check_indexed(&archive, manifest_digest, &url.to_string())?;
+    clip_image::check_indexed(&archive, manifest_digest, url.to_string())?;
     drop(archive);
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(clip_image::ImageError::io(dir, "creating the index store"))?;
