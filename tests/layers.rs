@@ -73,10 +73,31 @@ fn overlay_over_the_layer_views_equals_umoci_unpack(#[case] compression: Compres
     // The parts were kept: a second view of the same index reads no layer again.
     served.proxy().reset_stats();
     let again = MountProc::start(&served.index(), &mnt, &["--layers", "--parts", s(&parts), "--no-cache"]);
-    assert_eq!(layer_dirs(&again.dir).len(), dirs.len());
+    let views = layer_dirs(&again.dir);
+    assert_eq!(views.len(), dirs.len());
+    // Reading the files' contents must fetch ranges of the layers, never a whole layer.
+    let read: u64 = views.iter().map(|v| read_every_file(v)).sum();
     again.stop();
+    assert!(read > 0, "the conformance image has file contents to read");
     let stats = served.proxy().stats();
-    assert!(stats.requests_to("/blobs/").iter().all(|r| r.range.is_some()), "a whole layer was read again");
+    let blobs = stats.requests_to("/blobs/");
+    assert!(!blobs.is_empty(), "the contents read came from the registry");
+    assert!(blobs.iter().all(|r| r.range.is_some()), "a whole layer was read again: {blobs:?}");
+}
+
+/// Reads every regular file under `dir` to its end; the bytes read.
+fn read_every_file(dir: &Path) -> u64 {
+    let mut total = 0;
+    for e in std::fs::read_dir(dir).unwrap() {
+        let path = e.unwrap().path();
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        if meta.is_dir() {
+            total += read_every_file(&path);
+        } else if meta.is_file() {
+            total += std::fs::read(&path).unwrap().len() as u64;
+        }
+    }
+    total
 }
 
 #[test]

@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 
 use clip_testkit::*;
-use common::{metric, tar_file, tar_files, Served};
+use common::{metric, s, tar_file, tar_files, Served};
 use rstest::rstest;
 
 #[rstest]
@@ -142,6 +142,31 @@ fn fully_cached_file_is_served_by_passthrough() {
     assert!(metric(&addr, "clip_fuse_passthrough_opens_total") >= 1.0, "no passthrough open");
     assert_eq!(reads_before, reads_after, "a passthrough file's reads reached the daemon");
     m.stop();
+}
+
+#[test]
+fn passthrough_comes_back_once_a_recording_ends() {
+    let layer = big_gzip_layer(8);
+    let tar = layer.tar().to_vec();
+    let img = Served::new(&Image::new(vec![layer]));
+    let (path, off, size) = tar_file(&tar, |p| p.ends_with("/f00000"));
+    let expected = &tar[off as usize..(off + size) as usize];
+    // Opens the file three times under a recording mount; the passthrough opens it got.
+    let passthrough_opens = |name: &str, limits: &[&str]| {
+        let addr = common::free_addr();
+        let profile = img.dir.path().join(format!("{name}.json"));
+        let mut args = vec!["--metrics", &addr, "--record-profile", s(&profile)];
+        args.extend_from_slice(limits);
+        let m = img.mount(name, &args);
+        for _ in 0..3 {
+            assert_eq!(std::fs::read(m.dir.join(&path)).unwrap(), expected);
+        }
+        let opens = metric(&addr, "clip_fuse_passthrough_opens_total");
+        m.stop();
+        opens
+    };
+    assert_eq!(passthrough_opens("unbounded", &[]), 0.0, "a passthrough open while recording");
+    assert!(passthrough_opens("bounded", &["--record-spans", "1"]) >= 1.0, "no passthrough once the recording ended");
 }
 
 #[test]

@@ -247,3 +247,29 @@ fn without_a_registry_the_profile_goes_through_the_s3_index_store() {
     assert!(err.contains("prefetch profile from S3"), "{err}");
     assert!(!err.contains("this start records one"), "{err}");
 }
+
+#[test]
+fn a_first_cold_runs_recording_stops_at_its_span_limit() {
+    let registry = Registry::start();
+    registry.push(&common::debian_layout(), "bookworm", "debian:test");
+    let image = registry.image_ref("debian:test");
+    let dir = tempfile::tempdir().unwrap();
+    // Reads every program in /usr/bin: many more spans than the limit below.
+    let recorded_spans = |name: &str, config: &str| -> usize {
+        let root = dir.path().join(name);
+        std::fs::create_dir_all(&root).unwrap();
+        let file = root.join("config.toml");
+        std::fs::write(&file, format!("[startup]\npublish_profiles = false\n{config}")).unwrap();
+        let mut env = common::node_env(&root);
+        env.push(("CLIP_CONFIG".into(), file.display().to_string()));
+        let out = common::clip_node(&["run", &image, "--", "sh", "-c", "cat /usr/bin/* > /dev/null"], &env);
+        assert!(out.status.success(), "clip run failed:\n{}", text(&out.stderr));
+        assert!(text(&out.stderr).contains("this start records one"), "{}", text(&out.stderr));
+        let profile = std::fs::read_dir(root.join("state/profiles")).unwrap().next().unwrap().unwrap().path();
+        let recorded: serde_json::Value = serde_json::from_slice(&std::fs::read(&profile).unwrap()).unwrap();
+        recorded["spans"].as_array().map_or(0, Vec::len)
+    };
+    let unbounded = recorded_spans("unbounded", "");
+    assert!(unbounded > 3, "the workload touches {unbounded} spans: too few to test a limit of 3");
+    assert_eq!(recorded_spans("bounded", "record_spans = 3\n"), 3);
+}

@@ -82,6 +82,13 @@ pub struct MountArgs {
     /// few seconds and at unmount). FUSE passthrough is off while recording.
     #[arg(long, value_name = "FILE")]
     pub record_profile: Option<PathBuf>,
+    /// End the recording this many seconds after the mount starts (default: at unmount); reads after
+    /// that are not recorded, and fully cached files go to FUSE passthrough again.
+    #[arg(long, value_name = "SECS", requires = "record_profile")]
+    pub record_seconds: Option<u64>,
+    /// End the recording once it holds this many spans (default: no bound).
+    #[arg(long, value_name = "N", requires = "record_profile")]
+    pub record_spans: Option<usize>,
     /// Honour the image's setuid/setgid bits and file capabilities when programs are run from the mount
     /// (as root only). Without it the mount is `nosuid`: a local user who can reach the mountpoint cannot
     /// run the image's setuid-root binaries as root. A container does not need it: an overlay over the

@@ -13,6 +13,10 @@ pub async fn run(a: MountArgs, quiet: bool) -> anyhow::Result<()> {
         metrics: a.metrics,
         prefetch: a.prefetch,
         record_profile: a.record_profile.clone(),
+        record_limits: (a.record_seconds.is_some() || a.record_spans.is_some()).then(|| clip_node::RecordLimits {
+            seconds: a.record_seconds.unwrap_or(u64::MAX),
+            spans: a.record_spans.unwrap_or(usize::MAX),
+        }),
         profile: a.profile.clone(),
         no_startup_set: a.no_startup_set,
         content_cache: a.content_cache.clone(),

@@ -31,7 +31,7 @@ pub struct MountConfig {
     /// Fill the cache with every span in the background, at low priority.
     pub prefetch: bool,
     /// Record the spans read, in first-touch order, to this JSON file (rewritten every few seconds and at
-    /// unmount). Turns FUSE passthrough off so that every read is seen.
+    /// unmount). FUSE passthrough starts once the recording ends, so that every read until then is seen.
     pub record_profile: Option<PathBuf>,
     /// Right after mounting, prefetch the spans of this recorded profile in order, at low priority.
     pub profile: Option<PathBuf>,
@@ -59,12 +59,19 @@ pub struct MountSummary {
     pub read_bytes: u64,
 }
 
-/// Hands fully cached files to the kernel for FUSE passthrough.
-struct StorePassthrough(Arc<ContentStore>);
+/// Hands fully cached files to the kernel for FUSE passthrough, once the recording (if any) has ended: until
+/// then every read must reach the recorder.
+struct StorePassthrough {
+    store: Arc<ContentStore>,
+    recording: Option<Arc<ProfileRecorder>>,
+}
 
 impl PassthroughSource for StorePassthrough {
     fn local_file(&self, data: DataRef) -> Option<std::fs::File> {
-        self.0.cached_file(data)
+        if self.recording.as_ref().is_some_and(|r| !r.finished()) {
+            return None;
+        }
+        self.store.cached_file(data)
     }
 }
 
@@ -118,10 +125,10 @@ pub async fn mount_foreground(
             None => recorder,
         })
     });
-    match &recorder {
-        Some(recorder) => fs = fs.with_read_observer(recorder.clone()),
-        None => fs = fs.with_passthrough(Arc::new(StorePassthrough(store.clone()))),
+    if let Some(recorder) = &recorder {
+        fs = fs.with_read_observer(recorder.clone());
     }
+    fs = fs.with_passthrough(Arc::new(StorePassthrough { store: store.clone(), recording: recorder.clone() }));
     let fs_stats = fs.stats();
     // Metrics are served before the mount appears, so whoever waits for the mount can scrape at once.
     let mount_metrics = {

@@ -20,9 +20,10 @@ mod ldcache;
 mod path;
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::ops::Range;
 
 use clip_format::{Archive, DataRef, Ino, NodeKind};
-use futures::future::BoxFuture;
+use futures::future::{join_all, BoxFuture};
 use tracing::debug;
 
 use path::{join, resolve, Found};
@@ -131,6 +132,12 @@ impl Finder<'_> {
 
     /// Up to `len` bytes of `found` from `offset`; `None` once the read budget is spent or on an error.
     async fn read(&mut self, found: &Found, offset: u64, len: u64) -> Option<Vec<u8>> {
+        self.read_all(vec![(found, Some(offset..offset.saturating_add(len)))]).await.pop().flatten()
+    }
+
+    /// Counts a read of up to `len` bytes of `found` from `offset` against the budget: where its data is and
+    /// how much to read, or `None` when the budget is spent (or the file has no data there).
+    fn spend(&mut self, found: &Found, offset: u64, len: u64) -> Option<(DataRef, u64)> {
         let data = found.node.data_ref()?;
         let len = len.min(found.node.size.saturating_sub(offset));
         if self.reads >= MAX_READS || self.bytes.saturating_add(len) > MAX_BYTES {
@@ -138,28 +145,14 @@ impl Finder<'_> {
         }
         self.reads += 1;
         self.bytes += len;
-        match self.files.read(data, offset, len).await {
-            Ok(bytes) => Some(bytes),
-            Err(error) => {
-                let path = String::from_utf8_lossy(&found.path);
-                debug!(%path, offset, len, error, "reading a startup file failed; leaving it out");
-                None
-            }
-        }
+        Some((data, len))
     }
 
     async fn head(&mut self, found: &Found) -> Option<Head> {
         if let Some(head) = self.heads.get(&found.node.ino) {
             return head.clone();
         }
-        let head = self.read(found, 0, HEAD).await.map(|bytes| {
-            if let Some(rest) = bytes.strip_prefix(b"#!") {
-                let line = rest[..rest.len().min(SHEBANG_MAX - 2)].split(|&b| b == b'\n').next().unwrap_or_default();
-                Head::Script(line.to_vec())
-            } else {
-                elf::headers(&bytes, found.node.size).map_or(Head::Other, Head::Elf)
-            }
-        });
+        let head = self.read(found, 0, HEAD).await.map(|bytes| parse_head(&bytes, found.node.size));
         self.heads.insert(found.node.ino, head.clone());
         head
     }
@@ -193,7 +186,9 @@ impl Finder<'_> {
         resolve(self.archive, &self.cwd, path).filter(|f| f.node.kind() == NodeKind::File)
     }
 
-    /// Adds the ELF interpreter of `program`, the loader's cache and the closure of its libraries.
+    /// Adds the ELF interpreter of `program`, the loader's cache and the closure of its libraries, level by
+    /// level: the libraries one level needs are read all at once (their heads, then their dynamic sections,
+    /// then their string tables), so finding the set takes a few round trips however many libraries it has.
     async fn elf_closure(&mut self, program: &Found, headers: &elf::Headers) {
         let mut dynamic = false;
         if let Some(range) = headers.interp.clone() {
@@ -205,7 +200,7 @@ impl Finder<'_> {
                 }
             }
         }
-        let names = self.names(program, headers).await;
+        let names = self.names(vec![(program.clone(), headers.clone())]).await.pop().unwrap_or_default();
         if dynamic || !names.needed.is_empty() {
             for file in [&b"/etc/ld.so.preload"[..], b"/etc/ld.so.cache"] {
                 if let Some(found) = resolve(self.archive, b"/", file) {
@@ -215,55 +210,116 @@ impl Finder<'_> {
         }
         let program_rpath = if names.runpath.is_empty() { names.rpath.clone() } else { Vec::new() };
         let mut seen: HashSet<Vec<u8>> = HashSet::new();
-        let mut objects = VecDeque::from([(program.dir(), names)]);
-        while let Some((origin, names)) = objects.pop_front() {
-            for name in &names.needed {
-                if !seen.insert(name.clone()) {
-                    continue;
+        let mut level = vec![(program.dir(), names)];
+        while !level.is_empty() {
+            // Every place the level's new names may be found, read at once; the search below then walks
+            // them in the loader's order from what was read.
+            let mut candidates = Vec::new();
+            for (origin, names) in &level {
+                for name in names.needed.iter().filter(|n| !seen.contains(*n)) {
+                    candidates.extend(self.candidates(name, origin, names, &program_rpath, headers.kind).await);
                 }
-                let Some((lib, lib_headers)) =
-                    self.find_library(name, &origin, &names, &program_rpath, headers.kind).await
-                else {
-                    debug!(library = %String::from_utf8_lossy(name), "a needed library is not in the image");
-                    continue;
-                };
-                if !self.add(&lib) {
-                    continue;
+            }
+            self.read_heads(candidates).await;
+            let mut libs = Vec::new();
+            for (origin, names) in &level {
+                for name in &names.needed {
+                    if !seen.insert(name.clone()) {
+                        continue;
+                    }
+                    let Some(lib) = self.find_library(name, origin, names, &program_rpath, headers.kind).await else {
+                        debug!(library = %String::from_utf8_lossy(name), "a needed library is not in the image");
+                        continue;
+                    };
+                    if self.add(&lib.0) {
+                        libs.push(lib);
+                    }
                 }
-                let lib_names = self.names(&lib, &lib_headers).await;
-                objects.push_back((lib.dir(), lib_names));
+            }
+            let dirs: Vec<Vec<u8>> = libs.iter().map(|(lib, _)| lib.dir()).collect();
+            level = dirs.into_iter().zip(self.names(libs).await).collect();
+        }
+    }
+
+    /// The names in the dynamic sections of `files`, in their order: every dynamic section read at once,
+    /// then every string table.
+    async fn names(&mut self, files: Vec<(Found, elf::Headers)>) -> Vec<elf::Names> {
+        let wanted = files.iter().map(|(file, h)| (file, h.dynamic.clone()));
+        let sections = self.read_all(wanted.collect()).await;
+        let dynamics: Vec<_> = files
+            .iter()
+            .zip(sections)
+            .map(|((file, h), bytes)| bytes.map(|b| h.dynamic(&b, file.node.size)))
+            .map(|d| d.filter(|d| d.loads_libraries() && d.strtab.is_some()))
+            .collect();
+        let wanted =
+            files.iter().zip(&dynamics).map(|((file, _), d)| (file, d.as_ref().and_then(|d| d.strtab.clone())));
+        let tables = self.read_all(wanted.collect()).await;
+        dynamics
+            .iter()
+            .zip(tables)
+            .map(|(d, bytes)| match (d, bytes) {
+                (Some(d), Some(bytes)) => d.strings(&bytes),
+                _ => elf::Names::default(),
+            })
+            .collect()
+    }
+
+    /// Reads a range of each file at once (`None` for a file without one, past the budget, or on an error).
+    async fn read_all(&mut self, wanted: Vec<(&Found, Option<Range<u64>>)>) -> Vec<Option<Vec<u8>>> {
+        let reads: Vec<_> = wanted
+            .into_iter()
+            .map(|(file, range)| {
+                let range = range.filter(|r| r.start < r.end)?;
+                self.spend(file, range.start, range.end - range.start).map(|(data, len)| (file, data, range.start, len))
+            })
+            .collect();
+        let files = self.files;
+        join_all(reads.iter().map(|r| async move {
+            let (file, data, offset, len) = (*r)?;
+            files
+                .read(data, offset, len)
+                .await
+                .map_err(|error| {
+                    let path = String::from_utf8_lossy(&file.path);
+                    debug!(%path, offset, len, error, "reading a startup file failed; leaving it out");
+                })
+                .ok()
+        }))
+        .await
+    }
+
+    /// Reads the heads of `files` not read yet, all at once.
+    async fn read_heads(&mut self, files: Vec<Found>) {
+        let mut todo: Vec<Found> = Vec::new();
+        for file in files {
+            if file.node.kind() == NodeKind::File
+                && !self.heads.contains_key(&file.node.ino)
+                && !todo.iter().any(|t| t.node.ino == file.node.ino)
+            {
+                todo.push(file);
             }
         }
-    }
-
-    /// The names in the dynamic section of `file`.
-    async fn names(&mut self, file: &Found, headers: &elf::Headers) -> elf::Names {
-        let Some(range) = headers.dynamic.clone() else { return elf::Names::default() };
-        let Some(bytes) = self.read(file, range.start, range.end - range.start).await else {
-            return elf::Names::default();
-        };
-        let dynamic = headers.dynamic(&bytes, file.node.size);
-        let Some(strtab) = dynamic.strtab.clone().filter(|_| dynamic.loads_libraries()) else {
-            return elf::Names::default();
-        };
-        match self.read(file, strtab.start, strtab.end - strtab.start).await {
-            Some(bytes) => dynamic.strings(&bytes),
-            None => elf::Names::default(),
+        let bytes = self.read_all(todo.iter().map(|f| (f, Some(0..HEAD))).collect()).await;
+        for (file, bytes) in todo.iter().zip(bytes) {
+            self.heads.insert(file.node.ino, bytes.map(|b| parse_head(&b, file.node.size)));
         }
     }
 
-    /// Where the loader finds library `name` needed by the object in `origin` with `names`.
-    async fn find_library(
+    /// The files the loader may take for library `name` needed by the object in `origin` with `names`, in
+    /// its search order: `DT_RPATH` (of the object, then of the program, unless the object has a
+    /// `DT_RUNPATH`), `LD_LIBRARY_PATH`, `DT_RUNPATH`, the image's `/etc/ld.so.cache`, the standard
+    /// directories.
+    async fn candidates(
         &mut self,
         name: &[u8],
         origin: &[u8],
         names: &elf::Names,
         program_rpath: &[Vec<u8>],
         kind: elf::Kind,
-    ) -> Option<(Found, elf::Headers)> {
+    ) -> Vec<Found> {
         if name.contains(&b'/') {
-            let found = resolve(self.archive, &self.cwd, name)?;
-            return self.library_of_kind(found, kind).await;
+            return resolve(self.archive, &self.cwd, name).into_iter().collect();
         }
         let mut first: Vec<Vec<u8>> = Vec::new();
         if names.runpath.is_empty() {
@@ -272,34 +328,33 @@ impl Finder<'_> {
         first.extend(self.ld_library_path.iter().cloned());
         first.extend(names.runpath.iter().cloned());
         let mut tried = HashSet::new();
-        if let Some(lib) = self.search(name, origin, first, &mut tried, kind).await {
-            return Some(lib);
-        }
+        let mut found = self.in_dirs(name, origin, first, &mut tried);
         let cached = self.ld_cache().await.get(name).cloned().unwrap_or_default();
-        for path in cached {
-            let Some(found) = resolve(self.archive, b"/", &path) else { continue };
-            if let Some(lib) = self.library_of_kind(found, kind).await {
-                return Some(lib);
-            }
-        }
-        self.search(name, origin, standard_dirs(kind), &mut tried, kind).await
+        found.extend(cached.iter().filter_map(|path| resolve(self.archive, b"/", path)));
+        found.extend(self.in_dirs(name, origin, standard_dirs(kind), &mut tried));
+        found
     }
 
-    /// The first `dir/name` of `dirs` (not `tried` yet) that is a library of `kind`.
-    async fn search(
+    /// `dir/name` for each of `dirs` (not `tried` yet) that exists.
+    fn in_dirs(&self, name: &[u8], origin: &[u8], dirs: Vec<Vec<u8>>, tried: &mut HashSet<Vec<u8>>) -> Vec<Found> {
+        dirs.into_iter()
+            .filter_map(|dir| expand_origin(&dir, origin))
+            .filter(|dir| tried.insert(dir.clone()))
+            .filter_map(|dir| resolve(self.archive, &self.cwd, &join(&dir, name)))
+            .collect()
+    }
+
+    /// Where the loader finds library `name` (see [`Self::candidates`]): the first candidate that is an
+    /// ELF library of `kind`.
+    async fn find_library(
         &mut self,
         name: &[u8],
         origin: &[u8],
-        dirs: Vec<Vec<u8>>,
-        tried: &mut HashSet<Vec<u8>>,
+        names: &elf::Names,
+        program_rpath: &[Vec<u8>],
         kind: elf::Kind,
     ) -> Option<(Found, elf::Headers)> {
-        for dir in dirs {
-            let Some(dir) = expand_origin(&dir, origin) else { continue };
-            if !tried.insert(dir.clone()) {
-                continue;
-            }
-            let Some(found) = resolve(self.archive, &self.cwd, &join(&dir, name)) else { continue };
+        for found in self.candidates(name, origin, names, program_rpath, kind).await {
             if let Some(lib) = self.library_of_kind(found, kind).await {
                 return Some(lib);
             }
@@ -329,6 +384,16 @@ impl Finder<'_> {
             Head::Elf(h) if h.kind == kind => Some((found, h)),
             _ => None,
         }
+    }
+}
+
+/// What the first bytes of a file of `size` bytes say it is.
+fn parse_head(bytes: &[u8], size: u64) -> Head {
+    if let Some(rest) = bytes.strip_prefix(b"#!") {
+        let line = rest[..rest.len().min(SHEBANG_MAX - 2)].split(|&b| b == b'\n').next().unwrap_or_default();
+        Head::Script(line.to_vec())
+    } else {
+        elf::headers(bytes, size).map_or(Head::Other, Head::Elf)
     }
 }
 
