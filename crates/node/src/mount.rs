@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use clip_format::DataRef;
+use clip_format::{DataRef, Digest};
 use clip_fs::{ClipFs, MountOptions, PassthroughSource};
 use clip_s3::S3Url;
 use clip_store::{ContentStore, RemoteSpanCache, RemoteTier, StoreStats};
@@ -156,7 +156,9 @@ pub async fn mount_foreground(
     if prefetch.is_none() {
         let archive = store.archive();
         if let Some(p) = profile.as_ref().filter(|p| p.manifest_digest != archive.meta().manifest_digest) {
-            warn!(profile = ?p.manifest_digest, "the profile was recorded for another image; using the spans that exist");
+            let recorded_for =
+                p.manifest_digest.as_ref().map_or_else(|| "an unnamed image".to_owned(), Digest::to_string);
+            warn!(profile = %recorded_for, "the profile was recorded for another image; using the spans that exist");
         }
         let (spans, from_set) = crate::startup_spans(archive, !config.no_startup_set, profile.as_ref());
         if profile.is_some() {
