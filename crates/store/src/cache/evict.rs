@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 use tracing::{debug, warn};
 
 use super::files::TMP_PREFIX;
-use super::{parse_digest, DiskCache, FILES_DIR, SPANS_DIR};
+use super::{parse_digest, DiskCache, COMPRESSED_SUFFIX, FILES_DIR, SPANS_DIR};
 use crate::lock;
 
 /// A temp file this old belongs to a writer that died; it is removed by the next scan.
@@ -149,7 +149,7 @@ impl DiskCache {
                         continue;
                     }
                     let span = match area {
-                        SPANS_DIR => match parse_digest(name) {
+                        SPANS_DIR => match parse_digest(name.strip_suffix(COMPRESSED_SUFFIX).unwrap_or(name)) {
                             Some(d) => Some(d),
                             None => continue,
                         },

@@ -1,15 +1,20 @@
 //! File-system helpers of the disk cache: temp files renamed into place ([`TempFile`]), the private cache
-//! directory, its default location, and span file names.
+//! directory, its default location, span file names and opening a span file in either of its forms.
 
 use clip_format::Digest;
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::unix::fs::OpenOptionsExt;
+use std::ops::Range;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
-use super::DiskCache;
+use tracing::debug;
+
+use super::compressed::{self, Unusable};
+use super::{DiskCache, COMPRESSED_SUFFIX, SPANS_DIR};
+use crate::lock;
 
 pub(super) const TMP_PREFIX: &str = ".tmp-";
 
@@ -59,6 +64,83 @@ impl DiskCache {
         let path = dir.join(format!("{TMP_PREFIX}{}-{seq}", std::process::id()));
         let file = OpenOptions::new().write(true).create_new(true).mode(super::seal::UNSEALED).open(&path)?;
         Ok(TempFile { path, file, published: false })
+    }
+}
+
+/// How a span is kept on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Form {
+    /// Its bytes as they are, `spans/ab/HEX`: read by range with one `pread`.
+    Raw,
+    /// Zstd frames and their table, `spans/ab/HEX.zst` (see `compressed`).
+    Compressed,
+}
+
+/// A span file, open.
+pub(super) struct SpanFile {
+    pub file: File,
+    pub meta: fs::Metadata,
+    pub form: Form,
+    pub path: PathBuf,
+}
+
+impl SpanFile {
+    /// Bytes `range` of the span's `len` bytes (inflated, for a compressed file).
+    pub fn read(&self, len: u64, range: Range<u64>) -> Result<Vec<u8>, Unusable> {
+        if self.form == Form::Compressed {
+            return compressed::read_range(&self.file, self.meta.len(), len, range);
+        }
+        if self.meta.len() != len {
+            return Err(Unusable::Damaged("wrong length"));
+        }
+        let n = usize::try_from(range.end - range.start).map_err(io::Error::other)?;
+        let mut buf = Vec::new();
+        buf.try_reserve_exact(n).map_err(io::Error::other)?;
+        buf.resize(n, 0);
+        match self.file.read_exact_at(&mut buf, range.start) {
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(Unusable::Damaged("shorter than it was")),
+            done => done.map(|()| buf).map_err(Unusable::Io),
+        }
+    }
+}
+
+impl DiskCache {
+    /// The path of the span whose bytes hash to `digest`, kept raw (see [`DiskCache::span_file`]).
+    pub fn span_path(&self, digest: &Digest) -> PathBuf {
+        self.span_file(digest, Form::Raw)
+    }
+
+    /// The path of the span whose bytes hash to `digest`, kept in `form`.
+    pub(crate) fn span_file(&self, digest: &Digest, form: Form) -> PathBuf {
+        let name = digest.hex();
+        let dir = self.root.join(SPANS_DIR).join(&name[..2]);
+        match form {
+            Form::Raw => dir.join(name),
+            Form::Compressed => dir.join(name + COMPRESSED_SUFFIX),
+        }
+    }
+
+    /// The span file of `digest`, open: in the form this process verified it in, else whichever exists.
+    pub(super) fn open_span(&self, digest: &Digest) -> Option<SpanFile> {
+        let order = match lock(&self.verified).get(digest) {
+            Some(Form::Compressed) => [Form::Compressed, Form::Raw],
+            _ => [Form::Raw, Form::Compressed],
+        };
+        for form in order {
+            let path = self.span_file(digest, form);
+            match File::open(&path) {
+                Ok(file) => {
+                    let meta = file.metadata().ok()?;
+                    return Some(SpanFile { file, meta, form, path });
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    debug!(path = %path.display(), error = %e, "disk cache file unreadable");
+                    return None;
+                }
+            }
+        }
+        None
     }
 }
 

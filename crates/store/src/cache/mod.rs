@@ -5,6 +5,8 @@
 //! - `spans/ab/abcdef…`: the decoded bytes of a span, named by their sha256 (the digest recorded at index
 //!   time). Content addressed, so identical spans of different layers or images are stored once. A file
 //!   is valid iff its bytes hash to its name.
+//! - `spans/ab/abcdef….zst`: the same, compressed, for a span that compresses well (tar headers around
+//!   tiny files): see `compressed`. Valid iff its bytes inflate to bytes that hash to its name.
 //! - `files/ab/KEY.DIGEST`: a whole regular file assembled from cached spans for FUSE passthrough
 //!   ([`crate::ContentStore::cached_file`]); KEY names what the file is made of, and the file is valid iff
 //!   its bytes hash to DIGEST.
@@ -21,19 +23,20 @@
 //! mtime; hits touch it) until the total is 10 % below the bound.
 //!
 //! The jobs live apart: this module reads, verifies and writes span files and counts what it does;
-//! `seal` marks files later processes may trust; `evict` keeps the bound; `files` holds the file-system helpers (temp files renamed into place, the
-//! private directory, the default location, span file names).
+//! `compressed` is the compressed form of a span file; `seal` marks files later processes may trust;
+//! `evict` keeps the bound; `files` holds the file-system helpers (temp files renamed into place, the
+//! private directory, the default location, span file names and opening a span file in either form).
 
+mod compressed;
 mod evict;
 mod files;
 mod seal;
 
 use clip_format::Digest;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs::{self, File};
-use std::io::{self, Read};
+use std::io;
 use std::ops::Range;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -42,13 +45,16 @@ use tracing::{debug, warn};
 
 pub use evict::Evicted;
 pub use files::{default_cache_dir, private_dir};
-pub(crate) use files::{parse_digest, touch};
+pub(crate) use files::{parse_digest, touch, Form};
 pub(crate) use seal::{is_sealed, touch_if_stale};
 
 use crate::{lock, StoreError};
+use compressed::Unusable;
 
 pub(crate) const SPANS_DIR: &str = "spans";
 pub(crate) const FILES_DIR: &str = "files";
+/// Ends the name of a compressed span file.
+const COMPRESSED_SUFFIX: &str = ".zst";
 /// Forget verification marks beyond this many (they are re-earned by hashing again).
 const MAX_VERIFIED: usize = 1 << 20;
 
@@ -64,8 +70,8 @@ pub struct DiskCache {
     limit: u64,
     /// Bytes of cache files this process knows of.
     total: AtomicU64,
-    /// Span digests whose files this process has verified (or written).
-    verified: Mutex<HashSet<Digest>>,
+    /// Span digests whose files this process has verified (or written), and the form each is kept in.
+    verified: Mutex<HashMap<Digest, Form>>,
     /// Materialized files this process has verified (or written), by key.
     pub(crate) verified_files: Mutex<HashMap<Digest, PathBuf>>,
     evicting: AtomicBool,
@@ -163,107 +169,97 @@ impl DiskCache {
         }
     }
 
-    /// The path of the span whose bytes hash to `digest`.
-    pub fn span_path(&self, digest: &Digest) -> PathBuf {
-        let name = digest.hex();
-        self.root.join(SPANS_DIR).join(&name[..2]).join(name)
-    }
-
     /// Whether a span file for `digest` exists (not verified: for cheap "already cached" checks).
     pub fn contains(&self, digest: &Digest) -> bool {
-        fs::metadata(self.span_path(digest)).is_ok_and(|m| m.is_file())
+        [Form::Raw, Form::Compressed]
+            .iter()
+            .any(|&f| fs::metadata(self.span_file(digest, f)).is_ok_and(|m| m.is_file()))
     }
 
     /// The `len` bytes of the span with `digest`, if cached and valid. A file that fails verification is
     /// deleted (and counted) and `None` returned, so the caller fetches the span again.
     pub fn get(&self, digest: &Digest, len: u64) -> Option<Vec<u8>> {
-        let path = self.span_path(digest);
-        let file = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) => {
-                if e.kind() != io::ErrorKind::NotFound {
-                    debug!(path = %path.display(), error = %e, "disk cache file unreadable");
-                }
+        let span = self.open_span(digest)?;
+        let size = span.meta.len();
+        let buf = match span.read(len, 0..len) {
+            Ok(buf) => buf,
+            Err(Unusable::Damaged(why)) => {
+                self.reject(&span.path, Some(digest), size, why);
+                return None;
+            }
+            Err(Unusable::Io(e)) => {
+                debug!(path = %span.path.display(), error = %e, "disk cache file unreadable");
                 return None;
             }
         };
-        let meta = file.metadata().ok()?;
-        let size = meta.len();
-        if size != len {
-            self.reject(&path, Some(digest), size, "wrong length");
-            return None;
-        }
-        let mut buf = Vec::new();
-        buf.try_reserve_exact(usize::try_from(len).ok()?).ok()?;
-        if let Err(e) = (&file).take(len).read_to_end(&mut buf) {
-            debug!(path = %path.display(), error = %e, "disk cache file unreadable");
-            return None;
-        }
-        if buf.len() as u64 != len {
-            self.reject(&path, Some(digest), size, "shorter than it was");
-            return None;
-        }
         if !self.is_verified(digest) {
-            if !is_sealed(&meta) {
+            if !is_sealed(&span.meta) {
                 if Digest::of(&buf) != *digest {
-                    self.reject(&path, Some(digest), size, "bytes do not match the name");
+                    self.reject(&span.path, Some(digest), size, "bytes do not match the name");
                     return None;
                 }
-                self.seal(path);
+                self.seal(span.path.clone());
             }
-            self.mark_verified(digest);
+            self.mark_verified(digest, span.form);
         }
-        touch_if_stale(&file, &meta);
+        touch_if_stale(&span.file, &span.meta);
         self.counters.hits.fetch_add(1, Ordering::Relaxed);
         Some(buf)
     }
 
-    /// Bytes `range` of the `len`-byte span with `digest`, read from its file without reading the rest,
-    /// when the file is trusted: verified by this process or sealed by one before. `None` otherwise (and
-    /// when missing or of another length): then [`DiskCache::get`] reads the whole span and verifies it.
+    /// Bytes `range` of the `len`-byte span with `digest`, read from its file without reading the rest (a
+    /// compressed one inflates only the frames the range touches), when the file is trusted: verified by
+    /// this process or sealed by one before. `None` otherwise (and when missing, of another length or
+    /// damaged): then [`DiskCache::get`] reads the whole span, verifies it and deletes a bad file.
     pub fn get_range(&self, digest: &Digest, len: u64, range: Range<u64>) -> Option<Vec<u8>> {
         if range.start > range.end || range.end > len {
             return None;
         }
-        let file = File::open(self.span_path(digest)).ok()?;
-        let meta = file.metadata().ok()?;
-        if meta.len() != len {
+        let span = self.open_span(digest)?;
+        if span.form == Form::Raw && span.meta.len() != len {
             return None;
         }
         if !self.is_verified(digest) {
-            if !is_sealed(&meta) {
+            if !is_sealed(&span.meta) {
                 return None;
             }
-            self.mark_verified(digest);
+            self.mark_verified(digest, span.form);
         }
-        let mut buf = vec![0; usize::try_from(range.end - range.start).ok()?];
-        file.read_exact_at(&mut buf, range.start).ok()?;
-        touch_if_stale(&file, &meta);
+        let buf = span.read(len, range).ok()?;
+        touch_if_stale(&span.file, &span.meta);
         self.counters.hits.fetch_add(1, Ordering::Relaxed);
         Some(buf)
     }
 
-    /// Stores verified span bytes under their digest (atomically; a failure is counted and logged, never
-    /// fatal: the bytes are still served).
+    /// Stores verified span bytes under their digest, compressed when that saves most of their disk
+    /// blocks (see `compressed`), atomically; a failure is counted and logged, never fatal: the bytes are
+    /// still served.
     pub fn put(self: &Arc<Self>, digest: &Digest, bytes: &[u8]) {
         let len = bytes.len() as u64;
         if len > self.limit {
             return;
         }
-        let path = self.span_path(digest);
-        if let Ok(existing) = File::open(&path) {
-            touch(&existing);
-            return;
+        for form in [Form::Raw, Form::Compressed] {
+            if let Ok(existing) = File::open(self.span_file(digest, form)) {
+                touch(&existing);
+                return;
+            }
         }
+        let packed = compressed::compress(bytes);
+        let (form, data) = match &packed {
+            Some(packed) => (Form::Compressed, &packed[..]),
+            None => (Form::Raw, bytes),
+        };
+        let path = self.span_file(digest, form);
         let written = path.parent().ok_or_else(|| io::Error::other("no parent")).and_then(|dir| {
             let mut tmp = self.temp_file(dir)?;
-            io::Write::write_all(&mut tmp.file, bytes)?;
+            io::Write::write_all(&mut tmp.file, data)?;
             tmp.publish(&path)
         });
         match written {
             Ok(()) => {
-                self.mark_verified(digest);
-                self.added(on_disk(len));
+                self.mark_verified(digest, form);
+                self.added(on_disk(data.len() as u64));
                 self.seal(path);
             }
             Err(e) => {
@@ -274,15 +270,15 @@ impl DiskCache {
     }
 
     pub(crate) fn is_verified(&self, digest: &Digest) -> bool {
-        lock(&self.verified).contains(digest)
+        lock(&self.verified).contains_key(digest)
     }
 
-    pub(crate) fn mark_verified(&self, digest: &Digest) {
-        let mut set = lock(&self.verified);
-        if set.len() >= MAX_VERIFIED {
-            set.clear();
+    pub(crate) fn mark_verified(&self, digest: &Digest, form: Form) {
+        let mut known = lock(&self.verified);
+        if known.len() >= MAX_VERIFIED {
+            known.clear();
         }
-        set.insert(*digest);
+        known.insert(*digest, form);
     }
 
     /// Deletes a cache file that failed verification.
