@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 use tracing::{debug, warn};
 
 use super::files::TMP_PREFIX;
-use super::{parse_digest, DiskCache, FILES_DIR, SPANS_DIR};
+use super::{is_sealed, parse_digest, DiskCache, FILES_DIR, SPANS_DIR};
 use crate::lock;
 
 /// A temp file this old belongs to a writer that died; it is removed by the next scan.
@@ -37,15 +37,35 @@ struct Entry {
     mtime: SystemTime,
     /// The digest, for span files.
     span: Option<Digest>,
+    /// Whether the file is sealed (see `seal`).
+    sealed: bool,
 }
 
 impl DiskCache {
-    /// Scans the directory and starts the running total from what it holds: `(bytes, files)`.
-    pub(super) fn measure(&self) -> io::Result<(u64, usize)> {
-        let entries = self.scan()?;
-        let total: u64 = entries.iter().map(|e| e.size).sum();
-        self.total.store(total, Ordering::Relaxed);
-        Ok((total, entries.len()))
+    /// The scan at open: starts the running total from what the directory holds (plus what this process
+    /// added meanwhile), marks sealed span files verified (a read trusts them as it would on opening them),
+    /// evicts when over the bound, then wakes [`DiskCache::wait_scanned`].
+    pub(super) fn first_scan(&self) {
+        let before = self.total.load(Ordering::Relaxed);
+        match self.scan() {
+            Ok(entries) => {
+                let total: u64 = entries.iter().map(|e| e.size).sum();
+                for d in entries.iter().filter(|e| e.sealed).filter_map(|e| e.span.as_ref()) {
+                    self.mark_verified(d);
+                }
+                let during = self.total.load(Ordering::Relaxed).saturating_sub(before);
+                self.total.store(total + during, Ordering::Relaxed);
+                debug!(dir = %self.root.display(), bytes = total, files = entries.len(), limit = self.limit, "scanned disk cache");
+                if total > self.limit {
+                    self.evict();
+                }
+            }
+            Err(e) => {
+                warn!(dir = %self.root.display(), error = %e, "cannot scan the disk cache; its size is not known")
+            }
+        }
+        *lock(&self.scanned.0) = true;
+        self.scanned.1.notify_all();
     }
 
     /// Accounts `len` new bytes and starts an eviction pass when over the bound.
@@ -164,7 +184,8 @@ impl DiskCache {
                         }
                     };
                     // What the file takes on disk, not its length: a 100-byte span costs a whole block.
-                    out.push(Entry { path: entry.path(), size: meta.blocks() * 512, mtime, span });
+                    let sealed = is_sealed(&meta);
+                    out.push(Entry { path: entry.path(), size: meta.blocks() * 512, mtime, span, sealed });
                 }
             }
         }
@@ -182,6 +203,7 @@ mod tests {
     fn eviction_keeps_the_bound_and_the_newest() {
         let dir = tempfile::tempdir().unwrap();
         let cache = DiskCache::open(dir.path(), 10_000).unwrap();
+        cache.wait_scanned();
         let mut digests = Vec::new();
         for i in 0..30u8 {
             let bytes = vec![i; 1000];
@@ -214,6 +236,7 @@ mod tests {
         }
         File::options().write(true).open(&stale).unwrap().set_modified(SystemTime::UNIX_EPOCH).unwrap();
         let cache = DiskCache::open(dir.path(), 1 << 20).unwrap();
+        cache.wait_scanned();
         assert!(!stale.exists());
         assert!(fresh.exists());
         assert!(foreign.exists());
