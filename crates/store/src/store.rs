@@ -320,7 +320,8 @@ impl Inner {
     /// that is not on disk costs no file lookup here, only the one of [`Inner::load`].
     async fn disk_slice(&self, index: SpanId, len: u64, within: &std::ops::Range<u64>) -> Option<Vec<u8>> {
         let disk = self.disk.as_ref()?;
-        if !(self.trusted_on_disk(index) || !disk.scanned()) || self.in_memory(index, Need::Upto(within.end)) {
+        let known_good = self.trusted_on_disk(index) || !disk.scanned();
+        if !known_good || self.in_memory(index, Need::Upto(within.end)) {
             return None;
         }
         Counters::bump(&self.counters.disk_lookups);
