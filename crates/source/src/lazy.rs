@@ -1,7 +1,6 @@
 //! [`connect_lazily`]: a [`BlobSource`] that connects (TLS roots, credentials, the registry's auth ping)
-//! in the background instead of up front: a mount whose disk cache already holds what it reads comes up
-//! without waiting for the registry, and a first read that needs the registry waits for the connect in
-//! flight (or starts one).
+//! on its first read instead of up front. A mount whose disk cache already holds what it reads never pays
+//! for it, nor waits on the registry's round trip before it comes up.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -9,27 +8,13 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::future::{BoxFuture, FutureExt};
 use tokio::sync::OnceCell;
-use tracing::debug;
 
 use crate::{connect, BlobSource, BlobStream, Descriptor, ImageRef, SourceError, SourceOptions, SourceStats};
 
-/// A source for `reference` that starts connecting in the background on the current tokio runtime (if
-/// any) and is ready for reads at once (see the module docs). A failed connect is logged at debug level
-/// and returned by the reads waiting for it; the next read tries again.
+/// A source for `reference` that connects on first use (see the module docs). A failed connect is
+/// returned by the read that started it and tried again by the next read.
 pub fn connect_lazily(reference: &ImageRef, opts: &SourceOptions) -> Arc<dyn BlobSource> {
-    let source = Arc::new(LazySource { reference: reference.clone(), opts: opts.clone(), source: OnceCell::new() });
-    if let Ok(rt) = tokio::runtime::Handle::try_current() {
-        // On a blocking thread: loading the TLS roots reads files, and must not hold up a runtime worker.
-        let (early, handle) = (Arc::clone(&source), rt.clone());
-        drop(rt.spawn_blocking(move || {
-            handle.block_on(async move {
-                if let Err(error) = early.source().await {
-                    debug!(image = %early.reference, error = &error as &dyn std::error::Error, "connecting ahead of reads");
-                }
-            })
-        }));
-    }
-    source
+    Arc::new(LazySource { reference: reference.clone(), opts: opts.clone(), source: OnceCell::new() })
 }
 
 struct LazySource {
