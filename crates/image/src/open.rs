@@ -211,12 +211,10 @@ pub(crate) async fn open_image_source(
     if let (ImageRef::Registry { digest, .. }, Some(pinned)) = (&mut reference, &meta.manifest_digest) {
         // Pinned to the manifest digest it was built from: the layer blobs are content-addressed and every
         // span is verified against its own digest, so the manifest and config need not be fetched again (two
-        // round trips off every cold start). Nothing is asked of the registry until a read misses the caches:
-        // a mount over a warm cache comes up without it. A registry that lost the image, or refuses the
-        // credentials, fails the first read that needs it, naming it.
+        // round trips off every cold start). A registry that lost the image fails the first read, naming it.
         *digest = Some(pinned.clone());
-        let source = clip_source::connect_lazily(&reference, opts);
-        info!(image = %reference, source = %source.describe(), "image source");
+        let source = clip_source::connect(&reference, opts).await?;
+        info!(image = %reference, source = %source.describe(), "connected to image");
         return Ok(source);
     }
     let mut opts = opts.clone();

@@ -5,7 +5,7 @@
 //! 1. resolve an [`ImageRef`] to one platform's manifest, layer list and parsed config — a
 //!    [`ResolvedImage`] — with [`open`];
 //! 2. read blobs, whole as a stream or by byte range, through the [`BlobSource`] that [`open`]
-//!    (or [`connect`] / [`connect_lazily`], when the manifest is already known) returns.
+//!    (or [`connect`], when the manifest is already known) returns.
 //!
 //! Sources: [`RegistrySource`] (any OCI distribution registry: anonymous, basic and bearer-token
 //! auth with credentials from Docker's config.json and credential helpers; Docker v2 schema 2 and
@@ -38,7 +38,6 @@ mod config;
 mod digest;
 mod error;
 mod layout;
-mod lazy;
 mod platform;
 mod reference;
 mod registry;
@@ -54,7 +53,6 @@ pub use config::ImageConfig;
 pub use digest::{media_types, parse_digest, Descriptor, Digest};
 pub use error::{error_chain, SourceError};
 pub use layout::LayoutSource;
-pub use lazy::connect_lazily;
 pub use platform::Platform;
 pub use reference::{is_local_registry, ImageRef, DOCKER_HUB};
 pub use registry::referrers_tag;
