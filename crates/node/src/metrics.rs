@@ -137,6 +137,7 @@ impl Collector for MountMetrics {
         m.counters(&[
             ("clip_cache_memory_hits", "Span lookups served from memory.", st.memory_hits),
             ("clip_cache_disk_hits", "Span lookups served from the disk cache.", st.disk_hits),
+            ("clip_cache_disk_lookups", "Span lookups that went to a disk cache file (hit or not).", st.disk_lookups),
             ("clip_spans_fetched", "Spans fetched from the blob source (cache misses).", st.spans_fetched),
             ("clip_fetched_bytes", "Compressed bytes fetched from the blob source.", st.bytes_fetched),
         ])?;

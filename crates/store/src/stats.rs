@@ -51,6 +51,8 @@ pub struct StoreStats {
     pub memory_hits: u64,
     /// Span lookups answered from the disk cache.
     pub disk_hits: u64,
+    /// Span lookups that went to the disk cache's files (hit or not).
+    pub disk_lookups: u64,
     /// Fetched spans that failed verification (never served).
     pub verify_failures: u64,
     /// Disk cache files that failed verification (deleted and fetched again).
@@ -96,6 +98,7 @@ pub(crate) struct Counters {
     pub layer_bytes_fetched: Vec<AtomicU64>,
     pub memory_hits: AtomicU64,
     pub disk_hits: AtomicU64,
+    pub disk_lookups: AtomicU64,
     pub verify_failures: AtomicU64,
     pub fetch_errors: AtomicU64,
     pub inflight_fetches: AtomicU64,
@@ -122,6 +125,7 @@ impl Counters {
             layer_bytes_fetched: (0..layers).map(|_| AtomicU64::new(0)).collect(),
             memory_hits: AtomicU64::new(0),
             disk_hits: AtomicU64::new(0),
+            disk_lookups: AtomicU64::new(0),
             verify_failures: AtomicU64::new(0),
             fetch_errors: AtomicU64::new(0),
             inflight_fetches: AtomicU64::new(0),
@@ -174,6 +178,7 @@ impl Counters {
             layer_bytes_fetched: self.layer_bytes_fetched.iter().map(load).collect(),
             memory_hits: load(&self.memory_hits),
             disk_hits: load(&self.disk_hits),
+            disk_lookups: load(&self.disk_lookups),
             verify_failures: load(&self.verify_failures),
             fetch_errors: load(&self.fetch_errors),
             inflight_fetches: load(&self.inflight_fetches),

@@ -314,11 +314,17 @@ impl Inner {
     /// Bytes `within` of span `index` (`len` bytes long) read straight from its disk cache file when that
     /// file is trusted and the span is not in memory: a small file costs a read of its own bytes, not of the
     /// whole span, and the span does not displace others in memory. `None`: take the usual path.
+    ///
+    /// Only a span known good is looked for here (checked by this process, or found sealed by the cache's
+    /// scan at open); until that scan is done, any span's file is tried. So once the scan is done, a span
+    /// that is not on disk costs no file lookup here, only the one of [`Inner::load`].
     async fn disk_slice(&self, index: SpanId, len: u64, within: &std::ops::Range<u64>) -> Option<Vec<u8>> {
         let disk = self.disk.as_ref()?;
-        if self.in_memory(index, Need::Upto(within.end)) {
+        let known_good = self.trusted_on_disk(index) || !disk.scanned();
+        if !known_good || self.in_memory(index, Need::Upto(within.end)) {
             return None;
         }
+        Counters::bump(&self.counters.disk_lookups);
         let digest = self.archive.span(index).ok()?.digest;
         let (disk, range) = (Arc::clone(disk), within.clone());
         let piece = tokio::task::spawn_blocking(move || disk.get_range(&digest, len, range)).await.ok()??;
@@ -332,6 +338,7 @@ impl Inner {
         let span = self.archive.span(index)?;
         let out = self.archive.span_range(layer, index)?;
         if let Some(disk) = &self.disk {
+            Counters::bump(&self.counters.disk_lookups);
             let (disk, digest, len) = (Arc::clone(disk), span.digest, out.end - out.start);
             let hit = tokio::task::spawn_blocking(move || disk.get(&digest, len))
                 .await

@@ -91,6 +91,28 @@ async fn a_second_store_over_the_same_cache_makes_no_requests() {
     assert_eq!((stats.disk_hits as usize, stats.memory_hits), (pieces, 0));
 }
 
+#[tokio::test]
+async fn a_span_not_on_disk_is_looked_for_once_and_a_sealed_one_read_by_range() {
+    let file = DataRef { layer: LayerIndex(0), offset: 1000, size: 3000 };
+    let fx = raw_fixture(4, &[file]);
+    let dir = tempfile::tempdir().unwrap();
+    let cold = fx.store(cached(dir.path()));
+    assert_eq!(cold.read(file, 0, file.size).await.unwrap(), fx.expected(file));
+    // The scan at open found no file: only the load looks for the span's file, once, then fetches it.
+    let stats = cold.stats();
+    assert_eq!((stats.disk_lookups, stats.disk_hits, stats.spans_fetched), (1, 0, 1));
+    drop(cold);
+    eventually("span files sealed", || files_in(dir.path(), "spans").iter().all(|p| sealed(p))).await;
+
+    // A later store's scan finds the file sealed: a piece of it is one lookup, read by range, not kept.
+    let warm = fx.store(cached(dir.path()));
+    assert_eq!(warm.read(file, 10, 100).await.unwrap(), &fx.expected(file)[10..110]);
+    let stats = warm.stats();
+    assert_eq!((stats.disk_lookups, stats.disk_hits, stats.spans_fetched, stats.memory_hits), (1, 1, 0, 0));
+    assert_eq!(warm.read(file, 200, 100).await.unwrap(), &fx.expected(file)[200..300]);
+    assert_eq!(warm.stats().disk_lookups, 2, "each read goes to the file by range");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cache_stays_within_its_bound() {
     let file = DataRef { layer: LayerIndex(0), offset: 0, size: 20 * SPAN };
@@ -126,6 +148,7 @@ fn the_bound_counts_disk_blocks_not_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let bound = 64 * KIB;
     let cache = DiskCache::open(dir.path(), bound).unwrap();
+    cache.wait_scanned();
     for i in 0..100u32 {
         let bytes = i.to_le_bytes().repeat(25);
         cache.put(&clip_format::Digest::of(&bytes), &bytes);

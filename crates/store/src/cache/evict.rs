@@ -14,8 +14,8 @@ use std::time::{Duration, SystemTime};
 
 use tracing::{debug, warn};
 
-use super::files::TMP_PREFIX;
-use super::{parse_digest, DiskCache, COMPRESSED_SUFFIX, FILES_DIR, SPANS_DIR};
+use super::files::{Form, TMP_PREFIX};
+use super::{is_sealed, parse_digest, DiskCache, COMPRESSED_SUFFIX, FILES_DIR, SPANS_DIR};
 use crate::lock;
 
 /// A temp file this old belongs to a writer that died; it is removed by the next scan.
@@ -35,17 +35,38 @@ struct Entry {
     path: PathBuf,
     size: u64,
     mtime: SystemTime,
-    /// The digest, for span files.
-    span: Option<Digest>,
+    /// The digest and the form it is kept in, for span files.
+    span: Option<(Digest, Form)>,
+    /// Whether the file is sealed (see `seal`).
+    sealed: bool,
 }
 
 impl DiskCache {
-    /// Scans the directory and starts the running total from what it holds: `(bytes, files)`.
-    pub(super) fn measure(&self) -> io::Result<(u64, usize)> {
-        let entries = self.scan()?;
-        let total: u64 = entries.iter().map(|e| e.size).sum();
-        self.total.store(total, Ordering::Relaxed);
-        Ok((total, entries.len()))
+    /// The scan at open: starts the running total from what the directory holds (plus what this process
+    /// added meanwhile), marks sealed span files verified (a read trusts them as it would on opening them),
+    /// evicts when over the bound, then wakes [`DiskCache::wait_scanned`]. A file this process writes while
+    /// the scan runs may be counted twice, until the next eviction pass counts afresh.
+    pub(super) fn first_scan(&self) {
+        let before = self.total.load(Ordering::Relaxed);
+        match self.scan() {
+            Ok(entries) => {
+                let total: u64 = entries.iter().map(|e| e.size).sum();
+                for (d, form) in entries.iter().filter(|e| e.sealed).filter_map(|e| e.span.as_ref()) {
+                    self.mark_verified(d, *form);
+                }
+                let during = self.total.load(Ordering::Relaxed).saturating_sub(before);
+                self.total.store(total + during, Ordering::Relaxed);
+                debug!(dir = %self.root.display(), bytes = total, files = entries.len(), limit = self.limit, "scanned disk cache");
+                if total > self.limit {
+                    self.evict();
+                }
+            }
+            Err(e) => {
+                warn!(dir = %self.root.display(), error = %e, "cannot scan the disk cache; its size is not known")
+            }
+        }
+        *lock(&self.scanned.0) = true;
+        self.scanned.1.notify_all();
     }
 
     /// Accounts `len` new bytes and starts an eviction pass when over the bound.
@@ -105,7 +126,7 @@ impl DiskCache {
                     }
                 }
                 total -= e.size;
-                if let Some(d) = &e.span {
+                if let Some((d, _)) = &e.span {
                     lock(&self.verified).remove(d);
                 }
             }
@@ -149,10 +170,16 @@ impl DiskCache {
                         continue;
                     }
                     let span = match area {
-                        SPANS_DIR => match parse_digest(name.strip_suffix(COMPRESSED_SUFFIX).unwrap_or(name)) {
-                            Some(d) => Some(d),
-                            None => continue,
-                        },
+                        SPANS_DIR => {
+                            let (hex, form) = match name.strip_suffix(COMPRESSED_SUFFIX) {
+                                Some(hex) => (hex, Form::Compressed),
+                                None => (name, Form::Raw),
+                            };
+                            match parse_digest(hex) {
+                                Some(d) => Some((d, form)),
+                                None => continue,
+                            }
+                        }
                         _ => {
                             let valid = name
                                 .split_once('.')
@@ -164,7 +191,8 @@ impl DiskCache {
                         }
                     };
                     // What the file takes on disk, not its length: a 100-byte span costs a whole block.
-                    out.push(Entry { path: entry.path(), size: meta.blocks() * 512, mtime, span });
+                    let sealed = is_sealed(&meta);
+                    out.push(Entry { path: entry.path(), size: meta.blocks() * 512, mtime, span, sealed });
                 }
             }
         }
@@ -182,6 +210,7 @@ mod tests {
     fn eviction_keeps_the_bound_and_the_newest() {
         let dir = tempfile::tempdir().unwrap();
         let cache = DiskCache::open(dir.path(), 10_000).unwrap();
+        cache.wait_scanned();
         let mut digests = Vec::new();
         for i in 0..30u8 {
             let bytes = vec![i; 1000];
@@ -214,6 +243,7 @@ mod tests {
         }
         File::options().write(true).open(&stale).unwrap().set_modified(SystemTime::UNIX_EPOCH).unwrap();
         let cache = DiskCache::open(dir.path(), 1 << 20).unwrap();
+        cache.wait_scanned();
         assert!(!stale.exists());
         assert!(fresh.exists());
         assert!(foreign.exists());

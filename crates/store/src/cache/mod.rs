@@ -18,9 +18,11 @@
 //! and remembers that it did; a file that fails is deleted. A file known good and synced to disk is
 //! sealed (made read-only, see `seal`): later processes trust it without hashing it, and read small
 //! ranges of it ([`DiskCache::get_range`]) instead of whole spans. Each process keeps a running total of the
-//! bytes it knows of; when the total passes the bound, one eviction pass runs in the background: it scans
-//! the directory (learning what other processes added) and deletes the least recently used files (oldest
-//! mtime; hits touch it) until the total is 10 % below the bound.
+//! bytes it knows of, started by a scan of the directory in the background at open (which also learns which
+//! span files are sealed, so reads can trust them without opening them first); when the total passes the
+//! bound, one eviction pass runs in the background: it scans the directory (learning what other processes
+//! added) and deletes the least recently used files (oldest mtime; hits touch it) until the total is 10 %
+//! below the bound.
 //!
 //! The jobs live apart: this module reads, verifies and writes span files and counts what it does;
 //! `compressed` is the compressed form of a span file; `seal` marks files later processes may trust;
@@ -39,7 +41,7 @@ use std::io;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use tracing::{debug, warn};
 
@@ -80,6 +82,8 @@ pub struct DiskCache {
     runtime: Option<tokio::runtime::Handle>,
     tmp_seq: AtomicU64,
     counters: CacheCounters,
+    /// Set (and waiters woken) when the scan started at open is done.
+    scanned: (Mutex<bool>, Condvar),
 }
 
 #[derive(Default)]
@@ -109,8 +113,9 @@ pub struct CacheStats {
 }
 
 impl DiskCache {
-    /// Opens (creating) the cache at `root`, bounded to `limit` bytes: scans it to learn its size, removes
-    /// stale temp files and evicts if it is over the bound.
+    /// Opens (creating) the cache at `root`, bounded to `limit` bytes. A scan in the background then learns
+    /// its size and which span files are sealed, removes stale temp files and evicts if it is over the bound
+    /// (nobody waits for it: a fresh mount over a big cache serves its first reads meanwhile).
     pub fn open(root: impl Into<PathBuf>, limit: u64) -> Result<Arc<DiskCache>, StoreError> {
         let root = root.into();
         let err = |path: &Path| {
@@ -134,15 +139,30 @@ impl DiskCache {
             runtime: tokio::runtime::Handle::try_current().ok(),
             tmp_seq: AtomicU64::new(0),
             counters: CacheCounters::default(),
+            scanned: Default::default(),
         });
         // Refuse a directory we cannot write now rather than failing every write later.
         drop(cache.temp_file(&root.join(SPANS_DIR)).map_err(err(&root))?);
-        let (total, files) = cache.measure().map_err(err(&root))?;
-        debug!(dir = %root.display(), bytes = total, files, limit, "opened disk cache");
-        if total > limit {
-            cache.evict();
+        let me = Arc::clone(&cache);
+        let scan = move || me.first_scan();
+        if let Err(e) = std::thread::Builder::new().name("clip-cache-scan".into()).spawn(scan.clone()) {
+            debug!(error = %e, "no thread for the cache scan; scanning now");
+            scan();
         }
         Ok(cache)
+    }
+
+    /// Whether the scan started at open is done (then every span file sealed before it is known verified).
+    pub fn scanned(&self) -> bool {
+        *lock(&self.scanned.0)
+    }
+
+    /// Blocks until the scan started at open is done.
+    pub fn wait_scanned(&self) {
+        let mut done = lock(&self.scanned.0);
+        while !*done {
+            done = self.scanned.1.wait(done).unwrap_or_else(|e| e.into_inner());
+        }
     }
 
     /// The cache directory.
@@ -321,6 +341,8 @@ mod tests {
     fn put_get_roundtrip_and_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let cache = DiskCache::open(dir.path(), 1 << 20).unwrap();
+        // A put while the scan runs may be counted twice until the next eviction pass.
+        cache.wait_scanned();
         let bytes = b"hello span".to_vec();
         let d = Digest::of(&bytes);
         assert!(!cache.contains(&d));
@@ -335,6 +357,7 @@ mod tests {
         assert_eq!(names, vec![std::ffi::OsString::from(d.hex())]);
 
         let again = DiskCache::open(dir.path(), 1 << 20).unwrap();
+        again.wait_scanned();
         let blocks = fs::metadata(cache.span_path(&d)).unwrap().blocks() * 512;
         assert_eq!(again.stats().bytes, blocks, "a scan counts what the file system allocated");
         assert_eq!(again.get(&d, bytes.len() as u64).as_deref(), Some(&bytes[..]));
@@ -345,9 +368,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let bytes = vec![42u8; 1000];
         let d = Digest::of(&bytes);
-        DiskCache::open(dir.path(), 1 << 20).unwrap().put(&d, &bytes);
-        let cache = DiskCache::open(dir.path(), 1 << 20).unwrap();
-        let path = cache.span_path(&d);
+        let first = DiskCache::open(dir.path(), 1 << 20).unwrap();
+        first.put(&d, &bytes);
+        let path = first.span_path(&d);
         let mut on_disk = fs::read(&path).unwrap();
         on_disk[500] ^= 1;
         // As a crash before the bytes reached the disk leaves it: not sealed (see `seal`).
@@ -357,15 +380,18 @@ mod tests {
         };
         unsealed();
         fs::write(&path, &on_disk).unwrap();
+        let cache = DiskCache::open(dir.path(), 1 << 20).unwrap();
+        cache.wait_scanned();
         assert_eq!(cache.get(&d, 1000), None);
         assert!(!path.exists());
         assert_eq!(cache.stats().verify_failures, 1);
 
         // A truncated file (a crash before the data reached the disk) is rejected too.
         cache.put(&d, &bytes);
-        let fresh = DiskCache::open(dir.path(), 1 << 20).unwrap();
         unsealed();
         fs::write(&path, &bytes[..10]).unwrap();
+        let fresh = DiskCache::open(dir.path(), 1 << 20).unwrap();
+        fresh.wait_scanned();
         assert_eq!(fresh.get(&d, 1000), None);
         assert_eq!(fresh.stats().verify_failures, 1);
     }

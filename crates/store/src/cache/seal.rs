@@ -89,6 +89,7 @@ mod tests {
         DiskCache::open(dir.path(), 1 << 20).unwrap().put(&d, &bytes);
         let cache = DiskCache::open(dir.path(), 1 << 20).unwrap();
         wait_sealed(&cache.span_path(&d));
+        cache.wait_scanned();
         (dir, cache, d, bytes)
     }
 
@@ -110,9 +111,12 @@ mod tests {
     fn an_unsealed_file_is_hashed_first_and_a_bad_one_never_served() {
         let (dir, cache, d, bytes) = written_by_another(5000, 9);
         let path = cache.span_path(&d);
-        // As a crash before the seal leaves it: unsealed, and here with bad bytes.
+        // As a crash before the seal leaves it: unsealed, and here with bad bytes; seen by a later process
+        // (one that found the file sealed trusts it from then on).
         fs::set_permissions(&path, Permissions::from_mode(UNSEALED)).unwrap();
         fs::write(&path, vec![8u8; 5000]).unwrap();
+        let cache = DiskCache::open(dir.path(), 1 << 20).unwrap();
+        cache.wait_scanned();
         assert_eq!(cache.get_range(&d, 5000, 0..10), None, "unsealed: not served by range");
         assert_eq!(cache.get(&d, 5000), None, "hashed, failed, deleted");
         assert!(!path.exists());
@@ -123,6 +127,7 @@ mod tests {
         wait_sealed(&path);
         fs::set_permissions(&path, Permissions::from_mode(UNSEALED)).unwrap();
         let fresh = DiskCache::open(dir.path(), 1 << 20).unwrap();
+        fresh.wait_scanned();
         assert_eq!(fresh.get(&d, 5000).as_deref(), Some(&bytes[..]));
         wait_sealed(&path);
         assert_eq!(fresh.get_range(&d, 5000, 4990..5000).unwrap(), vec![9u8; 10]);

@@ -143,9 +143,14 @@ impl Fixture {
         Fixture { layers, archive, blobs, first_span }
     }
 
-    /// A store over this fixture's archive and blobs.
+    /// A store over this fixture's archive and blobs, once its disk cache's scan at open is done (so what
+    /// the cache knows, and counts, does not depend on how fast that scan ran).
     pub fn store(&self, config: StoreConfig) -> ContentStore {
-        ContentStore::new(self.archive.clone(), self.blobs.clone(), config)
+        let store = ContentStore::new(self.archive.clone(), self.blobs.clone(), config);
+        if let Some(disk) = store.disk_cache() {
+            disk.wait_scanned();
+        }
+        store
     }
 
     /// The bytes a file should have.
