@@ -14,6 +14,7 @@ mod blobs;
 mod credentials;
 mod push;
 mod request;
+mod tls;
 
 pub use auth::{Access, RegistryAuth, MAX_TOKEN_BYTES};
 pub use credentials::registry_auth;
@@ -103,16 +104,19 @@ impl RegistrySource {
         debug!(registry, repository, plain_http = plain, ?access, "connecting to registry");
         // reqwest follows up to 10 redirects (blob GETs are often sent on to a CDN or object store)
         // and drops the Authorization header when one leads to another host.
+        let setup = |detail: String| SourceError::Registry {
+            registry: registry.to_owned(),
+            what: "client setup".into(),
+            detail,
+        };
+        let tls = tls::client_config().map_err(|e| setup(error_chain(&e)))?;
         let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
             .connect_timeout(CONNECT_TIMEOUT)
             .read_timeout(IDLE_TIMEOUT)
             .user_agent(concat!("clip/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| SourceError::Registry {
-                registry: registry.to_owned(),
-                what: "client setup".into(),
-                detail: error_chain(&e),
-            })?;
+            .map_err(|e| setup(error_chain(&e)))?;
         let host = if registry == DOCKER_HUB { "registry-1.docker.io".to_owned() } else { registry.to_owned() };
         let source = Registry {
             http,
