@@ -119,6 +119,10 @@ pub(crate) fn read_range(file: &File, file_len: u64, len: u64, range: Range<u64>
     if range.start >= range.end {
         return Ok(Vec::new());
     }
+    if range.end > len {
+        // The caller's mistake, not the file's: leave the file.
+        return Err(Unusable::Io(io::Error::new(io::ErrorKind::InvalidInput, "a range past the span's end")));
+    }
     let (first, last) = ((range.start / FRAME) as usize, ((range.end - 1) / FRAME) as usize);
     let start = if first == 0 { 0 } else { ends[first - 1] };
     let mut packed = vec![0u8; (ends[last] - start) as usize];
