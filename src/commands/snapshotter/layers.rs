@@ -153,3 +153,28 @@ impl KeyedLocks {
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_layer_digest_that_is_not_sha256_is_left_to_containerd_as_no_such_layer() {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let node = Node::new(clip_node::config::Config::default(), PathBuf::from("/nonexistent/clip"));
+        let layers = NodeLayers::new(node, PathBuf::from("/nonexistent/clip"), runtime.handle().clone());
+        let request = |digest: &str| LayerRequest {
+            target: "chain".into(),
+            image_ref: Some("127.0.0.1:1/app:1".into()),
+            layer_digest: Some(digest.into()),
+            manifest_digest: None,
+            parent: String::new(),
+            labels: HashMap::new(),
+        };
+        assert_eq!(layers.prepare(&request(&format!("sha512:{}", "ab".repeat(64)))), None);
+        assert_eq!(layers.prepare(&request("not a digest")), None);
+        let text = runtime.block_on(layers.metrics().render(&[]));
+        let line = text.lines().find(|l| l.contains("\"no_such_layer\"") && !l.starts_with('#'));
+        assert!(line.is_some_and(|l| l.ends_with(" 2")), "{text}");
+    }
+}
