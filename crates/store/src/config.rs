@@ -27,7 +27,7 @@ pub struct StoreConfig {
     /// Spans [`crate::ContentStore::prefetch_all`] loads at once (at least 1). Default 1.
     pub prefetch_concurrency: usize,
     /// Spans [`crate::ContentStore::prefetch_spans`] (a startup profile) loads at once (at least 1).
-    /// Default 4.
+    /// Default 8.
     pub profile_concurrency: usize,
     /// [`crate::ContentStore::warm_file`] loads every span of files up to this size as soon as they are
     /// opened, concurrently, instead of one span per read as the reader gets there (0 turns it off).
@@ -71,7 +71,7 @@ impl Default for StoreConfig {
             cache_size: 10 << 30,
             readahead_spans: 2,
             prefetch_concurrency: 1,
-            profile_concurrency: 4,
+            profile_concurrency: 8,
             open_prefetch_max: 16 << 20,
             passthrough_min: 64 << 10,
             passthrough_inline_max: 64 << 20,
