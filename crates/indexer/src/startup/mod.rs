@@ -214,28 +214,33 @@ impl Finder<'_> {
         let mut seen: HashSet<Vec<u8>> = HashSet::new();
         let mut level = vec![(program.dir(), names)];
         while !level.is_empty() {
-            // Every place the level's new names may be found, read at once; the search below then walks
-            // them in the loader's order from what was read.
-            let mut candidates = Vec::new();
-            for (origin, names) in &level {
-                for name in names.needed.iter().filter(|n| !seen.contains(*n)) {
-                    candidates.extend(self.candidates(name, origin, names, &program_rpath, headers.kind).await);
-                }
-            }
-            self.read_heads(candidates).await;
-            let mut libs = Vec::new();
+            // Every place the level's new names may be found (each name once, searched from the first object
+            // that needs it), their heads read at once; then each name takes its first candidate that is a
+            // library of the program's kind, in the loader's order, from what was read.
+            let mut wanted = Vec::new();
             for (origin, names) in &level {
                 for name in &names.needed {
-                    if !seen.insert(name.clone()) {
-                        continue;
+                    if seen.insert(name.clone()) {
+                        wanted.push((name, self.candidates(name, origin, names, &program_rpath, headers.kind).await));
                     }
-                    let Some(lib) = self.find_library(name, origin, names, &program_rpath, headers.kind).await else {
-                        debug!(library = %String::from_utf8_lossy(name), "a needed library is not in the image");
-                        continue;
-                    };
-                    if self.add(&lib.0) {
-                        libs.push(lib);
+                }
+            }
+            self.read_heads(wanted.iter().flat_map(|(_, found)| found.iter().cloned()).collect()).await;
+            let mut libs = Vec::new();
+            for (name, candidates) in wanted {
+                let mut lib = None;
+                for found in candidates {
+                    lib = self.library_of_kind(found, headers.kind).await;
+                    if lib.is_some() {
+                        break;
                     }
+                }
+                let Some(lib) = lib else {
+                    debug!(library = %String::from_utf8_lossy(name), "a needed library is not in the image");
+                    continue;
+                };
+                if self.add(&lib.0) {
+                    libs.push(lib);
                 }
             }
             let dirs: Vec<Vec<u8>> = libs.iter().map(|(lib, _)| lib.dir()).collect();
@@ -344,24 +349,6 @@ impl Finder<'_> {
             .filter(|dir| tried.insert(dir.clone()))
             .filter_map(|dir| resolve(self.archive, &self.cwd, &join(&dir, name)))
             .collect()
-    }
-
-    /// Where the loader finds library `name` (see [`Self::candidates`]): the first candidate that is an
-    /// ELF library of `kind`.
-    async fn find_library(
-        &mut self,
-        name: &[u8],
-        origin: &[u8],
-        names: &elf::Names,
-        program_rpath: &[Vec<u8>],
-        kind: elf::Kind,
-    ) -> Option<(Found, elf::Headers)> {
-        for found in self.candidates(name, origin, names, program_rpath, kind).await {
-            if let Some(lib) = self.library_of_kind(found, kind).await {
-                return Some(lib);
-            }
-        }
-        None
     }
 
     /// The image's `/etc/ld.so.cache` (empty when it has none, or it is unreadable).
