@@ -65,8 +65,10 @@ impl DiskCache {
                 warn!(dir = %self.root.display(), error = %e, "cannot scan the disk cache; its size is not known")
             }
         }
-        *lock(&self.scanned.0) = true;
-        self.scanned.1.notify_all();
+        // Set under the lock, so a waiter that saw it unset is waiting before the notification.
+        let _guard = lock(&self.scan_done.0);
+        self.scanned.store(true, Ordering::Release);
+        self.scan_done.1.notify_all();
     }
 
     /// Accounts `len` new bytes and starts an eviction pass when over the bound.

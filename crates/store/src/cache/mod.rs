@@ -82,8 +82,10 @@ pub struct DiskCache {
     runtime: Option<tokio::runtime::Handle>,
     tmp_seq: AtomicU64,
     counters: CacheCounters,
-    /// Set (and waiters woken) when the scan started at open is done.
-    scanned: (Mutex<bool>, Condvar),
+    /// Set when the scan started at open is done (read on the read path: a load, no lock).
+    scanned: AtomicBool,
+    /// Wakes [`DiskCache::wait_scanned`] when `scanned` is set.
+    scan_done: (Mutex<()>, Condvar),
 }
 
 #[derive(Default)]
@@ -139,7 +141,8 @@ impl DiskCache {
             runtime: tokio::runtime::Handle::try_current().ok(),
             tmp_seq: AtomicU64::new(0),
             counters: CacheCounters::default(),
-            scanned: Default::default(),
+            scanned: AtomicBool::new(false),
+            scan_done: Default::default(),
         });
         // Refuse a directory we cannot write now rather than failing every write later.
         drop(cache.temp_file(&root.join(SPANS_DIR)).map_err(err(&root))?);
@@ -154,14 +157,14 @@ impl DiskCache {
 
     /// Whether the scan started at open is done (then every span file sealed before it is known verified).
     pub fn scanned(&self) -> bool {
-        *lock(&self.scanned.0)
+        self.scanned.load(Ordering::Acquire)
     }
 
     /// Blocks until the scan started at open is done.
     pub fn wait_scanned(&self) {
-        let mut done = lock(&self.scanned.0);
-        while !*done {
-            done = self.scanned.1.wait(done).unwrap_or_else(|e| e.into_inner());
+        let mut guard = lock(&self.scan_done.0);
+        while !self.scanned() {
+            guard = self.scan_done.1.wait(guard).unwrap_or_else(|e| e.into_inner());
         }
     }
 
