@@ -7,6 +7,7 @@
 mod common;
 
 use std::path::Path;
+use std::time::Duration;
 
 use clip_format::{Archive, LayerIndex};
 use clip_testkit::*;
@@ -94,6 +95,46 @@ fn a_flipped_bit_in_a_fetched_chunk_is_refetched_and_a_lying_registry_gets_eio()
     assert_eq!(err.raw_os_error(), Some(5), "{err}");
     let log = m.stop();
     assert!(log.contains("compressed chunk at offset"), "the chunk digests did not catch it:\n{log}");
+}
+
+/// The prefix files under the cache directory `cache` (see the store's `cache::prefix`).
+fn prefix_files(cache: &Path) -> Vec<std::path::PathBuf> {
+    common::cache_files(&cache.join("prefixes"))
+}
+
+#[test]
+fn a_remount_serves_a_partly_fetched_span_from_the_cache_and_refetches_a_damaged_prefix() {
+    let served = Served::with_span_mib(&Image::new(vec![text_layer(Compression::Gzip)]), 1);
+    let (path, span_compressed) = file_mid_span(&served.index());
+    let unpacked = umoci_unpack(served.layout.path(), "t");
+    let expected = std::fs::read(unpacked.rootfs().join(&path[1..])).unwrap();
+    let cache = served.cache();
+
+    let m = served.mount("first", &[]);
+    assert!(std::fs::read(m.dir.join(&path[1..])).unwrap() == expected, "{path}: not umoci's bytes");
+    let first = served.proxy().stats().blob_bytes;
+    assert!(first > 0 && first < span_compressed, "{path}: fetched {first} of {span_compressed}: not a prefix");
+    common::wait_within(Duration::from_secs(10), "the prefix reached the disk cache", || {
+        prefix_files(&cache).len() == 1
+    });
+    m.stop();
+
+    // A fresh mount over that cache: the same read needs no byte from the registry.
+    let m = served.mount("second", &[]);
+    assert!(std::fs::read(m.dir.join(&path[1..])).unwrap() == expected, "{path}: not umoci's bytes on remount");
+    assert_eq!(served.proxy().stats().blob_bytes, first, "the remount fetched again what the cache held");
+    m.stop();
+
+    // A damaged prefix file is deleted and the bytes fetched again: the reader gets umoci's bytes.
+    let prefix = prefix_files(&cache).pop().unwrap();
+    let mut bytes = std::fs::read(&prefix).unwrap();
+    bytes[100] ^= 1;
+    std::fs::write(&prefix, &bytes).unwrap();
+    let m = served.mount("third", &[]);
+    assert!(std::fs::read(m.dir.join(&path[1..])).unwrap() == expected, "{path}: a damaged prefix was served");
+    assert!(served.proxy().stats().blob_bytes > first, "the damaged prefix was not fetched again");
+    let log = m.stop();
+    assert!(log.contains("chunk digests"), "the damaged prefix was not reported:\n{log}");
 }
 
 /// Rewrites the index at `path` without its `CHNK` section (in the table; its bytes stay, unreferenced):

@@ -3,9 +3,10 @@
 //! ([`clip_format::ChunkTable`]) a load fetches whole chunks from the checkpoint up to an estimate of where
 //! the wanted bytes end, verifies every chunk (and the checkpoint window) against the index, inflates what
 //! they hold and serves that prefix; a short estimate fetches on from where it stopped. The prefix is kept
-//! in memory with its compressed bytes ([`Held`]), never written to the disk cache; a later load of more
-//! (a later read, or the whole span) fetches only the rest, and a whole span is checked against the span
-//! digest and cached as before. Without chunk digests (an older index), or when the wanted bytes reach
+//! in memory with its compressed bytes ([`Held`]), and those bytes in the disk cache as a prefix file (so a
+//! remount over a warm cache does not fetch them again; checked against the chunk digests whenever they
+//! are loaded); a later load of more (a later read, or the whole span) fetches only the rest, and a whole
+//! span is checked against the span digest and cached as before (its prefix file then removed). Without chunk digests (an older index), or when the wanted bytes reach
 //! near the span's end anyway, the whole span is fetched as before.
 
 use std::sync::Arc;
@@ -105,6 +106,44 @@ impl Inner {
             let have = held.end();
             end = have + (have - f.range.start).max(chunk);
         }
+    }
+
+    /// The prefix of span `f` a partial fetch kept on disk (in this process or an earlier one), checked
+    /// against the chunk digests; a prefix file that fails is deleted and `None` returned (the span is
+    /// fetched as if it had never been read).
+    pub(crate) async fn disk_prefix(&self, f: &Fetch) -> Option<Held> {
+        let (disk, key, start) = self.prefix_place(f)?;
+        let max = f.range.end - start;
+        let bytes = tokio::task::spawn_blocking(move || disk.get_prefix(&key, max)).await.ok()??;
+        let chunk = self.archive.chunk_table()?.chunk_size();
+        if let Err(e) = self.check_chunks(f, start, &bytes, chunk) {
+            debug!(layer = %f.layer, span = %f.index, error = &e as &dyn std::error::Error, "prefix file rejected");
+            self.disk.as_ref()?.reject_prefix(&key, bytes.len() as u64);
+            return None;
+        }
+        Some(Held { start, compressed: bytes.into() })
+    }
+
+    /// Keeps on disk the prefix of span `f` that `entry` holds, or, when it holds the whole span (now on
+    /// disk as a span file), removes the prefix file an earlier load may have left. In the background.
+    pub(crate) fn keep_prefix(&self, f: &Fetch, entry: &Entry) {
+        let Some((disk, key, _)) = self.prefix_place(f) else { return };
+        let held = entry.held.as_ref().map(|h| h.compressed.clone());
+        let Some(rt) = tokio::runtime::Handle::try_current().ok().or_else(|| self.runtime.clone()) else { return };
+        drop(rt.spawn_blocking(move || match held {
+            Some(bytes) => disk.put_prefix(&key, &bytes),
+            None => disk.remove_prefix(&key),
+        }));
+    }
+
+    /// The disk cache, the name of span `f`'s prefix file and where that prefix starts in the layer, when
+    /// the index has chunk digests (no prefix is fetched without them).
+    fn prefix_place(&self, f: &Fetch) -> Option<(Arc<crate::DiskCache>, clip_format::Digest, u64)> {
+        let disk = self.disk.clone()?;
+        let chunk = self.archive.chunk_table()?.chunk_size();
+        let layer = self.archive.meta().layers.get(f.layer.index())?.digest;
+        let start = f.range.start / chunk * chunk;
+        Some((disk, crate::cache::prefix_key(&layer, start), start))
     }
 
     /// The bytes of chunks `[from, from + bytes.len())` (a whole number of chunks, or up to the layer's end)

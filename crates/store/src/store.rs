@@ -353,7 +353,12 @@ impl Inner {
         let failed = |_: &StoreError| Counters::bump(&self.counters.fetch_errors);
         let Some(tier) = &self.tier else {
             let held = lock(&self.memory).get(index).and_then(|e| e.held);
-            let entry = self.fetch_upto(fetch, need, held).await.inspect_err(failed)?;
+            let held = match held {
+                Some(held) => Some(held),
+                None => self.disk_prefix(&fetch).await,
+            };
+            let entry = self.fetch_upto(fetch.clone(), need, held).await.inspect_err(failed)?;
+            self.keep_prefix(&fetch, &entry);
             if entry.held.is_some() {
                 lock(&self.memory).put(index, entry.clone(), self.config.memory_bytes);
             }

@@ -15,6 +15,7 @@ use std::time::{Duration, SystemTime};
 use tracing::{debug, warn};
 
 use super::files::{Form, TMP_PREFIX};
+use super::prefix::PREFIXES_DIR;
 use super::{is_sealed, parse_digest, DiskCache, COMPRESSED_SUFFIX, FILES_DIR, SPANS_DIR};
 use crate::lock;
 
@@ -149,7 +150,7 @@ impl DiskCache {
     fn scan(&self) -> io::Result<Vec<Entry>> {
         let mut out = Vec::new();
         let now = SystemTime::now();
-        for area in [SPANS_DIR, FILES_DIR] {
+        for area in [SPANS_DIR, FILES_DIR, PREFIXES_DIR] {
             let shards = match fs::read_dir(self.root.join(area)) {
                 Ok(r) => r,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
@@ -182,6 +183,8 @@ impl DiskCache {
                                 None => continue,
                             }
                         }
+                        PREFIXES_DIR if parse_digest(name).is_some() => None,
+                        PREFIXES_DIR => continue,
                         _ => {
                             let valid = name
                                 .split_once('.')

@@ -10,6 +10,8 @@
 //! - `files/ab/KEY.DIGEST`: a whole regular file assembled from cached spans for FUSE passthrough
 //!   ([`crate::ContentStore::cached_file`]); KEY names what the file is made of, and the file is valid iff
 //!   its bytes hash to DIGEST.
+//! - `prefixes/ab/KEY`: the compressed bytes of a span's prefix that a partial fetch brought, so a later
+//!   process fetches only the rest (see `prefix`); valid iff they match the index's chunk digests.
 //! - `.tmp-*` files next to those: writes in progress. Every file is written under a temp name and renamed
 //!   into place, so a crash never leaves a half-written file under a digest name.
 //!
@@ -26,12 +28,14 @@
 //!
 //! The jobs live apart: this module reads, verifies and writes span files and counts what it does;
 //! `compressed` is the compressed form of a span file; `seal` marks files later processes may trust;
-//! `evict` keeps the bound; `files` holds the file-system helpers (temp files renamed into place, the
-//! private directory, the default location, span file names and opening a span file in either form).
+//! `prefix` keeps the prefixes partial fetches brought; `evict` keeps the bound; `files` holds the
+//! file-system helpers (temp files renamed into place, the private directory, the default location, span
+//! file names and opening a span file in either form).
 
 mod compressed;
 mod evict;
 mod files;
+mod prefix;
 mod seal;
 
 use clip_format::Digest;
@@ -48,6 +52,7 @@ use tracing::{debug, warn};
 pub use evict::Evicted;
 pub use files::{default_cache_dir, private_dir};
 pub(crate) use files::{parse_digest, touch, Form};
+pub(crate) use prefix::prefix_key;
 pub(crate) use seal::{is_sealed, touch_if_stale};
 
 use crate::{lock, StoreError};
@@ -312,9 +317,13 @@ impl DiskCache {
             lock(&self.verified).remove(d);
         }
         if fs::remove_file(path).is_ok() {
-            let size = on_disk(size);
-            let _ = self.total.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| Some(t.saturating_sub(size)));
+            self.forget(on_disk(size));
         }
+    }
+
+    /// Takes `size` bytes (of a file this process deleted or replaced) off the running total.
+    pub(crate) fn forget(&self, size: u64) {
+        let _ = self.total.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| Some(t.saturating_sub(size)));
     }
 }
 
