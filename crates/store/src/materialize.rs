@@ -1,13 +1,14 @@
 //! Whole files for FUSE passthrough: [`ContentStore::cached_file`] hands out a local file holding exactly
 //! a regular file's bytes, assembled from verified spans in the disk cache (the `files/` area, see
-//! [`crate::cache`]). The copy is streamed in small chunks, so memory stays bounded whatever the file size.
+//! [`crate::cache`]). The copy is written a span slice at a time (read through the disk cache's own span reads), so memory
+//! stays bounded by the span size whatever the file size.
 //! A copy is hashed the first time a process uses it unless it is sealed (see `cache::seal`): a sealed copy
 //! is handed out at once. Which copies a process has checked is remembered for at most
 //! [`MAX_VERIFIED_FILES`] files, so memory does not grow with the number of files opened.
 
 use clip_format::Digest;
 use std::fs::{self, File};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Write};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -15,7 +16,7 @@ use clip_format::{Archive, DataRef, SpanSlice};
 use sha2::{Digest as _, Sha256};
 use tracing::debug;
 
-use crate::cache::{is_sealed, on_disk, parse_digest, touch, DiskCache, Form, FILES_DIR};
+use crate::cache::{is_sealed, on_disk, parse_digest, touch, DiskCache, FILES_DIR};
 use crate::{lock, ContentStore, StoreError};
 
 const CHUNK: usize = 64 * 1024;
@@ -118,14 +119,13 @@ impl DiskCache {
             .ok()?;
         let mut content = Sha256::new();
         let mut written = 0u64;
-        let mut buf = vec![0u8; CHUNK];
         for part in parts {
             let out = &mut |bytes: &[u8]| -> io::Result<()> {
                 content.update(bytes);
                 written += bytes.len() as u64;
                 tmp.file.write_all(bytes)
             };
-            if !self.copy_part(part, &mut buf, out)? {
+            if !self.copy_part(part, out)? {
                 return None;
             }
         }
@@ -152,52 +152,17 @@ impl DiskCache {
         known.insert(*key, path);
     }
 
-    /// Streams `part` of its span file into `out`, verifying the span first if this process has not yet
-    /// (and it is not sealed).
-    /// `Some(false)` when the span is missing or fails verification, `None` when writing fails.
-    fn copy_part(&self, part: &FilePart, buf: &mut [u8], out: &mut dyn FnMut(&[u8]) -> io::Result<()>) -> Option<bool> {
-        let path = self.span_path(&part.digest);
-        let Ok(mut span) = File::open(&path) else {
-            // Kept compressed (see `cache::compressed`, spans of tiny files mostly): inflated whole, and
-            // verified as `get` does.
-            let Some(bytes) = self.get(&part.digest, part.span_len) else { return Some(false) };
-            out(&bytes[part.from as usize..part.to as usize]).ok()?;
+    /// Writes `part` of its span file to `out`: by range when the span is trusted (verified by this process,
+    /// or sealed), else read whole and verified first, as [`DiskCache::get`] does (a span file that fails is
+    /// deleted). `Some(false)` when the span is missing or fails verification, `None` when writing fails.
+    fn copy_part(&self, part: &FilePart, out: &mut dyn FnMut(&[u8]) -> io::Result<()>) -> Option<bool> {
+        let (from, to) = (part.from, part.to);
+        if let Some(bytes) = self.get_range(&part.digest, part.span_len, from..to) {
+            out(&bytes).ok()?;
             return Some(true);
-        };
-        let meta = span.metadata().ok()?;
-        let len = meta.len();
-        if len != part.span_len {
-            self.reject(&path, Some(&part.digest), len, "wrong length");
-            return Some(false);
         }
-        let mut hasher = (!self.is_verified(&part.digest) && !is_sealed(&meta)).then(Sha256::new);
-        // A verified span needs only the slice; an unverified one is read whole to check its digest.
-        let (mut pos, stop) = if hasher.is_some() { (0, len) } else { (part.from, part.to) };
-        if span.seek(SeekFrom::Start(pos)).is_err() {
-            return Some(false);
-        }
-        while pos < stop {
-            let n = buf.len().min((stop - pos) as usize);
-            if span.read_exact(&mut buf[..n]).is_err() {
-                return Some(false);
-            }
-            if let Some(h) = &mut hasher {
-                h.update(&buf[..n]);
-            }
-            let (lo, hi) = (pos.max(part.from), (pos + n as u64).min(part.to));
-            if lo < hi {
-                out(&buf[(lo - pos) as usize..(hi - pos) as usize]).ok()?;
-            }
-            pos += n as u64;
-        }
-        if let Some(h) = hasher {
-            if Digest::from_sha256(h.finalize().into()) != part.digest {
-                self.reject(&path, Some(&part.digest), len, "bytes do not match the name");
-                return Some(false);
-            }
-            self.mark_verified(&part.digest, Form::Raw);
-            self.seal(path);
-        }
+        let Some(span) = self.get(&part.digest, part.span_len) else { return Some(false) };
+        out(&span[from as usize..to as usize]).ok()?;
         Some(true)
     }
 }
