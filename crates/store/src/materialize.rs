@@ -1,7 +1,7 @@
 //! Whole files for FUSE passthrough: [`ContentStore::cached_file`] hands out a local file holding exactly
 //! a regular file's bytes, assembled from verified spans in the disk cache (the `files/` area, see
-//! [`crate::cache`]). The copy is written a span slice at a time (read through the disk cache's own span reads), so memory
-//! stays bounded by the span size whatever the file size.
+//! [`crate::cache`]). The copy is written a span slice at a time (read through the disk cache's own span
+//! reads), so memory stays bounded by the span size whatever the file size.
 //! A copy is hashed the first time a process uses it unless it is sealed (see `cache::seal`): a sealed copy
 //! is handed out at once. Which copies a process has checked is remembered for at most
 //! [`MAX_VERIFIED_FILES`] files, so memory does not grow with the number of files opened.
