@@ -139,7 +139,7 @@ impl ClipFs {
     }
 
     pub(crate) fn do_readdirplus(&self, ino: INodeNo, offset: u64, mut reply: ReplyDirectoryPlus) {
-        let _t = self.stats.timed(Op::Readdir);
+        let _t = self.stats.timed(Op::Readdirplus);
         let listed = self.list(ino, offset, |e, next| {
             let attr = file_attr(&e.node);
             reply.add(attr.ino, next, OsStr::from_bytes(e.name), &self.ttls.entry, &attr, Generation(0))

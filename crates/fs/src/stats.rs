@@ -12,7 +12,10 @@ pub enum Op {
     Getattr,
     Readlink,
     Opendir,
+    /// Plain `READDIR`: names and types only.
     Readdir,
+    /// `READDIRPLUS`: names with attributes (the kernel builds an inode for each).
+    Readdirplus,
     Open,
     Read,
     Release,
@@ -26,12 +29,13 @@ pub enum Op {
 
 impl Op {
     /// Every operation, in a fixed order.
-    pub const ALL: [Op; 13] = [
+    pub const ALL: [Op; 14] = [
         Op::Lookup,
         Op::Getattr,
         Op::Readlink,
         Op::Opendir,
         Op::Readdir,
+        Op::Readdirplus,
         Op::Open,
         Op::Read,
         Op::Release,
@@ -50,6 +54,7 @@ impl Op {
             Op::Readlink => "readlink",
             Op::Opendir => "opendir",
             Op::Readdir => "readdir",
+            Op::Readdirplus => "readdirplus",
             Op::Open => "open",
             Op::Read => "read",
             Op::Release => "release",
