@@ -279,22 +279,26 @@ impl DiskCache {
             None => (Form::Raw, bytes),
         };
         let path = self.span_file(digest, form);
+        if self.write_file(&path, data) {
+            self.mark_verified(digest, form);
+            self.added(on_disk(data.len() as u64));
+            self.seal(path);
+        }
+    }
+
+    /// Writes `bytes` to `path` atomically (a temp file beside it, renamed into place). A failure is
+    /// counted and logged, never fatal (the bytes are still served): returns whether the file was written.
+    pub(crate) fn write_file(&self, path: &Path, bytes: &[u8]) -> bool {
         let written = path.parent().ok_or_else(|| io::Error::other("no parent")).and_then(|dir| {
             let mut tmp = self.temp_file(dir)?;
-            io::Write::write_all(&mut tmp.file, data)?;
-            tmp.publish(&path)
+            io::Write::write_all(&mut tmp.file, bytes)?;
+            tmp.publish(path)
         });
-        match written {
-            Ok(()) => {
-                self.mark_verified(digest, form);
-                self.added(on_disk(data.len() as u64));
-                self.seal(path);
-            }
-            Err(e) => {
-                self.counters.write_failures.fetch_add(1, Ordering::Relaxed);
-                warn!(path = %path.display(), error = %e, "cannot write to the disk cache; serving without it");
-            }
+        if let Err(e) = &written {
+            self.counters.write_failures.fetch_add(1, Ordering::Relaxed);
+            warn!(path = %path.display(), error = %e, "cannot write to the disk cache; serving without it");
         }
+        written.is_ok()
     }
 
     pub(crate) fn is_verified(&self, digest: &Digest) -> bool {

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use sha2::{Digest as _, Sha256};
-use tracing::{debug, warn};
+use tracing::debug;
 
 use super::{on_disk, touch, DiskCache};
 
@@ -79,20 +79,9 @@ impl DiskCache {
         if old >= len {
             return;
         }
-        let written = path.parent().ok_or_else(|| io::Error::other("no parent")).and_then(|dir| {
-            let mut tmp = self.temp_file(dir)?;
-            io::Write::write_all(&mut tmp.file, bytes)?;
-            tmp.publish(&path)
-        });
-        match written {
-            Ok(()) => {
-                self.forget(on_disk(old));
-                self.added(on_disk(len));
-            }
-            Err(e) => {
-                self.counters.write_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                warn!(path = %path.display(), error = %e, "cannot write to the disk cache; serving without it");
-            }
+        if self.write_file(&path, bytes) {
+            self.forget(on_disk(old));
+            self.added(on_disk(len));
         }
     }
 
