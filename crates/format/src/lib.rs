@@ -46,6 +46,7 @@ mod meta;
 mod node;
 pub mod part;
 mod reader;
+mod spill;
 mod windows;
 mod writer;
 

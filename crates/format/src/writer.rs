@@ -5,6 +5,7 @@ use std::hash::BuildHasher;
 use std::io::{Read, Write};
 
 use crate::layout::*;
+use crate::spill::Spill;
 use crate::windows::{WindowRef, Windows};
 use crate::{Chunks, Content, FormatError, ImageMeta, Ino, NodeKind, NodeSpec, Xattr};
 
@@ -53,11 +54,28 @@ const STRONG_MAX: usize = 2 << 20;
 /// size, compressing it costs at most ~10 MiB (and the output buffer grows with the compressed bytes only).
 const SECTION_TABLE_LOG: u32 = 20;
 
-/// One eager section compressed with zstd at `level`.
-fn compress_section(raw: &[u8], level: i32) -> Result<Vec<u8>, FormatError> {
+/// The raw bytes of an eager section: in memory, or gathered in a [`Spill`] (which may be in a temporary file).
+#[derive(Clone, Copy)]
+pub(crate) enum Raw<'a> {
+    Bytes(&'a [u8]),
+    Spilled(&'a Spill),
+}
+
+impl Raw<'_> {
+    fn len(&self) -> u64 {
+        match self {
+            Raw::Bytes(b) => b.len() as u64,
+            Raw::Spilled(s) => s.len(),
+        }
+    }
+}
+
+/// One eager section compressed with zstd at `level`. The bytes are fed in pieces when spilled: zstd's
+/// streaming compressor gathers its input into whole blocks, so the frame does not depend on the pieces.
+pub(crate) fn compress_section(raw: Raw<'_>, level: i32) -> Result<Vec<u8>, FormatError> {
     use zstd::zstd_safe::CParameter;
     let mut enc = zstd::stream::Encoder::new(Vec::new(), level).map_err(FormatError::Write)?;
-    enc.set_pledged_src_size(Some(raw.len() as u64)).map_err(FormatError::Write)?;
+    enc.set_pledged_src_size(Some(raw.len())).map_err(FormatError::Write)?;
     for p in [
         CParameter::WindowLog(SECTION_TABLE_LOG),
         CParameter::HashLog(SECTION_TABLE_LOG),
@@ -66,7 +84,10 @@ fn compress_section(raw: &[u8], level: i32) -> Result<Vec<u8>, FormatError> {
         enc.set_parameter(p).map_err(FormatError::Write)?;
     }
     enc.include_contentsize(true).map_err(FormatError::Write)?;
-    enc.write_all(raw).map_err(FormatError::Write)?;
+    match raw {
+        Raw::Bytes(b) => enc.write_all(b).map_err(FormatError::Write)?,
+        Raw::Spilled(s) => s.for_each_chunk(|chunk| enc.write_all(chunk).map_err(FormatError::Write))?,
+    }
     enc.finish().map_err(FormatError::Write)
 }
 
@@ -95,12 +116,12 @@ pub fn write_archive<W: Write>(
         chunks.check(&sizes, contents.spans.len())?;
     }
     let eager = vec![
-        (SEC_META, meta),
-        (SEC_NODE, tables.nodes),
-        (SEC_DENT, tables.dents),
-        (SEC_STRS, tables.strs),
-        (SEC_XATR, tables.xattrs),
-        (SEC_SPAN, spans),
+        (SEC_META, Raw::Bytes(&meta)),
+        (SEC_NODE, Raw::Spilled(&tables.nodes)),
+        (SEC_DENT, Raw::Spilled(&tables.dents)),
+        (SEC_STRS, Raw::Bytes(&tables.strs)),
+        (SEC_XATR, Raw::Bytes(&tables.xattrs)),
+        (SEC_SPAN, Raw::Bytes(&spans)),
     ];
     write_container(contents.kind, eager, &contents.windows, contents.chunks.as_ref(), data, out)
 }
@@ -108,9 +129,9 @@ pub fn write_archive<W: Write>(
 /// Writes header, section table, the `eager` sections (each one zstd frame), the windows as the lazy `WIND`
 /// section, the chunk digests as the lazy `CHNK` section and, with `data`, the `DATA` section: the
 /// container every `.clip` kind shares.
-pub(crate) fn write_container<W: Write, S: AsRef<[u8]>>(
+pub(crate) fn write_container<W: Write>(
     kind: ArchiveKind,
-    eager: Vec<([u8; 4], S)>,
+    eager: Vec<([u8; 4], Raw<'_>)>,
     windows: &Windows,
     chunks: Option<&Chunks>,
     data: Option<DataSource<'_>>,
@@ -119,9 +140,8 @@ pub(crate) fn write_container<W: Write, S: AsRef<[u8]>>(
     let chunks = chunks.map(Chunks::encode).transpose()?;
     let mut bodies: Vec<([u8; 4], u32, Vec<u8>, u64)> = Vec::new();
     for (id, raw) in eager {
-        let raw = raw.as_ref();
-        let raw_len = raw.len() as u64;
-        let level = if raw.len() <= STRONG_MAX { STRONG_LEVEL } else { ZSTD_LEVEL };
+        let raw_len = raw.len();
+        let level = if raw_len <= STRONG_MAX as u64 { STRONG_LEVEL } else { ZSTD_LEVEL };
         let stored = compress_section(raw, level)?;
         bodies.push((id, FLAG_ZSTD, stored, raw_len));
     }
@@ -206,9 +226,13 @@ pub(crate) fn write_container<W: Write, S: AsRef<[u8]>>(
     Ok(total)
 }
 
+/// Raw bytes gathered in memory before a table moves to a temporary file.
+pub(crate) const TABLE_SPILL_AT: usize = 4 << 20;
+
 struct Tables {
-    nodes: Vec<u8>,
-    dents: Vec<u8>,
+    /// `NODE` and `DENT` grow with the image: gathered in [`Spill`]s.
+    nodes: Spill,
+    dents: Spill,
     strs: Vec<u8>,
     xattrs: Vec<u8>,
 }
@@ -284,8 +308,8 @@ fn encode_tables(c: &IndexContents) -> Result<Tables, FormatError> {
     }
 
     let mut strs = Strings::default();
-    let mut nodes = Vec::with_capacity(n * NODE_LEN);
-    let mut dents = Vec::new();
+    let mut nodes = Spill::new(TABLE_SPILL_AT);
+    let mut dents = Spill::new(TABLE_SPILL_AT);
     let mut xattrs = Vec::new();
     let mut dent_count: u32 = 0;
     let mut xattr_count: u32 = 0;
@@ -303,9 +327,11 @@ fn encode_tables(c: &IndexContents) -> Result<Tables, FormatError> {
                 let first = dent_count;
                 for (name, ino) in sorted {
                     let (off, len) = strs.add(name)?;
-                    dents.extend_from_slice(&off.to_le_bytes());
-                    dents.extend_from_slice(&len.to_le_bytes());
-                    dents.extend_from_slice(&ino.0.to_le_bytes());
+                    let mut rec = [0u8; DENT_LEN];
+                    for (at, v) in [off, len, ino.0].into_iter().enumerate() {
+                        rec[at * 4..at * 4 + 4].copy_from_slice(&v.to_le_bytes());
+                    }
+                    dents.append(&rec).map_err(FormatError::Write)?;
                     dent_count += 1;
                 }
                 (0, 0, u64::from(first), children.len() as u32)
@@ -329,19 +355,21 @@ fn encode_tables(c: &IndexContents) -> Result<Tables, FormatError> {
             NodeKind::Dir => links[i] + 2,
             _ => links[i].max(1),
         };
-        nodes.extend_from_slice(&node.mode.to_le_bytes());
-        nodes.extend_from_slice(&node.uid.to_le_bytes());
-        nodes.extend_from_slice(&node.gid.to_le_bytes());
-        nodes.extend_from_slice(&nlink.to_le_bytes());
-        nodes.extend_from_slice(&node.mtime.sec.to_le_bytes());
-        nodes.extend_from_slice(&node.mtime.nsec.to_le_bytes());
-        nodes.extend_from_slice(&layer.to_le_bytes());
-        nodes.extend_from_slice(&size.to_le_bytes());
-        nodes.extend_from_slice(&data.to_le_bytes());
-        nodes.extend_from_slice(&extra.to_le_bytes());
-        nodes.extend_from_slice(&x_first.to_le_bytes());
-        nodes.extend_from_slice(&x_count.to_le_bytes());
-        nodes.extend_from_slice(&parent[i].to_le_bytes());
+        let mut rec = Vec::with_capacity(NODE_LEN);
+        rec.extend_from_slice(&node.mode.to_le_bytes());
+        rec.extend_from_slice(&node.uid.to_le_bytes());
+        rec.extend_from_slice(&node.gid.to_le_bytes());
+        rec.extend_from_slice(&nlink.to_le_bytes());
+        rec.extend_from_slice(&node.mtime.sec.to_le_bytes());
+        rec.extend_from_slice(&node.mtime.nsec.to_le_bytes());
+        rec.extend_from_slice(&layer.to_le_bytes());
+        rec.extend_from_slice(&size.to_le_bytes());
+        rec.extend_from_slice(&data.to_le_bytes());
+        rec.extend_from_slice(&extra.to_le_bytes());
+        rec.extend_from_slice(&x_first.to_le_bytes());
+        rec.extend_from_slice(&x_count.to_le_bytes());
+        rec.extend_from_slice(&parent[i].to_le_bytes());
+        nodes.append(&rec).map_err(FormatError::Write)?;
     }
     Ok(Tables { nodes, dents, strs: strs.blob, xattrs })
 }

@@ -53,7 +53,11 @@ pub fn assemble(
         }
         let layer = LayerIndex::from_index(i);
         if i <= last {
-            merger.apply_layer(layer, part.entries).map_err(|source| IndexError::Merge { layer, source })?;
+            let mut entries = part.entries.into_iter();
+            merger.apply_layer(layer, entries.by_ref()).map_err(|source| IndexError::Merge { layer, source })?;
+            if let Some(source) = entries.take_error() {
+                return Err(IndexError::Entries { layer, source });
+            }
         }
         layers.push(LayerMeta {
             media_type: media_types.get(i).cloned().unwrap_or_default(),

@@ -1,25 +1,35 @@
 //! [`PartEntries`]: a layer's tar entries held in the part's own encoding — [`ENTRY_LEN`]-byte records, one
 //! interned string blob and [`XATTR_LEN`]-byte xattr records — from the moment the indexer parses them until
-//! the part is written or merged. An entry costs its record plus its path's bytes, about half of a
-//! `Vec<TarEntry>` (no per-entry allocations, no key copies), and writing the part copies nothing.
+//! the part is written or merged. An entry costs its path's bytes in memory (no per-entry allocations, no key
+//! copies); the records past a few MiB wait in a temporary file, read back in order by the merge and by the
+//! part writer.
 
 use crate::layout::*;
-use crate::writer::{encode_xattrs, Strings};
+use crate::spill::Spill;
+use crate::writer::{encode_xattrs, Strings, TABLE_SPILL_AT};
 use crate::{Corruption, FormatError, Timestamp, Xattr};
 
 use super::{EntryKind, PartMeta, TarEntry};
 
 /// Entries in stream order, encoded. Build with [`PartEntries::push`]; read with [`PartEntries::iter`] (or by
 /// value with `into_iter`), which gives back each [`TarEntry`] as pushed, its xattrs sorted by name.
-#[derive(Default)]
 pub struct PartEntries {
     /// `ENTR`: one [`ENTRY_LEN`]-byte record an entry.
-    pub(super) records: Vec<u8>,
+    pub(super) records: Spill,
     /// `STRS`: paths, link targets, xattr names and values.
     pub(super) strs: Strings,
     /// `XATR`: one [`XATTR_LEN`]-byte record an xattr.
     pub(super) xattrs: Vec<u8>,
 }
+
+impl Default for PartEntries {
+    fn default() -> Self {
+        PartEntries { records: Spill::new(TABLE_SPILL_AT), strs: Strings::default(), xattrs: Vec::new() }
+    }
+}
+
+/// Records read back from the file at a time.
+const BATCH: usize = 2048;
 
 impl PartEntries {
     /// Appends `e` after the entries so far.
@@ -29,7 +39,7 @@ impl PartEntries {
         let x_first = u32::try_from(self.xattrs.len() / XATTR_LEN)
             .map_err(|_| FormatError::Invalid("more than 2^32 xattrs in a layer".into()))?;
         let x_count = encode_xattrs(&e.xattrs, &mut self.strs, &mut self.xattrs)?;
-        let r = &mut self.records;
+        let mut r = Vec::with_capacity(ENTRY_LEN);
         r.extend_from_slice(&[e.kind.code(), 0, 0, 0]);
         for v in [e.mode, e.uid, e.gid] {
             r.extend_from_slice(&v.to_le_bytes());
@@ -44,7 +54,7 @@ impl PartEntries {
         for v in [path_off, path_len, link_off, link_len, x_first, x_count, 0] {
             r.extend_from_slice(&v.to_le_bytes());
         }
-        Ok(())
+        self.records.append(&r).map_err(FormatError::Write)
     }
 
     /// Encodes `entries` in order.
@@ -58,17 +68,17 @@ impl PartEntries {
 
     /// How many entries.
     pub fn len(&self) -> usize {
-        self.records.len() / ENTRY_LEN
+        (self.records.len() / ENTRY_LEN as u64) as usize
     }
 
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
-        self.records.is_empty()
+        self.records.len() == 0
     }
 
     /// The entries in order.
-    pub fn iter(&self) -> impl Iterator<Item = TarEntry> + '_ {
-        self.records.chunks_exact(ENTRY_LEN).map(|rec| self.decode(rec))
+    pub fn iter(&self) -> Iter<'_> {
+        Iter { entries: self, cursor: Cursor::default() }
     }
 
     /// Takes encoded sections as read from a part, checking every record: kinds known, strings and xattrs
@@ -109,6 +119,7 @@ impl PartEntries {
                 string_ok(r.u32(), r.u32())?;
             }
         }
+        let records = Spill::from_vec(records, TABLE_SPILL_AT).map_err(FormatError::Write)?;
         Ok(PartEntries { records, strs: Strings::from_blob(strs), xattrs })
     }
 
@@ -152,31 +163,85 @@ impl IntoIterator for PartEntries {
     type Item = TarEntry;
     type IntoIter = IntoIter;
 
-    /// The entries in order, each decoded as it is taken.
-    fn into_iter(self) -> IntoIter {
-        IntoIter { entries: self, next: 0 }
+    /// The entries in order, each decoded as it is taken. The strings' index (needed only to add more) is
+    /// dropped first.
+    fn into_iter(mut self) -> IntoIter {
+        self.strs = Strings::from_blob(std::mem::take(&mut self.strs.blob));
+        IntoIter { entries: self, cursor: Cursor::default() }
     }
 }
 
-/// The entries of a [`PartEntries`] by value, decoded one at a time.
+/// Where a walk over the records is: [`BATCH`] records are read at a time (from the temporary file, once
+/// spilled).
+#[derive(Default)]
+struct Cursor {
+    /// Records taken so far.
+    next: usize,
+    batch: Vec<u8>,
+    at: usize,
+    /// Why reading the records back failed (the walk then ended early).
+    error: Option<FormatError>,
+}
+
+impl Cursor {
+    fn take(&mut self, entries: &PartEntries) -> Option<TarEntry> {
+        if self.at == self.batch.len() {
+            let n = (entries.len() - self.next).min(BATCH);
+            if n == 0 || self.error.is_some() {
+                return None;
+            }
+            self.batch.resize(n * ENTRY_LEN, 0);
+            if let Err(e) = entries.records.read_exact_at(&mut self.batch, (self.next * ENTRY_LEN) as u64) {
+                self.error = Some(FormatError::Write(e));
+                return None;
+            }
+            self.at = 0;
+        }
+        let rec = &self.batch[self.at..self.at + ENTRY_LEN];
+        self.at += ENTRY_LEN;
+        self.next += 1;
+        Some(entries.decode(rec))
+    }
+}
+
+/// The entries of a [`PartEntries`] by value, decoded one at a time. Should reading the records back from
+/// their temporary file fail, the walk ends early and [`IntoIter::take_error`] says why.
 pub struct IntoIter {
     entries: PartEntries,
-    next: usize,
+    cursor: Cursor,
+}
+
+impl IntoIter {
+    /// Why the walk ended before the last entry, if it did.
+    pub fn take_error(&mut self) -> Option<FormatError> {
+        self.cursor.error.take()
+    }
 }
 
 impl Iterator for IntoIter {
     type Item = TarEntry;
 
     fn next(&mut self) -> Option<TarEntry> {
-        let start = self.next * ENTRY_LEN;
-        let rec = self.entries.records.get(start..start + ENTRY_LEN)?;
-        self.next += 1;
-        Some(self.entries.decode(rec))
+        self.cursor.take(&self.entries)
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        let left = self.entries.len() - self.next;
-        (left, Some(left))
+        let left = self.entries.len() - self.cursor.next;
+        (0, Some(left))
+    }
+}
+
+/// The entries of a [`PartEntries`], decoded one at a time (ending early, should the records not read back).
+pub struct Iter<'a> {
+    entries: &'a PartEntries,
+    cursor: Cursor,
+}
+
+impl Iterator for Iter<'_> {
+    type Item = TarEntry;
+
+    fn next(&mut self) -> Option<TarEntry> {
+        self.cursor.take(self.entries)
     }
 }
 
