@@ -143,7 +143,7 @@ impl Step<'_> {
                 }
             }
             for name in lower {
-                self.tree.unlink(dir, &name);
+                self.tree.unlink(dir, name.as_bytes());
             }
         }
     }
@@ -165,7 +165,7 @@ impl Step<'_> {
                     self.tree.unlink(parent, name);
                 }
                 let node = self.create(entry)?;
-                self.tree.link(parent, name.to_vec(), node, 0);
+                self.tree.link(parent, name, node, 0);
             }
         }
         self.mark_upper(&resolved, parent, name);
@@ -191,7 +191,7 @@ impl Step<'_> {
                         return Err(MergeError::NameTooLong { layer: self.layer, path: self.path_string() });
                     }
                     let id = self.alloc(Meta::implicit_dir(), Body::Dir(BTreeMap::new()))?;
-                    self.tree.link(dir, resolved[i].name.clone(), id, 0);
+                    self.tree.link(dir, &resolved[i].name, id, 0);
                     resolved[i].node = Some(id);
                     id
                 }
@@ -219,7 +219,7 @@ impl Step<'_> {
                 let mut meta = perm(mode::S_IFLNK);
                 // Symlinks have no mode of their own; `umoci` does not chmod them.
                 meta.mode = mode::S_IFLNK | 0o777;
-                (meta, Body::Symlink(entry.link_target.clone()))
+                (meta, Body::Symlink(entry.link_target.as_slice().into()))
             }
             EntryKind::CharDevice | EntryKind::BlockDevice => {
                 let bits = if entry.kind == EntryKind::CharDevice { mode::S_IFCHR } else { mode::S_IFBLK };
@@ -291,11 +291,6 @@ fn meta(entry: &TarEntry, type_bits: u32) -> Meta {
         .filter(|x| !IGNORED_XATTRS.contains(&x.name.as_slice()))
         .map(|x| (x.name.as_slice(), x.value.as_slice()))
         .collect();
-    Meta {
-        mode: type_bits | (entry.mode & 0o7777),
-        uid: entry.uid,
-        gid: entry.gid,
-        mtime: entry.mtime,
-        xattrs: xattrs.into_iter().map(|(n, v)| Xattr { name: n.to_vec(), value: v.to_vec() }).collect(),
-    }
+    let xattrs = xattrs.into_iter().map(|(n, v)| Xattr { name: n.to_vec(), value: v.to_vec() }).collect();
+    Meta::new(type_bits | (entry.mode & 0o7777), entry.uid, entry.gid, entry.mtime, xattrs)
 }

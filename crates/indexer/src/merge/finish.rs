@@ -31,23 +31,17 @@ pub(super) fn finish(mut tree: Tree) -> Vec<NodeSpec> {
     for &id in &order {
         let Some(node) = tree.take(id) else { continue };
         let content = match node.body {
-            Body::Dir(children) => {
-                Content::Dir(children.into_iter().map(|(name, child)| (name, ino(child.node))).collect())
-            }
+            Body::Dir(children) => Content::Dir(
+                children.into_iter().map(|(name, child)| (name.as_bytes().to_vec(), ino(child.node))).collect(),
+            ),
             Body::File(data) => Content::File(data),
-            Body::Symlink(target) => Content::Symlink(target),
+            Body::Symlink(target) => Content::Symlink(target.into_vec()),
             Body::Device { major, minor } => Content::Device { major, minor },
             Body::Special => Content::Special,
         };
         let meta = node.meta;
-        specs.push(NodeSpec {
-            mode: meta.mode,
-            uid: meta.uid,
-            gid: meta.gid,
-            mtime: meta.mtime,
-            xattrs: meta.xattrs,
-            content,
-        });
+        let (mode, uid, gid, mtime) = (meta.mode, meta.uid, meta.gid, meta.mtime());
+        specs.push(NodeSpec { mode, uid, gid, mtime, xattrs: meta.into_xattrs(), content });
     }
     specs
 }

@@ -1,6 +1,10 @@
 //! The in-memory file tree the layers are applied to: an arena of inodes, each directory a `BTreeMap` from
 //! name to child (O(log n) lookups, sorted for deterministic output). Hard links are several directory
 //! entries naming one inode; an inode is freed when its last name goes. Nothing here recurses.
+//!
+//! A million-file image holds a million of each, so both are kept small: a node is 72 bytes (its mtime split
+//! so no padding sits inside, its rare xattrs behind one pointer), a name up to [`INLINE`] bytes sits in
+//! its map slot instead of an allocation of its own.
 
 use std::collections::BTreeMap;
 
@@ -25,23 +29,104 @@ pub(super) struct Meta {
     pub mode: u32,
     pub uid: u32,
     pub gid: u32,
-    pub mtime: Timestamp,
-    pub xattrs: Vec<Xattr>,
+    nsec: u32,
+    sec: i64,
+    /// Sorted by name; None when there are none.
+    xattrs: Option<Box<Vec<Xattr>>>,
 }
 
 impl Meta {
+    pub fn new(mode: u32, uid: u32, gid: u32, mtime: Timestamp, xattrs: Vec<Xattr>) -> Meta {
+        let xattrs = (!xattrs.is_empty()).then(|| Box::new(xattrs));
+        Meta { mode, uid, gid, nsec: mtime.nsec, sec: mtime.sec, xattrs }
+    }
+
     /// A directory that `umoci` creates with `MkdirAll` (0o777 under the usual 022 umask), owned by root,
     /// mtime 0.
     pub fn implicit_dir() -> Meta {
-        Meta { mode: mode::S_IFDIR | 0o755, uid: 0, gid: 0, mtime: Timestamp::default(), xattrs: Vec::new() }
+        Meta::new(mode::S_IFDIR | 0o755, 0, 0, Timestamp::default(), Vec::new())
+    }
+
+    pub fn mtime(&self) -> Timestamp {
+        Timestamp { sec: self.sec, nsec: self.nsec }
+    }
+
+    pub fn xattrs(&self) -> &[Xattr] {
+        self.xattrs.as_deref().map_or(&[], Vec::as_slice)
+    }
+
+    pub fn into_xattrs(self) -> Vec<Xattr> {
+        self.xattrs.map(|x| *x).unwrap_or_default()
+    }
+}
+
+/// Longest name kept inline in a [`Name`].
+pub(super) const INLINE: usize = 22;
+
+/// A directory entry's name: up to [`INLINE`] bytes in place, longer ones in an allocation. Ordered, compared
+/// and borrowed as its bytes, so a map keyed by names is looked up with a `&[u8]`.
+#[derive(Clone)]
+pub(super) enum Name {
+    Inline(u8, [u8; INLINE]),
+    Heap(Box<[u8]>),
+}
+
+impl Name {
+    pub fn new(bytes: &[u8]) -> Name {
+        if bytes.len() <= INLINE {
+            let mut inline = [0u8; INLINE];
+            inline[..bytes.len()].copy_from_slice(bytes);
+            Name::Inline(bytes.len() as u8, inline)
+        } else {
+            Name::Heap(bytes.into())
+        }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            Name::Inline(len, bytes) => &bytes[..*len as usize],
+            Name::Heap(bytes) => bytes,
+        }
+    }
+}
+
+impl std::borrow::Borrow<[u8]> for Name {
+    fn borrow(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+impl PartialEq for Name {
+    fn eq(&self, other: &Name) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for Name {}
+
+impl PartialOrd for Name {
+    fn partial_cmp(&self, other: &Name) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Name {
+    fn cmp(&self, other: &Name) -> std::cmp::Ordering {
+        self.as_bytes().cmp(other.as_bytes())
+    }
+}
+
+impl std::fmt::Debug for Name {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", String::from_utf8_lossy(self.as_bytes()))
     }
 }
 
 #[derive(Debug)]
 pub(super) enum Body {
-    Dir(BTreeMap<Vec<u8>, Child>),
+    Dir(BTreeMap<Name, Child>),
     File(DataRef),
-    Symlink(Vec<u8>),
+    Symlink(Box<[u8]>),
     Device { major: u32, minor: u32 },
     Special,
 }
@@ -130,14 +215,14 @@ impl Tree {
         matches!(self.node(id).body, Body::Dir(_))
     }
 
-    pub fn children(&self, dir: NodeId) -> Option<&BTreeMap<Vec<u8>, Child>> {
+    pub fn children(&self, dir: NodeId) -> Option<&BTreeMap<Name, Child>> {
         match &self.node(dir).body {
             Body::Dir(children) => Some(children),
             _ => None,
         }
     }
 
-    fn children_mut(&mut self, dir: NodeId) -> Option<&mut BTreeMap<Vec<u8>, Child>> {
+    fn children_mut(&mut self, dir: NodeId) -> Option<&mut BTreeMap<Name, Child>> {
         match &mut self.node_mut(dir).body {
             Body::Dir(children) => Some(children),
             _ => None,
@@ -164,10 +249,10 @@ impl Tree {
     }
 
     /// Add the entry `name` → `node` to directory `dir` (which must not have one by that name).
-    pub fn link(&mut self, dir: NodeId, name: Vec<u8>, node: NodeId, upper: u32) {
+    pub fn link(&mut self, dir: NodeId, name: &[u8], node: NodeId, upper: u32) {
         self.node_mut(node).links += 1;
         if let Some(children) = self.children_mut(dir) {
-            let old = children.insert(name, Child { node, upper });
+            let old = children.insert(Name::new(name), Child { node, upper });
             debug_assert!(old.is_none(), "link over an existing entry");
         }
     }
@@ -209,5 +294,31 @@ impl Tree {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_order_and_look_up_as_their_bytes_inline_or_not() {
+        let long = [b'x'; INLINE + 1];
+        let names: Vec<&[u8]> = vec![b"", b"a", b"ab", b"b", &long[..INLINE], &long, b"\xff"];
+        let mut map = BTreeMap::new();
+        for (i, n) in names.iter().enumerate().rev() {
+            map.insert(Name::new(n), i);
+        }
+        let back: Vec<&[u8]> = map.keys().map(Name::as_bytes).collect();
+        let mut sorted = names.clone();
+        sorted.sort();
+        assert_eq!(back, sorted);
+        assert!(matches!(Name::new(&long[..INLINE]), Name::Inline(..)));
+        assert!(matches!(Name::new(&long), Name::Heap(_)));
+        for (i, n) in names.iter().enumerate() {
+            assert_eq!(map.get(*n), Some(&i));
+        }
+        assert_eq!(std::mem::size_of::<Name>(), 24);
+        assert!(std::mem::size_of::<Option<Node>>() <= 72, "{}", std::mem::size_of::<Option<Node>>());
     }
 }
