@@ -6,7 +6,7 @@
 
 use crate::layout::*;
 use crate::spill::Spill;
-use crate::writer::{encode_xattrs, Strings, TABLE_SPILL_AT};
+use crate::tables::{encode_xattrs, Strings, TABLE_SPILL_AT};
 use crate::{Corruption, FormatError, Timestamp, Xattr};
 
 use super::{EntryKind, PartMeta, TarEntry};

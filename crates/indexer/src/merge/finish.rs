@@ -1,38 +1,59 @@
-//! Turning the merged tree into the writer's [`NodeSpec`] list: root first, then breadth-first in name-byte
-//! order, each inode once, so the same image always gives the same list.
+//! Turning the merged tree into the writer's input: root first, then breadth-first in name-byte order, each
+//! inode once, so the same image always gives the same list. [`finish`] gives [`NodeSpec`]s; [`encode`]
+//! encodes the same inodes straight into the index's tables ([`TreeTables`]), taking each out of the tree as
+//! it goes, so no inode is held twice.
 
-use clip_format::{Content, Ino, NodeSpec};
+use clip_format::{Content, FormatError, Ino, NodeRecord, NodeSpec, RecordContent, TreeTables};
 
-use super::tree::{Body, NodeId, Tree};
+use super::tree::{Body, Name, NodeId, Tree};
 
 const UNASSIGNED: u32 = u32::MAX;
 
-pub(super) fn finish(mut tree: Tree) -> Vec<NodeSpec> {
-    // Number every reachable inode in breadth-first order.
-    let mut index_of = vec![UNASSIGNED; tree.capacity()];
-    let mut order = vec![NodeId::ROOT];
-    index_of[0] = 0;
-    let mut next = 0;
-    while next < order.len() {
-        if let Some(children) = tree.children(order[next]) {
-            for child in children.values() {
-                let slot = &mut index_of[child.node.0 as usize];
-                if *slot == UNASSIGNED {
-                    // At most `capacity` < u32::MAX inodes, so this fits.
-                    *slot = order.len() as u32;
-                    order.push(child.node);
+/// The reachable inodes in breadth-first order, and for each (but the root) the position in that order of
+/// the directory that names it first.
+struct Order {
+    ids: Vec<NodeId>,
+    parents: Vec<u32>,
+    index_of: Vec<u32>,
+}
+
+impl Order {
+    fn of(tree: &Tree) -> Order {
+        let mut index_of = vec![UNASSIGNED; tree.capacity()];
+        let mut ids = vec![NodeId::ROOT];
+        let mut parents = vec![0];
+        index_of[0] = 0;
+        let mut next = 0;
+        while next < ids.len() {
+            if let Some(children) = tree.children(ids[next]) {
+                for child in children.values() {
+                    let slot = &mut index_of[child.node.0 as usize];
+                    if *slot == UNASSIGNED {
+                        // At most `capacity` < u32::MAX inodes, so this fits.
+                        *slot = ids.len() as u32;
+                        ids.push(child.node);
+                        parents.push(next as u32);
+                    }
                 }
             }
+            next += 1;
         }
-        next += 1;
+        Order { ids, parents, index_of }
     }
-    let ino = |id: NodeId| Ino::from_index(index_of[id.0 as usize] as usize);
-    let mut specs = Vec::with_capacity(order.len());
-    for &id in &order {
+
+    fn ino(&self, id: NodeId) -> Ino {
+        Ino::from_index(self.index_of[id.0 as usize] as usize)
+    }
+}
+
+pub(super) fn finish(mut tree: Tree) -> Vec<NodeSpec> {
+    let order = Order::of(&tree);
+    let mut specs = Vec::with_capacity(order.ids.len());
+    for &id in &order.ids {
         let Some(node) = tree.take(id) else { continue };
         let content = match node.body {
             Body::Dir(children) => Content::Dir(
-                children.into_iter().map(|(name, child)| (name.as_bytes().to_vec(), ino(child.node))).collect(),
+                children.into_iter().map(|(name, child)| (name.as_bytes().to_vec(), order.ino(child.node))).collect(),
             ),
             Body::File(data) => Content::File(data),
             Body::Symlink(target) => Content::Symlink(target.into_vec()),
@@ -44,4 +65,134 @@ pub(super) fn finish(mut tree: Tree) -> Vec<NodeSpec> {
         specs.push(NodeSpec { mode, uid, gid, mtime, xattrs: meta.into_xattrs(), content });
     }
     specs
+}
+
+/// The inodes [`finish`] would give, encoded as they are taken out of the tree.
+pub(super) fn encode(mut tree: Tree) -> Result<TreeTables, FormatError> {
+    let order = Order::of(&tree);
+    let mut tables = TreeTables::new();
+    let mut names: Vec<(Name, Ino)> = Vec::new();
+    for (at, &id) in order.ids.iter().enumerate() {
+        let Some(node) = tree.take(id) else { continue };
+        let parent = if at == 0 { Ino::ROOT } else { Ino::from_index(order.parents[at] as usize) };
+        let links = node.links();
+        let (content, nlink) = match node.body {
+            Body::Dir(children) => {
+                // A directory is named once, so its subdirectories come after it and are still in the tree;
+                // an inode already taken is a hard-linked non-directory.
+                let mut subdirs = 0;
+                names.clear();
+                for (name, child) in children {
+                    if tree.get(child.node).is_some_and(|n| matches!(n.body, Body::Dir(_))) {
+                        subdirs += 1;
+                    }
+                    names.push((name, order.ino(child.node)));
+                }
+                (None, subdirs + 2)
+            }
+            Body::File(data) => (Some(RecordContent::File(data)), links.max(1)),
+            Body::Symlink(ref target) => (Some(RecordContent::Symlink(target)), links.max(1)),
+            Body::Device { major, minor } => (Some(RecordContent::Device { major, minor }), links.max(1)),
+            Body::Special => (Some(RecordContent::Special), links.max(1)),
+        };
+        let entries: Vec<(&[u8], Ino)>;
+        let content = match content {
+            Some(c) => c,
+            None => {
+                entries = names.iter().map(|(n, ino)| (n.as_bytes(), *ino)).collect();
+                RecordContent::Dir(&entries)
+            }
+        };
+        let m = &node.meta;
+        let (mode, uid, gid, mtime, xattrs) = (m.mode, m.uid, m.gid, m.mtime(), m.xattrs());
+        tables.push(NodeRecord { mode, uid, gid, mtime, nlink, parent, xattrs, content })?;
+    }
+    Ok(tables)
+}
+
+#[cfg(test)]
+mod tests {
+    use clip_format::{write_index, ArchiveKind, ImageMeta, IndexContents, LayerIndex, Timestamp, Windows, Xattr};
+
+    use crate::merge::Merger;
+    use crate::tar::{EntryKind, TarEntry};
+
+    fn entry(path: &str, kind: EntryKind, target: &str) -> TarEntry {
+        TarEntry {
+            path: path.as_bytes().to_vec(),
+            kind,
+            mode: 0o640,
+            uid: 7,
+            gid: 8,
+            size: if kind == EntryKind::File { 10 } else { 0 },
+            mtime: Timestamp { sec: 1_700_000_000, nsec: 5 },
+            link_target: target.as_bytes().to_vec(),
+            dev_major: 1,
+            dev_minor: 3,
+            xattrs: Vec::new(),
+            data_offset: 512,
+            header_offset: 0,
+        }
+    }
+
+    fn layers() -> Vec<Vec<TarEntry>> {
+        use EntryKind::*;
+        let long = "a-name-longer-than-twenty-two-bytes";
+        let mut cap = entry("usr/bin/ping", File, "");
+        cap.xattrs = vec![Xattr { name: b"security.capability".to_vec(), value: vec![1, 0, 0, 2] }];
+        vec![
+            vec![
+                entry("usr", Dir, ""),
+                entry("usr/bin", Dir, ""),
+                cap,
+                entry("usr/bin/gone", File, ""),
+                entry(&format!("usr/{long}"), Dir, ""),
+                entry(&format!("usr/{long}/f"), File, ""),
+                entry("z", File, ""),
+                // Named first from a deeper directory in the tar, first from the root breadth-first.
+                entry("usr/bin/zz", HardLink, "z"),
+                entry("a/b/c/link", Symlink, "../../../usr/bin/ping"),
+                entry("dev/null", CharDevice, ""),
+                entry("dev/fifo", Fifo, ""),
+            ],
+            vec![
+                entry("usr/bin/.wh.gone", File, ""),
+                entry("usr/bin/again", HardLink, "usr/bin/ping"),
+                entry("a/.wh..wh..opq", File, ""),
+                entry("a/new", File, ""),
+            ],
+        ]
+    }
+
+    fn merged() -> Merger {
+        let mut m = Merger::new();
+        for (i, layer) in layers().into_iter().enumerate() {
+            m.apply_layer(LayerIndex::from_index(i), layer).unwrap();
+        }
+        m
+    }
+
+    fn bytes(contents: IndexContents) -> Vec<u8> {
+        let mut out = Vec::new();
+        write_index(&contents, &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn the_encoded_tree_writes_the_same_index_as_its_node_specs() {
+        let contents = |nodes, tree| IndexContents {
+            kind: ArchiveKind::IndexOnly,
+            meta: ImageMeta::default(),
+            nodes,
+            spans: Vec::new(),
+            windows: Windows::new(),
+            chunks: None,
+            tree,
+        };
+        let specs = merged().finish();
+        let tables = merged().encode().unwrap();
+        assert_eq!(tables.len(), specs.len());
+        assert_eq!(specs.len(), 12, "root, usr, bin, ping, the long dir, f, z, a, new, dev, null, fifo");
+        assert_eq!(bytes(contents(Vec::new(), Some(tables))), bytes(contents(specs, None)));
+    }
 }

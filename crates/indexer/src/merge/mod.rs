@@ -160,6 +160,12 @@ impl Merger {
         finish::finish(self.tree)
     }
 
+    /// The merged tree (as [`Merger::finish`]) encoded straight into the index's tables: each inode is taken
+    /// out of the tree as it is encoded, so a big image's inodes are never held twice.
+    pub fn encode(self) -> Result<clip_format::TreeTables, clip_format::FormatError> {
+        finish::encode(self.tree)
+    }
+
     /// The merged tree (as [`Merger::finish`]) and, for a merger made [`Merger::with_views`], each layer's
     /// view in the same form: element 0 its root, a whiteout a character device 0/0, an opaque directory with
     /// the xattr [`OPAQUE_XATTR`] = `y`.
