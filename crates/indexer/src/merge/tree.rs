@@ -4,7 +4,7 @@
 //!
 //! A million-file image holds a million of each, so both are kept small: a node is 72 bytes (its mtime split
 //! so no padding sits inside, its rare xattrs behind one pointer), a name up to [`INLINE`] bytes sits in
-//! its map slot instead of an allocation of its own.
+//! its 16-byte map slot instead of an allocation of its own.
 
 use std::collections::BTreeMap;
 
@@ -63,14 +63,15 @@ impl Meta {
 }
 
 /// Longest name kept inline in a [`Name`].
-pub(super) const INLINE: usize = 22;
+pub(super) const INLINE: usize = 14;
 
-/// A directory entry's name: up to [`INLINE`] bytes in place, longer ones in an allocation. Ordered, compared
-/// and borrowed as its bytes, so a map keyed by names is looked up with a `&[u8]`.
+/// A directory entry's name in 16 bytes: up to [`INLINE`] bytes in place, longer ones behind a thin pointer.
+/// Ordered, compared and borrowed as its bytes, so a map keyed by names is looked up with a `&[u8]`.
 #[derive(Clone)]
 pub(super) enum Name {
     Inline(u8, [u8; INLINE]),
-    Heap(Box<[u8]>),
+    #[allow(clippy::redundant_allocation)] // a thin pointer keeps the name at 16 bytes
+    Heap(Box<Box<[u8]>>),
 }
 
 impl Name {
@@ -80,7 +81,7 @@ impl Name {
             inline[..bytes.len()].copy_from_slice(bytes);
             Name::Inline(bytes.len() as u8, inline)
         } else {
-            Name::Heap(bytes.into())
+            Name::Heap(Box::new(bytes.into()))
         }
     }
 
@@ -332,7 +333,7 @@ mod tests {
         for (i, n) in names.iter().enumerate() {
             assert_eq!(map.get(*n), Some(&i));
         }
-        assert_eq!(std::mem::size_of::<Name>(), 24);
+        assert_eq!(std::mem::size_of::<Name>(), 16);
         assert!(std::mem::size_of::<Option<Node>>() <= 72, "{}", std::mem::size_of::<Option<Node>>());
     }
 }
