@@ -126,10 +126,14 @@ impl PartEntries {
     /// The entry of record `rec`. Every record was checked when pushed or read, so the lookups hold; should
     /// one not, the string reads as empty rather than panicking.
     fn decode(&self, rec: &[u8]) -> TarEntry {
-        let f = Fields::of(rec);
-        let string = |(off, len): (u32, u32)| -> Vec<u8> {
+        self.decode_with(rec, &mut |(off, len)| {
             self.strs.blob.get(off as usize..off as usize + len as usize).map(<[u8]>::to_vec).unwrap_or_default()
-        };
+        })
+    }
+
+    /// The entry of record `rec`, its strings (offset, length) fetched by `string`.
+    fn decode_with(&self, rec: &[u8], string: &mut dyn FnMut((u32, u32)) -> Vec<u8>) -> TarEntry {
+        let f = Fields::of(rec);
         let x_range = f.x_first as usize * XATTR_LEN..(f.x_first as usize + f.x_count as usize) * XATTR_LEN;
         let xattrs = self
             .xattrs
@@ -141,8 +145,9 @@ impl PartEntries {
                 Xattr { name: string((r.u32(), r.u32())), value: string((r.u32(), r.u32())) }
             })
             .collect();
+        let path = string(f.path);
         TarEntry {
-            path: string(f.path),
+            path,
             kind: EntryKind::from_code(f.code).unwrap_or(EntryKind::File),
             mode: f.mode,
             uid: f.uid,
@@ -164,10 +169,20 @@ impl IntoIterator for PartEntries {
     type IntoIter = IntoIter;
 
     /// The entries in order, each decoded as it is taken. The strings' index (needed only to add more) is
-    /// dropped first.
+    /// dropped first, and strings past a few MiB move to a temporary file, so a merge holds neither.
     fn into_iter(mut self) -> IntoIter {
-        self.strs = Strings::from_blob(std::mem::take(&mut self.strs.blob));
-        IntoIter { entries: self, cursor: Cursor::default() }
+        let blob = std::mem::take(&mut self.strs.blob);
+        let mut cursor = Cursor::default();
+        let mut file = None;
+        if blob.len() > TABLE_SPILL_AT {
+            match Spill::from_vec(blob, TABLE_SPILL_AT) {
+                Ok(blob) => file = Some(FileStrings { blob, start: 0, window: Vec::new() }),
+                Err(e) => cursor.error = Some(FormatError::Write(e)),
+            }
+        } else {
+            self.strs = Strings::from_blob(blob);
+        }
+        IntoIter { entries: self, cursor, file }
     }
 }
 
@@ -184,10 +199,14 @@ struct Cursor {
 }
 
 impl Cursor {
-    fn take(&mut self, entries: &PartEntries) -> Option<TarEntry> {
+    /// The next record.
+    fn take<'c>(&'c mut self, entries: &PartEntries) -> Option<&'c [u8]> {
+        if self.error.is_some() {
+            return None;
+        }
         if self.at == self.batch.len() {
             let n = (entries.len() - self.next).min(BATCH);
-            if n == 0 || self.error.is_some() {
+            if n == 0 {
                 return None;
             }
             self.batch.resize(n * ENTRY_LEN, 0);
@@ -200,7 +219,46 @@ impl Cursor {
         let rec = &self.batch[self.at..self.at + ENTRY_LEN];
         self.at += ENTRY_LEN;
         self.next += 1;
-        Some(entries.decode(rec))
+        Some(rec)
+    }
+}
+
+/// Bytes of the strings read from the file at a time, once they moved there.
+const STRINGS_WINDOW: usize = 256 << 10;
+
+/// The strings of entries walked by value, once moved to a temporary file: read through a window that moves
+/// forward with the paths (which were added in entry order); a string behind the window (a hard link's
+/// target, a repeated xattr name) is read on its own.
+struct FileStrings {
+    blob: Spill,
+    start: u64,
+    window: Vec<u8>,
+}
+
+impl FileStrings {
+    fn get(&mut self, off: u32, len: u32) -> std::io::Result<Vec<u8>> {
+        let (off, len) = (u64::from(off), len as usize);
+        let end = off + len as u64;
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        if end > self.blob.len() {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        if off >= self.start && end <= self.start + self.window.len() as u64 {
+            let at = (off - self.start) as usize;
+            return Ok(self.window[at..at + len].to_vec());
+        }
+        if off < self.start {
+            let mut s = vec![0u8; len];
+            self.blob.read_exact_at(&mut s, off)?;
+            return Ok(s);
+        }
+        let n = (self.blob.len() - off).min(STRINGS_WINDOW.max(len) as u64) as usize;
+        self.window.resize(n, 0);
+        self.blob.read_exact_at(&mut self.window, off)?;
+        self.start = off;
+        Ok(self.window[..len].to_vec())
     }
 }
 
@@ -209,6 +267,8 @@ impl Cursor {
 pub struct IntoIter {
     entries: PartEntries,
     cursor: Cursor,
+    /// The strings, when they moved to a temporary file.
+    file: Option<FileStrings>,
 }
 
 impl IntoIter {
@@ -222,7 +282,20 @@ impl Iterator for IntoIter {
     type Item = TarEntry;
 
     fn next(&mut self) -> Option<TarEntry> {
-        self.cursor.take(&self.entries)
+        let rec = self.cursor.take(&self.entries)?;
+        let Some(file) = &mut self.file else { return Some(self.entries.decode(rec)) };
+        let mut failed = None;
+        let entry = self.entries.decode_with(rec, &mut |(off, len)| {
+            file.get(off, len).unwrap_or_else(|e| {
+                failed.get_or_insert(e);
+                Vec::new()
+            })
+        });
+        if let Some(e) = failed {
+            self.cursor.error = Some(FormatError::Write(e));
+            return None;
+        }
+        Some(entry)
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
@@ -241,7 +314,8 @@ impl Iterator for Iter<'_> {
     type Item = TarEntry;
 
     fn next(&mut self) -> Option<TarEntry> {
-        self.cursor.take(self.entries)
+        let rec = self.cursor.take(self.entries)?;
+        Some(self.entries.decode(rec))
     }
 }
 
@@ -310,5 +384,59 @@ impl Fields {
             x_first,
             x_count,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_past_the_spill_limits_walk_back_as_pushed_by_value_and_by_reference() {
+        let path = |i: usize| format!("usr/share/a-directory-with-a-long-name/d{:04}/file-{i:06}", i / 1000);
+        let entry = |i: usize| {
+            let (kind, link_target) = match i % 50 {
+                // A hard link to an earlier path: its target string sits behind the read window.
+                7 if i > 10_000 => (EntryKind::HardLink, path(i - 10_000).into_bytes()),
+                9 => (EntryKind::Symlink, b"../target".to_vec()),
+                _ => (EntryKind::File, Vec::new()),
+            };
+            let xattrs = match i % 97 {
+                0 => vec![Xattr { name: b"security.capability".to_vec(), value: vec![1, 2, (i % 251) as u8] }],
+                _ => Vec::new(),
+            };
+            let (mode, uid, gid, size, mtime) = (0o644, 1, 2, i as u64, Timestamp { sec: i as i64, nsec: 0 });
+            TarEntry {
+                path: path(i).into_bytes(),
+                kind,
+                mode,
+                uid,
+                gid,
+                size,
+                mtime,
+                link_target,
+                dev_major: 0,
+                dev_minor: 0,
+                xattrs,
+                data_offset: 512 * i as u64,
+                header_offset: 0,
+            }
+        };
+        let n = 120_000;
+        let mut entries = PartEntries::default();
+        for i in 0..n {
+            entries.push(&entry(i)).unwrap();
+        }
+        assert!(entries.records.len() > TABLE_SPILL_AT as u64 && entries.strs.blob.len() > TABLE_SPILL_AT);
+        assert!(entries.iter().enumerate().all(|(i, e)| e == entry(i)));
+        let mut walk = entries.into_iter();
+        assert!(walk.file.is_some(), "the strings moved to a file");
+        let mut count = 0;
+        for (i, e) in walk.by_ref().enumerate() {
+            assert_eq!(e, entry(i));
+            count += 1;
+        }
+        assert_eq!(count, n);
+        assert!(walk.take_error().is_none());
     }
 }
