@@ -176,7 +176,10 @@ impl IntoIterator for PartEntries {
         let mut file = None;
         if blob.len() > TABLE_SPILL_AT {
             match Spill::from_vec(blob, TABLE_SPILL_AT) {
-                Ok(blob) => file = Some(FileStrings { blob, start: 0, window: Vec::new() }),
+                Ok(blob) => {
+                    self.strs = Strings::default();
+                    file = Some(FileStrings { blob, start: 0, window: Vec::new() });
+                }
                 Err(e) => cursor.error = Some(FormatError::Write(e)),
             }
         } else {

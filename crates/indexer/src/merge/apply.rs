@@ -190,7 +190,7 @@ impl Step<'_> {
                     if resolved[i].name.len() > NAME_MAX {
                         return Err(MergeError::NameTooLong { layer: self.layer, path: self.path_string() });
                     }
-                    let id = self.alloc(Meta::implicit_dir(), Body::Dir(BTreeMap::new()))?;
+                    let id = self.alloc(Meta::implicit_dir(), Body::dir())?;
                     self.tree.link(dir, &resolved[i].name, id, 0);
                     resolved[i].node = Some(id);
                     id
@@ -206,10 +206,10 @@ impl Step<'_> {
         let perm = |type_bits| meta(&entry, type_bits);
         let (meta, body) = match entry.kind {
             EntryKind::HardLink => return self.hard_link_target(&entry.link_target),
-            EntryKind::Dir => (perm(mode::S_IFDIR), Body::Dir(BTreeMap::new())),
+            EntryKind::Dir => (perm(mode::S_IFDIR), Body::dir()),
             EntryKind::File => (
                 perm(mode::S_IFREG),
-                Body::File(DataRef { layer: self.layer, offset: entry.data_offset, size: entry.size }),
+                Body::file(DataRef { layer: self.layer, offset: entry.data_offset, size: entry.size }),
             ),
             EntryKind::Symlink => {
                 let target = &entry.link_target;

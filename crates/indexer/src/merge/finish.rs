@@ -3,7 +3,7 @@
 //! encodes the same inodes straight into the index's tables ([`TreeTables`]), taking each out of the tree as
 //! it goes, so no inode is held twice.
 
-use clip_format::{Content, FormatError, Ino, NodeRecord, NodeSpec, RecordContent, TreeTables};
+use clip_format::{Content, DataRef, FormatError, Ino, NodeRecord, NodeSpec, RecordContent, TreeTables};
 
 use super::tree::{Body, Name, NodeId, Tree};
 
@@ -53,9 +53,12 @@ pub(super) fn finish(mut tree: Tree) -> Vec<NodeSpec> {
         let Some(node) = tree.take(id) else { continue };
         let content = match node.body {
             Body::Dir(children) => Content::Dir(
-                children.into_iter().map(|(name, child)| (name.as_bytes().to_vec(), order.ino(child.node))).collect(),
+                (*children)
+                    .into_iter()
+                    .map(|(name, child)| (name.as_bytes().to_vec(), order.ino(child.node)))
+                    .collect(),
             ),
-            Body::File(data) => Content::File(data),
+            Body::File { layer, offset, size } => Content::File(DataRef { layer, offset, size }),
             Body::Symlink(target) => Content::Symlink(target.into_vec()),
             Body::Device { major, minor } => Content::Device { major, minor },
             Body::Special => Content::Special,
@@ -82,7 +85,7 @@ pub(super) fn encode(mut tree: Tree) -> Result<TreeTables, FormatError> {
                 // an inode already taken is a hard-linked non-directory.
                 let mut subdirs = 0;
                 names.clear();
-                for (name, child) in children {
+                for (name, child) in *children {
                     if tree.get(child.node).is_some_and(|n| matches!(n.body, Body::Dir(_))) {
                         subdirs += 1;
                     }
@@ -90,7 +93,9 @@ pub(super) fn encode(mut tree: Tree) -> Result<TreeTables, FormatError> {
                 }
                 (None, subdirs + 2)
             }
-            Body::File(data) => (Some(RecordContent::File(data)), links.max(1)),
+            Body::File { layer, offset, size } => {
+                (Some(RecordContent::File(DataRef { layer, offset, size })), links.max(1))
+            }
             Body::Symlink(ref target) => (Some(RecordContent::Symlink(target)), links.max(1)),
             Body::Device { major, minor } => (Some(RecordContent::Device { major, minor }), links.max(1)),
             Body::Special => (Some(RecordContent::Special), links.max(1)),

@@ -17,7 +17,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use clip_format::{mode, Content, Ino, NodeSpec, Timestamp, Xattr};
+use clip_format::{mode, Content, DataRef, Ino, NodeSpec, Timestamp, Xattr};
 
 use super::tree::{Body, NodeId, Tree};
 
@@ -186,7 +186,7 @@ fn node_spec(tree: &Tree, id: NodeId, opaque: &HashSet<NodeId>) -> NodeSpec {
             }
             Content::Dir(Vec::new())
         }
-        Body::File(data) => Content::File(*data),
+        Body::File { layer, offset, size } => Content::File(DataRef { layer: *layer, offset: *offset, size: *size }),
         Body::Symlink(target) => Content::Symlink(target.to_vec()),
         Body::Device { major, minor } => Content::Device { major: *major, minor: *minor },
         Body::Special => Content::Special,
