@@ -12,7 +12,7 @@ use crate::writer::lossy;
 use crate::{Content, DataRef, FormatError, IndexContents, Ino, NodeKind, Timestamp, Xattr};
 
 /// Raw bytes gathered in memory before a table moves to a temporary file.
-pub(crate) const TABLE_SPILL_AT: usize = 4 << 20;
+pub(crate) const TABLE_SPILL_AT: usize = 1 << 20;
 
 /// One inode as [`TreeTables::push`] takes it.
 pub struct NodeRecord<'a> {

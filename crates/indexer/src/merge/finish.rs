@@ -5,15 +5,13 @@
 
 use clip_format::{Content, DataRef, FormatError, Ino, NodeRecord, NodeSpec, RecordContent, TreeTables};
 
-use super::tree::{Body, Name, NodeId, Tree};
+use super::tree::{Body, Name, NodeId, Tree, UNNUMBERED};
 
 const UNASSIGNED: u32 = u32::MAX;
 
-/// The reachable inodes in breadth-first order, and for each (but the root) the position in that order of
-/// the directory that names it first.
+/// The reachable inodes in breadth-first order.
 struct Order {
     ids: Vec<NodeId>,
-    parents: Vec<u32>,
     index_of: Vec<u32>,
 }
 
@@ -21,7 +19,6 @@ impl Order {
     fn of(tree: &Tree) -> Order {
         let mut index_of = vec![UNASSIGNED; tree.capacity()];
         let mut ids = vec![NodeId::ROOT];
-        let mut parents = vec![0];
         index_of[0] = 0;
         let mut next = 0;
         while next < ids.len() {
@@ -32,13 +29,12 @@ impl Order {
                         // At most `capacity` < u32::MAX inodes, so this fits.
                         *slot = ids.len() as u32;
                         ids.push(child.node);
-                        parents.push(next as u32);
                     }
                 }
             }
             next += 1;
         }
-        Order { ids, parents, index_of }
+        Order { ids, index_of }
     }
 
     fn ino(&self, id: NodeId) -> Ino {
@@ -70,26 +66,37 @@ pub(super) fn finish(mut tree: Tree) -> Vec<NodeSpec> {
     specs
 }
 
-/// The inodes [`finish`] would give, encoded as they are taken out of the tree.
+/// The inodes [`finish`] would give, encoded as they are numbered: one breadth-first pass that empties each
+/// inode as it is encoded (a directory's map is freed as its entries are numbered), so the tree shrinks while
+/// the tables grow. The number of an inode sits in the inode ([`Node::index`](super::tree::Node)).
 pub(super) fn encode(mut tree: Tree) -> Result<TreeTables, FormatError> {
-    let order = Order::of(&tree);
+    let mut ids = vec![NodeId::ROOT];
+    // The position of the directory that numbered each inode (the root's own).
+    let mut parents = vec![0u32];
+    tree.node_mut(NodeId::ROOT).index = 0;
     let mut tables = TreeTables::new();
     let mut names: Vec<(Name, Ino)> = Vec::new();
-    for (at, &id) in order.ids.iter().enumerate() {
-        let Some(node) = tree.take(id) else { continue };
-        let parent = if at == 0 { Ino::ROOT } else { Ino::from_index(order.parents[at] as usize) };
-        let links = node.links();
-        let (content, nlink) = match node.body {
+    let mut at = 0;
+    while at < ids.len() {
+        let id = ids[at];
+        let links = tree.node(id).links();
+        let (meta, body) = tree.take_contents(id);
+        let parent = if at == 0 { Ino::ROOT } else { Ino::from_index(parents[at] as usize) };
+        let (content, nlink) = match body {
             Body::Dir(children) => {
-                // A directory is named once, so its subdirectories come after it and are still in the tree;
-                // an inode already taken is a hard-linked non-directory.
+                // A directory has one name, so its subdirectories are numbered (and emptied) only here.
                 let mut subdirs = 0;
                 names.clear();
                 for (name, child) in *children {
-                    if tree.get(child.node).is_some_and(|n| matches!(n.body, Body::Dir(_))) {
-                        subdirs += 1;
+                    let node = tree.node_mut(child.node);
+                    if node.index == UNNUMBERED {
+                        // At most `capacity` < u32::MAX inodes, so this fits.
+                        node.index = ids.len() as u32;
+                        ids.push(child.node);
+                        parents.push(at as u32);
                     }
-                    names.push((name, order.ino(child.node)));
+                    subdirs += u32::from(matches!(node.body, Body::Dir(_)));
+                    names.push((name, Ino::from_index(node.index as usize)));
                 }
                 (None, subdirs + 2)
             }
@@ -108,9 +115,9 @@ pub(super) fn encode(mut tree: Tree) -> Result<TreeTables, FormatError> {
                 RecordContent::Dir(&entries)
             }
         };
-        let m = &node.meta;
-        let (mode, uid, gid, mtime, xattrs) = (m.mode, m.uid, m.gid, m.mtime(), m.xattrs());
+        let (mode, uid, gid, mtime, xattrs) = (meta.mode, meta.uid, meta.gid, meta.mtime(), meta.xattrs());
         tables.push(NodeRecord { mode, uid, gid, mtime, nlink, parent, xattrs, content })?;
+        at += 1;
     }
     Ok(tables)
 }

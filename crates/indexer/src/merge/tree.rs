@@ -131,9 +131,16 @@ impl std::fmt::Debug for Name {
 pub(super) enum Body {
     #[allow(clippy::box_collection)] // 8 bytes in every node, where the map itself would take 24
     Dir(Box<BTreeMap<Name, Child>>),
-    File { layer: LayerIndex, offset: u64, size: u64 },
+    File {
+        layer: LayerIndex,
+        offset: u64,
+        size: u64,
+    },
     Symlink(Box<[u8]>),
-    Device { major: u32, minor: u32 },
+    Device {
+        major: u32,
+        minor: u32,
+    },
     Special,
 }
 
@@ -151,7 +158,12 @@ pub(super) struct Node {
     pub body: Body,
     /// Number of directory entries naming this inode.
     links: u32,
+    /// Its place in the written index once numbered ([`UNNUMBERED`] before); in the node's padding.
+    pub index: u32,
 }
+
+/// [`Node::index`] of an inode not numbered yet.
+pub(super) const UNNUMBERED: u32 = u32::MAX;
 
 impl Body {
     pub fn dir() -> Body {
@@ -190,7 +202,7 @@ pub(super) struct Full;
 impl Tree {
     /// A tree holding only the root directory, `umoci`'s defaults: 0o755, root-owned, mtime 0.
     pub fn new() -> Tree {
-        let root = Node { meta: Meta::implicit_dir(), body: Body::dir(), links: 1 };
+        let root = Node { meta: Meta::implicit_dir(), body: Body::dir(), links: 1, index: UNNUMBERED };
         Tree { nodes: vec![Some(root)], free: Vec::new(), held: None, relinked: Vec::new(), live: 1 }
     }
 
@@ -230,9 +242,11 @@ impl Tree {
         self.nodes[id.index()].as_mut().expect("merge tree: a directory entry names a freed inode")
     }
 
-    /// The inode `id`, unless it was freed or taken.
-    pub fn get(&self, id: NodeId) -> Option<&Node> {
-        self.nodes.get(id.index()).and_then(Option::as_ref)
+    /// The attributes and body of the live inode `id`, leaving it an attribute-less special file that keeps
+    /// its links and index.
+    pub fn take_contents(&mut self, id: NodeId) -> (Meta, Body) {
+        let node = self.node_mut(id);
+        (std::mem::replace(&mut node.meta, Meta::implicit_dir()), std::mem::replace(&mut node.body, Body::Special))
     }
 
     pub fn take(&mut self, id: NodeId) -> Option<Node> {
@@ -264,7 +278,7 @@ impl Tree {
 
     /// A new inode with no names yet.
     pub fn alloc(&mut self, meta: Meta, body: Body) -> Result<NodeId, Full> {
-        let node = Some(Node { meta, body, links: 0 });
+        let node = Some(Node { meta, body, links: 0, index: UNNUMBERED });
         self.live += 1;
         if let Some(id) = self.free.pop() {
             self.nodes[id.index()] = node;
