@@ -42,6 +42,7 @@
 //! ```
 
 mod apply;
+mod dir;
 mod finish;
 mod resolve;
 #[cfg(test)]

@@ -3,12 +3,12 @@
 //! entries naming one inode; an inode is freed when its last name goes. Nothing here recurses.
 //!
 //! A million-file image holds a million of each, so both are kept small: a node is 64 bytes (its mtime split
-//! so no padding sits inside, its rare xattrs and a directory's map behind one pointer), a name up to [`INLINE`] bytes sits in
-//! its 16-byte map slot instead of an allocation of its own.
-
-use std::collections::BTreeMap;
+//! so no padding sits inside, its rare xattrs and a directory's entries behind one pointer); a directory's entries are
+//! [`Children`].
 
 use clip_format::{mode, DataRef, LayerIndex, Timestamp, Xattr};
+
+pub(super) use super::dir::{Children, Name};
 
 /// Index of an inode in the arena.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -62,85 +62,14 @@ impl Meta {
     }
 }
 
-/// Longest name kept inline in a [`Name`].
-pub(super) const INLINE: usize = 14;
-
-/// A directory entry's name in 16 bytes: up to [`INLINE`] bytes in place, longer ones behind a thin pointer.
-/// Ordered, compared and borrowed as its bytes, so a map keyed by names is looked up with a `&[u8]`.
-#[derive(Clone)]
-pub(super) enum Name {
-    Inline(u8, [u8; INLINE]),
-    #[allow(clippy::redundant_allocation)] // a thin pointer keeps the name at 16 bytes
-    Heap(Box<Box<[u8]>>),
-}
-
-impl Name {
-    pub fn new(bytes: &[u8]) -> Name {
-        if bytes.len() <= INLINE {
-            let mut inline = [0u8; INLINE];
-            inline[..bytes.len()].copy_from_slice(bytes);
-            Name::Inline(bytes.len() as u8, inline)
-        } else {
-            Name::Heap(Box::new(bytes.into()))
-        }
-    }
-
-    pub fn as_bytes(&self) -> &[u8] {
-        match self {
-            Name::Inline(len, bytes) => &bytes[..*len as usize],
-            Name::Heap(bytes) => bytes,
-        }
-    }
-}
-
-impl std::borrow::Borrow<[u8]> for Name {
-    fn borrow(&self) -> &[u8] {
-        self.as_bytes()
-    }
-}
-
-impl PartialEq for Name {
-    fn eq(&self, other: &Name) -> bool {
-        self.as_bytes() == other.as_bytes()
-    }
-}
-
-impl Eq for Name {}
-
-impl PartialOrd for Name {
-    fn partial_cmp(&self, other: &Name) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Name {
-    fn cmp(&self, other: &Name) -> std::cmp::Ordering {
-        self.as_bytes().cmp(other.as_bytes())
-    }
-}
-
-impl std::fmt::Debug for Name {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:?}", String::from_utf8_lossy(self.as_bytes()))
-    }
-}
-
 /// What an inode holds: 24 bytes (a directory's map behind a pointer, a file's data reference spread out so
 /// the variant's tag fits beside its layer index).
 #[derive(Debug)]
 pub(super) enum Body {
-    #[allow(clippy::box_collection)] // 8 bytes in every node, where the map itself would take 24
-    Dir(Box<BTreeMap<Name, Child>>),
-    File {
-        layer: LayerIndex,
-        offset: u64,
-        size: u64,
-    },
+    Dir(Box<Children>),
+    File { layer: LayerIndex, offset: u64, size: u64 },
     Symlink(Box<[u8]>),
-    Device {
-        major: u32,
-        minor: u32,
-    },
+    Device { major: u32, minor: u32 },
     Special,
 }
 
@@ -257,14 +186,14 @@ impl Tree {
         matches!(self.node(id).body, Body::Dir(_))
     }
 
-    pub fn children(&self, dir: NodeId) -> Option<&BTreeMap<Name, Child>> {
+    pub fn children(&self, dir: NodeId) -> Option<&Children> {
         match &self.node(dir).body {
             Body::Dir(children) => Some(children),
             _ => None,
         }
     }
 
-    fn children_mut(&mut self, dir: NodeId) -> Option<&mut BTreeMap<Name, Child>> {
+    fn children_mut(&mut self, dir: NodeId) -> Option<&mut Children> {
         match &mut self.node_mut(dir).body {
             Body::Dir(children) => Some(children),
             _ => None,
@@ -332,35 +261,9 @@ impl Tree {
                 }
                 self.live -= 1;
                 if let Body::Dir(children) = node.body {
-                    stack.extend((*children).into_values().map(|c| c.node));
+                    stack.extend(children.into_values().map(|c| c.node));
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_order_and_look_up_as_their_bytes_inline_or_not() {
-        let long = [b'x'; INLINE + 1];
-        let names: Vec<&[u8]> = vec![b"", b"a", b"ab", b"b", &long[..INLINE], &long, b"\xff"];
-        let mut map = BTreeMap::new();
-        for (i, n) in names.iter().enumerate().rev() {
-            map.insert(Name::new(n), i);
-        }
-        let back: Vec<&[u8]> = map.keys().map(Name::as_bytes).collect();
-        let mut sorted = names.clone();
-        sorted.sort();
-        assert_eq!(back, sorted);
-        assert!(matches!(Name::new(&long[..INLINE]), Name::Inline(..)));
-        assert!(matches!(Name::new(&long), Name::Heap(_)));
-        for (i, n) in names.iter().enumerate() {
-            assert_eq!(map.get(*n), Some(&i));
-        }
-        assert_eq!(std::mem::size_of::<Name>(), 16);
-        assert_eq!(std::mem::size_of::<Option<Node>>(), 64);
     }
 }
