@@ -1,10 +1,10 @@
-//! The in-memory file tree the layers are applied to: an arena of inodes, each directory a `BTreeMap` from
-//! name to child (O(log n) lookups, sorted for deterministic output). Hard links are several directory
+//! The in-memory file tree the layers are applied to: an arena of inodes, each directory's entries sorted by
+//! name ([`Children`]: O(log n) lookups, sorted for deterministic output). Hard links are several directory
 //! entries naming one inode; an inode is freed when its last name goes. Nothing here recurses.
 //!
-//! A million-file image holds a million of each, so both are kept small: a node is 64 bytes (its mtime split
-//! so no padding sits inside, its rare xattrs and a directory's entries behind one pointer); a directory's entries are
-//! [`Children`].
+//! A million-file image holds a million inodes, so a node is kept to 64 bytes: its mtime split so no padding
+//! sits inside, its rare xattrs and a directory's entries behind one pointer, its number in the written index
+//! in what padding is left.
 
 use clip_format::{mode, DataRef, LayerIndex, Timestamp, Xattr};
 
