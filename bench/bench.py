@@ -591,6 +591,8 @@ def main():
                 __import__("warm").p5b_warm_remount(tmp, proxy, debian, results, args.runs)
             if wanted("S", "S2", "S3", "S4", "S5"):
                 __import__("scale").scale_scenarios(tmp, results, args.runs)
+            if wanted("S", "S6"):
+                __import__("scale").index_memory_by_files(tmp, results)
         finally:
             proxy.stop()
     finally:

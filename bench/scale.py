@@ -6,6 +6,10 @@ here (`files/dNNNN/fNNNN.txt`, 1000 per directory, 10–70 bytes each), at sever
 - S3: time per open+read+close of a file, at the largest size against the smallest (flat).
 - S4: `find MNT | wc -l` on a fresh mount ÷ the same on the tree unpacked on local disk, page cache dropped.
 - S5: disk cache size (blocks) after reading every file ÷ the bytes of those files.
+- S6: peak RSS of `clip index` (`/usr/bin/time -f %M`, the layer read, never a kept part) at 100k and 1M files
+  (CLIP_BENCH_S6_SIZES=100000,300000 picks others); with a largest size under 1M, the 1M figure is extrapolated
+  from the bytes per file between the two. Building the 1M image takes ~3 min and ~1 GB of disk, once.
+  Run alone with `bench.py --only S6`.
 
 Sizes: 10k and 100k files; CLIP_BENCH_SCALE_1M=1 adds 1M (building and unpacking it takes several minutes and
 ~5 GB of disk). Run alone with `bench.py --only S`.
@@ -135,6 +139,32 @@ def measure(tmp, n, runs):
             out["cache"] = (disk_usage(cache), data_bytes(n))
     subprocess.run(["rm", "-rf", local, cache])
     return out
+
+
+def index_memory_by_files(tmp, results):
+    """S6: peak RSS of `clip index` of a one-layer image of N small files, at two sizes; the goal is 128 MiB at
+    1M files, so per-file memory must stay small (or be spilled)."""
+    sizes = [int(v) for v in os.environ.get("CLIP_BENCH_S6_SIZES", "100000,1000000").split(",")]
+    peaks = []
+    for n in sizes:
+        started = time.time()
+        layout = many_files_image(n)
+        if time.time() - started > 1:
+            log(f"S6: building the {n}-file image took {time.time() - started:.0f} s")
+        out = tmp / f"s6-{n}.clip"
+        # --no-reuse: the layer is read even when another scenario kept its part.
+        err = run(["/usr/bin/time", "-f", "%M", bench.CLIP, "-q", "index", "--no-reuse", f"oci:{layout}:v1", "-o", out],
+                  capture_output=True, text=True).stderr
+        peaks.append(int(err.strip().splitlines()[-1]) * 1024)
+        out.unlink()
+    lo, hi = sizes[0], sizes[-1]
+    per_file = (peaks[-1] - peaks[0]) / (hi - lo)
+    at_1m = peaks[-1] + per_file * (1_000_000 - hi)
+    k = lambda n: f"{n // 1000}k" if n < 1_000_000 else f"{n / 1_000_000:g}M"
+    extrapolated = "" if hi == 1_000_000 else f"; 1M extrapolated: {mib(at_1m)}"
+    results.add("S6", f"`clip index` peak RSS, one layer of {k(hi)} small files (vs {k(lo)}); "
+                f"{per_file:.0f} B per file{extrapolated}", mib(peaks[-1]), f"{mib(peaks[0])} ({k(lo)})",
+                peaks[-1] / peaks[0], "≤ 128 MiB at 1M files", at_1m <= 128 << 20, None)
 
 
 def scale_scenarios(tmp, results, runs=3):

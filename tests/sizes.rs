@@ -57,6 +57,7 @@ fn v1_archive(file: DataRef, uncompressed: u64) -> Vec<u8> {
         }],
         windows: Windows::new(),
         chunks: None,
+        tree: None,
     };
     let mut out = Vec::new();
     write_archive(&contents, Some(DataSource { reader: &mut &data[..], len: DATA_LEN }), &mut out).unwrap();

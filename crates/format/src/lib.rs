@@ -28,7 +28,7 @@
 //! let span = SpanSpec { out_offset: 0, in_offset: 0, bits: 0, digest: Digest::default(), window: WindowRef::default() };
 //! let contents = IndexContents { kind: ArchiveKind::IndexOnly,
 //!     meta: ImageMeta { layers: vec![layer], ..ImageMeta::default() }, nodes: vec![root, file], spans: vec![span],
-//!     windows: Windows::new(), chunks: None };
+//!     windows: Windows::new(), chunks: None, tree: None };
 //! let mut bytes = Vec::new();
 //! write_index(&contents, &mut bytes).unwrap();
 //! let archive = Archive::from_bytes(bytes).unwrap();
@@ -46,6 +46,8 @@ mod meta;
 mod node;
 pub mod part;
 mod reader;
+mod spill;
+mod tables;
 mod windows;
 mod writer;
 
@@ -61,5 +63,6 @@ pub use part::{
     index_part_keys, part_key, EntryKind, LayerPart, PartEntries, PartEntriesIntoIter, PartMeta, TarEntry, PART_VERSION,
 };
 pub use reader::{Archive, NodeView, RangeReader, SpanSlice, SpanView, XattrRef, MAX_STARTUP_FILES};
+pub use tables::{NodeRecord, RecordContent, TreeTables};
 pub use windows::{WindowRef, Windows, MAX_WINDOW};
 pub use writer::{write_archive, write_index, DataSource, IndexContents, SpanSpec};

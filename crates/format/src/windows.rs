@@ -2,11 +2,9 @@
 //! it is added and appended; past [`SPILL_AT`] bytes the section moves to an anonymous temporary file, so
 //! indexing a 20 GB layer (20 000 windows) holds a few dozen bytes per span in memory, not the windows.
 
-use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::FileExt;
-use std::sync::Arc;
 
+use crate::spill::Spill;
 use crate::writer::ZSTD_LEVEL;
 use crate::FormatError;
 
@@ -24,14 +22,17 @@ pub struct WindowRef {
 
 /// The stored checkpoint windows of an index, in the order they are written. Cloning is cheap (a spilled
 /// file is shared, and copied only when a clone is appended to).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Windows {
-    /// The stored bytes, while they fit in [`SPILL_AT`].
-    mem: Vec<u8>,
-    /// The stored bytes once spilled (`mem` is then empty); positional I/O, so clones can share it.
-    file: Option<Arc<File>>,
-    len: u64,
+    /// The stored bytes: in memory up to [`SPILL_AT`], then in a temporary file.
+    stored: Spill,
     crc: u32,
+}
+
+impl Default for Windows {
+    fn default() -> Self {
+        Windows { stored: Spill::new(SPILL_AT), crc: 0 }
+    }
 }
 
 impl Windows {
@@ -59,7 +60,7 @@ impl Windows {
             return Ok(WindowRef::default());
         }
         let stored = zstd::bulk::compress(raw, ZSTD_LEVEL).map_err(FormatError::Write)?;
-        let offset = self.len;
+        let offset = self.len();
         self.append_stored(&stored)?;
         Ok(WindowRef { offset, len: stored.len() as u32 })
     }
@@ -67,24 +68,24 @@ impl Windows {
     /// Append all of `other`'s windows; returns the offset its windows now start at (add it to their
     /// [`WindowRef::offset`]s).
     pub fn append(&mut self, other: &Windows) -> Result<u64, FormatError> {
-        let base = self.len;
-        other.for_each_chunk(|chunk| self.append_stored(chunk))?;
+        let base = self.len();
+        other.stored.for_each_chunk(|chunk| self.append_stored(chunk))?;
         Ok(base)
     }
 
     /// Stored bytes so far: the length of the `WIND` section.
     pub fn len(&self) -> u64 {
-        self.len
+        self.stored.len()
     }
 
     /// Whether no window was stored.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.len() == 0
     }
 
     /// Stored bytes held in memory (the rest is in the temporary file).
     pub fn in_memory(&self) -> usize {
-        self.mem.len()
+        self.stored.in_memory()
     }
 
     /// CRC-32C of the stored bytes, as the section table records it.
@@ -94,50 +95,11 @@ impl Windows {
 
     /// Write the stored bytes to `out`.
     pub(crate) fn write_to(&self, out: &mut impl Write) -> Result<(), FormatError> {
-        self.for_each_chunk(|chunk| out.write_all(chunk).map_err(FormatError::Write))
-    }
-
-    fn for_each_chunk(&self, mut f: impl FnMut(&[u8]) -> Result<(), FormatError>) -> Result<(), FormatError> {
-        let Some(file) = &self.file else {
-            return if self.mem.is_empty() { Ok(()) } else { f(&self.mem) };
-        };
-        let mut buf = vec![0u8; (256 << 10).min(self.len as usize)];
-        let mut pos = 0u64;
-        while pos < self.len {
-            let n = buf.len().min((self.len - pos) as usize);
-            file.read_exact_at(&mut buf[..n], pos).map_err(FormatError::Write)?;
-            f(&buf[..n])?;
-            pos += n as u64;
-        }
-        Ok(())
+        self.stored.for_each_chunk(|chunk| out.write_all(chunk).map_err(FormatError::Write))
     }
 
     fn append_stored(&mut self, stored: &[u8]) -> Result<(), FormatError> {
-        if self.file.is_none() && self.mem.len() + stored.len() > SPILL_AT {
-            let file = tempfile::tempfile().map_err(FormatError::Write)?;
-            file.write_all_at(&self.mem, 0).map_err(FormatError::Write)?;
-            self.mem = Vec::new();
-            self.file = Some(Arc::new(file));
-        }
-        match &mut self.file {
-            None => self.mem.extend_from_slice(stored),
-            Some(shared) => {
-                if Arc::get_mut(shared).is_none() {
-                    // A clone shares the file: give this one its own copy before writing.
-                    let copy = tempfile::tempfile().map_err(FormatError::Write)?;
-                    let source = Windows { mem: Vec::new(), file: Some(shared.clone()), len: self.len, crc: 0 };
-                    let mut pos = 0u64;
-                    source.for_each_chunk(|chunk| {
-                        copy.write_all_at(chunk, pos).map_err(FormatError::Write)?;
-                        pos += chunk.len() as u64;
-                        Ok(())
-                    })?;
-                    *shared = Arc::new(copy);
-                }
-                shared.write_all_at(stored, self.len).map_err(FormatError::Write)?;
-            }
-        }
-        self.len += stored.len() as u64;
+        self.stored.append(stored).map_err(FormatError::Write)?;
         self.crc = crc32c::crc32c_append(self.crc, stored);
         Ok(())
     }
@@ -180,7 +142,7 @@ mod tests {
             expected.extend(zstd::bulk::compress(&raw, ZSTD_LEVEL).unwrap());
             assert!(w.in_memory() <= SPILL_AT);
         }
-        assert_eq!(w.in_memory(), 0, "spilled");
+        assert!(w.stored.as_slice().is_none(), "spilled");
         assert_eq!(w.len(), expected.len() as u64);
         assert_eq!(w.crc(), crc32c::crc32c(&expected));
         assert_eq!(bytes(&w), expected);

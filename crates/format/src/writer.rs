@@ -1,12 +1,13 @@
 //! Writing a `.clip` file: encodes the node tree, span table and metadata into sections, deterministically
 //! (the same [`IndexContents`] always gives the same bytes).
 
-use std::hash::BuildHasher;
 use std::io::{Read, Write};
 
 use crate::layout::*;
+use crate::spill::Spill;
+use crate::tables::{encode_tables, TreeTables};
 use crate::windows::{WindowRef, Windows};
-use crate::{Chunks, Content, FormatError, ImageMeta, Ino, NodeKind, NodeSpec, Xattr};
+use crate::{Chunks, FormatError, ImageMeta, NodeSpec};
 
 /// A resume point in a layer and the digest of the span that starts there, as the indexer records them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,8 +30,11 @@ pub struct SpanSpec {
 pub struct IndexContents {
     pub kind: ArchiveKind,
     pub meta: ImageMeta,
-    /// Inodes; element `i` is `Ino::from_index(i)`, element 0 the root directory.
+    /// Inodes; element `i` is `Ino::from_index(i)`, element 0 the root directory. Ignored (and empty) when
+    /// `tree` holds them already encoded.
     pub nodes: Vec<NodeSpec>,
+    /// The inodes encoded as they were made (what the indexer gives for a merged tree), instead of `nodes`.
+    pub tree: Option<TreeTables>,
     /// All layers' spans, each layer's slice as its [`crate::LayerMeta`] says.
     pub spans: Vec<SpanSpec>,
     /// The spans' checkpoint windows, stored (compressed) as they were recorded: the `WIND` section.
@@ -38,6 +42,13 @@ pub struct IndexContents {
     /// Digests of the layers' compressed chunks and of the windows: the lazy `CHNK` section (none: an
     /// index whose reads verify whole spans only).
     pub chunks: Option<Chunks>,
+}
+
+impl IndexContents {
+    /// How many inodes the index holds.
+    pub fn inodes(&self) -> usize {
+        self.tree.as_ref().map_or(self.nodes.len(), TreeTables::len)
+    }
 }
 
 /// zstd level for large metadata sections (and, in [`Windows`], for checkpoint windows): small output,
@@ -53,11 +64,28 @@ const STRONG_MAX: usize = 2 << 20;
 /// size, compressing it costs at most ~10 MiB (and the output buffer grows with the compressed bytes only).
 const SECTION_TABLE_LOG: u32 = 20;
 
-/// One eager section compressed with zstd at `level`.
-fn compress_section(raw: &[u8], level: i32) -> Result<Vec<u8>, FormatError> {
+/// The raw bytes of an eager section: in memory, or gathered in a [`Spill`] (which may be in a temporary file).
+#[derive(Clone, Copy)]
+pub(crate) enum Raw<'a> {
+    Bytes(&'a [u8]),
+    Spilled(&'a Spill),
+}
+
+impl Raw<'_> {
+    fn len(&self) -> u64 {
+        match self {
+            Raw::Bytes(b) => b.len() as u64,
+            Raw::Spilled(s) => s.len(),
+        }
+    }
+}
+
+/// One eager section compressed with zstd at `level`. The bytes are fed in pieces when spilled: zstd's
+/// streaming compressor gathers its input into whole blocks, so the frame does not depend on the pieces.
+pub(crate) fn compress_section(raw: Raw<'_>, level: i32) -> Result<Vec<u8>, FormatError> {
     use zstd::zstd_safe::CParameter;
     let mut enc = zstd::stream::Encoder::new(Vec::new(), level).map_err(FormatError::Write)?;
-    enc.set_pledged_src_size(Some(raw.len() as u64)).map_err(FormatError::Write)?;
+    enc.set_pledged_src_size(Some(raw.len())).map_err(FormatError::Write)?;
     for p in [
         CParameter::WindowLog(SECTION_TABLE_LOG),
         CParameter::HashLog(SECTION_TABLE_LOG),
@@ -66,7 +94,10 @@ fn compress_section(raw: &[u8], level: i32) -> Result<Vec<u8>, FormatError> {
         enc.set_parameter(p).map_err(FormatError::Write)?;
     }
     enc.include_contentsize(true).map_err(FormatError::Write)?;
-    enc.write_all(raw).map_err(FormatError::Write)?;
+    match raw {
+        Raw::Bytes(b) => enc.write_all(b).map_err(FormatError::Write)?,
+        Raw::Spilled(s) => s.for_each_chunk(|chunk| enc.write_all(chunk).map_err(FormatError::Write))?,
+    }
     enc.finish().map_err(FormatError::Write)
 }
 
@@ -87,7 +118,14 @@ pub fn write_archive<W: Write>(
     data: Option<DataSource<'_>>,
     out: W,
 ) -> Result<u64, FormatError> {
-    let tables = encode_tables(contents)?;
+    let owned;
+    let tables = match &contents.tree {
+        Some(tree) => tree,
+        None => {
+            owned = encode_tables(contents)?;
+            &owned
+        }
+    };
     let meta = serde_json::to_vec(&contents.meta).map_err(FormatError::Meta)?;
     let spans = encode_spans(&contents.spans, &contents.windows)?;
     if let Some(chunks) = &contents.chunks {
@@ -95,12 +133,12 @@ pub fn write_archive<W: Write>(
         chunks.check(&sizes, contents.spans.len())?;
     }
     let eager = vec![
-        (SEC_META, meta),
-        (SEC_NODE, tables.nodes),
-        (SEC_DENT, tables.dents),
-        (SEC_STRS, tables.strs),
-        (SEC_XATR, tables.xattrs),
-        (SEC_SPAN, spans),
+        (SEC_META, Raw::Bytes(&meta)),
+        (SEC_NODE, Raw::Spilled(&tables.nodes)),
+        (SEC_DENT, Raw::Spilled(&tables.dents)),
+        (SEC_STRS, Raw::Bytes(&tables.strs.blob)),
+        (SEC_XATR, Raw::Bytes(&tables.xattrs)),
+        (SEC_SPAN, Raw::Bytes(&spans)),
     ];
     write_container(contents.kind, eager, &contents.windows, contents.chunks.as_ref(), data, out)
 }
@@ -108,9 +146,9 @@ pub fn write_archive<W: Write>(
 /// Writes header, section table, the `eager` sections (each one zstd frame), the windows as the lazy `WIND`
 /// section, the chunk digests as the lazy `CHNK` section and, with `data`, the `DATA` section: the
 /// container every `.clip` kind shares.
-pub(crate) fn write_container<W: Write, S: AsRef<[u8]>>(
+pub(crate) fn write_container<W: Write>(
     kind: ArchiveKind,
-    eager: Vec<([u8; 4], S)>,
+    eager: Vec<([u8; 4], Raw<'_>)>,
     windows: &Windows,
     chunks: Option<&Chunks>,
     data: Option<DataSource<'_>>,
@@ -119,9 +157,8 @@ pub(crate) fn write_container<W: Write, S: AsRef<[u8]>>(
     let chunks = chunks.map(Chunks::encode).transpose()?;
     let mut bodies: Vec<([u8; 4], u32, Vec<u8>, u64)> = Vec::new();
     for (id, raw) in eager {
-        let raw = raw.as_ref();
-        let raw_len = raw.len() as u64;
-        let level = if raw.len() <= STRONG_MAX { STRONG_LEVEL } else { ZSTD_LEVEL };
+        let raw_len = raw.len();
+        let level = if raw_len <= STRONG_MAX as u64 { STRONG_LEVEL } else { ZSTD_LEVEL };
         let stored = compress_section(raw, level)?;
         bodies.push((id, FLAG_ZSTD, stored, raw_len));
     }
@@ -206,146 +243,6 @@ pub(crate) fn write_container<W: Write, S: AsRef<[u8]>>(
     Ok(total)
 }
 
-struct Tables {
-    nodes: Vec<u8>,
-    dents: Vec<u8>,
-    strs: Vec<u8>,
-    xattrs: Vec<u8>,
-}
-
-/// Interns byte strings into the `STRS` blob, each distinct string once. The strings are found again by
-/// hashing their bytes in the blob, so interning costs ~10 bytes a string beside the blob, not a copy of each.
-#[derive(Default)]
-pub(crate) struct Strings {
-    pub(crate) blob: Vec<u8>,
-    /// `(offset, len)` in `blob` of every distinct string.
-    seen: hashbrown::HashTable<(u32, u32)>,
-    hasher: std::collections::hash_map::RandomState,
-}
-
-impl Strings {
-    /// The strings of a `STRS` blob read back; strings added later are interned among themselves only.
-    pub(crate) fn from_blob(blob: Vec<u8>) -> Strings {
-        Strings { blob, ..Strings::default() }
-    }
-
-    pub(crate) fn add(&mut self, s: &[u8]) -> Result<(u32, u32), FormatError> {
-        let len = u32::try_from(s.len()).map_err(|_| FormatError::Invalid("string over 4 GiB".into()))?;
-        let Strings { blob, seen, hasher } = self;
-        let at = |(off, len): (u32, u32)| off as usize..off as usize + len as usize;
-        let hash = hasher.hash_one(s);
-        if let Some(&(off, _)) = seen.find(hash, |&e| &blob[at(e)] == s) {
-            return Ok((off, len));
-        }
-        let off = u32::try_from(blob.len()).map_err(|_| FormatError::Invalid("string table over 4 GiB".into()))?;
-        blob.extend_from_slice(s);
-        seen.insert_unique(hash, (off, len), |&e| hasher.hash_one(&blob[at(e)]));
-        Ok((off, len))
-    }
-}
-
-fn encode_tables(c: &IndexContents) -> Result<Tables, FormatError> {
-    let n = c.nodes.len();
-    if n == 0 || !matches!(c.nodes[0].content, Content::Dir(_)) {
-        return Err(FormatError::Invalid("node 0 (the root) must be a directory".into()));
-    }
-    if n > u32::MAX as usize - 1 {
-        return Err(FormatError::Invalid("too many nodes".into()));
-    }
-    // Links and parents, from the directory entries.
-    let mut links = vec![0u32; n];
-    let mut parent = vec![0u32; n];
-    parent[0] = Ino::ROOT.0;
-    for (i, node) in c.nodes.iter().enumerate() {
-        let Content::Dir(children) = &node.content else { continue };
-        for (name, ino) in children {
-            let k = ino.index();
-            if ino.0 == 0 || k >= n || k == 0 {
-                return Err(FormatError::Invalid(format!("entry {:?} names bad inode {ino}", lossy(name))));
-            }
-            if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0) {
-                return Err(FormatError::Invalid(format!("bad entry name {:?}", lossy(name))));
-            }
-            if matches!(c.nodes[k].content, Content::Dir(_)) {
-                links[i] += 1; // the child's ".."
-                if parent[k] != 0 {
-                    return Err(FormatError::Invalid(format!("directory inode {ino} has two parents")));
-                }
-            } else {
-                links[k] += 1; // one more name of a (possibly hard-linked) non-directory
-            }
-            if parent[k] == 0 {
-                parent[k] = Ino::from_index(i).0;
-            }
-        }
-    }
-    if let Some(orphan) = (1..n).find(|&k| parent[k] == 0) {
-        return Err(FormatError::Invalid(format!("inode {} is in no directory", Ino::from_index(orphan))));
-    }
-
-    let mut strs = Strings::default();
-    let mut nodes = Vec::with_capacity(n * NODE_LEN);
-    let mut dents = Vec::new();
-    let mut xattrs = Vec::new();
-    let mut dent_count: u32 = 0;
-    let mut xattr_count: u32 = 0;
-    for (i, node) in c.nodes.iter().enumerate() {
-        let kind = NodeKind::from_mode(node.mode)
-            .ok_or_else(|| FormatError::Invalid(format!("inode {}: mode {:o} has no file type", i + 1, node.mode)))?;
-        let (layer, size, data, extra) = match (&node.content, kind) {
-            (Content::File(r), NodeKind::File) => (r.layer.0, r.size, r.offset, 0),
-            (Content::Dir(children), NodeKind::Dir) => {
-                let mut sorted: Vec<&(Vec<u8>, Ino)> = children.iter().collect();
-                sorted.sort_by(|a, b| a.0.cmp(&b.0));
-                if let Some(w) = sorted.windows(2).find(|w| w[0].0 == w[1].0) {
-                    return Err(FormatError::Invalid(format!("duplicate entry {:?}", lossy(&w[0].0))));
-                }
-                let first = dent_count;
-                for (name, ino) in sorted {
-                    let (off, len) = strs.add(name)?;
-                    dents.extend_from_slice(&off.to_le_bytes());
-                    dents.extend_from_slice(&len.to_le_bytes());
-                    dents.extend_from_slice(&ino.0.to_le_bytes());
-                    dent_count += 1;
-                }
-                (0, 0, u64::from(first), children.len() as u32)
-            }
-            (Content::Symlink(target), NodeKind::Symlink) => {
-                let (off, len) = strs.add(target)?;
-                (0, u64::from(len), u64::from(off), len)
-            }
-            (Content::Device { major, minor }, NodeKind::CharDevice | NodeKind::BlockDevice) => {
-                (0, 0, (u64::from(*major) << 32) | u64::from(*minor), 0)
-            }
-            (Content::Special, NodeKind::Fifo | NodeKind::Socket) => (0, 0, 0, 0),
-            (_, kind) => {
-                return Err(FormatError::Invalid(format!("inode {}: content does not match kind {kind:?}", i + 1)))
-            }
-        };
-        let x_first = xattr_count;
-        let x_count = encode_xattrs(&node.xattrs, &mut strs, &mut xattrs)?;
-        xattr_count += x_count;
-        let nlink = match kind {
-            NodeKind::Dir => links[i] + 2,
-            _ => links[i].max(1),
-        };
-        nodes.extend_from_slice(&node.mode.to_le_bytes());
-        nodes.extend_from_slice(&node.uid.to_le_bytes());
-        nodes.extend_from_slice(&node.gid.to_le_bytes());
-        nodes.extend_from_slice(&nlink.to_le_bytes());
-        nodes.extend_from_slice(&node.mtime.sec.to_le_bytes());
-        nodes.extend_from_slice(&node.mtime.nsec.to_le_bytes());
-        nodes.extend_from_slice(&layer.to_le_bytes());
-        nodes.extend_from_slice(&size.to_le_bytes());
-        nodes.extend_from_slice(&data.to_le_bytes());
-        nodes.extend_from_slice(&extra.to_le_bytes());
-        nodes.extend_from_slice(&x_first.to_le_bytes());
-        nodes.extend_from_slice(&x_count.to_le_bytes());
-        nodes.extend_from_slice(&parent[i].to_le_bytes());
-    }
-    Ok(Tables { nodes, dents, strs: strs.blob, xattrs })
-}
-
 pub(crate) fn encode_spans(spans: &[SpanSpec], windows: &Windows) -> Result<Vec<u8>, FormatError> {
     let mut table = Vec::with_capacity(spans.len() * SPAN_LEN);
     for s in spans {
@@ -362,20 +259,6 @@ pub(crate) fn encode_spans(spans: &[SpanSpec], windows: &Windows) -> Result<Vec<
         table.extend_from_slice(s.digest.as_bytes());
     }
     Ok(table)
-}
-
-/// Appends `XATR` records for `xattrs`, sorted by name; returns how many.
-pub(crate) fn encode_xattrs(xattrs: &[Xattr], strs: &mut Strings, out: &mut Vec<u8>) -> Result<u32, FormatError> {
-    let mut sorted: Vec<_> = xattrs.iter().collect();
-    sorted.sort();
-    for x in &sorted {
-        let (no, nl) = strs.add(&x.name)?;
-        let (vo, vl) = strs.add(&x.value)?;
-        for v in [no, nl, vo, vl] {
-            out.extend_from_slice(&v.to_le_bytes());
-        }
-    }
-    Ok(sorted.len() as u32)
 }
 
 pub(crate) fn lossy(b: &[u8]) -> String {

@@ -43,7 +43,7 @@ fn contents(chunks: Option<Chunks>) -> IndexContents {
         content: Content::Dir(vec![]),
     };
     let meta = ImageMeta { layers: vec![layer(1, SIZES[0], 0, 2), layer(2, SIZES[1], 2, 1)], ..ImageMeta::default() };
-    IndexContents { kind: ArchiveKind::IndexOnly, meta, nodes: vec![root], spans, windows, chunks }
+    IndexContents { kind: ArchiveKind::IndexOnly, meta, nodes: vec![root], spans, windows, chunks, tree: None }
 }
 
 fn digests() -> Chunks {

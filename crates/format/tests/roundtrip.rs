@@ -73,7 +73,7 @@ fn sample() -> IndexContents {
         span(8 << 20, 9000, 0, b"window".to_vec()),
         span(0, 0, 0, vec![]),
     ];
-    IndexContents { kind: ArchiveKind::IndexOnly, meta, nodes, spans, windows, chunks: None }
+    IndexContents { kind: ArchiveKind::IndexOnly, meta, nodes, spans, windows, chunks: None, tree: None }
 }
 
 fn write(c: &IndexContents) -> Vec<u8> {

@@ -45,7 +45,7 @@ pub async fn index_to_file(
         w.flush().map_err(ImageError::io(path, "writing the index"))?;
         Ok(size)
     })?;
-    let (layers, inodes, spans) = (contents.meta.layers.len(), contents.nodes.len(), contents.spans.len());
+    let (layers, inodes, spans) = (contents.meta.layers.len(), contents.inodes(), contents.spans.len());
     drop(contents);
     let startup_files = crate::startup::add_startup_set(path, source_for_set).await;
     let size = if startup_files > 0 { std::fs::metadata(path).map_or(size, |m| m.len()) } else { size };

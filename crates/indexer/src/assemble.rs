@@ -53,7 +53,11 @@ pub fn assemble(
         }
         let layer = LayerIndex::from_index(i);
         if i <= last {
-            merger.apply_layer(layer, part.entries).map_err(|source| IndexError::Merge { layer, source })?;
+            let mut entries = part.entries.into_iter();
+            merger.apply_layer(layer, entries.by_ref()).map_err(|source| IndexError::Merge { layer, source })?;
+            if let Some(source) = entries.take_error() {
+                return Err(IndexError::Entries { layer, source });
+            }
         }
         layers.push(LayerMeta {
             media_type: media_types.get(i).cloned().unwrap_or_default(),
@@ -72,17 +76,16 @@ pub fn assemble(
                 .map(|s| SpanSpec { window: WindowRef { offset: s.window.offset + base, ..s.window }, ..s }),
         );
     }
-    let (merged, mut views) = merger.finish_with_views();
-    let nodes = match tree {
-        TreeKind::Merged => merged,
-        TreeKind::Layer(n) => views.swap_remove(n),
+    let (nodes, tree) = match tree {
+        TreeKind::Merged => (Vec::new(), Some(merger.encode().map_err(IndexError::Encode)?)),
+        TreeKind::Layer(n) => (merger.finish_with_views().1.swap_remove(n), None),
         TreeKind::Layers => {
             let names: Vec<String> = layers.iter().enumerate().map(|(i, l)| layer_dir_name(i, &l.digest)).collect();
-            side_by_side(names, views)
+            (side_by_side(names, merger.finish_with_views().1), None)
         }
     };
     base.layers = layers;
-    Ok(IndexContents { kind: ArchiveKind::IndexOnly, meta: base, nodes, spans, windows, chunks })
+    Ok(IndexContents { kind: ArchiveKind::IndexOnly, meta: base, nodes, spans, windows, chunks, tree })
 }
 
 /// One tree holding each of `trees` as the root's directory `names[i]` (0o755, root-owned, mtime 0).

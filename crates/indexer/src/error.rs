@@ -53,6 +53,16 @@ pub enum IndexError {
         #[source]
         source: clip_format::FormatError,
     },
+    /// The merged tree does not fit the index (a string table over 4 GiB, or a temporary file failed).
+    #[error("encoding the merged tree failed")]
+    Encode(#[source] clip_format::FormatError),
+    /// The layer's tar entries, kept in a temporary file while the layer was read, did not read back.
+    #[error("layer {layer}: reading its tar entries back from a temporary file failed (is the disk full or failing?)")]
+    Entries {
+        layer: LayerIndex,
+        #[source]
+        source: clip_format::FormatError,
+    },
     /// An entry the part cannot hold (a string or string table over 4 GiB).
     #[error("layer {layer}: its tar entries do not fit a layer part")]
     Part {

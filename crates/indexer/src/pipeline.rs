@@ -122,7 +122,7 @@ pub async fn index_image(
     };
     let media_types: Vec<String> = image.layers.iter().map(|l| l.media_type.clone()).collect();
     let contents = assemble(base, &media_types, parts, TreeKind::Merged)?;
-    let (layers, nodes, spans) = (contents.meta.layers.len(), contents.nodes.len(), contents.spans.len());
+    let (layers, nodes, spans) = (contents.meta.layers.len(), contents.inodes(), contents.spans.len());
     info!(image = %image.reference, layers, nodes, spans, "indexed");
     Ok(contents)
 }

@@ -308,6 +308,7 @@ mod tests {
             spans,
             windows: clip_format::Windows::new(),
             chunks: None,
+            tree: None,
         };
         clip_format::write_index(&index, &mut contents).unwrap();
         let archive = Arc::new(Archive::from_bytes(contents).unwrap());

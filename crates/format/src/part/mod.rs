@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::check::{check_header, check_table, decode_section, find};
 use crate::layout::*;
-use crate::writer::{encode_spans, write_container};
+use crate::writer::{encode_spans, write_container, Raw};
 use crate::{ArchiveKind, Chunks, Compression, Corruption, Digest, FormatError, SpanSpec, WindowRef, Windows};
 pub use entries::{IntoIter as PartEntriesIntoIter, PartEntries};
 pub use entry::{EntryKind, TarEntry};
@@ -80,12 +80,12 @@ impl LayerPart {
             chunks.check(&[self.meta.size], self.spans.len())?;
         }
         let e = &self.entries;
-        let eager: Vec<([u8; 4], &[u8])> = vec![
-            (SEC_META, &meta),
-            (SEC_ENTR, &e.records),
-            (SEC_STRS, &e.strs.blob),
-            (SEC_XATR, &e.xattrs),
-            (SEC_SPAN, &spans),
+        let eager = vec![
+            (SEC_META, Raw::Bytes(&meta)),
+            (SEC_ENTR, Raw::Spilled(&e.records)),
+            (SEC_STRS, Raw::Bytes(&e.strs.blob)),
+            (SEC_XATR, Raw::Bytes(&e.xattrs)),
+            (SEC_SPAN, Raw::Bytes(&spans)),
         ];
         write_container(ArchiveKind::LayerPart, eager, &self.windows, self.chunks.as_ref(), None, out)
     }

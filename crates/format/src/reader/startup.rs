@@ -149,6 +149,7 @@ mod tests {
             spans: vec![span],
             windows: Windows::new(),
             chunks: None,
+            tree: None,
         };
         let mut bytes = Vec::new();
         write_index(&contents, &mut bytes).unwrap();

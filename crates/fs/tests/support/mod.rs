@@ -124,6 +124,7 @@ impl TreeBuilder {
             spans,
             windows: Windows::new(),
             chunks: None,
+            tree: None,
         };
         let mut bytes = Vec::new();
         write_index(&contents, &mut bytes).expect("write index");

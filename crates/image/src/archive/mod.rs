@@ -165,6 +165,7 @@ pub fn pack(root: &Path, config: &PackConfig, progress: Option<&PackProgress<'_>
             spans: written.spans,
             windows: Windows::new(),
             chunks: None,
+            tree: None,
         },
         data: reader,
         summary,

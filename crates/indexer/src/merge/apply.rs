@@ -143,7 +143,7 @@ impl Step<'_> {
                 }
             }
             for name in lower {
-                self.tree.unlink(dir, &name);
+                self.tree.unlink(dir, name.as_bytes());
             }
         }
     }
@@ -165,7 +165,7 @@ impl Step<'_> {
                     self.tree.unlink(parent, name);
                 }
                 let node = self.create(entry)?;
-                self.tree.link(parent, name.to_vec(), node, 0);
+                self.tree.link(parent, name, node, 0);
             }
         }
         self.mark_upper(&resolved, parent, name);
@@ -190,8 +190,8 @@ impl Step<'_> {
                     if resolved[i].name.len() > NAME_MAX {
                         return Err(MergeError::NameTooLong { layer: self.layer, path: self.path_string() });
                     }
-                    let id = self.alloc(Meta::implicit_dir(), Body::Dir(BTreeMap::new()))?;
-                    self.tree.link(dir, resolved[i].name.clone(), id, 0);
+                    let id = self.alloc(Meta::implicit_dir(), Body::dir())?;
+                    self.tree.link(dir, &resolved[i].name, id, 0);
                     resolved[i].node = Some(id);
                     id
                 }
@@ -206,10 +206,10 @@ impl Step<'_> {
         let perm = |type_bits| meta(&entry, type_bits);
         let (meta, body) = match entry.kind {
             EntryKind::HardLink => return self.hard_link_target(&entry.link_target),
-            EntryKind::Dir => (perm(mode::S_IFDIR), Body::Dir(BTreeMap::new())),
+            EntryKind::Dir => (perm(mode::S_IFDIR), Body::dir()),
             EntryKind::File => (
                 perm(mode::S_IFREG),
-                Body::File(DataRef { layer: self.layer, offset: entry.data_offset, size: entry.size }),
+                Body::file(DataRef { layer: self.layer, offset: entry.data_offset, size: entry.size }),
             ),
             EntryKind::Symlink => {
                 let target = &entry.link_target;
@@ -219,7 +219,7 @@ impl Step<'_> {
                 let mut meta = perm(mode::S_IFLNK);
                 // Symlinks have no mode of their own; `umoci` does not chmod them.
                 meta.mode = mode::S_IFLNK | 0o777;
-                (meta, Body::Symlink(entry.link_target.clone()))
+                (meta, Body::Symlink(entry.link_target.as_slice().into()))
             }
             EntryKind::CharDevice | EntryKind::BlockDevice => {
                 let bits = if entry.kind == EntryKind::CharDevice { mode::S_IFCHR } else { mode::S_IFBLK };
@@ -291,11 +291,6 @@ fn meta(entry: &TarEntry, type_bits: u32) -> Meta {
         .filter(|x| !IGNORED_XATTRS.contains(&x.name.as_slice()))
         .map(|x| (x.name.as_slice(), x.value.as_slice()))
         .collect();
-    Meta {
-        mode: type_bits | (entry.mode & 0o7777),
-        uid: entry.uid,
-        gid: entry.gid,
-        mtime: entry.mtime,
-        xattrs: xattrs.into_iter().map(|(n, v)| Xattr { name: n.to_vec(), value: v.to_vec() }).collect(),
-    }
+    let xattrs = xattrs.into_iter().map(|(n, v)| Xattr { name: n.to_vec(), value: v.to_vec() }).collect();
+    Meta::new(type_bits | (entry.mode & 0o7777), entry.uid, entry.gid, entry.mtime, xattrs)
 }

@@ -42,6 +42,7 @@
 //! ```
 
 mod apply;
+mod dir;
 mod finish;
 mod resolve;
 #[cfg(test)]
@@ -158,6 +159,12 @@ impl Merger {
     /// [`clip_format::Ino::from_index`]`(i)`. The same layers always give the same vector.
     pub fn finish(self) -> Vec<NodeSpec> {
         finish::finish(self.tree)
+    }
+
+    /// The merged tree (as [`Merger::finish`]) encoded straight into the index's tables: each inode is taken
+    /// out of the tree as it is encoded, so a big image's inodes are never held twice.
+    pub fn encode(self) -> Result<clip_format::TreeTables, clip_format::FormatError> {
+        finish::encode(self.tree)
     }
 
     /// The merged tree (as [`Merger::finish`]) and, for a merger made [`Merger::with_views`], each layer's

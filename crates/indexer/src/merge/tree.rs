@@ -1,10 +1,14 @@
-//! The in-memory file tree the layers are applied to: an arena of inodes, each directory a `BTreeMap` from
-//! name to child (O(log n) lookups, sorted for deterministic output). Hard links are several directory
+//! The in-memory file tree the layers are applied to: an arena of inodes, each directory's entries sorted by
+//! name ([`Children`]: O(log n) lookups, sorted for deterministic output). Hard links are several directory
 //! entries naming one inode; an inode is freed when its last name goes. Nothing here recurses.
+//!
+//! A million-file image holds a million inodes, so a node is kept to 64 bytes: its mtime split so no padding
+//! sits inside, its rare xattrs and a directory's entries behind one pointer, its number in the written index
+//! in what padding is left.
 
-use std::collections::BTreeMap;
+use clip_format::{mode, DataRef, LayerIndex, Timestamp, Xattr};
 
-use clip_format::{mode, DataRef, Timestamp, Xattr};
+pub(super) use super::dir::{Children, Name};
 
 /// Index of an inode in the arena.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -25,23 +29,46 @@ pub(super) struct Meta {
     pub mode: u32,
     pub uid: u32,
     pub gid: u32,
-    pub mtime: Timestamp,
-    pub xattrs: Vec<Xattr>,
+    nsec: u32,
+    sec: i64,
+    /// Sorted by name; None when there are none. A thin pointer (8 bytes, where `Box<[Xattr]>` takes 16):
+    /// most inodes have none.
+    #[allow(clippy::box_collection)]
+    xattrs: Option<Box<Vec<Xattr>>>,
 }
 
 impl Meta {
+    pub fn new(mode: u32, uid: u32, gid: u32, mtime: Timestamp, xattrs: Vec<Xattr>) -> Meta {
+        let xattrs = (!xattrs.is_empty()).then(|| Box::new(xattrs));
+        Meta { mode, uid, gid, nsec: mtime.nsec, sec: mtime.sec, xattrs }
+    }
+
     /// A directory that `umoci` creates with `MkdirAll` (0o777 under the usual 022 umask), owned by root,
     /// mtime 0.
     pub fn implicit_dir() -> Meta {
-        Meta { mode: mode::S_IFDIR | 0o755, uid: 0, gid: 0, mtime: Timestamp::default(), xattrs: Vec::new() }
+        Meta::new(mode::S_IFDIR | 0o755, 0, 0, Timestamp::default(), Vec::new())
+    }
+
+    pub fn mtime(&self) -> Timestamp {
+        Timestamp { sec: self.sec, nsec: self.nsec }
+    }
+
+    pub fn xattrs(&self) -> &[Xattr] {
+        self.xattrs.as_deref().map_or(&[], Vec::as_slice)
+    }
+
+    pub fn into_xattrs(self) -> Vec<Xattr> {
+        self.xattrs.map(|x| *x).unwrap_or_default()
     }
 }
 
+/// What an inode holds: 24 bytes (a directory's map behind a pointer, a file's data reference spread out so
+/// the variant's tag fits beside its layer index).
 #[derive(Debug)]
 pub(super) enum Body {
-    Dir(BTreeMap<Vec<u8>, Child>),
-    File(DataRef),
-    Symlink(Vec<u8>),
+    Dir(Box<Children>),
+    File { layer: LayerIndex, offset: u64, size: u64 },
+    Symlink(Box<[u8]>),
     Device { major: u32, minor: u32 },
     Special,
 }
@@ -60,6 +87,28 @@ pub(super) struct Node {
     pub body: Body,
     /// Number of directory entries naming this inode.
     links: u32,
+    /// Its place in the written index once numbered ([`UNNUMBERED`] before); in the node's padding.
+    pub index: u32,
+}
+
+/// [`Node::index`] of an inode not numbered yet.
+pub(super) const UNNUMBERED: u32 = u32::MAX;
+
+impl Body {
+    pub fn dir() -> Body {
+        Body::Dir(Box::default())
+    }
+
+    pub fn file(data: DataRef) -> Body {
+        Body::File { layer: data.layer, offset: data.offset, size: data.size }
+    }
+}
+
+impl Node {
+    /// Number of directory entries naming this inode.
+    pub fn links(&self) -> u32 {
+        self.links
+    }
 }
 
 /// The arena.
@@ -82,7 +131,7 @@ pub(super) struct Full;
 impl Tree {
     /// A tree holding only the root directory, `umoci`'s defaults: 0o755, root-owned, mtime 0.
     pub fn new() -> Tree {
-        let root = Node { meta: Meta::implicit_dir(), body: Body::Dir(BTreeMap::new()), links: 1 };
+        let root = Node { meta: Meta::implicit_dir(), body: Body::dir(), links: 1, index: UNNUMBERED };
         Tree { nodes: vec![Some(root)], free: Vec::new(), held: None, relinked: Vec::new(), live: 1 }
     }
 
@@ -122,6 +171,13 @@ impl Tree {
         self.nodes[id.index()].as_mut().expect("merge tree: a directory entry names a freed inode")
     }
 
+    /// The attributes and body of the live inode `id`, leaving it an attribute-less special file that keeps
+    /// its links and index.
+    pub fn take_contents(&mut self, id: NodeId) -> (Meta, Body) {
+        let node = self.node_mut(id);
+        (std::mem::replace(&mut node.meta, Meta::implicit_dir()), std::mem::replace(&mut node.body, Body::Special))
+    }
+
     pub fn take(&mut self, id: NodeId) -> Option<Node> {
         self.nodes.get_mut(id.index()).and_then(Option::take)
     }
@@ -130,14 +186,14 @@ impl Tree {
         matches!(self.node(id).body, Body::Dir(_))
     }
 
-    pub fn children(&self, dir: NodeId) -> Option<&BTreeMap<Vec<u8>, Child>> {
+    pub fn children(&self, dir: NodeId) -> Option<&Children> {
         match &self.node(dir).body {
             Body::Dir(children) => Some(children),
             _ => None,
         }
     }
 
-    fn children_mut(&mut self, dir: NodeId) -> Option<&mut BTreeMap<Vec<u8>, Child>> {
+    fn children_mut(&mut self, dir: NodeId) -> Option<&mut Children> {
         match &mut self.node_mut(dir).body {
             Body::Dir(children) => Some(children),
             _ => None,
@@ -151,7 +207,7 @@ impl Tree {
 
     /// A new inode with no names yet.
     pub fn alloc(&mut self, meta: Meta, body: Body) -> Result<NodeId, Full> {
-        let node = Some(Node { meta, body, links: 0 });
+        let node = Some(Node { meta, body, links: 0, index: UNNUMBERED });
         self.live += 1;
         if let Some(id) = self.free.pop() {
             self.nodes[id.index()] = node;
@@ -164,10 +220,10 @@ impl Tree {
     }
 
     /// Add the entry `name` → `node` to directory `dir` (which must not have one by that name).
-    pub fn link(&mut self, dir: NodeId, name: Vec<u8>, node: NodeId, upper: u32) {
+    pub fn link(&mut self, dir: NodeId, name: &[u8], node: NodeId, upper: u32) {
         self.node_mut(node).links += 1;
         if let Some(children) = self.children_mut(dir) {
-            let old = children.insert(name, Child { node, upper });
+            let old = children.insert(Name::new(name), Child { node, upper });
             debug_assert!(old.is_none(), "link over an existing entry");
         }
     }

@@ -17,7 +17,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use clip_format::{mode, Content, Ino, NodeSpec, Timestamp, Xattr};
+use clip_format::{mode, Content, DataRef, Ino, NodeSpec, Timestamp, Xattr};
 
 use super::tree::{Body, NodeId, Tree};
 
@@ -118,7 +118,7 @@ fn all_names(tree: &Tree) -> Names<'_> {
     while let Some(dir) = stack.pop() {
         let Some(children) = tree.children(dir) else { continue };
         for (name, child) in children {
-            names.entry(child.node).or_default().push((dir, name.as_slice()));
+            names.entry(child.node).or_default().push((dir, name.as_bytes()));
             if tree.is_dir(child.node) {
                 stack.push(child.node);
             }
@@ -178,7 +178,7 @@ fn to_specs(
 /// An inode's attributes and content (a directory's entries are filled in by the caller).
 fn node_spec(tree: &Tree, id: NodeId, opaque: &HashSet<NodeId>) -> NodeSpec {
     let node = tree.node(id);
-    let mut xattrs = node.meta.xattrs.clone();
+    let mut xattrs = node.meta.xattrs().to_vec();
     let content = match &node.body {
         Body::Dir(_) => {
             if opaque.contains(&id) {
@@ -186,10 +186,11 @@ fn node_spec(tree: &Tree, id: NodeId, opaque: &HashSet<NodeId>) -> NodeSpec {
             }
             Content::Dir(Vec::new())
         }
-        Body::File(data) => Content::File(*data),
-        Body::Symlink(target) => Content::Symlink(target.clone()),
+        Body::File { layer, offset, size } => Content::File(DataRef { layer: *layer, offset: *offset, size: *size }),
+        Body::Symlink(target) => Content::Symlink(target.to_vec()),
         Body::Device { major, minor } => Content::Device { major: *major, minor: *minor },
         Body::Special => Content::Special,
     };
-    NodeSpec { mode: node.meta.mode, uid: node.meta.uid, gid: node.meta.gid, mtime: node.meta.mtime, xattrs, content }
+    let m = &node.meta;
+    NodeSpec { mode: m.mode, uid: m.uid, gid: m.gid, mtime: m.mtime(), xattrs, content }
 }

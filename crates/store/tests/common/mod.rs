@@ -134,7 +134,8 @@ impl Fixture {
         let mut nodes = vec![attrs(mode::S_IFDIR | 0o755, Content::Dir(entries))];
         nodes.extend(files.iter().map(|d| attrs(mode::S_IFREG | 0o644, Content::File(*d))));
         let meta = ImageMeta { source: "test".into(), span_size: 0, layers: metas, ..ImageMeta::default() };
-        let contents = IndexContents { kind: ArchiveKind::IndexOnly, meta, nodes, spans, windows, chunks: None };
+        let contents =
+            IndexContents { kind: ArchiveKind::IndexOnly, meta, nodes, spans, windows, chunks: None, tree: None };
         let mut bytes = Vec::new();
         clip_format::write_index(&contents, &mut bytes).unwrap();
         let archive = Arc::new(Archive::from_bytes(bytes).unwrap());
