@@ -587,6 +587,8 @@ def main():
                 archive_throughput(tmp, debian, results)
             if wanted("S1"):
                 index_memory(tmp, results)
+            if wanted("S7"):
+                memory.s7_random_reads(tmp, results)
             if wanted("P5b"):
                 __import__("warm").p5b_warm_remount(tmp, proxy, debian, results, args.runs)
             if wanted("S", "S2", "S3", "S4", "S5"):

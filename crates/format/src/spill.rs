@@ -195,7 +195,7 @@ mod tests {
 
     #[test]
     fn a_spilled_section_compresses_to_the_same_frame_as_its_bytes_in_one_piece() {
-        use crate::writer::{compress_section, Raw};
+        use crate::writer::{compress_section, Raw, SECTION_TABLE_LOG};
         // Node-table-like records: repetitive, several MiB, so the pieces cut through zstd's blocks.
         let raw: Vec<u8> =
             (0..300_000u32).flat_map(|i| [i.to_le_bytes(), (i / 1000).to_le_bytes(), [1, 2, 3, 4]]).flatten().collect();
@@ -205,8 +205,12 @@ mod tests {
         }
         assert!(spilled.as_slice().is_none());
         for level in [9, 15] {
-            let whole = compress_section(Raw::Bytes(&raw), level).unwrap();
-            assert_eq!(compress_section(Raw::Spilled(&spilled), level).unwrap(), whole, "level {level}");
+            let whole = compress_section(Raw::Bytes(&raw), level, SECTION_TABLE_LOG).unwrap();
+            assert_eq!(
+                compress_section(Raw::Spilled(&spilled), level, SECTION_TABLE_LOG).unwrap(),
+                whole,
+                "level {level}"
+            );
         }
     }
 }

@@ -62,7 +62,11 @@ const STRONG_MAX: usize = 2 << 20;
 
 /// Memory-bounding cap (log2) of the zstd match tables used for an eager section: whatever the section's
 /// size, compressing it costs at most ~10 MiB (and the output buffer grows with the compressed bytes only).
-const SECTION_TABLE_LOG: u32 = 20;
+pub(crate) const SECTION_TABLE_LOG: u32 = 20;
+/// The same cap for the span table, which grows with the layers' size (a digest and offsets per span,
+/// mostly incompressible): small enough that indexing a 20 GiB layer takes no more memory for it than a
+/// 1 GiB one (a span table up to 64 KiB, ~1000 spans, compresses as it would without the cap).
+const SPAN_TABLE_LOG: u32 = 16;
 
 /// The raw bytes of an eager section: in memory, or gathered in a [`Spill`] (which may be in a temporary file).
 #[derive(Clone, Copy)]
@@ -80,17 +84,14 @@ impl Raw<'_> {
     }
 }
 
-/// One eager section compressed with zstd at `level`. The bytes are fed in pieces when spilled: zstd's
-/// streaming compressor gathers its input into whole blocks, so the frame does not depend on the pieces.
-pub(crate) fn compress_section(raw: Raw<'_>, level: i32) -> Result<Vec<u8>, FormatError> {
+/// One eager section compressed with zstd at `level`, its match tables capped at 2^`table_log` entries.
+/// The bytes are fed in pieces when spilled: zstd's streaming compressor gathers its input into whole
+/// blocks, so the frame does not depend on the pieces.
+pub(crate) fn compress_section(raw: Raw<'_>, level: i32, table_log: u32) -> Result<Vec<u8>, FormatError> {
     use zstd::zstd_safe::CParameter;
     let mut enc = zstd::stream::Encoder::new(Vec::new(), level).map_err(FormatError::Write)?;
     enc.set_pledged_src_size(Some(raw.len())).map_err(FormatError::Write)?;
-    for p in [
-        CParameter::WindowLog(SECTION_TABLE_LOG),
-        CParameter::HashLog(SECTION_TABLE_LOG),
-        CParameter::ChainLog(SECTION_TABLE_LOG),
-    ] {
+    for p in [CParameter::WindowLog(table_log), CParameter::HashLog(table_log), CParameter::ChainLog(table_log)] {
         enc.set_parameter(p).map_err(FormatError::Write)?;
     }
     enc.include_contentsize(true).map_err(FormatError::Write)?;
@@ -159,7 +160,8 @@ pub(crate) fn write_container<W: Write>(
     for (id, raw) in eager {
         let raw_len = raw.len();
         let level = if raw_len <= STRONG_MAX as u64 { STRONG_LEVEL } else { ZSTD_LEVEL };
-        let stored = compress_section(raw, level)?;
+        let table_log = if id == SEC_SPAN { SPAN_TABLE_LOG } else { SECTION_TABLE_LOG };
+        let stored = compress_section(raw, level, table_log)?;
         bodies.push((id, FLAG_ZSTD, stored, raw_len));
     }
 

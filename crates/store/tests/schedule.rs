@@ -32,7 +32,7 @@ async fn sequential_reads_load_the_next_spans_ahead() {
         assert_eq!(got, &expected[pos as usize..][..32 * KIB as usize]);
         pos += 32 * KIB;
     }
-    eventually("all spans", || fx.blobs.count() == 10).await;
+    eventually("all spans", || fx.blobs.count() >= 10).await;
     assert_eq!(fx.blobs.ranges(), (0..10).map(|i| (0, i * SPAN..(i + 1) * SPAN)).collect::<Vec<_>>());
     assert_eq!(store.stats().readahead_spans, 9);
 }
