@@ -238,39 +238,3 @@ fn prefetch_fills_the_cache_in_the_background() {
     assert_eq!(metric(&addr, "clip_spans_fetched_total"), fetched, "reads after a full prefetch fetched spans");
     m.stop();
 }
-
-/// `find` of a big directory: the kernel asks for attributes with the first batch of entries only, then
-/// names only (plain READDIR), so it does not build an inode for every entry nobody looks at; a walk that
-/// does stat every entry then gets the attributes `umoci unpack` gives, through a LOOKUP each.
-#[test]
-fn a_walk_that_reads_names_only_gets_names_only_and_a_stat_walk_gets_umocis_attributes() {
-    let mut l = LayerBuilder::new();
-    for i in 0..3000u32 {
-        l.file(format!("big/f{i:04}"), vec![b'x'; (i % 97) as usize]);
-    }
-    let image = Image::new(vec![Layer::new(l.finish(), Compression::Gzip)]);
-    let served = Served::new(&image);
-    let addr = common::free_addr();
-    let m = served.mount("mnt", &["--metrics", &addr]);
-    let find = |root: &Path, printf: &[&str]| {
-        let out = std::process::Command::new("find").arg(root).args(printf).output().unwrap();
-        assert!(out.status.success(), "find: {}", String::from_utf8_lossy(&out.stderr));
-        let text = String::from_utf8(out.stdout).unwrap();
-        let mut lines: Vec<String> = text.lines().map(String::from).collect();
-        lines.sort();
-        lines
-    };
-    let ops = |op: &str| metric(&addr, &format!("clip_fuse_requests_total{{op=\"{op}\"}}"));
-
-    assert_eq!(find(&m.dir, &[]).len(), 3002, "the root, big/ and 3000 files");
-    assert!(ops("readdir") >= 1.0, "the kernel never asked for names only");
-    assert!(ops("lookup") <= 2.0, "a names-only walk looked up {} entries", ops("lookup"));
-
-    let unpacked = umoci_unpack(served.layout.path(), "t");
-    let printf = ["-type", "f", "-printf", "%P %s %m %U %G\n"];
-    let (ours, theirs) = (find(&m.dir.join("big"), &printf), find(&unpacked.rootfs().join("big"), &printf));
-    let differ: Vec<_> = ours.iter().zip(&theirs).filter(|(a, b)| a != b).take(3).collect();
-    assert!(ours.len() == 3000 && ours.len() == theirs.len() && differ.is_empty(), "a stat walk differs: {differ:?}");
-    assert!(ops("lookup") >= 2000.0, "the stat walk got attributes without a LOOKUP: the test proves nothing");
-    m.stop();
-}
