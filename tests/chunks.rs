@@ -133,6 +133,13 @@ fn a_remount_serves_a_partly_fetched_span_from_the_cache_and_refetches_a_damaged
     let m = served.mount("third", &[]);
     assert!(std::fs::read(m.dir.join(&path[1..])).unwrap() == expected, "{path}: a damaged prefix was served");
     assert!(served.proxy().stats().blob_bytes > first, "the damaged prefix was not fetched again");
+
+    // Reading every file brings every span whole: no prefix file is left beside the span files.
+    for i in 0..384 {
+        let name = format!("data/f{i:03}");
+        assert!(std::fs::read(m.dir.join(&name)).unwrap() == std::fs::read(unpacked.rootfs().join(&name)).unwrap());
+    }
+    common::wait_within(Duration::from_secs(10), "the prefix files were removed", || prefix_files(&cache).is_empty());
     let log = m.stop();
     assert!(log.contains("chunk digests"), "the damaged prefix was not reported:\n{log}");
 }

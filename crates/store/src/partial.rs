@@ -6,8 +6,9 @@
 //! in memory with its compressed bytes ([`Held`]), and those bytes in the disk cache as a prefix file (so a
 //! remount over a warm cache does not fetch them again; checked against the chunk digests whenever they
 //! are loaded); a later load of more (a later read, or the whole span) fetches only the rest, and a whole
-//! span is checked against the span digest and cached as before (its prefix file then removed). Without chunk digests (an older index), or when the wanted bytes reach
-//! near the span's end anyway, the whole span is fetched as before.
+//! span is checked against the span digest and cached as before (its prefix file then removed). Without
+//! chunk digests (an older index), or when the wanted bytes reach near the span's end anyway, the whole
+//! span is fetched as before.
 
 use std::sync::Arc;
 
@@ -50,6 +51,12 @@ fn slack(codec: Compression) -> u64 {
     }
 }
 
+/// Where every prefix of span `f` starts in the layer: the chunk holding the span's first compressed byte
+/// (a prefix is checked a whole chunk at a time).
+fn prefix_start(f: &Fetch, chunk: u64) -> u64 {
+    f.range.start / chunk * chunk
+}
+
 impl Inner {
     /// Span `f`, at least the decoded bytes `need` asks for: a verified prefix when the index has chunk
     /// digests and the prefix is well short of the span, else the whole span (verified, on disk too).
@@ -71,7 +78,7 @@ impl Inner {
     async fn fetch_prefix(&self, f: &Fetch, want: u64, held: Option<Held>) -> Result<Entry, StoreError> {
         let (layer, index) = (f.layer, f.index);
         let chunk = self.archive.chunk_table().map_or(clip_format::CHUNK_SIZE, |t| t.chunk_size());
-        let start = held.as_ref().map_or(f.range.start / chunk * chunk, |h| h.start);
+        let start = held.as_ref().map_or(prefix_start(f, chunk), |h| h.start);
         let mut compressed = held.map_or_else(Vec::new, |h| h.compressed.to_vec());
         let _budget = self.budget.take(f.range.end - start + f.len).await;
         let window: Arc<[u8]> = self.archive.window(index)?.into();
@@ -125,8 +132,12 @@ impl Inner {
     }
 
     /// Keeps on disk the prefix of span `f` that `entry` holds, or, when it holds the whole span (now on
-    /// disk as a span file), removes the prefix file an earlier load may have left. In the background.
-    pub(crate) fn keep_prefix(&self, f: &Fetch, entry: &Entry) {
+    /// disk as a span file) and the load went on from a prefix (`from_prefix`), removes that prefix's file.
+    /// In the background; a whole span loaded from scratch costs nothing here.
+    pub(crate) fn keep_prefix(&self, f: &Fetch, entry: &Entry, from_prefix: bool) {
+        if entry.held.is_none() && !from_prefix {
+            return;
+        }
         let Some((disk, key, _)) = self.prefix_place(f) else { return };
         let held = entry.held.as_ref().map(|h| h.compressed.clone());
         let Some(rt) = tokio::runtime::Handle::try_current().ok().or_else(|| self.runtime.clone()) else { return };
@@ -142,7 +153,7 @@ impl Inner {
         let disk = self.disk.clone()?;
         let chunk = self.archive.chunk_table()?.chunk_size();
         let layer = self.archive.meta().layers.get(f.layer.index())?.digest;
-        let start = f.range.start / chunk * chunk;
+        let start = prefix_start(f, chunk);
         Some((disk, crate::cache::prefix_key(&layer, start), start))
     }
 

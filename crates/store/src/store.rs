@@ -357,8 +357,9 @@ impl Inner {
                 Some(held) => Some(held),
                 None => self.disk_prefix(&fetch).await,
             };
+            let from_prefix = held.is_some();
             let entry = self.fetch_upto(fetch.clone(), need, held).await.inspect_err(failed)?;
-            self.keep_prefix(&fetch, &entry);
+            self.keep_prefix(&fetch, &entry, from_prefix);
             if entry.held.is_some() {
                 lock(&self.memory).put(index, entry.clone(), self.config.memory_bytes);
             }

@@ -51,7 +51,7 @@ impl DiskCache {
         };
         let len = file.metadata().ok()?.len();
         if len == 0 || len > max {
-            self.reject(&path, None, len, "longer than any prefix of its span");
+            self.reject(&path, None, len, "empty, or longer than any prefix of its span");
             return None;
         }
         let mut buf = Vec::new();
