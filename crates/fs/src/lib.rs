@@ -37,6 +37,7 @@ mod data;
 mod error;
 mod fs;
 mod inflight;
+mod listing;
 mod meta;
 mod mount;
 mod state;

@@ -11,6 +11,7 @@ use fuser::{
 };
 
 use crate::attr::{file_attr, file_type, may_access, negative_attr, Caller, BLOCK_SIZE};
+use crate::listing::Entries;
 use crate::state::ClipFs;
 use crate::stats::Op;
 
@@ -24,7 +25,7 @@ struct Listed<'a> {
 }
 
 impl ClipFs {
-    pub(crate) fn do_lookup(&self, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+    pub(crate) fn do_lookup(&self, pid: u32, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let _t = self.stats.timed(Op::Lookup);
         let dir = match self.node(parent) {
             Ok(d) if d.kind() == NodeKind::Dir => d,
@@ -40,7 +41,10 @@ impl ClipFs {
         };
         match found {
             Some(ino) => match self.node(INodeNo(u64::from(ino.0))) {
-                Ok(node) => reply.entry_with_ttls(&self.ttls.attr, &self.ttls.entry, &file_attr(&node), Generation(0)),
+                Ok(node) => {
+                    self.listing.looked_up(pid, parent.0, node.kind() == NodeKind::Dir);
+                    reply.entry_with_ttls(&self.ttls.attr, &self.ttls.entry, &file_attr(&node), Generation(0));
+                }
                 Err(e) => reply.error(e),
             },
             // Inode 0 with a timeout: the kernel caches the miss as a negative dentry.
@@ -138,11 +142,25 @@ impl ClipFs {
         }
     }
 
-    pub(crate) fn do_readdirplus(&self, ino: INodeNo, offset: u64, mut reply: ReplyDirectoryPlus) {
+    /// Full entries or names only, as [`crate::listing`] picks for process `pid`.
+    pub(crate) fn do_readdirplus(&self, pid: u32, ino: INodeNo, offset: u64, mut reply: ReplyDirectoryPlus) {
         let _t = self.stats.timed(Op::Readdirplus);
+        let entries = self.listing.batch(pid, ino.0, offset);
+        if entries == Entries::NamesOnly {
+            self.stats.names_only_batch();
+        }
         let listed = self.list(ino, offset, |e, next| {
-            let attr = file_attr(&e.node);
-            reply.add(attr.ino, next, OsStr::from_bytes(e.name), &self.ttls.entry, &attr, Generation(0))
+            let name = OsStr::from_bytes(e.name);
+            match entries {
+                Entries::Full => {
+                    let attr = file_attr(&e.node);
+                    reply.add(attr.ino, next, name, &self.ttls.entry, &attr, Generation(0))
+                }
+                Entries::NamesOnly => {
+                    let ino = INodeNo(u64::from(e.node.ino.0));
+                    reply.add_name_only(ino, next, file_type(e.node.kind()), name)
+                }
+            }
         });
         match listed {
             Ok(()) => reply.ok(),

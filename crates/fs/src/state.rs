@@ -16,6 +16,7 @@ use tracing::warn;
 
 use crate::data::OpenTable;
 use crate::inflight::InFlight;
+use crate::listing::Listing;
 use crate::stats::{FsStats, Op};
 
 /// Where the disk cache can hand over a whole file for FUSE passthrough.
@@ -65,6 +66,8 @@ pub struct ClipFs {
     pub(crate) totals: Arc<OnceLock<(u64, u64)>>,
     /// An unsupported ioctl has been logged (once per mount is enough).
     pub(crate) ioctl_logged: AtomicBool,
+    /// Which READDIRPLUS batches get full entries and which names only.
+    pub(crate) listing: Listing,
 }
 
 impl ClipFs {
@@ -83,6 +86,7 @@ impl ClipFs {
             opens: Mutex::new(HashMap::new()),
             totals: Arc::default(),
             ioctl_logged: AtomicBool::new(false),
+            listing: Listing::default(),
         }
     }
 

@@ -86,6 +86,7 @@ pub struct FsStats {
     passthrough_opens: AtomicU64,
     erofs: AtomicU64,
     cancelled_reads: AtomicU64,
+    names_only_batches: AtomicU64,
     passthrough_granted: AtomicBool,
     open_inodes: AtomicU64,
 }
@@ -113,6 +114,9 @@ pub struct FsStatsSnapshot {
     pub erofs: u64,
     /// Reads cancelled before they finished (interrupt or unmount).
     pub cancelled_reads: u64,
+    /// READDIRPLUS batches answered with names only (no inode built per entry), of
+    /// `op(Op::Readdirplus).count`.
+    pub names_only_batches: u64,
     /// Whether the kernel granted FUSE passthrough at init.
     pub passthrough_granted: bool,
     /// Inodes with at least one open handle now: the per-inode state the mount keeps, released at the
@@ -144,6 +148,7 @@ impl FsStats {
             passthrough_opens: load(&self.passthrough_opens),
             erofs: load(&self.erofs),
             cancelled_reads: load(&self.cancelled_reads),
+            names_only_batches: load(&self.names_only_batches),
             passthrough_granted: self.passthrough_granted.load(Ordering::Relaxed),
             open_inodes: load(&self.open_inodes),
         }
@@ -194,6 +199,10 @@ impl FsStats {
 
     pub(crate) fn cancelled_reads(&self, n: usize) {
         self.cancelled_reads.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn names_only_batch(&self) {
+        self.names_only_batches.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn set_passthrough_granted(&self, granted: bool) {

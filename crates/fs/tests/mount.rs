@@ -433,3 +433,62 @@ fn dropping_the_handle_detaches_the_mount() {
     assert!(!is_fuse_mounted(m.dir.path()), "a dropped handle must detach the mount even while busy");
     drop(open);
 }
+
+/// Directories of `per_dir` files under `top/dNN`, file `fNNNN` holding `NNNN` bytes mod 97.
+fn wide_tree(t: &mut TreeBuilder, top: &str, dirs: usize, per_dir: usize) {
+    let top = t.dir(Ino::ROOT, top, 0o755);
+    for d in 0..dirs {
+        let dir = t.dir(top, &format!("d{d:02}"), 0o755);
+        for f in 0..per_dir {
+            t.file(dir, &format!("f{f:04}"), &vec![b'x'; f % 97], |_| {});
+        }
+    }
+}
+
+/// Runs `find` (its own process, so the mount sees its pid) and returns its output lines.
+fn find(args: &[&std::ffi::OsStr]) -> Vec<String> {
+    let out = std::process::Command::new("find").args(args).output().expect("find runs");
+    assert!(out.status.success(), "find {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().lines().map(str::to_owned).collect()
+}
+
+#[test]
+fn a_walk_that_only_lists_gets_names_only_and_a_walk_that_stats_gets_attributes_after_its_first_directory() {
+    const DIRS: usize = 4;
+    const PER_DIR: usize = 1500;
+    let mut t = TreeBuilder::new();
+    wide_tree(&mut t, "names", DIRS, PER_DIR);
+    wide_tree(&mut t, "stats", DIRS, PER_DIR);
+    let (archive, layer) = t.finish();
+    let m = Mounted::new(archive, TestBlobs::new(layer), MountSpec::default());
+    let lookups = || m.stats.op(Op::Lookup).count;
+
+    // `find -type f | wc -l`: every name, typed from the listing alone (no per-file LOOKUP), and most
+    // batches names only (the kernel builds no inode for those entries).
+    let before = (lookups(), m.stats.snapshot().names_only_batches);
+    let listed = find(&[m.path("names").as_os_str(), "-type".as_ref(), "f".as_ref()]);
+    assert_eq!(listed.len(), DIRS * PER_DIR);
+    let expected: BTreeSet<String> = (0..DIRS)
+        .flat_map(|d| (0..PER_DIR).map(move |f| format!("d{d:02}/f{f:04}")))
+        .map(|rel| m.path("names").join(rel).to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(listed.into_iter().collect::<BTreeSet<_>>(), expected);
+    let names_lookups = lookups() - before.0;
+    assert!(names_lookups <= 1 + DIRS as u64, "a names-only walk looked up {names_lookups} names");
+    assert!(m.stats.snapshot().names_only_batches > before.1, "no batch was answered names only");
+
+    // `find -printf '%s'` stats each file: its first directory's names-only entries are looked up, and then
+    // it is answered full entries, so the other directories cost (nearly) no LOOKUP per file.
+    let before = lookups();
+    let sizes =
+        find(&[m.path("stats").as_os_str(), "-type".as_ref(), "f".as_ref(), "-printf".as_ref(), "%s\n".as_ref()]);
+    let total: u64 = sizes.iter().map(|s| s.parse::<u64>().unwrap()).sum();
+    assert_eq!(total, (DIRS as u64) * (0..PER_DIR as u64).map(|f| f % 97).sum::<u64>());
+    let stat_lookups = lookups() - before;
+    assert!(
+        stat_lookups < (PER_DIR + PER_DIR / 2) as u64,
+        "{stat_lookups} LOOKUPs for {} stats: the walk was not switched to full entries",
+        DIRS * PER_DIR
+    );
+    m.unmount();
+}

@@ -132,6 +132,11 @@ impl Collector for MountMetrics {
                 s.fs.passthrough_opens,
             ),
             ("clip_fuse_erofs", "Write attempts refused with EROFS.", s.fs.erofs),
+            (
+                "clip_fuse_readdirplus_names_only",
+                "READDIRPLUS batches answered with names only (a walk that does not stat what it lists).",
+                s.fs.names_only_batches,
+            ),
         ])?;
         let st = &s.store;
         m.counters(&[
