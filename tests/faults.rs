@@ -148,6 +148,33 @@ fn registry_outage_cached_files_work_uncached_reads_fail_within_the_deadline_and
     m.stop();
 }
 
+#[test]
+fn a_mount_starts_while_the_registry_is_down_serves_what_the_cache_holds_and_fetches_once_it_is_back() {
+    let (layer, files) = files_layer("data", 8, 1 << 20, Compression::Gzip);
+    let mut served = Served::with_span_mib(&Image::new(vec![layer]), 1);
+    let (cached, uncached) = (&files[0], &files[4]);
+    let m = served.mount("fill", &[]);
+    assert!(std::fs::read(m.dir.join(&cached.0)).unwrap() == cached.1);
+    m.stop();
+
+    // Down: the mount starts at once, says so, serves the cached file and fails the other read.
+    served.restart_proxy(None);
+    let mut m = served.mount("down", &["--read-timeout", "2"]);
+    assert!(std::fs::read(m.dir.join(&cached.0)).unwrap() == cached.1, "a cached file, registry down");
+    let err = std::fs::read(m.dir.join(&uncached.0)).expect_err("an uncached read succeeded with the registry down");
+    assert_eq!(err.raw_os_error(), Some(common::EIO), "{err}");
+    assert_alive(&mut m);
+
+    // Back on the same address: the same mount fetches, without remounting.
+    served.restart_proxy(Some(ProxyConfig::default()));
+    common::wait_within(HOLDOFF + Duration::from_secs(4), "reads did not recover after the registry came back", || {
+        std::fs::read(m.dir.join(&uncached.0)).is_ok_and(|bytes| bytes == uncached.1)
+    });
+    let log = m.stop();
+    assert!(log.contains("the registry has not answered"), "the outage at mount was not reported:\n{log}");
+    assert!(log.contains("the registry answers"), "the return of the registry was not reported:\n{log}");
+}
+
 /// clip-store's `failure_holdoff` for the 2 s deadline, with room to spare.
 const HOLDOFF: Duration = Duration::from_millis(1100);
 

@@ -98,11 +98,13 @@ pub async fn open(
 }
 
 /// A blob source for `reference` without resolving any manifest: for readers that already know
-/// their descriptors (a mount of an existing index). Registry sources authenticate here.
+/// their descriptors (a mount of an existing index). A registry source does not wait for the registry
+/// ([`RegistrySource::connect_lazily`]): a mount whose cache holds what it reads needs no round trip to
+/// start, and starts while the registry is down. Needs a tokio runtime.
 pub async fn connect(reference: &ImageRef, opts: &SourceOptions) -> Result<Arc<dyn BlobSource>, SourceError> {
     Ok(match reference {
         ImageRef::Registry { registry, repository, .. } => {
-            Arc::new(RegistrySource::connect(registry, repository, opts).await?)
+            Arc::new(RegistrySource::connect_lazily(registry, repository, opts).await?)
         }
         ImageRef::Layout { dir, .. } => Arc::new(LayoutSource::new(dir)),
     })

@@ -192,6 +192,20 @@ impl Registry {
         Ok(())
     }
 
+    /// The credentials requests carry now and their generation; the first call (or whichever comes first,
+    /// with [`crate::RegistrySource::connect_lazily`]'s background check) authenticates, the others wait.
+    pub(super) async fn authenticated(&self) -> Result<(u64, RequestAuth), SourceError> {
+        let current = self.auth_state.get();
+        if current.0 > 0 {
+            return Ok(current);
+        }
+        let _one_at_a_time = self.auth_state.refresh.lock().await;
+        if self.auth_state.generation() == 0 {
+            self.authenticate().await?;
+        }
+        Ok(self.auth_state.get())
+    }
+
     /// Authenticates again after a 401 to a request made with credentials of `generation`, unless
     /// another request has done so meanwhile.
     /// Boxed: authenticating runs under the retry loop that calls this.

@@ -57,7 +57,7 @@ impl Registry {
         let mut out = BytesMut::with_capacity(len.min(16 << 20) as usize);
         let mut tries = Tries::default();
         loop {
-            let (generation, auth) = self.auth_state.get();
+            let (generation, auth) = self.authenticated().await?;
             // Resume after the bytes earlier attempts delivered.
             let rest = range.start + out.len() as u64..range.end;
             match self.range_attempt(desc, rest, &auth, &mut out).await {
@@ -76,7 +76,7 @@ impl Registry {
         }
         let mut tries = Tries::default();
         loop {
-            let (generation, auth) = self.auth_state.get();
+            let (generation, auth) = self.authenticated().await?;
             self.counter.request();
             match self.send_get(desc, Some(&(0..1)), &auth).await {
                 Ok(response) => {
@@ -178,7 +178,7 @@ impl Registry {
     /// answer comes; the body it returns skips to `offset` if the registry sent the whole blob.
     async fn open_at(&self, desc: &Descriptor, offset: u64, tries: &mut Tries) -> Result<Body, SourceError> {
         loop {
-            let (generation, auth) = self.auth_state.get();
+            let (generation, auth) = self.authenticated().await?;
             self.counter.request();
             let range = (offset > 0).then_some(offset..desc.size);
             let failed = match self.send_get(desc, range.as_ref(), &auth).await {

@@ -29,7 +29,7 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use reqwest::header::ACCEPT;
-use tracing::debug;
+use tracing::{debug, info, warn};
 
 use crate::digest::{media_types, Descriptor, Digest};
 use crate::error::SourceError;
@@ -46,6 +46,9 @@ use request::{error_chain, Target};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a connection may stay silent while we wait for an answer or body bytes.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a lazily connected source waits for the registry's first answer before warning that it is slow
+/// or down (it goes on waiting; see [`RegistrySource::connect_lazily`]).
+const SLOW_REGISTRY: Duration = Duration::from_secs(2);
 
 /// Blobs and manifests of one registry repository. Cheap to clone (the state is shared), so a blob
 /// stream can own what it needs to resume after a broken connection.
@@ -99,6 +102,64 @@ impl RegistrySource {
         opts: &SourceOptions,
         access: Access,
     ) -> Result<RegistrySource, SourceError> {
+        let source = Self::unconnected(registry, repository, opts, access).await?;
+        source.0.authenticate().await?;
+        Ok(source)
+    }
+
+    /// A pull source that does not wait for the registry: it finds the credentials and starts checking the
+    /// registry and obtaining a token in the background; the first request waits for that. A registry that
+    /// cannot be reached fails that request, not this call (and a warning is logged once it has not answered
+    /// for 2 s), so a reader whose cache holds what it needs starts, and serves, without one.
+    /// Needs a tokio runtime.
+    pub async fn connect_lazily(
+        registry: &str,
+        repository: &str,
+        opts: &SourceOptions,
+    ) -> Result<RegistrySource, SourceError> {
+        let source = Self::unconnected(registry, repository, opts, Access::Pull).await?;
+        let inner = Arc::clone(&source.0);
+        tokio::spawn(async move {
+            let registry = inner.registry.clone();
+            let check = inner.authenticated();
+            tokio::pin!(check);
+            let slow = tokio::select! {
+                done = &mut check => match done {
+                    Ok(_) => return,
+                    Err(error) => Err(error),
+                },
+                () = tokio::time::sleep(SLOW_REGISTRY) => Ok(()),
+            };
+            let failed = match slow {
+                Err(error) => error,
+                Ok(()) => {
+                    warn!(
+                        %registry,
+                        "the registry has not answered for {} s: reads of content the cache does not hold wait for it",
+                        SLOW_REGISTRY.as_secs()
+                    );
+                    match check.await {
+                        Ok(_) => return info!(%registry, "the registry answers"),
+                        Err(error) => error,
+                    }
+                }
+            };
+            warn!(
+                %registry,
+                error = %failed,
+                "the registry cannot be reached: reads of content the cache does not hold fail until it answers"
+            );
+        });
+        Ok(source)
+    }
+
+    /// The source with its credentials found, before any request.
+    async fn unconnected(
+        registry: &str,
+        repository: &str,
+        opts: &SourceOptions,
+        access: Access,
+    ) -> Result<RegistrySource, SourceError> {
         let auth = registry_auth(registry, opts).await?;
         let plain = opts.plain_http || is_local_registry(registry);
         debug!(registry, repository, plain_http = plain, ?access, "connecting to registry");
@@ -132,7 +193,6 @@ impl RegistrySource {
             retries: AtomicU64::new(0),
             range_ignored: AtomicBool::new(false),
         };
-        source.authenticate().await?;
         Ok(RegistrySource(Arc::new(source)))
     }
 

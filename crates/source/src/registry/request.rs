@@ -168,7 +168,7 @@ impl Registry {
     ) -> Result<Answer, SourceError> {
         let mut tries = Tries::default();
         loop {
-            let (generation, auth) = self.auth_state.get();
+            let (generation, auth) = self.authenticated().await?;
             let attempt = async {
                 let response = match build(&auth).send().await {
                     Ok(r) if r.status().is_success() || also.contains(&r.status()) => r,
