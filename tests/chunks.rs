@@ -98,8 +98,19 @@ fn a_flipped_bit_in_a_fetched_chunk_is_refetched_and_a_lying_registry_gets_eio()
 }
 
 /// The prefix files under the cache directory `cache` (see the store's `cache::prefix`).
+/// The prefix files (compressed bytes) in `cache`.
 fn prefix_files(cache: &Path) -> Vec<std::path::PathBuf> {
+    common::cache_files(&cache.join("prefixes")).into_iter().filter(|p| p.extension().is_none()).collect()
+}
+
+/// The decoded prefix files (`SPAN.part`) in `cache` that are sealed (mode 0400).
+fn sealed_part_files(cache: &Path) -> Vec<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
     common::cache_files(&cache.join("prefixes"))
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "part"))
+        .filter(|p| std::fs::metadata(p).is_ok_and(|m| m.permissions().mode() & 0o777 == 0o400))
+        .collect()
 }
 
 #[test]
@@ -114,15 +125,28 @@ fn a_remount_serves_a_partly_fetched_span_from_the_cache_and_refetches_a_damaged
     assert!(std::fs::read(m.dir.join(&path[1..])).unwrap() == expected, "{path}: not umoci's bytes");
     let first = served.proxy().stats().blob_bytes;
     assert!(first > 0 && first < span_compressed, "{path}: fetched {first} of {span_compressed}: not a prefix");
-    common::wait_within(Duration::from_secs(10), "the prefix reached the disk cache", || {
-        prefix_files(&cache).len() == 1
+    common::wait_within(Duration::from_secs(10), "the prefix and what it decodes to reached the disk cache", || {
+        prefix_files(&cache).len() == 1 && sealed_part_files(&cache).len() == 1
     });
     m.stop();
 
-    // A fresh mount over that cache: the same read needs no byte from the registry.
-    let m = served.mount("second", &[]);
+    // A fresh mount over that cache: the same read needs no byte from the registry, and takes the decoded
+    // bytes from the disk (a disk hit) instead of inflating the prefix again.
+    let addr = common::free_addr();
+    let m = served.mount("second", &["--metrics", &addr]);
     assert!(std::fs::read(m.dir.join(&path[1..])).unwrap() == expected, "{path}: not umoci's bytes on remount");
     assert_eq!(served.proxy().stats().blob_bytes, first, "the remount fetched again what the cache held");
+    assert!(metric(&addr, "clip_cache_disk_hits_total") >= 1.0, "the decoded prefix was not served from disk");
+    m.stop();
+
+    // A decoded prefix that is not sealed cannot be trusted: it is deleted and the prefix inflated again.
+    let part = sealed_part_files(&cache).pop().unwrap();
+    std::fs::set_permissions(&part, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let addr = common::free_addr();
+    let m = served.mount("unsealed", &["--metrics", &addr]);
+    assert!(std::fs::read(m.dir.join(&path[1..])).unwrap() == expected, "{path}: not umoci's bytes, part unsealed");
+    assert_eq!(served.proxy().stats().blob_bytes, first, "the remount fetched again what the cache held");
+    assert_eq!(metric(&addr, "clip_cache_disk_hits_total"), 0.0, "an unsealed decoded prefix was served");
     m.stop();
 
     // A damaged prefix file is deleted and the bytes fetched again: the reader gets umoci's bytes.

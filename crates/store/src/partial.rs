@@ -131,19 +131,33 @@ impl Inner {
         Some(Held { start, compressed: bytes.into() })
     }
 
-    /// Keeps on disk the prefix of span `f` that `entry` holds, or, when it holds the whole span (now on
-    /// disk as a span file) and the load went on from a prefix (`from_prefix`), removes that prefix's file.
-    /// In the background; a whole span loaded from scratch costs nothing here.
+    /// The first decoded bytes of span `f` that a decoded prefix file holds (see `cache::prefix`), when
+    /// they are at least the `need`ed ones: what a remount serves without inflating the prefix again.
+    pub(crate) async fn disk_part(&self, f: &Fetch, need: Need) -> Option<Vec<u8>> {
+        let disk = self.disk.clone()?;
+        let (span, len) = (f.span.digest, f.len);
+        let part = tokio::task::spawn_blocking(move || disk.get_part(&span, len)).await.ok()??;
+        (part.len() as u64 >= need.bytes(len)).then_some(part)
+    }
+
+    /// Keeps on disk the prefix of span `f` that `entry` holds (its compressed bytes and what they decode
+    /// to), or, when it holds the whole span (now on disk as a span file) and the load went on from a
+    /// prefix (`from_prefix`), removes those files. In the background; a whole span loaded from scratch
+    /// costs nothing here.
     pub(crate) fn keep_prefix(&self, f: &Fetch, entry: &Entry, from_prefix: bool) {
         if entry.held.is_none() && !from_prefix {
             return;
         }
         let Some((disk, key, _)) = self.prefix_place(f) else { return };
-        let held = entry.held.as_ref().map(|h| h.compressed.clone());
+        let held = entry.held.as_ref().map(|h| (h.compressed.clone(), entry.decoded.clone()));
+        let span = f.span.digest;
         let Some(rt) = tokio::runtime::Handle::try_current().ok().or_else(|| self.runtime.clone()) else { return };
         drop(rt.spawn_blocking(move || match held {
-            Some(bytes) => disk.put_prefix(&key, &bytes),
-            None => disk.remove_prefix(&key),
+            Some((compressed, decoded)) => {
+                disk.put_prefix(&key, &compressed);
+                disk.put_part(&span, &decoded);
+            }
+            None => disk.remove_prefix(&key, &span),
         }));
     }
 

@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 use tracing::{debug, warn};
 
 use super::files::{Form, TMP_PREFIX};
-use super::prefix::PREFIXES_DIR;
+use super::prefix::{PART_SUFFIX, PREFIXES_DIR};
 use super::{is_sealed, parse_digest, DiskCache, COMPRESSED_SUFFIX, FILES_DIR, SPANS_DIR};
 use crate::lock;
 
@@ -183,7 +183,7 @@ impl DiskCache {
                                 None => continue,
                             }
                         }
-                        PREFIXES_DIR if parse_digest(name).is_some() => None,
+                        PREFIXES_DIR if parse_digest(name.strip_suffix(PART_SUFFIX).unwrap_or(name)).is_some() => None,
                         PREFIXES_DIR => continue,
                         _ => {
                             let valid = name

@@ -12,6 +12,8 @@
 //!   its bytes hash to DIGEST.
 //! - `prefixes/ab/KEY`: the compressed bytes of a span's prefix that a partial fetch brought, so a later
 //!   process fetches only the rest (see `prefix`); valid iff they match the index's chunk digests.
+//! - `prefixes/ab/SPAN.part`: the decoded bytes that prefix gave, so a later process need not inflate it
+//!   again; used only when sealed.
 //! - `.tmp-*` files next to those: writes in progress. Every file is written under a temp name and renamed
 //!   into place, so a crash never leaves a half-written file under a digest name.
 //!

@@ -7,6 +7,12 @@
 //! blob, unlike a span file (named by the decoded bytes). A prefix file is never trusted as it is: whoever
 //! loads it checks every chunk against the index's compressed-chunk digests before decoding it, and deletes
 //! it when a check fails ([`DiskCache::reject`]). Once the whole span is on disk its prefix file is removed.
+//!
+//! `prefixes/ab/SPAN.part`: the decoded bytes that prefix gave, the first bytes of the span whose digest is
+//! SPAN, so that a remount serves them without inflating the prefix again (a gzip prefix of a few hundred
+//! KB takes milliseconds to inflate, on the path of the read that needs it). Nothing in the index can check
+//! them, so such a file is used only when sealed (written from checked bytes and synced, see `seal`); an
+//! unsealed one is deleted on sight, and the prefix inflated again. It goes with its span's prefix file.
 
 use clip_format::Digest;
 use std::fs;
@@ -17,9 +23,12 @@ use std::sync::Arc;
 use sha2::{Digest as _, Sha256};
 use tracing::debug;
 
+use super::seal::{is_sealed, touch_if_stale};
 use super::{on_disk, touch, DiskCache};
 
 pub(crate) const PREFIXES_DIR: &str = "prefixes";
+/// The suffix of a decoded prefix file (`SPAN.part`).
+pub(crate) const PART_SUFFIX: &str = ".part";
 
 /// What names the prefix of layer blob `layer` that starts at compressed offset `start`.
 pub(crate) fn prefix_key(layer: &Digest, start: u64) -> Digest {
@@ -85,13 +94,56 @@ impl DiskCache {
         }
     }
 
-    /// Removes prefix file `key` (its whole span is on disk now).
-    pub(crate) fn remove_prefix(&self, key: &Digest) {
-        let path = self.prefix_path(key);
-        if let Ok(m) = fs::metadata(&path) {
-            if fs::remove_file(&path).is_ok() {
-                self.forget(on_disk(m.len()));
+    /// Removes prefix file `key` and the decoded prefix of `span` (the whole span is on disk now).
+    pub(crate) fn remove_prefix(&self, key: &Digest, span: &Digest) {
+        for path in [self.prefix_path(key), self.part_path(span)] {
+            if let Ok(m) = fs::metadata(&path) {
+                if fs::remove_file(&path).is_ok() {
+                    self.forget(on_disk(m.len()));
+                }
             }
+        }
+    }
+
+    fn part_path(&self, span: &Digest) -> PathBuf {
+        let name = span.hex();
+        self.root.join(PREFIXES_DIR).join(&name[..2]).join(format!("{name}{PART_SUFFIX}"))
+    }
+
+    /// The first decoded bytes of span `span` (of `len` bytes) a decoded prefix file holds, when it is sealed
+    /// and shorter than the span; an unsealed or overlong one is deleted.
+    pub(crate) fn get_part(&self, span: &Digest, len: u64) -> Option<Vec<u8>> {
+        let path = self.part_path(span);
+        let file = fs::File::open(&path).ok()?;
+        let meta = file.metadata().ok()?;
+        if !is_sealed(&meta) || meta.len() == 0 || meta.len() >= len {
+            let why = "a decoded prefix not sealed (a write cut short?), or as long as its span";
+            self.reject(&path, None, meta.len(), why);
+            return None;
+        }
+        let mut buf = Vec::new();
+        buf.try_reserve_exact(meta.len() as usize).ok()?;
+        (&file).take(meta.len()).read_to_end(&mut buf).ok()?;
+        touch_if_stale(&file, &meta);
+        Some(buf)
+    }
+
+    /// Keeps `bytes`, the first decoded bytes of span `span` inflated from a checked prefix, as its decoded
+    /// prefix file (replacing a shorter one), sealed once written; a failure is logged, never fatal.
+    pub(crate) fn put_part(self: &Arc<Self>, span: &Digest, bytes: &[u8]) {
+        let len = bytes.len() as u64;
+        if len == 0 || len > self.limit / 8 {
+            return;
+        }
+        let path = self.part_path(span);
+        let old = fs::metadata(&path).map_or(0, |m| m.len());
+        if old >= len {
+            return;
+        }
+        if self.write_file(&path, bytes) {
+            self.forget(on_disk(old));
+            self.added(on_disk(len));
+            self.seal(path);
         }
     }
 }
@@ -119,8 +171,32 @@ mod tests {
         assert_eq!(cache.stats().verify_failures, 1);
         assert_eq!(cache.stats().bytes, 0);
         cache.put_prefix(&key, &[4u8; 10]);
-        cache.remove_prefix(&key);
+        let span = Digest::of(b"span");
+        cache.put_part(&span, &[5u8; 100]);
+        cache.remove_prefix(&key, &span);
         assert!(cache.get_prefix(&key, 1 << 20).is_none());
+        assert!(cache.get_part(&span, 1 << 20).is_none());
+        assert_eq!(cache.stats().bytes, 0);
+    }
+
+    #[test]
+    fn a_decoded_prefix_is_served_only_sealed_and_shorter_than_its_span() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Arc::new(DiskCache::open(dir.path(), 1 << 30).unwrap());
+        cache.wait_scanned();
+        let span = Digest::of(b"span");
+        cache.put_part(&span, &[1u8; 5000]); // no runtime: sealed before this returns
+        cache.put_part(&span, &[2u8; 100]);
+        assert_eq!(cache.get_part(&span, 1 << 20).unwrap(), vec![1u8; 5000], "a shorter one replaced it");
+        assert!(cache.get_part(&span, 5000).is_none(), "a decoded prefix as long as its span was served");
+        assert!(!cache.part_path(&span).exists(), "an overlong decoded prefix was kept");
+
+        // Unsealed (as a crash between the write and the seal leaves it): deleted, never served.
+        cache.put_part(&span, &[3u8; 300]);
+        let path = cache.part_path(&span);
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        assert!(cache.get_part(&span, 1 << 20).is_none(), "an unsealed decoded prefix was served");
+        assert!(!path.exists());
         assert_eq!(cache.stats().bytes, 0);
     }
 }
