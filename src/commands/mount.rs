@@ -24,6 +24,9 @@ pub async fn run(a: MountArgs, quiet: bool) -> anyhow::Result<()> {
     };
     config.fs.suid = a.allow_setuid;
     config.open.source.plain_http = a.source.plain_http;
+    // A foreground mount starts, and serves its cache, while the registry is slow or down (a node's shared
+    // mount, `serve`, checks the registry first: a run falls back to v1 when it cannot be reached).
+    config.open.source.connect_in_background = true;
     config.open.s3 = a.s3.options();
     config.open.store.cache_dir =
         if a.no_cache { None } else { Some(a.cache_dir.clone().unwrap_or_else(clip_store::default_cache_dir)) };

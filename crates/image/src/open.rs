@@ -211,8 +211,8 @@ pub(crate) async fn open_image_source(
     if let (ImageRef::Registry { digest, .. }, Some(pinned)) = (&mut reference, &meta.manifest_digest) {
         // Pinned to the manifest digest it was built from: the layer blobs are content-addressed and every
         // span is verified against its own digest, so the manifest and config need not be fetched again (two
-        // round trips off every cold start). A registry that lost the image fails the first read, naming it;
-        // one that is down fails the reads the cache cannot serve (the source connects in the background).
+        // round trips off every cold start). A registry that lost the image fails the first read, naming it
+        // (and, with `connect_in_background`, one that is down fails the reads the cache cannot serve).
         *digest = Some(*pinned);
         let source = clip_source::connect(&reference, opts).await?;
         info!(image = %reference, source = %source.describe(), "image source ready");

@@ -74,6 +74,10 @@ pub struct SourceOptions {
     pub docker_config: Option<PathBuf>,
     /// How failed registry requests are retried.
     pub retry: RetryPolicy,
+    /// [`connect`] does not wait for the registry ([`RegistrySource::connect_lazily`]): for a mount that
+    /// should start, and serve its cache, while the registry is slow or down (`clip mount`). Off, it checks
+    /// the registry first and fails when it cannot be reached (what a node's run needs to fall back to v1).
+    pub connect_in_background: bool,
 }
 
 /// Resolves `reference` to one image for `opts.platform` and returns it with the source to read
@@ -98,13 +102,17 @@ pub async fn open(
 }
 
 /// A blob source for `reference` without resolving any manifest: for readers that already know
-/// their descriptors (a mount of an existing index). A registry source does not wait for the registry
-/// ([`RegistrySource::connect_lazily`]): a mount whose cache holds what it reads needs no round trip to
-/// start, and starts while the registry is down. Needs a tokio runtime.
+/// their descriptors (a mount of an existing index). A registry source checks the registry and
+/// authenticates here, or, with [`SourceOptions::connect_in_background`], in the background
+/// ([`RegistrySource::connect_lazily`]: a mount whose cache holds what it reads then needs no round trip to
+/// start, and starts while the registry is down; needs a tokio runtime).
 pub async fn connect(reference: &ImageRef, opts: &SourceOptions) -> Result<Arc<dyn BlobSource>, SourceError> {
     Ok(match reference {
-        ImageRef::Registry { registry, repository, .. } => {
+        ImageRef::Registry { registry, repository, .. } if opts.connect_in_background => {
             Arc::new(RegistrySource::connect_lazily(registry, repository, opts).await?)
+        }
+        ImageRef::Registry { registry, repository, .. } => {
+            Arc::new(RegistrySource::connect(registry, repository, opts).await?)
         }
         ImageRef::Layout { dir, .. } => Arc::new(LayoutSource::new(dir)),
     })
