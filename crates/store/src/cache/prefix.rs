@@ -111,14 +111,21 @@ impl DiskCache {
     }
 
     /// The first decoded bytes of span `span` (of `len` bytes) a decoded prefix file holds, when it is sealed
-    /// and shorter than the span; an unsealed or overlong one is deleted.
+    /// and shorter than the span. An unsealed one (its writer died before syncing it, or has not sealed it
+    /// yet) is deleted quietly, to be written again; an empty or overlong one as a failed check.
     pub(crate) fn get_part(&self, span: &Digest, len: u64) -> Option<Vec<u8>> {
         let path = self.part_path(span);
         let file = fs::File::open(&path).ok()?;
         let meta = file.metadata().ok()?;
-        if !is_sealed(&meta) || meta.len() == 0 || meta.len() >= len {
-            let why = "a decoded prefix not sealed (a write cut short?), or as long as its span";
-            self.reject(&path, None, meta.len(), why);
+        if meta.len() == 0 || meta.len() >= len {
+            self.reject(&path, None, meta.len(), "a decoded prefix empty, or as long as its span");
+            return None;
+        }
+        if !is_sealed(&meta) {
+            debug!(path = %path.display(), "decoded prefix not sealed; deleted, the prefix is inflated again");
+            if fs::remove_file(&path).is_ok() {
+                self.forget(on_disk(meta.len()));
+            }
             return None;
         }
         let mut buf = Vec::new();
