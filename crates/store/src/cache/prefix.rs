@@ -79,19 +79,23 @@ impl DiskCache {
     /// Keeps `bytes`, a checked prefix, as prefix file `key` (replacing a shorter one), atomically; a failure
     /// is logged and counted, never fatal.
     pub(crate) fn put_prefix(self: &Arc<Self>, key: &Digest, bytes: &[u8]) {
+        self.put_longer(self.prefix_path(key), bytes);
+    }
+
+    /// Writes `bytes` to `path` unless they are empty, too big for the cache, or no longer than what is
+    /// there; counts the change. Returns whether it wrote.
+    fn put_longer(self: &Arc<Self>, path: PathBuf, bytes: &[u8]) -> bool {
         let len = bytes.len() as u64;
-        if len > self.limit / 8 {
-            return;
+        if len == 0 || len > self.limit / 8 {
+            return false;
         }
-        let path = self.prefix_path(key);
         let old = fs::metadata(&path).map_or(0, |m| m.len());
-        if old >= len {
-            return;
+        if old >= len || !self.write_file(&path, bytes) {
+            return false;
         }
-        if self.write_file(&path, bytes) {
-            self.forget(on_disk(old));
-            self.added(on_disk(len));
-        }
+        self.forget(on_disk(old));
+        self.added(on_disk(len));
+        true
     }
 
     /// Removes prefix file `key` and the decoded prefix of `span` (the whole span is on disk now).
@@ -138,18 +142,8 @@ impl DiskCache {
     /// Keeps `bytes`, the first decoded bytes of span `span` inflated from a checked prefix, as its decoded
     /// prefix file (replacing a shorter one), sealed once written; a failure is logged, never fatal.
     pub(crate) fn put_part(self: &Arc<Self>, span: &Digest, bytes: &[u8]) {
-        let len = bytes.len() as u64;
-        if len == 0 || len > self.limit / 8 {
-            return;
-        }
         let path = self.part_path(span);
-        let old = fs::metadata(&path).map_or(0, |m| m.len());
-        if old >= len {
-            return;
-        }
-        if self.write_file(&path, bytes) {
-            self.forget(on_disk(old));
-            self.added(on_disk(len));
+        if self.put_longer(path.clone(), bytes) {
             self.seal(path);
         }
     }
