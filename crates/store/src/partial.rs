@@ -116,9 +116,10 @@ impl Inner {
     }
 
     /// The prefix of span `f` a partial fetch kept on disk (in this process or an earlier one), checked
-    /// against the chunk digests; a prefix file that fails is deleted and `None` returned (the span is
-    /// fetched as if it had never been read).
-    pub(crate) async fn disk_prefix(&self, f: &Fetch) -> Option<Held> {
+    /// against the chunk digests (a prefix file that fails is deleted and `None` returned: the span is
+    /// fetched as if it had never been read); with it, what it decodes to when a decoded prefix file holds
+    /// at least the `need`ed bytes (served without inflating the prefix again).
+    pub(crate) async fn disk_prefix(&self, f: &Fetch, need: Need) -> Option<(Held, Option<Vec<u8>>)> {
         let (disk, key, start) = self.prefix_place(f)?;
         let max = f.range.end - start;
         let bytes = tokio::task::spawn_blocking(move || disk.get_prefix(&key, max)).await.ok()??;
@@ -128,12 +129,12 @@ impl Inner {
             self.disk.as_ref()?.reject_prefix(&key, bytes.len() as u64);
             return None;
         }
-        Some(Held { start, compressed: bytes.into() })
+        Some((Held { start, compressed: bytes.into() }, self.disk_part(f, need).await))
     }
 
     /// The first decoded bytes of span `f` that a decoded prefix file holds (see `cache::prefix`), when
-    /// they are at least the `need`ed ones: what a remount serves without inflating the prefix again.
-    pub(crate) async fn disk_part(&self, f: &Fetch, need: Need) -> Option<Vec<u8>> {
+    /// they are at least the `need`ed ones.
+    async fn disk_part(&self, f: &Fetch, need: Need) -> Option<Vec<u8>> {
         let disk = self.disk.clone()?;
         let (span, len) = (f.span.digest, f.len);
         let part = tokio::task::spawn_blocking(move || disk.get_part(&span, len)).await.ok()??;

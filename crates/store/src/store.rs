@@ -355,18 +355,15 @@ impl Inner {
             let held = lock(&self.memory).get(index).and_then(|e| e.held);
             let held = match held {
                 Some(held) => Some(held),
-                None => match self.disk_prefix(&fetch).await {
-                    // A remount: what the prefix decodes to may be on disk too, and enough for this read.
-                    Some(held) => match self.disk_part(&fetch, need).await {
-                        Some(part) => {
-                            Counters::bump(&self.counters.disk_hits);
-                            let entry = Entry { decoded: part.into(), held: Some(held) };
-                            lock(&self.memory).put(index, entry.clone(), self.config.memory_bytes);
-                            return Ok(entry.decoded);
-                        }
-                        None => Some(held),
-                    },
-                    None => None,
+                None => match self.disk_prefix(&fetch, need).await {
+                    // A remount: what the prefix decodes to is on disk too, and enough for this read.
+                    Some((held, Some(part))) => {
+                        Counters::bump(&self.counters.disk_hits);
+                        let entry = Entry { decoded: part.into(), held: Some(held) };
+                        lock(&self.memory).put(index, entry.clone(), self.config.memory_bytes);
+                        return Ok(entry.decoded);
+                    }
+                    found => found.map(|(held, _)| held),
                 },
             };
             let from_prefix = held.is_some();

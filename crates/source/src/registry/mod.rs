@@ -123,32 +123,28 @@ impl RegistrySource {
             let registry = inner.registry.clone();
             let check = inner.authenticated();
             tokio::pin!(check);
-            let slow = tokio::select! {
-                done = &mut check => match done {
-                    Ok(_) => return,
-                    Err(error) => Err(error),
-                },
-                () = tokio::time::sleep(SLOW_REGISTRY) => Ok(()),
-            };
-            let failed = match slow {
-                Err(error) => error,
-                Ok(()) => {
+            let done = match tokio::time::timeout(SLOW_REGISTRY, &mut check).await {
+                Ok(done) => done.map(drop),
+                Err(_) => {
                     warn!(
                         %registry,
                         "the registry has not answered for {} s: reads of content the cache does not hold wait for it",
                         SLOW_REGISTRY.as_secs()
                     );
-                    match check.await {
-                        Ok(_) => return info!(%registry, "the registry answers"),
-                        Err(error) => error,
+                    let done = check.await.map(drop);
+                    if done.is_ok() {
+                        info!(%registry, "the registry answers");
                     }
+                    done
                 }
             };
-            warn!(
-                %registry,
-                error = %failed,
-                "the registry cannot be reached: reads of content the cache does not hold fail until it answers"
-            );
+            if let Err(error) = done {
+                warn!(
+                    %registry,
+                    %error,
+                    "the registry cannot be reached: reads of content the cache does not hold fail until it answers"
+                );
+            }
         });
         Ok(source)
     }
