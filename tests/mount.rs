@@ -238,3 +238,40 @@ fn prefetch_fills_the_cache_in_the_background() {
     assert_eq!(metric(&addr, "clip_spans_fetched_total"), fetched, "reads after a full prefetch fetched spans");
     m.stop();
 }
+
+/// `find` of two big directories: the walk gets names only for the second one's later batches (the kernel
+/// builds no inode for them); a walk that then stats every file looks those names up and gets the
+/// attributes `umoci unpack` gives, as it does for the names that came with full entries.
+#[test]
+fn a_walk_that_reads_names_only_gets_names_only_and_a_stat_walk_gets_umocis_attributes() {
+    let mut l = LayerBuilder::new();
+    for dir in ["a", "b"] {
+        for i in 0..1500u32 {
+            l.file(format!("{dir}/f{i:04}"), vec![b'x'; (i % 97) as usize]);
+        }
+    }
+    let image = Image::new(vec![Layer::new(l.finish(), Compression::Gzip)]);
+    let served = Served::new(&image);
+    let addr = common::free_addr();
+    let m = served.mount("mnt", &["--metrics", &addr]);
+    let find = |root: &Path, printf: &[&str]| {
+        let out = std::process::Command::new("find").arg(root).args(printf).output().unwrap();
+        assert!(out.status.success(), "find: {}", String::from_utf8_lossy(&out.stderr));
+        let mut lines: Vec<String> = String::from_utf8(out.stdout).unwrap().lines().map(String::from).collect();
+        lines.sort();
+        lines
+    };
+    let lookups = || metric(&addr, "clip_fuse_requests_total{op=\"lookup\"}");
+
+    assert_eq!(find(&m.dir, &[]).len(), 3003, "the root, a/, b/ and 3000 files");
+    assert!(metric(&addr, "clip_fuse_readdirplus_names_only_total") >= 1.0, "no batch was names only");
+    assert!(lookups() <= 3.0, "a names-only walk looked up {} entries", lookups());
+
+    let unpacked = umoci_unpack(served.layout.path(), "t");
+    let printf = ["-type", "f", "-printf", "%P %s %m %U %G %T@\n"];
+    let (ours, theirs) = (find(&m.dir, &printf), find(&unpacked.rootfs(), &printf));
+    let differ: Vec<_> = ours.iter().zip(&theirs).filter(|(a, b)| a != b).take(3).collect();
+    assert!(ours.len() == 3000 && ours.len() == theirs.len() && differ.is_empty(), "a stat walk differs: {differ:?}");
+    assert!(lookups() >= 100.0, "no name given names only was looked up: the test proves nothing");
+    m.stop();
+}
