@@ -10,21 +10,57 @@ use clip_format::Archive;
 use clip_testkit::*;
 use common::{clip_ok, metric, s, tar_files, text, MountProc};
 
-/// The spans of layer 0 holding `[off, off + size)` of the layer's tar, in order, as a profile's JSON
-/// names them: `(layer, span)`.
-fn spans_of(archive: &Archive, off: u64, size: u64) -> Vec<(u32, usize)> {
-    let layer = clip_format::LayerIndex(0);
-    let first = archive.find_span(layer, off).unwrap();
-    let last = archive.find_span(layer, off + size.max(1) - 1).unwrap();
-    clip_format::SpanIds::through(first, last).iter().map(|i| (0, i.index())).collect()
+/// What a profile records for reading `[off, off + size)` of layer 0's tar: each span it covers as the
+/// profile's JSON names it, `[layer, span]` when the read reaches the span's end, else `[layer, span,
+/// decoded bytes of the span read]`.
+fn spans_of(archive: &Archive, off: u64, size: u64) -> Vec<Vec<u64>> {
+    let data = clip_format::DataRef { layer: clip_format::LayerIndex(0), offset: off, size };
+    let whole_file = archive.file_spans(data, 0..size).map(Result::unwrap);
+    whole_file
+        .map(|slice| {
+            let len = slice.span_range.end - slice.span_range.start;
+            let mut entry = vec![0, slice.span.index() as u64];
+            if slice.within.end < len {
+                entry.push(slice.within.end);
+            }
+            entry
+        })
+        .collect()
 }
 
 fn read_profile(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
 
+/// A cold mount of `index` with `--profile profile`: waits until the profile's `spans` are loaded, reads
+/// `files` (checked against `tar`) and returns the compressed bytes fetched by then; asserts that the
+/// reads fetched nothing the prefetch had not.
+fn replay(index: &Path, dir: &Path, profile: &Path, spans: usize, files: &[(String, u64, u64)], tar: &[u8]) -> f64 {
+    let addr = format!("127.0.0.1:{}", find_free_port());
+    let cache = dir.join("cache");
+    let m = MountProc::start(
+        index,
+        &dir.join("mnt"),
+        &["--cache-dir", s(&cache), "--profile", s(profile), "--metrics", &addr],
+    );
+    let what = format!("the profile's {spans} spans were not prefetched");
+    common::wait_within(Duration::from_secs(60), &what, || {
+        metric(&addr, "clip_prefetched_spans_total") >= spans as f64
+    });
+    let fetched = metric(&addr, "clip_spans_fetched_total");
+    assert!(fetched >= spans as f64, "prefetch fetched {fetched} spans");
+    let bytes = metric(&addr, "clip_fetched_bytes_total");
+    for (path, off, size) in files {
+        assert!(std::fs::read(m.dir.join(path)).unwrap() == tar[*off as usize..(*off + *size) as usize], "{path}");
+    }
+    assert_eq!(metric(&addr, "clip_spans_fetched_total"), fetched, "reads covered by the profile fetched spans");
+    let log = m.stop();
+    assert!(log.contains("prefetching the spans of the profile"), "{log}");
+    bytes
+}
+
 #[test]
-fn recorded_profile_lists_first_reads_and_a_cold_mount_prefetches_them() {
+fn recorded_profile_lists_first_reads_and_a_cold_mount_prefetches_as_much_of_them() {
     let layer = big_gzip_layer(12);
     let tar = layer.tar().to_vec();
     let registry = Registry::start();
@@ -36,10 +72,18 @@ fn recorded_profile_lists_first_reads_and_a_cold_mount_prefetches_them() {
     clip_ok(&["index", &registry.image_ref("img:t"), "-o", s(&index)]);
     let archive = Archive::open(&index).unwrap();
 
-    // Read two files, the later one in the layer first: the profile must keep that order.
+    // Two small files that end in the first third of a span (so a prefix of it is all they need), the
+    // later one in the layer read first: the profile must keep that order.
+    let ends_early = |&(_, off, size): &(String, u64, u64)| {
+        let layer = clip_format::LayerIndex(0);
+        let span = archive.find_span(layer, off + size - 1).unwrap();
+        let range = archive.span_range(layer, span).unwrap();
+        size > 0 && size < 64 << 10 && off >= range.start && (off + size - range.start) * 3 < range.end - range.start
+    };
     let files = tar_files(&tar);
-    let picked: Vec<_> = files.iter().filter(|f| f.2 > 0).rev().step_by(3).take(2).cloned().collect();
-    assert_eq!(picked.len(), 2, "the test layer has too few files");
+    let early: Vec<_> = files.iter().filter(|f| ends_early(f)).collect();
+    assert!(early.len() >= 2, "the test layer has too few files that end early in a span");
+    let picked = vec![early[early.len() - 1].clone(), early[0].clone()];
     let profile = dir.path().join("profile.json");
     let cache1 = dir.path().join("cache1");
     let m = MountProc::start(
@@ -51,40 +95,34 @@ fn recorded_profile_lists_first_reads_and_a_cold_mount_prefetches_them() {
     for (path, off, size) in &picked {
         let bytes = std::fs::read(m.dir.join(path)).unwrap();
         assert!(bytes == tar[*off as usize..(*off + *size) as usize], "{path}");
-        for span in spans_of(&archive, *off, *size) {
-            if !expected.contains(&span) {
-                expected.push(span);
+        for entry in spans_of(&archive, *off, *size) {
+            // A span read again keeps its place and reaches as far as the furthest read (all of it: no third).
+            match expected.iter_mut().find(|e: &&mut Vec<u64>| e[..2] == entry[..2]) {
+                Some(e) if e.len() == 3 && entry.len() == 3 => e[2] = e[2].max(entry[2]),
+                Some(e) => e.truncate(2),
+                None => expected.push(entry),
             }
         }
     }
     let log = m.stop();
     assert!(log.contains("profile recorded"), "{log}");
     let json = read_profile(&profile);
-    let recorded: Vec<(u32, usize)> = serde_json::from_value(json["spans"].clone()).unwrap();
+    let recorded: Vec<Vec<u64>> = serde_json::from_value(json["spans"].clone()).unwrap();
     assert_eq!(recorded, expected, "{json}");
+    assert!(recorded.iter().all(|e| e.len() == 3), "each file ends early in its span: {json}");
     let indexed = archive.meta().manifest_digest.map(|d| d.to_string());
     assert_eq!(json["manifest_digest"].as_str(), indexed.as_deref());
 
-    // A cold cache with the profile: the spans load in the background; the same reads then fetch nothing.
-    let addr = format!("127.0.0.1:{}", find_free_port());
-    let cache2 = dir.path().join("cache2");
-    let m = MountProc::start(
-        &index,
-        &dir.path().join("replay"),
-        &["--cache-dir", s(&cache2), "--profile", s(&profile), "--metrics", &addr],
-    );
-    let what = format!("the profile's {} spans were not prefetched", expected.len());
-    common::wait_within(Duration::from_secs(60), &what, || {
-        metric(&addr, "clip_prefetched_spans_total") >= expected.len() as f64
-    });
-    let fetched = metric(&addr, "clip_spans_fetched_total");
-    assert!(fetched >= expected.len() as f64, "prefetch fetched {fetched} spans");
-    for (path, off, size) in &picked {
-        assert!(std::fs::read(m.dir.join(path)).unwrap() == tar[*off as usize..(*off + *size) as usize], "{path}");
-    }
-    assert_eq!(metric(&addr, "clip_spans_fetched_total"), fetched, "reads covered by the profile fetched spans");
-    let log = m.stop();
-    assert!(log.contains("prefetching the spans of the profile"), "{log}");
+    // A cold cache with the profile: the spans load in the background, each as far as the recorded reads
+    // went; the same reads then fetch nothing.
+    let prefixes = replay(&index, &dir.path().join("a"), &profile, expected.len(), &picked, &tar);
+    // The same profile as an older clip wrote it (whole spans) loads the same spans, and more of each.
+    let mut whole = json.clone();
+    whole["spans"] = recorded.iter().map(|e| e[..2].to_vec()).collect::<Vec<_>>().into();
+    let whole_profile = dir.path().join("whole.json");
+    std::fs::write(&whole_profile, serde_json::to_vec(&whole).unwrap()).unwrap();
+    let wholes = replay(&index, &dir.path().join("b"), &whole_profile, expected.len(), &picked, &tar);
+    assert!(prefixes < wholes * 0.75, "prefix replay fetched {prefixes} bytes, whole spans {wholes}");
 }
 
 /// `clip ARGS` on a clean node (see [`common::clip_node`]); returns (success, stdout, stderr).

@@ -30,7 +30,7 @@ pub use mount_spec::MountSpec;
 pub use prefetch::{startup_spans, STARTUP_FILE_MAX, STARTUP_SPANS_MAX};
 pub use profile::{
     fetch_profile_s3, fetch_published_profile, publish_profile, publish_profile_s3, Profile, ProfileRecorder,
-    RecordLimits, PROFILE_ARTIFACT_TYPE, PROFILE_LAYER_MEDIA_TYPE,
+    ProfileSpan, RecordLimits, PROFILE_ARTIFACT_TYPE, PROFILE_LAYER_MEDIA_TYPE,
 };
 pub use run::{
     layers_metrics_socket, layers_mount_of, remount_layers, unmount_layers, Fallback, FallbackReason, GcEntry,

@@ -1,11 +1,13 @@
 //! What a mount loads as it starts, before the first read asks ([`startup_spans`]): the spans of the
 //! index's startup set (the entrypoint, its interpreter and libraries, found at index time), then the
-//! spans of a recorded profile in the order the recorded start read them, each span once. The list goes
-//! to [`clip_store::ContentStore::prefetch_spans`], which loads them all concurrently.
+//! spans of a recorded profile in the order the recorded start read them, each span once and only as far
+//! into it as those files reach or that start read (a span's tail past them is not waited for). The list
+//! goes to [`clip_store::ContentStore::prefetch_spans`], which loads them all concurrently.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 use clip_format::{Archive, LayerIndex, SpanId};
+use clip_store::Need;
 use tracing::warn;
 
 use crate::Profile;
@@ -16,16 +18,35 @@ pub const STARTUP_FILE_MAX: u64 = 64 << 20;
 /// The most spans of the startup set prefetched.
 pub const STARTUP_SPANS_MAX: usize = 1024;
 
-/// The spans to prefetch at mount: the startup set's when `startup_set` (files in set order, each up to
-/// [`STARTUP_FILE_MAX`] bytes, at most [`STARTUP_SPANS_MAX`] spans), then `profile`'s that exist in
-/// `archive`; each span once. Returns the list and how many came from the set.
+/// Spans in the order they were first wanted, each with all that was wanted of it.
+#[derive(Default)]
+struct Wanted {
+    order: Vec<(LayerIndex, SpanId, Need)>,
+    at: HashMap<(LayerIndex, SpanId), usize>,
+}
+
+impl Wanted {
+    fn add(&mut self, layer: LayerIndex, span: SpanId, need: Need) {
+        match self.at.get(&(layer, span)) {
+            Some(&i) => self.order[i].2 = self.order[i].2.max(need),
+            None => {
+                self.at.insert((layer, span), self.order.len());
+                self.order.push((layer, span, need));
+            }
+        }
+    }
+}
+
+/// The spans to prefetch at mount, each with how much of it: the startup set's when `startup_set` (files
+/// in set order, each up to [`STARTUP_FILE_MAX`] bytes, at most [`STARTUP_SPANS_MAX`] spans; a span a file
+/// ends in only up to there), then `profile`'s that exist in `archive`; each span once, as far as any of
+/// them wants it. Returns the list and how many came from the set.
 pub fn startup_spans(
     archive: &Archive,
     startup_set: bool,
     profile: Option<&Profile>,
-) -> (Vec<(LayerIndex, SpanId)>, usize) {
-    let mut seen = HashSet::new();
-    let mut spans = Vec::new();
+) -> (Vec<(LayerIndex, SpanId, Need)>, usize) {
+    let mut spans = Wanted::default();
     if startup_set {
         let set = archive.startup_set().unwrap_or_else(|error| {
             warn!(
@@ -38,18 +59,19 @@ pub fn startup_spans(
             let Some(data) = archive.node(ino).ok().and_then(|n| n.data_ref()) else { continue };
             for slice in archive.file_spans(data, 0..STARTUP_FILE_MAX) {
                 let Ok(slice) = slice else { break };
-                if spans.len() >= STARTUP_SPANS_MAX {
+                if spans.order.len() >= STARTUP_SPANS_MAX {
                     break 'files;
                 }
-                if seen.insert((data.layer, slice.span)) {
-                    spans.push((data.layer, slice.span));
-                }
+                let len = slice.span_range.end - slice.span_range.start;
+                spans.add(data.layer, slice.span, Need::through(slice.within.end, len));
             }
         }
     }
-    let from_set = spans.len();
+    let from_set = spans.order.len();
     if let Some(profile) = profile {
-        spans.extend(profile.valid_spans(archive).into_iter().filter(|s| seen.insert(*s)));
+        for (layer, span, need) in profile.valid_spans(archive) {
+            spans.add(layer, span, need);
+        }
     }
-    (spans, from_set)
+    (spans.order, from_set)
 }

@@ -1,16 +1,19 @@
 //! Prefetch profiles: the order in which a container's startup first read the image's spans.
 //!
 //! A [`ProfileRecorder`] watches a mount's reads (it is a [`clip_fs::ReadObserver`]), maps each one to the
-//! spans it covers and keeps every span once, in first-touch order. [`Profile`] is the small JSON file it
-//! writes (`{"manifest_digest": ..., "spans": [[layer, span], ...]}`, span = index into the index's span
-//! table); a later mount of the same index on a cold node hands those spans to
-//! [`clip_store::ContentStore::prefetch_spans`] so they load in order while the container starts.
+//! spans it covers and keeps every span once, in first-touch order, with how far into it the reads
+//! reached. [`Profile`] is the small JSON file it writes (`{"manifest_digest": ..., "spans": [[layer,
+//! span, upto], ...]}`, span = index into the index's span table, upto = decoded bytes of it read from its
+//! start; `[layer, span]`, as older profiles have it, means all of it); a later mount of the same index on
+//! a cold node hands those spans to [`clip_store::ContentStore::prefetch_spans`] so they load in order,
+//! each only as far as the recorded start read it, while the container starts.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use clip_format::{Archive, DataRef, Digest, LayerIndex, SpanId, SpanIds};
+use clip_format::{Archive, DataRef, Digest, LayerIndex, SpanId};
+use clip_store::Need;
 use serde::{Deserialize, Serialize};
 use tracing::debug;
 
@@ -32,8 +35,34 @@ const MAX_PROFILE_BYTES: u64 = 64 << 20;
 pub struct Profile {
     /// The image manifest the index was built from (`None` for an archive of a directory).
     pub manifest_digest: Option<Digest>,
-    /// `(layer, span index)` in the order they were first read, each once.
-    pub spans: Vec<(LayerIndex, SpanId)>,
+    /// The spans read, in the order they were first read, each once.
+    pub spans: Vec<ProfileSpan>,
+}
+
+/// One span a recorded start read: `[layer, span, upto]` in the JSON (its first `upto` decoded bytes), or
+/// `[layer, span]` (all of it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ProfileSpan {
+    Upto(LayerIndex, SpanId, u64),
+    Whole(LayerIndex, SpanId),
+}
+
+impl ProfileSpan {
+    /// The span, with how much of it the start read.
+    pub fn parts(self) -> (LayerIndex, SpanId, Need) {
+        match self {
+            ProfileSpan::Upto(layer, span, upto) => (layer, span, Need::Upto(upto)),
+            ProfileSpan::Whole(layer, span) => (layer, span, Need::Whole),
+        }
+    }
+
+    fn of(layer: LayerIndex, span: SpanId, need: Need) -> ProfileSpan {
+        match need {
+            Need::Upto(upto) => ProfileSpan::Upto(layer, span, upto),
+            Need::Whole => ProfileSpan::Whole(layer, span),
+        }
+    }
 }
 
 impl Profile {
@@ -56,13 +85,13 @@ impl Profile {
         })?)
     }
 
-    /// The spans that exist in `archive` (layer in range, span inside that layer's spans), in order; a
-    /// profile recorded on another index of the image may name others.
-    pub fn valid_spans(&self, archive: &Archive) -> Vec<(LayerIndex, SpanId)> {
+    /// The spans that exist in `archive` (layer in range, span inside that layer's spans), in order, with
+    /// how much of each the start read; a profile recorded on another index of the image may name others.
+    pub fn valid_spans(&self, archive: &Archive) -> Vec<(LayerIndex, SpanId, Need)> {
         self.spans
             .iter()
-            .copied()
-            .filter(|&(layer, span)| archive.layer_spans(layer).is_ok_and(|r| r.contains(span)))
+            .map(|s| s.parts())
+            .filter(|&(layer, span, _)| archive.layer_spans(layer).is_ok_and(|r| r.contains(span)))
             .collect()
     }
 
@@ -169,10 +198,14 @@ pub struct ProfileRecorder {
 
 #[derive(Default)]
 struct Recorded {
-    seen: HashSet<(LayerIndex, SpanId)>,
-    order: Vec<(LayerIndex, SpanId)>,
-    /// `order.len()` at the last save.
-    saved: Option<usize>,
+    /// Where each span read is in `order`.
+    seen: HashMap<(LayerIndex, SpanId), usize>,
+    /// The spans read, first touch first, each with how much of it was read.
+    order: Vec<(LayerIndex, SpanId, Need)>,
+    /// Bumped whenever `order` changes.
+    version: u64,
+    /// `version` at the last save.
+    saved: Option<u64>,
 }
 
 impl ProfileRecorder {
@@ -194,52 +227,61 @@ impl ProfileRecorder {
         full || started.elapsed().as_secs() >= limits.seconds
     }
 
-    /// Notes the spans covering `len` bytes of the file at `data` from `offset`.
+    /// Notes the spans covering `len` bytes of the file at `data` from `offset`, and how far into each.
     pub fn record(&self, data: DataRef, offset: u64, len: u64) {
         let end = data.size.min(offset.saturating_add(len));
         if offset >= end {
             return;
         }
-        let (Some(first), Some(last)) = (data.offset.checked_add(offset), data.offset.checked_add(end - 1)) else {
-            return;
-        };
-        let (Ok(first), Ok(last)) =
-            (self.archive.find_span(data.layer, first), self.archive.find_span(data.layer, last))
-        else {
-            return;
-        };
         if self.limits.is_some_and(|(started, limits)| started.elapsed().as_secs() >= limits.seconds) {
             return;
         }
         let max = self.limits.map_or(usize::MAX, |(_, limits)| limits.spans);
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        for span in SpanIds::through(first, last) {
-            if state.order.len() >= max {
-                break;
-            }
-            if state.seen.insert((data.layer, span)) {
-                state.order.push((data.layer, span));
+        for slice in self.archive.file_spans(data, offset..end) {
+            let Ok(slice) = slice else { return };
+            let need = Need::through(slice.within.end, slice.span_range.end - slice.span_range.start);
+            let key = (data.layer, slice.span);
+            match state.seen.get(&key).copied() {
+                Some(i) => {
+                    let grown = state.order[i].2.max(need);
+                    if grown != state.order[i].2 {
+                        state.order[i].2 = grown;
+                        state.version += 1;
+                    }
+                }
+                None if state.order.len() >= max => return,
+                None => {
+                    let i = state.order.len();
+                    state.seen.insert(key, i);
+                    state.order.push((data.layer, slice.span, need));
+                    state.version += 1;
+                }
             }
         }
     }
 
     /// What has been recorded so far.
     pub fn profile(&self) -> Profile {
-        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        Profile { manifest_digest: self.archive.meta().manifest_digest, spans: state.order.clone() }
+        self.profile_of(&self.state.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn profile_of(&self, state: &Recorded) -> Profile {
+        let spans = state.order.iter().map(|&(layer, span, need)| ProfileSpan::of(layer, span, need)).collect();
+        Profile { manifest_digest: self.archive.meta().manifest_digest, spans }
     }
 
     /// Writes the profile when it changed since the last save (or was never saved).
     pub fn save(&self) -> Result<(), NodeError> {
-        let profile = self.profile();
-        {
+        let (profile, version) = {
             let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            if state.saved == Some(profile.spans.len()) {
+            if state.saved == Some(state.version) {
                 return Ok(());
             }
-        }
+            (self.profile_of(&state), state.version)
+        };
         profile.save(&self.path)?;
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).saved = Some(profile.spans.len());
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).saved = Some(version);
         debug!(path = %self.path.display(), spans = profile.spans.len(), "profile saved");
         Ok(())
     }
@@ -260,12 +302,17 @@ mod tests {
         let digest = format!("sha256:{}", "ab".repeat(32));
         let p = Profile {
             manifest_digest: Some(digest.parse().unwrap()),
-            spans: vec![(LayerIndex(0), SpanId(3)), (LayerIndex(1), SpanId(0))],
+            spans: vec![
+                ProfileSpan::Whole(LayerIndex(0), SpanId(3)),
+                ProfileSpan::Upto(LayerIndex(1), SpanId(0), 4096),
+            ],
         };
         let json = serde_json::to_string(&p).unwrap();
-        assert_eq!(json, format!(r#"{{"manifest_digest":"{digest}","spans":[[0,3],[1,0]]}}"#));
+        assert_eq!(json, format!(r#"{{"manifest_digest":"{digest}","spans":[[0,3],[1,0,4096]]}}"#));
         assert_eq!(Profile::from_json(json.as_bytes()).unwrap(), p);
         assert!(Profile::from_json(b"{\"spans\": [[1]]}").is_err());
+        assert!(Profile::from_json(b"{\"spans\": [[1, 2, 3, 4]]}").is_err());
+        assert!(Profile::from_json(b"{\"spans\": [[1, 2, -3]]}").is_err());
         let not_sha256 = Profile::from_json(br#"{"manifest_digest":"sha256:ab","spans":[]}"#).unwrap_err();
         assert!(not_sha256.contains("invalid digest"), "{not_sha256}");
     }
@@ -319,15 +366,26 @@ mod tests {
         assert!(!rec.finished());
         rec.record(file, 0, 8 << 20);
         assert!(rec.finished());
-        let spans: Vec<u32> = rec.profile().spans.iter().map(|s| s.1 .0).collect();
-        assert_eq!(spans, [5, 0, 1], "first touch first, cut at the limit");
+        let spans: Vec<(u32, Need)> = rec.profile().spans.iter().map(|s| (s.parts().1 .0, s.parts().2)).collect();
+        assert_eq!(
+            spans,
+            [(5, Need::Upto(1)), (0, Need::Whole), (1, Need::Whole)],
+            "first touch first, cut at the limit"
+        );
+        // A later read further into a span already recorded reaches further; one into a new span past the
+        // limit is not recorded.
+        rec.record(file, (5 << 20) + 100, 50);
+        rec.record(file, 7 << 20, 1);
+        let spans: Vec<ProfileSpan> = rec.profile().spans;
+        assert_eq!(spans[0], ProfileSpan::Upto(LayerIndex(0), SpanId(5), 150));
+        assert_eq!(spans.len(), 3);
     }
 
     #[test]
     fn save_is_atomic_and_loadable() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("p.json");
-        let p = Profile { manifest_digest: None, spans: vec![(LayerIndex(2), SpanId(7))] };
+        let p = Profile { manifest_digest: None, spans: vec![ProfileSpan::Upto(LayerIndex(2), SpanId(7), 10)] };
         p.save(&path).unwrap();
         assert_eq!(Profile::load(&path).unwrap(), p);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);

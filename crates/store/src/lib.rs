@@ -47,6 +47,7 @@ pub use cache::{default_cache_dir, private_dir, CacheStats, DiskCache, Evicted};
 pub use clip_source::error_chain;
 pub use config::{failure_holdoff, Clock, ManualClock, StoreConfig, SystemClock, VERIFY_ATTEMPTS};
 pub use error::StoreError;
+pub use partial::Need;
 pub use remote::{RemoteSpanCache, RemoteTier, TIER_BACKOFF, TIER_WARN_EVERY};
 pub use schedule::PrefetchSummary;
 pub use stats::{LatencyHistogram, StoreStats, FETCH_LATENCY_BOUNDS_MS};

@@ -23,7 +23,7 @@ use crate::StoreError;
 
 /// How much of a span a load must bring.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Need {
+pub enum Need {
     /// All of it (readahead, prefetch, a read that runs to the span's end).
     Whole,
     /// At least its first this many decoded bytes.
@@ -38,6 +38,23 @@ impl Need {
             Need::Upto(n) => n.min(len),
         }
     }
+
+    /// What a load must bring to serve both `self` and `other`.
+    pub fn max(self, other: Need) -> Need {
+        match (self, other) {
+            (Need::Upto(a), Need::Upto(b)) => Need::Upto(a.max(b)),
+            _ => Need::Whole,
+        }
+    }
+
+    /// The first `end` decoded bytes of a span of `len`: [`Need::Whole`] when that is all of it.
+    pub fn through(end: u64, len: u64) -> Need {
+        if end >= len {
+            Need::Whole
+        } else {
+            Need::Upto(end)
+        }
+    }
 }
 
 /// Compressed bytes fetched past the estimate of where the wanted bytes end (the estimate scales the span's
@@ -49,6 +66,22 @@ fn slack(codec: Compression) -> u64 {
         Compression::Gzip => 16 << 10,
         Compression::Zstd => 64 << 10,
     }
+}
+
+/// Where a prefix of span `f` holding its first `want` decoded bytes is estimated to end in the layer: the
+/// span's compressed size scaled by the share wanted, plus [`slack`], on a chunk boundary.
+fn prefix_end(f: &Fetch, want: u64, chunk: u64) -> u64 {
+    if want >= f.len {
+        return f.range.end;
+    }
+    let share = (f.range.end - f.range.start).saturating_mul(want).div_ceil(f.len.max(1));
+    on_chunk(f, f.range.start + share + slack(f.codec), chunk)
+}
+
+/// `end` moved up to a chunk boundary (so each chunk of a prefix is checked whole), or to the span's end
+/// when that comes first.
+fn on_chunk(f: &Fetch, end: u64, chunk: u64) -> u64 {
+    end.div_ceil(chunk).saturating_mul(chunk).min(f.layer_size).min(f.range.end)
 }
 
 /// Where every prefix of span `f` starts in the layer: the chunk holding the span's first compressed byte
@@ -65,8 +98,14 @@ impl Inner {
         let want = need.bytes(f.len);
         // Three quarters in, the rest of the span costs less than the round trip that would fetch it later.
         let near_end = want.saturating_mul(4) >= f.len.saturating_mul(3);
-        let chunked = self.archive.chunk_table().is_some();
-        if held.is_none() && (!chunked || near_end) {
+        let chunk = self.archive.chunk_table().map(|t| t.chunk_size());
+        // A first prefix starts at the chunk the span starts in and ends on a chunk boundary: when that is
+        // most of the span's own bytes anyway, the whole span costs no more and needs no second trip.
+        let no_cheaper = |chunk| {
+            let end = prefix_end(&f, want, chunk);
+            (end - prefix_start(&f, chunk)).saturating_mul(10) >= (f.range.end - f.range.start).saturating_mul(9)
+        };
+        if held.is_none() && chunk.is_none_or(|chunk| near_end || no_cheaper(chunk)) {
             return Ok(Entry { decoded: self.fetch(f).await?, held: None });
         }
         let want = if near_end { f.len } else { want };
@@ -82,18 +121,8 @@ impl Inner {
         let mut compressed = held.map_or_else(Vec::new, |h| h.compressed.to_vec());
         let _budget = self.budget.take(f.range.end - start + f.len).await;
         let window: Arc<[u8]> = self.archive.window(index)?.into();
-        let mut end = if want >= f.len {
-            f.range.end
-        } else {
-            let share = (f.range.end - f.range.start).saturating_mul(want).div_ceil(f.len.max(1));
-            f.range.start + share + slack(f.codec)
-        };
+        let mut end = prefix_end(f, want, chunk);
         loop {
-            // A prefix ends on a chunk boundary (or the layer's end), so each of its chunks is checked whole.
-            end = end.div_ceil(chunk).saturating_mul(chunk).min(f.layer_size);
-            if end >= f.range.end {
-                end = f.range.end;
-            }
             let have = start + compressed.len() as u64;
             if end > have {
                 debug!(%layer, span = %index, start = have, len = end - have, "fetch span prefix");
@@ -111,7 +140,7 @@ impl Inner {
             // The estimate fell short: fetch on, twice as far.
             compressed = held.compressed.to_vec();
             let have = held.end();
-            end = have + (have - f.range.start).max(chunk);
+            end = on_chunk(f, have + (have - f.range.start).max(chunk), chunk);
         }
     }
 

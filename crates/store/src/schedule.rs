@@ -81,25 +81,27 @@ impl ContentStore {
         let archive = &self.inner.archive;
         let spans = (0..archive.meta().layers.len())
             .map(LayerIndex::from_index)
-            .flat_map(|layer| archive.layer_spans(layer).into_iter().flatten().map(move |i| (layer, i)))
+            .flat_map(|layer| archive.layer_spans(layer).into_iter().flatten().map(move |i| (layer, i, Need::Whole)))
             .collect();
         self.spawn_prefetch(spans, Arc::clone(&self.inner.prefetch_permits), true)
     }
 
-    /// Loads the listed spans `(layer, span index)` into the disk cache in the background, started in the
-    /// given order (the spans a recorded startup profile read), [`crate::StoreConfig::profile_concurrency`]
-    /// at a time and without yielding to foreground reads: the startup is waiting for exactly these.
+    /// Loads the listed spans `(layer, span index, how much of it)` into the disk cache in the background,
+    /// started in the given order (the spans a startup set or a recorded startup profile read),
+    /// [`crate::StoreConfig::profile_concurrency`] at a time and without yielding to foreground reads: the
+    /// startup is waiting for exactly these. A [`Need::Upto`] span is loaded as a verified prefix where the
+    /// index allows (see [`Need`]), so a startup that read a few files of a span does not wait for all of it.
     ///
     /// # Panics
     /// As [`ContentStore::prefetch_all`].
-    pub fn prefetch_spans(&self, spans: Vec<(LayerIndex, SpanId)>) -> JoinHandle<PrefetchSummary> {
+    pub fn prefetch_spans(&self, spans: Vec<(LayerIndex, SpanId, Need)>) -> JoinHandle<PrefetchSummary> {
         let permits = Arc::new(Semaphore::new(self.inner.config.profile_concurrency.max(1)));
         self.spawn_prefetch(spans, permits, false)
     }
 
     fn spawn_prefetch(
         &self,
-        spans: Vec<(LayerIndex, SpanId)>,
+        spans: Vec<(LayerIndex, SpanId, Need)>,
         permits: Arc<Semaphore>,
         polite: bool,
     ) -> JoinHandle<PrefetchSummary> {
@@ -222,7 +224,7 @@ impl Inner {
     /// foreground is idle.
     async fn prefetch(
         self: Arc<Self>,
-        spans: Vec<(LayerIndex, SpanId)>,
+        spans: Vec<(LayerIndex, SpanId, Need)>,
         permits: Arc<Semaphore>,
         polite: bool,
     ) -> PrefetchSummary {
@@ -233,13 +235,13 @@ impl Inner {
             return summary;
         };
         let mut tasks = JoinSet::new();
-        for (layer, index) in spans {
+        for (layer, index, need) in spans {
             let Ok(permit) = Arc::clone(&permits).acquire_owned().await else { break };
             if polite {
                 self.foreground_idle().await;
             }
             let cached = match self.archive.span(index) {
-                Ok(span) => self.in_memory(index, Need::Whole) || disk.contains(&span.digest),
+                Ok(span) => self.in_memory(index, need) || disk.contains(&span.digest),
                 Err(_) => false, // the load reports the error
             };
             if cached {
@@ -249,7 +251,7 @@ impl Inner {
             let me = Arc::clone(&self);
             tasks.spawn(async move {
                 let deadline = tokio::time::Instant::now() + me.config.read_timeout;
-                let done = me.span(layer, index, Need::Whole, Priority::Prefetch, deadline).await;
+                let done = me.span(layer, index, need, Priority::Prefetch, deadline).await;
                 drop(permit);
                 done.map(drop).map_err(|e| (layer, index, e))
             });

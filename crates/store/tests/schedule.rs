@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use clip_format::{DataRef, LayerIndex, SpanId};
-use clip_store::{PrefetchSummary, StoreConfig};
+use clip_store::{Need, PrefetchSummary, StoreConfig};
 use common::{cached, eventually, files_in, manual_clock, raw_fixture, text, Fixture, Layer, KIB};
 
 const SPAN: u64 = 64 * KIB;
@@ -149,19 +149,26 @@ async fn prefetch_of_listed_spans_and_its_failures() {
     let dir = tempfile::tempdir().unwrap();
     let (config, holdoff) = manual_clock(cached(dir.path()));
     let store = fx.store(config);
-    let summary = store.prefetch_spans(vec![(LayerIndex(0), SpanId(4)), (LayerIndex(0), SpanId(1))]).await.unwrap();
+    let summary = store
+        .prefetch_spans(vec![(LayerIndex(0), SpanId(4), Need::Whole), (LayerIndex(0), SpanId(1), Need::Whole)])
+        .await
+        .unwrap();
     assert_eq!(summary.loaded, 2);
     assert_eq!(fx.blobs.ranges(), vec![(0, SPAN..2 * SPAN), (0, 4 * SPAN..5 * SPAN)]);
 
     fx.blobs.fail.store(true, Ordering::SeqCst);
     let summary = store
-        .prefetch_spans(vec![(LayerIndex(0), SpanId(2)), (LayerIndex(0), SpanId(99)), (LayerIndex(7), SpanId(0))])
+        .prefetch_spans(vec![
+            (LayerIndex(0), SpanId(2), Need::Whole),
+            (LayerIndex(0), SpanId(99), Need::Whole),
+            (LayerIndex(7), SpanId(0), Need::Whole),
+        ])
         .await
         .unwrap();
     assert_eq!(summary.failed, 3);
     fx.blobs.fail.store(false, Ordering::SeqCst);
     holdoff.pass();
-    assert_eq!(store.prefetch_spans(vec![(LayerIndex(0), SpanId(2))]).await.unwrap().loaded, 1);
+    assert_eq!(store.prefetch_spans(vec![(LayerIndex(0), SpanId(2), Need::Whole)]).await.unwrap().loaded, 1);
 
     // Without a disk cache there is nothing to fill.
     let memory_only = fx.store(StoreConfig::default());
@@ -211,7 +218,8 @@ async fn a_profile_is_replayed_with_concurrent_loads_even_while_reads_run() {
         let store = Arc::clone(&store);
         tokio::spawn(async move { store.read(file, 7 * SPAN, 10).await })
     };
-    let summary = store.prefetch_spans((0..6).map(|i| (LayerIndex(0), SpanId(i))).collect()).await.unwrap();
+    let summary =
+        store.prefetch_spans((0..6).map(|i| (LayerIndex(0), SpanId(i), Need::Whole)).collect()).await.unwrap();
     assert_eq!(summary.loaded, 6);
     reader.await.unwrap().unwrap();
     let max = fx.blobs.max_active.load(Ordering::SeqCst);
