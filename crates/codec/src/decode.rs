@@ -30,16 +30,22 @@ pub fn fetch_range(
     next: Option<&SpanRef>,
     compressed_size: u64,
 ) -> Range<u64> {
-    let start = match compression {
-        Compression::Gzip if span.bits > 0 => span.in_offset.saturating_sub(1),
-        _ => span.in_offset,
-    };
+    let start = fetch_start(compression, span.in_offset, span.bits);
     let end = match (compression, next) {
         (_, None) => compressed_size,
         (Compression::Gzip, Some(next)) => next.in_offset.saturating_add(1 + GZIP_FETCH_MARGIN).min(compressed_size),
         (Compression::Zstd | Compression::None, Some(next)) => next.in_offset.min(compressed_size),
     };
     start.min(end)..end
+}
+
+/// Where a fetch of a span whose checkpoint is at `in_offset` (and `bits` into the byte before, for gzip)
+/// starts in the compressed stream: the first byte its decoding reads.
+pub fn fetch_start(compression: Compression, in_offset: u64, bits: u8) -> u64 {
+    match compression {
+        Compression::Gzip if bits > 0 => in_offset.saturating_sub(1),
+        _ => in_offset,
+    }
 }
 
 /// Decode exactly `len` uncompressed bytes starting at `checkpoint`.

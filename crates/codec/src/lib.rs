@@ -56,7 +56,9 @@ mod trim;
 mod zlib;
 mod zstd_frames;
 
-pub use decode::{decode_prefix, decode_span, decode_span_into, fetch_range, max_decoded_len, span_fetch_range};
+pub use decode::{
+    decode_prefix, decode_span, decode_span_into, fetch_range, fetch_start, max_decoded_len, span_fetch_range,
+};
 pub use error::CodecError;
 pub use reader::IndexingReader;
 

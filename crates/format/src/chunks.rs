@@ -1,12 +1,18 @@
-//! Compressed-chunk digests, the lazy `CHNK` section: a truncated sha256 of every [`CHUNK_SIZE`] bytes of
-//! each layer's *compressed* stream (aligned to the layer's start, so gzip, zstd and raw layers are cut the
-//! same way), and one of every span's raw checkpoint window. With them a store can verify the compressed
-//! prefix of a span it fetched, and the window it resumes from, before it inflates and serves the bytes —
-//! without fetching the whole span to check the span's own digest.
+//! Compressed-chunk digests, the lazy `CHNK` section: a truncated sha256 of every chunk of each span's
+//! *compressed* bytes, and one of every span's raw checkpoint window. With them a store can verify the
+//! compressed prefix of a span it fetched, and the window it resumes from, before it inflates and serves the
+//! bytes — without fetching the whole span to check the span's own digest.
+//!
+//! A span's chunks cut its compressed bytes from where a fetch of it starts (see
+//! `clip_codec::fetch_range`) to where the next span's fetch starts (the layer's end for its last span): every
+//! [`CHUNK_SIZE`] bytes from its start, the last chunk taking the rest. So a prefix starts on the span's own
+//! first byte, never on bytes of the span before it; how many chunks each span has is stored (the indexer
+//! rounds the rest to the nearest chunk, so a layer has about as many chunks as its size holds).
 //!
 //! ```text
-//! header (8 bytes)  chunk_size u32, digest_len u32 (= CHUNK_DIGEST_LEN)
-//! chunks            per layer in order: ceil(layer size / chunk_size) digests of the compressed chunks
+//! header (8 bytes)  chunk_size u32, digest_len u16 (= CHUNK_DIGEST_LEN), layout u16 (= LAYOUT_PER_SPAN)
+//! counts            per span of the span table in order: u16, its chunks (0: none, fetch it whole)
+//! chunks            per span in order: its chunk digests
 //! windows           per span of the span table in order: WINDOW_DIGEST_LEN bytes of its raw window's
 //!                   sha256 (zero: no window)
 //! ```
@@ -15,13 +21,14 @@
 //! registry and the bytes served: 12 bytes (96 bits) each. Both sizes keep the whole index within 0.5 % of
 //! the image.
 //! The section is not loaded at open (it is not in the part a mount reads): [`Archive::chunk_table`]
-//! checks its checksum and length on first use; an index without one (older, or data-carrying) or with a
-//! damaged one gives `None`, and readers fall back to whole spans checked by the span digests.
+//! checks its checksum and length on first use; an index without one (older, or data-carrying), with the
+//! layer-aligned layout older clips wrote, or with a damaged one gives `None`, and readers fall back to
+//! whole spans checked by the span digests.
 
 use std::ops::Range;
 
 use crate::layout::{Le, SEC_CHNK};
-use crate::{Archive, FormatError, LayerIndex, SpanId};
+use crate::{Archive, FormatError, SpanId};
 
 /// Compressed bytes per chunk: 192 KiB (a digest costs 12 bytes, 1/16384 of the image).
 pub const CHUNK_SIZE: u64 = 192 << 10;
@@ -30,6 +37,10 @@ pub const CHUNK_DIGEST_LEN: usize = 12;
 /// Bytes of each stored window digest: the first 4 bytes of the sha256 (see the module doc).
 pub const WINDOW_DIGEST_LEN: usize = 4;
 const HEADER_LEN: usize = 8;
+/// The section's layout: chunks cut per span (older clips wrote 0 there, chunks cut per layer).
+const LAYOUT_PER_SPAN: u16 = 1;
+/// Bytes of a span's chunk count.
+const COUNT_LEN: usize = 2;
 
 /// The first [`CHUNK_DIGEST_LEN`] bytes of the sha256 of a compressed chunk or of a raw window.
 #[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
@@ -78,22 +89,14 @@ impl std::fmt::Display for ChunkDigest {
     }
 }
 
-/// How many chunks a compressed stream of `size` bytes has.
-pub fn chunk_count(size: u64, chunk_size: u64) -> u64 {
-    size.div_ceil(chunk_size.max(1))
-}
-
-/// How many chunks streams of `sizes` bytes have in all (saturating: sizes come from the index).
-fn total_chunks(sizes: impl IntoIterator<Item = u64>, chunk_size: u64) -> u64 {
-    sizes.into_iter().fold(0u64, |n, s| n.saturating_add(chunk_count(s, chunk_size)))
-}
-
 /// The contents of a `CHNK` section: of one layer (a part) or of every layer of an image, in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Chunks {
-    /// Compressed bytes per chunk (the last chunk of a layer may be shorter).
+    /// Compressed bytes per chunk (a span's last chunk takes the rest of the span).
     pub chunk_size: u64,
-    /// The chunk digests of every layer, one layer after the other.
+    /// One per span, in span table order: how many of `chunks` are its.
+    pub counts: Vec<u16>,
+    /// The chunk digests of every span, one span after the other.
     pub chunks: Vec<ChunkDigest>,
     /// One per span, in span table order: [`ChunkDigest::of_window`] its raw window.
     pub windows: Vec<ChunkDigest>,
@@ -102,7 +105,7 @@ pub struct Chunks {
 impl Chunks {
     /// No digests yet, chunks of `chunk_size` bytes.
     pub fn new(chunk_size: u64) -> Chunks {
-        Chunks { chunk_size, chunks: Vec::new(), windows: Vec::new() }
+        Chunks { chunk_size, counts: Vec::new(), chunks: Vec::new(), windows: Vec::new() }
     }
 
     /// Appends `other` (the next layer's); false (nothing appended) when its chunk size differs.
@@ -110,18 +113,20 @@ impl Chunks {
         if other.chunk_size != self.chunk_size {
             return false;
         }
+        self.counts.extend_from_slice(&other.counts);
         self.chunks.extend_from_slice(&other.chunks);
         self.windows.extend_from_slice(&other.windows);
         true
     }
 
-    /// Refuses digests that do not fit streams of `sizes` bytes (one a layer) and `spans` spans.
-    pub(crate) fn check(&self, sizes: &[u64], spans: usize) -> Result<(), FormatError> {
-        let count = total_chunks(sizes.iter().copied(), self.chunk_size);
-        if self.chunks.len() as u64 != count || self.windows.len() != spans {
+    /// Refuses digests that do not fit `spans` spans.
+    pub(crate) fn check(&self, spans: usize) -> Result<(), FormatError> {
+        let count: u64 = self.counts.iter().map(|&c| u64::from(c)).sum();
+        if self.counts.len() != spans || self.chunks.len() as u64 != count || self.windows.len() != spans {
             return Err(FormatError::Invalid(format!(
-                "{} chunk digests and {} window digests for {count} chunks and {spans} spans",
+                "{} chunk digests, {} chunk counts and {} window digests for {count} chunks and {spans} spans",
                 self.chunks.len(),
+                self.counts.len(),
                 self.windows.len()
             )));
         }
@@ -132,10 +137,17 @@ impl Chunks {
     pub(crate) fn encode(&self) -> Result<Vec<u8>, FormatError> {
         let size = u32::try_from(self.chunk_size).ok().filter(|&s| s > 0);
         let size = size.ok_or_else(|| FormatError::Invalid(format!("chunk size {}", self.chunk_size)))?;
-        let len = HEADER_LEN + self.chunks.len() * CHUNK_DIGEST_LEN + self.windows.len() * WINDOW_DIGEST_LEN;
+        let len = HEADER_LEN
+            + self.counts.len() * COUNT_LEN
+            + self.chunks.len() * CHUNK_DIGEST_LEN
+            + self.windows.len() * WINDOW_DIGEST_LEN;
         let mut out = Vec::with_capacity(len);
         out.extend_from_slice(&size.to_le_bytes());
-        out.extend_from_slice(&(CHUNK_DIGEST_LEN as u32).to_le_bytes());
+        out.extend_from_slice(&(CHUNK_DIGEST_LEN as u16).to_le_bytes());
+        out.extend_from_slice(&LAYOUT_PER_SPAN.to_le_bytes());
+        for c in &self.counts {
+            out.extend_from_slice(&c.to_le_bytes());
+        }
         for d in &self.chunks {
             out.extend_from_slice(&d.0);
         }
@@ -145,29 +157,42 @@ impl Chunks {
         Ok(out)
     }
 
-    /// Decodes a section written by [`Chunks::encode`] for streams of `sizes` bytes and `spans` spans;
-    /// `None` when it does not fit them.
-    pub(crate) fn decode(raw: &[u8], sizes: &[u64], spans: usize) -> Option<Chunks> {
-        let (chunk_size, body, count) = fitting(raw, sizes, spans)?;
-        let (chunks, windows) = body.split_at(count * CHUNK_DIGEST_LEN);
+    /// Decodes a section written by [`Chunks::encode`] for `spans` spans; `None` when it does not fit them.
+    pub(crate) fn decode(raw: &[u8], spans: usize) -> Option<Chunks> {
+        let Fitting { chunk_size, body, chunks: count } = fitting(raw, spans)?;
+        let (counts, rest) = body.split_at(spans * COUNT_LEN);
+        let (chunks, windows) = rest.split_at(usize::try_from(count).ok()? * CHUNK_DIGEST_LEN);
+        let counts = counts.chunks_exact(COUNT_LEN).map(|c| u16::from_le_bytes([c[0], c[1]]));
         let chunks = chunks.chunks_exact(CHUNK_DIGEST_LEN).map(|d| ChunkDigest(d.try_into().unwrap_or_default()));
         let windows = windows.chunks_exact(WINDOW_DIGEST_LEN).map(window_digest);
-        Some(Chunks { chunk_size, chunks: chunks.collect(), windows: windows.collect() })
+        Some(Chunks { chunk_size, counts: counts.collect(), chunks: chunks.collect(), windows: windows.collect() })
     }
 }
 
-/// The chunk size, the digests and how many of them are chunks, if `raw` is a section clip writes for
-/// streams of `sizes` bytes and `spans` spans.
-fn fitting<'a>(raw: &'a [u8], sizes: &[u64], spans: usize) -> Option<(u64, &'a [u8], usize)> {
+/// A section clip writes, as read from its bytes.
+struct Fitting<'a> {
+    chunk_size: u64,
+    /// Everything after the header.
+    body: &'a [u8],
+    /// How many chunk digests it holds.
+    chunks: u64,
+}
+
+/// `raw`'s chunk size, body and chunk count, if it is a section clip writes for `spans` spans.
+fn fitting(raw: &[u8], spans: usize) -> Option<Fitting<'_>> {
     let mut r = Le(raw.get(..HEADER_LEN)?);
-    let (chunk_size, digest_len) = (u64::from(r.u32()), r.u32());
-    if chunk_size == 0 || digest_len as usize != CHUNK_DIGEST_LEN {
+    let chunk_size = u64::from(r.u32());
+    let (digest_len, layout) = (r.u16(), r.u16());
+    if chunk_size == 0 || usize::from(digest_len) != CHUNK_DIGEST_LEN || layout != LAYOUT_PER_SPAN {
         return None;
     }
-    let count = usize::try_from(total_chunks(sizes.iter().copied(), chunk_size)).ok()?;
     let body = &raw[HEADER_LEN..];
-    let len = count.checked_mul(CHUNK_DIGEST_LEN)?.checked_add(spans.checked_mul(WINDOW_DIGEST_LEN)?)?;
-    (body.len() == len).then_some((chunk_size, body, count))
+    let counts = body.get(..spans.checked_mul(COUNT_LEN)?)?;
+    let chunks: u64 = counts.chunks_exact(COUNT_LEN).map(|c| u64::from(u16::from_le_bytes([c[0], c[1]]))).sum();
+    let len = (chunks as usize)
+        .checked_mul(CHUNK_DIGEST_LEN)?
+        .checked_add(spans.checked_mul(WINDOW_DIGEST_LEN + COUNT_LEN)?)?;
+    (body.len() == len).then_some(Fitting { chunk_size, body, chunks })
 }
 
 /// A stored window digest, as [`ChunkDigest::of_window`] gives it.
@@ -177,51 +202,111 @@ fn window_digest(stored: &[u8]) -> ChunkDigest {
     ChunkDigest(d)
 }
 
+/// Where the chunks of one span lie in its layer's compressed stream, with their digests' place in the
+/// table: see [`ChunkTable::span_chunks`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpanChunks {
+    /// Where the span's first chunk starts (where a fetch of the span starts).
+    pub start: u64,
+    /// Where its last chunk ends (where the next span's fetch starts, or the layer's end).
+    pub end: u64,
+    /// Bytes of every chunk but the last.
+    pub size: u64,
+    /// How many chunks it has (at least 1).
+    pub count: u64,
+    /// Index of its first digest in the table.
+    first: u64,
+}
+
+impl SpanChunks {
+    /// Where chunk `j` of the span ends.
+    fn chunk_end(&self, j: u64) -> u64 {
+        if j + 1 >= self.count {
+            self.end
+        } else {
+            self.start + (j + 1) * self.size
+        }
+    }
+
+    /// The end of the chunk holding byte `at - 1`: where a prefix that must reach `at` ends (the span's
+    /// `start` for `at` at or before it, its `end` past it).
+    pub fn end_covering(&self, at: u64) -> u64 {
+        if at <= self.start {
+            return self.start;
+        }
+        self.chunk_end(((at - 1 - self.start) / self.size).min(self.count - 1))
+    }
+
+    /// The chunks that make up `from..` with `len` bytes, as (chunk index within the span, its range), when
+    /// `from` is where a chunk starts; pieces past the span's chunks are left out.
+    pub fn pieces(&self, from: u64, len: u64) -> Option<impl Iterator<Item = (u64, Range<u64>)> + '_> {
+        let off = from.checked_sub(self.start)?;
+        if off % self.size != 0 || off / self.size >= self.count {
+            return None;
+        }
+        let stop = from.saturating_add(len);
+        let mut j = off / self.size;
+        Some(std::iter::from_fn(move || {
+            let begin = self.start + j * self.size;
+            if j >= self.count || begin >= stop {
+                return None;
+            }
+            let piece = (j, begin..self.chunk_end(j));
+            j += 1;
+            Some(piece)
+        }))
+    }
+}
+
 /// The checked `CHNK` section of an open archive: see [`Archive::chunk_table`].
 pub struct ChunkTable<'a> {
-    archive: &'a Archive,
     body: &'a [u8],
     chunk_size: u64,
+    spans: usize,
+    /// Chunk digests in all.
+    chunks: u64,
 }
 
 impl ChunkTable<'_> {
-    /// Compressed bytes per chunk.
+    /// Compressed bytes per chunk (but a span's last).
     pub fn chunk_size(&self) -> u64 {
         self.chunk_size
     }
 
-    /// The compressed range of chunk `chunk` of `layer` (the last one ends at the layer's end).
-    pub fn chunk_range(&self, layer: LayerIndex, chunk: u64) -> Option<Range<u64>> {
-        let size = self.archive.meta().layers.get(layer.index())?.size;
-        let start = chunk.checked_mul(self.chunk_size).filter(|&s| s < size)?;
-        Some(start..start.saturating_add(self.chunk_size).min(size))
-    }
-
-    /// The recorded digest of chunk `chunk` of `layer`.
-    pub fn chunk(&self, layer: LayerIndex, chunk: u64) -> Option<ChunkDigest> {
-        let layers = &self.archive.meta().layers;
-        let l = layers.get(layer.index())?;
-        if chunk >= chunk_count(l.size, self.chunk_size) {
+    /// The chunks of span `span`, whose fetch starts at `start` in its layer and whose next span's fetch
+    /// starts at `end` (the layer's end for its last span); `None` when the index records none for it (fetch
+    /// it whole) or its count does not fit those bounds.
+    pub fn span_chunks(&self, span: SpanId, start: u64, end: u64) -> Option<SpanChunks> {
+        let i = usize::try_from(span.0).ok().filter(|&i| i < self.spans)?;
+        let counts = &self.body[..self.spans * COUNT_LEN];
+        let count = |k: usize| u64::from(u16::from_le_bytes([counts[k * COUNT_LEN], counts[k * COUNT_LEN + 1]]));
+        let first = (0..i).map(count).sum();
+        let n = count(i);
+        let full = (n.checked_sub(1)?).checked_mul(self.chunk_size)?;
+        // Every chunk but the last is whole, and the last is not empty.
+        if end <= start || full >= end - start {
             return None;
         }
-        let before = total_chunks(layers[..layer.index()].iter().map(|l| l.size), self.chunk_size);
-        self.digest(before.checked_add(chunk)?)
+        Some(SpanChunks { start, end, size: self.chunk_size, count: n, first })
+    }
+
+    /// The recorded digest of chunk `j` of the span `chunks` describes.
+    pub fn digest(&self, chunks: &SpanChunks, j: u64) -> Option<ChunkDigest> {
+        if j >= chunks.count {
+            return None;
+        }
+        let i = chunks.first.checked_add(j).filter(|&i| i < self.chunks)?;
+        let start = (self.spans * COUNT_LEN).checked_add(usize::try_from(i).ok()?.checked_mul(CHUNK_DIGEST_LEN)?)?;
+        let d = self.body.get(start..start.checked_add(CHUNK_DIGEST_LEN)?)?;
+        Some(ChunkDigest(d.try_into().ok()?))
     }
 
     /// The recorded digest of span `span`'s raw window (zero: it has none).
     pub fn window(&self, span: SpanId) -> Option<ChunkDigest> {
-        let chunks = total_chunks(self.archive.meta().layers.iter().map(|l| l.size), self.chunk_size);
-        let start = usize::try_from(chunks)
-            .ok()?
-            .checked_mul(CHUNK_DIGEST_LEN)?
+        let start = (self.spans * COUNT_LEN)
+            .checked_add(usize::try_from(self.chunks).ok()?.checked_mul(CHUNK_DIGEST_LEN)?)?
             .checked_add(usize::try_from(span.0).ok()?.checked_mul(WINDOW_DIGEST_LEN)?)?;
         self.body.get(start..start.checked_add(WINDOW_DIGEST_LEN)?).map(window_digest)
-    }
-
-    fn digest(&self, i: u64) -> Option<ChunkDigest> {
-        let start = usize::try_from(i).ok()?.checked_mul(CHUNK_DIGEST_LEN)?;
-        let d = self.body.get(start..start.checked_add(CHUNK_DIGEST_LEN)?)?;
-        Some(ChunkDigest(d.try_into().ok()?))
     }
 }
 
@@ -235,13 +320,12 @@ impl Archive {
             if crc32c::crc32c(raw) != e.crc {
                 return None;
             }
-            let sizes: Vec<u64> = self.meta().layers.iter().map(|l| l.size).collect();
-            let (chunk_size, _, _) = fitting(raw, &sizes, self.span_count())?;
-            Some((e.offset + HEADER_LEN as u64, chunk_size))
+            let Fitting { chunk_size, chunks, .. } = fitting(raw, self.span_count())?;
+            Some((e.offset + HEADER_LEN as u64, chunk_size, chunks))
         });
-        let (offset, chunk_size) = (*checked)?;
+        let (offset, chunk_size, chunks) = (*checked)?;
         let e = self.section(SEC_CHNK)?;
         let body = self.local_range(offset..e.offset + e.stored_len).ok()?;
-        Some(ChunkTable { archive: self, body, chunk_size })
+        Some(ChunkTable { body, chunk_size, spans: self.span_count(), chunks })
     }
 }

@@ -52,7 +52,7 @@ mod windows;
 mod writer;
 
 pub use check::MAX_SIZE;
-pub use chunks::{chunk_count, ChunkDigest, ChunkTable, Chunks, CHUNK_DIGEST_LEN, CHUNK_SIZE};
+pub use chunks::{ChunkDigest, ChunkTable, Chunks, SpanChunks, CHUNK_DIGEST_LEN, CHUNK_SIZE};
 pub use error::{Corruption, FormatError};
 pub use ids::{Digest, LayerIndex, SpanId, SpanIds};
 pub use input::{file_type_name, open_regular};

@@ -1,5 +1,4 @@
-//! Compressed-chunk digests (the lazy `CHNK` section): written and read back, looked up per layer and per
-//! span, left out of what a mount loads; an index or part without them still opens (readers then verify
+//! Compressed-chunk digests (the lazy `CHNK` section): written and read back, looked up per span, left out of what a mount loads; an index or part without them still opens (readers then verify
 //! whole spans), a damaged section is never used, and digests that do not fit the layers are refused.
 
 use clip_format::*;
@@ -19,7 +18,8 @@ fn layer(i: u8, size: u64, first_span: u32, span_count: u32) -> LayerMeta {
     }
 }
 
-/// Two layers (4 chunks and 1), three spans (the second with a window).
+/// Two layers, three spans (the second with a window): layer 0's spans start at 10 and 90 000, so the first
+/// has 1 chunk and the second 3 (2.54 chunk sizes); layer 1's one span has 1.
 fn contents(chunks: Option<Chunks>) -> IndexContents {
     let mut windows = Windows::new();
     let span = |out_offset, in_offset, window| SpanSpec {
@@ -49,6 +49,7 @@ fn contents(chunks: Option<Chunks>) -> IndexContents {
 fn digests() -> Chunks {
     Chunks {
         chunk_size: CHUNK_SIZE,
+        counts: vec![1, 3, 1],
         chunks: (0..5u8).map(|i| ChunkDigest([i + 1; CHUNK_DIGEST_LEN])).collect(),
         windows: vec![ChunkDigest::default(), ChunkDigest::of_window(b"window"), ChunkDigest::default()],
     }
@@ -68,13 +69,29 @@ fn chunk_digests_read_back_per_layer_and_span_and_stay_out_of_the_mounted_part()
     assert_eq!(with.mounted_size(), without.mounted_size() + layout::SECTION_ENTRY_LEN as u64);
     let table = with.chunk_table().expect("the index has chunk digests");
     assert_eq!(table.chunk_size(), CHUNK_SIZE);
-    let (l0, l1) = (LayerIndex(0), LayerIndex(1));
-    for i in 0..4u8 {
-        assert_eq!(table.chunk(l0, u64::from(i)), Some(ChunkDigest([i + 1; CHUNK_DIGEST_LEN])));
+    let c = table.span_chunks(SpanId(1), 90_000, SIZES[0]).expect("span 1 has chunks");
+    assert_eq!((c.start, c.end, c.size, c.count), (90_000, SIZES[0], CHUNK_SIZE, 3));
+    for j in 0..3u8 {
+        assert_eq!(table.digest(&c, u64::from(j)), Some(ChunkDigest([j + 2; CHUNK_DIGEST_LEN])));
     }
-    assert_eq!(table.chunk(l0, 4), None, "layer 0 has 4 chunks");
-    assert_eq!(table.chunk(l1, 0), Some(ChunkDigest([5; CHUNK_DIGEST_LEN])));
-    assert_eq!(table.chunk_range(l0, 3), Some(3 * CHUNK_SIZE..SIZES[0]), "the last chunk ends with the layer");
+    assert_eq!(table.digest(&c, 3), None, "span 1 has 3 chunks");
+    let last = table.span_chunks(SpanId(2), 0, SIZES[1]).unwrap();
+    assert_eq!(table.digest(&last, 0), Some(ChunkDigest([5; CHUNK_DIGEST_LEN])));
+    // Bounds the count does not fit (its last chunk would be empty) give none.
+    assert_eq!(table.span_chunks(SpanId(1), 90_000, 90_000 + 2 * CHUNK_SIZE), None);
+    assert_eq!(table.span_chunks(SpanId(3), 0, 1), None);
+
+    // Where a prefix ends, and the chunks a fetched prefix is checked against.
+    assert_eq!(c.end_covering(90_000), 90_000);
+    assert_eq!(c.end_covering(90_001), 90_000 + CHUNK_SIZE);
+    assert_eq!(c.end_covering(90_000 + CHUNK_SIZE), 90_000 + CHUNK_SIZE);
+    assert_eq!(c.end_covering(90_000 + 2 * CHUNK_SIZE + 1), SIZES[0], "the last chunk takes the rest");
+    assert_eq!(c.end_covering(u64::MAX), SIZES[0]);
+    let pieces: Vec<_> = c.pieces(90_000 + CHUNK_SIZE, 2 * CHUNK_SIZE).unwrap().collect();
+    let second = 90_000 + CHUNK_SIZE..90_000 + 2 * CHUNK_SIZE;
+    assert_eq!(pieces, vec![(1, second), (2, 90_000 + 2 * CHUNK_SIZE..SIZES[0])]);
+    assert!(c.pieces(90_001, 10).is_none(), "not where a chunk starts");
+    assert!(c.pieces(SIZES[0], 10).is_none(), "past the last chunk");
     assert_eq!(table.window(SpanId(1)), Some(ChunkDigest::of_window(&with.window(SpanId(1)).unwrap())));
     assert_eq!(table.window(SpanId(0)), Some(ChunkDigest::default()));
     assert_eq!(table.window(SpanId(3)), None);
@@ -129,6 +146,7 @@ fn part_bytes(p: &LayerPart) -> Vec<u8> {
 #[test]
 fn a_part_carries_its_digests_and_one_without_them_still_reads() {
     let mut d = digests();
+    d.counts.truncate(2);
     d.chunks.truncate(4);
     d.windows.truncate(2);
     let written = part_bytes(&part(Some(d.clone())));

@@ -82,6 +82,7 @@ fn sample_with(edit: impl FnOnce(&mut Vec<TarEntry>)) -> LayerPart {
         windows,
         chunks: Some(Chunks {
             chunk_size: 1024,
+            counts: vec![2, 1, 1],
             chunks: (0..4u8).map(|i| ChunkDigest([i; CHUNK_DIGEST_LEN])).collect(),
             windows: vec![ChunkDigest::default(), ChunkDigest::of(b"w1"), ChunkDigest::of(b"w2")],
         }),

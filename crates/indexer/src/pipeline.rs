@@ -18,7 +18,7 @@ use sha2::{Digest as _, Sha256};
 use tracing::{debug, info};
 
 use crate::assemble::{assemble, TreeKind};
-use crate::chunks::{ChunkHasher, SharedChunks};
+use crate::chunks::{ChunkHasher, ChunkRecorder, SharedChunks};
 use crate::parts::{keep_part, reused_part, PartStore};
 use crate::tar::{TarError, TarReader};
 use crate::IndexError;
@@ -75,7 +75,6 @@ impl Default for IndexOptions {
 /// Where a layer's spans go as the decoder finishes them: the window, compressed at once, into [`Windows`]
 /// (which spills to a temporary file), the rest (~80 bytes) into the span table. So indexing holds no raw
 /// window beyond the few the decoder is still trimming, whatever the layer's size.
-#[derive(Default)]
 struct SpanSink {
     spans: Vec<SpanSpec>,
     windows: Windows,
@@ -84,9 +83,13 @@ struct SpanSink {
 }
 
 impl SpanSink {
+    fn new(chunks: SharedChunks) -> SpanSink {
+        SpanSink { spans: Vec::new(), windows: Windows::new(), chunks }
+    }
+
     fn extend(&mut self, spans: Vec<Span>) -> Result<(), FormatError> {
         for s in spans {
-            self.chunks.borrow_mut().window(&s.checkpoint.window);
+            self.chunks.borrow_mut().span(s.checkpoint.in_offset, s.checkpoint.bits, &s.checkpoint.window);
             let window = self.windows.push(&s.checkpoint.window)?;
             self.spans.push(SpanSpec {
                 out_offset: s.checkpoint.out_offset,
@@ -253,14 +256,14 @@ fn read_layer(
     let blob_tally = Rc::new(RefCell::new(Tally::default()));
     let tar_tally = Rc::new(RefCell::new(Tally::default()));
     let tripped = Rc::new(Cell::new(false));
-    let chunks = SharedChunks::default();
+    let chunks = SharedChunks::new(RefCell::new(ChunkRecorder::new(comp)));
     let blob = ChunkHasher { inner: blob, chunks: chunks.clone() };
     let inflating = IndexingReader::new(Hashing { inner: blob, tally: blob_tally.clone() }, comp, opts.span_size);
     let guarded = Guard {
         inner: inflating,
         max_ratio: opts.max_ratio,
         tripped: tripped.clone(),
-        sink: SpanSink { chunks: chunks.clone(), ..SpanSink::default() },
+        sink: SpanSink::new(chunks.clone()),
         sink_error: None,
     };
     let mut tar = TarReader::new(Hashing { inner: guarded, tally: tar_tally.clone() });
@@ -322,7 +325,7 @@ fn read_layer(
         compression: comp,
         span_size: opts.span_size,
     };
-    let chunks = Some(std::mem::take(&mut *chunks.borrow_mut()).finish());
+    let chunks = Some(std::mem::replace(&mut *chunks.borrow_mut(), ChunkRecorder::new(comp)).finish());
     Ok(LayerPart { meta, entries, spans: sink.spans, windows: sink.windows, chunks })
 }
 
@@ -380,7 +383,7 @@ mod tests {
             inner: IndexingReader::new(&blob[..], Compression::Gzip, span_size),
             max_ratio: 0,
             tripped: Rc::default(),
-            sink: SpanSink::default(),
+            sink: SpanSink::new(SharedChunks::new(RefCell::new(ChunkRecorder::new(Compression::Gzip)))),
             sink_error: None,
         };
         // Half the layer: every span but the few whose windows are still being trimmed is already stored.

@@ -50,8 +50,9 @@ pub(crate) struct Fetch {
     pub range: Range<u64>,
     /// Decoded length.
     pub len: u64,
-    /// Compressed size of the layer.
-    pub layer_size: u64,
+    /// Where the next span's fetch starts in the layer (the layer's end for its last span): where this
+    /// span's compressed chunks end.
+    pub chunks_end: u64,
 }
 
 impl Inner {
@@ -79,7 +80,8 @@ impl Inner {
             let source = clip_codec::CodecError::ImpossibleLength { len, compressed, compression: codec };
             return Err(StoreError::Decode { layer, span: index, source });
         }
-        Ok(Fetch { layer, index, span, codec, range, len, layer_size: meta.size })
+        let chunks_end = next.map_or(meta.size, |n| clip_codec::fetch_start(codec, n.in_offset, n.bits));
+        Ok(Fetch { layer, index, span, codec, range, len, chunks_end })
     }
 
     /// Fetches, decodes and verifies the whole span `f` and writes it to the disk cache; bad bytes are

@@ -1,7 +1,7 @@
 //! Partial span fetches: a cold read needs the compressed bytes from its span's checkpoint to the end of
 //! the bytes it reads, not to the end of the span. With the index's compressed-chunk digests
-//! ([`clip_format::ChunkTable`]) a load fetches whole chunks from the checkpoint up to an estimate of where
-//! the wanted bytes end, verifies every chunk (and the checkpoint window) against the index, inflates what
+//! ([`clip_format::ChunkTable`], cut per span) a load fetches whole chunks from the span's first byte up to an
+//! estimate of where the wanted bytes end, verifies every chunk (and the checkpoint window) against the index, inflates what
 //! they hold and serves that prefix; a short estimate fetches on from where it stopped. The prefix is kept
 //! in memory with its compressed bytes ([`Held`]), and those bytes in the disk cache as a prefix file (so a
 //! remount over a warm cache does not fetch them again; checked against the chunk digests whenever they
@@ -13,7 +13,7 @@
 use std::sync::Arc;
 
 use clip_codec::CodecError;
-use clip_format::{ChunkDigest, Compression};
+use clip_format::{ChunkDigest, Compression, SpanChunks};
 use tracing::debug;
 
 use crate::fetch::{checkpoint, verified, Fetch};
@@ -68,26 +68,25 @@ fn slack(codec: Compression) -> u64 {
     }
 }
 
-/// Where a prefix of span `f` holding its first `want` decoded bytes is estimated to end in the layer: the
-/// span's compressed size scaled by the share wanted, plus [`slack`], on a chunk boundary.
-fn prefix_end(f: &Fetch, want: u64, chunk: u64) -> u64 {
+/// Where a prefix of span `f` (chunks `c`) holding its first `want` decoded bytes is estimated to end in the
+/// layer: the span's compressed size scaled by the share wanted, plus [`slack`], on a chunk boundary.
+fn prefix_end(f: &Fetch, c: &SpanChunks, want: u64) -> u64 {
     if want >= f.len {
         return f.range.end;
     }
     let share = (f.range.end - f.range.start).saturating_mul(want).div_ceil(f.len.max(1));
-    on_chunk(f, f.range.start + share + slack(f.codec), chunk)
+    on_chunk(f, c, f.range.start + share + slack(f.codec))
 }
 
-/// `end` moved up to a chunk boundary (so each chunk of a prefix is checked whole), or to the span's end
-/// when that comes first.
-fn on_chunk(f: &Fetch, end: u64, chunk: u64) -> u64 {
-    end.div_ceil(chunk).saturating_mul(chunk).min(f.layer_size).min(f.range.end)
-}
-
-/// Where every prefix of span `f` starts in the layer: the chunk holding the span's first compressed byte
-/// (a prefix is checked a whole chunk at a time).
-fn prefix_start(f: &Fetch, chunk: u64) -> u64 {
-    f.range.start / chunk * chunk
+/// `end` moved up to the end of the chunk it falls in (so each chunk of a prefix is checked whole), or to the
+/// span's end when that is its last chunk's.
+fn on_chunk(f: &Fetch, c: &SpanChunks, end: u64) -> u64 {
+    let end = c.end_covering(end);
+    if end >= c.end {
+        f.range.end
+    } else {
+        end
+    }
 }
 
 impl Inner {
@@ -98,37 +97,47 @@ impl Inner {
         let want = need.bytes(f.len);
         // Three quarters in, the rest of the span costs less than the round trip that would fetch it later.
         let near_end = want.saturating_mul(4) >= f.len.saturating_mul(3);
-        let chunk = self.archive.chunk_table().map(|t| t.chunk_size());
-        // A first prefix starts at the chunk the span starts in and ends on a chunk boundary: when that is
-        // most of the span's own bytes anyway, the whole span costs no more and needs no second trip.
-        let no_cheaper = |chunk| {
-            let end = prefix_end(&f, want, chunk);
-            (end - prefix_start(&f, chunk)).saturating_mul(10) >= (f.range.end - f.range.start).saturating_mul(9)
+        let chunks = self.chunks_of(&f);
+        // A first prefix ends on a chunk boundary: when that is most of the span's bytes anyway, the whole
+        // span costs no more and needs no second trip.
+        let no_cheaper = |c: &SpanChunks| {
+            let end = prefix_end(&f, c, want);
+            (end - f.range.start).saturating_mul(10) >= (f.range.end - f.range.start).saturating_mul(9)
         };
-        if held.is_none() && chunk.is_none_or(|chunk| near_end || no_cheaper(chunk)) {
+        let Some(c) = chunks.filter(|c| held.is_some() || !(near_end || no_cheaper(c))) else {
             return Ok(Entry { decoded: self.fetch(f).await?, held: None });
-        }
+        };
         let want = if near_end { f.len } else { want };
-        self.retrying(&f, || self.fetch_prefix(&f, want, held.clone())).await
+        self.retrying(&f, || self.fetch_prefix(&f, &c, want, held.clone())).await
     }
 
-    /// One attempt of [`Inner::fetch_upto`]: fetch on from `held` (or the chunk holding the span's first
-    /// byte) until `want` decoded bytes come out.
-    async fn fetch_prefix(&self, f: &Fetch, want: u64, held: Option<Held>) -> Result<Entry, StoreError> {
+    /// The chunks of span `f` the index records, if any.
+    fn chunks_of(&self, f: &Fetch) -> Option<SpanChunks> {
+        self.archive.chunk_table()?.span_chunks(f.index, f.range.start, f.chunks_end)
+    }
+
+    /// One attempt of [`Inner::fetch_upto`]: fetch on from `held` (or the span's first byte) until `want`
+    /// decoded bytes come out.
+    async fn fetch_prefix(
+        &self,
+        f: &Fetch,
+        c: &SpanChunks,
+        want: u64,
+        held: Option<Held>,
+    ) -> Result<Entry, StoreError> {
         let (layer, index) = (f.layer, f.index);
-        let chunk = self.archive.chunk_table().map_or(clip_format::CHUNK_SIZE, |t| t.chunk_size());
-        let start = held.as_ref().map_or(prefix_start(f, chunk), |h| h.start);
+        let start = held.as_ref().map_or(f.range.start, |h| h.start);
         let mut compressed = held.map_or_else(Vec::new, |h| h.compressed.to_vec());
         let _budget = self.budget.take(f.range.end - start + f.len).await;
         let window: Arc<[u8]> = self.archive.window(index)?.into();
-        let mut end = prefix_end(f, want, chunk);
+        let mut end = prefix_end(f, c, want);
         loop {
             let have = start + compressed.len() as u64;
             if end > have {
                 debug!(%layer, span = %index, start = have, len = end - have, "fetch span prefix");
                 let more = self.read_blob(layer, have..end).await?;
                 if end < f.range.end {
-                    self.check_chunks(f, have, &more, chunk)?;
+                    self.check_chunks(f, c, have, &more)?;
                 }
                 compressed.extend_from_slice(&more);
             }
@@ -140,7 +149,7 @@ impl Inner {
             // The estimate fell short: fetch on, twice as far.
             compressed = held.compressed.to_vec();
             let have = held.end();
-            end = on_chunk(f, have + (have - f.range.start).max(chunk), chunk);
+            end = on_chunk(f, c, have + (have - f.range.start).max(c.size));
         }
     }
 
@@ -152,8 +161,8 @@ impl Inner {
         let (disk, key, start) = self.prefix_place(f)?;
         let max = f.range.end - start;
         let bytes = tokio::task::spawn_blocking(move || disk.get_prefix(&key, max)).await.ok()??;
-        let chunk = self.archive.chunk_table()?.chunk_size();
-        if let Err(e) = self.check_chunks(f, start, &bytes, chunk) {
+        let c = self.chunks_of(f)?;
+        if let Err(e) = self.check_chunks(f, &c, start, &bytes) {
             debug!(layer = %f.layer, span = %f.index, error = &e as &dyn std::error::Error, "prefix file rejected");
             self.disk.as_ref()?.reject_prefix(&key, bytes.len() as u64);
             return None;
@@ -192,30 +201,41 @@ impl Inner {
     }
 
     /// The disk cache, the name of span `f`'s prefix file and where that prefix starts in the layer, when
-    /// the index has chunk digests (no prefix is fetched without them).
+    /// the index has chunk digests for it (no prefix is fetched without them).
     fn prefix_place(&self, f: &Fetch) -> Option<(Arc<crate::DiskCache>, clip_format::Digest, u64)> {
         let disk = self.disk.clone()?;
-        let chunk = self.archive.chunk_table()?.chunk_size();
+        self.chunks_of(f)?;
         let layer = self.archive.meta().layers.get(f.layer.index())?.digest;
-        let start = prefix_start(f, chunk);
-        Some((disk, crate::cache::prefix_key(&layer, start), start))
+        Some((disk, crate::cache::prefix_key(&layer, f.range.start), f.range.start))
     }
 
-    /// The bytes of chunks `[from, from + bytes.len())` (a whole number of chunks, or up to the layer's end)
-    /// checked against the index.
-    fn check_chunks(&self, f: &Fetch, from: u64, bytes: &[u8], chunk: u64) -> Result<(), StoreError> {
+    /// The bytes of span `f`'s chunks `[from, from + bytes.len())` (whole chunks `c` describes) checked
+    /// against the index.
+    fn check_chunks(&self, f: &Fetch, c: &SpanChunks, from: u64, bytes: &[u8]) -> Result<(), StoreError> {
         let table = self.archive.chunk_table();
-        for (i, piece) in bytes.chunks(chunk as usize).enumerate() {
-            let offset = from + i as u64 * chunk;
-            let expected = table.as_ref().and_then(|t| t.chunk(f.layer, offset / chunk));
-            let actual = ChunkDigest::of(piece);
-            if expected != Some(actual) || offset % chunk != 0 {
-                crate::stats::Counters::bump(&self.counters.verify_failures);
-                let expected = expected.unwrap_or_default();
-                return Err(StoreError::ChunkVerify { layer: f.layer, span: f.index, offset, expected, actual });
+        let len = bytes.len() as u64;
+        let mut checked = 0;
+        for (j, range) in c.pieces(from, len).into_iter().flatten() {
+            let piece = bytes.get((range.start - from) as usize..(range.end - from) as usize);
+            let expected = table.as_ref().and_then(|t| t.digest(c, j));
+            let actual = piece.map_or_else(ChunkDigest::default, ChunkDigest::of);
+            if piece.is_none() || expected != Some(actual) {
+                return Err(self.chunk_failed(f, range.start, expected, actual));
             }
+            checked = range.end - from;
+        }
+        if checked != len {
+            // Not where a chunk starts, or bytes past the last whole chunk: nothing to check them against.
+            return Err(self.chunk_failed(f, from + checked, None, ChunkDigest::of(&bytes[checked as usize..])));
         }
         Ok(())
+    }
+
+    /// Counts a chunk that failed its digest, as the error to return.
+    fn chunk_failed(&self, f: &Fetch, offset: u64, expected: Option<ChunkDigest>, actual: ChunkDigest) -> StoreError {
+        crate::stats::Counters::bump(&self.counters.verify_failures);
+        let expected = expected.unwrap_or_default();
+        StoreError::ChunkVerify { layer: f.layer, span: f.index, offset, expected, actual }
     }
 
     /// Inflates what `compressed` (the layer's bytes from `start`) holds of span `f`: the whole span when

@@ -6,7 +6,8 @@
 //!
 //! On disk a part is a `.clip` container of kind [`ArchiveKind::LayerPart`]: `META` (JSON [`PartMeta`]),
 //! `ENTR` (one [`ENTRY_LEN`]-byte record an entry), `STRS`, `XATR`, `SPAN` (as in an image index), the lazy
-//! `WIND` and (from part version 2; its layout as now from version 3) the lazy `CHNK` ([`Chunks`]: the layer's compressed-chunk digests).
+//! `WIND` and (from part version 2; its layout as now, cut per span, from version 4) the lazy `CHNK` ([`Chunks`]:
+//! the layer's compressed-chunk digests).
 
 mod entries;
 mod entry;
@@ -26,7 +27,7 @@ pub use entry::{EntryKind, TarEntry};
 
 /// Version of the part layout; part of every [`part_key`], so a clip with another layout never reads it.
 /// Version 2 added the `CHNK` section.
-pub const PART_VERSION: u32 = 3;
+pub const PART_VERSION: u32 = 4;
 
 /// The name a part is kept under: `sha256-<hex>-s<span size>-v<PART_VERSION>`, safe as a file name and as an
 /// object key.
@@ -77,7 +78,7 @@ impl LayerPart {
         let meta = serde_json::to_vec(&self.meta).map_err(FormatError::Meta)?;
         let spans = encode_spans(&self.spans, &self.windows)?;
         if let Some(chunks) = &self.chunks {
-            chunks.check(&[self.meta.size], self.spans.len())?;
+            chunks.check(self.spans.len())?;
         }
         let e = &self.entries;
         let eager = vec![
@@ -132,7 +133,7 @@ impl LayerPart {
                     return Err(FormatError::Checksum { what: "section CHNK".into() });
                 }
                 let bad = Corruption::ChunkSection { len: stored.len(), size: meta.size, spans: spans.len() };
-                Some(Chunks::decode(stored, &[meta.size], spans.len()).ok_or(bad)?)
+                Some(Chunks::decode(stored, spans.len()).ok_or(bad)?)
             }
         };
         Ok(LayerPart { meta, entries, spans, windows, chunks })

@@ -47,7 +47,7 @@ pub struct Archive {
     xattrs: Section,
     spans: Section,
     /// Where the checked `CHNK` digests start and the chunk size, once [`Archive::chunk_table`] looked.
-    pub(crate) chunks: std::sync::OnceLock<Option<(u64, u64)>>,
+    pub(crate) chunks: std::sync::OnceLock<Option<(u64, u64, u64)>>,
 }
 
 /// Reads byte ranges of a `.clip` file that is not local (S3, registry): used by [`Archive::load_remote`].
