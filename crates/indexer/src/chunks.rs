@@ -27,9 +27,11 @@ pub(crate) struct ChunkRecorder {
     counts: Vec<u16>,
     chunks: Vec<ChunkDigest>,
     windows: Vec<ChunkDigest>,
-    /// The bytes from `at` on that no closed chunk holds yet.
+    /// From index `used` on: the bytes from `at` on that no closed chunk holds yet (the bytes before
+    /// `used` are let go in one move once they are half of it, not one chunk at a time).
     held: Vec<u8>,
-    /// Where `held` starts in the layer.
+    used: usize,
+    /// Where `held[used..]` starts in the layer.
     at: u64,
     /// Whether a span is open: its start is `at` or before, and its chunks so far are `open_count`.
     open: bool,
@@ -47,6 +49,7 @@ impl ChunkRecorder {
             chunks: Vec::new(),
             windows: Vec::new(),
             held: Vec::new(),
+            used: 0,
             at: 0,
             open: false,
             open_count: 0,
@@ -58,30 +61,44 @@ impl ChunkRecorder {
         if self.broken {
             return;
         }
+        if self.used > self.held.len() / 2 {
+            self.held.drain(..self.used);
+            self.used = 0;
+        }
         self.held.extend_from_slice(bytes);
-        while self.held.len() > HELD_MAX {
+        while self.held_len() > HELD_MAX as u64 {
             if !self.open {
                 // No span reported after this many bytes: none starts in what is held.
                 self.broken = true;
-                self.held = Vec::new();
+                (self.held, self.used) = (Vec::new(), 0);
                 return;
             }
             self.close_chunk(CHUNK_SIZE as usize);
         }
     }
 
+    /// How many bytes are held.
+    fn held_len(&self) -> u64 {
+        (self.held.len() - self.used) as u64
+    }
+
+    /// Lets go of the first `len` held bytes.
+    fn let_go(&mut self, len: usize) {
+        self.used += len;
+        self.at += len as u64;
+    }
+
     /// Closes the chunk of the first `len` held bytes of the open span.
     fn close_chunk(&mut self, len: usize) {
-        self.chunks.push(ChunkDigest::of(&self.held[..len]));
-        self.held.drain(..len);
-        self.at += len as u64;
+        self.chunks.push(ChunkDigest::of(&self.held[self.used..self.used + len]));
+        self.let_go(len);
         self.open_count += 1;
     }
 
     /// Closes the open span at `end` (where the next one starts, or the layer's end): its held bytes up to
     /// there become chunks, the last taking the rest.
     fn close_span(&mut self, end: u64) {
-        let Some(rest) = end.checked_sub(self.at).filter(|&r| r <= self.held.len() as u64) else {
+        let Some(rest) = end.checked_sub(self.at).filter(|&r| r <= self.held_len()) else {
             self.broken = true;
             return;
         };
@@ -112,11 +129,8 @@ impl ChunkRecorder {
             self.close_span(start);
         } else {
             // The layer's first span: what comes before it (a gzip header) is in no chunk.
-            match start.checked_sub(self.at).filter(|&skip| skip <= self.held.len() as u64) {
-                Some(skip) => {
-                    self.held.drain(..skip as usize);
-                    self.at = start;
-                }
+            match start.checked_sub(self.at).filter(|&skip| skip <= self.held_len()) {
+                Some(skip) => self.let_go(skip as usize),
                 None => self.broken = true,
             }
         }
@@ -126,7 +140,7 @@ impl ChunkRecorder {
     /// The layer's digests, its last span closed at the layer's end (where the bytes stopped).
     pub fn finish(mut self) -> Chunks {
         if self.open && !self.broken {
-            self.close_span(self.at + self.held.len() as u64);
+            self.close_span(self.at + self.held_len());
         }
         if self.broken {
             // Every span fetched whole: no count, no chunk.
