@@ -1,14 +1,14 @@
 //! Partial span fetches: a cold read needs the compressed bytes from its span's checkpoint to the end of
 //! the bytes it reads, not to the end of the span. With the index's compressed-chunk digests
-//! ([`clip_format::ChunkTable`], cut per span) a load fetches whole chunks from the span's first byte up to an
-//! estimate of where the wanted bytes end, verifies every chunk (and the checkpoint window) against the index, inflates what
-//! they hold and serves that prefix; a short estimate fetches on from where it stopped. The prefix is kept
-//! in memory with its compressed bytes ([`Held`]), and those bytes in the disk cache as a prefix file (so a
-//! remount over a warm cache does not fetch them again; checked against the chunk digests whenever they
-//! are loaded); a later load of more (a later read, or the whole span) fetches only the rest, and a whole
-//! span is checked against the span digest and cached as before (its prefix file then removed). Without
-//! chunk digests (an older index), or when the wanted bytes reach near the span's end anyway, the whole
-//! span is fetched as before.
+//! ([`clip_format::ChunkTable`], cut per span) a load fetches whole chunks from the span's first byte up to
+//! an estimate of where the wanted bytes end, verifies every chunk (and the checkpoint window) against the
+//! index, inflates what they hold and serves that prefix; a short estimate fetches on from where it
+//! stopped. The prefix is kept in memory with its compressed bytes ([`Held`]), and those bytes in the disk
+//! cache as a prefix file (so a remount over a warm cache does not fetch them again; checked against the
+//! chunk digests whenever they are loaded); a later load of more (a later read, or the whole span) fetches
+//! only the rest, and a whole span is checked against the span digest and cached as before (its prefix file
+//! then removed). Without chunk digests (an older index), or when the wanted bytes reach near the span's
+//! end anyway, the whole span is fetched as before.
 
 use std::sync::Arc;
 
