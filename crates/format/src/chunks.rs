@@ -162,7 +162,7 @@ impl Chunks {
         let Fitting { chunk_size, body, chunks: count } = fitting(raw, spans)?;
         let (counts, rest) = body.split_at(spans * COUNT_LEN);
         let (chunks, windows) = rest.split_at(usize::try_from(count).ok()? * CHUNK_DIGEST_LEN);
-        let counts = counts.chunks_exact(COUNT_LEN).map(|c| u16::from_le_bytes([c[0], c[1]]));
+        let counts = stored_counts(counts).map(|c| c as u16);
         let chunks = chunks.chunks_exact(CHUNK_DIGEST_LEN).map(|d| ChunkDigest(d.try_into().unwrap_or_default()));
         let windows = windows.chunks_exact(WINDOW_DIGEST_LEN).map(window_digest);
         Some(Chunks { chunk_size, counts: counts.collect(), chunks: chunks.collect(), windows: windows.collect() })
@@ -188,11 +188,16 @@ fn fitting(raw: &[u8], spans: usize) -> Option<Fitting<'_>> {
     }
     let body = &raw[HEADER_LEN..];
     let counts = body.get(..spans.checked_mul(COUNT_LEN)?)?;
-    let chunks: u64 = counts.chunks_exact(COUNT_LEN).map(|c| u64::from(u16::from_le_bytes([c[0], c[1]]))).sum();
+    let chunks: u64 = stored_counts(counts).sum();
     let len = (chunks as usize)
         .checked_mul(CHUNK_DIGEST_LEN)?
         .checked_add(spans.checked_mul(WINDOW_DIGEST_LEN + COUNT_LEN)?)?;
     (body.len() == len).then_some(Fitting { chunk_size, body, chunks })
+}
+
+/// The chunk counts stored in `raw` (a whole number of them).
+fn stored_counts(raw: &[u8]) -> impl Iterator<Item = u64> + '_ {
+    raw.chunks_exact(COUNT_LEN).map(|c| u64::from(u16::from_le_bytes([c[0], c[1]])))
 }
 
 /// A stored window digest, as [`ChunkDigest::of_window`] gives it.
@@ -278,10 +283,9 @@ impl ChunkTable<'_> {
     /// it whole) or its count does not fit those bounds.
     pub fn span_chunks(&self, span: SpanId, start: u64, end: u64) -> Option<SpanChunks> {
         let i = usize::try_from(span.0).ok().filter(|&i| i < self.spans)?;
-        let counts = &self.body[..self.spans * COUNT_LEN];
-        let count = |k: usize| u64::from(u16::from_le_bytes([counts[k * COUNT_LEN], counts[k * COUNT_LEN + 1]]));
-        let first = (0..i).map(count).sum();
-        let n = count(i);
+        let mut counts = stored_counts(&self.body[..(i + 1) * COUNT_LEN]);
+        let first = counts.by_ref().take(i).sum();
+        let n = counts.next()?;
         let full = (n.checked_sub(1)?).checked_mul(self.chunk_size)?;
         // Every chunk but the last is whole, and the last is not empty.
         if end <= start || full >= end - start {
@@ -327,5 +331,25 @@ impl Archive {
         let e = self.section(SEC_CHNK)?;
         let body = self.local_range(offset..e.offset + e.stored_len).ok()?;
         Some(ChunkTable { body, chunk_size, spans: self.span_count(), chunks })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_section_in_the_per_layer_layout_older_clips_wrote_is_not_read() {
+        let chunks = Chunks {
+            chunk_size: CHUNK_SIZE,
+            counts: vec![2],
+            chunks: vec![ChunkDigest([1; CHUNK_DIGEST_LEN]), ChunkDigest([2; CHUNK_DIGEST_LEN])],
+            windows: vec![ChunkDigest::default()],
+        };
+        let mut raw = chunks.encode().unwrap();
+        assert_eq!(Chunks::decode(&raw, 1), Some(chunks));
+        // Older clips wrote `digest_len` as a u32 there: its high half, this layout field, was 0.
+        raw[6..8].copy_from_slice(&0u16.to_le_bytes());
+        assert_eq!(Chunks::decode(&raw, 1), None);
     }
 }

@@ -18,22 +18,38 @@ pub const STARTUP_FILE_MAX: u64 = 64 << 20;
 /// The most spans of the startup set prefetched.
 pub const STARTUP_SPANS_MAX: usize = 1024;
 
-/// Spans in the order they were first wanted, each with all that was wanted of it.
+/// Spans in the order they were first wanted, each once, with all that was wanted of it (a startup's list
+/// to prefetch, and a recording of one).
 #[derive(Default)]
-struct Wanted {
+pub(crate) struct SpanNeeds {
     order: Vec<(LayerIndex, SpanId, Need)>,
     at: HashMap<(LayerIndex, SpanId), usize>,
 }
 
-impl Wanted {
-    fn add(&mut self, layer: LayerIndex, span: SpanId, need: Need) {
+impl SpanNeeds {
+    /// Wants `need` of `span` of `layer` too; returns whether that changed the list.
+    pub fn add(&mut self, layer: LayerIndex, span: SpanId, need: Need) -> bool {
         match self.at.get(&(layer, span)) {
-            Some(&i) => self.order[i].2 = self.order[i].2.max(need),
+            Some(&i) => {
+                let grown = self.order[i].2.max(need);
+                std::mem::replace(&mut self.order[i].2, grown) != grown
+            }
             None => {
                 self.at.insert((layer, span), self.order.len());
                 self.order.push((layer, span, need));
+                true
             }
         }
+    }
+
+    /// Whether `span` of `layer` is in the list.
+    pub fn contains(&self, layer: LayerIndex, span: SpanId) -> bool {
+        self.at.contains_key(&(layer, span))
+    }
+
+    /// The spans, first wanted first.
+    pub fn list(&self) -> &[(LayerIndex, SpanId, Need)] {
+        &self.order
     }
 }
 
@@ -46,7 +62,7 @@ pub fn startup_spans(
     startup_set: bool,
     profile: Option<&Profile>,
 ) -> (Vec<(LayerIndex, SpanId, Need)>, usize) {
-    let mut spans = Wanted::default();
+    let mut spans = SpanNeeds::default();
     if startup_set {
         let set = archive.startup_set().unwrap_or_else(|error| {
             warn!(
@@ -59,7 +75,7 @@ pub fn startup_spans(
             let Some(data) = archive.node(ino).ok().and_then(|n| n.data_ref()) else { continue };
             for slice in archive.file_spans(data, 0..STARTUP_FILE_MAX) {
                 let Ok(slice) = slice else { break };
-                if spans.order.len() >= STARTUP_SPANS_MAX {
+                if spans.list().len() >= STARTUP_SPANS_MAX {
                     break 'files;
                 }
                 let len = slice.span_range.end - slice.span_range.start;
@@ -67,7 +83,7 @@ pub fn startup_spans(
             }
         }
     }
-    let from_set = spans.order.len();
+    let from_set = spans.list().len();
     if let Some(profile) = profile {
         for (layer, span, need) in profile.valid_spans(archive) {
             spans.add(layer, span, need);

@@ -8,7 +8,6 @@
 //! a cold node hands those spans to [`clip_store::ContentStore::prefetch_spans`] so they load in order,
 //! each only as far as the recorded start read it, while the container starts.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -19,6 +18,7 @@ use tracing::debug;
 
 use clip_image::{fetch_artifact_layer, push_artifact, Artifact, ImageError, PublishedIndex};
 
+use crate::prefetch::SpanNeeds;
 use crate::NodeError;
 use clip_source::SourceOptions;
 
@@ -198,11 +198,9 @@ pub struct ProfileRecorder {
 
 #[derive(Default)]
 struct Recorded {
-    /// Where each span read is in `order`.
-    seen: HashMap<(LayerIndex, SpanId), usize>,
     /// The spans read, first touch first, each with how much of it was read.
-    order: Vec<(LayerIndex, SpanId, Need)>,
-    /// Bumped whenever `order` changes.
+    spans: SpanNeeds,
+    /// Bumped whenever `spans` changes.
     version: u64,
     /// `version` at the last save.
     saved: Option<u64>,
@@ -223,7 +221,7 @@ impl ProfileRecorder {
     /// Whether the recording has reached its limits (never, without limits).
     pub fn finished(&self) -> bool {
         let Some((started, limits)) = self.limits else { return false };
-        let full = self.state.lock().unwrap_or_else(|e| e.into_inner()).order.len() >= limits.spans;
+        let full = self.state.lock().unwrap_or_else(|e| e.into_inner()).spans.list().len() >= limits.spans;
         full || started.elapsed().as_secs() >= limits.seconds
     }
 
@@ -240,23 +238,12 @@ impl ProfileRecorder {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         for slice in self.archive.file_spans(data, offset..end) {
             let Ok(slice) = slice else { return };
+            if state.spans.list().len() >= max && !state.spans.contains(data.layer, slice.span) {
+                return;
+            }
             let need = Need::through(slice.within.end, slice.span_range.end - slice.span_range.start);
-            let key = (data.layer, slice.span);
-            match state.seen.get(&key).copied() {
-                Some(i) => {
-                    let grown = state.order[i].2.max(need);
-                    if grown != state.order[i].2 {
-                        state.order[i].2 = grown;
-                        state.version += 1;
-                    }
-                }
-                None if state.order.len() >= max => return,
-                None => {
-                    let i = state.order.len();
-                    state.seen.insert(key, i);
-                    state.order.push((data.layer, slice.span, need));
-                    state.version += 1;
-                }
+            if state.spans.add(data.layer, slice.span, need) {
+                state.version += 1;
             }
         }
     }
@@ -267,7 +254,7 @@ impl ProfileRecorder {
     }
 
     fn profile_of(&self, state: &Recorded) -> Profile {
-        let spans = state.order.iter().map(|&(layer, span, need)| ProfileSpan::of(layer, span, need)).collect();
+        let spans = state.spans.list().iter().map(|&(layer, span, need)| ProfileSpan::of(layer, span, need)).collect();
         Profile { manifest_digest: self.archive.meta().manifest_digest, spans }
     }
 

@@ -123,23 +123,15 @@ impl ContentStore {
             return 0;
         }
         let a = &inner.archive;
-        let last = data.offset.checked_add(data.size - 1);
-        let (Ok(first), Some(Ok(last))) =
-            (a.find_span(data.layer, data.offset), last.map(|l| a.find_span(data.layer, l)))
-        else {
-            return 0;
-        };
         let Some(rt) = Handle::try_current().ok().or_else(|| inner.runtime.clone()) else { return 0 };
-        let file_end = data.offset + data.size;
         let mut started = 0;
-        for index in SpanIds::through(first, last) {
+        for slice in a.file_spans(data, 0..data.size) {
+            let Ok(slice) = slice else { break };
+            let index = slice.span;
             // Spans already local are left to the reads: loading them all from disk would only churn memory.
             let on_disk = |disk: &Arc<crate::DiskCache>| a.span(index).is_ok_and(|s| disk.contains(&s.digest));
             // The span the file ends in is wanted up to there only.
-            let need = match a.span_range(data.layer, index) {
-                Ok(r) if r.end > file_end => Need::Upto(file_end - r.start),
-                _ => Need::Whole,
-            };
+            let need = Need::through(slice.within.end, slice.span_range.end - slice.span_range.start);
             if inner.in_memory(index, need) || inner.disk.as_ref().is_some_and(on_disk) {
                 continue;
             }
