@@ -273,3 +273,52 @@ fn a_first_cold_runs_recording_stops_at_its_span_limit() {
     assert!(unbounded > 3, "the workload touches {unbounded} spans: too few to test a limit of 3");
     assert_eq!(recorded_spans("bounded", "record_spans = 3\n"), 3);
 }
+
+#[test]
+fn a_mount_fetches_a_startup_file_only_as_far_as_it_reaches_into_its_span() {
+    // The script is the layer's first file and 3 MiB of incompressible bytes follow it in its span: the
+    // set wants a few hundred bytes of that span, and a mount fetches a verified prefix of it, not all of it.
+    let mut layer = LayerBuilder::new();
+    layer.dir("app");
+    layer.entry(Entry::file("app/run", "#!/bin/sh\necho hi\n").mode(0o755));
+    layer.entry(Entry::file("app/pad", pseudo_random_bytes(7, 3 << 20)));
+    for e in host_programs(&[("/bin/sh", "bin/sh", 0o755)]) {
+        layer.entry(e);
+    }
+    let mut image = Image::new(vec![Layer::new(layer.finish(), Compression::Gzip)]);
+    image.config.entrypoint = Some(vec!["/app/run".into()]);
+    let served = Served::with_span_mib(&image, 1);
+    assert_eq!(startup_paths(&served.index())[0], "/app/run");
+
+    // What fetching the set's spans whole costs: each span's compressed bytes.
+    let archive = Archive::open(&served.index()).unwrap();
+    let layer_size = archive.meta().layers[0].size;
+    let last = archive.layer_spans(clip_format::LayerIndex(0)).unwrap().last().unwrap();
+    let mut spans = BTreeSet::new();
+    for ino in archive.startup_set().unwrap() {
+        let data = archive.node(ino).unwrap().data_ref().unwrap();
+        spans.extend(archive.file_spans(data, 0..data.size).map(|s| s.unwrap().span));
+    }
+    let compressed = |i: clip_format::SpanId| {
+        let end = if i == last { layer_size } else { archive.span(i.next()).unwrap().in_offset };
+        end - archive.span(i).unwrap().in_offset
+    };
+    let whole: u64 = spans.iter().map(|&i| compressed(i)).sum();
+    let first = archive.find_span(clip_format::LayerIndex(0), 0).unwrap();
+    assert!(spans.contains(&first) && compressed(first) > 1 << 20, "the script's span is not the padded one");
+
+    let addr = common::free_addr();
+    let m = served.mount("mnt", &["--metrics", &addr]);
+    common::wait_within(Duration::from_secs(60), "the startup set was not prefetched", || {
+        metric(&addr, "clip_prefetched_spans_total") >= spans.len() as f64
+    });
+    let fetched = metric(&addr, "clip_fetched_bytes_total");
+    assert!(
+        fetched + (512 << 10) as f64 <= whole as f64,
+        "the set's spans cost {whole} bytes whole, {fetched} fetched"
+    );
+    let requests = served.proxy().stats().requests;
+    assert_eq!(std::fs::read_to_string(m.dir.join("app/run")).unwrap(), "#!/bin/sh\necho hi\n");
+    assert_eq!(served.proxy().stats().requests, requests, "reading the script reached the registry");
+    m.stop();
+}
