@@ -7,13 +7,14 @@
 //! body fails the exchange with an error naming it, instead of growing memory.
 
 use std::fmt;
+use std::sync::atomic::Ordering;
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use reqwest::header::WWW_AUTHENTICATE;
 use reqwest::{RequestBuilder, StatusCode};
 use serde::Deserialize;
-use tracing::debug;
+use tracing::{debug, info};
 
 use super::request::{read_capped, Target};
 use super::Registry;
@@ -202,6 +203,9 @@ impl Registry {
         let _one_at_a_time = self.auth_state.refresh.lock().await;
         if self.auth_state.generation() == 0 {
             self.authenticate().await?;
+            if self.reported_down.swap(false, Ordering::Relaxed) {
+                info!(registry = %self.registry, "the registry answers");
+            }
         }
         Ok(self.auth_state.get())
     }

@@ -29,7 +29,7 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use reqwest::header::ACCEPT;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use crate::digest::{media_types, Descriptor, Digest};
 use crate::error::SourceError;
@@ -76,6 +76,9 @@ pub(crate) struct Registry {
     retries: AtomicU64,
     /// Set once we have warned that this registry ignores Range headers.
     range_ignored: AtomicBool,
+    /// Set while a warning that the registry is slow or down stands: the next successful authentication
+    /// says it answers again.
+    reported_down: AtomicBool,
 }
 
 impl std::fmt::Debug for RegistrySource {
@@ -126,19 +129,17 @@ impl RegistrySource {
             let done = match tokio::time::timeout(SLOW_REGISTRY, &mut check).await {
                 Ok(done) => done.map(drop),
                 Err(_) => {
+                    inner.reported_down.store(true, Ordering::Relaxed);
                     warn!(
                         %registry,
                         "the registry has not answered for {} s: reads of content the cache does not hold wait for it",
                         SLOW_REGISTRY.as_secs()
                     );
-                    let done = check.await.map(drop);
-                    if done.is_ok() {
-                        info!(%registry, "the registry answers");
-                    }
-                    done
+                    check.await.map(drop)
                 }
             };
             if let Err(error) = done {
+                inner.reported_down.store(true, Ordering::Relaxed);
                 warn!(
                     %registry,
                     %error,
@@ -188,6 +189,7 @@ impl RegistrySource {
             retry: opts.retry,
             retries: AtomicU64::new(0),
             range_ignored: AtomicBool::new(false),
+            reported_down: AtomicBool::new(false),
         };
         Ok(RegistrySource(Arc::new(source)))
     }
