@@ -159,7 +159,7 @@ impl Chunks {
 
     /// Decodes a section written by [`Chunks::encode`] for `spans` spans; `None` when it does not fit them.
     pub(crate) fn decode(raw: &[u8], spans: usize) -> Option<Chunks> {
-        let Fitting { chunk_size, body, chunks: count } = fitting(raw, spans)?;
+        let Fitting { chunk_size, body, chunks: count, .. } = fitting(raw, spans)?;
         let (counts, rest) = body.split_at(spans * COUNT_LEN);
         let (chunks, windows) = rest.split_at(usize::try_from(count).ok()? * CHUNK_DIGEST_LEN);
         let counts = stored_counts(counts).map(|c| c as u16);
@@ -176,7 +176,13 @@ struct Fitting<'a> {
     body: &'a [u8],
     /// How many chunk digests it holds.
     chunks: u64,
+    /// How many chunk digests the spans before span `SUM_EVERY * k` have, for each `k`.
+    sums: Vec<u64>,
 }
+
+/// Spans between two kept sums of chunk counts: finding a span's first digest adds at most this many
+/// counts, and the sums cost 8 bytes per this many spans.
+const SUM_EVERY: usize = 64;
 
 /// `raw`'s chunk size, body and chunk count, if it is a section clip writes for `spans` spans.
 fn fitting(raw: &[u8], spans: usize) -> Option<Fitting<'_>> {
@@ -188,11 +194,27 @@ fn fitting(raw: &[u8], spans: usize) -> Option<Fitting<'_>> {
     }
     let body = &raw[HEADER_LEN..];
     let counts = body.get(..spans.checked_mul(COUNT_LEN)?)?;
-    let chunks: u64 = stored_counts(counts).sum();
+    let (mut chunks, mut sums) = (0u64, Vec::with_capacity(spans / SUM_EVERY + 1));
+    for (i, n) in stored_counts(counts).enumerate() {
+        if i % SUM_EVERY == 0 {
+            sums.push(chunks);
+        }
+        chunks += n;
+    }
     let len = (chunks as usize)
         .checked_mul(CHUNK_DIGEST_LEN)?
         .checked_add(spans.checked_mul(WINDOW_DIGEST_LEN + COUNT_LEN)?)?;
-    (body.len() == len).then_some(Fitting { chunk_size, body, chunks })
+    (body.len() == len).then_some(Fitting { chunk_size, body, chunks, sums })
+}
+
+/// What [`Archive::chunk_table`] keeps of a section it checked.
+#[derive(Debug)]
+pub(crate) struct CheckedChunks {
+    /// Where the body starts in the file.
+    offset: u64,
+    chunk_size: u64,
+    chunks: u64,
+    sums: Vec<u64>,
 }
 
 /// The chunk counts stored in `raw` (a whole number of them).
@@ -270,6 +292,8 @@ pub struct ChunkTable<'a> {
     spans: usize,
     /// Chunk digests in all.
     chunks: u64,
+    /// How many chunk digests the spans before span `SUM_EVERY * k` have, for each `k`.
+    sums: &'a [u64],
 }
 
 impl ChunkTable<'_> {
@@ -283,8 +307,9 @@ impl ChunkTable<'_> {
     /// it whole) or its count does not fit those bounds.
     pub fn span_chunks(&self, span: SpanId, start: u64, end: u64) -> Option<SpanChunks> {
         let i = usize::try_from(span.0).ok().filter(|&i| i < self.spans)?;
-        let mut counts = stored_counts(&self.body[..(i + 1) * COUNT_LEN]);
-        let first = counts.by_ref().take(i).sum();
+        let from = i / SUM_EVERY * SUM_EVERY;
+        let mut counts = stored_counts(&self.body[from * COUNT_LEN..(i + 1) * COUNT_LEN]);
+        let first = self.sums.get(i / SUM_EVERY)? + counts.by_ref().take(i - from).sum::<u64>();
         let n = counts.next()?;
         let full = (n.checked_sub(1)?).checked_mul(self.chunk_size)?;
         // Every chunk but the last is whole, and the last is not empty.
@@ -324,13 +349,13 @@ impl Archive {
             if crc32c::crc32c(raw) != e.crc {
                 return None;
             }
-            let Fitting { chunk_size, chunks, .. } = fitting(raw, self.span_count())?;
-            Some((e.offset + HEADER_LEN as u64, chunk_size, chunks))
+            let Fitting { chunk_size, chunks, sums, .. } = fitting(raw, self.span_count())?;
+            Some(CheckedChunks { offset: e.offset + HEADER_LEN as u64, chunk_size, chunks, sums })
         });
-        let (offset, chunk_size, chunks) = (*checked)?;
+        let CheckedChunks { offset, chunk_size, chunks, sums } = checked.as_ref()?;
         let e = self.section(SEC_CHNK)?;
-        let body = self.local_range(offset..e.offset + e.stored_len).ok()?;
-        Some(ChunkTable { body, chunk_size, spans: self.span_count(), chunks })
+        let body = self.local_range(*offset..e.offset + e.stored_len).ok()?;
+        Some(ChunkTable { body, chunk_size: *chunk_size, spans: self.span_count(), chunks: *chunks, sums })
     }
 }
 

@@ -166,3 +166,47 @@ fn a_part_carries_its_digests_and_one_without_them_still_reads() {
     assert!(!all.append(&Chunks::new(CHUNK_SIZE * 2)), "chunks of another size do not mix");
     assert_eq!(all, d);
 }
+
+#[test]
+fn every_span_of_a_long_layer_finds_its_own_digests() {
+    // 200 spans of one layer with 1 to 3 chunks each: the lookup keeps sums every few dozen spans, so spans
+    // on both sides of every kept sum must still find their own first digest.
+    let n = 200u32;
+    let counts: Vec<u16> = (0..n).map(|i| (i % 3 + 1) as u16).collect();
+    let starts: Vec<u64> =
+        counts.iter().scan(0, |at, &c| Some(std::mem::replace(at, *at + u64::from(c) * CHUNK_SIZE))).collect();
+    let size = starts[n as usize - 1] + u64::from(counts[n as usize - 1]) * CHUNK_SIZE;
+    let mut c = contents(None);
+    c.meta.layers = vec![layer(1, size, 0, n)];
+    c.spans = (0..n)
+        .map(|i| SpanSpec {
+            out_offset: u64::from(i) << 20,
+            in_offset: starts[i as usize],
+            bits: 0,
+            digest: Digest::from_sha256([i as u8; 32]),
+            window: WindowRef::default(),
+        })
+        .collect();
+    let digest_of = |span: u32, j: u16| {
+        let mut d = [0u8; CHUNK_DIGEST_LEN];
+        d[..4].copy_from_slice(&span.to_le_bytes());
+        d[4..6].copy_from_slice(&j.to_le_bytes());
+        ChunkDigest(d)
+    };
+    c.chunks = Some(Chunks {
+        chunk_size: CHUNK_SIZE,
+        counts: counts.clone(),
+        chunks: (0..n).flat_map(|i| (0..counts[i as usize]).map(move |j| digest_of(i, j))).collect(),
+        windows: vec![ChunkDigest::default(); n as usize],
+    });
+    let archive = Archive::from_bytes(write(&c)).unwrap();
+    let table = archive.chunk_table().unwrap();
+    for i in 0..n {
+        let end = starts.get(i as usize + 1).copied().unwrap_or(size);
+        let sc = table.span_chunks(SpanId(i), starts[i as usize], end).unwrap();
+        assert_eq!(sc.count, u64::from(counts[i as usize]), "span {i}");
+        for j in 0..counts[i as usize] {
+            assert_eq!(table.digest(&sc, u64::from(j)), Some(digest_of(i, j)), "span {i} chunk {j}");
+        }
+    }
+}

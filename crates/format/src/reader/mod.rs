@@ -46,8 +46,8 @@ pub struct Archive {
     strs: Section,
     xattrs: Section,
     spans: Section,
-    /// Where the checked `CHNK` digests start and the chunk size, once [`Archive::chunk_table`] looked.
-    pub(crate) chunks: std::sync::OnceLock<Option<(u64, u64, u64)>>,
+    /// The checked `CHNK` section's place and sums, once [`Archive::chunk_table`] looked.
+    pub(crate) chunks: std::sync::OnceLock<Option<crate::chunks::CheckedChunks>>,
 }
 
 /// Reads byte ranges of a `.clip` file that is not local (S3, registry): used by [`Archive::load_remote`].
