@@ -76,6 +76,32 @@ fn a_cold_read_in_the_middle_of_a_span_fetches_less_than_the_span(#[case] compre
 }
 
 #[test]
+fn a_prefix_estimate_that_falls_short_costs_one_more_request_not_several() {
+    // One 4 MiB span: 1 MiB of incompressible files, then 3 MiB of zeros. A file near the end of the random
+    // part needs ~0.9 of the span's compressed bytes, but a span-wide estimate puts it at a quarter. Going on
+    // at the fetched prefix's own ratio takes one more request; doubling took two more.
+    let mut l = LayerBuilder::new();
+    l.dir("data");
+    for i in 0..120u64 {
+        l.file(format!("data/r{i:03}").as_str(), pseudo_random_bytes(i + 5, 8 << 10));
+    }
+    l.file("data/zeros", vec![0u8; 3 << 20]);
+    let served = Served::with_span_mib(&Image::new(vec![Layer::new(l.finish(), Compression::Gzip)]), 4);
+    let path = "data/r110";
+    let a = Archive::open(&served.index()).unwrap();
+    let data = a.node(a.resolve(format!("/{path}").as_bytes()).unwrap().unwrap()).unwrap().data_ref().unwrap();
+    assert_eq!(a.find_span(LayerIndex(0), data.offset).unwrap().0, 0, "the test wants {path} in the first span");
+    let m = served.mount("mnt", &[]);
+    let got = std::fs::read(m.dir.join(path)).unwrap();
+    let unpacked = umoci_unpack(served.layout.path(), "t");
+    assert!(got == std::fs::read(unpacked.rootfs().join(path)).unwrap(), "{path}: not umoci's bytes");
+    let stats = served.proxy().stats();
+    println!("{path}: {} range requests, {} bytes", stats.blob_requests, stats.blob_bytes);
+    assert_eq!(stats.blob_requests, 2, "the first estimate falls short once, and one more request must do");
+    m.stop();
+}
+
+#[test]
 fn a_flipped_bit_in_a_fetched_chunk_is_refetched_and_a_lying_registry_gets_eio() {
     let served = Served::with_span_mib(&Image::new(vec![text_layer(Compression::Gzip)]), 1);
     let (path, _) = file_mid_span(&served.index());

@@ -78,6 +78,12 @@ fn prefix_end(f: &Fetch, c: &SpanChunks, want: u64) -> u64 {
     on_chunk(f, c, f.range.start + share + slack(f.codec))
 }
 
+/// `compressed` scaled by `part` / `whole` (at least 1, so a fetch on always reaches a new chunk).
+fn scaled(compressed: u64, part: u64, whole: u64) -> u64 {
+    let share = u128::from(compressed) * u128::from(part) / u128::from(whole.max(1));
+    u64::try_from(share).unwrap_or(u64::MAX).max(1)
+}
+
 /// `end` moved up to the end of the chunk it falls in (so each chunk of a prefix is checked whole), or to the
 /// span's end when that is its last chunk's.
 fn on_chunk(f: &Fetch, c: &SpanChunks, end: u64) -> u64 {
@@ -131,6 +137,7 @@ impl Inner {
         let _budget = self.budget.take(f.range.end - start + f.len).await;
         let window: Arc<[u8]> = self.archive.window(index)?.into();
         let mut end = prefix_end(f, c, want);
+        let mut shortfalls = 0;
         loop {
             let have = start + compressed.len() as u64;
             if end > have {
@@ -146,10 +153,20 @@ impl Inner {
             let Some(held) = entry.held.as_ref().filter(|_| (entry.decoded.len() as u64) < want) else {
                 return Ok(entry);
             };
-            // The estimate fell short: fetch on, twice as far.
+            // The estimate fell short: fetch on, as far as what is still wanted costs at the prefix's own ratio
+            // or at the rest of the span's, whichever is further; from a second shortfall on, at least twice
+            // as far, so a span whose ratio swings costs few trips.
             compressed = held.compressed.to_vec();
-            let have = held.end();
-            end = on_chunk(f, c, have + (have - f.range.start).max(c.size));
+            let (have, got) = (held.end(), entry.decoded.len() as u64);
+            let at_prefix_ratio = scaled(have - start, want - got, got);
+            let at_rest_ratio = scaled(f.range.end.saturating_sub(have), want - got, f.len - got);
+            let mut next = have.saturating_add(at_prefix_ratio.max(at_rest_ratio)).saturating_add(slack(f.codec));
+            shortfalls += 1;
+            if shortfalls > 1 {
+                next = next.max(have.saturating_add((have - f.range.start).max(c.size)));
+            }
+            end = on_chunk(f, c, next);
+            debug!(%layer, span = %index, got, want, "span prefix fell short; fetching on");
         }
     }
 
