@@ -78,8 +78,7 @@ pub fn startup_spans(
                 if spans.list().len() >= STARTUP_SPANS_MAX {
                     break 'files;
                 }
-                let len = slice.span_range.end - slice.span_range.start;
-                spans.add(data.layer, slice.span, Need::through(slice.within.end, len));
+                spans.add(data.layer, slice.span, Need::of_slice(&slice));
             }
         }
     }

@@ -241,8 +241,7 @@ impl ProfileRecorder {
             if state.spans.list().len() >= max && !state.spans.contains(data.layer, slice.span) {
                 return;
             }
-            let need = Need::through(slice.within.end, slice.span_range.end - slice.span_range.start);
-            if state.spans.add(data.layer, slice.span, need) {
+            if state.spans.add(data.layer, slice.span, Need::of_slice(&slice)) {
                 state.version += 1;
             }
         }

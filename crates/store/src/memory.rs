@@ -10,18 +10,10 @@ use clip_format::SpanId;
 use crate::partial::Need;
 use crate::SpanBytes;
 
-/// Verified compressed bytes of a span's prefix: the layer's bytes from `start` on.
+/// Verified compressed bytes of a span's prefix: the layer's bytes from where a fetch of the span starts.
 #[derive(Clone)]
 pub(crate) struct Held {
-    pub start: u64,
     pub compressed: Bytes,
-}
-
-impl Held {
-    /// Where the held bytes end in the layer.
-    pub fn end(&self) -> u64 {
-        self.start + self.compressed.len() as u64
-    }
 }
 
 /// A span in memory: its decoded bytes (all of them, or a prefix with `held` set).
@@ -137,7 +129,7 @@ mod tests {
         assert_eq!((lru.map.len(), lru.order.len()), (1, 1));
         assert!(lru.contains(SpanId(5), Need::Whole));
         // A prefix counts its compressed bytes too.
-        let held = Held { start: 0, compressed: Bytes::from(vec![0u8; 7]) };
+        let held = Held { compressed: Bytes::from(vec![0u8; 7]) };
         lru.put(SpanId(6), Entry { decoded: vec![0u8; 3].into(), held: Some(held) }, 1000);
         assert_eq!(lru.bytes, 110);
         assert!(lru.contains(SpanId(6), Need::Upto(3)) && !lru.contains(SpanId(6), Need::Upto(4)));

@@ -13,7 +13,7 @@
 use std::sync::Arc;
 
 use clip_codec::CodecError;
-use clip_format::{ChunkDigest, Compression, SpanChunks};
+use clip_format::{ChunkDigest, Compression, SpanChunks, SpanSlice};
 use tracing::debug;
 
 use crate::fetch::{checkpoint, verified, Fetch};
@@ -47,8 +47,10 @@ impl Need {
         }
     }
 
-    /// The first `end` decoded bytes of a span of `len`: [`Need::Whole`] when that is all of it.
-    pub fn through(end: u64, len: u64) -> Need {
+    /// What of its span a read of file bytes `slice` needs: the span's decoded bytes up to where the slice
+    /// ends in it ([`Need::Whole`] when that is its end).
+    pub fn of_slice(slice: &SpanSlice) -> Need {
+        let (end, len) = (slice.within.end, slice.span_range.end - slice.span_range.start);
         if end >= len {
             Need::Whole
         } else {
@@ -131,8 +133,7 @@ impl Inner {
         want: u64,
         held: Option<Held>,
     ) -> Result<Entry, StoreError> {
-        let (layer, index) = (f.layer, f.index);
-        let start = held.as_ref().map_or(f.range.start, |h| h.start);
+        let (layer, index, start) = (f.layer, f.index, f.range.start);
         let mut compressed = held.map_or_else(Vec::new, |h| h.compressed.to_vec());
         let _budget = self.budget.take(f.range.end - start + f.len).await;
         let window: Arc<[u8]> = self.archive.window(index)?.into();
@@ -149,7 +150,7 @@ impl Inner {
                 compressed.extend_from_slice(&more);
             }
             let whole = end >= f.range.end;
-            let entry = self.decode_prefix(f, start, compressed, Arc::clone(&window), whole).await?;
+            let entry = self.decode_prefix(f, compressed, Arc::clone(&window), whole).await?;
             let Some(held) = entry.held.as_ref().filter(|_| (entry.decoded.len() as u64) < want) else {
                 return Ok(entry);
             };
@@ -157,7 +158,7 @@ impl Inner {
             // or at the rest of the span's, whichever is further; from a second shortfall on, at least twice
             // as far, so a span whose ratio swings costs few trips.
             compressed = held.compressed.to_vec();
-            let (have, got) = (held.end(), entry.decoded.len() as u64);
+            let (have, got) = (start + held.compressed.len() as u64, entry.decoded.len() as u64);
             let at_prefix_ratio = scaled(have - start, want - got, got);
             let at_rest_ratio = scaled(f.range.end.saturating_sub(have), want - got, f.len - got);
             let mut next = have.saturating_add(at_prefix_ratio.max(at_rest_ratio)).saturating_add(slack(f.codec));
@@ -175,16 +176,16 @@ impl Inner {
     /// fetched as if it had never been read); with it, what it decodes to when a decoded prefix file holds
     /// at least the `need`ed bytes (served without inflating the prefix again).
     pub(crate) async fn disk_prefix(&self, f: &Fetch, need: Need) -> Option<(Held, Option<Vec<u8>>)> {
-        let (disk, key, start) = self.prefix_place(f)?;
-        let max = f.range.end - start;
-        let bytes = tokio::task::spawn_blocking(move || disk.get_prefix(&key, max)).await.ok()??;
         let c = self.chunks_of(f)?;
-        if let Err(e) = self.check_chunks(f, &c, start, &bytes) {
+        let (disk, key) = self.prefix_place(f)?;
+        let max = f.range.end - f.range.start;
+        let bytes = tokio::task::spawn_blocking(move || disk.get_prefix(&key, max)).await.ok()??;
+        if let Err(e) = self.check_chunks(f, &c, f.range.start, &bytes) {
             debug!(layer = %f.layer, span = %f.index, error = &e as &dyn std::error::Error, "prefix file rejected");
             self.disk.as_ref()?.reject_prefix(&key, bytes.len() as u64);
             return None;
         }
-        Some((Held { start, compressed: bytes.into() }, self.disk_part(f, need).await))
+        Some((Held { compressed: bytes.into() }, self.disk_part(f, need).await))
     }
 
     /// The first decoded bytes of span `f` that a decoded prefix file holds (see `cache::prefix`), when
@@ -204,7 +205,7 @@ impl Inner {
         if entry.held.is_none() && !from_prefix {
             return;
         }
-        let Some((disk, key, _)) = self.prefix_place(f) else { return };
+        let Some((disk, key)) = self.prefix_place(f) else { return };
         let held = entry.held.as_ref().map(|h| (h.compressed.clone(), entry.decoded.clone()));
         let span = f.span.digest;
         let Some(rt) = tokio::runtime::Handle::try_current().ok().or_else(|| self.runtime.clone()) else { return };
@@ -217,13 +218,12 @@ impl Inner {
         }));
     }
 
-    /// The disk cache, the name of span `f`'s prefix file and where that prefix starts in the layer, when
-    /// the index has chunk digests for it (no prefix is fetched without them).
-    fn prefix_place(&self, f: &Fetch) -> Option<(Arc<crate::DiskCache>, clip_format::Digest, u64)> {
+    /// The disk cache and the name of span `f`'s prefix file (a prefix starts where a fetch of the span
+    /// does).
+    fn prefix_place(&self, f: &Fetch) -> Option<(Arc<crate::DiskCache>, clip_format::Digest)> {
         let disk = self.disk.clone()?;
-        self.chunks_of(f)?;
         let layer = self.archive.meta().layers.get(f.layer.index())?.digest;
-        Some((disk, crate::cache::prefix_key(&layer, f.range.start), f.range.start))
+        Some((disk, crate::cache::prefix_key(&layer, f.range.start)))
     }
 
     /// The bytes of span `f`'s chunks `[from, from + bytes.len())` (whole chunks `c` describes) checked
@@ -255,18 +255,17 @@ impl Inner {
         StoreError::ChunkVerify { layer: f.layer, span: f.index, offset, expected, actual }
     }
 
-    /// Inflates what `compressed` (the layer's bytes from `start`) holds of span `f`: the whole span when
-    /// `whole` (verified against the span digest, written to the disk cache), else the prefix it holds, with
-    /// the bytes it came from (the window checked against the index first).
+    /// Inflates what `compressed` (the layer's bytes from where a fetch of span `f` starts) holds of it: the
+    /// whole span when `whole` (verified against the span digest, written to the disk cache), else the prefix
+    /// it holds, with the bytes it came from (the window checked against the index first).
     async fn decode_prefix(
         &self,
         f: &Fetch,
-        start: u64,
         compressed: Vec<u8>,
         window: Arc<[u8]>,
         whole: bool,
     ) -> Result<Entry, StoreError> {
-        let (layer, index, span, codec, len) = (f.layer, f.index, f.span, f.codec, f.len);
+        let (layer, index, span, codec, len, start) = (f.layer, f.index, f.span, f.codec, f.len, f.range.start);
         if !whole && !window.is_empty() {
             let recorded = self.archive.chunk_table().and_then(|t| t.window(index));
             if recorded != Some(ChunkDigest::of_window(&window)) {
@@ -286,7 +285,7 @@ impl Inner {
             if whole {
                 return Err(CodecError::Truncated { expected: len, got: got as u64 });
             }
-            let held = Held { start, compressed: compressed.into() };
+            let held = Held { compressed: compressed.into() };
             Ok(Ok(Entry { decoded: out[..got].into(), held: Some(held) }))
         })
         .await

@@ -131,7 +131,7 @@ impl ContentStore {
             // Spans already local are left to the reads: loading them all from disk would only churn memory.
             let on_disk = |disk: &Arc<crate::DiskCache>| a.span(index).is_ok_and(|s| disk.contains(&s.digest));
             // The span the file ends in is wanted up to there only.
-            let need = Need::through(slice.within.end, slice.span_range.end - slice.span_range.start);
+            let need = Need::of_slice(&slice);
             if inner.in_memory(index, need) || inner.disk.as_ref().is_some_and(on_disk) {
                 continue;
             }
