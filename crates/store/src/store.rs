@@ -289,15 +289,19 @@ impl Inner {
             let load = async {
                 let load = self.load(layer, index, need);
                 let timeout = StoreError::Timeout { layer, span: index, after: timeout };
-                tokio::time::timeout_at(deadline, load).await.unwrap_or(Err(timeout))
+                let bytes = tokio::time::timeout_at(deadline, load).await.unwrap_or(Err(timeout))?;
+                // Kept before the flight ends, so a lookup right after it finds the span here, not nowhere
+                // (it would load it again). A prefetch keeps nothing: it fills the disk cache.
+                if keep && bytes.len() as u64 == len && !self.trusted_on_disk(index) {
+                    let entry = Entry { decoded: bytes.clone(), held: None };
+                    lock(&self.memory).put(index, entry, self.config.memory_bytes);
+                }
+                Ok(bytes)
             };
             let bytes = self.flights.run(layer, index, load).await?;
             if (bytes.len() as u64) < want {
                 // A load of a shorter prefix, joined: its bytes are in memory now, go on from there.
                 continue;
-            }
-            if keep && bytes.len() as u64 == len && !self.trusted_on_disk(index) {
-                lock(&self.memory).put(index, Entry { decoded: bytes.clone(), held: None }, self.config.memory_bytes);
             }
             return Ok(bytes);
         }
