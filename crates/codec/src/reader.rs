@@ -71,7 +71,8 @@ pub struct IndexingReader<R: Read> {
 
 impl<R: Read> IndexingReader<R> {
     /// Index `inner`, compressed as `compression`, cutting spans of at least `span_size` uncompressed
-    /// bytes (exactly `span_size` for [`Compression::None`]; 0 is treated as 1).
+    /// bytes, eight times that over documentation and translations (exactly that for [`Compression::None`];
+    /// 0 is treated as 1).
     pub fn new(inner: R, compression: Compression, span_size: u64) -> Self {
         let mut spans = SpanRecorder::new(span_size);
         let mut state = State::Running;
@@ -163,7 +164,7 @@ impl<R: Read> Core<R> {
     }
 }
 
-/// Uncompressed input: pass bytes through, cutting spans at exact multiples of the span size.
+/// Uncompressed input: pass bytes through, cutting each span at exactly its size.
 fn raw_step<R: Read>(input: &mut Input<R>, out: &mut [u8], spans: &mut SpanRecorder) -> Result<usize, Fault> {
     if spans.due() {
         spans.cut(input.pos(), 0, Vec::new());

@@ -3,7 +3,9 @@
 
 use clip_format::*;
 
-const SIZES: [u64; 2] = [3 * CHUNK_SIZE + 10, 100];
+/// Where layer 0's second span starts in the blob.
+const SPAN1: u64 = CHUNK_SIZE / 2;
+const SIZES: [u64; 2] = [SPAN1 + 2 * CHUNK_SIZE + 10, 100];
 
 fn layer(i: u8, size: u64, first_span: u32, span_count: u32) -> LayerMeta {
     LayerMeta {
@@ -18,8 +20,8 @@ fn layer(i: u8, size: u64, first_span: u32, span_count: u32) -> LayerMeta {
     }
 }
 
-/// Two layers, three spans (the second with a window): layer 0's spans start at 10 and 90 000, so the first
-/// has 1 chunk and the second 3 (2.54 chunk sizes); layer 1's one span has 1.
+/// Two layers, three spans (the second with a window): layer 0's spans start at 10 and half a chunk, so the
+/// first has 1 chunk and the second 3 (2 chunk sizes and 10 bytes); layer 1's one span has 1.
 fn contents(chunks: Option<Chunks>) -> IndexContents {
     let mut windows = Windows::new();
     let span = |out_offset, in_offset, window| SpanSpec {
@@ -31,7 +33,7 @@ fn contents(chunks: Option<Chunks>) -> IndexContents {
     };
     let spans = vec![
         span(0, 10, WindowRef::default()),
-        span(100_000, 90_000, windows.push(b"window").unwrap()),
+        span(100_000, SPAN1, windows.push(b"window").unwrap()),
         span(0, 0, WindowRef::default()),
     ];
     let root = NodeSpec {
@@ -69,8 +71,8 @@ fn chunk_digests_read_back_per_layer_and_span_and_stay_out_of_the_mounted_part()
     assert_eq!(with.mounted_size(), without.mounted_size() + layout::SECTION_ENTRY_LEN as u64);
     let table = with.chunk_table().expect("the index has chunk digests");
     assert_eq!(table.chunk_size(), CHUNK_SIZE);
-    let c = table.span_chunks(SpanId(1), 90_000, SIZES[0]).expect("span 1 has chunks");
-    assert_eq!((c.start, c.end, c.size, c.count), (90_000, SIZES[0], CHUNK_SIZE, 3));
+    let c = table.span_chunks(SpanId(1), SPAN1, SIZES[0]).expect("span 1 has chunks");
+    assert_eq!((c.start, c.end, c.size, c.count), (SPAN1, SIZES[0], CHUNK_SIZE, 3));
     for j in 0..3u8 {
         assert_eq!(table.digest(&c, u64::from(j)), Some(ChunkDigest([j + 2; CHUNK_DIGEST_LEN])));
     }
@@ -78,18 +80,18 @@ fn chunk_digests_read_back_per_layer_and_span_and_stay_out_of_the_mounted_part()
     let last = table.span_chunks(SpanId(2), 0, SIZES[1]).unwrap();
     assert_eq!(table.digest(&last, 0), Some(ChunkDigest([5; CHUNK_DIGEST_LEN])));
     // Bounds the count does not fit (its last chunk would be empty) give none.
-    assert_eq!(table.span_chunks(SpanId(1), 90_000, 90_000 + 2 * CHUNK_SIZE), None);
+    assert_eq!(table.span_chunks(SpanId(1), SPAN1, SPAN1 + 2 * CHUNK_SIZE), None);
     assert_eq!(table.span_chunks(SpanId(3), 0, 1), None);
 
     // Where a prefix ends, and the chunks a fetched prefix is checked against.
-    assert_eq!(c.end_covering(90_000), 90_000);
-    assert_eq!(c.end_covering(90_001), 90_000 + CHUNK_SIZE);
-    assert_eq!(c.end_covering(90_000 + CHUNK_SIZE), 90_000 + CHUNK_SIZE);
-    assert_eq!(c.end_covering(90_000 + 2 * CHUNK_SIZE + 1), SIZES[0], "the last chunk takes the rest");
+    assert_eq!(c.end_covering(SPAN1), SPAN1);
+    assert_eq!(c.end_covering(90_001), SPAN1 + CHUNK_SIZE);
+    assert_eq!(c.end_covering(SPAN1 + CHUNK_SIZE), SPAN1 + CHUNK_SIZE);
+    assert_eq!(c.end_covering(SPAN1 + 2 * CHUNK_SIZE + 1), SIZES[0], "the last chunk takes the rest");
     assert_eq!(c.end_covering(u64::MAX), SIZES[0]);
-    let pieces: Vec<_> = c.pieces(90_000 + CHUNK_SIZE, 2 * CHUNK_SIZE).unwrap().collect();
-    let second = 90_000 + CHUNK_SIZE..90_000 + 2 * CHUNK_SIZE;
-    assert_eq!(pieces, vec![(1, second), (2, 90_000 + 2 * CHUNK_SIZE..SIZES[0])]);
+    let pieces: Vec<_> = c.pieces(SPAN1 + CHUNK_SIZE, 2 * CHUNK_SIZE).unwrap().collect();
+    let second = SPAN1 + CHUNK_SIZE..SPAN1 + 2 * CHUNK_SIZE;
+    assert_eq!(pieces, vec![(1, second), (2, SPAN1 + 2 * CHUNK_SIZE..SIZES[0])]);
     assert!(c.pieces(90_001, 10).is_none(), "not where a chunk starts");
     assert!(c.pieces(SIZES[0], 10).is_none(), "past the last chunk");
     assert_eq!(table.window(SpanId(1)), Some(ChunkDigest::of_window(&with.window(SpanId(1)).unwrap())));
@@ -180,7 +182,7 @@ fn every_span_of_a_long_layer_finds_its_own_digests() {
     c.meta.layers = vec![layer(1, size, 0, n)];
     c.spans = (0..n)
         .map(|i| SpanSpec {
-            out_offset: u64::from(i) << 20,
+            out_offset: u64::from(i) * CHUNK_SIZE,
             in_offset: starts[i as usize],
             bits: 0,
             digest: Digest::from_sha256([i as u8; 32]),
