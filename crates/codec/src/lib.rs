@@ -19,8 +19,7 @@
 //! - **zstd**: checkpoints sit at frame boundaries (frames are coalesced until a span has `span_size`
 //!   bytes); a single-frame layer is one span. Skippable frames are allowed.
 //! - **none** (raw tar): a checkpoint exactly every `span_size` bytes (the eight-fold size over
-//!   documentation); compressed and uncompressed offsets
-//!   are equal.
+//!   documentation); compressed and uncompressed offsets are equal.
 //!
 //! This crate does no I/O beyond the `Read` it is given, keeps bounded memory (a 64 KiB input buffer, one
 //! decompressor and the recorded checkpoints; drain those with [`IndexingReader::take_spans`] for huge
