@@ -6,8 +6,7 @@
 //! 1. **Indexing** — [`IndexingReader`] wraps the compressed stream while an indexer reads it once from
 //!    start to end. Its [`Read`](std::io::Read) yields the uncompressed bytes; meanwhile it records a
 //!    [`Checkpoint`] about every `span_size` uncompressed bytes and the SHA-256 of each [`Span`]'s bytes.
-//!    [`IndexingReader::finish`] returns them as a [`LayerSummary`]. Spans over documentation and
-//!    translations (`usr/share/{doc,man,info,locale,i18n,help}`) are eight times as long.
+//!    [`IndexingReader::finish`] returns them as a [`LayerSummary`].
 //! 2. **Decoding** — later, [`span_fetch_range`] says which compressed bytes a span needs (for an HTTP Range
 //!    request) and [`decode_span`] turns them back into exactly that span's bytes, starting from its
 //!    checkpoint.
@@ -18,8 +17,8 @@
 //!   same gzip member. Concatenated gzip members work, also when a span crosses a member boundary.
 //! - **zstd**: checkpoints sit at frame boundaries (frames are coalesced until a span has `span_size`
 //!   bytes); a single-frame layer is one span. Skippable frames are allowed.
-//! - **none** (raw tar): a checkpoint exactly every `span_size` bytes (the eight-fold size over
-//!   documentation); compressed and uncompressed offsets are equal.
+//! - **none** (raw tar): checkpoints at exact multiples of `span_size`; compressed and uncompressed offsets
+//!   are equal.
 //!
 //! This crate does no I/O beyond the `Read` it is given, keeps bounded memory (a 64 KiB input buffer, one
 //! decompressor and the recorded checkpoints; drain those with [`IndexingReader::take_spans`] for huge
@@ -51,7 +50,6 @@ mod error;
 mod gzip;
 mod gzip_header;
 mod input;
-mod placement;
 mod reader;
 mod spans;
 mod trim;

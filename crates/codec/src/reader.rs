@@ -71,8 +71,7 @@ pub struct IndexingReader<R: Read> {
 
 impl<R: Read> IndexingReader<R> {
     /// Index `inner`, compressed as `compression`, cutting spans of at least `span_size` uncompressed
-    /// bytes, eight times that over documentation and translations (exactly that for [`Compression::None`];
-    /// 0 is treated as 1).
+    /// bytes (exactly `span_size` for [`Compression::None`]; 0 is treated as 1).
     pub fn new(inner: R, compression: Compression, span_size: u64) -> Self {
         let mut spans = SpanRecorder::new(span_size);
         let mut state = State::Running;
@@ -96,6 +95,13 @@ impl<R: Read> IndexingReader<R> {
             staged_pos: 0,
             staged_len: 0,
         }
+    }
+
+    /// Aim spans at `span_size` uncompressed bytes from here on, the open one included: an indexer that
+    /// knows what the stream holds spends checkpoints where reads will be. The decoder may be up to 128 KiB
+    /// ahead of what `read` has returned, so the new size applies from about there.
+    pub fn set_span_size(&mut self, span_size: u64) {
+        self.core.spans.set_span_size(span_size);
     }
 
     /// Compressed bytes consumed by the decoder so far (for a decompression-ratio guard).
@@ -164,7 +170,7 @@ impl<R: Read> Core<R> {
     }
 }
 
-/// Uncompressed input: pass bytes through, cutting each span at exactly its size.
+/// Uncompressed input: pass bytes through, cutting spans at exact multiples of the span size.
 fn raw_step<R: Read>(input: &mut Input<R>, out: &mut [u8], spans: &mut SpanRecorder) -> Result<usize, Fault> {
     if spans.due() {
         spans.cut(input.pos(), 0, Vec::new());

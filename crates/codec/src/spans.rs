@@ -5,7 +5,6 @@ use std::collections::VecDeque;
 
 use sha2::{Digest as _, Sha256};
 
-use crate::placement::Placement;
 use crate::{Checkpoint, Span};
 
 /// Hashes output as it is produced and closes a span at each checkpoint.
@@ -19,7 +18,6 @@ pub(crate) struct SpanRecorder {
     /// Checkpoints (by `out_offset`, ascending) whose window will still be replaced; spans from the first of
     /// them on are held back from [`SpanRecorder::take_done`].
     held: VecDeque<u64>,
-    placement: Placement,
 }
 
 impl SpanRecorder {
@@ -32,7 +30,6 @@ impl SpanRecorder {
             hasher: Sha256::new(),
             out_pos: 0,
             held: VecDeque::new(),
-            placement: Placement::new(),
         }
     }
 
@@ -45,7 +42,6 @@ impl SpanRecorder {
     /// Account for uncompressed output.
     pub fn record(&mut self, data: &[u8]) {
         if !data.is_empty() {
-            self.placement.feed(self.out_pos, data);
             self.hasher.update(data);
             self.out_pos += data.len() as u64;
         }
@@ -56,14 +52,18 @@ impl SpanRecorder {
         self.out_pos
     }
 
-    /// Bytes left before the open span reaches its size (0 when a checkpoint is due): `span_size`, or more
-    /// over documentation and translations (see [`Placement`]).
-    pub fn room(&self) -> u64 {
-        let start = self.current.as_ref().map_or(0, |c| c.out_offset);
-        self.placement.span_size(self.span_size).saturating_sub(self.out_pos - start)
+    /// Aim spans at `span_size` bytes from now on, the open one included (0 is treated as 1).
+    pub fn set_span_size(&mut self, span_size: u64) {
+        self.span_size = span_size.max(1);
     }
 
-    /// Whether the open span has reached its size, so the next possible checkpoint should be taken.
+    /// Bytes left before the open span reaches `span_size` (0 when a checkpoint is due).
+    pub fn room(&self) -> u64 {
+        let start = self.current.as_ref().map_or(0, |c| c.out_offset);
+        self.span_size.saturating_sub(self.out_pos - start)
+    }
+
+    /// Whether the open span has reached `span_size`, so the next possible checkpoint should be taken.
     pub fn due(&self) -> bool {
         self.current.is_some() && self.room() == 0
     }
