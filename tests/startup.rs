@@ -114,6 +114,82 @@ fn a_library_only_the_images_ld_so_cache_names_is_found_there() {
     assert_eq!(set.len(), ldd("/bin/ls").len() + 2, "ls, its libraries and the cache: {set:?}");
 }
 
+#[test]
+fn after_the_libraries_come_glibcs_locale_data_and_a_python_interpreters_start_modules() {
+    let entries = || {
+        let mut e: Vec<Entry> = [
+            "etc",
+            "usr/lib",
+            "usr/lib/locale",
+            "usr/lib/locale/C.utf8",
+            "usr/lib/locale/C.utf8/LC_MESSAGES",
+            "usr/share",
+            "usr/share/locale",
+            "usr/share/zoneinfo",
+            "usr/share/zoneinfo/Etc",
+            "lib/x86_64-linux-gnu/gconv",
+            "usr/lib/python3.11",
+            "usr/lib/python3.11/__pycache__",
+            "usr/lib/python3.11/encodings",
+            "usr/lib/python3.11/encodings/__pycache__",
+            "usr/lib/python3",
+            "usr/lib/python3/dist-packages",
+            "etc/python3.11",
+        ]
+        .into_iter()
+        .map(Entry::dir)
+        .collect();
+        e.extend([
+            Entry::file("usr/lib/locale/C.utf8/LC_CTYPE", "ctype"),
+            Entry::file("usr/lib/locale/C.utf8/LC_MESSAGES/SYS_LC_MESSAGES", "messages"),
+            Entry::file("usr/share/locale/locale.alias", "aliases"),
+            Entry::file("usr/share/zoneinfo/Etc/UTC", "TZif"),
+            Entry::symlink("etc/localtime", "/usr/share/zoneinfo/Etc/UTC"),
+            Entry::file("lib/x86_64-linux-gnu/gconv/gconv-modules.cache", "gconv"),
+            Entry::file("lib/x86_64-linux-gnu/gconv/UTF-16.so", "a module loaded only when asked for"),
+            Entry::symlink("usr/bin/python3", "python3.11"),
+            Entry::file("usr/lib/python3.11/encodings/__init__.py", "source"),
+            Entry::file("usr/lib/python3.11/encodings/__pycache__/__init__.cpython-311.pyc", "bytecode"),
+            Entry::file("usr/lib/python3.11/encodings/aliases.py", "source"),
+            Entry::file("usr/lib/python3.11/encodings/__pycache__/aliases.cpython-310.pyc", "another version's"),
+            Entry::file("usr/lib/python3.11/encodings/utf_8.py", "source"),
+            Entry::file("usr/lib/python3.11/encodings/__pycache__/utf_8.cpython-311.pyc", "bytecode"),
+            Entry::file("usr/lib/python3.11/encodings/latin_1.py", "a codec imported only when asked for"),
+            Entry::file("etc/python3.11/sitecustomize.py", "source"),
+            Entry::symlink("usr/lib/python3.11/sitecustomize.py", "/etc/python3.11/sitecustomize.py"),
+            Entry::file("usr/lib/python3.11/__pycache__/sitecustomize.cpython-311.pyc", "bytecode"),
+            Entry::file("usr/lib/python3.11/os.py", "frozen into 3.11"),
+            Entry::file("usr/lib/python3/dist-packages/hook.pth", "import hook"),
+            Entry::file("usr/lib/python3/dist-packages/hook.py", "imported only if the .pth says so"),
+        ]);
+        e
+    };
+    let programs = [("/usr/bin/python3.11", "usr/bin/python3.11", 0o755), ("/bin/ls", "usr/bin/ls", 0o755)];
+    let glibc = [
+        "/usr/lib/locale/C.utf8/LC_CTYPE",
+        "/usr/lib/locale/C.utf8/LC_MESSAGES/SYS_LC_MESSAGES",
+        "/usr/share/locale/locale.alias",
+        "/usr/share/zoneinfo/Etc/UTC",
+        "/lib/x86_64-linux-gnu/gconv/gconv-modules.cache",
+    ];
+    let python = [
+        "/usr/lib/python3.11/encodings/__pycache__/__init__.cpython-311.pyc",
+        "/usr/lib/python3.11/encodings/aliases.py",
+        "/usr/lib/python3.11/encodings/__pycache__/utf_8.cpython-311.pyc",
+        "/usr/lib/python3.11/__pycache__/sitecustomize.cpython-311.pyc",
+        "/usr/lib/python3/dist-packages/hook.pth",
+    ];
+
+    let set = startup_paths(&Indexed::new(&image(&programs, entries(), &["python3"])).index());
+    let libraries = ldd("/usr/bin/python3.11").len();
+    assert_eq!(set[0], "/usr/bin/python3.11", "{set:?}");
+    assert_eq!(&set[1 + libraries..], [&glibc[..], &python[..]].concat(), "after python and its libraries: {set:?}");
+
+    // Another glibc program gets the C library's data but no Python modules.
+    let set = startup_paths(&Indexed::new(&image(&programs, entries(), &["ls"])).index());
+    assert_eq!(&set[1 + ldd("/bin/ls").len()..], glibc, "{set:?}");
+}
+
 /// `clip -v inspect INDEX`: (success, stdout, stderr).
 fn inspect_text(index: &Path) -> (bool, String, String) {
     let out = common::clip(&["-v", "inspect", s(index)]);

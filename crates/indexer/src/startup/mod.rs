@@ -9,7 +9,9 @@
 //! of the program, when the object has no `DT_RUNPATH`), `LD_LIBRARY_PATH` from the config's env,
 //! `DT_RUNPATH`, the image's `/etc/ld.so.cache`, then the standard directories (`/usr/local/lib`, the multiarch `/lib/<triplet>` and
 //! `/usr/lib/<triplet>`, `/lib64`, `/usr/lib64`, `/lib`, `/usr/lib`); `$ORIGIN` expands to the object's
-//! directory, and a library of another ELF class or machine is passed over as the loader does.
+//! directory, and a library of another ELF class or machine is passed over as the loader does. After a
+//! program's libraries come the data files its start reads (see `runtime`): glibc's locale, character-set
+//! and time-zone data, and for a CPython interpreter the modules it imports before the program's own code.
 //!
 //! The image is untrusted: paths resolve inside it (see `path`), every read is capped, and so are the reads
 //! in all ([`MAX_READS`], [`MAX_BYTES`]) and the set ([`MAX_FILES`]). Whatever fails (a truncated ELF file, a missing
@@ -18,6 +20,7 @@
 mod elf;
 mod ldcache;
 mod path;
+mod runtime;
 mod search;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -86,7 +89,10 @@ pub async fn startup_set(archive: &Archive, files: &dyn FileBytes) -> Vec<Ino> {
             Head::Script(line) if depth < MAX_SCRIPT_DEPTH => {
                 programs.extend(finder.interpreters(&line).into_iter().map(|p| (p, depth + 1)));
             }
-            Head::Elf(headers) => finder.elf_closure(&found, &headers).await,
+            Head::Elf(headers) => {
+                finder.elf_closure(&found, &headers).await;
+                finder.python_start(&found);
+            }
             Head::Script(_) | Head::Other => {}
         }
     }
@@ -212,6 +218,7 @@ impl Finder<'_> {
         }
         let program_rpath = if names.runpath.is_empty() { names.rpath.clone() } else { Vec::new() };
         let mut seen: HashSet<Vec<u8>> = HashSet::new();
+        let mut libc_dir = None;
         let mut level = vec![(program.dir(), names)];
         while !level.is_empty() {
             // Every place the level's new names may be found (each name once, searched from the first object
@@ -239,12 +246,18 @@ impl Finder<'_> {
                     debug!(library = %String::from_utf8_lossy(name), "a needed library is not in the image");
                     continue;
                 };
+                if name.as_slice() == b"libc.so.6" {
+                    libc_dir = Some(lib.0.dir());
+                }
                 if self.add(&lib.0) {
                     libs.push(lib);
                 }
             }
             let dirs: Vec<Vec<u8>> = libs.iter().map(|(lib, _)| lib.dir()).collect();
             level = dirs.into_iter().zip(self.names(libs).await).collect();
+        }
+        if let Some(dir) = libc_dir {
+            self.glibc_data(&dir);
         }
     }
 

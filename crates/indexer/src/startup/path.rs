@@ -19,10 +19,15 @@ pub(super) struct Found {
 impl Found {
     /// The directory holding the file (`/` for a file in the root).
     pub(super) fn dir(&self) -> Vec<u8> {
-        match self.path.iter().rposition(|&b| b == b'/') {
-            Some(0) | None => b"/".to_vec(),
-            Some(i) => self.path[..i].to_vec(),
-        }
+        parent(&self.path)
+    }
+}
+
+/// The directory holding the absolute `path` (`/` for the root and its children).
+pub(super) fn parent(path: &[u8]) -> Vec<u8> {
+    match path.iter().rposition(|&b| b == b'/') {
+        Some(0) | None => b"/".to_vec(),
+        Some(i) => path[..i].to_vec(),
     }
 }
 
