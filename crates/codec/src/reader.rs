@@ -54,6 +54,8 @@ struct Core<R> {
     decoder: Decoder,
     spans: SpanRecorder,
     state: State,
+    /// An error met after a read had some output: handed to the next read.
+    deferred: Option<io::Error>,
 }
 
 /// Wraps a compressed layer stream; [`Read`] yields the uncompressed bytes while checkpoints and span
@@ -90,7 +92,7 @@ impl<R: Read> IndexingReader<R> {
             }
         };
         Self {
-            core: Core { input: Input::new(inner, input_size), decoder, spans, state },
+            core: Core { input: Input::new(inner, input_size), decoder, spans, state, deferred: None },
             staged: Vec::new(),
             staged_pos: 0,
             staged_len: 0,
@@ -143,6 +145,30 @@ impl<R: Read> IndexingReader<R> {
 }
 
 impl<R: Read> Core<R> {
+    /// Decode into `out` (non-empty) until it is full or the stream ends; 0 only at the end. How far the
+    /// decoder runs ahead of the caller's reads, and so where a [`IndexingReader::set_span_size`] between
+    /// reads takes effect, then never depends on how the compressed input arrived: the same layer gives the
+    /// same index over any network. An error after some output ends the fill early and is returned by the
+    /// next read.
+    fn decode_full(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if let Some(err) = self.deferred.take() {
+            return Err(err);
+        }
+        let mut filled = 0;
+        while filled < out.len() {
+            match self.decode(&mut out[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(err) if filled > 0 => {
+                    self.deferred = Some(err);
+                    break;
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(filled)
+    }
+
     /// Decode into `out` (non-empty); 0 only at the end of the stream.
     fn decode(&mut self, out: &mut [u8]) -> io::Result<usize> {
         match &self.state {
@@ -188,12 +214,12 @@ impl<R: Read> Read for IndexingReader<R> {
         }
         if self.staged_pos == self.staged_len {
             if buf.len() >= DIRECT_MIN || matches!(self.core.decoder, Decoder::Raw) {
-                return self.core.decode(buf);
+                return self.core.decode_full(buf);
             }
             if self.staged.is_empty() {
                 self.staged = vec![0; STAGE_SIZE];
             }
-            self.staged_len = self.core.decode(&mut self.staged)?;
+            self.staged_len = self.core.decode_full(&mut self.staged)?;
             self.staged_pos = 0;
         }
         let n = buf.len().min(self.staged_len - self.staged_pos);

@@ -68,6 +68,39 @@ fn read_and_input_chunking_do_not_change_the_index() {
 }
 
 #[test]
+fn a_span_size_set_between_reads_applies_at_the_same_place_however_the_input_arrives() {
+    // An indexer reading a tar sets the span size as it meets each entry; the decoder is ahead of the reads
+    // by what it has staged, and that must not depend on how the network cut the compressed stream.
+    let original = layer_data(6 * MIB, 3);
+    let compressed = gnu_gzip(&original, 6);
+    let index_setting_sizes = |read_size: usize, inner_chunk: usize| {
+        let inner = common::Trickle { data: &compressed, chunk: inner_chunk };
+        let mut reader = clip_codec::IndexingReader::new(inner, Compression::Gzip, 64 * KIB);
+        let (mut buf, mut read) = (vec![0u8; read_size], 0usize);
+        loop {
+            let n = std::io::Read::read(&mut reader, &mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            read += n;
+            // Long spans over the second and fourth MiB, short ones elsewhere.
+            reader.set_span_size(if (read / MIB) % 2 == 1 { 512 * KIB } else { 64 * KIB });
+        }
+        reader.finish().unwrap()
+    };
+    for read_size in [512, 64 << 10] {
+        let reference = index_setting_sizes(read_size, usize::MAX);
+        for inner_chunk in [7777, 1000, 333] {
+            let summary = index_setting_sizes(read_size, inner_chunk);
+            let cuts = |s: &LayerSummary| s.spans.iter().map(|s| s.checkpoint.out_offset).collect::<Vec<_>>();
+            assert_eq!(cuts(&summary), cuts(&reference), "reads of {read_size}, input in {inner_chunk}");
+            assert!(summary == reference, "reads of {read_size}, input in {inner_chunk}: same cuts, other checkpoints");
+        }
+        check_spans(Compression::Gzip, &reference, &compressed, &original);
+    }
+}
+
+#[test]
 fn best_compression_and_large_spans() {
     let original = layer_data(8 * MIB, 3);
     let compressed = gnu_gzip(&original, 9);
