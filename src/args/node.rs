@@ -98,8 +98,9 @@ pub struct MountArgs {
     /// Right after mounting, prefetch the spans of this recorded profile in order (at low priority).
     #[arg(long, value_name = "FILE", conflicts_with = "prefetch")]
     pub profile: Option<PathBuf>,
-    /// Do not prefetch the index's startup set (the entrypoint, its ELF interpreter and libraries, found
-    /// at index time; `clip inspect -v` lists them) as the mount starts.
+    /// Do not prefetch the index's startup set (the entrypoint, its ELF interpreter and libraries, and the
+    /// locale and interpreter files its start reads, found at index time; `clip inspect -v` lists them) as
+    /// the mount starts.
     #[arg(long)]
     pub no_startup_set: bool,
     /// Seconds one read may take, registry retries included, before the reader gets EIO (fractions
