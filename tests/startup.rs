@@ -190,6 +190,77 @@ fn after_the_libraries_come_glibcs_locale_data_and_a_python_interpreters_start_m
     assert_eq!(&set[1 + ldd("/bin/ls").len()..], glibc, "{set:?}");
 }
 
+/// The distinct spans of the files at `paths` in the index at `index`.
+fn spans_of(index: &Path, paths: &BTreeSet<String>) -> BTreeSet<clip_format::SpanId> {
+    let archive = Archive::open(index).unwrap();
+    let mut spans = BTreeSet::new();
+    for path in paths {
+        let ino = archive.resolve(path.as_bytes()).unwrap().unwrap_or_else(|| panic!("{path} not in the image"));
+        let data = archive.node(ino).unwrap().data_ref().unwrap();
+        spans.extend(archive.file_spans(data, 0..data.size).map(|s| s.unwrap().span));
+    }
+    spans
+}
+
+#[test]
+fn opening_a_program_cold_loads_its_libraries_before_the_loader_asks() {
+    // No startup set: the program is opened as a shell or a runtime would exec it, its libraries untouched.
+    let served = Served::new(&image(&[("/bin/ls", "usr/bin/ls", 0o755)], vec![], &["ls"]));
+    let libraries = ldd("/bin/ls");
+    let wanted = spans_of(&served.index(), &libraries.iter().cloned().chain(["/usr/bin/ls".to_owned()]).collect());
+    let first = spans_of(&served.index(), &BTreeSet::from(["/usr/bin/ls".to_owned()]));
+    assert!(wanted.len() > first.len(), "the libraries lie in other spans than the program: {wanted:?}");
+    let addr = common::free_addr();
+    let m = served.mount("mnt", &["--metrics", &addr, "--no-startup-set"]);
+    let mut head = [0u8; 64];
+    std::io::Read::read_exact(&mut std::fs::File::open(m.dir.join("usr/bin/ls")).unwrap(), &mut head).unwrap();
+    // Loads of every span of the program and its libraries are started (spans joined while in flight count
+    // again), and all have ended. Without the libraries' loads, only the program's spans would be.
+    common::wait_within(Duration::from_secs(60), "the libraries of the opened program were not loaded", || {
+        metric(&addr, "clip_open_prefetch_spans_total") >= wanted.len() as f64
+            && metric(&addr, "clip_inflight_fetches") == 0.0
+    });
+    // Mapping them now (the loader reads each whole here) fetches nothing more.
+    let (fetched, requests) = (metric(&addr, "clip_spans_fetched_total"), served.proxy().stats().requests);
+    for lib in &libraries {
+        assert!(std::fs::read(m.dir.join(&lib[1..])).unwrap() == std::fs::read(lib).unwrap(), "{lib}");
+    }
+    assert_eq!(metric(&addr, "clip_spans_fetched_total"), fetched, "reading the libraries fetched spans");
+    assert_eq!(served.proxy().stats().requests, requests, "reading the libraries reached the registry");
+    m.stop();
+}
+
+#[test]
+fn a_first_program_outside_the_startup_set_makes_the_sets_prefetch_yield() {
+    let mut served = Served::new(&image(
+        &[("/bin/ls", "usr/bin/ls", 0o755), ("/usr/bin/env", "usr/bin/env", 0o755)],
+        vec![],
+        &["ls"],
+    ));
+    // A slow link keeps the set's loads in flight while the other program starts.
+    served.restart_proxy(Some(ProxyConfig::default().with_rate_mbit(4.0)));
+    let m = served.mount("other", &[]);
+    let env = std::fs::read(m.dir.join("usr/bin/env")).unwrap();
+    assert!(env == std::fs::read("/usr/bin/env").unwrap());
+    // The set's files still read right: a read waiting on a dropped load loads the span itself.
+    for path in startup_paths(&served.index()) {
+        let host = if path == "/usr/bin/ls" { "/bin/ls".to_owned() } else { path.clone() };
+        assert!(std::fs::read(m.dir.join(&path[1..])).unwrap() == std::fs::read(&host).unwrap(), "{path}");
+    }
+    let log = m.stop();
+    assert!(log.contains("the first program started is not in the startup set"), "{log}");
+
+    // The set's own program keeps the set going.
+    let m = common::MountProc::start(
+        &served.index(),
+        &served.dir.path().join("same"),
+        &["--cache-dir", s(&served.dir.path().join("cold"))],
+    );
+    assert!(std::fs::read(m.dir.join("usr/bin/ls")).unwrap() == std::fs::read("/bin/ls").unwrap());
+    let log = m.stop();
+    assert!(!log.contains("not in the startup set"), "{log}");
+}
+
 /// `clip -v inspect INDEX`: (success, stdout, stderr).
 fn inspect_text(index: &Path) -> (bool, String, String) {
     let out = common::clip(&["-v", "inspect", s(index)]);

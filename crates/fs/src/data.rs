@@ -84,8 +84,10 @@ impl ClipFs {
         reply.opened(FH_CACHED, keep);
         // First open through the page cache: start loading the whole (small enough) file now, so its reads
         // wait for one round of concurrent fetches rather than one fetch after another.
-        if let Some(data) = node.data_ref() {
-            self.store.warm_file(data);
+        // A file with nothing to load is local already: whoever watches for cold opens need not hear of it.
+        let loading = node.data_ref().is_some_and(|data| self.store.warm_file(data) > 0);
+        if let (true, Some(observer)) = (loading, &self.open_observer) {
+            observer.on_open(&node);
         }
     }
 

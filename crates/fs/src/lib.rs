@@ -8,7 +8,8 @@
 //! - [`PassthroughSource`]: where a whole file already sits on local disk, `open` hands it to the kernel
 //!   (FUSE passthrough) and reads never reach this process.
 //! - [`ReadObserver`]: sees every read that reaches the store (file, offset, length), e.g. to record the
-//!   order in which a container's startup reads its files.
+//!   order in which a container's startup reads its files; [`OpenObserver`]: sees the first open of each
+//!   file read through the store, e.g. to start loading the libraries a program is about to map.
 //! - [`mount`] / [`MountOptions`] / [`MountHandle`]: mount in a background thread, unmount, or wait for an
 //!   unmount from outside.
 //! - [`FsStats`]: per-operation counters and latencies for metrics.
@@ -45,5 +46,5 @@ mod stats;
 
 pub use error::FsError;
 pub use mount::{mount, MountHandle, MountOptions};
-pub use state::{ClipFs, PassthroughSource, ReadObserver};
+pub use state::{ClipFs, OpenObserver, PassthroughSource, ReadObserver};
 pub use stats::{FsStats, FsStatsSnapshot, Op, OpSnapshot};

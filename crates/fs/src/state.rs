@@ -33,6 +33,13 @@ pub trait ReadObserver: Send + Sync {
     fn on_read(&self, data: DataRef, offset: u64, len: u64);
 }
 
+/// Sees the first open of each file whose bytes are not local (on the session thread, after the reply): keep
+/// it cheap and non-blocking.
+pub trait OpenObserver: Send + Sync {
+    /// The file `node` was opened, and is read through the store.
+    fn on_open(&self, node: &NodeView);
+}
+
 /// How long the kernel may cache what the filesystem tells it. The image never changes, so long is right.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Ttls {
@@ -59,6 +66,7 @@ pub struct ClipFs {
     pub(crate) reads: Arc<InFlight<ReplyData>>,
     pub(crate) passthrough: Option<Arc<dyn PassthroughSource>>,
     pub(crate) observer: Option<Arc<dyn ReadObserver>>,
+    pub(crate) open_observer: Option<Arc<dyn OpenObserver>>,
     /// Set at init: the kernel accepted `FUSE_PASSTHROUGH`.
     pub(crate) passthrough_granted: bool,
     pub(crate) opens: Mutex<OpenTable>,
@@ -82,6 +90,7 @@ impl ClipFs {
             reads: Arc::new(InFlight::new()),
             passthrough: None,
             observer: None,
+            open_observer: None,
             passthrough_granted: false,
             opens: Mutex::new(HashMap::new()),
             totals: Arc::default(),
@@ -103,6 +112,13 @@ impl ClipFs {
     /// recording mount should go without [`ClipFs::with_passthrough`].
     pub fn with_read_observer(mut self, observer: Arc<dyn ReadObserver>) -> ClipFs {
         self.observer = Some(observer);
+        self
+    }
+
+    /// Tells `observer` about the first open of each file that is read through the store (e.g. to start
+    /// loading the libraries a program is about to map).
+    pub fn with_open_observer(mut self, observer: Arc<dyn OpenObserver>) -> ClipFs {
+        self.open_observer = Some(observer);
         self
     }
 

@@ -59,4 +59,5 @@ pub use publish::{
 };
 pub use publish_parts::{PublishedParts, PART_LAYER_MEDIA_TYPE};
 pub use remote::S3Data;
+pub use startup::StoreBytes;
 pub use views::{view_index, LayerChoice, ViewChoice, ViewIndex};

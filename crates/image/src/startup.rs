@@ -17,8 +17,8 @@ use tracing::{debug, warn};
 
 use crate::ImageError;
 
-/// Reads file bytes through a [`ContentStore`].
-struct StoreBytes(ContentStore);
+/// Reads file bytes through a [`ContentStore`] (for [`clip_indexer::startup`]'s searches).
+pub struct StoreBytes(pub Arc<ContentStore>);
 
 impl FileBytes for StoreBytes {
     fn read<'a>(&'a self, data: DataRef, offset: u64, len: u64) -> BoxFuture<'a, Result<Vec<u8>, ReadError>> {
@@ -44,7 +44,7 @@ async fn try_add(path: &Path, source: Arc<dyn BlobSource>) -> Result<usize, Imag
     let blobs = Arc::new(SourceBlobs::new(&archive, source));
     // Only the headers are read: no readahead, no loads of whole files, nothing kept on disk.
     let config = StoreConfig { cache_dir: None, readahead_spans: 0, open_prefetch_max: 0, ..StoreConfig::default() };
-    let files = StoreBytes(ContentStore::new(archive.clone(), blobs, config));
+    let files = StoreBytes(Arc::new(ContentStore::new(archive.clone(), blobs, config)));
     let set = startup_set(&archive, &files).await;
     let stats = files.0.stats();
     debug!(files = set.len(), spans = stats.spans_fetched, bytes = stats.bytes_fetched, "startup set");

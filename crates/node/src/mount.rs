@@ -129,6 +129,13 @@ pub async fn mount_foreground(
         fs = fs.with_read_observer(recorder.clone());
     }
     fs = fs.with_passthrough(Arc::new(StorePassthrough { store: store.clone(), recording: recorder.clone() }));
+    let startup_set =
+        if config.no_startup_set { Vec::new() } else { store.archive().startup_set().unwrap_or_default() };
+    fs = fs.with_open_observer(Arc::new(crate::prefetch::LibraryPrefetch::new(
+        store.clone(),
+        tokio::runtime::Handle::current(),
+        startup_set.into_iter().collect(),
+    )));
     let fs_stats = fs.stats();
     // Metrics are served before the mount appears, so whoever waits for the mount can scrape at once.
     let mount_metrics = {

@@ -2,13 +2,19 @@
 //! index's startup set (the entrypoint, its interpreter and libraries, found at index time), then the
 //! spans of a recorded profile in the order the recorded start read them, each span once and only as far
 //! into it as those files reach or that start read (a span's tail past them is not waited for). The list
-//! goes to [`clip_store::ContentStore::prefetch_spans`], which loads them all concurrently.
+//! goes to [`clip_store::ContentStore::prefetch_spans`], which loads them all concurrently. And while the
+//! mount serves, what each program it opens cold is about to load ([`LibraryPrefetch`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
-use clip_format::{Archive, LayerIndex, SpanId};
-use clip_store::Need;
-use tracing::warn;
+use clip_format::{Archive, Ino, LayerIndex, NodeKind, NodeView, SpanId};
+use clip_fs::OpenObserver;
+use clip_image::StoreBytes;
+use clip_indexer::startup::start_files;
+use clip_store::{ContentStore, Need};
+use tokio::runtime::Handle;
+use tracing::{debug, info, warn};
 
 use crate::Profile;
 
@@ -89,4 +95,92 @@ pub fn startup_spans(
         }
     }
     (spans.order, from_set)
+}
+
+/// The smallest ELF file (its header).
+const ELF_HEADER: u64 = 64;
+
+/// Starts loading the libraries (and start-up data files) of each program or shared library a mount opens
+/// cold, as soon as it is opened: the dynamic linker opens a program's libraries one after another, each a
+/// round trip on a cold mount, while [`start_files`] finds them a level of the closure at a time (the
+/// startup set's search, from the file opened) and each level loads concurrently. Each file is looked at
+/// once per mount.
+///
+/// The first program opened cold also tells whether the index's startup set is the start that runs: when
+/// it is not in the set (the container runs another command), the set's prefetch yields to reads from then
+/// on instead of taking the link from them.
+pub(crate) struct LibraryPrefetch {
+    store: Arc<ContentStore>,
+    runtime: Handle,
+    /// The index's startup set, until the first program has been opened.
+    startup_set: Mutex<Option<HashSet<Ino>>>,
+    seen: Mutex<HashSet<Ino>>,
+}
+
+impl LibraryPrefetch {
+    /// Prefetches for the mount of `store`; `startup_set` is the set the mount prefetches (empty: none).
+    pub fn new(store: Arc<ContentStore>, runtime: Handle, startup_set: HashSet<Ino>) -> Self {
+        LibraryPrefetch { store, runtime, startup_set: Mutex::new(Some(startup_set)), seen: Mutex::default() }
+    }
+}
+
+impl OpenObserver for LibraryPrefetch {
+    fn on_open(&self, node: &NodeView) {
+        if node.kind() != NodeKind::File || node.size < ELF_HEADER {
+            return;
+        }
+        let executable = node.mode & 0o111 != 0;
+        if executable {
+            let set = self.startup_set.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if set.is_some_and(|set| !set.is_empty() && !set.contains(&node.ino)) {
+                info!(
+                    ino = node.ino.0,
+                    "the first program started is not in the startup set; its prefetch yields to reads"
+                );
+                self.store.yield_startup_prefetch();
+            }
+        }
+        if !self.seen.lock().unwrap_or_else(|e| e.into_inner()).insert(node.ino) {
+            return;
+        }
+        let (store, ino) = (Arc::clone(&self.store), node.ino);
+        self.runtime.spawn(async move {
+            let archive = Arc::clone(store.archive());
+            let Ok(path) = archive.path_of(ino) else { return };
+            if !executable && !is_shared_object(&path) {
+                return;
+            }
+            let files = StoreBytes(Arc::clone(&store));
+            let warm = |lib: Ino| {
+                if let Some(data) = archive.node(lib).ok().and_then(|n| n.data_ref()) {
+                    store.warm_file(data);
+                }
+            };
+            let found = start_files(&archive, &files, ino, Box::new(warm)).await;
+            if found > 0 {
+                debug!(path = %String::from_utf8_lossy(&path), files = found, "loading what the opened program loads");
+            }
+        });
+    }
+}
+
+/// Whether `path` names a shared object (`….so` or `….so.N…`).
+fn is_shared_object(path: &[u8]) -> bool {
+    let name = path.rsplit(|&b| b == b'/').next().unwrap_or_default();
+    name.ends_with(b".so") || name.windows(4).any(|w| w == b".so.")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_objects_are_told_by_name() {
+        for name in [&b"/usr/lib/libc.so.6"[..], b"/lib/x86_64-linux-gnu/libz.so.1.2.13", b"/opt/_json.cpython-311.so"] {
+            assert!(is_shared_object(name), "{}", String::from_utf8_lossy(name));
+        }
+        for name in [&b"/usr/bin/python3"[..], b"/etc/ld.so.cache", b"/usr/lib/so/readme", b"/x.sox"] {
+            assert!(!is_shared_object(name), "{}", String::from_utf8_lossy(name));
+        }
+    }
 }

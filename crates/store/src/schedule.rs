@@ -6,11 +6,13 @@
 //! - Whole-layer prefetch runs at low priority: at most [`crate::StoreConfig::prefetch_concurrency`] loads
 //!   at once, each started only when no foreground read is waiting on a span.
 //! - A profile lists exactly the spans a startup is about to read, in order, so its replay does not yield:
-//!   [`crate::StoreConfig::profile_concurrency`] loads at once, overlapping their round trips.
+//!   [`crate::StoreConfig::profile_concurrency`] loads at once, overlapping their round trips; once told the
+//!   startup running is another one ([`ContentStore::yield_startup_prefetch`]), it yields as well.
 //! - Opening a file (up to [`crate::StoreConfig::open_prefetch_max`] bytes) starts the loads of all its
 //!   spans at once: a program mapping a binary or reading a file whole then waits for one round of
 //!   concurrent fetches instead of one fetch after another, in the order its reads arrive.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use clip_format::{DataRef, LayerIndex, SpanId, SpanIds};
@@ -50,6 +52,8 @@ pub struct PrefetchSummary {
     pub failed: u64,
     /// Spans not attempted because the store has no disk cache to fill.
     pub skipped: u64,
+    /// Loads dropped because the startup yielded ([`ContentStore::yield_startup_prefetch`]).
+    pub dropped: u64,
 }
 
 impl PrefetchSummary {
@@ -63,6 +67,7 @@ impl PrefetchSummary {
                 self.failed += 1;
                 debug!(%layer, %span, error = &error as &dyn std::error::Error, "prefetch of a span failed");
             }
+            Err(error) if error.is_cancelled() => self.dropped += 1,
             Err(error) => {
                 self.failed += 1;
                 debug!(%error, "prefetch task failed");
@@ -97,6 +102,16 @@ impl ContentStore {
     pub fn prefetch_spans(&self, spans: Vec<(LayerIndex, SpanId, Need)>) -> JoinHandle<PrefetchSummary> {
         let permits = Arc::new(Semaphore::new(self.inner.config.profile_concurrency.max(1)));
         self.spawn_prefetch(spans, permits, false)
+    }
+
+    /// For when the startup being prefetched is not the one running: the loads of
+    /// [`ContentStore::prefetch_spans`] in flight are dropped (a reader waiting on one of their spans loads
+    /// it itself), and the rest start only when no foreground read is waiting.
+    pub fn yield_startup_prefetch(&self) {
+        self.inner.startup_yields.store(true, Ordering::Relaxed);
+        for load in lock(&self.inner.startup_loads).drain(..) {
+            load.abort();
+        }
     }
 
     fn spawn_prefetch(
@@ -229,7 +244,7 @@ impl Inner {
         let mut tasks = JoinSet::new();
         for (layer, index, need) in spans {
             let Ok(permit) = Arc::clone(&permits).acquire_owned().await else { break };
-            if polite {
+            if polite || self.startup_yields.load(Ordering::Relaxed) {
                 self.foreground_idle().await;
             }
             let cached = match self.archive.span(index) {
@@ -241,18 +256,24 @@ impl Inner {
                 continue;
             }
             let me = Arc::clone(&self);
-            tasks.spawn(async move {
+            let load = tasks.spawn(async move {
                 let deadline = tokio::time::Instant::now() + me.config.read_timeout;
                 let done = me.span(layer, index, need, Priority::Prefetch, deadline).await;
                 drop(permit);
                 done.map(drop).map_err(|e| (layer, index, e))
             });
+            if !polite && !self.startup_yields.load(Ordering::Relaxed) {
+                lock(&self.startup_loads).push(load);
+            }
             while let Some(done) = tasks.try_join_next() {
                 summary.tally(done, &self.counters);
             }
         }
         while let Some(done) = tasks.join_next().await {
             summary.tally(done, &self.counters);
+        }
+        if !polite {
+            lock(&self.startup_loads).clear();
         }
         debug!(?summary, "prefetch done");
         summary

@@ -22,7 +22,7 @@
 //! in `cache`, loading ahead in `schedule`, and the settings in `config`.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use clip_format::{Archive, Corruption, DataRef, Digest, FormatError, LayerIndex, SpanId, SpanSlice};
@@ -79,6 +79,11 @@ pub(crate) struct Inner {
     /// Foreground and readahead lookups that missed memory, running now; prefetch waits for zero.
     foreground: AtomicUsize,
     idle: Notify,
+    /// [`ContentStore::prefetch_spans`] starts each load only once the foreground is idle, as whole-layer
+    /// prefetch does (see [`ContentStore::yield_startup_prefetch`]).
+    pub startup_yields: AtomicBool,
+    /// The loads of [`ContentStore::prefetch_spans`] started so far, dropped when the startup yields.
+    pub startup_loads: Mutex<Vec<tokio::task::AbortHandle>>,
     pub prefetch_permits: Arc<Semaphore>,
     /// Keys of files being materialized in the background.
     pub materializing: Mutex<HashSet<Digest>>,
@@ -130,6 +135,8 @@ impl ContentStore {
                 streams: Mutex::default(),
                 foreground: AtomicUsize::new(0),
                 idle: Notify::new(),
+                startup_yields: AtomicBool::new(false),
+                startup_loads: Mutex::default(),
                 prefetch_permits: Arc::new(Semaphore::new(permits)),
                 materializing: Mutex::default(),
                 tier,

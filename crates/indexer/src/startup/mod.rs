@@ -62,22 +62,7 @@ pub trait FileBytes: Send + Sync {
 pub async fn startup_set(archive: &Archive, files: &dyn FileBytes) -> Vec<Ino> {
     let config = &archive.meta().config;
     let Some(program) = config.entrypoint.iter().chain(&config.cmd).next() else { return Vec::new() };
-    let env = |key: &str| {
-        config.env.iter().rev().find_map(|kv| kv.strip_prefix(key).and_then(|v| v.strip_prefix('='))).map(str::as_bytes)
-    };
-    let mut finder = Finder {
-        archive,
-        files,
-        cwd: config.working_dir.as_deref().filter(|d| d.starts_with('/')).unwrap_or("/").as_bytes().to_vec(),
-        path: split_list(env("PATH").unwrap_or(DEFAULT_PATH.as_bytes())),
-        ld_library_path: split_list(env("LD_LIBRARY_PATH").unwrap_or_default()),
-        set: Vec::new(),
-        in_set: HashSet::new(),
-        heads: HashMap::new(),
-        reads: 0,
-        bytes: 0,
-        ld_cache: None,
-    };
+    let mut finder = Finder::new(archive, files, Box::new(|_| {}));
     let mut programs = VecDeque::new();
     programs.extend(finder.find_program(program.as_bytes()).map(|p| (p, 0)));
     while let Some((found, depth)) = programs.pop_front() {
@@ -89,15 +74,34 @@ pub async fn startup_set(archive: &Archive, files: &dyn FileBytes) -> Vec<Ino> {
             Head::Script(line) if depth < MAX_SCRIPT_DEPTH => {
                 programs.extend(finder.interpreters(&line).into_iter().map(|p| (p, depth + 1)));
             }
-            Head::Elf(headers) => {
-                finder.elf_closure(&found, &headers).await;
-                finder.python_start(&found);
-            }
+            Head::Elf(headers) => finder.program_start(&found, &headers).await,
             Head::Script(_) | Head::Other => {}
         }
     }
     debug!(files = finder.set.len(), reads = finder.reads, bytes = finder.bytes, "startup set found");
     finder.set
+}
+
+/// What a start of the ELF file `program` (a program, or a library a program loads) reads besides the file
+/// itself, as for a startup set's program: its libraries, a level of the closure at a time, then the data
+/// files (see the [module docs](self)). Each file goes to `found` as soon as it is found, so a caller can start
+/// loading a level's libraries while the next level is looked for. Returns how many were found; none for a
+/// file that is not ELF.
+pub async fn start_files(
+    archive: &Archive,
+    files: &dyn FileBytes,
+    program: Ino,
+    found: Box<dyn FnMut(Ino) + Send + '_>,
+) -> usize {
+    let (Ok(node), Ok(path)) = (archive.node(program), archive.path_of(program)) else { return 0 };
+    let program = Found { node, path };
+    let mut finder = Finder::new(archive, files, Box::new(|_| {}));
+    finder.add(&program);
+    finder.found = found;
+    if let Some(Head::Elf(headers)) = finder.head(&program).await {
+        finder.program_start(&program, &headers).await;
+    }
+    finder.set.len() - 1
 }
 
 /// What the first bytes of a file say it is.
@@ -125,15 +129,52 @@ struct Finder<'a> {
     bytes: u64,
     /// The image's `/etc/ld.so.cache`, read when the first library is searched.
     ld_cache: Option<ldcache::LdCache>,
+    /// Told of each file as it joins the set.
+    found: Box<dyn FnMut(Ino) + Send + 'a>,
 }
 
-impl Finder<'_> {
+impl<'a> Finder<'a> {
+    /// A finder over the image in `archive`, with the `PATH`, `LD_LIBRARY_PATH` and working directory of its
+    /// config.
+    fn new(archive: &'a Archive, files: &'a dyn FileBytes, found: Box<dyn FnMut(Ino) + Send + 'a>) -> Self {
+        let config = &archive.meta().config;
+        let env = |key: &str| {
+            config
+                .env
+                .iter()
+                .rev()
+                .find_map(|kv| kv.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+                .map(str::as_bytes)
+        };
+        Finder {
+            archive,
+            files,
+            cwd: config.working_dir.as_deref().filter(|d| d.starts_with('/')).unwrap_or("/").as_bytes().to_vec(),
+            path: split_list(env("PATH").unwrap_or(DEFAULT_PATH.as_bytes())),
+            ld_library_path: split_list(env("LD_LIBRARY_PATH").unwrap_or_default()),
+            set: Vec::new(),
+            in_set: HashSet::new(),
+            heads: HashMap::new(),
+            reads: 0,
+            bytes: 0,
+            ld_cache: None,
+            found,
+        }
+    }
+
+    /// What a start of the ELF program `program` reads next: its libraries, then the data files.
+    async fn program_start(&mut self, program: &Found, headers: &elf::Headers) {
+        self.elf_closure(program, headers).await;
+        self.python_start(program);
+    }
+
     /// Adds a file to the set; false when it is not a regular file, is in already, or the set is full.
     fn add(&mut self, found: &Found) -> bool {
         let ok =
             found.node.kind() == NodeKind::File && self.set.len() < MAX_FILES && self.in_set.insert(found.node.ino);
         if ok {
             self.set.push(found.node.ino);
+            (self.found)(found.node.ino);
         }
         ok
     }
