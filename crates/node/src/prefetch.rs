@@ -167,7 +167,7 @@ impl OpenObserver for LibraryPrefetch {
 /// Whether `path` names a shared object (`….so` or `….so.N…`).
 fn is_shared_object(path: &[u8]) -> bool {
     let name = path.rsplit(|&b| b == b'/').next().unwrap_or_default();
-    name.ends_with(b".so") || name.windows(4).any(|w| w == b".so.")
+    name.ends_with(b".so") || name.windows(5).any(|w| w.starts_with(b".so.") && w[4].is_ascii_digit())
 }
 
 #[cfg(test)]
