@@ -6,6 +6,7 @@
 //! mount serves, what each program it opens cold is about to load ([`LibraryPrefetch`]).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use clip_format::{Archive, Ino, LayerIndex, NodeKind, NodeView, SpanId};
@@ -104,7 +105,7 @@ const ELF_HEADER: u64 = 64;
 /// cold, as soon as it is opened: the dynamic linker opens a program's libraries one after another, each a
 /// round trip on a cold mount, while [`start_files`] finds them a level of the closure at a time (the
 /// startup set's search, from the file opened) and each level loads concurrently. Each file is looked at
-/// once per mount.
+/// once per mount; the files of the index's startup set not at all (what they load is in the set).
 ///
 /// The first program opened cold also tells whether the index's startup set is the start that runs: when
 /// it is not in the set (the container runs another command), the set's prefetch yields to reads from then
@@ -112,15 +113,17 @@ const ELF_HEADER: u64 = 64;
 pub(crate) struct LibraryPrefetch {
     store: Arc<ContentStore>,
     runtime: Handle,
-    /// The index's startup set, until the first program has been opened.
-    startup_set: Mutex<Option<HashSet<Ino>>>,
+    /// The index's startup set (empty when the mount does not prefetch it).
+    startup_set: HashSet<Ino>,
+    /// Whether a program has been opened yet.
+    program_seen: AtomicBool,
     seen: Mutex<HashSet<Ino>>,
 }
 
 impl LibraryPrefetch {
     /// Prefetches for the mount of `store`; `startup_set` is the set the mount prefetches (empty: none).
     pub fn new(store: Arc<ContentStore>, runtime: Handle, startup_set: HashSet<Ino>) -> Self {
-        LibraryPrefetch { store, runtime, startup_set: Mutex::new(Some(startup_set)), seen: Mutex::default() }
+        LibraryPrefetch { store, runtime, startup_set, program_seen: AtomicBool::new(false), seen: Mutex::default() }
     }
 }
 
@@ -130,17 +133,16 @@ impl OpenObserver for LibraryPrefetch {
             return;
         }
         let executable = node.mode & 0o111 != 0;
-        if executable {
-            let set = self.startup_set.lock().unwrap_or_else(|e| e.into_inner()).take();
-            if set.is_some_and(|set| !set.is_empty() && !set.contains(&node.ino)) {
-                info!(
-                    ino = node.ino.0,
-                    "the first program started is not in the startup set; its prefetch yields to reads"
-                );
-                self.store.yield_startup_prefetch();
-            }
+        let in_set = self.startup_set.contains(&node.ino);
+        let first_program = executable && !self.program_seen.swap(true, Ordering::Relaxed);
+        if first_program && !self.startup_set.is_empty() && !in_set {
+            info!(
+                ino = node.ino.0,
+                "the first program started is not in the startup set; its prefetch yields to reads"
+            );
+            self.store.yield_startup_prefetch();
         }
-        if !self.seen.lock().unwrap_or_else(|e| e.into_inner()).insert(node.ino) {
+        if in_set || !self.seen.lock().unwrap_or_else(|e| e.into_inner()).insert(node.ino) {
             return;
         }
         let (store, ino) = (Arc::clone(&self.store), node.ino);
@@ -176,7 +178,8 @@ mod tests {
 
     #[test]
     fn shared_objects_are_told_by_name() {
-        for name in [&b"/usr/lib/libc.so.6"[..], b"/lib/x86_64-linux-gnu/libz.so.1.2.13", b"/opt/_json.cpython-311.so"] {
+        for name in [&b"/usr/lib/libc.so.6"[..], b"/lib/x86_64-linux-gnu/libz.so.1.2.13", b"/opt/_json.cpython-311.so"]
+        {
             assert!(is_shared_object(name), "{}", String::from_utf8_lossy(name));
         }
         for name in [&b"/usr/bin/python3"[..], b"/etc/ld.so.cache", b"/usr/lib/so/readme", b"/x.sox"] {
