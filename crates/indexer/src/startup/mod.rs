@@ -62,7 +62,7 @@ pub trait FileBytes: Send + Sync {
 pub async fn startup_set(archive: &Archive, files: &dyn FileBytes) -> Vec<Ino> {
     let config = &archive.meta().config;
     let Some(program) = config.entrypoint.iter().chain(&config.cmd).next() else { return Vec::new() };
-    let mut finder = Finder::new(archive, files, Box::new(|_| {}));
+    let mut finder = Finder::new(archive, files);
     let mut programs = VecDeque::new();
     programs.extend(finder.find_program(program.as_bytes()).map(|p| (p, 0)));
     while let Some((found, depth)) = programs.pop_front() {
@@ -95,8 +95,9 @@ pub async fn start_files(
 ) -> usize {
     let (Ok(node), Ok(path)) = (archive.node(program), archive.path_of(program)) else { return 0 };
     let program = Found { node, path };
-    let mut finder = Finder::new(archive, files, Box::new(|_| {}));
+    let mut finder = Finder::new(archive, files);
     finder.add(&program);
+    // The program itself is being loaded by whoever opened it.
     finder.found = found;
     if let Some(Head::Elf(headers)) = finder.head(&program).await {
         finder.program_start(&program, &headers).await;
@@ -135,8 +136,8 @@ struct Finder<'a> {
 
 impl<'a> Finder<'a> {
     /// A finder over the image in `archive`, with the `PATH`, `LD_LIBRARY_PATH` and working directory of its
-    /// config.
-    fn new(archive: &'a Archive, files: &'a dyn FileBytes, found: Box<dyn FnMut(Ino) + Send + 'a>) -> Self {
+    /// config; it tells no one of the files it finds until given a `found`.
+    fn new(archive: &'a Archive, files: &'a dyn FileBytes) -> Self {
         let config = &archive.meta().config;
         let env = |key: &str| {
             config
@@ -158,7 +159,7 @@ impl<'a> Finder<'a> {
             reads: 0,
             bytes: 0,
             ld_cache: None,
-            found,
+            found: Box::new(|_| {}),
         }
     }
 
