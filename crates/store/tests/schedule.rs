@@ -225,3 +225,37 @@ async fn a_profile_is_replayed_with_concurrent_loads_even_while_reads_run() {
     let max = fx.blobs.max_active.load(Ordering::SeqCst);
     assert!((3..=4).contains(&max), "{max} loads at once (3 profile loads + 1 read expected)");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_startup_prefetch_told_to_yield_drops_its_loads_and_waits_for_reads() {
+    let file = DataRef { layer: LayerIndex(0), offset: 0, size: 6 * SPAN };
+    let fx = raw_fixture(6, &[file]);
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(fx.store(StoreConfig { profile_concurrency: 3, readahead_spans: 0, ..cached(dir.path()) }));
+    fx.blobs.hang.send_replace(true);
+    let read = |offset: u64| {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move { store.read(file, offset, 100).await })
+    };
+    // A reader of span 0, then a startup prefetch of every span: it joins span 0's load and starts 1 and 2.
+    let first = read(0);
+    eventually("the reader's load", || fx.blobs.active() == 1).await;
+    let prefetch = store.prefetch_spans((0..6).map(|i| (LayerIndex(0), SpanId(i), Need::Whole)).collect());
+    eventually("the startup's loads", || fx.blobs.active() == 3).await;
+    // A second reader wants span 1, which the startup is loading.
+    let second = read(SPAN);
+    store.yield_startup_prefetch();
+    // The startup's loads are gone, the second reader loads span 1 itself, and the rest of the list waits
+    // while reads run.
+    eventually("the dropped loads end and the reader asks again", || fx.blobs.active() == 2 && fx.blobs.count() == 4)
+        .await;
+    assert_eq!(fx.blobs.requests()[3].range, SPAN..2 * SPAN);
+    fx.blobs.hang.send_replace(false);
+    assert_eq!(first.await.unwrap().unwrap(), &fx.expected(file)[..100]);
+    assert_eq!(second.await.unwrap().unwrap(), &fx.expected(file)[SPAN as usize..][..100]);
+    let summary = prefetch.await.unwrap();
+    assert_eq!(summary, PrefetchSummary { loaded: 3, dropped: 3, ..PrefetchSummary::default() });
+    let mut later: Vec<_> = fx.blobs.requests()[4..].iter().map(|r| r.range.start).collect();
+    later.sort_unstable();
+    assert_eq!(later, [3 * SPAN, 4 * SPAN, 5 * SPAN], "the rest of the list, each once, after the reads");
+}
