@@ -100,8 +100,9 @@ impl<R: Read> IndexingReader<R> {
     }
 
     /// Aim spans at `span_size` uncompressed bytes from here on, the open one included: an indexer that
-    /// knows what the stream holds spends checkpoints where reads will be. The decoder may be up to 128 KiB
-    /// ahead of what `read` has returned, so the new size applies from about there.
+    /// knows what the stream holds spends checkpoints where reads will be. The decoder has filled the last
+    /// read (or the 128 KiB staging buffer of small reads), so the new size applies from the end of that,
+    /// the same place whatever way the compressed input arrives.
     pub fn set_span_size(&mut self, span_size: u64) {
         self.core.spans.set_span_size(span_size);
     }

@@ -129,12 +129,11 @@ pub async fn mount_foreground(
         fs = fs.with_read_observer(recorder.clone());
     }
     fs = fs.with_passthrough(Arc::new(StorePassthrough { store: store.clone(), recording: recorder.clone() }));
-    let startup_set =
-        if config.no_startup_set { Vec::new() } else { store.archive().startup_set().unwrap_or_default() };
+    let startup_set = crate::prefetch::mount_startup_set(store.archive(), !config.no_startup_set);
     fs = fs.with_open_observer(Arc::new(crate::prefetch::LibraryPrefetch::new(
         store.clone(),
         tokio::runtime::Handle::current(),
-        startup_set.into_iter().collect(),
+        startup_set.iter().copied().collect(),
     )));
     let fs_stats = fs.stats();
     // Metrics are served before the mount appears, so whoever waits for the mount can scrape at once.
@@ -167,7 +166,7 @@ pub async fn mount_foreground(
                 p.manifest_digest.as_ref().map_or_else(|| "an unnamed image".to_owned(), Digest::to_string);
             warn!(profile = %recorded_for, "the profile was recorded for another image; using the spans that exist");
         }
-        let (spans, from_set) = crate::startup_spans(archive, !config.no_startup_set, profile.as_ref());
+        let (spans, from_set) = crate::startup_spans(archive, &startup_set, profile.as_ref());
         if profile.is_some() {
             info!(spans = spans.len() - from_set, startup_set = from_set, "prefetching the spans of the profile");
         } else if from_set > 0 {

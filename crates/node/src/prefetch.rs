@@ -60,33 +60,36 @@ impl SpanNeeds {
     }
 }
 
-/// The spans to prefetch at mount, each with how much of it: the startup set's when `startup_set` (files
-/// in set order, each up to [`STARTUP_FILE_MAX`] bytes, at most [`STARTUP_SPANS_MAX`] spans; a span a file
-/// ends in only up to there), then `profile`'s that exist in `archive`; each span once, as far as any of
-/// them wants it. Returns the list and how many came from the set.
+/// The startup set a mount prefetches: the index's, unless `enabled` is false (none when it is unreadable,
+/// which is logged).
+pub fn mount_startup_set(archive: &Archive, enabled: bool) -> Vec<Ino> {
+    if !enabled {
+        return Vec::new();
+    }
+    archive.startup_set().unwrap_or_else(|error| {
+        warn!(error = &error as &dyn std::error::Error, "the index's startup set is unreadable; not prefetching it");
+        Vec::new()
+    })
+}
+
+/// The spans to prefetch at mount, each with how much of it: those of the files of `startup_set` (in set
+/// order, each up to [`STARTUP_FILE_MAX`] bytes, at most [`STARTUP_SPANS_MAX`] spans; a span a file ends in
+/// only up to there), then `profile`'s that exist in `archive`; each span once, as far as any of them wants
+/// it. Returns the list and how many came from the set.
 pub fn startup_spans(
     archive: &Archive,
-    startup_set: bool,
+    startup_set: &[Ino],
     profile: Option<&Profile>,
 ) -> (Vec<(LayerIndex, SpanId, Need)>, usize) {
     let mut spans = SpanNeeds::default();
-    if startup_set {
-        let set = archive.startup_set().unwrap_or_else(|error| {
-            warn!(
-                error = &error as &dyn std::error::Error,
-                "the index's startup set is unreadable; not prefetching it"
-            );
-            Vec::new()
-        });
-        'files: for ino in set {
-            let Some(data) = archive.node(ino).ok().and_then(|n| n.data_ref()) else { continue };
-            for slice in archive.file_spans(data, 0..STARTUP_FILE_MAX) {
-                let Ok(slice) = slice else { break };
-                if spans.list().len() >= STARTUP_SPANS_MAX {
-                    break 'files;
-                }
-                spans.add(data.layer, slice.span, Need::of_slice(&slice));
+    'files: for &ino in startup_set {
+        let Some(data) = archive.node(ino).ok().and_then(|n| n.data_ref()) else { continue };
+        for slice in archive.file_spans(data, 0..STARTUP_FILE_MAX) {
+            let Ok(slice) = slice else { break };
+            if spans.list().len() >= STARTUP_SPANS_MAX {
+                break 'files;
             }
+            spans.add(data.layer, slice.span, Need::of_slice(&slice));
         }
     }
     let from_set = spans.list().len();
@@ -158,9 +161,10 @@ impl OpenObserver for LibraryPrefetch {
                     store.warm_file(data);
                 }
             };
-            let found = start_files(&archive, &files, ino, Box::new(warm)).await;
+            let shown = String::from_utf8_lossy(&path).into_owned();
+            let found = start_files(&archive, &files, ino, path, Box::new(warm)).await;
             if found > 0 {
-                debug!(path = %String::from_utf8_lossy(&path), files = found, "loading what the opened program loads");
+                debug!(path = %shown, files = found, "loading what the opened program loads");
             }
         });
     }

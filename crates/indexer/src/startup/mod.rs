@@ -82,18 +82,19 @@ pub async fn startup_set(archive: &Archive, files: &dyn FileBytes) -> Vec<Ino> {
     finder.set
 }
 
-/// What a start of the ELF file `program` (a program, or a library a program loads) reads besides the file
-/// itself, as for a startup set's program: its libraries, a level of the closure at a time, then the data
-/// files (see the [module docs](self)). Each file goes to `found` as soon as it is found, so a caller can start
+/// What a start of the ELF file `program` at `path` ([`Archive::path_of`]; a program, or a library a program
+/// loads) reads besides the file itself, as for a startup set's program: its libraries, a level of the
+/// closure at a time, then the data files (see the [module docs](self)). Each file goes to `found` as soon as it is found, so a caller can start
 /// loading a level's libraries while the next level is looked for. Returns how many were found; none for a
 /// file that is not ELF.
 pub async fn start_files(
     archive: &Archive,
     files: &dyn FileBytes,
     program: Ino,
+    path: Vec<u8>,
     found: Box<dyn FnMut(Ino) + Send + '_>,
 ) -> usize {
-    let (Ok(node), Ok(path)) = (archive.node(program), archive.path_of(program)) else { return 0 };
+    let Ok(node) = archive.node(program) else { return 0 };
     let program = Found { node, path };
     let mut finder = Finder::new(archive, files);
     finder.add(&program);
