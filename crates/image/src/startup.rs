@@ -22,7 +22,7 @@ pub struct StoreBytes(pub Arc<ContentStore>);
 
 impl FileBytes for StoreBytes {
     fn read<'a>(&'a self, data: DataRef, offset: u64, len: u64) -> BoxFuture<'a, Result<Vec<u8>, ReadError>> {
-        async move { self.0.read(data, offset, len).await.map_err(|e| Box::new(e) as ReadError) }.boxed()
+        async move { self.0.look(data, offset, len).await.map_err(|e| Box::new(e) as ReadError) }.boxed()
     }
 }
 

@@ -174,13 +174,24 @@ impl ContentStore {
     /// that continues the previous read of the same file starts loading the spans after it. Fails with
     /// [`StoreError::Timeout`] when it takes longer than [`StoreConfig::read_timeout`].
     pub async fn read(&self, data: DataRef, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
+        self.read_as(data, offset, len, true).await
+    }
+
+    /// [`Self::read`] for clip's own look into a file (the headers of a program whose libraries are looked
+    /// for, a module whose imports are): not a reader's read, so it neither continues nor starts a
+    /// sequential stream, and loads nothing ahead.
+    pub async fn look(&self, data: DataRef, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
+        self.read_as(data, offset, len, false).await
+    }
+
+    async fn read_as(&self, data: DataRef, offset: u64, len: u64, reader: bool) -> Result<Vec<u8>, StoreError> {
         let deadline = tokio::time::Instant::now() + self.inner.config.read_timeout;
         let end = data.size.min(offset.saturating_add(len));
         if offset >= end {
             return Ok(Vec::new());
         }
         self.inner.note_layer_touched(data.layer);
-        let sequential = self.inner.readahead(data, offset, end);
+        let sequential = reader && self.inner.readahead(data, offset, end);
         // Grown by the verified bytes as they come, not reserved up front from a size the index records.
         let mut out = Vec::with_capacity((end - offset).min(MAX_PREALLOC) as usize);
         for slice in self.inner.archive.file_spans(data, offset..end) {

@@ -59,6 +59,23 @@ async fn readahead_stays_inside_the_file_and_needs_sequential_reads() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_look_into_a_file_is_not_a_read_and_loads_nothing_ahead() {
+    let file = DataRef { layer: LayerIndex(0), offset: 0, size: 10 * SPAN };
+    let fx = raw_fixture(10, &[file]);
+    let store = fx.store(StoreConfig::default());
+    let expected = fx.expected(file);
+    assert_eq!(store.look(file, 0, 16 * KIB).await.unwrap(), &expected[..16 * KIB as usize]);
+    store.look(file, 16 * KIB, 16 * KIB).await.unwrap();
+    assert_eq!(store.stats().readahead_spans, 0, "looks in sequence are not a sequential reader");
+    // Nor does a look start a reader's stream: the first read after it is a first read.
+    store.read(file, 32 * KIB, 16 * KIB).await.unwrap();
+    assert_eq!(store.stats().readahead_spans, 0);
+    store.read(file, 48 * KIB, 16 * KIB).await.unwrap();
+    assert_eq!(store.stats().readahead_spans, 2, "the reader's second read goes on from its first");
+    assert_eq!(fx.blobs.ranges()[0], (0, 0..SPAN));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_waits_for_readahead_rather_than_fetching_again() {
     let file = DataRef { layer: LayerIndex(0), offset: 0, size: 4 * SPAN };
     let fx = raw_fixture(4, &[file]);
