@@ -230,6 +230,135 @@ fn opening_a_program_cold_loads_its_libraries_before_the_loader_asks() {
     m.stop();
 }
 
+/// Modules the host's CPython (`/usr/bin/python3`, started without `site`) imports for `statement`, as
+/// `(source, bytecode path beside it, bytecode compiled now into dir)` for each from source and the path of
+/// each extension module.
+fn python_imports(statement: &str, dir: &Path) -> (Vec<(String, String, std::path::PathBuf)>, Vec<String>) {
+    let script = format!(
+        "import sys\n\
+         before = set(sys.modules)\n\
+         {statement}\n\
+         new = sorted(set(sys.modules) - before)\n\
+         import importlib.util as u, py_compile\n\
+         for name in new:\n    \
+             spec = sys.modules[name].__spec__\n    \
+             if spec and spec.origin and spec.origin.endswith('.py'):\n        \
+                 compiled = py_compile.compile(spec.origin, cfile=sys.argv[1] + '/' + name + '.pyc', doraise=True)\n        \
+                 print(spec.origin, u.cache_from_source(spec.origin), compiled)\n    \
+             elif spec and spec.origin and spec.origin.endswith('.so'):\n        \
+                 print(spec.origin)"
+    );
+    let out = std::process::Command::new("/usr/bin/python3").args(["-S", "-c", &script]).arg(dir).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (mut modules, mut extensions) = (Vec::new(), Vec::new());
+    for line in text(&out.stdout).lines() {
+        match line.split(' ').collect::<Vec<_>>()[..] {
+            [source, cached, compiled] => modules.push((source.to_owned(), cached.to_owned(), compiled.into())),
+            [extension] => extensions.push(extension.to_owned()),
+            _ => panic!("{line}"),
+        }
+    }
+    (modules, extensions)
+}
+
+#[test]
+fn opening_a_python_module_cold_loads_what_it_imports_before_python_asks() {
+    let dir = tempfile::tempdir().unwrap();
+    let (modules, extensions) = python_imports("import json, sqlite3", dir.path());
+    let pyc = |name: &str| modules.iter().find(|m| m.0.ends_with(name)).map(|m| m.1.clone()).unwrap();
+    let opened = [pyc("/json/__init__.py"), pyc("/sqlite3/__init__.py")];
+    assert!(modules.len() > opened.len() + 10, "json and sqlite3 import a dozen modules more: {modules:?}");
+    assert!(extensions.iter().any(|e| e.contains("_sqlite3")), "{extensions:?}");
+    // Modules json and sqlite3 do not import as they load: two imported only in functions (by functools and
+    // collections), one unrelated, and one frozen into the interpreter (functools imports it).
+    let mut decoys = python_imports("import weakref, heapq, csv", dir.path()).0;
+    decoys.retain(|d| ["/weakref.py", "/heapq.py", "/csv.py"].iter().any(|n| d.0.ends_with(n)));
+    assert_eq!(decoys.len(), 3, "{decoys:?}");
+    let functools = modules.iter().find(|m| m.0.ends_with("/functools.py")).expect("json imports functools");
+    let abc = Path::new(&functools.0).with_file_name("abc.py").display().to_string();
+    let script = "import importlib.util as u, py_compile, sys\n\
+                  print(u.cache_from_source(sys.argv[1]), py_compile.compile(sys.argv[1], cfile=sys.argv[2], doraise=True))";
+    let out = std::process::Command::new("/usr/bin/python3")
+        .args(["-S", "-c", script, &abc])
+        .arg(dir.path().join("abc.pyc"))
+        .output()
+        .unwrap();
+    let out = text(&out.stdout);
+    let (cached, compiled) = out.trim().split_once(' ').unwrap();
+    decoys.push((abc.clone(), cached.to_owned(), compiled.into()));
+
+    // Each module's bytecode in a span of its own (followed by a span of noise); the decoys in a layer of
+    // their own, and the extension modules with their libraries.
+    let layer = |modules: &[(String, String, std::path::PathBuf)], programs: Vec<Entry>| {
+        let mut files = Vec::new();
+        for (i, (source, cached, compiled)) in modules.iter().enumerate() {
+            files.push(Entry::file(&source[1..], std::fs::read(source).unwrap()));
+            files.push(Entry::file(&cached[1..], std::fs::read(compiled).unwrap()));
+            files.push(Entry::file(format!("{}.noise{i}", &cached[1..]), pseudo_random_bytes(i as u64, 1_300_000)));
+        }
+        let mut dirs: BTreeSet<String> = BTreeSet::new();
+        for f in &files {
+            dirs.extend(
+                Path::new(std::str::from_utf8(f.path()).unwrap())
+                    .ancestors()
+                    .skip(1)
+                    .map(|p| p.display().to_string())
+                    .filter(|p| !p.is_empty()),
+            );
+        }
+        let mut layer = LayerBuilder::new();
+        for d in dirs {
+            layer.dir(d.as_str());
+        }
+        for e in files.into_iter().chain(programs) {
+            layer.entry(e);
+        }
+        Layer::new(layer.finish(), Compression::Gzip)
+    };
+    // `_sqlite3` loads libsqlite3 (`_json` loads no library).
+    let sqlite = extensions.iter().find(|e| e.contains("/_sqlite3.")).unwrap();
+    let mut programs = host_programs(&[(sqlite.as_str(), &sqlite[1..], 0o644)]);
+    programs
+        .extend(extensions.iter().filter(|e| *e != sqlite).map(|e| Entry::file(&e[1..], std::fs::read(e).unwrap())));
+    let mut image = Image::new(vec![layer(&modules, programs), layer(&decoys, vec![])]);
+    image.config.cmd = Some(vec!["python3".into()]);
+    let served = Served::with_span_mib(&image, 1);
+
+    let mut libraries = ldd(sqlite);
+    libraries.retain(|l| !l.contains("ld-linux"));
+    assert!(libraries.iter().any(|l| l.contains("libsqlite3")), "{libraries:?}");
+    let wanted: BTreeSet<String> = modules.iter().map(|m| m.1.clone()).chain(libraries.iter().cloned()).collect();
+    let spans = spans_of(&served.index(), &wanted);
+    let addr = common::free_addr();
+    let m = served.mount("mnt", &["--metrics", &addr, "--no-startup-set"]);
+    for path in &opened {
+        let mut head = [0u8; 16];
+        std::io::Read::read_exact(&mut std::fs::File::open(m.dir.join(&path[1..])).unwrap(), &mut head).unwrap();
+    }
+    // Without the import closure, only the two opened modules' spans would load.
+    common::wait_within(Duration::from_secs(60), "the modules the opened ones import were not loaded", || {
+        metric(&addr, "clip_open_prefetch_spans_total") >= spans.len() as f64
+            && metric(&addr, "clip_inflight_fetches") == 0.0
+    });
+    let (fetched, requests) = (metric(&addr, "clip_spans_fetched_total"), served.proxy().stats().requests);
+    for (source, cached, compiled) in &modules {
+        let bytes = std::fs::read(m.dir.join(&cached[1..])).unwrap();
+        assert!(bytes == std::fs::read(compiled).unwrap(), "{source}");
+    }
+    for lib in &libraries {
+        assert!(std::fs::read(m.dir.join(&lib[1..])).unwrap() == std::fs::read(lib).unwrap(), "{lib}");
+    }
+    assert_eq!(metric(&addr, "clip_spans_fetched_total"), fetched, "reading the imported modules fetched spans");
+    assert_eq!(served.proxy().stats().requests, requests, "reading the imported modules reached the registry");
+    // The decoys were left alone: each read now goes to the registry.
+    for (source, cached, compiled) in &decoys {
+        let requests = served.proxy().stats().requests;
+        assert!(std::fs::read(m.dir.join(&cached[1..])).unwrap() == std::fs::read(compiled).unwrap(), "{source}");
+        assert!(served.proxy().stats().requests > requests, "{source} was loaded before it was read");
+    }
+    m.stop();
+}
+
 #[test]
 fn a_first_program_outside_the_startup_set_makes_the_sets_prefetch_yield() {
     let mut served = Served::new(&image(

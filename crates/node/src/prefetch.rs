@@ -3,7 +3,7 @@
 //! spans of a recorded profile in the order the recorded start read them, each span once and only as far
 //! into it as those files reach or that start read (a span's tail past them is not waited for). The list
 //! goes to [`clip_store::ContentStore::prefetch_spans`], which loads them all concurrently. And while the
-//! mount serves, what each program it opens cold is about to load ([`LibraryPrefetch`]).
+//! mount serves, what each program, library or Python module it opens cold is about to load ([`LibraryPrefetch`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use clip_format::{Archive, Ino, LayerIndex, NodeKind, NodeView, SpanId};
 use clip_fs::OpenObserver;
 use clip_image::StoreBytes;
-use clip_indexer::startup::start_files;
+use clip_indexer::startup::{is_bytecode, start_files};
 use clip_store::{ContentStore, Need};
 use tokio::runtime::Handle;
 use tracing::{debug, info, warn};
@@ -104,11 +104,12 @@ pub fn startup_spans(
 /// The smallest ELF file (its header).
 const ELF_HEADER: u64 = 64;
 
-/// Starts loading the libraries (and start-up data files) of each program or shared library a mount opens
-/// cold, as soon as it is opened: the dynamic linker opens a program's libraries one after another, each a
-/// round trip on a cold mount, while [`start_files`] finds them a level of the closure at a time (the
-/// startup set's search, from the file opened) and each level loads concurrently. Each file is looked at
-/// once per mount; the files of the index's startup set not at all (what they load is in the set).
+/// Starts loading what each program, shared library or CPython module a mount opens cold is about to load,
+/// as soon as it is opened ([`start_files`]): the dynamic linker opens a program's libraries one after
+/// another, and Python its module's imports, each a round trip on a cold mount, while `start_files` finds
+/// them a level at a time (a level of the library closure, or of the import closure) and each level loads
+/// concurrently. Each file is looked at once per mount, and not again when it is opened after being found
+/// that way; the files of the index's startup set not at all (what they load is in the set).
 ///
 /// The first program opened cold also tells whether the index's startup set is the start that runs: when
 /// it is not in the set (the container runs another command), the set's prefetch yields to reads from then
@@ -120,13 +121,14 @@ pub(crate) struct LibraryPrefetch {
     startup_set: HashSet<Ino>,
     /// Whether a program has been opened yet.
     program_seen: AtomicBool,
-    seen: Mutex<HashSet<Ino>>,
+    /// Files looked at, or found by looking at another.
+    seen: Arc<Mutex<HashSet<Ino>>>,
 }
 
 impl LibraryPrefetch {
     /// Prefetches for the mount of `store`; `startup_set` is the set the mount prefetches (empty: none).
     pub fn new(store: Arc<ContentStore>, runtime: Handle, startup_set: HashSet<Ino>) -> Self {
-        LibraryPrefetch { store, runtime, startup_set, program_seen: AtomicBool::new(false), seen: Mutex::default() }
+        LibraryPrefetch { store, runtime, startup_set, program_seen: AtomicBool::new(false), seen: Arc::default() }
     }
 }
 
@@ -145,29 +147,34 @@ impl OpenObserver for LibraryPrefetch {
             );
             self.store.yield_startup_prefetch();
         }
-        if in_set || !self.seen.lock().unwrap_or_else(|e| e.into_inner()).insert(node.ino) {
+        if in_set || !lock(&self.seen).insert(node.ino) {
             return;
         }
-        let (store, ino) = (Arc::clone(&self.store), node.ino);
+        let (store, seen, ino) = (Arc::clone(&self.store), Arc::clone(&self.seen), node.ino);
         self.runtime.spawn(async move {
             let archive = Arc::clone(store.archive());
             let Ok(path) = archive.path_of(ino) else { return };
-            if !executable && !is_shared_object(&path) {
+            if !executable && !is_shared_object(&path) && !is_bytecode(&path) {
                 return;
             }
             let files = StoreBytes(Arc::clone(&store));
-            let warm = |lib: Ino| {
-                if let Some(data) = archive.node(lib).ok().and_then(|n| n.data_ref()) {
+            let warm = |file: Ino| {
+                lock(&seen).insert(file);
+                if let Some(data) = archive.node(file).ok().and_then(|n| n.data_ref()) {
                     store.warm_file(data);
                 }
             };
             let shown = String::from_utf8_lossy(&path).into_owned();
             let found = start_files(&archive, &files, ino, path, Box::new(warm)).await;
             if found > 0 {
-                debug!(path = %shown, files = found, "loading what the opened program loads");
+                debug!(path = %shown, files = found, "loading what the opened file loads next");
             }
         });
     }
+}
+
+fn lock(seen: &Mutex<HashSet<Ino>>) -> std::sync::MutexGuard<'_, HashSet<Ino>> {
+    seen.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Whether `path` names a shared object (`….so` or `….so.N…`).

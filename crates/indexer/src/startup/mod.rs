@@ -18,8 +18,10 @@
 //! library, a read error) only leaves a file out: finding the set never fails the indexing.
 
 mod elf;
+mod imports;
 mod ldcache;
 mod path;
+mod pyc;
 mod runtime;
 mod search;
 
@@ -82,28 +84,39 @@ pub async fn startup_set(archive: &Archive, files: &dyn FileBytes) -> Vec<Ino> {
     finder.set
 }
 
-/// What a start of the ELF file `program` at `path` ([`Archive::path_of`]; a program, or a library a program
-/// loads) reads besides the file itself, as for a startup set's program: its libraries, a level of the
-/// closure at a time, then the data files (see the [module docs](self)). Each file goes to `found` as soon as it is found, so a caller can start
-/// loading a level's libraries while the next level is looked for. Returns how many were found; none for a
-/// file that is not ELF.
+/// What opening `file` at `path` ([`Archive::path_of`]) is about to load besides the file itself, each
+/// file sent to `found` as soon as it is found, so a caller can start loading a level while the next is
+/// looked for. Returns how many were found.
+/// - An ELF program or library: what its start reads, as for a startup set's program: its libraries, a level
+///   of the closure at a time, then the data files (see the [module docs](self)).
+/// - A CPython module's cached bytecode (`…/__pycache__/NAME.cpython-XY.pyc`): the modules it imports as it
+///   runs, and theirs, a level at a time, with the libraries of the extension modules among them.
+/// - Anything else: nothing.
 pub async fn start_files(
     archive: &Archive,
     files: &dyn FileBytes,
-    program: Ino,
+    file: Ino,
     path: Vec<u8>,
     found: Box<dyn FnMut(Ino) + Send + '_>,
 ) -> usize {
-    let Ok(node) = archive.node(program) else { return 0 };
-    let program = Found { node, path };
+    let Ok(node) = archive.node(file) else { return 0 };
+    let file = Found { node, path };
     let mut finder = Finder::new(archive, files);
-    finder.add(&program);
-    // The program itself is being loaded by whoever opened it.
+    finder.add(&file);
+    // The file itself is being loaded by whoever opened it.
     finder.found = found;
-    if let Some(Head::Elf(headers)) = finder.head(&program).await {
-        finder.program_start(&program, &headers).await;
+    if is_bytecode(&file.path) {
+        finder.import_closure(&file).await;
+    } else if let Some(Head::Elf(headers)) = finder.head(&file).await {
+        finder.program_start(&file, &headers).await;
     }
     finder.set.len() - 1
+}
+
+/// Whether `path` names CPython bytecode cached beside a module's source (`…/__pycache__/….pyc`), what
+/// [`start_files`] follows the imports of.
+pub fn is_bytecode(path: &[u8]) -> bool {
+    path.ends_with(b".pyc") && path.windows(13).any(|w| w == b"/__pycache__/")
 }
 
 /// What the first bytes of a file say it is.

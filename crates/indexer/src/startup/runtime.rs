@@ -59,14 +59,8 @@ impl Finder<'_> {
                 self.add(&found);
             }
         }
-        let sites = [
-            join(&lib.path, b"site-packages"),
-            join(&lib.path, b"dist-packages"),
-            format!("/usr/local/lib/{version}/dist-packages").into_bytes(),
-            join(&prefix, format!("lib/python{major}/dist-packages").as_bytes()),
-        ];
-        for site in sites {
-            if let Some(dir) = self.dir(&site) {
+        for site in &python_roots(&prefix, (major, minor))[2..] {
+            if let Some(dir) = self.dir(site) {
                 self.add_files_in(&dir, false);
             }
         }
@@ -110,6 +104,22 @@ impl Finder<'_> {
             }
         }
     }
+}
+
+/// Where CPython `major.minor` installed under `prefix` finds modules (its `sys.path`): its library,
+/// `lib-dynload`, then the site directories (`site-packages`; Debian's `dist-packages`, its own and
+/// `/usr/local`'s).
+pub(super) fn python_roots(prefix: &[u8], (major, minor): (u32, u32)) -> Vec<Vec<u8>> {
+    let version = format!("python{major}.{minor}");
+    let lib = join(prefix, format!("lib/{version}").as_bytes());
+    vec![
+        lib.clone(),
+        join(&lib, b"lib-dynload"),
+        join(&lib, b"site-packages"),
+        join(&lib, b"dist-packages"),
+        format!("/usr/local/lib/{version}/dist-packages").into_bytes(),
+        join(prefix, format!("lib/python{major}/dist-packages").as_bytes()),
+    ]
 }
 
 /// `(X, Y)` of a file named `pythonX.Y`.

@@ -1,0 +1,228 @@
+//! What importing a CPython module loads next: the closure of the modules its bytecode imports at module
+//! level (see `pyc`), found as CPython's path finder finds them — in the module's own package for a
+//! relative import, else in the interpreter's library, `lib-dynload` and site directories — a level at a
+//! time, each level's bytecode read at once. Python imports them one after another (each a round trip on a
+//! cold mount); knowing them from the first module lets them all load together. The libraries of an
+//! extension module are followed as a program's are (the module itself the loader maps, not reads whole). Modules the interpreter has frozen in (3.11 on) are left out:
+//! it never reads their files.
+
+use std::collections::HashSet;
+
+use clip_format::NodeKind;
+
+use super::path::{join, parent, resolve, Found};
+use super::runtime::python_roots;
+use super::{pyc, Finder, Head};
+
+/// The most bytes of one module's bytecode read to find its imports.
+const PYC_MAX: u64 = 4 << 20;
+/// Modules CPython 3.11 on runs from copies frozen into the interpreter (its start-up modules, and what
+/// `-m` and `importlib.util` need), not from the library's files.
+const FROZEN: [&str; 18] = [
+    "abc",
+    "codecs",
+    "io",
+    "_collections_abc",
+    "_sitebuiltins",
+    "genericpath",
+    "ntpath",
+    "posixpath",
+    "os",
+    "os.path",
+    "site",
+    "stat",
+    "importlib._bootstrap",
+    "importlib._bootstrap_external",
+    "importlib.machinery",
+    "importlib.util",
+    "zipimport",
+    "runpy",
+];
+
+/// Where a CPython interpreter looks for modules, from the path of a module's cached bytecode.
+struct Interpreter {
+    version: (u32, u32),
+    /// `sys.path`: the library, `lib-dynload`, the site directories.
+    roots: Vec<Vec<u8>>,
+    /// File name endings of extension modules, in the order CPython tries them.
+    extensions: Vec<String>,
+}
+
+/// The file a module is run from.
+enum ModuleFile {
+    /// Cached bytecode, whose imports are followed.
+    Bytecode(Found),
+    /// Source without bytecode beside it (loaded, not followed).
+    Source(Found),
+    /// An extension module (a shared library).
+    Extension(Found),
+    /// A namespace package: a directory without a file.
+    Namespace,
+}
+
+/// A module found: its file and, for a package, its directory.
+struct Module {
+    file: ModuleFile,
+    package: Option<Vec<u8>>,
+}
+
+impl Finder<'_> {
+    /// Adds the closure of the modules that `module` (cached bytecode at a `…/__pycache__/NAME.TAG.pyc`
+    /// path) imports, but not its extension modules, only their libraries.
+    pub(super) async fn import_closure(&mut self, module: &Found) {
+        let Some(interpreter) = Interpreter::of_bytecode(&module.path) else { return };
+        let mut level = vec![module.clone()];
+        let mut libraries_of = HashSet::new();
+        while !level.is_empty() {
+            let bytes = self.read_all(level.iter().map(|f| (f, Some(0..PYC_MAX))).collect()).await;
+            let mut next = Vec::new();
+            let mut extensions = Vec::new();
+            for (file, bytes) in level.iter().zip(bytes) {
+                let Some((version, imports)) = bytes.as_deref().and_then(pyc::imports) else { continue };
+                if version != interpreter.version {
+                    continue;
+                }
+                // The directory of the module's source: bytecode is cached in its `__pycache__`, or (without
+                // source) beside it.
+                let dir = parent(&file.path);
+                let package = if dir.ends_with(b"/__pycache__") { parent(&dir) } else { dir };
+                for import in imports {
+                    for module in self.import(&interpreter, &package, &import) {
+                        match module.file {
+                            ModuleFile::Bytecode(f) if self.add(&f) => next.push(f),
+                            // Mapped by the loader a page at a time, not read whole: only its libraries are
+                            // looked for.
+                            ModuleFile::Extension(f) if libraries_of.insert(f.node.ino) => extensions.push(f),
+                            ModuleFile::Source(f) => {
+                                self.add(&f);
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+            }
+            for ext in extensions {
+                if let Some(Head::Elf(headers)) = self.head(&ext).await {
+                    self.elf_closure(&ext, &headers).await;
+                }
+            }
+            level = next;
+        }
+    }
+
+    /// The modules one `import` runs, parents first: for `import a.b`, `a` then `a.b`; for `from P import
+    /// x`, also `P.x` when that is a module.
+    /// `dir` is the directory of the importing module's source (its package).
+    fn import(&self, py: &Interpreter, dir: &[u8], import: &pyc::Import) -> Vec<Module> {
+        let mut out = Vec::new();
+        let parts: Vec<&str> = import.name.split('.').filter(|p| !p.is_empty()).collect();
+        // Where the first name is looked for, and the dotted name of what is imported so far.
+        let (mut dirs, mut dotted) = if import.level > 0 {
+            // The package a relative import starts from: the module's own (its directory), then up.
+            let mut base = dir.to_vec();
+            for _ in 1..import.level {
+                base = parent(&base);
+            }
+            (vec![base], None)
+        } else {
+            (py.roots.clone(), Some(String::new()))
+        };
+        for part in &parts {
+            if let Some(name) = dotted.as_mut() {
+                if !name.is_empty() {
+                    name.push('.');
+                }
+                name.push_str(part);
+                if py.version >= (3, 11) && FROZEN.contains(&name.as_str()) {
+                    return out;
+                }
+            }
+            let Some(module) = self.find_module(py, &dirs, part) else { return out };
+            let Some(package) = module.package.clone() else {
+                out.push(module);
+                return out;
+            };
+            dirs = vec![package];
+            out.push(module);
+        }
+        // `from P import x`: `x` may be a submodule of the package `P` (a relative `from . import x` names
+        // the module's own package).
+        if !import.fromlist.is_empty() && (parts.is_empty() || out.last().is_some_and(|m| m.package.is_some())) {
+            for name in &import.fromlist {
+                if let Some(module) = self.find_module(py, &dirs, name) {
+                    out.push(module);
+                }
+            }
+        }
+        out
+    }
+
+    /// The module `name` in the first of `dirs` that has it, as CPython's path finder takes it there: a
+    /// package (a directory with `__init__`), an extension module, source, bytecode alone; a directory
+    /// without `__init__` is a namespace package when no later directory has the module.
+    fn find_module(&self, py: &Interpreter, dirs: &[Vec<u8>], name: &str) -> Option<Module> {
+        if name.is_empty() || name.contains('/') || name == ".." {
+            return None;
+        }
+        let mut namespace = None;
+        for dir in dirs {
+            let path = join(dir, name.as_bytes());
+            if let Some(d) = resolve(self.archive, b"/", &path).filter(|f| f.node.kind() == NodeKind::Dir) {
+                if let Some(file) = self.module_file(py, &d.path, "__init__") {
+                    return Some(Module { file, package: Some(d.path) });
+                }
+                namespace.get_or_insert(d.path);
+            }
+            if let Some(file) = self.module_file(py, dir, name) {
+                return Some(Module { file, package: None });
+            }
+        }
+        namespace.map(|dir| Module { file: ModuleFile::Namespace, package: Some(dir) })
+    }
+
+    /// The file of module `name` directly in `dir`: an extension, else the source's cached bytecode (or
+    /// the source), else bytecode without source.
+    fn module_file(&self, py: &Interpreter, dir: &[u8], name: &str) -> Option<ModuleFile> {
+        let file = |path: &[u8]| resolve(self.archive, b"/", path).filter(|f| f.node.kind() == NodeKind::File);
+        for ending in &py.extensions {
+            if let Some(f) = file(&join(dir, format!("{name}{ending}").as_bytes())) {
+                return Some(ModuleFile::Extension(f));
+            }
+        }
+        let (major, minor) = py.version;
+        if let Some(source) = file(&join(dir, format!("{name}.py").as_bytes())) {
+            let cached = join(dir, format!("__pycache__/{name}.cpython-{major}{minor}.pyc").as_bytes());
+            return Some(file(&cached).map_or(ModuleFile::Source(source), ModuleFile::Bytecode));
+        }
+        file(&join(dir, format!("{name}.pyc").as_bytes())).map(ModuleFile::Bytecode)
+    }
+}
+
+impl Interpreter {
+    /// The interpreter whose cached bytecode is at `path` (`PREFIX/lib/pythonX.Y/…/__pycache__/NAME.cpython-XY.pyc`;
+    /// bytecode elsewhere, in a `dist-packages` say, is taken as `/usr`'s interpreter's).
+    fn of_bytecode(path: &[u8]) -> Option<Interpreter> {
+        let path = std::str::from_utf8(path).ok()?;
+        let (dir, name) = path.rsplit_once('/')?;
+        if !dir.ends_with("/__pycache__") {
+            return None;
+        }
+        let tag = name.strip_suffix(".pyc")?.split('.').find_map(|part| part.strip_prefix("cpython-"))?;
+        if tag.len() < 2 || !tag.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let version = (tag[..1].parse().ok()?, tag[1..].parse().ok()?);
+        let lib = format!("/lib/python{}.{}/", version.0, version.1);
+        let prefix = path.find(&lib).map_or("/usr", |i| &path[..i]);
+        let prefix = if prefix.is_empty() { "/" } else { prefix };
+        let (major, minor) = version;
+        let mut extensions: Vec<String> = ["x86_64", "aarch64", "i386", "arm", "powerpc64le", "s390x", "riscv64"]
+            .iter()
+            .flat_map(|arch| {
+                ["gnu", "musl", "gnueabihf"].map(|abi| format!(".cpython-{major}{minor}-{arch}-linux-{abi}.so"))
+            })
+            .collect();
+        extensions.extend([".abi3.so".to_string(), ".so".to_string()]);
+        Some(Interpreter { version, roots: python_roots(prefix.as_bytes(), version), extensions })
+    }
+}
