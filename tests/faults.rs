@@ -180,6 +180,23 @@ fn a_mount_starts_while_the_registry_is_down_serves_what_the_cache_holds_and_fet
     assert!(log.contains("the registry answers"), "the return of the registry was not reported:\n{log}");
 }
 
+#[test]
+fn a_mounts_first_reads_go_out_without_waiting_for_the_registry_check() {
+    // An open registry whose `/v2/` check never answers: reads are sent with the credentials as they are
+    // (none) and served, well inside a read timeout the check alone would outlast.
+    let (layer, files) = files_layer("data", 2, 1 << 20, Compression::Gzip);
+    let mut served = Served::with_span_mib(&Image::new(vec![layer]), 1);
+    let check = Fault::new(FaultKind::Blackhole).path_is("/v2/");
+    served.restart_proxy(Some(ProxyConfig::default().with_faults(vec![check])));
+    let m = served.mount("mnt", &["--read-timeout", "5", "--no-startup-set"]);
+    for (name, bytes) in &files {
+        assert!(std::fs::read(m.dir.join(name)).unwrap() == *bytes, "{name}");
+    }
+    let stats = served.proxy().stats();
+    assert!(stats.log.iter().any(|r| r.path == "/v2/" && r.fault.is_some()), "the check was not made");
+    m.stop();
+}
+
 /// clip-store's `failure_holdoff` for the 2 s deadline, with room to spare.
 const HOLDOFF: Duration = Duration::from_millis(1100);
 

@@ -7,14 +7,13 @@
 //! body fails the exchange with an error naming it, instead of growing memory.
 
 use std::fmt;
-use std::sync::atomic::Ordering;
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use reqwest::header::WWW_AUTHENTICATE;
 use reqwest::{RequestBuilder, StatusCode};
 use serde::Deserialize;
-use tracing::{debug, info};
+use tracing::debug;
 
 use super::request::{read_capped, Target};
 use super::Registry;
@@ -190,6 +189,7 @@ impl Registry {
         };
         debug!(registry = %self.registry, auth = ?auth, "authenticated");
         self.auth_state.set(auth);
+        self.answered();
         Ok(())
     }
 
@@ -203,9 +203,6 @@ impl Registry {
         let _one_at_a_time = self.auth_state.refresh.lock().await;
         if self.auth_state.generation() == 0 {
             self.authenticate().await?;
-            if self.reported_down.swap(false, Ordering::Relaxed) {
-                info!(registry = %self.registry, "the registry answers");
-            }
         }
         Ok(self.auth_state.get())
     }
@@ -215,14 +212,27 @@ impl Registry {
     /// Boxed: authenticating runs under the retry loop that calls this.
     pub(super) fn reauthenticate(&self, generation: u64) -> BoxFuture<'_, Result<(), SourceError>> {
         async move {
-            let _one_at_a_time = self.auth_state.refresh.lock().await;
-            if self.auth_state.generation() != generation {
-                return Ok(());
-            }
-            debug!(registry = %self.registry, "registry answered 401 Unauthorized; authenticating again");
-            self.authenticate().await
+            debug!(registry = %self.registry, "registry answered 401 Unauthorized; authenticating");
+            self.authenticate_after(generation).await
         }
         .boxed()
+    }
+
+    /// Makes the user's credentials, as they are, the ones requests carry, before any round trip; returns
+    /// their generation. An open registry, or one that takes them as they are, needs nothing else; one that
+    /// wants a token answers 401, which authenticates ([`Self::reauthenticate`]).
+    pub(super) fn assume_user_credentials(&self) -> u64 {
+        self.auth_state.set(RequestAuth::from_user(&self.auth));
+        self.auth_state.generation()
+    }
+
+    /// Authenticates, unless credentials newer than `generation` have been set meanwhile.
+    pub(super) async fn authenticate_after(&self, generation: u64) -> Result<(), SourceError> {
+        let _one_at_a_time = self.auth_state.refresh.lock().await;
+        if self.auth_state.generation() != generation {
+            return Ok(());
+        }
+        self.authenticate().await
     }
 
     /// The Bearer challenge of `GET /v2/`, if the registry sends one (`None`: open, or Basic).

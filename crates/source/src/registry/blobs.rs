@@ -46,6 +46,7 @@ impl Registry {
         let response = auth.apply(request).send().await.map_err(|e| self.send_failed(e, &target))?;
         let status = response.status();
         if status == StatusCode::OK || status == StatusCode::PARTIAL_CONTENT {
+            self.answered();
             return Ok(response);
         }
         Err(self.status_failed(response, &target).await)

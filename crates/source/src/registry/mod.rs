@@ -111,7 +111,9 @@ impl RegistrySource {
     }
 
     /// A pull source that does not wait for the registry: it finds the credentials and starts checking the
-    /// registry and obtaining a token in the background; the first request waits for that. A registry that
+    /// registry and obtaining a token in the background. Requests do not wait for that: the first goes out
+    /// at once with the user's credentials as they are (what an open registry takes, saving a cold start
+    /// the check's round trip), and one the registry answers 401 waits for the token. A registry that
     /// cannot be reached fails that request, not this call (and a warning is logged once it has not answered
     /// for 2 s), so a reader whose cache holds what it needs starts, and serves, without one.
     /// Needs a tokio runtime.
@@ -122,9 +124,10 @@ impl RegistrySource {
     ) -> Result<RegistrySource, SourceError> {
         let source = Self::unconnected(registry, repository, opts, Access::Pull).await?;
         let inner = Arc::clone(&source.0);
+        let assumed = inner.assume_user_credentials();
         tokio::spawn(async move {
             let registry = inner.registry.clone();
-            let check = inner.authenticated();
+            let check = inner.authenticate_after(assumed);
             tokio::pin!(check);
             let done = match tokio::time::timeout(SLOW_REGISTRY, &mut check).await {
                 Ok(done) => done.map(drop),

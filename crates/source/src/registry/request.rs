@@ -100,6 +100,13 @@ impl Registry {
         Failed { error, verdict: verdict_for_status(status.as_u16(), retry_after) }
     }
 
+    /// The registry answered a request: logs its return if it was reported down.
+    pub(super) fn answered(&self) {
+        if self.reported_down.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            tracing::info!(registry = %self.registry, "the registry answers");
+        }
+    }
+
     /// A request that got no answer: connection refused or reset, timeout, too many redirects.
     pub(super) fn send_failed(&self, e: reqwest::Error, target: &Target<'_>) -> Failed {
         // Without the URL: a redirect target may carry a signed query string.
@@ -171,7 +178,10 @@ impl Registry {
             let (generation, auth) = self.authenticated().await?;
             let attempt = async {
                 let response = match build(&auth).send().await {
-                    Ok(r) if r.status().is_success() || also.contains(&r.status()) => r,
+                    Ok(r) if r.status().is_success() || also.contains(&r.status()) => {
+                        self.answered();
+                        r
+                    }
                     Ok(r) => return Err(self.status_failed(r, target).await),
                     Err(e) => return Err(self.send_failed(e, target)),
                 };

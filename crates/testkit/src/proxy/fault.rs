@@ -114,6 +114,8 @@ pub struct Fault {
     pub kind: FaultKind,
     /// Only requests whose target (path and query) contains this.
     pub path_contains: Option<String>,
+    /// Only requests whose target (path and query) is exactly this.
+    pub path_is: Option<String>,
     /// Only blob downloads (`GET /v2/.../blobs/sha256:...`).
     pub blobs_only: bool,
     /// Fire on at most this many requests, then never again (`None`: no limit).
@@ -125,7 +127,13 @@ pub struct Fault {
 impl Fault {
     /// A rule that fires on every request.
     pub fn new(kind: FaultKind) -> Self {
-        Fault { kind, path_contains: None, blobs_only: false, times: None, probability: 1.0 }
+        Fault { kind, path_contains: None, path_is: None, blobs_only: false, times: None, probability: 1.0 }
+    }
+
+    /// Only on requests whose target is `target` (`"/v2/"`: the registry check).
+    pub fn path_is(mut self, target: &str) -> Self {
+        self.path_is = Some(target.to_owned());
+        self
     }
 
     /// Only on requests whose target contains `needle`.
@@ -153,7 +161,9 @@ impl Fault {
     }
 
     fn matches(&self, target: &str, is_blob: bool) -> bool {
-        (!self.blobs_only || is_blob) && self.path_contains.as_deref().is_none_or(|n| target.contains(n))
+        (!self.blobs_only || is_blob)
+            && self.path_contains.as_deref().is_none_or(|n| target.contains(n))
+            && self.path_is.as_deref().is_none_or(|p| target == p)
     }
 }
 
