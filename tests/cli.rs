@@ -10,7 +10,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use clip_testkit::*;
-use common::{exits_within, s, text, wait_within, Indexed};
+use common::{s, text, wait_within, Indexed};
 
 /// A small image: a few files, one of 1 MiB (more than a pipe holds), a directory.
 fn image() -> Image {
@@ -112,13 +112,10 @@ fn a_clean_mount_and_unmount_log_no_warning() {
     assert!(!log.contains("WARN"), "{log}");
 
     // Unmounted from outside (`umount DIR`, as the README shows): clip notices and exits.
-    let mut m = img.mount();
+    let m = img.mount();
     assert!(Command::new("umount").arg(&m.dir).status().unwrap().success());
-    let mut child = m.child.take().unwrap();
-    exits_within(&mut child, Duration::from_secs(20), "clip mount did not exit after umount");
-    let out = child.wait_with_output().unwrap();
-    let log = text(&out.stderr);
-    assert!(out.status.success() && log.contains("unmounted from outside"), "{log}");
+    let (status, log) = m.exited_within(Duration::from_secs(20), "clip mount did not exit after umount");
+    assert!(status.success() && log.contains("unmounted from outside"), "{log}");
     assert!(!log.contains("WARN"), "{log}");
 }
 

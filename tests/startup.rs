@@ -202,6 +202,23 @@ fn spans_of(index: &Path, paths: &BTreeSet<String>) -> BTreeSet<clip_format::Spa
     spans
 }
 
+/// A mount of `served` without its startup set, serving metrics at `addr` and logging each search from a file
+/// opened cold (for what it loads next) as it ends.
+fn mount_telling_searches(served: &Served, addr: &str) -> common::MountProc {
+    let cache = served.cache();
+    let args = ["--cache-dir", s(&cache), "--metrics", addr, "--no-startup-set"];
+    let env = [("CLIP_LOG".to_owned(), "info,clip_node::prefetch=debug".to_owned())];
+    common::MountProc::start_env(served.index().as_os_str(), &served.dir.path().join("mnt"), &args, &env)
+}
+
+/// Waits until `searches` searches from opened files have ended and every load they started has too.
+fn searches_done(m: &common::MountProc, addr: &str, searches: usize) {
+    common::wait_within(Duration::from_secs(60), "the searches from the opened files did not end", || {
+        m.log().matches("loading what the opened file loads next").count() >= searches
+            && metric(addr, "clip_loads_ahead") == 0.0
+    });
+}
+
 #[test]
 fn opening_a_program_cold_loads_its_libraries_before_the_loader_asks() {
     // No startup set: the program is opened as a shell or a runtime would exec it, its libraries untouched.
@@ -211,15 +228,13 @@ fn opening_a_program_cold_loads_its_libraries_before_the_loader_asks() {
     let first = spans_of(&served.index(), &BTreeSet::from(["/usr/bin/ls".to_owned()]));
     assert!(wanted.len() > first.len(), "the libraries lie in other spans than the program: {wanted:?}");
     let addr = common::free_addr();
-    let m = served.mount("mnt", &["--metrics", &addr, "--no-startup-set"]);
+    let m = mount_telling_searches(&served, &addr);
     let mut head = [0u8; 64];
     std::io::Read::read_exact(&mut std::fs::File::open(m.dir.join("usr/bin/ls")).unwrap(), &mut head).unwrap();
-    // Loads of every span of the program and its libraries are started (spans joined while in flight count
-    // again), and all have ended. Without the libraries' loads, only the program's spans would be.
-    common::wait_within(Duration::from_secs(60), "the libraries of the opened program were not loaded", || {
-        metric(&addr, "clip_open_prefetch_spans_total") >= wanted.len() as f64
-            && metric(&addr, "clip_inflight_fetches") == 0.0
-    });
+    // The search from the program has found its libraries and every load it started has ended. Without the
+    // libraries' loads, only the program's spans would be loaded.
+    searches_done(&m, &addr, 1);
+    assert!(metric(&addr, "clip_open_prefetch_spans_total") >= wanted.len() as f64);
     // Mapping them now (the loader reads each whole here) fetches nothing more.
     let (fetched, requests) = (metric(&addr, "clip_spans_fetched_total"), served.proxy().stats().requests);
     for lib in &libraries {
@@ -330,16 +345,14 @@ fn opening_a_python_module_cold_loads_what_it_imports_before_python_asks() {
     let wanted: BTreeSet<String> = modules.iter().map(|m| m.1.clone()).chain(libraries.iter().cloned()).collect();
     let spans = spans_of(&served.index(), &wanted);
     let addr = common::free_addr();
-    let m = served.mount("mnt", &["--metrics", &addr, "--no-startup-set"]);
+    let m = mount_telling_searches(&served, &addr);
     for path in &opened {
         let mut head = [0u8; 16];
         std::io::Read::read_exact(&mut std::fs::File::open(m.dir.join(&path[1..])).unwrap(), &mut head).unwrap();
     }
     // Without the import closure, only the two opened modules' spans would load.
-    common::wait_within(Duration::from_secs(60), "the modules the opened ones import were not loaded", || {
-        metric(&addr, "clip_open_prefetch_spans_total") >= spans.len() as f64
-            && metric(&addr, "clip_inflight_fetches") == 0.0
-    });
+    searches_done(&m, &addr, opened.len());
+    assert!(metric(&addr, "clip_open_prefetch_spans_total") >= spans.len() as f64);
     let (fetched, requests) = (metric(&addr, "clip_spans_fetched_total"), served.proxy().stats().requests);
     for (source, cached, compiled) in &modules {
         let bytes = std::fs::read(m.dir.join(&cached[1..])).unwrap();

@@ -115,6 +115,9 @@ pub fn s(p: &Path) -> &str {
 pub struct MountProc {
     pub child: Option<std::process::Child>,
     pub dir: std::path::PathBuf,
+    /// Its stderr so far, read as it comes.
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl MountProc {
@@ -131,29 +134,52 @@ impl MountProc {
         cmd.arg("mount").arg(archive).arg(dir).args(extra).env("CLIP_LOG", "info");
         cmd.envs(env.iter().map(|(k, v)| (k, v)));
         cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
-        let child = cmd.spawn().expect("spawning clip mount");
-        let mut m = MountProc { child: Some(child), dir: dir.to_path_buf() };
+        let mut child = cmd.spawn().expect("spawning clip mount");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (stderr, sink) = (child.stderr.take().unwrap(), std::sync::Arc::clone(&log));
+        let reader = std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let mut m = MountProc { child: Some(child), dir: dir.to_path_buf(), log, reader: Some(reader) };
         wait_within(Duration::from_secs(20), &format!("clip mount did not mount {}", dir.display()), || {
             if let Some(status) = m.child.as_mut().unwrap().try_wait().unwrap() {
-                let mut err = String::new();
-                use std::io::Read;
-                m.child.as_mut().unwrap().stderr.take().unwrap().read_to_string(&mut err).unwrap();
-                panic!("clip mount exited with {status} before mounting:\n{err}");
+                m.reader.take().unwrap().join().unwrap();
+                panic!("clip mount exited with {status} before mounting:\n{}", m.log());
             }
             is_mountpoint(dir)
         });
         m
     }
 
+    /// What the mount has logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
     /// Sends SIGTERM and waits for a clean exit; returns the process's stderr.
     pub fn stop(mut self) -> String {
-        let child = self.child.take().unwrap();
+        let mut child = self.child.take().unwrap();
         nix_kill(child.id(), libc_sigterm());
-        let out = child.wait_with_output().unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(out.status.success(), "clip mount exited with {}:\n{stderr}", out.status);
+        let status = child.wait().unwrap();
+        self.reader.take().unwrap().join().unwrap();
+        let stderr = self.log();
+        assert!(status.success(), "clip mount exited with {status}:\n{stderr}");
         assert!(!is_mountpoint(&self.dir), "still mounted after clip mount exited");
         stderr
+    }
+
+    /// Waits (at most `limit`) for the mount process to exit on its own; its exit status and stderr.
+    pub fn exited_within(mut self, limit: Duration, what: &str) -> (std::process::ExitStatus, String) {
+        let mut child = self.child.take().unwrap();
+        exits_within(&mut child, limit, what);
+        let status = child.wait().unwrap();
+        self.reader.take().unwrap().join().unwrap();
+        (status, self.log())
     }
 
     /// `kill -9` the mount process (then detach the dead mount).

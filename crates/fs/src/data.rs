@@ -84,9 +84,9 @@ impl ClipFs {
         reply.opened(FH_CACHED, keep);
         // First open through the page cache: start loading the whole (small enough) file now, so its reads
         // wait for one round of concurrent fetches rather than one fetch after another.
-        // A file with nothing to load is local already: whoever watches for cold opens need not hear of it.
-        let loading = node.data_ref().is_some_and(|data| self.store.warm_file(data) > 0);
-        if let (true, Some(observer)) = (loading, &self.open_observer) {
+        // A file local already: whoever watches for cold opens need not hear of it.
+        let cold = node.data_ref().is_some_and(|data| self.store.warm_file(data).cold);
+        if let (true, Some(observer)) = (cold, &self.open_observer) {
             observer.on_open(&node);
         }
     }

@@ -190,6 +190,11 @@ impl Collector for MountMetrics {
         )?;
         m.gauge("clip_inflight_fetches", "Span fetches running now.", st.inflight_fetches as f64)?;
         m.gauge(
+            "clip_loads_ahead",
+            "Span loads started ahead of reads (readahead, an opened file and what it loads) not done yet.",
+            st.loads_ahead as f64,
+        )?;
+        m.gauge(
             "clip_failing_spans",
             "Spans whose last fetch failed within the hold-off: their reads fail at once until it ends.",
             st.failing_spans as f64,

@@ -15,7 +15,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use clip_format::{DataRef, LayerIndex, SpanId, SpanIds};
+use clip_format::{DataRef, LayerIndex, SpanId, SpanIds, SpanSlice};
 use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
 use tokio::task::{JoinError, JoinHandle, JoinSet};
@@ -130,31 +130,40 @@ impl ContentStore {
 
     /// A file was opened: start loading all of its spans at once (files up to
     /// [`crate::StoreConfig::open_prefetch_max`] bytes; spans already in memory or on disk are skipped).
-    /// Returns how many loads were started. Needs a tokio runtime (the caller's or the store's); without
-    /// one it does nothing.
-    pub fn warm_file(&self, data: DataRef) -> usize {
+    /// Says how many loads were started, and whether the file is cold (a bigger file is not loaded, and is
+    /// cold when its first span is not local). Needs a tokio runtime (the caller's or the store's); without
+    /// one it loads nothing.
+    pub fn warm_file(&self, data: DataRef) -> Warmed {
         let inner = &self.inner;
-        if data.size == 0 || data.size > inner.config.open_prefetch_max {
-            return 0;
-        }
         let a = &inner.archive;
-        let Some(rt) = Handle::try_current().ok().or_else(|| inner.runtime.clone()) else { return 0 };
-        let mut started = 0;
+        // Spans already local are left to the reads: loading them all from disk would only churn memory.
+        let local = |slice: &SpanSlice| {
+            let on_disk = |disk: &Arc<crate::DiskCache>| a.span(slice.span).is_ok_and(|s| disk.contains(&s.digest));
+            // The span the file ends in is wanted up to there only.
+            inner.in_memory(slice.span, Need::of_slice(slice)) || inner.disk.as_ref().is_some_and(on_disk)
+        };
+        let mut warmed = Warmed::default();
+        if data.size == 0 {
+            return warmed;
+        }
+        if data.size > inner.config.open_prefetch_max {
+            warmed.cold = a.file_spans(data, 0..1).next().is_some_and(|s| s.is_ok_and(|s| !local(&s)));
+            return warmed;
+        }
+        let rt = Handle::try_current().ok().or_else(|| inner.runtime.clone());
         for slice in a.file_spans(data, 0..data.size) {
             let Ok(slice) = slice else { break };
-            let index = slice.span;
-            // Spans already local are left to the reads: loading them all from disk would only churn memory.
-            let on_disk = |disk: &Arc<crate::DiskCache>| a.span(index).is_ok_and(|s| disk.contains(&s.digest));
-            // The span the file ends in is wanted up to there only.
-            let need = Need::of_slice(&slice);
-            if inner.in_memory(index, need) || inner.disk.as_ref().is_some_and(on_disk) {
+            if local(&slice) {
                 continue;
             }
-            started += 1;
+            warmed.cold = true;
+            let Some(rt) = &rt else { break };
+            warmed.started += 1;
             Counters::bump(&inner.counters.open_prefetch_spans);
-            inner.load_ahead(&rt, data.layer, index, need, "loading a span of an opened file failed");
+            let need = Need::of_slice(&slice);
+            inner.load_ahead(rt, data.layer, slice.span, need, "loading a span of an opened file failed");
         }
-        started
+        warmed
     }
 }
 
@@ -219,7 +228,9 @@ impl Inner {
     /// priority; a failure is only logged (`failed` at debug): the reader who needs the span tries again.
     fn load_ahead(self: &Arc<Self>, rt: &Handle, layer: LayerIndex, index: SpanId, need: Need, failed: &'static str) {
         let me = Arc::clone(self);
+        let pending = LoadAhead::start(Arc::clone(self));
         rt.spawn(async move {
+            let _pending = pending;
             let deadline = tokio::time::Instant::now() + me.config.read_timeout;
             if let Err(error) = me.span(layer, index, need, Priority::Readahead, deadline).await {
                 debug!(%layer, span = %index, error = &error as &dyn std::error::Error, "{failed}");
@@ -277,5 +288,31 @@ impl Inner {
         }
         debug!(?summary, "prefetch done");
         summary
+    }
+}
+
+/// What [`ContentStore::warm_file`] did with an opened file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Warmed {
+    /// Span loads started.
+    pub started: usize,
+    /// Whether some of the file's bytes are neither in memory nor on disk.
+    pub cold: bool,
+}
+
+/// Counts a load started ahead of reads in [`crate::StoreStats::loads_ahead`] from when it is started (not
+/// when its task first runs) until it ends.
+struct LoadAhead(Arc<Inner>);
+
+impl LoadAhead {
+    fn start(inner: Arc<Inner>) -> LoadAhead {
+        inner.counters.loads_ahead.fetch_add(1, Ordering::Relaxed);
+        LoadAhead(inner)
+    }
+}
+
+impl Drop for LoadAhead {
+    fn drop(&mut self) {
+        self.0.counters.loads_ahead.fetch_sub(1, Ordering::Relaxed);
     }
 }

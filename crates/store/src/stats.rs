@@ -61,6 +61,9 @@ pub struct StoreStats {
     pub fetch_errors: u64,
     /// Fetches from the blob source running now.
     pub inflight_fetches: u64,
+    /// Span loads started ahead of reads (readahead, the spans of an opened file and of what it loads) not
+    /// done yet, queued or fetching.
+    pub loads_ahead: u64,
     /// Spans whose last load failed less than the hold-off ago: reads of them fail at once until it ends.
     pub failing_spans: u64,
     /// Spans requested by readahead of sequential reads.
@@ -102,6 +105,7 @@ pub(crate) struct Counters {
     pub verify_failures: AtomicU64,
     pub fetch_errors: AtomicU64,
     pub inflight_fetches: AtomicU64,
+    pub loads_ahead: AtomicU64,
     pub readahead_spans: AtomicU64,
     pub open_prefetch_spans: AtomicU64,
     pub prefetched_spans: AtomicU64,
@@ -129,6 +133,7 @@ impl Counters {
             verify_failures: AtomicU64::new(0),
             fetch_errors: AtomicU64::new(0),
             inflight_fetches: AtomicU64::new(0),
+            loads_ahead: AtomicU64::new(0),
             readahead_spans: AtomicU64::new(0),
             open_prefetch_spans: AtomicU64::new(0),
             prefetched_spans: AtomicU64::new(0),
@@ -182,6 +187,7 @@ impl Counters {
             verify_failures: load(&self.verify_failures),
             fetch_errors: load(&self.fetch_errors),
             inflight_fetches: load(&self.inflight_fetches),
+            loads_ahead: load(&self.loads_ahead),
             readahead_spans: load(&self.readahead_spans),
             open_prefetch_spans: load(&self.open_prefetch_spans),
             prefetched_spans: load(&self.prefetched_spans),

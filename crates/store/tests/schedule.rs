@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use clip_format::{DataRef, LayerIndex, SpanId};
-use clip_store::{Need, PrefetchSummary, StoreConfig};
+use clip_store::{Need, PrefetchSummary, StoreConfig, Warmed};
 use common::{cached, eventually, files_in, manual_clock, raw_fixture, text, Fixture, Layer, KIB};
 
 const SPAN: u64 = 64 * KIB;
@@ -200,16 +200,16 @@ async fn opening_a_file_loads_all_its_spans_at_once() {
     let fx = raw_fixture(8, &[small, big]);
     let store = fx.store(StoreConfig { open_prefetch_max: 3 * SPAN, ..StoreConfig::default() });
     fx.blobs.set_delay(100);
-    assert_eq!(store.warm_file(small), 4, "a file over four spans starts four loads");
+    assert_eq!(store.warm_file(small), Warmed { started: 4, cold: true }, "a file over four spans starts four loads");
     eventually("all four spans of the file", || fx.blobs.count() == 4).await;
     assert!(fx.blobs.max_active.load(Ordering::SeqCst) >= 2, "the loads ran one after another");
     let got = store.read(small, 0, small.size).await.unwrap();
     assert_eq!(got, fx.expected(small));
     assert_eq!(fx.blobs.count(), 4, "reading the opened file fetched again");
     assert_eq!(store.stats().open_prefetch_spans, 4);
-    // Spans in memory are not loaded again, and files over the limit are left to their reads.
-    assert_eq!(store.warm_file(small), 0);
-    assert_eq!(store.warm_file(big), 0);
+    // Spans in memory are not loaded again, and files over the limit are left to their reads (cold still).
+    assert_eq!(store.warm_file(small), Warmed { started: 0, cold: false });
+    assert_eq!(store.warm_file(big), Warmed { started: 0, cold: true });
     // Loads are started (and counted) by `warm_file` and by sequential reads, and none was.
     let stats = store.stats();
     assert_eq!((stats.open_prefetch_spans, stats.readahead_spans), (4, 0));
@@ -220,7 +220,7 @@ async fn opening_a_file_loads_all_its_spans_at_once() {
     let first = fx.store(cached(dir.path()));
     first.read(small, 0, small.size).await.unwrap();
     let second = fx.store(StoreConfig { open_prefetch_max: 3 * SPAN, ..cached(dir.path()) });
-    assert_eq!(second.warm_file(small), 0, "spans on disk were loaded again");
+    assert_eq!(second.warm_file(small), Warmed::default(), "spans on disk were loaded again");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
