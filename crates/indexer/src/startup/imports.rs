@@ -9,6 +9,7 @@
 use std::collections::HashSet;
 
 use clip_format::NodeKind;
+use tracing::debug;
 
 use super::path::{join, parent, resolve, Found};
 use super::runtime::python_roots;
@@ -16,6 +17,8 @@ use super::{pyc, Finder, Head};
 
 /// The most bytes of one module's bytecode read to find its imports.
 const PYC_MAX: u64 = 4 << 20;
+/// The most imports resolved in one search (each a few lookups per directory of `sys.path`).
+const MAX_RESOLVED: usize = 4096;
 /// Modules CPython 3.11 on runs from copies frozen into the interpreter (its start-up modules, and what
 /// `-m` and `importlib.util` need), not from the library's files.
 const FROZEN: [&str; 18] = [
@@ -73,6 +76,7 @@ impl Finder<'_> {
         let Some(interpreter) = Interpreter::of_bytecode(&module.path) else { return };
         let mut level = vec![module.clone()];
         let mut libraries_of = HashSet::new();
+        let mut resolved = 0;
         while !level.is_empty() {
             let bytes = self.read_all(level.iter().map(|f| (f, Some(0..PYC_MAX))).collect()).await;
             let mut next = Vec::new();
@@ -87,6 +91,11 @@ impl Finder<'_> {
                 let dir = parent(&file.path);
                 let package = if dir.ends_with(b"/__pycache__") { parent(&dir) } else { dir };
                 for import in imports {
+                    if resolved == MAX_RESOLVED {
+                        debug!(module = %String::from_utf8_lossy(&module.path), "import search cut short");
+                        return;
+                    }
+                    resolved += 1;
                     for module in self.import(&interpreter, &package, &import) {
                         match module.file {
                             ModuleFile::Bytecode(f) if self.add(&f) => next.push(f),

@@ -6,6 +6,7 @@
 //! The file is untrusted: every length is checked against what is left, nesting and the number of objects
 //! are capped, and anything unexpected (another bytecode version, a truncated file) gives `None`.
 
+use std::collections::HashSet;
 use std::rc::Rc;
 
 /// CPython versions whose bytecode is read: 3.8 to 3.12 share the instruction numbers used here.
@@ -24,9 +25,11 @@ const FLAG_REF: u8 = 0x80;
 const MAX_DEPTH: usize = 64;
 /// Most objects read from one file.
 const MAX_OBJECTS: usize = 1 << 20;
+/// Most imports listed for one module (the standard library's modules have tens).
+pub(super) const MAX_IMPORTS: usize = 256;
 
 /// One `import` a module runs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(super) struct Import {
     /// The dotted module name (empty for `from . import x`).
     pub name: String,
@@ -36,8 +39,8 @@ pub(super) struct Import {
     pub fromlist: Vec<String>,
 }
 
-/// The version (`(3, 11)`) whose bytecode `pyc` holds, and the module-level imports it runs, in order;
-/// `None` when it is not bytecode of a version read here or is malformed.
+/// The version (`(3, 11)`) whose bytecode `pyc` holds, and the module-level imports it runs, in order, each
+/// once, at most [`MAX_IMPORTS`]; `None` when it is not bytecode of a version read here or is malformed.
 pub(super) fn imports(pyc: &[u8]) -> Option<((u32, u32), Vec<Import>)> {
     let magic = u16::from_le_bytes(pyc.get(..2)?.try_into().ok()?);
     if pyc.get(2..4)? != b"\r\n" || pyc.len() < HEADER {
@@ -70,7 +73,7 @@ struct Code {
 
 impl Code {
     fn imports(&self) -> Vec<Import> {
-        let mut out = Vec::new();
+        let (mut out, mut seen) = (Vec::new(), HashSet::new());
         // The last two instructions before the current one (caches skipped), with their full arguments.
         let mut last: [Option<(u8, usize)>; 2] = [None, None];
         let mut extended = 0usize;
@@ -104,7 +107,13 @@ impl Code {
                     _ => Vec::new(),
                 };
                 if let Some(name) = self.names.get(arg) {
-                    out.push(Import { name: name.clone(), level, fromlist });
+                    let import = Import { name: name.clone(), level, fromlist };
+                    if seen.insert(import.clone()) {
+                        out.push(import);
+                    }
+                    if out.len() == MAX_IMPORTS {
+                        break;
+                    }
                 }
             }
             last = [last[1], Some((op, arg))];
@@ -336,6 +345,15 @@ class C:
                 let _ = imports(&changed);
             }
         }
+    }
+
+    #[test]
+    fn each_import_is_listed_once_and_at_most_max_imports_are() {
+        let mut source = String::from("import a\nimport a\nfrom . import b\nfrom . import b\n");
+        source.extend((0..300).map(|i| format!("import m{i}\n")));
+        let imports = imports(&compiled(&source).0).unwrap().1;
+        assert_eq!(imports.len(), MAX_IMPORTS);
+        assert_eq!(imports[..3], [import("a", 0, &[]), import("", 1, &["b"]), import("m0", 0, &[])]);
     }
 
     #[test]
