@@ -202,6 +202,41 @@ fn spans_of(index: &Path, paths: &BTreeSet<String>) -> BTreeSet<clip_format::Spa
     spans
 }
 
+#[test]
+fn an_applications_own_package_is_found_where_its_top_level_package_lies() {
+    // An application outside Python's library: its package imports itself by absolute name, which Python
+    // finds because the application's directory is on its path (the script's directory).
+    let dir = tempfile::tempdir().unwrap();
+    let app = dir.path().join("app/shop");
+    std::fs::create_dir_all(&app).unwrap();
+    let sources = [
+        ("__init__.py", "import shop.util\nfrom shop import models\nfrom .missing import nothing\n"),
+        ("util.py", "VERSION = 1\n"),
+        ("models.py", "from . import util\n"),
+        ("admin.py", "import shop.util\n"),
+    ];
+    for (name, source) in sources {
+        std::fs::write(app.join(name), source).unwrap();
+    }
+    let modules: Vec<_> = sources.iter().map(|(name, _)| compiled_module(&app.join(name), dir.path())).collect();
+    let served = Served::new(&Image::new(vec![python_layer(&modules, vec![])]));
+    let addr = common::free_addr();
+    let m = mount_telling_searches(&served, &addr);
+    let init = &modules[0].1;
+    std::io::Read::read_exact(&mut std::fs::File::open(m.dir.join(&init[1..])).unwrap(), &mut [0u8; 16]).unwrap();
+    searches_done(&m, &addr, 1);
+    let requests = served.proxy().stats().requests;
+    for (source, cached, compiled) in &modules[..3] {
+        assert!(std::fs::read(m.dir.join(&cached[1..])).unwrap() == std::fs::read(compiled).unwrap(), "{source}");
+    }
+    assert_eq!(served.proxy().stats().requests, requests, "the modules the package imports were not loaded");
+    // `shop.admin` is not imported: its read goes to the registry.
+    let (source, cached, compiled) = &modules[3];
+    assert!(std::fs::read(m.dir.join(&cached[1..])).unwrap() == std::fs::read(compiled).unwrap(), "{source}");
+    assert!(served.proxy().stats().requests > requests, "{source} was loaded before it was read");
+    m.stop();
+}
+
 /// A mount of `served` without its startup set, serving metrics at `addr` and logging each search from a file
 /// opened cold (for what it loads next) as it ends.
 fn mount_telling_searches(served: &Served, addr: &str) -> common::MountProc {
@@ -276,6 +311,51 @@ fn python_imports(statement: &str, dir: &Path) -> (Vec<(String, String, std::pat
     (modules, extensions)
 }
 
+/// `source` (a host file) compiled by the host's CPython into `dir`: `(source, the path of its cached
+/// bytecode beside it, the bytecode compiled now)`.
+fn compiled_module(source: &Path, dir: &Path) -> (String, String, std::path::PathBuf) {
+    let script = "import importlib.util as u, py_compile, sys\n\
+                  print(u.cache_from_source(sys.argv[1]), py_compile.compile(sys.argv[1], cfile=sys.argv[2], doraise=True))";
+    let out = std::process::Command::new("/usr/bin/python3")
+        .args(["-S", "-c", script, s(source)])
+        .arg(dir.join(format!("{}c", s(source).replace('/', "_"))))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = text(&out.stdout);
+    let (cached, compiled) = out.trim().split_once(' ').unwrap();
+    (s(source).to_owned(), cached.to_owned(), compiled.into())
+}
+
+/// A layer of `modules` (each source at its host path, its bytecode at the cached path, each bytecode file
+/// followed by a span of noise so that each lies in a span of its own) and `programs`.
+fn python_layer(modules: &[(String, String, std::path::PathBuf)], programs: Vec<Entry>) -> Layer {
+    let mut files = Vec::new();
+    for (i, (source, cached, compiled)) in modules.iter().enumerate() {
+        files.push(Entry::file(&source[1..], std::fs::read(source).unwrap()));
+        files.push(Entry::file(&cached[1..], std::fs::read(compiled).unwrap()));
+        files.push(Entry::file(format!("{}.noise{i}", &cached[1..]), pseudo_random_bytes(i as u64, 1_300_000)));
+    }
+    let mut dirs: BTreeSet<String> = BTreeSet::new();
+    for f in &files {
+        dirs.extend(
+            Path::new(std::str::from_utf8(f.path()).unwrap())
+                .ancestors()
+                .skip(1)
+                .map(|p| p.display().to_string())
+                .filter(|p| !p.is_empty()),
+        );
+    }
+    let mut layer = LayerBuilder::new();
+    for d in dirs {
+        layer.dir(d.as_str());
+    }
+    for e in files.into_iter().chain(programs) {
+        layer.entry(e);
+    }
+    Layer::new(layer.finish(), Compression::Gzip)
+}
+
 #[test]
 fn opening_a_python_module_cold_loads_what_it_imports_before_python_asks() {
     let dir = tempfile::tempdir().unwrap();
@@ -290,52 +370,17 @@ fn opening_a_python_module_cold_loads_what_it_imports_before_python_asks() {
     decoys.retain(|d| ["/weakref.py", "/heapq.py", "/csv.py"].iter().any(|n| d.0.ends_with(n)));
     assert_eq!(decoys.len(), 3, "{decoys:?}");
     let functools = modules.iter().find(|m| m.0.ends_with("/functools.py")).expect("json imports functools");
-    let abc = Path::new(&functools.0).with_file_name("abc.py").display().to_string();
-    let script = "import importlib.util as u, py_compile, sys\n\
-                  print(u.cache_from_source(sys.argv[1]), py_compile.compile(sys.argv[1], cfile=sys.argv[2], doraise=True))";
-    let out = std::process::Command::new("/usr/bin/python3")
-        .args(["-S", "-c", script, &abc])
-        .arg(dir.path().join("abc.pyc"))
-        .output()
-        .unwrap();
-    let out = text(&out.stdout);
-    let (cached, compiled) = out.trim().split_once(' ').unwrap();
-    decoys.push((abc.clone(), cached.to_owned(), compiled.into()));
+    let abc = Path::new(&functools.0).with_file_name("abc.py");
+    decoys.push(compiled_module(&abc, dir.path()));
 
     // Each module's bytecode in a span of its own (followed by a span of noise); the decoys in a layer of
     // their own, and the extension modules with their libraries.
-    let layer = |modules: &[(String, String, std::path::PathBuf)], programs: Vec<Entry>| {
-        let mut files = Vec::new();
-        for (i, (source, cached, compiled)) in modules.iter().enumerate() {
-            files.push(Entry::file(&source[1..], std::fs::read(source).unwrap()));
-            files.push(Entry::file(&cached[1..], std::fs::read(compiled).unwrap()));
-            files.push(Entry::file(format!("{}.noise{i}", &cached[1..]), pseudo_random_bytes(i as u64, 1_300_000)));
-        }
-        let mut dirs: BTreeSet<String> = BTreeSet::new();
-        for f in &files {
-            dirs.extend(
-                Path::new(std::str::from_utf8(f.path()).unwrap())
-                    .ancestors()
-                    .skip(1)
-                    .map(|p| p.display().to_string())
-                    .filter(|p| !p.is_empty()),
-            );
-        }
-        let mut layer = LayerBuilder::new();
-        for d in dirs {
-            layer.dir(d.as_str());
-        }
-        for e in files.into_iter().chain(programs) {
-            layer.entry(e);
-        }
-        Layer::new(layer.finish(), Compression::Gzip)
-    };
     // `_sqlite3` loads libsqlite3 (`_json` loads no library).
     let sqlite = extensions.iter().find(|e| e.contains("/_sqlite3.")).unwrap();
     let mut programs = host_programs(&[(sqlite.as_str(), &sqlite[1..], 0o644)]);
     programs
         .extend(extensions.iter().filter(|e| *e != sqlite).map(|e| Entry::file(&e[1..], std::fs::read(e).unwrap())));
-    let mut image = Image::new(vec![layer(&modules, programs), layer(&decoys, vec![])]);
+    let mut image = Image::new(vec![python_layer(&modules, programs), python_layer(&decoys, vec![])]);
     image.config.cmd = Some(vec!["python3".into()]);
     let served = Served::with_span_mib(&image, 1);
 

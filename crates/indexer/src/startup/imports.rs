@@ -1,6 +1,7 @@
 //! What importing a CPython module loads next: the closure of the modules its bytecode imports at module
 //! level (see `pyc`), found as CPython's path finder finds them — in the module's own package for a
-//! relative import, else in the interpreter's library, `lib-dynload` and site directories — a level at a
+//! relative import, else in the directory its top-level package is in (an application's own), then the
+//! interpreter's library, `lib-dynload` and site directories — a level at a
 //! time, each level's bytecode read at once. Python imports them one after another (each a round trip on a
 //! cold mount); knowing them from the first module lets them all load together. The libraries of an
 //! extension module are followed as a program's are (the module itself the loader maps, not reads whole). Modules the interpreter has frozen in (3.11 on) are left out:
@@ -90,13 +91,14 @@ impl Finder<'_> {
                 // source) beside it.
                 let dir = parent(&file.path);
                 let package = if dir.ends_with(b"/__pycache__") { parent(&dir) } else { dir };
+                let roots = self.search_path(&interpreter, &package);
                 for import in imports {
                     if resolved == MAX_RESOLVED {
                         debug!(module = %String::from_utf8_lossy(&module.path), "import search cut short");
                         return;
                     }
                     resolved += 1;
-                    for module in self.import(&interpreter, &package, &import) {
+                    for module in self.import(&interpreter, &roots, &package, &import) {
                         match module.file {
                             ModuleFile::Bytecode(f) if self.add(&f) => next.push(f),
                             // Mapped by the loader a page at a time, not read whole: only its libraries are
@@ -121,8 +123,9 @@ impl Finder<'_> {
 
     /// The modules one `import` runs, parents first: for `import a.b`, `a` then `a.b`; for `from P import
     /// x`, also `P.x` when that is a module.
-    /// `dir` is the directory of the importing module's source (its package).
-    fn import(&self, py: &Interpreter, dir: &[u8], import: &pyc::Import) -> Vec<Module> {
+    /// `dir` is the directory of the importing module's source (its package), `roots` where absolute imports
+    /// are looked for.
+    fn import(&self, py: &Interpreter, roots: &[Vec<u8>], dir: &[u8], import: &pyc::Import) -> Vec<Module> {
         let mut out = Vec::new();
         let parts: Vec<&str> = import.name.split('.').filter(|p| !p.is_empty()).collect();
         // Where the first name is looked for, and the dotted name of what is imported so far.
@@ -134,7 +137,7 @@ impl Finder<'_> {
             }
             (vec![base], None)
         } else {
-            (py.roots.clone(), Some(String::new()))
+            (roots.to_vec(), Some(String::new()))
         };
         for part in &parts {
             if let Some(name) = dotted.as_mut() {
@@ -164,6 +167,21 @@ impl Finder<'_> {
             }
         }
         out
+    }
+
+    /// Where a module in `dir` looks for absolute imports: the directory its top-level package is in (the
+    /// packages above it have `__init__`; Python found the package there, so that is on its path: an
+    /// application's own directory, say), then the interpreter's `sys.path`.
+    fn search_path(&self, py: &Interpreter, dir: &[u8]) -> Vec<Vec<u8>> {
+        let mut top = dir.to_vec();
+        while top != b"/" && self.module_file(py, &top, "__init__").is_some() {
+            top = parent(&top);
+        }
+        let mut roots = py.roots.clone();
+        if !roots.contains(&top) {
+            roots.insert(0, top);
+        }
+        roots
     }
 
     /// The module `name` in the first of `dirs` that has it, as CPython's path finder takes it there: a
