@@ -130,7 +130,7 @@ pub async fn mount_foreground(
     }
     fs = fs.with_passthrough(Arc::new(StorePassthrough { store: store.clone(), recording: recorder.clone() }));
     let startup_set = crate::prefetch::mount_startup_set(store.archive(), !config.no_startup_set);
-    fs = fs.with_open_observer(Arc::new(crate::prefetch::LibraryPrefetch::new(
+    fs = fs.with_open_observer(Arc::new(crate::prefetch::OpenPrefetch::new(
         store.clone(),
         tokio::runtime::Handle::current(),
         startup_set.iter().copied().collect(),

@@ -3,7 +3,7 @@
 //! spans of a recorded profile in the order the recorded start read them, each span once and only as far
 //! into it as those files reach or that start read (a span's tail past them is not waited for). The list
 //! goes to [`clip_store::ContentStore::prefetch_spans`], which loads them all concurrently. And while the
-//! mount serves, what each program, library or Python module it opens cold is about to load ([`LibraryPrefetch`]).
+//! mount serves, what each program, library or Python module it opens cold is about to load ([`OpenPrefetch`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use clip_format::{Archive, Ino, LayerIndex, NodeKind, NodeView, SpanId};
 use clip_fs::OpenObserver;
 use clip_image::StoreBytes;
-use clip_indexer::startup::{is_bytecode, start_files};
+use clip_indexer::startup::{start_files, starts_more};
 use clip_store::{ContentStore, Need};
 use tokio::runtime::Handle;
 use tracing::{debug, info, warn};
@@ -101,7 +101,7 @@ pub fn startup_spans(
     (spans.order, from_set)
 }
 
-/// The smallest ELF file (its header).
+/// Files smaller than an ELF header are not looked at (nor is bytecode that small: it imports nothing).
 const ELF_HEADER: u64 = 64;
 
 /// Starts loading what each program, shared library or CPython module a mount opens cold is about to load,
@@ -114,7 +114,7 @@ const ELF_HEADER: u64 = 64;
 /// The first program opened cold also tells whether the index's startup set is the start that runs: when
 /// it is not in the set (the container runs another command), the set's prefetch yields to reads from then
 /// on instead of taking the link from them.
-pub(crate) struct LibraryPrefetch {
+pub(crate) struct OpenPrefetch {
     store: Arc<ContentStore>,
     runtime: Handle,
     /// The index's startup set (empty when the mount does not prefetch it).
@@ -125,14 +125,14 @@ pub(crate) struct LibraryPrefetch {
     seen: Arc<Mutex<HashSet<Ino>>>,
 }
 
-impl LibraryPrefetch {
+impl OpenPrefetch {
     /// Prefetches for the mount of `store`; `startup_set` is the set the mount prefetches (empty: none).
     pub fn new(store: Arc<ContentStore>, runtime: Handle, startup_set: HashSet<Ino>) -> Self {
-        LibraryPrefetch { store, runtime, startup_set, program_seen: AtomicBool::new(false), seen: Arc::default() }
+        OpenPrefetch { store, runtime, startup_set, program_seen: AtomicBool::new(false), seen: Arc::default() }
     }
 }
 
-impl OpenObserver for LibraryPrefetch {
+impl OpenObserver for OpenPrefetch {
     fn on_open(&self, node: &NodeView) {
         if node.kind() != NodeKind::File || node.size < ELF_HEADER {
             return;
@@ -154,7 +154,7 @@ impl OpenObserver for LibraryPrefetch {
         self.runtime.spawn(async move {
             let archive = Arc::clone(store.archive());
             let Ok(path) = archive.path_of(ino) else { return };
-            if !executable && !is_shared_object(&path) && !is_bytecode(&path) {
+            if !starts_more(&path, executable) {
                 return;
             }
             let files = StoreBytes(Arc::clone(&store));
@@ -175,26 +175,4 @@ impl OpenObserver for LibraryPrefetch {
 
 fn lock(seen: &Mutex<HashSet<Ino>>) -> std::sync::MutexGuard<'_, HashSet<Ino>> {
     seen.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Whether `path` names a shared object (`….so` or `….so.N…`).
-fn is_shared_object(path: &[u8]) -> bool {
-    let name = path.rsplit(|&b| b == b'/').next().unwrap_or_default();
-    name.ends_with(b".so") || name.windows(5).any(|w| w.starts_with(b".so.") && w[4].is_ascii_digit())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn shared_objects_are_told_by_name() {
-        for name in [&b"/usr/lib/libc.so.6"[..], b"/lib/x86_64-linux-gnu/libz.so.1.2.13", b"/opt/_json.cpython-311.so"]
-        {
-            assert!(is_shared_object(name), "{}", String::from_utf8_lossy(name));
-        }
-        for name in [&b"/usr/bin/python3"[..], b"/etc/ld.so.cache", b"/usr/lib/so/readme", b"/x.sox"] {
-            assert!(!is_shared_object(name), "{}", String::from_utf8_lossy(name));
-        }
-    }
 }

@@ -77,39 +77,28 @@ impl Finder<'_> {
         let Some(interpreter) = Interpreter::of_bytecode(&module.path) else { return };
         let mut level = vec![module.clone()];
         let mut libraries_of = HashSet::new();
-        let mut resolved = 0;
+        let mut budget = MAX_RESOLVED;
         while !level.is_empty() {
             let bytes = self.read_all(level.iter().map(|f| (f, Some(0..PYC_MAX))).collect()).await;
-            let mut next = Vec::new();
-            let mut extensions = Vec::new();
+            let mut modules = Vec::new();
             for (file, bytes) in level.iter().zip(bytes) {
-                let Some((version, imports)) = bytes.as_deref().and_then(pyc::imports) else { continue };
-                if version != interpreter.version {
-                    continue;
+                match bytes.as_deref().and_then(pyc::imports) {
+                    Some((version, imports)) if version == interpreter.version => {
+                        modules.extend(self.imported(&interpreter, file, &imports, &mut budget));
+                    }
+                    _ => {}
                 }
-                // The directory of the module's source: bytecode is cached in its `__pycache__`, or (without
-                // source) beside it.
-                let dir = parent(&file.path);
-                let package = if dir.ends_with(b"/__pycache__") { parent(&dir) } else { dir };
-                let roots = self.search_path(&interpreter, &package);
-                for import in imports {
-                    if resolved == MAX_RESOLVED {
-                        debug!(module = %String::from_utf8_lossy(&module.path), "import search cut short");
-                        return;
+            }
+            let (mut next, mut extensions) = (Vec::new(), Vec::new());
+            for module in modules {
+                match module.file {
+                    ModuleFile::Bytecode(f) if self.add(&f) => next.push(f),
+                    // Mapped by the loader a page at a time, not read whole: only its libraries are looked for.
+                    ModuleFile::Extension(f) if libraries_of.insert(f.node.ino) => extensions.push(f),
+                    ModuleFile::Source(f) => {
+                        self.add(&f);
                     }
-                    resolved += 1;
-                    for module in self.import(&interpreter, &roots, &package, &import) {
-                        match module.file {
-                            ModuleFile::Bytecode(f) if self.add(&f) => next.push(f),
-                            // Mapped by the loader a page at a time, not read whole: only its libraries are
-                            // looked for.
-                            ModuleFile::Extension(f) if libraries_of.insert(f.node.ino) => extensions.push(f),
-                            ModuleFile::Source(f) => {
-                                self.add(&f);
-                            }
-                            _ => {}
-                        }
-                    }
+                    _ => {}
                 }
             }
             for ext in extensions {
@@ -119,6 +108,22 @@ impl Finder<'_> {
             }
             level = next;
         }
+        if budget == 0 {
+            debug!(module = %String::from_utf8_lossy(&module.path), "import search cut short");
+        }
+    }
+
+    /// The modules the `imports` of the module whose bytecode is `file` run, each import taken from `budget`
+    /// (none once it is spent).
+    fn imported(&self, py: &Interpreter, file: &Found, imports: &[pyc::Import], budget: &mut usize) -> Vec<Module> {
+        // The directory of the module's source: bytecode is cached in its `__pycache__`, or (without source)
+        // beside it.
+        let dir = parent(&file.path);
+        let package = if dir.ends_with(b"/__pycache__") { parent(&dir) } else { dir };
+        let roots = self.search_path(py, &package);
+        let taken = imports.len().min(*budget);
+        *budget -= taken;
+        imports[..taken].iter().flat_map(|import| self.import(py, &roots, &package, import)).collect()
     }
 
     /// The modules one `import` runs, parents first: for `import a.b`, `a` then `a.b`; for `from P import

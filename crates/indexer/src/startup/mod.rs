@@ -113,9 +113,19 @@ pub async fn start_files(
     finder.set.len() - 1
 }
 
+/// Whether [`start_files`] may find anything from the file at `path` (`executable`: its mode has an execute
+/// bit): a program, a shared object (`….so`, `….so.N…`) or CPython bytecode; for other files it is not worth
+/// a look.
+pub fn starts_more(path: &[u8], executable: bool) -> bool {
+    let name = path.rsplit(|&b| b == b'/').next().unwrap_or_default();
+    let shared_object =
+        name.ends_with(b".so") || name.windows(5).any(|w| w.starts_with(b".so.") && w[4].is_ascii_digit());
+    executable || shared_object || is_bytecode(path)
+}
+
 /// Whether `path` names CPython bytecode cached beside a module's source (`…/__pycache__/….pyc`), what
 /// [`start_files`] follows the imports of.
-pub fn is_bytecode(path: &[u8]) -> bool {
+fn is_bytecode(path: &[u8]) -> bool {
     path.ends_with(b".pyc") && path.windows(13).any(|w| w == b"/__pycache__/")
 }
 
@@ -452,5 +462,25 @@ fn parse_head(bytes: &[u8], size: u64) -> Head {
         Head::Script(line.to_vec())
     } else {
         elf::headers(bytes, size).map_or(Head::Other, Head::Elf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_files_a_search_starts_from_are_told_by_name_and_mode() {
+        let shared =
+            [&b"/usr/lib/libc.so.6"[..], b"/lib/x86_64-linux-gnu/libz.so.1.2.13", b"/opt/_json.cpython-311.so"];
+        let bytecode = [&b"/usr/lib/python3.11/json/__pycache__/__init__.cpython-311.pyc"[..]];
+        for name in shared.into_iter().chain(bytecode) {
+            assert!(starts_more(name, false), "{}", String::from_utf8_lossy(name));
+        }
+        let other = [&b"/usr/bin/python3"[..], b"/etc/ld.so.cache", b"/usr/lib/so/readme", b"/x.sox", b"/opt/m.pyc"];
+        for name in other {
+            assert!(!starts_more(name, false), "{}", String::from_utf8_lossy(name));
+        }
+        assert!(starts_more(b"/usr/bin/python3", true));
     }
 }
