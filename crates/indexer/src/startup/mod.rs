@@ -1,6 +1,8 @@
 //! The startup set of an image, found at index time ([`startup_set`]): the files a start of the image's
 //! entrypoint opens first, in that order, so a mount can fetch them all at once before the first read
-//! asks (a cold start is otherwise a chain of round trips, one per library the dynamic linker opens).
+//! asks (a cold start is otherwise a chain of round trips, one per library the dynamic linker opens). The
+//! same search runs from a file a mount opens cold ([`start_files`]): a program's or library's closure, or
+//! a Python module's imports (`imports`).
 //!
 //! From the image config's Entrypoint + Cmd (resolved against its `PATH` and `WorkingDir`): the program;
 //! for a script (`#!`) its interpreter, recursively (`#!/usr/bin/env NAME` searches `NAME` too), up to
