@@ -163,6 +163,8 @@ fn a_remount_serves_a_partly_fetched_span_from_the_cache_and_refetches_a_damaged
     assert!(std::fs::read(m.dir.join(&path[1..])).unwrap() == expected, "{path}: not umoci's bytes on remount");
     assert_eq!(served.proxy().stats().blob_bytes, first, "the remount fetched again what the cache held");
     assert!(metric(&addr, "clip_cache_disk_hits_total") >= 1.0, "the decoded prefix was not served from disk");
+    // What the file needs is on disk: opening it is not a cold open, which would load its span ahead.
+    assert_eq!(metric(&addr, "clip_open_prefetch_spans_total"), 0.0, "opening a file the cache holds loaded ahead");
     m.stop();
 
     // A decoded prefix that is not sealed cannot be trusted: it is deleted and the prefix inflated again.

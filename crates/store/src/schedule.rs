@@ -138,9 +138,16 @@ impl ContentStore {
         let a = &inner.archive;
         // Spans already local are left to the reads: loading them all from disk would only churn memory.
         let local = |slice: &SpanSlice| {
-            let on_disk = |disk: &Arc<crate::DiskCache>| a.span(slice.span).is_ok_and(|s| disk.contains(&s.digest));
-            // The span the file ends in is wanted up to there only.
-            inner.in_memory(slice.span, Need::of_slice(slice)) || inner.disk.as_ref().is_some_and(on_disk)
+            // The span the file ends in is wanted up to there only: a decoded prefix a partial fetch kept
+            // may hold that much.
+            let need = Need::of_slice(slice);
+            let on_disk = |disk: &Arc<crate::DiskCache>| {
+                a.span(slice.span).is_ok_and(|s| match need {
+                    Need::Whole => disk.contains(&s.digest),
+                    Need::Upto(n) => disk.contains(&s.digest) || disk.holds_part(&s.digest, n),
+                })
+            };
+            inner.in_memory(slice.span, need) || inner.disk.as_ref().is_some_and(on_disk)
         };
         let mut warmed = Warmed::default();
         if data.size == 0 {

@@ -139,6 +139,12 @@ impl DiskCache {
         Some(buf)
     }
 
+    /// Whether a sealed decoded prefix file holds at least the first `upto` bytes of span `span` (a cheap
+    /// check, as [`DiskCache::contains`] is for whole spans: a read still loads and checks it).
+    pub fn holds_part(&self, span: &Digest, upto: u64) -> bool {
+        fs::metadata(self.part_path(span)).is_ok_and(|m| m.is_file() && m.len() >= upto && is_sealed(&m))
+    }
+
     /// Keeps `bytes`, the first decoded bytes of span `span` inflated from a checked prefix, as its decoded
     /// prefix file (replacing a shorter one), sealed once written; a failure is logged, never fatal.
     pub(crate) fn put_part(self: &Arc<Self>, span: &Digest, bytes: &[u8]) {
