@@ -168,9 +168,9 @@ fn after_the_libraries_come_glibcs_locale_data_and_a_python_interpreters_start_m
     let glibc = [
         "/usr/lib/locale/C.utf8/LC_CTYPE",
         "/usr/lib/locale/C.utf8/LC_MESSAGES/SYS_LC_MESSAGES",
-        "/lib/x86_64-linux-gnu/gconv/gconv-modules.cache",
         "/usr/share/locale/locale.alias",
         "/usr/share/zoneinfo/Etc/UTC",
+        "/lib/x86_64-linux-gnu/gconv/gconv-modules.cache",
     ];
     let python = [
         "/usr/lib/python3.11/encodings/__pycache__/__init__.cpython-311.pyc",
@@ -188,29 +188,6 @@ fn after_the_libraries_come_glibcs_locale_data_and_a_python_interpreters_start_m
     // Another glibc program gets the C library's data but no Python modules.
     let set = startup_paths(&Indexed::new(&image(&programs, entries(), &["ls"])).index());
     assert_eq!(&set[1 + ldd("/bin/ls").len()..], glibc, "{set:?}");
-}
-
-#[test]
-fn a_file_glibc_reads_only_when_asked_is_left_out_when_fetching_it_would_bring_much_else() {
-    // The time zone in a layer of its own, after `pad` bytes nothing needs: fetching it means fetching them.
-    let with_zone = |pad: usize| {
-        let mut image = image(&[("/bin/ls", "usr/bin/ls", 0o755)], vec![], &["ls"]);
-        let mut zone = LayerBuilder::new();
-        for d in ["etc", "usr", "usr/share", "usr/share/zoneinfo", "usr/share/zoneinfo/Etc"] {
-            zone.dir(d);
-        }
-        zone.entry(Entry::file("usr/share/zoneinfo/Etc/pad", pseudo_random_bytes(3, pad)));
-        zone.entry(Entry::file("usr/share/zoneinfo/Etc/UTC", "TZif"));
-        zone.entry(Entry::symlink("etc/localtime", "/usr/share/zoneinfo/Etc/UTC"));
-        image.layers.push(Layer::new(zone.finish(), Compression::Gzip));
-        startup_paths(&Indexed::new(&image).index())
-    };
-    let zone = "/usr/share/zoneinfo/Etc/UTC".to_owned();
-    let near = with_zone(1 << 10);
-    assert!(near.contains(&zone), "a time zone costing 1 KiB more is worth fetching ahead: {near:?}");
-    let deep = with_zone(600 << 10);
-    assert!(!deep.contains(&zone), "a time zone behind 600 KiB of other bytes was taken: {deep:?}");
-    assert_eq!(deep.len(), near.len() - 1, "only the time zone differs: {deep:?} / {near:?}");
 }
 
 /// The distinct spans of the files at `paths` in the index at `index`.

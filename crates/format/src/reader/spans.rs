@@ -91,19 +91,6 @@ impl Archive {
         Ok(start..end)
     }
 
-    /// Compressed bytes of span `span` of `layer` in its blob, from where the span starts to where the next
-    /// one does (the blob's end for the layer's last span): about what a fetch of the whole span costs.
-    pub fn span_compressed_len(&self, layer: LayerIndex, span: SpanId) -> Result<u64, FormatError> {
-        let range = self.layer_spans(layer)?;
-        let start = self.span(span)?.in_offset;
-        let end = if span.next() < range.end {
-            self.span(span.next())?.in_offset
-        } else {
-            self.meta.layers[layer.index()].size
-        };
-        Ok(end.saturating_sub(start))
-    }
-
     /// The spans holding bytes `range` (relative to the file's start, clipped to its size) of the file at
     /// `data`, in order, each with the part of it the range covers.
     pub fn file_spans(

@@ -14,13 +14,8 @@ use super::Finder;
 /// Most programs set their locale from the environment at start, and most images run with `C.UTF-8` (and
 /// CPython coerces a plain C locale to it).
 const C_UTF8_DIRS: [&[u8]; 2] = [b"/usr/lib/locale/C.utf8", b"/usr/lib/locale/C.UTF-8"];
-/// Files glibc reads only when a program asks for them: the alias table when it names a locale, the time
-/// zone when it first asks for local time. Taken when fetching them ahead costs little ([`AHEAD_SLACK`]).
-const GLIBC_WHEN_ASKED: [&[u8]; 2] = [b"/usr/share/locale/locale.alias", b"/etc/localtime"];
-/// Compressed bytes beyond its own that fetching a file a start only may read is allowed to cost (the bytes
-/// before it in its span that no file of the set needs). On the Debian bench image the time zone, 114 bytes
-/// deep in a span, would cost 268 KB: 2 % of a Python start's fetches, for a file it does not read.
-const AHEAD_SLACK: u64 = 64 << 10;
+/// Files glibc reads when a program sets its locale (the alias table) or first asks for local time.
+const GLIBC_FILES: [&[u8]; 2] = [b"/usr/share/locale/locale.alias", b"/etc/localtime"];
 /// glibc's cache of character-set modules, in the `gconv` directory beside `libc.so.6`, read when a
 /// program sets a locale.
 const GCONV_CACHE: &[u8] = b"gconv/gconv-modules.cache";
@@ -41,45 +36,11 @@ impl Finder<'_> {
         if let Some(dir) = C_UTF8_DIRS.iter().find_map(|d| self.dir(d)) {
             self.add_files_in(&dir, true);
         }
-        if let Some(found) = resolve(self.archive, b"/", &join(libc_dir, GCONV_CACHE)) {
-            self.add(&found);
-        }
-        for path in GLIBC_WHEN_ASKED {
-            if let Some(found) = resolve(self.archive, b"/", path).filter(|f| self.cheap_ahead(f)) {
+        for path in GLIBC_FILES.into_iter().map(<[u8]>::to_vec).chain([join(libc_dir, GCONV_CACHE)]) {
+            if let Some(found) = resolve(self.archive, b"/", &path) {
                 self.add(&found);
             }
         }
-    }
-
-    /// Whether fetching `found` ahead costs at most its own bytes and [`AHEAD_SLACK`]: what it adds to the
-    /// compressed bytes the set already needs of its spans, each span's bytes taken as spread evenly. A
-    /// fetch starts at a span's start (its checkpoint) and brings what lies before the file too.
-    fn cheap_ahead(&self, found: &Found) -> bool {
-        let Some(data) = found.node.data_ref() else { return true };
-        let mut cost = 0u64;
-        for slice in self.archive.file_spans(data, 0..data.size) {
-            let Ok(slice) = slice else { return false };
-            let Ok(compressed) = self.archive.span_compressed_len(data.layer, slice.span) else { return false };
-            let len = (slice.span_range.end - slice.span_range.start).max(1);
-            let needed = self.needed_of(data.layer, slice.span);
-            let added = slice.within.end.saturating_sub(needed);
-            cost = cost.saturating_add(
-                u64::try_from(u128::from(compressed) * u128::from(added) / u128::from(len)).unwrap_or(u64::MAX),
-            );
-        }
-        cost <= data.size.saturating_add(AHEAD_SLACK)
-    }
-
-    /// How many of span `span`'s decoded bytes (of `layer`) the files in the set need: up to where the last
-    /// of them ends in it (0 when none is in it).
-    fn needed_of(&self, layer: clip_format::LayerIndex, span: clip_format::SpanId) -> u64 {
-        let data = self.set.iter().filter_map(|&ino| self.archive.node(ino).ok()?.data_ref());
-        data.filter(|d| d.layer == layer)
-            .flat_map(|d| self.archive.file_spans(d, 0..d.size).flatten())
-            .filter(|s| s.span == span)
-            .map(|s| s.within.end)
-            .max()
-            .unwrap_or(0)
     }
 
     /// For `program` when it is a CPython interpreter (a file named `pythonX.Y` in `PREFIX/bin`): the
