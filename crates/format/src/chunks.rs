@@ -30,8 +30,8 @@ use std::ops::Range;
 use crate::layout::{Le, SEC_CHNK};
 use crate::{Archive, FormatError, SpanId};
 
-/// Compressed bytes per chunk: 64 KiB (a digest costs 12 bytes, 1/5461 of the image).
-pub const CHUNK_SIZE: u64 = 64 << 10;
+/// Compressed bytes per chunk: 32 KiB (a digest costs 12 bytes, 1/2730 of the image).
+pub const CHUNK_SIZE: u64 = 32 << 10;
 /// Bytes of each stored chunk digest: the first 12 bytes of the sha256.
 pub const CHUNK_DIGEST_LEN: usize = 12;
 /// Bytes of each stored window digest: the first 4 bytes of the sha256 (see the module doc).

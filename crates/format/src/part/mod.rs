@@ -26,8 +26,9 @@ pub use entries::{IntoIter as PartEntriesIntoIter, PartEntries};
 pub use entry::{EntryKind, TarEntry};
 
 /// Version of the part layout; part of every [`part_key`], so a clip with another layout never reads it.
-/// Version 2 added the `CHNK` section; version 5 cut 64 KiB chunks and long spans over documentation.
-pub const PART_VERSION: u32 = 5;
+/// Version 2 added the `CHNK` section; version 5 cut 64 KiB chunks and long spans over documentation;
+/// version 6 cuts 32 KiB chunks (a part of version 5 would merge into an index without chunk digests).
+pub const PART_VERSION: u32 = 6;
 
 /// The name a part is kept under: `sha256-<hex>-s<span size>-v<PART_VERSION>`, safe as a file name and as an
 /// object key.
