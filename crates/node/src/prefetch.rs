@@ -109,7 +109,8 @@ const ELF_HEADER: u64 = 64;
 /// another, and Python its module's imports, each a round trip on a cold mount, while `start_files` finds
 /// them a level at a time (a level of the library closure, or of the import closure) and each level loads
 /// concurrently. Each file is looked at once per mount, and not again when it is opened after being found
-/// that way; the files of the index's startup set not at all (what they load is in the set).
+/// that way (while fewer than [`MAX_SEEN`] files have been: see [`Seen`]); the files of the index's startup
+/// set not at all (what they load is in the set).
 ///
 /// The first program opened cold also tells whether the index's startup set is the start that runs: when
 /// it is not in the set (the container runs another command), the set's prefetch yields to reads from then
@@ -122,7 +123,7 @@ pub(crate) struct OpenPrefetch {
     /// Whether a program has been opened yet.
     program_seen: AtomicBool,
     /// Files looked at, or found by looking at another.
-    seen: Arc<Mutex<HashSet<Ino>>>,
+    seen: Arc<Seen>,
 }
 
 impl OpenPrefetch {
@@ -147,7 +148,7 @@ impl OpenObserver for OpenPrefetch {
             );
             self.store.yield_startup_prefetch();
         }
-        if in_set || !lock(&self.seen).insert(node.ino) {
+        if in_set || !self.seen.insert(node.ino) {
             return;
         }
         let (store, seen, ino) = (Arc::clone(&self.store), Arc::clone(&self.seen), node.ino);
@@ -159,7 +160,7 @@ impl OpenObserver for OpenPrefetch {
             }
             let files = StoreBytes(Arc::clone(&store));
             let warm = |file: Ino| {
-                lock(&seen).insert(file);
+                seen.insert(file);
                 if let Some(data) = archive.node(file).ok().and_then(|n| n.data_ref()) {
                     store.warm_file(data);
                 }
@@ -173,6 +174,40 @@ impl OpenObserver for OpenPrefetch {
     }
 }
 
-fn lock(seen: &Mutex<HashSet<Ino>>) -> std::sync::MutexGuard<'_, HashSet<Ino>> {
-    seen.lock().unwrap_or_else(|e| e.into_inner())
+/// Files [`OpenPrefetch`] remembers having looked at; past this many it starts over, so a mount opening every
+/// file of an image of millions keeps at most ~0.3 MiB for them (a file forgotten may be looked at again).
+const MAX_SEEN: usize = 1 << 16;
+
+/// The files [`OpenPrefetch`] has looked at or found, at most [`MAX_SEEN`] of them.
+#[derive(Default)]
+pub(crate) struct Seen(Mutex<HashSet<Ino>>);
+
+impl Seen {
+    /// Records `ino`; false when it was recorded already.
+    fn insert(&self, ino: Ino) -> bool {
+        let mut seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.len() >= MAX_SEEN && !seen.contains(&ino) {
+            seen.clear();
+            seen.shrink_to(MAX_SEEN / 16);
+        }
+        seen.insert(ino)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_files_looked_at_are_remembered_up_to_a_bound() {
+        let seen = Seen::default();
+        assert!(seen.insert(Ino(7)) && !seen.insert(Ino(7)), "a file looked at once is looked at again");
+        for i in 0..MAX_SEEN as u32 {
+            seen.insert(Ino(1_000 + i));
+        }
+        let held = seen.0.lock().unwrap().len();
+        assert!(held <= MAX_SEEN, "{held} files remembered");
+        // The record started over: the first file is looked at again, once.
+        assert!(seen.insert(Ino(7)) && !seen.insert(Ino(7)));
+    }
 }
