@@ -395,8 +395,8 @@ fn opening_a_python_module_cold_loads_what_it_imports_before_python_asks() {
         let mut head = [0u8; 16];
         std::io::Read::read_exact(&mut std::fs::File::open(m.dir.join(&path[1..])).unwrap(), &mut head).unwrap();
     }
-    // Without the import closure, only the two opened modules' spans would load (a span whose decoded
-    // prefix a search's own read already left on disk is not loaded again: the count may be below the spans').
+    // Without the import closure, only the two opened modules' spans would load (a span already on disk as
+    // the decoded prefix an earlier read left is not loaded again, so the count may be below the spans').
     searches_done(&m, &addr, opened.len());
     assert!(metric(&addr, "clip_open_prefetch_spans_total") > opened.len() as f64, "only the opened modules loaded");
     assert!(spans.len() > opened.len() + 5, "{spans:?}");

@@ -141,7 +141,7 @@ impl DiskCache {
 
     /// Whether a sealed decoded prefix file holds at least the first `upto` bytes of span `span` (a cheap
     /// check, as [`DiskCache::contains`] is for whole spans: a read still loads and checks it).
-    pub fn holds_part(&self, span: &Digest, upto: u64) -> bool {
+    pub(crate) fn holds_part(&self, span: &Digest, upto: u64) -> bool {
         fs::metadata(self.part_path(span)).is_ok_and(|m| m.is_file() && m.len() >= upto && is_sealed(&m))
     }
 
