@@ -177,20 +177,21 @@ fn a_remount_serves_a_partly_fetched_span_from_the_cache_and_refetches_a_damaged
     assert_eq!(metric(&addr, "clip_cache_disk_hits_total"), 0.0, "an unsealed decoded prefix was served");
     m.stop();
 
-    // A damaged prefix file is deleted and the bytes fetched again: the reader gets umoci's bytes.
+    // A damaged prefix file: what the sealed decoded prefix holds is served without reading it; the first
+    // read needing more of the span checks it, deletes it and fetches the bytes again. Reading every file
+    // brings every span whole, umoci's bytes: no prefix file is left beside the span files.
     let prefix = prefix_files(&cache).pop().unwrap();
     let mut bytes = std::fs::read(&prefix).unwrap();
     bytes[100] ^= 1;
     std::fs::write(&prefix, &bytes).unwrap();
     let m = served.mount("third", &[]);
-    assert!(std::fs::read(m.dir.join(&path[1..])).unwrap() == expected, "{path}: a damaged prefix was served");
-    assert!(served.proxy().stats().blob_bytes > first, "the damaged prefix was not fetched again");
-
-    // Reading every file brings every span whole: no prefix file is left beside the span files.
+    assert!(std::fs::read(m.dir.join(&path[1..])).unwrap() == expected, "{path}: not umoci's bytes, prefix damaged");
+    assert_eq!(served.proxy().stats().blob_bytes, first, "what the decoded prefix holds was fetched again");
     for i in 0..384 {
         let name = format!("data/f{i:03}");
         assert!(std::fs::read(m.dir.join(&name)).unwrap() == std::fs::read(unpacked.rootfs().join(&name)).unwrap());
     }
+    assert!(served.proxy().stats().blob_bytes > first, "nothing was fetched for the rest");
     common::wait_within(Duration::from_secs(10), "the prefix files were removed", || prefix_files(&cache).is_empty());
     let log = m.stop();
     assert!(log.contains("chunk digests"), "the damaged prefix was not reported:\n{log}");

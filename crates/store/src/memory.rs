@@ -11,6 +11,8 @@ use crate::partial::Need;
 use crate::SpanBytes;
 
 /// Verified compressed bytes of a span's prefix: the layer's bytes from where a fetch of the span starts.
+/// Empty when they stayed in the disk cache (a remount served the decoded prefix file alone): a load that
+/// needs more of the span reads and checks them there first.
 #[derive(Clone)]
 pub(crate) struct Held {
     pub compressed: Bytes,

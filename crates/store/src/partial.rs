@@ -174,9 +174,13 @@ impl Inner {
     /// The prefix of span `f` a partial fetch kept on disk (in this process or an earlier one), checked
     /// against the chunk digests (a prefix file that fails is deleted and `None` returned: the span is
     /// fetched as if it had never been read); with it, what it decodes to when a decoded prefix file holds
-    /// at least the `need`ed bytes (served without inflating the prefix again).
+    /// at least the `need`ed bytes (served without inflating the prefix again). When that file holds them,
+    /// the compressed prefix is left on disk (an empty [`Held`]) until a load needs more of the span.
     pub(crate) async fn disk_prefix(&self, f: &Fetch, need: Need) -> Option<(Held, Option<Vec<u8>>)> {
         let c = self.chunks_of(f)?;
+        if let Some(part) = self.disk_part(f, need).await {
+            return Some((Held { compressed: bytes::Bytes::new() }, Some(part)));
+        }
         let (disk, key) = self.prefix_place(f)?;
         let max = f.range.end - f.range.start;
         let bytes = tokio::task::spawn_blocking(move || disk.get_prefix(&key, max)).await.ok()??;
@@ -185,7 +189,7 @@ impl Inner {
             self.disk.as_ref()?.reject_prefix(&key, bytes.len() as u64);
             return None;
         }
-        Some((Held { compressed: bytes.into() }, self.disk_part(f, need).await))
+        Some((Held { compressed: bytes.into() }, None))
     }
 
     /// The first decoded bytes of span `f` that a decoded prefix file holds (see `cache::prefix`), when

@@ -374,7 +374,7 @@ impl Inner {
         let fetch = self.plan(layer, index, span, out)?;
         let failed = |_: &StoreError| Counters::bump(&self.counters.fetch_errors);
         let Some(tier) = &self.tier else {
-            let held = lock(&self.memory).get(index).and_then(|e| e.held);
+            let held = lock(&self.memory).get(index).and_then(|e| e.held).filter(|h| !h.compressed.is_empty());
             let held = match held {
                 Some(held) => Some(held),
                 None => match self.disk_prefix(&fetch, need).await {
