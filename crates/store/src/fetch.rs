@@ -11,7 +11,7 @@ use clip_codec::{CheckpointRef, SpanRef};
 use clip_format::{Compression, Digest, LayerIndex, SpanId, SpanView};
 use tracing::{debug, warn};
 
-use crate::stats::{Counters, InFlight};
+use crate::stats::{Counters, Gauged};
 use crate::store::Inner;
 use crate::{DiskCache, SpanBytes, StoreError, VERIFY_ATTEMPTS};
 
@@ -117,7 +117,7 @@ impl Inner {
 
     /// Reads `range` of `layer`'s blob, counted and timed, within the in-flight budget.
     pub(crate) async fn read_blob(&self, layer: LayerIndex, range: Range<u64>) -> Result<bytes::Bytes, StoreError> {
-        let _inflight = InFlight::start(&self.counters.inflight_fetches);
+        let _inflight = Gauged::start(&self.counters, |c| &c.inflight_fetches);
         let started = Instant::now();
         let compressed = self.blobs.read(layer, range).await?;
         self.counters.latency(started.elapsed());

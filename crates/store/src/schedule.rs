@@ -22,7 +22,7 @@ use tokio::task::{JoinError, JoinHandle, JoinSet};
 use tracing::debug;
 
 use crate::partial::Need;
-use crate::stats::Counters;
+use crate::stats::{Counters, Gauged};
 use crate::store::{Inner, Priority};
 use crate::{lock, ContentStore, StoreError};
 
@@ -235,7 +235,8 @@ impl Inner {
     /// priority; a failure is only logged (`failed` at debug): the reader who needs the span tries again.
     fn load_ahead(self: &Arc<Self>, rt: &Handle, layer: LayerIndex, index: SpanId, need: Need, failed: &'static str) {
         let me = Arc::clone(self);
-        let pending = LoadAhead::start(Arc::clone(self));
+        // Counted in `loads_ahead` from now, not from when the task first runs.
+        let pending = Gauged::start(Arc::clone(self), |inner| &inner.counters.loads_ahead);
         rt.spawn(async move {
             let _pending = pending;
             let deadline = tokio::time::Instant::now() + me.config.read_timeout;
@@ -305,21 +306,4 @@ pub struct Warmed {
     pub started: usize,
     /// Whether some of the file's bytes are neither in memory nor on disk.
     pub cold: bool,
-}
-
-/// Counts a load started ahead of reads in [`crate::StoreStats::loads_ahead`] from when it is started (not
-/// when its task first runs) until it ends.
-struct LoadAhead(Arc<Inner>);
-
-impl LoadAhead {
-    fn start(inner: Arc<Inner>) -> LoadAhead {
-        inner.counters.loads_ahead.fetch_add(1, Ordering::Relaxed);
-        LoadAhead(inner)
-    }
-}
-
-impl Drop for LoadAhead {
-    fn drop(&mut self) {
-        self.0.counters.loads_ahead.fetch_sub(1, Ordering::Relaxed);
-    }
 }

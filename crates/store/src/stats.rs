@@ -206,19 +206,24 @@ impl Counters {
     }
 }
 
-/// Counts a fetch as in flight until dropped (also when the fetching future is cancelled).
-pub(crate) struct InFlight<'a>(&'a AtomicU64);
+/// Counts one in a gauge of the counters `owner` holds from [`Gauged::start`] until dropped: also when the
+/// future holding it is cancelled, and from before a spawned task holding it first runs. The owner is a borrow
+/// of the counters, or an `Arc` of what holds them for a task that outlives the caller.
+pub(crate) struct Gauged<O> {
+    owner: O,
+    gauge: fn(&O) -> &AtomicU64,
+}
 
-impl<'a> InFlight<'a> {
-    pub fn start(gauge: &'a AtomicU64) -> InFlight<'a> {
-        gauge.fetch_add(1, Ordering::Relaxed);
-        InFlight(gauge)
+impl<O> Gauged<O> {
+    pub fn start(owner: O, gauge: fn(&O) -> &AtomicU64) -> Gauged<O> {
+        gauge(&owner).fetch_add(1, Ordering::Relaxed);
+        Gauged { owner, gauge }
     }
 }
 
-impl Drop for InFlight<'_> {
+impl<O> Drop for Gauged<O> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        (self.gauge)(&self.owner).fetch_sub(1, Ordering::Relaxed);
     }
 }
 
