@@ -147,7 +147,8 @@ fn a_remount_serves_a_partly_fetched_span_from_the_cache_and_refetches_a_damaged
     let expected = std::fs::read(unpacked.rootfs().join(&path[1..])).unwrap();
     let cache = served.cache();
 
-    let m = served.mount("first", &[]);
+    let profile = served.dir.path().join("profile.json");
+    let m = served.mount("first", &["--record-profile", common::s(&profile)]);
     assert!(std::fs::read(m.dir.join(&path[1..])).unwrap() == expected, "{path}: not umoci's bytes");
     let first = served.proxy().stats().blob_bytes;
     assert!(first > 0 && first < span_compressed, "{path}: fetched {first} of {span_compressed}: not a prefix");
@@ -157,9 +158,14 @@ fn a_remount_serves_a_partly_fetched_span_from_the_cache_and_refetches_a_damaged
     m.stop();
 
     // A fresh mount over that cache: the same read needs no byte from the registry, and takes the decoded
-    // bytes from the disk (a disk hit) instead of inflating the prefix again.
+    // bytes from the disk (a disk hit) instead of inflating the prefix again. Replaying the recorded profile
+    // finds that span local: the prefetch loads nothing.
     let addr = common::free_addr();
-    let m = served.mount("second", &["--metrics", &addr]);
+    let args = ["--cache-dir", common::s(&cache), "--metrics", &addr, "--profile", common::s(&profile)];
+    let env = [("CLIP_LOG".to_owned(), "info,clip_store::schedule=debug".to_owned())];
+    let m = common::MountProc::start_env(served.index().as_os_str(), &served.dir.path().join("second"), &args, &env);
+    common::wait_within(Duration::from_secs(10), "the profile's prefetch ended", || m.log().contains("prefetch done"));
+    assert_eq!(metric(&addr, "clip_prefetched_spans_total"), 0.0, "the profile's prefetch loaded a local span");
     assert!(std::fs::read(m.dir.join(&path[1..])).unwrap() == expected, "{path}: not umoci's bytes on remount");
     assert_eq!(served.proxy().stats().blob_bytes, first, "the remount fetched again what the cache held");
     assert!(metric(&addr, "clip_cache_disk_hits_total") >= 1.0, "the decoded prefix was not served from disk");

@@ -136,19 +136,9 @@ impl ContentStore {
     pub fn warm_file(&self, data: DataRef) -> Warmed {
         let inner = &self.inner;
         let a = &inner.archive;
-        // Spans already local are left to the reads: loading them all from disk would only churn memory.
-        let local = |slice: &SpanSlice| {
-            // The span the file ends in is wanted up to there only: a decoded prefix a partial fetch kept
-            // may hold that much.
-            let need = Need::of_slice(slice);
-            let on_disk = |disk: &Arc<crate::DiskCache>| {
-                a.span(slice.span).is_ok_and(|s| match need {
-                    Need::Whole => disk.contains(&s.digest),
-                    Need::Upto(n) => disk.contains(&s.digest) || disk.holds_part(&s.digest, n),
-                })
-            };
-            inner.in_memory(slice.span, need) || inner.disk.as_ref().is_some_and(on_disk)
-        };
+        // Spans already local are left to the reads: loading them all from disk would only churn memory. The
+        // span the file ends in is wanted up to there only.
+        let local = |slice: &SpanSlice| inner.is_local(slice.span, Need::of_slice(slice));
         let mut warmed = Warmed::default();
         if data.size == 0 {
             return warmed;
@@ -255,22 +245,19 @@ impl Inner {
         polite: bool,
     ) -> PrefetchSummary {
         let mut summary = PrefetchSummary::default();
-        let Some(disk) = self.disk.clone() else {
+        if self.disk.is_none() {
             debug!(spans = spans.len(), "no disk cache; prefetch skipped");
             summary.skipped = spans.len() as u64;
             return summary;
-        };
+        }
         let mut tasks = JoinSet::new();
         for (layer, index, need) in spans {
             let Ok(permit) = Arc::clone(&permits).acquire_owned().await else { break };
             if polite || self.startup_yields.load(Ordering::Relaxed) {
                 self.foreground_idle().await;
             }
-            let cached = match self.archive.span(index) {
-                Ok(span) => self.in_memory(index, need) || disk.contains(&span.digest),
-                Err(_) => false, // the load reports the error
-            };
-            if cached {
+            // A span the archive does not have is not local: its load reports the error.
+            if self.is_local(index, need) {
                 summary.already_cached += 1;
                 continue;
             }

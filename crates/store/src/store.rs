@@ -325,6 +325,17 @@ impl Inner {
         }
     }
 
+    /// Whether span `index` is here as far as `need` asks, so a load of it would fetch nothing: in memory, in
+    /// the disk cache whole, or (for a prefix) in a sealed decoded prefix file a partial fetch kept. A cheap
+    /// check (no file is read): whoever loads it still checks what it reads.
+    pub(crate) fn is_local(&self, index: SpanId, need: Need) -> bool {
+        if self.in_memory(index, need) {
+            return true;
+        }
+        let (Some(disk), Ok(span)) = (&self.disk, self.archive.span(index)) else { return false };
+        disk.contains(&span.digest) || matches!(need, Need::Upto(n) if disk.holds_part(&span.digest, n))
+    }
+
     /// Whether span `index` sits in the disk cache, checked by this process: later reads take their pieces
     /// from its file by range ([`Inner::disk_slice`]), so keeping it in memory as well would only grow the
     /// daemon (a walk over every small file of an image filled the memory tier to its bound).
