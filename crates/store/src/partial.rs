@@ -59,6 +59,14 @@ impl Need {
     }
 }
 
+/// What [`Inner::disk_prefix`] found of a span's prefix in the disk cache.
+pub(crate) enum DiskPrefix {
+    /// The decoded bytes, at least as many as needed.
+    Decoded(Vec<u8>),
+    /// The compressed bytes, checked, to inflate and go on from.
+    Compressed(Held),
+}
+
 /// Compressed bytes fetched past the estimate of where the wanted bytes end (the estimate scales the span's
 /// compressed size by the share of its decoded bytes wanted, and the ratio varies within a span). zstd
 /// yields output a whole block at a time, so it gets more.
@@ -171,15 +179,14 @@ impl Inner {
         }
     }
 
-    /// The prefix of span `f` a partial fetch kept on disk (in this process or an earlier one), checked
-    /// against the chunk digests (a prefix file that fails is deleted and `None` returned: the span is
-    /// fetched as if it had never been read); with it, what it decodes to when a decoded prefix file holds
-    /// at least the `need`ed bytes (served without inflating the prefix again). When that file holds them,
-    /// the compressed prefix is left on disk (an empty [`Held`]) until a load needs more of the span.
-    pub(crate) async fn disk_prefix(&self, f: &Fetch, need: Need) -> Option<(Held, Option<Vec<u8>>)> {
+    /// The prefix of span `f` a partial fetch kept on disk (in this process or an earlier one): what it
+    /// decodes to when a decoded prefix file holds at least the `need`ed bytes (served without reading or
+    /// inflating the prefix), else its compressed bytes checked against the chunk digests (a prefix file that
+    /// fails is deleted and `None` returned: the span is fetched as if it had never been read).
+    pub(crate) async fn disk_prefix(&self, f: &Fetch, need: Need) -> Option<DiskPrefix> {
         let c = self.chunks_of(f)?;
         if let Some(part) = self.disk_part(f, need).await {
-            return Some((Held { compressed: bytes::Bytes::new() }, Some(part)));
+            return Some(DiskPrefix::Decoded(part));
         }
         let (disk, key) = self.prefix_place(f)?;
         let max = f.range.end - f.range.start;
@@ -189,7 +196,7 @@ impl Inner {
             self.disk.as_ref()?.reject_prefix(&key, bytes.len() as u64);
             return None;
         }
-        Some((Held { compressed: bytes.into() }, None))
+        Some(DiskPrefix::Compressed(Held { compressed: bytes.into() }))
     }
 
     /// The first decoded bytes of span `f` that a decoded prefix file holds (see `cache::prefix`), when

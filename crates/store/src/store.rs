@@ -31,8 +31,8 @@ use tokio::sync::{Notify, Semaphore};
 use tracing::{info, warn};
 
 use crate::flight::Flights;
-use crate::memory::{Budget, Entry, Lru};
-use crate::partial::Need;
+use crate::memory::{Budget, Entry, Held, Lru};
+use crate::partial::{DiskPrefix, Need};
 use crate::remote::Tier;
 use crate::schedule::Stream;
 use crate::stats::Counters;
@@ -389,14 +389,17 @@ impl Inner {
             let held = match held {
                 Some(held) => Some(held),
                 None => match self.disk_prefix(&fetch, need).await {
-                    // A remount: what the prefix decodes to is on disk too, and enough for this read.
-                    Some((held, Some(part))) => {
+                    // A remount: what the prefix decodes to is on disk, and enough for this read; its
+                    // compressed bytes stay there until a load needs more of the span.
+                    Some(DiskPrefix::Decoded(part)) => {
                         Counters::bump(&self.counters.disk_hits);
-                        let entry = Entry { decoded: part.into(), held: Some(held) };
+                        let entry =
+                            Entry { decoded: part.into(), held: Some(Held { compressed: bytes::Bytes::new() }) };
                         lock(&self.memory).put(index, entry.clone(), self.config.memory_bytes);
                         return Ok(entry.decoded);
                     }
-                    found => found.map(|(held, _)| held),
+                    Some(DiskPrefix::Compressed(held)) => Some(held),
+                    None => None,
                 },
             };
             let from_prefix = held.is_some();
