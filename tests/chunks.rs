@@ -171,6 +171,12 @@ fn a_remount_serves_a_partly_fetched_span_from_the_cache_and_refetches_a_damaged
     assert!(metric(&addr, "clip_cache_disk_hits_total") >= 1.0, "the decoded prefix was not served from disk");
     // What the file needs is on disk: opening it is not a cold open, which would load its span ahead.
     assert_eq!(metric(&addr, "clip_open_prefetch_spans_total"), 0.0, "opening a file the cache holds loaded ahead");
+    // Each read takes its own bytes from the decoded prefix file by range: the prefix is not loaded whole into
+    // memory, so the file before it in the span is another disk hit, not a memory hit.
+    let before = format!("data/f{:03}", path[7..].parse::<u32>().unwrap() - 1);
+    assert!(std::fs::read(m.dir.join(&before)).unwrap() == std::fs::read(unpacked.rootfs().join(&before)).unwrap());
+    assert!(metric(&addr, "clip_cache_disk_hits_total") >= 2.0, "{before}: not served from the decoded prefix file");
+    assert_eq!(metric(&addr, "clip_cache_memory_hits_total"), 0.0, "the decoded prefix was loaded whole into memory");
     m.stop();
 
     // A decoded prefix that is not sealed cannot be trusted: it is deleted and the prefix inflated again.

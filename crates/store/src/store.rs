@@ -196,8 +196,12 @@ impl ContentStore {
         let mut out = Vec::with_capacity((end - offset).min(MAX_PREALLOC) as usize);
         for slice in self.inner.archive.file_spans(data, offset..end) {
             let SpanSlice { span, span_range, within } = slice?;
-            if let Some(piece) = self.inner.disk_slice(span, span_range.end - span_range.start, &within).await {
-                out.extend_from_slice(&piece);
+            if let Some(slice) = self.inner.disk_slice(span, span_range.end - span_range.start, &within).await {
+                if sequential && slice.from_prefix {
+                    // As below: the file goes on past what the decoded prefix holds.
+                    self.inner.complete(data.layer, span);
+                }
+                out.extend_from_slice(&slice.bytes);
                 continue;
             }
             let need = Need::Upto(within.end);
@@ -218,6 +222,13 @@ impl ContentStore {
         let deadline = tokio::time::Instant::now() + self.inner.config.read_timeout;
         self.inner.span(layer, index, Need::Whole, Priority::Foreground, deadline).await
     }
+}
+
+/// A piece of a span [`Inner::disk_slice`] read from the disk cache.
+struct DiskSlice {
+    bytes: Vec<u8>,
+    /// Read from the span's decoded prefix file: the span goes on past it.
+    from_prefix: bool,
 }
 
 /// Counts a lookup as foreground until dropped; wakes prefetch when the last one ends.
@@ -344,25 +355,38 @@ impl Inner {
         disk.is_verified(&span.digest)
     }
 
-    /// Bytes `within` of span `index` (`len` bytes long) read straight from its disk cache file when that
-    /// file is trusted and the span is not in memory: a small file costs a read of its own bytes, not of the
-    /// whole span, and the span does not displace others in memory. `None`: take the usual path.
+    /// Bytes `within` of span `index` (`len` bytes long) read straight from the disk cache when the span is
+    /// not in memory: from its span file when that is trusted, else from its sealed decoded prefix file when
+    /// that holds them (a remount). A small file costs a read of its own bytes, not of the whole span (or
+    /// prefix), and the span does not displace others in memory. `None`: take the usual path.
     ///
-    /// Only a span known good is looked for here (checked by this process, or found sealed by the cache's
-    /// scan at open); until that scan is done, any span's file is tried. So once the scan is done, a span
-    /// that is not on disk costs no file lookup here, only the one of [`Inner::load`].
-    async fn disk_slice(&self, index: SpanId, len: u64, within: &std::ops::Range<u64>) -> Option<Vec<u8>> {
+    /// Only a span known good is looked for whole (checked by this process, or found sealed by the cache's
+    /// scan at open), and only a span noted to have a decoded prefix file for that; until the scan is done,
+    /// any span's file is tried. So once the scan is done, a span that is not on disk costs no file lookup
+    /// here, only the one of [`Inner::load`].
+    async fn disk_slice(&self, index: SpanId, len: u64, within: &std::ops::Range<u64>) -> Option<DiskSlice> {
         let disk = self.disk.as_ref()?;
-        let known_good = self.trusted_on_disk(index) || !disk.scanned();
-        if !known_good || self.in_memory(index, Need::Upto(within.end)) {
+        if self.in_memory(index, Need::Upto(within.end)) {
+            return None;
+        }
+        let digest = self.archive.span(index).ok()?.digest;
+        let whole = self.trusted_on_disk(index) || !disk.scanned();
+        let part = disk.noted_part(&digest) || !disk.scanned();
+        if !whole && !part {
             return None;
         }
         Counters::bump(&self.counters.disk_lookups);
-        let digest = self.archive.span(index).ok()?.digest;
         let (disk, range) = (Arc::clone(disk), within.clone());
-        let piece = tokio::task::spawn_blocking(move || disk.get_range(&digest, len, range)).await.ok()??;
+        let slice = tokio::task::spawn_blocking(move || {
+            if let Some(bytes) = whole.then(|| disk.get_range(&digest, len, range.clone())).flatten() {
+                return Some(DiskSlice { bytes, from_prefix: false });
+            }
+            let bytes = part.then(|| disk.get_part_range(&digest, len, range)).flatten()?;
+            Some(DiskSlice { bytes, from_prefix: true })
+        });
+        let slice = slice.await.ok()??;
         Counters::bump(&self.counters.disk_hits);
-        Some(piece)
+        Some(slice)
     }
 
     /// The disk cache, else the remote tier and a whole fetch, else a fetch of as much as `need` asks

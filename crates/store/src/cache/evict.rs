@@ -38,6 +38,8 @@ struct Entry {
     mtime: SystemTime,
     /// The digest and the form it is kept in, for span files.
     span: Option<(Digest, Form)>,
+    /// The span's digest, for a decoded prefix file.
+    part: Option<Digest>,
     /// Whether the file is sealed (see `seal`).
     sealed: bool,
 }
@@ -45,15 +47,21 @@ struct Entry {
 impl DiskCache {
     /// The scan at open: starts the running total from what the directory holds (plus what this process
     /// added meanwhile), marks sealed span files verified (a read trusts them as it would on opening them),
-    /// evicts when over the bound, then wakes [`DiskCache::wait_scanned`]. A file this process writes while
+    /// notes sealed decoded prefix files (reads take their pieces from them by range), evicts when over the
+    /// bound, then wakes [`DiskCache::wait_scanned`]. A file this process writes while
     /// the scan runs may be counted twice, until the next eviction pass counts afresh.
     pub(super) fn first_scan(&self) {
         let before = self.total.load(Ordering::Relaxed);
         match self.scan() {
             Ok(entries) => {
                 let total: u64 = entries.iter().map(|e| e.size).sum();
-                for (d, form) in entries.iter().filter(|e| e.sealed).filter_map(|e| e.span.as_ref()) {
-                    self.mark_verified(d, *form);
+                for e in entries.iter().filter(|e| e.sealed) {
+                    if let Some((d, form)) = &e.span {
+                        self.mark_verified(d, *form);
+                    }
+                    if let Some(d) = &e.part {
+                        self.note_part(d);
+                    }
                 }
                 let during = self.total.load(Ordering::Relaxed).saturating_sub(before);
                 self.total.store(total + during, Ordering::Relaxed);
@@ -172,6 +180,7 @@ impl DiskCache {
                         }
                         continue;
                     }
+                    let mut part = None;
                     let span = match area {
                         SPANS_DIR => {
                             let (hex, form) = match name.strip_suffix(COMPRESSED_SUFFIX) {
@@ -183,8 +192,17 @@ impl DiskCache {
                                 None => continue,
                             }
                         }
-                        PREFIXES_DIR if parse_digest(name.strip_suffix(PART_SUFFIX).unwrap_or(name)).is_some() => None,
-                        PREFIXES_DIR => continue,
+                        PREFIXES_DIR => match name.strip_suffix(PART_SUFFIX) {
+                            Some(hex) => match parse_digest(hex) {
+                                Some(d) => {
+                                    part = Some(d);
+                                    None
+                                }
+                                None => continue,
+                            },
+                            None if parse_digest(name).is_some() => None,
+                            None => continue,
+                        },
                         _ => {
                             let valid = name
                                 .split_once('.')
@@ -197,7 +215,7 @@ impl DiskCache {
                     };
                     // What the file takes on disk, not its length: a 100-byte span costs a whole block.
                     let sealed = is_sealed(&meta);
-                    out.push(Entry { path: entry.path(), size: meta.blocks() * 512, mtime, span, sealed });
+                    out.push(Entry { path: entry.path(), size: meta.blocks() * 512, mtime, span, part, sealed });
                 }
             }
         }

@@ -29,11 +29,13 @@
 //! below the bound.
 //!
 //! The jobs live apart: this module reads, verifies and writes span files and counts what it does;
-//! `compressed` is the compressed form of a span file; `seal` marks files later processes may trust;
+//! `advise` asks the kernel to read cache files ahead into its page cache; `compressed` is the compressed
+//! form of a span file; `seal` marks files later processes may trust;
 //! `prefix` keeps the prefixes partial fetches brought; `evict` keeps the bound; `files` holds the
 //! file-system helpers (temp files renamed into place, the private directory, the default location, span
 //! file names and opening a span file in either form).
 
+mod advise;
 mod compressed;
 mod evict;
 mod files;
@@ -41,7 +43,7 @@ mod prefix;
 mod seal;
 
 use clip_format::Digest;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io;
 use std::ops::Range;
@@ -51,6 +53,7 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use tracing::{debug, warn};
 
+pub(crate) use advise::will_need;
 pub use evict::Evicted;
 pub use files::{default_cache_dir, private_dir};
 pub(crate) use files::{parse_digest, touch, Form};
@@ -81,6 +84,10 @@ pub struct DiskCache {
     total: AtomicU64,
     /// Span digests whose files this process has verified (or written), and the form each is kept in.
     verified: Mutex<HashMap<Digest, Form>>,
+    /// Spans whose decoded prefix file the scan found sealed, or this process wrote: where a read may take
+    /// its bytes from that file by range ([`DiskCache::get_part_range`] still checks it). A hint, bounded
+    /// like `verified`.
+    parts: Mutex<HashSet<Digest>>,
     /// Materialized files this process has verified (or written), by key.
     pub(crate) verified_files: Mutex<HashMap<Digest, PathBuf>>,
     evicting: AtomicBool,
@@ -142,6 +149,7 @@ impl DiskCache {
             limit,
             total: AtomicU64::new(0),
             verified: Mutex::default(),
+            parts: Mutex::default(),
             verified_files: Mutex::default(),
             evicting: AtomicBool::new(false),
             evict_pass: Mutex::new(()),

@@ -17,6 +17,8 @@
 use clip_format::Digest;
 use std::fs;
 use std::io::{self, Read};
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -24,7 +26,8 @@ use sha2::{Digest as _, Sha256};
 use tracing::debug;
 
 use super::seal::{is_sealed, touch_if_stale};
-use super::{on_disk, touch, DiskCache};
+use super::{on_disk, touch, DiskCache, MAX_VERIFIED};
+use crate::lock;
 
 pub(crate) const PREFIXES_DIR: &str = "prefixes";
 /// The suffix of a decoded prefix file (`SPAN.part`).
@@ -100,6 +103,7 @@ impl DiskCache {
 
     /// Removes prefix file `key` and the decoded prefix of `span` (the whole span is on disk now).
     pub(crate) fn remove_prefix(&self, key: &Digest, span: &Digest) {
+        lock(&self.parts).remove(span);
         for path in [self.prefix_path(key), self.part_path(span)] {
             if let Ok(m) = fs::metadata(&path) {
                 if fs::remove_file(&path).is_ok() {
@@ -109,7 +113,7 @@ impl DiskCache {
         }
     }
 
-    fn part_path(&self, span: &Digest) -> PathBuf {
+    pub(super) fn part_path(&self, span: &Digest) -> PathBuf {
         let name = span.hex();
         self.root.join(PREFIXES_DIR).join(&name[..2]).join(format!("{name}{PART_SUFFIX}"))
     }
@@ -139,6 +143,39 @@ impl DiskCache {
         Some(buf)
     }
 
+    /// Bytes `range` of span `span` (of `len` bytes) read from its decoded prefix file by range, the rest of
+    /// the file unread, when that file is sealed, shorter than the span and holds the range; `None` otherwise,
+    /// and then the load path reads the whole file, or inflates the prefix again.
+    pub(crate) fn get_part_range(&self, span: &Digest, len: u64, range: Range<u64>) -> Option<Vec<u8>> {
+        if range.start > range.end {
+            return None;
+        }
+        let file = fs::File::open(self.part_path(span)).ok()?;
+        let meta = file.metadata().ok()?;
+        if !is_sealed(&meta) || meta.len() >= len || meta.len() < range.end {
+            return None;
+        }
+        let mut buf = vec![0; usize::try_from(range.end - range.start).ok()?];
+        file.read_exact_at(&mut buf, range.start).ok()?;
+        touch_if_stale(&file, &meta);
+        Some(buf)
+    }
+
+    /// Whether span `span` was noted to have a decoded prefix file (by the scan at open, or written by this
+    /// process): a cheap check, no file lookup, for whether [`DiskCache::get_part_range`] is worth trying.
+    pub(crate) fn noted_part(&self, span: &Digest) -> bool {
+        lock(&self.parts).contains(span)
+    }
+
+    /// Notes that span `span` has a decoded prefix file (see [`DiskCache::noted_part`]).
+    pub(super) fn note_part(&self, span: &Digest) {
+        let mut parts = lock(&self.parts);
+        if parts.len() >= MAX_VERIFIED {
+            parts.clear();
+        }
+        parts.insert(*span);
+    }
+
     /// Whether a sealed decoded prefix file holds at least the first `upto` bytes of span `span` (a cheap
     /// check, as [`DiskCache::contains`] is for whole spans: a read still loads and checks it).
     pub(crate) fn holds_part(&self, span: &Digest, upto: u64) -> bool {
@@ -151,6 +188,7 @@ impl DiskCache {
         let path = self.part_path(span);
         if self.put_longer(path.clone(), bytes) {
             self.seal(path);
+            self.note_part(span);
         }
     }
 }
@@ -184,6 +222,35 @@ mod tests {
         assert!(cache.get_prefix(&key, 1 << 20).is_none());
         assert!(cache.get_part(&span, 1 << 20).is_none());
         assert_eq!(cache.stats().bytes, 0);
+    }
+
+    #[test]
+    fn a_decoded_prefix_is_read_by_range_when_sealed_and_holding_the_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Arc::new(DiskCache::open(dir.path(), 1 << 30).unwrap());
+        cache.wait_scanned();
+        let span = Digest::of(b"span");
+        let bytes: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+        assert!(!cache.noted_part(&span));
+        cache.put_part(&span, &bytes); // no runtime: sealed before this returns
+        assert!(cache.noted_part(&span), "a decoded prefix written here was not noted");
+        assert_eq!(cache.get_part_range(&span, 1 << 20, 100..200).unwrap(), &bytes[100..200]);
+        assert!(cache.get_part_range(&span, 1 << 20, 4000..5001).is_none(), "a range past the prefix was served");
+        assert!(cache.get_part_range(&span, 5000, 0..10).is_none(), "a prefix as long as its span was served");
+
+        // Another process learns of it from its scan at open.
+        let other = DiskCache::open(dir.path(), 1 << 30).unwrap();
+        other.wait_scanned();
+        assert!(other.noted_part(&span), "the scan did not note a sealed decoded prefix");
+        assert_eq!(other.get_part_range(&span, 1 << 20, 0..5000).unwrap(), bytes);
+
+        // Unsealed: never served by range (the load path deletes it).
+        let path = cache.part_path(&span);
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        assert!(other.get_part_range(&span, 1 << 20, 0..10).is_none(), "an unsealed decoded prefix was served");
+        let third = DiskCache::open(dir.path(), 1 << 30).unwrap();
+        third.wait_scanned();
+        assert!(!third.noted_part(&span), "the scan noted an unsealed decoded prefix");
     }
 
     #[test]
