@@ -120,6 +120,10 @@ const MAX_SECTIONS: u32 = 64;
 
 /// The largest metadata section clip loads (1 GiB: some ten million files).
 const MAX_EAGER_SECTION: u64 = 1 << 30;
+/// A section whose table length is at most this many times its stored length gets a buffer of that length up
+/// front; a larger claim is decoded as a stream, so a lying table costs only what the data expands to.
+/// (clip's metadata compresses 3-10×.)
+const MAX_TRUSTED_RATIO: u64 = 64;
 
 /// Checks an eager section's checksum; returns its decompressed bytes when it is stored compressed.
 pub(crate) fn decode_section(e: &SectionEntry, stored: &[u8]) -> Result<Option<Vec<u8>>, FormatError> {
@@ -134,15 +138,63 @@ pub(crate) fn decode_section(e: &SectionEntry, stored: &[u8]) -> Result<Option<V
             Corruption::SectionTooLarge { section: e.name(), raw_len: e.raw_len, max: MAX_EAGER_SECTION }.into()
         );
     }
-    // Stream with a limit instead of trusting `raw_len` for one up-front allocation: a lying header costs
-    // only what the data really expands to.
-    let mut raw = Vec::new();
     let undecodable = |why| Corruption::SectionDecode { section: e.name(), why };
-    let decoder = zstd::stream::read::Decoder::new(stored).map_err(undecodable)?;
-    std::io::Read::read_to_end(&mut std::io::Read::take(decoder, e.raw_len + 1), &mut raw).map_err(undecodable)?;
+    let mut raw = Vec::new();
+    if e.raw_len <= stored.len() as u64 * MAX_TRUSTED_RATIO {
+        // A plausible length: decoded in one call into a buffer of exactly that size (the mount waits for
+        // this; streaming into a growing buffer took twice as long).
+        raw.try_reserve_exact(e.raw_len as usize).map_err(|_| Corruption::SectionTooLarge {
+            section: e.name(),
+            raw_len: e.raw_len,
+            max: MAX_EAGER_SECTION,
+        })?;
+        zstd::bulk::Decompressor::new()
+            .and_then(|mut d| d.decompress_to_buffer(stored, &mut raw))
+            .map_err(undecodable)?;
+    } else {
+        // Stream with a limit instead of trusting `raw_len` for one up-front allocation: a lying header costs
+        // only what the data really expands to.
+        let decoder = zstd::stream::read::Decoder::new(stored).map_err(undecodable)?;
+        std::io::Read::read_to_end(&mut std::io::Read::take(decoder, e.raw_len + 1), &mut raw).map_err(undecodable)?;
+    }
     if raw.len() as u64 != e.raw_len {
         let (expected, actual) = (e.raw_len, raw.len() as u64);
         return Err(Corruption::SectionLength { section: e.name(), expected, actual }.into());
     }
     Ok(Some(raw))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::SEC_NODE;
+
+    fn entry(stored: &[u8], raw_len: u64) -> SectionEntry {
+        let crc = crc32c::crc32c(stored);
+        SectionEntry { id: SEC_NODE, flags: FLAG_ZSTD, offset: 0, stored_len: stored.len() as u64, raw_len, crc }
+    }
+
+    #[test]
+    fn a_section_decodes_to_exactly_the_length_its_table_entry_says() {
+        // One section that compresses far beyond MAX_TRUSTED_RATIO (decoded as a stream), one that does not
+        // (decoded into a buffer of the table's length).
+        let repetitive = vec![7u8; 200_000];
+        let mut x = 1u32;
+        let noisy: Vec<u8> = (0..50_000)
+            .map(|_| {
+                x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                b'a' + (x >> 28) as u8
+            })
+            .collect();
+        for (raw, streamed) in [(&repetitive, true), (&noisy, false)] {
+            let stored = zstd::bulk::compress(raw, 3).unwrap();
+            let len = raw.len() as u64;
+            assert_eq!(len > stored.len() as u64 * MAX_TRUSTED_RATIO, streamed, "{} -> {}", len, stored.len());
+            assert!(decode_section(&entry(&stored, len), &stored).unwrap().unwrap() == *raw);
+            for lie in [len - 1, len + 1, len * 2] {
+                let e = entry(&stored, lie);
+                assert!(decode_section(&e, &stored).is_err(), "a section of {len} bytes decoded as {lie}");
+            }
+        }
+    }
 }
