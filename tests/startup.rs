@@ -85,48 +85,6 @@ fn a_dynamic_entrypoint_gives_its_loader_and_libraries_and_a_mount_fetches_them_
     m.stop();
 }
 
-/// Bytes of `path` in the page cache (`fincore`).
-fn resident(path: &Path) -> u64 {
-    let mut fincore = std::process::Command::new("fincore");
-    let out = fincore.args(["--bytes", "--noheadings", "--output", "RES"]).arg(path).output().expect("running fincore");
-    assert!(out.status.success(), "fincore {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
-}
-
-#[test]
-fn a_warm_remount_reads_the_startup_set_ahead_into_the_page_cache() {
-    let served = Served::new(&image(&[("/bin/ls", "usr/bin/ls", 0o755)], vec![], &["ls", "-l"]));
-    let set = startup_paths(&served.index());
-    // Fill the cache: the first reads bring the spans, the second opens make the whole-file copies.
-    let m = served.mount("fill", &[]);
-    for _ in 0..2 {
-        for path in &set {
-            std::fs::read(m.dir.join(&path[1..])).unwrap();
-        }
-    }
-    m.stop();
-    let cache = served.cache();
-    let copies = common::cache_files(&cache.join("files"));
-    assert!(!copies.is_empty(), "no whole-file copy of the set was made");
-    // Out of the page cache, as after a reboot (sealed first: synced, so clean pages the kernel can drop).
-    let files = common::cache_files(&cache);
-    common::wait_within(Duration::from_secs(10), "the cache files were not sealed", || {
-        files.iter().all(|p| common::mode(p) & 0o777 == 0o400)
-    });
-    for f in &files {
-        let file = std::fs::File::open(f).unwrap();
-        nix::fcntl::posix_fadvise(&file, 0, 0, nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED).unwrap();
-    }
-    assert!(copies.iter().all(|c| resident(c) == 0), "the copies stayed in the page cache");
-
-    // A fresh mount reads the copies ahead as it starts, before anything reads the set.
-    let m = served.mount("warm", &[]);
-    common::wait_within(Duration::from_secs(20), "the copies of the set were not read into the page cache", || {
-        copies.iter().all(|c| resident(c) == std::fs::metadata(c).unwrap().len().next_multiple_of(4096))
-    });
-    m.stop();
-}
-
 #[test]
 fn a_library_only_the_images_ld_so_cache_names_is_found_there() {
     // libc moved to /opt/glibc, where no standard directory and no RUNPATH leads: only the cache does.

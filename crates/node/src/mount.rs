@@ -117,9 +117,6 @@ pub async fn mount_foreground(
     }
     let opened = open_archive(archive, &open).await?;
     let store = opened.store.clone();
-    let startup_set = crate::prefetch::mount_startup_set(store.archive(), !config.no_startup_set);
-    // Before the mount appears: on a warm remount the disk reads the startup set while the mount comes up.
-    store.warm_page_cache(startup_set.iter().filter_map(|&ino| store.archive().node(ino).ok()?.data_ref()).collect());
     let mut fs = ClipFs::new(store.clone(), tokio::runtime::Handle::current());
     let recorder = config.record_profile.as_ref().map(|path| {
         let recorder = ProfileRecorder::new(Arc::clone(store.archive()), path.clone());
@@ -132,6 +129,7 @@ pub async fn mount_foreground(
         fs = fs.with_read_observer(recorder.clone());
     }
     fs = fs.with_passthrough(Arc::new(StorePassthrough { store: store.clone(), recording: recorder.clone() }));
+    let startup_set = crate::prefetch::mount_startup_set(store.archive(), !config.no_startup_set);
     fs = fs.with_open_observer(Arc::new(crate::prefetch::OpenPrefetch::new(
         store.clone(),
         tokio::runtime::Handle::current(),

@@ -11,8 +11,6 @@
 //! - Opening a file (up to [`crate::StoreConfig::open_prefetch_max`] bytes) starts the loads of all its
 //!   spans at once: a program mapping a binary or reading a file whole then waits for one round of
 //!   concurrent fetches instead of one fetch after another, in the order its reads arrive.
-//! - The startup set's bytes already on local disk are read ahead into the kernel's page cache when a mount
-//!   starts ([`ContentStore::warm_page_cache`]): on a warm remount, loading is not the wait, the disk is.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -23,8 +21,6 @@ use tokio::sync::Semaphore;
 use tokio::task::{JoinError, JoinHandle, JoinSet};
 use tracing::debug;
 
-use crate::cache::will_need;
-use crate::materialize::{file_key, file_parts};
 use crate::partial::Need;
 use crate::stats::{Counters, Gauged};
 use crate::store::{Inner, Priority};
@@ -165,34 +161,6 @@ impl ContentStore {
             inner.load_ahead(rt, data.layer, slice.span, need, "loading a span of an opened file failed");
         }
         warmed
-    }
-
-    /// Starts reading the bytes of `files` (a startup set) that are on local disk into the kernel's page
-    /// cache, in the background and all at once: a whole-file copy where there is one (what passthrough
-    /// hands the kernel, checked here as an open would check it), else the span and decoded prefix files
-    /// that hold them. On a warm remount the first program's exec, its libraries and its first reads then
-    /// find their bytes in memory instead of waiting on the disk for one fault after another; bytes that
-    /// are not local are left to the startup prefetch. Does nothing without a disk cache or a runtime.
-    pub fn warm_page_cache(&self, files: Vec<DataRef>) {
-        let inner = &self.inner;
-        let Some(disk) = inner.disk.clone() else { return };
-        let Some(rt) = Handle::try_current().ok().or_else(|| inner.runtime.clone()) else { return };
-        let (archive, passthrough_min) = (Arc::clone(&inner.archive), inner.config.passthrough_min);
-        drop(rt.spawn_blocking(move || {
-            let (mut copies, mut spans) = (0, 0);
-            for data in files.into_iter().filter(|d| d.size > 0) {
-                let Ok(parts) = file_parts(&archive, data) else { continue };
-                if data.size >= passthrough_min {
-                    if let Some(file) = disk.find_file(&file_key(&parts, data.size), data.size) {
-                        will_need(&file, 0..data.size);
-                        copies += 1;
-                        continue;
-                    }
-                }
-                spans += parts.iter().filter(|p| disk.advise_span(&p.digest, p.from..p.to)).count();
-            }
-            debug!(copies, spans, "startup set read ahead into the page cache");
-        }));
     }
 }
 

@@ -29,13 +29,11 @@
 //! below the bound.
 //!
 //! The jobs live apart: this module reads, verifies and writes span files and counts what it does;
-//! `advise` asks the kernel to read cache files ahead into its page cache; `compressed` is the compressed
-//! form of a span file; `seal` marks files later processes may trust;
+//! `compressed` is the compressed form of a span file; `seal` marks files later processes may trust;
 //! `prefix` keeps the prefixes partial fetches brought; `evict` keeps the bound; `files` holds the
 //! file-system helpers (temp files renamed into place, the private directory, the default location, span
 //! file names and opening a span file in either form).
 
-mod advise;
 mod compressed;
 mod evict;
 mod files;
@@ -53,7 +51,6 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use tracing::{debug, warn};
 
-pub(crate) use advise::will_need;
 pub use evict::Evicted;
 pub use files::{default_cache_dir, private_dir};
 pub(crate) use files::{parse_digest, touch, Form};
