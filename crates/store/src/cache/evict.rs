@@ -48,8 +48,8 @@ impl DiskCache {
     /// The scan at open: starts the running total from what the directory holds (plus what this process
     /// added meanwhile), marks sealed span files verified (a read trusts them as it would on opening them),
     /// notes sealed decoded prefix files (reads take their pieces from them by range), evicts when over the
-    /// bound, then wakes [`DiskCache::wait_scanned`]. A file this process writes while
-    /// the scan runs may be counted twice, until the next eviction pass counts afresh.
+    /// bound, then wakes [`DiskCache::wait_scanned`]. A file this process writes while the scan runs may be
+    /// counted twice, until the next eviction pass counts afresh.
     pub(super) fn first_scan(&self) {
         let before = self.total.load(Ordering::Relaxed);
         match self.scan() {
