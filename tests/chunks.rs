@@ -209,6 +209,55 @@ fn a_remount_serves_a_partly_fetched_span_from_the_cache_and_refetches_a_damaged
     assert!(log.contains("chunk digests"), "the damaged prefix was not reported:\n{log}");
 }
 
+/// A gzip layer of small text files around `data/big` (300 KiB of text), which starts and ends inside one
+/// 1 MiB span with other files after it in that span.
+fn big_file_layer() -> Layer {
+    let text =
+        |seed: u64, len: usize| -> Vec<u8> { pseudo_random_bytes(seed, len).iter().map(|b| b'a' + b % 16).collect() };
+    let mut l = LayerBuilder::new();
+    l.dir("data");
+    for i in 0..40u64 {
+        l.file(format!("data/a{i:02}").as_str(), text(i, 8 << 10));
+    }
+    l.file("data/big", text(99, 300 << 10));
+    for i in 0..200u64 {
+        l.file(format!("data/b{i:03}").as_str(), text(100 + i, 8 << 10));
+    }
+    Layer::new(l.finish(), Compression::Gzip)
+}
+
+#[test]
+fn a_sequential_read_of_a_file_inside_a_span_fetches_to_the_files_end_not_the_spans() {
+    let served = Served::with_span_mib(&Image::new(vec![big_file_layer()]), 1);
+    let a = Archive::open(&served.index()).unwrap();
+    let data = a.node(a.resolve(b"/data/big").unwrap().unwrap()).unwrap().data_ref().unwrap();
+    let layer = LayerIndex(0);
+    let span = a.find_span(layer, data.offset).unwrap();
+    let range = a.span_range(layer, span).unwrap();
+    let end = data.offset + data.size;
+    assert_eq!(a.find_span(layer, end - 1).unwrap(), span, "data/big is not inside one span");
+    let into = (end - range.start) * 100 / (range.end - range.start);
+    assert!(into < 75, "data/big ends {into} % into its span: no room after it");
+    let span_compressed = a.span(span.next()).unwrap().in_offset - a.span(span).unwrap().in_offset;
+
+    // Read whole, in several requests: a sequential reader. What loads ahead of it stops where the file ends.
+    let addr = common::free_addr();
+    let m = served.mount("mnt", &["--metrics", &addr]);
+    let got = std::fs::read(m.dir.join("data/big")).unwrap();
+    let unpacked = umoci_unpack(served.layout.path(), "t");
+    assert!(got == std::fs::read(unpacked.rootfs().join("data/big")).unwrap(), "data/big: not umoci's bytes");
+    common::wait_within(Duration::from_secs(10), "the loads ahead ended", || {
+        metric(&addr, "clip_loads_ahead ") == 0.0 && metric(&addr, "clip_inflight_fetches ") == 0.0
+    });
+    let fetched = served.proxy().stats().blob_bytes;
+    let bound = span_compressed * (into + 10) / 100;
+    assert!(
+        fetched <= bound,
+        "{fetched} of the span's {span_compressed} bytes fetched: past data/big's end ({into} %)"
+    );
+    m.stop();
+}
+
 /// Rewrites the index at `path` without its `CHNK` section (in the table; its bytes stay, unreferenced):
 /// the index an older clip wrote.
 fn strip_chunk_digests(path: &Path) {

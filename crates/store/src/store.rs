@@ -195,20 +195,21 @@ impl ContentStore {
         // Grown by the verified bytes as they come, not reserved up front from a size the index records.
         let mut out = Vec::with_capacity((end - offset).min(MAX_PREALLOC) as usize);
         for slice in self.inner.archive.file_spans(data, offset..end) {
-            let SpanSlice { span, span_range, within } = slice?;
-            if let Some(slice) = self.inner.disk_slice(span, span_range.end - span_range.start, &within).await {
-                if sequential && slice.from_prefix {
-                    // As below: the file goes on past what the decoded prefix holds.
-                    self.inner.complete(data.layer, span);
+            let slice = slice?;
+            let SpanSlice { span, ref span_range, ref within } = slice;
+            if let Some(piece) = self.inner.disk_slice(span, span_range.end - span_range.start, within).await {
+                if sequential && piece.from_prefix {
+                    // As below, from the decoded prefix on disk.
+                    self.inner.continue_file(data, &slice);
                 }
-                out.extend_from_slice(&slice.bytes);
+                out.extend_from_slice(&piece.bytes);
                 continue;
             }
             let need = Need::Upto(within.end);
             let bytes = self.inner.span(data.layer, span, need, Priority::Foreground, deadline).await?;
             if sequential && (bytes.len() as u64) < span_range.end - span_range.start {
-                // Served from a prefix: a sequential reader wants the rest soon.
-                self.inner.complete(data.layer, span);
+                // Served from a prefix: a sequential reader wants the rest of its file soon.
+                self.inner.continue_file(data, &slice);
             }
             let short = Corruption::SpanGap { layer: data.layer, span, offset: span_range.start + within.end };
             let piece = bytes.get(within.start as usize..within.end as usize).ok_or(FormatError::from(short))?;
