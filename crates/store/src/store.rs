@@ -371,8 +371,9 @@ impl Inner {
             return None;
         }
         let digest = self.archive.span(index).ok()?.digest;
-        let whole = self.trusted_on_disk(index) || !disk.scanned();
-        let part = disk.noted_part(&digest) || !disk.scanned();
+        let unscanned = !disk.scanned();
+        let whole = unscanned || disk.is_verified(&digest);
+        let part = unscanned || disk.noted_part(&digest);
         if !whole && !part {
             return None;
         }

@@ -192,17 +192,13 @@ impl DiskCache {
                                 None => continue,
                             }
                         }
-                        PREFIXES_DIR => match name.strip_suffix(PART_SUFFIX) {
-                            Some(hex) => match parse_digest(hex) {
-                                Some(d) => {
-                                    part = Some(d);
-                                    None
-                                }
-                                None => continue,
-                            },
-                            None if parse_digest(name).is_some() => None,
-                            None => continue,
-                        },
+                        PREFIXES_DIR => {
+                            // `KEY` (a compressed prefix) or `SPAN.part` (a decoded one).
+                            let hex = name.strip_suffix(PART_SUFFIX);
+                            let Some(d) = parse_digest(hex.unwrap_or(name)) else { continue };
+                            part = hex.map(|_| d);
+                            None
+                        }
                         _ => {
                             let valid = name
                                 .split_once('.')
