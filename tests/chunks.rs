@@ -9,7 +9,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use clip_format::{Archive, LayerIndex};
+use clip_format::{Archive, LayerIndex, SpanId, SpanIds};
 use clip_testkit::*;
 use common::{metric, Served};
 use rstest::rstest;
@@ -256,6 +256,59 @@ fn a_sequential_read_of_a_file_inside_a_span_fetches_to_the_files_end_not_the_sp
         "{fetched} of the span's {span_compressed} bytes fetched: past data/big's end ({into} %)"
     );
     m.stop();
+}
+
+#[test]
+fn a_sequential_reader_loads_the_span_its_file_ends_in_only_to_the_files_end() {
+    let served = Served::with_span_mib(&Image::new(vec![library_layer()]), 1);
+    let a = Archive::open(&served.index()).unwrap();
+    let data = a.node(a.resolve(b"/data/lib").unwrap().unwrap()).unwrap().data_ref().unwrap();
+    let layer = LayerIndex(0);
+    let (first, last) =
+        (a.find_span(layer, data.offset).unwrap(), a.find_span(layer, data.offset + data.size - 1).unwrap());
+    assert!(last > first, "data/lib does not cross a span boundary");
+    let range = a.span_range(layer, last).unwrap();
+    let into = (data.offset + data.size - range.start) * 100 / (range.end - range.start);
+    assert!(into < 60, "data/lib ends {into} % into its last span: no room after it");
+    let compressed = |s: SpanId| a.span(s.next()).unwrap().in_offset - a.span(s).unwrap().in_offset;
+    let before: u64 = SpanIds::through(first, last).into_iter().filter(|&s| s != last).map(compressed).sum();
+
+    // Read whole, in many requests: the loads ahead of the reader reach the last span, which they want only
+    // as far as data/lib goes (other files fill the rest of it).
+    let addr = common::free_addr();
+    let m = served.mount("mnt", &["--metrics", &addr]);
+    let got = std::fs::read(m.dir.join("data/lib")).unwrap();
+    let unpacked = umoci_unpack(served.layout.path(), "t");
+    assert!(got == std::fs::read(unpacked.rootfs().join("data/lib")).unwrap(), "data/lib: not umoci's bytes");
+    common::wait_within(Duration::from_secs(10), "the loads ahead ended", || {
+        metric(&addr, "clip_loads_ahead ") == 0.0 && metric(&addr, "clip_inflight_fetches ") == 0.0
+    });
+    let fetched = served.proxy().stats().blob_bytes;
+    let bound = before + compressed(last) * (into + 15) / 100;
+    assert!(
+        fetched <= bound,
+        "{fetched} bytes fetched, more than data/lib's spans to its end ({bound}): its last span ({} bytes) \
+         loaded past data/lib's end ({into} %)",
+        compressed(last)
+    );
+    m.stop();
+}
+
+/// A gzip layer of small text files around `data/lib` (1.3 MiB of text), which crosses a 1 MiB span
+/// boundary and ends well inside the next span, with other files after it.
+fn library_layer() -> Layer {
+    let text =
+        |seed: u64, len: usize| -> Vec<u8> { pseudo_random_bytes(seed, len).iter().map(|b| b'a' + b % 16).collect() };
+    let mut l = LayerBuilder::new();
+    l.dir("data");
+    for i in 0..16u64 {
+        l.file(format!("data/a{i:02}").as_str(), text(i, 8 << 10));
+    }
+    l.file("data/lib", text(99, 1300 << 10));
+    for i in 0..200u64 {
+        l.file(format!("data/b{i:03}").as_str(), text(100 + i, 8 << 10));
+    }
+    Layer::new(l.finish(), Compression::Gzip)
 }
 
 /// Rewrites the index at `path` without its `CHNK` section (in the table; its bytes stay, unreferenced):

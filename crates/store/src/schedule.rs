@@ -203,13 +203,20 @@ impl Inner {
             (first, last)
         };
         let Ok(rt) = Handle::try_current() else { return true };
+        let file_end = data.offset.saturating_add(data.size);
         for index in SpanIds::through(first, last) {
+            // The span the file ends in is wanted up to there: past it lie other files (a library's last
+            // span loaded whole had cost a cold Python start ~1 MiB of the bytes it fetched).
+            let need = match self.archive.span_range(data.layer, index) {
+                Ok(r) if file_end < r.end => Need::Upto(file_end.saturating_sub(r.start)),
+                _ => Need::Whole,
+            };
             // A span checked in the disk cache is read from there by range: loading it would be wasted.
-            if self.in_memory(index, Need::Whole) || self.trusted_on_disk(index) {
+            if self.in_memory(index, need) || self.trusted_on_disk(index) {
                 continue;
             }
             Counters::bump(&self.counters.readahead_spans);
-            self.load_ahead(&rt, data.layer, index, Need::Whole, "readahead of a span failed");
+            self.load_ahead(&rt, data.layer, index, need, "readahead of a span failed");
         }
         true
     }
