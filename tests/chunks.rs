@@ -311,6 +311,52 @@ fn library_layer() -> Layer {
     Layer::new(l.finish(), Compression::Gzip)
 }
 
+#[test]
+fn a_profile_that_reads_most_of_a_span_fetches_that_much_not_the_whole_span() {
+    let served = Served::with_span_mib(&Image::new(vec![text_layer(Compression::Gzip)]), 1);
+    let a = Archive::open(&served.index()).unwrap();
+    let layer = LayerIndex(0);
+    let span = a.layer_spans(layer).unwrap().start;
+    let range = a.span_range(layer, span).unwrap();
+    let upto = (range.end - range.start) * 4 / 5;
+    let compressed = a.span(span.next()).unwrap().in_offset - a.span(span).unwrap().in_offset;
+    let dir = tempfile::tempdir().unwrap();
+    let profile = dir.path().join("profile.json");
+    let digest = a.meta().manifest_digest.unwrap().to_string();
+    let json = serde_json::json!({ "manifest_digest": digest, "spans": [[0, span.0, upto]] });
+    std::fs::write(&profile, json.to_string()).unwrap();
+
+    // The profile says the workload reads four fifths of the span: a prefetch fetches that far, not on to the
+    // span's end as a reader that far in would (the rest would only delay the next spans on a busy link).
+    let addr = common::free_addr();
+    let args = ["--metrics", &addr, "--profile", profile.to_str().unwrap(), "--no-startup-set"];
+    let m = served.mount("mnt", &args);
+    common::wait_within(Duration::from_secs(10), "the profile's span was prefetched", || {
+        metric(&addr, "clip_prefetched_spans_total") >= 1.0
+    });
+    let fetched = served.proxy().stats().blob_bytes;
+    assert!(
+        fetched > 0 && fetched * 10 < compressed * 9,
+        "{fetched} bytes fetched for four fifths of a span of {compressed} compressed bytes"
+    );
+
+    // A read past what the profile named goes on from the prefix: umoci's bytes.
+    let unpacked = umoci_unpack(served.layout.path(), "t");
+    let past = (0..384)
+        .map(|i| format!("data/f{i:03}"))
+        .find(|p| {
+            let data = a.node(a.resolve(format!("/{p}").as_bytes()).unwrap().unwrap()).unwrap().data_ref().unwrap();
+            data.offset >= range.start + upto + (128 << 10) && data.offset + data.size <= range.end
+        })
+        .expect("a file past the profile's prefix in the span");
+    assert!(
+        std::fs::read(m.dir.join(&past)).unwrap() == std::fs::read(unpacked.rootfs().join(&past)).unwrap(),
+        "{past}"
+    );
+    assert!(served.proxy().stats().blob_bytes > fetched, "{past} was served without fetching the rest of the span");
+    m.stop();
+}
+
 /// Rewrites the index at `path` without its `CHNK` section (in the table; its bytes stay, unreferenced):
 /// the index an older clip wrote.
 fn strip_chunk_digests(path: &Path) {

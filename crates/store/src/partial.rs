@@ -18,7 +18,7 @@ use tracing::debug;
 
 use crate::fetch::{checkpoint, verified, Fetch};
 use crate::memory::{Entry, Held};
-use crate::store::Inner;
+use crate::store::{Inner, Priority};
 use crate::StoreError;
 
 /// How much of a span a load must bring.
@@ -109,10 +109,19 @@ impl Inner {
     /// Span `f`, at least the decoded bytes `need` asks for: a verified prefix when the index has chunk
     /// digests and the prefix is well short of the span, else the whole span (verified, on disk too).
     /// `held` is a prefix already in memory to go on from.
-    pub(crate) async fn fetch_upto(&self, f: Fetch, need: Need, held: Option<Held>) -> Result<Entry, StoreError> {
+    pub(crate) async fn fetch_upto(
+        &self,
+        f: Fetch,
+        need: Need,
+        held: Option<Held>,
+        priority: Priority,
+    ) -> Result<Entry, StoreError> {
         let want = need.bytes(f.len);
-        // Three quarters in, the rest of the span costs less than the round trip that would fetch it later.
-        let near_end = want.saturating_mul(4) >= f.len.saturating_mul(3);
+        // Three quarters in, the rest of the span costs a reader less than the round trip that would fetch
+        // it later. A prefetch knows how far its list (a profile, the startup set) reads: on a busy link the
+        // rest would only delay the spans after it (a cold Python start with a profile fetched 0.18 MiB less
+        // and started 13 ms sooner at 100 Mbit/s).
+        let near_end = priority != Priority::Prefetch && want.saturating_mul(4) >= f.len.saturating_mul(3);
         let chunks = self.chunks_of(&f);
         // A first prefix ends on a chunk boundary: when that is most of the span's bytes anyway, the whole
         // span costs no more and needs no second trip.

@@ -44,7 +44,8 @@ pub type SpanBytes = Arc<[u8]>;
 /// The most a [`ContentStore::read`] reserves before any byte arrives.
 const MAX_PREALLOC: u64 = 8 << 20;
 
-/// Who wants a span: decides whether it is kept in memory and whether prefetch must wait for it.
+/// Who wants a span: decides whether it is kept in memory, whether prefetch must wait for it, and whether a
+/// prefix near the span's end is fetched to the end (not for a prefetch, which knows how far it reads).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Priority {
     /// A reader is waiting.
@@ -317,7 +318,7 @@ impl Inner {
             }
             let timeout = self.config.read_timeout;
             let load = async {
-                let load = self.load(layer, index, need);
+                let load = self.load(layer, index, need, priority);
                 let timeout = StoreError::Timeout { layer, span: index, after: timeout };
                 let bytes = tokio::time::timeout_at(deadline, load).await.unwrap_or(Err(timeout))?;
                 // Kept before the flight ends, so a lookup right after it finds the span here, not nowhere
@@ -393,7 +394,13 @@ impl Inner {
 
     /// The disk cache, else the remote tier and a whole fetch, else a fetch of as much as `need` asks
     /// for (a prefix goes to memory with its compressed bytes, for the next load of the span to go on from).
-    async fn load(&self, layer: LayerIndex, index: SpanId, need: Need) -> Result<SpanBytes, StoreError> {
+    async fn load(
+        &self,
+        layer: LayerIndex,
+        index: SpanId,
+        need: Need,
+        priority: Priority,
+    ) -> Result<SpanBytes, StoreError> {
         let span = self.archive.span(index)?;
         let out = self.archive.span_range(layer, index)?;
         if let Some(disk) = &self.disk {
@@ -429,7 +436,7 @@ impl Inner {
                 },
             };
             let from_prefix = held.is_some();
-            let entry = self.fetch_upto(fetch.clone(), need, held).await.inspect_err(failed)?;
+            let entry = self.fetch_upto(fetch.clone(), need, held, priority).await.inspect_err(failed)?;
             self.keep_prefix(&fetch, &entry, from_prefix);
             if entry.held.is_some() {
                 lock(&self.memory).put(index, entry.clone(), self.config.memory_bytes);
