@@ -280,6 +280,51 @@ fn opening_a_program_cold_loads_its_libraries_before_the_loader_asks() {
     m.stop();
 }
 
+#[test]
+fn looking_into_a_small_library_for_its_libraries_costs_one_request() {
+    // `ls` and each of its libraries in a layer of its own, indexed twice: the second `clip index` finds the
+    // layers kept as parts, so only its looks into the files (for the startup set) reach the registry. A
+    // file's headers are read first and its dynamic segment, near its end, after: a file of at most 512 KiB
+    // is loaded whole at the first look, so its layer sees one request (it had seen two).
+    let files: Vec<(String, String)> = std::iter::once(("/bin/ls".to_owned(), "usr/bin/ls".to_owned()))
+        .chain(ldd("/bin/ls").into_iter().map(|l| (l.clone(), l[1..].to_owned())))
+        .collect();
+    let layers: Vec<Layer> = files
+        .iter()
+        .map(|(host, path)| {
+            let mut l = LayerBuilder::new();
+            let dirs: Vec<&Path> = Path::new(path).ancestors().skip(1).filter(|d| !d.as_os_str().is_empty()).collect();
+            for d in dirs.iter().rev() {
+                l.dir(d.to_str().unwrap());
+            }
+            l.entry(Entry::file(path.as_str(), std::fs::read(host).unwrap()).mode(0o755).owner(0, 0));
+            Layer::new(l.finish(), Compression::Gzip)
+        })
+        .collect();
+    let mut image = Image::new(layers);
+    image.config.entrypoint = Some(vec!["ls".into()]);
+    let served = Served::with_span_mib(&image, 1);
+    let first = startup_paths(&served.index());
+    assert!(first.iter().any(|p| p.ends_with("/ls")), "{first:?}");
+
+    served.proxy().reset_stats();
+    let again = served.dir.path().join("again.clip");
+    clip_ok(&["index", &served.proxy().image_ref("img:t"), "-o", s(&again), "--span-mib", "1"]);
+    assert_eq!(startup_paths(&again), first);
+    let a = Archive::open(&again).unwrap();
+    let stats = served.proxy().stats();
+    let mut small = 0;
+    for (layer, (host, path)) in a.meta().layers.iter().zip(&files) {
+        let requests = stats.requests_to(&layer.digest.to_string()).len();
+        let size = std::fs::metadata(host).unwrap().len();
+        if size <= 512 << 10 && !path.contains("ld-linux") {
+            small += 1;
+            assert!(requests <= 1, "{requests} requests to look into /{path} ({size} bytes)");
+        }
+    }
+    assert!(small >= 2, "{files:?}");
+}
+
 /// Modules the host's CPython (`/usr/bin/python3`, started without `site`) imports for `statement`, as
 /// `(source, bytecode path beside it, bytecode compiled now into dir)` for each from source and the path of
 /// each extension module.

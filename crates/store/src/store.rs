@@ -43,6 +43,9 @@ pub type SpanBytes = Arc<[u8]>;
 
 /// The most a [`ContentStore::read`] reserves before any byte arrives.
 const MAX_PREALLOC: u64 = 8 << 20;
+/// Files up to this size are loaded whole by [`ContentStore::look`] (an extension module's header and its
+/// dynamic segment had cost a cold Python start two round trips each).
+const LOOK_WHOLE: u64 = 512 << 10;
 
 /// Who wants a span: decides whether it is kept in memory, whether prefetch must wait for it, and whether a
 /// prefix near the span's end is fetched to the end (not for a prefetch, which knows how far it reads).
@@ -180,9 +183,17 @@ impl ContentStore {
 
     /// [`Self::read`] for clip's own look into a file (the headers of a program whose libraries are looked
     /// for, a module whose imports are): not a reader's read, so it neither continues nor starts a
-    /// sequential stream, and loads nothing ahead.
+    /// sequential stream, and loads nothing ahead. A look into a file of at most [`LOOK_WHOLE`] bytes loads
+    /// all of it: what is looked at next (an ELF's dynamic segment lies near its end) is then here, not a
+    /// round trip away.
     pub async fn look(&self, data: DataRef, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
-        self.read_as(data, offset, len, false).await
+        if data.size > LOOK_WHOLE || offset >= data.size {
+            return self.read_as(data, offset, len, false).await;
+        }
+        let whole = self.read_as(data, 0, data.size, false).await?;
+        let start = offset.min(data.size) as usize;
+        let end = data.size.min(offset.saturating_add(len)) as usize;
+        Ok(whole.get(start..end).map(<[u8]>::to_vec).unwrap_or_default())
     }
 
     async fn read_as(&self, data: DataRef, offset: u64, len: u64, reader: bool) -> Result<Vec<u8>, StoreError> {
