@@ -209,21 +209,25 @@ fn a_remount_serves_a_partly_fetched_span_from_the_cache_and_refetches_a_damaged
     assert!(log.contains("chunk digests"), "the damaged prefix was not reported:\n{log}");
 }
 
-/// A gzip layer of small text files around `data/big` (300 KiB of text), which starts and ends inside one
-/// 1 MiB span with other files after it in that span.
-fn big_file_layer() -> Layer {
+/// A gzip layer of text files: `before` files of 8 KiB, `data/NAME` of `len` bytes, then 200 files of 8 KiB.
+fn layer_around(name: &str, len: usize, before: u64) -> Layer {
     let text =
         |seed: u64, len: usize| -> Vec<u8> { pseudo_random_bytes(seed, len).iter().map(|b| b'a' + b % 16).collect() };
     let mut l = LayerBuilder::new();
     l.dir("data");
-    for i in 0..40u64 {
+    for i in 0..before {
         l.file(format!("data/a{i:02}").as_str(), text(i, 8 << 10));
     }
-    l.file("data/big", text(99, 300 << 10));
+    l.file(format!("data/{name}").as_str(), text(99, len));
     for i in 0..200u64 {
         l.file(format!("data/b{i:03}").as_str(), text(100 + i, 8 << 10));
     }
     Layer::new(l.finish(), Compression::Gzip)
+}
+
+/// `data/big` (300 KiB of text) starts and ends inside one 1 MiB span, with other files after it in that span.
+fn big_file_layer() -> Layer {
+    layer_around("big", 300 << 10, 40)
 }
 
 #[test]
@@ -241,21 +245,27 @@ fn a_sequential_read_of_a_file_inside_a_span_fetches_to_the_files_end_not_the_sp
     let span_compressed = a.span(span.next()).unwrap().in_offset - a.span(span).unwrap().in_offset;
 
     // Read whole, in several requests: a sequential reader. What loads ahead of it stops where the file ends.
-    let addr = common::free_addr();
-    let m = served.mount("mnt", &["--metrics", &addr]);
-    let got = std::fs::read(m.dir.join("data/big")).unwrap();
-    let unpacked = umoci_unpack(served.layout.path(), "t");
-    assert!(got == std::fs::read(unpacked.rootfs().join("data/big")).unwrap(), "data/big: not umoci's bytes");
-    common::wait_within(Duration::from_secs(10), "the loads ahead ended", || {
-        metric(&addr, "clip_loads_ahead ") == 0.0 && metric(&addr, "clip_inflight_fetches ") == 0.0
-    });
-    let fetched = served.proxy().stats().blob_bytes;
+    let fetched = read_sequentially(&served, "data/big");
     let bound = span_compressed * (into + 10) / 100;
     assert!(
         fetched <= bound,
         "{fetched} of the span's {span_compressed} bytes fetched: past data/big's end ({into} %)"
     );
+}
+
+/// Reads `path` whole through a fresh mount (a sequential reader, in many requests), checks umoci's bytes,
+/// waits until the loads ahead have ended, and returns the blob bytes fetched.
+fn read_sequentially(served: &Served, path: &str) -> u64 {
+    let addr = common::free_addr();
+    let m = served.mount("mnt", &["--metrics", &addr]);
+    let got = std::fs::read(m.dir.join(path)).unwrap();
+    let unpacked = umoci_unpack(served.layout.path(), "t");
+    assert!(got == std::fs::read(unpacked.rootfs().join(path)).unwrap(), "{path}: not umoci's bytes");
+    common::wait_within(Duration::from_secs(10), "the loads ahead ended", || {
+        metric(&addr, "clip_loads_ahead ") == 0.0 && metric(&addr, "clip_inflight_fetches ") == 0.0
+    });
     m.stop();
+    served.proxy().stats().blob_bytes
 }
 
 #[test]
@@ -275,15 +285,7 @@ fn a_sequential_reader_loads_the_span_its_file_ends_in_only_to_the_files_end() {
 
     // Read whole, in many requests: the loads ahead of the reader reach the last span, which they want only
     // as far as data/lib goes (other files fill the rest of it).
-    let addr = common::free_addr();
-    let m = served.mount("mnt", &["--metrics", &addr]);
-    let got = std::fs::read(m.dir.join("data/lib")).unwrap();
-    let unpacked = umoci_unpack(served.layout.path(), "t");
-    assert!(got == std::fs::read(unpacked.rootfs().join("data/lib")).unwrap(), "data/lib: not umoci's bytes");
-    common::wait_within(Duration::from_secs(10), "the loads ahead ended", || {
-        metric(&addr, "clip_loads_ahead ") == 0.0 && metric(&addr, "clip_inflight_fetches ") == 0.0
-    });
-    let fetched = served.proxy().stats().blob_bytes;
+    let fetched = read_sequentially(&served, "data/lib");
     let bound = before + compressed(last) * (into + 15) / 100;
     assert!(
         fetched <= bound,
@@ -291,24 +293,12 @@ fn a_sequential_reader_loads_the_span_its_file_ends_in_only_to_the_files_end() {
          loaded past data/lib's end ({into} %)",
         compressed(last)
     );
-    m.stop();
 }
 
-/// A gzip layer of small text files around `data/lib` (1.3 MiB of text), which crosses a 1 MiB span
-/// boundary and ends well inside the next span, with other files after it.
+/// `data/lib` (1.3 MiB of text) crosses a 1 MiB span boundary and ends well inside the next span, with other
+/// files after it.
 fn library_layer() -> Layer {
-    let text =
-        |seed: u64, len: usize| -> Vec<u8> { pseudo_random_bytes(seed, len).iter().map(|b| b'a' + b % 16).collect() };
-    let mut l = LayerBuilder::new();
-    l.dir("data");
-    for i in 0..16u64 {
-        l.file(format!("data/a{i:02}").as_str(), text(i, 8 << 10));
-    }
-    l.file("data/lib", text(99, 1300 << 10));
-    for i in 0..200u64 {
-        l.file(format!("data/b{i:03}").as_str(), text(100 + i, 8 << 10));
-    }
-    Layer::new(l.finish(), Compression::Gzip)
+    layer_around("lib", 1300 << 10, 16)
 }
 
 #[test]
