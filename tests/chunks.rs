@@ -9,7 +9,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use clip_format::{Archive, LayerIndex, SpanId, SpanIds};
+use clip_format::{Archive, DataRef, LayerIndex, SpanId, SpanIds};
 use clip_testkit::*;
 use common::{metric, Served};
 use rstest::rstest;
@@ -33,6 +33,11 @@ fn text_layer(compression: Compression) -> Layer {
     }
 }
 
+/// Where the bytes of the file at `path` lie in its layer.
+fn data_of(a: &Archive, path: &str) -> DataRef {
+    a.node(a.resolve(path.as_bytes()).unwrap().unwrap()).unwrap().data_ref().unwrap()
+}
+
 /// A file whose bytes lie 30–50 % into a span that is not the layer's last, and that span's compressed
 /// size as the index records it.
 fn file_mid_span(index: &Path) -> (String, u64) {
@@ -41,8 +46,7 @@ fn file_mid_span(index: &Path) -> (String, u64) {
     let last = a.layer_spans(layer).unwrap().last().unwrap();
     for i in 0..384 {
         let path = format!("/data/f{i:03}");
-        let ino = a.resolve(path.as_bytes()).unwrap().unwrap();
-        let data = a.node(ino).unwrap().data_ref().unwrap();
+        let data = data_of(&a, &path);
         let span = a.find_span(layer, data.offset).unwrap();
         let range = a.span_range(layer, span).unwrap();
         let into = (data.offset + data.size - range.start) * 100 / (range.end - range.start);
@@ -89,7 +93,7 @@ fn a_prefix_estimate_that_falls_short_costs_one_more_request_not_several() {
     let served = Served::with_span_mib(&Image::new(vec![Layer::new(l.finish(), Compression::Gzip)]), 4);
     let path = "data/r110";
     let a = Archive::open(&served.index()).unwrap();
-    let data = a.node(a.resolve(format!("/{path}").as_bytes()).unwrap().unwrap()).unwrap().data_ref().unwrap();
+    let data = data_of(&a, &format!("/{path}"));
     assert_eq!(a.find_span(LayerIndex(0), data.offset).unwrap().0, 0, "the test wants {path} in the first span");
     let m = served.mount("mnt", &[]);
     let got = std::fs::read(m.dir.join(path)).unwrap();
@@ -234,7 +238,7 @@ fn big_file_layer() -> Layer {
 fn a_sequential_read_of_a_file_inside_a_span_fetches_to_the_files_end_not_the_spans() {
     let served = Served::with_span_mib(&Image::new(vec![big_file_layer()]), 1);
     let a = Archive::open(&served.index()).unwrap();
-    let data = a.node(a.resolve(b"/data/big").unwrap().unwrap()).unwrap().data_ref().unwrap();
+    let data = data_of(&a, "/data/big");
     let layer = LayerIndex(0);
     let span = a.find_span(layer, data.offset).unwrap();
     let range = a.span_range(layer, span).unwrap();
@@ -272,7 +276,7 @@ fn read_sequentially(served: &Served, path: &str) -> u64 {
 fn a_sequential_reader_loads_the_span_its_file_ends_in_only_to_the_files_end() {
     let served = Served::with_span_mib(&Image::new(vec![library_layer()]), 1);
     let a = Archive::open(&served.index()).unwrap();
-    let data = a.node(a.resolve(b"/data/lib").unwrap().unwrap()).unwrap().data_ref().unwrap();
+    let data = data_of(&a, "/data/lib");
     let layer = LayerIndex(0);
     let (first, last) =
         (a.find_span(layer, data.offset).unwrap(), a.find_span(layer, data.offset + data.size - 1).unwrap());
@@ -335,7 +339,7 @@ fn a_profile_that_reads_most_of_a_span_fetches_that_much_not_the_whole_span() {
     let past = (0..384)
         .map(|i| format!("data/f{i:03}"))
         .find(|p| {
-            let data = a.node(a.resolve(format!("/{p}").as_bytes()).unwrap().unwrap()).unwrap().data_ref().unwrap();
+            let data = data_of(&a, &format!("/{p}"));
             data.offset >= range.start + upto + (128 << 10) && data.offset + data.size <= range.end
         })
         .expect("a file past the profile's prefix in the span");

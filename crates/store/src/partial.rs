@@ -50,7 +50,11 @@ impl Need {
     /// What of its span a read of file bytes `slice` needs: the span's decoded bytes up to where the slice
     /// ends in it ([`Need::Whole`] when that is its end).
     pub fn of_slice(slice: &SpanSlice) -> Need {
-        let (end, len) = (slice.within.end, slice.span_range.end - slice.span_range.start);
+        Need::to(slice.within.end, slice.span_range.end - slice.span_range.start)
+    }
+
+    /// The first `end` decoded bytes of a span `len` long ([`Need::Whole`] when that is all of it).
+    pub fn to(end: u64, len: u64) -> Need {
         if end >= len {
             Need::Whole
         } else {

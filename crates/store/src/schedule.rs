@@ -207,10 +207,10 @@ impl Inner {
         for index in SpanIds::through(first, last) {
             // The span the file ends in is wanted up to there: past it lie other files (a library's last
             // span loaded whole had cost a cold Python start ~1 MiB of the bytes it fetched).
-            let need = match self.archive.span_range(data.layer, index) {
-                Ok(r) if file_end < r.end => Need::Upto(file_end.saturating_sub(r.start)),
-                _ => Need::Whole,
-            };
+            let need = self
+                .archive
+                .span_range(data.layer, index)
+                .map_or(Need::Whole, |r| Need::to(file_end.saturating_sub(r.start), r.end - r.start));
             // A span checked in the disk cache is read from there by range: loading it would be wasted.
             if self.in_memory(index, need) || self.trusted_on_disk(index) {
                 continue;

@@ -190,10 +190,10 @@ impl ContentStore {
         if data.size > LOOK_WHOLE || offset >= data.size {
             return self.read_as(data, offset, len, false).await;
         }
-        let whole = self.read_as(data, 0, data.size, false).await?;
-        let start = offset.min(data.size) as usize;
-        let end = data.size.min(offset.saturating_add(len)) as usize;
-        Ok(whole.get(start..end).map(<[u8]>::to_vec).unwrap_or_default())
+        let mut bytes = self.read_as(data, 0, data.size, false).await?;
+        bytes.truncate(data.size.min(offset.saturating_add(len)) as usize);
+        bytes.drain(..(offset as usize).min(bytes.len()));
+        Ok(bytes)
     }
 
     async fn read_as(&self, data: DataRef, offset: u64, len: u64, reader: bool) -> Result<Vec<u8>, StoreError> {
