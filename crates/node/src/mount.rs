@@ -152,6 +152,9 @@ pub async fn mount_foreground(
             Err(error) => warn!(error = &error as &dyn std::error::Error, "metrics not served"),
         }
     }
+    // Caught from before the mount appears: whoever sees it may stop it at once, and it is unmounted cleanly.
+    let mut term = signal(SignalKind::terminate()).map_err(NodeError::io(mountpoint, "installing signal handlers"))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(NodeError::io(mountpoint, "installing signal handlers"))?;
     let mountpoint_buf: PathBuf = mountpoint.to_path_buf();
     let fs_opts = config.fs.clone();
     let mut handle = tokio::task::spawn_blocking(move || clip_fs::mount(fs, &mountpoint_buf, &fs_opts))
@@ -177,8 +180,6 @@ pub async fn mount_foreground(
     info!(%archive, mountpoint = %mountpoint.display(), "mounted");
     ready(mountpoint);
 
-    let mut term = signal(SignalKind::terminate()).map_err(NodeError::io(mountpoint, "installing signal handlers"))?;
-    let mut int = signal(SignalKind::interrupt()).map_err(NodeError::io(mountpoint, "installing signal handlers"))?;
     let mut last_save = tokio::time::Instant::now();
     let mut recorded = false;
     loop {
