@@ -114,7 +114,7 @@ fn indexed_layout() -> (OciLayoutBuilder, IndexContents) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let contents = rt.block_on(async {
         let (image, source) = clip_source::open(&reference, &Default::default()).await.unwrap();
-        clip_indexer::index_image(&image, source, &Default::default()).await.unwrap()
+        clip_indexer::index_image(&image, source, &Default::default()).await.unwrap().0
     });
     (layout, contents)
 }

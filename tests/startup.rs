@@ -465,6 +465,47 @@ fn opening_a_python_module_cold_loads_what_it_imports_before_python_asks() {
 }
 
 #[test]
+fn the_index_knows_what_a_module_imports_so_its_closure_loads_without_reading_the_modules_between() {
+    // `json` imports `re`, which alone imports `enum`, `functools`, `copyreg`, `re._compiler`, ... The
+    // bytecode of `re` lies in a layer of its own that the registry refuses once the image is indexed: a
+    // search would have to read `re` to find what it imports; the index knows it from the indexing, when
+    // every layer streamed by.
+    let dir = tempfile::tempdir().unwrap();
+    let (modules, _) = python_imports("import json", dir.path());
+    let re = modules.iter().position(|m| m.0.ends_with("/re/__init__.py")).expect("json imports re");
+    let (mut others, re) = (modules.clone(), vec![modules[re].clone()]);
+    others.retain(|m| m.0 != re[0].0);
+    let behind_re: Vec<_> =
+        ["/enum.py", "/functools.py", "/copyreg.py", "/re/_compiler.py", "/re/_parser.py", "/keyword.py"]
+            .iter()
+            .filter_map(|name| others.iter().find(|m| m.0.ends_with(name)))
+            .collect();
+    assert!(behind_re.len() >= 5, "{others:?}");
+    let served = Served::with_span_mib(&Image::new(vec![python_layer(&others, vec![]), python_layer(&re, vec![])]), 1);
+    let index = Archive::open(&served.index()).unwrap();
+    let known = |m: &(String, String, std::path::PathBuf)| {
+        let ino = index.resolve(m.1.as_bytes()).unwrap().unwrap();
+        index.next_files().of(ino).is_some()
+    };
+    assert!(modules.iter().all(known), "the index records what each module imports");
+    let refused = index.meta().layers[1].digest.to_string();
+    served.proxy().set_faults(vec![Fault::new(FaultKind::Status(404)).path_contains(&refused)]);
+
+    let addr = common::free_addr();
+    let m = mount_telling_searches(&served, &addr);
+    let init = &others.iter().find(|m| m.0.ends_with("/json/__init__.py")).unwrap().1;
+    std::io::Read::read_exact(&mut std::fs::File::open(m.dir.join(&init[1..])).unwrap(), &mut [0u8; 16]).unwrap();
+    searches_done(&m, &addr, 1);
+    let requests = served.proxy().stats().requests;
+    for (source, cached, compiled) in &others {
+        assert!(std::fs::read(m.dir.join(&cached[1..])).unwrap() == std::fs::read(compiled).unwrap(), "{source}");
+    }
+    assert_eq!(served.proxy().stats().requests, requests, "a module behind re was read from the registry");
+    assert!(std::fs::read(m.dir.join(&re[0].1[1..])).is_err(), "re's layer is refused");
+    m.stop();
+}
+
+#[test]
 fn a_first_program_outside_the_startup_set_makes_the_sets_prefetch_yield() {
     let mut served = Served::new(&image(
         &[("/bin/ls", "usr/bin/ls", 0o755), ("/usr/bin/env", "usr/bin/env", 0o755)],

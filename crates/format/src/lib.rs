@@ -9,7 +9,8 @@
 //!   on access.
 //!
 //! - [`Archive::startup_set`]: the files the image's entrypoint opens first (the optional `STRT` section),
-//!   added to a written index by [`Archive::write_with_startup_set`].
+//!   and [`Archive::next_files`]: what opening a file loads next (the optional `NEXT` section), both added
+//!   to a written index by [`Archive::write_with_startup`].
 //! - [`LayerPart`]: the index of one layer on its own (tar entries, spans, windows), content-addressed so
 //!   images that share a layer share its part; image indexes are merged from parts.
 //!
@@ -60,9 +61,12 @@ pub use layout::{ArchiveKind, SectionEntry};
 pub use meta::{Compression, ImageConfig, ImageMeta, LayerMeta, Platform};
 pub use node::{mode, Content, DataRef, Ino, NodeKind, NodeSpec, Timestamp, Xattr};
 pub use part::{
-    index_part_keys, part_key, EntryKind, LayerPart, PartEntries, PartEntriesIntoIter, PartMeta, TarEntry, PART_VERSION,
+    index_part_keys, part_key, EntryKind, LayerPart, ModuleImport, ModuleImports, PartEntries, PartEntriesIntoIter,
+    PartMeta, TarEntry, PART_VERSION,
 };
-pub use reader::{Archive, NodeView, RangeReader, SpanSlice, SpanView, XattrRef, MAX_STARTUP_FILES};
+pub use reader::{
+    Archive, Next, NextFiles, NodeView, RangeReader, SpanSlice, SpanView, XattrRef, MAX_NEXT_EDGES, MAX_STARTUP_FILES,
+};
 pub use tables::{NodeRecord, RecordContent, TreeTables};
 pub use windows::{WindowRef, Windows, MAX_WINDOW};
 pub use writer::{write_archive, write_index, DataSource, IndexContents, SpanSpec};

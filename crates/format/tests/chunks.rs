@@ -136,7 +136,14 @@ fn part(chunks: Option<Chunks>) -> LayerPart {
         compression: Compression::Gzip,
         span_size: 1 << 20,
     };
-    LayerPart { meta, entries: PartEntries::default(), spans: c.spans[..2].to_vec(), windows: c.windows, chunks }
+    LayerPart {
+        meta,
+        entries: PartEntries::default(),
+        spans: c.spans[..2].to_vec(),
+        windows: c.windows,
+        chunks,
+        modules: vec![],
+    }
 }
 
 fn part_bytes(p: &LayerPart) -> Vec<u8> {

@@ -86,6 +86,14 @@ fn sample_with(edit: impl FnOnce(&mut Vec<TarEntry>)) -> LayerPart {
             chunks: (0..4u8).map(|i| ChunkDigest([i; CHUNK_DIGEST_LEN])).collect(),
             windows: vec![ChunkDigest::default(), ChunkDigest::of(b"w1"), ChunkDigest::of(b"w2")],
         }),
+        modules: vec![ModuleImports {
+            data_offset: 1536,
+            version: (3, 11),
+            imports: vec![
+                ModuleImport { name: "os.path".into(), level: 0, fromlist: vec![] },
+                ModuleImport { name: String::new(), level: 1, fromlist: vec!["sub".into()] },
+            ],
+        }],
     }
 }
 
@@ -110,6 +118,7 @@ fn a_part_reads_back_as_written_and_writes_the_same_bytes_again() {
     assert_eq!(back.entries.clone().into_iter().collect::<Vec<_>>(), expected);
     assert_eq!(back.entries.len(), expected.len());
     assert_eq!(back.spans, part.spans);
+    assert_eq!(back.modules, part.modules);
     assert_eq!(back.windows.len(), part.windows.len());
     assert_eq!(bytes(&back), first, "a part read back writes the same bytes");
     assert_eq!(part.key(), format!("sha256-{}-s4096-v{PART_VERSION}", "ab".repeat(32)));
@@ -151,4 +160,15 @@ fn a_part_whose_entries_point_outside_the_layer_is_refused() {
     part.spans[2].out_offset = 1; // before the span ahead of it
     let err = LayerPart::from_bytes(&bytes(&part)).unwrap_err();
     assert!(err.to_string().contains("span 2 is out of order"), "{err}");
+}
+
+#[test]
+fn a_part_whose_module_imports_point_outside_its_layer_is_refused() {
+    let mut part = sample();
+    part.modules[0].data_offset = part.meta.uncompressed_size;
+    let err = LayerPart::from_bytes(&bytes(&part)).unwrap_err();
+    assert!(err.to_string().contains("PYIM"), "{err}");
+    part.modules.clear();
+    let plain = LayerPart::from_bytes(&bytes(&part)).unwrap();
+    assert!(plain.modules.is_empty(), "a part without bytecode has no PYIM section");
 }

@@ -1,14 +1,15 @@
 //! Adding the startup set to an index just written ([`add_startup_set`]): the index is opened, the files its
-//! image's entrypoint opens first are found by [`clip_indexer::startup::startup_set`], reading their
-//! headers through a content store over the same source the layers were indexed from (each span verified
-//! as a mount would), and the set is added to the file as its `STRT` section.
+//! image's entrypoint opens first are found by [`clip_indexer::startup::startup_set`], and what opening
+//! each Python module loads next by [`clip_indexer::startup::next_files`], reading the files through a
+//! content store over the same source the layers were indexed from (each span verified as a mount would);
+//! both are added to the file, as its `STRT` and `NEXT` sections.
 
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
 use clip_format::{Archive, DataRef};
-use clip_indexer::startup::{startup_set, FileBytes, ReadError};
+use clip_indexer::startup::{next_files, startup_set, FileBytes, KnownImports, ReadError};
 use clip_source::BlobSource;
 use clip_store::{ContentStore, SourceBlobs, StoreConfig};
 use futures::future::BoxFuture;
@@ -26,11 +27,11 @@ impl FileBytes for StoreBytes {
     }
 }
 
-/// Finds the startup set of the index at `path` (its layers read from `source`) and rewrites the file with
-/// it; returns how many files it holds. A set that cannot be found or added is logged and left out (the
-/// index is right without it), so this never fails the indexing.
-pub(crate) async fn add_startup_set(path: &Path, source: Arc<dyn BlobSource>) -> usize {
-    match try_add(path, source).await {
+/// Finds the startup set of the index at `path` (its layers read from `source`) and what its modules load
+/// next (from what they import, `imports`), and rewrites the file with them; returns how many files the set holds. What cannot be found or
+/// added is logged and left out (the index is right without it), so this never fails the indexing.
+pub(crate) async fn add_startup_set(path: &Path, source: Arc<dyn BlobSource>, imports: &KnownImports) -> usize {
+    match try_add(path, source, imports).await {
         Ok(files) => files,
         Err(error) => {
             warn!(path = %path.display(), error = &error as &dyn std::error::Error, "adding the startup set failed; the index has none");
@@ -39,21 +40,28 @@ pub(crate) async fn add_startup_set(path: &Path, source: Arc<dyn BlobSource>) ->
     }
 }
 
-async fn try_add(path: &Path, source: Arc<dyn BlobSource>) -> Result<usize, ImageError> {
+async fn try_add(path: &Path, source: Arc<dyn BlobSource>, imports: &KnownImports) -> Result<usize, ImageError> {
     let archive = Arc::new(Archive::open(path).map_err(ImageError::format(path))?);
     let blobs = Arc::new(SourceBlobs::new(&archive, source));
     // Only the headers are read: no readahead, no loads of whole files, nothing kept on disk.
     let config = StoreConfig { cache_dir: None, readahead_spans: 0, open_prefetch_max: 0, ..StoreConfig::default() };
     let files = StoreBytes(Arc::new(ContentStore::new(archive.clone(), blobs, config)));
     let set = startup_set(&archive, &files).await;
+    let next = next_files(&archive, imports);
     let stats = files.0.stats();
-    debug!(files = set.len(), spans = stats.spans_fetched, bytes = stats.bytes_fetched, "startup set");
-    if set.is_empty() {
+    debug!(
+        files = set.len(),
+        next = next.len(),
+        spans = stats.spans_fetched,
+        bytes = stats.bytes_fetched,
+        "startup set and what files load next"
+    );
+    if set.is_empty() && next.is_empty() {
         return Ok(0);
     }
     crate::write_atomically(path, |f| {
         let mut w = std::io::BufWriter::new(f);
-        archive.write_with_startup_set(&set, &mut w).map_err(ImageError::format(path))?;
+        archive.write_with_startup(&set, &next, &mut w).map_err(ImageError::format(path))?;
         w.flush().map_err(ImageError::io(path, "writing the index"))
     })?;
     Ok(set.len())

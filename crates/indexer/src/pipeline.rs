@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use clip_codec::{IndexingReader, Span};
 use clip_format::{
-    Compression, FormatError, ImageMeta, IndexContents, LayerIndex, LayerPart, PartEntries, PartMeta, Platform,
-    SpanSpec, Windows,
+    part::MAX_LAYER_MODULES, Compression, FormatError, ImageMeta, IndexContents, LayerIndex, LayerPart, ModuleImports,
+    PartEntries, PartMeta, Platform, SpanSpec, Windows,
 };
 use clip_source::{BlobSource, Descriptor, Digest, ResolvedImage};
 use futures::{StreamExt, TryStreamExt};
@@ -20,6 +20,7 @@ use tracing::{debug, info};
 use crate::assemble::{assemble, TreeKind};
 use crate::chunks::{ChunkHasher, ChunkRecorder, SharedChunks};
 use crate::parts::{keep_part, reused_part, PartStore};
+use crate::startup::{bytecode_imports, is_bytecode, KnownImports, PYC_MAX};
 use crate::tar::{TarError, TarReader};
 use crate::IndexError;
 
@@ -103,13 +104,15 @@ impl SpanSink {
     }
 }
 
-/// Indexes `image`, reading its layers from `source`.
+/// Indexes `image`, reading its layers from `source`; with the index, what its layers' CPython modules
+/// import (for [`crate::startup::next_files`] once the index is written).
 pub async fn index_image(
     image: &ResolvedImage,
     source: Arc<dyn BlobSource>,
     opts: &IndexOptions,
-) -> Result<IndexContents, IndexError> {
+) -> Result<(IndexContents, KnownImports), IndexError> {
     let parts = layer_parts(&image.layers, &image.config.diff_ids, source, opts).await?;
+    let imports = KnownImports::of_parts(&parts);
     let base = ImageMeta {
         source: image.reference.to_string(),
         manifest_digest: Some(image.manifest_digest),
@@ -127,7 +130,7 @@ pub async fn index_image(
     let contents = assemble(base, &media_types, parts, TreeKind::Merged)?;
     let (layers, nodes, spans) = (contents.meta.layers.len(), contents.inodes(), contents.spans.len());
     info!(image = %image.reference, layers, nodes, spans, "indexed");
-    Ok(contents)
+    Ok((contents, imports))
 }
 
 /// The parts of the layers `layers` (bottom first; `diff_ids[i]` is layer `i`'s diff_id from the image
@@ -267,6 +270,9 @@ fn read_layer(
         sink_error: None,
     };
     let mut tar = TarReader::new(Hashing { inner: guarded, tally: tar_tally.clone() });
+    // CPython bytecode is read as it streams by, for what each module imports (see `startup::next`).
+    tar.keep_data(|path, size| size <= PYC_MAX && is_bytecode(path));
+    let mut modules = Vec::new();
     let mut entries = PartEntries::default();
     let mut last_report = 0u64;
     loop {
@@ -282,6 +288,11 @@ fn read_layer(
         };
         tar.get_mut().inner.inner.set_span_size(span_size_for(&entry.path, opts.span_size));
         entries.push(&entry).map_err(|source| IndexError::Part { layer, source })?;
+        if let Some((version, imports)) = tar.take_data().as_deref().and_then(bytecode_imports) {
+            if modules.len() < MAX_LAYER_MODULES {
+                modules.push(ModuleImports { data_offset: entry.data_offset, version, imports });
+            }
+        }
         if let Some(p) = &opts.progress {
             let pos = tar.position();
             if pos - last_report > 1 << 20 {
@@ -327,7 +338,7 @@ fn read_layer(
         span_size: opts.span_size,
     };
     let chunks = Some(std::mem::replace(&mut *chunks.borrow_mut(), ChunkRecorder::new(comp)).finish());
-    Ok(LayerPart { meta, entries, spans: sink.spans, windows: sink.windows, chunks })
+    Ok(LayerPart { meta, entries, spans: sink.spans, windows: sink.windows, chunks, modules })
 }
 
 /// Spans over what a container seldom reads at start are this many times the span size.

@@ -13,10 +13,12 @@ use crate::error::Corruption;
 use crate::layout::*;
 use crate::{FormatError, ImageMeta, Ino, LayerIndex, NodeKind};
 
+mod next;
 mod spans;
 mod startup;
 mod tree;
 
+pub use next::{Next, NextFiles, MAX_NEXT_EDGES};
 pub use spans::{SpanSlice, SpanView};
 pub use startup::MAX_STARTUP_FILES;
 pub use tree::{NodeView, XattrRef};
@@ -48,6 +50,8 @@ pub struct Archive {
     spans: Section,
     /// The checked `CHNK` section's place and sums, once [`Archive::chunk_table`] looked.
     pub(crate) chunks: std::sync::OnceLock<Option<crate::chunks::CheckedChunks>>,
+    /// The checked `NEXT` section, once [`Archive::next_files`] looked.
+    next: std::sync::OnceLock<Option<NextFiles>>,
 }
 
 /// Reads byte ranges of a `.clip` file that is not local (S3, registry): used by [`Archive::load_remote`].
@@ -137,9 +141,20 @@ impl Archive {
         meta: Section,
         [nodes, dents, strs, xattrs, spans]: [Section; 5],
     ) -> Result<Archive, FormatError> {
-        let chunks = std::sync::OnceLock::new();
-        let mut a =
-            Archive { backing, kind, sections, meta: ImageMeta::default(), nodes, dents, strs, xattrs, spans, chunks };
+        let (chunks, next) = (std::sync::OnceLock::new(), std::sync::OnceLock::new());
+        let mut a = Archive {
+            backing,
+            kind,
+            sections,
+            meta: ImageMeta::default(),
+            nodes,
+            dents,
+            strs,
+            xattrs,
+            spans,
+            chunks,
+            next,
+        };
         a.meta = serde_json::from_slice(a.bytes(&meta)).map_err(FormatError::Meta)?;
         for (section, sec, record) in [
             ("NODE", &a.nodes, NODE_LEN),

@@ -1,14 +1,17 @@
 //! The startup set of an index (the optional `STRT` section): the regular files a start of the image's
 //! entrypoint opens first (the program, its ELF interpreter and libraries, a script's interpreter), in
 //! that order, as inode numbers. The indexer finds them after the index is written, so the set is added
-//! to a written file ([`Archive::write_with_startup_set`]); an index without it reads as an empty set.
+//! to a written file ([`Archive::write_with_startup`], with what opening each file loads next: see `next`);
+//! an index without it reads as an empty set.
 
 use std::io::Write;
 
+use super::next::{self, Next};
 use super::{Archive, Backing};
 use crate::check::decode_section;
 use crate::error::Corruption;
 use crate::layout::*;
+use crate::writer::{compress_section, Raw, ZSTD_LEVEL};
 use crate::{FormatError, Ino, NodeKind};
 
 /// The most files a startup set holds (4 KiB of section).
@@ -69,10 +72,16 @@ impl Archive {
         Ok(path)
     }
 
-    /// Writes this archive (a local one) to `out` with `set` as its startup set, replacing any it has: the
-    /// other sections are copied as they are stored (nothing is encoded again), the set goes last. Returns
-    /// the bytes written.
-    pub fn write_with_startup_set<W: Write>(&self, set: &[Ino], mut out: W) -> Result<u64, FormatError> {
+    /// Writes this archive (a local one) to `out` with `set` as its startup set and `next` as what opening
+    /// each file loads next (see [`Archive::next_files`]; left out when empty), replacing any it has: the
+    /// other sections are copied as they are stored (nothing is encoded again), the new ones go last.
+    /// Returns the bytes written.
+    pub fn write_with_startup<W: Write>(
+        &self,
+        set: &[Ino],
+        next: &[(Ino, Vec<Next>)],
+        mut out: W,
+    ) -> Result<u64, FormatError> {
         if set.len() > MAX_STARTUP_FILES {
             return Err(FormatError::Invalid(format!(
                 "a startup set of {} files (at most {MAX_STARTUP_FILES})",
@@ -80,8 +89,18 @@ impl Archive {
             )));
         }
         let body: Vec<u8> = set.iter().flat_map(|ino| ino.0.to_le_bytes()).collect();
-        let kept: Vec<&SectionEntry> = self.sections.iter().filter(|s| s.id != SEC_STRT).collect();
-        let count = kept.len() + 1;
+        let (len, crc) = (body.len() as u64, crc32c::crc32c(&body));
+        let mut added =
+            vec![(SectionEntry { id: SEC_STRT, flags: 0, offset: 0, stored_len: len, raw_len: len, crc }, body)];
+        let next = next::encode(next);
+        if !next.is_empty() {
+            let stored = compress_section(Raw::Bytes(&next), ZSTD_LEVEL, 20)?;
+            let (stored_len, raw_len, crc) = (stored.len() as u64, next.len() as u64, crc32c::crc32c(&stored));
+            let flags = FLAG_ZSTD | FLAG_LAZY;
+            added.push((SectionEntry { id: SEC_NEXT, flags, offset: 0, stored_len, raw_len, crc }, stored));
+        }
+        let kept: Vec<&SectionEntry> = self.sections.iter().filter(|s| s.id != SEC_STRT && s.id != SEC_NEXT).collect();
+        let count = kept.len() + added.len();
         let mut offset = (HEADER_LEN + count * SECTION_ENTRY_LEN) as u64;
         let mut table = Vec::with_capacity(count * SECTION_ENTRY_LEN);
         let mut bodies = Vec::with_capacity(count);
@@ -91,10 +110,11 @@ impl Archive {
             offset += s.stored_len;
             bodies.push(stored);
         }
-        let len = body.len() as u64;
-        SectionEntry { id: SEC_STRT, flags: 0, offset, stored_len: len, raw_len: len, crc: crc32c::crc32c(&body) }
-            .encode(&mut table);
-        bodies.push(&body);
+        for (entry, body) in &added {
+            SectionEntry { offset, ..*entry }.encode(&mut table);
+            offset += entry.stored_len;
+            bodies.push(body);
+        }
         let header = Header {
             version: FORMAT_VERSION,
             kind_code: self.kind.code(),
@@ -158,7 +178,7 @@ mod tests {
 
     fn with_set(a: &Archive, set: &[Ino]) -> Result<Archive, FormatError> {
         let mut bytes = Vec::new();
-        let written = a.write_with_startup_set(set, &mut bytes)?;
+        let written = a.write_with_startup(set, &[], &mut bytes)?;
         assert_eq!(written, bytes.len() as u64);
         Archive::from_bytes(bytes)
     }
@@ -180,11 +200,36 @@ mod tests {
     }
 
     #[test]
+    fn what_a_file_loads_next_is_added_read_and_replaced_and_a_bad_list_reads_as_none() {
+        let plain = index();
+        assert!(plain.next_files().is_empty());
+        let next = [(Ino(3), vec![Next::Load(Ino(3)), Next::Through(Ino(3))])];
+        let mut bytes = Vec::new();
+        plain.write_with_startup(&[Ino(3)], &next, &mut bytes).unwrap();
+        let a = Archive::from_bytes(bytes).unwrap();
+        assert_eq!(a.startup_set().unwrap(), [Ino(3)]);
+        assert_eq!(a.next_files().len(), 1);
+        assert_eq!(a.next_files().of(Ino(3)).unwrap().collect::<Vec<_>>(), next[0].1);
+        assert!(a.next_files().of(Ino(2)).is_none(), "a file without edges");
+        let lazy = a.section(layout::SEC_NEXT).unwrap();
+        assert_eq!(lazy.flags, layout::FLAG_ZSTD | layout::FLAG_LAZY);
+        // Written again without it: gone, not kept from before.
+        let b = with_set(&a, &[Ino(3)]).unwrap();
+        assert!(b.section(layout::SEC_NEXT).is_none() && b.next_files().is_empty());
+        // An edge to a directory, or to an inode the index does not have: the list is not trusted at all.
+        for bad in [Ino(2), Ino(9)] {
+            let mut bytes = Vec::new();
+            plain.write_with_startup(&[], &[(Ino(3), vec![Next::Load(bad)])], &mut bytes).unwrap();
+            assert!(Archive::from_bytes(bytes).unwrap().next_files().is_empty(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn a_set_naming_a_directory_or_a_missing_inode_is_refused() {
         let plain = index();
         let e = with_set(&plain, &[Ino(2)]).unwrap().startup_set().unwrap_err();
         assert!(e.to_string().contains("inode 2, which is not a regular file"), "{e}");
         assert!(with_set(&plain, &[Ino(9)]).unwrap().startup_set().is_err());
-        assert!(plain.write_with_startup_set(&vec![Ino(3); MAX_STARTUP_FILES + 1], Vec::new()).is_err());
+        assert!(plain.write_with_startup(&vec![Ino(3); MAX_STARTUP_FILES + 1], &[], Vec::new()).is_err());
     }
 }

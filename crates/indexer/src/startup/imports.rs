@@ -9,7 +9,7 @@
 
 use std::collections::HashSet;
 
-use clip_format::NodeKind;
+use clip_format::{Next, NodeKind};
 use tracing::debug;
 
 use super::path::{join, parent, resolve, Found};
@@ -17,7 +17,7 @@ use super::runtime::python_roots;
 use super::{pyc, Finder, Head};
 
 /// The most bytes of one module's bytecode read to find its imports.
-const PYC_MAX: u64 = 4 << 20;
+pub(crate) const PYC_MAX: u64 = 4 << 20;
 /// The most imports resolved in one search (each a few lookups per directory of `sys.path`).
 const MAX_RESOLVED: usize = 4096;
 /// Modules CPython 3.11 on runs from copies frozen into the interpreter (its start-up modules, and what
@@ -82,11 +82,9 @@ impl Finder<'_> {
             let bytes = self.read_all(level.iter().map(|f| (f, Some(0..PYC_MAX))).collect()).await;
             let mut modules = Vec::new();
             for (file, bytes) in level.iter().zip(bytes) {
-                match bytes.as_deref().and_then(pyc::imports) {
-                    Some((version, imports)) if version == interpreter.version => {
-                        modules.extend(self.imported(&interpreter, file, &imports, &mut budget));
-                    }
-                    _ => {}
+                if let Some((version, imports)) = bytes.as_deref().and_then(pyc::imports) {
+                    modules
+                        .extend(self.imported(&interpreter, file, version, &imports, &mut budget).unwrap_or_default());
                 }
             }
             let (mut next, mut extensions) = (Vec::new(), Vec::new());
@@ -113,9 +111,19 @@ impl Finder<'_> {
         }
     }
 
-    /// The modules the `imports` of the module whose bytecode is `file` run, each import taken from `budget`
-    /// (none once it is spent).
-    fn imported(&self, py: &Interpreter, file: &Found, imports: &[pyc::Import], budget: &mut usize) -> Vec<Module> {
+    /// The modules the `imports` of `file`, bytecode of CPython `version`, run, each import taken from
+    /// `budget` (none once it is spent); `None` when `py` is another version.
+    fn imported(
+        &self,
+        py: &Interpreter,
+        file: &Found,
+        version: (u32, u32),
+        imports: &[pyc::Import],
+        budget: &mut usize,
+    ) -> Option<Vec<Module>> {
+        if version != py.version {
+            return None;
+        }
         // The directory of the module's source: bytecode is cached in its `__pycache__`, or (without source)
         // beside it.
         let dir = parent(&file.path);
@@ -123,7 +131,29 @@ impl Finder<'_> {
         let roots = self.search_path(py, &package);
         let taken = imports.len().min(*budget);
         *budget -= taken;
-        imports[..taken].iter().flat_map(|import| self.import(py, &roots, &package, import)).collect()
+        Some(imports[..taken].iter().flat_map(|import| self.import(py, &roots, &package, import)).collect())
+    }
+
+    /// What importing the module whose bytecode `file` (of CPython `version`) holds loads next, for the
+    /// index's `NEXT` section: the bytecode or source of each module its `imports` run, and each extension
+    /// module among them, looked through (the mount looks for its libraries). `None` when `file` is not
+    /// bytecode an interpreter reads.
+    pub(super) fn import_edges(&self, file: &Found, version: (u32, u32), imports: &[pyc::Import]) -> Option<Vec<Next>> {
+        let interpreter = Interpreter::of_bytecode(&file.path)?;
+        let mut budget = MAX_RESOLVED;
+        let modules = self.imported(&interpreter, file, version, imports, &mut budget)?;
+        let mut edges = Vec::new();
+        for module in modules {
+            let edge = match module.file {
+                ModuleFile::Bytecode(f) | ModuleFile::Source(f) => Next::Load(f.node.ino),
+                ModuleFile::Extension(f) => Next::Through(f.node.ino),
+                ModuleFile::Namespace => continue,
+            };
+            if edge.ino() != file.node.ino && !edges.contains(&edge) {
+                edges.push(edge);
+            }
+        }
+        Some(edges)
     }
 
     /// The modules one `import` runs, parents first: for `import a.b`, `a` then `a.b`; for `from P import

@@ -22,6 +22,7 @@
 mod elf;
 mod imports;
 mod ldcache;
+mod next;
 mod path;
 mod pyc;
 mod runtime;
@@ -34,7 +35,10 @@ use clip_format::{Archive, DataRef, Ino, NodeKind};
 use futures::future::{join_all, BoxFuture};
 use tracing::debug;
 
+pub(crate) use imports::PYC_MAX;
+pub use next::{next_files, KnownImports};
 use path::{join, resolve, Found};
+pub(crate) use pyc::imports as bytecode_imports;
 use search::{expand_origin, split_list, standard_dirs};
 
 /// Most files in a startup set.
@@ -94,6 +98,9 @@ pub async fn startup_set(archive: &Archive, files: &dyn FileBytes) -> Vec<Ino> {
 /// - A CPython module's cached bytecode (`…/__pycache__/NAME.cpython-XY.pyc`): the modules it imports as it
 ///   runs, and theirs, a level at a time, with the libraries of the extension modules among them.
 /// - Anything else: nothing.
+///
+/// When the index records what `file` loads next (its `NEXT` section, see [`next_files`]), that closure is
+/// taken instead, all at once, without reading a file.
 pub async fn start_files(
     archive: &Archive,
     files: &dyn FileBytes,
@@ -107,7 +114,9 @@ pub async fn start_files(
     finder.add(&file);
     // The file itself is being loaded by whoever opened it.
     finder.found = found;
-    if is_bytecode(&file.path) {
+    if finder.next_closure(file.node.ino).await {
+        // Known from the index: the whole closure at once.
+    } else if is_bytecode(&file.path) {
         finder.import_closure(&file).await;
     } else if let Some(Head::Elf(headers)) = finder.head(&file).await {
         finder.program_start(&file, &headers).await;
@@ -127,7 +136,7 @@ pub fn starts_more(path: &[u8], executable: bool) -> bool {
 
 /// Whether `path` names CPython bytecode cached beside a module's source (`…/__pycache__/….pyc`), what
 /// [`start_files`] follows the imports of.
-fn is_bytecode(path: &[u8]) -> bool {
+pub(crate) fn is_bytecode(path: &[u8]) -> bool {
     path.ends_with(b".pyc") && path.windows(13).any(|w| w == b"/__pycache__/")
 }
 

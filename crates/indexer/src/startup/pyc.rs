@@ -26,22 +26,14 @@ const MAX_DEPTH: usize = 64;
 /// Most objects read from one file.
 const MAX_OBJECTS: usize = 1 << 20;
 /// Most imports listed for one module (the standard library's modules have tens).
-pub(super) const MAX_IMPORTS: usize = 256;
+pub(super) const MAX_IMPORTS: usize = clip_format::part::MAX_MODULE_IMPORTS;
 
-/// One `import` a module runs.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(super) struct Import {
-    /// The dotted module name (empty for `from . import x`).
-    pub name: String,
-    /// 0 for an absolute import, else how many packages up a relative one starts (`from ..x` is 2).
-    pub level: u32,
-    /// The names of `from NAME import a, b` (each may be a submodule).
-    pub fromlist: Vec<String>,
-}
+/// One `import` a module runs (its dotted name, level and from-list).
+pub(crate) use clip_format::ModuleImport as Import;
 
 /// The version (`(3, 11)`) whose bytecode `pyc` holds, and the module-level imports it runs, in order, each
 /// once, at most [`MAX_IMPORTS`]; `None` when it is not bytecode of a version read here or is malformed.
-pub(super) fn imports(pyc: &[u8]) -> Option<((u32, u32), Vec<Import>)> {
+pub(crate) fn imports(pyc: &[u8]) -> Option<((u32, u32), Vec<Import>)> {
     let magic = u16::from_le_bytes(pyc.get(..2)?.try_into().ok()?);
     if pyc.get(2..4)? != b"\r\n" || pyc.len() < HEADER {
         return None;

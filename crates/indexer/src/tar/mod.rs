@@ -93,6 +93,10 @@ pub struct TarReader<R> {
     pos: u64,
     skip: Vec<u8>,
     finished: bool,
+    /// Which regular files' bytes to keep (by path and size) for [`TarReader::take_data`].
+    keep: Option<fn(&[u8], u64) -> bool>,
+    /// The last entry's bytes, when `keep` took them.
+    kept: Option<Vec<u8>>,
 }
 
 /// Extension headers seen before the entry they apply to.
@@ -106,7 +110,18 @@ struct Pending {
 
 impl<R: Read> TarReader<R> {
     pub fn new(inner: R) -> TarReader<R> {
-        TarReader { inner, pos: 0, skip: Vec::new(), finished: false }
+        TarReader { inner, pos: 0, skip: Vec::new(), finished: false, keep: None, kept: None }
+    }
+
+    /// Keeps the bytes of each regular file that `keep(path, size)` picks, for [`TarReader::take_data`]
+    /// (the others' are skipped). The caller bounds the size: the bytes are read into memory.
+    pub fn keep_data(&mut self, keep: fn(&[u8], u64) -> bool) {
+        self.keep = Some(keep);
+    }
+
+    /// The bytes of the entry [`TarReader::next_entry`] returned last, when [`TarReader::keep_data`] picked it.
+    pub fn take_data(&mut self) -> Option<Vec<u8>> {
+        self.kept.take()
     }
 
     /// Bytes consumed from the stream so far.
@@ -246,7 +261,12 @@ impl<R: Read> TarReader<R> {
         };
         let data_offset = self.pos;
         let size = if kind == EntryKind::File { size } else { 0 };
-        self.skip_data(size)?;
+        self.kept = None;
+        if kind == EntryKind::File && self.keep.is_some_and(|keep| keep(&path, size)) {
+            self.kept = Some(self.read_data(size)?);
+        } else {
+            self.skip_data(size)?;
+        }
         Ok(TarEntry {
             path,
             kind,
