@@ -1,8 +1,9 @@
 //! Adding the startup set to an index just written ([`add_startup_set`]): the index is opened, the files its
-//! image's entrypoint opens first are found by [`clip_indexer::startup::startup_set`], and what opening
-//! each Python module loads next by [`clip_indexer::startup::next_files`], reading the files through a
-//! content store over the same source the layers were indexed from (each span verified as a mount would);
-//! both are added to the file, as its `STRT` and `NEXT` sections.
+//! image's entrypoint opens first are found by [`clip_indexer::startup::startup_set`], reading their
+//! headers through a content store over the same source the layers were indexed from (each span verified
+//! as a mount would), and what opening each Python module loads next by
+//! [`clip_indexer::startup::next_files`] (from the imports the indexing read, nothing fetched); both are
+//! added to the file, as its `STRT` and `NEXT` sections.
 
 use std::io::Write;
 use std::path::Path;
