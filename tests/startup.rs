@@ -466,12 +466,13 @@ fn opening_a_python_module_cold_loads_what_it_imports_before_python_asks() {
 
 #[test]
 fn the_index_knows_what_a_module_imports_so_its_closure_loads_without_reading_the_modules_between() {
-    // `json` imports `re`, which alone imports `enum`, `functools`, `copyreg`, `re._compiler`, ... The
-    // bytecode of `re` lies in a layer of its own that the registry refuses once the image is indexed: a
-    // search would have to read `re` to find what it imports; the index knows it from the indexing, when
-    // every layer streamed by.
+    // `json` imports `re`, which alone imports `enum`, `functools`, `copyreg`, `re._compiler`, ...; `sqlite3`
+    // imports the extension module `_sqlite3`, which loads libsqlite3. The bytecode of `re` and `_sqlite3`
+    // lie in a layer of their own that the registry refuses once the image is indexed: a search would have
+    // to read them to find what they import and load; the index knows it from the indexing, when every
+    // layer streamed by.
     let dir = tempfile::tempdir().unwrap();
-    let (modules, _) = python_imports("import json", dir.path());
+    let (modules, extensions) = python_imports("import json, sqlite3", dir.path());
     let re = modules.iter().position(|m| m.0.ends_with("/re/__init__.py")).expect("json imports re");
     let (mut others, re) = (modules.clone(), vec![modules[re].clone()]);
     others.retain(|m| m.0 != re[0].0);
@@ -481,26 +482,42 @@ fn the_index_knows_what_a_module_imports_so_its_closure_loads_without_reading_th
             .filter_map(|name| others.iter().find(|m| m.0.ends_with(name)))
             .collect();
     assert!(behind_re.len() >= 5, "{others:?}");
-    let served = Served::with_span_mib(&Image::new(vec![python_layer(&others, vec![]), python_layer(&re, vec![])]), 1);
+    let sqlite = extensions.iter().find(|e| e.contains("/_sqlite3.")).expect("sqlite3 imports _sqlite3");
+    let mut libraries = ldd(sqlite);
+    libraries.retain(|l| l.contains("libsqlite3"));
+    assert_eq!(libraries.len(), 1, "{:?}", ldd(sqlite));
+    // `_sqlite3` and its libraries below, `_sqlite3` again (the file the image has) in the refused layer.
+    let below = python_layer(&others, host_programs(&[(sqlite.as_str(), &sqlite[1..], 0o644)]));
+    let refused = python_layer(&re, vec![Entry::file(&sqlite[1..], std::fs::read(sqlite).unwrap())]);
+    let served = Served::with_span_mib(&Image::new(vec![below, refused]), 1);
     let index = Archive::open(&served.index()).unwrap();
-    let known = |m: &(String, String, std::path::PathBuf)| {
-        let ino = index.resolve(m.1.as_bytes()).unwrap().unwrap();
+    let known = |path: &str| {
+        let ino = index.resolve(path.as_bytes()).unwrap().unwrap();
         index.next_files().of(ino).is_some()
     };
-    assert!(modules.iter().all(known), "the index records what each module imports");
+    assert!(modules.iter().all(|m| known(&m.1)) && known(sqlite), "the index records what each module loads");
     let refused = index.meta().layers[1].digest.to_string();
     served.proxy().set_faults(vec![Fault::new(FaultKind::Status(404)).path_contains(&refused)]);
 
     let addr = common::free_addr();
     let m = mount_telling_searches(&served, &addr);
-    let init = &others.iter().find(|m| m.0.ends_with("/json/__init__.py")).unwrap().1;
-    std::io::Read::read_exact(&mut std::fs::File::open(m.dir.join(&init[1..])).unwrap(), &mut [0u8; 16]).unwrap();
-    searches_done(&m, &addr, 1);
+    for name in ["/json/__init__.py", "/sqlite3/__init__.py"] {
+        let init = &others.iter().find(|m| m.0.ends_with(name)).unwrap().1;
+        std::io::Read::read_exact(&mut std::fs::File::open(m.dir.join(&init[1..])).unwrap(), &mut [0u8; 16]).unwrap();
+    }
+    searches_done(&m, &addr, 2);
     let requests = served.proxy().stats().requests;
     for (source, cached, compiled) in &others {
         assert!(std::fs::read(m.dir.join(&cached[1..])).unwrap() == std::fs::read(compiled).unwrap(), "{source}");
     }
-    assert_eq!(served.proxy().stats().requests, requests, "a module behind re was read from the registry");
+    for lib in &libraries {
+        assert!(std::fs::read(m.dir.join(&lib[1..])).unwrap() == std::fs::read(lib).unwrap(), "{lib}");
+    }
+    assert_eq!(
+        served.proxy().stats().requests,
+        requests,
+        "a module behind re, or libsqlite3, was read from the registry"
+    );
     assert!(std::fs::read(m.dir.join(&re[0].1[1..])).is_err(), "re's layer is refused");
     m.stop();
 }

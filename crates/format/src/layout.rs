@@ -41,8 +41,8 @@ pub const SEC_ENTR: [u8; 4] = *b"ENTR";
 pub const SEC_STRT: [u8; 4] = *b"STRT";
 /// What opening a file loads next (optional, lazy, zstd): see [`crate::NextFiles`].
 pub const SEC_NEXT: [u8; 4] = *b"NEXT";
-/// A layer part's CPython modules and their imports (JSON): see [`crate::part::ModuleImports`].
-pub const SEC_PYIM: [u8; 4] = *b"PYIM";
+/// What a layer part's files load (JSON): see [`crate::PartLoads`].
+pub const SEC_LOAD: [u8; 4] = *b"LOAD";
 
 /// Node record: mode u32, uid u32, gid u32, nlink u32, mtime_sec i64, mtime_nsec u32, layer u32, size u64,
 /// data u64, extra u32, xattr_first u32, xattr_count u32, parent u32.

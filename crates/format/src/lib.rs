@@ -62,7 +62,7 @@ pub use meta::{Compression, ImageConfig, ImageMeta, LayerMeta, Platform};
 pub use node::{mode, Content, DataRef, Ino, NodeKind, NodeSpec, Timestamp, Xattr};
 pub use part::{
     index_part_keys, part_key, EntryKind, LayerPart, ModuleImport, ModuleImports, PartEntries, PartEntriesIntoIter,
-    PartMeta, TarEntry, PART_VERSION,
+    PartLoads, PartMeta, SharedObjectNames, TarEntry, PART_VERSION,
 };
 pub use reader::{
     Archive, Next, NextFiles, NodeView, RangeReader, SpanSlice, SpanView, XattrRef, MAX_NEXT_EDGES, MAX_STARTUP_FILES,

@@ -142,7 +142,7 @@ fn part(chunks: Option<Chunks>) -> LayerPart {
         spans: c.spans[..2].to_vec(),
         windows: c.windows,
         chunks,
-        modules: vec![],
+        loads: PartLoads::default(),
     }
 }
 

@@ -86,14 +86,25 @@ fn sample_with(edit: impl FnOnce(&mut Vec<TarEntry>)) -> LayerPart {
             chunks: (0..4u8).map(|i| ChunkDigest([i; CHUNK_DIGEST_LEN])).collect(),
             windows: vec![ChunkDigest::default(), ChunkDigest::of(b"w1"), ChunkDigest::of(b"w2")],
         }),
-        modules: vec![ModuleImports {
-            data_offset: 1536,
-            version: (3, 11),
-            imports: vec![
-                ModuleImport { name: "os.path".into(), level: 0, fromlist: vec![] },
-                ModuleImport { name: String::new(), level: 1, fromlist: vec!["sub".into()] },
-            ],
-        }],
+        loads: PartLoads {
+            bytecode: vec![ModuleImports {
+                data_offset: 1536,
+                version: (3, 11),
+                imports: vec![
+                    ModuleImport { name: "os.path".into(), level: 0, fromlist: vec![] },
+                    ModuleImport { name: String::new(), level: 1, fromlist: vec!["sub".into()] },
+                ],
+            }],
+            shared_objects: vec![SharedObjectNames {
+                data_offset: 4096,
+                class64: true,
+                big_endian: false,
+                machine: 62,
+                needed: vec!["libz.so.1".into()],
+                runpath: vec!["$ORIGIN/../lib".into()],
+                rpath: vec![],
+            }],
+        },
     }
 }
 
@@ -118,7 +129,7 @@ fn a_part_reads_back_as_written_and_writes_the_same_bytes_again() {
     assert_eq!(back.entries.clone().into_iter().collect::<Vec<_>>(), expected);
     assert_eq!(back.entries.len(), expected.len());
     assert_eq!(back.spans, part.spans);
-    assert_eq!(back.modules, part.modules);
+    assert_eq!(back.loads, part.loads);
     assert_eq!(back.windows.len(), part.windows.len());
     assert_eq!(bytes(&back), first, "a part read back writes the same bytes");
     assert_eq!(part.key(), format!("sha256-{}-s4096-v{PART_VERSION}", "ab".repeat(32)));
@@ -165,10 +176,13 @@ fn a_part_whose_entries_point_outside_the_layer_is_refused() {
 #[test]
 fn a_part_whose_module_imports_point_outside_its_layer_is_refused() {
     let mut part = sample();
-    part.modules[0].data_offset = part.meta.uncompressed_size;
+    part.loads.bytecode[0].data_offset = part.meta.uncompressed_size;
     let err = LayerPart::from_bytes(&bytes(&part)).unwrap_err();
-    assert!(err.to_string().contains("PYIM"), "{err}");
-    part.modules.clear();
+    assert!(err.to_string().contains("LOAD"), "{err}");
+    let mut part = sample();
+    part.loads.shared_objects[0].data_offset = u64::MAX;
+    assert!(LayerPart::from_bytes(&bytes(&part)).is_err());
+    part.loads = PartLoads::default();
     let plain = LayerPart::from_bytes(&bytes(&part)).unwrap();
-    assert!(plain.modules.is_empty(), "a part without bytecode has no PYIM section");
+    assert!(plain.loads.is_empty(), "a part without CPython modules has no LOAD section");
 }

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use clip_format::{Archive, DataRef};
-use clip_indexer::startup::{next_files, startup_set, FileBytes, KnownImports, ReadError};
+use clip_indexer::startup::{next_files, startup_set, FileBytes, KnownModules, ReadError};
 use clip_source::BlobSource;
 use clip_store::{ContentStore, SourceBlobs, StoreConfig};
 use futures::future::BoxFuture;
@@ -31,7 +31,7 @@ impl FileBytes for StoreBytes {
 /// Finds the startup set of the index at `path` (its layers read from `source`) and what its modules load
 /// next (from what they import, `imports`), and rewrites the file with them; returns how many files the set holds. What cannot be found or
 /// added is logged and left out (the index is right without it), so this never fails the indexing.
-pub(crate) async fn add_startup_set(path: &Path, source: Arc<dyn BlobSource>, imports: &KnownImports) -> usize {
+pub(crate) async fn add_startup_set(path: &Path, source: Arc<dyn BlobSource>, imports: &KnownModules) -> usize {
     match try_add(path, source, imports).await {
         Ok(files) => files,
         Err(error) => {
@@ -41,14 +41,14 @@ pub(crate) async fn add_startup_set(path: &Path, source: Arc<dyn BlobSource>, im
     }
 }
 
-async fn try_add(path: &Path, source: Arc<dyn BlobSource>, imports: &KnownImports) -> Result<usize, ImageError> {
+async fn try_add(path: &Path, source: Arc<dyn BlobSource>, imports: &KnownModules) -> Result<usize, ImageError> {
     let archive = Arc::new(Archive::open(path).map_err(ImageError::format(path))?);
     let blobs = Arc::new(SourceBlobs::new(&archive, source));
     // Only the headers are read: no readahead, no loads of whole files, nothing kept on disk.
     let config = StoreConfig { cache_dir: None, readahead_spans: 0, open_prefetch_max: 0, ..StoreConfig::default() };
     let files = StoreBytes(Arc::new(ContentStore::new(archive.clone(), blobs, config)));
     let set = startup_set(&archive, &files).await;
-    let next = next_files(&archive, imports);
+    let next = next_files(&archive, &files, imports).await;
     let stats = files.0.stats();
     debug!(
         files = set.len(),

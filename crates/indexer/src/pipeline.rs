@@ -10,7 +10,7 @@ use std::sync::Arc;
 use clip_codec::{IndexingReader, Span};
 use clip_format::{
     part::MAX_LAYER_MODULES, Compression, FormatError, ImageMeta, IndexContents, LayerIndex, LayerPart, ModuleImports,
-    PartEntries, PartMeta, Platform, SpanSpec, Windows,
+    PartEntries, PartLoads, PartMeta, Platform, SharedObjectNames, SpanSpec, TarEntry, Windows,
 };
 use clip_source::{BlobSource, Descriptor, Digest, ResolvedImage};
 use futures::{StreamExt, TryStreamExt};
@@ -20,7 +20,7 @@ use tracing::{debug, info};
 use crate::assemble::{assemble, TreeKind};
 use crate::chunks::{ChunkHasher, ChunkRecorder, SharedChunks};
 use crate::parts::{keep_part, reused_part, PartStore};
-use crate::startup::{bytecode_imports, is_bytecode, KnownImports, PYC_MAX};
+use crate::startup::{bytecode_imports, elf_names, is_bytecode, is_shared_object, KnownModules, PYC_MAX};
 use crate::tar::{TarError, TarReader};
 use crate::IndexError;
 
@@ -110,9 +110,9 @@ pub async fn index_image(
     image: &ResolvedImage,
     source: Arc<dyn BlobSource>,
     opts: &IndexOptions,
-) -> Result<(IndexContents, KnownImports), IndexError> {
+) -> Result<(IndexContents, KnownModules), IndexError> {
     let parts = layer_parts(&image.layers, &image.config.diff_ids, source, opts).await?;
-    let imports = KnownImports::of_parts(&parts);
+    let imports = KnownModules::of_parts(&parts);
     let base = ImageMeta {
         source: image.reference.to_string(),
         manifest_digest: Some(image.manifest_digest),
@@ -270,9 +270,12 @@ fn read_layer(
         sink_error: None,
     };
     let mut tar = TarReader::new(Hashing { inner: guarded, tally: tar_tally.clone() });
-    // CPython bytecode is read as it streams by, for what each module imports (see `startup::next`).
-    tar.keep_data(|path, size| size <= PYC_MAX && is_bytecode(path));
-    let mut modules = Vec::new();
+    // CPython bytecode and shared objects are read as they stream by, for what each imports or loads (see
+    // `startup::next`).
+    tar.keep_data(|path, size| {
+        (is_bytecode(path) && size <= PYC_MAX) || (is_shared_object(path) && size <= SHARED_OBJECT_MAX)
+    });
+    let mut loads = PartLoads::default();
     let mut entries = PartEntries::default();
     let mut last_report = 0u64;
     loop {
@@ -288,10 +291,8 @@ fn read_layer(
         };
         tar.get_mut().inner.inner.set_span_size(span_size_for(&entry.path, opts.span_size));
         entries.push(&entry).map_err(|source| IndexError::Part { layer, source })?;
-        if let Some((version, imports)) = tar.take_data().as_deref().and_then(bytecode_imports) {
-            if modules.len() < MAX_LAYER_MODULES {
-                modules.push(ModuleImports { data_offset: entry.data_offset, version, imports });
-            }
+        if let Some(data) = tar.take_data() {
+            record_loads(&mut loads, &entry, &data);
         }
         if let Some(p) = &opts.progress {
             let pos = tar.position();
@@ -338,7 +339,33 @@ fn read_layer(
         span_size: opts.span_size,
     };
     let chunks = Some(std::mem::replace(&mut *chunks.borrow_mut(), ChunkRecorder::new(comp)).finish());
-    Ok(LayerPart { meta, entries, spans: sink.spans, windows: sink.windows, chunks, modules })
+    Ok(LayerPart { meta, entries, spans: sink.spans, windows: sink.windows, chunks, loads })
+}
+
+/// The largest shared object read as it streams by (its ELF headers and dynamic section are all over it).
+const SHARED_OBJECT_MAX: u64 = 16 << 20;
+
+/// Records what the file `entry` (its bytes `data`) loads: the imports of CPython bytecode, the names an
+/// ELF shared object gives the loader; a file that is neither (bytecode of an unknown version, not ELF) is
+/// left out.
+fn record_loads(loads: &mut PartLoads, entry: &TarEntry, data: &[u8]) {
+    let data_offset = entry.data_offset;
+    if is_bytecode(&entry.path) {
+        if let Some((version, imports)) = bytecode_imports(data).filter(|_| loads.bytecode.len() < MAX_LAYER_MODULES) {
+            loads.bytecode.push(ModuleImports { data_offset, version, imports });
+        }
+    } else if let Some((kind, names)) = elf_names(data).filter(|_| loads.shared_objects.len() < MAX_LAYER_MODULES) {
+        let strings = |list: Vec<Vec<u8>>| list.into_iter().filter_map(|s| String::from_utf8(s).ok()).collect();
+        loads.shared_objects.push(SharedObjectNames {
+            data_offset,
+            class64: kind.class64,
+            big_endian: kind.big_endian,
+            machine: kind.machine.0,
+            needed: strings(names.needed),
+            runpath: strings(names.runpath),
+            rpath: strings(names.rpath),
+        });
+    }
 }
 
 /// Spans over what a container seldom reads at start are this many times the span size.

@@ -7,12 +7,12 @@
 //! On disk a part is a `.clip` container of kind [`ArchiveKind::LayerPart`]: `META` (JSON [`PartMeta`]),
 //! `ENTR` (one [`ENTRY_LEN`]-byte record an entry), `STRS`, `XATR`, `SPAN` (as in an image index), the lazy
 //! `WIND` and (from part version 2; its layout as now, cut per span, from version 4) the lazy `CHNK` ([`Chunks`]:
-//! the layer's compressed-chunk digests); from version 7 `PYIM` when the layer has CPython bytecode
-//! ([`ModuleImports`]: what each module imports).
+//! the layer's compressed-chunk digests); from version 7 `LOAD` when the layer has CPython bytecode or shared
+//! objects ([`PartLoads`]: what each module imports, what libraries each shared object names).
 
 mod entries;
 mod entry;
-mod modules;
+mod loads;
 
 use std::io::Write;
 use std::path::Path;
@@ -26,12 +26,12 @@ use crate::writer::{encode_spans, write_container, Raw};
 use crate::{ArchiveKind, Chunks, Compression, Corruption, Digest, FormatError, SpanSpec, WindowRef, Windows};
 pub use entries::{IntoIter as PartEntriesIntoIter, PartEntries};
 pub use entry::{EntryKind, TarEntry};
-pub use modules::{ModuleImport, ModuleImports, MAX_LAYER_MODULES, MAX_MODULE_IMPORTS};
+pub use loads::{ModuleImport, ModuleImports, PartLoads, SharedObjectNames, MAX_LAYER_MODULES, MAX_MODULE_IMPORTS};
 
 /// Version of the part layout; part of every [`part_key`], so a clip with another layout never reads it.
 /// Version 2 added the `CHNK` section; version 5 cut 64 KiB chunks and long spans over documentation;
 /// version 6 cuts 32 KiB chunks (a part of version 5 would merge into an index without chunk digests);
-/// version 7 records the imports of each CPython module (`PYIM`).
+/// version 7 records what CPython modules import and what shared objects load (`LOAD`).
 pub const PART_VERSION: u32 = 7;
 
 /// The name a part is kept under: `sha256-<hex>-s<span size>-v<PART_VERSION>`, safe as a file name and as an
@@ -70,8 +70,8 @@ pub struct LayerPart {
     /// The layer's compressed-chunk digests and its spans' window digests (none in a part written
     /// without them: its spans are then only verified whole).
     pub chunks: Option<Chunks>,
-    /// What each CPython module's bytecode in the layer imports, in stream order.
-    pub modules: Vec<ModuleImports>,
+    /// What the layer's CPython modules import and its shared objects load.
+    pub loads: PartLoads,
 }
 
 impl LayerPart {
@@ -88,7 +88,7 @@ impl LayerPart {
             chunks.check(self.spans.len())?;
         }
         let e = &self.entries;
-        let modules = if self.modules.is_empty() { None } else { Some(modules::encode(&self.modules)?) };
+        let modules = if self.loads.is_empty() { None } else { Some(loads::encode(&self.loads)?) };
         let mut eager = vec![
             (SEC_META, Raw::Bytes(&meta)),
             (SEC_ENTR, Raw::Spilled(&e.records)),
@@ -97,7 +97,7 @@ impl LayerPart {
             (SEC_SPAN, Raw::Bytes(&spans)),
         ];
         if let Some(modules) = &modules {
-            eager.push((SEC_PYIM, Raw::Bytes(modules)));
+            eager.push((SEC_LOAD, Raw::Bytes(modules)));
         }
         write_container(ArchiveKind::LayerPart, eager, &self.windows, self.chunks.as_ref(), None, out)
     }
@@ -147,14 +147,14 @@ impl LayerPart {
                 Some(Chunks::decode(stored, spans.len()).ok_or(bad)?)
             }
         };
-        let modules = match sections.iter().find(|s| s.id == SEC_PYIM) {
-            None => Vec::new(),
-            Some(_) => modules::decode(&load(SEC_PYIM)?, meta.uncompressed_size).ok_or(Corruption::SectionDecode {
-                section: "PYIM".into(),
+        let loads = match sections.iter().find(|s| s.id == SEC_LOAD) {
+            None => PartLoads::default(),
+            Some(_) => loads::decode(&load(SEC_LOAD)?, meta.uncompressed_size).ok_or(Corruption::SectionDecode {
+                section: "LOAD".into(),
                 why: std::io::Error::other("not a list of module imports"),
             })?,
         };
-        Ok(LayerPart { meta, entries, spans, windows, chunks, modules })
+        Ok(LayerPart { meta, entries, spans, windows, chunks, loads })
     }
 }
 

@@ -24,7 +24,7 @@ const MAX_NEEDED: usize = 256;
 
 /// The kind of ELF object: a library must match its loader's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Kind {
+pub(crate) struct Kind {
     pub class64: bool,
     pub big_endian: bool,
     pub machine: elf::Machine,
@@ -84,6 +84,17 @@ fn headers_of<H: FileHeader<Endian = Endianness>>(head: &[u8], size: u64) -> Opt
     Some(Headers { kind, interp, dynamic, loads })
 }
 
+/// The kind and names of the ELF file `file`, read whole (as the indexer sees an extension module stream
+/// by); `None` when it is not an ELF file.
+pub(crate) fn file_names(file: &[u8]) -> Option<(Kind, Names)> {
+    let size = file.len() as u64;
+    let h = headers(file, size)?;
+    let slice = |r: &Range<u64>| &file[r.start as usize..r.end as usize];
+    let d = h.dynamic.as_ref().map(|r| h.dynamic(slice(r), size)).unwrap_or_default();
+    let names = d.strtab.as_ref().map(|r| d.strings(slice(r))).unwrap_or_default();
+    Some((h.kind, names))
+}
+
 /// The interpreter path in the bytes of `PT_INTERP` (up to its NUL).
 pub(super) fn interpreter(bytes: &[u8]) -> Option<Vec<u8>> {
     let path = bytes.split(|&b| b == 0).next().filter(|p| !p.is_empty() && p.len() <= MAX_NAME)?;
@@ -102,7 +113,7 @@ pub(super) struct Dynamic {
 
 /// A dynamic object's names, read from its string table.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(super) struct Names {
+pub(crate) struct Names {
     pub needed: Vec<Vec<u8>>,
     /// `DT_RUNPATH` entries (`:`-separated in the file).
     pub runpath: Vec<Vec<u8>>,

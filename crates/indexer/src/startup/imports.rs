@@ -18,6 +18,9 @@ use super::{pyc, Finder, Head};
 
 /// The most bytes of one module's bytecode read to find its imports.
 pub(crate) const PYC_MAX: u64 = 4 << 20;
+/// The largest extension module a `NEXT` edge loads whole (the loader maps and relocates it as the import
+/// runs); a larger one is only looked through, for its libraries.
+const EXTENSION_LOAD_MAX: u64 = 4 << 20;
 /// The most imports resolved in one search (each a few lookups per directory of `sys.path`).
 const MAX_RESOLVED: usize = 4096;
 /// Modules CPython 3.11 on runs from copies frozen into the interpreter (its start-up modules, and what
@@ -146,6 +149,7 @@ impl Finder<'_> {
         for module in modules {
             let edge = match module.file {
                 ModuleFile::Bytecode(f) | ModuleFile::Source(f) => Next::Load(f.node.ino),
+                ModuleFile::Extension(f) if f.node.size <= EXTENSION_LOAD_MAX => Next::Load(f.node.ino),
                 ModuleFile::Extension(f) => Next::Through(f.node.ino),
                 ModuleFile::Namespace => continue,
             };

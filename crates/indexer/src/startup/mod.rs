@@ -35,8 +35,9 @@ use clip_format::{Archive, DataRef, Ino, NodeKind};
 use futures::future::{join_all, BoxFuture};
 use tracing::debug;
 
+pub(crate) use elf::file_names as elf_names;
 pub(crate) use imports::PYC_MAX;
-pub use next::{next_files, KnownImports};
+pub use next::{next_files, KnownModules};
 use path::{join, resolve, Found};
 pub(crate) use pyc::imports as bytecode_imports;
 use search::{expand_origin, split_list, standard_dirs};
@@ -128,10 +129,14 @@ pub async fn start_files(
 /// bit): a program, a shared object (`….so`, `….so.N…`) or CPython bytecode; for other files it is not worth
 /// a look.
 pub fn starts_more(path: &[u8], executable: bool) -> bool {
+    executable || is_shared_object(path) || is_bytecode(path)
+}
+
+/// Whether `path` names a shared object by its file name (`….so`, `….so.N…`): a library or an extension
+/// module.
+pub(crate) fn is_shared_object(path: &[u8]) -> bool {
     let name = path.rsplit(|&b| b == b'/').next().unwrap_or_default();
-    let shared_object =
-        name.ends_with(b".so") || name.windows(5).any(|w| w.starts_with(b".so.") && w[4].is_ascii_digit());
-    executable || shared_object || is_bytecode(path)
+    name.ends_with(b".so") || name.windows(5).any(|w| w.starts_with(b".so.") && w[4].is_ascii_digit())
 }
 
 /// Whether `path` names CPython bytecode cached beside a module's source (`…/__pycache__/….pyc`), what

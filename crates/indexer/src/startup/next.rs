@@ -2,80 +2,93 @@
 //! index's `NEXT` section), and followed from a file a mount opens cold ([`Finder::next_closure`]).
 //!
 //! A mount's search from a file reads a level of its closure before it knows the next (a Python module's
-//! imports are in its bytecode): a round trip per level, as many as the import chain is deep (`json` →
-//! `re` → `enum` → `types` …). The indexer reads each module's imports as its layer streams by (they are
-//! kept in the layer's part, [`clip_format::ModuleImports`]); resolved against the merged tree they give
-//! each module's edges, so the mount knows a module's whole closure from the first open and loads it at
-//! once.
+//! imports are in its bytecode, a library's in its dynamic section): a round trip per level, as many as the
+//! chain is deep (`json` → `re` → `enum` → `types` …). The indexer reads each module's imports and each
+//! shared object's library names as its layer streams by (kept in the layer's part,
+//! [`clip_format::PartLoads`]); resolved against the merged tree they give each file's edges, so the mount
+//! knows a file's whole closure from the first open and loads it at once.
 //!
-//! Recorded: for each CPython module's cached bytecode, the modules it imports (see `imports`), an
-//! extension module among them as a file looked through (the mount looks for its libraries when it gets
-//! there, as it does from an opened library).
+//! Recorded: for each CPython module's cached bytecode, the modules it imports (see `imports`; an extension
+//! module larger than `imports::EXTENSION_LOAD_MAX` only looked through); for each shared object (library or
+//! extension module), the libraries its `DT_NEEDED` names resolve to (the first file of the loader's
+//! search: the index has the names, not the candidates' headers). The mount searches from a file the index
+//! has nothing for, as before.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
-use clip_format::{Archive, DataRef, Ino, LayerIndex, LayerPart, ModuleImports, Next, NodeKind};
-use futures::future::BoxFuture;
+use clip_format::{Archive, DataRef, Ino, LayerIndex, LayerPart, ModuleImports, Next, NodeKind, SharedObjectNames};
 use tracing::debug;
 
+use super::elf::{Kind, Names};
 use super::path::Found;
-use super::{is_bytecode, FileBytes, Finder, Head, ReadError};
+use super::{FileBytes, Finder, Head};
 
-/// Most modules whose imports are resolved.
-const MAX_NEXT_MODULES: usize = 1 << 16;
+/// Most files whose loads are resolved.
+const MAX_NEXT_FILES: usize = 1 << 17;
 
-/// The imports of the CPython modules of an image's layers, by where each module's bytes are.
+/// What the files of an image's layers load (see [`clip_format::PartLoads`]), by where each file's bytes are.
 #[derive(Debug, Default)]
-pub struct KnownImports(HashMap<(LayerIndex, u64), ModuleImports>);
+pub struct KnownModules {
+    bytecode: HashMap<(LayerIndex, u64), ModuleImports>,
+    shared_objects: HashMap<(LayerIndex, u64), SharedObjectNames>,
+}
 
-impl KnownImports {
+impl KnownModules {
     /// What the parts of an image's layers (bottom first) record.
-    pub fn of_parts(parts: &[LayerPart]) -> KnownImports {
-        let mut known = HashMap::new();
+    pub fn of_parts(parts: &[LayerPart]) -> KnownModules {
+        let mut known = KnownModules::default();
         for (i, part) in parts.iter().enumerate() {
-            for m in &part.modules {
-                known.insert((LayerIndex::from_index(i), m.data_offset), m.clone());
+            let layer = LayerIndex::from_index(i);
+            for m in &part.loads.bytecode {
+                known.bytecode.insert((layer, m.data_offset), m.clone());
+            }
+            for e in &part.loads.shared_objects {
+                known.shared_objects.insert((layer, e.data_offset), e.clone());
             }
         }
-        KnownImports(known)
+        known
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.bytecode.is_empty() && self.shared_objects.is_empty()
+    }
+
+    fn knows(&self, data: DataRef) -> bool {
+        let key = (data.layer, data.offset);
+        self.bytecode.contains_key(&key) || self.shared_objects.contains_key(&key)
     }
 }
 
-/// Nothing is read to resolve imports: a [`Finder`] that only resolves paths is given no bytes.
-struct NoBytes;
-
-impl FileBytes for NoBytes {
-    fn read<'a>(&'a self, _: DataRef, _: u64, _: u64) -> BoxFuture<'a, Result<Vec<u8>, ReadError>> {
-        Box::pin(async { Err("no file bytes are read to resolve imports".into()) })
-    }
-}
-
-/// What opening each CPython module of the image indexed in `archive` loads next (see the [module
-/// docs](self)), from the imports `known` of its layers' modules, for [`Archive::write_with_startup`].
-pub fn next_files(archive: &Archive, known: &KnownImports) -> Vec<(Ino, Vec<Next>)> {
+/// What opening each CPython module and shared object of the image indexed in `archive` loads next (see
+/// the [module docs](self)), from what `known` says its layers' files import and name, for
+/// [`Archive::write_with_startup`]. Only the image's `/etc/ld.so.cache` is read (through `files`), to find
+/// libraries as the loader does.
+pub async fn next_files(archive: &Archive, files: &dyn FileBytes, known: &KnownModules) -> Vec<(Ino, Vec<Next>)> {
     if known.is_empty() {
         return Vec::new();
     }
-    let finder = Finder::new(archive, &NoBytes);
+    let mut finder = Finder::new(archive, files);
     let mut out = Vec::new();
-    for (module, data) in bytecode_files(archive) {
-        let Some(m) = known.0.get(&(data.layer, data.offset)) else { continue };
-        if let Some(edges) = finder.import_edges(&module, m.version, &m.imports) {
-            out.push((module.node.ino, edges));
-        }
+    for (file, data) in known_files(archive, known) {
+        let key = (data.layer, data.offset);
+        let edges = if let Some(m) = known.bytecode.get(&key) {
+            finder.import_edges(&file, m.version, &m.imports)
+        } else if let Some(names) = known.shared_objects.get(&key) {
+            Some(finder.libraries_named(&file, names).await.into_iter().map(Next::Load).collect())
+        } else {
+            None
+        };
+        out.extend(edges.map(|edges| (file.node.ino, edges)));
     }
-    debug!(files = out.len(), "what each module loads next");
+    debug!(files = out.len(), "what each file loads next");
     out
 }
 
-/// Every regular file of `archive` at a path of cached CPython bytecode (see [`is_bytecode`]), with where
-/// its bytes are, in tree order, at most [`MAX_NEXT_MODULES`].
-fn bytecode_files(archive: &Archive) -> Vec<(Found, DataRef)> {
+/// Every regular file of `archive` whose bytes `known` has something for (once, at its first path in tree
+/// order), with where its bytes are, at most [`MAX_NEXT_FILES`].
+fn known_files(archive: &Archive, known: &KnownModules) -> Vec<(Found, DataRef)> {
     let mut out = Vec::new();
+    let mut seen = HashSet::new();
     let Ok(root) = archive.node(Ino::ROOT) else { return out };
     let mut dirs = vec![(Vec::new(), root)];
     while let Some((path, dir)) = dirs.pop() {
@@ -87,12 +100,14 @@ fn bytecode_files(archive: &Archive) -> Vec<(Found, DataRef)> {
             child.extend_from_slice(name);
             match node.kind() {
                 NodeKind::Dir => dirs.push((child, node)),
-                NodeKind::File if is_bytecode(&child) => {
-                    let Some(data) = node.data_ref() else { continue };
-                    if out.len() == MAX_NEXT_MODULES {
+                NodeKind::File => {
+                    let Some(data) = node.data_ref().filter(|&d| known.knows(d)) else { continue };
+                    if out.len() == MAX_NEXT_FILES {
                         return out;
                     }
-                    out.push((Found { node, path: child }, data));
+                    if seen.insert(ino) {
+                        out.push((Found { node, path: child }, data));
+                    }
                 }
                 _ => {}
             }
@@ -102,6 +117,24 @@ fn bytecode_files(archive: &Archive) -> Vec<(Found, DataRef)> {
 }
 
 impl Finder<'_> {
+    /// The libraries the shared object `ext` names (`e`, read as its layer streamed), each the first file
+    /// the loader's search finds for it (without looking into the files: the index has only the names).
+    async fn libraries_named(&mut self, ext: &Found, e: &SharedObjectNames) -> Vec<Ino> {
+        let kind = Kind { class64: e.class64, big_endian: e.big_endian, machine: object::elf::Machine(e.machine) };
+        let bytes = |list: &[String]| list.iter().map(|s| s.as_bytes().to_vec()).collect();
+        let names = Names { needed: bytes(&e.needed), runpath: bytes(&e.runpath), rpath: bytes(&e.rpath) };
+        let mut libraries = Vec::new();
+        for name in &names.needed {
+            let found = self.candidates(name, &ext.dir(), &names, &[], kind).await;
+            if let Some(lib) = found.into_iter().find(|f| f.node.kind() == NodeKind::File) {
+                if !libraries.contains(&lib.node.ino) {
+                    libraries.push(lib.node.ino);
+                }
+            }
+        }
+        libraries
+    }
+
     /// Adds what opening `file` loads next as the index's `NEXT` section has it: the closure of its edges
     /// all at once, then the libraries of the extension modules in it (looked for as from an opened
     /// library). False when the index does not know `file`.
