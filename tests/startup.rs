@@ -496,6 +496,8 @@ fn the_index_knows_what_a_module_imports_so_its_closure_loads_without_reading_th
         index.next_files().of(ino).is_some()
     };
     assert!(modules.iter().all(|m| known(&m.1)) && known(sqlite), "the index records what each module loads");
+    let json: serde_json::Value = serde_json::from_slice(&clip_ok(&["inspect", "--json", s(&served.index())])).unwrap();
+    assert_eq!(json["next_files"], index.next_files().len(), "`clip inspect` counts them");
     let refused = index.meta().layers[1].digest.to_string();
     served.proxy().set_faults(vec![Fault::new(FaultKind::Status(404)).path_contains(&refused)]);
 

@@ -50,6 +50,7 @@ pub async fn run(a: InspectArgs, verbose: bool) -> anyhow::Result<()> {
             "nodes": archive.node_count(),
             "spans": archive.span_count(),
             "startup_set": startup,
+            "next_files": archive.next_files().len(),
             "sections": sections,
             "parts_dir": store.dir(),
             "parts": parts.iter().map(|(key, kept)| serde_json::json!({"key": key, "kept": kept})).collect::<Vec<_>>(),
@@ -114,6 +115,11 @@ pub async fn run(a: InspectArgs, verbose: bool) -> anyhow::Result<()> {
         for path in startup.iter().filter(|_| verbose) {
             writeln!(out, "  {path}")?;
         }
+        let next = archive.next_files().len();
+        writeln!(
+            out,
+            "next:      {next} modules and libraries whose imports and libraries a mount loads at their first open"
+        )?;
     }
     out.flush()?;
     Ok(())

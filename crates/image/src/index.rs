@@ -33,7 +33,7 @@ pub async fn index_to_file(
     path: &Path,
 ) -> Result<Written, ImageError> {
     let source_for_set = source.clone();
-    let (contents, imports) = index_image(image, source, opts)
+    let (contents, loads) = index_image(image, source, opts)
         .await
         .map_err(|e| ImageError::Index { image: name.to_owned(), source: Box::new(e) })?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -47,7 +47,7 @@ pub async fn index_to_file(
     })?;
     let (layers, inodes, spans) = (contents.meta.layers.len(), contents.inodes(), contents.spans.len());
     drop(contents);
-    let startup_files = crate::startup::add_startup_set(path, source_for_set, &imports).await;
+    let startup_files = crate::startup::add_startup_set(path, source_for_set, &loads).await;
     // Rewritten when a set or what files load next was found.
     let size = std::fs::metadata(path).map_or(size, |m| m.len());
     Ok(Written { size, layers, inodes, spans, startup_files })

@@ -1,16 +1,16 @@
 //! Adding the startup set to an index just written ([`add_startup_set`]): the index is opened, the files its
 //! image's entrypoint opens first are found by [`clip_indexer::startup::startup_set`], reading their
 //! headers through a content store over the same source the layers were indexed from (each span verified
-//! as a mount would), and what opening each Python module loads next by
-//! [`clip_indexer::startup::next_files`] (from the imports the indexing read, nothing fetched); both are
-//! added to the file, as its `STRT` and `NEXT` sections.
+//! as a mount would), and what opening each Python module or shared object loads next by
+//! [`clip_indexer::startup::next_files`] (from what the indexing read as the layers streamed; only the
+//! image's `ld.so.cache` is read); both are added to the file, as its `STRT` and `NEXT` sections.
 
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
 use clip_format::{Archive, DataRef};
-use clip_indexer::startup::{next_files, startup_set, FileBytes, KnownModules, ReadError};
+use clip_indexer::startup::{next_files, startup_set, FileBytes, KnownLoads, ReadError};
 use clip_source::BlobSource;
 use clip_store::{ContentStore, SourceBlobs, StoreConfig};
 use futures::future::BoxFuture;
@@ -28,11 +28,12 @@ impl FileBytes for StoreBytes {
     }
 }
 
-/// Finds the startup set of the index at `path` (its layers read from `source`) and what its modules load
-/// next (from what they import, `imports`), and rewrites the file with them; returns how many files the set holds. What cannot be found or
-/// added is logged and left out (the index is right without it), so this never fails the indexing.
-pub(crate) async fn add_startup_set(path: &Path, source: Arc<dyn BlobSource>, imports: &KnownModules) -> usize {
-    match try_add(path, source, imports).await {
+/// Finds the startup set of the index at `path` (its layers read from `source`) and what its files load
+/// next (from what `loads` says they import and name), and rewrites the file with them; returns how many
+/// files the set holds. What cannot be found or added is logged and left out (the index is right without
+/// it), so this never fails the indexing.
+pub(crate) async fn add_startup_set(path: &Path, source: Arc<dyn BlobSource>, loads: &KnownLoads) -> usize {
+    match try_add(path, source, loads).await {
         Ok(files) => files,
         Err(error) => {
             warn!(path = %path.display(), error = &error as &dyn std::error::Error, "adding the startup set failed; the index has none");
@@ -41,14 +42,14 @@ pub(crate) async fn add_startup_set(path: &Path, source: Arc<dyn BlobSource>, im
     }
 }
 
-async fn try_add(path: &Path, source: Arc<dyn BlobSource>, imports: &KnownModules) -> Result<usize, ImageError> {
+async fn try_add(path: &Path, source: Arc<dyn BlobSource>, loads: &KnownLoads) -> Result<usize, ImageError> {
     let archive = Arc::new(Archive::open(path).map_err(ImageError::format(path))?);
     let blobs = Arc::new(SourceBlobs::new(&archive, source));
     // Only the headers are read: no readahead, no loads of whole files, nothing kept on disk.
     let config = StoreConfig { cache_dir: None, readahead_spans: 0, open_prefetch_max: 0, ..StoreConfig::default() };
     let files = StoreBytes(Arc::new(ContentStore::new(archive.clone(), blobs, config)));
     let set = startup_set(&archive, &files).await;
-    let next = next_files(&archive, &files, imports).await;
+    let next = next_files(&archive, &files, loads).await;
     let stats = files.0.stats();
     debug!(
         files = set.len(),

@@ -20,7 +20,7 @@ use tracing::{debug, info};
 use crate::assemble::{assemble, TreeKind};
 use crate::chunks::{ChunkHasher, ChunkRecorder, SharedChunks};
 use crate::parts::{keep_part, reused_part, PartStore};
-use crate::startup::{bytecode_imports, elf_names, is_bytecode, is_shared_object, KnownModules, PYC_MAX};
+use crate::startup::{bytecode_imports, elf_names, is_bytecode, is_shared_object, KnownLoads, PYC_MAX};
 use crate::tar::{TarError, TarReader};
 use crate::IndexError;
 
@@ -104,15 +104,15 @@ impl SpanSink {
     }
 }
 
-/// Indexes `image`, reading its layers from `source`; with the index, what its layers' CPython modules
-/// import (for [`crate::startup::next_files`] once the index is written).
+/// Indexes `image`, reading its layers from `source`; with the index, what its layers' files load (for
+/// [`crate::startup::next_files`] once the index is written).
 pub async fn index_image(
     image: &ResolvedImage,
     source: Arc<dyn BlobSource>,
     opts: &IndexOptions,
-) -> Result<(IndexContents, KnownModules), IndexError> {
+) -> Result<(IndexContents, KnownLoads), IndexError> {
     let parts = layer_parts(&image.layers, &image.config.diff_ids, source, opts).await?;
-    let imports = KnownModules::of_parts(&parts);
+    let loads = KnownLoads::of_parts(&parts);
     let base = ImageMeta {
         source: image.reference.to_string(),
         manifest_digest: Some(image.manifest_digest),
@@ -130,7 +130,7 @@ pub async fn index_image(
     let contents = assemble(base, &media_types, parts, TreeKind::Merged)?;
     let (layers, nodes, spans) = (contents.meta.layers.len(), contents.inodes(), contents.spans.len());
     info!(image = %image.reference, layers, nodes, spans, "indexed");
-    Ok((contents, imports))
+    Ok((contents, loads))
 }
 
 /// The parts of the layers `layers` (bottom first; `diff_ids[i]` is layer `i`'s diff_id from the image
@@ -291,8 +291,8 @@ fn read_layer(
         };
         tar.get_mut().inner.inner.set_span_size(span_size_for(&entry.path, opts.span_size));
         entries.push(&entry).map_err(|source| IndexError::Part { layer, source })?;
-        if let Some(data) = tar.take_data() {
-            record_loads(&mut loads, &entry, &data);
+        if let Some(data) = tar.kept_data() {
+            record_loads(&mut loads, &entry, data);
         }
         if let Some(p) = &opts.progress {
             let pos = tar.position();

@@ -1,8 +1,8 @@
 //! What opening a file loads next (the optional `NEXT` section), found at index time: for a CPython
-//! module's cached bytecode, the modules it imports; for an extension module, the libraries the loader
-//! maps for it. A mount follows these edges from a file opened cold and loads the whole closure at once,
-//! where a search would read each level's files first (a round trip per level). An index without the
-//! section, or with a damaged one, has none: the mount then searches as before.
+//! module's cached bytecode, the modules it imports; for a shared object (a library, an extension module),
+//! the libraries it needs. A mount follows these edges from a file opened cold and loads the whole closure
+//! at once, where a search would read each level's files first (a round trip per level). An index without
+//! the section, or with a damaged one, has none: the mount then searches as before.
 //!
 //! The section (zstd) is a list of little-endian u32 words: per file, its inode number, how many edges,
 //! then each edge's inode number, [`THROUGH`] set on a file that is looked through (its own edges are
@@ -15,8 +15,8 @@ use crate::check::decode_section;
 use crate::layout::SEC_NEXT;
 use crate::{Ino, NodeKind};
 
-/// The flag on an edge to a file that is not loaded, only looked through (an extension module: the loader
-/// maps it a page at a time).
+/// The flag on an edge to a file that is not loaded, only looked through (a large extension module: the
+/// loader maps it a page at a time).
 pub const THROUGH: u32 = 1 << 31;
 /// The most edges of one file.
 pub const MAX_NEXT_EDGES: usize = 4096;

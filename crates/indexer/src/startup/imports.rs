@@ -12,7 +12,7 @@ use std::collections::HashSet;
 use clip_format::{Next, NodeKind};
 use tracing::debug;
 
-use super::path::{join, parent, resolve, Found};
+use super::path::{join, parent, resolve, resolve_in, Found};
 use super::runtime::python_roots;
 use super::{pyc, Finder, Head};
 
@@ -249,18 +249,20 @@ impl Finder<'_> {
     /// The file of module `name` directly in `dir`: an extension, else the source's cached bytecode (or
     /// the source), else bytecode without source.
     fn module_file(&self, py: &Interpreter, dir: &[u8], name: &str) -> Option<ModuleFile> {
-        let file = |path: &[u8]| resolve(self.archive, b"/", path).filter(|f| f.node.kind() == NodeKind::File);
+        // The directory is resolved once, each name looked up in it (a search tries some twenty names).
+        let dir = resolve(self.archive, b"/", dir).filter(|d| d.node.kind() == NodeKind::Dir)?;
+        let file = |name: &[u8]| resolve_in(self.archive, &dir, name).filter(|f| f.node.kind() == NodeKind::File);
         for ending in &py.extensions {
-            if let Some(f) = file(&join(dir, format!("{name}{ending}").as_bytes())) {
+            if let Some(f) = file(format!("{name}{ending}").as_bytes()) {
                 return Some(ModuleFile::Extension(f));
             }
         }
         let (major, minor) = py.version;
-        if let Some(source) = file(&join(dir, format!("{name}.py").as_bytes())) {
-            let cached = join(dir, format!("__pycache__/{name}.cpython-{major}{minor}.pyc").as_bytes());
-            return Some(file(&cached).map_or(ModuleFile::Source(source), ModuleFile::Bytecode));
+        if let Some(source) = file(format!("{name}.py").as_bytes()) {
+            let cached = format!("__pycache__/{name}.cpython-{major}{minor}.pyc");
+            return Some(file(cached.as_bytes()).map_or(ModuleFile::Source(source), ModuleFile::Bytecode));
         }
-        file(&join(dir, format!("{name}.pyc").as_bytes())).map(ModuleFile::Bytecode)
+        file(format!("{name}.pyc").as_bytes()).map(ModuleFile::Bytecode)
     }
 }
 

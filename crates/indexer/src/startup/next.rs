@@ -28,15 +28,15 @@ const MAX_NEXT_FILES: usize = 1 << 17;
 
 /// What the files of an image's layers load (see [`clip_format::PartLoads`]), by where each file's bytes are.
 #[derive(Debug, Default)]
-pub struct KnownModules {
+pub struct KnownLoads {
     bytecode: HashMap<(LayerIndex, u64), ModuleImports>,
     shared_objects: HashMap<(LayerIndex, u64), SharedObjectNames>,
 }
 
-impl KnownModules {
+impl KnownLoads {
     /// What the parts of an image's layers (bottom first) record.
-    pub fn of_parts(parts: &[LayerPart]) -> KnownModules {
-        let mut known = KnownModules::default();
+    pub fn of_parts(parts: &[LayerPart]) -> KnownLoads {
+        let mut known = KnownLoads::default();
         for (i, part) in parts.iter().enumerate() {
             let layer = LayerIndex::from_index(i);
             for m in &part.loads.bytecode {
@@ -63,7 +63,7 @@ impl KnownModules {
 /// the [module docs](self)), from what `known` says its layers' files import and name, for
 /// [`Archive::write_with_startup`]. Only the image's `/etc/ld.so.cache` is read (through `files`), to find
 /// libraries as the loader does.
-pub async fn next_files(archive: &Archive, files: &dyn FileBytes, known: &KnownModules) -> Vec<(Ino, Vec<Next>)> {
+pub async fn next_files(archive: &Archive, files: &dyn FileBytes, known: &KnownLoads) -> Vec<(Ino, Vec<Next>)> {
     if known.is_empty() {
         return Vec::new();
     }
@@ -86,7 +86,7 @@ pub async fn next_files(archive: &Archive, files: &dyn FileBytes, known: &KnownM
 
 /// Every regular file of `archive` whose bytes `known` has something for (once, at its first path in tree
 /// order), with where its bytes are, at most [`MAX_NEXT_FILES`].
-fn known_files(archive: &Archive, known: &KnownModules) -> Vec<(Found, DataRef)> {
+fn known_files(archive: &Archive, known: &KnownLoads) -> Vec<(Found, DataRef)> {
     let mut out = Vec::new();
     let mut seen = HashSet::new();
     let Ok(root) = archive.node(Ino::ROOT) else { return out };
@@ -117,15 +117,16 @@ fn known_files(archive: &Archive, known: &KnownModules) -> Vec<(Found, DataRef)>
 }
 
 impl Finder<'_> {
-    /// The libraries the shared object `ext` names (`e`, read as its layer streamed), each the first file
-    /// the loader's search finds for it (without looking into the files: the index has only the names).
-    async fn libraries_named(&mut self, ext: &Found, e: &SharedObjectNames) -> Vec<Ino> {
-        let kind = Kind { class64: e.class64, big_endian: e.big_endian, machine: object::elf::Machine(e.machine) };
+    /// The libraries the shared object `file` names (`named`, read as its layer streamed), each the first
+    /// file the loader's search finds for it (without looking into the files: the index has only the names).
+    async fn libraries_named(&mut self, file: &Found, named: &SharedObjectNames) -> Vec<Ino> {
+        let machine = object::elf::Machine(named.machine);
+        let kind = Kind { class64: named.class64, big_endian: named.big_endian, machine };
         let bytes = |list: &[String]| list.iter().map(|s| s.as_bytes().to_vec()).collect();
-        let names = Names { needed: bytes(&e.needed), runpath: bytes(&e.runpath), rpath: bytes(&e.rpath) };
+        let names = Names { needed: bytes(&named.needed), runpath: bytes(&named.runpath), rpath: bytes(&named.rpath) };
         let mut libraries = Vec::new();
         for name in &names.needed {
-            let found = self.candidates(name, &ext.dir(), &names, &[], kind).await;
+            let found = self.candidates(name, &file.dir(), &names, &[], kind).await;
             if let Some(lib) = found.into_iter().find(|f| f.node.kind() == NodeKind::File) {
                 if !libraries.contains(&lib.node.ino) {
                     libraries.push(lib.node.ino);
@@ -136,8 +137,9 @@ impl Finder<'_> {
     }
 
     /// Adds what opening `file` loads next as the index's `NEXT` section has it: the closure of its edges
-    /// all at once, then the libraries of the extension modules in it (looked for as from an opened
-    /// library). False when the index does not know `file`.
+    /// all at once; then for each file looked through that the index has nothing for (a large extension
+    /// module whose layer's part has no names), its libraries, searched as from an opened library. False
+    /// when the index does not know `file`.
     pub(super) async fn next_closure(&mut self, file: Ino) -> bool {
         let archive = self.archive;
         let next = archive.next_files();

@@ -82,6 +82,23 @@ pub(super) fn resolve(archive: &Archive, cwd: &[u8], path: &[u8]) -> Option<Foun
     Some(Found { node, path })
 }
 
+/// `name` (relative: one component, or a few without `..`) in the directory `dir`, found as [`resolve`]
+/// would find `dir/name`, but looked up from `dir` itself, not from the root (a search tries many names in
+/// one directory); any symlink on the way is left to [`resolve`].
+pub(super) fn resolve_in(archive: &Archive, dir: &Found, name: &[u8]) -> Option<Found> {
+    let mut node = dir.node;
+    for part in name.split(|&b| b == b'/') {
+        if node.kind() != NodeKind::Dir || part.is_empty() || part == b"." || part == b".." {
+            return resolve(archive, b"/", &join(&dir.path, name));
+        }
+        node = archive.node(archive.lookup(&node, part).ok()??).ok()?;
+        if node.kind() == NodeKind::Symlink {
+            return resolve(archive, b"/", &join(&dir.path, name));
+        }
+    }
+    Some(Found { node, path: join(&dir.path, name) })
+}
+
 /// `dir/name`, or `name` itself when it is absolute.
 pub(super) fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
     if name.starts_with(b"/") || dir.is_empty() {

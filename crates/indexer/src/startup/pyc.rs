@@ -44,26 +44,27 @@ pub(crate) fn imports(pyc: &[u8]) -> Option<((u32, u32), Vec<Import>)> {
     Some((version, code.imports()))
 }
 
-/// What of a marshalled object is needed here (shared, as a back-reference repeats it).
+/// What of a marshalled object is needed here (shared, as a back-reference repeats it); strings and bytes
+/// are borrowed from the file (a module's bytecode holds thousands).
 #[derive(Debug, Clone)]
-enum Obj {
+enum Obj<'a> {
     Int(i64),
-    Str(Rc<str>),
-    Bytes(Rc<[u8]>),
-    Tuple(Rc<[Obj]>),
-    Code(Box<Code>),
+    Str(&'a [u8]),
+    Bytes(&'a [u8]),
+    Tuple(Rc<[Obj<'a>]>),
+    Code(Box<Code<'a>>),
     /// `None` and everything else.
     Other,
 }
 
 #[derive(Debug, Clone)]
-struct Code {
-    code: Rc<[u8]>,
-    consts: Rc<[Obj]>,
-    names: Vec<String>,
+struct Code<'a> {
+    code: &'a [u8],
+    consts: Rc<[Obj<'a>]>,
+    names: Rc<[Obj<'a>]>,
 }
 
-impl Code {
+impl Code<'_> {
     fn imports(&self) -> Vec<Import> {
         let (mut out, mut seen) = (Vec::new(), HashSet::new());
         // The last two instructions before the current one (caches skipped), with their full arguments.
@@ -92,14 +93,18 @@ impl Code {
                     Some(Obj::Tuple(items)) => items
                         .iter()
                         .filter_map(|o| match o {
-                            Obj::Str(s) if &**s != "*" => Some(s.to_string()),
+                            Obj::Str(s) if *s != b"*" => Some(String::from_utf8_lossy(s).into_owned()),
                             _ => None,
                         })
                         .collect(),
                     _ => Vec::new(),
                 };
                 if let Some(name) = self.names.get(arg) {
-                    let import = Import { name: name.clone(), level, fromlist };
+                    let name = match name {
+                        Obj::Str(s) => String::from_utf8_lossy(s).into_owned(),
+                        _ => String::new(),
+                    };
+                    let import = Import { name, level, fromlist };
                     if seen.insert(import.clone()) {
                         out.push(import);
                     }
@@ -118,13 +123,13 @@ struct Reader<'a> {
     bytes: &'a [u8],
     at: usize,
     /// The objects kept for back-references, in the order marshal numbers them.
-    refs: Vec<Obj>,
+    refs: Vec<Obj<'a>>,
     objects: usize,
     version: (u32, u32),
 }
 
-impl Reader<'_> {
-    fn take(&mut self, n: usize) -> Option<&[u8]> {
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
         let end = self.at.checked_add(n)?;
         let out = self.bytes.get(self.at..end)?;
         self.at = end;
@@ -145,13 +150,13 @@ impl Reader<'_> {
         (n <= self.bytes.len() - self.at).then_some(n)
     }
 
-    fn string(&mut self, n: usize) -> Option<Obj> {
-        Some(Obj::Str(String::from_utf8_lossy(self.take(n)?).into()))
+    fn string(&mut self, n: usize) -> Option<Obj<'a>> {
+        Some(Obj::Str(self.take(n)?))
     }
 
     /// The next object; a code object is kept whole only when `top` (the module's own), as only its
     /// instructions are looked at.
-    fn object(&mut self, depth: usize, top: bool) -> Option<Obj> {
+    fn object(&mut self, depth: usize, top: bool) -> Option<Obj<'a>> {
         self.objects += 1;
         if depth > MAX_DEPTH || self.objects > MAX_OBJECTS {
             return None;
@@ -201,7 +206,7 @@ impl Reader<'_> {
             }
             b's' => {
                 let n = self.len()?;
-                Obj::Bytes(self.take(n)?.into())
+                Obj::Bytes(self.take(n)?)
             }
             b't' | b'u' | b'a' | b'A' => {
                 let n = self.len()?;
@@ -238,7 +243,7 @@ impl Reader<'_> {
     }
 
     /// A code object, after its type code.
-    fn code(&mut self, depth: usize, top: bool) -> Option<Obj> {
+    fn code(&mut self, depth: usize, top: bool) -> Option<Obj<'a>> {
         // argcount, posonlyargcount, kwonlyargcount, (nlocals before 3.11,) stacksize, flags
         let counts = if self.version >= (3, 11) { 5 } else { 6 };
         self.take(4 * counts)?;
@@ -260,7 +265,6 @@ impl Reader<'_> {
             return Some(Obj::Other);
         }
         let (Obj::Bytes(code), Obj::Tuple(consts), Obj::Tuple(names)) = (code, consts, names) else { return None };
-        let names = names.iter().map(|n| if let Obj::Str(s) = n { s.to_string() } else { String::new() }).collect();
         Some(Obj::Code(Box::new(Code { code, consts, names })))
     }
 }

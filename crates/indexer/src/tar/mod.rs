@@ -3,7 +3,8 @@
 //! [`TarReader`] reads an uncompressed tar stream front to back, each byte once and without seeking (it
 //! sits right behind a decompressor), and yields one [`TarEntry`] per file-system object: its normalized
 //! path, kind, attributes, xattrs, and for regular files the stream offset where the content starts
-//! ([`TarEntry::data_offset`]). File contents are read and discarded through a small buffer, never kept.
+//! ([`TarEntry::data_offset`]). File contents are read and discarded through a small buffer, never kept,
+//! except those of the files a caller picks ([`TarReader::keep_data`]), read into one reused buffer.
 //!
 //! It reads ustar, old GNU and PAX archives the way Go's `archive/tar` does (the reader behind `umoci`,
 //! Docker and containerd), and refuses what it cannot represent faithfully: GNU sparse files, unknown entry
@@ -93,10 +94,11 @@ pub struct TarReader<R> {
     pos: u64,
     skip: Vec<u8>,
     finished: bool,
-    /// Which regular files' bytes to keep (by path and size) for [`TarReader::take_data`].
+    /// Which regular files' bytes to keep (by path and size) for [`TarReader::kept_data`].
     keep: Option<fn(&[u8], u64) -> bool>,
-    /// The last entry's bytes, when `keep` took them.
-    kept: Option<Vec<u8>>,
+    /// The last entry's bytes, when `keep` took them (the buffer is reused).
+    kept: Vec<u8>,
+    kept_last: bool,
 }
 
 /// Extension headers seen before the entry they apply to.
@@ -110,18 +112,18 @@ struct Pending {
 
 impl<R: Read> TarReader<R> {
     pub fn new(inner: R) -> TarReader<R> {
-        TarReader { inner, pos: 0, skip: Vec::new(), finished: false, keep: None, kept: None }
+        TarReader { inner, pos: 0, skip: Vec::new(), finished: false, keep: None, kept: Vec::new(), kept_last: false }
     }
 
-    /// Keeps the bytes of each regular file that `keep(path, size)` picks, for [`TarReader::take_data`]
+    /// Keeps the bytes of each regular file that `keep(path, size)` picks, for [`TarReader::kept_data`]
     /// (the others' are skipped). The caller bounds the size: the bytes are read into memory.
     pub fn keep_data(&mut self, keep: fn(&[u8], u64) -> bool) {
         self.keep = Some(keep);
     }
 
     /// The bytes of the entry [`TarReader::next_entry`] returned last, when [`TarReader::keep_data`] picked it.
-    pub fn take_data(&mut self) -> Option<Vec<u8>> {
-        self.kept.take()
+    pub fn kept_data(&self) -> Option<&[u8]> {
+        self.kept_last.then_some(&self.kept[..])
     }
 
     /// Bytes consumed from the stream so far.
@@ -261,9 +263,9 @@ impl<R: Read> TarReader<R> {
         };
         let data_offset = self.pos;
         let size = if kind == EntryKind::File { size } else { 0 };
-        self.kept = None;
-        if kind == EntryKind::File && self.keep.is_some_and(|keep| keep(&path, size)) {
-            self.kept = Some(self.read_data(size)?);
+        self.kept_last = kind == EntryKind::File && self.keep.is_some_and(|keep| keep(&path, size));
+        if self.kept_last {
+            self.read_kept(size)?;
         } else {
             self.skip_data(size)?;
         }
@@ -297,6 +299,20 @@ impl<R: Read> TarReader<R> {
     }
 
     /// Read `size` bytes of an extension header's data (size already bounded) and skip its padding.
+    /// Reads an entry's content into the reused buffer `kept`, and skips the padding.
+    fn read_kept(&mut self, size: u64) -> Result<(), TarError> {
+        let len = usize::try_from(size).map_err(|_| TarError::Truncated { offset: self.pos })?;
+        let mut kept = std::mem::take(&mut self.kept);
+        kept.clear();
+        kept.resize(len, 0);
+        let got = self.read_up_to(&mut kept);
+        self.kept = kept;
+        if got? < len {
+            return Err(TarError::Truncated { offset: self.pos });
+        }
+        self.skip_bytes(padding(size))
+    }
+
     fn read_data(&mut self, size: u64) -> Result<Vec<u8>, TarError> {
         let len = usize::try_from(size).map_err(|_| TarError::Truncated { offset: self.pos })?;
         let mut data = vec![0u8; len];
