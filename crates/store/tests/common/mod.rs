@@ -306,12 +306,23 @@ impl LayerBlobs for TestBlobs {
     }
 }
 
-/// Total bytes of all files under `dir`.
+/// Total bytes of all files under `dir`. A file or directory the cache evicts while this looks is not
+/// counted (it is gone).
 pub fn disk_usage(dir: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
+    let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
     let mut total = 0;
-    for entry in std::fs::read_dir(dir).unwrap().flatten() {
-        let meta = entry.metadata().unwrap();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if gone(&e) => return 0,
+        Err(e) => panic!("listing {}: {e}", dir.display()),
+    };
+    for entry in entries.flatten() {
+        let meta = match entry.metadata() {
+            Ok(meta) => meta,
+            Err(e) if gone(&e) => continue,
+            Err(e) => panic!("{}: {e}", entry.path().display()),
+        };
         if meta.is_dir() {
             total += disk_usage(&entry.path());
         } else {
