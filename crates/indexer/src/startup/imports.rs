@@ -12,7 +12,7 @@ use std::collections::HashSet;
 use clip_format::{Next, NodeKind};
 use tracing::debug;
 
-use super::path::{join, parent, resolve, resolve_in, Found};
+use super::path::{join, parent, resolve, Found};
 use super::runtime::python_roots;
 use super::{pyc, Finder, Head};
 
@@ -250,8 +250,9 @@ impl Finder<'_> {
     /// the source), else bytecode without source.
     fn module_file(&self, py: &Interpreter, dir: &[u8], name: &str) -> Option<ModuleFile> {
         // The directory is resolved once, each name looked up in it (a search tries some twenty names).
-        let dir = resolve(self.archive, b"/", dir).filter(|d| d.node.kind() == NodeKind::Dir)?;
-        let file = |name: &[u8]| resolve_in(self.archive, &dir, name).filter(|f| f.node.kind() == NodeKind::File);
+        let dir = self.dirs.dir(self.archive, b"/", dir)?;
+        let file =
+            |name: &[u8]| self.dirs.find_in(self.archive, &dir, name).filter(|f| f.node.kind() == NodeKind::File);
         for ending in &py.extensions {
             if let Some(f) = file(format!("{name}{ending}").as_bytes()) {
                 return Some(ModuleFile::Extension(f));

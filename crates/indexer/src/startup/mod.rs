@@ -38,7 +38,7 @@ use tracing::debug;
 pub(crate) use elf::file_names as elf_names;
 pub(crate) use imports::PYC_MAX;
 pub use next::{next_files, KnownLoads};
-use path::{join, resolve, resolve_in, Found};
+use path::{join, resolve, DirCache, Found};
 pub(crate) use pyc::imports as bytecode_imports;
 use search::{expand_origin, split_list, standard_dirs};
 
@@ -54,8 +54,6 @@ pub const MAX_SCRIPT_DEPTH: usize = 4;
 const HEAD: u64 = 16 << 10;
 /// The longest `#!` line Linux reads.
 const SHEBANG_MAX: usize = 256;
-/// Most library directories a search keeps resolved.
-const MAX_DIRS_KEPT: usize = 4096;
 /// The `PATH` a runtime uses when the image's env sets none.
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -172,9 +170,9 @@ struct Finder<'a> {
     bytes: u64,
     /// The image's `/etc/ld.so.cache`, read when the first library is searched.
     ld_cache: Option<ldcache::LdCache>,
-    /// The library directories resolved so far (at most [`MAX_DIRS_KEPT`]): each library's search tries
-    /// the same few.
-    dirs: HashMap<Vec<u8>, Option<Found>>,
+    /// The directories resolved so far, and their names: each library's and each module's search tries the
+    /// same few.
+    dirs: DirCache,
     /// Told of each file as it joins the set.
     found: Box<dyn FnMut(Ino) + Send + 'a>,
 }
@@ -204,7 +202,7 @@ impl<'a> Finder<'a> {
             reads: 0,
             bytes: 0,
             ld_cache: None,
-            dirs: HashMap::new(),
+            dirs: DirCache::default(),
             found: Box::new(|_| {}),
         }
     }
@@ -444,25 +442,13 @@ impl<'a> Finder<'a> {
     }
 
     /// `dir/name` for each of `dirs` (not `tried` yet) that exists.
-    fn in_dirs(&mut self, name: &[u8], origin: &[u8], dirs: Vec<Vec<u8>>, tried: &mut HashSet<Vec<u8>>) -> Vec<Found> {
-        let mut found = Vec::new();
-        for dir in dirs.into_iter().filter_map(|dir| expand_origin(&dir, origin)) {
-            if !tried.insert(dir.clone()) {
-                continue;
-            }
-            let resolved = match self.dirs.get(&dir) {
-                Some(d) => d.clone(),
-                None => {
-                    let d = resolve(self.archive, &self.cwd, &dir).filter(|d| d.node.kind() == NodeKind::Dir);
-                    if self.dirs.len() < MAX_DIRS_KEPT {
-                        self.dirs.insert(dir, d.clone());
-                    }
-                    d
-                }
-            };
-            found.extend(resolved.and_then(|d| resolve_in(self.archive, &d, name)));
-        }
-        found
+    fn in_dirs(&self, name: &[u8], origin: &[u8], dirs: Vec<Vec<u8>>, tried: &mut HashSet<Vec<u8>>) -> Vec<Found> {
+        dirs.into_iter()
+            .filter_map(|dir| expand_origin(&dir, origin))
+            .filter(|dir| tried.insert(dir.clone()))
+            .filter_map(|dir| self.dirs.dir(self.archive, &self.cwd, &dir))
+            .filter_map(|dir| self.dirs.find_in(self.archive, &dir, name))
+            .collect()
     }
 
     /// The image's `/etc/ld.so.cache` (empty when it has none, or it is unreadable).

@@ -2,7 +2,8 @@
 //! targets from the image root), `..` never above the root, at most [`MAX_SYMLINKS`] links, so no hostile
 //! tree can lead a lookup outside the image or around in circles.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 
 use clip_format::{Archive, Ino, NodeKind, NodeView};
 
@@ -97,6 +98,61 @@ pub(super) fn resolve_in(archive: &Archive, dir: &Found, name: &[u8]) -> Option<
         }
     }
     Some(Found { node, path: join(&dir.path, name) })
+}
+
+/// Directories resolved, and the names in them, kept for a search that tries many names in a few
+/// directories (a module's imports across `sys.path`, a library across the loader's directories): at most
+/// [`MAX_DIRS_KEPT`] directories, names only of directories of at most [`MAX_NAMES_KEPT`] entries.
+#[derive(Default)]
+pub(super) struct DirCache(std::sync::Mutex<DirCacheInner>);
+
+#[derive(Default)]
+struct DirCacheInner {
+    resolved: HashMap<Vec<u8>, Option<Found>>,
+    names: HashMap<Ino, Arc<HashSet<Vec<u8>>>>,
+}
+
+/// Most directories a [`DirCache`] keeps.
+const MAX_DIRS_KEPT: usize = 4096;
+/// Largest directory whose names a [`DirCache`] keeps (a larger one is looked up name by name).
+const MAX_NAMES_KEPT: usize = 4096;
+
+impl DirCache {
+    /// The directory at `path` (resolved from `cwd`), as [`resolve`] finds it.
+    pub(super) fn dir(&self, archive: &Archive, cwd: &[u8], path: &[u8]) -> Option<Found> {
+        let mut inner = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(found) = inner.resolved.get(path) {
+            return found.clone();
+        }
+        let found = resolve(archive, cwd, path).filter(|d| d.node.kind() == NodeKind::Dir);
+        if inner.resolved.len() < MAX_DIRS_KEPT {
+            inner.resolved.insert(path.to_vec(), found.clone());
+        }
+        found
+    }
+
+    /// `name` in the directory `dir`, as [`resolve_in`] finds it; a one-component name the directory does
+    /// not have is answered from its kept names.
+    pub(super) fn find_in(&self, archive: &Archive, dir: &Found, name: &[u8]) -> Option<Found> {
+        let names = {
+            let mut inner = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            match inner.names.get(&dir.node.ino) {
+                Some(names) => Some(Arc::clone(names)),
+                None if dir.node.child_count() as usize <= MAX_NAMES_KEPT && inner.names.len() < MAX_DIRS_KEPT => {
+                    let names: HashSet<Vec<u8>> =
+                        archive.children(&dir.node).filter_map(|e| e.ok().map(|(n, _)| n.to_vec())).collect();
+                    let names = Arc::new(names);
+                    inner.names.insert(dir.node.ino, Arc::clone(&names));
+                    Some(names)
+                }
+                None => None,
+            }
+        };
+        if !name.contains(&b'/') && names.is_some_and(|names| !names.contains(name)) {
+            return None;
+        }
+        resolve_in(archive, dir, name)
+    }
 }
 
 /// `dir/name`, or `name` itself when it is absolute.
