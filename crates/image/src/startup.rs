@@ -48,8 +48,8 @@ async fn try_add(path: &Path, source: Arc<dyn BlobSource>, loads: &KnownLoads) -
     // Only the headers are read: no readahead, no loads of whole files, nothing kept on disk.
     let config = StoreConfig { cache_dir: None, readahead_spans: 0, open_prefetch_max: 0, ..StoreConfig::default() };
     let files = StoreBytes(Arc::new(ContentStore::new(archive.clone(), blobs, config)));
-    let set = startup_set(&archive, &files).await;
-    let next = next_files(&archive, &files, loads).await;
+    // Together: resolving what files load next is CPU work that fits in the set's waits on the registry.
+    let (set, next) = futures::join!(startup_set(&archive, &files), next_files(&archive, &files, loads));
     let stats = files.0.stats();
     debug!(
         files = set.len(),
