@@ -111,8 +111,8 @@ pub async fn index_image(
     source: Arc<dyn BlobSource>,
     opts: &IndexOptions,
 ) -> Result<(IndexContents, KnownLoads), IndexError> {
-    let parts = layer_parts(&image.layers, &image.config.diff_ids, source, opts).await?;
-    let loads = KnownLoads::of_parts(&parts);
+    let mut parts = layer_parts(&image.layers, &image.config.diff_ids, source, opts).await?;
+    let loads = KnownLoads::take_from(&mut parts);
     let base = ImageMeta {
         source: image.reference.to_string(),
         manifest_digest: Some(image.manifest_digest),
@@ -350,11 +350,16 @@ const SHARED_OBJECT_MAX: u64 = 16 << 20;
 /// left out.
 fn record_loads(loads: &mut PartLoads, entry: &TarEntry, data: &[u8]) {
     let data_offset = entry.data_offset;
-    if is_bytecode(&entry.path) {
-        if let Some((version, imports)) = bytecode_imports(data).filter(|_| loads.bytecode.len() < MAX_LAYER_MODULES) {
+    let bytecode = is_bytecode(&entry.path);
+    let full = if bytecode { loads.bytecode.len() } else { loads.shared_objects.len() } >= MAX_LAYER_MODULES;
+    if full {
+        return;
+    }
+    if bytecode {
+        if let Some((version, imports)) = bytecode_imports(data) {
             loads.bytecode.push(ModuleImports { data_offset, version, imports });
         }
-    } else if let Some((kind, names)) = elf_names(data).filter(|_| loads.shared_objects.len() < MAX_LAYER_MODULES) {
+    } else if let Some((kind, names)) = elf_names(data) {
         let strings = |list: Vec<Vec<u8>>| list.into_iter().filter_map(|s| String::from_utf8(s).ok()).collect();
         loads.shared_objects.push(SharedObjectNames {
             data_offset,

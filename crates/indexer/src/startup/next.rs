@@ -34,17 +34,15 @@ pub struct KnownLoads {
 }
 
 impl KnownLoads {
-    /// What the parts of an image's layers (bottom first) record.
-    pub fn of_parts(parts: &[LayerPart]) -> KnownLoads {
+    /// What the parts of an image's layers (bottom first) record, taken out of them (merging the tree
+    /// does not need it).
+    pub fn take_from(parts: &mut [LayerPart]) -> KnownLoads {
         let mut known = KnownLoads::default();
-        for (i, part) in parts.iter().enumerate() {
+        for (i, part) in parts.iter_mut().enumerate() {
             let layer = LayerIndex::from_index(i);
-            for m in &part.loads.bytecode {
-                known.bytecode.insert((layer, m.data_offset), m.clone());
-            }
-            for e in &part.loads.shared_objects {
-                known.shared_objects.insert((layer, e.data_offset), e.clone());
-            }
+            let loads = std::mem::take(&mut part.loads);
+            known.bytecode.extend(loads.bytecode.into_iter().map(|m| ((layer, m.data_offset), m)));
+            known.shared_objects.extend(loads.shared_objects.into_iter().map(|e| ((layer, e.data_offset), e)));
         }
         known
     }
@@ -150,14 +148,15 @@ impl Finder<'_> {
         let (mut through, mut extensions) = (HashSet::new(), Vec::new());
         while let Some(ino) = todo.pop_front() {
             for edge in next.of(ino).into_iter().flatten() {
-                let follow = match edge {
-                    Next::Load(f) => archive.node(f).is_ok_and(|node| self.add(&Found { node, path: Vec::new() })),
-                    Next::Through(f) => through.insert(f),
-                };
                 match edge {
-                    _ if !follow => {}
-                    Next::Through(f) if next.of(f).is_none() => extensions.push(f),
-                    _ => todo.push_back(edge.ino()),
+                    Next::Load(f) => {
+                        if archive.node(f).is_ok_and(|node| self.add(&Found { node, path: Vec::new() })) {
+                            todo.push_back(f);
+                        }
+                    }
+                    Next::Through(f) if !through.insert(f) => {}
+                    Next::Through(f) if next.of(f).is_some() => todo.push_back(f),
+                    Next::Through(f) => extensions.push(f),
                 }
             }
         }
