@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::check::{check_header, check_table, decode_section, find};
 use crate::layout::*;
-use crate::writer::{encode_spans, write_container, Raw};
+use crate::writer::{encode_spans, write_container, Packing, Raw};
 use crate::{ArchiveKind, Chunks, Compression, Corruption, Digest, FormatError, SpanSpec, WindowRef, Windows};
 pub use entries::{IntoIter as PartEntriesIntoIter, PartEntries};
 pub use entry::{EntryKind, TarEntry};
@@ -99,7 +99,7 @@ impl LayerPart {
         if let Some(modules) = &modules {
             eager.push((SEC_LOAD, Raw::Bytes(modules)));
         }
-        write_container(ArchiveKind::LayerPart, eager, &self.windows, self.chunks.as_ref(), None, out)
+        write_container(ArchiveKind::LayerPart, eager, Packing::Fast, &self.windows, self.chunks.as_ref(), None, out)
     }
 
     /// Reads the part in file `path`, checking everything it records (a part may come from a shared store).
