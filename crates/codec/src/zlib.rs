@@ -6,7 +6,7 @@
 //! the duration of one call only; the stream's `next_in`/`next_out` are cleared afterwards so it never holds a
 //! pointer into caller memory between calls.
 
-use std::ffi::{c_int, c_uint, c_ulong};
+use std::ffi::{c_int, c_uint};
 use std::ptr;
 
 use libz_rs_sys as z;
@@ -151,12 +151,12 @@ impl Drop for RawInflater {
     }
 }
 
-/// Continue the CRC-32 (gzip's checksum) `crc` over `data`.
+/// Continue the CRC-32 (gzip's checksum) `crc` over `data`. `crc32fast` folds with carry-less multiplies
+/// where the CPU has them (zlib-rs's `crc32_z` ran its table fallback here: ~3 % of `clip index`'s CPU).
 pub(crate) fn crc32(crc: u32, data: &[u8]) -> u32 {
-    // SAFETY: `data` is valid for reads of `data.len()` bytes for the duration of the call.
-    let out = unsafe { z::crc32_z(c_ulong::from(crc), data.as_ptr(), data.len()) };
-    // A CRC-32 always fits in 32 bits.
-    out as u32
+    let mut h = crc32fast::Hasher::new_with_initial(crc);
+    h.update(data);
+    h.finalize()
 }
 
 fn status(ret: c_int) -> Result<(), i32> {
