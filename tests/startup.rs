@@ -589,6 +589,38 @@ fn a_script_entrypoint_gives_its_interpreters_through_env() {
 }
 
 #[test]
+fn the_set_is_found_from_what_the_layers_recorded_as_they_streamed_without_reading_a_file_again() {
+    // A script run through `env`, and `sh`: every head, interpreter and library name the set needs was seen
+    // as the layers streamed by (and kept in their parts). The image has no loader cache, so nothing is left
+    // to read: indexing asks the registry for no range, whether it reads the layers or reuses their parts.
+    let script = Entry::file("app/run", "#!/usr/bin/env sh\necho hi\n").mode(0o755);
+    let mut image = image(
+        &[("/usr/bin/env", "usr/bin/env", 0o755), ("/bin/sh", "bin/sh", 0o755)],
+        vec![Entry::dir("app"), script],
+        &["./run"],
+    );
+    image.config.working_dir = Some("/app".into());
+    let served = Served::new(&image);
+    let mut expected: BTreeSet<String> = ldd("/usr/bin/env").into_iter().chain(ldd("/bin/sh")).collect();
+    expected.extend(["/app/run".into(), "/usr/bin/env".into(), "/bin/sh".into()]);
+    let parts = served.dir.path().join("parts");
+    for pass in ["layers read", "parts reused"] {
+        served.proxy().reset_stats();
+        let index = served.dir.path().join("again.clip");
+        let image_ref = served.proxy().image_ref("img:t");
+        clip_ok(&["index", &image_ref, "-o", s(&index), "--parts", s(&parts)]);
+        let set = startup_paths(&index);
+        assert_eq!(set.iter().cloned().collect::<BTreeSet<_>>(), expected, "{pass}");
+        assert_eq!(set, startup_paths(&served.index()), "{pass}: the set found by reading the files");
+        let stats = served.proxy().stats();
+        assert_eq!(stats.range_requests, 0, "{pass}: {:?}", stats.requests_to("blobs"));
+        let layer = Archive::open(&index).unwrap().meta().layers[0].digest.to_string();
+        let streams = if pass == "layers read" { 1 } else { 0 };
+        assert_eq!(stats.requests_to(&layer).len(), streams, "{pass}: {:?}", stats.requests_to("blobs"));
+    }
+}
+
+#[test]
 fn hostile_entrypoints_give_a_smaller_set_or_none_and_the_image_still_indexes() {
     let ls = std::fs::read("/bin/ls").unwrap();
     let mut absurd = ls.clone();

@@ -61,8 +61,8 @@ pub use layout::{ArchiveKind, SectionEntry};
 pub use meta::{Compression, ImageConfig, ImageMeta, LayerMeta, Platform};
 pub use node::{mode, Content, DataRef, Ino, NodeKind, NodeSpec, Timestamp, Xattr};
 pub use part::{
-    index_part_keys, part_key, EntryKind, LayerPart, ModuleImport, ModuleImports, PartEntries, PartEntriesIntoIter,
-    PartLoads, PartMeta, SharedObjectNames, TarEntry, PART_VERSION,
+    index_part_keys, part_key, ElfNames, EntryKind, LayerPart, ModuleImport, ModuleImports, PartEntries,
+    PartEntriesIntoIter, PartLoads, PartMeta, ScriptLine, TarEntry, MAX_SCRIPT_LINE, PART_VERSION,
 };
 pub use reader::{
     Archive, Next, NextFiles, NodeView, RangeReader, SpanSlice, SpanView, XattrRef, MAX_NEXT_EDGES, MAX_STARTUP_FILES,

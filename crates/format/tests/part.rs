@@ -95,7 +95,7 @@ fn sample_with(edit: impl FnOnce(&mut Vec<TarEntry>)) -> LayerPart {
                     ModuleImport { name: String::new(), level: 1, fromlist: vec!["sub".into()] },
                 ],
             }],
-            shared_objects: vec![SharedObjectNames {
+            elf_files: vec![ElfNames {
                 data_offset: 4096,
                 class64: true,
                 big_endian: false,
@@ -103,7 +103,9 @@ fn sample_with(edit: impl FnOnce(&mut Vec<TarEntry>)) -> LayerPart {
                 needed: vec!["libz.so.1".into()],
                 runpath: vec!["$ORIGIN/../lib".into()],
                 rpath: vec![],
+                interp: Some("/lib64/ld-linux-x86-64.so.2".into()),
             }],
+            scripts: vec![ScriptLine { data_offset: 5120, line: "/usr/bin/env python3".into() }],
         },
     }
 }
@@ -174,14 +176,17 @@ fn a_part_whose_entries_point_outside_the_layer_is_refused() {
 }
 
 #[test]
-fn a_part_whose_module_imports_point_outside_its_layer_is_refused() {
+fn a_part_whose_recorded_loads_point_outside_its_layer_or_exceed_their_caps_is_refused() {
     let mut part = sample();
     part.loads.bytecode[0].data_offset = part.meta.uncompressed_size;
     let err = LayerPart::from_bytes(&bytes(&part)).unwrap_err();
     assert!(err.to_string().contains("LOAD"), "{err}");
     let mut part = sample();
-    part.loads.shared_objects[0].data_offset = u64::MAX;
+    part.loads.elf_files[0].data_offset = u64::MAX;
     assert!(LayerPart::from_bytes(&bytes(&part)).is_err());
+    let mut part = sample();
+    part.loads.scripts[0].line = "x".repeat(MAX_SCRIPT_LINE + 1);
+    assert!(LayerPart::from_bytes(&bytes(&part)).is_err(), "a script line longer than Linux reads");
     part.loads = PartLoads::default();
     let plain = LayerPart::from_bytes(&bytes(&part)).unwrap();
     assert!(plain.loads.is_empty(), "a part without CPython modules has no LOAD section");

@@ -45,11 +45,12 @@ pub(crate) async fn add_startup_set(path: &Path, source: Arc<dyn BlobSource>, lo
 async fn try_add(path: &Path, source: Arc<dyn BlobSource>, loads: &KnownLoads) -> Result<usize, ImageError> {
     let archive = Arc::new(Archive::open(path).map_err(ImageError::format(path))?);
     let blobs = Arc::new(SourceBlobs::new(&archive, source));
-    // Only the headers are read: no readahead, no loads of whole files, nothing kept on disk.
+    // Only what `loads` lacks is read (the loader's cache; headers of files the parts know nothing of): no
+    // readahead, no loads of whole files, nothing kept on disk.
     let config = StoreConfig { cache_dir: None, readahead_spans: 0, open_prefetch_max: 0, ..StoreConfig::default() };
     let files = StoreBytes(Arc::new(ContentStore::new(archive.clone(), blobs, config)));
-    // Together: resolving what files load next is CPU work that fits in the set's waits on the registry.
-    let (set, next) = futures::join!(startup_set(&archive, &files), next_files(&archive, &files, loads));
+    // Together: resolving what files load next is CPU work that fits in the set's wait for the loader's cache.
+    let (set, next) = futures::join!(startup_set(&archive, &files, loads), next_files(&archive, &files, loads));
     let stats = files.0.stats();
     debug!(
         files = set.len(),

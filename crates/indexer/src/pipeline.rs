@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use clip_codec::{IndexingReader, Span};
 use clip_format::{
-    part::MAX_LAYER_MODULES, Compression, FormatError, ImageMeta, IndexContents, LayerIndex, LayerPart, ModuleImports,
-    PartEntries, PartLoads, PartMeta, Platform, SharedObjectNames, SpanSpec, TarEntry, Windows,
+    part::MAX_LAYER_MODULES, Compression, ElfNames, FormatError, ImageMeta, IndexContents, LayerIndex, LayerPart,
+    ModuleImports, PartEntries, PartLoads, PartMeta, Platform, ScriptLine, SpanSpec, TarEntry, Windows,
 };
 use clip_source::{BlobSource, Descriptor, Digest, ResolvedImage};
 use futures::{StreamExt, TryStreamExt};
@@ -20,7 +20,7 @@ use tracing::{debug, info};
 use crate::assemble::{assemble, TreeKind};
 use crate::chunks::{ChunkHasher, ChunkRecorder, SharedChunks};
 use crate::parts::{keep_part, reused_part, PartStore};
-use crate::startup::{bytecode_imports, elf_names, is_bytecode, is_shared_object, KnownLoads, PYC_MAX};
+use crate::startup::{bytecode_imports, elf_names, is_bytecode, is_shared_object, script_line, KnownLoads, PYC_MAX};
 use crate::tar::{TarError, TarReader};
 use crate::IndexError;
 
@@ -270,10 +270,11 @@ fn read_layer(
         sink_error: None,
     };
     let mut tar = TarReader::new(Hashing { inner: guarded, tally: tar_tally.clone() });
-    // CPython bytecode and shared objects are read as they stream by, for what each imports or loads (see
-    // `startup::next`).
-    tar.keep_data(|path, size| {
-        (is_bytecode(path) && size <= PYC_MAX) || (is_shared_object(path) && size <= SHARED_OBJECT_MAX)
+    // CPython bytecode, shared objects and executables are read as they stream by, for what each imports,
+    // loads or runs (see `startup::next`; the startup set is found from them too).
+    tar.keep_data(|path, size, mode| {
+        (is_bytecode(path) && size <= PYC_MAX)
+            || ((is_shared_object(path) || mode & 0o111 != 0) && size <= SHARED_OBJECT_MAX)
     });
     let mut loads = PartLoads::default();
     let mut entries = PartEntries::default();
@@ -342,26 +343,29 @@ fn read_layer(
     Ok(LayerPart { meta, entries, spans: sink.spans, windows: sink.windows, chunks, loads })
 }
 
-/// The largest shared object read as it streams by (its ELF headers and dynamic section are all over it).
+/// The largest shared object or executable read as it streams by (an ELF file's headers and dynamic section
+/// are all over it).
 const SHARED_OBJECT_MAX: u64 = 16 << 20;
 
 /// Records what the file `entry` (its bytes `data`) loads: the imports of CPython bytecode, the names an
-/// ELF shared object gives the loader; a file that is neither (bytecode of an unknown version, not ELF) is
-/// left out.
+/// ELF file gives the loader, the `#!` line of a script; a file that is none of these (bytecode of an
+/// unknown version, a data file) is left out.
 fn record_loads(loads: &mut PartLoads, entry: &TarEntry, data: &[u8]) {
     let data_offset = entry.data_offset;
-    let bytecode = is_bytecode(&entry.path);
-    let full = if bytecode { loads.bytecode.len() } else { loads.shared_objects.len() } >= MAX_LAYER_MODULES;
-    if full {
-        return;
-    }
-    if bytecode {
-        if let Some((version, imports)) = bytecode_imports(data) {
-            loads.bytecode.push(ModuleImports { data_offset, version, imports });
+    if is_bytecode(&entry.path) {
+        if loads.bytecode.len() < MAX_LAYER_MODULES {
+            if let Some((version, imports)) = bytecode_imports(data) {
+                loads.bytecode.push(ModuleImports { data_offset, version, imports });
+            }
         }
-    } else if let Some((kind, names)) = elf_names(data) {
+    } else if let Some(line) = script_line(data) {
+        if let (Ok(line), true) = (std::str::from_utf8(line), loads.scripts.len() < MAX_LAYER_MODULES) {
+            loads.scripts.push(ScriptLine { data_offset, line: line.to_owned() });
+        }
+    } else if loads.elf_files.len() < MAX_LAYER_MODULES {
+        let Some((kind, names, interp)) = elf_names(data) else { return };
         let strings = |list: Vec<Vec<u8>>| list.into_iter().filter_map(|s| String::from_utf8(s).ok()).collect();
-        loads.shared_objects.push(SharedObjectNames {
+        loads.elf_files.push(ElfNames {
             data_offset,
             class64: kind.class64,
             big_endian: kind.big_endian,
@@ -369,6 +373,7 @@ fn record_loads(loads: &mut PartLoads, entry: &TarEntry, data: &[u8]) {
             needed: strings(names.needed),
             runpath: strings(names.runpath),
             rpath: strings(names.rpath),
+            interp: interp.and_then(|i| String::from_utf8(i).ok()),
         });
     }
 }

@@ -1,8 +1,9 @@
 //! What a layer part records of what its files load, read as the layer streams by (the optional `LOAD`
 //! section, JSON): for each CPython module's cached bytecode the imports the module runs as it is
-//! imported, and for each shared object (a library or an extension module) the names its ELF file gives
-//! the loader. An image's index resolves them against its merged tree into what opening each file loads
-//! next (see [`crate::NextFiles`]) without reading any of those files again.
+//! imported; for each ELF file (a library, an extension module or a program) the names it gives the
+//! loader; for each executable script its `#!` line. An image's index resolves them against its merged tree
+//! into what opening each file loads next (see [`crate::NextFiles`]) and into its startup set without
+//! reading any of those files again.
 
 use serde::{Deserialize, Serialize};
 
@@ -34,9 +35,10 @@ pub struct ModuleImports {
     pub imports: Vec<ModuleImport>,
 }
 
-/// The names the ELF file of a shared object in one tar entry gives the loader, for its search.
+/// The names the ELF file in one tar entry (a shared object, or a program: a file with an execute bit) gives
+/// the loader, for its search.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SharedObjectNames {
+pub struct ElfNames {
     /// Where the entry's bytes start in the uncompressed layer.
     pub data_offset: u64,
     /// The ELF class (64-bit or not), byte order and machine (`e_machine`): a library must match them, and
@@ -48,18 +50,36 @@ pub struct SharedObjectNames {
     pub needed: Vec<String>,
     pub runpath: Vec<String>,
     pub rpath: Vec<String>,
+    /// The interpreter `PT_INTERP` names (a dynamic program's loader), when it is UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interp: Option<String>,
 }
+
+/// The `#!` line of an executable script in one tar entry: what runs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScriptLine {
+    /// Where the entry's bytes start in the uncompressed layer.
+    pub data_offset: u64,
+    /// The first line without `#!` (at most [`MAX_SCRIPT_LINE`] bytes; a line that is not UTF-8 is not
+    /// recorded).
+    pub line: String,
+}
+
+/// The longest `#!` line Linux reads (with the `#!`).
+pub const MAX_SCRIPT_LINE: usize = 256;
 
 /// All a part records of what its layer's files load, in stream order.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartLoads {
     pub bytecode: Vec<ModuleImports>,
-    pub shared_objects: Vec<SharedObjectNames>,
+    pub elf_files: Vec<ElfNames>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scripts: Vec<ScriptLine>,
 }
 
 impl PartLoads {
     pub fn is_empty(&self) -> bool {
-        self.bytecode.is_empty() && self.shared_objects.is_empty()
+        self.bytecode.is_empty() && self.elf_files.is_empty() && self.scripts.is_empty()
     }
 }
 
@@ -69,14 +89,19 @@ pub(crate) fn encode(loads: &PartLoads) -> Result<Vec<u8>, FormatError> {
 }
 
 /// Reads the section: `None` unless it holds at most [`MAX_LAYER_MODULES`] files of each kind, each with at
-/// most [`MAX_MODULE_IMPORTS`] imports or names, at offsets inside a layer of `uncompressed_size` bytes.
+/// most [`MAX_MODULE_IMPORTS`] imports or names (a script line at most [`MAX_SCRIPT_LINE`] bytes), at
+/// offsets inside a layer of `uncompressed_size` bytes.
 pub(crate) fn decode(raw: &[u8], uncompressed_size: u64) -> Option<PartLoads> {
     let loads: PartLoads = serde_json::from_slice(raw).ok()?;
     let inside = |offset: u64| offset < uncompressed_size;
     let bytecode = |m: &ModuleImports| m.imports.len() <= MAX_MODULE_IMPORTS && inside(m.data_offset);
-    let shared = |e: &SharedObjectNames| {
+    let elf = |e: &ElfNames| {
         [&e.needed, &e.runpath, &e.rpath].iter().all(|l| l.len() <= MAX_MODULE_IMPORTS) && inside(e.data_offset)
     };
-    let counts = loads.bytecode.len() <= MAX_LAYER_MODULES && loads.shared_objects.len() <= MAX_LAYER_MODULES;
-    (counts && loads.bytecode.iter().all(bytecode) && loads.shared_objects.iter().all(shared)).then_some(loads)
+    let script = |s: &ScriptLine| s.line.len() <= MAX_SCRIPT_LINE && inside(s.data_offset);
+    let counts =
+        [loads.bytecode.len(), loads.elf_files.len(), loads.scripts.len()].iter().all(|&n| n <= MAX_LAYER_MODULES);
+    let each =
+        loads.bytecode.iter().all(bytecode) && loads.elf_files.iter().all(elf) && loads.scripts.iter().all(script);
+    (counts && each).then_some(loads)
 }

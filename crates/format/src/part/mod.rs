@@ -7,8 +7,9 @@
 //! On disk a part is a `.clip` container of kind [`ArchiveKind::LayerPart`]: `META` (JSON [`PartMeta`]),
 //! `ENTR` (one [`ENTRY_LEN`]-byte record an entry), `STRS`, `XATR`, `SPAN` (as in an image index), the lazy
 //! `WIND` and (from part version 2; its layout as now, cut per span, from version 4) the lazy `CHNK` ([`Chunks`]:
-//! the layer's compressed-chunk digests); from version 7 `LOAD` when the layer has CPython bytecode or shared
-//! objects ([`PartLoads`]: what each module imports, what libraries each shared object names).
+//! the layer's compressed-chunk digests); from version 7 `LOAD` when the layer has CPython bytecode, ELF files
+//! or scripts ([`PartLoads`]: what each module imports, what each shared object or program names, what runs
+//! each script).
 
 mod entries;
 mod entry;
@@ -26,13 +27,17 @@ use crate::writer::{encode_spans, write_container, Packing, Raw};
 use crate::{ArchiveKind, Chunks, Compression, Corruption, Digest, FormatError, SpanSpec, WindowRef, Windows};
 pub use entries::{IntoIter as PartEntriesIntoIter, PartEntries};
 pub use entry::{EntryKind, TarEntry};
-pub use loads::{ModuleImport, ModuleImports, PartLoads, SharedObjectNames, MAX_LAYER_MODULES, MAX_MODULE_IMPORTS};
+pub use loads::{
+    ElfNames, ModuleImport, ModuleImports, PartLoads, ScriptLine, MAX_LAYER_MODULES, MAX_MODULE_IMPORTS,
+    MAX_SCRIPT_LINE,
+};
 
 /// Version of the part layout; part of every [`part_key`], so a clip with another layout never reads it.
 /// Version 2 added the `CHNK` section; version 5 cut 64 KiB chunks and long spans over documentation;
 /// version 6 cuts 32 KiB chunks (a part of version 5 would merge into an index without chunk digests);
-/// version 7 records what CPython modules import and what shared objects load (`LOAD`).
-pub const PART_VERSION: u32 = 7;
+/// version 7 records what CPython modules import and what shared objects load (`LOAD`); version 8 also what
+/// programs load and the `#!` lines of scripts.
+pub const PART_VERSION: u32 = 8;
 
 /// The name a part is kept under: `sha256-<hex>-s<span size>-v<PART_VERSION>`, safe as a file name and as an
 /// object key.

@@ -84,15 +84,16 @@ fn headers_of<H: FileHeader<Endian = Endianness>>(head: &[u8], size: u64) -> Opt
     Some(Headers { kind, interp, dynamic, loads })
 }
 
-/// The kind and names of the ELF file `file`, read whole (as the indexer sees an extension module stream
-/// by); `None` when it is not an ELF file.
-pub(crate) fn file_names(file: &[u8]) -> Option<(Kind, Names)> {
+/// The kind, names and interpreter of the ELF file `file`, read whole (as the indexer sees a library or a
+/// program stream by); `None` when it is not an ELF file.
+pub(crate) fn file_names(file: &[u8]) -> Option<(Kind, Names, Option<Vec<u8>>)> {
     let size = file.len() as u64;
     let h = headers(file, size)?;
     let slice = |r: &Range<u64>| &file[r.start as usize..r.end as usize];
     let d = h.dynamic.as_ref().map(|r| h.dynamic(slice(r), size)).unwrap_or_default();
     let names = d.strtab.as_ref().map(|r| d.strings(slice(r))).unwrap_or_default();
-    Some((h.kind, names))
+    let interp = h.interp.as_ref().and_then(|r| interpreter(slice(r)));
+    Some((h.kind, names, interp))
 }
 
 /// The interpreter path in the bytes of `PT_INTERP` (up to its NUL).
@@ -210,27 +211,15 @@ pub(super) fn triplet(kind: Kind) -> Option<&'static str> {
 mod tests {
     use super::*;
 
-    /// Parses a whole file the way the finder does it in steps.
-    fn parse(file: &[u8]) -> Option<(Headers, Option<Vec<u8>>, Names)> {
-        let size = file.len() as u64;
-        let head = &file[..file.len().min(64 << 10)];
-        let h = headers(head, size)?;
-        let slice = |r: &Range<u64>| &file[r.start as usize..r.end as usize];
-        let interp = h.interp.as_ref().and_then(|r| interpreter(slice(r)));
-        let d = h.dynamic.as_ref().map(|r| h.dynamic(slice(r), size)).unwrap_or_default();
-        let names = d.strtab.as_ref().map(|r| d.strings(slice(r))).unwrap_or_default();
-        Some((h, interp, names))
-    }
-
     #[test]
     fn the_hosts_ls_names_its_interpreter_and_libc() {
         let ls = std::fs::read(std::fs::canonicalize("/bin/ls").unwrap()).unwrap();
-        let (h, interp, names) = parse(&ls).expect("/bin/ls is ELF");
+        let (kind, names, interp) = file_names(&ls).expect("/bin/ls is ELF");
         let interp = String::from_utf8(interp.expect("ls is dynamically linked")).unwrap();
         assert!(interp.starts_with('/') && interp.contains("ld-"), "{interp}");
         assert!(names.needed.iter().any(|n| n.starts_with(b"libc.so")), "{names:?}");
         if cfg!(target_arch = "x86_64") {
-            assert_eq!(triplet(h.kind), Some("x86_64-linux-gnu"));
+            assert_eq!(triplet(kind), Some("x86_64-linux-gnu"));
         }
     }
 
@@ -238,15 +227,15 @@ mod tests {
     fn truncated_and_absurd_files_give_nothing_or_less_and_never_panic() {
         let ls = std::fs::read(std::fs::canonicalize("/bin/ls").unwrap()).unwrap();
         for len in [0, 4, 16, 52, 63, 64, 100, 500, 4096] {
-            let _ = parse(&ls[..len.min(ls.len())]);
+            let _ = file_names(&ls[..len.min(ls.len())]);
         }
-        assert!(parse(b"\x7fELF").is_none());
-        assert!(parse(b"#!/bin/sh\n").is_none());
+        assert!(file_names(b"\x7fELF").is_none());
+        assert!(file_names(b"#!/bin/sh\n").is_none());
         // Every byte of the headers flipped in turn: whatever comes out, nothing panics.
         for i in 0..1024.min(ls.len()) {
             let mut bad = ls.clone();
             bad[i] ^= 0xff;
-            let _ = parse(&bad);
+            let _ = file_names(&bad);
         }
         let h = headers(&ls, ls.len() as u64).unwrap();
         // A dynamic section whose string table lies beyond the file gives no names.

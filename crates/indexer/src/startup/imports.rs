@@ -103,8 +103,8 @@ impl Finder<'_> {
                 }
             }
             for ext in extensions {
-                if let Some(Head::Elf(headers)) = self.head(&ext).await {
-                    self.elf_closure(&ext, &headers).await;
+                if let Some(Head::Elf(elf)) = self.head(&ext).await {
+                    self.elf_closure(&ext, &elf).await;
                 }
             }
             level = next;

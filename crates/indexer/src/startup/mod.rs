@@ -31,7 +31,7 @@ mod search;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::ops::Range;
 
-use clip_format::{Archive, DataRef, Ino, NodeKind};
+use clip_format::{Archive, DataRef, Ino, NodeKind, MAX_SCRIPT_LINE};
 use futures::future::{join_all, BoxFuture};
 use tracing::debug;
 
@@ -52,8 +52,6 @@ pub const MAX_BYTES: u64 = 64 << 20;
 pub const MAX_SCRIPT_DEPTH: usize = 4;
 /// Bytes read from the start of each candidate file: the ELF and program headers, or a `#!` line.
 const HEAD: u64 = 16 << 10;
-/// The longest `#!` line Linux reads.
-const SHEBANG_MAX: usize = 256;
 /// The `PATH` a runtime uses when the image's env sets none.
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -68,10 +66,15 @@ pub trait FileBytes: Send + Sync {
 
 /// The startup set of the image indexed in `archive` (see the [module docs](self)): regular files, the
 /// program first, at most [`MAX_FILES`]. Empty when the config names no program or it is not in the image.
-pub async fn startup_set(archive: &Archive, files: &dyn FileBytes) -> Vec<Ino> {
+///
+/// What `known` says of the image's programs, libraries and scripts (recorded as its layers streamed by) is
+/// taken instead of reading them: for an image whose layers were all recorded so, only the loader's cache
+/// is read.
+pub async fn startup_set(archive: &Archive, files: &dyn FileBytes, known: &KnownLoads) -> Vec<Ino> {
     let config = &archive.meta().config;
     let Some(program) = config.entrypoint.iter().chain(&config.cmd).next() else { return Vec::new() };
     let mut finder = Finder::new(archive, files);
+    finder.known = Some(known);
     let mut programs = VecDeque::new();
     programs.extend(finder.find_program(program.as_bytes()).map(|p| (p, 0)));
     while let Some((found, depth)) = programs.pop_front() {
@@ -83,7 +86,7 @@ pub async fn startup_set(archive: &Archive, files: &dyn FileBytes) -> Vec<Ino> {
             Head::Script(line) if depth < MAX_SCRIPT_DEPTH => {
                 programs.extend(finder.interpreters(&line).into_iter().map(|p| (p, depth + 1)));
             }
-            Head::Elf(headers) => finder.program_start(&found, &headers).await,
+            Head::Elf(elf) => finder.program_start(&found, &elf).await,
             Head::Script(_) | Head::Other => {}
         }
     }
@@ -119,8 +122,8 @@ pub async fn start_files(
         // Known from the index: the whole closure at once.
     } else if is_bytecode(&file.path) {
         finder.import_closure(&file).await;
-    } else if let Some(Head::Elf(headers)) = finder.head(&file).await {
-        finder.program_start(&file, &headers).await;
+    } else if let Some(Head::Elf(elf)) = finder.head(&file).await {
+        finder.program_start(&file, &elf).await;
     }
     finder.set.len() - 1
 }
@@ -150,8 +153,26 @@ pub(crate) fn is_bytecode(path: &[u8]) -> bool {
 enum Head {
     /// A `#!` script: its first line, without `#!`.
     Script(Vec<u8>),
-    Elf(elf::Headers),
+    Elf(Elf),
     Other,
+}
+
+/// An ELF file as a search knows it.
+#[derive(Clone)]
+enum Elf {
+    /// Its program headers: the interpreter and the dynamic section are read where they say.
+    Headers(elf::Headers),
+    /// What its layer's streaming recorded ([`KnownLoads`]): nothing more to read.
+    Known { kind: elf::Kind, interp: Option<Vec<u8>>, names: elf::Names },
+}
+
+impl Elf {
+    fn kind(&self) -> elf::Kind {
+        match self {
+            Elf::Headers(h) => h.kind,
+            Elf::Known { kind, .. } => *kind,
+        }
+    }
 }
 
 struct Finder<'a> {
@@ -175,6 +196,8 @@ struct Finder<'a> {
     dirs: DirCache,
     /// Told of each file as it joins the set.
     found: Box<dyn FnMut(Ino) + Send + 'a>,
+    /// What the layers' streaming recorded of the image's files, taken instead of reading them.
+    known: Option<&'a KnownLoads>,
 }
 
 impl<'a> Finder<'a> {
@@ -204,12 +227,13 @@ impl<'a> Finder<'a> {
             ld_cache: None,
             dirs: DirCache::default(),
             found: Box::new(|_| {}),
+            known: None,
         }
     }
 
     /// What a start of the ELF program `program` reads next: its libraries, then the data files.
-    async fn program_start(&mut self, program: &Found, headers: &elf::Headers) {
-        self.elf_closure(program, headers).await;
+    async fn program_start(&mut self, program: &Found, elf: &Elf) {
+        self.elf_closure(program, elf).await;
         self.python_start(program);
     }
 
@@ -246,7 +270,10 @@ impl<'a> Finder<'a> {
         if let Some(head) = self.heads.get(&found.node.ino) {
             return head.clone();
         }
-        let head = self.read(found, 0, HEAD).await.map(|bytes| parse_head(&bytes, found.node.size));
+        let head = match self.known_head(found) {
+            Some(head) => Some(head),
+            None => self.read(found, 0, HEAD).await.map(|bytes| parse_head(&bytes, found.node.size)),
+        };
         self.heads.insert(found.node.ino, head.clone());
         head
     }
@@ -283,18 +310,20 @@ impl<'a> Finder<'a> {
     /// Adds the ELF interpreter of `program`, the loader's cache and the closure of its libraries, level by
     /// level: the libraries one level needs are read all at once (their heads, then their dynamic sections,
     /// then their string tables), so finding the set takes a few round trips however many libraries it has.
-    async fn elf_closure(&mut self, program: &Found, headers: &elf::Headers) {
-        let mut dynamic = false;
-        if let Some(range) = headers.interp.clone() {
-            let bytes = self.read(program, range.start, range.end - range.start).await;
-            if let Some(interp) = bytes.as_deref().and_then(elf::interpreter) {
-                dynamic = true;
-                if let Some(found) = resolve(self.archive, b"/", &interp) {
-                    self.add(&found);
-                }
+    async fn elf_closure(&mut self, program: &Found, elf: &Elf) {
+        let interp = match elf {
+            Elf::Headers(h) => match h.interp.clone() {
+                Some(range) => self.read(program, range.start, range.end - range.start).await,
+                None => None,
             }
+            .and_then(|bytes| elf::interpreter(&bytes)),
+            Elf::Known { interp, .. } => interp.clone(),
+        };
+        let dynamic = interp.is_some();
+        if let Some(found) = interp.and_then(|interp| resolve(self.archive, b"/", &interp)) {
+            self.add(&found);
         }
-        let names = self.names(vec![(program.clone(), headers.clone())]).await.pop().unwrap_or_default();
+        let names = self.names(vec![(program.clone(), elf.clone())]).await.pop().unwrap_or_default();
         if dynamic || !names.needed.is_empty() {
             for file in [&b"/etc/ld.so.preload"[..], b"/etc/ld.so.cache"] {
                 if let Some(found) = resolve(self.archive, b"/", file) {
@@ -314,7 +343,7 @@ impl<'a> Finder<'a> {
             for (origin, names) in &level {
                 for name in &names.needed {
                     if seen.insert(name.clone()) {
-                        wanted.push((name, self.candidates(name, origin, names, &program_rpath, headers.kind).await));
+                        wanted.push((name, self.candidates(name, origin, names, &program_rpath, elf.kind()).await));
                     }
                 }
             }
@@ -323,7 +352,7 @@ impl<'a> Finder<'a> {
             for (name, candidates) in wanted {
                 let mut lib = None;
                 for found in candidates {
-                    lib = self.library_of_kind(found, headers.kind).await;
+                    lib = self.library_of_kind(found, elf.kind()).await;
                     if lib.is_some() {
                         break;
                     }
@@ -347,25 +376,30 @@ impl<'a> Finder<'a> {
         }
     }
 
-    /// The names in the dynamic sections of `files`, in their order: every dynamic section read at once,
-    /// then every string table.
-    async fn names(&mut self, files: Vec<(Found, elf::Headers)>) -> Vec<elf::Names> {
-        let wanted = files.iter().map(|(file, h)| (file, h.dynamic.clone()));
+    /// The names in the dynamic sections of `files`, in their order: those known as they are, the others'
+    /// dynamic sections read at once, then their string tables.
+    async fn names(&mut self, files: Vec<(Found, Elf)>) -> Vec<elf::Names> {
+        let headers = |e: &Elf| match e {
+            Elf::Headers(h) => Some(h.clone()),
+            Elf::Known { .. } => None,
+        };
+        let wanted = files.iter().map(|(file, e)| (file, headers(e).and_then(|h| h.dynamic)));
         let sections = self.read_all(wanted.collect()).await;
         let dynamics: Vec<_> = files
             .iter()
             .zip(sections)
-            .map(|((file, h), bytes)| bytes.map(|b| h.dynamic(&b, file.node.size)))
+            .map(|((file, e), bytes)| Some(headers(e)?.dynamic(&bytes?, file.node.size)))
             .map(|d| d.filter(|d| d.loads_libraries() && d.strtab.is_some()))
             .collect();
         let wanted =
             files.iter().zip(&dynamics).map(|((file, _), d)| (file, d.as_ref().and_then(|d| d.strtab.clone())));
         let tables = self.read_all(wanted.collect()).await;
-        dynamics
+        files
             .iter()
-            .zip(tables)
-            .map(|(d, bytes)| match (d, bytes) {
-                (Some(d), Some(bytes)) => d.strings(&bytes),
+            .zip(dynamics.iter().zip(tables))
+            .map(|((_, e), (d, bytes))| match (e, d, bytes) {
+                (Elf::Known { names, .. }, _, _) => names.clone(),
+                (_, Some(d), Some(bytes)) => d.strings(&bytes),
                 _ => elf::Names::default(),
             })
             .collect()
@@ -395,14 +429,16 @@ impl<'a> Finder<'a> {
         .await
     }
 
-    /// Reads the heads of `files` not read yet, all at once.
+    /// Reads the heads of `files` not read (or known) yet, all at once.
     async fn read_heads(&mut self, files: Vec<Found>) {
         let mut todo: Vec<Found> = Vec::new();
         for file in files {
-            if file.node.kind() == NodeKind::File
-                && !self.heads.contains_key(&file.node.ino)
-                && !todo.iter().any(|t| t.node.ino == file.node.ino)
-            {
+            if file.node.kind() != NodeKind::File || self.heads.contains_key(&file.node.ino) {
+                continue;
+            }
+            if let Some(head) = self.known_head(&file) {
+                self.heads.insert(file.node.ino, Some(head));
+            } else if !todo.iter().any(|t| t.node.ino == file.node.ino) {
                 todo.push(file);
             }
         }
@@ -464,13 +500,13 @@ impl<'a> Finder<'a> {
         self.ld_cache.get_or_insert_default()
     }
 
-    /// `found` with its headers when it is an ELF file of `kind`.
-    async fn library_of_kind(&mut self, found: Found, kind: elf::Kind) -> Option<(Found, elf::Headers)> {
+    /// `found` as an ELF file, when it is one of `kind`.
+    async fn library_of_kind(&mut self, found: Found, kind: elf::Kind) -> Option<(Found, Elf)> {
         if found.node.kind() != NodeKind::File {
             return None;
         }
         match self.head(&found).await? {
-            Head::Elf(h) if h.kind == kind => Some((found, h)),
+            Head::Elf(e) if e.kind() == kind => Some((found, e)),
             _ => None,
         }
     }
@@ -478,12 +514,16 @@ impl<'a> Finder<'a> {
 
 /// What the first bytes of a file of `size` bytes say it is.
 fn parse_head(bytes: &[u8], size: u64) -> Head {
-    if let Some(rest) = bytes.strip_prefix(b"#!") {
-        let line = rest[..rest.len().min(SHEBANG_MAX - 2)].split(|&b| b == b'\n').next().unwrap_or_default();
-        Head::Script(line.to_vec())
-    } else {
-        elf::headers(bytes, size).map_or(Head::Other, Head::Elf)
+    match script_line(bytes) {
+        Some(line) => Head::Script(line.to_vec()),
+        None => elf::headers(bytes, size).map_or(Head::Other, |h| Head::Elf(Elf::Headers(h))),
     }
+}
+
+/// The `#!` line a script's first bytes `bytes` start with, without `#!` (as much of it as Linux reads).
+pub(crate) fn script_line(bytes: &[u8]) -> Option<&[u8]> {
+    let rest = bytes.strip_prefix(b"#!")?;
+    rest[..rest.len().min(MAX_SCRIPT_LINE - 2)].split(|&b| b == b'\n').next()
 }
 
 #[cfg(test)]

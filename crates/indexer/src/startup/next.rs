@@ -16,12 +16,12 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
-use clip_format::{Archive, DataRef, Ino, LayerIndex, LayerPart, ModuleImports, Next, NodeKind, SharedObjectNames};
+use clip_format::{Archive, DataRef, ElfNames, Ino, LayerIndex, LayerPart, ModuleImports, Next, NodeKind};
 use tracing::debug;
 
 use super::elf::{Kind, Names};
 use super::path::Found;
-use super::{FileBytes, Finder, Head};
+use super::{is_shared_object, Elf, FileBytes, Finder, Head};
 
 /// Most files whose loads are resolved.
 const MAX_NEXT_FILES: usize = 1 << 17;
@@ -30,7 +30,8 @@ const MAX_NEXT_FILES: usize = 1 << 17;
 #[derive(Debug, Default)]
 pub struct KnownLoads {
     bytecode: HashMap<(LayerIndex, u64), ModuleImports>,
-    shared_objects: HashMap<(LayerIndex, u64), SharedObjectNames>,
+    elf_files: HashMap<(LayerIndex, u64), ElfNames>,
+    scripts: HashMap<(LayerIndex, u64), String>,
 }
 
 impl KnownLoads {
@@ -42,19 +43,42 @@ impl KnownLoads {
             let layer = LayerIndex::from_index(i);
             let loads = std::mem::take(&mut part.loads);
             known.bytecode.extend(loads.bytecode.into_iter().map(|m| ((layer, m.data_offset), m)));
-            known.shared_objects.extend(loads.shared_objects.into_iter().map(|e| ((layer, e.data_offset), e)));
+            known.elf_files.extend(loads.elf_files.into_iter().map(|e| ((layer, e.data_offset), e)));
+            known.scripts.extend(loads.scripts.into_iter().map(|s| ((layer, s.data_offset), s.line)));
         }
         known
     }
 
     pub fn is_empty(&self) -> bool {
-        self.bytecode.is_empty() && self.shared_objects.is_empty()
+        self.bytecode.is_empty() && self.elf_files.is_empty() && self.scripts.is_empty()
     }
 
-    fn knows(&self, data: DataRef) -> bool {
+    /// Whether the index records what the file at `path`, its bytes at `data`, loads next: a module's
+    /// bytecode, a shared object (a program's start is the startup set's, or the mount's search).
+    fn loads_next(&self, data: DataRef, path: &[u8]) -> bool {
         let key = (data.layer, data.offset);
-        self.bytecode.contains_key(&key) || self.shared_objects.contains_key(&key)
+        self.bytecode.contains_key(&key) || (is_shared_object(path) && self.elf_files.contains_key(&key))
     }
+
+    /// What the file whose bytes are at `data` is, when its layer's streaming recorded it: a script (its
+    /// `#!` line) or an ELF file (all the loader's names).
+    fn head(&self, data: DataRef) -> Option<Head> {
+        let key = (data.layer, data.offset);
+        if let Some(line) = self.scripts.get(&key) {
+            return Some(Head::Script(line.as_bytes().to_vec()));
+        }
+        let (kind, names, interp) = known_elf(self.elf_files.get(&key)?);
+        Some(Head::Elf(Elf::Known { kind, interp, names }))
+    }
+}
+
+/// The kind, names and interpreter of an ELF file as its layer's streaming recorded them.
+fn known_elf(named: &ElfNames) -> (Kind, Names, Option<Vec<u8>>) {
+    let bytes = |list: &[String]| list.iter().map(|s| s.as_bytes().to_vec()).collect();
+    let kind =
+        Kind { class64: named.class64, big_endian: named.big_endian, machine: object::elf::Machine(named.machine) };
+    let names = Names { needed: bytes(&named.needed), runpath: bytes(&named.runpath), rpath: bytes(&named.rpath) };
+    (kind, names, named.interp.as_ref().map(|i| i.as_bytes().to_vec()))
 }
 
 /// What opening each CPython module and shared object of the image indexed in `archive` loads next (see
@@ -71,7 +95,7 @@ pub async fn next_files(archive: &Archive, files: &dyn FileBytes, known: &KnownL
         let key = (data.layer, data.offset);
         let edges = if let Some(m) = known.bytecode.get(&key) {
             finder.import_edges(&file, m.version, &m.imports)
-        } else if let Some(names) = known.shared_objects.get(&key) {
+        } else if let Some(names) = known.elf_files.get(&key) {
             Some(finder.libraries_named(&file, names).await.into_iter().map(Next::Load).collect())
         } else {
             None
@@ -99,7 +123,7 @@ fn known_files(archive: &Archive, known: &KnownLoads) -> Vec<(Found, DataRef)> {
             match node.kind() {
                 NodeKind::Dir => dirs.push((child, node)),
                 NodeKind::File => {
-                    let Some(data) = node.data_ref().filter(|&d| known.knows(d)) else { continue };
+                    let Some(data) = node.data_ref().filter(|&d| known.loads_next(d, &child)) else { continue };
                     if out.len() == MAX_NEXT_FILES {
                         return out;
                     }
@@ -115,13 +139,15 @@ fn known_files(archive: &Archive, known: &KnownLoads) -> Vec<(Found, DataRef)> {
 }
 
 impl Finder<'_> {
+    /// What `found` is, when [`Finder::known`] recorded it.
+    pub(super) fn known_head(&self, found: &Found) -> Option<Head> {
+        self.known?.head(found.node.data_ref()?)
+    }
+
     /// The libraries the shared object `file` names (`named`, read as its layer streamed), each the first
     /// file the loader's search finds for it (without looking into the files: the index has only the names).
-    async fn libraries_named(&mut self, file: &Found, named: &SharedObjectNames) -> Vec<Ino> {
-        let machine = object::elf::Machine(named.machine);
-        let kind = Kind { class64: named.class64, big_endian: named.big_endian, machine };
-        let bytes = |list: &[String]| list.iter().map(|s| s.as_bytes().to_vec()).collect();
-        let names = Names { needed: bytes(&named.needed), runpath: bytes(&named.runpath), rpath: bytes(&named.rpath) };
+    async fn libraries_named(&mut self, file: &Found, named: &ElfNames) -> Vec<Ino> {
+        let (kind, names, _) = known_elf(named);
         let mut libraries = Vec::new();
         for name in &names.needed {
             let found = self.candidates(name, &file.dir(), &names, &[], kind).await;
@@ -163,8 +189,8 @@ impl Finder<'_> {
         for ext in extensions {
             let (Ok(node), Ok(path)) = (archive.node(ext), archive.path_of(ext)) else { continue };
             let ext = Found { node, path };
-            if let Some(Head::Elf(headers)) = self.head(&ext).await {
-                self.elf_closure(&ext, &headers).await;
+            if let Some(Head::Elf(elf)) = self.head(&ext).await {
+                self.elf_closure(&ext, &elf).await;
             }
         }
         true

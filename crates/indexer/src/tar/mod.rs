@@ -88,14 +88,17 @@ pub enum TarError {
     DanglingExtension { offset: u64 },
 }
 
+/// Picks the regular files whose bytes a [`TarReader`] keeps, by path, size and permission bits.
+pub type KeepData = fn(&[u8], u64, u32) -> bool;
+
 /// Streams the entries of an uncompressed tar archive. See the [module docs](self).
 pub struct TarReader<R> {
     inner: R,
     pos: u64,
     skip: Vec<u8>,
     finished: bool,
-    /// Which regular files' bytes to keep (by path and size) for [`TarReader::kept_data`].
-    keep: Option<fn(&[u8], u64) -> bool>,
+    /// Which regular files' bytes to keep, for [`TarReader::kept_data`].
+    keep: Option<KeepData>,
     /// The last entry's bytes, when `keep` took them (the buffer is reused).
     kept: Vec<u8>,
     kept_last: bool,
@@ -115,9 +118,9 @@ impl<R: Read> TarReader<R> {
         TarReader { inner, pos: 0, skip: Vec::new(), finished: false, keep: None, kept: Vec::new(), kept_last: false }
     }
 
-    /// Keeps the bytes of each regular file that `keep(path, size)` picks, for [`TarReader::kept_data`]
+    /// Keeps the bytes of each regular file that `keep(path, size, mode)` picks, for [`TarReader::kept_data`]
     /// (the others' are skipped). The caller bounds the size: the bytes are read into memory.
-    pub fn keep_data(&mut self, keep: fn(&[u8], u64) -> bool) {
+    pub fn keep_data(&mut self, keep: KeepData) {
         self.keep = Some(keep);
     }
 
@@ -263,7 +266,9 @@ impl<R: Read> TarReader<R> {
         };
         let data_offset = self.pos;
         let size = if kind == EntryKind::File { size } else { 0 };
-        self.kept_last = kind == EntryKind::File && self.keep.is_some_and(|keep| keep(&path, size));
+        // Masked to the permission bits, so the cast cannot lose anything that matters.
+        let mode = (hdr.mode & 0o7777) as u32;
+        self.kept_last = kind == EntryKind::File && self.keep.is_some_and(|keep| keep(&path, size, mode));
         if self.kept_last {
             self.read_kept(size)?;
         } else {
@@ -272,8 +277,7 @@ impl<R: Read> TarReader<R> {
         Ok(TarEntry {
             path,
             kind,
-            // Masked to the permission bits, so the cast cannot lose anything that matters.
-            mode: (hdr.mode & 0o7777) as u32,
+            mode,
             uid,
             gid,
             size,
