@@ -63,8 +63,8 @@ const STRONG_MAX: usize = 2 << 20;
 /// How hard [`write_container`] packs the eager sections.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Packing {
-    /// An image index, downloaded by every mount: [`STRONG_LEVEL`] up to [`STRONG_MAX`] raw bytes, then
-    /// [`ZSTD_LEVEL`].
+    /// An image index, downloaded by every mount: [`STRONG_LEVEL`] up to [`STRONG_MAX`] raw bytes (but for the
+    /// node records), then [`ZSTD_LEVEL`].
     Smallest,
     /// A layer part, written by every indexing run that reads the layer (the last layer's part right before
     /// the merge): [`ZSTD_LEVEL`] throughout. For a Debian layer's entries and names as small as level 15
@@ -171,7 +171,10 @@ pub(crate) fn write_container<W: Write>(
     let mut bodies: Vec<([u8; 4], u32, Vec<u8>, u64)> = Vec::new();
     for (id, raw) in eager {
         let raw_len = raw.len();
-        let strong = packing == Packing::Smallest && raw_len <= STRONG_MAX as u64;
+        // Node records are fixed-size fields that level 15 packs no smaller than level 9 (the bench image's:
+        // 60.3 KB at level 9, 60.4 KB at level 15, in 7 ms instead of 69 ms); names and directory entries
+        // shrink by a quarter.
+        let strong = packing == Packing::Smallest && id != SEC_NODE && raw_len <= STRONG_MAX as u64;
         let level = if strong { STRONG_LEVEL } else { ZSTD_LEVEL };
         let table_log = if id == SEC_SPAN { SPAN_TABLE_LOG } else { SECTION_TABLE_LOG };
         let stored = compress_section(raw, level, table_log)?;
