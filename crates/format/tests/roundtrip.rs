@@ -146,9 +146,10 @@ fn round_trip_every_node_kind() {
 #[test]
 fn bytes_are_those_of_format_version_2() {
     // The sample as the writer encoded it before layer indexes, span ids and digests became their own types:
-    // the types changed, the bytes must not.
+    // the types changed, the bytes must not. (Changed once on purpose since: the node records' zstd frame,
+    // packed at level 9 instead of 15.)
     let digest = Digest::of(&write(&sample()));
-    assert_eq!(digest.hex(), "705726b53b2f08217fda6882f95ecf73f492c142326e7e92bf9c02850d3e0a2f");
+    assert_eq!(digest.hex(), "161949f92364b545f60c9d64e4ac346d73e758cf4826ec62cd532820f2c65a4b");
 }
 
 #[test]
