@@ -12,7 +12,7 @@ use std::collections::HashSet;
 use clip_format::{Next, NodeKind};
 use tracing::debug;
 
-use super::path::{join, parent, resolve, Found};
+use super::path::{parent, Found};
 use super::runtime::python_roots;
 use super::{pyc, Finder, Head};
 
@@ -232,12 +232,17 @@ impl Finder<'_> {
         }
         let mut namespace = None;
         for dir in dirs {
-            let path = join(dir, name.as_bytes());
-            if let Some(d) = resolve(self.archive, b"/", &path).filter(|f| f.node.kind() == NodeKind::Dir) {
-                if let Some(file) = self.module_file(py, &d.path, "__init__") {
-                    return Some(Module { file, package: Some(d.path) });
+            // Most roots have nothing of the name: told from the directory's names, without a lookup.
+            let Some(d) = self.dirs.dir(self.archive, b"/", dir) else { continue };
+            if !self.dirs.may_have_stem(self.archive, &d, name.as_bytes()) {
+                continue;
+            }
+            let package = self.dirs.find_in(self.archive, &d, name.as_bytes());
+            if let Some(p) = package.filter(|f| f.node.kind() == NodeKind::Dir) {
+                if let Some(file) = self.module_file(py, &p.path, "__init__") {
+                    return Some(Module { file, package: Some(p.path) });
                 }
-                namespace.get_or_insert(d.path);
+                namespace.get_or_insert(p.path);
             }
             if let Some(file) = self.module_file(py, dir, name) {
                 return Some(Module { file, package: None });

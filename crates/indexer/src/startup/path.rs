@@ -109,7 +109,19 @@ pub(super) struct DirCache(std::sync::Mutex<DirCacheInner>);
 #[derive(Default)]
 struct DirCacheInner {
     resolved: HashMap<Vec<u8>, Option<Found>>,
-    names: HashMap<Ino, Arc<HashSet<Vec<u8>>>>,
+    names: HashMap<Ino, Arc<Names>>,
+}
+
+/// The names in one directory, and their stems (what comes before the first `.`): a module `NAME` can only
+/// be a name of stem `NAME` (`NAME/`, `NAME.py`, `NAME.cpython-311-x86_64-linux-gnu.so`, ...).
+struct Names {
+    all: HashSet<Vec<u8>>,
+    stems: HashSet<Vec<u8>>,
+}
+
+/// What comes before the first `.` of `name`.
+fn stem(name: &[u8]) -> &[u8] {
+    name.split(|&b| b == b'.').next().unwrap_or_default()
 }
 
 /// Most directories a [`DirCache`] keeps.
@@ -134,24 +146,34 @@ impl DirCache {
     /// `name` in the directory `dir`, as [`resolve_in`] finds it; a one-component name the directory does
     /// not have is answered from its kept names.
     pub(super) fn find_in(&self, archive: &Archive, dir: &Found, name: &[u8]) -> Option<Found> {
-        let names = {
-            let mut inner = self.0.lock().unwrap_or_else(|e| e.into_inner());
-            match inner.names.get(&dir.node.ino) {
-                Some(names) => Some(Arc::clone(names)),
-                None if dir.node.child_count() as usize <= MAX_NAMES_KEPT && inner.names.len() < MAX_DIRS_KEPT => {
-                    let names: HashSet<Vec<u8>> =
-                        archive.children(&dir.node).filter_map(|e| e.ok().map(|(n, _)| n.to_vec())).collect();
-                    let names = Arc::new(names);
-                    inner.names.insert(dir.node.ino, Arc::clone(&names));
-                    Some(names)
-                }
-                None => None,
-            }
-        };
-        if !name.contains(&b'/') && names.is_some_and(|names| !names.contains(name)) {
+        if !name.contains(&b'/') && self.names(archive, dir).is_some_and(|names| !names.all.contains(name)) {
             return None;
         }
         resolve_in(archive, dir, name)
+    }
+
+    /// Whether the directory `dir` may have a name of stem `stem` (what comes before its first `.`): false
+    /// only when its kept names say it has none.
+    pub(super) fn may_have_stem(&self, archive: &Archive, dir: &Found, stem: &[u8]) -> bool {
+        self.names(archive, dir).is_none_or(|names| names.stems.contains(stem))
+    }
+
+    /// The names of `dir`, kept the first time they are asked for (none for a large directory, or once
+    /// [`MAX_DIRS_KEPT`] directories' are kept).
+    fn names(&self, archive: &Archive, dir: &Found) -> Option<Arc<Names>> {
+        let mut inner = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(names) = inner.names.get(&dir.node.ino) {
+            return Some(Arc::clone(names));
+        }
+        if dir.node.child_count() as usize > MAX_NAMES_KEPT || inner.names.len() >= MAX_DIRS_KEPT {
+            return None;
+        }
+        let all: HashSet<Vec<u8>> =
+            archive.children(&dir.node).filter_map(|e| e.ok().map(|(n, _)| n.to_vec())).collect();
+        let stems = all.iter().map(|n| stem(n).to_vec()).collect();
+        let names = Arc::new(Names { all, stems });
+        inner.names.insert(dir.node.ino, Arc::clone(&names));
+        Some(names)
     }
 }
 
