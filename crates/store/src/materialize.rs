@@ -157,7 +157,8 @@ impl DiskCache {
     /// deleted). `Some(false)` when the span is missing or fails verification, `None` when writing fails.
     fn copy_part(&self, part: &FilePart, out: &mut dyn FnMut(&[u8]) -> io::Result<()>) -> Option<bool> {
         let (from, to) = (part.from, part.to);
-        if let Some(bytes) = self.get_range(&part.digest, part.span_len, from..to) {
+        let ranged = self.get_range(&part.digest, part.span_len, from..to);
+        if let Some(bytes) = ranged.or_else(|| self.get_part_range(&part.digest, part.span_len, from..to)) {
             out(&bytes).ok()?;
             return Some(true);
         }
@@ -185,10 +186,11 @@ fn hash_file(path: &Path) -> io::Result<(u64, Digest)> {
 
 impl ContentStore {
     /// A local file holding exactly the `data.size` bytes of the regular file at `data`, when they are all
-    /// in the disk cache: for FUSE passthrough. Assembles it from the cached spans the first time (bytes
-    /// verified on the way); a file larger than [`crate::StoreConfig::passthrough_inline_max`] is assembled
-    /// in the background instead and `None` returned until it is ready. `None` also when there is no disk
-    /// cache or any span is missing: read through the store then.
+    /// in the disk cache: for FUSE passthrough. Assembles it from the cached spans and sealed decoded span
+    /// prefixes the first time (bytes verified on the way); a file larger than
+    /// [`crate::StoreConfig::passthrough_inline_max`] is assembled in the background instead and `None`
+    /// returned until it is ready. `None` also when there is no disk cache or any span is missing: read
+    /// through the store then.
     ///
     /// Blocking (file system work, up to a copy of `passthrough_inline_max` bytes): call it from a thread
     /// that may block, such as a FUSE request thread, not from an async task.
@@ -205,7 +207,9 @@ impl ContentStore {
         if let Some(file) = disk.find_file(&key, data.size) {
             return Some(file);
         }
-        if !parts.iter().all(|p| disk.contains(&p.digest)) {
+        // Each slice in a whole span on disk, or in the sealed decoded prefix a partial fetch left of its span
+        // (a cold start fetches most libraries' spans only as far as it reads them).
+        if !parts.iter().all(|p| disk.contains(&p.digest) || disk.holds_part(&p.digest, p.to)) {
             return None;
         }
         let runtime = inner.runtime.clone().or_else(|| tokio::runtime::Handle::try_current().ok());
