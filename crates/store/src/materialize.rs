@@ -188,8 +188,8 @@ impl ContentStore {
     /// A local file holding exactly the `data.size` bytes of the regular file at `data`, when they are all
     /// in the disk cache: for FUSE passthrough. Assembles it from the cached spans and sealed decoded span
     /// prefixes the first time (bytes verified on the way); a file larger than
-    /// [`crate::StoreConfig::passthrough_inline_max`] is assembled in the background instead and `None`
-    /// returned until it is ready. `None` also when there is no disk cache or any span is missing: read
+    /// [`crate::StoreConfig::passthrough_inline_max`], or one that needs a prefix, is assembled in the
+    /// background instead and `None` returned until it is ready. `None` also when there is no disk cache or any span is missing: read
     /// through the store then.
     ///
     /// Blocking (file system work, up to a copy of `passthrough_inline_max` bytes): call it from a thread
@@ -208,13 +208,21 @@ impl ContentStore {
             return Some(file);
         }
         // Each slice in a whole span on disk, or in the sealed decoded prefix a partial fetch left of its span
-        // (a cold start fetches most libraries' spans only as far as it reads them).
-        if !parts.iter().all(|p| disk.contains(&p.digest) || disk.holds_part(&p.digest, p.to)) {
-            return None;
+        // (a cold start fetches most libraries' spans only as far as it reads them). Copied from prefixes in
+        // the background, never on the open's path: a start that opens its libraries once (its reads served
+        // from the prefixes meanwhile) does not wait for copies that only a later start uses.
+        let mut from_prefix = false;
+        for p in &parts {
+            if !disk.contains(&p.digest) {
+                if !disk.holds_part(&p.digest, p.to) {
+                    return None;
+                }
+                from_prefix = true;
+            }
         }
         let runtime = inner.runtime.clone().or_else(|| tokio::runtime::Handle::try_current().ok());
         match runtime {
-            Some(rt) if data.size > inner.config.passthrough_inline_max => {
+            Some(rt) if from_prefix || data.size > inner.config.passthrough_inline_max => {
                 if lock(&inner.materializing).insert(key) {
                     let (inner, disk) = (Arc::clone(inner), Arc::clone(disk));
                     rt.spawn_blocking(move || {
