@@ -13,6 +13,9 @@
 //! extension module), the libraries its `DT_NEEDED` names resolve to (the first file of the loader's
 //! search: the index has the names, not the candidates' headers). The mount searches from a file the index
 //! has nothing for, as before.
+//!
+//! The startup set's search at index time takes the same records ([`KnownLoads`], with each program's
+//! interpreter and each script's `#!` line) instead of reading the image's files again.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
