@@ -525,6 +525,35 @@ fn the_index_knows_what_a_module_imports_so_its_closure_loads_without_reading_th
 }
 
 #[test]
+fn what_a_library_loads_next_passes_over_a_library_of_another_machine_found_first() {
+    // libselinux needs libpcre2-8. A copy of libpcre2-8 built (as its header says) for another machine lies in
+    // /usr/local/lib, which the loader searches before the multiarch directory: the loader passes over it, and
+    // so must the index's record of what opening libselinux loads next (from what the layer recorded of each
+    // file's ELF kind, no file read).
+    let libs = ldd("/bin/ls");
+    let lib =
+        |name: &str| libs.iter().find(|l| l.contains(name)).unwrap_or_else(|| panic!("ls loads no {name}")).clone();
+    let (selinux, pcre) = (lib("libselinux.so"), lib("libpcre2-8.so"));
+    let mut foreign = std::fs::read(&pcre).unwrap();
+    foreign[18..20].copy_from_slice(&183u16.to_le_bytes()); // e_machine: EM_AARCH64
+    let pcre_name = pcre.rsplit('/').next().unwrap();
+    let extra = vec![
+        Entry::dir("usr/local"),
+        Entry::dir("usr/local/lib"),
+        Entry::file(format!("usr/local/lib/{pcre_name}"), foreign).mode(0o755),
+    ];
+    let indexed = Indexed::new(&image(&[("/bin/ls", "usr/bin/ls", 0o755)], extra, &["ls"]));
+    let index = indexed.index();
+    let archive = Archive::open(&index).unwrap();
+    let ino = |path: &str| archive.resolve(path.as_bytes()).unwrap().unwrap();
+    let next: Vec<_> = archive.next_files().of(ino(&selinux)).expect("libselinux is recorded").collect();
+    assert!(next.contains(&clip_format::Next::Load(ino(&pcre))), "{pcre} is not what libselinux loads: {next:?}");
+    let foreign = ino(&format!("/usr/local/lib/{pcre_name}"));
+    assert!(!next.contains(&clip_format::Next::Load(foreign)), "the other machine's copy was taken: {next:?}");
+    assert!(!startup_paths(&index).iter().any(|p| p.starts_with("/usr/local")), "nor by the startup set");
+}
+
+#[test]
 fn a_first_program_outside_the_startup_set_makes_the_sets_prefetch_yield() {
     let mut served = Served::new(&image(
         &[("/bin/ls", "usr/bin/ls", 0o755), ("/usr/bin/env", "usr/bin/env", 0o755)],

@@ -93,6 +93,7 @@ pub async fn next_files(archive: &Archive, files: &dyn FileBytes, known: &KnownL
         return Vec::new();
     }
     let mut finder = Finder::new(archive, files);
+    finder.known = Some(known);
     let mut out = Vec::new();
     for (file, data) in known_files(archive, known) {
         let key = (data.layer, data.offset);
@@ -148,13 +149,19 @@ impl Finder<'_> {
     }
 
     /// The libraries the shared object `file` names (`named`, read as its layer streamed), each the first
-    /// file the loader's search finds for it (without looking into the files: the index has only the names).
+    /// file the loader's search finds for it that is an ELF file of its kind as the layers recorded it (or
+    /// one they recorded nothing of: no file is read).
     async fn libraries_named(&mut self, file: &Found, named: &ElfNames) -> Vec<Ino> {
         let (kind, names, _) = known_elf(named);
         let mut libraries = Vec::new();
         for name in &names.needed {
             let found = self.candidates(name, &file.dir(), &names, &[], kind).await;
-            if let Some(lib) = found.into_iter().find(|f| f.node.kind() == NodeKind::File) {
+            let of_kind = |f: &Found| match self.known_head(f) {
+                Some(Head::Elf(elf)) => elf.kind() == kind,
+                Some(_) => false,
+                None => true,
+            };
+            if let Some(lib) = found.into_iter().find(|f| f.node.kind() == NodeKind::File && of_kind(f)) {
                 if !libraries.contains(&lib.node.ino) {
                     libraries.push(lib.node.ino);
                 }
