@@ -619,19 +619,21 @@ fn a_script_entrypoint_gives_its_interpreters_through_env() {
 
 #[test]
 fn the_set_is_found_from_what_the_layers_recorded_as_they_streamed_without_reading_a_file_again() {
-    // A script run through `env`, and `sh`: every head, interpreter and library name the set needs was seen
-    // as the layers streamed by (and kept in their parts). The image has no loader cache, so nothing is left
-    // to read: indexing asks the registry for no range, whether it reads the layers or reuses their parts.
+    // A script run through `env`, and `sh`: every head, interpreter and library name the set needs, and what
+    // the loader's cache maps, was seen as the layers streamed by (and kept in their parts): indexing asks the
+    // registry for no range, whether it reads the layers or reuses their parts.
     let script = Entry::file("app/run", "#!/usr/bin/env sh\necho hi\n").mode(0o755);
+    let libc = ldd("/bin/sh").into_iter().find(|l| l.contains("/libc.so")).expect("sh loads libc");
+    let cache = Entry::file("etc/ld.so.cache", ld_so_cache(&[("libc.so.6", libc.as_str())]));
     let mut image = image(
         &[("/usr/bin/env", "usr/bin/env", 0o755), ("/bin/sh", "bin/sh", 0o755)],
-        vec![Entry::dir("app"), script],
+        vec![Entry::dir("app"), script, Entry::dir("etc"), cache],
         &["./run"],
     );
     image.config.working_dir = Some("/app".into());
     let served = Served::new(&image);
     let mut expected: BTreeSet<String> = ldd("/usr/bin/env").into_iter().chain(ldd("/bin/sh")).collect();
-    expected.extend(["/app/run".into(), "/usr/bin/env".into(), "/bin/sh".into()]);
+    expected.extend(["/app/run".into(), "/usr/bin/env".into(), "/bin/sh".into(), "/etc/ld.so.cache".into()]);
     let parts = served.dir.path().join("parts");
     for pass in ["layers read", "parts reused"] {
         served.proxy().reset_stats();
@@ -640,7 +642,7 @@ fn the_set_is_found_from_what_the_layers_recorded_as_they_streamed_without_readi
         clip_ok(&["index", &image_ref, "-o", s(&index), "--parts", s(&parts)]);
         let set = startup_paths(&index);
         assert_eq!(set.iter().cloned().collect::<BTreeSet<_>>(), expected, "{pass}");
-        assert_eq!(set, startup_paths(&served.index()), "{pass}: the set found by reading the files");
+        assert_eq!(set, startup_paths(&served.index()), "{pass}: the set the first indexing found");
         let stats = served.proxy().stats();
         assert_eq!(stats.range_requests, 0, "{pass}: {:?}", stats.requests_to("blobs"));
         let layer = Archive::open(&index).unwrap().meta().layers[0].digest.to_string();

@@ -61,7 +61,7 @@ pub use layout::{ArchiveKind, SectionEntry};
 pub use meta::{Compression, ImageConfig, ImageMeta, LayerMeta, Platform};
 pub use node::{mode, Content, DataRef, Ino, NodeKind, NodeSpec, Timestamp, Xattr};
 pub use part::{
-    index_part_keys, part_key, ElfNames, EntryKind, LayerPart, ModuleImport, ModuleImports, PartEntries,
+    index_part_keys, part_key, ElfNames, EntryKind, LayerPart, LoaderCache, ModuleImport, ModuleImports, PartEntries,
     PartEntriesIntoIter, PartLoads, PartMeta, ScriptLine, TarEntry, MAX_SCRIPT_LINE, PART_VERSION,
 };
 pub use reader::{

@@ -106,6 +106,10 @@ fn sample_with(edit: impl FnOnce(&mut Vec<TarEntry>)) -> LayerPart {
                 interp: Some("/lib64/ld-linux-x86-64.so.2".into()),
             }],
             scripts: vec![ScriptLine { data_offset: 5120, line: "/usr/bin/env python3".into() }],
+            loader_caches: vec![LoaderCache {
+                data_offset: 6144,
+                libraries: vec![("libc.so.6".into(), vec!["/lib/x86_64-linux-gnu/libc.so.6".into()])],
+            }],
         },
     }
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use clip_codec::{IndexingReader, Span};
 use clip_format::{
     part::MAX_LAYER_MODULES, Compression, ElfNames, FormatError, ImageMeta, IndexContents, LayerIndex, LayerPart,
-    ModuleImports, PartEntries, PartLoads, PartMeta, Platform, ScriptLine, SpanSpec, TarEntry, Windows,
+    LoaderCache, ModuleImports, PartEntries, PartLoads, PartMeta, Platform, ScriptLine, SpanSpec, TarEntry, Windows,
 };
 use clip_source::{BlobSource, Descriptor, Digest, ResolvedImage};
 use futures::{StreamExt, TryStreamExt};
@@ -20,7 +20,9 @@ use tracing::{debug, info};
 use crate::assemble::{assemble, TreeKind};
 use crate::chunks::{ChunkHasher, ChunkRecorder, SharedChunks};
 use crate::parts::{keep_part, reused_part, PartStore};
-use crate::startup::{bytecode_imports, elf_names, is_bytecode, is_shared_object, script_line, KnownLoads, PYC_MAX};
+use crate::startup::{
+    bytecode_imports, elf_names, is_bytecode, is_shared_object, ldcache, script_line, KnownLoads, PYC_MAX,
+};
 use crate::tar::{TarError, TarReader};
 use crate::IndexError;
 
@@ -275,6 +277,7 @@ fn read_layer(
     tar.keep_data(|path, size, mode| {
         (is_bytecode(path) && size <= PYC_MAX)
             || ((is_shared_object(path) || mode & 0o111 != 0) && size <= SHARED_OBJECT_MAX)
+            || (path == LOADER_CACHE && size <= ldcache::MAX_CACHE)
     });
     let mut loads = PartLoads::default();
     let mut entries = PartEntries::default();
@@ -343,6 +346,9 @@ fn read_layer(
     Ok(LayerPart { meta, entries, spans: sink.spans, windows: sink.windows, chunks, loads })
 }
 
+/// Where the loader's cache is in a layer (its tar path).
+const LOADER_CACHE: &[u8] = b"etc/ld.so.cache";
+
 /// The largest shared object or executable read as it streams by (an ELF file's headers and dynamic section
 /// are all over it).
 const SHARED_OBJECT_MAX: u64 = 16 << 20;
@@ -352,7 +358,15 @@ const SHARED_OBJECT_MAX: u64 = 16 << 20;
 /// unknown version, a data file) is left out.
 fn record_loads(loads: &mut PartLoads, entry: &TarEntry, data: &[u8]) {
     let data_offset = entry.data_offset;
-    if is_bytecode(&entry.path) {
+    if entry.path == LOADER_CACHE {
+        let utf8 = |b: Vec<u8>| String::from_utf8(b).ok();
+        let mut libraries: Vec<(String, Vec<String>)> = ldcache::parse(data)
+            .into_iter()
+            .filter_map(|(name, paths)| Some((utf8(name)?, paths.into_iter().filter_map(utf8).collect())))
+            .collect();
+        libraries.sort();
+        loads.loader_caches.push(LoaderCache { data_offset, libraries });
+    } else if is_bytecode(&entry.path) {
         if loads.bytecode.len() < MAX_LAYER_MODULES {
             if let Some((version, imports)) = bytecode_imports(data) {
                 loads.bytecode.push(ModuleImports { data_offset, version, imports });

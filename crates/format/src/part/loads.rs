@@ -1,7 +1,7 @@
 //! What a layer part records of what its files load, read as the layer streams by (the optional `LOAD`
 //! section, JSON): for each CPython module's cached bytecode the imports the module runs as it is
 //! imported; for each ELF file (a library, an extension module or a program) the names it gives the
-//! loader; for each executable script its `#!` line. An image's index resolves them against its merged tree
+//! loader; for each executable script its `#!` line; for the loader's cache, what it maps. An image's index resolves them against its merged tree
 //! into what opening each file loads next (see [`crate::NextFiles`]) and into its startup set without
 //! reading any of those files again.
 
@@ -68,6 +68,15 @@ pub struct ScriptLine {
 /// The longest `#!` line Linux reads (with the `#!`).
 pub const MAX_SCRIPT_LINE: usize = 256;
 
+/// What the loader's cache (`etc/ld.so.cache`) in one tar entry maps: each library name to the paths it
+/// lists for it, in its order, the names sorted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoaderCache {
+    /// Where the entry's bytes start in the uncompressed layer.
+    pub data_offset: u64,
+    pub libraries: Vec<(String, Vec<String>)>,
+}
+
 /// All a part records of what its layer's files load, in stream order.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartLoads {
@@ -75,11 +84,16 @@ pub struct PartLoads {
     pub elf_files: Vec<ElfNames>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub scripts: Vec<ScriptLine>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub loader_caches: Vec<LoaderCache>,
 }
 
 impl PartLoads {
     pub fn is_empty(&self) -> bool {
-        self.bytecode.is_empty() && self.elf_files.is_empty() && self.scripts.is_empty()
+        self.bytecode.is_empty()
+            && self.elf_files.is_empty()
+            && self.scripts.is_empty()
+            && self.loader_caches.is_empty()
     }
 }
 
@@ -99,9 +113,13 @@ pub(crate) fn decode(raw: &[u8], uncompressed_size: u64) -> Option<PartLoads> {
         [&e.needed, &e.runpath, &e.rpath].iter().all(|l| l.len() <= MAX_MODULE_IMPORTS) && inside(e.data_offset)
     };
     let script = |s: &ScriptLine| s.line.len() <= MAX_SCRIPT_LINE && inside(s.data_offset);
-    let counts =
-        [loads.bytecode.len(), loads.elf_files.len(), loads.scripts.len()].iter().all(|&n| n <= MAX_LAYER_MODULES);
-    let each =
-        loads.bytecode.iter().all(bytecode) && loads.elf_files.iter().all(elf) && loads.scripts.iter().all(script);
+    let cache = |c: &LoaderCache| c.libraries.len() <= MAX_LAYER_MODULES && inside(c.data_offset);
+    let counts = [loads.bytecode.len(), loads.elf_files.len(), loads.scripts.len(), loads.loader_caches.len()]
+        .iter()
+        .all(|&n| n <= MAX_LAYER_MODULES);
+    let each = loads.bytecode.iter().all(bytecode)
+        && loads.elf_files.iter().all(elf)
+        && loads.scripts.iter().all(script)
+        && loads.loader_caches.iter().all(cache);
     (counts && each).then_some(loads)
 }

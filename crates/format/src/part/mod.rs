@@ -28,7 +28,7 @@ use crate::{ArchiveKind, Chunks, Compression, Corruption, Digest, FormatError, S
 pub use entries::{IntoIter as PartEntriesIntoIter, PartEntries};
 pub use entry::{EntryKind, TarEntry};
 pub use loads::{
-    ElfNames, ModuleImport, ModuleImports, PartLoads, ScriptLine, MAX_LAYER_MODULES, MAX_MODULE_IMPORTS,
+    ElfNames, LoaderCache, ModuleImport, ModuleImports, PartLoads, ScriptLine, MAX_LAYER_MODULES, MAX_MODULE_IMPORTS,
     MAX_SCRIPT_LINE,
 };
 

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 /// The most bytes of a cache read (a real one is some tens of KiB).
-pub(super) const MAX_CACHE: u64 = 4 << 20;
+pub(crate) const MAX_CACHE: u64 = 4 << 20;
 
 const OLD_MAGIC: &[u8] = b"ld.so-1.7.0";
 const NEW_MAGIC: &[u8] = b"glibc-ld.so.cache1.1";
@@ -16,10 +16,10 @@ const NEW_ENTRY: usize = 24;
 const OLD_ENTRY: usize = 12;
 
 /// A library name → the paths the cache lists for it, in its order (one per ELF kind, typically).
-pub(super) type LdCache = HashMap<Vec<u8>, Vec<Vec<u8>>>;
+pub(crate) type LdCache = HashMap<Vec<u8>, Vec<Vec<u8>>>;
 
 /// Parses a cache; an unreadable one is empty.
-pub(super) fn parse(bytes: &[u8]) -> LdCache {
+pub(crate) fn parse(bytes: &[u8]) -> LdCache {
     let mut cache = LdCache::new();
     let Some(base) = new_format_start(bytes) else { return cache };
     let table = &bytes[base..];

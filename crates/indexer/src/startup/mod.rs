@@ -21,7 +21,7 @@
 
 mod elf;
 mod imports;
-mod ldcache;
+pub(crate) mod ldcache;
 mod next;
 mod path;
 mod pyc;
@@ -491,11 +491,15 @@ impl<'a> Finder<'a> {
     async fn ld_cache(&mut self) -> &ldcache::LdCache {
         if self.ld_cache.is_none() {
             let found = resolve(self.archive, b"/", b"/etc/ld.so.cache").filter(|f| f.node.kind() == NodeKind::File);
-            let bytes = match found {
-                Some(found) => self.read(&found, 0, ldcache::MAX_CACHE).await.unwrap_or_default(),
-                None => Vec::new(),
+            let known = found.as_ref().and_then(|f| self.known?.loader_cache(f.node.data_ref()?));
+            let cache = match (known, found) {
+                (Some(cache), _) => cache,
+                (None, Some(found)) => {
+                    ldcache::parse(&self.read(&found, 0, ldcache::MAX_CACHE).await.unwrap_or_default())
+                }
+                (None, None) => ldcache::LdCache::default(),
             };
-            self.ld_cache = Some(ldcache::parse(&bytes));
+            self.ld_cache = Some(cache);
         }
         self.ld_cache.get_or_insert_default()
     }

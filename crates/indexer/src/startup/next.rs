@@ -23,6 +23,7 @@ use clip_format::{Archive, DataRef, ElfNames, Ino, LayerIndex, LayerPart, Module
 use tracing::debug;
 
 use super::elf::{Kind, Names};
+use super::ldcache::LdCache;
 use super::path::Found;
 use super::{is_shared_object, Elf, FileBytes, Finder, Head};
 
@@ -35,6 +36,7 @@ pub struct KnownLoads {
     bytecode: HashMap<(LayerIndex, u64), ModuleImports>,
     elf_files: HashMap<(LayerIndex, u64), ElfNames>,
     scripts: HashMap<(LayerIndex, u64), String>,
+    loader_caches: HashMap<(LayerIndex, u64), LdCache>,
 }
 
 impl KnownLoads {
@@ -48,12 +50,25 @@ impl KnownLoads {
             known.bytecode.extend(loads.bytecode.into_iter().map(|m| ((layer, m.data_offset), m)));
             known.elf_files.extend(loads.elf_files.into_iter().map(|e| ((layer, e.data_offset), e)));
             known.scripts.extend(loads.scripts.into_iter().map(|s| ((layer, s.data_offset), s.line)));
+            known.loader_caches.extend(loads.loader_caches.into_iter().map(|c| {
+                let libraries = c.libraries.into_iter();
+                let cache = libraries.map(|(name, paths)| (name.into(), paths.into_iter().map(String::into).collect()));
+                ((layer, c.data_offset), cache.collect())
+            }));
         }
         known
     }
 
     pub fn is_empty(&self) -> bool {
-        self.bytecode.is_empty() && self.elf_files.is_empty() && self.scripts.is_empty()
+        self.bytecode.is_empty()
+            && self.elf_files.is_empty()
+            && self.scripts.is_empty()
+            && self.loader_caches.is_empty()
+    }
+
+    /// What the loader's cache whose bytes are at `data` maps, when its layer's streaming recorded it.
+    pub(super) fn loader_cache(&self, data: DataRef) -> Option<LdCache> {
+        self.loader_caches.get(&(data.layer, data.offset)).cloned()
     }
 
     /// Whether the index records what the file at `path`, its bytes at `data`, loads next: a module's
