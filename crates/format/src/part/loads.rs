@@ -1,9 +1,9 @@
 //! What a layer part records of what its files load, read as the layer streams by (the optional `LOAD`
 //! section, JSON): for each CPython module's cached bytecode the imports the module runs as it is
 //! imported; for each ELF file (a library, an extension module or a program) the names it gives the
-//! loader; for each executable script its `#!` line; for the loader's cache, what it maps. An image's index resolves them against its merged tree
-//! into what opening each file loads next (see [`crate::NextFiles`]) and into its startup set without
-//! reading any of those files again.
+//! loader; for each executable script its `#!` line; for the loader's cache, what it maps. An image's
+//! index resolves them against its merged tree into what opening each file loads next (see
+//! [`crate::NextFiles`]) and into its startup set without reading any of those files again.
 
 use serde::{Deserialize, Serialize};
 
