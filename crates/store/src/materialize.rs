@@ -189,8 +189,8 @@ impl ContentStore {
     /// in the disk cache: for FUSE passthrough. Assembles it from the cached spans and sealed decoded span
     /// prefixes the first time (bytes verified on the way); a file larger than
     /// [`crate::StoreConfig::passthrough_inline_max`], or one that needs a prefix, is assembled in the
-    /// background instead and `None` returned until it is ready. `None` also when there is no disk cache or any span is missing: read
-    /// through the store then.
+    /// background instead and `None` returned until it is ready. `None` also when there is no disk cache or
+    /// any span is missing: read through the store then.
     ///
     /// Blocking (file system work, up to a copy of `passthrough_inline_max` bytes): call it from a thread
     /// that may block, such as a FUSE request thread, not from an async task.
