@@ -60,17 +60,18 @@ pub(crate) const ZSTD_LEVEL: i32 = 9;
 const STRONG_LEVEL: i32 = 15;
 const STRONG_MAX: usize = 2 << 20;
 
-/// How hard [`write_container`] packs the eager sections.
-#[derive(Clone, Copy, PartialEq, Eq)]
+/// How hard [`write_container`] packs one eager section.
+#[derive(Clone, Copy)]
 pub(crate) enum Packing {
-    /// An image index, downloaded by every mount: [`STRONG_LEVEL`] up to [`STRONG_MAX`] raw bytes (but for the
-    /// node records), then [`ZSTD_LEVEL`].
-    Smallest,
-    /// A layer part, written by every indexing run that reads the layer (the last layer's part right before
-    /// the merge): [`ZSTD_LEVEL`] throughout. For a Debian layer's entries and names as small as level 15
-    /// (within 1 %), in a fifth of the time (~30 ms instead of ~150 ms for the bench image's largest layer).
+    /// [`STRONG_LEVEL`] up to [`STRONG_MAX`] raw bytes, then [`ZSTD_LEVEL`]: for an index's names and
+    /// directory entries, which every mount downloads and which shrink by a quarter.
+    Strong,
+    /// [`ZSTD_LEVEL`].
     Fast,
 }
+
+/// One eager section for [`write_container`]: its id, raw bytes and packing.
+pub(crate) type Eager<'a> = ([u8; 4], Raw<'a>, Packing);
 
 /// Memory-bounding cap (log2) of the zstd match tables used for an eager section: whatever the section's
 /// size, compressing it costs at most ~10 MiB (and the output buffer grows with the compressed bytes only).
@@ -145,26 +146,25 @@ pub fn write_archive<W: Write>(
         chunks.check(contents.spans.len())?;
     }
     let eager = vec![
-        (SEC_META, Raw::Bytes(&meta)),
-        (SEC_NODE, Raw::Spilled(&tables.nodes)),
-        (SEC_DENT, Raw::Spilled(&tables.dents)),
-        (SEC_STRS, Raw::Bytes(&tables.strs.blob)),
-        (SEC_XATR, Raw::Bytes(&tables.xattrs)),
-        (SEC_SPAN, Raw::Bytes(&spans)),
+        (SEC_META, Raw::Bytes(&meta), Packing::Strong),
+        // Node records are fixed-size fields that level 15 packs no smaller than level 9 (the bench image's:
+        // 60.3 KB at level 9, 60.4 KB at level 15, in 7 ms instead of 69 ms).
+        (SEC_NODE, Raw::Spilled(&tables.nodes), Packing::Fast),
+        (SEC_DENT, Raw::Spilled(&tables.dents), Packing::Strong),
+        (SEC_STRS, Raw::Bytes(&tables.strs.blob), Packing::Strong),
+        (SEC_XATR, Raw::Bytes(&tables.xattrs), Packing::Strong),
+        (SEC_SPAN, Raw::Bytes(&spans), Packing::Strong),
     ];
-    write_container(contents.kind, eager, Packing::Smallest, &contents.windows, contents.chunks.as_ref(), data, out)
+    write_container(contents.kind, eager, &contents.windows, contents.chunks.as_ref(), data, out)
 }
 
 /// The `eager` sections compressed, in their order, two at a time (the largest first): an index is written
 /// in about half the time (its names and directory entries, at level 15, take as long as all the rest), and
 /// the two compressions' match tables (at most ~10 MiB each) are all the memory it takes.
-fn compress_eager(eager: &[([u8; 4], Raw<'_>)], packing: Packing) -> Result<Vec<Vec<u8>>, FormatError> {
+fn compress_eager(eager: &[Eager<'_>]) -> Result<Vec<Vec<u8>>, FormatError> {
     let compress = |i: usize| {
-        let (id, raw) = eager[i];
-        // Node records are fixed-size fields that level 15 packs no smaller than level 9 (the bench image's:
-        // 60.3 KB at level 9, 60.4 KB at level 15, in 7 ms instead of 69 ms); names and directory entries
-        // shrink by a quarter.
-        let strong = packing == Packing::Smallest && id != SEC_NODE && raw.len() <= STRONG_MAX as u64;
+        let (id, raw, packing) = eager[i];
+        let strong = matches!(packing, Packing::Strong) && raw.len() <= STRONG_MAX as u64;
         let level = if strong { STRONG_LEVEL } else { ZSTD_LEVEL };
         let table_log = if id == SEC_SPAN { SPAN_TABLE_LOG } else { SECTION_TABLE_LOG };
         compress_section(raw, level, table_log)
@@ -195,17 +195,16 @@ fn compress_eager(eager: &[([u8; 4], Raw<'_>)], packing: Packing) -> Result<Vec<
 /// container every `.clip` kind shares.
 pub(crate) fn write_container<W: Write>(
     kind: ArchiveKind,
-    eager: Vec<([u8; 4], Raw<'_>)>,
-    packing: Packing,
+    eager: Vec<Eager<'_>>,
     windows: &Windows,
     chunks: Option<&Chunks>,
     data: Option<DataSource<'_>>,
     mut out: W,
 ) -> Result<u64, FormatError> {
     let chunks = chunks.map(Chunks::encode).transpose()?;
-    let stored = compress_eager(&eager, packing)?;
+    let stored = compress_eager(&eager)?;
     let bodies: Vec<([u8; 4], u32, Vec<u8>, u64)> =
-        eager.iter().zip(stored).map(|((id, raw), stored)| (*id, FLAG_ZSTD, stored, raw.len())).collect();
+        eager.iter().zip(stored).map(|((id, raw, _), stored)| (*id, FLAG_ZSTD, stored, raw.len())).collect();
 
     let count = bodies.len() + 1 + usize::from(chunks.is_some()) + usize::from(data.is_some());
     let mut offset = (HEADER_LEN + count * SECTION_ENTRY_LEN) as u64;

