@@ -213,7 +213,9 @@ impl Finder<'_> {
     /// application's own directory, say), then the interpreter's `sys.path`.
     fn search_path(&self, py: &Interpreter, dir: &[u8]) -> Vec<Vec<u8>> {
         let mut top = dir.to_vec();
-        while top != b"/" && self.module_file(py, &top, "__init__").is_some() {
+        let is_package =
+            |dir: &[u8]| self.dirs.dir(self.archive, b"/", dir).and_then(|d| self.module_file(py, &d, "__init__"));
+        while top != b"/" && is_package(&top).is_some() {
             top = parent(&top);
         }
         let mut roots = py.roots.clone();
@@ -239,12 +241,12 @@ impl Finder<'_> {
             }
             let package = self.dirs.find_in(self.archive, &d, name.as_bytes());
             if let Some(p) = package.filter(|f| f.node.kind() == NodeKind::Dir) {
-                if let Some(file) = self.module_file(py, &p.path, "__init__") {
+                if let Some(file) = self.module_file(py, &p, "__init__") {
                     return Some(Module { file, package: Some(p.path) });
                 }
                 namespace.get_or_insert(p.path);
             }
-            if let Some(file) = self.module_file(py, dir, name) {
+            if let Some(file) = self.module_file(py, &d, name) {
                 return Some(Module { file, package: None });
             }
         }
@@ -253,11 +255,9 @@ impl Finder<'_> {
 
     /// The file of module `name` directly in `dir`: an extension, else the source's cached bytecode (or
     /// the source), else bytecode without source.
-    fn module_file(&self, py: &Interpreter, dir: &[u8], name: &str) -> Option<ModuleFile> {
-        // The directory is resolved once, each name looked up in it (a search tries some twenty names).
-        let dir = self.dirs.dir(self.archive, b"/", dir)?;
-        let file =
-            |name: &[u8]| self.dirs.find_in(self.archive, &dir, name).filter(|f| f.node.kind() == NodeKind::File);
+    fn module_file(&self, py: &Interpreter, dir: &Found, name: &str) -> Option<ModuleFile> {
+        // Each name looked up in the directory itself, not from the root (a search tries some twenty names).
+        let file = |name: &[u8]| self.dirs.find_in(self.archive, dir, name).filter(|f| f.node.kind() == NodeKind::File);
         for ending in &py.extensions {
             if let Some(f) = file(format!("{name}{ending}").as_bytes()) {
                 return Some(ModuleFile::Extension(f));

@@ -173,6 +173,14 @@ impl Elf {
             Elf::Known { kind, .. } => *kind,
         }
     }
+
+    /// The program headers, when the rest is still to be read.
+    fn headers(&self) -> Option<&elf::Headers> {
+        match self {
+            Elf::Headers(h) => Some(h),
+            Elf::Known { .. } => None,
+        }
+    }
 }
 
 struct Finder<'a> {
@@ -379,16 +387,12 @@ impl<'a> Finder<'a> {
     /// The names in the dynamic sections of `files`, in their order: those known as they are, the others'
     /// dynamic sections read at once, then their string tables.
     async fn names(&mut self, files: Vec<(Found, Elf)>) -> Vec<elf::Names> {
-        let headers = |e: &Elf| match e {
-            Elf::Headers(h) => Some(h.clone()),
-            Elf::Known { .. } => None,
-        };
-        let wanted = files.iter().map(|(file, e)| (file, headers(e).and_then(|h| h.dynamic)));
+        let wanted = files.iter().map(|(file, e)| (file, e.headers().and_then(|h| h.dynamic.clone())));
         let sections = self.read_all(wanted.collect()).await;
         let dynamics: Vec<_> = files
             .iter()
             .zip(sections)
-            .map(|((file, e), bytes)| Some(headers(e)?.dynamic(&bytes?, file.node.size)))
+            .map(|((file, e), bytes)| Some(e.headers()?.dynamic(&bytes?, file.node.size)))
             .map(|d| d.filter(|d| d.loads_libraries() && d.strtab.is_some()))
             .collect();
         let wanted =
