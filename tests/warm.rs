@@ -1,7 +1,9 @@
 //! End to end: what a mount keeps per file, and a fresh mount over a warm cache. Per-inode state lives only
 //! while a file is open (the `clip_fuse_open_inodes` gauge returns to 0 after any number of opens); the
 //! disk cache's files are sealed once verified and synced, so a fresh mount serves small files by range
-//! from their span files and hands cached big files to passthrough without hashing anything again.
+//! from their span files and hands cached big files to passthrough without hashing anything again; and it
+//! reads the startup set, and what an opened program loads, from the disk cache into the page cache before
+//! anything asks.
 
 mod common;
 
@@ -106,4 +108,85 @@ fn a_fresh_mount_over_a_sealed_cache_reads_small_files_by_range() {
     wait_within(Duration::from_secs(10), "hashed span files sealed again", || {
         cache_files(&img.cache().join("spans")).iter().any(|p| common::mode(p) & 0o777 == 0o400)
     });
+}
+
+/// Bytes of `files` in the page cache (`fincore`).
+fn resident(files: &[std::path::PathBuf]) -> u64 {
+    if files.is_empty() {
+        return 0;
+    }
+    let out = std::process::Command::new("fincore")
+        .args(["--bytes", "--noheadings", "--raw", "--output", "RES"])
+        .args(files)
+        .output()
+        .expect("running fincore");
+    assert!(out.status.success(), "fincore: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().map(|l| l.trim().parse::<u64>().expect("fincore's RES")).sum()
+}
+
+/// Drops `files` from the page cache (`dd iflag=nocache count=0`: the whole file).
+fn drop_from_page_cache(files: &[std::path::PathBuf]) {
+    for f in files {
+        let status = std::process::Command::new("dd")
+            .args([format!("if={}", f.display()), "iflag=nocache".into(), "count=0".into(), "status=none".into()])
+            .status()
+            .expect("running dd");
+        assert!(status.success(), "dropping {} from the page cache", f.display());
+    }
+    assert_eq!(resident(files), 0, "the cache files are still in the page cache");
+}
+
+#[test]
+fn a_remount_over_a_warm_cache_reads_the_startup_set_and_an_opened_programs_libraries_into_the_page_cache() {
+    let mut layer = LayerBuilder::new();
+    for e in host_programs(&[("/bin/ls", "usr/bin/ls", 0o755)]) {
+        layer.entry(e);
+    }
+    let mut image = Image::new(vec![Layer::new(layer.finish(), Compression::Gzip)]);
+    image.config.entrypoint = Some(vec!["ls".into()]);
+    let served = Served::new(&image);
+    let libraries: Vec<String> = shared_libraries("/bin/ls").iter().map(|p| p.display().to_string()).collect();
+    let size = |paths: &[String]| paths.iter().map(|p| std::fs::metadata(p).unwrap().len()).sum::<u64>();
+    let (program, libraries_size) = (vec!["/usr/bin/ls".to_owned()], size(&libraries));
+
+    // A first start fills the disk cache: each file read twice (the second open copies the big ones for
+    // passthrough).
+    let m = served.mount("fill", &[]);
+    for path in program.iter().chain(&libraries) {
+        for _ in 0..2 {
+            assert!(std::fs::read(m.dir.join(&path[1..])).unwrap() == std::fs::read(path).unwrap(), "{path}");
+        }
+    }
+    m.stop();
+    let files = cache_files(&served.cache());
+
+    // A remount reads the whole set in (the program, its loader and libraries) before anything reads it.
+    drop_from_page_cache(&files);
+    let addr = common::free_addr();
+    let m = served.mount("mnt", &["--metrics", &addr]);
+    wait_within(Duration::from_secs(30), "the startup set's files were not read in", || {
+        metric(&addr, "clip_files_paged_in_total") >= (1 + libraries.len()) as f64
+    });
+    let set_size = size(&program) + libraries_size;
+    wait_within(Duration::from_secs(30), "the startup set's bytes did not reach the page cache", || {
+        resident(&files) >= set_size
+    });
+    m.stop();
+
+    // Without the set, the program opened (handed to passthrough: the mount reads none of it) has what it
+    // loads read in: its libraries, not opened yet.
+    drop_from_page_cache(&files);
+    let addr = common::free_addr();
+    let m = served.mount("mnt2", &["--metrics", &addr, "--no-startup-set"]);
+    let opens = metric(&addr, "clip_fuse_passthrough_opens_total");
+    std::io::Read::read_exact(&mut std::fs::File::open(m.dir.join("usr/bin/ls")).unwrap(), &mut [0u8; 64]).unwrap();
+    assert_eq!(metric(&addr, "clip_fuse_passthrough_opens_total"), opens + 1.0, "the program went to passthrough");
+    wait_within(Duration::from_secs(30), "the program's libraries were not read in", || {
+        metric(&addr, "clip_files_paged_in_total") >= libraries.len() as f64
+    });
+    wait_within(Duration::from_secs(30), "the libraries' bytes did not reach the page cache", || {
+        resident(&files) >= libraries_size
+    });
+    assert_eq!(metric(&addr, "clip_fuse_requests_total{op=\"open\"}"), 1.0, "only the program was opened");
+    m.stop();
 }

@@ -72,6 +72,10 @@ impl ClipFs {
                         reply.opened_passthrough(FH_PASSTHROUGH, direct, &backing);
                         table.insert(node.ino.0, OpenState::Passthrough { backing, opens: 1 });
                         self.stats.set_open_inodes(table.len());
+                        drop(table);
+                        if let Some(observer) = &self.open_observer {
+                            observer.on_open(&node);
+                        }
                         return;
                     }
                     Err(e) => debug!(ino = node.ino.0, error = %e, "passthrough refused; reading through the store"),
@@ -84,9 +88,10 @@ impl ClipFs {
         reply.opened(FH_CACHED, keep);
         // First open through the page cache: start loading the whole (small enough) file now, so its reads
         // wait for one round of concurrent fetches rather than one fetch after another.
-        // A file local already: whoever watches for cold opens need not hear of it.
-        let cold = node.data_ref().is_some_and(|data| self.store.warm_file(data).cold);
-        if let (true, Some(observer)) = (cold, &self.open_observer) {
+        if let Some(data) = node.data_ref() {
+            self.store.warm_file(data);
+        }
+        if let Some(observer) = &self.open_observer {
             observer.on_open(&node);
         }
     }

@@ -9,7 +9,7 @@
 //!   (FUSE passthrough) and reads never reach this process.
 //! - [`ReadObserver`]: sees every read that reaches the store (file, offset, length), e.g. to record the
 //!   order in which a container's startup reads its files; [`OpenObserver`]: sees the first open of each
-//!   file read through the store, e.g. to start loading the libraries a program is about to map.
+//!   file, e.g. to start loading the libraries a program is about to map.
 //! - [`mount`] / [`MountOptions`] / [`MountHandle`]: mount in a background thread, unmount, or wait for an
 //!   unmount from outside.
 //! - [`FsStats`]: per-operation counters and latencies for metrics.

@@ -33,10 +33,10 @@ pub trait ReadObserver: Send + Sync {
     fn on_read(&self, data: DataRef, offset: u64, len: u64);
 }
 
-/// Sees the first open of each file whose bytes are not local (on the session thread, after the reply): keep
-/// it cheap and non-blocking.
+/// Sees the first open of each file (on the session thread, after the reply): keep it cheap and non-blocking.
 pub trait OpenObserver: Send + Sync {
-    /// The file `node` was opened, and is read through the store.
+    /// The file `node` was opened, its inode not open already (read through the store or handed to
+    /// passthrough).
     fn on_open(&self, node: &NodeView);
 }
 

@@ -179,6 +179,11 @@ impl Collector for MountMetrics {
                 "Spans requested because a file covering them was opened.",
                 st.open_prefetch_spans,
             ),
+            (
+                "clip_files_paged_in",
+                "Files whose cached copies were read into the page cache ahead of a start.",
+                st.files_paged_in,
+            ),
             ("clip_prefetched_spans", "Spans loaded by prefetch.", st.prefetched_spans),
             ("clip_cache_evictions", "Disk cache files evicted.", st.evictions),
             ("clip_cache_evicted_bytes", "Bytes evicted from the disk cache.", st.bytes_evicted),

@@ -3,7 +3,7 @@
 //! spans of a recorded profile in the order the recorded start read them, each span once and only as far
 //! into it as those files reach or that start read (a span's tail past them is not waited for). The list
 //! goes to [`clip_store::ContentStore::prefetch_spans`], which loads them all concurrently. And while the
-//! mount serves, what each program, library or Python module it opens cold is about to load ([`OpenPrefetch`]).
+//! mount serves, what each program, library or Python module it opens is about to load ([`OpenPrefetch`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -104,17 +104,18 @@ pub fn startup_spans(
 /// Files smaller than an ELF header are not looked at (nor is bytecode that small: it imports nothing).
 const ELF_HEADER: u64 = 64;
 
-/// Starts loading what each program, shared library or CPython module a mount opens cold is about to load,
-/// as soon as it is opened ([`start_files`]): the dynamic linker opens a program's libraries one after
-/// another, and Python its module's imports, each a round trip on a cold mount, while `start_files` finds
-/// them a level at a time (a level of the library closure, or of the import closure) and each level loads
-/// concurrently. Each file is looked at once per mount, and not again when it is opened after being found
-/// that way (while fewer than [`MAX_SEEN`] files have been: see [`Seen`]); the files of the index's startup
-/// set not at all (what they load is in the set).
+/// Starts loading what each program, shared library or CPython module a mount opens is about to load, as
+/// soon as it is opened ([`start_files`]): the dynamic linker opens a program's libraries one after another,
+/// and Python its module's imports, each a round trip on a cold mount (a wait on the disk on a warm one),
+/// while `start_files` finds them a level at a time (a level of the library closure, or of the import
+/// closure) and each level loads concurrently: what is not local is fetched, what is is read into the page
+/// cache ([`ContentStore::page_in`]). Each file is looked at once per mount, and not again when it is opened
+/// after being found that way (while fewer than [`MAX_SEEN`] files have been: see [`Seen`]); the files of
+/// the index's startup set not at all (what they load is in the set).
 ///
-/// The first program opened cold also tells whether the index's startup set is the start that runs: when
-/// it is not in the set (the container runs another command), the set's prefetch yields to reads from then
-/// on instead of taking the link from them.
+/// The first program opened also tells whether the index's startup set is the start that runs: when it is
+/// not in the set (the container runs another command), the set's prefetch yields to reads from then on
+/// instead of taking the link from them.
 pub(crate) struct OpenPrefetch {
     store: Arc<ContentStore>,
     runtime: Handle,
@@ -162,7 +163,9 @@ impl OpenObserver for OpenPrefetch {
             let warm = |file: Ino| {
                 seen.insert(file);
                 if let Some(data) = archive.node(file).ok().and_then(|n| n.data_ref()) {
-                    store.warm_file(data);
+                    if !store.warm_file(data).cold {
+                        store.page_in([data]);
+                    }
                 }
             };
             let shown = String::from_utf8_lossy(&path).into_owned();

@@ -6,7 +6,8 @@
 //!   the [`DiskCache`], then fetched with one range read, decoded from its checkpoint and verified against
 //!   its digest before any byte is served or cached. Concurrent readers of one span share one fetch.
 //!   Sequential reads load the next spans ahead; [`ContentStore::prefetch_all`] fills the disk cache in the
-//!   background; [`ContentStore::cached_file`] hands out whole cached files for FUSE passthrough.
+//!   background; [`ContentStore::cached_file`] hands out whole cached files for FUSE passthrough, and
+//!   [`ContentStore::page_in`] reads cached files into the page cache ahead of a start.
 //! - [`DiskCache`]: spans on disk named by their sha256, shared by all processes on the machine, bounded
 //!   with LRU eviction, written atomically and verified when read.
 //! - [`RemoteSpanCache`]: an optional second tier shared by a fleet (e.g. an S3 bucket), asked after the
@@ -36,6 +37,7 @@ mod fetch;
 mod flight;
 mod materialize;
 mod memory;
+mod page_in;
 mod partial;
 mod remote;
 mod schedule;

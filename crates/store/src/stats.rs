@@ -70,6 +70,8 @@ pub struct StoreStats {
     pub readahead_spans: u64,
     /// Spans requested because a file covering them was opened ([`crate::ContentStore::warm_file`]).
     pub open_prefetch_spans: u64,
+    /// Files whose local copies were read into the page cache ahead of a start ([`crate::ContentStore::page_in`]).
+    pub files_paged_in: u64,
     /// Spans loaded by prefetch.
     pub prefetched_spans: u64,
     /// Files removed from the disk cache to keep it under its bound.
@@ -108,6 +110,7 @@ pub(crate) struct Counters {
     pub loads_ahead: AtomicU64,
     pub readahead_spans: AtomicU64,
     pub open_prefetch_spans: AtomicU64,
+    pub files_paged_in: AtomicU64,
     pub prefetched_spans: AtomicU64,
     pub tier_hits: AtomicU64,
     pub tier_misses: AtomicU64,
@@ -136,6 +139,7 @@ impl Counters {
             loads_ahead: AtomicU64::new(0),
             readahead_spans: AtomicU64::new(0),
             open_prefetch_spans: AtomicU64::new(0),
+            files_paged_in: AtomicU64::new(0),
             prefetched_spans: AtomicU64::new(0),
             tier_hits: AtomicU64::new(0),
             tier_misses: AtomicU64::new(0),
@@ -190,6 +194,7 @@ impl Counters {
             loads_ahead: load(&self.loads_ahead),
             readahead_spans: load(&self.readahead_spans),
             open_prefetch_spans: load(&self.open_prefetch_spans),
+            files_paged_in: load(&self.files_paged_in),
             prefetched_spans: load(&self.prefetched_spans),
             tier_hits: load(&self.tier_hits),
             tier_misses: load(&self.tier_misses),

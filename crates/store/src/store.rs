@@ -91,6 +91,8 @@ pub(crate) struct Inner {
     pub prefetch_permits: Arc<Semaphore>,
     /// Keys of files being materialized in the background.
     pub materializing: Mutex<HashSet<Digest>>,
+    /// Files waiting for [`ContentStore::page_in`], and its workers.
+    pub paging: Mutex<crate::page_in::Paging>,
     /// The remote tier, if the config names one.
     tier: Option<Tier>,
     /// Layers read at least once (logged once each, at info).
@@ -143,6 +145,7 @@ impl ContentStore {
                 startup_loads: Mutex::default(),
                 prefetch_permits: Arc::new(Semaphore::new(permits)),
                 materializing: Mutex::default(),
+                paging: Mutex::default(),
                 tier,
                 touched: (0..layers).map(|_| std::sync::atomic::AtomicBool::new(false)).collect(),
             }),

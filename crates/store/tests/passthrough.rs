@@ -132,3 +132,28 @@ async fn no_disk_cache_means_no_files() {
     let bogus = DataRef { layer: LayerIndex(9), offset: 0, size: 100 };
     assert!(store.cached_file(bogus).is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paging_in_reads_only_files_wholly_on_disk_and_fetches_nothing() {
+    let whole = DataRef { layer: LayerIndex(0), offset: 100, size: 2 * SPAN }; // spans 0..=2
+    let partly = DataRef { layer: LayerIndex(0), offset: 4 * SPAN + 7, size: SPAN }; // spans 4 and 5
+    let small = DataRef { layer: LayerIndex(0), offset: 6 * SPAN + 9, size: 3000 }; // inside span 6
+    let fx = raw_fixture(8, &[whole, partly, small]);
+    let dir = tempfile::tempdir().unwrap();
+    let store = fx.store(StoreConfig { readahead_spans: 0, ..cached(dir.path()) });
+    store.read(whole, 0, whole.size).await.unwrap();
+    assert!(store.cached_file(whole).is_some(), "the big file is copied for passthrough");
+    store.read(partly, 0, 100).await.unwrap(); // span 4 only
+    store.read(small, 0, small.size).await.unwrap();
+    let requests = fx.blobs.count();
+
+    // A fresh store (a remount): the copy and the small file's span are read in, the file missing a span is not.
+    let store = fx.store(StoreConfig { readahead_spans: 0, ..cached(dir.path()) });
+    store.page_in([whole, partly, small]);
+    eventually("the local files were paged in", || store.stats().files_paged_in == 2).await;
+    store.page_in([partly]);
+    store.page_in([whole]);
+    eventually("paged in again", || store.stats().files_paged_in == 3).await;
+    assert_eq!(fx.blobs.count(), requests, "paging in fetched");
+    assert_eq!(store.stats().spans_fetched, 0);
+}

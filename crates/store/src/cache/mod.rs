@@ -37,6 +37,7 @@
 mod compressed;
 mod evict;
 mod files;
+mod page_in;
 mod prefix;
 mod seal;
 
@@ -54,6 +55,7 @@ use tracing::{debug, warn};
 pub use evict::Evicted;
 pub use files::{default_cache_dir, private_dir};
 pub(crate) use files::{parse_digest, touch, Form};
+pub(crate) use page_in::will_need;
 pub(crate) use prefix::prefix_key;
 pub(crate) use seal::{is_sealed, touch_if_stale};
 
