@@ -73,13 +73,23 @@ impl ContentStore {
 /// [`ContentStore::page_in`] of one file, blocking: whether its bytes were all local.
 fn page_in_file(inner: &Inner, data: DataRef) -> bool {
     let Some(disk) = inner.disk.as_ref() else { return false };
-    let size = data.size.min(PAGE_IN_FILE_MAX);
-    let Ok(parts) = file_parts(&inner.archive, DataRef { size, ..data }) else { return false };
-    if data.size >= inner.config.passthrough_min && size == data.size {
+    let Ok(parts) = file_parts(&inner.archive, data) else { return false };
+    if data.size >= inner.config.passthrough_min {
         if let Some(file) = disk.find_file(&file_key(&parts, data.size), data.size) {
-            will_need(&file, 0..data.size);
+            will_need(&file, 0..data.size.min(PAGE_IN_FILE_MAX));
             return true;
         }
     }
-    parts.iter().all(|p| disk.page_in_span(&p.digest, p.span_len, p.from..p.to))
+    let mut left = PAGE_IN_FILE_MAX;
+    for p in &parts {
+        if left == 0 {
+            break;
+        }
+        let to = p.to.min(p.from + left);
+        if !disk.page_in_span(&p.digest, p.span_len, p.from..to) {
+            return false;
+        }
+        left -= to - p.from;
+    }
+    true
 }
