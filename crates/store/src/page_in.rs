@@ -21,12 +21,32 @@ const PAGE_IN_QUEUE_MAX: usize = 4096;
 /// The most bytes of one file [`ContentStore::page_in`] reads (from its start): a huge library is mapped,
 /// not read whole.
 const PAGE_IN_FILE_MAX: u64 = 64 << 20;
+/// The most bytes one store reads ahead in all: a start reads tens of MB, and an index whose closures name
+/// every big file of a full disk cache does not get it all read in.
+const PAGE_IN_BYTES_MAX: u64 = 1 << 30;
 
-/// The files waiting for [`ContentStore::page_in`], and how many workers are taking them.
+/// The files waiting for [`ContentStore::page_in`], how many workers are taking them, and the bytes read
+/// ahead so far.
 #[derive(Default)]
 pub(crate) struct Paging {
     files: VecDeque<DataRef>,
     workers: usize,
+    bytes: u64,
+}
+
+impl Paging {
+    /// The next file for a worker; `None` ends the worker (none left, or [`PAGE_IN_BYTES_MAX`] read: then
+    /// those left are dropped).
+    fn next(&mut self) -> Option<DataRef> {
+        if self.bytes >= PAGE_IN_BYTES_MAX {
+            self.files.clear();
+        }
+        let next = self.files.pop_front();
+        if next.is_none() {
+            self.workers -= 1;
+        }
+        next
+    }
 }
 
 impl ContentStore {
@@ -35,7 +55,7 @@ impl ContentStore {
     /// else its span files or decoded prefixes), the first files first, [`PAGE_IN_WORKERS`] at a time.
     /// For a start over a warm disk cache: a program loads its libraries and modules one after another,
     /// each a wait on the disk, while these reads are queued at once. Files not local are left to the
-    /// fetches; nothing is read without a disk cache or a tokio runtime.
+    /// fetches; nothing is read without a disk cache or a tokio runtime, nor past [`PAGE_IN_BYTES_MAX`] in all.
     pub fn page_in(&self, files: impl IntoIterator<Item = DataRef>) {
         let inner = &self.inner;
         let Some(rt) = Handle::try_current().ok().or_else(|| inner.runtime.clone()) else { return };
@@ -53,17 +73,10 @@ impl ContentStore {
         for _ in 0..start {
             let inner = Arc::clone(inner);
             rt.spawn_blocking(move || loop {
-                let next = {
-                    let mut paging = lock(&inner.paging);
-                    let next = paging.files.pop_front();
-                    if next.is_none() {
-                        paging.workers -= 1;
-                    }
-                    next
-                };
-                let Some(data) = next else { break };
+                let Some(data) = lock(&inner.paging).next() else { break };
                 if page_in_file(&inner, data) {
                     Counters::bump(&inner.counters.files_paged_in);
+                    lock(&inner.paging).bytes += data.size.min(PAGE_IN_FILE_MAX);
                 }
             });
         }
@@ -92,4 +105,24 @@ fn page_in_file(inner: &Inner, data: DataRef) -> bool {
         left -= to - p.from;
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clip_format::LayerIndex;
+
+    #[test]
+    fn workers_take_files_in_order_until_the_bytes_read_reach_the_bound() {
+        let file = |offset| DataRef { layer: LayerIndex(0), offset, size: 10 };
+        let mut paging = Paging { files: (0..3).map(file).collect(), workers: 2, bytes: 0 };
+        assert_eq!(paging.next(), Some(file(0)));
+        paging.bytes = PAGE_IN_BYTES_MAX - 1;
+        assert_eq!(paging.next(), Some(file(1)));
+        paging.bytes = PAGE_IN_BYTES_MAX;
+        assert_eq!(paging.next(), None, "a file past the bound was handed out");
+        assert!(paging.files.is_empty());
+        assert_eq!(paging.next(), None);
+        assert_eq!(paging.workers, 0, "each worker told to end is counted out once");
+    }
 }
