@@ -171,7 +171,9 @@ fn a_remount_over_a_warm_cache_reads_the_startup_set_and_an_opened_programs_libr
     wait_within(Duration::from_secs(30), "the startup set's bytes did not reach the page cache", || {
         resident(&files) >= set_size
     });
-    m.stop();
+    let paged = metric(&addr, "clip_files_paged_in_total");
+    let summary = m.stop();
+    assert!(summary.contains(&format!("; {paged} files read ahead from the disk cache")), "{summary}");
 
     // Without the set, the program opened (handed to passthrough: the mount reads none of it) has what it
     // loads read in: its libraries, not opened yet.

@@ -48,7 +48,7 @@ async fn mount_and_report(file: &Location, mountpoint: &Path, config: &MountConf
     if !quiet {
         let s = summary.store;
         eprintln!(
-            "unmounted {}: {} reads ({} bytes); fetched {} spans ({} compressed bytes); cache hits: {} memory, {} disk, {} tier ({:.0}% hit rate)",
+            "unmounted {}: {} reads ({} bytes); fetched {} spans ({} compressed bytes); cache hits: {} memory, {} disk, {} tier ({:.0}% hit rate); {} files read ahead from the disk cache",
             mountpoint.display(),
             summary.reads,
             summary.read_bytes,
@@ -59,6 +59,7 @@ async fn mount_and_report(file: &Location, mountpoint: &Path, config: &MountConf
             s.tier_hits,
             100.0 * (s.memory_hits + s.disk_hits + s.tier_hits) as f64
                 / (s.memory_hits + s.disk_hits + s.tier_hits + s.spans_fetched).max(1) as f64,
+            s.files_paged_in,
         );
     }
     Ok(())
