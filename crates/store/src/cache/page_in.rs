@@ -18,11 +18,10 @@ impl DiskCache {
     /// sealed decoded prefix file. False when neither holds them (nothing is read).
     pub(crate) fn page_in_span(&self, span: &Digest, span_len: u64, range: Range<u64>) -> bool {
         if let Some(file) = self.open_span(span) {
-            let whole = 0..file.meta.len();
             match file.form {
                 Form::Raw if file.meta.len() == span_len => will_need(&file.file, range),
                 Form::Raw => return false,
-                Form::Compressed => will_need(&file.file, whole),
+                Form::Compressed => will_need(&file.file, 0..file.meta.len()),
             }
             return true;
         }
