@@ -25,11 +25,12 @@ def p5b_warm_remount(tmp, proxy, debian_layout, results, runs):
 
     # A run takes a tenth of a second, and one disk hiccup moves it by a fifth: three times the runs of the
     # other rows, alternating, for a median that holds from one bench run to the next.
-    clip_t, base_t = [], []
+    clip_t, up_t, base_t = [], [], []
     for r in range(3 * runs):
         drop_caches()
         t = time.perf_counter()
         m = bench.Mount(index, tmp / f"p5b-mnt-{r}", cache)
+        up_t.append(time.perf_counter() - t)
         run(chroot_cmd(m.mnt))
         clip_t.append(time.perf_counter() - t)
         m.stop()
@@ -37,5 +38,8 @@ def p5b_warm_remount(tmp, proxy, debian_layout, results, runs):
         base_t.append(timed(lambda: run(chroot_cmd(unpacked / "rootfs"))))
     shutil.rmtree(unpacked)
     r = statistics.median(clip_t) / statistics.median(base_t)
-    results.add("P5b", "warm remount: fresh mount over a full disk cache + the P3 command, page cache dropped",
+    # How long the mount took to come up, of the whole (the command is the rest).
+    up = statistics.median(up_t) * 1000
+    results.add("P5b", "warm remount: fresh mount over a full disk cache + the P3 command, page cache dropped"
+                f" (the mount up in {up:.0f} ms)",
                 spread(clip_t, secs), spread(base_t, secs) + " local disk", r, "≤ 1.3", r <= 1.3, None)
