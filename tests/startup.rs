@@ -224,7 +224,7 @@ fn an_applications_own_package_is_found_where_its_top_level_package_lies() {
     let m = mount_telling_searches(&served, &addr);
     let init = &modules[0].1;
     std::io::Read::read_exact(&mut std::fs::File::open(m.dir.join(&init[1..])).unwrap(), &mut [0u8; 16]).unwrap();
-    searches_done(&m, &addr, 1);
+    searches_done(&addr, 1);
     let requests = served.proxy().stats().requests;
     for (source, cached, compiled) in &modules[..3] {
         assert!(std::fs::read(m.dir.join(&cached[1..])).unwrap() == std::fs::read(compiled).unwrap(), "{source}");
@@ -237,20 +237,18 @@ fn an_applications_own_package_is_found_where_its_top_level_package_lies() {
     m.stop();
 }
 
-/// A mount of `served` without its startup set, serving metrics at `addr` and logging each search from a file
-/// opened cold (for what it loads next) as it ends.
+/// A mount of `served` without its startup set, serving metrics at `addr`.
 fn mount_telling_searches(served: &Served, addr: &str) -> common::MountProc {
     let cache = served.cache();
     let args = ["--cache-dir", s(&cache), "--metrics", addr, "--no-startup-set"];
-    let env = [("CLIP_LOG".to_owned(), "info,clip_node::prefetch=debug".to_owned())];
-    common::MountProc::start_env(served.index().as_os_str(), &served.dir.path().join("mnt"), &args, &env)
+    common::MountProc::start(&served.index(), &served.dir.path().join("mnt"), &args)
 }
 
-/// Waits until `searches` searches from opened files have ended and every load they started has too.
-fn searches_done(m: &common::MountProc, addr: &str, searches: usize) {
+/// Waits until `searches` searches from opened files have found what they load and ended, and every load
+/// they started has too.
+fn searches_done(addr: &str, searches: usize) {
     common::wait_within(Duration::from_secs(60), "the searches from the opened files did not end", || {
-        m.log().matches("loading what the opened file loads next").count() >= searches
-            && metric(addr, "clip_loads_ahead") == 0.0
+        metric(addr, "clip_open_searches_total") >= searches as f64 && metric(addr, "clip_loads_ahead") == 0.0
     });
 }
 
@@ -268,7 +266,7 @@ fn opening_a_program_cold_loads_its_libraries_before_the_loader_asks() {
     std::io::Read::read_exact(&mut std::fs::File::open(m.dir.join("usr/bin/ls")).unwrap(), &mut head).unwrap();
     // The search from the program has found its libraries and every load it started has ended. Without the
     // libraries' loads, only the program's spans would be loaded.
-    searches_done(&m, &addr, 1);
+    searches_done(&addr, 1);
     assert!(metric(&addr, "clip_open_prefetch_spans_total") >= wanted.len() as f64);
     // Mapping them now (the loader reads each whole here) fetches nothing more.
     let (fetched, requests) = (metric(&addr, "clip_spans_fetched_total"), served.proxy().stats().requests);
@@ -442,7 +440,7 @@ fn opening_a_python_module_cold_loads_what_it_imports_before_python_asks() {
     }
     // Without the import closure, only the two opened modules' spans would load (a span already on disk as
     // the decoded prefix an earlier read left is not loaded again, so the count may be below the spans').
-    searches_done(&m, &addr, opened.len());
+    searches_done(&addr, opened.len());
     assert!(metric(&addr, "clip_open_prefetch_spans_total") > opened.len() as f64, "only the opened modules loaded");
     assert!(spans.len() > opened.len() + 5, "{spans:?}");
     let (fetched, requests) = (metric(&addr, "clip_spans_fetched_total"), served.proxy().stats().requests);
@@ -507,7 +505,7 @@ fn the_index_knows_what_a_module_imports_so_its_closure_loads_without_reading_th
         let init = &others.iter().find(|m| m.0.ends_with(name)).unwrap().1;
         std::io::Read::read_exact(&mut std::fs::File::open(m.dir.join(&init[1..])).unwrap(), &mut [0u8; 16]).unwrap();
     }
-    searches_done(&m, &addr, 2);
+    searches_done(&addr, 2);
     let requests = served.proxy().stats().requests;
     for (source, cached, compiled) in &others {
         assert!(std::fs::read(m.dir.join(&cached[1..])).unwrap() == std::fs::read(compiled).unwrap(), "{source}");

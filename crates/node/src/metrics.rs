@@ -38,6 +38,8 @@ pub use prometheus_client::encoding::prometheus_text::CONTENT_TYPE as CONTENT_TY
 pub struct Snapshot {
     pub fs: FsStatsSnapshot,
     pub store: StoreStats,
+    /// Searches for what an opened program, library or module loads next that found files and ended.
+    pub open_searches: u64,
 }
 
 /// The Prometheus text (version 0.0.4: what Prometheus scrapes and node_exporter's textfile collector
@@ -178,6 +180,11 @@ impl Collector for MountMetrics {
                 "clip_open_prefetch_spans",
                 "Spans requested because a file covering them was opened.",
                 st.open_prefetch_spans,
+            ),
+            (
+                "clip_open_searches",
+                "Searches for what an opened program, library or module loads next that found files and ended.",
+                s.open_searches,
             ),
             (
                 "clip_files_paged_in",
@@ -349,7 +356,11 @@ mod tests {
         std::fs::create_dir_all(&deep).unwrap();
         let path = deep.join("sha256-0123456789abcdef-layers.sock");
         assert!(path.as_os_str().len() > MAX_SOCKET_PATH);
-        let scrape = Arc::new(|| Snapshot { fs: clip_fs::FsStats::default().snapshot(), store: Default::default() });
+        let scrape = Arc::new(|| Snapshot {
+            fs: clip_fs::FsStats::default().snapshot(),
+            store: Default::default(),
+            open_searches: 0,
+        });
         serve_unix(&path, MountMetrics(scrape)).await.unwrap();
         let text = scrape_unix(&path).await.unwrap();
         assert!(text.contains("clip_fetched_bytes_total 0"), "{text}");

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -132,16 +133,23 @@ pub async fn mount_foreground(
     let startup_set = crate::prefetch::mount_startup_set(store.archive(), !config.no_startup_set);
     // Over a warm disk cache the start reads the set from local disk: queued at once, before it asks.
     store.page_in(startup_set.iter().filter_map(|&ino| store.archive().node(ino).ok()?.data_ref()));
+    let open_searches = Arc::new(AtomicU64::new(0));
     fs = fs.with_open_observer(Arc::new(crate::prefetch::OpenPrefetch::new(
         store.clone(),
         tokio::runtime::Handle::current(),
         startup_set.iter().copied().collect(),
+        Arc::clone(&open_searches),
     )));
     let fs_stats = fs.stats();
     // Metrics are served before the mount appears, so whoever waits for the mount can scrape at once.
     let mount_metrics = {
         let (fs_stats, store) = (fs_stats.clone(), store.clone());
-        MountMetrics(Arc::new(move || Snapshot { fs: fs_stats.snapshot(), store: store.stats() }))
+        let searches = Arc::clone(&open_searches);
+        MountMetrics(Arc::new(move || Snapshot {
+            fs: fs_stats.snapshot(),
+            store: store.stats(),
+            open_searches: searches.load(Ordering::Relaxed),
+        }))
     };
     if let Some(addr) = config.metrics {
         metrics::serve(addr, mount_metrics.clone()).await?;

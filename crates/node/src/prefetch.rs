@@ -6,7 +6,7 @@
 //! mount serves, what each program, library or Python module it opens is about to load ([`OpenPrefetch`]).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use clip_format::{Archive, Ino, LayerIndex, NodeKind, NodeView, SpanId};
@@ -125,12 +125,16 @@ pub(crate) struct OpenPrefetch {
     program_seen: AtomicBool,
     /// Files looked at, or found by looking at another.
     seen: Arc<Seen>,
+    /// Searches that found files and ended (a metric).
+    searches: Arc<AtomicU64>,
 }
 
 impl OpenPrefetch {
-    /// Prefetches for the mount of `store`; `startup_set` is the set the mount prefetches (empty: none).
-    pub fn new(store: Arc<ContentStore>, runtime: Handle, startup_set: HashSet<Ino>) -> Self {
-        OpenPrefetch { store, runtime, startup_set, program_seen: AtomicBool::new(false), seen: Arc::default() }
+    /// Prefetches for the mount of `store`; `startup_set` is the set the mount prefetches (empty: none); each
+    /// search that found files counts in `searches` as it ends.
+    pub fn new(store: Arc<ContentStore>, runtime: Handle, startup_set: HashSet<Ino>, searches: Arc<AtomicU64>) -> Self {
+        let program_seen = AtomicBool::new(false);
+        OpenPrefetch { store, runtime, startup_set, program_seen, seen: Arc::default(), searches }
     }
 }
 
@@ -153,6 +157,7 @@ impl OpenObserver for OpenPrefetch {
             return;
         }
         let (store, seen, ino) = (Arc::clone(&self.store), Arc::clone(&self.seen), node.ino);
+        let searches = Arc::clone(&self.searches);
         self.runtime.spawn(async move {
             let archive = Arc::clone(store.archive());
             let Ok(path) = archive.path_of(ino) else { return };
@@ -172,6 +177,7 @@ impl OpenObserver for OpenPrefetch {
             let found = start_files(&archive, &files, ino, path, Box::new(warm)).await;
             if found > 0 {
                 debug!(path = %shown, files = found, "loading what the opened file loads next");
+                searches.fetch_add(1, Ordering::Relaxed);
             }
         });
     }
