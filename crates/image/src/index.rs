@@ -47,6 +47,7 @@ pub async fn index_to_file(
     })?;
     let (layers, inodes, spans) = (contents.meta.layers.len(), contents.inodes(), contents.spans.len());
     drop(contents);
+    tracing::debug!(path = %path.display(), size, "index written");
     let startup_files = crate::startup::add_startup_set(path, source_for_set, &loads).await;
     // Rewritten when a set or what files load next was found.
     let size = std::fs::metadata(path).map_or(size, |m| m.len());

@@ -112,11 +112,11 @@ struct DirCacheInner {
     names: HashMap<Ino, Arc<Names>>,
 }
 
-/// The names in one directory, and their stems (what comes before the first `.`): a module `NAME` can only
-/// be a name of stem `NAME` (`NAME/`, `NAME.py`, `NAME.cpython-311-x86_64-linux-gnu.so`, ...).
+/// The names in one directory, and the same names by stem (what comes before the first `.`): a module `NAME`
+/// can only be a name of stem `NAME` (`NAME/`, `NAME.py`, `NAME.cpython-311-x86_64-linux-gnu.so`, ...).
 struct Names {
     all: HashSet<Vec<u8>>,
-    stems: HashSet<Vec<u8>>,
+    by_stem: HashMap<Vec<u8>, Vec<Vec<u8>>>,
 }
 
 /// What comes before the first `.` of `name`.
@@ -155,7 +155,13 @@ impl DirCache {
     /// Whether the directory `dir` may have a name of stem `stem` (what comes before its first `.`): false
     /// only when its kept names say it has none.
     pub(super) fn may_have_stem(&self, archive: &Archive, dir: &Found, stem: &[u8]) -> bool {
-        self.names(archive, dir).is_none_or(|names| names.stems.contains(stem))
+        self.names(archive, dir).is_none_or(|names| names.by_stem.contains_key(stem))
+    }
+
+    /// The names in the directory `dir` of stem `stem`, when its names are kept; `None` when they are not
+    /// (any name may be there).
+    pub(super) fn names_of_stem(&self, archive: &Archive, dir: &Found, stem: &[u8]) -> Option<Vec<Vec<u8>>> {
+        self.names(archive, dir).map(|names| names.by_stem.get(stem).cloned().unwrap_or_default())
     }
 
     /// The names of `dir`, kept the first time they are asked for (none for a large directory, or once
@@ -170,8 +176,11 @@ impl DirCache {
         }
         let all: HashSet<Vec<u8>> =
             archive.children(&dir.node).filter_map(|e| e.ok().map(|(n, _)| n.to_vec())).collect();
-        let stems = all.iter().map(|n| stem(n).to_vec()).collect();
-        let names = Arc::new(Names { all, stems });
+        let mut by_stem: HashMap<Vec<u8>, Vec<Vec<u8>>> = HashMap::new();
+        for name in &all {
+            by_stem.entry(stem(name).to_vec()).or_default().push(name.clone());
+        }
+        let names = Arc::new(Names { all, by_stem });
         inner.names.insert(dir.node.ino, Arc::clone(&names));
         Some(names)
     }
