@@ -258,31 +258,25 @@ impl Finder<'_> {
     fn module_file(&self, py: &Interpreter, dir: &Found, name: &str) -> Option<ModuleFile> {
         // Each name looked up in the directory itself, not from the root (a search tries some twenty names).
         let file = |name: &[u8]| self.dirs.find_in(self.archive, dir, name).filter(|f| f.node.kind() == NodeKind::File);
-        // The directory's kept names of stem `name` tell which of those names are there, without a lookup of
-        // each (what resolving the imports of every module of an image spends its time on).
+        // `NAME{ending}`: looked up only when the directory's kept names of stem `name` hold it (or are not
+        // kept), not each of the twenty-odd endings formatted and looked up (what resolving the imports of
+        // every module of an image spends its time on).
         let present = self.dirs.names_of_stem(self.archive, dir, name.as_bytes());
-        let there = |ending: &str| {
-            present.as_ref().is_none_or(|names| {
+        let named = |ending: &str| {
+            let there = present.as_ref().is_none_or(|names| {
                 names.iter().any(|n| n.len() == name.len() + ending.len() && n.ends_with(ending.as_bytes()))
-            })
+            });
+            there.then(|| file(format!("{name}{ending}").as_bytes())).flatten()
         };
-        for ending in &py.extensions {
-            if !there(ending) {
-                continue;
-            }
-            if let Some(f) = file(format!("{name}{ending}").as_bytes()) {
-                return Some(ModuleFile::Extension(f));
-            }
+        if let Some(f) = py.extensions.iter().find_map(|ending| named(ending)) {
+            return Some(ModuleFile::Extension(f));
         }
         let (major, minor) = py.version;
-        if let Some(source) = there(".py").then(|| file(format!("{name}.py").as_bytes())).flatten() {
+        if let Some(source) = named(".py") {
             let cached = format!("__pycache__/{name}.cpython-{major}{minor}.pyc");
             return Some(file(cached.as_bytes()).map_or(ModuleFile::Source(source), ModuleFile::Bytecode));
         }
-        if !there(".pyc") {
-            return None;
-        }
-        file(format!("{name}.pyc").as_bytes()).map(ModuleFile::Bytecode)
+        named(".pyc").map(ModuleFile::Bytecode)
     }
 }
 

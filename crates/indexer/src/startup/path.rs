@@ -2,7 +2,7 @@
 //! targets from the image root), `..` never above the root, at most [`MAX_SYMLINKS`] links, so no hostile
 //! tree can lead a lookup outside the image or around in circles.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use clip_format::{Archive, Ino, NodeKind, NodeView};
@@ -112,11 +112,16 @@ struct DirCacheInner {
     names: HashMap<Ino, Arc<Names>>,
 }
 
-/// The names in one directory, and the same names by stem (what comes before the first `.`): a module `NAME`
-/// can only be a name of stem `NAME` (`NAME/`, `NAME.py`, `NAME.cpython-311-x86_64-linux-gnu.so`, ...).
+/// The names in one directory, by stem (what comes before the first `.`): a module `NAME` can only be a name
+/// of stem `NAME` (`NAME/`, `NAME.py`, `NAME.cpython-311-x86_64-linux-gnu.so`, ...).
 struct Names {
-    all: HashSet<Vec<u8>>,
     by_stem: HashMap<Vec<u8>, Vec<Vec<u8>>>,
+}
+
+impl Names {
+    fn has(&self, name: &[u8]) -> bool {
+        self.by_stem.get(stem(name)).is_some_and(|names| names.iter().any(|n| n == name))
+    }
 }
 
 /// What comes before the first `.` of `name`.
@@ -146,7 +151,7 @@ impl DirCache {
     /// `name` in the directory `dir`, as [`resolve_in`] finds it; a one-component name the directory does
     /// not have is answered from its kept names.
     pub(super) fn find_in(&self, archive: &Archive, dir: &Found, name: &[u8]) -> Option<Found> {
-        if !name.contains(&b'/') && self.names(archive, dir).is_some_and(|names| !names.all.contains(name)) {
+        if !name.contains(&b'/') && self.names(archive, dir).is_some_and(|names| !names.has(name)) {
             return None;
         }
         resolve_in(archive, dir, name)
@@ -174,13 +179,11 @@ impl DirCache {
         if dir.node.child_count() as usize > MAX_NAMES_KEPT || inner.names.len() >= MAX_DIRS_KEPT {
             return None;
         }
-        let all: HashSet<Vec<u8>> =
-            archive.children(&dir.node).filter_map(|e| e.ok().map(|(n, _)| n.to_vec())).collect();
         let mut by_stem: HashMap<Vec<u8>, Vec<Vec<u8>>> = HashMap::new();
-        for name in &all {
-            by_stem.entry(stem(name).to_vec()).or_default().push(name.clone());
+        for (name, _) in archive.children(&dir.node).filter_map(Result::ok) {
+            by_stem.entry(stem(name).to_vec()).or_default().push(name.to_vec());
         }
-        let names = Arc::new(Names { all, by_stem });
+        let names = Arc::new(Names { by_stem });
         inner.names.insert(dir.node.ino, Arc::clone(&names));
         Some(names)
     }
