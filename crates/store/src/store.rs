@@ -319,19 +319,29 @@ impl Inner {
         let len = self.archive.span_range(layer, index).map(|r| r.end - r.start)?;
         let want = need.bytes(len);
         let _foreground = keep.then(|| Foreground::enter(self));
+        // A prefetch keeps nothing in memory and takes nothing from it: it fills the disk cache.
+        let from_memory = || {
+            if !keep {
+                return None;
+            }
+            let hit = lock(&self.memory).get(index).filter(|e| e.decoded.len() as u64 >= want)?;
+            Counters::bump(&self.counters.memory_hits);
+            Some(hit.decoded)
+        };
         loop {
-            if keep {
-                let hit = lock(&self.memory).get(index).filter(|e| e.decoded.len() as u64 >= want);
-                if let Some(entry) = hit {
-                    Counters::bump(&self.counters.memory_hits);
-                    return Ok(entry.decoded);
-                }
+            if let Some(bytes) = from_memory() {
+                return Ok(bytes);
             }
             if let Some(error) = self.flights.recent_failure(layer, index) {
                 return Err(error);
             }
             let timeout = self.config.read_timeout;
             let load = async {
+                // A load of the span that ended between the look into memory above and this flight's start
+                // left its bytes there: taken, not fetched again.
+                if let Some(bytes) = from_memory() {
+                    return Ok(bytes);
+                }
                 let load = self.load(layer, index, need, priority);
                 let timeout = StoreError::Timeout { layer, span: index, after: timeout };
                 let bytes = tokio::time::timeout_at(deadline, load).await.unwrap_or(Err(timeout))?;
