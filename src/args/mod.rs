@@ -6,7 +6,7 @@ use clap::{Args as ClapArgs, Parser, Subcommand};
 use clip_image::Location;
 
 mod node;
-pub use node::{MountArgs, NodeArgs, ProfileCommand, PullArgs, RunArgs, ServeMountArgs};
+pub use node::{DaemonArgs, MountArgs, NodeArgs, ProfileCommand, PullArgs, RunArgs, ServeMountArgs};
 
 /// clip makes container images lazy: it indexes an unmodified OCI image into a small .clip file and mounts
 /// it with FUSE, fetching file contents on demand from the registry.
@@ -31,7 +31,10 @@ impl Args {
         if self.quiet {
             return "error";
         }
-        let daemon = matches!(self.command, Command::Mount(_) | Command::ServeMount(_) | Command::Snapshotter(_));
+        let daemon = matches!(
+            self.command,
+            Command::Mount(_) | Command::ServeMount(_) | Command::Daemon(_) | Command::Snapshotter(_)
+        );
         // fuser's own info lines ("Mounting …", "Unmounting …") repeat ours.
         match self.verbose + u8::from(daemon) {
             0 => "warn",
@@ -78,6 +81,17 @@ pub enum Command {
     /// (started by `clip pull` and `clip run`, not by hand).
     #[command(hide = true)]
     ServeMount(ServeMountArgs),
+    /// Serve mounts for `clip mount --daemon SOCKET`: one long-running process that holds many mounts.
+    ///
+    /// A mount it serves starts sooner than one with a process of its own (no binary to load, no runtime to
+    /// build), which is most of the start of a mount over a warm cache. Each mount lasts as long as the
+    /// `clip mount` that asked for it (or until it is unmounted from outside). Runs in the foreground until
+    /// SIGINT/SIGTERM, then unmounts every mount and removes the socket. Only this user and root may use it;
+    /// S3 credentials and the registry's Docker config are the daemon's.
+    #[command(
+        after_help = "Example:\n  clip daemon --socket /run/clip/mounts.sock &\n  clip mount --daemon /run/clip/mounts.sock app.clip /mnt/app &\n  CLIP_DAEMON=/run/clip/mounts.sock clip mount app.clip /mnt/app"
+    )]
+    Daemon(DaemonArgs),
     /// Pack a root filesystem directory into a data-carrying .clip file (local, or uploaded to S3).
     ///
     /// Keeps owners, full modes, xattrs, devices, FIFOs, hard links, symlinks and mtimes (run as root to

@@ -1,4 +1,5 @@
-//! Arguments of the commands that run on a worker node: `pull`, `run`, `profile`, `mount`, `serve-mount`.
+//! Arguments of the commands that run on a worker node: `pull`, `run`, `profile`, `mount`, `serve-mount`,
+//! `daemon`.
 
 use std::path::PathBuf;
 
@@ -95,6 +96,10 @@ pub struct MountArgs {
     /// mount, mounted without `nosuid`, gives its programs their setuid bits (this is what `clip run` does).
     #[arg(long)]
     pub allow_setuid: bool,
+    /// Have the mount daemon listening on SOCKET serve the mount (`clip daemon`): it starts without a
+    /// process of its own. This command still runs until the mount ends, and SIGINT/SIGTERM unmounts it.
+    #[arg(long, value_name = "SOCKET", env = "CLIP_DAEMON")]
+    pub daemon: Option<PathBuf>,
     /// Right after mounting, prefetch the spans of this recorded profile in order (at low priority).
     #[arg(long, value_name = "FILE", conflicts_with = "prefetch")]
     pub profile: Option<PathBuf>,
@@ -132,4 +137,11 @@ pub struct ServeMountArgs {
     /// As `clip mount --read-timeout`.
     #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_seconds, env = "CLIP_READ_TIMEOUT")]
     pub read_timeout: std::time::Duration,
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct DaemonArgs {
+    /// The unix socket to listen on (readable and writable by this user only).
+    #[arg(long, value_name = "PATH", default_value = clip_node::DEFAULT_DAEMON_SOCKET)]
+    pub socket: PathBuf,
 }

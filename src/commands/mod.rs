@@ -31,6 +31,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Extract(a) => extract::run(a, args.quiet).await,
         Command::Mount(a) => mount::run(a, args.quiet).await,
         Command::ServeMount(a) => mount::serve(a, args.quiet).await,
+        Command::Daemon(a) => mount::daemon(a).await,
         Command::Archive(a) => archive::run(a, args.quiet).await,
         Command::Push(a) => push::run(a, args.quiet).await,
         Command::Pull(a) => pull::run(a, args.quiet).await,

@@ -1,15 +1,29 @@
-//! `clip mount`: mount a .clip file in the foreground and report what was fetched when it ends; `clip
-//! serve-mount`: the same for a node's shared mount, configured by its spec.
+//! `clip mount`: mount a .clip file in the foreground (or have the mount daemon serve it) and report what was
+//! fetched when it ends; `clip serve-mount`: the same for a node's shared mount, configured by its spec;
+//! `clip daemon`: the mount daemon.
 
 use std::path::Path;
 
+use anyhow::Context;
 use clip_image::Location;
-use clip_node::{mount_foreground, MountConfig, MountSpec};
+use clip_node::{mount_foreground, mount_via_daemon, MountConfig, MountRequest, MountSpec};
 
-use crate::args::{MountArgs, ServeMountArgs};
+use crate::args::{DaemonArgs, MountArgs, ServeMountArgs};
 
 pub async fn run(a: MountArgs, quiet: bool) -> anyhow::Result<()> {
-    let mut config = MountConfig {
+    let mut request = MountRequest {
+        archive: a.file.to_string(),
+        mountpoint: a.mountpoint.clone(),
+        cache_dir: if a.no_cache {
+            None
+        } else {
+            Some(a.cache_dir.clone().unwrap_or_else(clip_store::default_cache_dir))
+        },
+        cache_size: a.cache_size,
+        read_timeout_ms: u64::try_from(a.read_timeout.as_millis()).unwrap_or(u64::MAX),
+        plain_http: a.source.plain_http,
+        s3_path_style: a.s3.s3_path_style,
+        allow_setuid: a.allow_setuid,
         metrics: a.metrics,
         prefetch: a.prefetch,
         record_profile: a.record_profile.clone(),
@@ -20,21 +34,36 @@ pub async fn run(a: MountArgs, quiet: bool) -> anyhow::Result<()> {
         profile: a.profile.clone(),
         no_startup_set: a.no_startup_set,
         content_cache: a.content_cache.clone(),
-        ..Default::default()
     };
-    config.fs.suid = a.allow_setuid;
-    config.open.source.plain_http = a.source.plain_http;
-    // A foreground mount starts, and serves its cache, while the registry is slow or down (a node's shared
-    // mount, `serve`, checks the registry first: a run falls back to v1 when it cannot be reached).
-    config.open.source.connect_in_background = true;
-    config.open.s3 = a.s3.options();
-    config.open.store.cache_dir =
-        if a.no_cache { None } else { Some(a.cache_dir.clone().unwrap_or_else(clip_store::default_cache_dir)) };
-    config.open.store.cache_size = a.cache_size;
-    config.open.store.read_timeout = a.read_timeout;
+    let config = request.config();
     let view = a.layers.then_some(clip_image::ViewChoice::AllLayers);
+    // The view's index lives as long as `_view`: until the mount ends, wherever it is served.
     let (file, _view) = super::viewed(&a.file, view, &a.parts, &config.open).await?;
-    mount_and_report(&file, &a.mountpoint, &config, quiet).await
+    let Some(socket) = &a.daemon else {
+        return mount_and_report(&file, &a.mountpoint, &config, quiet).await;
+    };
+    // The daemon runs elsewhere: every path it is given is absolute.
+    let absolute = |p: &Path| std::path::absolute(p).with_context(|| format!("resolving {}", p.display()));
+    request.archive = match file {
+        Location::Local(path) => absolute(&path)?.display().to_string(),
+        s3 => s3.to_string(),
+    };
+    request.mountpoint = absolute(&a.mountpoint)?;
+    for path in [&mut request.cache_dir, &mut request.record_profile, &mut request.profile].into_iter().flatten() {
+        *path = absolute(path)?;
+    }
+    let summary = mount_via_daemon(socket, &request, |mountpoint| {
+        tracing::info!(mountpoint = %mountpoint.display(), daemon = %socket.display(), "mounted");
+    })
+    .await?;
+    if !quiet {
+        eprintln!("unmounted {}: {summary}", a.mountpoint.display());
+    }
+    Ok(())
+}
+
+pub async fn daemon(a: DaemonArgs) -> anyhow::Result<()> {
+    Ok(clip_node::serve_daemon(&a.socket).await?)
 }
 
 pub async fn serve(a: ServeMountArgs, quiet: bool) -> anyhow::Result<()> {
@@ -46,21 +75,7 @@ async fn mount_and_report(file: &Location, mountpoint: &Path, config: &MountConf
     // "mounted" is logged at info (the default of `clip mount`) once the mount is live.
     let summary = mount_foreground(file, mountpoint, config, |_| {}).await?;
     if !quiet {
-        let s = summary.store;
-        eprintln!(
-            "unmounted {}: {} reads ({} bytes); fetched {} spans ({} compressed bytes); cache hits: {} memory, {} disk, {} tier ({:.0}% hit rate); {} files read ahead from the disk cache",
-            mountpoint.display(),
-            summary.reads,
-            summary.read_bytes,
-            s.spans_fetched,
-            s.bytes_fetched,
-            s.memory_hits,
-            s.disk_hits,
-            s.tier_hits,
-            100.0 * (s.memory_hits + s.disk_hits + s.tier_hits) as f64
-                / (s.memory_hits + s.disk_hits + s.tier_hits + s.spans_fetched).max(1) as f64,
-            s.files_paged_in,
-        );
+        eprintln!("unmounted {}: {summary}", mountpoint.display());
     }
     Ok(())
 }

@@ -3,6 +3,8 @@
 //! - [`Config`]: the node's configuration (a TOML file under `CLIP_*` environment variables).
 //! - [`mount_foreground`]: mount an archive with FUSE until it is unmounted ([`MountConfig`]), with
 //!   Prometheus [`metrics`], the [`S3SpanCache`] content cache tier, and prefetch [`Profile`]s.
+//! - [`serve_daemon`] / [`mount_via_daemon`]: one long-running process serving many mounts, asked for
+//!   over a unix socket ([`MountRequest`]).
 //! - [`MountSpec`]: the typed spec a node hands to the `clip` process serving one of its shared mounts.
 //! - [`Profile`] / [`ProfileRecorder`]: the spans a container's startup read, recorded by a mount
 //!   (`record_profile`) and prefetched in that order by the next cold mount (`profile`), after the
@@ -14,6 +16,7 @@
 
 pub mod config;
 mod content_cache;
+mod daemon;
 mod error;
 pub mod metrics;
 mod mount;
@@ -24,8 +27,9 @@ mod run;
 
 pub use config::{default_parts_dir, ClipVersion, Config, ConfigError, Origin};
 pub use content_cache::S3SpanCache;
+pub use daemon::{mount_via_daemon, serve_daemon, MountRequest, Reply, DEFAULT_DAEMON_SOCKET};
 pub use error::NodeError;
-pub use mount::{mount_foreground, MountConfig, MountSummary};
+pub use mount::{mount_foreground, mount_until, MountConfig, MountSummary};
 pub use mount_spec::MountSpec;
 pub use prefetch::{startup_spans, STARTUP_FILE_MAX, STARTUP_SPANS_MAX};
 pub use profile::{

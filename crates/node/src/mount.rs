@@ -60,6 +60,27 @@ pub struct MountSummary {
     pub read_bytes: u64,
 }
 
+impl std::fmt::Display for MountSummary {
+    /// What a mount read and fetched, and where its reads were served from, in one line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = &self.store;
+        let hits = s.memory_hits + s.disk_hits + s.tier_hits;
+        write!(
+            f,
+            "{} reads ({} bytes); fetched {} spans ({} compressed bytes); cache hits: {} memory, {} disk, {} tier ({:.0}% hit rate); {} files read ahead from the disk cache",
+            self.reads,
+            self.read_bytes,
+            s.spans_fetched,
+            s.bytes_fetched,
+            s.memory_hits,
+            s.disk_hits,
+            s.tier_hits,
+            100.0 * hits as f64 / (hits + s.spans_fetched).max(1) as f64,
+            s.files_paged_in,
+        )
+    }
+}
+
 /// Hands fully cached files to the kernel for FUSE passthrough, once the recording (if any) has ended: until
 /// then every read must reach the recorder.
 struct StorePassthrough {
@@ -102,12 +123,34 @@ async fn finish_recording(recorder: &ProfileRecorder, config: &MountConfig) {
     }
 }
 
-/// Mounts `archive` at `mountpoint`; calls `ready` once the mount is live, then blocks until it is unmounted.
+/// Mounts `archive` at `mountpoint`; calls `ready` once the mount is live, then blocks until it is unmounted
+/// from outside or the process gets SIGINT/SIGTERM.
 pub async fn mount_foreground(
     archive: &Location,
     mountpoint: &Path,
     config: &MountConfig,
     ready: impl FnOnce(&Path),
+) -> Result<MountSummary, NodeError> {
+    // Caught from before the mount appears: whoever sees it may stop it at once, and it is unmounted cleanly.
+    let mut term = signal(SignalKind::terminate()).map_err(NodeError::io(mountpoint, "installing signal handlers"))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(NodeError::io(mountpoint, "installing signal handlers"))?;
+    let stop = async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    };
+    mount_until(archive, mountpoint, config, ready, stop).await
+}
+
+/// Mounts `archive` at `mountpoint`; calls `ready` once the mount is live, then serves it until it is unmounted
+/// from outside or `stop` completes, unmounts, and reports what was fetched.
+pub async fn mount_until(
+    archive: &Location,
+    mountpoint: &Path,
+    config: &MountConfig,
+    ready: impl FnOnce(&Path),
+    stop: impl std::future::Future<Output = ()>,
 ) -> Result<MountSummary, NodeError> {
     let profile = config.profile.as_deref().map(Profile::load).transpose()?;
     let mut open = config.open.clone();
@@ -162,9 +205,6 @@ pub async fn mount_foreground(
             Err(error) => warn!(error = &error as &dyn std::error::Error, "metrics not served"),
         }
     }
-    // Caught from before the mount appears: whoever sees it may stop it at once, and it is unmounted cleanly.
-    let mut term = signal(SignalKind::terminate()).map_err(NodeError::io(mountpoint, "installing signal handlers"))?;
-    let mut int = signal(SignalKind::interrupt()).map_err(NodeError::io(mountpoint, "installing signal handlers"))?;
     let mountpoint_buf: PathBuf = mountpoint.to_path_buf();
     let fs_opts = config.fs.clone();
     let mut handle = tokio::task::spawn_blocking(move || clip_fs::mount(fs, &mountpoint_buf, &fs_opts))
@@ -192,6 +232,7 @@ pub async fn mount_foreground(
 
     let mut last_save = tokio::time::Instant::now();
     let mut recorded = false;
+    tokio::pin!(stop);
     loop {
         if let Some(recorder) = recorder.as_ref().filter(|r| !recorded && r.finished()) {
             recorded = true;
@@ -205,8 +246,7 @@ pub async fn mount_foreground(
             }
         }
         tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+            () = &mut stop => break,
             _ = tokio::time::sleep(Duration::from_millis(200)) => {
                 if !handle.is_mounted() {
                     info!(mountpoint = %mountpoint.display(), "unmounted from outside");

@@ -97,7 +97,7 @@ impl MountSpec {
 }
 
 /// An optional [`S3Url`] as its `s3://BUCKET/KEY` string.
-mod optional_s3_url {
+pub(crate) mod optional_s3_url {
     use clip_s3::S3Url;
     use serde::{Deserialize, Deserializer, Serializer};
 

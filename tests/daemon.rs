@@ -1,0 +1,191 @@
+//! End to end: `clip daemon` serving mounts asked for by `clip mount --daemon SOCKET`. Real parts: an image
+//! in a real registry, real FUSE mounts held by the one daemon process, `umoci unpack` as the reference.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use clip_testkit::*;
+use common::{clip_fails, is_mountpoint, mode, s, wait_within, MountProc, Served};
+
+/// A `clip daemon` process; killed on drop.
+struct DaemonProc {
+    child: Option<Child>,
+    socket: PathBuf,
+    log: PathBuf,
+}
+
+impl DaemonProc {
+    /// Starts `clip daemon --socket SOCKET` and waits until the socket accepts connections.
+    fn start(socket: &Path) -> DaemonProc {
+        let log = socket.with_extension("log");
+        let log_file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_clip"))
+            .args(["daemon", "--socket", s(socket)])
+            .env("CLIP_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("spawning clip daemon");
+        let mut d = DaemonProc { child: Some(child), socket: socket.into(), log };
+        wait_within(Duration::from_secs(20), "clip daemon did not serve its socket", || {
+            if let Some(status) = d.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("clip daemon exited with {status} before serving:\n{}", d.log());
+            }
+            UnixStream::connect(socket).is_ok()
+        });
+        d
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// SIGTERM; the daemon must exit cleanly and remove its socket.
+    fn stop(&mut self) {
+        let mut child = self.child.take().unwrap();
+        assert!(Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap().success());
+        common::exits_within(&mut child, Duration::from_secs(20), "clip daemon did not stop on SIGTERM");
+        let status = child.wait().unwrap();
+        assert!(status.success(), "clip daemon exited with {status}:\n{}", self.log());
+        assert!(!self.socket.exists(), "the socket is removed on shutdown");
+    }
+}
+
+impl Drop for DaemonProc {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The PIDs of the processes that hold `/dev/fuse` open.
+fn fuse_holders() -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else { continue };
+        if fds.flatten().any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t == Path::new("/dev/fuse"))) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+#[test]
+fn the_daemon_serves_several_mounts_each_as_long_as_its_client() {
+    let img = Served::new(&conformance_image(Compression::Gzip));
+    let socket = img.dir.path().join("mounts.sock");
+    let mut daemon = DaemonProc::start(&socket);
+    assert_eq!(mode(&socket), 0o600, "only the daemon's user may connect");
+    let a = img.mount("a", &["--daemon", s(&socket)]);
+    let b = img.mount("b", &["--daemon", s(&socket)]);
+    assert_matches_umoci(img.layout.path(), "t", &a.dir, CompareOpts::conformance());
+    assert_matches_umoci(img.layout.path(), "t", &b.dir, CompareOpts::conformance());
+    // The daemon serves both: the clients hold no FUSE connection of their own.
+    let holders = fuse_holders();
+    assert!(holders.contains(&daemon.pid()), "the daemon holds the mounts' FUSE connections: {holders:?}");
+    for client in [&a, &b] {
+        let pid = client.child.as_ref().unwrap().id();
+        assert!(!holders.contains(&pid), "a client holds a FUSE connection: {holders:?}");
+    }
+
+    // SIGTERM to a client ends its mount, and only its mount; the client prints what it fetched.
+    let (a_dir, b_dir) = (a.dir.clone(), b.dir.clone());
+    let a_log = a.stop();
+    assert!(a_log.contains(&format!("unmounted {}: ", a_dir.display())) && a_log.contains("reads ("), "{a_log}");
+    assert!(!is_mountpoint(&a_dir));
+    assert!(is_mountpoint(&b_dir));
+    assert_matches_umoci(img.layout.path(), "t", &b_dir, CompareOpts::conformance());
+
+    // A mount unmounted from outside ends its client cleanly.
+    assert!(Command::new("umount").arg(&b_dir).status().unwrap().success());
+    let (status, b_log) = b.exited_within(Duration::from_secs(20), "the client did not end with its mount");
+    assert!(status.success(), "{b_log}");
+    assert!(b_log.contains("unmounted"), "{b_log}");
+
+    // The daemon served both and still serves.
+    let log = daemon.log();
+    assert_eq!(log.matches("INFO clip_node::mount: mounted").count(), 2, "{log}");
+    let c = img.mount("c", &["--daemon", s(&socket)]);
+    assert_matches_umoci(img.layout.path(), "t", &c.dir, CompareOpts::conformance());
+    c.stop();
+    daemon.stop();
+}
+
+#[test]
+fn a_stopping_daemon_unmounts_and_a_dead_client_leaves_no_mount() {
+    let img = Served::new(&conformance_image(Compression::Zstd));
+    let socket = img.dir.path().join("mounts.sock");
+    let mut daemon = DaemonProc::start(&socket);
+
+    // A client killed outright: the daemon sees its connection close and unmounts.
+    let killed = img.mount("killed", &["--daemon", s(&socket)]);
+    let killed_dir = killed.dir.clone();
+    killed.kill9();
+    wait_within(Duration::from_secs(20), "the mount of a killed client stayed", || !is_mountpoint(&killed_dir));
+
+    // The daemon stopping ends every mount; their clients hear it and exit cleanly.
+    let kept = img.mount("kept", &["--daemon", s(&socket)]);
+    assert_matches_umoci(img.layout.path(), "t", &kept.dir, CompareOpts::conformance());
+    let kept_dir = kept.dir.clone();
+    daemon.stop();
+    assert!(!is_mountpoint(&kept_dir));
+    let (status, log) = kept.exited_within(Duration::from_secs(20), "the client did not end with the daemon");
+    assert!(status.success(), "{log}");
+    assert!(log.contains(&format!("unmounted {}: ", kept_dir.display())), "{log}");
+}
+
+#[test]
+fn daemon_errors_name_the_socket_and_what_to_do() {
+    let img = Served::new(&conformance_image(Compression::Gzip));
+    let dir = img.dir.path();
+    let (index, mnt) = (img.index(), dir.join("mnt"));
+    std::fs::create_dir(&mnt).unwrap();
+
+    // No daemon.
+    let missing = dir.join("none.sock");
+    let err = clip_fails(&["mount", "--daemon", s(&missing), s(&index), s(&mnt)], "cannot reach the mount daemon");
+    assert!(err.contains(&format!("clip daemon --socket {}", missing.display())), "{err}");
+
+    // A path that is not a socket is refused and left as it was.
+    let file = dir.join("file.sock");
+    std::fs::write(&file, "mine").unwrap();
+    let err = clip_fails(&["daemon", "--socket", s(&file)], "is not a socket");
+    assert!(err.contains(s(&file)), "{err}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "mine");
+
+    // A socket left by a daemon that is gone is taken over; one a daemon serves is refused.
+    let socket = dir.join("mounts.sock");
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    let mut daemon = DaemonProc::start(&socket);
+    clip_fails(&["daemon", "--socket", s(&socket)], "another daemon serves this socket");
+
+    // A mount the daemon cannot make: the client fails with the daemon's reason; the daemon serves on.
+    std::fs::write(mnt.join("here"), "x").unwrap();
+    let err = clip_fails(&["mount", "--daemon", s(&socket), s(&index), s(&mnt)], "not empty");
+    assert!(err.contains("reported by the mount daemon"), "{err}");
+
+    // Not a request: answered, and the daemon serves on.
+    let mut conn = UnixStream::connect(&socket).unwrap();
+    conn.write_all(b"hello\n").unwrap();
+    let mut reply = String::new();
+    BufReader::new(&conn).read_line(&mut reply).unwrap();
+    assert!(reply.contains("failed") && reply.contains("not a mount request"), "{reply}");
+
+    let m = MountProc::start(&index, &dir.join("ok"), &["--daemon", s(&socket), "--cache-dir", s(&img.cache())]);
+    assert_matches_umoci(img.layout.path(), "t", &m.dir, CompareOpts::conformance());
+    m.stop();
+    daemon.stop();
+}
