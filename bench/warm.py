@@ -1,6 +1,8 @@
 """P5b, a warm remount (issue #12): a fresh `clip mount` over a disk cache that already holds everything the P3
 command reads, plus the command, against the same command on the image unpacked on local disk; the page
-cache is dropped before each, so both read from disk and the mount pays for its own start."""
+cache is dropped before each, so both read from disk and the mount pays for its own start. Measured twice:
+served by the node's mount daemon (`clip daemon`, started before the runs; `clip mount --daemon SOCKET`), and
+as a mount process of its own (measured first, with no daemon running whose pages would stay in memory)."""
 
 import shutil
 import statistics
@@ -25,21 +27,37 @@ def p5b_warm_remount(tmp, proxy, debian_layout, results, runs):
 
     # A run takes a tenth of a second, and one disk hiccup moves it by a fifth: three times the runs of the
     # other rows, alternating, for a median that holds from one bench run to the next.
-    clip_t, up_t, base_t = [], [], []
-    for r in range(3 * runs):
-        drop_caches()
-        t = time.perf_counter()
-        m = bench.Mount(index, tmp / f"p5b-mnt-{r}", cache)
-        up_t.append(time.perf_counter() - t)
-        run(chroot_cmd(m.mnt))
-        clip_t.append(time.perf_counter() - t)
-        m.stop()
-        drop_caches()
-        base_t.append(timed(lambda: run(chroot_cmd(unpacked / "rootfs"))))
+    def remounts(extra):
+        clip_t, up_t, base_t = [], [], []
+        for r in range(3 * runs):
+            drop_caches()
+            t = time.perf_counter()
+            m = bench.Mount(index, tmp / f"p5b-mnt-{r}", cache, extra=extra)
+            up_t.append(time.perf_counter() - t)
+            run(chroot_cmd(m.mnt))
+            clip_t.append(time.perf_counter() - t)
+            m.stop()
+            drop_caches()
+            base_t.append(timed(lambda: run(chroot_cmd(unpacked / "rootfs"))))
+        return clip_t, up_t, base_t
+
+    own = remounts([])
+    socket = tmp / "p5b-daemon.sock"
+    daemon = subprocess.Popen([bench.CLIP, "daemon", "--socket", socket], stderr=subprocess.DEVNULL)
+    try:
+        while not socket.exists():
+            if daemon.poll() is not None:
+                raise SystemExit("bench: clip daemon did not start")
+            time.sleep(0.01)
+        served = remounts(["--daemon", socket])
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=30)
     shutil.rmtree(unpacked)
-    r = statistics.median(clip_t) / statistics.median(base_t)
-    # How long the mount took to come up, of the whole (the command is the rest).
-    up = statistics.median(up_t) * 1000
-    results.add("P5b", "warm remount: fresh mount over a full disk cache + the P3 command, page cache dropped"
-                f" (the mount up in {up:.0f} ms)",
-                spread(clip_t, secs), spread(base_t, secs) + " local disk", r, "≤ 1.3", r <= 1.3, None)
+    for (clip_t, up_t, base_t), how, goal in [(served, "through the mount daemon", "≤ 1.3"), (own, "a mount process of its own", None)]:
+        r = statistics.median(clip_t) / statistics.median(base_t)
+        # How long the mount took to come up, of the whole (the command is the rest).
+        up = statistics.median(up_t) * 1000
+        results.add("P5b", f"warm remount, {how}: fresh mount over a full disk cache + the P3 command, page cache"
+                    f" dropped (the mount up in {up:.0f} ms)", spread(clip_t, secs), spread(base_t, secs) + " local disk",
+                    r, goal or "—", r <= 1.3 if goal else None, None)

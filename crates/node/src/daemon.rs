@@ -273,7 +273,7 @@ pub async fn mount_via_daemon(
     let daemon_error = |message: String| NodeError::Daemon { socket: socket.to_path_buf(), message };
     let conn = UnixStream::connect(socket)
         .await
-        .map_err(|source| NodeError::DaemonUnreachable { socket: socket.to_path_buf(), source })?;
+        .map_err(|error| NodeError::DaemonUnreachable { socket: socket.to_path_buf(), error })?;
     let (read, mut write) = conn.into_split();
     let mut replies = BufReader::new(read).lines();
     let mut line = serde_json::to_vec(request).expect("a request serializes");
