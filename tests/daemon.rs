@@ -183,6 +183,20 @@ fn daemon_errors_name_the_socket_and_what_to_do() {
     let mut reply = String::new();
     BufReader::new(&conn).read_line(&mut reply).unwrap();
     assert!(reply.contains("failed") && reply.contains("not a mount request"), "{reply}");
+    // A request naming a relative path: the daemon cannot tell what it is relative to.
+    let mut request = serde_json::json!({
+        "archive": "img.clip", "mountpoint": s(&dir.join("rel")), "cache_dir": null, "cache_size": 0,
+        "read_timeout_ms": 1000, "plain_http": false, "s3_path_style": false, "allow_setuid": false,
+        "metrics": null, "prefetch": false, "record_profile": null, "record_limits": null, "profile": null,
+        "no_startup_set": false, "content_cache": null,
+    })
+    .to_string();
+    request.push('\n');
+    let mut conn = UnixStream::connect(&socket).unwrap();
+    conn.write_all(request.as_bytes()).unwrap();
+    let mut reply = String::new();
+    BufReader::new(&conn).read_line(&mut reply).unwrap();
+    assert!(reply.contains("img.clip is not an absolute path"), "{reply}");
 
     let m = MountProc::start(&index, &dir.join("ok"), &["--daemon", s(&socket), "--cache-dir", s(&img.cache())]);
     assert_matches_umoci(img.layout.path(), "t", &m.dir, CompareOpts::conformance());

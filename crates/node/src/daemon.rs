@@ -86,6 +86,16 @@ impl MountRequest {
     pub fn location(&self) -> Result<Location, NodeError> {
         Ok(self.archive.parse()?)
     }
+
+    /// The first path of this request that is not absolute (the daemon cannot tell what it was relative to).
+    fn relative_path(&self) -> Option<&Path> {
+        let archive = Some(Path::new(&self.archive)).filter(|_| !S3Url::is_s3(&self.archive));
+        [archive, Some(self.mountpoint.as_path()), self.cache_dir.as_deref()]
+            .into_iter()
+            .chain([self.record_profile.as_deref(), self.profile.as_deref()])
+            .flatten()
+            .find(|p| !p.is_absolute())
+    }
 }
 
 /// The daemon's answers.
@@ -188,6 +198,10 @@ async fn serve_connection(conn: UnixStream, mut stopping: watch::Receiver<bool>)
         Ok(request) => request,
         Err(e) => return send(&mut write, &Reply::Failed(format!("not a mount request: {e}"))).await,
     };
+    if let Some(path) = request.relative_path() {
+        let why = format!("{} is not an absolute path", path.display());
+        return send(&mut write, &Reply::Failed(why)).await;
+    }
     let location = match request.location() {
         Ok(location) => location,
         Err(e) => return send(&mut write, &Reply::Failed(chain(&e))).await,
