@@ -189,7 +189,12 @@ async fn serve_connection(conn: UnixStream, mut stopping: watch::Receiver<bool>)
             return;
         }
     }
-    let request = match lines.next_line().await {
+    let line = tokio::select! {
+        line = lines.next_line() => line,
+        // A daemon that stops does not wait for a client that has not asked for anything.
+        _ = stopping.wait_for(|&s| s) => return,
+    };
+    let request = match line {
         Ok(Some(line)) => serde_json::from_str::<MountRequest>(&line),
         // The client went away before asking anything.
         Ok(None) | Err(_) => return,
