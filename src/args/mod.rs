@@ -83,8 +83,8 @@ pub enum Command {
     ServeMount(ServeMountArgs),
     /// Serve mounts for `clip mount --daemon SOCKET`: one long-running process that holds many mounts.
     ///
-    /// A mount it serves starts sooner than one with a process of its own (no binary to load, no runtime to
-    /// build), which is most of the start of a mount over a warm cache. Each mount lasts as long as the
+    /// A mount it serves starts sooner than one with a process of its own (no runtime to build, its code in
+    /// memory already), and every mount shares the one process. Each mount lasts as long as the
     /// `clip mount` that asked for it (or until it is unmounted from outside). Runs in the foreground until
     /// SIGINT/SIGTERM, then unmounts every mount and removes the socket. Only this user and root may use it;
     /// S3 credentials and the registry's Docker config are the daemon's.

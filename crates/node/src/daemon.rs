@@ -1,7 +1,7 @@
 //! The mount daemon: one long-running process that serves many mounts, asked for over a unix socket (`clip
-//! daemon`, `clip mount --daemon SOCKET`). A mount it serves starts without a process of its own: no binary to
-//! read from disk and no runtime to build before the archive is opened, which is most of a warm remount's
-//! start.
+//! daemon`, `clip mount --daemon SOCKET`). A mount it serves starts without a process of its own: no runtime to
+//! build, and the code that opens and serves it is in memory already (the client, a short-lived `clip mount`,
+//! only asks and waits).
 //!
 //! One connection is one mount, one JSON line each way: the client sends a [`MountRequest`]; the daemon
 //! answers [`Reply::Mounted`] once the mount is live, or [`Reply::Failed`]. The client then sends any line, or
@@ -127,7 +127,11 @@ pub async fn serve_daemon(socket: &Path) -> Result<(), NodeError> {
                 Ok((conn, _)) => {
                     mounts.spawn(serve_connection(conn, stop.clone()));
                 }
-                Err(error) => warn!(error = &error as &dyn std::error::Error, "accepting a connection"),
+                Err(error) => {
+                    // Out of descriptors, say: try again shortly rather than at once, again and again.
+                    warn!(error = &error as &dyn std::error::Error, "accepting a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
             },
             Some(_) = mounts.join_next(), if !mounts.is_empty() => {}
         }
