@@ -205,3 +205,38 @@ fn daemon_errors_name_the_socket_and_what_to_do() {
     m.stop();
     daemon.stop();
 }
+
+/// Every regular file under `dir`, read to its end: the bytes read.
+fn read_tree(dir: &Path) -> u64 {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        let kind = entry.file_type().unwrap();
+        if kind.is_dir() {
+            total += read_tree(&entry.path());
+        } else if kind.is_file() {
+            total += std::fs::read(entry.path()).unwrap().len() as u64;
+        }
+    }
+    total
+}
+
+#[test]
+fn the_daemon_serves_a_layer_view_the_client_built_and_a_mount_without_a_disk_cache() {
+    let image = conformance_image(Compression::Gzip);
+    let img = Served::new(&image);
+    let socket = img.dir.path().join("mounts.sock");
+    let mut daemon = DaemonProc::start(&socket);
+    let parts = img.dir.path().join("parts");
+    // The view's index is a temporary file of the client's: it must live as long as the mount it serves.
+    let layers = img.mount("layers", &["--daemon", s(&socket), "--layers", "--parts", s(&parts)]);
+    let views: Vec<_> = std::fs::read_dir(&layers.dir).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(views.len(), image.layers.len(), "{views:?}");
+    assert!(views.iter().map(|v| read_tree(v)).sum::<u64>() > 0, "the layers' files read");
+    let uncached =
+        MountProc::start(&img.index(), &img.dir.path().join("uncached"), &["--daemon", s(&socket), "--no-cache"]);
+    assert_matches_umoci(img.layout.path(), "t", &uncached.dir, CompareOpts::conformance());
+    uncached.stop();
+    layers.stop();
+    daemon.stop();
+}
