@@ -16,15 +16,16 @@ use std::time::Duration;
 
 use clip_image::{Location, S3Options};
 use clip_s3::S3Url;
+use clip_store::error_chain;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
-use crate::{mount_until, MountConfig, NodeError, RecordLimits};
+use crate::{mount_until, stop_signal, MountConfig, NodeError, RecordLimits};
 
 /// Where `clip daemon` listens unless told otherwise.
 pub const DEFAULT_DAEMON_SOCKET: &str = "/run/clip/mounts.sock";
@@ -113,16 +114,15 @@ pub enum Reply {
 /// Serves mounts on the unix socket `socket` until SIGINT/SIGTERM, then unmounts every one (its client hears
 /// [`Reply::Unmounted`]) and removes the socket.
 pub async fn serve_daemon(socket: &Path) -> Result<(), NodeError> {
-    let mut term = signal(SignalKind::terminate()).map_err(NodeError::io(socket, "installing signal handlers"))?;
-    let mut int = signal(SignalKind::interrupt()).map_err(NodeError::io(socket, "installing signal handlers"))?;
+    let signalled = stop_signal(socket)?;
+    tokio::pin!(signalled);
     let listener = bind(socket).await?;
     info!(socket = %socket.display(), "serving mounts");
     let (stopping, stop) = watch::channel(false);
     let mut mounts = JoinSet::new();
     loop {
         tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+            () = &mut signalled => break,
             accepted = listener.accept() => match accepted {
                 Ok((conn, _)) => {
                     mounts.spawn(serve_connection(conn, stop.clone()));
@@ -213,7 +213,7 @@ async fn serve_connection(conn: UnixStream, mut stopping: watch::Receiver<bool>)
     }
     let location = match request.location() {
         Ok(location) => location,
-        Err(e) => return send(&mut write, &Reply::Failed(chain(&e))).await,
+        Err(e) => return send(&mut write, &Reply::Failed(error_chain(&e))).await,
     };
     let config = request.config();
     let (ready, mounted) = oneshot::channel();
@@ -254,7 +254,7 @@ async fn serve_connection(conn: UnixStream, mut stopping: watch::Receiver<bool>)
     };
     let reply = match ended {
         Ok(summary) => Reply::Unmounted(summary.to_string()),
-        Err(e) => Reply::Failed(chain(&e)),
+        Err(e) => Reply::Failed(error_chain(&e)),
     };
     send(&mut write, &reply).await;
 }
@@ -265,22 +265,15 @@ async fn client_done<R: AsyncRead + Unpin>(lines: &mut Lines<BufReader<R>>) {
 }
 
 /// Writes `reply` as one line; a client that has gone misses it.
-async fn send(write: &mut tokio::net::unix::OwnedWriteHalf, reply: &Reply) {
-    let mut line = serde_json::to_vec(reply).expect("a reply serializes");
-    line.push(b'\n');
-    let _ = write.write_all(&line).await;
+async fn send(write: &mut OwnedWriteHalf, reply: &Reply) {
+    let _ = write_line(write, reply).await;
 }
 
-/// An error and its causes, joined by ": ".
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
+/// Writes `value` as one line of JSON: a request or a reply.
+async fn write_line(write: &mut OwnedWriteHalf, value: &impl Serialize) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(value)?;
+    line.push(b'\n');
+    write.write_all(&line).await
 }
 
 /// Mounts `request` through the daemon at `socket`; calls `ready` once the mount is live, then holds it until
@@ -291,17 +284,14 @@ pub async fn mount_via_daemon(
     request: &MountRequest,
     ready: impl FnOnce(&Path),
 ) -> Result<String, NodeError> {
-    let mut term = signal(SignalKind::terminate()).map_err(NodeError::io(socket, "installing signal handlers"))?;
-    let mut int = signal(SignalKind::interrupt()).map_err(NodeError::io(socket, "installing signal handlers"))?;
+    let stop = stop_signal(socket)?;
     let daemon_error = |message: String| NodeError::Daemon { socket: socket.to_path_buf(), message };
     let conn = UnixStream::connect(socket)
         .await
         .map_err(|error| NodeError::DaemonUnreachable { socket: socket.to_path_buf(), error })?;
     let (read, mut write) = conn.into_split();
     let mut replies = BufReader::new(read).lines();
-    let mut line = serde_json::to_vec(request).expect("a request serializes");
-    line.push(b'\n');
-    write.write_all(&line).await.map_err(|e| daemon_error(format!("sending the request: {e}")))?;
+    write_line(&mut write, request).await.map_err(|e| daemon_error(format!("sending the request: {e}")))?;
     match read_reply(&mut replies, socket).await? {
         Reply::Mounted => ready(&request.mountpoint),
         Reply::Failed(message) => return Err(NodeError::DaemonMount { socket: socket.to_path_buf(), message }),
@@ -309,8 +299,7 @@ pub async fn mount_via_daemon(
     }
     let ended = tokio::select! {
         reply = read_reply(&mut replies, socket) => Some(reply?),
-        _ = term.recv() => None,
-        _ = int.recv() => None,
+        () = stop => None,
     };
     let reply = match ended {
         Some(reply) => reply,

@@ -29,7 +29,7 @@ pub use config::{default_parts_dir, ClipVersion, Config, ConfigError, Origin};
 pub use content_cache::S3SpanCache;
 pub use daemon::{mount_via_daemon, serve_daemon, MountRequest, DEFAULT_DAEMON_SOCKET};
 pub use error::NodeError;
-pub use mount::{mount_foreground, mount_until, MountConfig, MountSummary};
+pub use mount::{mount_foreground, mount_until, stop_signal, MountConfig, MountSummary};
 pub use mount_spec::MountSpec;
 pub use prefetch::{startup_spans, STARTUP_FILE_MAX, STARTUP_SPANS_MAX};
 pub use profile::{

@@ -132,15 +132,21 @@ pub async fn mount_foreground(
     ready: impl FnOnce(&Path),
 ) -> Result<MountSummary, NodeError> {
     // Caught from before the mount appears: whoever sees it may stop it at once, and it is unmounted cleanly.
-    let mut term = signal(SignalKind::terminate()).map_err(NodeError::io(mountpoint, "installing signal handlers"))?;
-    let mut int = signal(SignalKind::interrupt()).map_err(NodeError::io(mountpoint, "installing signal handlers"))?;
-    let stop = async move {
+    let stop = stop_signal(mountpoint)?;
+    mount_until(archive, mountpoint, config, ready, stop).await
+}
+
+/// Completes at the process's first SIGINT or SIGTERM. The handlers are installed at once, so a signal that
+/// comes before the future is awaited is not lost; `what` (the mount, the socket) names them in an error.
+pub fn stop_signal(what: &Path) -> Result<impl std::future::Future<Output = ()> + Send + 'static, NodeError> {
+    let mut term = signal(SignalKind::terminate()).map_err(NodeError::io(what, "installing signal handlers"))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(NodeError::io(what, "installing signal handlers"))?;
+    Ok(async move {
         tokio::select! {
             _ = term.recv() => {}
             _ = int.recv() => {}
         }
-    };
-    mount_until(archive, mountpoint, config, ready, stop).await
+    })
 }
 
 /// Mounts `archive` at `mountpoint`; calls `ready` once the mount is live, then serves it until it is unmounted

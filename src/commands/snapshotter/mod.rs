@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clip_snapshotter::{serve, Snapshots};
-use tokio::signal::unix::{signal, SignalKind};
 
 /// The end of `clip snapshotter --help`: containerd's configuration and examples.
 pub const HELP: &str = "containerd's config.toml (restart containerd after adding it):
@@ -64,13 +63,9 @@ pub async fn run(a: SnapshotterArgs) -> anyhow::Result<()> {
     let snapshots = tokio::task::spawn_blocking(move || Snapshots::open(&root, remote))
         .await?
         .context("opening the snapshotter's state")?;
-    let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
+    let stop = clip_node::stop_signal(&a.address)?;
     let shutdown = async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
+        stop.await;
         tracing::info!("signal received: stopping");
     };
     // The library's errors name the socket or file involved.
