@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use clip_testkit::*;
-use common::{clip_fails, is_mountpoint, mode, s, wait_within, MountProc, Served};
+use common::{clip_fails, is_mountpoint, metric, mode, s, wait_within, MountProc, Served};
 
 /// A `clip daemon` process; killed on drop.
 struct DaemonProc {
@@ -229,14 +229,44 @@ fn the_daemon_serves_a_layer_view_the_client_built_and_a_mount_without_a_disk_ca
     let mut daemon = DaemonProc::start(&socket);
     let parts = img.dir.path().join("parts");
     // The view's index is a temporary file of the client's: it must live as long as the mount it serves.
-    let layers = img.mount("layers", &["--daemon", s(&socket), "--layers", "--parts", s(&parts)]);
+    let layers_metrics = common::free_addr();
+    let layers =
+        img.mount("layers", &["--daemon", s(&socket), "--layers", "--parts", s(&parts), "--metrics", &layers_metrics]);
     let views: Vec<_> = std::fs::read_dir(&layers.dir).unwrap().map(|e| e.unwrap().path()).collect();
     assert_eq!(views.len(), image.layers.len(), "{views:?}");
     assert!(views.iter().map(|v| read_tree(v)).sum::<u64>() > 0, "the layers' files read");
-    let uncached =
-        MountProc::start(&img.index(), &img.dir.path().join("uncached"), &["--daemon", s(&socket), "--no-cache"]);
+    // The client's settings reach the daemon: its metrics address, its disk cache, or none.
+    assert!(metric(&layers_metrics, "clip_cache_disk_lookups") > 0.0, "the mount with a cache looked into it");
+    let uncached_metrics = common::free_addr();
+    let uncached = MountProc::start(
+        &img.index(),
+        &img.dir.path().join("uncached"),
+        &["--daemon", s(&socket), "--no-cache", "--metrics", &uncached_metrics],
+    );
     assert_matches_umoci(img.layout.path(), "t", &uncached.dir, CompareOpts::conformance());
+    assert_eq!(metric(&uncached_metrics, "clip_cache_disk_lookups"), 0.0, "a mount without a disk cache used one");
     uncached.stop();
     layers.stop();
+    daemon.stop();
+}
+
+#[test]
+fn the_daemon_refuses_a_client_of_another_user() {
+    let img = Served::new(&conformance_image(Compression::Gzip));
+    let socket = img.dir.path().join("mounts.sock");
+    let mut daemon = DaemonProc::start(&socket);
+    // Opened to everyone, the socket still serves only the daemon's user and root: nobody (65534) is told why.
+    std::fs::set_permissions(&socket, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+    // A daemon that took the client would wait for its request: the reply is awaited 20 s at most.
+    let read_reply = "import socket, sys\ns = socket.socket(socket.AF_UNIX)\ns.settimeout(20)\n\
+                      s.connect(sys.argv[1])\nprint(s.makefile().readline())";
+    let out = Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups", "python3", "-c", read_reply, s(&socket)])
+        .output()
+        .expect("running setpriv");
+    let reply = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{reply}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(reply.contains("failed") && reply.contains("not uid 65534"), "{reply}");
+    assert!(daemon.log().contains("refused a client of another user"), "{}", daemon.log());
     daemon.stop();
 }
