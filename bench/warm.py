@@ -54,10 +54,11 @@ def p5b_warm_remount(tmp, proxy, debian_layout, results, runs):
         daemon.terminate()
         daemon.wait(timeout=30)
     shutil.rmtree(unpacked)
-    for (clip_t, up_t, base_t), how, goal in [(served, "through the mount daemon", "≤ 1.3"), (own, "a mount process of its own", None)]:
+    rows = [(served, "through the mount daemon", "≤ 1.3"), (own, "a mount process of its own", None)]
+    for (clip_t, up_t, base_t), how, goal in rows:
         r = statistics.median(clip_t) / statistics.median(base_t)
         # How long the mount took to come up, of the whole (the command is the rest).
         up = statistics.median(up_t) * 1000
         results.add("P5b", f"warm remount, {how}: fresh mount over a full disk cache + the P3 command, page cache"
-                    f" dropped (the mount up in {up:.0f} ms)", spread(clip_t, secs), spread(base_t, secs) + " local disk",
-                    r, goal or "—", r <= 1.3 if goal else None, None)
+                    f" dropped (the mount up in {up:.0f} ms)", spread(clip_t, secs),
+                    spread(base_t, secs) + " local disk", r, goal or "—", r <= 1.3 if goal else None, None)

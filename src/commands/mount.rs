@@ -45,7 +45,9 @@ pub async fn run(a: MountArgs, quiet: bool) -> anyhow::Result<()> {
     // The daemon runs elsewhere: every path it is given is absolute.
     let absolute = |p: &Path| std::path::absolute(p).with_context(|| format!("resolving {}", p.display()));
     request.archive = match file {
-        Location::Local(path) => absolute(&path)?.display().to_string(),
+        Location::Local(path) => absolute(&path)?.into_os_string().into_string().map_err(|path| {
+            anyhow::anyhow!("{}: the mount daemon takes archive paths in UTF-8 only", path.to_string_lossy())
+        })?,
         s3 => s3.to_string(),
     };
     request.mountpoint = absolute(&a.mountpoint)?;
@@ -56,9 +58,7 @@ pub async fn run(a: MountArgs, quiet: bool) -> anyhow::Result<()> {
         tracing::info!(mountpoint = %mountpoint.display(), daemon = %socket.display(), "mounted");
     })
     .await?;
-    if !quiet {
-        eprintln!("unmounted {}: {summary}", a.mountpoint.display());
-    }
+    report(&a.mountpoint, &summary, quiet);
     Ok(())
 }
 
@@ -74,8 +74,13 @@ pub async fn serve(a: ServeMountArgs, quiet: bool) -> anyhow::Result<()> {
 async fn mount_and_report(file: &Location, mountpoint: &Path, config: &MountConfig, quiet: bool) -> anyhow::Result<()> {
     // "mounted" is logged at info (the default of `clip mount`) once the mount is live.
     let summary = mount_foreground(file, mountpoint, config, |_| {}).await?;
+    report(mountpoint, &summary, quiet);
+    Ok(())
+}
+
+/// What an ended mount read and fetched (`MountSummary`'s line, wherever the mount was served), unless quiet.
+fn report(mountpoint: &Path, summary: &dyn std::fmt::Display, quiet: bool) {
     if !quiet {
         eprintln!("unmounted {}: {summary}", mountpoint.display());
     }
-    Ok(())
 }
