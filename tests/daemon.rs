@@ -70,6 +70,15 @@ impl Drop for DaemonProc {
     }
 }
 
+/// Sends `line` to the daemon at `socket` as a client would; its one-line answer.
+fn ask(socket: &Path, line: &str) -> String {
+    let mut conn = UnixStream::connect(socket).unwrap();
+    conn.write_all(line.as_bytes()).unwrap();
+    let mut reply = String::new();
+    BufReader::new(&conn).read_line(&mut reply).unwrap();
+    reply
+}
+
 /// The PIDs of the processes that hold `/dev/fuse` open.
 fn fuse_holders() -> Vec<u32> {
     let mut pids = Vec::new();
@@ -180,10 +189,7 @@ fn daemon_errors_name_the_socket_and_what_to_do() {
     assert!(err.contains("reported by the mount daemon"), "{err}");
 
     // Not a request: answered, and the daemon serves on.
-    let mut conn = UnixStream::connect(&socket).unwrap();
-    conn.write_all(b"hello\n").unwrap();
-    let mut reply = String::new();
-    BufReader::new(&conn).read_line(&mut reply).unwrap();
+    let reply = ask(&socket, "hello\n");
     assert!(reply.contains("failed") && reply.contains("not a mount request"), "{reply}");
     // A request naming a relative path: the daemon cannot tell what it is relative to.
     let mut request = serde_json::json!({
@@ -194,10 +200,7 @@ fn daemon_errors_name_the_socket_and_what_to_do() {
     })
     .to_string();
     request.push('\n');
-    let mut conn = UnixStream::connect(&socket).unwrap();
-    conn.write_all(request.as_bytes()).unwrap();
-    let mut reply = String::new();
-    BufReader::new(&conn).read_line(&mut reply).unwrap();
+    let reply = ask(&socket, &request);
     assert!(reply.contains("img.clip is not an absolute path"), "{reply}");
 
     let m = MountProc::start(&index, &dir.join("ok"), &["--daemon", s(&socket), "--cache-dir", s(&img.cache())]);
