@@ -1,5 +1,6 @@
-//! End to end: `clip daemon` serving mounts asked for by `clip mount --daemon SOCKET`. Real parts: an image
-//! in a real registry, real FUSE mounts held by the one daemon process, `umoci unpack` as the reference.
+//! End to end: `clip daemon` serving mounts asked for by `clip mount --daemon SOCKET` and by the small client
+//! `clip-mount`. Real parts: an image in a real registry, real FUSE mounts held by the one daemon process,
+//! `umoci unpack` as the reference.
 
 mod common;
 
@@ -194,9 +195,9 @@ fn daemon_errors_name_the_socket_and_what_to_do() {
     // A request naming a relative path: the daemon cannot tell what it is relative to.
     let mut request = serde_json::json!({
         "archive": "img.clip", "mountpoint": s(&dir.join("rel")), "cache_dir": null, "cache_size": 0,
-        "read_timeout_ms": 1000, "plain_http": false, "s3_path_style": false, "allow_setuid": false,
-        "metrics": null, "prefetch": false, "record_profile": null, "record_limits": null, "profile": null,
-        "no_startup_set": false, "content_cache": null,
+        "no_cache": false, "read_timeout_ms": 1000, "plain_http": false, "s3_path_style": false,
+        "allow_setuid": false, "metrics": null, "prefetch": false, "record_profile": null, "record_seconds": null,
+        "record_spans": null, "profile": null, "no_startup_set": false, "content_cache": null,
     })
     .to_string();
     request.push('\n');
@@ -272,4 +273,77 @@ fn the_daemon_refuses_a_client_of_another_user() {
     assert!(reply.contains("failed") && reply.contains("not uid 65534"), "{reply}");
     assert!(daemon.log().contains("refused a client of another user"), "{}", daemon.log());
     daemon.stop();
+}
+
+#[test]
+fn the_small_client_mounts_as_clip_mount_does() {
+    let img = Served::new(&conformance_image(Compression::Gzip));
+    let dir = img.dir.path();
+    let socket = dir.join("mounts.sock");
+    let mut daemon = DaemonProc::start(&socket);
+    let (index, cache) = (img.index(), img.cache());
+
+    // A mount through `clip-mount`, with settings: the daemon holds it, the client only waits.
+    let metrics = common::free_addr();
+    let args = ["--daemon", s(&socket), "--cache-dir", s(&cache), "--metrics", &metrics];
+    let a = MountProc::small_client(&index, &dir.join("a"), &args);
+    assert!(a.log().contains(&format!("mounted {}", a.dir.display())), "{}", a.log());
+    assert_matches_umoci(img.layout.path(), "t", &a.dir, CompareOpts::conformance());
+    assert!(metric(&metrics, "clip_cache_disk_lookups") > 0.0, "the mount did not use the disk cache it was given");
+    let holders = fuse_holders();
+    assert!(holders.contains(&daemon.pid()), "the daemon holds the FUSE connection: {holders:?}");
+    assert!(!holders.contains(&a.child.as_ref().unwrap().id()), "the client holds a FUSE connection: {holders:?}");
+
+    // Its paths are resolved where it runs: a relative archive and mountpoint, from the test's directory.
+    let mut rel = Command::new(env!("CARGO_BIN_EXE_clip-mount"));
+    std::fs::create_dir(dir.join("rel")).unwrap();
+    rel.current_dir(dir).args([s(&index), "rel", "--daemon", s(&socket), "--no-cache"]);
+    let rel = MountProc::spawn_command(rel, &dir.join("rel"));
+    assert_matches_umoci(img.layout.path(), "t", &rel.dir, CompareOpts::conformance());
+
+    // SIGTERM and SIGINT each end the client's mount; it prints what the mount fetched.
+    let a_dir = a.dir.clone();
+    let log = a.stop();
+    assert!(log.contains(&format!("unmounted {}: ", a_dir.display())) && log.contains("reads ("), "{log}");
+    let rel_dir = rel.dir.clone();
+    let (status, log) = rel.signalled("INT", Duration::from_secs(20));
+    assert!(status.success(), "{log}");
+    assert!(log.contains("unmounted rel: "), "{log}");
+    assert!(!is_mountpoint(&rel_dir));
+
+    // An unmount from outside ends the client cleanly.
+    let b = MountProc::small_client(&index, &dir.join("b"), &["--daemon", s(&socket), "-q"]);
+    assert!(Command::new("umount").arg(&b.dir).status().unwrap().success());
+    let (status, log) = b.exited_within(Duration::from_secs(20), "the client did not end with its mount");
+    assert!(status.success() && log.is_empty(), "-q prints nothing: {log}");
+
+    // The daemon's reason for a mount it cannot make.
+    let full = dir.join("full");
+    std::fs::create_dir(&full).unwrap();
+    std::fs::write(full.join("here"), "x").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_clip-mount"))
+        .args([s(&index), s(&full), "--daemon", s(&socket)])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("not empty") && err.contains("reported by the mount daemon"),
+        "{err}"
+    );
+    daemon.stop();
+
+    // No daemon at the socket CLIP_DAEMON names: the error says which and how to start one.
+    let missing = dir.join("none.sock");
+    let out = Command::new(env!("CARGO_BIN_EXE_clip-mount"))
+        .args([s(&index), s(&dir.join("b"))])
+        .env("CLIP_DAEMON", &missing)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains(&format!("cannot reach the mount daemon at {0}", missing.display())), "{err}");
+    assert!(err.contains(&format!("clip daemon --socket {}", missing.display())), "{err}");
+    let help = Command::new(env!("CARGO_BIN_EXE_clip-mount")).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains(clip_client::DEFAULT_SOCKET) && help.contains("--cache-dir"), "{help}");
 }

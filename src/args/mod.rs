@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args as ClapArgs, Parser, Subcommand};
+pub use clip_client::parse_seconds;
 use clip_image::Location;
 
 mod node;
@@ -318,30 +319,8 @@ pub struct ExtractArgs {
     pub s3: S3Args,
 }
 
-/// Parses a positive number of seconds, e.g. `30` or `0.5`.
-pub fn parse_seconds(s: &str) -> Result<std::time::Duration, String> {
-    let secs: f64 = s.trim().parse().map_err(|_| format!("{s:?} is not a number of seconds (examples: 30, 2.5)"))?;
-    if !(secs > 0.0 && secs <= 86_400.0) {
-        return Err(format!("{s:?} is out of range: give more than 0 and at most 86400 seconds"));
-    }
-    Ok(std::time::Duration::from_secs_f64(secs))
-}
-
 #[cfg(test)]
 mod tests {
-    use super::parse_seconds;
-    use clip_node::config::parse_size;
-
-    #[test]
-    fn sizes_parse_with_suffixes() {
-        assert_eq!(parse_size("123"), Ok(123));
-        assert_eq!(parse_size("64K"), Ok(64 << 10));
-        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
-        assert_eq!(parse_size("10g"), Ok(10 << 30));
-        assert!(parse_size("ten").is_err());
-        assert!(parse_size("99999999999T").is_err());
-    }
-
     #[test]
     fn every_command_is_well_formed() {
         // clap's own checks (unique argument ids, valid defaults, …), which it runs only when a command is used.
@@ -378,14 +357,5 @@ mod tests {
         assert_eq!(filter(&["clip", "mount", "-v", "a.clip", "/mnt"]), "debug");
         assert_eq!(filter(&["clip", "mount", "-q", "a.clip", "/mnt"]), "error");
         assert_eq!(filter(&["clip", "-vvvv", "run", "img"]), "trace");
-    }
-
-    #[test]
-    fn seconds_parse_and_must_be_positive() {
-        assert_eq!(parse_seconds("30"), Ok(std::time::Duration::from_secs(30)));
-        assert_eq!(parse_seconds("0.25"), Ok(std::time::Duration::from_millis(250)));
-        for bad in ["0", "-1", "soon", "NaN", "1e9"] {
-            assert!(parse_seconds(bad).is_err(), "{bad}");
-        }
     }
 }

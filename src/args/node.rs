@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::{Args as ClapArgs, Subcommand};
 use clip_image::Location;
 
-use super::{parse_seconds, PartsArgs, S3Args, SourceArgs};
+use super::{parse_seconds, PartsArgs, SourceArgs};
 
 /// The worker node's configuration (pull, run, gc, config).
 #[derive(Debug, ClapArgs)]
@@ -63,59 +63,11 @@ pub struct MountArgs {
     /// An existing empty directory to mount on (a non-empty one is refused: the mount would hide what is
     /// in it).
     pub mountpoint: PathBuf,
-    /// Span cache directory, shared by every mount on the machine and kept across runs.
-    /// Default: /var/cache/clip as root, else ~/.cache/clip.
-    #[arg(long, env = "CLIP_CACHE_DIR")]
-    pub cache_dir: Option<PathBuf>,
-    /// Do not use a disk cache (spans live only in memory while in use).
-    #[arg(long, conflicts_with = "cache_dir")]
-    pub no_cache: bool,
-    /// Bound of the disk cache (bytes, or with K/M/G/T suffix); least recently used spans are evicted.
-    #[arg(long, default_value = "10G", value_parser = clip_node::config::parse_size, env = "CLIP_CACHE_SIZE")]
-    pub cache_size: u64,
-    /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9100.
-    #[arg(long)]
-    pub metrics: Option<std::net::SocketAddr>,
-    /// Fetch every span in the background (at low priority) so the whole image ends up cached.
-    #[arg(long)]
-    pub prefetch: bool,
-    /// Record the spans read, in first-read order, to this JSON file (a prefetch profile; rewritten every
-    /// few seconds and at unmount). FUSE passthrough is off while recording.
-    #[arg(long, value_name = "FILE")]
-    pub record_profile: Option<PathBuf>,
-    /// End the recording this many seconds after the mount starts (default: at unmount); reads after
-    /// that are not recorded, and fully cached files go to FUSE passthrough again.
-    #[arg(long, value_name = "SECS", requires = "record_profile")]
-    pub record_seconds: Option<u64>,
-    /// End the recording once it holds this many spans (default: no bound).
-    #[arg(long, value_name = "N", requires = "record_profile")]
-    pub record_spans: Option<usize>,
-    /// Honour the image's setuid/setgid bits and file capabilities when programs are run from the mount
-    /// (as root only). Without it the mount is `nosuid`: a local user who can reach the mountpoint cannot
-    /// run the image's setuid-root binaries as root. A container does not need it: an overlay over the
-    /// mount, mounted without `nosuid`, gives its programs their setuid bits (this is what `clip run` does).
-    #[arg(long)]
-    pub allow_setuid: bool,
     /// Have the mount daemon listening on SOCKET serve the mount (`clip daemon`): it starts without a
     /// process of its own. This command still runs until the mount ends, and SIGINT/SIGTERM unmounts it.
+    /// `clip-mount` asks the same, and starts sooner.
     #[arg(long, value_name = "SOCKET", env = "CLIP_DAEMON")]
     pub daemon: Option<PathBuf>,
-    /// Right after mounting, prefetch the spans of this recorded profile in order (at low priority).
-    #[arg(long, value_name = "FILE", conflicts_with = "prefetch")]
-    pub profile: Option<PathBuf>,
-    /// Do not prefetch the index's startup set (the entrypoint, its ELF interpreter and libraries, and the
-    /// locale and interpreter files its start reads, found at index time; `clip inspect -v` lists them) as
-    /// the mount starts.
-    #[arg(long)]
-    pub no_startup_set: bool,
-    /// Seconds one read may take, registry retries included, before the reader gets EIO (fractions
-    /// allowed, e.g. 2.5).
-    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_seconds, env = "CLIP_READ_TIMEOUT")]
-    pub read_timeout: std::time::Duration,
-    /// Shared content cache tier, s3://BUCKET/PREFIX: decoded spans by digest, read after a disk cache
-    /// miss and before the registry, filled in the background; a tier that is down only costs a warning.
-    #[arg(long, value_name = "S3_URL", env = "CLIP_S3_CONTENT_CACHE")]
-    pub content_cache: Option<clip_image::S3Url>,
     /// Serve every layer of the index as its own directory MOUNTPOINT/<n>-sha256-<hex> (n = 0 is the bottom
     /// layer) instead of the merged tree: each is the layer's own tree as overlayfs takes a lower directory,
     /// so `mount -t overlay -o lowerdir=…` over them (top layer first) gives the image. Layers whose parts
@@ -123,11 +75,9 @@ pub struct MountArgs {
     #[arg(long)]
     pub layers: bool,
     #[command(flatten)]
+    pub options: clip_client::MountOptions,
+    #[command(flatten)]
     pub parts: PartsArgs,
-    #[command(flatten)]
-    pub source: SourceArgs,
-    #[command(flatten)]
-    pub s3: S3Args,
 }
 
 #[derive(Debug, ClapArgs)]
@@ -142,6 +92,6 @@ pub struct ServeMountArgs {
 #[derive(Debug, ClapArgs)]
 pub struct DaemonArgs {
     /// The unix socket to listen on (readable and writable by this user only).
-    #[arg(long, value_name = "PATH", default_value = clip_node::DEFAULT_DAEMON_SOCKET)]
+    #[arg(long, value_name = "PATH", default_value = clip_client::DEFAULT_SOCKET)]
     pub socket: PathBuf,
 }

@@ -129,12 +129,24 @@ impl MountProc {
     /// [`MountProc::start`] of an archive location (a path or `s3://BUCKET/KEY`) with extra environment
     /// variables.
     pub fn start_env(archive: &std::ffi::OsStr, dir: &Path, extra: &[&str], env: &[(String, String)]) -> MountProc {
-        std::fs::create_dir_all(dir).unwrap();
         let mut cmd = clip_command();
         cmd.arg("mount").arg(archive).arg(dir).args(extra).env("CLIP_LOG", "info");
         cmd.envs(env.iter().map(|(k, v)| (k, v)));
+        Self::spawn_command(cmd, dir)
+    }
+
+    /// `clip-mount INDEX DIR EXTRA...` (the mount daemon's small client), started as [`MountProc::start`].
+    pub fn small_client(index: &Path, dir: &Path, extra: &[&str]) -> MountProc {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_clip-mount"));
+        cmd.arg(index).arg(dir).args(extra);
+        Self::spawn_command(cmd, dir)
+    }
+
+    /// Spawns `cmd`, which mounts on `dir`, and waits until `dir` is a mount point (at most 20 s).
+    pub fn spawn_command(mut cmd: std::process::Command, dir: &Path) -> MountProc {
+        std::fs::create_dir_all(dir).unwrap();
         cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
-        let mut child = cmd.spawn().expect("spawning clip mount");
+        let mut child = cmd.spawn().expect("spawning a mount");
         let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let (stderr, sink) = (child.stderr.take().unwrap(), std::sync::Arc::clone(&log));
         let reader = std::thread::spawn(move || {
@@ -146,10 +158,10 @@ impl MountProc {
             }
         });
         let mut m = MountProc { child: Some(child), dir: dir.to_path_buf(), log, reader: Some(reader) };
-        wait_within(Duration::from_secs(20), &format!("clip mount did not mount {}", dir.display()), || {
+        wait_within(Duration::from_secs(20), &format!("the mount of {} did not come up", dir.display()), || {
             if let Some(status) = m.child.as_mut().unwrap().try_wait().unwrap() {
                 m.reader.take().unwrap().join().unwrap();
-                panic!("clip mount exited with {status} before mounting:\n{}", m.log());
+                panic!("the mount exited with {status} before mounting:\n{}", m.log());
             }
             is_mountpoint(dir)
         });
@@ -180,6 +192,13 @@ impl MountProc {
         let status = child.wait().unwrap();
         self.reader.take().unwrap().join().unwrap();
         (status, self.log())
+    }
+
+    /// Sends `signal` (as `kill` names it: "INT", "TERM") and waits (at most `limit`) for the process to exit;
+    /// its exit status and stderr.
+    pub fn signalled(self, signal: &str, limit: Duration) -> (std::process::ExitStatus, String) {
+        nix_kill(self.child.as_ref().unwrap().id(), signal);
+        self.exited_within(limit, &format!("the mount process did not exit on SIG{signal}"))
     }
 
     /// `kill -9` the mount process (then detach the dead mount).

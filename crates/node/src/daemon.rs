@@ -1,23 +1,19 @@
 //! The mount daemon: one long-running process that serves many mounts, asked for over a unix socket (`clip
-//! daemon`, `clip mount --daemon SOCKET`). A mount it serves starts without a process of its own: no runtime to
-//! build, and the code that opens and serves it is in memory already (the client, a short-lived `clip mount`,
-//! only asks and waits).
+//! daemon`; clients: `clip-mount`, `clip mount --daemon SOCKET`). A mount it serves starts without a process of
+//! its own: no runtime to build, and the code that opens and serves it is in memory already (the client only
+//! asks and waits).
 //!
-//! One connection is one mount, one JSON line each way: the client sends a [`MountRequest`]; the daemon
-//! answers [`Reply::Mounted`] once the mount is live, or [`Reply::Failed`]. The client then sends any line, or
-//! closes the connection (it ended), to unmount; the daemon answers [`Reply::Unmounted`] with what the mount
-//! fetched. A mount unmounted from outside, or by the daemon stopping, is answered the same way. Only the
-//! daemon's own user and root may connect.
+//! The protocol (one connection is one mount, one JSON line each way) and the client are `clip_client`'s;
+//! this is the serving side. Only the daemon's own user and root may connect.
 
-use std::net::SocketAddr;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
+use clip_client::{to_line, MountRequest, Reply};
 use clip_image::{Location, S3Options};
 use clip_s3::S3Url;
 use clip_store::error_chain;
-use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::{UnixListener, UnixStream};
@@ -27,88 +23,42 @@ use tracing::{info, warn};
 
 use crate::{mount_until, stop_signal, MountConfig, NodeError, RecordLimits};
 
-/// Where `clip daemon` listens unless told otherwise.
-pub const DEFAULT_DAEMON_SOCKET: &str = "/run/clip/mounts.sock";
-
 /// Most bytes the daemon reads from one connection: a request is a few hundred.
 const MAX_CONNECTION_BYTES: u64 = 64 << 10;
 
-/// One mount, as `clip mount` takes it: the settings both a mount of its own and the daemon's are made from
-/// ([`MountRequest::config`]), so a setting cannot be dropped on the way. Paths are absolute: the daemon runs
-/// in another directory.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MountRequest {
-    /// The archive: an absolute path or `s3://BUCKET/KEY`.
-    pub archive: String,
-    pub mountpoint: PathBuf,
-    /// The disk cache (none: spans live only in memory) and its bound in bytes.
-    pub cache_dir: Option<PathBuf>,
-    pub cache_size: u64,
-    /// Milliseconds one read may take before the reader gets EIO.
-    pub read_timeout_ms: u64,
-    pub plain_http: bool,
-    pub s3_path_style: bool,
-    pub allow_setuid: bool,
-    pub metrics: Option<SocketAddr>,
-    pub prefetch: bool,
-    pub record_profile: Option<PathBuf>,
-    pub record_limits: Option<RecordLimits>,
-    pub profile: Option<PathBuf>,
-    pub no_startup_set: bool,
-    #[serde(with = "crate::mount_spec::optional_s3_url")]
-    pub content_cache: Option<S3Url>,
-}
-
-impl MountRequest {
-    /// How to mount: this request's settings, the rest at their defaults. A mount asked for by hand starts,
-    /// and serves its cache, while the registry is slow or down.
-    pub fn config(&self) -> MountConfig {
+impl MountConfig {
+    /// How to mount `request`: its settings, the rest at their defaults. A mount asked for by hand starts,
+    /// and serves its cache, while the registry is slow or down. A request without a cache directory gets
+    /// this process's default ([`clip_store::default_cache_dir`]).
+    pub fn for_request(request: &MountRequest) -> Result<MountConfig, NodeError> {
         let mut config = MountConfig {
-            metrics: self.metrics,
-            prefetch: self.prefetch,
-            record_profile: self.record_profile.clone(),
-            record_limits: self.record_limits,
-            profile: self.profile.clone(),
-            no_startup_set: self.no_startup_set,
-            content_cache: self.content_cache.clone(),
+            metrics: request.metrics,
+            prefetch: request.prefetch,
+            record_profile: request.record_profile.clone(),
+            record_limits: (request.record_seconds.is_some() || request.record_spans.is_some()).then(|| RecordLimits {
+                seconds: request.record_seconds.unwrap_or(u64::MAX),
+                spans: request.record_spans.map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX)),
+            }),
+            profile: request.profile.clone(),
+            no_startup_set: request.no_startup_set,
+            content_cache: request.content_cache.as_deref().map(str::parse::<S3Url>).transpose()?,
             ..MountConfig::default()
         };
-        config.fs.suid = self.allow_setuid;
-        config.open.source.plain_http = self.plain_http;
+        config.fs.suid = request.allow_setuid;
+        config.open.source.plain_http = request.plain_http;
         config.open.source.connect_in_background = true;
-        config.open.s3 = S3Options { path_style: self.s3_path_style };
-        config.open.store.cache_dir = self.cache_dir.clone();
-        config.open.store.cache_size = self.cache_size;
-        config.open.store.read_timeout = Duration::from_millis(self.read_timeout_ms);
-        config
-    }
-
-    /// The archive's location.
-    pub fn location(&self) -> Result<Location, NodeError> {
-        Ok(self.archive.parse()?)
-    }
-
-    /// The first path of this request that is not absolute (the daemon cannot tell what it was relative to).
-    fn relative_path(&self) -> Option<&Path> {
-        let archive = Some(Path::new(&self.archive)).filter(|_| !S3Url::is_s3(&self.archive));
-        [archive, Some(self.mountpoint.as_path()), self.cache_dir.as_deref()]
-            .into_iter()
-            .chain([self.record_profile.as_deref(), self.profile.as_deref()])
-            .flatten()
-            .find(|p| !p.is_absolute())
+        config.open.s3 = S3Options { path_style: request.s3_path_style };
+        config.open.store.cache_dir =
+            (!request.no_cache).then(|| request.cache_dir.clone().unwrap_or_else(clip_store::default_cache_dir));
+        config.open.store.cache_size = request.cache_size;
+        config.open.store.read_timeout = Duration::from_millis(request.read_timeout_ms);
+        Ok(config)
     }
 }
 
-/// The daemon's answers.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Reply {
-    /// The mount is live.
-    Mounted,
-    /// The mount could not be made, or ended in an error: the error and its causes.
-    Failed(String),
-    /// The mount has ended: what it read and fetched ([`crate::MountSummary`]'s text).
-    Unmounted(String),
+/// The archive `request` names.
+pub fn request_location(request: &MountRequest) -> Result<Location, NodeError> {
+    Ok(request.archive.parse()?)
 }
 
 /// Serves mounts on the unix socket `socket` until SIGINT/SIGTERM, then unmounts every one (its client hears
@@ -211,11 +161,11 @@ async fn serve_connection(conn: UnixStream, mut stopping: watch::Receiver<bool>)
         let why = format!("{} is not an absolute path", path.display());
         return send(&mut write, &Reply::Failed(why)).await;
     }
-    let location = match request.location() {
-        Ok(location) => location,
+    let (location, config) = match request_location(&request).and_then(|l| Ok((l, MountConfig::for_request(&request)?)))
+    {
+        Ok(both) => both,
         Err(e) => return send(&mut write, &Reply::Failed(error_chain(&e))).await,
     };
-    let config = request.config();
     let (ready, mounted) = oneshot::channel();
     let (unmount, unmounting) = oneshot::channel::<()>();
     let mount = mount_until(
@@ -266,67 +216,5 @@ async fn client_done<R: AsyncRead + Unpin>(lines: &mut Lines<BufReader<R>>) {
 
 /// Writes `reply` as one line; a client that has gone misses it.
 async fn send(write: &mut OwnedWriteHalf, reply: &Reply) {
-    let _ = write_line(write, reply).await;
-}
-
-/// Writes `value` as one line of JSON: a request or a reply.
-async fn write_line(write: &mut OwnedWriteHalf, value: &impl Serialize) -> std::io::Result<()> {
-    let mut line = serde_json::to_vec(value)?;
-    line.push(b'\n');
-    write.write_all(&line).await
-}
-
-/// Mounts `request` through the daemon at `socket`; calls `ready` once the mount is live, then holds it until
-/// this process gets SIGINT/SIGTERM (it asks the daemon to unmount) or the mount ends there. Returns what the
-/// mount fetched ([`crate::MountSummary`]'s text).
-pub async fn mount_via_daemon(
-    socket: &Path,
-    request: &MountRequest,
-    ready: impl FnOnce(&Path),
-) -> Result<String, NodeError> {
-    let stop = stop_signal(socket)?;
-    let daemon_error = |message: String| NodeError::Daemon { socket: socket.to_path_buf(), message };
-    let conn = UnixStream::connect(socket)
-        .await
-        .map_err(|error| NodeError::DaemonUnreachable { socket: socket.to_path_buf(), error })?;
-    let (read, mut write) = conn.into_split();
-    let mut replies = BufReader::new(read).lines();
-    write_line(&mut write, request).await.map_err(|e| daemon_error(format!("sending the request: {e}")))?;
-    match read_reply(&mut replies, socket).await? {
-        Reply::Mounted => ready(&request.mountpoint),
-        Reply::Failed(message) => return Err(NodeError::DaemonMount { socket: socket.to_path_buf(), message }),
-        Reply::Unmounted(_) => return Err(daemon_error("it answered a mount with an unmount".into())),
-    }
-    let ended = tokio::select! {
-        reply = read_reply(&mut replies, socket) => Some(reply?),
-        () = stop => None,
-    };
-    let reply = match ended {
-        Some(reply) => reply,
-        None => {
-            // The daemon takes any line, or the end of the stream, as the word to unmount.
-            let _ = write.write_all(b"unmount\n").await;
-            read_reply(&mut replies, socket).await?
-        }
-    };
-    match reply {
-        Reply::Unmounted(summary) => Ok(summary),
-        Reply::Failed(message) => Err(NodeError::DaemonMount { socket: socket.to_path_buf(), message }),
-        Reply::Mounted => Err(daemon_error("it answered twice that the mount is live".into())),
-    }
-}
-
-/// The daemon's next reply.
-async fn read_reply<R: AsyncRead + Unpin>(
-    replies: &mut Lines<BufReader<R>>,
-    socket: &Path,
-) -> Result<Reply, NodeError> {
-    let daemon_error = |message: String| NodeError::Daemon { socket: socket.to_path_buf(), message };
-    match replies.next_line().await {
-        Ok(Some(line)) => {
-            serde_json::from_str(&line).map_err(|e| daemon_error(format!("not a reply of this version of clip: {e}")))
-        }
-        Ok(None) => Err(daemon_error("it closed the connection (did it stop?)".into())),
-        Err(e) => Err(daemon_error(format!("reading its reply: {e}"))),
-    }
+    let _ = write.write_all(&to_line(reply)).await;
 }

@@ -58,12 +58,8 @@ pub enum NodeError {
     NoSuchLayer { image: String, digest: clip_format::Digest },
     #[error("runtime state {path} is corrupt: {message}; remove it and its mount with `clip gc`")]
     State { path: PathBuf, message: String },
-    #[error("cannot reach the mount daemon at {socket}: {error} (start one with `clip daemon --socket {socket}`)")]
-    DaemonUnreachable { socket: PathBuf, error: std::io::Error },
     #[error("the mount daemon at {socket}: {message}")]
     Daemon { socket: PathBuf, message: String },
-    #[error("{message} (reported by the mount daemon at {socket})")]
-    DaemonMount { socket: PathBuf, message: String },
 }
 
 impl NodeError {

@@ -3,8 +3,8 @@
 //! - [`Config`]: the node's configuration (a TOML file under `CLIP_*` environment variables).
 //! - [`mount_foreground`]: mount an archive with FUSE until it is unmounted ([`MountConfig`]), with
 //!   Prometheus [`metrics`], the [`S3SpanCache`] content cache tier, and prefetch [`Profile`]s.
-//! - [`serve_daemon`] / [`mount_via_daemon`]: one long-running process serving many mounts, asked for
-//!   over a unix socket ([`MountRequest`]).
+//! - [`serve_daemon`]: one long-running process serving many mounts, asked for over a unix socket
+//!   (`clip_client`'s protocol; [`MountConfig::for_request`] makes a request's mount).
 //! - [`MountSpec`]: the typed spec a node hands to the `clip` process serving one of its shared mounts.
 //! - [`Profile`] / [`ProfileRecorder`]: the spans a container's startup read, recorded by a mount
 //!   (`record_profile`) and prefetched in that order by the next cold mount (`profile`), after the
@@ -27,7 +27,7 @@ mod run;
 
 pub use config::{default_parts_dir, ClipVersion, Config, ConfigError, Origin};
 pub use content_cache::S3SpanCache;
-pub use daemon::{mount_via_daemon, serve_daemon, MountRequest, DEFAULT_DAEMON_SOCKET};
+pub use daemon::{request_location, serve_daemon};
 pub use error::NodeError;
 pub use mount::{mount_foreground, mount_until, stop_signal, MountConfig, MountSummary};
 pub use mount_spec::MountSpec;

@@ -49,17 +49,4 @@ pub(super) fn parse_s3(key: &'static str, v: &str, origin: Origin) -> Result<S3U
     v.parse().map_err(|e: clip_s3::S3Error| ConfigError::Value { key, value: value(), origin, message: e.to_string() })
 }
 
-/// Parses `123`, `64K`, `512M`, `10G`, `1T` (powers of 1024; an optional trailing `B` or `iB`).
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let t = t.strip_suffix("iB").or_else(|| t.strip_suffix('B')).unwrap_or(t);
-    let (num, shift) = match t.chars().last().map(|c| c.to_ascii_uppercase()) {
-        Some('K') => (&t[..t.len() - 1], 10),
-        Some('M') => (&t[..t.len() - 1], 20),
-        Some('G') => (&t[..t.len() - 1], 30),
-        Some('T') => (&t[..t.len() - 1], 40),
-        _ => (t, 0),
-    };
-    let n: u64 = num.trim().parse().map_err(|_| format!("{s:?} is not a size (examples: 512M, 10G)"))?;
-    n.checked_mul(1u64 << shift).ok_or_else(|| format!("{s:?} is too large"))
-}
+pub use clip_client::parse_size;
