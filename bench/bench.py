@@ -32,6 +32,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # CLIP_BENCH_PROXY: a clip-proxy built elsewhere (e.g. another checkout's).
 BIN = Path(os.environ.get("CLIP_BENCH_BIN", ROOT / "target/release"))
 CLIP = BIN / "clip"
+# The mount daemon's small client.
+CLIP_MOUNT = BIN / "clip-mount"
 PROXY = Path(os.environ.get("CLIP_BENCH_PROXY", BIN / "clip-proxy"))
 WORK = ROOT / "bench/work"
 # The Debian, many-files and big-layer images (built there when missing): CLIP_BENCH_IMAGES may point at
@@ -118,9 +120,10 @@ class Proxy:
 class Mount:
     """`clip mount` in the background; ready once the mountpoint shows up in /proc/self/mountinfo."""
 
-    def __init__(self, index, mnt, cache, metrics=None, extra=()):
+    def __init__(self, index, mnt, cache, metrics=None, extra=(), client=None):
         mnt.mkdir(parents=True, exist_ok=True)
-        cmd = [str(CLIP), "-q", "mount", str(index), str(mnt), "--cache-dir", str(cache)] + [str(a) for a in extra]
+        client = client or [CLIP, "-q", "mount"]
+        cmd = [str(a) for a in client] + [str(index), str(mnt), "--cache-dir", str(cache)] + [str(a) for a in extra]
         if metrics:
             cmd += ["--metrics", metrics]
         self.mnt, self.metrics = mnt, metrics
