@@ -23,11 +23,16 @@ struct DaemonProc {
 impl DaemonProc {
     /// Starts `clip daemon --socket SOCKET` and waits until the socket accepts connections.
     fn start(socket: &Path) -> DaemonProc {
+        Self::start_logging(socket, "info")
+    }
+
+    /// [`DaemonProc::start`] logging what `filter` (`CLIP_LOG`) lets through.
+    fn start_logging(socket: &Path, filter: &str) -> DaemonProc {
         let log = socket.with_extension("log");
         let log_file = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_clip"))
             .args(["daemon", "--socket", s(socket)])
-            .env("CLIP_LOG", "info")
+            .env("CLIP_LOG", filter)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file)
@@ -280,7 +285,8 @@ fn the_small_client_mounts_as_clip_mount_does() {
     let img = Served::new(&conformance_image(Compression::Gzip));
     let dir = img.dir.path();
     let socket = dir.join("mounts.sock");
-    let mut daemon = DaemonProc::start(&socket);
+    // The disk cache's scan at open is logged at debug.
+    let mut daemon = DaemonProc::start_logging(&socket, "info,clip_store::cache=debug");
     let (index, cache) = (img.index(), img.cache());
 
     // A mount through `clip-mount`, with settings: the daemon holds it, the client only waits.
@@ -305,6 +311,10 @@ fn the_small_client_mounts_as_clip_mount_does() {
     let a_dir = a.dir.clone();
     let log = a.stop();
     assert!(log.contains(&format!("unmounted {}: ", a_dir.display())) && log.contains("reads ("), "{log}");
+    // Its metrics ended with it, though the daemon serves on: the address is free again.
+    wait_within(Duration::from_secs(20), "the ended mount's metrics are still served", || {
+        std::net::TcpStream::connect(&metrics).is_err()
+    });
     let rel_dir = rel.dir.clone();
     let (status, log) = rel.signalled("INT", Duration::from_secs(20));
     assert!(status.success(), "{log}");
@@ -312,10 +322,13 @@ fn the_small_client_mounts_as_clip_mount_does() {
     assert!(!is_mountpoint(&rel_dir));
 
     // An unmount from outside ends the client cleanly.
-    let b = MountProc::small_client(&index, &dir.join("b"), &["--daemon", s(&socket), "-q"]);
+    let b = MountProc::small_client(&index, &dir.join("b"), &["--daemon", s(&socket), "--cache-dir", s(&cache), "-q"]);
     assert!(Command::new("umount").arg(&b.dir).status().unwrap().success());
     let (status, log) = b.exited_within(Duration::from_secs(20), "the client did not end with its mount");
     assert!(status.success() && log.is_empty(), "-q prints nothing: {log}");
+    // The daemon kept the disk cache of the first mount open for the next one over it: scanned once.
+    let scans = daemon.log().matches("scanned disk cache").count();
+    assert_eq!(scans, 1, "{}", daemon.log());
 
     // The daemon's reason for a mount it cannot make.
     let full = dir.join("full");

@@ -8,12 +8,13 @@
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clip_client::{to_line, MountRequest, Reply};
 use clip_image::{Location, S3Options};
 use clip_s3::S3Url;
-use clip_store::error_chain;
+use clip_store::{error_chain, DiskCache};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::{UnixListener, UnixStream};
@@ -67,15 +68,17 @@ pub async fn serve_daemon(socket: &Path) -> Result<(), NodeError> {
     let signalled = stop_signal(socket)?;
     tokio::pin!(signalled);
     let listener = bind(socket).await?;
+    clip_store::share_disk_caches();
     info!(socket = %socket.display(), "serving mounts");
     let (stopping, stop) = watch::channel(false);
+    let caches = Caches::default();
     let mut mounts = JoinSet::new();
     loop {
         tokio::select! {
             () = &mut signalled => break,
             accepted = listener.accept() => match accepted {
                 Ok((conn, _)) => {
-                    mounts.spawn(serve_connection(conn, stop.clone()));
+                    mounts.spawn(serve_connection(conn, stop.clone(), caches.clone()));
                 }
                 Err(error) => {
                     // Out of descriptors, say: try again shortly rather than at once, again and again.
@@ -94,6 +97,27 @@ pub async fn serve_daemon(socket: &Path) -> Result<(), NodeError> {
     let _ = stopping.send(true);
     while mounts.join_next().await.is_some() {}
     Ok(())
+}
+
+/// The disk caches the daemon's mounts have used, kept open for its life: a mount over one of them (the
+/// stores of a process share a directory's cache, [`DiskCache::shared`]) does not scan it again nor test that
+/// it can write there, and trusts what earlier mounts verified.
+#[derive(Clone, Default)]
+struct Caches(Arc<std::sync::Mutex<Vec<Arc<DiskCache>>>>);
+
+impl Caches {
+    /// Opens, or finds open, the disk cache `config` names, and keeps it. One that cannot be opened is not
+    /// kept: the mount runs without it and logs why.
+    fn keep(&self, config: &MountConfig) {
+        let store = &config.open.store;
+        let Some(Ok(cache)) = store.cache_dir.as_ref().map(|dir| DiskCache::shared(dir, store.cache_size)) else {
+            return;
+        };
+        let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if !kept.iter().any(|k| Arc::ptr_eq(k, &cache)) {
+            kept.push(cache);
+        }
+    }
 }
 
 /// Listens on `socket`, readable and writable by this user only. A socket left by a daemon that is gone is
@@ -125,7 +149,7 @@ async fn bind(socket: &Path) -> Result<UnixListener, NodeError> {
 }
 
 /// One client's mount, from its request to its end.
-async fn serve_connection(conn: UnixStream, mut stopping: watch::Receiver<bool>) {
+async fn serve_connection(conn: UnixStream, mut stopping: watch::Receiver<bool>, caches: Caches) {
     let me = nix::unistd::geteuid().as_raw();
     let peer = conn.peer_cred().map(|c| c.uid());
     let (read, mut write) = conn.into_split();
@@ -166,6 +190,7 @@ async fn serve_connection(conn: UnixStream, mut stopping: watch::Receiver<bool>)
         Ok(both) => both,
         Err(e) => return send(&mut write, &Reply::Failed(error_chain(&e))).await,
     };
+    caches.keep(&config);
     let (ready, mounted) = oneshot::channel();
     let (unmount, unmounting) = oneshot::channel::<()>();
     let mount = mount_until(

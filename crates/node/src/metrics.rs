@@ -238,27 +238,37 @@ pub type Scrape = Arc<dyn Fn() -> BoxFuture<'static, String> + Send + Sync>;
 
 /// Serves [`render`] of `metrics` over HTTP on `addr` (every path; `GET /metrics` is what Prometheus asks)
 /// until the runtime stops.
-pub async fn serve(addr: SocketAddr, metrics: MountMetrics) -> Result<(), NodeError> {
+pub async fn serve(addr: SocketAddr, metrics: MountMetrics) -> Result<Serving, NodeError> {
     serve_scrape(addr, rendered(metrics)).await
 }
 
-/// Serves what `scrape` makes over HTTP on `addr` (every path) until the runtime stops.
-pub async fn serve_scrape(addr: SocketAddr, scrape: Scrape) -> Result<(), NodeError> {
+/// Metrics being served: until this is dropped (a mount the daemon served ends; the daemon serves on).
+#[must_use = "the metrics stop being served when this is dropped"]
+pub struct Serving(tokio::task::JoinHandle<()>);
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        // Stops accepting, frees the address and what the scrape holds; a scrape under way still ends.
+        self.0.abort();
+    }
+}
+
+/// Serves what `scrape` makes over HTTP on `addr` (every path) until the [`Serving`] is dropped.
+pub async fn serve_scrape(addr: SocketAddr, scrape: Scrape) -> Result<Serving, NodeError> {
     let listener =
         TcpListener::bind(addr).await.map_err(NodeError::io(addr.to_string(), "binding the metrics address"))?;
-    tokio::spawn(async move {
+    Ok(Serving(tokio::spawn(async move {
         loop {
             let Ok((conn, peer)) = listener.accept().await else { continue };
             tokio::spawn(answer(conn, peer.to_string(), scrape.clone()));
         }
-    });
-    Ok(())
+    })))
 }
 
 /// Serves [`render`] of `metrics` over HTTP on the unix socket `path` (made 0600 in its private directory; a
-/// stale socket is replaced) until the runtime stops: how a node's mount process hands its counters to the
+/// stale socket is replaced) until the [`Serving`] is dropped: how a node's mount process hands its counters to the
 /// process that manages it (see [`scrape_unix`]).
-pub async fn serve_unix(path: &Path, metrics: MountMetrics) -> Result<(), NodeError> {
+pub async fn serve_unix(path: &Path, metrics: MountMetrics) -> Result<Serving, NodeError> {
     let failed = |what| NodeError::io(path, what);
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path).map_err(failed("removing a stale socket"))?,
@@ -269,13 +279,12 @@ pub async fn serve_unix(path: &Path, metrics: MountMetrics) -> Result<(), NodeEr
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .map_err(failed("making the socket private"))?;
     let scrape = rendered(metrics);
-    tokio::spawn(async move {
+    Ok(Serving(tokio::spawn(async move {
         loop {
             let Ok((conn, _)) = listener.accept().await else { continue };
             tokio::spawn(answer(conn, "unix".to_owned(), scrape.clone()));
         }
-    });
-    Ok(())
+    })))
 }
 
 /// The largest scrape [`scrape_unix`] reads.
@@ -361,7 +370,7 @@ mod tests {
             store: Default::default(),
             open_searches: 0,
         });
-        serve_unix(&path, MountMetrics(scrape)).await.unwrap();
+        let _serving = serve_unix(&path, MountMetrics(scrape)).await.unwrap();
         let text = scrape_unix(&path).await.unwrap();
         assert!(text.contains("clip_fetched_bytes_total 0"), "{text}");
     }

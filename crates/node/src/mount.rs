@@ -200,14 +200,19 @@ pub async fn mount_until(
             open_searches: searches.load(Ordering::Relaxed),
         }))
     };
+    // Served as long as the mount is: a mount the daemon served ends without its process.
+    let mut _serving = Vec::new();
     if let Some(addr) = config.metrics {
-        metrics::serve(addr, mount_metrics.clone()).await?;
+        _serving.push(metrics::serve(addr, mount_metrics.clone()).await?);
         info!(%addr, "serving metrics");
     }
     if let Some(path) = &config.metrics_socket {
         // Metrics are an extra: a socket that cannot be made does not keep the mount from serving.
         match metrics::serve_unix(path, mount_metrics).await {
-            Ok(()) => info!(socket = %path.display(), "serving metrics"),
+            Ok(serving) => {
+                _serving.push(serving);
+                info!(socket = %path.display(), "serving metrics");
+            }
             Err(error) => warn!(error = &error as &dyn std::error::Error, "metrics not served"),
         }
     }

@@ -45,7 +45,7 @@ mod stats;
 mod store;
 
 pub use blobs::{LayerBlobs, LocalData, SourceBlobs};
-pub use cache::{default_cache_dir, private_dir, CacheStats, DiskCache, Evicted};
+pub use cache::{default_cache_dir, private_dir, share_disk_caches, CacheStats, DiskCache, Evicted};
 pub use clip_source::error_chain;
 pub use config::{failure_holdoff, Clock, ManualClock, StoreConfig, SystemClock, VERIFY_ATTEMPTS};
 pub use error::StoreError;

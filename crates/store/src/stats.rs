@@ -74,7 +74,8 @@ pub struct StoreStats {
     pub files_paged_in: u64,
     /// Spans loaded by prefetch.
     pub prefetched_spans: u64,
-    /// Files removed from the disk cache to keep it under its bound.
+    /// Files removed from the disk cache to keep it under its bound (the disk cache's figures, here and
+    /// below, are of every store sharing it: `DiskCache::shared`).
     pub evictions: u64,
     /// Bytes those files held.
     pub bytes_evicted: u64,

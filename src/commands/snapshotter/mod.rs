@@ -50,13 +50,14 @@ pub async fn run(a: SnapshotterArgs) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("finding the clip binary")?;
     let node = clip_node::Node::new(config, exe.clone());
     let remote = Arc::new(layers::NodeLayers::new(node, exe, tokio::runtime::Handle::current()));
+    let mut _serving = None;
     if let Some(addr) = a.metrics {
         let layers = remote.clone();
         let scrape: clip_node::metrics::Scrape = Arc::new(move || {
             let (metrics, mounts) = (layers.metrics(), layers.mounts());
             Box::pin(async move { metrics.render(&mounts).await })
         });
-        clip_node::metrics::serve_scrape(addr, scrape).await.context("serving metrics")?;
+        _serving = Some(clip_node::metrics::serve_scrape(addr, scrape).await.context("serving metrics")?);
         tracing::info!(%addr, "serving metrics");
     }
     let root = a.root.clone();

@@ -48,7 +48,7 @@ use std::io;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 
 use tracing::{debug, warn};
 
@@ -127,6 +127,14 @@ pub struct CacheStats {
     pub write_failures: u64,
 }
 
+static SHARING: AtomicBool = AtomicBool::new(false);
+
+/// From now on, the stores of this process over one cache directory (and bound) share one [`DiskCache`]
+/// ([`DiskCache::shared`]) rather than each opening its own: for a process serving many mounts.
+pub fn share_disk_caches() {
+    SHARING.store(true, Ordering::Relaxed);
+}
+
 impl DiskCache {
     /// Opens (creating) the cache at `root`, bounded to `limit` bytes. A scan in the background then learns
     /// its size and which span files are sealed, removes stale temp files and evicts if it is over the bound
@@ -167,6 +175,31 @@ impl DiskCache {
             scan();
         }
         Ok(cache)
+    }
+
+    /// The disk cache at `root` bounded to `limit` that this process has open through this function, or a
+    /// newly opened one ([`DiskCache::open`]): stores that share a directory's cache scan it once, keep one
+    /// running total and one eviction pass, and trust what one of them verified. Its figures
+    /// ([`DiskCache::stats`]) are then of them all. [`crate::ContentStore::new`] opens its cache this way in a
+    /// process that asked for it ([`share_disk_caches`]: the mount daemon, which serves many mounts over one
+    /// cache).
+    pub fn shared(root: impl Into<PathBuf>, limit: u64) -> Result<Arc<DiskCache>, StoreError> {
+        static OPEN: Mutex<Vec<(PathBuf, u64, Weak<DiskCache>)>> = Mutex::new(Vec::new());
+        let root = root.into();
+        let mut open = lock(&OPEN);
+        open.retain(|(_, _, cache)| cache.strong_count() > 0);
+        let same = open.iter().find(|(dir, bound, _)| *dir == root && *bound == limit);
+        if let Some(cache) = same.and_then(|(_, _, cache)| cache.upgrade()) {
+            return Ok(cache);
+        }
+        let cache = DiskCache::open(root.clone(), limit)?;
+        open.push((root, limit, Arc::downgrade(&cache)));
+        Ok(cache)
+    }
+
+    /// Whether [`share_disk_caches`] was called.
+    pub(crate) fn sharing() -> bool {
+        SHARING.load(Ordering::Relaxed)
     }
 
     /// Whether the scan started at open is done (then every span file sealed before it is known verified).
@@ -345,6 +378,24 @@ mod tests {
     use std::os::unix::fs::MetadataExt;
 
     use super::*;
+
+    #[test]
+    fn the_stores_of_a_process_share_one_cache_per_directory_and_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = DiskCache::shared(dir.path(), 1 << 20).unwrap();
+        let b = DiskCache::shared(dir.path(), 1 << 20).unwrap();
+        assert!(Arc::ptr_eq(&a, &b), "a second store over the directory opened it again");
+        // What one verified, the other trusts.
+        let digest = Digest::of(b"span");
+        a.mark_verified(&digest, Form::Raw);
+        assert!(b.is_verified(&digest));
+        // Another bound is another cache, as another directory is.
+        assert!(!Arc::ptr_eq(&a, &DiskCache::shared(dir.path(), 2 << 20).unwrap()));
+        let other = tempfile::tempdir().unwrap();
+        assert!(!Arc::ptr_eq(&a, &DiskCache::shared(other.path(), 1 << 20).unwrap()));
+        // Open on its own, a cache is its own.
+        assert!(!Arc::ptr_eq(&a, &DiskCache::open(dir.path(), 1 << 20).unwrap()));
+    }
 
     #[test]
     fn the_cache_directory_is_private() {
