@@ -57,11 +57,6 @@ impl MountConfig {
     }
 }
 
-/// The archive `request` names.
-pub fn request_location(request: &MountRequest) -> Result<Location, NodeError> {
-    Ok(request.archive.parse()?)
-}
-
 /// Serves mounts on the unix socket `socket` until SIGINT/SIGTERM, then unmounts every one (its client hears
 /// [`Reply::Unmounted`]) and removes the socket.
 pub async fn serve_daemon(socket: &Path) -> Result<(), NodeError> {
@@ -185,9 +180,10 @@ async fn serve_connection(conn: UnixStream, mut stopping: watch::Receiver<bool>,
         let why = format!("{} is not an absolute path", path.display());
         return send(&mut write, &Reply::Failed(why)).await;
     }
-    let (location, config) = match request_location(&request).and_then(|l| Ok((l, MountConfig::for_request(&request)?)))
-    {
-        Ok(both) => both,
+    let prepared = (request.archive.parse::<Location>().map_err(NodeError::from))
+        .and_then(|location| Ok((location, MountConfig::for_request(&request)?)));
+    let (location, config) = match prepared {
+        Ok(prepared) => prepared,
         Err(e) => return send(&mut write, &Reply::Failed(error_chain(&e))).await,
     };
     caches.keep(&config);

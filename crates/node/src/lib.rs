@@ -27,7 +27,7 @@ mod run;
 
 pub use config::{default_parts_dir, ClipVersion, Config, ConfigError, Origin};
 pub use content_cache::S3SpanCache;
-pub use daemon::{request_location, serve_daemon};
+pub use daemon::serve_daemon;
 pub use error::NodeError;
 pub use mount::{mount_foreground, mount_until, stop_signal, MountConfig, MountSummary};
 pub use mount_spec::MountSpec;

@@ -237,7 +237,7 @@ impl Collector for MountMetrics {
 pub type Scrape = Arc<dyn Fn() -> BoxFuture<'static, String> + Send + Sync>;
 
 /// Serves [`render`] of `metrics` over HTTP on `addr` (every path; `GET /metrics` is what Prometheus asks)
-/// until the runtime stops.
+/// until the [`Serving`] is dropped.
 pub async fn serve(addr: SocketAddr, metrics: MountMetrics) -> Result<Serving, NodeError> {
     serve_scrape(addr, rendered(metrics)).await
 }
