@@ -356,6 +356,18 @@ fn the_small_client_mounts_as_clip_mount_does() {
     assert!(!out.status.success(), "{err}");
     assert!(err.contains(&format!("cannot reach the mount daemon at {0}", missing.display())), "{err}");
     assert!(err.contains(&format!("clip daemon --socket {}", missing.display())), "{err}");
+    // A socket this user may not open: not told to start a daemon, told whom the daemon serves.
+    let mut daemon = DaemonProc::start(&socket);
+    let out = Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups", env!("CARGO_BIN_EXE_clip-mount")])
+        .args([s(&index), s(&dir.join("b")), "--daemon", s(&socket)])
+        .output()
+        .expect("running setpriv");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("Permission denied") && err.contains("its own user and root only"), "{err}");
+    assert!(!err.contains("start one"), "{err}");
+    daemon.stop();
     let help = Command::new(env!("CARGO_BIN_EXE_clip-mount")).arg("--help").output().unwrap();
     let help = String::from_utf8_lossy(&help.stdout);
     assert!(help.contains(clip_client::DEFAULT_SOCKET) && help.contains("--cache-dir"), "{help}");

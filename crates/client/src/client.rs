@@ -11,7 +11,7 @@ use crate::protocol::{to_line, MountRequest, Reply};
 /// What went wrong asking the daemon for a mount.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot reach the mount daemon at {socket}: {error} (start one with `clip daemon --socket {socket}`)")]
+    #[error("cannot reach the mount daemon at {}: {error}{}", socket.display(), what_to_do(socket, error))]
     Unreachable { socket: PathBuf, error: std::io::Error },
     /// The daemon broke the protocol or went away.
     #[error("the mount daemon at {socket}: {message}")]
@@ -87,6 +87,19 @@ impl DaemonMount {
 
     fn failed(&self, message: String) -> ClientError {
         ClientError::Mount { socket: self.socket.clone(), message }
+    }
+}
+
+/// What a user who cannot reach the daemon at `socket` can do about it.
+fn what_to_do(socket: &Path, error: &std::io::Error) -> String {
+    match error.kind() {
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+            format!(" (start one with `clip daemon --socket {}`)", socket.display())
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            " (the daemon serves its own user and root only: ask as one of them)".to_owned()
+        }
+        _ => String::new(),
     }
 }
 
