@@ -372,3 +372,29 @@ fn the_small_client_mounts_as_clip_mount_does() {
     let help = String::from_utf8_lossy(&help.stdout);
     assert!(help.contains(clip_client::DEFAULT_SOCKET) && help.contains("--cache-dir"), "{help}");
 }
+
+#[test]
+fn a_client_reads_a_bounded_answer_from_what_claims_to_be_a_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("liar.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    // A "daemon" that reads the request, then answers with an endless line and keeps the connection open.
+    let liar = std::thread::spawn(move || {
+        let (conn, _) = listener.accept().unwrap();
+        let mut request = String::new();
+        BufReader::new(&conn).read_line(&mut request).unwrap();
+        let junk = vec![b'x'; 64 << 10];
+        while (&conn).write_all(&junk).is_ok() {}
+        request
+    });
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_clip-mount"))
+        .args([s(&dir.path().join("img.clip")), s(&mnt), "--daemon", s(&socket)])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("its replies ran past 1 MiB"), "{err}");
+    let request = liar.join().unwrap();
+    assert!(request.contains("\"mountpoint\""), "{request}");
+}

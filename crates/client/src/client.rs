@@ -1,12 +1,15 @@
 //! A mount asked of the daemon and held until it ends: blocking I/O on the socket, no runtime.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Take, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
 use nix::sys::signal::{SigSet, Signal};
 
 use crate::protocol::{to_line, MountRequest, Reply};
+
+/// Most bytes a client reads from the daemon over one mount: its replies are a few hundred.
+const MAX_REPLY_BYTES: u64 = 1 << 20;
 
 /// What went wrong asking the daemon for a mount.
 #[derive(Debug, thiserror::Error)]
@@ -28,7 +31,7 @@ pub enum ClientError {
 pub struct DaemonMount {
     socket: PathBuf,
     conn: UnixStream,
-    replies: BufReader<UnixStream>,
+    replies: BufReader<Take<UnixStream>>,
 }
 
 /// Asks the daemon to unmount a [`DaemonMount`], from any thread.
@@ -40,7 +43,7 @@ impl DaemonMount {
     pub fn start(socket: &Path, request: &MountRequest) -> Result<DaemonMount, ClientError> {
         let conn = UnixStream::connect(socket)
             .map_err(|error| ClientError::Unreachable { socket: socket.to_path_buf(), error })?;
-        let replies = conn.try_clone().map(BufReader::new);
+        let replies = conn.try_clone().map(|c| BufReader::new(c.take(MAX_REPLY_BYTES)));
         let mut mount = DaemonMount {
             socket: socket.to_path_buf(),
             replies: replies.map_err(|e| daemon_error(socket, format!("sharing the connection: {e}")))?,
@@ -72,7 +75,10 @@ impl DaemonMount {
     /// The daemon's next reply.
     fn reply(&mut self) -> Result<Reply, ClientError> {
         let mut line = String::new();
-        match self.replies.read_line(&mut line) {
+        let read = self.replies.read_line(&mut line);
+        let cut = self.replies.get_ref().limit() == 0 && !line.ends_with('\n');
+        match read {
+            Ok(_) if cut => Err(self.error("its replies ran past 1 MiB".into())),
             Ok(0) => Err(self.error("it closed the connection (did it stop?)".into())),
             Ok(_) => {
                 serde_json::from_str(&line).map_err(|e| self.error(format!("not a reply of this version of clip: {e}")))
