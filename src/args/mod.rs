@@ -82,15 +82,15 @@ pub enum Command {
     /// (started by `clip pull` and `clip run`, not by hand).
     #[command(hide = true)]
     ServeMount(ServeMountArgs),
-    /// Serve mounts for `clip mount --daemon SOCKET`: one long-running process that holds many mounts.
+    /// Serve mounts for `clip-mount` and `clip mount --daemon`: one long-running process that holds many mounts.
     ///
     /// A mount it serves starts sooner than one with a process of its own (no runtime to build, its code in
-    /// memory already), and every mount shares the one process. Each mount lasts as long as the
-    /// `clip mount` that asked for it (or until it is unmounted from outside). Runs in the foreground until
+    /// memory already, the disk cache open), and every mount shares the one process. Each mount lasts as long
+    /// as the client that asked for it (or until it is unmounted from outside). Runs in the foreground until
     /// SIGINT/SIGTERM, then unmounts every mount and removes the socket. Only this user and root may use it;
-    /// S3 credentials and the registry's Docker config are the daemon's.
+    /// S3 credentials, the registry's Docker config and the default cache directory are the daemon's.
     #[command(
-        after_help = "Example:\n  clip daemon --socket /run/clip/mounts.sock &\n  clip mount --daemon /run/clip/mounts.sock app.clip /mnt/app &\n  CLIP_DAEMON=/run/clip/mounts.sock clip mount app.clip /mnt/app"
+        after_help = "Example:\n  clip daemon &\n  clip-mount app.clip /mnt/app &\n  clip mount --daemon /run/clip/mounts.sock --layers app.clip /mnt/layers &\n  CLIP_DAEMON=/tmp/mounts.sock clip-mount app.clip /mnt/app   # a daemon started with --socket /tmp/mounts.sock"
     )]
     Daemon(DaemonArgs),
     /// Pack a root filesystem directory into a data-carrying .clip file (local, or uploaded to S3).
