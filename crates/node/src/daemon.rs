@@ -8,13 +8,11 @@
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clip_client::{to_line, MountRequest, Reply};
-use clip_image::{Location, S3Options};
-use clip_s3::S3Url;
-use clip_store::{error_chain, DiskCache};
+use clip_image::Location;
+use clip_store::error_chain;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::{UnixListener, UnixStream};
@@ -22,40 +20,10 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
-use crate::{mount_until, stop_signal, MountConfig, NodeError, RecordLimits};
+use crate::{mount_until, stop_signal, MountConfig, NodeError};
 
 /// Most bytes the daemon reads from one connection: a request is a few hundred.
 const MAX_CONNECTION_BYTES: u64 = 64 << 10;
-
-impl MountConfig {
-    /// How to mount `request`: its settings, the rest at their defaults. A mount asked for by hand starts,
-    /// and serves its cache, while the registry is slow or down. A request without a cache directory gets
-    /// this process's default ([`clip_store::default_cache_dir`]).
-    pub fn for_request(request: &MountRequest) -> Result<MountConfig, NodeError> {
-        let mut config = MountConfig {
-            metrics: request.metrics,
-            prefetch: request.prefetch,
-            record_profile: request.record_profile.clone(),
-            record_limits: (request.record_seconds.is_some() || request.record_spans.is_some()).then(|| RecordLimits {
-                seconds: request.record_seconds.unwrap_or(u64::MAX),
-                spans: request.record_spans.map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX)),
-            }),
-            profile: request.profile.clone(),
-            no_startup_set: request.no_startup_set,
-            content_cache: request.content_cache.as_deref().map(str::parse::<S3Url>).transpose()?,
-            ..MountConfig::default()
-        };
-        config.fs.suid = request.allow_setuid;
-        config.open.source.plain_http = request.plain_http;
-        config.open.source.connect_in_background = true;
-        config.open.s3 = S3Options { path_style: request.s3_path_style };
-        config.open.store.cache_dir =
-            (!request.no_cache).then(|| request.cache_dir.clone().unwrap_or_else(clip_store::default_cache_dir));
-        config.open.store.cache_size = request.cache_size;
-        config.open.store.read_timeout = Duration::from_millis(request.read_timeout_ms);
-        Ok(config)
-    }
-}
 
 /// Serves mounts on the unix socket `socket` until SIGINT/SIGTERM, then unmounts every one (its client hears
 /// [`Reply::Unmounted`]) and removes the socket.
@@ -63,17 +31,17 @@ pub async fn serve_daemon(socket: &Path) -> Result<(), NodeError> {
     let signalled = stop_signal(socket)?;
     tokio::pin!(signalled);
     let listener = bind(socket).await?;
+    // A mount over a cache an earlier mount used finds it open (scanned, what was verified known).
     clip_store::share_disk_caches();
     info!(socket = %socket.display(), "serving mounts");
     let (stopping, stop) = watch::channel(false);
-    let caches = Caches::default();
     let mut mounts = JoinSet::new();
     loop {
         tokio::select! {
             () = &mut signalled => break,
             accepted = listener.accept() => match accepted {
                 Ok((conn, _)) => {
-                    mounts.spawn(serve_connection(conn, stop.clone(), caches.clone()));
+                    mounts.spawn(serve_connection(conn, stop.clone()));
                 }
                 Err(error) => {
                     // Out of descriptors, say: try again shortly rather than at once, again and again.
@@ -92,27 +60,6 @@ pub async fn serve_daemon(socket: &Path) -> Result<(), NodeError> {
     let _ = stopping.send(true);
     while mounts.join_next().await.is_some() {}
     Ok(())
-}
-
-/// The disk caches the daemon's mounts have used, kept open for its life: a mount over one of them (the
-/// stores of a process share a directory's cache, [`DiskCache::shared`]) does not scan it again nor test that
-/// it can write there, and trusts what earlier mounts verified.
-#[derive(Clone, Default)]
-struct Caches(Arc<std::sync::Mutex<Vec<Arc<DiskCache>>>>);
-
-impl Caches {
-    /// Opens, or finds open, the disk cache `config` names, and keeps it. One that cannot be opened is not
-    /// kept: the mount runs without it and logs why.
-    fn keep(&self, config: &MountConfig) {
-        let store = &config.open.store;
-        let Some(Ok(cache)) = store.cache_dir.as_ref().map(|dir| DiskCache::shared(dir, store.cache_size)) else {
-            return;
-        };
-        let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if !kept.iter().any(|k| Arc::ptr_eq(k, &cache)) {
-            kept.push(cache);
-        }
-    }
 }
 
 /// Listens on `socket`, readable and writable by this user only. A socket left by a daemon that is gone is
@@ -144,7 +91,7 @@ async fn bind(socket: &Path) -> Result<UnixListener, NodeError> {
 }
 
 /// One client's mount, from its request to its end.
-async fn serve_connection(conn: UnixStream, mut stopping: watch::Receiver<bool>, caches: Caches) {
+async fn serve_connection(conn: UnixStream, mut stopping: watch::Receiver<bool>) {
     let me = nix::unistd::geteuid().as_raw();
     let peer = conn.peer_cred().map(|c| c.uid());
     let (read, mut write) = conn.into_split();
@@ -186,7 +133,6 @@ async fn serve_connection(conn: UnixStream, mut stopping: watch::Receiver<bool>,
         Ok(prepared) => prepared,
         Err(e) => return send(&mut write, &Reply::Failed(error_chain(&e))).await,
     };
-    caches.keep(&config);
     let (ready, mounted) = oneshot::channel();
     let (unmount, unmounting) = oneshot::channel::<()>();
     let mount = mount_until(
@@ -201,22 +147,18 @@ async fn serve_connection(conn: UnixStream, mut stopping: watch::Receiver<bool>,
         },
     );
     tokio::pin!(mount);
-    let early_end = tokio::select! {
-        ended = &mut mount => Some(ended),
-        Ok(()) = mounted => None,
-    };
-    let ended = match early_end {
-        Some(ended) => ended,
-        None => {
+    let ended = tokio::select! {
+        ended = &mut mount => ended,
+        Ok(()) = mounted => {
             send(&mut write, &Reply::Mounted).await;
-            let outside_end = tokio::select! {
-                ended = &mut mount => Some(ended),
-                () = client_done(&mut lines) => None,
-                _ = stopping.wait_for(|&s| s) => None,
+            let asked_to_end = tokio::select! {
+                ended = &mut mount => Err(ended),
+                () = client_done(&mut lines) => Ok(()),
+                _ = stopping.wait_for(|&s| s) => Ok(()),
             };
-            match outside_end {
-                Some(ended) => ended,
-                None => {
+            match asked_to_end {
+                Err(ended) => ended,
+                Ok(()) => {
                     let _ = unmount.send(());
                     mount.await
                 }

@@ -16,9 +16,10 @@ use tracing::{info, warn};
 
 use crate::metrics::{self, MountMetrics, Snapshot};
 use crate::profile::{Profile, ProfileRecorder};
-use clip_image::{open_archive, Location, OpenOptions};
+use clip_client::MountRequest;
+use clip_image::{open_archive, Location, OpenOptions, S3Options};
 
-use crate::{NodeError, S3SpanCache};
+use crate::{NodeError, RecordLimits, S3SpanCache};
 
 /// How to mount.
 #[derive(Debug, Clone, Default)]
@@ -47,6 +48,36 @@ pub struct MountConfig {
     pub publish_profile_s3: Option<S3Url>,
     /// The shared content cache tier (`s3://BUCKET/PREFIX`), asked after the disk cache.
     pub content_cache: Option<S3Url>,
+}
+
+impl MountConfig {
+    /// How to mount `request`: its settings, the rest at their defaults. A mount asked for by hand starts,
+    /// and serves its cache, while the registry is slow or down. A request without a cache directory gets
+    /// this process's default ([`clip_store::default_cache_dir`]).
+    pub fn for_request(request: &MountRequest) -> Result<MountConfig, NodeError> {
+        let mut config = MountConfig {
+            metrics: request.metrics,
+            prefetch: request.prefetch,
+            record_profile: request.record_profile.clone(),
+            record_limits: (request.record_seconds.is_some() || request.record_spans.is_some()).then(|| RecordLimits {
+                seconds: request.record_seconds.unwrap_or(u64::MAX),
+                spans: request.record_spans.map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX)),
+            }),
+            profile: request.profile.clone(),
+            no_startup_set: request.no_startup_set,
+            content_cache: request.content_cache.as_deref().map(str::parse::<S3Url>).transpose()?,
+            ..MountConfig::default()
+        };
+        config.fs.suid = request.allow_setuid;
+        config.open.source.plain_http = request.plain_http;
+        config.open.source.connect_in_background = true;
+        config.open.s3 = S3Options { path_style: request.s3_path_style };
+        config.open.store.cache_dir =
+            (!request.no_cache).then(|| request.cache_dir.clone().unwrap_or_else(clip_store::default_cache_dir));
+        config.open.store.cache_size = request.cache_size;
+        config.open.store.read_timeout = Duration::from_millis(request.read_timeout_ms);
+        Ok(config)
+    }
 }
 
 /// How often a recording mount rewrites its profile.

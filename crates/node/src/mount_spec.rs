@@ -97,7 +97,7 @@ impl MountSpec {
 }
 
 /// An optional [`S3Url`] as its `s3://BUCKET/KEY` string.
-pub(crate) mod optional_s3_url {
+mod optional_s3_url {
     use clip_s3::S3Url;
     use serde::{Deserialize, Deserializer, Serializer};
 

@@ -104,14 +104,7 @@ impl ContentStore {
     /// a process that shares them, [`crate::share_disk_caches`], takes the one open there); if that fails,
     /// logs why and runs without one (use [`ContentStore::with_disk_cache`] to decide).
     pub fn new(archive: Arc<Archive>, blobs: Arc<dyn LayerBlobs>, config: StoreConfig) -> ContentStore {
-        let open = |dir: &std::path::PathBuf, limit| {
-            if DiskCache::sharing() {
-                DiskCache::shared(dir, limit)
-            } else {
-                DiskCache::open(dir, limit)
-            }
-        };
-        let disk = config.cache_dir.as_ref().and_then(|dir| match open(dir, config.cache_size) {
+        let disk = config.cache_dir.as_ref().and_then(|dir| match DiskCache::for_store(dir, config.cache_size) {
             Ok(cache) => Some(cache),
             Err(e) => {
                 warn!(error = &e as &dyn std::error::Error, "running without a disk cache");

@@ -48,7 +48,7 @@ use std::io;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::sync::{Arc, Condvar, Mutex};
 
 use tracing::{debug, warn};
 
@@ -129,8 +129,8 @@ pub struct CacheStats {
 
 static SHARING: AtomicBool = AtomicBool::new(false);
 
-/// From now on, the stores of this process over one cache directory (and bound) share one [`DiskCache`]
-/// ([`DiskCache::shared`]) rather than each opening its own: for a process serving many mounts.
+/// From now on, the stores of this process take their disk cache from [`DiskCache::shared`] rather than each
+/// opening its own: for a process serving many mounts (the mount daemon).
 pub fn share_disk_caches() {
     SHARING.store(true, Ordering::Relaxed);
 }
@@ -177,29 +177,30 @@ impl DiskCache {
         Ok(cache)
     }
 
-    /// The disk cache at `root` bounded to `limit` that this process has open through this function, or a
-    /// newly opened one ([`DiskCache::open`]): stores that share a directory's cache scan it once, keep one
-    /// running total and one eviction pass, and trust what one of them verified. Its figures
-    /// ([`DiskCache::stats`]) are then of them all. [`crate::ContentStore::new`] opens its cache this way in a
-    /// process that asked for it ([`share_disk_caches`]: the mount daemon, which serves many mounts over one
-    /// cache).
+    /// The disk cache at `root` bounded to `limit` that this process opened through this function, or a newly
+    /// opened one ([`DiskCache::open`]), kept open for the process's life: stores that share a directory's
+    /// cache scan it once, keep one running total and one eviction pass, and trust what one of them verified
+    /// (and a later store over it does none of that again). Its figures ([`DiskCache::stats`]) are of them all.
     pub fn shared(root: impl Into<PathBuf>, limit: u64) -> Result<Arc<DiskCache>, StoreError> {
-        static OPEN: Mutex<Vec<(PathBuf, u64, Weak<DiskCache>)>> = Mutex::new(Vec::new());
+        static OPEN: Mutex<Vec<Arc<DiskCache>>> = Mutex::new(Vec::new());
         let root = root.into();
         let mut open = lock(&OPEN);
-        open.retain(|(_, _, cache)| cache.strong_count() > 0);
-        let same = open.iter().find(|(dir, bound, _)| *dir == root && *bound == limit);
-        if let Some(cache) = same.and_then(|(_, _, cache)| cache.upgrade()) {
-            return Ok(cache);
+        if let Some(cache) = open.iter().find(|c| c.root == root && c.limit == limit) {
+            return Ok(Arc::clone(cache));
         }
-        let cache = DiskCache::open(root.clone(), limit)?;
-        open.push((root, limit, Arc::downgrade(&cache)));
+        let cache = DiskCache::open(root, limit)?;
+        open.push(Arc::clone(&cache));
         Ok(cache)
     }
 
-    /// Whether [`share_disk_caches`] was called.
-    pub(crate) fn sharing() -> bool {
-        SHARING.load(Ordering::Relaxed)
+    /// A store's disk cache: [`DiskCache::shared`] in a process that called [`share_disk_caches`], else its
+    /// own ([`DiskCache::open`]).
+    pub(crate) fn for_store(root: &Path, limit: u64) -> Result<Arc<DiskCache>, StoreError> {
+        if SHARING.load(Ordering::Relaxed) {
+            DiskCache::shared(root, limit)
+        } else {
+            DiskCache::open(root, limit)
+        }
     }
 
     /// Whether the scan started at open is done (then every span file sealed before it is known verified).
