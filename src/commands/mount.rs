@@ -21,9 +21,7 @@ pub async fn run(a: MountArgs, quiet: bool) -> anyhow::Result<()> {
         return mount_and_report(&file, &a.mountpoint, &config, quiet).await;
     };
     request.archive = match file {
-        Location::Local(path) => path.into_os_string().into_string().map_err(|path| {
-            anyhow::anyhow!("{}: the mount daemon takes archive paths in UTF-8 only", path.to_string_lossy())
-        })?,
+        Location::Local(path) => clip_client::archive_text(path)?,
         s3 => s3.to_string(),
     };
     // The daemon runs elsewhere: every path it is given is absolute.
@@ -38,8 +36,8 @@ pub async fn run(a: MountArgs, quiet: bool) -> anyhow::Result<()> {
 async fn via_daemon(socket: PathBuf, request: MountRequest) -> anyhow::Result<String> {
     let stop = clip_node::stop_signal(&socket)?;
     let mountpoint = request.mountpoint.clone();
-    let asked = tokio::task::spawn_blocking(move || DaemonMount::start(&socket, &request).map(|m| (m, socket)));
-    let (mount, socket) = asked.await??;
+    let asking = socket.clone();
+    let mount = tokio::task::spawn_blocking(move || DaemonMount::start(&asking, &request)).await??;
     tracing::info!(mountpoint = %mountpoint.display(), daemon = %socket.display(), "mounted");
     let mut unmounter = mount.unmounter()?;
     let mut ended = tokio::task::spawn_blocking(move || mount.wait());

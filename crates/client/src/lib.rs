@@ -14,4 +14,4 @@ mod protocol;
 
 pub use client::{block_stop_signals, ClientError, DaemonMount, Unmounter};
 pub use options::{parse_seconds, parse_size, MountOptions};
-pub use protocol::{ended_line, to_line, MountRequest, Reply, DEFAULT_SOCKET};
+pub use protocol::{archive_text, ended_line, to_line, MountRequest, Reply, DEFAULT_SOCKET};

@@ -51,10 +51,7 @@ impl MountRequest {
     /// path must be UTF-8 (it travels as a string).
     pub fn absolute(mut self) -> std::io::Result<MountRequest> {
         if !self.archive_is_s3() {
-            self.archive = std::path::absolute(&self.archive)?.into_os_string().into_string().map_err(|path| {
-                let why = format!("{}: the mount daemon takes archive paths in UTF-8 only", path.to_string_lossy());
-                std::io::Error::new(std::io::ErrorKind::InvalidInput, why)
-            })?;
+            self.archive = archive_text(std::path::absolute(&self.archive)?)?;
         }
         self.mountpoint = std::path::absolute(&self.mountpoint)?;
         for path in [&mut self.cache_dir, &mut self.record_profile, &mut self.profile].into_iter().flatten() {
@@ -72,6 +69,14 @@ impl MountRequest {
             .flatten()
             .find(|p| !p.is_absolute())
     }
+}
+
+/// An archive's path as a request carries it: in UTF-8 (it travels as a string).
+pub fn archive_text(path: PathBuf) -> std::io::Result<String> {
+    path.into_os_string().into_string().map_err(|path| {
+        let why = format!("{}: the mount daemon takes archive paths in UTF-8 only", path.to_string_lossy());
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, why)
+    })
 }
 
 /// The daemon's answers.
