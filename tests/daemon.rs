@@ -28,11 +28,17 @@ impl DaemonProc {
 
     /// [`DaemonProc::start`] logging what `filter` (`CLIP_LOG`) lets through.
     fn start_logging(socket: &Path, filter: &str) -> DaemonProc {
+        Self::start_env(socket, filter, &[])
+    }
+
+    /// [`DaemonProc::start_logging`] with extra environment variables (the daemon's own credentials).
+    fn start_env(socket: &Path, filter: &str, env: &[(String, String)]) -> DaemonProc {
         let log = socket.with_extension("log");
         let log_file = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_clip"))
             .args(["daemon", "--socket", s(socket)])
             .env("CLIP_LOG", filter)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file)
@@ -397,4 +403,32 @@ fn a_client_reads_a_bounded_answer_from_what_claims_to_be_a_daemon() {
     assert!(!out.status.success() && err.contains("its replies ran past 1 MiB"), "{err}");
     let request = liar.join().unwrap();
     assert!(request.contains("\"mountpoint\""), "{request}");
+}
+
+#[test]
+fn the_daemon_serves_an_archive_in_s3_with_its_own_credentials() {
+    // A data-carrying archive in a real S3 server (moto); only the daemon is given the S3 environment.
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("rootfs");
+    std::fs::create_dir(&root).unwrap();
+    reference_rootfs(&root, (3 << 20) / 2 + 4321);
+    let s3 = S3Server::start();
+    s3.create_bucket("clip-daemon");
+    let url = "s3://clip-daemon/rootfs.clip";
+    let out = common::clip_env(&["archive", s(&root), "-o", url, "--compress", "--span-mib", "1"], &s3.env());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let socket = dir.path().join("mounts.sock");
+    let mut daemon = DaemonProc::start_env(&socket, "info", &s3.env());
+
+    let mnt = dir.path().join("mnt");
+    let mut client = Command::new(env!("CARGO_BIN_EXE_clip-mount"));
+    client.args([url, s(&mnt), "--daemon", s(&socket), "--cache-dir", s(&dir.path().join("cache"))]);
+    for (key, _) in s3.env() {
+        client.env_remove(key);
+    }
+    let m = MountProc::spawn_command(client, &mnt);
+    assert_trees_equal(&snapshot(&root), &snapshot(&m.dir), CompareOpts::default());
+    let log = m.stop();
+    assert!(log.contains("unmounted"), "{log}");
+    daemon.stop();
 }
