@@ -111,6 +111,8 @@ pub struct Span {
     pub len: u64,
     /// SHA-256 of the span's uncompressed bytes.
     pub digest: Digest,
+    /// The root of the digests of its uncompressed bytes' leaves ([`clip_format::SpanRoot`]).
+    pub root: clip_format::SpanRoot,
 }
 
 impl Span {

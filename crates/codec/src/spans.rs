@@ -1,8 +1,9 @@
 //! [`SpanRecorder`]: turns the uncompressed output and the checkpoints a decoder offers into [`Span`]s with
-//! digests.
+//! digests: the sha256 of each span's bytes, and the root of its leaves' digests ([`SpanRoot`]).
 
 use std::collections::VecDeque;
 
+use clip_format::{LeafDigest, SpanRoot, TREE_LEAF};
 use sha2::{Digest as _, Sha256};
 
 use crate::{Checkpoint, Span};
@@ -14,6 +15,10 @@ pub(crate) struct SpanRecorder {
     /// Start of the open span; `None` until the decoder knows where the first one starts.
     current: Option<Checkpoint>,
     hasher: Sha256,
+    /// The open span's leaves: those done, and the one being hashed (`leaf_len` bytes so far).
+    leaves: Vec<LeafDigest>,
+    leaf: Sha256,
+    leaf_len: u64,
     out_pos: u64,
     /// Checkpoints (by `out_offset`, ascending) whose window will still be replaced; spans from the first of
     /// them on are held back from [`SpanRecorder::take_done`].
@@ -28,6 +33,9 @@ impl SpanRecorder {
             done: Vec::new(),
             current: None,
             hasher: Sha256::new(),
+            leaves: Vec::new(),
+            leaf: Sha256::new(),
+            leaf_len: 0,
             out_pos: 0,
             held: VecDeque::new(),
         }
@@ -41,9 +49,21 @@ impl SpanRecorder {
 
     /// Account for uncompressed output.
     pub fn record(&mut self, data: &[u8]) {
-        if !data.is_empty() {
-            self.hasher.update(data);
-            self.out_pos += data.len() as u64;
+        if data.is_empty() {
+            return;
+        }
+        self.hasher.update(data);
+        self.out_pos += data.len() as u64;
+        let mut rest = data;
+        while !rest.is_empty() {
+            let take = ((TREE_LEAF - self.leaf_len) as usize).min(rest.len());
+            self.leaf.update(&rest[..take]);
+            self.leaf_len += take as u64;
+            rest = &rest[take..];
+            if self.leaf_len == TREE_LEAF {
+                self.leaves.push(std::mem::take(&mut self.leaf).finalize().into());
+                self.leaf_len = 0;
+            }
         }
     }
 
@@ -97,7 +117,13 @@ impl SpanRecorder {
 
     fn close(&mut self, checkpoint: Checkpoint) {
         let digest = crate::Digest::from_sha256(std::mem::take(&mut self.hasher).finalize().into());
-        self.done.push(Span { len: self.out_pos - checkpoint.out_offset, checkpoint, digest });
+        if self.leaf_len > 0 {
+            self.leaves.push(std::mem::take(&mut self.leaf).finalize().into());
+            self.leaf_len = 0;
+        }
+        let len = self.out_pos - checkpoint.out_offset;
+        let root = SpanRoot::of_leaves(len, &std::mem::take(&mut self.leaves));
+        self.done.push(Span { len, checkpoint, digest, root });
     }
 
     /// Spans closed so far (removed from the recorder).
@@ -144,6 +170,7 @@ mod tests {
         assert_eq!(spans[1].checkpoint.in_offset, 20);
         assert_eq!((spans[1].checkpoint.out_offset, spans[1].len), (5, 2));
         assert_eq!(spans[1].digest, crate::Digest::of(b"fg"));
+        assert_eq!((spans[0].root, spans[1].root), (SpanRoot::of(b"abcde"), SpanRoot::of(b"fg")));
     }
 
     #[test]

@@ -15,7 +15,13 @@
 //! chunks            per span in order: its chunk digests
 //! windows           per span of the span table in order: WINDOW_DIGEST_LEN bytes of its raw window's
 //!                   sha256 (zero: no window)
+//! roots             (layout 2 only) per span of the span table in order: its ROOT_LEN-byte tree root
 //! ```
+//! A span's tree root ([`SpanRoot`]) commits to the digests of its decoded bytes cut in [`TREE_LEAF`]
+//! leaves from its start. It lets a store check bytes decoded from somewhere *inside* a span (a resume point
+//! a recorded profile carries, see `clip_store`) against the index: the leaves it decoded are hashed, the
+//! other leaves' digests come with the resume point, and only the right bytes give the recorded root (the
+//! digests that come with it need no trust: a wrong one gives another root). 16 bytes a span.
 //! A window comes from the index itself, as the span digests do, so its digest only has to catch a damaged
 //! index (a flipped bit in `WIND`), not a lying registry: 4 bytes. The chunk digests stand between the
 //! registry and the bytes served: 12 bytes (96 bits) each. Both sizes keep the whole index within 0.5 % of
@@ -39,6 +45,12 @@ pub const WINDOW_DIGEST_LEN: usize = 4;
 const HEADER_LEN: usize = 8;
 /// The section's layout: chunks cut per span (older clips wrote 0 there, chunks cut per layer).
 const LAYOUT_PER_SPAN: u16 = 1;
+/// Chunks cut per span, and a tree root per span after the window digests.
+const LAYOUT_WITH_ROOTS: u16 = 2;
+/// Decoded bytes per leaf of a span's tree root (the last leaf takes the rest).
+pub const TREE_LEAF: u64 = 32 << 10;
+/// Bytes of each stored span root: the first 16 bytes of its sha256.
+pub const ROOT_LEN: usize = 16;
 /// Bytes of a span's chunk count.
 const COUNT_LEN: usize = 2;
 
@@ -77,6 +89,53 @@ impl ChunkDigest {
     }
 }
 
+/// The root of a span's digest tree: the first [`ROOT_LEN`] bytes of the sha256 of the span's length
+/// (8 bytes, little-endian) and the sha256 of each [`TREE_LEAF`] leaf of its decoded bytes, in order.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct SpanRoot(pub [u8; ROOT_LEN]);
+
+/// The sha256 of one leaf of a span's decoded bytes.
+pub type LeafDigest = [u8; 32];
+
+impl SpanRoot {
+    /// The root of a span `len` bytes long whose leaves have the digests `leaves`.
+    pub fn of_leaves(len: u64, leaves: &[LeafDigest]) -> SpanRoot {
+        use sha2::Digest as _;
+        let mut h = sha2::Sha256::new();
+        h.update(b"clip span tree v1\0");
+        h.update(len.to_le_bytes());
+        for leaf in leaves {
+            h.update(leaf);
+        }
+        let full: [u8; 32] = h.finalize().into();
+        let mut d = [0u8; ROOT_LEN];
+        d.copy_from_slice(&full[..ROOT_LEN]);
+        SpanRoot(d)
+    }
+
+    /// The root of the span whose decoded bytes are `bytes`.
+    pub fn of(bytes: &[u8]) -> SpanRoot {
+        SpanRoot::of_leaves(bytes.len() as u64, &leaf_digests(bytes))
+    }
+
+    /// How many leaves a span of `len` bytes has.
+    pub fn leaves(len: u64) -> u64 {
+        len.div_ceil(TREE_LEAF)
+    }
+}
+
+/// The digests of `bytes` cut in [`TREE_LEAF`] leaves from its start (the last takes the rest).
+pub fn leaf_digests(bytes: &[u8]) -> Vec<LeafDigest> {
+    use sha2::Digest as _;
+    bytes.chunks(TREE_LEAF as usize).map(|leaf| sha2::Sha256::digest(leaf).into()).collect()
+}
+
+impl std::fmt::Debug for SpanRoot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
 impl std::fmt::Debug for ChunkDigest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
@@ -100,18 +159,27 @@ pub struct Chunks {
     pub chunks: Vec<ChunkDigest>,
     /// One per span, in span table order: [`ChunkDigest::of_window`] its raw window.
     pub windows: Vec<ChunkDigest>,
+    /// One per span, in span table order, or none (an index from before roots): its [`SpanRoot`].
+    pub roots: Vec<SpanRoot>,
 }
 
 impl Chunks {
     /// No digests yet, chunks of `chunk_size` bytes.
     pub fn new(chunk_size: u64) -> Chunks {
-        Chunks { chunk_size, counts: Vec::new(), chunks: Vec::new(), windows: Vec::new() }
+        Chunks { chunk_size, counts: Vec::new(), chunks: Vec::new(), windows: Vec::new(), roots: Vec::new() }
     }
 
-    /// Appends `other` (the next layer's); false (nothing appended) when its chunk size differs.
+    /// Appends `other` (the next layer's); false (nothing appended) when its chunk size differs. When
+    /// either has no roots, the result has none.
     pub fn append(&mut self, other: &Chunks) -> bool {
         if other.chunk_size != self.chunk_size {
             return false;
+        }
+        let had_roots = self.roots.len() == self.windows.len() && other.roots.len() == other.windows.len();
+        if had_roots {
+            self.roots.extend_from_slice(&other.roots);
+        } else {
+            self.roots.clear();
         }
         self.counts.extend_from_slice(&other.counts);
         self.chunks.extend_from_slice(&other.chunks);
@@ -122,12 +190,14 @@ impl Chunks {
     /// Refuses digests that do not fit `spans` spans.
     pub(crate) fn check(&self, spans: usize) -> Result<(), FormatError> {
         let count: u64 = self.counts.iter().map(|&c| u64::from(c)).sum();
-        if self.counts.len() != spans || self.chunks.len() as u64 != count || self.windows.len() != spans {
+        let roots = self.roots.is_empty() || self.roots.len() == spans;
+        if self.counts.len() != spans || self.chunks.len() as u64 != count || self.windows.len() != spans || !roots {
             return Err(FormatError::Invalid(format!(
-                "{} chunk digests, {} chunk counts and {} window digests for {count} chunks and {spans} spans",
+                "{} chunk digests, {} chunk counts, {} window digests and {} roots for {count} chunks and {spans} spans",
                 self.chunks.len(),
                 self.counts.len(),
-                self.windows.len()
+                self.windows.len(),
+                self.roots.len()
             )));
         }
         Ok(())
@@ -140,11 +210,16 @@ impl Chunks {
         let len = HEADER_LEN
             + self.counts.len() * COUNT_LEN
             + self.chunks.len() * CHUNK_DIGEST_LEN
-            + self.windows.len() * WINDOW_DIGEST_LEN;
+            + self.windows.len() * WINDOW_DIGEST_LEN
+            + self.roots.len() * ROOT_LEN;
+        let with_roots = !self.roots.is_empty();
+        if with_roots && self.roots.len() != self.windows.len() {
+            return Err(FormatError::Invalid(format!("{} roots for {} spans", self.roots.len(), self.windows.len())));
+        }
         let mut out = Vec::with_capacity(len);
         out.extend_from_slice(&size.to_le_bytes());
         out.extend_from_slice(&(CHUNK_DIGEST_LEN as u16).to_le_bytes());
-        out.extend_from_slice(&LAYOUT_PER_SPAN.to_le_bytes());
+        out.extend_from_slice(&if with_roots { LAYOUT_WITH_ROOTS } else { LAYOUT_PER_SPAN }.to_le_bytes());
         for c in &self.counts {
             out.extend_from_slice(&c.to_le_bytes());
         }
@@ -154,18 +229,30 @@ impl Chunks {
         for d in &self.windows {
             out.extend_from_slice(&d.0[..WINDOW_DIGEST_LEN]);
         }
+        for r in &self.roots {
+            out.extend_from_slice(&r.0);
+        }
         Ok(out)
     }
 
     /// Decodes a section written by [`Chunks::encode`] for `spans` spans; `None` when it does not fit them.
     pub(crate) fn decode(raw: &[u8], spans: usize) -> Option<Chunks> {
-        let Fitting { chunk_size, body, chunks: count, .. } = fitting(raw, spans)?;
+        let Fitting { chunk_size, body, chunks: count, roots: with_roots, .. } = fitting(raw, spans)?;
         let (counts, rest) = body.split_at(spans * COUNT_LEN);
-        let (chunks, windows) = rest.split_at(usize::try_from(count).ok()? * CHUNK_DIGEST_LEN);
+        let (chunks, rest) = rest.split_at(usize::try_from(count).ok()? * CHUNK_DIGEST_LEN);
+        let (windows, roots) = rest.split_at(spans * WINDOW_DIGEST_LEN);
         let counts = stored_counts(counts).map(|c| c as u16);
         let chunks = chunks.chunks_exact(CHUNK_DIGEST_LEN).map(|d| ChunkDigest(d.try_into().unwrap_or_default()));
         let windows = windows.chunks_exact(WINDOW_DIGEST_LEN).map(window_digest);
-        Some(Chunks { chunk_size, counts: counts.collect(), chunks: chunks.collect(), windows: windows.collect() })
+        let roots = roots.chunks_exact(ROOT_LEN).map(|r| SpanRoot(r.try_into().unwrap_or_default()));
+        let roots = if with_roots { roots.collect() } else { Vec::new() };
+        Some(Chunks {
+            chunk_size,
+            counts: counts.collect(),
+            chunks: chunks.collect(),
+            windows: windows.collect(),
+            roots,
+        })
     }
 }
 
@@ -178,6 +265,8 @@ struct Fitting<'a> {
     chunks: u64,
     /// How many chunk digests the spans before span `SUM_EVERY * k` have, for each `k`.
     sums: Vec<u64>,
+    /// Whether a root per span follows the window digests.
+    roots: bool,
 }
 
 /// Spans between two kept sums of chunk counts: finding a span's first digest adds at most this many
@@ -189,7 +278,8 @@ fn fitting(raw: &[u8], spans: usize) -> Option<Fitting<'_>> {
     let mut r = Le(raw.get(..HEADER_LEN)?);
     let chunk_size = u64::from(r.u32());
     let (digest_len, layout) = (r.u16(), r.u16());
-    if chunk_size == 0 || usize::from(digest_len) != CHUNK_DIGEST_LEN || layout != LAYOUT_PER_SPAN {
+    let roots = layout == LAYOUT_WITH_ROOTS;
+    if chunk_size == 0 || usize::from(digest_len) != CHUNK_DIGEST_LEN || !(roots || layout == LAYOUT_PER_SPAN) {
         return None;
     }
     let body = &raw[HEADER_LEN..];
@@ -203,8 +293,8 @@ fn fitting(raw: &[u8], spans: usize) -> Option<Fitting<'_>> {
     }
     let len = (chunks as usize)
         .checked_mul(CHUNK_DIGEST_LEN)?
-        .checked_add(spans.checked_mul(WINDOW_DIGEST_LEN + COUNT_LEN)?)?;
-    (body.len() == len).then_some(Fitting { chunk_size, body, chunks, sums })
+        .checked_add(spans.checked_mul(WINDOW_DIGEST_LEN + COUNT_LEN + if roots { ROOT_LEN } else { 0 })?)?;
+    (body.len() == len).then_some(Fitting { chunk_size, body, chunks, sums, roots })
 }
 
 /// What [`Archive::chunk_table`] keeps of a section it checked.
@@ -215,6 +305,7 @@ pub(crate) struct CheckedChunks {
     chunk_size: u64,
     chunks: u64,
     sums: Vec<u64>,
+    roots: bool,
 }
 
 /// The chunk counts stored in `raw` (a whole number of them).
@@ -294,6 +385,8 @@ pub struct ChunkTable<'a> {
     chunks: u64,
     /// How many chunk digests the spans before span `SUM_EVERY * k` have, for each `k`.
     sums: &'a [u64],
+    /// Whether the section has a root per span.
+    roots: bool,
 }
 
 impl ChunkTable<'_> {
@@ -332,10 +425,25 @@ impl ChunkTable<'_> {
 
     /// The recorded digest of span `span`'s raw window (zero: it has none).
     pub fn window(&self, span: SpanId) -> Option<ChunkDigest> {
+        if usize::try_from(span.0).ok()? >= self.spans {
+            return None;
+        }
         let start = (self.spans * COUNT_LEN)
             .checked_add(usize::try_from(self.chunks).ok()?.checked_mul(CHUNK_DIGEST_LEN)?)?
             .checked_add(usize::try_from(span.0).ok()?.checked_mul(WINDOW_DIGEST_LEN)?)?;
         self.body.get(start..start.checked_add(WINDOW_DIGEST_LEN)?).map(window_digest)
+    }
+
+    /// The recorded tree root of span `span`; `None` when the index has no roots (an older clip wrote it).
+    pub fn root(&self, span: SpanId) -> Option<SpanRoot> {
+        if !self.roots || usize::try_from(span.0).ok()? >= self.spans {
+            return None;
+        }
+        let start = (self.spans * (COUNT_LEN + WINDOW_DIGEST_LEN))
+            .checked_add(usize::try_from(self.chunks).ok()?.checked_mul(CHUNK_DIGEST_LEN)?)?
+            .checked_add(usize::try_from(span.0).ok()?.checked_mul(ROOT_LEN)?)?;
+        let r = self.body.get(start..start.checked_add(ROOT_LEN)?)?;
+        Some(SpanRoot(r.try_into().ok()?))
     }
 }
 
@@ -349,13 +457,14 @@ impl Archive {
             if crc32c::crc32c(raw) != e.crc {
                 return None;
             }
-            let Fitting { chunk_size, chunks, sums, .. } = fitting(raw, self.span_count())?;
-            Some(CheckedChunks { offset: e.offset + HEADER_LEN as u64, chunk_size, chunks, sums })
+            let Fitting { chunk_size, chunks, sums, roots, .. } = fitting(raw, self.span_count())?;
+            Some(CheckedChunks { offset: e.offset + HEADER_LEN as u64, chunk_size, chunks, sums, roots })
         });
-        let CheckedChunks { offset, chunk_size, chunks, sums } = checked.as_ref()?;
+        let CheckedChunks { offset, chunk_size, chunks, sums, roots } = checked.as_ref()?;
         let e = self.section(SEC_CHNK)?;
         let body = self.local_range(*offset..e.offset + e.stored_len).ok()?;
-        Some(ChunkTable { body, chunk_size: *chunk_size, spans: self.span_count(), chunks: *chunks, sums })
+        let spans = self.span_count();
+        Some(ChunkTable { body, chunk_size: *chunk_size, spans, chunks: *chunks, sums, roots: *roots })
     }
 }
 
@@ -370,6 +479,7 @@ mod tests {
             counts: vec![2],
             chunks: vec![ChunkDigest([1; CHUNK_DIGEST_LEN]), ChunkDigest([2; CHUNK_DIGEST_LEN])],
             windows: vec![ChunkDigest::default()],
+            roots: Vec::new(),
         };
         let mut raw = chunks.encode().unwrap();
         assert_eq!(Chunks::decode(&raw, 1), Some(chunks));

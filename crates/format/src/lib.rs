@@ -53,7 +53,10 @@ mod windows;
 mod writer;
 
 pub use check::MAX_SIZE;
-pub use chunks::{ChunkDigest, ChunkTable, Chunks, SpanChunks, CHUNK_DIGEST_LEN, CHUNK_SIZE};
+pub use chunks::{
+    leaf_digests, ChunkDigest, ChunkTable, Chunks, LeafDigest, SpanChunks, SpanRoot, CHUNK_DIGEST_LEN, CHUNK_SIZE,
+    ROOT_LEN, TREE_LEAF,
+};
 pub use error::{Corruption, FormatError};
 pub use ids::{Digest, LayerIndex, SpanId, SpanIds};
 pub use input::{file_type_name, open_regular};

@@ -54,6 +54,7 @@ fn digests() -> Chunks {
         counts: vec![1, 3, 1],
         chunks: (0..5u8).map(|i| ChunkDigest([i + 1; CHUNK_DIGEST_LEN])).collect(),
         windows: vec![ChunkDigest::default(), ChunkDigest::of_window(b"window"), ChunkDigest::default()],
+        roots: vec![SpanRoot::of(b"a"), SpanRoot::of(b"b"), SpanRoot::of(b"")],
     }
 }
 
@@ -97,7 +98,29 @@ fn chunk_digests_read_back_per_layer_and_span_and_stay_out_of_the_mounted_part()
     assert_eq!(table.window(SpanId(1)), Some(ChunkDigest::of_window(&with.window(SpanId(1)).unwrap())));
     assert_eq!(table.window(SpanId(0)), Some(ChunkDigest::default()));
     assert_eq!(table.window(SpanId(3)), None);
+    assert_eq!(table.root(SpanId(1)), Some(SpanRoot::of(b"b")));
+    assert_eq!(table.root(SpanId(3)), None);
     assert!(without.chunk_table().is_none(), "an index written without digests has none");
+
+    // A section without roots (as clips before them wrote) reads, and has none.
+    let old = Archive::from_bytes(write(&contents(Some(Chunks { roots: Vec::new(), ..digests() })))).unwrap();
+    let table = old.chunk_table().expect("a section without roots still reads");
+    assert_eq!(table.window(SpanId(1)), Some(ChunkDigest::of_window(&old.window(SpanId(1)).unwrap())));
+    assert_eq!(table.root(SpanId(1)), None);
+}
+
+#[test]
+fn a_span_root_commits_to_its_leaves_and_its_length() {
+    let bytes: Vec<u8> = (0..(2 * TREE_LEAF + 5)).map(|i| (i % 251) as u8).collect();
+    let leaves = leaf_digests(&bytes);
+    assert_eq!(leaves.len() as u64, SpanRoot::leaves(bytes.len() as u64));
+    assert_eq!(leaves.len(), 3, "two whole leaves and the rest");
+    assert_eq!(SpanRoot::of(&bytes), SpanRoot::of_leaves(bytes.len() as u64, &leaves));
+    let mut changed = bytes.clone();
+    changed[TREE_LEAF as usize + 7] ^= 1;
+    assert_ne!(SpanRoot::of(&changed), SpanRoot::of(&bytes));
+    assert_ne!(SpanRoot::of_leaves(bytes.len() as u64 + 1, &leaves), SpanRoot::of(&bytes));
+    assert_eq!(SpanRoot::leaves(0), 0);
 }
 
 #[test]
@@ -158,6 +181,7 @@ fn a_part_carries_its_digests_and_one_without_them_still_reads() {
     d.counts.truncate(2);
     d.chunks.truncate(4);
     d.windows.truncate(2);
+    d.roots.truncate(2);
     let written = part_bytes(&part(Some(d.clone())));
     assert_eq!(LayerPart::from_bytes(&written).unwrap().chunks, Some(d.clone()));
     assert_eq!(LayerPart::from_bytes(&part_bytes(&part(None))).unwrap().chunks, None, "an older part");
@@ -207,6 +231,7 @@ fn every_span_of_a_long_layer_finds_its_own_digests() {
         counts: counts.clone(),
         chunks: (0..n).flat_map(|i| (0..counts[i as usize]).map(move |j| digest_of(i, j))).collect(),
         windows: vec![ChunkDigest::default(); n as usize],
+        roots: Vec::new(),
     });
     let archive = Archive::from_bytes(write(&c)).unwrap();
     let table = archive.chunk_table().unwrap();

@@ -85,6 +85,7 @@ fn sample_with(edit: impl FnOnce(&mut Vec<TarEntry>)) -> LayerPart {
             counts: vec![2, 1, 1],
             chunks: (0..4u8).map(|i| ChunkDigest([i; CHUNK_DIGEST_LEN])).collect(),
             windows: vec![ChunkDigest::default(), ChunkDigest::of(b"w1"), ChunkDigest::of(b"w2")],
+            roots: vec![SpanRoot::of(b"s0"), SpanRoot::of(b"s1"), SpanRoot::of(b"s2")],
         }),
         loads: PartLoads {
             bytecode: vec![ModuleImports {

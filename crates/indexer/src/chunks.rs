@@ -16,7 +16,7 @@ use std::cell::RefCell;
 use std::io::Read;
 use std::rc::Rc;
 
-use clip_format::{ChunkDigest, Chunks, Compression, CHUNK_SIZE};
+use clip_format::{ChunkDigest, Chunks, Compression, SpanRoot, CHUNK_SIZE};
 
 /// Compressed bytes kept before the open span's first chunk is closed without waiting for its end.
 pub(crate) const HELD_MAX: usize = 8 << 20;
@@ -27,6 +27,7 @@ pub(crate) struct ChunkRecorder {
     counts: Vec<u16>,
     chunks: Vec<ChunkDigest>,
     windows: Vec<ChunkDigest>,
+    roots: Vec<SpanRoot>,
     /// From index `used` on: the bytes from `at` on that no closed chunk holds yet (the bytes before
     /// `used` are let go in one move once they are half of it, not one chunk at a time).
     held: Vec<u8>,
@@ -48,6 +49,7 @@ impl ChunkRecorder {
             counts: Vec::new(),
             chunks: Vec::new(),
             windows: Vec::new(),
+            roots: Vec::new(),
             held: Vec::new(),
             used: 0,
             at: 0,
@@ -118,9 +120,10 @@ impl ChunkRecorder {
         self.open_count = 0;
     }
 
-    /// Records the next span (in span order): its checkpoint (`in_offset`, `bits`) and raw window.
-    pub fn span(&mut self, in_offset: u64, bits: u8, window: &[u8]) {
+    /// Records the next span (in span order): its checkpoint (`in_offset`, `bits`), raw window and tree root.
+    pub fn span(&mut self, in_offset: u64, bits: u8, window: &[u8], root: SpanRoot) {
         self.windows.push(ChunkDigest::of_window(window));
+        self.roots.push(root);
         if self.broken {
             return;
         }
@@ -147,7 +150,13 @@ impl ChunkRecorder {
             self.counts = vec![0; self.windows.len()];
             self.chunks.clear();
         }
-        Chunks { chunk_size: CHUNK_SIZE, counts: self.counts, chunks: self.chunks, windows: self.windows }
+        Chunks {
+            chunk_size: CHUNK_SIZE,
+            counts: self.counts,
+            chunks: self.chunks,
+            windows: self.windows,
+            roots: self.roots,
+        }
     }
 }
 
@@ -183,7 +192,7 @@ mod tests {
             let n = hasher.read(&mut buf[..777]).unwrap();
             pos += n as u64;
             while next < starts.len() && (pos >= starts[next] + lags[next] || n == 0) {
-                shared.borrow_mut().span(starts[next], 0, if next == 1 { b"window" } else { b"" });
+                shared.borrow_mut().span(starts[next], 0, if next == 1 { b"window" } else { b"" }, SpanRoot::default());
                 next += 1;
             }
             if n == 0 {

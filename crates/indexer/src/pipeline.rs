@@ -92,7 +92,7 @@ impl SpanSink {
 
     fn extend(&mut self, spans: Vec<Span>) -> Result<(), FormatError> {
         for s in spans {
-            self.chunks.borrow_mut().span(s.checkpoint.in_offset, s.checkpoint.bits, &s.checkpoint.window);
+            self.chunks.borrow_mut().span(s.checkpoint.in_offset, s.checkpoint.bits, &s.checkpoint.window, s.root);
             let window = self.windows.push(&s.checkpoint.window)?;
             self.spans.push(SpanSpec {
                 out_offset: s.checkpoint.out_offset,

@@ -207,6 +207,7 @@ pub fn check_spans(compression: Compression, summary: &LayerSummary, compressed:
         expected_out += span.len;
         let want = &original[cp.out_offset as usize..(cp.out_offset + span.len) as usize];
         assert_eq!(span.digest, Digest::of(want), "digest of span {i}");
+        assert_eq!(span.root, clip_format::SpanRoot::of(want), "tree root of span {i}");
         assert!(cp.bits <= 7);
         assert!(cp.window.len() <= 32 * 1024);
         // Windows are trimmed: the output right before the checkpoint with the bytes decoding never uses

@@ -36,8 +36,8 @@ pub use loads::{
 /// Version 2 added the `CHNK` section; version 5 cut 64 KiB chunks and long spans over documentation;
 /// version 6 cuts 32 KiB chunks (a part of version 5 would merge into an index without chunk digests);
 /// version 7 records what CPython modules import and what shared objects load (`LOAD`); version 8 also what
-/// programs load and the `#!` lines of scripts.
-pub const PART_VERSION: u32 = 8;
+/// programs load and the `#!` lines of scripts; version 9 a tree root per span in `CHNK`.
+pub const PART_VERSION: u32 = 9;
 
 /// The name a part is kept under: `sha256-<hex>-s<span size>-v<PART_VERSION>`, safe as a file name and as an
 /// object key.
