@@ -51,6 +51,7 @@ mod gzip;
 mod gzip_header;
 mod input;
 mod reader;
+mod resume;
 mod spans;
 mod trim;
 mod zlib;
@@ -61,6 +62,7 @@ pub use decode::{
 };
 pub use error::CodecError;
 pub use reader::IndexingReader;
+pub use resume::{gzip_resume_point, ResumePoint};
 
 /// How a layer blob is compressed: the format's type, re-exported so codec users need not name both crates.
 pub use clip_format::Compression;

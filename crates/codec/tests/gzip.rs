@@ -193,3 +193,40 @@ fn tiny_spans_and_tiny_layers() {
         check_spans(Compression::Gzip, &summary, &compressed, data);
     }
 }
+
+#[test]
+fn a_resume_point_inside_a_span_decodes_from_near_where_it_is_asked_for() {
+    let original = layer_data(8 * MIB, 7);
+    let compressed = gnu_gzip(&original, 6);
+    let (_, summary) = index(&compressed, Compression::Gzip, 4 * MIB as u64).unwrap();
+    let refs: Vec<_> = summary.spans.iter().map(|s| s.as_ref()).collect();
+    let span = &summary.spans[0];
+    let fetch = clip_codec::span_fetch_range(Compression::Gzip, &refs, 0, compressed.len() as u64);
+    let data = &compressed[fetch.start as usize..fetch.end as usize];
+    let cp = &span.checkpoint;
+    let checkpoint = clip_codec::CheckpointRef {
+        out_offset: cp.out_offset,
+        in_offset: cp.in_offset,
+        bits: cp.bits,
+        window: &cp.window,
+    };
+    let (from, to) = (3 * MIB as u64, 3 * MIB as u64 + 100 * KIB);
+    let point = clip_codec::gzip_resume_point(&checkpoint, fetch.start, data, span.len, from, to).unwrap().unwrap();
+    assert!(point.out_offset <= from && from - point.out_offset < 256 * KIB, "resumes at {}", point.out_offset);
+    assert!(point.in_offset > fetch.start + (fetch.end - fetch.start) / 2, "past the middle of the span's bytes");
+    assert!(point.window.len() <= 32 * KIB as usize);
+    // Its own compressed bytes, from where it starts to `in_end`, decode to the original bytes up to `to`.
+    let start = clip_codec::fetch_start(Compression::Gzip, point.in_offset, point.bits);
+    assert!(point.in_end < fetch.end, "only what reaches `to` is needed");
+    let own = &compressed[start as usize..point.in_end as usize];
+    let resume = clip_codec::CheckpointRef {
+        out_offset: point.out_offset,
+        in_offset: point.in_offset,
+        bits: point.bits,
+        window: &point.window,
+    };
+    let got = clip_codec::decode_span(Compression::Gzip, &resume, start, own, to - point.out_offset).unwrap();
+    assert!(got == original[point.out_offset as usize..to as usize], "bytes decoded from the resume point differ");
+    // Nothing at or before the span's start to resume from.
+    assert_eq!(clip_codec::gzip_resume_point(&checkpoint, fetch.start, data, span.len, 0, to).unwrap(), None);
+}
