@@ -71,5 +71,5 @@ pub use reader::{
     Archive, Next, NextFiles, NodeView, RangeReader, SpanSlice, SpanView, XattrRef, MAX_NEXT_EDGES, MAX_STARTUP_FILES,
 };
 pub use tables::{NodeRecord, RecordContent, TreeTables};
-pub use windows::{WindowRef, Windows, MAX_WINDOW};
+pub use windows::{encode_window, WindowRef, Windows, MAX_WINDOW};
 pub use writer::{write_archive, write_index, DataSource, IndexContents, SpanSpec};

@@ -13,6 +13,11 @@ pub const MAX_WINDOW: usize = 32 * 1024;
 /// Stored bytes kept in memory before the section moves to a temporary file.
 pub const SPILL_AT: usize = 1 << 20;
 
+/// A window as the `WIND` section stores it: zstd-compressed (read back with [`crate::Archive::decode_window`]).
+pub fn encode_window(raw: &[u8]) -> Result<Vec<u8>, FormatError> {
+    zstd::bulk::compress(raw, ZSTD_LEVEL).map_err(FormatError::Write)
+}
+
 /// Where a span's stored (compressed) window sits in the `WIND` section. `len` 0: no window.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WindowRef {
@@ -59,7 +64,7 @@ impl Windows {
         if raw.is_empty() {
             return Ok(WindowRef::default());
         }
-        let stored = zstd::bulk::compress(raw, ZSTD_LEVEL).map_err(FormatError::Write)?;
+        let stored = encode_window(raw)?;
         let offset = self.len();
         self.append_stored(&stored)?;
         Ok(WindowRef { offset, len: stored.len() as u32 })

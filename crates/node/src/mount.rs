@@ -130,13 +130,14 @@ impl PassthroughSource for StorePassthrough {
 
 /// Saves the recorded profile and, when the config says so, publishes it next to its image (a failure to
 /// publish is logged: the profile still serves this node).
-async fn finish_recording(recorder: &ProfileRecorder, config: &MountConfig) {
+async fn finish_recording(recorder: &ProfileRecorder, store: &ContentStore, config: &MountConfig) {
+    let resume = recorder.find_resume_points(store).await;
     let spans = recorder.profile().spans.len();
     if let Err(error) = recorder.save() {
         warn!(error = &error as &dyn std::error::Error, "saving the profile");
         return;
     }
-    info!(spans, "profile recorded");
+    info!(spans, resume, "profile recorded");
     let Some(path) = config.record_profile.as_ref().filter(|_| spans > 0) else { return };
     if let Some(image) = &config.publish_profile {
         match crate::publish_profile(image, path, &config.open.source).await {
@@ -254,6 +255,7 @@ pub async fn mount_until(
         .map_err(|e| NodeError::Task(e.to_string()))?
         .map_err(NodeError::Mount)?;
     let mut prefetch = config.prefetch.then(|| store.prefetch_all());
+    let mut pieces = None;
     if prefetch.is_none() {
         let archive = store.archive();
         if let Some(p) = profile.as_ref().filter(|p| p.manifest_digest != archive.meta().manifest_digest) {
@@ -262,10 +264,18 @@ pub async fn mount_until(
             warn!(profile = %recorded_for, "the profile was recorded for another image; using the spans that exist");
         }
         let (spans, from_set) = crate::startup_spans(archive, &startup_set, profile.as_ref());
+        // A span with a resume point is loaded from there (a piece of it), not from its start.
+        let resumes = profile.as_ref().map(|p| p.resumes(archive)).unwrap_or_default();
+        let resumed: std::collections::HashSet<_> = resumes.iter().map(|r| r.span).collect();
+        let spans: Vec<_> = spans.into_iter().filter(|(_, span, _)| !resumed.contains(span)).collect();
         if profile.is_some() {
-            info!(spans = spans.len() - from_set, startup_set = from_set, "prefetching the spans of the profile");
+            let (spans, pieces) = (spans.len(), resumes.len());
+            info!(spans, pieces, startup_set = from_set, "prefetching the spans of the profile and the startup set");
         } else if from_set > 0 {
             info!(spans = from_set, "prefetching the startup set");
+        }
+        if !resumes.is_empty() {
+            pieces = Some(store.load_resumes(resumes));
         }
         prefetch = (!spans.is_empty()).then(|| store.prefetch_spans(spans));
     }
@@ -278,8 +288,8 @@ pub async fn mount_until(
     loop {
         if let Some(recorder) = recorder.as_ref().filter(|r| !recorded && r.finished()) {
             recorded = true;
-            let (recorder, config) = (Arc::clone(recorder), config.clone());
-            tokio::spawn(async move { finish_recording(&recorder, &config).await });
+            let (recorder, store, config) = (Arc::clone(recorder), store.clone(), config.clone());
+            tokio::spawn(async move { finish_recording(&recorder, &store, &config).await });
         }
         if let Some(recorder) = recorder.as_ref().filter(|_| !recorded && last_save.elapsed() >= PROFILE_SAVE_EVERY) {
             last_save = tokio::time::Instant::now();
@@ -306,8 +316,11 @@ pub async fn mount_until(
     if let Some(task) = prefetch {
         task.abort();
     }
+    if let Some(task) = pieces {
+        task.abort();
+    }
     if let Some(recorder) = recorder.as_ref().filter(|_| !recorded) {
-        finish_recording(recorder, config).await;
+        finish_recording(recorder, &store, config).await;
     }
     let fs = fs_stats.snapshot();
     drop(handle);

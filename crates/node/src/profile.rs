@@ -1,5 +1,11 @@
 //! Prefetch profiles: the order in which a container's startup first read the image's spans.
 //!
+//! A profile also carries resume points (`"resume"`): for a gzip span whose reads began far into it, a
+//! place near there to start decoding, with the digests of the span's leaves, so a later cold start fetches
+//! the span from near where its reads begin, not from its start (see `clip_store`'s resume points; what
+//! they give is checked against the index's tree root, so a profile from anywhere cannot change a byte
+//! served). They are found when a recording ends, by fetching each such span once more.
+//!
 //! A [`ProfileRecorder`] watches a mount's reads (it is a [`clip_fs::ReadObserver`]), maps each one to the
 //! spans it covers and keeps every span once, in first-touch order, with how far into it the reads
 //! reached. [`Profile`] is the small JSON file it writes (`{"manifest_digest": ..., "spans": [[layer,
@@ -12,9 +18,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use clip_format::{Archive, DataRef, Digest, LayerIndex, SpanId};
-use clip_store::Need;
+use clip_store::{ContentStore, Need, Resume, ResumePoint};
 use serde::{Deserialize, Serialize};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use clip_image::{fetch_artifact_layer, push_artifact, Artifact, ImageError, PublishedIndex};
 
@@ -27,6 +33,9 @@ pub const PROFILE_ARTIFACT_TYPE: &str = "application/vnd.clip.profile.v1";
 /// Media type of the layer holding the profile's JSON.
 pub const PROFILE_LAYER_MEDIA_TYPE: &str = "application/vnd.clip.profile.v1+json";
 
+/// Spans fetched at once while finding resume points.
+const RESUME_SEARCHES: usize = 4;
+
 /// Largest profile file read.
 const MAX_PROFILE_BYTES: u64 = 64 << 20;
 
@@ -37,6 +46,67 @@ pub struct Profile {
     pub manifest_digest: Option<Digest>,
     /// The spans read, in the order they were first read, each once.
     pub spans: Vec<ProfileSpan>,
+    /// Resume points of spans whose reads began far into them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resume: Vec<ProfileResume>,
+}
+
+/// A resume point as a profile stores it (see [`clip_store::Resume`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProfileResume {
+    pub layer: LayerIndex,
+    pub span: SpanId,
+    /// Where decoding starts: the layer's decoded offset, compressed offset and bits before it.
+    pub out: u64,
+    #[serde(rename = "in")]
+    pub in_offset: u64,
+    pub bits: u8,
+    /// Where the compressed bytes to decode end, and the decoded offset they reach.
+    pub in_end: u64,
+    pub out_end: u64,
+    /// The window decoding needs, zstd-compressed, in base64.
+    pub window: String,
+    /// The digests of the span's leaves, in hex, one after the other.
+    pub leaves: String,
+}
+
+impl ProfileResume {
+    fn of(r: &Resume) -> Result<ProfileResume, clip_format::FormatError> {
+        use base64::Engine as _;
+        let p = &r.point;
+        Ok(ProfileResume {
+            layer: r.layer,
+            span: r.span,
+            out: p.out_offset,
+            in_offset: p.in_offset,
+            bits: p.bits,
+            in_end: p.in_end,
+            out_end: r.out_end,
+            window: base64::engine::general_purpose::STANDARD.encode(clip_format::encode_window(&p.window)?),
+            leaves: r.leaves.iter().map(hex::encode).collect(),
+        })
+    }
+
+    /// The resume point, or why it cannot be read.
+    fn resume(&self) -> Result<Resume, String> {
+        use base64::Engine as _;
+        let stored = base64::engine::general_purpose::STANDARD.decode(&self.window).map_err(|e| e.to_string())?;
+        let window =
+            if stored.is_empty() { Vec::new() } else { Archive::decode_window(&stored).map_err(|e| e.to_string())? };
+        let raw = hex::decode(&self.leaves).map_err(|e| e.to_string())?;
+        if raw.len() % 32 != 0 {
+            return Err(format!("{} bytes of leaf digests", raw.len()));
+        }
+        let leaves = raw.chunks_exact(32).map(|d| d.try_into().unwrap_or_default()).collect();
+        let point = ResumePoint {
+            out_offset: self.out,
+            in_offset: self.in_offset,
+            bits: self.bits,
+            window,
+            in_end: self.in_end,
+        };
+        Ok(Resume { layer: self.layer, span: self.span, point, out_end: self.out_end, leaves })
+    }
 }
 
 /// One span a recorded start read: `[layer, span, upto]` in the JSON (its first `upto` decoded bytes), or
@@ -92,6 +162,21 @@ impl Profile {
             .iter()
             .map(|s| s.parts())
             .filter(|&(layer, span, _)| archive.layer_spans(layer).is_ok_and(|r| r.contains(span)))
+            .collect()
+    }
+
+    /// The resume points that can be read, for spans `archive` has (those that cannot are logged); whether
+    /// each fits its span is checked when it is loaded.
+    pub fn resumes(&self, archive: &Archive) -> Vec<Resume> {
+        let exists = |r: &ProfileResume| archive.layer_spans(r.layer).is_ok_and(|s| s.contains(r.span));
+        self.resume
+            .iter()
+            .filter(|r| exists(r))
+            .filter_map(|r| {
+                r.resume()
+                    .inspect_err(|why| warn!(layer = %r.layer, span = %r.span, why, "a resume point of the profile is unreadable"))
+                    .ok()
+            })
             .collect()
     }
 
@@ -200,6 +285,10 @@ pub struct ProfileRecorder {
 struct Recorded {
     /// The spans read, first touch first, each with how much of it was read.
     spans: SpanNeeds,
+    /// Where the first read of each span began (an offset into the span).
+    firsts: std::collections::HashMap<SpanId, u64>,
+    /// Resume points found when the recording ended.
+    resume: Vec<ProfileResume>,
     /// Bumped whenever `spans` changes.
     version: u64,
     /// `version` at the last save.
@@ -244,6 +333,8 @@ impl ProfileRecorder {
             if state.spans.add(data.layer, slice.span, Need::of_slice(&slice)) {
                 state.version += 1;
             }
+            let first = state.firsts.entry(slice.span).or_insert(slice.within.start);
+            *first = (*first).min(slice.within.start);
         }
     }
 
@@ -254,7 +345,45 @@ impl ProfileRecorder {
 
     fn profile_of(&self, state: &Recorded) -> Profile {
         let spans = state.spans.list().iter().map(|&(layer, span, need)| ProfileSpan::of(layer, span, need)).collect();
-        Profile { manifest_digest: self.archive.meta().manifest_digest, spans }
+        Profile { manifest_digest: self.archive.meta().manifest_digest, spans, resume: state.resume.clone() }
+    }
+
+    /// Finds resume points for the recorded spans whose reads began at least [`clip_store::RESUME_MIN`]
+    /// into them (fetching each such span once, through `store`), and keeps them for the next save.
+    /// A span whose point cannot be found is left without one (logged at debug).
+    pub async fn find_resume_points(&self, store: &ContentStore) -> usize {
+        use futures::StreamExt as _;
+        let wanted: Vec<_> = {
+            let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            let start = |span| state.firsts.get(&span).copied().unwrap_or(0);
+            state
+                .spans
+                .list()
+                .iter()
+                .filter(|&&(_, span, _)| start(span) >= clip_store::RESUME_MIN)
+                .map(|&(layer, span, need)| (layer, span, start(span), need.bytes(u64::MAX)))
+                .collect()
+        };
+        let found: Vec<_> = futures::stream::iter(wanted)
+            .map(|(layer, span, from, to)| async move {
+                match store.resume_point(layer, span, from, to).await {
+                    Ok(Some(resume)) => ProfileResume::of(&resume).ok(),
+                    Ok(None) => None,
+                    Err(error) => {
+                        debug!(%layer, %span, error = &error as &dyn std::error::Error, "no resume point");
+                        None
+                    }
+                }
+            })
+            .buffered(RESUME_SEARCHES)
+            .filter_map(std::future::ready)
+            .collect()
+            .await;
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let count = found.len();
+        state.resume = found;
+        state.version += 1;
+        count
     }
 
     /// Writes the profile when it changed since the last save (or was never saved).
@@ -292,6 +421,7 @@ mod tests {
                 ProfileSpan::Whole(LayerIndex(0), SpanId(3)),
                 ProfileSpan::Upto(LayerIndex(1), SpanId(0), 4096),
             ],
+            resume: Vec::new(),
         };
         let json = serde_json::to_string(&p).unwrap();
         assert_eq!(json, format!(r#"{{"manifest_digest":"{digest}","spans":[[0,3],[1,0,4096]]}}"#));
@@ -371,7 +501,11 @@ mod tests {
     fn save_is_atomic_and_loadable() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("p.json");
-        let p = Profile { manifest_digest: None, spans: vec![ProfileSpan::Upto(LayerIndex(2), SpanId(7), 10)] };
+        let p = Profile {
+            manifest_digest: None,
+            spans: vec![ProfileSpan::Upto(LayerIndex(2), SpanId(7), 10)],
+            resume: Vec::new(),
+        };
         p.save(&path).unwrap();
         assert_eq!(Profile::load(&path).unwrap(), p);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);

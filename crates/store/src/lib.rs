@@ -6,7 +6,8 @@
 //!   the [`DiskCache`], then fetched with one range read, decoded from its checkpoint and verified against
 //!   its digest before any byte is served or cached. Concurrent readers of one span share one fetch.
 //!   Sequential reads load the next spans ahead; [`ContentStore::prefetch_all`] fills the disk cache in the
-//!   background; [`ContentStore::cached_file`] hands out whole cached files for FUSE passthrough, and
+//!   background; [`ContentStore::load_resumes`] loads the pieces a recorded profile's resume points give
+//!   (bytes from inside a span, checked against its tree root); [`ContentStore::cached_file`] hands out whole cached files for FUSE passthrough, and
 //!   [`ContentStore::page_in`] reads cached files into the page cache ahead of a start.
 //! - [`DiskCache`]: spans on disk named by their sha256, shared by all processes on the machine, bounded
 //!   with LRU eviction, written atomically and verified when read.
@@ -40,17 +41,20 @@ mod memory;
 mod page_in;
 mod partial;
 mod remote;
+mod resume;
 mod schedule;
 mod stats;
 mod store;
 
 pub use blobs::{LayerBlobs, LocalData, SourceBlobs};
 pub use cache::{default_cache_dir, private_dir, share_disk_caches, CacheStats, DiskCache, Evicted};
+pub use clip_codec::ResumePoint;
 pub use clip_source::error_chain;
 pub use config::{failure_holdoff, Clock, ManualClock, StoreConfig, SystemClock, VERIFY_ATTEMPTS};
 pub use error::StoreError;
 pub use partial::Need;
 pub use remote::{RemoteSpanCache, RemoteTier, TIER_BACKOFF, TIER_WARN_EVERY};
+pub use resume::{Resume, ResumeSummary, PIECES_MAX, RESUME_MIN};
 pub use schedule::{PrefetchSummary, Warmed};
 pub use stats::{LatencyHistogram, StoreStats, FETCH_LATENCY_BOUNDS_MS};
 pub use store::{ContentStore, SpanBytes};

@@ -150,7 +150,8 @@ impl ContentStore {
         let rt = Handle::try_current().ok().or_else(|| inner.runtime.clone());
         for slice in a.file_spans(data, 0..data.size) {
             let Ok(slice) = slice else { break };
-            if local(&slice) {
+            // A piece of the span that holds these bytes is loading or here (see `resume`).
+            if local(&slice) || inner.piece_covers(slice.span, &slice.within) {
                 continue;
             }
             warmed.cold = true;
@@ -207,12 +208,11 @@ impl Inner {
         for index in SpanIds::through(first, last) {
             // The span the file ends in is wanted up to there: past it lie other files (a library's last
             // span loaded whole had cost a cold Python start ~1 MiB of the bytes it fetched).
-            let need = self
-                .archive
-                .span_range(data.layer, index)
-                .map_or(Need::Whole, |r| Need::to(file_end.saturating_sub(r.start), r.end - r.start));
+            let Ok(range) = self.archive.span_range(data.layer, index) else { continue };
+            let need = Need::to(file_end.saturating_sub(range.start), range.end - range.start);
+            let within = data.offset.saturating_sub(range.start)..file_end.min(range.end).saturating_sub(range.start);
             // A span checked in the disk cache is read from there by range: loading it would be wasted.
-            if self.in_memory(index, need) || self.trusted_on_disk(index) {
+            if self.in_memory(index, need) || self.trusted_on_disk(index) || self.piece_covers(index, &within) {
                 continue;
             }
             Counters::bump(&self.counters.readahead_spans);
@@ -233,7 +233,7 @@ impl Inner {
             return;
         }
         let need = if upto >= end - start { Need::Whole } else { Need::Upto(upto) };
-        if self.is_local(slice.span, need) {
+        if self.is_local(slice.span, need) || self.piece_covers(slice.span, &(slice.within.start..upto)) {
             return;
         }
         if let Some(rt) = Handle::try_current().ok().or_else(|| self.runtime.clone()) {

@@ -97,6 +97,8 @@ pub(crate) struct Inner {
     tier: Option<Tier>,
     /// Layers read at least once (logged once each, at info).
     touched: Vec<std::sync::atomic::AtomicBool>,
+    /// Pieces of spans from resume points (see `resume`).
+    pub pieces: Mutex<crate::resume::Pieces>,
 }
 
 impl ContentStore {
@@ -149,6 +151,7 @@ impl ContentStore {
                 paging: Mutex::default(),
                 tier,
                 touched: (0..layers).map(|_| std::sync::atomic::AtomicBool::new(false)).collect(),
+                pieces: Mutex::default(),
             }),
         }
     }
@@ -213,6 +216,10 @@ impl ContentStore {
         for slice in self.inner.archive.file_spans(data, offset..end) {
             let slice = slice?;
             let SpanSlice { span, ref span_range, ref within } = slice;
+            if let Some(piece) = self.inner.piece_slice(span, within, deadline).await {
+                out.extend_from_slice(&piece);
+                continue;
+            }
             if let Some(piece) = self.inner.disk_slice(span, span_range.end - span_range.start, within).await {
                 if sequential && piece.from_prefix {
                     // As below, from the decoded prefix on disk.
