@@ -43,12 +43,12 @@ fn replay(index: &Path, dir: &Path, profile: &Path, spans: usize, files: &[(Stri
         &dir.join("mnt"),
         &["--cache-dir", s(&cache), "--profile", s(profile), "--metrics", &addr],
     );
+    // A span is loaded whole or as a prefix, or (from a resume point) as a piece.
+    let loaded = || metric(&addr, "clip_prefetched_spans_total") + metric(&addr, "clip_pieces_loaded_total");
     let what = format!("the profile's {spans} spans were not prefetched");
-    common::wait_within(Duration::from_secs(60), &what, || {
-        metric(&addr, "clip_prefetched_spans_total") >= spans as f64
-    });
+    common::wait_within(Duration::from_secs(60), &what, || loaded() >= spans as f64);
     let fetched = metric(&addr, "clip_spans_fetched_total");
-    assert!(fetched >= spans as f64, "prefetch fetched {fetched} spans");
+    assert!(fetched + metric(&addr, "clip_pieces_loaded_total") >= spans as f64, "prefetch fetched {fetched} spans");
     let bytes = metric(&addr, "clip_fetched_bytes_total");
     for (path, off, size) in files {
         assert!(std::fs::read(m.dir.join(path)).unwrap() == tar[*off as usize..(*off + *size) as usize], "{path}");
@@ -119,6 +119,7 @@ fn recorded_profile_lists_first_reads_and_a_cold_mount_prefetches_as_much_of_the
     // The same profile as an older clip wrote it (whole spans) loads the same spans, and more of each.
     let mut whole = json.clone();
     whole["spans"] = recorded.iter().map(|e| e[..2].to_vec()).collect::<Vec<_>>().into();
+    whole.as_object_mut().unwrap().remove("resume");
     let whole_profile = dir.path().join("whole.json");
     std::fs::write(&whole_profile, serde_json::to_vec(&whole).unwrap()).unwrap();
     let wholes = replay(&index, &dir.path().join("b"), &whole_profile, expected.len(), &picked, &tar);
@@ -194,4 +195,126 @@ fn clip_run_records_a_profile_and_a_clean_node_runs_with_the_pushed_one() {
     assert!(ok, "clip run failed:\n{err}");
     assert!(out.contains("Debian GNU/Linux 12"), "{out}");
     assert!(err.contains("prefetch profile from registry"), "{err}");
+}
+
+/// A cold mount of `index` with `--profile profile` (of one span) and a fresh cache: waits for its span's
+/// piece to be loaded or its resume point rejected (or, without one, the span prefetched), reads `file` (checked against `tar`) and returns (pieces loaded,
+/// compressed bytes fetched in all, the mount's log); when the piece was loaded, asserts that the read
+/// fetched nothing more.
+fn replay_piece(index: &Path, dir: &Path, profile: &Path, file: &(String, u64, u64), tar: &[u8]) -> (f64, f64, String) {
+    let addr = format!("127.0.0.1:{}", find_free_port());
+    let cache = dir.join("cache");
+    let args = ["--cache-dir", s(&cache), "--profile", s(profile), "--metrics", &addr];
+    let m = MountProc::start(index, &dir.join("mnt"), &args);
+    // The span is loaded as a piece, or its resume point rejected, or (a profile without one) prefetched.
+    let done = || {
+        ["clip_pieces_loaded_total", "clip_pieces_rejected_total", "clip_prefetched_spans_total"]
+            .iter()
+            .map(|m| metric(&addr, m))
+            .sum::<f64>()
+    };
+    common::wait_within(Duration::from_secs(60), "the profile's span was not loaded", || done() >= 1.0);
+    let loaded = metric(&addr, "clip_pieces_loaded_total");
+    let before = metric(&addr, "clip_fetched_bytes_total");
+    let (path, off, size) = file;
+    assert!(std::fs::read(m.dir.join(path)).unwrap() == tar[*off as usize..(*off + *size) as usize], "{path}");
+    let after = metric(&addr, "clip_fetched_bytes_total");
+    if loaded > 0.0 {
+        assert_eq!(after, before, "a read inside the piece fetched more");
+    }
+    (loaded, after, m.stop())
+}
+
+#[test]
+fn a_resume_point_fetches_a_span_from_near_its_first_read_and_a_forged_one_changes_no_byte() {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let layer = big_gzip_layer(12);
+    let tar = layer.tar().to_vec();
+    let registry = Registry::start();
+    let mut layout = OciLayoutBuilder::new();
+    layout.add_image("t", &Image::new(vec![layer]));
+    registry.push(layout.path(), "t", "img:t");
+    let dir = tempfile::tempdir().unwrap();
+    let index = dir.path().join("img.clip");
+    clip_ok(&["index", &registry.image_ref("img:t"), "-o", s(&index)]);
+    let archive = Archive::open(&index).unwrap();
+
+    // A small file that starts more than half a span into its span and ends in it.
+    let l0 = clip_format::LayerIndex(0);
+    let files = tar_files(&tar);
+    let file = files
+        .iter()
+        .find(|(_, off, size)| {
+            let range = archive.span_range(l0, archive.find_span(l0, *off).unwrap()).unwrap();
+            (4096..64 << 10).contains(size)
+                && off - range.start > (range.end - range.start) / 2
+                && off + size <= range.end
+        })
+        .expect("the test layer has a small file in the second half of a span")
+        .clone();
+    let span = archive.find_span(l0, file.1).unwrap();
+    let range = archive.span_range(l0, span).unwrap();
+
+    // Recording finds a resume point at a block boundary before the file, reaching past its end.
+    let profile = dir.path().join("profile.json");
+    let m = MountProc::start(
+        &index,
+        &dir.path().join("rec"),
+        &["--cache-dir", s(&dir.path().join("cache0")), "--record-profile", s(&profile)],
+    );
+    std::fs::read(m.dir.join(&file.0)).unwrap();
+    let log = m.stop();
+    assert!(log.contains("profile recorded") && log.contains("resume=1"), "{log}");
+    let json = read_profile(&profile);
+    let resume = json["resume"].as_array().unwrap();
+    assert_eq!(resume.len(), 1, "{json}");
+    let r = &resume[0];
+    assert_eq!(r["span"].as_u64(), Some(span.index() as u64), "{json}");
+    let out = r["out"].as_u64().unwrap();
+    assert!(range.start < out && out <= file.1, "resumes at {out}, the file starts at {}", file.1);
+    assert!(r["out_end"].as_u64().unwrap() >= file.1 + file.2, "{json}");
+    assert_eq!(r["leaves"].as_str().unwrap().len() as u64, 64 * (range.end - range.start).div_ceil(32 << 10));
+
+    // A cold start with it fetches the span from there; without it, from the span's start.
+    let (loaded, with, _) = replay_piece(&index, &dir.path().join("a"), &profile, &file, &tar);
+    assert_eq!(loaded, 1.0);
+    let mut plain = json.clone();
+    plain.as_object_mut().unwrap().remove("resume");
+    let plain_profile = dir.path().join("plain.json");
+    std::fs::write(&plain_profile, serde_json::to_vec(&plain).unwrap()).unwrap();
+    let (loaded, without, _) = replay_piece(&index, &dir.path().join("b"), &plain_profile, &file, &tar);
+    assert_eq!(loaded, 0.0);
+    assert!(with < without / 2.0, "fetched {with} bytes from the resume point, {without} from the span's start");
+
+    // Forged resume points: none is used, and the file reads right all the same.
+    let window = clip_format::Archive::decode_window(&b64.decode(r["window"].as_str().unwrap()).unwrap()).unwrap();
+    let mut forgeries: Vec<(&str, serde_json::Value)> = Vec::new();
+    let mut leaf = r.clone();
+    let leaves = r["leaves"].as_str().unwrap();
+    let at = 64 * ((file.1 - range.start) / (32 << 10)) as usize;
+    let flipped = if &leaves[at..at + 1] == "0" { "1" } else { "0" };
+    leaf["leaves"] = format!("{}{flipped}{}", &leaves[..at], &leaves[at + 1..]).into();
+    forgeries.push(("a leaf digest", leaf));
+    let mut moved = r.clone();
+    moved["out"] = (out + 1).into();
+    forgeries.push(("where decoding starts", moved));
+    let mut shifted = r.clone();
+    shifted["in"] = (r["in"].as_u64().unwrap() - 1).into();
+    forgeries.push(("the compressed offset", shifted));
+    if !window.is_empty() {
+        let mut other = r.clone();
+        let inverted: Vec<u8> = window.iter().map(|b| !b).collect();
+        other["window"] = b64.encode(clip_format::encode_window(&inverted).unwrap()).into();
+        forgeries.push(("the window", other));
+    }
+    for (i, (what, forged)) in forgeries.into_iter().enumerate() {
+        let mut bad = json.clone();
+        bad["resume"] = vec![forged].into();
+        let bad_profile = dir.path().join(format!("forged-{i}.json"));
+        std::fs::write(&bad_profile, serde_json::to_vec(&bad).unwrap()).unwrap();
+        let (loaded, _, log) = replay_piece(&index, &dir.path().join(format!("f{i}")), &bad_profile, &file, &tar);
+        assert_eq!(loaded, 0.0, "a resume point with another {what} was used");
+        assert!(log.contains("a resume point of the profile is not used"), "{what}: {log}");
+    }
 }

@@ -192,6 +192,12 @@ impl Collector for MountMetrics {
                 st.files_paged_in,
             ),
             ("clip_prefetched_spans", "Spans loaded by prefetch.", st.prefetched_spans),
+            ("clip_pieces_loaded", "Pieces of spans loaded from a profile's resume points.", st.pieces_loaded),
+            (
+                "clip_pieces_rejected",
+                "Resume points of a profile not used (they do not fit the index).",
+                st.pieces_rejected,
+            ),
             ("clip_cache_evictions", "Disk cache files evicted.", st.evictions),
             ("clip_cache_evicted_bytes", "Bytes evicted from the disk cache.", st.bytes_evicted),
         ])?;

@@ -23,6 +23,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 use crate::fetch::checkpoint;
+use crate::stats::Counters;
 use crate::store::Inner;
 use crate::{lock, ContentStore, SpanBytes, StoreError};
 
@@ -137,12 +138,21 @@ impl ContentStore {
                 let load = loads.spawn(async move {
                     let done = me.load_piece(&resume).await;
                     drop(permit);
-                    let outcome = match &done {
-                        Ok(Some(_)) => Ok(true),
-                        Ok(None) => Ok(false),
+                    let outcome = match done {
+                        Ok(Some(bytes)) => {
+                            me.finish_piece(resume.span, Some(bytes), &ready);
+                            Counters::bump(&me.counters.pieces_loaded);
+                            Ok(true)
+                        }
+                        Ok(None) => {
+                            Counters::bump(&me.counters.pieces_rejected);
+                            Ok(false)
+                        }
                         Err(e) => Err(e.to_string()),
                     };
-                    me.finish_piece(resume.span, done.ok().flatten(), &ready);
+                    if !matches!(outcome, Ok(true)) {
+                        me.finish_piece(resume.span, None, &ready);
+                    }
                     outcome
                 });
                 lock(&inner.startup_loads).push(load);
@@ -188,8 +198,12 @@ impl Inner {
         Some((r, ready))
     }
 
-    /// Keeps a loaded piece (or notes it failed) and wakes the reads waiting for it.
+    /// Keeps a loaded piece (or forgets a failed one: loads ahead cover its bytes again) and wakes the reads
+    /// waiting for it.
     fn finish_piece(&self, span: SpanId, bytes: Option<SpanBytes>, ready: &watch::Sender<Option<Option<SpanBytes>>>) {
+        if bytes.is_none() {
+            lock(&self.pieces).slots.remove(&span);
+        }
         if let Some(bytes) = &bytes {
             let mut pieces = lock(&self.pieces);
             pieces.bytes += bytes.len() as u64;
@@ -206,7 +220,12 @@ impl Inner {
 
     /// Whether a planned piece of span `index` holds its bytes `within` (offsets into the span).
     pub(crate) fn piece_covers(&self, index: SpanId, within: &Range<u64>) -> bool {
-        lock(&self.pieces).slots.get(&index).is_some_and(|s| s.range.start <= within.start && within.end <= s.range.end)
+        // A load dropped before it ended (the startup yielded) covers nothing.
+        let live = |s: &Slot| s.state.borrow().is_some() || s.state.has_changed().is_ok();
+        lock(&self.pieces)
+            .slots
+            .get(&index)
+            .is_some_and(|s| s.range.start <= within.start && within.end <= s.range.end && live(s))
     }
 
     /// Bytes `within` of span `index` from its piece, waiting for the piece while it loads (until

@@ -74,6 +74,10 @@ pub struct StoreStats {
     pub files_paged_in: u64,
     /// Spans loaded by prefetch.
     pub prefetched_spans: u64,
+    /// Pieces of spans loaded from a profile's resume points and verified.
+    pub pieces_loaded: u64,
+    /// Resume points not used: they did not fit the index, or their bytes did not give its tree root.
+    pub pieces_rejected: u64,
     /// Files removed from the disk cache to keep it under its bound (the disk cache's figures, here and
     /// below, are of every store sharing it: `DiskCache::shared`).
     pub evictions: u64,
@@ -113,6 +117,8 @@ pub(crate) struct Counters {
     pub open_prefetch_spans: AtomicU64,
     pub files_paged_in: AtomicU64,
     pub prefetched_spans: AtomicU64,
+    pub pieces_loaded: AtomicU64,
+    pub pieces_rejected: AtomicU64,
     pub tier_hits: AtomicU64,
     pub tier_misses: AtomicU64,
     /// Shared with background publishing tasks.
@@ -142,6 +148,8 @@ impl Counters {
             open_prefetch_spans: AtomicU64::new(0),
             files_paged_in: AtomicU64::new(0),
             prefetched_spans: AtomicU64::new(0),
+            pieces_loaded: AtomicU64::new(0),
+            pieces_rejected: AtomicU64::new(0),
             tier_hits: AtomicU64::new(0),
             tier_misses: AtomicU64::new(0),
             tier_errors: Arc::default(),
@@ -197,6 +205,8 @@ impl Counters {
             open_prefetch_spans: load(&self.open_prefetch_spans),
             files_paged_in: load(&self.files_paged_in),
             prefetched_spans: load(&self.prefetched_spans),
+            pieces_loaded: load(&self.pieces_loaded),
+            pieces_rejected: load(&self.pieces_rejected),
             tier_hits: load(&self.tier_hits),
             tier_misses: load(&self.tier_misses),
             tier_errors: load(&self.tier_errors),
