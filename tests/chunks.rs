@@ -160,6 +160,9 @@ fn a_remount_serves_a_partly_fetched_span_from_the_cache_and_refetches_a_damaged
         prefix_files(&cache).len() == 1 && sealed_part_files(&cache).len() == 1
     });
     m.stop();
+    // Ending the recording fetched the span once more, for its resume point.
+    let first = served.proxy().stats().blob_bytes;
+    assert!(read_profile_resumes(&profile) == 1, "the file is mid-span: its span gets a resume point");
 
     // A fresh mount over that cache: the same read needs no byte from the registry, and takes the decoded
     // bytes from the disk (a disk hit) instead of inflating the prefix again. Replaying the recorded profile
@@ -211,6 +214,12 @@ fn a_remount_serves_a_partly_fetched_span_from_the_cache_and_refetches_a_damaged
     common::wait_within(Duration::from_secs(10), "the prefix files were removed", || prefix_files(&cache).is_empty());
     let log = m.stop();
     assert!(log.contains("chunk digests"), "the damaged prefix was not reported:\n{log}");
+}
+
+/// How many resume points the profile at `path` holds.
+fn read_profile_resumes(path: &std::path::Path) -> usize {
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    json["resume"].as_array().map_or(0, Vec::len)
 }
 
 /// A gzip layer of text files: `before` files of 8 KiB, `data/NAME` of `len` bytes, then 200 files of 8 KiB.

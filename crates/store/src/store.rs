@@ -166,6 +166,12 @@ impl ContentStore {
         self.inner.disk.as_ref()
     }
 
+    /// Whether span `index` is here as far as `need` asks (in memory, or in the disk cache whole or as a
+    /// sealed decoded prefix that long), so loading it would fetch nothing. A cheap check: no file is read.
+    pub fn holds(&self, index: SpanId, need: Need) -> bool {
+        self.inner.is_local(index, need)
+    }
+
     /// Counters so far.
     pub fn stats(&self) -> StoreStats {
         let mut stats = self.inner.counters.snapshot();
