@@ -165,10 +165,14 @@ impl Profile {
             .collect()
     }
 
-    /// The resume points that can be read, for spans `archive` has (those that cannot are logged); whether
-    /// each fits its span is checked when it is loaded.
+    /// The resume points that can be read, for spans `archive` has and can check them against (an index
+    /// without tree roots, from an older clip, uses none; an unreadable one is logged); whether each fits its
+    /// span is checked when it is loaded.
     pub fn resumes(&self, archive: &Archive) -> Vec<Resume> {
-        let exists = |r: &ProfileResume| archive.layer_spans(r.layer).is_ok_and(|s| s.contains(r.span));
+        let Some(table) = archive.chunk_table() else { return Vec::new() };
+        let exists = |r: &ProfileResume| {
+            archive.layer_spans(r.layer).is_ok_and(|s| s.contains(r.span)) && table.root(r.span).is_some()
+        };
         self.resume
             .iter()
             .filter(|r| exists(r))
