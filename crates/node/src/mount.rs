@@ -264,14 +264,7 @@ pub async fn mount_until(
             warn!(profile = %recorded_for, "the profile was recorded for another image; using the spans that exist");
         }
         let (spans, from_set) = crate::startup_spans(archive, &startup_set, profile.as_ref());
-        // A span with a resume point is loaded from there (a piece of it), not from its start, unless the
-        // cache holds as much of it as the recorded start read.
-        let mut resumes = profile.as_ref().map(|p| p.resumes(archive)).unwrap_or_default();
-        let held: std::collections::HashSet<_> =
-            spans.iter().filter(|&&(_, span, need)| store.holds(span, need)).map(|&(_, span, _)| span).collect();
-        resumes.retain(|r| !held.contains(&r.span));
-        let resumed: std::collections::HashSet<_> = resumes.iter().map(|r| r.span).collect();
-        let spans: Vec<_> = spans.into_iter().filter(|(_, span, _)| !resumed.contains(span)).collect();
+        let (spans, resumes) = crate::prefetch::startup_pieces(&store, profile.as_ref(), spans);
         if profile.is_some() {
             let (spans, pieces) = (spans.len(), resumes.len());
             info!(spans, pieces, startup_set = from_set, "prefetching the spans of the profile and the startup set");

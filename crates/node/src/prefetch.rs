@@ -2,7 +2,9 @@
 //! index's startup set (the entrypoint, its interpreter and libraries, found at index time), then the
 //! spans of a recorded profile in the order the recorded start read them, each span once and only as far
 //! into it as those files reach or that start read (a span's tail past them is not waited for). The list
-//! goes to [`clip_store::ContentStore::prefetch_spans`], which loads them all concurrently. And while the
+//! goes to [`clip_store::ContentStore::prefetch_spans`], which loads them all concurrently; a span the
+//! profile has a resume point for goes to [`clip_store::ContentStore::load_resumes`] instead
+//! ([`startup_pieces`]). And while the
 //! mount serves, what each program, library or Python module it opens is about to load ([`OpenPrefetch`]).
 
 use std::collections::{HashMap, HashSet};
@@ -13,7 +15,7 @@ use clip_format::{Archive, Ino, LayerIndex, NodeKind, NodeView, SpanId};
 use clip_fs::OpenObserver;
 use clip_image::StoreBytes;
 use clip_indexer::startup::{start_files, starts_more};
-use clip_store::{ContentStore, Need};
+use clip_store::{ContentStore, Need, Resume};
 use tokio::runtime::Handle;
 use tracing::{debug, info, warn};
 
@@ -99,6 +101,22 @@ pub fn startup_spans(
         }
     }
     (spans.order, from_set)
+}
+
+/// Splits what [`startup_spans`] listed: a span `profile` has a resume point for is loaded from there (a
+/// piece of it, see [`clip_store::ContentStore::load_resumes`]), not from its start, unless `store` holds
+/// as much of it as was wanted. Returns the spans left to prefetch and the resume points to load.
+pub(crate) fn startup_pieces(
+    store: &ContentStore,
+    profile: Option<&Profile>,
+    spans: Vec<(LayerIndex, SpanId, Need)>,
+) -> (Vec<(LayerIndex, SpanId, Need)>, Vec<Resume>) {
+    let mut resumes = profile.map(|p| p.resumes(store.archive())).unwrap_or_default();
+    let held: HashSet<SpanId> =
+        spans.iter().filter(|&&(_, span, need)| store.holds(span, need)).map(|&(_, span, _)| span).collect();
+    resumes.retain(|r| !held.contains(&r.span));
+    let resumed: HashSet<SpanId> = resumes.iter().map(|r| r.span).collect();
+    (spans.into_iter().filter(|(_, span, _)| !resumed.contains(span)).collect(), resumes)
 }
 
 /// Files smaller than an ELF header are not looked at (nor is bytecode that small: it imports nothing).

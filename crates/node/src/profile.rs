@@ -35,6 +35,8 @@ pub const PROFILE_LAYER_MEDIA_TYPE: &str = "application/vnd.clip.profile.v1+json
 
 /// Spans fetched at once while finding resume points.
 const RESUME_SEARCHES: usize = 4;
+/// How long finding resume points may take in all; spans not done by then get none.
+const RESUME_SEARCH_TIME: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Largest profile file read.
 const MAX_PROFILE_BYTES: u64 = 64 << 20;
@@ -354,7 +356,8 @@ impl ProfileRecorder {
 
     /// Finds resume points for the recorded spans whose reads began at least [`clip_store::RESUME_MIN`]
     /// into them (fetching each such span once, through `store`), and keeps them for the next save.
-    /// A span whose point cannot be found is left without one (logged at debug).
+    /// A span whose point cannot be found (or not within [`RESUME_SEARCH_TIME`] of the start) is left
+    /// without one (logged at debug).
     pub async fn find_resume_points(&self, store: &ContentStore) -> usize {
         use futures::StreamExt as _;
         let wanted: Vec<_> = {
@@ -368,13 +371,19 @@ impl ProfileRecorder {
                 .map(|&(layer, span, need)| (layer, span, start(span), need.bytes(u64::MAX)))
                 .collect()
         };
+        // A registry that stalls must not hold the end of the recording (an unmount waits for it) for long.
+        let deadline = tokio::time::Instant::now() + RESUME_SEARCH_TIME;
         let found: Vec<_> = futures::stream::iter(wanted)
             .map(|(layer, span, from, to)| async move {
-                match store.resume_point(layer, span, from, to).await {
-                    Ok(Some(resume)) => ProfileResume::of(&resume).ok(),
-                    Ok(None) => None,
-                    Err(error) => {
+                match tokio::time::timeout_at(deadline, store.resume_point(layer, span, from, to)).await {
+                    Ok(Ok(Some(resume))) => ProfileResume::of(&resume).ok(),
+                    Ok(Ok(None)) => None,
+                    Ok(Err(error)) => {
                         debug!(%layer, %span, error = &error as &dyn std::error::Error, "no resume point");
+                        None
+                    }
+                    Err(_) => {
+                        debug!(%layer, %span, "no resume point: the search ran out of time");
                         None
                     }
                 }

@@ -94,6 +94,7 @@ impl ContentStore {
         if f.codec != Compression::Gzip || from < RESUME_MIN || to <= from {
             return Ok(None);
         }
+        let _budget = inner.budget.take(f.range.end - f.range.start + len).await;
         let compressed = inner.read_blob(layer, f.range.clone()).await?;
         let window = a.window(span)?;
         let decoded = tokio::task::spawn_blocking(move || {
