@@ -279,6 +279,24 @@ fn a_resume_point_fetches_a_span_from_near_its_first_read_and_a_forged_one_chang
     // A cold start with it fetches the span from there; without it, from the span's start.
     let (loaded, with, _) = replay_piece(&index, &dir.path().join("a"), &profile, &file, &tar);
     assert_eq!(loaded, 1.0);
+    // A remount over that cache with the profile takes the piece from the disk cache (checked again) ...
+    let (loaded, again, _) = replay_piece(&index, &dir.path().join("a"), &profile, &file, &tar);
+    assert_eq!((loaded, again), (1.0, 0.0), "the piece was fetched again");
+    // ... and one whose kept bytes were damaged fetches them again.
+    let kept: Vec<_> = std::fs::read_dir(dir.path().join("a/cache/prefixes"))
+        .unwrap()
+        .flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())
+        .map(|f| f.unwrap().path())
+        .filter(|p| p.extension().is_none())
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    let mut bytes = std::fs::read(&kept[0]).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 1;
+    std::fs::write(&kept[0], &bytes).unwrap();
+    let (loaded, refetched, _) = replay_piece(&index, &dir.path().join("a"), &profile, &file, &tar);
+    assert_eq!(loaded, 1.0);
+    assert!(refetched > 0.0, "a damaged piece was served from the disk cache");
     let mut plain = json.clone();
     plain.as_object_mut().unwrap().remove("resume");
     let plain_profile = dir.path().join("plain.json");

@@ -10,7 +10,9 @@
 //!
 //! Pieces are planned before the mount is live: a read inside a planned piece waits for it (and takes
 //! the usual path when it fails), and the loads a read or an open starts ahead skip what a piece covers.
-//! Verified pieces stay in memory, within [`PIECES_MAX`] bytes (the oldest go first).
+//! Verified pieces stay in memory, within [`PIECES_MAX`] bytes (the oldest go first); their compressed
+//! bytes go to the disk cache as a prefix file from where they start (see `cache::prefix`), so a remount
+//! with the same profile decodes them from there (checked again) instead of fetching them.
 
 use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
@@ -22,6 +24,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
+use crate::cache::prefix_key;
 use crate::fetch::checkpoint;
 use crate::stats::Counters;
 use crate::store::Inner;
@@ -285,12 +288,45 @@ impl Inner {
         if !fits {
             return reject("it does not fit the span");
         }
+        // A piece an earlier mount kept (its compressed bytes, as a prefix file from where it starts) is
+        // checked as fetched bytes are; one that fails is deleted and the piece fetched.
+        let kept_at = self.disk.clone().zip(a.meta().layers.get(layer.index()).map(|l| prefix_key(&l.digest, start)));
+        if let Some((disk, key)) = kept_at.clone() {
+            let max = f.range.end - start;
+            let kept = tokio::task::spawn_blocking(move || disk.get_prefix(&key, max)).await.ok().flatten();
+            if let Some(kept) = kept.filter(|k| k.len() as u64 >= p.in_end - start) {
+                let len = kept.len() as u64;
+                if let Some(piece) = self.check_piece(r, start, kept).await? {
+                    Counters::bump(&self.counters.disk_hits);
+                    return Ok(Some(piece));
+                }
+                if let Some((disk, key)) = &kept_at {
+                    disk.reject_prefix(key, len);
+                }
+            }
+        }
         debug!(%layer, %span, start, len = p.in_end - start, "fetch span piece");
-        let want = r.out_end - p.out_offset;
-        let _budget = self.budget.take(p.in_end - start + want).await;
+        let _budget = self.budget.take(p.in_end - start + (r.out_end - p.out_offset)).await;
         let compressed = self.read_blob(layer, start..p.in_end).await?;
-        let (point, leaves, span_start) = (p.clone(), r.leaves.clone(), out.start);
-        let piece = tokio::task::spawn_blocking(move || {
+        let piece = self.check_piece(r, start, compressed.to_vec()).await?;
+        if let (Some(_), Some((disk, key))) = (&piece, kept_at) {
+            if let Some(rt) = tokio::runtime::Handle::try_current().ok().or_else(|| self.runtime.clone()) {
+                drop(rt.spawn_blocking(move || disk.put_prefix(&key, &compressed)));
+            }
+        }
+        match piece {
+            Some(bytes) => Ok(Some(bytes)),
+            None => reject("its bytes do not decode to the span's leaves"),
+        }
+    }
+
+    /// What `compressed` (the layer's bytes from `start` on, at least up to the point's `in_end`) decode
+    /// to from `r`'s point, from the first whole leaf on, if every leaf of it has the digest `r` gives.
+    async fn check_piece(&self, r: &Resume, start: u64, compressed: Vec<u8>) -> Result<Option<SpanBytes>, StoreError> {
+        let out = self.archive.span_range(r.layer, r.span)?;
+        let (point, leaves, span_start, want) =
+            (r.point.clone(), r.leaves.clone(), out.start, r.out_end - r.point.out_offset);
+        tokio::task::spawn_blocking(move || {
             let cp = CheckpointRef {
                 out_offset: point.out_offset,
                 in_offset: point.in_offset,
@@ -301,16 +337,12 @@ impl Inner {
             // The first whole leaf from the point on; the bytes before it cannot be checked.
             let first = (point.out_offset - span_start).div_ceil(TREE_LEAF) * TREE_LEAF;
             let skip = (span_start + first - point.out_offset) as usize;
-            let piece = bytes.get(skip..)?;
+            let piece = bytes.get(skip..).filter(|p| !p.is_empty())?;
             let got = leaf_digests(piece);
             let want = leaves.get((first / TREE_LEAF) as usize..)?.get(..got.len())?;
             (got == want).then(|| SpanBytes::from(piece))
         })
         .await
-        .map_err(|e| StoreError::Task(e.to_string()))?;
-        match piece {
-            Some(bytes) if !bytes.is_empty() => Ok(Some(bytes)),
-            _ => reject("its bytes do not decode to the span's leaves"),
-        }
+        .map_err(|e| StoreError::Task(e.to_string()))
     }
 }
