@@ -59,18 +59,35 @@ fn replay(index: &Path, dir: &Path, profile: &Path, spans: usize, files: &[(Stri
     bytes
 }
 
+/// A 12 MiB gzip layer's image in a registry, indexed into `dir`.
+struct Indexed {
+    _registry: Registry,
+    dir: tempfile::TempDir,
+    index: std::path::PathBuf,
+    /// The layer's tar.
+    tar: Vec<u8>,
+    archive: Archive,
+}
+
+impl Indexed {
+    fn big_gzip_layer() -> Indexed {
+        let layer = big_gzip_layer(12);
+        let tar = layer.tar().to_vec();
+        let registry = Registry::start();
+        let mut layout = OciLayoutBuilder::new();
+        layout.add_image("t", &Image::new(vec![layer]));
+        registry.push(layout.path(), "t", "img:t");
+        let dir = tempfile::tempdir().unwrap();
+        let index = dir.path().join("img.clip");
+        clip_ok(&["index", &registry.image_ref("img:t"), "-o", s(&index)]);
+        let archive = Archive::open(&index).unwrap();
+        Indexed { _registry: registry, dir, index, tar, archive }
+    }
+}
+
 #[test]
 fn recorded_profile_lists_first_reads_and_a_cold_mount_prefetches_as_much_of_them() {
-    let layer = big_gzip_layer(12);
-    let tar = layer.tar().to_vec();
-    let registry = Registry::start();
-    let mut layout = OciLayoutBuilder::new();
-    layout.add_image("t", &Image::new(vec![layer]));
-    registry.push(layout.path(), "t", "img:t");
-    let dir = tempfile::tempdir().unwrap();
-    let index = dir.path().join("img.clip");
-    clip_ok(&["index", &registry.image_ref("img:t"), "-o", s(&index)]);
-    let archive = Archive::open(&index).unwrap();
+    let Indexed { _registry, dir, index, tar, archive } = Indexed::big_gzip_layer();
 
     // Two small files that end in the first third of a span (so a prefix of it is all they need), the
     // later one in the layer read first: the profile must keep that order.
@@ -229,16 +246,7 @@ fn replay_piece(index: &Path, dir: &Path, profile: &Path, file: &(String, u64, u
 fn a_resume_point_fetches_a_span_from_near_its_first_read_and_a_forged_one_changes_no_byte() {
     use base64::Engine as _;
     let b64 = base64::engine::general_purpose::STANDARD;
-    let layer = big_gzip_layer(12);
-    let tar = layer.tar().to_vec();
-    let registry = Registry::start();
-    let mut layout = OciLayoutBuilder::new();
-    layout.add_image("t", &Image::new(vec![layer]));
-    registry.push(layout.path(), "t", "img:t");
-    let dir = tempfile::tempdir().unwrap();
-    let index = dir.path().join("img.clip");
-    clip_ok(&["index", &registry.image_ref("img:t"), "-o", s(&index)]);
-    let archive = Archive::open(&index).unwrap();
+    let Indexed { _registry, dir, index, tar, archive } = Indexed::big_gzip_layer();
 
     // A small file that starts more than half a span into its span and ends in it.
     let l0 = clip_format::LayerIndex(0);
