@@ -59,7 +59,7 @@ fn replay(index: &Path, dir: &Path, profile: &Path, spans: usize, files: &[(Stri
     bytes
 }
 
-/// A one-layer image in a registry, indexed into `dir`.
+/// A 12 MiB gzip layer's image in a registry, indexed into `dir`.
 struct Indexed {
     _registry: Registry,
     dir: tempfile::TempDir,
@@ -71,10 +71,7 @@ struct Indexed {
 
 impl Indexed {
     fn big_gzip_layer() -> Indexed {
-        Indexed::of(big_gzip_layer(12))
-    }
-
-    fn of(layer: Layer) -> Indexed {
+        let layer = big_gzip_layer(12);
         let tar = layer.tar().to_vec();
         let registry = Registry::start();
         let mut layout = OciLayoutBuilder::new();
@@ -346,82 +343,4 @@ fn a_resume_point_fetches_a_span_from_near_its_first_read_and_a_forged_one_chang
         assert_eq!(loaded, 0.0, "a resume point with another {what} was used");
         assert!(log.contains("a resume point of the profile is not used"), "{what}: {log}");
     }
-}
-
-#[test]
-fn a_span_read_in_runs_gets_a_resume_point_per_run_and_its_head_is_loaded_from_its_start() {
-    // 512 files of 8 KiB that do not compress: 4 spans of 1 MiB.
-    let mut l = LayerBuilder::new();
-    l.dir("data");
-    for i in 0..512u64 {
-        l.file(format!("data/f{i:03}").as_str(), pseudo_random_bytes(i + 3, 8 << 10));
-    }
-    let Indexed { _registry, dir, index, tar, archive } = Indexed::of(Layer::new(l.finish(), Compression::Gzip));
-    // Three small files of one span: one near its start, two further on and far apart.
-    let l0 = clip_format::LayerIndex(0);
-    let files = tar_files(&tar);
-    let small: Vec<_> = files.iter().filter(|(_, _, size)| (1..64 << 10).contains(size)).collect();
-    let picked = small
-        .iter()
-        .find_map(|h| {
-            let span = archive.find_span(l0, h.1).ok()?;
-            let range = archive.span_range(l0, span).ok()?;
-            let inside = |f: &&&(String, u64, u64)| f.1 >= range.start && f.1 + f.2 <= range.end;
-            if h.1 - range.start >= 32 << 10 || !inside(&h) {
-                return None;
-            }
-            let a = small.iter().find(|a| inside(a) && a.1 >= h.1 + h.2 + (256 << 10))?;
-            let b = small.iter().find(|b| inside(b) && b.1 >= a.1 + a.2 + (256 << 10))?;
-            Some((span, vec![(*h).clone(), (*a).clone(), (*b).clone()]))
-        })
-        .expect("the test layer has a span with three small files far apart");
-    let (span, picked) = picked;
-    let range = archive.span_range(l0, span).unwrap();
-
-    let profile = dir.path().join("profile.json");
-    let m = MountProc::start(
-        &index,
-        &dir.path().join("rec"),
-        &["--cache-dir", s(&dir.path().join("cache0")), "--record-profile", s(&profile)],
-    );
-    for (path, _, _) in &picked {
-        std::fs::read(m.dir.join(path)).unwrap();
-    }
-    m.stop();
-    let json = read_profile(&profile);
-    let resume = json["resume"].as_array().unwrap();
-    assert_eq!(resume.len(), 2, "one resume point per run past the head: {json}");
-    let head_end = picked[0].1 + picked[0].2 - range.start;
-    for (r, file) in resume.iter().zip(&picked[1..]) {
-        assert_eq!(r["span"].as_u64(), Some(span.index() as u64));
-        assert_eq!(r["head"].as_u64(), Some(head_end), "the head run is read from the span's start");
-        let (out, out_end) = (r["out"].as_u64().unwrap(), r["out_end"].as_u64().unwrap());
-        assert!(out <= file.1 && file.1 + file.2 <= out_end, "{r} does not cover {file:?}");
-    }
-
-    // A cold mount loads the head from the span's start and the two runs as pieces; the reads fetch
-    // nothing more, and less in all than loading the span from its start to the last run's end.
-    let replay = |profile: &Path, at: &str, pieces: f64| {
-        let addr = format!("127.0.0.1:{}", find_free_port());
-        let cache = dir.path().join(at).join("cache");
-        let args = ["--cache-dir", s(&cache), "--profile", s(profile), "--metrics", &addr];
-        let m = MountProc::start(&index, &dir.path().join(at).join("mnt"), &args);
-        common::wait_within(Duration::from_secs(60), "the profile was not loaded", || {
-            metric(&addr, "clip_pieces_loaded_total") >= pieces && metric(&addr, "clip_prefetched_spans_total") >= 1.0
-        });
-        let before = metric(&addr, "clip_fetched_bytes_total");
-        for (path, off, size) in &picked {
-            assert!(std::fs::read(m.dir.join(path)).unwrap() == tar[*off as usize..(*off + *size) as usize], "{path}");
-        }
-        assert_eq!(metric(&addr, "clip_fetched_bytes_total"), before, "the reads fetched more");
-        m.stop();
-        before
-    };
-    let with = replay(&profile, "a", 2.0);
-    let mut plain = json.clone();
-    plain.as_object_mut().unwrap().remove("resume");
-    let plain_profile = dir.path().join("plain.json");
-    std::fs::write(&plain_profile, serde_json::to_vec(&plain).unwrap()).unwrap();
-    let without = replay(&plain_profile, "b", 0.0);
-    assert!(with < without * 0.75, "fetched {with} bytes with resume points, {without} without");
 }

@@ -103,31 +103,20 @@ pub fn startup_spans(
     (spans.order, from_set)
 }
 
-/// Splits what [`startup_spans`] listed: where `profile` has resume points for a span, those parts of it are
-/// loaded from there (pieces, see [`clip_store::ContentStore::load_resumes`]), unless `store` holds as much
-/// of the span as was wanted; the span itself is then loaded from its start only as far as the recorded start
-/// read before its first piece (its `head`). Returns the spans left to prefetch and the resume points to load.
+/// Splits what [`startup_spans`] listed: a span `profile` has a resume point for is loaded from there (a
+/// piece of it, see [`clip_store::ContentStore::load_resumes`]), not from its start, unless `store` holds
+/// as much of it as was wanted. Returns the spans left to prefetch and the resume points to load.
 pub(crate) fn startup_pieces(
     store: &ContentStore,
     profile: Option<&Profile>,
     spans: Vec<(LayerIndex, SpanId, Need)>,
 ) -> (Vec<(LayerIndex, SpanId, Need)>, Vec<Resume>) {
-    let archive = store.archive();
-    let mut resumes = profile.map(|p| p.resumes(archive)).unwrap_or_default();
+    let mut resumes = profile.map(|p| p.resumes(store.archive())).unwrap_or_default();
     let held: HashSet<SpanId> =
         spans.iter().filter(|&&(_, span, need)| store.holds(span, need)).map(|&(_, span, _)| span).collect();
     resumes.retain(|r| !held.contains(&r.span));
-    // What of each span with pieces is read before them (from its start; 0: nothing).
-    let head: HashMap<SpanId, u64> = resumes.iter().map(|r| (r.span, r.head)).collect();
-    let spans = spans
-        .into_iter()
-        .filter_map(|(layer, span, need)| match head.get(&span) {
-            None => Some((layer, span, need)),
-            Some(0) => None,
-            Some(&upto) => Some((layer, span, Need::Upto(upto))),
-        })
-        .collect();
-    (spans, resumes)
+    let resumed: HashSet<SpanId> = resumes.iter().map(|r| r.span).collect();
+    (spans.into_iter().filter(|(_, span, _)| !resumed.contains(span)).collect(), resumes)
 }
 
 /// Files smaller than an ELF header are not looked at (nor is bytecode that small: it imports nothing).

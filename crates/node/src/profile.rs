@@ -33,35 +33,6 @@ pub const PROFILE_ARTIFACT_TYPE: &str = "application/vnd.clip.profile.v1";
 /// Media type of the layer holding the profile's JSON.
 pub const PROFILE_LAYER_MEDIA_TYPE: &str = "application/vnd.clip.profile.v1+json";
 
-/// Reads of a span this close to each other are one run (one resume point): a point costs up to a deflate
-/// block and a leaf on each side.
-const RUN_GAP: u64 = 64 << 10;
-/// Runs kept per span: past that the two closest are merged.
-const MAX_RUNS: usize = 8;
-
-/// Adds the read `r` to the runs `runs` (ascending, each at least [`RUN_GAP`] from the next): merged with
-/// those it comes within [`RUN_GAP`] of; past [`MAX_RUNS`], the two runs closest to each other merge.
-fn add_read(runs: &mut Vec<std::ops::Range<u64>>, r: std::ops::Range<u64>) {
-    let near =
-        |x: &std::ops::Range<u64>| x.start <= r.end.saturating_add(RUN_GAP) && r.start <= x.end.saturating_add(RUN_GAP);
-    let mut merged = r.clone();
-    runs.retain(|x| {
-        if near(x) {
-            merged = merged.start.min(x.start)..merged.end.max(x.end);
-            false
-        } else {
-            true
-        }
-    });
-    let at = runs.partition_point(|x| x.start < merged.start);
-    runs.insert(at, merged);
-    if runs.len() > MAX_RUNS {
-        let i = (0..runs.len() - 1).min_by_key(|&i| runs[i + 1].start - runs[i].end).unwrap_or(0);
-        let next = runs.remove(i + 1);
-        runs[i].end = next.end;
-    }
-}
-
 /// Spans fetched at once while finding resume points.
 const RESUME_SEARCHES: usize = 4;
 /// How long finding resume points may take in all; spans not done by then get none.
@@ -99,9 +70,6 @@ pub struct ProfileResume {
     pub window: String,
     /// The digests of the span's leaves, in hex, one after the other.
     pub leaves: String,
-    /// How much of the span the start read before its runs with resume points, from its start (0: none).
-    #[serde(default)]
-    pub head: u64,
 }
 
 impl ProfileResume {
@@ -118,7 +86,6 @@ impl ProfileResume {
             out_end: r.out_end,
             window: base64::engine::general_purpose::STANDARD.encode(clip_format::encode_window(&p.window)?),
             leaves: r.leaves.iter().map(hex::encode).collect(),
-            head: r.head,
         })
     }
 
@@ -140,7 +107,7 @@ impl ProfileResume {
             window,
             in_end: self.in_end,
         };
-        Ok(Resume { layer: self.layer, span: self.span, point, out_end: self.out_end, leaves, head: self.head })
+        Ok(Resume { layer: self.layer, span: self.span, point, out_end: self.out_end, leaves })
     }
 }
 
@@ -324,8 +291,8 @@ pub struct ProfileRecorder {
 struct Recorded {
     /// The spans read, first touch first, each with how much of it was read.
     spans: SpanNeeds,
-    /// The runs of each span's reads (offsets into the span; see [`add_read`]).
-    reads: std::collections::HashMap<SpanId, Vec<std::ops::Range<u64>>>,
+    /// Where the first read of each span began (an offset into the span).
+    firsts: std::collections::HashMap<SpanId, u64>,
     /// Resume points found when the recording ended.
     resume: Vec<ProfileResume>,
     /// Bumped whenever `spans` changes.
@@ -372,7 +339,8 @@ impl ProfileRecorder {
             if state.spans.add(data.layer, slice.span, Need::of_slice(&slice)) {
                 state.version += 1;
             }
-            add_read(state.reads.entry(slice.span).or_default(), slice.within.clone());
+            let first = state.firsts.entry(slice.span).or_insert(slice.within.start);
+            *first = (*first).min(slice.within.start);
         }
     }
 
@@ -386,36 +354,30 @@ impl ProfileRecorder {
         Profile { manifest_digest: self.archive.meta().manifest_digest, spans, resume: state.resume.clone() }
     }
 
-    /// Finds resume points for the recorded spans whose reads (or a later run of them) began at least
-    /// [`clip_store::RESUME_MIN`] into them, one per run (fetching each such span once, through `store`),
-    /// and keeps them for the next save; a span whose first run begins nearer its start is still loaded
-    /// from there, only as far as that run (the points' `head`). A span whose points cannot be found (or not within
-    /// [`RESUME_SEARCH_TIME`] of the start) is left without (logged at debug).
+    /// Finds resume points for the recorded spans whose reads began at least [`clip_store::RESUME_MIN`]
+    /// into them (fetching each such span once, through `store`), and keeps them for the next save.
+    /// A span whose point cannot be found (or not within [`RESUME_SEARCH_TIME`] of the start) is left
+    /// without one (logged at debug).
     pub async fn find_resume_points(&self, store: &ContentStore) -> usize {
         use futures::StreamExt as _;
         let wanted: Vec<_> = {
             let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            let start = |span| state.firsts.get(&span).copied().unwrap_or(0);
             state
                 .spans
                 .list()
                 .iter()
-                .filter_map(|&(layer, span, _)| {
-                    let reads = state.reads.get(&span)?;
-                    let (head, rest) = match reads.first() {
-                        Some(first) if first.start < clip_store::RESUME_MIN => (Some(first.clone()), &reads[1..]),
-                        _ => (None, &reads[..]),
-                    };
-                    (!rest.is_empty()).then(|| (layer, span, head, rest.to_vec()))
-                })
+                .filter(|&&(_, span, _)| start(span) >= clip_store::RESUME_MIN)
+                .map(|&(layer, span, need)| (layer, span, start(span), need.bytes(u64::MAX)))
                 .collect()
         };
         // A registry that stalls must not hold the end of the recording (an unmount waits for it) for long.
         let deadline = tokio::time::Instant::now() + RESUME_SEARCH_TIME;
         let found: Vec<_> = futures::stream::iter(wanted)
-            .map(|(layer, span, head, rest)| async move {
-                match tokio::time::timeout_at(deadline, store.resume_points(layer, span, &rest)).await {
-                    Ok(Ok(points)) if !points.is_empty() => Some((layer, span, head, points)),
-                    Ok(Ok(_)) => None,
+            .map(|(layer, span, from, to)| async move {
+                match tokio::time::timeout_at(deadline, store.resume_point(layer, span, from, to)).await {
+                    Ok(Ok(Some(resume))) => ProfileResume::of(&resume).ok(),
+                    Ok(Ok(None)) => None,
                     Ok(Err(error)) => {
                         debug!(%layer, %span, error = &error as &dyn std::error::Error, "no resume point");
                         None
@@ -431,13 +393,8 @@ impl ProfileRecorder {
             .collect()
             .await;
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let mut resume = Vec::new();
-        for (_, _, head, points) in found {
-            let head = head.map_or(0, |run| run.end);
-            resume.extend(points.into_iter().filter_map(|r| ProfileResume::of(&Resume { head, ..r }).ok()));
-        }
-        let count = resume.len();
-        state.resume = resume;
+        let count = found.len();
+        state.resume = found;
         state.version += 1;
         count
     }

@@ -1,8 +1,8 @@
 //! Resume points: decoding a span from inside it. A startup that read a file far into a span made every
 //! cold start fetch the span from its start. A profile recorded on one node notes, for such a span, a
-//! deflate block boundary just before where each run of its reads began ([`ContentStore::resume_points`],
-//! found by fetching and decoding the span once on the recording node) with the digests of the span's
-//! leaves; a cold start elsewhere fetches only the compressed bytes from there to where the run ended
+//! deflate block boundary just before where the reads began ([`ContentStore::resume_point`], found by
+//! fetching and decoding the span once on the recording node) with the digests of the span's leaves; a cold
+//! start elsewhere fetches only the compressed bytes from there to where the reads ended
 //! ([`ContentStore::load_resumes`]), decodes them, and keeps the piece for reads only once the leaves it
 //! fills, with the other leaves' digests the point carries, give the tree root the index records for the
 //! span ([`clip_format::SpanRoot`]). Nothing in a resume point needs trust: a wrong offset, window or leaf
@@ -46,9 +46,6 @@ pub struct Resume {
     pub out_end: u64,
     /// The digest of every leaf of the span.
     pub leaves: Vec<LeafDigest>,
-    /// How much of the span a start reads before its runs with resume points, from its start (loaded as a
-    /// prefix; 0: none).
-    pub head: u64,
 }
 
 /// What [`ContentStore::load_resumes`] did.
@@ -62,70 +59,43 @@ pub struct ResumeSummary {
     pub failed: u64,
 }
 
-/// A piece's state: `None` while it loads, then its bytes (`Some(None)`: it failed).
-type PieceState = Option<Option<SpanBytes>>;
-
-/// A planned piece: its span-relative range, and its state.
+/// A planned piece: its span-relative range, and its bytes once loaded (`Some(None)`: it failed).
 struct Slot {
     range: Range<u64>,
-    state: watch::Receiver<PieceState>,
+    state: watch::Receiver<Option<Option<SpanBytes>>>,
 }
 
-/// The pieces of a store, by span (a span may have several, apart).
+/// The pieces of a store, by span.
 #[derive(Default)]
 pub(crate) struct Pieces {
-    slots: HashMap<SpanId, Vec<Slot>>,
-    /// Verified pieces (span, where in it they start), oldest first, and their bytes in all.
-    ready: VecDeque<(SpanId, u64)>,
+    slots: HashMap<SpanId, Slot>,
+    /// Spans with a verified piece, oldest first, and their bytes in all.
+    ready: VecDeque<SpanId>,
     bytes: u64,
 }
 
-impl Pieces {
-    /// The planned piece of span `index` that holds its bytes `within`.
-    fn holding(&self, index: SpanId, within: &Range<u64>) -> Option<&Slot> {
-        self.slots.get(&index)?.iter().find(|s| s.range.start <= within.start && within.end <= s.range.end)
-    }
-
-    /// Forgets the piece of span `index` that starts at `start`; returns the bytes it held.
-    fn remove(&mut self, index: SpanId, start: u64) -> u64 {
-        let Some(slots) = self.slots.get_mut(&index) else { return 0 };
-        let Some(at) = slots.iter().position(|s| s.range.start == start) else { return 0 };
-        let slot = slots.remove(at);
-        if slots.is_empty() {
-            self.slots.remove(&index);
-        }
-        let held = slot.state.borrow().as_ref().and_then(|b| b.as_ref()).map_or(0, |b| b.len() as u64);
-        held
-    }
-}
-
 impl ContentStore {
-    /// For a profile: a resume point of span `span` of `layer` for each of `reads` (offsets into the span,
-    /// ascending, apart), at or before where the read starts (taken down to its leaf), with the compressed
-    /// bytes to decode to where it ends (taken up to its leaf's end). Fetches and decodes the whole span once
-    /// (checked against its digest). None at all (an empty list) for a span that is not gzip, an index
-    /// without tree roots, or when a read starts less than [`RESUME_MIN`] into the span or has no block
-    /// boundary between the span's start and it: the span is then loaded from its start.
-    pub async fn resume_points(
+    /// For a profile: a resume point of span `span` of `layer` at or before `from` (an offset into the span,
+    /// taken down to its leaf), with the compressed bytes to decode up to `to` (taken up to its leaf's end).
+    /// Fetches and decodes the whole span (checked against its digest). `None` for a span that is not
+    /// gzip, an index without tree roots, or when no block boundary lies between the span's start and `from`.
+    pub async fn resume_point(
         &self,
         layer: LayerIndex,
         span: SpanId,
-        reads: &[Range<u64>],
-    ) -> Result<Vec<Resume>, StoreError> {
+        from: u64,
+        to: u64,
+    ) -> Result<Option<Resume>, StoreError> {
         let inner = &self.inner;
         let a = &inner.archive;
-        let Some(root) = a.chunk_table().and_then(|t| t.root(span)) else { return Ok(Vec::new()) };
+        let Some(root) = a.chunk_table().and_then(|t| t.root(span)) else { return Ok(None) };
         let (view, out) = (a.span(span)?, a.span_range(layer, span)?);
         let len = out.end - out.start;
-        let leaf_range = |r: &Range<u64>| {
-            let from = r.start.min(len) / TREE_LEAF * TREE_LEAF;
-            (from, (r.end.min(len).div_ceil(TREE_LEAF) * TREE_LEAF).min(len))
-        };
-        let wanted: Vec<(u64, u64)> = reads.iter().map(leaf_range).collect();
+        let (from, to) = (from.min(len) / TREE_LEAF * TREE_LEAF, to.min(len).div_ceil(TREE_LEAF) * TREE_LEAF);
+        let to = to.min(len);
         let f = inner.plan(layer, span, view, out.clone())?;
-        let fits = wanted.iter().all(|&(from, to)| from >= RESUME_MIN && to > from);
-        if f.codec != Compression::Gzip || wanted.is_empty() || !fits {
-            return Ok(Vec::new());
+        if f.codec != Compression::Gzip || from < RESUME_MIN || to <= from {
+            return Ok(None);
         }
         let _budget = inner.budget.take(f.range.end - f.range.start + len).await;
         let compressed = inner.read_blob(layer, f.range.clone()).await?;
@@ -133,29 +103,23 @@ impl ContentStore {
         let decoded = tokio::task::spawn_blocking(move || {
             let cp = checkpoint(&view, &window);
             let bytes = clip_codec::decode_span(f.codec, &cp, f.range.start, &compressed, len)?;
-            let (digest, leaves) = (Digest::of(&bytes), leaf_digests(&bytes));
-            let mut points = Vec::with_capacity(wanted.len());
-            for &(from, to) in &wanted {
-                let (from, to) = (out.start + from, out.start + to);
-                let point = clip_codec::gzip_resume_point(&cp, f.range.start, &compressed, len, from, to)?;
-                points.push(point.map(|p| (p, to)));
-            }
-            Ok::<_, clip_codec::CodecError>((digest, leaves, points))
+            let digest = Digest::of(&bytes);
+            let leaves = leaf_digests(&bytes);
+            let point =
+                clip_codec::gzip_resume_point(&cp, f.range.start, &compressed, len, out.start + from, out.start + to)?;
+            Ok::<_, clip_codec::CodecError>((digest, leaves, point))
         })
         .await
         .map_err(|e| StoreError::Task(e.to_string()))?;
-        let (digest, leaves, points) = decoded.map_err(|source| StoreError::Decode { layer, span, source })?;
+        let (digest, leaves, point) = decoded.map_err(|source| StoreError::Decode { layer, span, source })?;
         if digest != view.digest {
             return Err(inner.verify_failed(layer, span, view.digest, digest));
         }
         if SpanRoot::of_leaves(len, &leaves) != root {
             warn!(%layer, %span, "the index's tree root does not match its span; no resume point (rebuild the index)");
-            return Ok(Vec::new());
+            return Ok(None);
         }
-        // Every read gets its point, or the span none: a read left out would load the span from its start.
-        let Some(points) = points.into_iter().collect::<Option<Vec<_>>>() else { return Ok(Vec::new()) };
-        let resume = |(point, out_end)| Resume { layer, span, point, out_end, leaves: leaves.clone(), head: 0 };
-        Ok(points.into_iter().map(resume).collect())
+        Ok(point.map(|point| Resume { layer, span, point, out_end: out.start + to, leaves }))
     }
 
     /// Plans the pieces of `resumes` (reads inside them wait for them from now on) and loads them in the
@@ -172,7 +136,7 @@ impl ContentStore {
         let permits = Arc::new(Semaphore::new(inner.config.profile_concurrency.max(1)));
         let task = async move {
             let mut loads = tokio::task::JoinSet::new();
-            for (resume, start, ready) in planned {
+            for (resume, ready) in planned {
                 let Ok(permit) = Arc::clone(&permits).acquire_owned().await else { break };
                 let me = Arc::clone(&inner);
                 let load = loads.spawn(async move {
@@ -180,7 +144,7 @@ impl ContentStore {
                     drop(permit);
                     let outcome = match done {
                         Ok(Some(bytes)) => {
-                            me.finish_piece(resume.span, start, Some(bytes), &ready);
+                            me.finish_piece(resume.span, Some(bytes), &ready);
                             Counters::bump(&me.counters.pieces_loaded);
                             Ok(true)
                         }
@@ -191,7 +155,7 @@ impl ContentStore {
                         Err(e) => Err(e.to_string()),
                     };
                     if !matches!(outcome, Ok(true)) {
-                        me.finish_piece(resume.span, start, None, &ready);
+                        me.finish_piece(resume.span, None, &ready);
                     }
                     outcome
                 });
@@ -221,8 +185,8 @@ impl ContentStore {
 
 impl Inner {
     /// Registers the piece `r` gives (the whole leaves from its point to its end) as planned; `None` when it
-    /// holds no whole leaf or overlaps a piece of its span planned already.
-    fn plan_piece(&self, r: Resume) -> Option<(Resume, u64, watch::Sender<PieceState>)> {
+    /// holds no whole leaf or its span has one planned already.
+    fn plan_piece(&self, r: Resume) -> Option<(Resume, watch::Sender<Option<Option<SpanBytes>>>)> {
         let out = self.archive.span_range(r.layer, r.span).ok()?;
         let start = r.point.out_offset.checked_sub(out.start)?.div_ceil(TREE_LEAF) * TREE_LEAF;
         let end = r.out_end.checked_sub(out.start)?.min(out.end - out.start);
@@ -230,34 +194,31 @@ impl Inner {
             return None;
         }
         let mut pieces = lock(&self.pieces);
-        let slots = pieces.slots.entry(r.span).or_default();
-        if slots.iter().any(|s| s.range.start < end && start < s.range.end) {
+        if pieces.slots.contains_key(&r.span) {
             return None;
         }
         let (ready, state) = watch::channel(None);
-        slots.push(Slot { range: start..end, state });
-        Some((r, start, ready))
+        pieces.slots.insert(r.span, Slot { range: start..end, state });
+        Some((r, ready))
     }
 
     /// Keeps a loaded piece (or forgets a failed one: loads ahead cover its bytes again) and wakes the reads
     /// waiting for it.
-    fn finish_piece(&self, span: SpanId, start: u64, bytes: Option<SpanBytes>, ready: &watch::Sender<PieceState>) {
-        let mut pieces = lock(&self.pieces);
-        match &bytes {
-            None => {
-                pieces.remove(span, start);
-            }
-            Some(bytes) => {
-                pieces.bytes += bytes.len() as u64;
-                pieces.ready.push_back((span, start));
-                while pieces.bytes > PIECES_MAX && pieces.ready.len() > 1 {
-                    let Some((old, at)) = pieces.ready.pop_front() else { break };
-                    let freed = pieces.remove(old, at);
-                    pieces.bytes -= freed;
+    fn finish_piece(&self, span: SpanId, bytes: Option<SpanBytes>, ready: &watch::Sender<Option<Option<SpanBytes>>>) {
+        if bytes.is_none() {
+            lock(&self.pieces).slots.remove(&span);
+        }
+        if let Some(bytes) = &bytes {
+            let mut pieces = lock(&self.pieces);
+            pieces.bytes += bytes.len() as u64;
+            pieces.ready.push_back(span);
+            while pieces.bytes > PIECES_MAX && pieces.ready.len() > 1 {
+                let Some(old) = pieces.ready.pop_front() else { break };
+                if let Some(slot) = pieces.slots.remove(&old) {
+                    pieces.bytes -= slot.state.borrow().as_ref().and_then(|b| b.as_ref()).map_or(0, |b| b.len() as u64);
                 }
             }
         }
-        drop(pieces);
         ready.send_replace(Some(bytes));
     }
 
@@ -265,7 +226,10 @@ impl Inner {
     pub(crate) fn piece_covers(&self, index: SpanId, within: &Range<u64>) -> bool {
         // A load dropped before it ended (the startup yielded) covers nothing.
         let live = |s: &Slot| s.state.borrow().is_some() || s.state.has_changed().is_ok();
-        lock(&self.pieces).holding(index, within).is_some_and(live)
+        lock(&self.pieces)
+            .slots
+            .get(&index)
+            .is_some_and(|s| s.range.start <= within.start && within.end <= s.range.end && live(s))
     }
 
     /// Bytes `within` of span `index` from its piece, waiting for the piece while it loads (until
@@ -278,7 +242,10 @@ impl Inner {
     ) -> Option<Vec<u8>> {
         let (start, mut state) = {
             let pieces = lock(&self.pieces);
-            let slot = pieces.holding(index, within)?;
+            let slot = pieces.slots.get(&index)?;
+            if within.start < slot.range.start || within.end > slot.range.end {
+                return None;
+            }
             (slot.range.start, slot.state.clone())
         };
         let loaded = tokio::time::timeout_at(deadline, state.wait_for(Option::is_some)).await.ok()?.ok()?;
