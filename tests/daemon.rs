@@ -299,7 +299,9 @@ fn the_small_client_mounts_as_clip_mount_does() {
     let metrics = common::free_addr();
     let args = ["--daemon", s(&socket), "--cache-dir", s(&cache), "--metrics", &metrics];
     let a = MountProc::small_client(&index, &dir.join("a"), &args);
-    assert!(a.log().contains(&format!("mounted {}", a.dir.display())), "{}", a.log());
+    // The client says so once the daemon's answer reaches it, which may be just after the mount appears.
+    let said = format!("mounted {}", a.dir.display());
+    common::wait_within(Duration::from_secs(10), "the client did not say it mounted", || a.log().contains(&said));
     assert_matches_umoci(img.layout.path(), "t", &a.dir, CompareOpts::conformance());
     assert!(metric(&metrics, "clip_cache_disk_lookups") > 0.0, "the mount did not use the disk cache it was given");
     let holders = fuse_holders();
