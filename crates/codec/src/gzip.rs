@@ -208,6 +208,29 @@ fn inflate_error(offset: u64, code: i32) -> CodecError {
     CodecError::Inflate { offset, code }
 }
 
+/// A raw inflater ready to go on from `checkpoint` (its leftover bits primed, its window preset), and where
+/// in `data` (the compressed bytes from offset `fetch_start` on) it goes on reading.
+pub(crate) fn resume(
+    checkpoint: &CheckpointRef<'_>,
+    fetch_start: u64,
+    data: &[u8],
+) -> Result<(RawInflater, usize), CodecError> {
+    let pos = crate::decode::checkpoint_start(checkpoint, fetch_start, data)?;
+    let mut inflater = RawInflater::new().map_err(|code| CodecError::ZlibInit { code })?;
+    let error_at = |code: i32| inflate_error(fetch_start + pos as u64, code);
+    if checkpoint.bits > 0 {
+        if checkpoint.bits > 7 || pos == 0 {
+            return Err(crate::decode::checkpoint_range(checkpoint, fetch_start, data));
+        }
+        let value = data[pos - 1] >> (8 - checkpoint.bits);
+        inflater.prime(checkpoint.bits, u32::from(value)).map_err(error_at)?;
+    }
+    if !checkpoint.window.is_empty() {
+        inflater.set_dictionary(checkpoint.window).map_err(error_at)?;
+    }
+    Ok((inflater, pos))
+}
+
 enum DecodeState {
     Deflate,
     Trailer(usize),
@@ -222,21 +245,8 @@ pub(crate) fn decode(
     data: &[u8],
     out: &mut [u8],
 ) -> Result<(), CodecError> {
-    let range_error = || crate::decode::checkpoint_range(checkpoint, fetch_start, data);
-    let mut pos = crate::decode::checkpoint_start(checkpoint, fetch_start, data)?;
-    let mut inflater = RawInflater::new().map_err(|code| CodecError::ZlibInit { code })?;
+    let (mut inflater, mut pos) = resume(checkpoint, fetch_start, data)?;
     let error_at = |pos: usize, code: i32| inflate_error(fetch_start + pos as u64, code);
-    if checkpoint.bits > 0 {
-        if checkpoint.bits > 7 || pos == 0 {
-            return Err(range_error());
-        }
-        let value = data[pos - 1] >> (8 - checkpoint.bits);
-        inflater.prime(checkpoint.bits, u32::from(value)).map_err(|code| error_at(pos, code))?;
-    }
-    if !checkpoint.window.is_empty() {
-        inflater.set_dictionary(checkpoint.window).map_err(|code| error_at(pos, code))?;
-    }
-
     let mut produced = 0;
     let mut state = DecodeState::Deflate;
     let expected = out.len() as u64;

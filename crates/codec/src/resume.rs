@@ -4,10 +4,9 @@
 //! the middle of a span from near where it starts, not from the span's start; what such a decode yields is
 //! checked against the span's tree root (`clip_format::SpanRoot`) before anything is served.
 
-use crate::decode::{checkpoint_range, checkpoint_start};
 use crate::error::CodecError;
 use crate::trim::trim_window;
-use crate::zlib::{Flush, RawInflater, WINDOW_SIZE};
+use crate::zlib::{Flush, WINDOW_SIZE};
 use crate::CheckpointRef;
 
 /// Compressed bytes fetched past where decoding reached the wanted end (as [`crate::span_fetch_range`]'s
@@ -41,19 +40,8 @@ pub fn gzip_resume_point(
     from: u64,
     to: u64,
 ) -> Result<Option<ResumePoint>, CodecError> {
-    let mut pos = checkpoint_start(checkpoint, fetch_start, data)?;
-    let mut inflater = RawInflater::new().map_err(|code| CodecError::ZlibInit { code })?;
+    let (mut inflater, mut pos) = crate::gzip::resume(checkpoint, fetch_start, data)?;
     let error_at = |pos: usize, code: i32| CodecError::Inflate { offset: fetch_start + pos as u64, code };
-    if checkpoint.bits > 0 {
-        if checkpoint.bits > 7 || pos == 0 {
-            return Err(checkpoint_range(checkpoint, fetch_start, data));
-        }
-        let value = data[pos - 1] >> (8 - checkpoint.bits);
-        inflater.prime(checkpoint.bits, u32::from(value)).map_err(|code| error_at(pos, code))?;
-    }
-    if !checkpoint.window.is_empty() {
-        inflater.set_dictionary(checkpoint.window).map_err(|code| error_at(pos, code))?;
-    }
     let from = from.saturating_sub(checkpoint.out_offset).min(len);
     let to = to.saturating_sub(checkpoint.out_offset).min(len);
     let mut scratch = vec![0u8; 4 * WINDOW_SIZE];
