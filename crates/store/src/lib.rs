@@ -54,7 +54,7 @@ pub use config::{failure_holdoff, Clock, ManualClock, StoreConfig, SystemClock, 
 pub use error::StoreError;
 pub use partial::Need;
 pub use remote::{RemoteSpanCache, RemoteTier, TIER_BACKOFF, TIER_WARN_EVERY};
-pub use resume::{Resume, ResumeSummary, PIECES_MAX, RESUME_MIN};
+pub use resume::{Resume, PIECES_MAX, RESUME_MIN};
 pub use schedule::{PrefetchSummary, Warmed};
 pub use stats::{LatencyHistogram, StoreStats, FETCH_LATENCY_BOUNDS_MS};
 pub use store::{ContentStore, SpanBytes};

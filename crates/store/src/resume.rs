@@ -16,16 +16,17 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use clip_codec::{CheckpointRef, ResumePoint};
-use clip_format::{leaf_digests, Compression, Digest, LayerIndex, LeafDigest, SpanId, SpanRoot, TREE_LEAF};
+use clip_format::{leaf_digests, Compression, LayerIndex, LeafDigest, SpanId, SpanRoot, TREE_LEAF};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 use crate::cache::prefix_key;
-use crate::fetch::checkpoint;
+use crate::fetch::{checkpoint, verified};
 use crate::stats::Counters;
 use crate::store::Inner;
 use crate::{lock, ContentStore, SpanBytes, StoreError};
@@ -48,21 +49,13 @@ pub struct Resume {
     pub leaves: Vec<LeafDigest>,
 }
 
-/// What [`ContentStore::load_resumes`] did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ResumeSummary {
-    /// Pieces fetched and verified.
-    pub loaded: u64,
-    /// Resume points that did not fit the index or whose bytes did not give its root (logged at warn).
-    pub rejected: u64,
-    /// Pieces whose fetch failed (their reads take the usual path).
-    pub failed: u64,
-}
+/// A piece's state: `None` while it loads, then its bytes (`Some(None)`: it failed).
+type PieceState = Option<Option<SpanBytes>>;
 
-/// A planned piece: its span-relative range, and its bytes once loaded (`Some(None)`: it failed).
+/// A planned piece: its span-relative range, and its state.
 struct Slot {
     range: Range<u64>,
-    state: watch::Receiver<Option<Option<SpanBytes>>>,
+    state: watch::Receiver<PieceState>,
 }
 
 /// The pieces of a store, by span.
@@ -72,6 +65,13 @@ pub(crate) struct Pieces {
     /// Spans with a verified piece, oldest first, and their bytes in all.
     ready: VecDeque<SpanId>,
     bytes: u64,
+}
+
+impl Pieces {
+    /// The planned piece of span `index` that holds its bytes `within`.
+    fn holding(&self, index: SpanId, within: &Range<u64>) -> Option<&Slot> {
+        self.slots.get(&index).filter(|s| s.range.start <= within.start && within.end <= s.range.end)
+    }
 }
 
 impl ContentStore {
@@ -103,18 +103,17 @@ impl ContentStore {
         let decoded = tokio::task::spawn_blocking(move || {
             let cp = checkpoint(&view, &window);
             let bytes = clip_codec::decode_span(f.codec, &cp, f.range.start, &compressed, len)?;
-            let digest = Digest::of(&bytes);
-            let leaves = leaf_digests(&bytes);
+            // The check every fetched span passes; not kept in the disk cache (the recording's own loads
+            // of the span, prefixes among them, are what it keeps).
+            let checked = verified(&bytes, &view.digest, len, None).map(|bytes| leaf_digests(&bytes));
             let point =
                 clip_codec::gzip_resume_point(&cp, f.range.start, &compressed, len, out.start + from, out.start + to)?;
-            Ok::<_, clip_codec::CodecError>((digest, leaves, point))
+            Ok::<_, clip_codec::CodecError>((checked, point))
         })
         .await
         .map_err(|e| StoreError::Task(e.to_string()))?;
-        let (digest, leaves, point) = decoded.map_err(|source| StoreError::Decode { layer, span, source })?;
-        if digest != view.digest {
-            return Err(inner.verify_failed(layer, span, view.digest, digest));
-        }
+        let (checked, point) = decoded.map_err(|source| StoreError::Decode { layer, span, source })?;
+        let leaves = checked.map_err(|actual| inner.verify_failed(layer, span, view.digest, actual))?;
         if SpanRoot::of_leaves(len, &leaves) != root {
             warn!(%layer, %span, "the index's tree root does not match its span; no resume point (rebuild the index)");
             return Ok(None);
@@ -130,7 +129,7 @@ impl ContentStore {
     ///
     /// # Panics
     /// As [`ContentStore::prefetch_all`].
-    pub fn load_resumes(&self, resumes: Vec<Resume>) -> JoinHandle<ResumeSummary> {
+    pub fn load_resumes(&self, resumes: Vec<Resume>) -> JoinHandle<()> {
         let inner = Arc::clone(&self.inner);
         let planned: Vec<_> = resumes.into_iter().filter_map(|r| inner.plan_piece(r)).collect();
         let permits = Arc::new(Semaphore::new(inner.config.profile_concurrency.max(1)));
@@ -140,41 +139,23 @@ impl ContentStore {
                 let Ok(permit) = Arc::clone(&permits).acquire_owned().await else { break };
                 let me = Arc::clone(&inner);
                 let load = loads.spawn(async move {
-                    let done = me.load_piece(&resume).await;
+                    let piece = me.load_piece(&resume).await;
                     drop(permit);
-                    let outcome = match done {
-                        Ok(Some(bytes)) => {
-                            me.finish_piece(resume.span, Some(bytes), &ready);
-                            Counters::bump(&me.counters.pieces_loaded);
-                            Ok(true)
+                    // Counted once the piece is kept: a count of loaded pieces means they serve reads.
+                    let counter = match &piece {
+                        Ok(Some(_)) => Some(&me.counters.pieces_loaded),
+                        Ok(None) => Some(&me.counters.pieces_rejected),
+                        Err(error) => {
+                            debug!(span = %resume.span, error = error as &dyn std::error::Error, "loading a piece failed");
+                            None
                         }
-                        Ok(None) => {
-                            Counters::bump(&me.counters.pieces_rejected);
-                            Ok(false)
-                        }
-                        Err(e) => Err(e.to_string()),
                     };
-                    if !matches!(outcome, Ok(true)) {
-                        me.finish_piece(resume.span, None, &ready);
-                    }
-                    outcome
+                    me.finish_piece(resume.span, piece.ok().flatten(), &ready);
+                    counter.into_iter().for_each(Counters::bump);
                 });
                 lock(&inner.startup_loads).push(load);
             }
-            let mut summary = ResumeSummary::default();
-            while let Some(done) = loads.join_next().await {
-                match done {
-                    Ok(Ok(true)) => summary.loaded += 1,
-                    Ok(Ok(false)) => summary.rejected += 1,
-                    Ok(Err(error)) => {
-                        debug!(%error, "loading a piece failed");
-                        summary.failed += 1;
-                    }
-                    Err(_) => summary.failed += 1,
-                }
-            }
-            debug!(?summary, "pieces loaded");
-            summary
+            while loads.join_next().await.is_some() {}
         };
         match tokio::runtime::Handle::try_current().ok().or_else(|| self.inner.runtime.clone()) {
             Some(rt) => rt.spawn(task),
@@ -186,7 +167,7 @@ impl ContentStore {
 impl Inner {
     /// Registers the piece `r` gives (the whole leaves from its point to its end) as planned; `None` when it
     /// holds no whole leaf or its span has one planned already.
-    fn plan_piece(&self, r: Resume) -> Option<(Resume, watch::Sender<Option<Option<SpanBytes>>>)> {
+    fn plan_piece(&self, r: Resume) -> Option<(Resume, watch::Sender<PieceState>)> {
         let out = self.archive.span_range(r.layer, r.span).ok()?;
         let start = r.point.out_offset.checked_sub(out.start)?.div_ceil(TREE_LEAF) * TREE_LEAF;
         let end = r.out_end.checked_sub(out.start)?.min(out.end - out.start);
@@ -199,53 +180,57 @@ impl Inner {
         }
         let (ready, state) = watch::channel(None);
         pieces.slots.insert(r.span, Slot { range: start..end, state });
+        self.pieces_planned.store(true, Ordering::Relaxed);
         Some((r, ready))
     }
 
     /// Keeps a loaded piece (or forgets a failed one: loads ahead cover its bytes again) and wakes the reads
     /// waiting for it.
-    fn finish_piece(&self, span: SpanId, bytes: Option<SpanBytes>, ready: &watch::Sender<Option<Option<SpanBytes>>>) {
-        if bytes.is_none() {
-            lock(&self.pieces).slots.remove(&span);
-        }
-        if let Some(bytes) = &bytes {
-            let mut pieces = lock(&self.pieces);
-            pieces.bytes += bytes.len() as u64;
-            pieces.ready.push_back(span);
-            while pieces.bytes > PIECES_MAX && pieces.ready.len() > 1 {
-                let Some(old) = pieces.ready.pop_front() else { break };
-                if let Some(slot) = pieces.slots.remove(&old) {
-                    pieces.bytes -= slot.state.borrow().as_ref().and_then(|b| b.as_ref()).map_or(0, |b| b.len() as u64);
+    fn finish_piece(&self, span: SpanId, bytes: Option<SpanBytes>, ready: &watch::Sender<PieceState>) {
+        let mut pieces = lock(&self.pieces);
+        match &bytes {
+            None => drop(pieces.slots.remove(&span)),
+            Some(kept) => {
+                pieces.bytes += kept.len() as u64;
+                pieces.ready.push_back(span);
+                while pieces.bytes > PIECES_MAX && pieces.ready.len() > 1 {
+                    let Some(old) = pieces.ready.pop_front() else { break };
+                    if let Some(slot) = pieces.slots.remove(&old) {
+                        pieces.bytes -=
+                            slot.state.borrow().as_ref().and_then(|b| b.as_ref()).map_or(0, |b| b.len() as u64);
+                    }
                 }
             }
         }
+        drop(pieces);
         ready.send_replace(Some(bytes));
     }
 
     /// Whether a planned piece of span `index` holds its bytes `within` (offsets into the span).
     pub(crate) fn piece_covers(&self, index: SpanId, within: &Range<u64>) -> bool {
+        if !self.pieces_planned.load(Ordering::Relaxed) {
+            return false;
+        }
         // A load dropped before it ended (the startup yielded) covers nothing.
         let live = |s: &Slot| s.state.borrow().is_some() || s.state.has_changed().is_ok();
-        lock(&self.pieces)
-            .slots
-            .get(&index)
-            .is_some_and(|s| s.range.start <= within.start && within.end <= s.range.end && live(s))
+        lock(&self.pieces).holding(index, within).is_some_and(live)
     }
 
     /// Bytes `within` of span `index` from its piece, waiting for the piece while it loads (until
-    /// `deadline`); `None` when no piece holds them or it failed (the read takes the usual path).
+    /// `deadline`); `None` when no piece holds them or it failed (the read takes the usual path). Every read
+    /// asks: a mount that planned no piece answers from a flag, without taking the lock.
     pub(crate) async fn piece_slice(
         &self,
         index: SpanId,
         within: &Range<u64>,
         deadline: tokio::time::Instant,
     ) -> Option<Vec<u8>> {
+        if !self.pieces_planned.load(Ordering::Relaxed) {
+            return None;
+        }
         let (start, mut state) = {
             let pieces = lock(&self.pieces);
-            let slot = pieces.slots.get(&index)?;
-            if within.start < slot.range.start || within.end > slot.range.end {
-                return None;
-            }
+            let slot = pieces.holding(index, within)?;
             (slot.range.start, slot.state.clone())
         };
         let loaded = tokio::time::timeout_at(deadline, state.wait_for(Option::is_some)).await.ok()?.ok()?;
@@ -291,24 +276,22 @@ impl Inner {
         // A piece an earlier mount kept (its compressed bytes, as a prefix file from where it starts) is
         // checked as fetched bytes are; one that fails is deleted and the piece fetched.
         let kept_at = self.disk.clone().zip(a.meta().layers.get(layer.index()).map(|l| prefix_key(&l.digest, start)));
-        if let Some((disk, key)) = kept_at.clone() {
-            let max = f.range.end - start;
-            let kept = tokio::task::spawn_blocking(move || disk.get_prefix(&key, max)).await.ok().flatten();
+        if let Some((disk, key)) = &kept_at {
+            let (from_disk, key, max) = (Arc::clone(disk), *key, f.range.end - start);
+            let kept = tokio::task::spawn_blocking(move || from_disk.get_prefix(&key, max)).await.ok().flatten();
             if let Some(kept) = kept.filter(|k| k.len() as u64 >= p.in_end - start) {
                 let len = kept.len() as u64;
-                if let Some(piece) = self.check_piece(r, start, kept).await? {
+                if let Some(piece) = self.check_piece(r, start, kept.into()).await? {
                     Counters::bump(&self.counters.disk_hits);
                     return Ok(Some(piece));
                 }
-                if let Some((disk, key)) = &kept_at {
-                    disk.reject_prefix(key, len);
-                }
+                disk.reject_prefix(&key, len);
             }
         }
         debug!(%layer, %span, start, len = p.in_end - start, "fetch span piece");
         let _budget = self.budget.take(p.in_end - start + (r.out_end - p.out_offset)).await;
         let compressed = self.read_blob(layer, start..p.in_end).await?;
-        let piece = self.check_piece(r, start, compressed.to_vec()).await?;
+        let piece = self.check_piece(r, start, compressed.clone()).await?;
         if let (Some(_), Some((disk, key))) = (&piece, kept_at) {
             if let Some(rt) = tokio::runtime::Handle::try_current().ok().or_else(|| self.runtime.clone()) {
                 drop(rt.spawn_blocking(move || disk.put_prefix(&key, &compressed)));
@@ -322,7 +305,12 @@ impl Inner {
 
     /// What `compressed` (the layer's bytes from `start` on, at least up to the point's `in_end`) decode
     /// to from `r`'s point, from the first whole leaf on, if every leaf of it has the digest `r` gives.
-    async fn check_piece(&self, r: &Resume, start: u64, compressed: Vec<u8>) -> Result<Option<SpanBytes>, StoreError> {
+    async fn check_piece(
+        &self,
+        r: &Resume,
+        start: u64,
+        compressed: bytes::Bytes,
+    ) -> Result<Option<SpanBytes>, StoreError> {
         let out = self.archive.span_range(r.layer, r.span)?;
         let (point, leaves, span_start, want) =
             (r.point.clone(), r.leaves.clone(), out.start, r.out_end - r.point.out_offset);

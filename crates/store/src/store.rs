@@ -97,8 +97,9 @@ pub(crate) struct Inner {
     tier: Option<Tier>,
     /// Layers read at least once (logged once each, at info).
     touched: Vec<std::sync::atomic::AtomicBool>,
-    /// Pieces of spans from resume points (see `resume`).
+    /// Pieces of spans from resume points (see `resume`), and whether any was ever planned.
     pub pieces: Mutex<crate::resume::Pieces>,
+    pub pieces_planned: AtomicBool,
 }
 
 impl ContentStore {
@@ -152,6 +153,7 @@ impl ContentStore {
                 tier,
                 touched: (0..layers).map(|_| std::sync::atomic::AtomicBool::new(false)).collect(),
                 pieces: Mutex::default(),
+                pieces_planned: AtomicBool::new(false),
             }),
         }
     }
