@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clip_format::Archive;
 use clip_testkit::*;
-use common::{clip_ok, metric, s, tar_files, text, MountProc};
+use common::{clip_ok, metric, s, tar_files, text, MountProc, Served};
 
 /// What a profile records for reading `[off, off + size)` of layer 0's tar: each span it covers as the
 /// profile's JSON names it, `[layer, span]` when the read reaches the span's end, else `[layer, span,
@@ -59,35 +59,21 @@ fn replay(index: &Path, dir: &Path, profile: &Path, spans: usize, files: &[(Stri
     bytes
 }
 
-/// A 12 MiB gzip layer's image in a registry, indexed into `dir`.
-struct Indexed {
-    _registry: Registry,
-    dir: tempfile::TempDir,
-    index: std::path::PathBuf,
-    /// The layer's tar.
-    tar: Vec<u8>,
-    archive: Archive,
-}
-
-impl Indexed {
-    fn big_gzip_layer() -> Indexed {
-        let layer = big_gzip_layer(12);
-        let tar = layer.tar().to_vec();
-        let registry = Registry::start();
-        let mut layout = OciLayoutBuilder::new();
-        layout.add_image("t", &Image::new(vec![layer]));
-        registry.push(layout.path(), "t", "img:t");
-        let dir = tempfile::tempdir().unwrap();
-        let index = dir.path().join("img.clip");
-        clip_ok(&["index", &registry.image_ref("img:t"), "-o", s(&index)]);
-        let archive = Archive::open(&index).unwrap();
-        Indexed { _registry: registry, dir, index, tar, archive }
-    }
+/// A 12 MiB gzip layer's image served and indexed (see [`Served`]): it, the layer's tar, the index, and
+/// the index opened.
+fn served_big_layer() -> (Served, Vec<u8>, std::path::PathBuf, Archive) {
+    let layer = big_gzip_layer(12);
+    let tar = layer.tar().to_vec();
+    let img = Served::new(&Image::new(vec![layer]));
+    let index = img.index();
+    let archive = Archive::open(&index).unwrap();
+    (img, tar, index, archive)
 }
 
 #[test]
 fn recorded_profile_lists_first_reads_and_a_cold_mount_prefetches_as_much_of_them() {
-    let Indexed { _registry, dir, index, tar, archive } = Indexed::big_gzip_layer();
+    let (img, tar, index, archive) = served_big_layer();
+    let dir = &img.dir;
 
     // Two small files that end in the first third of a span (so a prefix of it is all they need), the
     // later one in the layer read first: the profile must keep that order.
@@ -246,7 +232,8 @@ fn replay_piece(index: &Path, dir: &Path, profile: &Path, file: &(String, u64, u
 fn a_resume_point_fetches_a_span_from_near_its_first_read_and_a_forged_one_changes_no_byte() {
     use base64::Engine as _;
     let b64 = base64::engine::general_purpose::STANDARD;
-    let Indexed { _registry, dir, index, tar, archive } = Indexed::big_gzip_layer();
+    let (img, tar, index, archive) = served_big_layer();
+    let dir = &img.dir;
 
     // A small file that starts more than half a span into its span and ends in it.
     let l0 = clip_format::LayerIndex(0);
@@ -328,12 +315,12 @@ fn a_resume_point_fetches_a_span_from_near_its_first_read_and_a_forged_one_chang
     let mut shifted = r.clone();
     shifted["in"] = (r["in"].as_u64().unwrap() - 1).into();
     forgeries.push(("the compressed offset", shifted));
-    if !window.is_empty() {
-        let mut other = r.clone();
-        let inverted: Vec<u8> = window.iter().map(|b| !b).collect();
-        other["window"] = b64.encode(clip_format::encode_window(&inverted).unwrap()).into();
-        forgeries.push(("the window", other));
-    }
+    // The point's window is used by its decode (trimming keeps only what is), so another window is a forgery.
+    assert!(!window.is_empty(), "the resume point has no window to forge: {r}");
+    let mut other = r.clone();
+    let inverted: Vec<u8> = window.iter().map(|b| !b).collect();
+    other["window"] = b64.encode(clip_format::encode_window(&inverted).unwrap()).into();
+    forgeries.push(("the window", other));
     for (i, (what, forged)) in forgeries.into_iter().enumerate() {
         let mut bad = json.clone();
         bad["resume"] = vec![forged].into();
