@@ -191,6 +191,9 @@ fn clip_run_records_a_profile_and_a_clean_node_runs_with_the_pushed_one() {
     let recorded = read_profile(&profile);
     assert!(recorded["spans"].as_array().is_some_and(|s| !s.is_empty()), "{recorded}");
     assert!(recorded["manifest_digest"].as_str().is_some_and(|d| d.starts_with("sha256:")), "{recorded}");
+    // What `cat` loads lies inside spans (the C library after others): the profile has resume points.
+    let points = recorded["resume"].as_array().map_or(0, Vec::len);
+    assert!(points > 0, "{recorded}");
 
     let (ok, _, err) = clip_node(&["profile", "push", &image, s(&profile)], &[]);
     assert!(ok, "clip profile push failed:\n{err}");
@@ -198,6 +201,13 @@ fn clip_run_records_a_profile_and_a_clean_node_runs_with_the_pushed_one() {
     assert!(ok, "clip run failed:\n{err}");
     assert!(out.contains("Debian GNU/Linux 12"), "{out}");
     assert!(err.contains("prefetch profile from registry"), "{err}");
+    // The clean node's mount loaded every resume point of the pushed profile as a piece, checked.
+    let logs: String = std::fs::read_dir(dir.path().join("second/state/mounts"))
+        .unwrap()
+        .map(|d| std::fs::read_to_string(d.unwrap().path().join("mount.log")).unwrap_or_default())
+        .collect();
+    let loaded = format!("loaded={points} rejected=0");
+    assert!(logs.lines().any(|l| l.contains("the profile's pieces are loaded") && l.contains(&loaded)), "{logs}");
 }
 
 /// A cold mount of `index` with `--profile profile` (of one span) and a fresh cache: waits for its span's

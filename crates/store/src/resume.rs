@@ -23,7 +23,7 @@ use clip_codec::{CheckpointRef, ResumePoint};
 use clip_format::{leaf_digests, Compression, LayerIndex, LeafDigest, SpanId, SpanRoot, TREE_LEAF};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::cache::prefix_key;
 use crate::fetch::{checkpoint, verified};
@@ -156,6 +156,9 @@ impl ContentStore {
                 lock(&inner.startup_loads).push(load);
             }
             while loads.join_next().await.is_some() {}
+            let count = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+            let (loaded, rejected) = (count(&inner.counters.pieces_loaded), count(&inner.counters.pieces_rejected));
+            info!(loaded, rejected, "the profile's pieces are loaded");
         };
         match tokio::runtime::Handle::try_current().ok().or_else(|| self.inner.runtime.clone()) {
             Some(rt) => rt.spawn(task),
